@@ -1,0 +1,156 @@
+import { join } from "node:path";
+import { ConfigError } from "../common/errors.js";
+import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "./fields.js";
+
+/** Where a server listens. */
+export interface ListenOptions {
+  /** Interface to bind. */
+  host: string;
+  /** TCP port; 0 picks a free one. */
+  port: number;
+}
+
+/** Explicit limits on what a caller may send (both transports). */
+export interface LimitOptions {
+  /** Largest request or response message, bytes. @default 4194304 (4 MiB) */
+  maxMessageBytes: number;
+  /** Longest deadline a call may have; longer or missing deadlines are capped to this. @default 30000 */
+  maxDeadlineMs: number;
+  /** Concurrent HTTP/2 streams per connection. @default 256 */
+  maxConcurrentStreams: number;
+  /** Largest total size of request headers / metadata, bytes. @default 16384 */
+  maxHeaderBytes: number;
+  /** Most request header fields. @default 64 */
+  maxHeaderCount: number;
+}
+
+/** Registry liveness: status derives from heartbeat age. */
+export interface RegistryOptions {
+  /** Heartbeat age up to which an agent is HEALTHY. @default 15000 */
+  heartbeatTtlMs: number;
+  /** Heartbeat age from which an agent is a ZOMBIE (between the two it is STALE). @default 60000 */
+  zombieAfterMs: number;
+  /** Heartbeat age from which a zombie is removed. @default 600000 */
+  reapAfterMs: number;
+  /** How often statuses are re-derived and zombies reaped. @default 1000 */
+  sweepIntervalMs: number;
+  /** Heartbeats are coalesced in memory and written in one transaction this often. @default 1000 */
+  heartbeatFlushMs: number;
+  /** Largest encoded agent record (labels, capabilities, ...), bytes. @default 65536 */
+  maxAgentBytes: number;
+}
+
+/** Every option of the kernel. Defaults are the embedded development setup: SQLite only. */
+export interface KernelOptions {
+  /** This edge's id: the source of its events and part of every NATS message id. @default "edge-local" */
+  edgeId: string;
+  /** Directory for the database and development identity. @default "./data" */
+  dataDir: string;
+  /** SQLite file. @default "<dataDir>/kernel.db" */
+  databasePath: string;
+  /** Native gRPC (grpc-js). @default { host: "127.0.0.1", port: 50051 } */
+  grpc: ListenOptions;
+  /** Connect, gRPC-Web and gRPC over HTTP/1.1 and HTTP/2, plus /healthz, /readyz. @default { host: "127.0.0.1", port: 8080 } */
+  http: ListenOptions;
+  limits: LimitOptions;
+  /** Serve grpc.reflection.v1 (lets grpcurl and buf curl discover the API). @default false */
+  reflection: boolean;
+  registry: RegistryOptions;
+  log: {
+    /** pino level: trace, debug, info, warn, error, fatal, silent. @default "info" */
+    level: string;
+    /** Extra paths to redact from log lines. @default [] */
+    redactPaths: string[];
+  };
+  /** How long shutdown waits for in-flight calls before closing connections. @default 10000 */
+  shutdownGraceMs: number;
+}
+
+/** The defaults, as a raw tree: also the source of the environment variable names. */
+export const DEFAULT_KERNEL_OPTIONS = {
+  edgeId: "edge-local",
+  dataDir: "./data",
+  databasePath: "",
+  grpc: { host: "127.0.0.1", port: 50051 },
+  http: { host: "127.0.0.1", port: 8080 },
+  limits: {
+    maxMessageBytes: 4 * 1024 * 1024,
+    maxDeadlineMs: 30_000,
+    maxConcurrentStreams: 256,
+    maxHeaderBytes: 16 * 1024,
+    maxHeaderCount: 64,
+  },
+  reflection: false,
+  registry: {
+    heartbeatTtlMs: 15_000,
+    zombieAfterMs: 60_000,
+    reapAfterMs: 600_000,
+    sweepIntervalMs: 1_000,
+    heartbeatFlushMs: 1_000,
+    maxAgentBytes: 64 * 1024,
+  },
+  log: { level: "info", redactPaths: [] as string[] },
+  shutdownGraceMs: 10_000,
+};
+
+const ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+
+function readListen(raw: unknown, path: string, defaults: ListenOptions): ListenOptions {
+  const s = readSection(raw, path, defaults);
+  return {
+    host: readString(s, "host", path, defaults.host, { nonEmpty: true }),
+    port: readInt(s, "port", path, defaults.port, 0, 65535),
+  };
+}
+
+/** Validates raw options (file + env merged) and fills defaults; throws ConfigError naming the field. */
+export function resolveKernelOptions(raw: unknown): KernelOptions {
+  const d = DEFAULT_KERNEL_OPTIONS;
+  const s: RawSection = readSection(raw, "", d);
+  const dataDir = readString(s, "dataDir", "", d.dataDir, { nonEmpty: true });
+
+  const lim = readSection(s.limits, "limits", d.limits);
+  const limits: LimitOptions = {
+    maxMessageBytes: readInt(lim, "maxMessageBytes", "limits", d.limits.maxMessageBytes, 1024, 64 * 1024 * 1024),
+    maxDeadlineMs: readInt(lim, "maxDeadlineMs", "limits", d.limits.maxDeadlineMs, 1, 24 * 3600_000),
+    maxConcurrentStreams: readInt(lim, "maxConcurrentStreams", "limits", d.limits.maxConcurrentStreams, 1, 1_000_000),
+    maxHeaderBytes: readInt(lim, "maxHeaderBytes", "limits", d.limits.maxHeaderBytes, 1024, 1024 * 1024),
+    maxHeaderCount: readInt(lim, "maxHeaderCount", "limits", d.limits.maxHeaderCount, 8, 10_000),
+  };
+
+  const reg = readSection(s.registry, "registry", d.registry);
+  const r = d.registry;
+  const registry: RegistryOptions = {
+    heartbeatTtlMs: readInt(reg, "heartbeatTtlMs", "registry", r.heartbeatTtlMs, 100),
+    zombieAfterMs: readInt(reg, "zombieAfterMs", "registry", r.zombieAfterMs, 100),
+    reapAfterMs: readInt(reg, "reapAfterMs", "registry", r.reapAfterMs, 100),
+    sweepIntervalMs: readInt(reg, "sweepIntervalMs", "registry", r.sweepIntervalMs, 10),
+    heartbeatFlushMs: readInt(reg, "heartbeatFlushMs", "registry", r.heartbeatFlushMs, 1, 60_000),
+    maxAgentBytes: readInt(reg, "maxAgentBytes", "registry", r.maxAgentBytes, 1024, 16 * 1024 * 1024),
+  };
+  if (registry.zombieAfterMs <= registry.heartbeatTtlMs) {
+    throw new ConfigError("registry.zombieAfterMs must be greater than registry.heartbeatTtlMs");
+  }
+  if (registry.reapAfterMs <= registry.zombieAfterMs) {
+    throw new ConfigError("registry.reapAfterMs must be greater than registry.zombieAfterMs");
+  }
+
+  const log = readSection(s.log, "log", d.log);
+  const databasePath = readString(s, "databasePath", "", d.databasePath);
+  return {
+    edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),
+    dataDir,
+    databasePath: databasePath || join(dataDir, "kernel.db"),
+    grpc: readListen(s.grpc, "grpc", d.grpc),
+    http: readListen(s.http, "http", d.http),
+    limits,
+    reflection: readBool(s, "reflection", "", d.reflection),
+    registry,
+    log: {
+      level: readString(log, "level", "log", d.log.level, { oneOf: LOG_LEVELS }),
+      redactPaths: readStringList(log, "redactPaths", "log", d.log.redactPaths),
+    },
+    shutdownGraceMs: readInt(s, "shutdownGraceMs", "", d.shutdownGraceMs, 0, 600_000),
+  };
+}

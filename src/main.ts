@@ -1,0 +1,241 @@
+import { readFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import type { HandlerContext } from "@connectrpc/connect";
+import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as Serving } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { systemClock, type Clock } from "./common/clock.js";
+import { ConfigError } from "./common/errors.js";
+import { DEFAULT_KERNEL_OPTIONS, resolveKernelOptions, type KernelOptions } from "./config/kernel-options.js";
+import { loadRawConfig } from "./config/load-config.js";
+import { createLogger, type Logger } from "./telemetry/logger.js";
+import { openDatabase, type Db } from "./store/database.js";
+import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
+import { MIGRATIONS } from "./store/migrations/index.js";
+import { createOutbox } from "./store/outbox.js";
+import { checkSqliteWritable } from "./store/sqlite-readiness.js";
+import { createAuditLog } from "./audit/audit-log.js";
+import { createRegistry } from "./registry/registry.js";
+import { createRegistryService } from "./registry/registry-service.js";
+import { bindService, type BoundService } from "./server/bind-service.js";
+import { correlationInterceptor, deadlineInterceptor, errorMappingInterceptor, loggingInterceptor } from "./server/core-interceptors.js";
+import type { KernelInterceptor } from "./server/interceptor.js";
+import { createGrpcServer } from "./server/grpc-server.js";
+import { createHttpServer, type HttpRoute } from "./server/http-server.js";
+import { createHealthService } from "./server/health-service.js";
+import { createReflectionService } from "./server/reflection-service.js";
+import { evaluateReadiness, type ReadinessCheck, type ReadinessReport } from "./server/readiness.js";
+import type { DestinationStream } from "pino";
+
+function readVersion(): string {
+  // src/main.ts runs from src/ (tsx) or dist/src/ (built): package.json is one or two levels up.
+  for (const rel of ["../package.json", "../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as { name?: string; version?: string };
+      if (pkg.name === "nops-kernel" && pkg.version) return pkg.version;
+    } catch {
+      // not at this level
+    }
+  }
+  return "unknown";
+}
+
+/** The kernel's version, from package.json. */
+export const KERNEL_VERSION = readVersion();
+
+/** A running kernel. */
+export interface Kernel {
+  readonly options: KernelOptions;
+  /** Port the grpc-js server bound. */
+  readonly grpcPort: number;
+  /** Port the connect-node server bound. */
+  readonly httpPort: number;
+  readiness(): ReadinessReport;
+  /** Graceful stop: drains calls, flushes heartbeats, closes the database. */
+  stop(): Promise<void>;
+}
+
+/** Test and embedding overrides for `startKernel`. */
+export interface KernelOverrides {
+  clock?: Clock;
+  logDestination?: DestinationStream;
+}
+
+/** Opens the database and brings its schema up to date. */
+export function openKernelDatabase(options: KernelOptions, logger?: Logger): Db {
+  const db = openDatabase({ path: options.databasePath });
+  const applied = migrateUp(db, MIGRATIONS);
+  if (applied.length) logger?.info({ applied }, "migrations applied");
+  return db;
+}
+
+/** Wires every component and starts both servers. */
+export async function startKernel(options: KernelOptions, overrides: KernelOverrides = {}): Promise<Kernel> {
+  const clock = overrides.clock ?? systemClock;
+  const logger = createLogger(options.log, overrides.logDestination);
+  const log = logger.child({ component: "kernel" });
+  const db = openKernelDatabase(options, log);
+  const events = createOutbox(db, { source: options.edgeId, clock });
+  const audit = createAuditLog(db, clock);
+  const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
+
+  const checks: ReadinessCheck[] = [() => checkSqliteWritable(db, options.databasePath)];
+  const readiness = () => evaluateReadiness(checks);
+  const actorOf = (_ctx: HandlerContext) => "anonymous";
+
+  const chain: KernelInterceptor[] = [
+    correlationInterceptor(logger.child({ component: "rpc" })),
+    loggingInterceptor(),
+    errorMappingInterceptor(),
+    deadlineInterceptor(options.limits.maxDeadlineMs),
+  ];
+  const registryService = bindService(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry), chain);
+  const servingNames = new Set(["", AgentRegistryService.typeName]);
+  const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
+  const services: BoundService[] = [registryService, bindService(Health, createHealthService(probe), chain)];
+  if (options.reflection) {
+    services.push(bindService(ServerReflection, createReflectionService(services.map((s) => s.service)), chain));
+  }
+
+  const json = (res: Parameters<HttpRoute>[1], status: number, body: unknown) => {
+    res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
+    res.end(JSON.stringify(body));
+  };
+  const routes: Record<string, HttpRoute> = {
+    "/healthz": (_req, res) => json(res, 200, { status: "alive", version: KERNEL_VERSION }),
+    "/readyz": (_req, res) => {
+      const report = readiness();
+      json(res, report.ready ? 200 : 503, report);
+    },
+  };
+
+  const grpcServer = createGrpcServer({ services, limits: options.limits });
+  const httpServer = createHttpServer({ services, routes, limits: options.limits });
+  registry.start();
+  let grpcPort = 0;
+  let httpPort = 0;
+  try {
+    grpcPort = await grpcServer.listen(options.grpc.host, options.grpc.port, grpc.ServerCredentials.createInsecure());
+    httpPort = await httpServer.listen(options.http.host, options.http.port);
+  } catch (err) {
+    await grpcServer.shutdown(0);
+    registry.close();
+    db.close();
+    throw err;
+  }
+  log.info({ grpc: `${options.grpc.host}:${grpcPort}`, http: `${options.http.host}:${httpPort}`, edgeId: options.edgeId, database: options.databasePath, version: KERNEL_VERSION }, "kernel started");
+
+  let stopping: Promise<void> | undefined;
+  return {
+    options,
+    grpcPort,
+    httpPort,
+    readiness,
+    stop: () =>
+      (stopping ??= (async () => {
+        log.info("kernel stopping");
+        await Promise.all([grpcServer.shutdown(options.shutdownGraceMs), httpServer.shutdown(options.shutdownGraceMs)]);
+        registry.close();
+        db.close();
+        log.info("kernel stopped");
+      })()),
+  };
+}
+
+/** Loads options from an optional file and the environment. */
+export function loadKernelOptions(file: string | undefined, env: Record<string, string | undefined>): KernelOptions {
+  return resolveKernelOptions(loadRawConfig({ file, env, defaults: DEFAULT_KERNEL_OPTIONS }));
+}
+
+const USAGE = `usage: nops-kernel <command> [--config <file>]
+
+commands:
+  serve                     start the kernel (embedded defaults: SQLite under ./data)
+  migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
+  audit verify              check the hash chain of the audit log
+  version                   print the version
+
+config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
+e.g. NOPS_GRPC_PORT=50051 NOPS_REGISTRY_HEARTBEAT_TTL_MS=15000 (see README.md).
+`;
+
+function flag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i === -1) return undefined;
+  const value = args[i + 1];
+  if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
+  args.splice(i, 2);
+  return value;
+}
+
+/** The command line: reads argv and the environment (the only place that does). */
+export async function main(argv: string[], env: Record<string, string | undefined> = process.env): Promise<number> {
+  const out = (s: string) => process.stdout.write(s + "\n");
+  const args = [...argv];
+  try {
+    const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
+    const steps = flag(args, "--steps");
+    const [command, sub, ...rest] = args;
+    if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
+    switch (command) {
+      case "version":
+        out(KERNEL_VERSION);
+        return 0;
+      case "serve": {
+        const kernel = await startKernel(loadKernelOptions(configFile, env));
+        await new Promise<void>((resolve) => {
+          const stop = () => resolve();
+          process.once("SIGTERM", stop);
+          process.once("SIGINT", stop);
+        });
+        await kernel.stop();
+        return 0;
+      }
+      case "migrate": {
+        const options = loadKernelOptions(configFile, env);
+        const db = openDatabase({ path: options.databasePath });
+        try {
+          if (sub === "up") out(`applied: ${migrateUp(db, MIGRATIONS).join(", ") || "nothing (up to date)"}`);
+          else if (sub === "down") {
+            const n = steps === undefined ? 1 : Number(steps);
+            if (!Number.isInteger(n) || n < 1) throw new ConfigError(`--steps must be a positive integer (got ${steps})`);
+            out(`reverted: ${migrateDown(db, MIGRATIONS, n).join(", ") || "nothing (no migrations applied)"}`);
+          } else if (sub === "status") {
+            const s = migrationStatus(db, MIGRATIONS);
+            out(`schema version ${s.current} of ${s.latest}`);
+            for (const m of s.applied) out(`  applied  ${String(m.version).padStart(4, "0")} ${m.name}  ${new Date(m.appliedAt).toISOString()}`);
+            for (const m of s.pending) out(`  pending  ${String(m.version).padStart(4, "0")} ${m.name}`);
+          } else throw new ConfigError(`migrate needs up, down or status (got ${sub ?? "nothing"})`);
+        } finally {
+          db.close();
+        }
+        return 0;
+      }
+      case "audit": {
+        if (sub !== "verify") throw new ConfigError(`audit needs verify (got ${sub ?? "nothing"})`);
+        const options = loadKernelOptions(configFile, env);
+        const db = openKernelDatabase(options);
+        try {
+          const result = createAuditLog(db, systemClock).verify();
+          out(result.ok ? `audit log intact: ${result.checked} rows verified` : `audit log TAMPERED at row ${result.badSeq}: ${result.reason} (${result.checked} rows verified before it)`);
+          return result.ok ? 0 : 1;
+        } finally {
+          db.close();
+        }
+      }
+      case undefined:
+      case "help":
+      case "--help":
+        out(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new ConfigError(`unknown command ${command}`);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`nops-kernel: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,168 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  AgentRegistryService,
+  AgentSchema,
+  type AgentLoad,
+  type Capability,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { kCorrelationId } from "../server/interceptor.js";
+import type { RegistryOptions } from "../config/kernel-options.js";
+import type { LoadRow } from "./agent-store.js";
+import {
+  checkAgentId,
+  checkCapabilities,
+  checkCapabilityName,
+  checkEndpoint,
+  checkLoad,
+  checkMap,
+  checkTenant,
+  checkText,
+  invalid,
+} from "./agent-validation.js";
+import { UPDATABLE_FIELDS, type Actor, type AgentFields, type Registry, type UpdatableField } from "./registry.js";
+
+/** Resolves who is calling, for audit (the authn interceptor's principal, or "anonymous"). */
+export type ActorResolver = (ctx: HandlerContext) => string;
+
+/** Dependencies of the registry service. */
+export interface RegistryServiceDeps {
+  registry: Registry;
+  actorOf: ActorResolver;
+  clock: { now(): number };
+}
+
+const MAX_PAGE = 1000;
+const DEFAULT_PAGE = 100;
+
+function capabilityRows(caps: readonly Capability[]): AgentFields["capabilities"] {
+  return caps.map((c) => ({ name: c.name, version: c.version, attributes: { ...c.attributes } }));
+}
+
+function loadRow(load: AgentLoad | undefined, now: number): LoadRow | undefined {
+  return load && { inFlight: load.inFlight, cpu: load.cpu, latencyP50Ms: load.latencyP50Ms, latencyP99Ms: load.latencyP99Ms, errorRate: load.errorRate, reportedAt: now };
+}
+
+// Page tokens are opaque to clients: the last id seen plus the filter they belong to, so a
+// token cannot be replayed against a different query.
+function encodePageToken(afterId: string, filterKey: string): string {
+  return Buffer.from(JSON.stringify({ a: afterId, f: filterKey })).toString("base64url");
+}
+
+function decodePageToken(token: string, filterKey: string): string {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+  } catch {
+    return invalid("page_token", "is malformed");
+  }
+  const t = parsed as { a?: unknown; f?: unknown };
+  if (typeof t.a !== "string" || typeof t.f !== "string") invalid("page_token", "is malformed");
+  if (t.f !== filterKey) invalid("page_token", "belongs to a different query");
+  return t.a;
+}
+
+/** AgentRegistryService handlers: validate, then delegate to the registry. */
+export function createRegistryService(deps: RegistryServiceDeps, options: RegistryOptions): ServiceImpl<typeof AgentRegistryService> {
+  const { registry } = deps;
+  const actor = (ctx: HandlerContext): Actor => ({ id: deps.actorOf(ctx), correlationId: ctx.values.get(kCorrelationId) });
+  const checkFields = (prefix: string, f: AgentFields) => {
+    checkText(`${prefix}name`, f.name, 128);
+    checkText(`${prefix}version`, f.version, 64);
+    checkEndpoint(`${prefix}endpoint`, f.endpoint);
+    checkCapabilities(`${prefix}capabilities`, f.capabilities);
+    checkMap(`${prefix}labels`, f.labels, 64, 256);
+  };
+  const checkSize = (prefix: string, f: AgentFields) => {
+    const bytes = toBinary(AgentSchema, create(AgentSchema, f)).byteLength;
+    if (bytes > options.maxAgentBytes) {
+      const field = JSON.stringify(f.capabilities).length >= JSON.stringify(f.labels).length ? "capabilities" : "labels";
+      invalid(`${prefix}${field}`, `agent record is ${bytes} bytes, more than the limit of ${options.maxAgentBytes}`);
+    }
+  };
+
+  return {
+    registerAgent(req, ctx) {
+      checkTenant("tenant", req.tenant);
+      const fields: AgentFields = {
+        name: req.name,
+        version: req.version,
+        endpoint: req.endpoint,
+        capabilities: capabilityRows(req.capabilities),
+        labels: { ...req.labels },
+      };
+      checkFields("", fields);
+      checkSize("", fields);
+      return { agent: registry.register(req.tenant, fields, actor(ctx)) };
+    },
+
+    getAgent(req) {
+      checkTenant("tenant", req.tenant);
+      checkAgentId("id", req.id);
+      return { agent: registry.get(req.tenant, req.id) };
+    },
+
+    listAgents(req) {
+      checkTenant("tenant", req.tenant);
+      if (req.capability) checkCapabilityName("capability", req.capability);
+      if (req.pageSize > MAX_PAGE) invalid("page_size", `must be at most ${MAX_PAGE} (got ${req.pageSize})`);
+      const filterKey = JSON.stringify([req.tenant, req.capability, [...req.statuses].sort(), req.routableOnly]);
+      const afterId = req.pageToken ? decodePageToken(req.pageToken, filterKey) : undefined;
+      const limit = req.pageSize || DEFAULT_PAGE;
+      const page = registry.list({ tenant: req.tenant, capability: req.capability, statuses: req.statuses, routableOnly: req.routableOnly, afterId, limit });
+      const last = page.agents.at(-1);
+      return { agents: page.agents, nextPageToken: page.more && last ? encodePageToken(last.id, filterKey) : "" };
+    },
+
+    updateAgent(req, ctx) {
+      const a = req.agent;
+      if (!a) return invalid("agent", "is required");
+      checkTenant("agent.tenant", a.tenant);
+      checkAgentId("agent.id", a.id);
+      const paths = req.updateMask?.paths ?? [];
+      if (paths.length === 0) invalid("update_mask", "must name at least one field");
+      paths.forEach((p, i) => {
+        if (!(UPDATABLE_FIELDS as readonly string[]).includes(p)) {
+          invalid(`update_mask.paths[${i}]`, `unknown or read-only field "${p}" (updatable: ${UPDATABLE_FIELDS.join(", ")})`);
+        }
+      });
+      const current = registry.get(a.tenant, a.id);
+      const merged: AgentFields = {
+        name: current.name,
+        version: current.version,
+        endpoint: current.endpoint,
+        capabilities: capabilityRows(current.capabilities),
+        labels: { ...current.labels },
+      };
+      const patch: AgentFields = { name: a.name, version: a.version, endpoint: a.endpoint, capabilities: capabilityRows(a.capabilities), labels: { ...a.labels } };
+      for (const p of paths as UpdatableField[]) (merged as unknown as Record<string, unknown>)[p] = patch[p];
+      checkFields("agent.", merged);
+      checkSize("agent.", merged);
+      return { agent: registry.update(a.tenant, a.id, merged, [...new Set(paths)] as UpdatableField[], actor(ctx)) };
+    },
+
+    deregisterAgent(req, ctx) {
+      checkTenant("tenant", req.tenant);
+      checkAgentId("id", req.id);
+      checkText("reason", req.reason, 512, false);
+      registry.deregister(req.tenant, req.id, req.reason, actor(ctx));
+      return {};
+    },
+
+    heartbeat(req) {
+      checkTenant("tenant", req.tenant);
+      checkAgentId("id", req.id);
+      checkLoad("load", req.load);
+      const status = registry.heartbeat(req.tenant, req.id, loadRow(req.load, deps.clock.now()));
+      return { status, nextHeartbeatMs: Math.max(1, Math.floor(options.heartbeatTtlMs / 3)) };
+    },
+
+    async *watchAgents(req, ctx) {
+      checkTenant("tenant", req.tenant);
+      if (req.capability) checkCapabilityName("capability", req.capability);
+      for await (const change of registry.watch(req.tenant, req.capability, ctx.signal)) {
+        yield { type: change.type, agent: change.agent };
+      }
+    },
+  };
+}

@@ -1,0 +1,384 @@
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  AgentSchema,
+  AgentStatus,
+  WatchAgentsResponse_ChangeType as ChangeType,
+  type Agent,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentDeregisteredSchema,
+  AgentHeartbeatSchema,
+  AgentRegisteredSchema,
+  AgentStatusChangedSchema,
+  AgentUpdatedSchema,
+} from "../../gen/nops/events/v1/agent_events_pb.js";
+import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import type { Db } from "../store/database.js";
+import type { EventSink } from "../store/outbox.js";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+import type { RegistryOptions } from "../config/kernel-options.js";
+import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
+
+/** Who asked, for the audit trail and events. */
+export interface Actor {
+  /** Principal id, "anonymous" or "system". */
+  id: string;
+  correlationId: string;
+}
+
+/** Fields a registration or update carries. */
+export type AgentFields = Pick<AgentRow, "name" | "version" | "endpoint" | "capabilities" | "labels">;
+
+/** Fields UpdateAgent may change. */
+export const UPDATABLE_FIELDS = ["name", "version", "endpoint", "capabilities", "labels"] as const;
+/** One of UPDATABLE_FIELDS. */
+export type UpdatableField = (typeof UPDATABLE_FIELDS)[number];
+
+/** A ListAgents query. */
+export interface AgentQuery {
+  tenant: string;
+  capability?: string;
+  statuses?: readonly AgentStatus[];
+  routableOnly?: boolean;
+  /** Return agents with id greater than this (keyset pagination). */
+  afterId?: string;
+  limit: number;
+}
+
+/** One change, as WatchAgents streams it. */
+export interface AgentChange {
+  type: ChangeType;
+  agent: Agent;
+}
+
+/** The agent registry: durable writes, in-memory reads, derived liveness. */
+export interface Registry {
+  register(tenant: string, fields: AgentFields, actor: Actor): Agent;
+  get(tenant: string, id: string): Agent;
+  list(query: AgentQuery): { agents: Agent[]; more: boolean };
+  update(tenant: string, id: string, fields: Partial<AgentFields>, paths: readonly UpdatableField[], actor: Actor): Agent;
+  deregister(tenant: string, id: string, reason: string, actor: Actor): void;
+  /** Marks the agent alive; persisted in the next batch (see RegistryOptions.heartbeatFlushMs). */
+  heartbeat(tenant: string, id: string, load: LoadRow | undefined): AgentStatus;
+  /** Live agents of a tenant offering `capability` (zombies excluded): what routing picks from. */
+  listRoutable(tenant: string, capability: string): Agent[];
+  /** Streams the current agents, then every change, until `signal` aborts. */
+  watch(tenant: string, capability: string, signal: AbortSignal): AsyncIterable<AgentChange>;
+  /** Writes pending heartbeats now. */
+  flush(): void;
+  /** Re-derives statuses (emitting status_changed) and reaps zombies past reapAfterMs. */
+  sweep(): void;
+  /** Starts the flush and sweep timers. */
+  start(): void;
+  /** Stops the timers and flushes. */
+  close(): void;
+}
+
+interface Entry {
+  row: AgentRow;
+  load?: LoadRow;
+  status: AgentStatus;
+}
+
+/** Dependencies of the registry. */
+export interface RegistryDeps {
+  db: Db;
+  events: EventSink;
+  audit: AuditLog;
+  clock: Clock;
+  logger: Logger;
+}
+
+const WATCH_BUFFER = 1024;
+
+function notFound(id: string): ConnectError {
+  return new ConnectError(`agent ${id} not found`, Code.NotFound);
+}
+
+/** Creates the registry and loads every agent from SQLite into memory. */
+export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Registry {
+  const { db, events, audit, clock } = deps;
+  const log = deps.logger.child({ component: "registry" });
+  const store = createAgentStore(db);
+  const agents = new Map<string, Entry>();
+  const pendingBeats = new Map<string, number>();
+  const watchers = new Set<{ tenant: string; capability: string; push(change: AgentChange): void }>();
+  const timers: NodeJS.Timeout[] = [];
+
+  const statusAt = (heartbeatAt: number, now: number): AgentStatus => {
+    const age = now - heartbeatAt;
+    if (age <= options.heartbeatTtlMs) return AgentStatus.HEALTHY;
+    if (age < options.zombieAfterMs) return AgentStatus.STALE;
+    return AgentStatus.ZOMBIE;
+  };
+
+  for (const { agent, load } of store.loadAll()) {
+    agents.set(agent.id, { row: agent, load, status: statusAt(agent.heartbeatAt, clock.now()) });
+  }
+  log.info({ agents: agents.size }, "registry loaded");
+
+  const toProto = (e: Entry): Agent =>
+    create(AgentSchema, {
+      id: e.row.id,
+      tenant: e.row.tenant,
+      name: e.row.name,
+      version: e.row.version,
+      endpoint: e.row.endpoint,
+      capabilities: e.row.capabilities,
+      labels: e.row.labels,
+      status: e.status,
+      registeredAt: timestampFromMs(e.row.registeredAt),
+      heartbeatAt: timestampFromMs(e.row.heartbeatAt),
+      load: e.load ? create(AgentLoadSchema, e.load) : undefined,
+      revision: BigInt(e.row.revision),
+    });
+
+  const offers = (e: Entry, capability: string) => capability === "" || e.row.capabilities.some((c) => c.name === capability);
+
+  const notify = (e: Entry, type: ChangeType) => {
+    if (watchers.size === 0) return;
+    const agent = toProto(e);
+    for (const w of watchers) {
+      if (w.tenant === e.row.tenant && offers(e, w.capability)) w.push({ type, agent });
+    }
+  };
+
+  const lookup = (tenant: string, id: string): Entry => {
+    const e = agents.get(id);
+    // Another tenant's agent is reported as absent, so ids cannot be probed across tenants.
+    if (!e || e.row.tenant !== tenant) throw notFound(id);
+    return e;
+  };
+
+  const flush = () => {
+    if (pendingBeats.size === 0) return;
+    const beats = [...pendingBeats];
+    pendingBeats.clear();
+    // One transaction (one fsync) for every heartbeat since the last flush.
+    db.transaction(() => {
+      for (const [id, count] of beats) {
+        const e = agents.get(id);
+        if (!e) continue;
+        store.touch(id, e.row.heartbeatAt, e.load);
+        events.append({
+          type: "agent.heartbeat.v1",
+          tenant: e.row.tenant,
+          schema: AgentHeartbeatSchema,
+          payload: create(AgentHeartbeatSchema, {
+            agentId: id,
+            tenant: e.row.tenant,
+            heartbeatAt: timestampFromMs(e.row.heartbeatAt),
+            load: e.load ? create(AgentLoadSchema, e.load) : undefined,
+            beats: count,
+          }),
+        });
+      }
+    })();
+  };
+
+  const setStatus = (e: Entry, status: AgentStatus, system: Actor) => {
+    const previous = e.status;
+    e.status = status;
+    events.append({
+      type: "agent.status_changed.v1",
+      tenant: e.row.tenant,
+      schema: AgentStatusChangedSchema,
+      payload: create(AgentStatusChangedSchema, {
+        agentId: e.row.id,
+        tenant: e.row.tenant,
+        previous,
+        current: status,
+        heartbeatAt: timestampFromMs(e.row.heartbeatAt),
+      }),
+      correlationId: system.correlationId,
+    });
+  };
+
+  const sweep = () => {
+    const now = clock.now();
+    const system: Actor = { id: "system", correlationId: `sweep-${now}` };
+    const changed: Entry[] = [];
+    const reaped: Entry[] = [];
+    db.transaction(() => {
+      for (const e of agents.values()) {
+        if (now - e.row.heartbeatAt >= options.reapAfterMs) {
+          store.delete(e.row.id);
+          events.append({
+            type: "agent.deregistered.v1",
+            tenant: e.row.tenant,
+            schema: AgentDeregisteredSchema,
+            payload: create(AgentDeregisteredSchema, { agentId: e.row.id, tenant: e.row.tenant, reason: "reaped: no heartbeat", reaped: true }),
+            correlationId: system.correlationId,
+          });
+          audit.append({ actor: system.id, action: "agent.reap", tenant: e.row.tenant, resource: `agent/${e.row.id}`, outcome: "ok", correlationId: system.correlationId });
+          reaped.push(e);
+          continue;
+        }
+        const status = statusAt(e.row.heartbeatAt, now);
+        if (status !== e.status) {
+          setStatus(e, status, system);
+          changed.push(e);
+        }
+      }
+    })();
+    for (const e of reaped) {
+      agents.delete(e.row.id);
+      notify(e, ChangeType.DEREGISTERED);
+    }
+    for (const e of changed) notify(e, ChangeType.STATUS_CHANGED);
+    if (reaped.length) log.info({ reaped: reaped.length }, "reaped zombie agents");
+  };
+
+  return {
+    register(tenant, fields, actor) {
+      const now = clock.now();
+      const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
+      const entry: Entry = { row, status: AgentStatus.HEALTHY };
+      const agent = toProto(entry);
+      db.transaction(() => {
+        store.insert(row);
+        events.append({ type: "agent.registered.v1", tenant, schema: AgentRegisteredSchema, payload: create(AgentRegisteredSchema, { agent }), correlationId: actor.correlationId });
+        audit.append({ actor: actor.id, action: "agent.register", tenant, resource: `agent/${row.id}`, outcome: "ok", details: { name: row.name, endpoint: row.endpoint }, correlationId: actor.correlationId });
+      })();
+      agents.set(row.id, entry);
+      notify(entry, ChangeType.REGISTERED);
+      return agent;
+    },
+
+    get: (tenant, id) => toProto(lookup(tenant, id)),
+
+    list(query) {
+      const statuses = query.statuses?.length ? new Set(query.statuses) : undefined;
+      const matches: Entry[] = [];
+      for (const e of agents.values()) {
+        if (e.row.tenant !== query.tenant) continue;
+        if (query.afterId !== undefined && e.row.id <= query.afterId) continue;
+        if (!offers(e, query.capability ?? "")) continue;
+        if (statuses && !statuses.has(e.status)) continue;
+        if (query.routableOnly && e.status === AgentStatus.ZOMBIE) continue;
+        matches.push(e);
+      }
+      matches.sort((a, b) => (a.row.id < b.row.id ? -1 : 1));
+      return { agents: matches.slice(0, query.limit).map(toProto), more: matches.length > query.limit };
+    },
+
+    update(tenant, id, fields, paths, actor) {
+      const e = lookup(tenant, id);
+      const row: AgentRow = { ...e.row, revision: e.row.revision + 1 };
+      for (const p of paths) (row as unknown as Record<string, unknown>)[p] = fields[p];
+      const next: Entry = { ...e, row };
+      const agent = toProto(next);
+      db.transaction(() => {
+        store.update(row);
+        events.append({ type: "agent.updated.v1", tenant, schema: AgentUpdatedSchema, payload: create(AgentUpdatedSchema, { agent, changedFields: [...paths] }), correlationId: actor.correlationId });
+        audit.append({ actor: actor.id, action: "agent.update", tenant, resource: `agent/${id}`, outcome: "ok", details: { fields: paths }, correlationId: actor.correlationId });
+      })();
+      agents.set(id, next);
+      notify(next, ChangeType.UPDATED);
+      return agent;
+    },
+
+    deregister(tenant, id, reason, actor) {
+      const e = lookup(tenant, id);
+      db.transaction(() => {
+        store.delete(id);
+        events.append({ type: "agent.deregistered.v1", tenant, schema: AgentDeregisteredSchema, payload: create(AgentDeregisteredSchema, { agentId: id, tenant, reason }), correlationId: actor.correlationId });
+        audit.append({ actor: actor.id, action: "agent.deregister", tenant, resource: `agent/${id}`, outcome: "ok", details: { reason }, correlationId: actor.correlationId });
+      })();
+      agents.delete(id);
+      pendingBeats.delete(id);
+      notify(e, ChangeType.DEREGISTERED);
+    },
+
+    heartbeat(tenant, id, load) {
+      const e = lookup(tenant, id);
+      e.row.heartbeatAt = clock.now();
+      if (load) e.load = load;
+      pendingBeats.set(id, (pendingBeats.get(id) ?? 0) + 1);
+      if (e.status !== AgentStatus.HEALTHY) {
+        // Recovery is reported at once; going stale is noticed by the sweep.
+        db.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }))();
+        notify(e, ChangeType.STATUS_CHANGED);
+      }
+      return e.status;
+    },
+
+    listRoutable(tenant, capability) {
+      const out: Agent[] = [];
+      for (const e of agents.values()) {
+        if (e.row.tenant === tenant && e.status !== AgentStatus.ZOMBIE && offers(e, capability)) out.push(toProto(e));
+      }
+      return out;
+    },
+
+    watch(tenant, capability, signal) {
+      const queue: AgentChange[] = [];
+      let wake: (() => void) | undefined;
+      let overflow = false;
+      const watcher = {
+        tenant,
+        capability,
+        push(change: AgentChange) {
+          if (queue.length >= WATCH_BUFFER) overflow = true;
+          else queue.push(change);
+          wake?.();
+        },
+      };
+      for (const e of agents.values()) {
+        if (e.row.tenant === tenant && offers(e, capability)) queue.push({ type: ChangeType.EXISTING, agent: toProto(e) });
+      }
+      watchers.add(watcher);
+      const onAbort = () => wake?.();
+      signal.addEventListener("abort", onAbort, { once: true });
+      return (async function* () {
+        try {
+          while (!signal.aborted) {
+            const change = queue.shift();
+            if (change) {
+              yield change;
+              continue;
+            }
+            if (overflow) {
+              // A watcher that cannot keep up must resync rather than silently miss changes.
+              throw new ConnectError("watcher fell behind; reconnect to resync", Code.ResourceExhausted);
+            }
+            await new Promise<void>((resolve) => (wake = resolve));
+            wake = undefined;
+          }
+        } finally {
+          watchers.delete(watcher);
+          signal.removeEventListener("abort", onAbort);
+        }
+      })();
+    },
+
+    flush,
+    sweep,
+
+    start() {
+      // A failed background write is logged and retried on the next tick; it must not kill the process.
+      const guarded = (name: string, fn: () => void) => () => {
+        try {
+          fn();
+        } catch (err) {
+          log.error({ err }, `${name} failed`);
+        }
+      };
+      timers.push(
+        setInterval(guarded("heartbeat flush", flush), options.heartbeatFlushMs).unref(),
+        setInterval(guarded("sweep", sweep), options.sweepIntervalMs).unref(),
+      );
+    },
+
+    close() {
+      timers.forEach(clearInterval);
+      timers.length = 0;
+      flush();
+    },
+  };
+}

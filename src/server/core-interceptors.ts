@@ -1,0 +1,145 @@
+import { randomUUID } from "node:crypto";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { kCorrelationId, kLogger, kPeer, methodPath, observeStream, type CallResult, type KernelInterceptor } from "./interceptor.js";
+import { isClientError, toConnectError } from "./errors.js";
+import type { Logger } from "../telemetry/logger.js";
+
+const REQUEST_ID = "x-request-id";
+// Accept caller ids that are safe to log and echo; anything else is replaced, not trusted.
+const VALID_REQUEST_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
+
+/** Correlation id: taken from `x-request-id` or generated, echoed back, attached to a child logger. */
+export function correlationInterceptor(logger: Logger): KernelInterceptor {
+  return (next) => async (call) => {
+    const given = call.ctx.requestHeader.get(REQUEST_ID);
+    const id = given && VALID_REQUEST_ID.test(given) ? given : randomUUID();
+    call.ctx.values.set(kCorrelationId, id);
+    call.ctx.values.set(kLogger, logger.child({ correlationId: id }));
+    call.ctx.responseHeader.set(REQUEST_ID, id);
+    return next(call);
+  };
+}
+
+function codeName(code: Code | undefined): string {
+  return code === undefined ? "OK" : Code[code];
+}
+
+/**
+ * Access log: one line per call with method, code and duration. Successes log at debug so the
+ * hot path costs nothing at the default level; failures at info (caller's fault) or warn.
+ */
+export function loggingInterceptor(): KernelInterceptor {
+  return (next) => async (call) => {
+    const started = performance.now();
+    const log = (err: unknown) => {
+      const logger = call.ctx.values.get(kLogger);
+      if (!logger) return;
+      const code = err === undefined ? undefined : err instanceof ConnectError ? err.code : Code.Internal;
+      const level = code === undefined ? "debug" : isClientError(code) ? "info" : "warn";
+      if (!logger.isLevelEnabled(level)) return;
+      logger[level](
+        {
+          rpc: methodPath(call.method),
+          code: codeName(code),
+          durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+          peer: call.ctx.values.get(kPeer).address,
+          transport: call.ctx.values.get(kPeer).transport,
+          ...(err instanceof ConnectError && code !== undefined ? { error: err.rawMessage } : {}),
+        },
+        "rpc",
+      );
+    };
+    let result: CallResult;
+    try {
+      result = await next(call);
+    } catch (err) {
+      log(err);
+      throw err;
+    }
+    if (result.kind === "unary") {
+      log(undefined);
+      return result;
+    }
+    return { kind: "stream", output: observeStream(result.output, log) };
+  };
+}
+
+/** Maps every error to a ConnectError (see errors.ts); internal causes are logged, never returned. */
+export function errorMappingInterceptor(): KernelInterceptor {
+  return (next) => async (call) => {
+    const map = (err: unknown): ConnectError => {
+      if (err instanceof ConnectError) return err;
+      const id = call.ctx.values.get(kCorrelationId);
+      call.ctx.values.get(kLogger)?.error({ err, rpc: methodPath(call.method) }, "internal error");
+      return toConnectError(err, id);
+    };
+    let result: CallResult;
+    try {
+      result = await next(call);
+    } catch (err) {
+      throw map(err);
+    }
+    if (result.kind === "unary") return result;
+    const source = result.output;
+    return {
+      kind: "stream",
+      output: (async function* () {
+        try {
+          yield* source;
+        } catch (err) {
+          throw map(err);
+        }
+      })(),
+    };
+  };
+}
+
+function cappedContext(ctx: HandlerContext, capMs: number): { ctx: HandlerContext; release: () => void } {
+  const controller = new AbortController();
+  const deadlineAt = Date.now() + capMs;
+  const timer = setTimeout(() => controller.abort(new ConnectError(`deadline of ${capMs} ms exceeded`, Code.DeadlineExceeded)), capMs);
+  const onAbort = () => controller.abort(ctx.signal.reason);
+  if (ctx.signal.aborted) onAbort();
+  else ctx.signal.addEventListener("abort", onAbort, { once: true });
+  const capped: HandlerContext = {
+    service: ctx.service,
+    method: ctx.method,
+    signal: controller.signal,
+    timeoutMs: () => Math.max(0, deadlineAt - Date.now()),
+    requestMethod: ctx.requestMethod,
+    requestHeader: ctx.requestHeader,
+    responseHeader: ctx.responseHeader,
+    responseTrailer: ctx.responseTrailer,
+    protocolName: ctx.protocolName,
+    values: ctx.values,
+    url: ctx.url,
+  };
+  return {
+    ctx: capped,
+    release: () => {
+      clearTimeout(timer);
+      ctx.signal.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
+/**
+ * Deadline cap: a call without a deadline, or with one longer than `maxDeadlineMs`, runs under
+ * `maxDeadlineMs` instead; handlers see the capped signal and timeoutMs(). Server streams
+ * (watches) are long-lived by design and are capped only by their own deadline.
+ */
+export function deadlineInterceptor(maxDeadlineMs: number): KernelInterceptor {
+  return (next) => async (call) => {
+    if (call.method.methodKind !== "unary" && call.method.methodKind !== "client_streaming") return next(call);
+    const timeout = call.ctx.timeoutMs();
+    if (timeout !== undefined && timeout <= maxDeadlineMs) return next(call);
+    const { ctx, release } = cappedContext(call.ctx, maxDeadlineMs);
+    // Answer at the cap even when a handler ignores its signal.
+    const expired = new Promise<never>((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason as Error), { once: true }));
+    try {
+      return await Promise.race([next({ ...call, ctx }), expired]);
+    } finally {
+      release();
+    }
+  };
+}

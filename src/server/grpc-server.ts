@@ -1,0 +1,254 @@
+import { once } from "node:events";
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
+import { Code, ConnectError, createContextValues, decodeBinaryHeader, encodeBinaryHeader, type HandlerContext } from "@connectrpc/connect";
+import type { BoundService } from "./bind-service.js";
+import { kPeer, methodPath } from "./interceptor.js";
+import type { LimitOptions } from "../config/kernel-options.js";
+
+/** The native gRPC server: serves bound services with grpc-js. */
+export interface GrpcServer {
+  /** Binds and starts; resolves with the port actually bound. */
+  listen(host: string, port: number, credentials: grpc.ServerCredentials): Promise<number>;
+  /** Stops accepting calls, waits up to `graceMs` for in-flight ones, then cancels the rest. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+// A request that failed to decode is handed to the handler as this marker, so the caller gets
+// INVALID_ARGUMENT instead of the INTERNAL grpc-js would answer for a throwing deserializer.
+class UndecodableRequest {
+  constructor(readonly reason: string) {}
+}
+
+function deserializer(schema: DescMessage): (buf: Buffer) => unknown {
+  return (buf) => {
+    try {
+      return fromBinary(schema, buf);
+    } catch (e) {
+      return new UndecodableRequest((e as Error).message);
+    }
+  };
+}
+
+function serializer(schema: DescMessage): (msg: unknown) => Buffer {
+  return (msg) => {
+    const bytes = toBinary(schema, create(schema, msg as never));
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  };
+}
+
+/** Copies gRPC metadata into fetch Headers (binary values base64, as Connect does). */
+export function metadataToHeaders(md: grpc.Metadata): Headers {
+  const headers = new Headers();
+  for (const [key, value] of Object.entries(md.toJSON())) {
+    for (const v of value) headers.append(key, typeof v === "string" ? v : encodeBinaryHeader(v));
+  }
+  return headers;
+}
+
+/** Copies fetch Headers into gRPC metadata (skipping HTTP/2 reserved ones). */
+export function headersToMetadata(headers: Headers, into = new grpc.Metadata()): grpc.Metadata {
+  headers.forEach((value, key) => {
+    if (key.startsWith(":") || key === "content-type" || key === "te" || key.startsWith("grpc-")) return;
+    if (key.endsWith("-bin")) into.add(key, Buffer.from(decodeBinaryHeader(value)));
+    else into.add(key, value);
+  });
+  return into;
+}
+
+function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusObject> {
+  // The error-mapping interceptor turns everything into ConnectError; this guards the adapter itself.
+  const ce = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal);
+  const metadata = headersToMetadata(ctx.responseTrailer);
+  headersToMetadata(ce.metadata, metadata);
+  return { code: ce.code as number as grpc.status, details: ce.rawMessage, metadata };
+}
+
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
+
+function peerCertificates(call: AnyCall): Uint8Array[] {
+  const cert = call.getAuthContext().sslPeerCertificate;
+  if (!cert?.raw) return [];
+  // Node exposes the chain through issuerCertificate links (self-signed roots point at themselves).
+  const chain: Uint8Array[] = [];
+  let c: typeof cert | undefined = cert;
+  const seen = new Set<string>();
+  while (c?.raw && !seen.has(c.fingerprint256)) {
+    seen.add(c.fingerprint256);
+    chain.push(c.raw);
+    c = (c as typeof cert & { issuerCertificate?: typeof cert }).issuerCertificate;
+  }
+  return chain;
+}
+
+function handlerContext(bound: BoundService, method: DescMethod, call: AnyCall, controller: AbortController): HandlerContext {
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+  const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
+  return {
+    service: bound.service,
+    method,
+    signal: controller.signal,
+    timeoutMs,
+    requestMethod: "POST",
+    requestHeader: metadataToHeaders(call.metadata),
+    responseHeader: new Headers(),
+    responseTrailer: new Headers(),
+    protocolName: "grpc",
+    url: methodPath(method),
+    values: createContextValues().set(kPeer, {
+      address: call.getPeer().replace(/^ipv[46]:/, ""),
+      transport: "grpc-js",
+      certificates: peerCertificates(call),
+    }),
+  };
+}
+
+function track(call: AnyCall): AbortController {
+  const controller = new AbortController();
+  // grpc-js emits "cancelled" for client cancellation and for an expired deadline alike.
+  (call as NodeJS.EventEmitter).once("cancelled", () => controller.abort(new ConnectError("call cancelled", Code.Canceled)));
+  return controller;
+}
+
+function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnaryCall<unknown, unknown> {
+  const impl = bound.impl[method.localName]!;
+  return (call, callback) => {
+    const ctx = handlerContext(bound, method, call, track(call));
+    const request = call.request;
+    const result =
+      request instanceof UndecodableRequest
+        ? Promise.reject(new ConnectError(`request: cannot decode ${method.input.typeName}: ${request.reason}`, Code.InvalidArgument))
+        : Promise.resolve(impl(request, ctx));
+    result.then(
+      (output) => {
+        call.sendMetadata(headersToMetadata(ctx.responseHeader));
+        callback(null, output, headersToMetadata(ctx.responseTrailer));
+      },
+      (err: unknown) => {
+        call.sendMetadata(headersToMetadata(ctx.responseHeader));
+        callback(toServiceError(err, ctx));
+      },
+    );
+  };
+}
+
+async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, output: AsyncIterable<unknown>, ctx: HandlerContext): Promise<void> {
+  let headersSent = false;
+  for await (const message of output) {
+    if (!headersSent) {
+      call.sendMetadata(headersToMetadata(ctx.responseHeader));
+      headersSent = true;
+    }
+    // Respect HTTP/2 flow control: a slow reader pauses the producer instead of buffering.
+    if (!call.write(message) && !ctx.signal.aborted) {
+      const abort = new AbortController();
+      await Promise.race([once(call, "drain", { signal: abort.signal }), once(ctx.signal, "abort", { signal: abort.signal })]).catch(() => undefined);
+      abort.abort();
+    }
+    if (ctx.signal.aborted) return;
+  }
+  if (!headersSent) call.sendMetadata(headersToMetadata(ctx.responseHeader));
+  call.end(headersToMetadata(ctx.responseTrailer));
+}
+
+function streamingHandler(bound: BoundService, method: DescMethod): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
+  const impl = bound.impl[method.localName]!;
+  const clientStreams = method.methodKind === "bidi_streaming";
+  return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
+    const ctx = handlerContext(bound, method, call, track(call));
+    const input = clientStreams ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method) : (call as grpc.ServerWritableStream<unknown, unknown>).request;
+    const run = async () => {
+      if (input instanceof UndecodableRequest) {
+        throw new ConnectError(`request: cannot decode ${method.input.typeName}: ${input.reason}`, Code.InvalidArgument);
+      }
+      await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx);
+    };
+    run().catch((err: unknown) => {
+      if (!call.cancelled) call.emit("error", toServiceError(err, ctx));
+    });
+  };
+}
+
+async function* readInput(call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>, method: DescMethod): AsyncIterable<unknown> {
+  for await (const message of call as AsyncIterable<unknown>) {
+    if (message instanceof UndecodableRequest) {
+      throw new ConnectError(`request: cannot decode ${method.input.typeName}: ${message.reason}`, Code.InvalidArgument);
+    }
+    yield message;
+  }
+}
+
+function clientStreamingHandler(bound: BoundService, method: DescMethod): grpc.handleClientStreamingCall<unknown, unknown> {
+  const impl = bound.impl[method.localName]!;
+  return (call, callback) => {
+    const ctx = handlerContext(bound, method, call, track(call));
+    Promise.resolve(impl(readInput(call, method), ctx)).then(
+      (output) => {
+        call.sendMetadata(headersToMetadata(ctx.responseHeader));
+        callback(null, output, headersToMetadata(ctx.responseTrailer));
+      },
+      (err: unknown) => callback(toServiceError(err, ctx)),
+    );
+  };
+}
+
+/** Options for the grpc-js server. */
+export interface GrpcServerOptions {
+  services: readonly BoundService[];
+  limits: LimitOptions;
+}
+
+/** Creates a grpc-js server for `services`, with explicit message, stream and metadata limits. */
+export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": options.limits.maxMessageBytes,
+    "grpc.max_send_message_length": options.limits.maxMessageBytes,
+    "grpc.max_concurrent_streams": options.limits.maxConcurrentStreams,
+    "grpc.max_metadata_size": options.limits.maxHeaderBytes,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  for (const bound of options.services) {
+    const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+    const impl: grpc.UntypedServiceImplementation = {};
+    for (const method of bound.service.methods) {
+      const requestStream = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
+      const responseStream = method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming";
+      definition[method.localName] = {
+        path: methodPath(method),
+        requestStream,
+        responseStream,
+        requestSerialize: serializer(method.input),
+        requestDeserialize: deserializer(method.input),
+        responseSerialize: serializer(method.output),
+        responseDeserialize: deserializer(method.output),
+        originalName: method.localName,
+      };
+      impl[method.localName] = responseStream
+        ? streamingHandler(bound, method)
+        : requestStream
+          ? clientStreamingHandler(bound, method)
+          : unaryHandler(bound, method);
+    }
+    server.addService(definition, impl);
+  }
+
+  return {
+    listen: (host, port, credentials) =>
+      new Promise((resolve, reject) => {
+        const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+        server.bindAsync(address, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+      }),
+    shutdown: (graceMs) =>
+      new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      }),
+  };
+}

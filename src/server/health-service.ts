@@ -1,0 +1,32 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+
+/** Answers whether the kernel as a whole ("") or one named service can serve. */
+export type ServingProbe = (service: string) => Serving | undefined;
+
+/**
+ * grpc.health.v1.Health, served on both transports. Check answers NOT_FOUND for unknown
+ * services (as the standard says); Watch sends the status and then every change.
+ */
+export function createHealthService(probe: ServingProbe, watchIntervalMs = 1000): ServiceImpl<typeof Health> {
+  return {
+    check(req) {
+      const status = probe(req.service);
+      if (status === undefined) throw new ConnectError(`service: unknown service "${req.service}"`, Code.NotFound);
+      return { status };
+    },
+    async *watch(req, ctx) {
+      let last: Serving | undefined;
+      while (!ctx.signal.aborted) {
+        // The standard: unknown services are reported as SERVICE_UNKNOWN on Watch, not as an error.
+        const status = probe(req.service) ?? Serving.SERVICE_UNKNOWN;
+        if (status !== last) {
+          last = status;
+          yield { status };
+        }
+        await sleep(watchIntervalMs, undefined, { signal: ctx.signal }).catch(() => undefined);
+      }
+    },
+  };
+}

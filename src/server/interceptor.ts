@@ -1,0 +1,62 @@
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import { createContextKey, type HandlerContext } from "@connectrpc/connect";
+import type { Logger } from "../telemetry/logger.js";
+
+/** A call as the interceptor chain sees it, for every method kind and both transports. */
+export interface CallRequest {
+  readonly service: DescService;
+  readonly method: DescMethod;
+  /** Handler context: headers, signal, deadline and per-request values (see the keys below). */
+  readonly ctx: HandlerContext;
+  /** The request message (unary, server-streaming) or an async iterable of them (client, bidi). */
+  readonly input: unknown;
+}
+
+/** What a handler produced: one message, or a stream of them. */
+export type CallResult =
+  | { readonly kind: "unary"; readonly output: unknown }
+  | { readonly kind: "stream"; readonly output: AsyncIterable<unknown> };
+
+/** The next step in the chain. */
+export type CallHandler = (call: CallRequest) => Promise<CallResult>;
+
+/**
+ * One link of the kernel's interceptor chain. The same chain runs for grpc-js and connect-node
+ * (see bind-service.ts), so an interceptor is written once for both transports.
+ */
+export type KernelInterceptor = (next: CallHandler) => CallHandler;
+
+/** Transport facts about the caller, set by the transport adapter before the chain runs. */
+export interface PeerInfo {
+  /** Remote address, e.g. "127.0.0.1:53012". */
+  address: string;
+  /** "grpc-js" or "connect-node". */
+  transport: "grpc-js" | "connect-node";
+  /** DER certificates the peer presented over mTLS, leaf first; empty over plaintext. */
+  certificates: Uint8Array[];
+}
+
+/** Per-request value: transport facts about the caller. */
+export const kPeer = createContextKey<PeerInfo>({ address: "", transport: "connect-node", certificates: [] }, { description: "peer" });
+/** Per-request value: the correlation id (from x-request-id or generated). */
+export const kCorrelationId = createContextKey<string>("", { description: "correlation id" });
+/** Per-request value: the request-scoped child logger (carries the correlation id). */
+export const kLogger = createContextKey<Logger | undefined>(undefined, { description: "request logger" });
+
+/** Full RPC path of a method, e.g. "/nops.kernel.v1.AgentRegistryService/Heartbeat". */
+export function methodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+/** Wraps a stream so `onEnd` runs once when it finishes, fails or is abandoned. */
+export async function* observeStream<T>(source: AsyncIterable<T>, onEnd: (error: unknown) => void): AsyncIterable<T> {
+  let error: unknown = undefined;
+  try {
+    yield* source;
+  } catch (e) {
+    error = e;
+    throw e;
+  } finally {
+    onEnd(error);
+  }
+}
