@@ -106,8 +106,14 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
         socket.off("data", onData);
         socket.pause();
         socket.unshift(seen);
-        (isH2 ? h2c : h1).emit("connection", socket);
-        socket.resume();
+        if (isH2) {
+          // The HTTP/2 session reads what is already buffered on the next tick; resuming here
+          // would emit that data to no listener and lose the preface.
+          h2c.emit("connection", socket);
+        } else {
+          h1.emit("connection", socket);
+          socket.resume();
+        }
       };
       socket.on("data", onData);
     });

@@ -1,0 +1,72 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import type { ExecutionContext } from "ava";
+import type { DescService } from "@bufbuild/protobuf";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { resolveKernelOptions, type KernelOptions } from "../../src/config/kernel-options.js";
+import { startKernel, type Kernel, type KernelOverrides } from "../../src/main.js";
+
+/** A kernel on free ports in a temporary data dir, plus captured log lines. */
+export interface TestKernel {
+  kernel: Kernel;
+  dir: string;
+  logs: string[];
+  /** Client over the named transport: "grpc-js" hits the grpc-js server, the others connect-node. */
+  client<S extends DescService>(service: S, transport: TransportName): Client<S>;
+  transport(name: TransportName): Transport;
+}
+
+/** Server/protocol pairs every RPC test runs over. */
+export type TransportName = "grpc-js" | "connect-json" | "connect-binary-h2" | "grpc-web" | "grpc-over-connect-node";
+
+/** The two servers, each with its native protocol: what "both transports" means in tests. */
+export const BOTH: readonly TransportName[] = ["grpc-js", "connect-json"];
+
+/** Starts a kernel for a test and stops it (and removes its data) in teardown. */
+export async function startTestKernel(t: ExecutionContext, raw: Record<string, unknown> = {}, overrides: KernelOverrides = {}): Promise<TestKernel> {
+  const dir = mkdtempSync(join(tmpdir(), "nops-kernel-test-"));
+  const options: KernelOptions = resolveKernelOptions({
+    dataDir: dir,
+    grpc: { host: "127.0.0.1", port: 0 },
+    http: { host: "127.0.0.1", port: 0 },
+    log: { level: "debug" },
+    shutdownGraceMs: 1000,
+    ...raw,
+  });
+  const logs: string[] = [];
+  const logDestination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(...chunk.toString("utf8").split("\n").filter(Boolean));
+      cb();
+    },
+  });
+  const kernel = await startKernel(options, { logDestination, ...overrides });
+  const transports = new Map<TransportName, Transport>();
+  const transport = (name: TransportName): Transport => {
+    let tr = transports.get(name);
+    if (!tr) {
+      const grpcUrl = `http://127.0.0.1:${kernel.grpcPort}`;
+      const httpUrl = `http://127.0.0.1:${kernel.httpPort}`;
+      tr =
+        name === "grpc-js"
+          ? createGrpcTransport({ baseUrl: grpcUrl })
+          : name === "connect-json"
+            ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "1.1", useBinaryFormat: false })
+            : name === "connect-binary-h2"
+              ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "2", useBinaryFormat: true })
+              : name === "grpc-web"
+                ? createGrpcWebTransport({ baseUrl: httpUrl, httpVersion: "1.1" })
+                : createGrpcTransport({ baseUrl: httpUrl });
+      transports.set(name, tr);
+    }
+    return tr;
+  };
+  t.teardown(async () => {
+    await kernel.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { kernel, dir, logs, transport, client: (service, name) => createClient(service, transport(name)) };
+}
