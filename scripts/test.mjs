@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Runs the whole ava suite with the TAP reporter and ends with the one line CI reads:
 // "N passed, N failed". Extra arguments are passed to ava (e.g. a file glob).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
+
+execFileSync("bash", ["scripts/ensure-test-deps.sh"], { stdio: "inherit" });
+process.env.PATH = `${process.env.PATH}:/usr/sbin`;
 
 const ava = spawn(process.execPath, ["node_modules/ava/entrypoints/cli.mjs", "--tap", ...process.argv.slice(2)], {
   stdio: ["ignore", "pipe", "inherit"],

@@ -1,0 +1,84 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import test from "ava";
+import Database from "better-sqlite3";
+import { freePort, spawnChild, waitFor } from "./helpers/processes.js";
+
+const root = new URL("..", import.meta.url).pathname;
+const tsx = ["--import", "tsx", join(root, "src/cli.ts")];
+
+function cli(args: string[], env: Record<string, string>): { code: number; out: string } {
+  try {
+    const out = execFileSync(process.execPath, [...tsx, ...args], { env: { ...process.env, ...env }, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    return { code: 0, out };
+  } catch (e) {
+    const err = e as { status: number; stdout: string; stderr: string };
+    return { code: err.status, out: err.stdout + err.stderr };
+  }
+}
+
+// The README's shell blocks that call the running kernel, with the default ports swapped for this test's.
+function readmeExamples(grpcPort: number, httpPort: number): string[] {
+  const readme = readFileSync(join(root, "README.md"), "utf8");
+  return [...readme.matchAll(/```sh\n([\s\S]*?)```/g)]
+    .map((m) => m[1] ?? "")
+    .filter((block) => /^(curl|npx buf curl) /m.test(block))
+    .map((block) => block.replaceAll("127.0.0.1:8080", `127.0.0.1:${httpPort}`).replaceAll("127.0.0.1:50051", `127.0.0.1:${grpcPort}`));
+}
+
+test("cli - the built kernel starts on embedded defaults and every README example works as written", async (t) => {
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "pipe" });
+  const dataDir = mkdtempSync(join(tmpdir(), "nops-cli-"));
+  const [grpcPort, httpPort] = [await freePort(), await freePort()];
+  const kernel = spawnChild(t, process.execPath, [join(root, "dist/src/cli.js"), "serve"], {
+    NOPS_DATA_DIR: dataDir,
+    NOPS_GRPC_PORT: String(grpcPort),
+    NOPS_HTTP_PORT: String(httpPort),
+  });
+  await waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).ok, 30_000, "kernel readiness");
+  const examples = readmeExamples(grpcPort, httpPort);
+  t.true(examples.length >= 4, "README has curl and buf curl examples");
+  const outputs = examples.map((script) => execFileSync("bash", ["-euo", "pipefail", "-c", script], { cwd: root, encoding: "utf8" }));
+  const registered = outputs.filter((o) => o.includes('"agent"') && o.includes("summarizer"));
+  t.true(registered.length >= 2, "RegisterAgent answered over Connect (curl) and gRPC (buf curl)");
+  t.true(outputs.some((o) => o.includes("SERVING")));
+  t.true(outputs.some((o) => o.includes('"alive"')));
+
+  kernel.proc.kill("SIGTERM");
+  t.is(await kernel.exited, 0, kernel.output());
+  t.regex(kernel.output(), /kernel stopped/);
+});
+
+test("cli - migrate status, down and up keep the data; audit verify catches tampering", (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), "nops-cli-"));
+  const env = { NOPS_DATA_DIR: dataDir, NOPS_LOG_LEVEL: "silent" };
+  t.regex(cli(["migrate", "up"], env).out, /applied: 1/);
+  t.regex(cli(["migrate", "status"], env).out, /schema version (\d+) of \1/);
+  const db = new Database(join(dataDir, "kernel.db"));
+  db.prepare("INSERT INTO agents VALUES ('a1', 'acme', 'n', '1', 'h:1', '[]', '{}', 1, 2, 1)").run();
+  db.close();
+  t.regex(cli(["migrate", "down", "--steps", "1"], env).out, /reverted: \d+/);
+  t.regex(cli(["migrate", "status"], env).out, /pending/);
+  t.regex(cli(["migrate", "up"], env).out, /applied: \d+/);
+  const after = new Database(join(dataDir, "kernel.db"));
+  t.is((after.prepare("SELECT count(*) AS n FROM agents").get() as { n: number }).n, 1);
+  after.close();
+
+  t.is(cli(["audit", "verify"], env).code, 0);
+  const tamper = new Database(join(dataDir, "kernel.db"));
+  tamper.exec(`INSERT INTO audit_log VALUES (1, 1, 'a', 'x', 't', 'r', 'ok', '{}', '', '${"0".repeat(64)}', 'bad')`);
+  tamper.close();
+  const verify = cli(["audit", "verify"], env);
+  t.is(verify.code, 1);
+  t.regex(verify.out, /TAMPERED at row 1/);
+});
+
+test("cli - bad configuration stops with the field named", (t) => {
+  const bad = cli(["serve"], { NOPS_GRPC_PORT: "70000", NOPS_DATA_DIR: mkdtempSync(join(tmpdir(), "nops-cli-")) });
+  t.is(bad.code, 2);
+  t.regex(bad.out, /grpc\.port must be an integer from 0 to 65535/);
+  t.regex(cli(["version"], {}).out, /^\d+\.\d+\.\d+/);
+  t.is(cli(["frobnicate"], {}).code, 2);
+});
