@@ -1,5 +1,6 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
+import globals from "globals";
 
 export default tseslint.config(
   { ignores: ["gen/**", "dist/**", "node_modules/**", "data/**"] },
@@ -19,4 +20,5 @@ export default tseslint.config(
   },
   { files: ["src/**/*.ts"], rules: { "no-console": "error" } },
   { files: ["**/*.js", "**/*.mjs"], ...tseslint.configs.disableTypeChecked },
+  { files: ["**/*.js", "**/*.mjs"], languageOptions: { globals: globals.node } },
 );

@@ -1,6 +1,6 @@
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { AgentRegistryService, AgentStatus, WatchAgentsResponse_ChangeType as ChangeType } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { AgentRegistryService, AgentStatus, WatchAgentsResponse_ChangeType as ChangeType, type WatchAgentsResponse } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { BOTH, startTestKernel, type TransportName } from "../helpers/kernel.js";
 
@@ -13,7 +13,7 @@ const agentInput = {
   labels: { zone: "a" },
 };
 
-async function rejects(t: import("ava").ExecutionContext, p: Promise<unknown>, code: Code, field?: string): Promise<ConnectError> {
+async function rejects(t: ExecutionContext, p: Promise<unknown>, code: Code, field?: string): Promise<ConnectError> {
   const err = await t.throwsAsync(p);
   t.true(err instanceof ConnectError, `expected ConnectError, got ${String(err)}`);
   const ce = err as ConnectError;
@@ -122,7 +122,8 @@ for (const transport of BOTH) {
     const client = k.client(AgentRegistryService, transport);
     const existing = (await client.registerAgent(agentInput)).agent!;
     const abort = new AbortController();
-    const stream = client.watchAgents({ tenant: "acme" }, { signal: abort.signal })[Symbol.asyncIterator]();
+    const iterator = client.watchAgents({ tenant: "acme" }, { signal: abort.signal })[Symbol.asyncIterator]();
+    const stream = { next: async () => (await iterator.next()) as IteratorResult<WatchAgentsResponse, undefined> };
     const first = await stream.next();
     t.is(first.value?.type, ChangeType.EXISTING);
     t.is(first.value?.agent?.id, existing.id);
