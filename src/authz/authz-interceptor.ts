@@ -1,0 +1,79 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { Logger } from "../telemetry/logger.js";
+import { kPrincipal, type Principal } from "../identity/principal.js";
+import { methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
+import { auditDenial } from "./audit-denial.js";
+import type { AuthzOptions } from "./authz-options.js";
+import { createAuthorizer, type Authorizer } from "./authorizer.js";
+import { createMethodMatcher } from "./method-pattern.js";
+import { createTenantExtractor, type TenantExtractor, type TenantTargets } from "./tenant-extractor.js";
+
+/** What the authz interceptor needs. */
+export interface AuthzDeps {
+  audit: AuditLog;
+  /** Component logger (child "authz"). */
+  logger: Logger;
+}
+
+// Clients learn only that they were refused; the reason is in the audit trail.
+const DENIED_MESSAGE = "permission denied";
+
+/**
+ * Creates the authorization link of the chain: after authn, it checks the method's scope or
+ * role and the tenants the request targets against the principal in kPrincipal. Refusals are
+ * PERMISSION_DENIED (UNAUTHENTICATED without a principal) and are audited as "authz.deny".
+ */
+export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): KernelInterceptor {
+  const authorizer = createAuthorizer(options);
+  const isPublic = createMethodMatcher(options.publicMethods);
+  const extract = createTenantExtractor();
+  return (next) => async (call) => {
+    const path = methodPath(call.method);
+    if (isPublic(path)) return next(call);
+    const principal = call.ctx.values.get(kPrincipal);
+    if (!principal) {
+      if (options.allowAnonymous) return next(call);
+      auditDenial(deps.audit, deps.logger, call, { actor: "anonymous", action: "authn.deny", tenant: "", reason: "no principal reached authz" });
+      throw new ConnectError("unauthenticated", Code.Unauthenticated);
+    }
+    const kind = call.method.methodKind;
+    if (kind === "unary" || kind === "server_streaming") {
+      check(authorizer, deps, call, principal, path, extract(call.method.input, call.input));
+      return next(call);
+    }
+    // Client and bidi streams: the method itself is checked up front for the principal's own
+    // tenant, then every message as it arrives.
+    const own: TenantTargets = { hasField: principal.tenant !== undefined, tenants: principal.tenant === undefined ? [] : [principal.tenant] };
+    check(authorizer, deps, call, principal, path, own);
+    const input = call.input as AsyncIterable<unknown>;
+    return next({ ...call, input: checkEach(authorizer, deps, call, principal, path, input, extract) });
+  };
+}
+
+function check(authorizer: Authorizer, deps: AuthzDeps, call: CallRequest, principal: Principal, path: string, targets: TenantTargets): void {
+  const decision = authorizer.decide(principal, path, targets);
+  if (decision.allowed) return;
+  auditDenial(deps.audit, deps.logger, call, {
+    actor: principal.id,
+    action: "authz.deny",
+    tenant: targets.tenants[0] ?? principal.tenant ?? "",
+    reason: decision.reason,
+  });
+  throw new ConnectError(DENIED_MESSAGE, Code.PermissionDenied);
+}
+
+async function* checkEach(
+  authorizer: Authorizer,
+  deps: AuthzDeps,
+  call: CallRequest,
+  principal: Principal,
+  path: string,
+  input: AsyncIterable<unknown>,
+  extract: TenantExtractor,
+): AsyncIterable<unknown> {
+  for await (const message of input) {
+    check(authorizer, deps, call, principal, path, extract(call.method.input, message));
+    yield message;
+  }
+}

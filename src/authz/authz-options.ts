@@ -1,0 +1,135 @@
+import { ConfigError } from "../common/errors.js";
+import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
+import { asRecord, readBoolean, readStringList } from "./config-fields.js";
+import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
+import { parseRequiredScope, parseScopeGrant } from "./scope.js";
+
+/**
+ * An attribute rule. Every condition given must hold for the rule to apply. A matching "deny"
+ * refuses the call whatever the scopes say; a matching "allow" grants the method without a
+ * scope. Neither changes tenant isolation.
+ */
+export interface AttributeRule {
+  effect: "allow" | "deny";
+  /** Method patterns: "*", "/pkg.Service/*" or "/pkg.Service/Method". */
+  methods: string[];
+  /** The principal holds at least one of these roles. */
+  roles?: Role[];
+  /** "deny": the request targets at least one of these tenants; "allow": it targets only these. */
+  tenants?: string[];
+  /** The principal holds every one of these capabilities. */
+  capabilities?: string[];
+}
+
+/** Authorization policy. */
+export interface AuthzOptions {
+  /**
+   * Required scope ("service/operation") per method pattern; user entries are merged over the
+   * defaults. A method no pattern covers may be called by SUPER_ADMIN only.
+   * @default DEFAULT_METHOD_SCOPES
+   */
+  methodScopes: Record<string, string>;
+  /** Scopes each role holds; a role given replaces that role's defaults. @default DEFAULT_ROLE_SCOPES */
+  roleScopes: Record<Role, string[]>;
+  /** Attribute rules, evaluated in order (deny wins over allow). @default [] */
+  rules: AttributeRule[];
+  /** Methods that need no principal. @default DEFAULT_PUBLIC_METHODS */
+  publicMethods: string[];
+  /**
+   * Let calls without a principal through (plaintext development ports; pair with the authn
+   * interceptor's allowAnonymous). @default false
+   */
+  allowAnonymous: boolean;
+}
+
+/** Kernel methods and the scope each requires. */
+export const DEFAULT_METHOD_SCOPES: Readonly<Record<string, string>> = {
+  "/nops.kernel.v1.AgentRegistryService/RegisterAgent": "registry/write",
+  "/nops.kernel.v1.AgentRegistryService/UpdateAgent": "registry/write",
+  "/nops.kernel.v1.AgentRegistryService/DeregisterAgent": "registry/write",
+  "/nops.kernel.v1.AgentRegistryService/Heartbeat": "registry/write",
+  "/nops.kernel.v1.AgentRegistryService/GetAgent": "registry/read",
+  "/nops.kernel.v1.AgentRegistryService/ListAgents": "registry/read",
+  "/nops.kernel.v1.AgentRegistryService/WatchAgents": "registry/read",
+  "/nops.kernel.v1.ApiKeyService/CreateApiKey": "apikeys/write",
+  "/nops.kernel.v1.ApiKeyService/RotateApiKey": "apikeys/write",
+  "/nops.kernel.v1.ApiKeyService/RevokeApiKey": "apikeys/write",
+  "/nops.kernel.v1.ApiKeyService/ListApiKeys": "apikeys/read",
+};
+
+/** What each role may do (tenant-bound roles stay inside their tenant whatever the scope says). */
+export const DEFAULT_ROLE_SCOPES: Readonly<Record<Role, readonly string[]>> = {
+  SUPER_ADMIN: ["*/*/*"],
+  ADMIN: ["*/*/*"],
+  OPERATOR: ["registry/*/*"],
+  VIEWER: ["registry/read/*"],
+};
+
+/** Defaults: the kernel's method map and role scopes, no attribute rules, no anonymous calls. */
+export const DEFAULT_AUTHZ_OPTIONS: Readonly<AuthzOptions> = {
+  methodScopes: { ...DEFAULT_METHOD_SCOPES },
+  roleScopes: Object.fromEntries(ROLES.map((r) => [r, [...DEFAULT_ROLE_SCOPES[r]]])) as Record<Role, string[]>,
+  rules: [],
+  publicMethods: [...DEFAULT_PUBLIC_METHODS],
+  allowAnonymous: false,
+};
+
+function checkGrants(scopes: string[], field: string): string[] {
+  scopes.forEach((s, i) => {
+    if (!parseScopeGrant(s)) throw new ConfigError(`${field}[${i}] is not a scope ("service/operation[/tenant]", parts a name or "*"): ${JSON.stringify(s)}`);
+  });
+  return scopes;
+}
+
+/** Checks a list of role names. */
+export function readRoles(obj: Record<string, unknown>, key: string, path: string): Role[] | undefined {
+  const roles = readStringList(obj, key, path);
+  roles?.forEach((r, i) => {
+    if (!isRole(r)) throw new ConfigError(`${path}.${key}[${i}] must be one of ${ROLES.join(", ")}`);
+  });
+  return roles as Role[] | undefined;
+}
+
+function resolveRule(input: unknown, path: string): AttributeRule {
+  const r = asRecord(input, path);
+  const effect = r.effect;
+  if (effect !== "allow" && effect !== "deny") throw new ConfigError(`${path}.effect must be "allow" or "deny"`);
+  const methods = readStringList(r, "methods", path);
+  if (!methods || methods.length === 0) throw new ConfigError(`${path}.methods must list at least one method pattern`);
+  methods.forEach((m, i) => checkMethodPattern(m, `${path}.methods[${i}]`));
+  const tenants = readStringList(r, "tenants", path);
+  tenants?.forEach((t, i) => {
+    if (!TENANT_PATTERN.test(t)) throw new ConfigError(`${path}.tenants[${i}] is not a tenant id`);
+  });
+  const rule: AttributeRule = { effect, methods };
+  const roles = readRoles(r, "roles", path);
+  const capabilities = readStringList(r, "capabilities", path);
+  if (roles) rule.roles = roles;
+  if (tenants) rule.tenants = tenants;
+  if (capabilities) rule.capabilities = capabilities;
+  return rule;
+}
+
+/** Validates a partial authz config over the defaults; throws ConfigError naming the field. */
+export function resolveAuthzOptions(input: unknown, path = "authz"): AuthzOptions {
+  const o = asRecord(input, path);
+  const methodScopes = { ...DEFAULT_AUTHZ_OPTIONS.methodScopes };
+  for (const [pattern, scope] of Object.entries(asRecord(o.methodScopes, `${path}.methodScopes`))) {
+    const field = `${path}.methodScopes[${JSON.stringify(pattern)}]`;
+    checkMethodPattern(pattern, field);
+    if (typeof scope !== "string" || !parseRequiredScope(scope)) throw new ConfigError(`${field} must be a scope "service/operation"`);
+    methodScopes[pattern] = scope;
+  }
+  const roleScopes = { ...DEFAULT_AUTHZ_OPTIONS.roleScopes };
+  const rs = asRecord(o.roleScopes, `${path}.roleScopes`);
+  for (const key of Object.keys(rs)) {
+    if (!isRole(key)) throw new ConfigError(`${path}.roleScopes.${key} is not a role (${ROLES.join(", ")})`);
+    roleScopes[key] = checkGrants(readStringList(rs, key, `${path}.roleScopes`) ?? [], `${path}.roleScopes.${key}`);
+  }
+  if (o.rules !== undefined && !Array.isArray(o.rules)) throw new ConfigError(`${path}.rules must be a list`);
+  const rules = ((o.rules as unknown[] | undefined) ?? []).map((r, i) => resolveRule(r, `${path}.rules[${i}]`));
+  const publicMethods = readStringList(o, "publicMethods", path) ?? [...DEFAULT_AUTHZ_OPTIONS.publicMethods];
+  publicMethods.forEach((m, i) => checkMethodPattern(m, `${path}.publicMethods[${i}]`));
+  const allowAnonymous = readBoolean(o, "allowAnonymous", path) ?? DEFAULT_AUTHZ_OPTIONS.allowAnonymous;
+  return { methodScopes, roleScopes, rules, publicMethods, allowAnonymous };
+}

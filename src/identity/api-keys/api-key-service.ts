@@ -1,0 +1,188 @@
+import { create } from "@bufbuild/protobuf";
+import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { AuditLog } from "../../audit/audit-log.js";
+import type { Db } from "../../store/database.js";
+import type { Logger } from "../../telemetry/logger.js";
+import { kCorrelationId } from "../../server/interceptor.js";
+import { parseScopeGrant } from "../../authz/scope.js";
+import { ApiKeySchema, Role as RoleEnum, type ApiKey, type ApiKeyService } from "../../../gen/nops/kernel/v1/api_key_pb.js";
+import { TENANT_PATTERN, isAllTenants, kPrincipal, type Principal, type Role } from "../principal.js";
+import { KEY_ID_PATTERN, type ApiKeyOptions, type ApiKeyRecord, type ApiKeyStore } from "./api-key-store.js";
+
+/** What the ApiKeyService handler needs. */
+export interface ApiKeyServiceDeps {
+  db: Db;
+  store: ApiKeyStore;
+  audit: AuditLog;
+  /** Component logger (child "api-keys"). */
+  logger: Logger;
+  /** Grace limits; the pepper is the store's business. */
+  options: Pick<ApiKeyOptions, "defaultGraceMs" | "maxGraceMs">;
+}
+
+const ROLE_TO_ENUM: Record<Role, RoleEnum> = {
+  SUPER_ADMIN: RoleEnum.SUPER_ADMIN,
+  ADMIN: RoleEnum.ADMIN,
+  OPERATOR: RoleEnum.OPERATOR,
+  VIEWER: RoleEnum.VIEWER,
+};
+// An API key is never SUPER_ADMIN: a leaked key must not reach every tenant.
+const KEY_ROLES = new Map<RoleEnum, Role>([
+  [RoleEnum.ADMIN, "ADMIN"],
+  [RoleEnum.OPERATOR, "OPERATOR"],
+  [RoleEnum.VIEWER, "VIEWER"],
+]);
+const MAX_PAGE_SIZE = 1000;
+const DEFAULT_PAGE_SIZE = 100;
+const AGENT_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function invalid(field: string, why: string): ConnectError {
+  return new ConnectError(`${field}: ${why}`, Code.InvalidArgument);
+}
+
+function toProto(r: ApiKeyRecord): ApiKey {
+  return create(ApiKeySchema, {
+    keyId: r.keyId,
+    tenant: r.tenant,
+    agentId: r.agentId,
+    name: r.name,
+    role: ROLE_TO_ENUM[r.role],
+    scopes: r.scopes,
+    createTime: timestampFromMs(r.createdAt),
+    createdBy: r.createdBy,
+    rotateTime: r.rotatedAt === undefined ? undefined : timestampFromMs(r.rotatedAt),
+    graceExpireTime: r.graceUntil === undefined ? undefined : timestampFromMs(r.graceUntil),
+    revokeTime: r.revokedAt === undefined ? undefined : timestampFromMs(r.revokedAt),
+  });
+}
+
+function checkTenant(tenant: string): void {
+  if (!TENANT_PATTERN.test(tenant)) throw invalid("tenant", "must match ^[a-z0-9][a-z0-9_-]{0,62}$");
+}
+
+function checkKeyId(keyId: string): void {
+  if (!KEY_ID_PATTERN.test(keyId)) throw invalid("key_id", "must be 24 lowercase hex characters");
+}
+
+/**
+ * Creates the ApiKeyService handler. Callable by SUPER_ADMIN, and by ADMIN for its own tenant;
+ * every call, allowed or not, leaves an audit row ("apikey.create|rotate|revoke|list").
+ */
+export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof ApiKeyService> {
+  const { db, store, audit, logger } = deps;
+
+  // Runs `body` for an admin of `tenant` (undefined: the call targets every tenant) and audits the
+  // outcome. Input is validated inside `body`, so a caller who may not call learns nothing from it.
+  function guarded<T>(ctx: HandlerContext, action: string, tenant: string | undefined, resource: string, body: (actor: Principal) => { result: T; details?: Record<string, unknown>; resource?: string }): T {
+    const principal = ctx.values.get(kPrincipal);
+    const correlationId = ctx.values.get(kCorrelationId);
+    const actor = principal?.id ?? "anonymous";
+    const record = (outcome: string, res: string, details: Record<string, unknown>): void => {
+      // The tenant is caller input until validated: bound what reaches the audit row.
+      audit.append({ actor, action, tenant: (tenant ?? "").slice(0, 63), resource: res.slice(0, 100), outcome, details, correlationId });
+    };
+    if (!principal) {
+      record("denied", resource, { reason: "no principal" });
+      throw new ConnectError("unauthenticated", Code.Unauthenticated);
+    }
+    const admin = principal.roles.includes("SUPER_ADMIN") || principal.roles.includes("ADMIN");
+    // An ADMIN acts only on its own tenant; listing every tenant (tenant undefined) needs SUPER_ADMIN.
+    if (!admin || (!isAllTenants(principal) && (tenant === undefined || principal.tenant !== tenant))) {
+      record("denied", resource, { reason: admin ? "other tenant" : "not an admin" });
+      throw new ConnectError("permission denied", Code.PermissionDenied);
+    }
+    try {
+      // The change and its audit row commit together.
+      return db.transaction(() => {
+        const out = body(principal);
+        record("ok", out.resource ?? resource, out.details ?? {});
+        return out.result;
+      })();
+    } catch (e) {
+      const err = ConnectError.from(e);
+      if (err.code === Code.Internal || err.code === Code.Unknown) logger.error({ err: e, action, correlationId }, "api key operation failed");
+      try {
+        record(err.code === Code.PermissionDenied ? "denied" : "error", resource, { code: Code[err.code] });
+      } catch (auditError) {
+        logger.error({ err: auditError, correlationId }, "audit append failed");
+      }
+      throw err.code === Code.Internal || err.code === Code.Unknown ? new ConnectError("internal error", Code.Internal) : err;
+    }
+  }
+
+  return {
+    async createApiKey(req, ctx) {
+      return guarded(ctx, "apikey.create", req.tenant, "apikey/new", (actor) => {
+        checkTenant(req.tenant);
+        const name = req.name.trim();
+        if (name.length === 0 || name.length > 100) throw invalid("name", "must be 1..100 characters");
+        if (req.agentId !== "" && !AGENT_ID_PATTERN.test(req.agentId)) throw invalid("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
+        const role = KEY_ROLES.get(req.role);
+        if (!role) throw invalid("role", "must be ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER");
+        req.scopes.forEach((s, i) => {
+          const g = parseScopeGrant(s);
+          if (!g) throw invalid(`scopes[${i}]`, 'must be "service/operation[/tenant]", each part a name or "*"');
+          if (g.tenant !== "*" && g.tenant !== req.tenant) throw invalid(`scopes[${i}]`, "may name only the key's own tenant");
+        });
+        const issued = store.create({ tenant: req.tenant, agentId: req.agentId, name, role, scopes: [...req.scopes], createdBy: actor.id });
+        return {
+          result: { apiKey: toProto(issued.record), secret: issued.key },
+          resource: `apikey/${issued.record.keyId}`,
+          details: { name, role, agentId: req.agentId },
+        };
+      });
+    },
+
+    async rotateApiKey(req, ctx) {
+      return guarded(ctx, "apikey.rotate", req.tenant, `apikey/${req.keyId}`, () => {
+        checkTenant(req.tenant);
+        checkKeyId(req.keyId);
+        let graceMs = deps.options.defaultGraceMs;
+        if (req.gracePeriod) {
+          graceMs = durationMs(req.gracePeriod);
+          if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > deps.options.maxGraceMs) {
+            throw invalid("grace_period", `must be between 0 and ${deps.options.maxGraceMs} ms`);
+          }
+        }
+        const issued = store.rotate(req.tenant, req.keyId, graceMs);
+        if (!issued) throw new ConnectError("api key not found", Code.NotFound);
+        return { result: { apiKey: toProto(issued.record), secret: issued.key }, details: { graceMs } };
+      });
+    },
+
+    async revokeApiKey(req, ctx) {
+      return guarded(ctx, "apikey.revoke", req.tenant, `apikey/${req.keyId}`, () => {
+        checkTenant(req.tenant);
+        checkKeyId(req.keyId);
+        if (req.reason.length > 500) throw invalid("reason", "must be at most 500 characters");
+        const record = store.revoke(req.tenant, req.keyId);
+        if (!record) throw new ConnectError("api key not found", Code.NotFound);
+        return { result: { apiKey: toProto(record) }, details: { reason: req.reason } };
+      });
+    },
+
+    async listApiKeys(req, ctx) {
+      // Only SUPER_ADMIN may leave the tenant empty to list every tenant (guarded checks that).
+      const tenant = req.tenant === "" ? undefined : req.tenant;
+      return guarded(ctx, "apikey.list", tenant, "apikey/*", () => {
+        if (tenant !== undefined) checkTenant(tenant);
+        if (req.pageSize > MAX_PAGE_SIZE) throw invalid("page_size", `must be at most ${MAX_PAGE_SIZE}`);
+        let afterKeyId = "";
+        if (req.pageToken !== "") {
+          afterKeyId = Buffer.from(req.pageToken, "base64url").toString("utf8");
+          if (!KEY_ID_PATTERN.test(afterKeyId)) throw invalid("page_token", "is not a token from ListApiKeys");
+        }
+        const limit = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize;
+        const page = store.list({ tenant, includeRevoked: req.includeRevoked, afterKeyId, limit: limit + 1 });
+        const more = page.length > limit;
+        const keys = more ? page.slice(0, limit) : page;
+        const last = keys.at(-1);
+        return {
+          result: { apiKeys: keys.map(toProto), nextPageToken: more && last ? Buffer.from(last.keyId).toString("base64url") : "" },
+          details: { count: keys.length },
+        };
+      });
+    },
+  };
+}

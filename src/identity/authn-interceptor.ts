@@ -1,0 +1,143 @@
+import { createHash } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+import { auditDenial } from "../authz/audit-denial.js";
+import { asRecord, readBoolean, readInteger, readStringList } from "../authz/config-fields.js";
+import { DEFAULT_PUBLIC_METHODS, checkMethodPattern, createMethodMatcher } from "../authz/method-pattern.js";
+import type { SpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
+import { kPeer, methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
+import type { ApiKeyStore } from "./api-keys/api-key-store.js";
+import type { JwtVerifier } from "./jwt/jwt-verifier.js";
+import { kPrincipal, type Principal } from "./principal.js";
+
+/** What the authn interceptor needs; a missing verifier disables that kind of credential. */
+export interface AuthnDeps {
+  /** Verifies an mTLS peer chain (DER, leaf first); throws when it is not a valid X509-SVID chain. */
+  verifyPeer?: (chain: Uint8Array[]) => { spiffeId: string };
+  spiffePrincipals: SpiffePrincipalMapper;
+  jwt?: JwtVerifier;
+  apiKeys?: Pick<ApiKeyStore, "verify">;
+  audit: AuditLog;
+  clock: Clock;
+  /** Component logger (child "authn"). */
+  logger: Logger;
+}
+
+/** Authentication settings. */
+export interface AuthnOptions {
+  /** Methods callable without a credential. @default DEFAULT_PUBLIC_METHODS (health, reflection) */
+  publicMethods: string[];
+  /** Let calls without any credential through with no principal (plaintext dev ports only). @default false */
+  allowAnonymous: boolean;
+  /**
+   * How long a verified peer chain is remembered, so a connection's calls do not re-verify it;
+   * 0 disables. Bounded well below SVID lifetimes (SPIRE default: 1 h). @default 60000
+   */
+  peerCacheTtlMs: number;
+  /** Most peer chains remembered. @default 10000 */
+  peerCacheMax: number;
+}
+
+/** Defaults for AuthnOptions. */
+export const DEFAULT_AUTHN_OPTIONS: Readonly<AuthnOptions> = {
+  publicMethods: [...DEFAULT_PUBLIC_METHODS],
+  allowAnonymous: false,
+  peerCacheTtlMs: 60_000,
+  peerCacheMax: 10_000,
+};
+
+/** Validates a partial authn config; throws ConfigError naming the field. */
+export function resolveAuthnOptions(input: unknown, path = "authn"): AuthnOptions {
+  const o = asRecord(input, path);
+  const publicMethods = readStringList(o, "publicMethods", path) ?? [...DEFAULT_AUTHN_OPTIONS.publicMethods];
+  publicMethods.forEach((m, i) => checkMethodPattern(m, `${path}.publicMethods[${i}]`));
+  return {
+    publicMethods,
+    allowAnonymous: readBoolean(o, "allowAnonymous", path) ?? DEFAULT_AUTHN_OPTIONS.allowAnonymous,
+    peerCacheTtlMs: readInteger(o, "peerCacheTtlMs", path, 0) ?? DEFAULT_AUTHN_OPTIONS.peerCacheTtlMs,
+    peerCacheMax: readInteger(o, "peerCacheMax", path, 1) ?? DEFAULT_AUTHN_OPTIONS.peerCacheMax,
+  };
+}
+
+// Clients learn that they were refused, never why (the audit trail says why).
+const REFUSED = "unauthenticated";
+const BEARER = /^bearer +(\S+)$/i;
+
+type Credential = { kind: "mtls" } | { kind: "jwt"; token: string } | { kind: "apikey"; key: string } | { kind: "none" };
+
+function credentialOf(call: CallRequest): Credential {
+  if (call.ctx.values.get(kPeer).certificates.length > 0) return { kind: "mtls" };
+  const authorization = call.ctx.requestHeader.get("authorization");
+  if (authorization !== null) {
+    const m = BEARER.exec(authorization.trim());
+    return m?.[1] ? { kind: "jwt", token: m[1] } : { kind: "jwt", token: "" };
+  }
+  const key = call.ctx.requestHeader.get("x-api-key");
+  if (key !== null) return { kind: "apikey", key: key.trim() };
+  return { kind: "none" };
+}
+
+/**
+ * Creates the authentication link of the chain. The principal comes from, in order, the mTLS
+ * peer chain, `authorization: Bearer <jwt>`, then `x-api-key`; the first credential present
+ * decides, and a bad one is refused rather than skipped. The principal is put in kPrincipal.
+ * Refusals are UNAUTHENTICATED and audited as "authn.deny".
+ */
+export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): KernelInterceptor {
+  const isPublic = createMethodMatcher(options.publicMethods);
+  const peerCache = new Map<string, { principal: Principal; expiresAt: number }>();
+
+  function fromPeer(chain: Uint8Array[]): Principal {
+    if (!deps.verifyPeer) throw new Error("mTLS peer verification is not configured");
+    if (options.peerCacheTtlMs === 0) return deps.spiffePrincipals.map(deps.verifyPeer(chain).spiffeId);
+    const h = createHash("sha256");
+    for (const der of chain) h.update(der);
+    const key = h.digest("base64");
+    const now = deps.clock.now();
+    const hit = peerCache.get(key);
+    if (hit && hit.expiresAt > now) return hit.principal;
+    const principal = deps.spiffePrincipals.map(deps.verifyPeer(chain).spiffeId);
+    if (peerCache.size >= options.peerCacheMax) peerCache.clear();
+    peerCache.set(key, { principal, expiresAt: now + options.peerCacheTtlMs });
+    return principal;
+  }
+
+  async function authenticate(call: CallRequest, credential: Credential): Promise<Principal> {
+    switch (credential.kind) {
+      case "mtls":
+        return fromPeer(call.ctx.values.get(kPeer).certificates);
+      case "jwt":
+        if (!deps.jwt) throw new Error("bearer tokens are not accepted");
+        if (credential.token === "") throw new Error("authorization header is not 'Bearer <token>'");
+        return deps.jwt.verify(credential.token);
+      case "apikey":
+        if (!deps.apiKeys) throw new Error("api keys are not accepted");
+        return deps.apiKeys.verify(credential.key);
+      case "none":
+        throw new Error("no credential");
+    }
+  }
+
+  return (next) => async (call) => {
+    if (isPublic(methodPath(call.method))) return next(call);
+    const credential = credentialOf(call);
+    if (credential.kind === "none" && options.allowAnonymous) return next(call);
+    let principal: Principal;
+    try {
+      principal = await authenticate(call, credential);
+    } catch (e) {
+      auditDenial(deps.audit, deps.logger, call, {
+        actor: "anonymous",
+        action: "authn.deny",
+        tenant: "",
+        reason: e instanceof Error ? e.message : String(e),
+        credential: credential.kind,
+      });
+      throw new ConnectError(REFUSED, Code.Unauthenticated);
+    }
+    call.ctx.values.set(kPrincipal, principal);
+    return next(call);
+  };
+}

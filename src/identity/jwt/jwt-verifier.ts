@@ -1,0 +1,226 @@
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  customFetch,
+  errors,
+  jwtVerify,
+  type FetchImplementation,
+  type JSONWebKeySet,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from "jose";
+import type { Clock } from "../../common/clock.js";
+import { ConfigError } from "../../common/errors.js";
+import type { Logger } from "../../telemetry/logger.js";
+import { CredentialError, TENANT_PATTERN, isRole, type Principal, type Role } from "../principal.js";
+
+/** Signature algorithms the kernel accepts, if pinned in config. */
+export type JwtAlgorithm = "HS256" | "RS256" | "ES256";
+const SUPPORTED: readonly JwtAlgorithm[] = ["HS256", "RS256", "ES256"];
+
+/** JWT verification settings. */
+export interface JwtVerifierOptions {
+  /** Accepted `iss` values. Required. */
+  issuer: string[];
+  /** Accepted `aud` values; the token must name one. Required. */
+  audience: string[];
+  /** Pinned algorithms; anything else (including "none") is rejected. @default ["RS256", "ES256"] */
+  algorithms: JwtAlgorithm[];
+  /** JWKS endpoint for RS256/ES256 (https, or http on loopback only). */
+  jwksUrl?: string;
+  /** Static JWKS for RS256/ES256, instead of jwksUrl. */
+  jwks?: JSONWebKeySet;
+  /** HS256 shared secret, at least 32 bytes (RFC 7518 §3.2). */
+  hmacSecret?: Uint8Array;
+  /** Allowed clock skew for exp/nbf/iat. @default DEFAULT_JWT_CLOCK_TOLERANCE_SEC (30) */
+  clockToleranceSec: number;
+  /** How long a fetched JWKS is used before it is fetched again. @default 600000 */
+  jwksCacheMaxAgeMs: number;
+  /** Minimum time between fetches triggered by an unknown `kid`. @default 30000 */
+  jwksCooldownMs: number;
+  /** Timeout of one JWKS fetch. @default 5000 */
+  jwksTimeoutMs: number;
+  /** Claim carrying roles (array or space-separated). @default "roles" */
+  rolesClaim: string;
+  /** Claim carrying the tenant; absent means no tenant (all tenants only for SUPER_ADMIN). @default "tenant" */
+  tenantClaim: string;
+  /** Claim carrying capabilities (array). @default "capabilities" */
+  capabilitiesClaim: string;
+}
+
+/** Default clock tolerance, seconds. */
+export const DEFAULT_JWT_CLOCK_TOLERANCE_SEC = 30;
+/** Defaults for the optional JwtVerifierOptions fields. */
+export const DEFAULT_JWT_VERIFIER_OPTIONS = {
+  algorithms: ["RS256", "ES256"] as JwtAlgorithm[],
+  clockToleranceSec: DEFAULT_JWT_CLOCK_TOLERANCE_SEC,
+  jwksCacheMaxAgeMs: 600_000,
+  jwksCooldownMs: 30_000,
+  jwksTimeoutMs: 5_000,
+  rolesClaim: "roles",
+  tenantClaim: "tenant",
+  capabilitiesClaim: "capabilities",
+} as const;
+
+function list(value: unknown, field: string): string[] {
+  const v = typeof value === "string" ? [value] : value;
+  if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === "string" && x.length > 0)) {
+    throw new ConfigError(`${field} must be a non-empty list of non-empty strings`);
+  }
+  return v as string[];
+}
+
+function nonNegativeInt(o: Record<string, unknown>, key: string, path: string, fallback: number): number {
+  const v = o[key];
+  if (v === undefined) return fallback;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw new ConfigError(`${path}.${key} must be an integer >= 0`);
+  return v;
+}
+
+function claimName(o: Record<string, unknown>, key: string, path: string, fallback: string): string {
+  const v = o[key];
+  if (v === undefined) return fallback;
+  if (typeof v !== "string" || v.length === 0) throw new ConfigError(`${path}.${key} must be a non-empty string`);
+  return v;
+}
+
+/** Validates JWT settings (hmacSecret as a string of >= 32 bytes); throws ConfigError naming the field. */
+export function resolveJwtVerifierOptions(input: unknown, path = "identity.jwt"): JwtVerifierOptions {
+  if (input === null || typeof input !== "object" || Array.isArray(input)) throw new ConfigError(`${path} must be an object`);
+  const o = input as Record<string, unknown>;
+  const d = DEFAULT_JWT_VERIFIER_OPTIONS;
+  const algorithms = o.algorithms === undefined ? [...d.algorithms] : list(o.algorithms, `${path}.algorithms`);
+  algorithms.forEach((a, i) => {
+    if (!(SUPPORTED as readonly string[]).includes(a)) throw new ConfigError(`${path}.algorithms[${i}] must be one of ${SUPPORTED.join(", ")}`);
+  });
+  const out: JwtVerifierOptions = {
+    issuer: list(o.issuer, `${path}.issuer`),
+    audience: list(o.audience, `${path}.audience`),
+    algorithms: algorithms as JwtAlgorithm[],
+    clockToleranceSec: nonNegativeInt(o, "clockToleranceSec", path, d.clockToleranceSec),
+    jwksCacheMaxAgeMs: nonNegativeInt(o, "jwksCacheMaxAgeMs", path, d.jwksCacheMaxAgeMs),
+    jwksCooldownMs: nonNegativeInt(o, "jwksCooldownMs", path, d.jwksCooldownMs),
+    jwksTimeoutMs: nonNegativeInt(o, "jwksTimeoutMs", path, d.jwksTimeoutMs),
+    rolesClaim: claimName(o, "rolesClaim", path, d.rolesClaim),
+    tenantClaim: claimName(o, "tenantClaim", path, d.tenantClaim),
+    capabilitiesClaim: claimName(o, "capabilitiesClaim", path, d.capabilitiesClaim),
+  };
+  if (o.jwksUrl !== undefined && o.jwks !== undefined) throw new ConfigError(`${path}: set jwksUrl or jwks, not both`);
+  if (o.jwksUrl !== undefined) {
+    let url: URL;
+    try {
+      if (typeof o.jwksUrl !== "string") throw new TypeError("not a string");
+      url = new URL(o.jwksUrl);
+    } catch {
+      throw new ConfigError(`${path}.jwksUrl is not a URL`);
+    }
+    const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
+    if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) {
+      throw new ConfigError(`${path}.jwksUrl must be https (plain http only on loopback)`);
+    }
+    out.jwksUrl = url.href;
+  }
+  if (o.jwks !== undefined) {
+    const keys = typeof o.jwks === "object" && o.jwks !== null ? (o.jwks as Record<string, unknown>).keys : undefined;
+    if (!Array.isArray(keys) || keys.length === 0) throw new ConfigError(`${path}.jwks must be a JWKS object with a non-empty "keys" list`);
+    out.jwks = o.jwks as JSONWebKeySet;
+  }
+  if (o.hmacSecret !== undefined) {
+    if (typeof o.hmacSecret !== "string" && !(o.hmacSecret instanceof Uint8Array)) throw new ConfigError(`${path}.hmacSecret must be a string`);
+    const secret = typeof o.hmacSecret === "string" ? new TextEncoder().encode(o.hmacSecret) : Uint8Array.from(o.hmacSecret);
+    if (secret.length < 32) throw new ConfigError(`${path}.hmacSecret must be at least 32 bytes`);
+    out.hmacSecret = secret;
+  }
+  if (out.algorithms.includes("HS256") && !out.hmacSecret) throw new ConfigError(`${path}.hmacSecret is required when algorithms include HS256`);
+  if (out.algorithms.some((a) => a !== "HS256") && !out.jwksUrl && !out.jwks) {
+    throw new ConfigError(`${path}.jwksUrl or ${path}.jwks is required when algorithms include RS256 or ES256`);
+  }
+  return out;
+}
+
+/** What the verifier needs. */
+export interface JwtVerifierDeps {
+  clock: Clock;
+  /** Component logger (child "jwt"). */
+  logger: Logger;
+  /** Fetch used for the JWKS; the lead passes the Egress Guard's. @default global fetch */
+  fetch?: FetchImplementation;
+}
+
+/** Verifies bearer tokens. */
+export interface JwtVerifier {
+  /** The principal for a valid token; throws CredentialError otherwise. */
+  verify(token: string): Promise<Principal>;
+}
+
+function stringList(value: unknown): string[] {
+  if (typeof value === "string") return value.split(" ").filter((s) => s.length > 0);
+  if (Array.isArray(value)) return value.filter((s): s is string => typeof s === "string" && s.length > 0);
+  return [];
+}
+
+/**
+ * Creates the verifier: signature with a pinned algorithm, then iss, aud, exp and nbf (with
+ * clock tolerance, against the injected Clock). Scopes come from `scope` (RFC 8693 §4.2,
+ * space-separated) or `scp`; roles, tenant and capabilities from configurable claims.
+ */
+export function createJwtVerifier(deps: JwtVerifierDeps, options: JwtVerifierOptions): JwtVerifier {
+  const remote = options.jwksUrl
+    ? createRemoteJWKSet(new URL(options.jwksUrl), {
+        cacheMaxAge: options.jwksCacheMaxAgeMs,
+        cooldownDuration: options.jwksCooldownMs,
+        timeoutDuration: options.jwksTimeoutMs,
+        ...(deps.fetch ? { [customFetch]: deps.fetch } : {}),
+      })
+    : undefined;
+  const local = options.jwks ? createLocalJWKSet(options.jwks) : undefined;
+  const asymmetric = remote ?? local;
+  const secret = options.hmacSecret;
+  // The key is chosen by the (already pinned) header alg, so an RSA public key can never be
+  // used as an HMAC secret (the classic alg-confusion attack).
+  const getKey: JWTVerifyGetKey = async (header, token) => {
+    if (header.alg === "HS256") {
+      if (!secret) throw new CredentialError("no HS256 secret configured");
+      return secret;
+    }
+    if (!asymmetric) throw new CredentialError("no JWKS configured");
+    return asymmetric(header, token);
+  };
+
+  function principalOf(payload: JWTPayload): Principal {
+    if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new CredentialError("token has no sub");
+    const tenant = payload[options.tenantClaim];
+    if (tenant !== undefined && (typeof tenant !== "string" || !TENANT_PATTERN.test(tenant))) throw new CredentialError("token tenant is not a tenant id");
+    const roles = stringList(payload[options.rolesClaim]).filter((r): r is Role => isRole(r));
+    const scopes = payload.scope !== undefined ? stringList(payload.scope) : stringList(payload.scp);
+    return {
+      kind: "jwt",
+      id: `jwt:${payload.sub}`,
+      tenant,
+      roles,
+      scopes,
+      capabilities: stringList(payload[options.capabilitiesClaim]),
+    };
+  }
+
+  return {
+    async verify(token) {
+      try {
+        const { payload } = await jwtVerify(token, getKey, {
+          algorithms: options.algorithms,
+          issuer: options.issuer,
+          audience: options.audience,
+          clockTolerance: options.clockToleranceSec,
+          currentDate: new Date(deps.clock.now()),
+          requiredClaims: ["exp", "sub"],
+        });
+        return principalOf(payload);
+      } catch (e) {
+        if (e instanceof CredentialError) throw e;
+        if (e instanceof errors.JOSEError) throw new CredentialError(`jwt rejected: ${e.code}`, { cause: e });
+        deps.logger.error({ err: e }, "jwt verification failed unexpectedly");
+        throw new CredentialError("jwt rejected", { cause: e });
+      }
+    },
+  };
+}

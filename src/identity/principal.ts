@@ -1,0 +1,49 @@
+import { createContextKey } from "@connectrpc/connect";
+import { KernelError } from "../common/errors.js";
+
+/** Kernel roles, most powerful first. */
+export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "VIEWER"] as const;
+
+/** One kernel role. SUPER_ADMIN is the only role that may act on every tenant. */
+export type Role = (typeof ROLES)[number];
+
+/** Tenant ids are used in NATS subjects, hence the narrow alphabet (see docs/identity.md). */
+export const TENANT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** Who is calling, as established by the authn interceptor and read by authz and handlers. */
+export interface Principal {
+  /** Which credential established it. */
+  readonly kind: "spiffe" | "jwt" | "apikey";
+  /** Actor string for the audit trail: the SPIFFE id, "jwt:<sub>" or "apikey:<keyId>". */
+  readonly id: string;
+  /**
+   * The one tenant this principal acts for. `undefined` means every tenant, and is honoured only
+   * together with the SUPER_ADMIN role; any other principal without a tenant reaches no tenant.
+   */
+  readonly tenant: string | undefined;
+  readonly roles: readonly Role[];
+  /** Granted scopes, "service/operation[/tenant]" (see src/authz/scope.ts). */
+  readonly scopes: readonly string[];
+  /** Capabilities the principal holds, for attribute rules. */
+  readonly capabilities: readonly string[];
+  /** The one agent the credential is bound to (agent API keys), for handlers that care. */
+  readonly agentId?: string;
+}
+
+/** Per-request value: the authenticated caller, or undefined (public method, anonymous port). */
+export const kPrincipal = createContextKey<Principal | undefined>(undefined, { description: "principal" });
+
+/** True when the string names a kernel role. */
+export function isRole(value: unknown): value is Role {
+  return typeof value === "string" && (ROLES as readonly string[]).includes(value);
+}
+
+/** True when the principal may act on every tenant: SUPER_ADMIN and not tenant-bound. */
+export function isAllTenants(principal: Principal): boolean {
+  return principal.tenant === undefined && principal.roles.includes("SUPER_ADMIN");
+}
+
+/** A credential was presented and rejected; the reason is for logs and audit, never the client. */
+export class CredentialError extends KernelError {
+  override name = "CredentialError";
+}
