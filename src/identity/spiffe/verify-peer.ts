@@ -1,0 +1,127 @@
+import { X509Certificate as NodeX509Certificate } from "node:crypto";
+import type { DetailedPeerCertificate, PeerCertificate } from "node:tls";
+import type { Clock } from "../../common/clock.js";
+import { KernelError } from "../../common/errors.js";
+import type { X509BundleSet } from "./x509-bundle.js";
+import { isSigningCertificate, parseCertificate, SvidError, validateSvidLeaf } from "./x509-svid.js";
+
+/** Why a peer's X509-SVID was rejected. */
+export type PeerRejectReason =
+  | "bad-svid"
+  | "unknown-trust-domain"
+  | "expired"
+  | "not-yet-valid"
+  | "untrusted"
+  | "unexpected-id";
+
+/** A peer chain that does not authenticate; `reason` is safe to log and to count. */
+export class PeerVerificationError extends KernelError {
+  override name = "PeerVerificationError";
+  constructor(
+    readonly reason: PeerRejectReason,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The authenticated identity of a peer. */
+export interface VerifiedPeer {
+  /** The peer's SPIFFE ID, e.g. "spiffe://nops.local/nops/admin/developer". */
+  spiffeId: string;
+  /** Its trust domain name. */
+  trustDomain: string;
+  /** Its path ("/nops/admin/developer"). */
+  path: string;
+  /** Leaf expiry, ms since the epoch (caches keyed on the connection must not outlive it). */
+  notAfter: number;
+}
+
+/** Options of verifyPeer. */
+export interface VerifyPeerOptions {
+  /** Accept only these SPIFFE IDs (e.g. the expected server of an outbound call). @default any */
+  allowedIds?: readonly string[];
+}
+
+// Real SPIFFE chains are leaf + at most a few intermediates; bounds the path search.
+const MAX_CHAIN_LENGTH = 8;
+
+function checkValidity(cert: NodeX509Certificate, label: string, now: number): void {
+  if (Date.parse(cert.validFrom) > now) throw new PeerVerificationError("not-yet-valid", `${label} is not yet valid`);
+  if (Date.parse(cert.validTo) < now) throw new PeerVerificationError("expired", `${label} expired at ${cert.validTo}`);
+}
+
+function issues(issuer: NodeX509Certificate, subject: NodeX509Certificate): boolean {
+  try {
+    return subject.checkIssued(issuer) && subject.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Verifies a peer's X509-SVID chain (DER, leaf first) against the bundle of the peer's OWN trust
+ * domain (X509-SVID §5.2: the anchor is chosen by the SPIFFE ID's trust domain, federated bundles
+ * included), checking validity periods with `clock`. Throws PeerVerificationError.
+ */
+export function verifyPeer(
+  chainDer: readonly Uint8Array[],
+  bundles: X509BundleSet,
+  clock: Clock,
+  options: VerifyPeerOptions = {},
+): VerifiedPeer {
+  const leafDer = chainDer[0];
+  if (!leafDer) throw new PeerVerificationError("bad-svid", "peer presented no certificate");
+  if (chainDer.length > MAX_CHAIN_LENGTH) {
+    throw new PeerVerificationError("bad-svid", `peer chain longer than ${MAX_CHAIN_LENGTH} certificates`);
+  }
+  let id;
+  let chain: NodeX509Certificate[];
+  try {
+    id = validateSvidLeaf(parseCertificate(leafDer, "peer leaf"));
+    chain = chainDer.map((der) => new NodeX509Certificate(der));
+  } catch (err) {
+    const message = err instanceof SvidError ? err.message : "peer chain cannot be parsed";
+    throw new PeerVerificationError("bad-svid", message, { cause: err });
+  }
+  if (options.allowedIds && !options.allowedIds.includes(id.id)) {
+    throw new PeerVerificationError("unexpected-id", `peer ${id.id} is not one of the expected identities`);
+  }
+  const bundle = bundles.get(id.trustDomain);
+  if (!bundle) throw new PeerVerificationError("unknown-trust-domain", `no bundle for trust domain ${id.trustDomain}`);
+
+  const now = clock.now();
+  let current = chain[0] as NodeX509Certificate;
+  checkValidity(current, "peer leaf", now);
+  const used = new Set<number>([0]);
+  for (let depth = 0; depth < MAX_CHAIN_LENGTH; depth++) {
+    const anchor = bundle.authorities.find((a) => issues(a.certificate, current));
+    if (anchor) {
+      checkValidity(anchor.certificate, `trust anchor of ${id.trustDomain}`, now);
+      return { spiffeId: id.id, trustDomain: id.trustDomain, path: id.path, notAfter: Date.parse(chain[0]!.validTo) };
+    }
+    const next = chain.findIndex(
+      (c, i) => !used.has(i) && issues(c, current) && isSigningCertificate(parseCertificate(chainDer[i]!, "intermediate")),
+    );
+    if (next === -1) break;
+    used.add(next);
+    current = chain[next] as NodeX509Certificate;
+    checkValidity(current, `intermediate ${next}`, now);
+  }
+  throw new PeerVerificationError("untrusted", `peer chain does not lead to the bundle of ${id.trustDomain}`);
+}
+
+/** The DER chain (leaf first) of a TLS peer, from `socket.getPeerCertificate(true)`. */
+export function derChainFromPeerCertificate(cert: PeerCertificate | DetailedPeerCertificate): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let c: PeerCertificate | DetailedPeerCertificate | undefined = cert;
+  while (c?.raw && out.length < MAX_CHAIN_LENGTH) {
+    out.push(new Uint8Array(c.raw));
+    const next: DetailedPeerCertificate | undefined = "issuerCertificate" in c ? c.issuerCertificate : undefined;
+    // A self-signed root points at itself.
+    if (!next || next === c || next.raw.equals(c.raw)) break;
+    c = next;
+  }
+  return out;
+}

@@ -1,0 +1,227 @@
+import { isIP } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { Meter } from "@opentelemetry/api";
+import type { Clock } from "../../common/clock.js";
+import { ConfigError, KernelError } from "../../common/errors.js";
+import type { Logger } from "../../telemetry/logger.js";
+import { X509SVIDRequestSchema, X509SVIDResponseSchema } from "../../../gen/spiffe/workload/workload_pb.js";
+import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
+import { createX509Bundle, createX509BundleSet, type X509Bundle } from "./x509-bundle.js";
+import { createX509SourceState, X509SourceStoppedError, type X509Context, type X509Source } from "./x509-source.js";
+import { parseX509Svid, SvidError } from "./x509-svid.js";
+
+/** The Workload API answered InvalidArgument: the request itself is wrong, so retrying cannot help. */
+export class WorkloadApiError extends KernelError {
+  override name = "WorkloadApiError";
+}
+
+/** Options of the Workload API X509 source. */
+export interface WorkloadX509SourceOptions {
+  /** Workload API endpoint, `unix:///abs/path` or `tcp://ip:port` (the value of SPIFFE_ENDPOINT_SOCKET). Required. */
+  socket: string;
+  /** Use the SVID carrying this hint instead of the default (first) one. @default "" */
+  hint: string;
+  /** First reconnect delay in ms. @default 100 */
+  initialBackoffMs: number;
+  /** Reconnect delay cap in ms. @default 30000 */
+  maxBackoffMs: number;
+}
+
+/** Default first reconnect delay. */
+export const DEFAULT_WORKLOAD_API_INITIAL_BACKOFF_MS = 100;
+/** Default reconnect delay cap. */
+export const DEFAULT_WORKLOAD_API_MAX_BACKOFF_MS = 30_000;
+/** Default SVID hint (none: the default identity). */
+export const DEFAULT_WORKLOAD_API_HINT = "";
+
+/** Dependencies of the Workload API X509 source. */
+export interface WorkloadX509SourceDeps {
+  logger: Logger;
+  clock: Clock;
+  meter: Meter;
+  /** Jitter source in [0, 1). @default Math.random */
+  random?: () => number;
+}
+
+/**
+ * Turns SPIFFE_ENDPOINT_SOCKET into a grpc-js target (SPIFFE Workload Endpoint §4: `unix` with an
+ * absolute path and nothing else, or `tcp` with an IP address and a port, no DNS names).
+ */
+export function workloadEndpointTarget(address: string): string {
+  let url: URL;
+  try {
+    url = new URL(address);
+  } catch {
+    throw new ConfigError(`workload API address ${JSON.stringify(address)} is not a URI`);
+  }
+  if (url.username || url.password || url.search || url.hash) {
+    throw new ConfigError(`workload API address ${JSON.stringify(address)} may not have userinfo, query or fragment`);
+  }
+  if (url.protocol === "unix:") {
+    if (url.host !== "" || !url.pathname.startsWith("/") || url.pathname === "/") {
+      throw new ConfigError(`workload API address ${JSON.stringify(address)} must be unix:///absolute/path`);
+    }
+    return `unix://${decodeURIComponent(url.pathname)}`;
+  }
+  if (url.protocol === "tcp:") {
+    const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    if (isIP(host) === 0 || url.port === "" || url.pathname !== "") {
+      throw new ConfigError(`workload API address ${JSON.stringify(address)} must be tcp://<ip>:<port>`);
+    }
+    return isIP(host) === 6 ? `ipv6:[${host}]:${url.port}` : `ipv4:${host}:${url.port}`;
+  }
+  throw new ConfigError(`workload API address ${JSON.stringify(address)} must use the unix or tcp scheme`);
+}
+
+function positiveInt(value: unknown, field: string): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
+    throw new ConfigError(`${field} must be an integer > 0`);
+  }
+  return value;
+}
+
+/** Validates a partial options object and fills defaults; errors name the field under `path`. */
+export function resolveWorkloadX509SourceOptions(
+  input: Partial<WorkloadX509SourceOptions>,
+  path = "spiffe.workloadApi",
+): WorkloadX509SourceOptions {
+  if (typeof input.socket !== "string" || input.socket === "") throw new ConfigError(`${path}.socket is required`);
+  try {
+    workloadEndpointTarget(input.socket);
+  } catch (err) {
+    throw new ConfigError(`${path}.socket: ${(err as Error).message}`);
+  }
+  const hint = input.hint ?? DEFAULT_WORKLOAD_API_HINT;
+  if (typeof hint !== "string") throw new ConfigError(`${path}.hint must be a string`);
+  const initialBackoffMs = positiveInt(input.initialBackoffMs ?? DEFAULT_WORKLOAD_API_INITIAL_BACKOFF_MS, `${path}.initialBackoffMs`);
+  const maxBackoffMs = positiveInt(input.maxBackoffMs ?? DEFAULT_WORKLOAD_API_MAX_BACKOFF_MS, `${path}.maxBackoffMs`);
+  if (maxBackoffMs < initialBackoffMs) throw new ConfigError(`${path}.maxBackoffMs must be >= initialBackoffMs`);
+  return { socket: input.socket, hint, initialBackoffMs, maxBackoffMs };
+}
+
+const FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID";
+// SPIFFE Workload Endpoint §3: every request carries this header, or the server answers InvalidArgument.
+const SECURITY_HEADER = "workload.spiffe.io";
+
+/** Decodes and validates one FetchX509SVID message into a context; throws on anything malformed. */
+export function x509ContextFromResponse(bytes: Uint8Array, hint: string, clock: Clock): X509Context {
+  const msg = fromBinary(X509SVIDResponseSchema, bytes);
+  // SPIFFE Workload API §5.2.1: the first SVID is the default; with a hint, the first carrying it.
+  const chosen = hint === "" ? msg.svids[0] : msg.svids.find((s) => s.hint === hint);
+  if (!chosen) throw new SvidError(hint === "" ? "message has no SVID" : `message has no SVID with hint ${JSON.stringify(hint)}`);
+  // §5.2.1: every X509SVID field but hint is mandatory.
+  if (chosen.spiffeId === "" || chosen.bundle.length === 0 || chosen.x509SvidKey.length === 0) {
+    throw new SvidError("X509SVID has an empty mandatory field");
+  }
+  const svid = parseX509Svid({ chain: chosen.x509Svid, key: chosen.x509SvidKey, spiffeId: chosen.spiffeId, hint: chosen.hint });
+  const now = clock.now();
+  if (svid.notAfter < now || svid.notBefore > now) throw new SvidError(`SVID ${svid.spiffeId.id} is outside its validity period`);
+  const bundles: X509Bundle[] = [createX509Bundle(svid.spiffeId.trustDomain, chosen.bundle)];
+  for (const [key, der] of Object.entries(msg.federatedBundles)) {
+    // Keys are the trust domain's SPIFFE ID ("spiffe://example.org"); accept a bare name too.
+    const td = key.startsWith("spiffe://") ? parseSpiffeId(key).trustDomain : parseTrustDomain(key);
+    bundles.push(createX509Bundle(td, der));
+  }
+  return { svid, bundles: createX509BundleSet(bundles) };
+}
+
+/**
+ * Watches FetchX509SVID on the Workload API (SPIFFE Workload API §5): keeps the stream open, takes
+ * each message as the full state, skips (logs and counts) malformed ones, reconnects with capped
+ * exponential backoff and jitter on every status but InvalidArgument, which stops the source.
+ */
+export function createWorkloadX509Source(
+  deps: WorkloadX509SourceDeps,
+  input: Partial<WorkloadX509SourceOptions> & { socket: string },
+): X509Source {
+  const options = resolveWorkloadX509SourceOptions(input);
+  const logger = deps.logger.child({ component: "spiffe-workload-api" });
+  const random = deps.random ?? Math.random;
+  const state = createX509SourceState(logger);
+  const updates = deps.meter.createCounter("nops.spiffe.workload_api.updates", {
+    description: "X509 contexts accepted from the Workload API",
+  });
+  const malformed = deps.meter.createCounter("nops.spiffe.workload_api.malformed_messages", {
+    description: "FetchX509SVID messages rejected as malformed and skipped",
+  });
+  const streamErrors = deps.meter.createCounter("nops.spiffe.workload_api.stream_errors", {
+    description: "FetchX509SVID streams that ended, by gRPC status code",
+  });
+
+  const client = new grpc.Client(workloadEndpointTarget(options.socket), grpc.credentials.createInsecure());
+  let call: grpc.ClientReadableStream<Buffer> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let failures = 0;
+
+  const backoffMs = (): number => {
+    const ceiling = Math.min(options.maxBackoffMs, options.initialBackoffMs * 2 ** Math.min(failures, 30));
+    // Equal jitter: keeps a floor of half the delay so a crowd of restarted workloads spreads out.
+    return Math.round(ceiling / 2 + (ceiling / 2) * random());
+  };
+
+  const onMessage = (bytes: Buffer): void => {
+    let context: X509Context;
+    try {
+      context = x509ContextFromResponse(bytes, options.hint, deps.clock);
+    } catch (err) {
+      malformed.add(1);
+      logger.warn({ err }, "skipping malformed Workload API message; keeping the previous identity");
+      return;
+    }
+    failures = 0;
+    updates.add(1);
+    logger.info(
+      { spiffeId: context.svid.spiffeId.id, notAfter: new Date(context.svid.notAfter).toISOString(), trustDomains: [...context.bundles.keys()] },
+      "X509-SVID update from the Workload API",
+    );
+    state.publish(context);
+  };
+
+  const connect = (): void => {
+    timer = undefined;
+    if (state.stopped) return;
+    const metadata = new grpc.Metadata();
+    metadata.set(SECURITY_HEADER, "true");
+    const request = Buffer.from(toBinary(X509SVIDRequestSchema, create(X509SVIDRequestSchema)));
+    // Raw bytes out of grpc-js: decoding here lets a malformed message be skipped instead of
+    // grpc-js failing the whole stream.
+    const stream = client.makeServerStreamRequest<Buffer, Buffer>(FETCH_X509_SVID, (b) => b, (b) => b, request, metadata);
+    call = stream;
+    stream.on("data", onMessage);
+    // Every outcome is also delivered as "status"; this keeps "error" from being unhandled.
+    stream.on("error", () => undefined);
+    stream.on("status", (status: grpc.StatusObject) => {
+      if (call !== stream) return;
+      call = undefined;
+      if (state.stopped) return;
+      streamErrors.add(1, { code: grpc.status[status.code] ?? String(status.code) });
+      if (status.code === grpc.status.INVALID_ARGUMENT) {
+        logger.error({ code: status.code, details: status.details }, "Workload API rejected the request; not retrying");
+        state.stop(new WorkloadApiError(`Workload API answered InvalidArgument: ${status.details}`));
+        client.close();
+        return;
+      }
+      const delay = backoffMs();
+      failures += 1;
+      const level = status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAVAILABLE ? "warn" : "error";
+      logger[level]({ code: grpc.status[status.code], details: status.details, retryInMs: delay }, "Workload API stream ended; retrying");
+      timer = setTimeout(connect, delay);
+    });
+  };
+  connect();
+
+  return {
+    current: () => state.current(),
+    ready: () => state.ready(),
+    onUpdate: (listener) => state.onUpdate(listener),
+    async close() {
+      if (state.stopped) return;
+      state.stop(new X509SourceStoppedError("X509 source closed"));
+      if (timer) clearTimeout(timer);
+      call?.cancel();
+      call = undefined;
+      client.close();
+    },
+  };
+}
