@@ -1,0 +1,383 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import * as grpc from "@grpc/grpc-js";
+import type { Meter } from "@opentelemetry/api";
+import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
+import { HandleRequestSchema, HandleStreamRequestSchema, InvocationSchema, type Invocation } from "../../gen/nops/agent/v1/agent_pb.js";
+import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+import { createAgentChannelPool, EndpointError, type AgentClient } from "./agent-channel-pool.js";
+import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
+import { createAgentStatsTracker } from "./agent-stats.js";
+import { createCircuitBreakers, type CircuitStateName } from "./circuit-breakers.js";
+import { createRetryBudget, type RetryBudget } from "./retry-budget.js";
+import type { RoutableAgents } from "./routable-agents.js";
+import type { RoutingOptions } from "./routing-options.js";
+
+/** One request to route to an agent. */
+export interface InvokeParams {
+  tenant: string;
+  capability: string;
+  payload: Uint8Array;
+  contentType: string;
+  constraints: SelectionConstraints;
+  /** The caller allows a second execution: retries after delivery and hedging. */
+  idempotent: boolean;
+  /** Time the caller still waits, ms (its deadline); the router's default when undefined. */
+  timeoutMs: number | undefined;
+  /** Aborted when the caller goes away. */
+  signal: AbortSignal;
+  /** W3C Trace Context headers of the caller, propagated to the agent. */
+  traceparent?: string;
+  tracestate?: string;
+  /** Correlation id, sent as x-request-id. */
+  requestId?: string;
+}
+
+/** The agent's answer to an Invoke. */
+export interface InvokeResult {
+  payload: Uint8Array;
+  contentType: string;
+  agent: Agent;
+  /** Attempts made, including the one that answered. */
+  attempts: number;
+}
+
+/** One chunk of a streamed answer. */
+export interface StreamChunk {
+  payload: Uint8Array;
+  contentType: string;
+  agent: Agent;
+}
+
+/** The kernel's data plane: picks live agents and calls them with deadlines, retries and failover. */
+export interface Router {
+  /** Picks an agent without calling it; UNAVAILABLE when none is routable. */
+  route(tenant: string, capability: string, constraints: SelectionConstraints): Selection;
+  invoke(params: InvokeParams): Promise<InvokeResult>;
+  /** Streams the chunks of HandleStream; fails over only before the first chunk. */
+  invokeStream(params: InvokeParams): AsyncIterable<StreamChunk>;
+  /** Circuit state of an agent. */
+  circuitState(agentId: string): CircuitStateName;
+  /** Drops what the router holds for a removed agent and closes its channel. */
+  forgetAgent(agent: Agent): void;
+  /** Closes every agent channel. */
+  close(): void;
+}
+
+/** Dependencies of the router. The lead wires the Egress Guard interceptor and SPIFFE mTLS credentials. */
+export interface RouterDeps {
+  agents: RoutableAgents;
+  credentials: grpc.ChannelCredentials;
+  interceptors?: grpc.Interceptor[];
+  clock: Clock;
+  logger: Logger;
+  meter: Meter;
+  /** Uniform random in [0, 1) for sampling and jitter. @default Math.random */
+  random?: () => number;
+}
+
+/** Why one attempt failed, as the retry loop needs it. */
+interface AttemptFailure {
+  error: ConnectError;
+  /** The request may have reached the agent (so only idempotent requests may be retried). */
+  delivered: boolean;
+}
+
+// grpc-js reports a call that never got a transport (connection refused, nothing to pick) as
+// UNAVAILABLE with these details; such a call did no work anywhere, so re-routing it is safe.
+const UNDELIVERED_DETAILS = /No connection established|ECONNREFUSED|Failed to connect|Name resolution failed|DNS resolution failed/i;
+// Codes that say the agent (not the request) is unwell: they count against its circuit.
+const AGENT_FAILURE_CODES = new Set<number>([
+  grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL, grpc.status.UNKNOWN,
+  grpc.status.RESOURCE_EXHAUSTED, grpc.status.DATA_LOSS,
+]);
+// Codes worth another attempt when the request is idempotent (gRPC retry design, A6).
+const RETRYABLE_CODES = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);
+
+const isServiceError = (e: unknown): e is grpc.ServiceError =>
+  e instanceof Error && typeof (e as Partial<grpc.ServiceError>).code === "number" && "metadata" in e;
+
+function classify(e: unknown): AttemptFailure {
+  if (e instanceof AttemptFailureError) return e.failure;
+  if (e instanceof BrokenCircuitError || e instanceof IsolatedCircuitError) {
+    return { error: new ConnectError("agent circuit is open", Code.Unavailable), delivered: false };
+  }
+  if (e instanceof EndpointError) return { error: new ConnectError("agent endpoint is not routable", Code.Unavailable), delivered: false };
+  if (isServiceError(e)) {
+    const delivered = !(e.code === grpc.status.UNAVAILABLE && UNDELIVERED_DETAILS.test(e.details));
+    // gRPC and Connect share code numbers (connect-protocol: "Error Codes").
+    return { error: new ConnectError(delivered ? e.details : "agent unavailable", e.code as number), delivered };
+  }
+  if (e instanceof Error && e.name === "AbortError") return { error: new ConnectError("request cancelled", Code.Canceled), delivered: true };
+  return { error: ConnectError.from(e, Code.Internal), delivered: true };
+}
+
+// The caller's signal carries why it ended: connect-es aborts it with DEADLINE_EXCEEDED on timeout.
+function callerGone(signal: AbortSignal): ConnectError {
+  return signal.reason instanceof ConnectError ? signal.reason : new ConnectError("request cancelled", Code.Canceled);
+}
+
+class AttemptFailureError extends Error {
+  override name = "AttemptFailureError";
+  constructor(readonly failure: AttemptFailure) {
+    super(failure.error.message);
+  }
+}
+
+/** Creates the router and its channel pool. */
+export function createRouter(deps: RouterDeps, options: RoutingOptions): Router {
+  const log = deps.logger;
+  const random = deps.random ?? Math.random;
+  const stats = createAgentStatsTracker(deps.clock, { ewmaAlpha: options.scoring.ewmaAlpha, decayMs: options.scoring.decayMs });
+  const attemptsCounter = deps.meter.createCounter("nops_routing_attempts_total", { description: "Outbound agent calls by outcome" });
+  const retriesCounter = deps.meter.createCounter("nops_routing_retries_total", { description: "Retries and hedges started" });
+  const budgetCounter = deps.meter.createCounter("nops_routing_retry_budget_exhausted_total", { description: "Retries refused by the retry budget" });
+  const circuitCounter = deps.meter.createCounter("nops_routing_circuit_transitions_total", { description: "Circuit breaker state changes" });
+  const duration = deps.meter.createHistogram("nops_routing_invoke_duration_ms", { description: "Invoke latency through the kernel", unit: "ms" });
+  const breakers = createCircuitBreakers(
+    options.circuitBreaker,
+    (e) => isServiceError(e) && AGENT_FAILURE_CODES.has(e.code),
+    (agentId, state) => {
+      circuitCounter.add(1, { state });
+      log.info({ agentId, state }, "agent circuit changed state");
+    },
+  );
+  const budget: RetryBudget = createRetryBudget(deps.clock, {
+    ratio: options.retry.budgetRatio,
+    minPerSecond: options.retry.budgetMinPerSecond,
+    windowMs: options.retry.budgetWindowMs,
+  });
+  const pool = createAgentChannelPool(
+    { credentials: deps.credentials, interceptors: deps.interceptors, clock: deps.clock, logger: log },
+    options.channels,
+  );
+  const selector = createAgentSelector(
+    { agents: deps.agents, stats, breakers, clock: deps.clock, random, onListed: (agents) => pool.touch(agents.map((a) => a.endpoint)) },
+    options,
+  );
+  const idempotentCaps = new Set(options.idempotentCapabilities);
+
+  function route(tenant: string, capability: string, constraints: SelectionConstraints, avoid?: ReadonlySet<string>): Selection {
+    const sel = selector.select(tenant, capability, constraints, avoid);
+    if (!sel) throw new ConnectError(`no live agent offers capability "${capability}"`, Code.Unavailable);
+    return sel;
+  }
+
+  function invocation(p: InvokeParams, hopDeadline: number, attempt: number): Invocation {
+    return create(InvocationSchema, {
+      capability: p.capability,
+      tenant: p.tenant,
+      payload: p.payload,
+      contentType: p.contentType,
+      deadline: timestampFromMs(hopDeadline),
+      traceparent: p.traceparent ?? "",
+      tracestate: p.tracestate ?? "",
+      requestId: p.requestId ?? "",
+      attempt,
+    });
+  }
+
+  function metadata(p: InvokeParams): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (p.traceparent) md.set("traceparent", p.traceparent);
+    if (p.tracestate) md.set("tracestate", p.tracestate);
+    if (p.requestId) md.set("x-request-id", p.requestId);
+    return md;
+  }
+
+  /**
+   * Runs one attempt on `sel.agent` inside its circuit breaker. The hop's deadline is the
+   * caller's deadline or the per-hop cap, whichever is sooner: never longer than the caller's.
+   */
+  async function attempt<T>(
+    sel: Selection,
+    deadlineAt: number,
+    signal: AbortSignal,
+    call: (client: AgentClient, hop: { deadline: Date; metadata: grpc.Metadata; signal: AbortSignal; deadlineMs: number }) => Promise<T>,
+    md: grpc.Metadata,
+  ): Promise<T> {
+    const agent = sel.agent;
+    const end = stats.begin(agent.id);
+    const started = performance.now();
+    const hopDeadline = Math.min(deadlineAt, deps.clock.now() + options.timeouts.perHopMaxMs);
+    try {
+      const client = pool.get(agent.endpoint);
+      const value = await breakers.get(agent.id).execute(() => call(client, { deadline: new Date(hopDeadline), deadlineMs: hopDeadline, metadata: md.clone(), signal }));
+      end({ ok: true, latencyMs: performance.now() - started });
+      attemptsCounter.add(1, { outcome: "ok" });
+      return value;
+    } catch (e) {
+      const failure = classify(e);
+      // A call we cancelled ourselves (hedge lost, caller left) says nothing about the agent.
+      const cancelled = signal.aborted && failure.error.code === Code.Canceled;
+      end({ ok: cancelled, latencyMs: performance.now() - started });
+      attemptsCounter.add(1, { outcome: cancelled ? "cancelled" : failure.delivered ? "error" : "undelivered" });
+      throw new AttemptFailureError(failure);
+    }
+  }
+
+  /**
+   * The retry loop shared by unary and streaming calls. Undelivered calls are re-routed at once
+   * (bounded by maxReroutes, outside the budget: they put no load on any agent); delivered ones
+   * are retried only when idempotent, with full-jitter backoff, within maxAttempts, the retry
+   * budget and the caller's deadline.
+   */
+  async function withRetries<T>(
+    p: InvokeParams,
+    run: (sel: Selection, attemptNo: number, deadlineAt: number, tried: Set<string>) => Promise<T>,
+  ): Promise<{ value: T; attempts: number }> {
+    const deadlineAt = deps.clock.now() + (p.timeoutMs ?? options.timeouts.defaultDeadlineMs);
+    const idempotent = p.idempotent || idempotentCaps.has(p.capability);
+    const tried = new Set<string>();
+    budget.recordRequest();
+    let attempts = 0;
+    let delivered = 0;
+    let reroutes = 0;
+    let last: AttemptFailure | undefined;
+    for (;;) {
+      if (p.signal.aborted) throw callerGone(p.signal);
+      if (deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) {
+        throw last?.error ?? new ConnectError("deadline exceeded before an agent could be called", Code.DeadlineExceeded);
+      }
+      const sel = selector.select(p.tenant, p.capability, p.constraints, tried);
+      if (!sel) throw last?.error ?? new ConnectError(`no live agent offers capability "${p.capability}"`, Code.Unavailable);
+      attempts++;
+      try {
+        return { value: await run(sel, attempts, deadlineAt, tried), attempts };
+      } catch (e) {
+        const failure = classify(e);
+        last = failure;
+        tried.add(sel.agent.id);
+        if (p.signal.aborted) throw callerGone(p.signal);
+        if (!failure.delivered) {
+          if (reroutes++ >= options.retry.maxReroutes) throw failure.error;
+          log.debug({ agentId: sel.agent.id, reason: failure.error.rawMessage }, "re-routing an undelivered call");
+          continue;
+        }
+        delivered++;
+        if (!idempotent || !RETRYABLE_CODES.has(failure.error.code) || delivered >= options.retry.maxAttempts) throw failure.error;
+        if (!budget.tryRetry()) {
+          budgetCounter.add(1);
+          throw failure.error;
+        }
+        // Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter").
+        const delay = random() * Math.min(options.retry.maxDelayMs, options.retry.baseDelayMs * 2 ** (delivered - 1));
+        if (deadlineAt - deps.clock.now() - delay < options.timeouts.minAttemptMs) throw failure.error;
+        retriesCounter.add(1, { kind: "retry" });
+        try {
+          await sleep(delay, undefined, { signal: p.signal });
+        } catch {
+          throw callerGone(p.signal);
+        }
+      }
+    }
+  }
+
+  /** One unary round: the attempt, plus a hedge on another agent when it straggles. */
+  async function unaryRound(p: InvokeParams, sel: Selection, attemptNo: number, deadlineAt: number, tried: Set<string>, md: grpc.Metadata) {
+    const one = (s: Selection, n: number, signal: AbortSignal) =>
+      attempt(s, deadlineAt, signal, (client, hop) =>
+        client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop), md)
+        .then((res) => ({ res, agent: s.agent }));
+    const hedgeable = options.hedging.enabled && (p.idempotent || idempotentCaps.has(p.capability));
+    if (!hedgeable) return one(sel, attemptNo, p.signal);
+
+    const first = new AbortController();
+    const second = new AbortController();
+    const onAbort = (): void => {
+      first.abort();
+      second.abort();
+    };
+    p.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const primary = one(sel, attemptNo, first.signal);
+      const timer = new AbortController();
+      const straggling = await Promise.race([
+        primary.then(() => false, () => false),
+        sleep(options.hedging.delayMs, true, { signal: timer.signal }).catch(() => false),
+      ]);
+      timer.abort();
+      if (!straggling || deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) return await primary;
+      const other = selector.select(p.tenant, p.capability, p.constraints, new Set([...tried, sel.agent.id]));
+      if (!other || other.agent.id === sel.agent.id || !budget.tryRetry()) return await primary;
+      retriesCounter.add(1, { kind: "hedge" });
+      const hedge = one(other, attemptNo + 1, second.signal);
+      try {
+        const winner = await Promise.any([primary, hedge]);
+        (winner.agent.id === sel.agent.id ? second : first).abort();
+        return winner;
+      } catch (e) {
+        const errors = (e as AggregateError).errors;
+        throw errors[errors.length - 1];
+      }
+    } finally {
+      p.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  return {
+    route: (tenant, capability, constraints) => route(tenant, capability, constraints),
+
+    async invoke(p) {
+      const started = performance.now();
+      const md = metadata(p);
+      let outcome = "error";
+      try {
+        const { value, attempts } = await withRetries(p, (sel, n, deadlineAt, tried) => unaryRound(p, sel, n, deadlineAt, tried, md));
+        outcome = "ok";
+        return { payload: value.res.payload, contentType: value.res.contentType, agent: value.agent, attempts };
+      } finally {
+        duration.record(performance.now() - started, { outcome });
+      }
+    },
+
+    async *invokeStream(p) {
+      const md = metadata(p);
+      const controller = new AbortController();
+      const onAbort = (): void => controller.abort();
+      p.signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        const { value } = await withRetries(p, (sel, n, deadlineAt) =>
+          attempt(sel, deadlineAt, controller.signal, async (client, hop) => {
+            const call = client.handleStream(create(HandleStreamRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop);
+            const it = (call as AsyncIterable<{ payload: Uint8Array; contentType: string }>)[Symbol.asyncIterator]();
+            // The attempt counts as answered once the first chunk (or the end) arrives; after
+            // that the caller has data and a retry would duplicate it.
+            const first = await it.next();
+            return { call, it, first, agent: sel.agent };
+          }, md),
+        );
+        const { it, agent } = value;
+        try {
+          for (let r = value.first; !r.done; r = await it.next()) {
+            yield { payload: r.value.payload, contentType: r.value.contentType, agent };
+          }
+        } catch (e) {
+          throw classify(e).error;
+        } finally {
+          value.call.cancel();
+        }
+      } finally {
+        p.signal.removeEventListener("abort", onAbort);
+      }
+    },
+
+    circuitState: (agentId) => breakers.state(agentId),
+
+    forgetAgent(agent) {
+      stats.forget(agent.id);
+      breakers.forget(agent.id);
+      try {
+        pool.forget(agent.endpoint);
+      } catch {
+        // An endpoint that never parsed never had a channel.
+      }
+    },
+
+    close: () => pool.close(),
+  };
+}

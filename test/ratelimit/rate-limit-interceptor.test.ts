@@ -1,0 +1,174 @@
+import test from "ava";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
+import { createNoopMeter } from "@opentelemetry/api";
+import { Redis } from "ioredis";
+import { RoutingService, InvokeRequestSchema } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
+import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
+import { createAuditLog, type AuditLog } from "../../src/audit/audit-log.js";
+import { systemClock } from "../../src/common/clock.js";
+import { ConfigError } from "../../src/common/errors.js";
+import { createRateLimitInterceptor, clientIp, type RateLimitInterceptorDeps } from "../../src/ratelimit/rate-limit-interceptor.js";
+import { resolveRateLimitOptions } from "../../src/ratelimit/rate-limit-options.js";
+import { kPeer, type CallHandler, type CallResult } from "../../src/server/interceptor.js";
+import { openDatabase, type Db } from "../../src/store/database.js";
+import { MIGRATIONS } from "../../src/store/migrations/index.js";
+import { migrateUp } from "../../src/store/migrator.js";
+import { createOutbox } from "../../src/store/outbox.js";
+import { createSilentLogger } from "../../src/telemetry/logger.js";
+import { startRedisServer } from "../helpers/redis-server.js";
+
+interface Harness {
+  db: Db;
+  audit: AuditLog;
+  deps: RateLimitInterceptorDeps;
+}
+
+function harness(redis?: Redis): Harness {
+  const db = openDatabase({ path: ":memory:" });
+  migrateUp(db, MIGRATIONS);
+  const audit = createAuditLog(db, systemClock);
+  const events = createOutbox(db, { source: "edge-test", clock: systemClock });
+  return { db, audit, deps: { redis, events, audit, clock: systemClock, logger: createSilentLogger(), meter: createNoopMeter() } };
+}
+
+function ctxFor(ip: string): HandlerContext {
+  return createHandlerContext({
+    service: RoutingService,
+    method: RoutingService.method.invoke,
+    protocolName: "grpc",
+    requestMethod: "POST",
+    url: "http://127.0.0.1/nops.kernel.v1.RoutingService/Invoke",
+    contextValues: createContextValues().set(kPeer, { address: `${ip}:40000`, transport: "grpc-js", certificates: [] }),
+  });
+}
+
+const ok: CallHandler = async () => ({ kind: "unary", output: {} });
+
+async function call(handler: CallHandler, ip: string, tenant?: string): Promise<{ ctx: HandlerContext; result?: CallResult; error?: ConnectError }> {
+  const ctx = ctxFor(ip);
+  const input = create(InvokeRequestSchema, { tenant: tenant ?? "", capability: "echo" });
+  try {
+    return { ctx, result: await handler({ service: RoutingService, method: RoutingService.method.invoke, ctx, input }) };
+  } catch (e) {
+    return { ctx, error: ConnectError.from(e) };
+  }
+}
+
+const HEADERS = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "x-ratelimit-tier"];
+
+test("rate limit interceptor - every response carries the X-RateLimit headers, success and error", async (t) => {
+  const h = harness();
+  const failing: CallHandler = async () => {
+    throw new ConnectError("boom", Code.Internal);
+  };
+  const options = resolveRateLimitOptions({ ipLimit: 4 });
+  const okChain = createRateLimitInterceptor(h.deps, options)(ok);
+  const failChain = createRateLimitInterceptor(h.deps, options)(failing);
+  const responses = [
+    await call(okChain, "10.0.0.1", "t1"),
+    await call(failChain, "10.0.0.2", "t1"),
+    ...(await Promise.all(Array.from({ length: 6 }, () => call(okChain, "10.0.0.3")))),
+  ];
+  for (const r of responses) for (const name of HEADERS) t.truthy(r.ctx.responseHeader.get(name), `${name} missing`);
+  t.is(responses[1]!.error?.code, Code.Internal);
+  t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-tier"), "1");
+  t.is(responses[2]!.ctx.responseHeader.get("x-ratelimit-tier"), "ip", "no tenant in the request");
+  t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-limit"), "4", "the IP limit has less headroom than tier 1");
+  const rejected = responses.filter((r) => r.error?.code === Code.ResourceExhausted);
+  t.is(rejected.length, 2);
+  for (const r of rejected) for (const name of [...HEADERS, "retry-after"]) t.truthy(r.error!.metadata.get(name), `${name} missing from error metadata`);
+});
+
+test("rate limit interceptor - past the limit answers RESOURCE_EXHAUSTED with Retry-After and audits it", async (t) => {
+  const h = harness();
+  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ ipLimit: 3, ipOverrides: { "10.9.9.9": 5 } }))(ok);
+  const results = [];
+  for (let i = 0; i < 5; i++) results.push(await call(chain, "10.0.0.7"));
+  t.deepEqual(results.map((r) => r.error?.code), [undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+  const err = results[3]!.error!;
+  const retryAfter = Number(err.metadata.get("retry-after"));
+  t.true(retryAfter >= 1 && retryAfter <= 60);
+  t.is(err.metadata.get("x-ratelimit-remaining"), "0");
+  t.is(err.metadata.get("x-ratelimit-tier"), "ip");
+  const rows = h.db.prepare("SELECT action, outcome, resource, details FROM audit_log").all() as Array<{ action: string; outcome: string; resource: string; details: string }>;
+  t.is(rows.length, 1, "one audit row per rejected key per window");
+  t.like(rows[0], { action: "ratelimit.reject", outcome: "denied", resource: "ip/10.0.0.7" });
+  t.true(h.audit.verify().ok);
+  // The override raises this IP's limit.
+  for (let i = 0; i < 5; i++) t.is((await call(chain, "10.9.9.9")).error, undefined);
+});
+
+test("rate limit interceptor - tenants are limited by tier and isolated from each other", async (t) => {
+  const h = harness();
+  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({
+    ipLimit: 1000, tierLimits: { 1: 4, 2: 8 }, tenantTiers: { gold: 2 }, tenantWindowMs: 60_000,
+  }))(ok);
+  const codes = async (tenant: string, n: number): Promise<Array<Code | undefined>> => {
+    const out = [];
+    for (let i = 0; i < n; i++) out.push((await call(chain, "10.0.0.1", tenant)).error?.code);
+    return out;
+  };
+  t.deepEqual(await codes("acme", 5), [undefined, undefined, undefined, undefined, Code.ResourceExhausted]);
+  t.deepEqual(await codes("other", 4), [undefined, undefined, undefined, undefined], "another tenant is not affected");
+  const gold = await codes("gold", 9);
+  t.is(gold.filter((c) => c === undefined).length, 8);
+  const r = await call(chain, "10.0.0.1", "gold");
+  t.is(r.error?.metadata.get("x-ratelimit-tier"), "2");
+  t.is(r.error?.metadata.get("x-ratelimit-limit"), "8");
+});
+
+test("rate limit interceptor - a tenant above 95% of its quota emits billing.rate_limit_exceeded.v1 once per window", async (t) => {
+  const h = harness();
+  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ tierLimits: { 1: 20 }, tenantWindowMs: 60_000, ipLimit: 1000 }))(ok);
+  for (let i = 0; i < 19; i++) await call(chain, "10.0.0.1", "acme");
+  const count = (): number => (h.db.prepare("SELECT COUNT(*) AS n FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'").get() as { n: number }).n;
+  t.is(count(), 0, "19/20 is not above 95%");
+  for (let i = 0; i < 5; i++) await call(chain, "10.0.0.1", "acme");
+  t.is(count(), 1);
+  const row = h.db.prepare("SELECT envelope, tenant FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'").get() as { envelope: Buffer; tenant: string };
+  const event = fromBinary(RateLimitExceededSchema, fromBinary(EventEnvelopeSchema, row.envelope).payload);
+  t.like(event, { tenant: "acme", tier: 1, limit: 20, used: 20, rejected: false });
+});
+
+test("rate limit interceptor - limits are shared through Redis and still enforced in memory when Redis is killed", async (t) => {
+  const server = await startRedisServer();
+  t.teardown(() => server.kill());
+  const redis = new Redis({ port: server.port, host: "127.0.0.1", enableOfflineQueue: false, maxRetriesPerRequest: 0, lazyConnect: true });
+  redis.on("error", () => undefined);
+  t.teardown(() => redis.disconnect());
+  await redis.connect();
+  const options = resolveRateLimitOptions({ ipLimit: 6 });
+  // Two kernel instances sharing one Redis see one counter.
+  const a = createRateLimitInterceptor(harness(redis).deps, options)(ok);
+  const b = createRateLimitInterceptor(harness(redis).deps, options)(ok);
+  const codes = [];
+  for (let i = 0; i < 4; i++) {
+    codes.push((await call(a, "10.0.0.5")).error?.code);
+    codes.push((await call(b, "10.0.0.5")).error?.code);
+  }
+  t.deepEqual(codes, [undefined, undefined, undefined, undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+  t.is(Number(await redis.exists(`${options.keyPrefix}:ip:6:10.0.0.5`)), 1);
+
+  await server.kill();
+  const deadline = Date.now() + 10_000;
+  while (redis.status === "ready" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.not(redis.status, "ready");
+  const after = [];
+  for (let i = 0; i < 8; i++) {
+    const r = await call(a, "10.0.0.6");
+    for (const name of HEADERS) t.truthy(r.ctx.responseHeader.get(name));
+    after.push(r.error?.code);
+  }
+  t.deepEqual(after, [undefined, undefined, undefined, undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+});
+
+test("rate limit options - bad input names the field", (t) => {
+  t.throws(() => resolveRateLimitOptions({ tierLimits: { 2: 0 } }), { instanceOf: ConfigError, message: /rateLimit\.tierLimits\.2/ });
+  t.throws(() => resolveRateLimitOptions({ tenantTiers: { acme: 4 } }), { instanceOf: ConfigError, message: /rateLimit\.tenantTiers\.acme/ });
+  t.throws(() => resolveRateLimitOptions({ ipWindowMs: 1500 }), { instanceOf: ConfigError, message: /rateLimit\.ipWindowMs/ });
+  t.deepEqual(resolveRateLimitOptions({}).tierLimits, { 1: 100, 2: 500, 3: 5000 });
+  t.is(clientIp("[::1]:5000"), "::1");
+  t.is(clientIp("127.0.0.1:5000"), "127.0.0.1");
+});
