@@ -1,6 +1,9 @@
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import type { HandlerContext } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { MeterProvider } from "@opentelemetry/sdk-metrics";
+import { ApiKeyService } from "../gen/nops/kernel/v1/api_key_pb.js";
 import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
@@ -26,6 +29,9 @@ import { createHealthService } from "./server/health-service.js";
 import { createReflectionService } from "./server/reflection-service.js";
 import { evaluateReadiness, type ReadinessCheck, type ReadinessReport } from "./server/readiness.js";
 import type { DestinationStream } from "pino";
+import { createKernelIdentity } from "./identity/kernel-identity.js";
+import { createApiKeyService } from "./identity/api-keys/api-key-service.js";
+import { kPrincipal } from "./identity/principal.js";
 
 function readVersion(): string {
   // src/main.ts runs from src/ (tsx) or dist/src/ (built): package.json is one or two levels up.
@@ -78,23 +84,32 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const events = createOutbox(db, { source: options.edgeId, clock });
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
+  const meterProvider = new MeterProvider();
+  const meter = meterProvider.getMeter("nops-kernel");
+  const identity = await createKernelIdentity({ db, audit, clock, logger, meter }, options);
 
   const checks: ReadinessCheck[] = [() => checkSqliteWritable(db, options.databasePath)];
   const readiness = () => evaluateReadiness(checks);
-  const actorOf = (_ctx: HandlerContext) => "anonymous";
+  const actorOf = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.id ?? "anonymous";
 
   const chain: KernelInterceptor[] = [
     correlationInterceptor(logger.child({ component: "rpc" })),
     loggingInterceptor(),
     errorMappingInterceptor(),
     deadlineInterceptor(options.limits.maxDeadlineMs),
+    identity.authn,
+    identity.authz,
   ];
-  const registryService = bindService(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry), chain);
-  const servingNames = new Set(["", AgentRegistryService.typeName]);
+  const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
+  const services: BoundService[] = [
+    bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
+    bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
+  ];
+  const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
   const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
-  const services: BoundService[] = [registryService, bindService(Health, createHealthService(probe), chain)];
+  services.push(bind(Health, createHealthService(probe)));
   if (options.reflection) {
-    services.push(bindService(ServerReflection, createReflectionService(services.map((s) => s.service)), chain));
+    services.push(bind(ServerReflection, createReflectionService(services.map((s) => s.service))));
   }
 
   const json = (res: Parameters<HttpRoute>[1], status: number, body: unknown) => {
@@ -110,20 +125,34 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   };
 
   const grpcServer = createGrpcServer({ services, limits: options.limits });
-  const httpServer = createHttpServer({ services, routes, limits: options.limits });
+  const { tls } = identity;
+  const httpServer = createHttpServer({
+    services,
+    routes,
+    limits: options.limits,
+    // The HTTP port asks for a client certificate but does not require one: browsers, JWT and API
+    // key callers and kubelet probes connect without; a presented chain is verified by authn.
+    tls: tls && { ...tls.serverOptions(), rejectUnauthorized: false },
+    attachTls: tls && ((server) => tls.attachServer(server)),
+  });
   registry.start();
   let grpcPort = 0;
   let httpPort = 0;
   try {
-    grpcPort = await grpcServer.listen(options.grpc.host, options.grpc.port, grpc.ServerCredentials.createInsecure());
+    // The gRPC port is the strict mTLS port: no client certificate, no handshake.
+    grpcPort = await grpcServer.listen(options.grpc.host, options.grpc.port, tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure());
     httpPort = await httpServer.listen(options.http.host, options.http.port);
   } catch (err) {
     await grpcServer.shutdown(0);
     registry.close();
+    await identity.close();
     db.close();
     throw err;
   }
-  log.info({ grpc: `${options.grpc.host}:${grpcPort}`, http: `${options.http.host}:${httpPort}`, edgeId: options.edgeId, database: options.databasePath, version: KERNEL_VERSION }, "kernel started");
+  log.info(
+    { grpc: `${options.grpc.host}:${grpcPort}`, http: `${options.http.host}:${httpPort}`, tls: identity.source !== "none", identity: identity.source, edgeId: options.edgeId, database: options.databasePath, version: KERNEL_VERSION },
+    "kernel started",
+  );
 
   let stopping: Promise<void> | undefined;
   return {
@@ -136,15 +165,23 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         log.info("kernel stopping");
         await Promise.all([grpcServer.shutdown(options.shutdownGraceMs), httpServer.shutdown(options.shutdownGraceMs)]);
         registry.close();
+        await identity.close();
+        await meterProvider.shutdown();
         db.close();
         log.info("kernel stopped");
       })()),
   };
 }
 
-/** Loads options from an optional file and the environment. */
+/** Loads options from an optional file and the environment (SPIFFE_ENDPOINT_SOCKET included). */
 export function loadKernelOptions(file: string | undefined, env: Record<string, string | undefined>): KernelOptions {
-  return resolveKernelOptions(loadRawConfig({ file, env, defaults: DEFAULT_KERNEL_OPTIONS }));
+  const raw = loadRawConfig({ file, env, defaults: DEFAULT_KERNEL_OPTIONS });
+  const socket = env.SPIFFE_ENDPOINT_SOCKET;
+  if (socket) {
+    const identity = (raw.identity ??= {}) as Record<string, unknown>;
+    identity.socket ??= socket;
+  }
+  return resolveKernelOptions(raw);
 }
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]

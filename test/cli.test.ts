@@ -20,15 +20,20 @@ function cli(args: string[], env: Record<string, string>): { code: number; out: 
 }
 
 // The README's shell blocks that call the running kernel, with the default ports swapped for this test's.
-function readmeExamples(grpcPort: number, httpPort: number): string[] {
+function readmeExamples(grpcPort: number, httpPort: number, dataDir: string): string[] {
   const readme = readFileSync(join(root, "README.md"), "utf8");
   return [...readme.matchAll(/```sh\n([\s\S]*?)```/g)]
     .map((m) => m[1] ?? "")
     .filter((block) => /^(curl|npx buf curl) /m.test(block))
-    .map((block) => block.replaceAll("127.0.0.1:8080", `127.0.0.1:${httpPort}`).replaceAll("127.0.0.1:50051", `127.0.0.1:${grpcPort}`));
+    .map((block) =>
+      block
+        .replaceAll("localhost:8080", `localhost:${httpPort}`)
+        .replaceAll("localhost:50051", `localhost:${grpcPort}`)
+        .replaceAll("data/dev-identity/", `${dataDir}/dev-identity/`),
+    );
 }
 
-test("cli - the built kernel starts on embedded defaults and every README example works as written", async (t) => {
+test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) and every README example works as written", async (t) => {
   execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "pipe" });
   const dataDir = mkdtempSync(join(tmpdir(), "nops-cli-"));
   const [grpcPort, httpPort] = [await freePort(), await freePort()];
@@ -37,8 +42,8 @@ test("cli - the built kernel starts on embedded defaults and every README exampl
     NOPS_GRPC_PORT: String(grpcPort),
     NOPS_HTTP_PORT: String(httpPort),
   });
-  await waitFor(async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).ok, 30_000, "kernel readiness");
-  const examples = readmeExamples(grpcPort, httpPort);
+  await waitFor(() => /kernel started/.test(kernel.output()), 30_000, "kernel start");
+  const examples = readmeExamples(grpcPort, httpPort, dataDir);
   t.true(examples.length >= 4, "README has curl and buf curl examples");
   const outputs = examples.map((script) => execFileSync("bash", ["-euo", "pipefail", "-c", script], { cwd: root, encoding: "utf8" }));
   const registered = outputs.filter((o) => o.includes('"agent"') && o.includes("summarizer"));

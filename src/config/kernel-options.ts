@@ -1,6 +1,10 @@
 import { join } from "node:path";
 import { ConfigError } from "../common/errors.js";
 import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "./fields.js";
+import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
+import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
+import { resolveSpiffePrincipalOptions, type SpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";
+import { resolveJwtVerifierOptions, type JwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -40,6 +44,29 @@ export interface RegistryOptions {
   maxAgentBytes: number;
 }
 
+/** Where the kernel's own identity comes from. */
+export type IdentitySource = "auto" | "workload-api" | "dev" | "none";
+
+/** Workload identity and caller credentials. */
+export interface IdentityOptions {
+  /**
+   * "workload-api": SVIDs from the SPIRE agent at `socket`; "dev": the embedded issuer mints a
+   * local CA under `devDir`; "auto": workload-api when a socket is known, else dev; "none":
+   * plaintext servers and anonymous callers (tests, benchmarks, local experiments). @default "auto"
+   */
+  source: IdentitySource;
+  /** Workload API address (`unix:///abs/path` or `tcp://ip:port`); SPIFFE_ENDPOINT_SOCKET when empty. @default "" */
+  socket: string;
+  /** Development identity directory. @default "<dataDir>/dev-identity" */
+  devDir: string;
+  /** Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty. @default "" */
+  apiKeyPepper: string;
+  /** SPIFFE id -> principal rules (see docs/identity.md). */
+  spiffe: SpiffePrincipalOptions;
+  /** JWT bearer tokens; accepted only when this section is configured. */
+  jwt?: JwtVerifierOptions;
+}
+
 /** Every option of the kernel. Defaults are the embedded development setup: SQLite only. */
 export interface KernelOptions {
   /** This edge's id: the source of its events and part of every NATS message id. @default "edge-local" */
@@ -64,6 +91,13 @@ export interface KernelOptions {
   };
   /** How long shutdown waits for in-flight calls before closing connections. @default 10000 */
   shutdownGraceMs: number;
+  /** This kernel's SPIFFE trust domain. @default "nops.local" */
+  trustDomain: string;
+  identity: IdentityOptions;
+  /** Caller authentication (see docs/identity.md). */
+  authn: AuthnOptions;
+  /** Roles, scopes and tenant rules (see docs/identity.md). */
+  authz: AuthzOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -91,7 +125,14 @@ export const DEFAULT_KERNEL_OPTIONS = {
   },
   log: { level: "info", redactPaths: [] as string[] },
   shutdownGraceMs: 10_000,
+  trustDomain: "nops.local",
+  // Sections given as {} are validated by their own resolvers and set from the config file only.
+  identity: { source: "auto", socket: "", devDir: "", apiKeyPepper: "", spiffe: {}, jwt: {} },
+  authn: {},
+  authz: {},
 };
+
+const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
 
 const ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
@@ -137,6 +178,20 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
   }
 
   const log = readSection(s.log, "log", d.log);
+  const id = readSection(s.identity, "identity", d.identity);
+  const source = readString(id, "source", "identity", d.identity.source, { oneOf: IDENTITY_SOURCES }) as IdentitySource;
+  const trustDomain = readString(s, "trustDomain", "", d.trustDomain, { pattern: /^[a-z0-9._-]{1,255}$/ });
+  // Without TLS there are no credentials to check, so plaintext ("none") admits anonymous callers
+  // unless the file says otherwise.
+  const anonymous = source === "none" ? { allowAnonymous: true } : {};
+  const identity: IdentityOptions = {
+    source,
+    socket: readString(id, "socket", "identity", d.identity.socket),
+    devDir: readString(id, "devDir", "identity", d.identity.devDir) || join(dataDir, "dev-identity"),
+    apiKeyPepper: readString(id, "apiKeyPepper", "identity", d.identity.apiKeyPepper),
+    spiffe: resolveSpiffePrincipalOptions({ trustDomain, ...(id.spiffe as object | undefined) }, "identity.spiffe"),
+    jwt: id.jwt === undefined ? undefined : resolveJwtVerifierOptions(id.jwt, "identity.jwt"),
+  };
   const databasePath = readString(s, "databasePath", "", d.databasePath);
   return {
     edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),
@@ -152,5 +207,9 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
       redactPaths: readStringList(log, "redactPaths", "log", d.log.redactPaths),
     },
     shutdownGraceMs: readInt(s, "shutdownGraceMs", "", d.shutdownGraceMs, 0, 600_000),
+    trustDomain,
+    identity,
+    authn: resolveAuthnOptions({ ...anonymous, ...(s.authn as object | undefined) }, "authn"),
+    authz: resolveAuthzOptions({ ...anonymous, ...(s.authz as object | undefined) }, "authz"),
   };
 }

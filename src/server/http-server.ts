@@ -27,6 +27,8 @@ export interface HttpServerOptions {
   limits: LimitOptions;
   /** TLS options for HTTPS + HTTP/2 via ALPN; plaintext serves HTTP/1.1 and h2c on one port. */
   tls?: http2.SecureServerOptions;
+  /** Called with the TLS server so rotating credentials can replace its context. */
+  attachTls?: (server: http2.Http2SecureServer) => void;
 }
 
 /** The connect-node server. */
@@ -76,7 +78,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       res.end(JSON.stringify({ error: `no route for ${req.method} ${path}` }));
     },
   });
-  const handler: Handler = (req, res) => rpc(req as never, res as never);
+  const handler: Handler = (req, res) => rpc(req, res);
 
   const h2Settings: http2.Settings = { maxConcurrentStreams: limits.maxConcurrentStreams, maxHeaderListSize: limits.maxHeaderBytes };
   const sockets = new Set<net.Socket>();
@@ -88,6 +90,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       { ...options.tls, allowHTTP1: true, settings: h2Settings, maxHeaderListPairs: limits.maxHeaderCount, minVersion: "TLSv1.2" },
       handler,
     );
+    options.attachTls?.(secure);
     listener = secure;
   } else {
     // Cleartext: HTTP/2 with prior knowledge (gRPC, Connect over h2c) and HTTP/1.1 (curl, browsers)

@@ -34,6 +34,7 @@ export async function startTestKernel(t: ExecutionContext, raw: Record<string, u
     http: { host: "127.0.0.1", port: 0 },
     log: { level: "debug" },
     shutdownGraceMs: 1000,
+    identity: { source: "none" },
     ...raw,
   });
   const logs: string[] = [];

@@ -150,11 +150,11 @@ for (const transport of BOTH) {
   test(`interceptors - correlation id is taken from x-request-id and echoed over ${transport}`, async (t) => {
     const k = await startTestKernel(t);
     const client = k.client(AgentRegistryService, transport);
-    let echoed: string | null = null;
+    let echoed = null as string | null;
     await client.listAgents({ tenant: "acme" }, { headers: { "x-request-id": "req-abc-123" }, onHeader: (h) => (echoed = h.get("x-request-id")) });
     t.is(echoed, "req-abc-123");
     t.true(k.logs.some((l) => l.includes('"correlationId":"req-abc-123"') && l.includes("ListAgents")));
-    let generated: string | null = null;
+    let generated = null as string | null;
     await client.listAgents({ tenant: "acme" }, { onHeader: (h) => (generated = h.get("x-request-id")) });
     t.regex(generated ?? "", /^[0-9a-f-]{36}$/);
   });

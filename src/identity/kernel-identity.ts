@@ -1,0 +1,102 @@
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Meter } from "@opentelemetry/api";
+import type { Clock } from "../common/clock.js";
+import type { Db } from "../store/database.js";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { Logger } from "../telemetry/logger.js";
+import type { KernelOptions } from "../config/kernel-options.js";
+import type { KernelInterceptor } from "../server/interceptor.js";
+import { createAuthnInterceptor } from "./authn-interceptor.js";
+import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
+import { createSpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
+import { createJwtVerifier } from "./jwt/jwt-verifier.js";
+import { createApiKeyStore, resolveApiKeyOptions, type ApiKeyOptions, type ApiKeyStore } from "./api-keys/api-key-store.js";
+import { createDevX509Source, createTlsMaterial, createWorkloadX509Source, type TlsMaterial, type X509Source } from "./spiffe/index.js";
+
+/** The kernel's identity: its TLS material (absent in "none" mode) and the caller checks. */
+export interface KernelIdentity {
+  /** "workload-api", "dev" or "none": what `identity.source` resolved to. */
+  readonly source: "workload-api" | "dev" | "none";
+  readonly tls?: TlsMaterial;
+  readonly x509?: X509Source;
+  readonly apiKeys: ApiKeyStore;
+  readonly apiKeyOptions: ApiKeyOptions;
+  readonly authn: KernelInterceptor;
+  readonly authz: KernelInterceptor;
+  close(): Promise<void>;
+}
+
+/** Dependencies of the identity wiring. */
+export interface KernelIdentityDeps {
+  db: Db;
+  audit: AuditLog;
+  clock: Clock;
+  logger: Logger;
+  meter: Meter;
+  fetch?: typeof fetch;
+}
+
+// The pepper must outlive restarts (or every key stops verifying) and stay out of the database.
+function pepper(options: KernelOptions, log: Logger): string {
+  if (options.identity.apiKeyPepper) return options.identity.apiKeyPepper;
+  const file = join(options.dataDir, "api-key-pepper");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  mkdirSync(options.dataDir, { recursive: true });
+  const generated = randomBytes(32).toString("base64");
+  writeFileSync(file, generated + "\n", { mode: 0o600, flag: "wx" });
+  log.warn({ file }, "generated an API key pepper; set identity.apiKeyPepper from a secret store in production");
+  return generated;
+}
+
+/** Builds the identity source, TLS material and the authn/authz interceptors from options. */
+export async function createKernelIdentity(deps: KernelIdentityDeps, options: KernelOptions): Promise<KernelIdentity> {
+  const log = deps.logger.child({ component: "identity" });
+  const { identity } = options;
+  const source = identity.source === "auto" ? (identity.socket ? "workload-api" : "dev") : identity.source;
+  const kernelId = `spiffe://${options.trustDomain}/nops/kernel/${options.edgeId}`;
+
+  let x509: X509Source | undefined;
+  if (source === "workload-api") {
+    if (!identity.socket) throw new Error("identity.source is workload-api but no socket is configured (identity.socket or SPIFFE_ENDPOINT_SOCKET)");
+    x509 = createWorkloadX509Source({ logger: deps.logger, clock: deps.clock, meter: deps.meter }, { socket: identity.socket });
+    log.info({ socket: identity.socket }, "waiting for the first SVID from the SPIFFE Workload API");
+  } else if (source === "dev") {
+    x509 = await createDevX509Source({ logger: deps.logger, clock: deps.clock }, { dir: identity.devDir, trustDomain: options.trustDomain, spiffeId: kernelId });
+  } else {
+    log.warn("identity.source is none: plaintext servers, anonymous callers allowed; never use this outside development");
+  }
+  const ctx = await x509?.ready();
+  if (ctx) log.info({ spiffeId: ctx.svid.spiffeId, source }, "workload identity ready");
+  const tls = x509 && createTlsMaterial({ source: x509, clock: deps.clock, logger: deps.logger });
+
+  const apiKeyOptions = resolveApiKeyOptions({ pepper: pepper(options, log) }, "identity.apiKeyPepper");
+  const apiKeys = createApiKeyStore({ db: deps.db, clock: deps.clock }, apiKeyOptions);
+  const authn = createAuthnInterceptor(
+    {
+      verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
+      spiffePrincipals: createSpiffePrincipalMapper(identity.spiffe),
+      jwt: identity.jwt && createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
+      apiKeys,
+      audit: deps.audit,
+      clock: deps.clock,
+      logger: deps.logger.child({ component: "authn" }),
+    },
+    options.authn,
+  );
+  const authz = createAuthzInterceptor({ audit: deps.audit, logger: deps.logger.child({ component: "authz" }) }, options.authz);
+  return {
+    source,
+    tls,
+    x509,
+    apiKeys,
+    apiKeyOptions,
+    authn,
+    authz,
+    close: async () => {
+      tls?.close();
+      await x509?.close();
+    },
+  };
+}
