@@ -1,0 +1,97 @@
+import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+import {
+  ClassificationSchema,
+  ClassifyResponseSchema,
+  EgressClass,
+  GetPolicyResponseSchema,
+  PiiFindingSchema,
+  ValidateEgressResponseSchema,
+  Verdict,
+  type Classification,
+  type DataGovernanceService,
+  type Tier,
+} from "../../gen/nops/dge/v1/dge_pb.js";
+import { KIND_CLASS, piiTypeOf, tierNameOf, type TierName } from "./dge-codes.js";
+import { evaluatePolicy, policyFor, type DgePoliciesOptions } from "./dge-policies.js";
+import { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";
+import { CLASSIFIER_VERSION, detectPii } from "./pii-classifier.js";
+
+/** Classifies text into the proto Classification (empty text D0, no findings D1, else the highest kind's class). */
+export function classifyText(text: string): Classification {
+  const found = detectPii(text);
+  let egressClass = text.length === 0 ? EgressClass.D0 : EgressClass.D1;
+  for (const d of found) if (KIND_CLASS[d.kind] > egressClass) egressClass = KIND_CLASS[d.kind];
+  return create(ClassificationSchema, {
+    egressClass,
+    classifierVersion: CLASSIFIER_VERSION,
+    findings: found.map((d) => create(PiiFindingSchema, { type: piiTypeOf(d.kind), span: { start: d.start, end: d.end }, confidence: d.confidence, rule: d.rule })),
+  });
+}
+
+/** What the reference DGE service needs. */
+export interface DgeServiceDeps {
+  clock: Clock;
+  logger: Logger;
+  /** Key that signs every response. */
+  signingKey: { id: string; secret: string };
+  /** Policies; read on every call so a caller may swap them (see DgeServer.setPolicies). */
+  policies: () => DgePoliciesOptions;
+  /** Largest `data` accepted, UTF-16 code units. */
+  maxDataChars: number;
+}
+
+const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+function requireTenant(tenant: string): void {
+  if (!TENANT_RE.test(tenant)) throw new ConnectError("tenant: must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
+}
+
+function requireTier(tier: Tier): TierName {
+  const t = tierNameOf(tier);
+  if (t === undefined) throw new ConnectError("tier: must be TIER_1, TIER_2, TIER_3 or TIER_AIR_GAPPED", Code.InvalidArgument);
+  return t;
+}
+
+/** The reference DataGovernanceService; every response is signed in the `x-dge-signature` header. */
+export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataGovernanceService> {
+  const log = deps.logger;
+  function signed<D extends DescMessage>(ctx: HandlerContext, schema: D, message: MessageShape<D>): MessageShape<D> {
+    const method = `/${ctx.service.typeName}/${ctx.method.name}`;
+    ctx.responseHeader.set(DGE_SIGNATURE_HEADER, signDgeResponse(deps.signingKey, method, toBinary(schema, message), deps.clock.now()));
+    return message;
+  }
+  function checkData(data: string): void {
+    if (data.length > deps.maxDataChars) throw new ConnectError(`data: longer than ${deps.maxDataChars} characters`, Code.InvalidArgument);
+  }
+  return {
+    classify(req, ctx) {
+      checkData(req.data);
+      const classification = classifyText(req.data);
+      log.debug({ tenant: req.context?.tenant, dataType: req.context?.dataType, findings: classification.findings.length }, "classified");
+      return signed(ctx, ClassifyResponseSchema, create(ClassifyResponseSchema, { classification }));
+    },
+    getPolicy(req, ctx) {
+      requireTenant(req.tenant);
+      const policy = policyFor(deps.policies(), req.tenant, requireTier(req.tier));
+      return signed(ctx, GetPolicyResponseSchema, create(GetPolicyResponseSchema, { policy }));
+    },
+    validateEgress(req, ctx) {
+      requireTenant(req.tenant);
+      checkData(req.data);
+      const tier = requireTier(req.tier);
+      const policy = policyFor(deps.policies(), req.tenant, tier);
+      // The classification is re-derived from the data when missing, so a client cannot skip it.
+      const classification = req.classification && req.classification.egressClass !== EgressClass.UNSPECIFIED ? req.classification : classifyText(req.data);
+      const decision = evaluatePolicy(policy, tier, classification, req.destination);
+      return signed(ctx, ValidateEgressResponseSchema, create(ValidateEgressResponseSchema, {
+        verdict: decision.allow ? Verdict.ALLOW : Verdict.DENY,
+        reasonCode: decision.reason,
+        policyVersion: policy.version,
+        ttlSeconds: policy.ttlSeconds,
+      }));
+    },
+  };
+}

@@ -1,0 +1,164 @@
+import { isIPv4, isIPv6 } from "node:net";
+import { findPhoneNumbersInText } from "libphonenumber-js/max";
+import { cardBrand, IBAN_LENGTHS, ibanValid, luhnValid, shannonEntropy, ssnValid } from "./checksums.js";
+
+/** The structured types the classifier detects (names used in events, corpus labels and metrics). */
+export const PII_KINDS = ["email", "credit_card", "us_ssn", "iban", "phone", "ip_address", "api_secret"] as const;
+/** One of PII_KINDS. */
+export type PiiKind = (typeof PII_KINDS)[number];
+
+/** One detection: kind, UTF-16 span [start, end), confidence and the rule that fired. */
+export interface Detection {
+  kind: PiiKind;
+  start: number;
+  end: number;
+  confidence: number;
+  rule: string;
+}
+
+/** Version of the rules below; reported with every classification. */
+export const CLASSIFIER_VERSION = "rules-2026.1";
+
+// Checksummed matches are near-certain; pattern-only matches less so.
+const CHECKSUM = 0.99;
+const PATTERN_WITH_CONTEXT = 0.9;
+const PATTERN = 0.8;
+
+const AT = String.raw`(?:@|\s+@\s+|\s*[[({<]\s*at\s*[\])}>]\s*|\s+at\s+)`;
+const DOT = String.raw`(?:\.|\s*[[({<]\s*dot\s*[\])}>]\s*|\s+dot\s+)`;
+const LABEL = String.raw`[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?`;
+const EMAIL_RE = new RegExp(
+  String.raw`(?<![a-z0-9._%+-])([a-z0-9](?:[a-z0-9._%+-]{0,62}[a-z0-9])?)(${AT})(${LABEL}(?:${DOT}${LABEL})*)${DOT}([a-z]{2,24})(?![a-z0-9-])`,
+  "gi",
+);
+// "john at example dot com" is how people hide addresses, but "look at this dot net" is prose:
+// the spelled-out form only counts with a common top-level domain.
+const COMMON_TLDS = new Set([
+  "com", "org", "net", "io", "dev", "ai", "app", "edu", "gov", "mil", "info", "biz", "co", "us", "uk",
+  "de", "fr", "es", "it", "nl", "be", "ch", "at", "se", "no", "dk", "fi", "pl", "eu", "ca", "au", "jp", "in", "br",
+]);
+
+const CARD_RE = /(?<![\p{L}\p{N}])\d(?:[ .-]?\d){12,18}(?![\p{L}\p{N}])/gu;
+const SSN_RE = /(?<![\p{L}\p{N}-])(\d{3})([ .-])(\d{2})\2(\d{4})(?![\p{N}-])|(?<![\p{L}\p{N}])(\d{3})(\d{2})(\d{4})(?![\p{L}\p{N}])/gu;
+const SSN_CONTEXT = /(?:ssn|social\s+security(?:\s+(?:no|number|#))?|soc\.?\s*sec\.?|taxpayer\s+id)\W{0,6}$/i;
+const IBAN_RE = /(?<![\p{L}\p{N}])([a-z]{2}\d{2})((?:[ -]?[a-z0-9]){10,30})/giu;
+const OCTET_SEP = String.raw`(?:\.|\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\})`;
+const IPV4_RE = new RegExp(String.raw`(?<![\p{L}\p{N}.])(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})(?![\p{L}\p{N}]|\.\d)`, "giu");
+const VERSION_CONTEXT = /(?:\bv|\bver(?:sion)?\.?\s*|\brelease\s*|\bbuild\s*|\bfirmware\s*)$/i;
+const IPV6_RE = /(?<![\p{L}\p{N}:.])((?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?)(?:%[0-9a-z]+)?(?![\p{L}\p{N}:])/giu;
+const PHONE_CONTEXT = /(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms)\W{0,4}$/i;
+
+interface SecretRule {
+  rule: string;
+  re: RegExp;
+  /** Group holding the secret value when the match includes a label. */
+  group?: number;
+  check?: (value: string) => boolean;
+}
+
+const SECRET_RULES: SecretRule[] = [
+  { rule: "aws_access_key_id", re: /\b(?:AKIA|ASIA)[0-9A-Z]{16}\b/g },
+  { rule: "github_token", re: /\bgh[pousr]_[A-Za-z0-9]{36}\b/g },
+  { rule: "github_pat", re: /\bgithub_pat_[A-Za-z0-9_]{60,100}\b/g },
+  { rule: "slack_token", re: /\bxox[abposr]-[0-9A-Za-z-]{10,100}\b/g },
+  { rule: "stripe_key", re: /\b[rs]k_(?:live|test)_[0-9A-Za-z]{24,99}\b/g },
+  { rule: "google_api_key", re: /\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])/g },
+  { rule: "openai_style_key", re: /\bsk-(?:proj-|ant-api\d\d-)?[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])/g },
+  { rule: "jwt", re: /\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}/g },
+  { rule: "private_key_pem", re: /-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----/g },
+  {
+    // A labelled value: only counted when it looks random (letters and digits, high entropy), so
+    // "password: changeme" or "token: null" are not secrets but "api_key=Zx81..." is.
+    rule: "labelled_secret",
+    re: /(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|passwd|password|client[_-]?secret|private[_-]?key)(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?([A-Za-z0-9_\-./+=]{16,200})/gi,
+    group: 1,
+    check: (v) => /[A-Za-z]/.test(v) && /\d/.test(v) && shannonEntropy(v) >= 3.5,
+  },
+];
+
+/** Finds structured PII and secrets in `text`; later detectors skip spans earlier ones claimed. */
+export function detectPii(text: string): Detection[] {
+  const found: Detection[] = [];
+  const overlaps = (s: number, e: number): boolean => found.some((d) => s < d.end && e > d.start);
+  const add = (d: Detection): void => {
+    if (!overlaps(d.start, d.end)) found.push(d);
+  };
+
+  // Secrets and IBANs first: their bodies contain digit runs the card and phone rules would claim.
+  for (const r of SECRET_RULES) {
+    for (const m of text.matchAll(r.re)) {
+      const value = r.group === undefined ? m[0] : (m[r.group] ?? "");
+      if (r.check && !r.check(value)) continue;
+      const start = m.index + (r.group === undefined ? 0 : m[0].length - value.length);
+      add({ kind: "api_secret", start, end: start + value.length, confidence: r.group === undefined ? PATTERN_WITH_CONTEXT : PATTERN, rule: r.rule });
+    }
+  }
+
+  for (const m of text.matchAll(IBAN_RE)) {
+    const country = (m[1] ?? "").slice(0, 2).toUpperCase();
+    const len = IBAN_LENGTHS[country];
+    if (len === undefined) continue;
+    // Take exactly the country's length of alphanumerics: the greedy match may run into the next word.
+    let compact = (m[1] ?? "").toUpperCase();
+    let end = m.index + (m[1] ?? "").length;
+    for (const ch of m[2] ?? "") {
+      if (compact.length === len) break;
+      end++;
+      if (ch !== " " && ch !== "-") compact += ch.toUpperCase();
+    }
+    if (compact.length !== len || /[\p{L}\p{N}]/u.test(text.charAt(end))) continue;
+    if (ibanValid(compact)) add({ kind: "iban", start: m.index, end, confidence: CHECKSUM, rule: "mod97" });
+  }
+
+  for (const m of text.matchAll(EMAIL_RE)) {
+    const spelled = /^\s+at\s+$/i.test(m[2] ?? "");
+    if (spelled && !COMMON_TLDS.has((m[4] ?? "").toLowerCase())) continue;
+    add({ kind: "email", start: m.index, end: m.index + m[0].length, confidence: spelled ? PATTERN : PATTERN_WITH_CONTEXT, rule: "email" });
+  }
+
+  for (const m of text.matchAll(CARD_RE)) {
+    const digits = m[0].replace(/\D/g, "");
+    if (luhnValid(digits) && cardBrand(digits)) {
+      add({ kind: "credit_card", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "luhn" });
+    }
+  }
+
+  for (const m of text.matchAll(SSN_RE)) {
+    const separated = m[1] !== undefined;
+    const [area, group, serial] = separated ? [m[1], m[3], m[4]] : [m[5], m[6], m[7]];
+    if (!ssnValid(area ?? "", group ?? "", serial ?? "")) continue;
+    // Nine bare digits are any reference number; only a label in front makes them an SSN.
+    const labelled = SSN_CONTEXT.test(text.slice(Math.max(0, m.index - 40), m.index));
+    if (!separated && !labelled) continue;
+    add({ kind: "us_ssn", start: m.index, end: m.index + m[0].length, confidence: labelled ? CHECKSUM : PATTERN_WITH_CONTEXT, rule: "ssa_area" });
+  }
+
+  for (const m of text.matchAll(IPV6_RE)) {
+    const addr = m[1] ?? "";
+    const groups = addr.split(":").filter((g) => g !== "").length;
+    if (groups >= 2 && isIPv6(addr)) add({ kind: "ip_address", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "ipv6" });
+  }
+
+  for (const m of text.matchAll(IPV4_RE)) {
+    const addr = [m[1], m[2], m[3], m[4]].join(".");
+    if (!isIPv4(addr.replace(/(^|\.)0+(\d)/g, "$1$2"))) continue;
+    // "v1.2.3.4" and "version 10.2.0.1" are release numbers, not addresses (documented in docs/egress.md).
+    if (VERSION_CONTEXT.test(text.slice(Math.max(0, m.index - 12), m.index))) continue;
+    add({ kind: "ip_address", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "ipv4" });
+  }
+
+  for (const f of findPhoneNumbersInText(text, { defaultCountry: "US" })) {
+    if (!f.number.isValid()) continue;
+    const raw = text.slice(f.startsAt, f.endsAt);
+    const international = /^(?:\+|00)/.test(raw);
+    // A national number needs the country's own digit grouping ("(415) 555-2671", "415.555.2671")
+    // or a label in front; otherwise "invoice 4155552671" or "860.55.88.207" would be phones.
+    const groups = raw.split(/\D+/).filter((g) => g !== "").join(" ");
+    const grouped = groups.includes(" ") && groups === f.number.formatNational().split(/\D+/).filter((g) => g !== "").join(" ");
+    const labelled = PHONE_CONTEXT.test(text.slice(Math.max(0, f.startsAt - 16), f.startsAt));
+    if (!(international || grouped || labelled)) continue;
+    add({ kind: "phone", start: f.startsAt, end: f.endsAt, confidence: international || labelled ? PATTERN_WITH_CONTEXT : PATTERN, rule: "libphonenumber" });
+  }
+
+  return found.sort((a, b) => a.start - b.start);
+}

@@ -1,0 +1,180 @@
+import { randomUUID } from "node:crypto";
+import type { Redis } from "ioredis";
+import { LRUCache } from "lru-cache";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+
+/** A cached verdict: the decision and a redacted summary of the classification behind it. */
+export interface CachedVerdict {
+  allow: boolean;
+  reason: string;
+  /** "D0".."D4" or "". */
+  classification: string;
+  /** Finding kind -> count. */
+  findings: Record<string, number>;
+  policyVersion: string;
+}
+
+/** A cached policy: just what the guard keys verdicts on. */
+export interface CachedPolicy {
+  version: string;
+  ttlMs: number;
+}
+
+/** A cache invalidation, as published on the pub/sub channel. */
+export interface DgeInvalidation {
+  tenant: string;
+  /** Tier ("1", "2", "3", "air-gapped") or "" for all. */
+  tier: string;
+  reason: string;
+}
+
+/** Policy and verdict cache: in-process LRU in front of Redis (optional). */
+export interface DgeCache {
+  getPolicy(tenant: string, tier: string): Promise<CachedPolicy | undefined>;
+  setPolicy(tenant: string, tier: string, policy: CachedPolicy): Promise<void>;
+  getVerdict(tenant: string, key: string): Promise<CachedVerdict | undefined>;
+  setVerdict(tenant: string, key: string, verdict: CachedVerdict, ttlMs: number): Promise<void>;
+  /** Drops a tenant's policies and verdicts here and, through Redis pub/sub, in every other kernel. */
+  invalidate(inv: DgeInvalidation): Promise<void>;
+  /** Hits / lookups since start (0 before the first lookup). */
+  hitRate(): number;
+  close(): Promise<void>;
+}
+
+/** Options of the DGE cache. */
+export interface DgeCacheOptions {
+  /** Longest a policy or verdict is cached, ms (the issue's 5 minutes). @default 300000 */
+  ttlMs: number;
+  /** In-process entries. @default 10000 */
+  maxEntries: number;
+  /** Redis key prefix. @default "nops:dge:" */
+  keyPrefix: string;
+  /** Redis pub/sub channel for invalidations. @default "nops:dge:invalidate" */
+  channel: string;
+}
+
+/** Default cache TTL: 5 minutes. */
+export const DEFAULT_DGE_CACHE_TTL_MS = 300_000;
+/** Default in-process capacity. */
+export const DEFAULT_DGE_CACHE_MAX_ENTRIES = 10_000;
+/** Default Redis key prefix. */
+export const DEFAULT_DGE_CACHE_KEY_PREFIX = "nops:dge:";
+/** Default invalidation channel. */
+export const DEFAULT_DGE_CACHE_CHANNEL = "nops:dge:invalidate";
+
+/** What the cache needs. */
+export interface DgeCacheDeps {
+  clock: Clock;
+  logger: Logger;
+  /** Shared Redis; without it the cache is in-process only. */
+  redis?: Redis;
+  /** A second connection in subscriber mode (ioredis cannot subscribe and command on one). */
+  subscriber?: Redis;
+  /** Called for every invalidation applied here, local or received ("local" | "pubsub"). */
+  onInvalidated?: (inv: DgeInvalidation, origin: "local" | "pubsub") => void;
+}
+
+type Entry = { kind: "policy"; value: CachedPolicy } | { kind: "verdict"; value: CachedVerdict };
+
+/** Creates the cache; Redis errors degrade to in-process only (logged, never thrown). */
+export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): DgeCache {
+  const log = deps.logger;
+  const lru = new LRUCache<string, Entry>({ max: options.maxEntries, ttl: options.ttlMs, ttlResolution: 0, perf: { now: () => deps.clock.now() } });
+  let hits = 0;
+  let lookups = 0;
+  const policyKey = (tenant: string, tier: string): string => `policy:${tenant}:${tier}`;
+  const verdictKey = (tenant: string, key: string): string => `verdict:${tenant}:${key}`;
+  const { redis, subscriber } = deps;
+  // Tags our own publications so the subscriber does not apply (and report) them twice.
+  const instance = randomUUID();
+
+  async function redisGet(key: string): Promise<Entry | undefined> {
+    if (!redis) return undefined;
+    try {
+      const raw = await redis.get(options.keyPrefix + key);
+      return raw ? (JSON.parse(raw) as Entry) : undefined;
+    } catch (err) {
+      log.warn({ err }, "redis read failed; using the in-process cache only");
+      return undefined;
+    }
+  }
+  async function redisSet(key: string, entry: Entry, ttlMs: number): Promise<void> {
+    if (!redis) return;
+    try {
+      await redis.set(options.keyPrefix + key, JSON.stringify(entry), "PX", ttlMs);
+    } catch (err) {
+      log.warn({ err }, "redis write failed; using the in-process cache only");
+    }
+  }
+  async function lookup(key: string): Promise<Entry | undefined> {
+    lookups++;
+    let e = lru.get(key);
+    if (!e) {
+      e = await redisGet(key);
+      if (e) lru.set(key, e);
+    }
+    if (e) hits++;
+    return e;
+  }
+  function applyLocal(inv: DgeInvalidation): void {
+    const prefixes = [inv.tier ? policyKey(inv.tenant, inv.tier) : `policy:${inv.tenant}:`, verdictKey(inv.tenant, "")];
+    for (const k of [...lru.keys()]) if (prefixes.some((p) => k.startsWith(p))) lru.delete(k);
+  }
+
+  if (subscriber) {
+    subscriber.on("message", (channel: string, message: string) => {
+      if (channel !== options.channel) return;
+      try {
+        const { from, ...inv } = JSON.parse(message) as DgeInvalidation & { from?: string };
+        if (from === instance || typeof inv.tenant !== "string" || typeof inv.tier !== "string") return;
+        applyLocal(inv);
+        deps.onInvalidated?.(inv, "pubsub");
+      } catch (err) {
+        log.warn({ err }, "ignored a malformed cache invalidation message");
+      }
+    });
+    subscriber.subscribe(options.channel).catch((err: unknown) => log.warn({ err }, "cache invalidation subscription failed"));
+  }
+
+  return {
+    async getPolicy(tenant, tier) {
+      const e = await lookup(policyKey(tenant, tier));
+      return e?.kind === "policy" ? e.value : undefined;
+    },
+    async setPolicy(tenant, tier, policy) {
+      const ttl = Math.min(policy.ttlMs, options.ttlMs);
+      const entry: Entry = { kind: "policy", value: policy };
+      lru.set(policyKey(tenant, tier), entry, { ttl });
+      await redisSet(policyKey(tenant, tier), entry, ttl);
+    },
+    async getVerdict(tenant, key) {
+      const e = await lookup(verdictKey(tenant, key));
+      return e?.kind === "verdict" ? e.value : undefined;
+    },
+    async setVerdict(tenant, key, verdict, ttlMs) {
+      const ttl = Math.min(ttlMs, options.ttlMs);
+      const entry: Entry = { kind: "verdict", value: verdict };
+      lru.set(verdictKey(tenant, key), entry, { ttl });
+      await redisSet(verdictKey(tenant, key), entry, ttl);
+    },
+    async invalidate(inv) {
+      applyLocal(inv);
+      deps.onInvalidated?.(inv, "local");
+      if (!redis) return;
+      try {
+        // Policies are deleted from Redis; verdicts are keyed by policy version, so a changed
+        // policy cannot reuse them, and an unchanged one may.
+        const tiers = inv.tier ? [inv.tier] : ["1", "2", "3", "air-gapped"];
+        await redis.del(...tiers.map((t) => options.keyPrefix + policyKey(inv.tenant, t)));
+        await redis.publish(options.channel, JSON.stringify({ ...inv, from: instance }));
+      } catch (err) {
+        log.warn({ err }, "redis invalidation failed; other kernels keep their copy until it expires");
+      }
+    },
+    hitRate: () => (lookups === 0 ? 0 : hits / lookups),
+    async close() {
+      if (subscriber) await subscriber.unsubscribe(options.channel).catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,345 @@
+import { createHash } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Meter } from "@opentelemetry/api";
+import type { Redis } from "ioredis";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { Clock } from "../common/clock.js";
+import { ConfigError } from "../common/errors.js";
+import { readBool, readInt, readSection, type RawSection } from "../config/fields.js";
+import type { Db } from "../store/database.js";
+import type { EventSink } from "../store/outbox.js";
+import type { Logger } from "../telemetry/logger.js";
+import type { DgeClient } from "../clients/dge-client.js";
+import { Verdict, type Classification } from "../../gen/nops/dge/v1/dge_pb.js";
+import {
+  DgePolicyCacheInvalidatedSchema,
+  EgressAllowedSchema,
+  EgressBlockedSchema,
+  EgressDecisionSchema,
+  EgressOverrideActivatedSchema,
+  type EgressDecision as EgressDecisionEvent,
+} from "../../gen/nops/events/v1/egress_events_pb.js";
+import { egressClassName, piiKindOf, tierOf, type TierName } from "../dge/dge-codes.js";
+import { DgeSignatureError } from "../dge/dge-signature.js";
+import { createDgeCache, DEFAULT_DGE_CACHE_CHANNEL, DEFAULT_DGE_CACHE_KEY_PREFIX, DEFAULT_DGE_CACHE_MAX_ENTRIES, DEFAULT_DGE_CACHE_TTL_MS, type CachedVerdict, type DgeCache } from "./dge-cache.js";
+import { createOverrideVerifier } from "./override-grant.js";
+import { payloadText } from "./payload-text.js";
+
+/** Options of the Egress Guard. */
+export interface EgressGuardOptions {
+  /** DGE_ENABLED: when false every call is allowed with a warning (no fail-closed). @default true */
+  dgeEnabled: boolean;
+  /** No DGE answer within this many ms denies the call with reason dge_timeout. @default 5000 */
+  dgeTimeoutMs: number;
+  /** Tier of each tenant. @default {} */
+  tenantTiers: Record<string, TierName>;
+  /** Tier of tenants not listed. @default 3 (the strictest regime that still lets metadata out) */
+  defaultTier: TierName;
+  /** Break-glass approvers: id -> HMAC key (at least 32 characters). @default {} (no override possible) */
+  approvers: Record<string, string>;
+  /** Distinct approver signatures a grant needs. @default 2 */
+  requiredApprovals: number;
+  /** Longest a policy or verdict is cached, ms. @default 300000 */
+  cacheTtlMs: number;
+  /** In-process cache entries. @default 10000 */
+  cacheMaxEntries: number;
+  /** egress.allowed.v1 events are written in batches this often, ms (one fsync per batch). @default 100 */
+  eventFlushMs: number;
+}
+
+/** Default DGE deadline: 5 s (issue: fail closed after 5 s). */
+export const DEFAULT_EGRESS_DGE_TIMEOUT_MS = 5000;
+/** Default tier of unknown tenants. */
+export const DEFAULT_EGRESS_TIER: TierName = 3;
+/** Default approvals per break-glass grant. */
+export const DEFAULT_EGRESS_REQUIRED_APPROVALS = 2;
+/** Default batching interval of egress.allowed.v1 events. */
+export const DEFAULT_EGRESS_EVENT_FLUSH_MS = 100;
+const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+function readTier(v: unknown, field: string): TierName {
+  if (v === 1 || v === 2 || v === 3 || v === "air-gapped") return v;
+  if (v === "1" || v === "2" || v === "3") return Number(v) as TierName;
+  throw new ConfigError(`${field} must be 1, 2, 3 or "air-gapped" (got ${JSON.stringify(v)})`);
+}
+
+/** Validates the egress section; throws ConfigError naming the field. */
+export function resolveEgressGuardOptions(input: unknown, path = "egress.guard"): EgressGuardOptions {
+  const s: RawSection = readSection(input, path, {
+    dgeEnabled: 0, dgeTimeoutMs: 0, tenantTiers: 0, defaultTier: 0, approvers: 0, requiredApprovals: 0, cacheTtlMs: 0, cacheMaxEntries: 0, eventFlushMs: 0,
+  });
+  const tenantTiers: Record<string, TierName> = {};
+  const tiersIn = s.tenantTiers ?? {};
+  if (typeof tiersIn !== "object" || Array.isArray(tiersIn)) throw new ConfigError(`${path}.tenantTiers must be an object`);
+  for (const [tenant, tier] of Object.entries(tiersIn as Record<string, unknown>)) {
+    if (!TENANT_RE.test(tenant)) throw new ConfigError(`${path}.tenantTiers: ${JSON.stringify(tenant)} is not a valid tenant id`);
+    tenantTiers[tenant] = readTier(tier, `${path}.tenantTiers.${tenant}`);
+  }
+  const approversIn = s.approvers ?? {};
+  if (typeof approversIn !== "object" || Array.isArray(approversIn)) throw new ConfigError(`${path}.approvers must be an object`);
+  for (const [id, key] of Object.entries(approversIn as Record<string, unknown>)) {
+    if (typeof key !== "string" || key.length < 32) throw new ConfigError(`${path}.approvers.${id} must be a key of at least 32 characters`);
+  }
+  return {
+    dgeEnabled: readBool(s, "dgeEnabled", path, true),
+    dgeTimeoutMs: readInt(s, "dgeTimeoutMs", path, DEFAULT_EGRESS_DGE_TIMEOUT_MS, 50, 60_000),
+    tenantTiers,
+    defaultTier: s.defaultTier === undefined ? DEFAULT_EGRESS_TIER : readTier(s.defaultTier, `${path}.defaultTier`),
+    approvers: approversIn as Record<string, string>,
+    requiredApprovals: readInt(s, "requiredApprovals", path, DEFAULT_EGRESS_REQUIRED_APPROVALS, 2, 10),
+    cacheTtlMs: readInt(s, "cacheTtlMs", path, DEFAULT_DGE_CACHE_TTL_MS, 1000, 3_600_000),
+    cacheMaxEntries: readInt(s, "cacheMaxEntries", path, DEFAULT_DGE_CACHE_MAX_ENTRIES, 1, 10_000_000),
+    eventFlushMs: readInt(s, "eventFlushMs", path, DEFAULT_EGRESS_EVENT_FLUSH_MS, 1, 60_000),
+  };
+}
+
+/** One outbound call (or message) as the guard sees it. */
+export interface EgressRequest {
+  /** The tenant the data belongs to (from x-nops-tenant or the caller). */
+  tenant: string;
+  transport: "grpc" | "connect" | "http" | "nats";
+  /** Where it goes: client name and method, URL origin+path, or NATS subject. */
+  destination: string;
+  /** What it is: message type, content type or event type. */
+  dataType: string;
+  /** The payload: text, bytes (JSON or protobuf) or a message object. */
+  payload: unknown;
+  /** The X-ENIS-Override header value, if the caller presented a break-glass grant. */
+  override?: string | undefined;
+  correlationId?: string | undefined;
+  /** Caller's abort signal; aborting denies the call. */
+  signal?: AbortSignal | undefined;
+}
+
+/** The guard's decision for one call. */
+export interface EgressDecision {
+  allowed: boolean;
+  /** "allowed", "override", "dge_disabled", "air_gapped", "pii_blocked_tier3", "dge_timeout", ... */
+  reason: string;
+  tier: string;
+  /** "D0".."D4", or "" when not classified. */
+  classification: string;
+  cached: boolean;
+}
+
+/** The only door out: decides every outbound call and records the decision. */
+export interface EgressGuard {
+  check(request: EgressRequest): Promise<EgressDecision>;
+  /** Drops cached policies and verdicts of a tenant here and (via Redis) in every kernel. */
+  invalidate(tenant: string, reason: string): Promise<void>;
+  /** Writes pending egress.allowed.v1 events now. */
+  flush(): void;
+  close(): Promise<void>;
+}
+
+/** The PERMISSION_DENIED error a blocked call fails with (the reason, never the payload). */
+export function egressDeniedError(decision: EgressDecision): ConnectError {
+  return new ConnectError(`egress blocked: ${decision.reason}`, Code.PermissionDenied, { "x-egress-reason": decision.reason });
+}
+
+/** What the guard needs. */
+export interface EgressGuardDeps {
+  clock: Clock;
+  logger: Logger;
+  meter: Meter;
+  dge: DgeClient;
+  events: EventSink;
+  audit: AuditLog;
+  /** When given, an event and its audit row commit in one transaction. */
+  db?: Db;
+  /** Shared Redis for the policy and verdict cache; without it the cache is in-process only. */
+  redis?: Redis;
+  /** Subscriber connection for cache invalidations. */
+  redisSubscriber?: Redis;
+}
+
+class DgeTimeoutError extends Error {
+  override name = "DgeTimeoutError";
+}
+
+// Answers the DGE really gave; anything else (refused, reset, cancelled stream) is "no answer yet".
+const DEFINITIVE = new Set([Code.InvalidArgument, Code.PermissionDenied, Code.Unauthenticated, Code.FailedPrecondition, Code.NotFound, Code.Unimplemented, Code.ResourceExhausted, Code.OutOfRange]);
+
+/** Creates the Egress Guard. */
+export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOptions): EgressGuard {
+  const log = deps.logger.child({ component: "egress-guard" });
+  const tx = (fn: () => void): void => (deps.db ? deps.db.transaction(fn)() : fn());
+  const requests = deps.meter.createCounter("egress_guard_requests_total", { description: "Egress Guard decisions by result, tenant and tier" });
+  const latency = deps.meter.createHistogram("egress_guard_latency_ms", { description: "Time the Egress Guard took to decide", unit: "ms" });
+  const dgeErrors = deps.meter.createCounter("dge_classification_errors_total", { description: "DGE calls that gave no usable answer" });
+  const hitRate = deps.meter.createObservableGauge("dge_cache_hit_rate", { description: "Share of DGE policy and verdict lookups served from cache" });
+  const overrides = createOverrideVerifier(deps.clock, options.approvers, options.requiredApprovals);
+  const cache: DgeCache = createDgeCache(
+    {
+      clock: deps.clock,
+      logger: log,
+      ...(deps.redis ? { redis: deps.redis } : {}),
+      ...(deps.redisSubscriber ? { subscriber: deps.redisSubscriber } : {}),
+      onInvalidated: (inv, origin) => {
+        tx(() => {
+          deps.events.append({ type: "dge.policy.cache_invalidated.v1", tenant: inv.tenant, schema: DgePolicyCacheInvalidatedSchema, payload: create(DgePolicyCacheInvalidatedSchema, { ...inv, origin }) });
+        });
+      },
+    },
+    { ttlMs: options.cacheTtlMs, maxEntries: options.cacheMaxEntries, keyPrefix: DEFAULT_DGE_CACHE_KEY_PREFIX, channel: DEFAULT_DGE_CACHE_CHANNEL },
+  );
+  const cb = (r: { observe(v: number): void }): void => r.observe(cache.hitRate());
+  hitRate.addCallback(cb);
+
+  let pending: { schema: typeof EgressAllowedSchema; decision: EgressDecisionEvent; tenant: string; correlationId?: string | undefined }[] = [];
+  const flush = (): void => {
+    if (pending.length === 0) return;
+    const batch = pending;
+    pending = [];
+    try {
+      tx(() => {
+        for (const p of batch) deps.events.append({ type: "egress.allowed.v1", tenant: p.tenant, schema: EgressAllowedSchema, payload: create(EgressAllowedSchema, { decision: p.decision }), ...(p.correlationId ? { correlationId: p.correlationId } : {}) });
+      });
+    } catch (err) {
+      log.error({ err, events: batch.length }, "could not write egress.allowed.v1 events");
+    }
+  };
+  const timer = setInterval(flush, options.eventFlushMs);
+  timer.unref();
+
+  // Retries refused connections until the deadline: the DGE may be restarting; only the deadline
+  // turns silence into a denial (issue: no DGE answer within 5 s -> dge_timeout).
+  async function withDeadline<T>(deadline: number, signal: AbortSignal | undefined, fn: (opts: { timeoutMs: number; signal?: AbortSignal }) => Promise<T>): Promise<T> {
+    let backoff = 25;
+    for (;;) {
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) throw new DgeTimeoutError("no DGE answer before the deadline");
+      try {
+        return await fn({ timeoutMs: Math.max(1, Math.ceil(remaining)), ...(signal ? { signal } : {}) });
+      } catch (err) {
+        const ce = ConnectError.from(err);
+        if (signal?.aborted) throw err;
+        if (ce.code === Code.DeadlineExceeded) throw new DgeTimeoutError("DGE deadline exceeded", { cause: err });
+        if (DEFINITIVE.has(ce.code) || findSignatureError(err)) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(backoff, Math.max(0, deadline - performance.now()))));
+        backoff = Math.min(backoff * 2, 500);
+      }
+    }
+  }
+
+  async function classifyAndValidate(req: EgressRequest, tier: TierName, text: string, deadline: number): Promise<{ verdict: CachedVerdict; cached: boolean }> {
+    const tierKey = String(tier);
+    let policy = await cache.getPolicy(req.tenant, tierKey);
+    if (!policy) {
+      const res = await withDeadline(deadline, req.signal, (o) => deps.dge.getPolicy({ tenant: req.tenant, tier: tierOf(tier) }, o));
+      policy = { version: res.policy?.version ?? "", ttlMs: (res.policy?.ttlSeconds ?? 0) * 1000 };
+      await cache.setPolicy(req.tenant, tierKey, policy);
+    }
+    const key = createHash("sha256").update(`${tierKey}\n${policy.version}\n${req.destination}\n`).update(text).digest("hex");
+    const hit = await cache.getVerdict(req.tenant, key);
+    if (hit) return { verdict: hit, cached: true };
+    const { classification } = await withDeadline(deadline, req.signal, (o) =>
+      deps.dge.classify({ data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } }, o));
+    const c: Classification | undefined = classification;
+    const findings: Record<string, number> = {};
+    for (const f of c?.findings ?? []) findings[piiKindOf(f.type)] = (findings[piiKindOf(f.type)] ?? 0) + 1;
+    const className = c ? egressClassName(c.egressClass) : "";
+    let verdict: CachedVerdict;
+    if (tier === 3 && (c?.findings.length ?? 0) > 0) {
+      // Tier 3 blocks any PII whatever the DGE's policy says: decided here, no second round trip.
+      verdict = { allow: false, reason: "pii_blocked_tier3", classification: className, findings, policyVersion: policy.version };
+    } else {
+      const v = await withDeadline(deadline, req.signal, (o) =>
+        deps.dge.validateEgress({ data: text, ...(c ? { classification: c } : {}), destination: req.destination, tenant: req.tenant, tier: tierOf(tier) }, o));
+      verdict = { allow: v.verdict === Verdict.ALLOW, reason: v.reasonCode || (v.verdict === Verdict.ALLOW ? "allowed" : "dge_denied"), classification: className, findings, policyVersion: v.policyVersion || policy.version };
+      await cache.setVerdict(req.tenant, key, verdict, Math.min(policy.ttlMs, (v.ttlSeconds || 1) * 1000));
+      return { verdict, cached: false };
+    }
+    await cache.setVerdict(req.tenant, key, verdict, policy.ttlMs);
+    return { verdict, cached: false };
+  }
+
+  function record(req: EgressRequest, d: EgressDecision, extra: { findings?: Record<string, number>; policyVersion?: string; bytes: number; started: number; override?: { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number } }): void {
+    const latencyMs = performance.now() - extra.started;
+    const tenant = TENANT_RE.test(req.tenant) ? req.tenant : "unknown";
+    const decision = create(EgressDecisionSchema, {
+      tenant, tier: d.tier, transport: req.transport, destination: req.destination, dataType: req.dataType, classification: d.classification,
+      reason: d.reason, findings: Object.entries(extra.findings ?? {}).map(([type, count]) => ({ type, count })), payloadBytes: extra.bytes,
+      policyVersion: extra.policyVersion ?? "", cached: d.cached, latencyMs,
+    });
+    requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
+    latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
+    const correlationId = req.correlationId ? { correlationId: req.correlationId } : {};
+    const resource = `egress/${req.transport}/${req.destination}`;
+    const details = { reason: d.reason, tier: d.tier, classification: d.classification, findings: extra.findings ?? {}, dataType: req.dataType, bytes: extra.bytes };
+    if (extra.override) {
+      const o = extra.override;
+      tx(() => {
+        deps.events.append({ type: "egress.override.activated.v1", tenant, schema: EgressOverrideActivatedSchema, ...correlationId,
+          payload: create(EgressOverrideActivatedSchema, { decision, grantId: o.id, reason: o.reason, declaredClassification: o.declared, approvers: o.approvers, expiresAtMs: BigInt(o.expiresAt) }) });
+        deps.audit.append({ actor: "system", action: "egress.override.activated", tenant, resource, outcome: "ok", details: { ...details, grantId: o.id, grantReason: o.reason, approvers: o.approvers, expiresAt: o.expiresAt }, ...correlationId });
+      });
+    } else if (d.allowed) {
+      pending.push({ schema: EgressAllowedSchema, decision, tenant, correlationId: req.correlationId });
+      if (pending.length >= 512) flush();
+    } else {
+      tx(() => {
+        deps.events.append({ type: "egress.blocked.v1", tenant, schema: EgressBlockedSchema, payload: create(EgressBlockedSchema, { decision }), ...correlationId });
+        deps.audit.append({ actor: "system", action: d.reason.startsWith("override_") ? "egress.override.denied" : "egress.blocked", tenant, resource, outcome: "denied", details, ...correlationId });
+      });
+    }
+  }
+
+  async function decide(req: EgressRequest): Promise<EgressDecision> {
+    const started = performance.now();
+    const text = payloadText(req.payload);
+    const bytes = Buffer.byteLength(text);
+    const validTenant = TENANT_RE.test(req.tenant);
+    const tier: TierName = validTenant ? (options.tenantTiers[req.tenant] ?? options.defaultTier) : options.defaultTier;
+    const tierName = String(tier);
+    const done = (allowed: boolean, reason: string, more: Partial<EgressDecision> = {}, extra: Omit<Parameters<typeof record>[2], "bytes" | "started"> = {}): EgressDecision => {
+      const d: EgressDecision = { allowed, reason, tier: tierName, classification: "", cached: false, ...more };
+      record(req, d, { ...extra, bytes, started });
+      return d;
+    };
+    if (!validTenant) return done(false, "invalid_tenant");
+    // Air-gapped means nothing leaves, not even under break-glass.
+    if (tier === "air-gapped") return done(false, "air_gapped");
+    if (req.override) {
+      const g = overrides.check(req.override, req.tenant, req.destination);
+      if (!g.ok) return done(false, g.reason);
+      return done(true, "override", { classification: g.grant.classification }, {
+        override: { id: g.grant.id, reason: g.grant.reason, declared: g.grant.classification, approvers: g.approvers, expiresAt: g.grant.expiresAt },
+      });
+    }
+    if (!options.dgeEnabled) {
+      log.warn({ tenant: req.tenant, destination: req.destination }, "DGE_ENABLED is false: egress allowed without classification");
+      return done(true, "dge_disabled");
+    }
+    try {
+      const { verdict, cached } = await classifyAndValidate(req, tier, text, started + options.dgeTimeoutMs);
+      return done(verdict.allow, verdict.reason, { classification: verdict.classification, cached }, { findings: verdict.findings, policyVersion: verdict.policyVersion });
+    } catch (err) {
+      const reason = err instanceof DgeTimeoutError ? "dge_timeout" : findSignatureError(err) ? "dge_signature_invalid" : req.signal?.aborted ? "caller_aborted" : "dge_error";
+      dgeErrors.add(1, { reason });
+      log.warn({ err, tenant: req.tenant, destination: req.destination, reason }, "no usable DGE answer: egress denied");
+      return done(false, reason);
+    }
+  }
+
+  return {
+    check: decide,
+    invalidate: (tenant, reason) => cache.invalidate({ tenant, tier: "", reason }),
+    flush,
+    async close() {
+      clearInterval(timer);
+      flush();
+      hitRate.removeCallback(cb);
+      await cache.close();
+    },
+  };
+}
+
+function findSignatureError(err: unknown): DgeSignatureError | undefined {
+  for (let e: unknown = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    if (e instanceof DgeSignatureError) return e;
+  }
+  return undefined;
+}

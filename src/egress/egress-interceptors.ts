@@ -1,0 +1,90 @@
+import { InterceptingCall, Metadata, status, type InterceptingListener, type Interceptor as GrpcInterceptor, type InterceptorOptions, type NextCall } from "@grpc/grpc-js";
+import type { Interceptor as ConnectInterceptor } from "@connectrpc/connect";
+import { egressDeniedError, type EgressGuard } from "./egress-guard.js";
+import { OVERRIDE_HEADER } from "./override-grant.js";
+
+/** Header (gRPC metadata) naming the tenant whose data an outbound call carries. */
+export const TENANT_HEADER = "x-nops-tenant";
+
+/**
+ * grpc-js client interceptor: the call is not started (no headers, no payload on the wire)
+ * until the guard allowed its first message; a blocked call ends with PERMISSION_DENIED.
+ * `destination` names the client, e.g. "billing"; the method path is appended.
+ */
+export function createGrpcEgressInterceptor(guard: EgressGuard, destination: string): GrpcInterceptor {
+  return (options: InterceptorOptions, nextCall: NextCall) => {
+    const path = options.method_definition.path;
+    let startNext: (() => void) | undefined;
+    let savedListener: InterceptingListener | undefined;
+    let tenant = "";
+    let override: string | undefined;
+    let denied = false;
+    let chain: Promise<void> = Promise.resolve();
+    return new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        tenant = String(metadata.get(TENANT_HEADER)[0] ?? "");
+        const o = metadata.get(OVERRIDE_HEADER)[0];
+        override = o === undefined ? undefined : String(o);
+        // The grant is for the guard only; it never leaves the kernel.
+        metadata.remove(OVERRIDE_HEADER);
+        savedListener = listener;
+        startNext = () => next(metadata, listener);
+      },
+      sendMessage(message, next) {
+        chain = chain.then(async () => {
+          if (denied) return;
+          const d = await guard.check({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: message, override });
+          if (!d.allowed) {
+            denied = true;
+            const e = egressDeniedError(d);
+            savedListener?.onReceiveStatus({ code: status.PERMISSION_DENIED, details: e.rawMessage, metadata: new Metadata() });
+            return;
+          }
+          override = undefined; // a grant covers one message
+          if (startNext) {
+            startNext();
+            startNext = undefined;
+          }
+          next(message);
+        });
+      },
+      halfClose(next) {
+        void chain.then(() => {
+          if (!denied) next();
+        });
+      },
+    });
+  };
+}
+
+/** Connect client interceptor: checks every request message; a blocked call throws PERMISSION_DENIED before anything is sent. */
+export function createConnectEgressInterceptor(guard: EgressGuard, destination: string): ConnectInterceptor {
+  return (next) => async (req) => {
+    const tenant = req.header.get(TENANT_HEADER) ?? "";
+    let override = req.header.get(OVERRIDE_HEADER) ?? undefined;
+    req.header.delete(OVERRIDE_HEADER);
+    const path = `/${req.service.typeName}/${req.method.name}`;
+    const check = async (payload: unknown): Promise<void> => {
+      const d = await guard.check({ tenant, transport: "connect", destination: `${destination}${path}`, dataType: req.method.input.typeName, payload, override, signal: req.signal });
+      override = undefined;
+      if (!d.allowed) throw egressDeniedError(d);
+    };
+    if (!req.stream) {
+      await check(req.message);
+      return next(req);
+    }
+    // Streaming: the first message is checked before the stream opens, the rest as they go.
+    const source = req.message[Symbol.asyncIterator]();
+    const first = await source.next();
+    if (!first.done) await check(first.value);
+    async function* guarded(): AsyncGenerator<unknown> {
+      if (first.done) return;
+      yield first.value;
+      for (let r = await source.next(); !r.done; r = await source.next()) {
+        await check(r.value);
+        yield r.value;
+      }
+    }
+    return next({ ...req, message: guarded() as typeof req.message });
+  };
+}

@@ -1,0 +1,15 @@
+/** The Egress Guard's public surface: the guard, its per-transport doors and the break-glass grant. */
+export {
+  createEgressGuard,
+  resolveEgressGuardOptions,
+  egressDeniedError,
+  type EgressGuard,
+  type EgressGuardDeps,
+  type EgressGuardOptions,
+  type EgressRequest,
+  type EgressDecision,
+} from "./egress-guard.js";
+export { createGrpcEgressInterceptor, createConnectEgressInterceptor, TENANT_HEADER } from "./egress-interceptors.js";
+export { createGuardedFetch, type GuardedFetch } from "./guarded-fetch.js";
+export { createNatsEgressHook, subjectMatches, type NatsPrePublishHook, type NatsEgressHookOptions, type NatsHeadersLike } from "./nats-egress-hook.js";
+export { encodeOverrideGrant, OVERRIDE_HEADER, MAX_OVERRIDE_TTL_MS, type OverrideGrant } from "./override-grant.js";

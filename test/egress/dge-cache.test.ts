@@ -1,0 +1,38 @@
+import { Redis } from "ioredis";
+import test from "ava";
+import { createManualClock } from "../../src/common/clock.js";
+import { createDgeCache, type DgeInvalidation } from "../../src/egress/dge-cache.js";
+import { silent, spawnRedis, waitUntil } from "../fixtures/dge-helpers.js";
+
+const opts = { ttlMs: 300_000, maxEntries: 100, keyPrefix: "nops:dge:", channel: "nops:dge:invalidate" };
+const verdict = { allow: true, reason: "allowed", classification: "D1", findings: {}, policyVersion: "v1" };
+
+test("dge cache - in-process only: entries expire after the 5-minute TTL (fake clock)", async (t) => {
+  const clock = createManualClock();
+  const cache = createDgeCache({ clock, logger: silent }, opts);
+  await cache.setVerdict("acme", "k", verdict, 600_000);
+  t.deepEqual(await cache.getVerdict("acme", "k"), verdict);
+  clock.advance(300_001);
+  t.is(await cache.getVerdict("acme", "k"), undefined);
+  t.is(cache.hitRate(), 0.5);
+});
+
+test("dge cache - shared through Redis, invalidated in other kernels via pub/sub", async (t) => {
+  const { port } = await spawnRedis(t);
+  const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
+  const [ra, rb, sb] = [conn(), conn(), conn()];
+  t.teardown(() => { ra.disconnect(); rb.disconnect(); sb.disconnect(); });
+  const clock = createManualClock();
+  const seen: [DgeInvalidation, string][] = [];
+  const a = createDgeCache({ clock, logger: silent, redis: ra }, opts);
+  const b = createDgeCache({ clock, logger: silent, redis: rb, subscriber: sb, onInvalidated: (i, o) => seen.push([i, o]) }, opts);
+  await waitUntil(async () => ((await ra.pubsub("NUMSUB", opts.channel)) as [string, number])[1] === 1, "subscription");
+  await a.setPolicy("acme", "1", { version: "v1", ttlMs: 300_000 });
+  t.deepEqual(await b.getPolicy("acme", "1"), { version: "v1", ttlMs: 300_000 }, "b reads what a wrote");
+  t.true(Number(await ra.pttl("nops:dge:policy:acme:1")) <= 300_000);
+  await a.invalidate({ tenant: "acme", tier: "", reason: "policy changed" });
+  await waitUntil(() => seen.length === 1, "invalidation on b");
+  t.deepEqual(seen[0], [{ tenant: "acme", tier: "", reason: "policy changed" }, "pubsub"]);
+  t.is(await b.getPolicy("acme", "1"), undefined, "gone from b's LRU and from Redis");
+  await b.close();
+});
