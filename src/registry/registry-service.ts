@@ -1,7 +1,8 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type {
+  AgentRegistryService} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import {
-  AgentRegistryService,
   AgentSchema,
   type AgentLoad,
   type Capability,

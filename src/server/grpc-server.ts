@@ -61,7 +61,7 @@ function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusO
   const ce = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal);
   const metadata = headersToMetadata(ctx.responseTrailer);
   headersToMetadata(ce.metadata, metadata);
-  return { code: ce.code as number as grpc.status, details: ce.rawMessage, metadata };
+  return { code: ce.code as number, details: ce.rawMessage, metadata };
 }
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;

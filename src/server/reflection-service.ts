@@ -2,8 +2,9 @@ import { toBinary, type DescFile, type DescMessage, type DescService } from "@bu
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type {
+  ServerReflection} from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import {
-  ServerReflection,
   type ServerReflectionRequest,
   type ServerReflectionResponseSchema,
 } from "../../gen/grpc/reflection/v1/reflection_pb.js";

@@ -1,0 +1,99 @@
+// Heartbeat over grpc-js and over Connect against a bare grpc-js echo baseline, in one run.
+// Servers run in child processes (the load generator has the other core).
+// Usage: node --import tsx bench/heartbeat.ts [--seconds 8] [--concurrency 64] [--connections 4]
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AgentRegistryService, HeartbeatRequestSchema, HeartbeatResponseSchema } from "../gen/nops/kernel/v1/agent_registry_pb.js";
+import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
+
+const { values } = parseArgs({ options: { seconds: { type: "string", default: "8" }, concurrency: { type: "string", default: "64" }, connections: { type: "string", default: "4" } } });
+const durationMs = Number(values.seconds) * 1000;
+const concurrency = Number(values.concurrency);
+const connections = Number(values.connections);
+const root = new URL("..", import.meta.url).pathname;
+
+function firstLine(child: ChildProcess, match: RegExp): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout?.on("data", (d: Buffer) => {
+      out += d.toString();
+      const m = out.match(match);
+      if (m) resolve(m[1] ?? m[0]);
+    });
+    child.once("exit", (code) => reject(new Error(`exited with ${code}: ${out}`)));
+  });
+}
+
+function grpcHeartbeatCaller(port: number, ids: string[]): (worker: number) => Promise<void> {
+  const methodPath = "/nops.kernel.v1.AgentRegistryService/Heartbeat";
+  // Separate subchannel pools: one HTTP/2 connection per client.
+  const clients = Array.from({ length: connections }, () => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
+  const serialize = (m: unknown) => Buffer.from(toBinary(HeartbeatRequestSchema, m as never));
+  const deserialize = (b: Buffer) => fromBinary(HeartbeatResponseSchema, b);
+  let n = 0;
+  return (worker) =>
+    new Promise((resolve, reject) => {
+      const req = create(HeartbeatRequestSchema, { tenant: "bench", id: ids[n++ % ids.length] ?? "", load: { inFlight: 1, cpu: 0.2 } });
+      clients[worker % connections]!.makeUnaryRequest(methodPath, serialize, deserialize, req, (err) => (err ? reject(err) : resolve()));
+    });
+}
+
+async function main(): Promise<void> {
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
+  const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-"));
+  const echo = spawn(process.execPath, ["--import", "tsx", join(root, "bench/echo-server.ts")], { stdio: ["ignore", "pipe", "inherit"] });
+  const kernel = spawn(process.execPath, [join(root, "dist/src/cli.js"), "serve"], {
+    env: { ...process.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0", NOPS_LOG_LEVEL: "info" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    const echoPort = Number(await firstLine(echo, /^(\d+)\n/m));
+    const started = await firstLine(kernel, /("grpc":"[^"]+","http":"[^"]+")/);
+    const grpcPort = Number(/"grpc":"[^"]*:(\d+)"/.exec(started)?.[1]);
+    const httpPort = Number(/"http":"[^"]*:(\d+)"/.exec(started)?.[1]);
+
+    const connectClients = Array.from({ length: connections }, () =>
+      createClient(AgentRegistryService, createConnectTransport({ baseUrl: `http://127.0.0.1:${httpPort}`, httpVersion: "2", useBinaryFormat: true })),
+    );
+    const ids: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      const { agent } = await connectClients[0]!.registerAgent({ tenant: "bench", name: `agent-${i}`, version: "1", endpoint: `127.0.0.1:${20000 + i}`, capabilities: [{ name: "echo" }] });
+      ids.push(agent!.id);
+    }
+    let n = 0;
+    const connectCall = async (worker: number) => {
+      await connectClients[worker % connections]!.heartbeat({ tenant: "bench", id: ids[n++ % ids.length] ?? "", load: { inFlight: 1, cpu: 0.2 } });
+    };
+
+    const common = { concurrency, warmupMs: 2000, durationMs };
+    const results: LoadResult[] = [];
+    // Interleave baseline and cases twice and keep each one's better run, so a burst of
+    // background load on the shared machine does not decide the ratio.
+    for (let round = 0; round < 2; round++) {
+      results.push(await runLoad({ ...common, name: "echo (bare grpc-js)", call: grpcHeartbeatCaller(echoPort, ids) }));
+      results.push(await runLoad({ ...common, name: "Heartbeat over grpc-js", call: grpcHeartbeatCaller(grpcPort, ids) }));
+      results.push(await runLoad({ ...common, name: "Heartbeat over Connect (h2, binary)", call: connectCall }));
+    }
+    const best = (name: string) => results.filter((r) => r.name === name).sort((a, b) => b.rps - a.rps)[0]!;
+    const baseline = best("echo (bare grpc-js)");
+    process.stdout.write(`\nheartbeat bench: ${concurrency} in flight over ${connections} HTTP/2 connections, ${durationMs / 1000}s per case (best of 2)\n`);
+    process.stdout.write(formatResult(baseline) + "\n");
+    process.stdout.write(formatResult(best("Heartbeat over grpc-js"), baseline) + "\n");
+    process.stdout.write(formatResult(best("Heartbeat over Connect (h2, binary)"), baseline) + "\n");
+  } finally {
+    echo.kill("SIGKILL");
+    kernel.kill("SIGTERM");
+    await new Promise((r) => kernel.once("exit", r));
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();
+process.exit(0);
