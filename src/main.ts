@@ -29,7 +29,18 @@ import { createHealthService } from "./server/health-service.js";
 import { createReflectionService } from "./server/reflection-service.js";
 import { evaluateReadiness, type ReadinessCheck, type ReadinessReport } from "./server/readiness.js";
 import type { DestinationStream } from "pino";
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { createKernelIdentity } from "./identity/kernel-identity.js";
+import { createDgeClient } from "./clients/dge-client.js";
+import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "./dge/dge-server.js";
+import { createEgressGuard, createGrpcEgressInterceptor, createGuardedFetch } from "./egress/index.js";
+import { createRouter } from "./routing/router.js";
+import { createRoutingService } from "./routing/routing-service.js";
+import { createRateLimitInterceptor } from "./ratelimit/rate-limit-interceptor.js";
+import { createNonceStore } from "./identity/request-signing/nonce-store.js";
+import { createRequestSigningInterceptor } from "./identity/request-signing/request-signing-interceptor.js";
 import { createApiKeyService } from "./identity/api-keys/api-key-service.js";
 import { kPrincipal } from "./identity/principal.js";
 
@@ -86,7 +97,43 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
   const meterProvider = new MeterProvider();
   const meter = meterProvider.getMeter("nops-kernel");
-  const identity = await createKernelIdentity({ db, audit, clock, logger, meter }, options);
+  const closers: (() => Promise<unknown> | void)[] = [];
+  const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
+  const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
+  if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()), () => redisSubscriber?.disconnect());
+
+  // The Egress Guard must exist before anything that calls out; identity's JWKS fetch is one.
+  let guardedJwksFetch: typeof fetch = () => Promise.reject(new Error("egress guard not ready"));
+  const identity = await createKernelIdentity({ db, audit, clock, logger, meter, fetch: (input, init) => guardedJwksFetch(input, init) }, options);
+  closers.push(() => identity.close());
+  const { tls } = identity;
+
+  let dgeClientOptions = options.dge.client;
+  let dgeServer: DgeServer | undefined;
+  if (options.dge.embedded && options.dge.enabled) {
+    // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
+    const key = randomBytes(32).toString("base64url");
+    dgeServer = await startDgeServer({ clock, logger: logger.child({ component: "dge-reference" }) }, resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }));
+    dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
+    closers.push(() => dgeServer?.close());
+  }
+  const dge = createDgeClient({ clock, tls: tls?.clientOptions() }, dgeClientOptions);
+  const guard = createEgressGuard({ clock, logger, meter, dge, events, audit, db, redis, redisSubscriber }, options.egress);
+  closers.push(() => guard.close());
+  guardedJwksFetch = createGuardedFetch(guard, "jwks") as typeof fetch;
+
+  const router = createRouter(
+    {
+      agents: registry,
+      credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
+      interceptors: [createGrpcEgressInterceptor(guard, "agent")],
+      clock,
+      logger,
+      meter,
+    },
+    options.routing,
+  );
+  closers.push(() => router.close());
 
   const checks: ReadinessCheck[] = [() => checkSqliteWritable(db, options.databasePath)];
   const readiness = () => evaluateReadiness(checks);
@@ -97,13 +144,16 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     loggingInterceptor(),
     errorMappingInterceptor(),
     deadlineInterceptor(options.limits.maxDeadlineMs),
+    createRequestSigningInterceptor({ nonces: createNonceStore({ redis, clock, logger }), audit, clock, logger: logger.child({ component: "request-signing" }) }, options.requestSigning),
     identity.authn,
+    createRateLimitInterceptor({ redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf }, options.rateLimit),
     identity.authz,
   ];
   const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
   const services: BoundService[] = [
     bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
     bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
+    bind(RoutingService, createRoutingService({ router }, options.routing.service)),
   ];
   const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
   const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
@@ -125,7 +175,6 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   };
 
   const grpcServer = createGrpcServer({ services, limits: options.limits });
-  const { tls } = identity;
   const httpServer = createHttpServer({
     services,
     routes,
@@ -145,7 +194,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   } catch (err) {
     await grpcServer.shutdown(0);
     registry.close();
-    await identity.close();
+    for (const close of closers.reverse()) await close();
     db.close();
     throw err;
   }
@@ -165,12 +214,28 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         log.info("kernel stopping");
         await Promise.all([grpcServer.shutdown(options.shutdownGraceMs), httpServer.shutdown(options.shutdownGraceMs)]);
         registry.close();
-        await identity.close();
+        for (const close of closers.reverse()) await close();
         await meterProvider.shutdown();
         db.close();
         log.info("kernel stopped");
       })()),
   };
+}
+
+// Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.
+function connectRedis(url: string, logger: Logger): Redis {
+  const log = logger.child({ component: "redis" });
+  const client = new Redis(url, { enableOfflineQueue: false, commandTimeout: 250, maxRetriesPerRequest: 1, retryStrategy: (n) => Math.min(n * 200, 2000) });
+  let down = false;
+  client.on("error", (err: Error) => {
+    if (!down) log.warn({ err: err.message }, "redis unreachable; using in-memory fallbacks");
+    down = true;
+  });
+  client.on("ready", () => {
+    if (down) log.info("redis reachable again");
+    down = false;
+  });
+  return client;
 }
 
 /** Loads options from an optional file and the environment (SPIFFE_ENDPOINT_SOCKET included). */
@@ -189,6 +254,7 @@ const USAGE = `usage: nops-kernel <command> [--config <file>]
 commands:
   serve                     start the kernel (embedded defaults: SQLite under ./data)
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
+  dge                       run the reference Data Governance Engine (dgeServer section)
   audit verify              check the hash chain of the audit log
   version                   print the version
 
@@ -226,6 +292,20 @@ export async function main(argv: string[], env: Record<string, string | undefine
           process.once("SIGINT", stop);
         });
         await kernel.stop();
+        return 0;
+      }
+      case "dge": {
+        // The reference Data Governance Engine as its own process (what a newcomer or a test runs).
+        const options = loadKernelOptions(configFile, env);
+        if (!options.dgeServer) throw new ConfigError("dge needs a dgeServer section in the config file (at least dgeServer.keys)");
+        const logger = createLogger(options.log);
+        const server = await startDgeServer({ clock: systemClock, logger: logger.child({ component: "dge-reference" }) }, options.dgeServer);
+        logger.info({ url: server.url }, "reference DGE listening");
+        await new Promise<void>((resolve) => {
+          process.once("SIGTERM", () => resolve());
+          process.once("SIGINT", () => resolve());
+        });
+        await server.close();
         return 0;
       }
       case "migrate": {

@@ -5,6 +5,13 @@ import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interc
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
 import { resolveSpiffePrincipalOptions, type SpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";
 import { resolveJwtVerifierOptions, type JwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
+import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
+import { resolveRoutingServiceOptions, type RoutingServiceOptions } from "../routing/routing-service.js";
+import { resolveRateLimitOptions, type RateLimitOptions } from "../ratelimit/rate-limit-options.js";
+import { resolveRequestSigningOptions, type RequestSigningOptions } from "../identity/request-signing/request-signing-options.js";
+import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
+import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
+import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -98,6 +105,27 @@ export interface KernelOptions {
   authn: AuthnOptions;
   /** Roles, scopes and tenant rules (see docs/identity.md). */
   authz: AuthzOptions;
+  /** Shared Redis for rate limits, nonces and the DGE cache; empty runs in-memory only. @default "" */
+  redis: { url: string };
+  /** The Data Governance Engine the Egress Guard asks. */
+  dge: {
+    /** DGE_ENABLED: false allows all egress with a warning (no fail-closed). @default true */
+    enabled: boolean;
+    /** Client settings; `url` empty starts the embedded reference DGE on a loopback port. */
+    client: DgeClientOptions;
+    /** True when the kernel runs the reference DGE itself (dge.url empty). */
+    embedded: boolean;
+  };
+  /** Egress Guard: tiers per tenant, break-glass approvers, cache (see docs/egress.md). */
+  egress: EgressGuardOptions;
+  /** Agent selection and resilience (see docs/routing.md). */
+  routing: RoutingOptions & { service: RoutingServiceOptions };
+  /** Per-IP and per-tier limits (see docs/routing.md). */
+  rateLimit: RateLimitOptions;
+  /** HMAC-signed requests for agents off the mesh (see docs/signed-requests.md). */
+  requestSigning: RequestSigningOptions;
+  /** Settings of `nops-kernel dge` (the reference DGE server); unused by `serve`. */
+  dgeServer?: DgeServerOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -130,6 +158,13 @@ export const DEFAULT_KERNEL_OPTIONS = {
   identity: { source: "auto", socket: "", devDir: "", apiKeyPepper: "", spiffe: {}, jwt: {} },
   authn: {},
   authz: {},
+  redis: { url: "" },
+  dge: { enabled: true, url: "", protocol: "grpc", keys: {}, maxSkewMs: 300_000 },
+  egress: {},
+  routing: {},
+  rateLimit: {},
+  requestSigning: {},
+  dgeServer: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -211,5 +246,30 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     identity,
     authn: resolveAuthnOptions({ ...anonymous, ...(s.authn as object | undefined) }, "authn"),
     authz: resolveAuthzOptions({ ...anonymous, ...(s.authz as object | undefined) }, "authz"),
+    redis: { url: readString(readSection(s.redis, "redis", d.redis), "url", "redis", d.redis.url, { pattern: /^$|^rediss?:\/\// }) },
+    dge: resolveDge(s.dge),
+    egress: resolveEgressGuardOptions({ ...(s.egress as object | undefined), dgeEnabled: readBool(readSection(s.dge, "dge", d.dge), "enabled", "dge", d.dge.enabled) }, "egress"),
+    routing: resolveRouting(s.routing),
+    rateLimit: resolveRateLimitOptions(s.rateLimit ?? {}, "rateLimit"),
+    requestSigning: resolveRequestSigningOptions(s.requestSigning ?? {}, "requestSigning"),
+    dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
+}
+
+function resolveDge(raw: unknown): KernelOptions["dge"] {
+  const d = DEFAULT_KERNEL_OPTIONS.dge;
+  const s = readSection(raw, "dge", d);
+  const url = readString(s, "url", "dge", d.url, { pattern: /^$|^https?:\/\// });
+  const enabled = readBool(s, "enabled", "dge", d.enabled);
+  // The embedded reference DGE gets its signing key at start; a remote one needs configured keys.
+  const client = resolveDgeClientOptions(
+    { url: url || "http://127.0.0.1:0", protocol: s.protocol ?? d.protocol, keys: url ? (s.keys ?? {}) : { embedded: "x".repeat(32) }, maxSkewMs: s.maxSkewMs ?? d.maxSkewMs },
+    "dge",
+  );
+  return { enabled, client, embedded: url === "" };
+}
+
+function resolveRouting(raw: unknown): KernelOptions["routing"] {
+  const { service, ...rest } = (raw ?? {}) as Record<string, unknown>;
+  return { ...resolveRoutingOptions(rest, "routing"), service: resolveRoutingServiceOptions((service ?? {}) as Partial<RoutingServiceOptions>, "routing.service") };
 }

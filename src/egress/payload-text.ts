@@ -3,7 +3,14 @@ export function payloadText(payload: unknown): string {
   if (payload === undefined || payload === null) return "";
   if (typeof payload === "string") return payload;
   if (payload instanceof Uint8Array) return bytesText(payload);
-  return JSON.stringify(payload, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v instanceof Uint8Array ? bytesText(v) : v));
+  // The replacer reads the holder's original value: JSON.stringify applies Buffer#toJSON before
+  // the replacer sees it, which would turn a Buffer-backed bytes field (as grpc-js decoding
+  // yields) into a list of numbers the classifier cannot read.
+  return JSON.stringify(payload, function (this: Record<string, unknown>, key: string, v: unknown) {
+    const original = this[key];
+    if (original instanceof Uint8Array) return bytesText(original);
+    return typeof v === "bigint" ? v.toString() : v;
+  });
 }
 
 const decoder = new TextDecoder("utf-8", { fatal: true });

@@ -5,6 +5,7 @@ import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { auditDenial } from "../authz/audit-denial.js";
 import { asRecord, readBoolean, readInteger, readStringList } from "../authz/config-fields.js";
+import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern, createMethodMatcher } from "../authz/method-pattern.js";
 import type { SpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
 import { kPeer, methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
@@ -65,7 +66,12 @@ export function resolveAuthnOptions(input: unknown, path = "authn"): AuthnOption
 const REFUSED = "unauthenticated";
 const BEARER = /^bearer +(\S+)$/i;
 
-type Credential = { kind: "mtls" } | { kind: "jwt"; token: string } | { kind: "apikey"; key: string } | { kind: "none" };
+type Credential =
+  | { kind: "mtls" }
+  | { kind: "jwt"; token: string }
+  | { kind: "apikey"; key: string }
+  | { kind: "signed"; signer: RequestSigner }
+  | { kind: "none" };
 
 function credentialOf(call: CallRequest): Credential {
   if (call.ctx.values.get(kPeer).certificates.length > 0) return { kind: "mtls" };
@@ -76,6 +82,9 @@ function credentialOf(call: CallRequest): Credential {
   }
   const key = call.ctx.requestHeader.get("x-api-key");
   if (key !== null) return { kind: "apikey", key: key.trim() };
+  // Verified earlier in the chain by the request-signing interceptor (agents off the mesh).
+  const signer = call.ctx.values.get(kRequestSigner);
+  if (signer) return { kind: "signed", signer };
   return { kind: "none" };
 }
 
@@ -115,6 +124,9 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
       case "apikey":
         if (!deps.apiKeys) throw new Error("api keys are not accepted");
         return deps.apiKeys.verify(credential.key);
+      case "signed":
+        if (!credential.signer.tenant) throw new Error(`signing key ${credential.signer.keyId} is bound to no tenant`);
+        return { kind: "signed", id: `signed:${credential.signer.keyId}`, tenant: credential.signer.tenant, roles: ["OPERATOR"], scopes: [], capabilities: [] };
       case "none":
         throw new Error("no credential");
     }

@@ -13,8 +13,8 @@ export const TENANT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 /** Who is calling, as established by the authn interceptor and read by authz and handlers. */
 export interface Principal {
   /** Which credential established it. */
-  readonly kind: "spiffe" | "jwt" | "apikey";
-  /** Actor string for the audit trail: the SPIFFE id, "jwt:<sub>" or "apikey:<keyId>". */
+  readonly kind: "spiffe" | "jwt" | "apikey" | "signed";
+  /** Actor string for the audit trail: the SPIFFE id, "jwt:<sub>", "apikey:<keyId>" or "signed:<keyId>". */
   readonly id: string;
   /**
    * The one tenant this principal acts for. `undefined` means every tenant, and is honoured only

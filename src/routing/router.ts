@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
+import { OVERRIDE_HEADER, TENANT_HEADER } from "../egress/index.js";
 import type { Meter } from "@opentelemetry/api";
 import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
 import { HandleRequestSchema, HandleStreamRequestSchema, InvocationSchema, type Invocation } from "../../gen/nops/agent/v1/agent_pb.js";
@@ -35,6 +36,8 @@ export interface InvokeParams {
   tracestate?: string;
   /** Correlation id, sent as x-request-id. */
   requestId?: string;
+  /** Break-glass grant the caller presented (x-enis-override), for the Egress Guard. */
+  override?: string;
 }
 
 /** The agent's answer to an Invoke. */
@@ -183,6 +186,9 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
 
   function metadata(p: InvokeParams): grpc.Metadata {
     const md = new grpc.Metadata();
+    // The Egress Guard's interceptor on the agent channels reads whose data this is.
+    md.set(TENANT_HEADER, p.tenant);
+    if (p.override) md.set(OVERRIDE_HEADER, p.override);
     if (p.traceparent) md.set("traceparent", p.traceparent);
     if (p.tracestate) md.set("tracestate", p.tracestate);
     if (p.requestId) md.set("x-request-id", p.requestId);

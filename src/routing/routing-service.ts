@@ -2,6 +2,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import type { RouteConstraints, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { ConfigError } from "../common/errors.js";
 import { kCorrelationId } from "../server/interceptor.js";
+import { OVERRIDE_HEADER } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
 import type { InvokeParams, Router } from "./router.js";
 
@@ -60,6 +61,7 @@ export function createRoutingService(deps: RoutingServiceDeps, options: RoutingS
       traceparent: ctx.requestHeader.get("traceparent") ?? undefined,
       tracestate: ctx.requestHeader.get("tracestate") ?? undefined,
       requestId: ctx.values.get(kCorrelationId) || undefined,
+      override: ctx.requestHeader.get(OVERRIDE_HEADER) ?? undefined,
     };
   }
 
