@@ -2,6 +2,7 @@ import type { Migration } from "../migrator.js";
 import { migration0001 } from "./0001-core.js";
 import { migration0002 } from "./0002-agent-load.js";
 import { migration0003 } from "./0003-api-keys.js";
+import { migration0004 } from "./0004-events.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
-export const MIGRATIONS: readonly Migration[] = [migration0001, migration0002, migration0003];
+export const MIGRATIONS: readonly Migration[] = [migration0001, migration0002, migration0003, migration0004];

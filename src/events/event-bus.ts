@@ -1,0 +1,306 @@
+import { create } from "@bufbuild/protobuf";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/nats-core";
+import {
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+  type StreamConfig,
+} from "@nats-io/jetstream";
+import type { Meter } from "@opentelemetry/api";
+import type { Db } from "../store/database.js";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+import type { EventSink } from "../store/outbox.js";
+import type { EventBusOptions } from "./event-bus-options.js";
+import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
+import { createHubConfirmer } from "./hub-confirmer.js";
+import { createDeadLetterMover } from "./dead-letter-mover.js";
+import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
+import { createInbox, type Inbox } from "./inbox.js";
+import { DegradedModeActivatedSchema, DegradedModeRecoveredSchema } from "../../gen/nops/events/v1/degraded_events_pb.js";
+
+/** Readiness of the event bus for /readyz: degraded still serves (writes queue in the outbox). */
+export interface EventBusStatus {
+  state: "ok" | "degraded";
+  reason?: string;
+}
+
+/** Dependencies of the event bus. */
+export interface EventBusDeps {
+  db: Db;
+  clock: Clock;
+  logger: Logger;
+  meter: Meter;
+  /** Where degraded/recovered events are appended (the SQLite outbox). */
+  sink: EventSink;
+  /** The Egress Guard's pre-publish hook; default allow. */
+  prePublish?: PrePublishHook;
+  /** Observes rows acknowledged by the leaf stream (bench, tests). */
+  onPublished?: (row: PublishedRow) => void;
+}
+
+/** The edge event bus: outbox relay, hub confirmation, DLQ mover, sweeper and degraded-mode tracking. */
+export interface EventBus {
+  readonly options: EventBusOptions;
+  readonly relay: OutboxRelay;
+  readonly idempotency: IdempotencyStore;
+  readonly inbox: Inbox;
+  /** Starts everything; returns without waiting for NATS (the outbox queues meanwhile). */
+  start(): void;
+  stop(): Promise<void>;
+  status(): EventBusStatus;
+  /** The leaf connection while connected. */
+  connection(): NatsConnection | undefined;
+  jetstream(): JetStreamClient | undefined;
+  jetstreamManager(): JetStreamManager | undefined;
+  /** Counts a redelivered message (Subscribe). */
+  recordRedelivery(): void;
+  /** Runs the hub confirmation once now (tests, shutdown). */
+  confirmNow(): Promise<number>;
+  /** Deletes expired idempotency keys and old inbox rows now. */
+  sweep(): void;
+}
+
+interface Degradation {
+  dependency: string;
+  mode: string;
+  reason: string;
+}
+
+const CAPABILITY = "event-bus";
+
+/** Creates the event bus component; the lead wires start()/stop() and status() into /readyz. */
+export function createEventBus(deps: EventBusDeps, options: EventBusOptions): EventBus {
+  const { db, clock, meter } = deps;
+  const logger = deps.logger;
+  let nc: NatsConnection | undefined;
+  let js: JetStreamClient | undefined;
+  let jsm: JetStreamManager | undefined;
+  let ready = false;
+  // Until the first connection attempt settles, "not connected" is not yet a degradation.
+  let firstAttemptDone = false;
+  let running = false;
+  let hubReachable: boolean | undefined;
+  let hubReason = "";
+  let dlqSize = 0;
+  const timers: NodeJS.Timeout[] = [];
+  const tasks: Promise<unknown>[] = [];
+  // One mover run at a time; a reconnect chains the next run after the stopped one.
+  let moverTask: Promise<void> = Promise.resolve();
+  const active = new Map<string, Degradation>();
+
+  const relay = createOutboxRelay(
+    { db, clock, logger: logger.child({ part: "relay" }), meter, jetstream: () => (ready ? js : undefined), prePublish: deps.prePublish, onPublished: deps.onPublished },
+    options,
+  );
+  const confirmer = createHubConfirmer({ db, clock }, options);
+  const mover = createDeadLetterMover({ logger: logger.child({ part: "dlq" }) }, { ...options, maxAgeMs: options.streamMaxAgeMs });
+  const idempotency = createIdempotencyStore({ db, clock }, { ttlMs: options.idempotencyTtlMs });
+  const inbox = createInbox({ db, clock }, { retentionMs: options.inboxRetentionMs });
+  const redeliveries = meter.createCounter("nops_events_redeliveries", { description: "Messages delivered again to a Subscribe consumer" });
+  meter.createObservableGauge("nops_events_dlq_size", { description: "Messages in the dead-letter stream" }).addCallback((r) => r.observe(dlqSize));
+
+  const edgeStreamConfig = (): Partial<StreamConfig> => ({
+    subjects: ["nops.events.>"],
+    retention: RetentionPolicy.Limits,
+    // Discard new: a full stream refuses the publish and the relay pauses; nothing is dropped.
+    discard: DiscardPolicy.New,
+    storage: StorageType.File,
+    max_bytes: options.streamMaxBytes,
+    max_age: options.streamMaxAgeMs * 1_000_000,
+    duplicate_window: options.duplicateWindowMs * 1_000_000,
+  });
+
+  async function onConnected(conn: NatsConnection): Promise<void> {
+    const m = await jetstreamManager(conn);
+    try {
+      await m.streams.info(options.streamName);
+      await m.streams.update(options.streamName, edgeStreamConfig());
+    } catch (err) {
+      if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
+      await m.streams.add({ name: options.streamName, ...edgeStreamConfig() });
+    }
+    const info = await m.streams.info(options.streamName);
+    relay.reconcileStreamTail(info.state.last_seq);
+    await mover.ensureStreams(m);
+    const client = jetstream(conn);
+    js = client;
+    jsm = m;
+    ready = true;
+    relay.kick();
+    moverTask = moverTask.then(async () => {
+      if (!running || !ready) return;
+      await mover.run(client, m).catch((err: unknown) => {
+        if (running) logger.warn({ err }, "dead-letter mover stopped");
+      });
+    });
+  }
+
+  async function connectLoop(): Promise<void> {
+    let delay = options.retryInitialMs;
+    while (running) {
+      let conn: NatsConnection;
+      try {
+        conn = await connect({
+          servers: options.natsUrl,
+          user: options.natsUser,
+          pass: options.natsPassword,
+          name: `nops-kernel-${options.edgeId}`,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 250,
+          pingInterval: 5000,
+          timeout: 2000,
+        });
+      } catch (err) {
+        firstAttemptDone = true;
+        logger.debug({ err }, "NATS leaf not reachable");
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, options.retryMaxMs);
+        continue;
+      }
+      firstAttemptDone = true;
+      if (!running) {
+        await conn.close();
+        break;
+      }
+      delay = options.retryInitialMs;
+      nc = conn;
+      let setup = onConnected(conn);
+      const settle = (p: Promise<void>): Promise<void> =>
+        p.catch((err: unknown) => {
+          logger.warn({ err }, "event bus setup on the leaf failed; retrying");
+          return new Promise((r) => setTimeout(r, options.retryMaxMs)).then(() => {
+            if (running && !conn.isClosed() && !ready) setup = settle(onConnected(conn));
+          });
+        });
+      setup = settle(setup);
+      for await (const s of conn.status()) {
+        if (s.type === "disconnect") {
+          ready = false;
+          mover.stop();
+        } else if (s.type === "reconnect") {
+          setup = settle(onConnected(conn));
+        }
+      }
+      await setup;
+      ready = false;
+      nc = undefined;
+    }
+  }
+
+  function appendDegradedEvent(d: Degradation, recovered: boolean): void {
+    const init = { capability: CAPABILITY, dependency: d.dependency, mode: d.mode, reason: d.reason };
+    db.transaction(() => {
+      if (recovered) {
+        deps.sink.append({ type: "degraded.mode.recovered.v1", tenant: options.systemTenant, schema: DegradedModeRecoveredSchema, payload: create(DegradedModeRecoveredSchema, init) });
+      } else {
+        deps.sink.append({ type: "degraded.mode.activated.v1", tenant: options.systemTenant, schema: DegradedModeActivatedSchema, payload: create(DegradedModeActivatedSchema, init) });
+      }
+    })();
+    relay.kick();
+  }
+
+  function evaluate(): void {
+    if (!firstAttemptDone) return;
+    const now = new Map<string, Degradation>();
+    const problem = relay.problem();
+    if (!ready || problem?.kind === "unreachable") {
+      now.set("nats", { dependency: "nats", mode: "queue-locally", reason: problem?.reason ?? "NATS leaf node not connected" });
+    } else if (problem?.kind === "stream-full") {
+      now.set("nats-stream", { dependency: "nats-stream", mode: "paused", reason: problem.reason });
+    }
+    if (hubReachable === false) now.set("hub", { dependency: "hub", mode: "store-and-forward", reason: hubReason });
+    for (const [key, d] of now) {
+      if (!active.has(key)) {
+        logger.warn(d, "event bus degraded");
+        appendDegradedEvent(d, false);
+      }
+    }
+    for (const [key, d] of active) {
+      if (!now.has(key)) {
+        logger.info(d, "event bus recovered");
+        appendDegradedEvent(d, true);
+      }
+    }
+    active.clear();
+    for (const [k, v] of now) active.set(k, v);
+  }
+
+  async function confirmNow(): Promise<number> {
+    const conn = nc;
+    if (!conn || !ready) throw new Error("NATS leaf node not connected");
+    try {
+      const hub = await jetstreamManager(conn, { domain: options.hubDomain, timeout: options.hubRequestTimeoutMs });
+      const seq = await confirmer.confirm(hub);
+      hubReachable = true;
+      return seq;
+    } catch (err) {
+      hubReachable = false;
+      hubReason = `hub JetStream unreachable: ${err instanceof Error ? err.message : String(err)}`;
+      throw err;
+    }
+  }
+
+  async function confirmLoop(): Promise<void> {
+    while (running) {
+      if (ready) {
+        await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
+        await jsm?.streams
+          .info(options.dlqStreamName)
+          .then((i) => {
+            dlqSize = i.state.messages;
+          })
+          .catch(() => undefined);
+      }
+      await new Promise((r) => setTimeout(r, options.confirmIntervalMs));
+    }
+  }
+
+  const bus: EventBus = {
+    options,
+    relay,
+    idempotency,
+    inbox,
+    start() {
+      if (running) return;
+      running = true;
+      relay.start();
+      tasks.push(connectLoop(), confirmLoop());
+      timers.push(setInterval(evaluate, 250));
+      timers.push(setInterval(() => bus.sweep(), options.sweepIntervalMs));
+    },
+    async stop() {
+      if (!running) return;
+      running = false;
+      for (const t of timers) clearInterval(t);
+      timers.length = 0;
+      mover.stop();
+      await relay.stop();
+      ready = false;
+      await nc?.drain().catch(() => undefined);
+      await nc?.close().catch(() => undefined);
+      await Promise.allSettled([...tasks, moverTask]);
+      tasks.length = 0;
+    },
+    status() {
+      if (active.size === 0) return { state: "ok" };
+      return { state: "degraded", reason: [...active.values()].map((d) => `${d.dependency}: ${d.reason}`).join("; ") };
+    },
+    connection: () => (ready ? nc : undefined),
+    jetstream: () => (ready ? js : undefined),
+    jetstreamManager: () => (ready ? jsm : undefined),
+    recordRedelivery: () => redeliveries.add(1),
+    confirmNow,
+    sweep() {
+      const keys = idempotency.sweep();
+      const rows = inbox.sweep();
+      if (keys + rows > 0) logger.debug({ keys, rows }, "swept idempotency keys and inbox rows");
+    },
+  };
+  return bus;
+}

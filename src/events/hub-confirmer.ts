@@ -1,0 +1,79 @@
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { Db } from "../store/database.js";
+import type { Clock } from "../common/clock.js";
+
+/** Settings of hub confirmation (a subset of EventBusOptions). */
+export interface HubConfirmerOptions {
+  streamName: string;
+  edgeDomain: string;
+  hubStreamName: string;
+  ensureHubStream: boolean;
+  pruneAfterMs: number;
+  duplicateWindowMs: number;
+}
+
+/** Marks outbox rows confirmed once the hub stream holds them, and prunes confirmed rows. */
+export interface HubConfirmer {
+  /**
+   * Asks the hub (through the leaf, JetStream domain of the hub) how far it has sourced the
+   * edge stream, marks rows up to there confirmed and prunes old confirmed rows. Throws when
+   * the hub cannot be asked (unreachable). Returns the highest edge sequence the hub holds.
+   */
+  confirm(hub: JetStreamManager): Promise<number>;
+}
+
+/**
+ * The hub stream sources only this edge's stream, in edge-sequence order (the sourcing consumer
+ * is ordered and restarts after the last sequence it stored), so the Nats-Stream-Source header
+ * of the hub stream's last message ("<stream>[:<hash>] <edge-seq>") says every edge sequence
+ * up to it is at the hub.
+ */
+export function parseSourcedSequence(header: string | undefined, streamName: string): number | undefined {
+  if (!header) return undefined;
+  const [name, seq] = header.trim().split(/\s+/);
+  if (!name || (name !== streamName && !name.startsWith(`${streamName}:`))) return undefined;
+  const n = Number(seq);
+  return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+}
+
+/** Creates the hub confirmer. */
+export function createHubConfirmer(deps: { db: Db; clock: Clock }, options: HubConfirmerOptions): HubConfirmer {
+  const { db, clock } = deps;
+  const markConfirmed = db.prepare(
+    `UPDATE outbox SET confirmed_at = ? WHERE confirmed_at IS NULL AND published_at IS NOT NULL
+       AND id IN (SELECT outbox_id FROM outbox_publications WHERE stream_seq <= ?)`,
+  );
+  const prune = db.transaction((before: number) => {
+    db.prepare("DELETE FROM outbox_publications WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(before);
+    db.prepare("DELETE FROM outbox_headers WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(before);
+    db.prepare("DELETE FROM outbox WHERE confirmed_at <= ?").run(before);
+  });
+  let hubStreamReady = false;
+  return {
+    async confirm(hub) {
+      if (!hubStreamReady && options.ensureHubStream) {
+        try {
+          await hub.streams.info(options.hubStreamName);
+        } catch (err) {
+          if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
+          await hub.streams.add({
+            name: options.hubStreamName,
+            duplicate_window: options.duplicateWindowMs * 1_000_000,
+            sources: [{ name: options.streamName, external: { api: `$JS.${options.edgeDomain}.API`, deliver: "" } }],
+          });
+        }
+        hubStreamReady = true;
+      }
+      const info = await hub.streams.info(options.hubStreamName);
+      let seq = 0;
+      if (info.state.messages > 0) {
+        const last = await hub.streams.getMessage(options.hubStreamName, { seq: info.state.last_seq });
+        seq = parseSourcedSequence(last?.header?.get("Nats-Stream-Source"), options.streamName) ?? 0;
+      }
+      const now = clock.now();
+      if (seq > 0) markConfirmed.run(now, seq);
+      prune(now - options.pruneAfterMs);
+      return seq;
+    },
+  };
+}

@@ -1,0 +1,177 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { accessSync, constants, mkdirSync, writeFileSync } from "node:fs";
+import { connect as netConnect } from "node:net";
+import { delimiter, join } from "node:path";
+import { ConfigError, KernelError } from "../common/errors.js";
+import type { Logger } from "../telemetry/logger.js";
+import { renderLeafConfig } from "./nats-config.js";
+
+/** Options of the development leaf node the kernel runs itself. */
+export interface LeafSupervisorOptions {
+  /** Absolute path of nats-server (see findNatsServer). Required. */
+  binary: string;
+  /** Kernel data dir; the config goes to <dataDir>/nats/leaf.conf, JetStream to <dataDir>/nats/jetstream. Required. */
+  dataDir: string;
+  /** Client port on 127.0.0.1. @default 4222 */
+  port: number;
+  /** JetStream domain of this edge. Required. */
+  edgeDomain: string;
+  /** The kernel's user in the KERNEL account. @default "kernel" */
+  user: string;
+  /** Its password. Required. */
+  password: string;
+  /** Leafnode remote URL of the hub (credentials included); omitted = standalone leaf. @default undefined */
+  hubUrl?: string;
+  /** First restart delay after the server dies; doubles up to maxRestartDelayMs. @default 200 */
+  restartDelayMs: number;
+  /** @default 5000 */
+  maxRestartDelayMs: number;
+  /** How long start() waits for the port. @default 15000 */
+  startTimeoutMs: number;
+}
+
+/** @see LeafSupervisorOptions.port */
+export const DEFAULT_LEAF_PORT = 4222;
+/** @see LeafSupervisorOptions.user */
+export const DEFAULT_LEAF_USER = "kernel";
+/** @see LeafSupervisorOptions.restartDelayMs */
+export const DEFAULT_LEAF_RESTART_DELAY_MS = 200;
+/** @see LeafSupervisorOptions.maxRestartDelayMs */
+export const DEFAULT_LEAF_MAX_RESTART_DELAY_MS = 5000;
+/** @see LeafSupervisorOptions.startTimeoutMs */
+export const DEFAULT_LEAF_START_TIMEOUT_MS = 15_000;
+
+/** Validates and fills defaults; throws ConfigError naming `<path>.<field>`. */
+export function resolveLeafSupervisorOptions(input: Partial<LeafSupervisorOptions>, path = "events.leaf"): LeafSupervisorOptions {
+  const req = (field: "binary" | "dataDir" | "edgeDomain" | "password"): string => {
+    const v = input[field];
+    if (typeof v !== "string" || v === "") throw new ConfigError(`${path}.${field} is required`);
+    return v;
+  };
+  const int = (field: "port" | "restartDelayMs" | "maxRestartDelayMs" | "startTimeoutMs", fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const v = input[field] ?? fallback;
+    if (!Number.isInteger(v) || v < min || v > max) throw new ConfigError(`${path}.${field} must be an integer in [${min}, ${max}]`);
+    return v;
+  };
+  return {
+    binary: req("binary"),
+    dataDir: req("dataDir"),
+    edgeDomain: req("edgeDomain"),
+    password: req("password"),
+    user: input.user ?? DEFAULT_LEAF_USER,
+    hubUrl: input.hubUrl,
+    port: int("port", DEFAULT_LEAF_PORT, 1, 65535),
+    restartDelayMs: int("restartDelayMs", DEFAULT_LEAF_RESTART_DELAY_MS, 1),
+    maxRestartDelayMs: int("maxRestartDelayMs", DEFAULT_LEAF_MAX_RESTART_DELAY_MS, 1),
+    startTimeoutMs: int("startTimeoutMs", DEFAULT_LEAF_START_TIMEOUT_MS, 1),
+  };
+}
+
+/** Finds nats-server on a PATH string (main.ts passes process.env.PATH); undefined when absent. */
+export function findNatsServer(pathVariable: string | undefined): string | undefined {
+  for (const dir of (pathVariable ?? "").split(delimiter)) {
+    if (dir === "") continue;
+    const candidate = join(dir, "nats-server");
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+/** A nats-server leaf node the kernel started and keeps alive (development only; production uses the sidecar). */
+export interface LeafSupervisor {
+  readonly url: string;
+  /** Writes the config, starts the server and waits until it accepts connections. */
+  start(): Promise<void>;
+  /** Stops the server (SIGTERM, then SIGKILL) and stops restarting it. */
+  stop(): Promise<void>;
+  /** The running server's pid. */
+  pid(): number | undefined;
+}
+
+function portOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host: "127.0.0.1", port });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+/** Creates the supervisor. */
+export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupervisorOptions): LeafSupervisor {
+  const { logger } = deps;
+  const dir = join(options.dataDir, "nats");
+  const configPath = join(dir, "leaf.conf");
+  let child: ChildProcess | undefined;
+  let wanted = false;
+  let delay = options.restartDelayMs;
+  let restartTimer: NodeJS.Timeout | undefined;
+
+  const launch = (): void => {
+    const c = spawn(options.binary, ["-c", configPath], { stdio: ["ignore", "ignore", "pipe"] });
+    child = c;
+    let tail = "";
+    c.stderr?.on("data", (d: Buffer) => {
+      tail = (tail + d.toString()).slice(-2000);
+    });
+    c.once("error", (err) => logger.error({ err }, "leaf nats-server failed to start"));
+    c.once("exit", (code, signal) => {
+      if (child === c) child = undefined;
+      if (!wanted) return;
+      logger.warn({ code, signal, stderr: tail, restartInMs: delay }, "leaf nats-server exited; restarting");
+      restartTimer = setTimeout(launch, delay);
+      delay = Math.min(delay * 2, options.maxRestartDelayMs);
+    });
+    // A server that stays up resets the backoff.
+    setTimeout(() => {
+      if (child === c) delay = options.restartDelayMs;
+    }, options.maxRestartDelayMs).unref();
+  };
+
+  return {
+    url: `nats://127.0.0.1:${options.port}`,
+    async start() {
+      mkdirSync(join(dir, "jetstream"), { recursive: true });
+      writeFileSync(
+        configPath,
+        renderLeafConfig({
+          serverName: `leaf-${options.edgeDomain}`,
+          port: options.port,
+          domain: options.edgeDomain,
+          storeDir: join(dir, "jetstream"),
+          user: options.user,
+          password: options.password,
+          hubUrl: options.hubUrl,
+        }),
+        { mode: 0o600 },
+      );
+      wanted = true;
+      launch();
+      const deadline = Date.now() + options.startTimeoutMs;
+      while (!(await portOpen(options.port))) {
+        if (Date.now() > deadline) throw new KernelError(`leaf nats-server did not listen on ${options.port} within ${options.startTimeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      logger.info({ pid: child?.pid, port: options.port, domain: options.edgeDomain }, "leaf nats-server running");
+    },
+    async stop() {
+      wanted = false;
+      if (restartTimer) clearTimeout(restartTimer);
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise<void>((r) => c.once("exit", () => r()));
+      c.kill("SIGTERM");
+      const timer = setTimeout(() => c.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+    pid: () => child?.pid,
+  };
+}

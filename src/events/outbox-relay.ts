@@ -1,0 +1,328 @@
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/nats-core";
+import type { Meter } from "@opentelemetry/api";
+import type { Db } from "../store/database.js";
+import type { Clock } from "../common/clock.js";
+import type { Logger } from "../telemetry/logger.js";
+
+/** Verdict of the egress guard on an event about to cross to the hub. */
+export interface PrePublishVerdict {
+  allowed: boolean;
+  reason?: string;
+}
+
+/** The Egress Guard's hook, called before every event that crosses to the hub. */
+export type PrePublishHook = (subject: string, payload: Uint8Array, headers: Record<string, string>) => Promise<PrePublishVerdict>;
+
+/** A row the leaf stream acknowledged. */
+export interface PublishedRow {
+  outboxId: number;
+  /** Sequence in the edge stream (from the PubAck). */
+  streamSeq: number;
+}
+
+/** Dependencies of the relay. */
+export interface OutboxRelayDeps {
+  db: Db;
+  clock: Clock;
+  logger: Logger;
+  meter: Meter;
+  /** The current JetStream client, undefined while NATS is not connected. */
+  jetstream(): JetStreamClient | undefined;
+  /** Egress Guard hook; when absent every event is allowed. */
+  prePublish?: PrePublishHook;
+  /** Called as each PubAck arrives, before the receipt is recorded (the bench measures publish->leaf with it). */
+  onPublished?: (row: PublishedRow) => void;
+}
+
+/** Relay settings (a subset of EventBusOptions). */
+export interface OutboxRelayOptions {
+  edgeId: string;
+  maxInFlight: number;
+  batchSize: number;
+  pollIntervalMs: number;
+  retryInitialMs: number;
+  retryMaxMs: number;
+  publishTimeoutMs: number;
+}
+
+/** Why the relay is not publishing, if it is not. */
+export type RelayProblem = { kind: "stream-full" | "unreachable"; reason: string } | undefined;
+
+/** Publishes outbox rows to the leaf stream, at most maxInFlight at once, in outbox order. */
+export interface OutboxRelay {
+  start(): void;
+  /** Stops taking rows and waits for in-flight publishes to settle and be recorded. */
+  stop(): Promise<void>;
+  /** Wakes the relay now (a writer just committed rows). */
+  kick(): void;
+  /** The current publishing problem, undefined when publishing works (or there is nothing to do). */
+  problem(): RelayProblem;
+  /** Rows not yet acknowledged by the leaf stream (blocked rows excluded). */
+  depth(): number;
+  /** Rows the egress guard blocked: kept, never published, visible here until released. */
+  listBlocked(limit?: number): { outboxId: number; subject: string; reason: string; blockedAt: number }[];
+  /** Lets a blocked row be evaluated again (e.g. after the policy changed). */
+  releaseBlocked(outboxId: number): boolean;
+  /** Forgets receipts above `lastSeq` (the leaf stream lost them), so those rows are published again. */
+  reconcileStreamTail(lastSeq: number): number;
+}
+
+interface Row {
+  id: number;
+  subject: string;
+  envelope: Buffer;
+  createdAt: number;
+  headers: string | null;
+}
+
+const STREAM_FULL = /maximum (messages|bytes)|insufficient resources|resource limits exceeded/i;
+
+/** Message id of an outbox row in the edge stream: "<edge-id>:<outbox-id>" (docs/events.md). */
+export function outboxMessageId(edgeId: string, outboxId: number): string {
+  return `${edgeId}:${outboxId}`;
+}
+
+/** Creates the outbox relay. */
+export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOptions): OutboxRelay {
+  const { db, clock, logger } = deps;
+  const selectRows = db.prepare(
+    `SELECT o.id, o.subject, o.envelope, o.created_at AS createdAt, h.headers FROM outbox o
+       LEFT JOIN outbox_headers h ON h.outbox_id = o.id
+      WHERE o.published_at IS NULL AND o.id > ?
+        AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)
+      ORDER BY o.id LIMIT ?`,
+  );
+  const insertReceipt = db.prepare("INSERT OR REPLACE INTO outbox_publications (outbox_id, stream_seq, published_at) VALUES (?, ?, ?)");
+  const markPublished = db.prepare("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL");
+  const insertBlocked = db.prepare("INSERT OR REPLACE INTO outbox_blocked (outbox_id, reason, blocked_at) VALUES (?, ?, ?)");
+  const countDepth = db.prepare(
+    "SELECT count(*) AS n FROM outbox o WHERE o.published_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)",
+  );
+  const oldestUnpublished = db.prepare(
+    "SELECT min(created_at) AS t FROM outbox o WHERE o.published_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)",
+  );
+  const recordAcksTx = db.transaction((acks: PublishedRow[], now: number) => {
+    for (const a of acks) {
+      insertReceipt.run(a.outboxId, a.streamSeq, now);
+      markPublished.run(now, a.outboxId);
+    }
+  });
+  // Receipts are re-derivable: if one is lost in a power cut, the row is published again and the
+  // stream's duplicate window drops the copy. So they commit without a WAL fsync (synchronous
+  // NORMAL for this transaction only; better-sqlite3 is synchronous, so no other write interleaves).
+  // The next FULL commit of anyone fsyncs them too.
+  const recordAcks = (acks: PublishedRow[], now: number): void => {
+    const previous = db.pragma("synchronous", { simple: true }) as number;
+    db.pragma("synchronous = NORMAL");
+    try {
+      recordAcksTx(acks, now);
+    } finally {
+      db.pragma(`synchronous = ${previous}`);
+    }
+  };
+  const blockedList = db.prepare(
+    `SELECT b.outbox_id AS outboxId, o.subject, b.reason, b.blocked_at AS blockedAt
+       FROM outbox_blocked b JOIN outbox o ON o.id = b.outbox_id ORDER BY b.outbox_id LIMIT ?`,
+  );
+  const deleteBlocked = db.prepare("DELETE FROM outbox_blocked WHERE outbox_id = ?");
+  const staleReceipts = db.prepare(
+    "SELECT outbox_id AS id FROM outbox_publications p JOIN outbox o ON o.id = p.outbox_id WHERE p.stream_seq > ? AND o.confirmed_at IS NULL",
+  );
+  const unpublish = db.prepare("UPDATE outbox SET published_at = NULL WHERE id = ?");
+  const deleteReceipt = db.prepare("DELETE FROM outbox_publications WHERE outbox_id = ?");
+
+  const latency = deps.meter.createHistogram("nops_events_publish_latency", {
+    description: "Time from outbox commit to the leaf stream's PubAck",
+    unit: "ms",
+  });
+  const published = deps.meter.createCounter("nops_events_relay_published", { description: "Outbox rows acknowledged by the leaf stream" });
+  const blockedCounter = deps.meter.createCounter("nops_events_relay_blocked", { description: "Outbox rows the egress guard blocked" });
+  deps.meter
+    .createObservableGauge("nops_events_outbox_depth", { description: "Outbox rows not yet acknowledged by the leaf stream" })
+    .addCallback((r) => r.observe(relay.depth()));
+  deps.meter
+    .createObservableGauge("nops_events_relay_lag", { description: "Age of the oldest unpublished outbox row", unit: "ms" })
+    .addCallback((r) => {
+      const t = (oldestUnpublished.get() as { t: number | null }).t;
+      r.observe(t === null ? 0 : Math.max(0, clock.now() - t));
+    });
+
+  let running = false;
+  let loopDone: Promise<void> = Promise.resolve();
+  let wake: (() => void) | undefined;
+  let inFlight = 0;
+  let cursor = 0;
+  let failure: RelayProblem;
+  let current: RelayProblem;
+  let retryMs = options.retryInitialMs;
+  let pendingAcks: { row: PublishedRow; createdAt: number }[] = [];
+  let flushScheduled = false;
+
+  const kick = (): void => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const sleep = (ms: number): Promise<void> =>
+    new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        wake = undefined;
+        resolve();
+      }, ms);
+      wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
+  const flushAcks = (): void => {
+    flushScheduled = false;
+    if (pendingAcks.length === 0) return;
+    const batch = pendingAcks;
+    pendingAcks = [];
+    const now = clock.now();
+    // One transaction per batch of PubAcks (see recordAcks for why it skips the fsync).
+    recordAcks(batch.map((b) => b.row), now);
+    for (const b of batch) latency.record(Math.max(0, now - b.createdAt));
+    published.add(batch.length);
+  };
+
+  const publishRow = (js: JetStreamClient, row: Row, extra: Record<string, string>): void => {
+    const h = natsHeaders();
+    for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    inFlight++;
+    js.publish(row.subject, row.envelope, { msgID: outboxMessageId(options.edgeId, row.id), headers: h, timeout: options.publishTimeoutMs })
+      .then((ack) => {
+        const acked = { outboxId: row.id, streamSeq: ack.seq };
+        deps.onPublished?.(acked);
+        pendingAcks.push({ row: acked, createdAt: row.createdAt });
+        // Publishing works again: the relay is draining, no longer degraded.
+        if (!failure) {
+          current = undefined;
+          retryMs = options.retryInitialMs;
+        }
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flushAcks);
+        }
+      })
+      .catch((err: unknown) => {
+        const message = err instanceof Error ? err.message : String(err);
+        failure ??= STREAM_FULL.test(message)
+          ? { kind: "stream-full", reason: `edge stream full: ${message}` }
+          : { kind: "unreachable", reason: `publish failed: ${message}` };
+      })
+      .finally(() => {
+        inFlight--;
+        kick();
+      });
+  };
+
+  async function pass(js: JetStreamClient): Promise<boolean> {
+    const rows = selectRows.all(cursor, Math.min(options.batchSize, options.maxInFlight - inFlight)) as Row[];
+    if (rows.length === 0) return false;
+    for (const row of rows) {
+      if (!running || failure) break;
+      const extra = row.headers ? (JSON.parse(row.headers) as Record<string, string>) : {};
+      if (deps.prePublish) {
+        const verdict = await deps.prePublish(row.subject, row.envelope, extra);
+        if (!verdict.allowed) {
+          // A blocked event is kept (never pruned: it is never published nor confirmed) and
+          // listed through listBlocked(); operators release it or leave it as evidence.
+          insertBlocked.run(row.id, verdict.reason ?? "blocked by egress guard", clock.now());
+          blockedCounter.add(1);
+          logger.warn({ outboxId: row.id, subject: row.subject, reason: verdict.reason }, "egress guard blocked an event");
+          cursor = row.id;
+          continue;
+        }
+      }
+      cursor = row.id;
+      publishRow(js, row, extra);
+      while (running && !failure && inFlight >= options.maxInFlight) await sleep(options.publishTimeoutMs);
+    }
+    return true;
+  }
+
+  async function loop(): Promise<void> {
+    while (running) {
+      if (failure) {
+        // Let everything in flight settle, record what was acknowledged, then start again from
+        // the lowest unacknowledged row; re-published rows are deduplicated by Nats-Msg-Id.
+        while (inFlight > 0) await sleep(options.publishTimeoutMs);
+        flushAcks();
+        current = failure;
+        failure = undefined;
+        cursor = 0;
+        logger.warn({ reason: current.reason, retryMs }, "relay paused");
+        await sleep(retryMs);
+        retryMs = Math.min(retryMs * 2, options.retryMaxMs);
+        continue;
+      }
+      const js = deps.jetstream();
+      if (!js) {
+        current = { kind: "unreachable", reason: "NATS leaf node not connected" };
+        cursor = 0;
+        await sleep(options.pollIntervalMs);
+        continue;
+      }
+      let worked = false;
+      try {
+        worked = await pass(js);
+      } catch (err) {
+        failure ??= { kind: "unreachable", reason: `relay error: ${err instanceof Error ? err.message : String(err)}` };
+        continue;
+      }
+      if (!worked) {
+        // Connected with nothing to publish: nothing is wrong (a stale problem would otherwise
+        // linger when the outbox was empty at recovery).
+        if (inFlight === 0 && !failure) current = undefined;
+        await sleep(options.pollIntervalMs);
+      }
+    }
+  }
+
+  const relay: OutboxRelay = {
+    start() {
+      if (running) return;
+      running = true;
+      cursor = 0;
+      loopDone = loop().catch((err: unknown) => logger.error({ err }, "relay loop crashed"));
+    },
+    async stop() {
+      running = false;
+      kick();
+      await loopDone;
+      const deadline = Date.now() + options.publishTimeoutMs + 1000;
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      flushAcks();
+    },
+    kick,
+    problem: () => current,
+    depth: () => (countDepth.get() as { n: number }).n,
+    listBlocked: (limit = 100) => blockedList.all(limit) as ReturnType<OutboxRelay["listBlocked"]>,
+    releaseBlocked(outboxId) {
+      const released = deleteBlocked.run(outboxId).changes > 0;
+      if (released) {
+        cursor = 0;
+        kick();
+      }
+      return released;
+    },
+    reconcileStreamTail(lastSeq) {
+      const ids = (staleReceipts.all(lastSeq) as { id: number }[]).map((r) => r.id);
+      if (ids.length === 0) return 0;
+      db.transaction(() => {
+        for (const id of ids) {
+          deleteReceipt.run(id);
+          unpublish.run(id);
+        }
+      })();
+      logger.warn({ rows: ids.length, lastSeq }, "leaf stream lost acknowledged messages; republishing them");
+      cursor = 0;
+      kick();
+      return ids.length;
+    },
+  };
+  return relay;
+}

@@ -1,0 +1,195 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, connect as netConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.js";
+
+/** Path of the nats-server binary the integration tests use. */
+export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
+
+/** Picks a free loopback port (bind 0, read, close). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = netConnect({ host: "127.0.0.1", port });
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once("error", () => resolve(false));
+  });
+}
+
+/** Polls `check` until true or the deadline passes. */
+export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, stepMs = 50): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}
+
+/** One nats-server process started from a rendered config. */
+export interface NatsServerProcess {
+  readonly name: string;
+  readonly port: number;
+  readonly url: string;
+  readonly configPath: string;
+  /** The current process id (changes on restart). */
+  pid(): number | undefined;
+  /** Starts (or restarts) the process and waits until its client port accepts connections. */
+  start(): Promise<void>;
+  /** SIGTERM, wait for exit. */
+  stop(): Promise<void>;
+  /** SIGKILL (kill -9) by pid, wait for exit. */
+  kill9(): Promise<void>;
+}
+
+function managed(name: string, port: number, configPath: string, readyPorts: number[], env?: Record<string, string>): NatsServerProcess {
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  let stderr = "";
+  const waitExit = async (signal: NodeJS.Signals): Promise<void> => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    c.kill(signal);
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
+    if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    await exited;
+  };
+  return {
+    name,
+    port,
+    url: `nats://127.0.0.1:${port}`,
+    configPath,
+    pid: () => child?.pid,
+    async start() {
+      await waitExit("SIGTERM");
+      stderr = "";
+      const c = spawn(NATS_SERVER_BIN, ["-c", configPath], { stdio: ["ignore", "ignore", "pipe"], env: env ? { ...process.env, ...env } : process.env });
+      child = c;
+      c.stderr.on("data", (d: Buffer) => {
+        stderr = (stderr + d.toString()).slice(-4000);
+      });
+      exited = new Promise((resolve) => c.once("exit", () => resolve()));
+      await waitFor(async () => {
+        if (c.exitCode !== null) throw new Error(`${name} exited with ${c.exitCode}: ${stderr}`);
+        for (const p of readyPorts) if (!(await canConnect(p))) return false;
+        return true;
+      }, `${name} to listen`);
+    },
+    stop: () => waitExit("SIGTERM"),
+    kill9: () => waitExit("SIGKILL"),
+  };
+}
+
+/** A hub and one leaf connected to it, each with its own JetStream domain and store. */
+export interface NatsTopology {
+  readonly dir: string;
+  readonly hub: NatsServerProcess;
+  readonly leaf: NatsServerProcess;
+  readonly edgeDomain: string;
+  readonly hubDomain: string;
+  readonly kernelUser: { user: string; pass: string };
+  readonly hubUser: { user: string; pass: string };
+  /** Stops both servers (SIGKILL if they do not exit) and removes the temp dir. */
+  destroy(): Promise<void>;
+}
+
+/**
+ * Renders hub + leaf configs into a temp dir on free ports and starts both (hub first).
+ * With `shipped: true` the servers run the repository's nats/hub.conf and nats/leaf.conf,
+ * their variables filled from the environment, instead of the rendered configs.
+ */
+export async function startNatsTopology(options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {}): Promise<NatsTopology> {
+  const dir = mkdtempSync(join(tmpdir(), "nops-nats-"));
+  const edgeDomain = options.edgeDomain ?? "edge1";
+  const hubDomain = "hub";
+  const [hubPort, hubLeafPort, leafPort] = [await freePort(), await freePort(), await freePort()];
+  const hubUser = { user: "hub-admin", pass: "hub-secret" };
+  const kernelUser = { user: "kernel", pass: "kernel-secret" };
+  mkdirSync(join(dir, "hub"), { recursive: true });
+  mkdirSync(join(dir, "leaf"), { recursive: true });
+  const hubConf = join(dir, "hub.conf");
+  const leafConf = join(dir, "leaf.conf");
+  writeFileSync(
+    hubConf,
+    renderHubConfig({
+      serverName: "hub",
+      port: hubPort,
+      leafPort: hubLeafPort,
+      domain: hubDomain,
+      storeDir: join(dir, "hub"),
+      user: hubUser.user,
+      password: hubUser.pass,
+      leafUser: "edge",
+      leafPassword: "edge-secret",
+    }),
+  );
+  writeFileSync(
+    leafConf,
+    renderLeafConfig({
+      serverName: `leaf-${edgeDomain}`,
+      port: leafPort,
+      domain: edgeDomain,
+      storeDir: join(dir, "leaf"),
+      user: kernelUser.user,
+      password: kernelUser.pass,
+      hubUrl: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
+    }),
+  );
+  const shippedDir = fileURLToPath(new URL("../../nats/", import.meta.url));
+  const hub = options.shipped
+    ? managed("hub", hubPort, join(shippedDir, "hub.conf"), [hubPort, hubLeafPort], {
+        NOPS_HUB_NAME: "hub",
+        NOPS_HUB_PORT: String(hubPort),
+        NOPS_HUB_LEAF_PORT: String(hubLeafPort),
+        NOPS_HUB_DOMAIN: hubDomain,
+        NOPS_JS_STORE_DIR: join(dir, "hub"),
+        NOPS_HUB_USER: hubUser.user,
+        NOPS_HUB_PASSWORD: hubUser.pass,
+        NOPS_EDGE_LEAF_USER: "edge",
+        NOPS_EDGE_LEAF_PASSWORD: "edge-secret",
+      })
+    : managed("hub", hubPort, hubConf, [hubPort, hubLeafPort]);
+  const leaf = options.shipped
+    ? managed("leaf", leafPort, join(shippedDir, "leaf.conf"), [leafPort], {
+        NOPS_EDGE_NAME: `leaf-${edgeDomain}`,
+        NOPS_NATS_PORT: String(leafPort),
+        NOPS_EDGE_DOMAIN: edgeDomain,
+        NOPS_JS_STORE_DIR: join(dir, "leaf"),
+        NOPS_KERNEL_USER: kernelUser.user,
+        NOPS_KERNEL_PASSWORD: kernelUser.pass,
+        NOPS_HUB_LEAF_URL: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
+      })
+    : managed("leaf", leafPort, leafConf, [leafPort]);
+  if (options.startHub !== false) await hub.start();
+  await leaf.start();
+  return {
+    dir,
+    hub,
+    leaf,
+    edgeDomain,
+    hubDomain,
+    kernelUser,
+    hubUser,
+    async destroy() {
+      await Promise.all([leaf.kill9(), hub.kill9()]);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
