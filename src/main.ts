@@ -36,6 +36,13 @@ import { createKernelIdentity } from "./identity/kernel-identity.js";
 import { createDgeClient } from "./clients/dge-client.js";
 import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "./dge/dge-server.js";
 import { createEgressGuard, createGrpcEgressInterceptor, createGuardedFetch } from "./egress/index.js";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { EventBusService } from "../gen/nops/kernel/v1/event_bus_pb.js";
+import { createNatsEgressHook } from "./egress/index.js";
+import { createEventBus } from "./events/event-bus.js";
+import { createEventBusService } from "./events/event-bus-service.js";
+import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions, type LeafSupervisor } from "./events/leaf-supervisor.js";
+import type { PrePublishHook } from "./events/outbox-relay.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingService } from "./routing/routing-service.js";
 import { createRateLimitInterceptor } from "./ratelimit/rate-limit-interceptor.js";
@@ -122,6 +129,42 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   closers.push(() => guard.close());
   guardedJwksFetch = createGuardedFetch(guard, "jwks") as typeof fetch;
 
+  // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
+  let natsUrl = options.nats.url;
+  let natsAuth: { natsUser?: string; natsPassword?: string } = {};
+  let leaf: LeafSupervisor | undefined;
+  if (!natsUrl && options.nats.leaf === "auto") {
+    const binary = findNatsServer(`${process.env.PATH ?? ""}:/usr/sbin`);
+    if (binary) {
+      const password = randomBytes(18).toString("base64url");
+      leaf = createLeafSupervisor(
+        { logger },
+        resolveLeafSupervisorOptions({ binary, dataDir: options.dataDir, port: await freePort(), edgeDomain: options.events.edgeDomain, password, hubUrl: options.nats.hubUrl || undefined }),
+      );
+      await leaf.start();
+      closers.push(() => leaf?.stop());
+      natsUrl = leaf.url;
+      natsAuth = { natsUser: "kernel", natsPassword: password };
+    } else {
+      log.warn("no nats.url and no nats-server on PATH: events stay in the SQLite outbox until a leaf is configured");
+    }
+  }
+  // Everything in the edge stream is sourced by the hub, so it crosses the edge unless there is no hub.
+  const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
+  const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
+  const prePublish: PrePublishHook = async (subject, payload, headers) => {
+    // The guard's own decision records carry only redacted metadata; checking them would record a
+    // decision about each decision, forever.
+    if (GUARD_RECORD.test(subject)) return { allowed: true, reason: "guard_record" };
+    const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
+    return { allowed: d.allowed, reason: d.reason };
+  };
+  const bus = createEventBus({ db, clock, logger, meter, sink: events, prePublish }, { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl });
+  if (natsUrl) {
+    bus.start();
+    closers.push(() => bus.stop());
+  }
+
   const router = createRouter(
     {
       agents: registry,
@@ -135,7 +178,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   );
   closers.push(() => router.close());
 
-  const checks: ReadinessCheck[] = [() => checkSqliteWritable(db, options.databasePath)];
+  const checks: ReadinessCheck[] = [
+    () => checkSqliteWritable(db, options.databasePath),
+    () => {
+      // The event bus degrades (events wait in the outbox); it never makes the kernel unready.
+      if (!natsUrl) return { name: "event-bus", state: "degraded", detail: "no NATS leaf configured: events are kept in the outbox" };
+      const status = bus.status();
+      return { name: "event-bus", state: status.state === "ok" ? "ok" : "degraded", detail: status.reason };
+    },
+  ];
   const readiness = () => evaluateReadiness(checks);
   const actorOf = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.id ?? "anonymous";
 
@@ -154,6 +205,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
     bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
     bind(RoutingService, createRoutingService({ router }, options.routing.service)),
+    bind(EventBusService, createEventBusService({ db, clock, logger, bus, prePublish }, options.events.service)),
   ];
   const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
   const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
@@ -220,6 +272,19 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         log.info("kernel stopped");
       })()),
   };
+}
+
+const GUARD_RECORD = /^nops\.events\.[^.]+\.(egress|dge)\./;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 // Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.

@@ -12,6 +12,8 @@ import { resolveRequestSigningOptions, type RequestSigningOptions } from "../ide
 import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
 import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
+import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
+import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -124,6 +126,17 @@ export interface KernelOptions {
   rateLimit: RateLimitOptions;
   /** HMAC-signed requests for agents off the mesh (see docs/signed-requests.md). */
   requestSigning: RequestSigningOptions;
+  /** The local NATS leaf node the outbox relays to. */
+  nats: {
+    /** Client URL of the leaf (the sidecar in production). Empty: supervise a dev leaf, see `leaf`. @default "" */
+    url: string;
+    /** With no url: "auto" starts and supervises a nats-server leaf when the binary is on PATH; "off" runs without NATS (events wait in the outbox). @default "auto" */
+    leaf: "auto" | "off";
+    /** Leafnode remote of the hub for a supervised leaf (credentials in the URL); empty: standalone. @default "" */
+    hubUrl: string;
+  };
+  /** Event bus: streams, relay, hub confirmation, idempotency (see docs/events.md). */
+  events: EventBusOptions & { service: EventBusServiceOptions };
   /** Settings of `nops-kernel dge` (the reference DGE server); unused by `serve`. */
   dgeServer?: DgeServerOptions;
 }
@@ -164,6 +177,8 @@ export const DEFAULT_KERNEL_OPTIONS = {
   routing: {},
   rateLimit: {},
   requestSigning: {},
+  nats: { url: "", leaf: "auto", hubUrl: "" },
+  events: {},
   dgeServer: {},
 };
 
@@ -252,6 +267,8 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     routing: resolveRouting(s.routing),
     rateLimit: resolveRateLimitOptions(s.rateLimit ?? {}, "rateLimit"),
     requestSigning: resolveRequestSigningOptions(s.requestSigning ?? {}, "requestSigning"),
+    nats: resolveNats(s.nats),
+    events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }
@@ -267,6 +284,24 @@ function resolveDge(raw: unknown): KernelOptions["dge"] {
     "dge",
   );
   return { enabled, client, embedded: url === "" };
+}
+
+function resolveNats(raw: unknown): KernelOptions["nats"] {
+  const d = DEFAULT_KERNEL_OPTIONS.nats;
+  const s = readSection(raw, "nats", d);
+  return {
+    url: readString(s, "url", "nats", d.url, { pattern: /^$|^(nats|tls):\/\// }),
+    leaf: readString(s, "leaf", "nats", d.leaf, { oneOf: ["auto", "off"] }) as "auto" | "off",
+    hubUrl: readString(s, "hubUrl", "nats", d.hubUrl, { pattern: /^$|^(nats-leaf|tls|nats):\/\// }),
+  };
+}
+
+function resolveEvents(raw: unknown, edgeId: string): KernelOptions["events"] {
+  const { service, ...rest } = (raw ?? {}) as Record<string, unknown>;
+  return {
+    ...resolveEventBusOptions({ edgeId, ...rest } as Partial<EventBusOptions>, "events"),
+    service: resolveEventBusServiceOptions(service ?? {}, "events.service"),
+  };
 }
 
 function resolveRouting(raw: unknown): KernelOptions["routing"] {

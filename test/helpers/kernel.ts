@@ -35,6 +35,7 @@ export async function startTestKernel(t: ExecutionContext, raw: Record<string, u
     log: { level: "debug" },
     shutdownGraceMs: 1000,
     identity: { source: "none" },
+    nats: { leaf: "off" },
     ...raw,
   });
   const logs: string[] = [];

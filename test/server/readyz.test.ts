@@ -9,7 +9,10 @@ test("readyz - ready while SQLite is writable, 503 naming sqlite when the file i
   t.is(alive.status, 200);
   const ready = await fetch(`${url}/readyz`);
   t.is(ready.status, 200);
-  t.is(((await ready.json()) as { status: string }).status, "ready");
+  const report = (await ready.json()) as { ready: boolean; dependencies: { name: string; state: string }[] };
+  t.true(report.ready);
+  t.is(report.dependencies.find((d) => d.name === "sqlite")?.state, "ok");
+  t.is(report.dependencies.find((d) => d.name === "event-bus")?.state, "degraded", "no NATS configured: degraded, not down");
 
   chmodSync(k.kernel.options.databasePath, 0o444);
   t.teardown(() => chmodSync(k.kernel.options.databasePath, 0o644));
