@@ -299,12 +299,12 @@ function resolveNats(raw: unknown): KernelOptions["nats"] {
 function resolveEvents(raw: unknown, edgeId: string): KernelOptions["events"] {
   const { service, ...rest } = (raw ?? {}) as Record<string, unknown>;
   return {
-    ...resolveEventBusOptions({ edgeId, ...rest } as Partial<EventBusOptions>, "events"),
+    ...resolveEventBusOptions({ edgeId, ...rest }, "events"),
     service: resolveEventBusServiceOptions(service ?? {}, "events.service"),
   };
 }
 
 function resolveRouting(raw: unknown): KernelOptions["routing"] {
   const { service, ...rest } = (raw ?? {}) as Record<string, unknown>;
-  return { ...resolveRoutingOptions(rest, "routing"), service: resolveRoutingServiceOptions((service ?? {}) as Partial<RoutingServiceOptions>, "routing.service") };
+  return { ...resolveRoutingOptions(rest, "routing"), service: resolveRoutingServiceOptions((service ?? {}), "routing.service") };
 }

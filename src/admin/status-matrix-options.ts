@@ -1,0 +1,94 @@
+import { ConfigError } from "../common/errors.js";
+import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../config/fields.js";
+
+/** What a capability does when a dependency fails. */
+export type Criticality = "CRITICAL" | "ESSENTIAL" | "BEST_EFFORT";
+
+/** One row of the criticality matrix. */
+export interface CapabilitySpec {
+  /** CRITICAL blocks (fails closed, kernel not ready); ESSENTIAL and BEST_EFFORT serve on `fallback`. */
+  criticality: Criticality;
+  /** Dependency names it relies on; a name nobody probes (not configured here) is ignored. */
+  dependsOn: string[];
+  /** What it does instead while degraded, in operator words (shown in GetStatus and events). */
+  fallback: string;
+  /**
+   * Whether the matrix emits degraded.mode.* events for it. Off for a capability that emits its
+   * own (the event bus does, see src/events/event-bus.ts), so no transition is reported twice.
+   * @default true
+   */
+  events: boolean;
+}
+
+/** The `admin.status` config section. */
+export interface StatusMatrixOptions {
+  /** The criticality matrix, by capability name; entries merge over DEFAULT_CAPABILITY_MATRIX field by field. */
+  capabilities: Record<string, CapabilitySpec>;
+  /** Tenant degraded.mode.* events are recorded under. @default "system" */
+  systemTenant: string;
+  /** How often start() re-probes, so transitions are reported even when nobody asks. @default 5000 */
+  intervalMs: number;
+}
+
+/**
+ * The kernel's criticality matrix (the "Operable in production" issue): registry, audit and
+ * egress guard are CRITICAL; routing, event bus and federation ESSENTIAL with fallbacks;
+ * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/main.ts registers.
+ */
+export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>> = {
+  registry: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: writes fail with UNAVAILABLE", events: true },
+  audit: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: audited actions fail with UNAVAILABLE", events: true },
+  "egress-guard": { criticality: "CRITICAL", dependsOn: ["dge"], fallback: "cached verdicts only; uncached calls are blocked (fail closed)", events: true },
+  identity: { criticality: "CRITICAL", dependsOn: ["workload-api"], fallback: "current SVID and bundles until the SVID expires", events: true },
+  "rate-limit": { criticality: "ESSENTIAL", dependsOn: ["redis"], fallback: "per-process in-memory limits", events: true },
+  routing: { criticality: "ESSENTIAL", dependsOn: ["health-scores"], fallback: "round-robin", events: true },
+  "event-bus": { criticality: "ESSENTIAL", dependsOn: ["nats-leaf"], fallback: "queue-locally (SQLite outbox)", events: false },
+  federation: { criticality: "ESSENTIAL", dependsOn: ["hub-link"], fallback: "local-only (store-and-forward)", events: true },
+  scorecard: { criticality: "BEST_EFFORT", dependsOn: ["scorecard"], fallback: "skipped", events: true },
+  tracing: { criticality: "BEST_EFFORT", dependsOn: ["trace-exporter"], fallback: "spans dropped", events: true },
+};
+
+/** Default status matrix settings. */
+export const DEFAULT_STATUS_MATRIX_OPTIONS: StatusMatrixOptions = {
+  capabilities: DEFAULT_CAPABILITY_MATRIX,
+  systemTenant: "system",
+  intervalMs: 5000,
+};
+
+const CRITICALITIES: readonly Criticality[] = ["CRITICAL", "ESSENTIAL", "BEST_EFFORT"];
+const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const SPEC_FIELDS: CapabilitySpec = { criticality: "CRITICAL", dependsOn: [], fallback: "", events: true };
+
+function resolveSpec(input: unknown, path: string, base: CapabilitySpec | undefined): CapabilitySpec {
+  const s: RawSection = readSection(input, path, SPEC_FIELDS);
+  if (!base && s.criticality === undefined) throw new ConfigError(`${path}.criticality is required for a new capability`);
+  const dependsOn = readStringList(s, "dependsOn", path, base?.dependsOn ?? []);
+  dependsOn.forEach((d, i) => {
+    if (!NAME.test(d)) throw new ConfigError(`${path}.dependsOn[${i}] must match ${NAME} (got ${JSON.stringify(d)})`);
+  });
+  return {
+    criticality: readString(s, "criticality", path, base?.criticality ?? "CRITICAL", { oneOf: CRITICALITIES }) as Criticality,
+    dependsOn,
+    fallback: readString(s, "fallback", path, base?.fallback ?? "none"),
+    events: readBool(s, "events", path, base?.events ?? true),
+  };
+}
+
+/** Validates a partial `admin.status` section and fills defaults; throws ConfigError naming the field. */
+export function resolveStatusMatrixOptions(input: unknown = {}, path = "admin.status"): StatusMatrixOptions {
+  const s = readSection(input, path, DEFAULT_STATUS_MATRIX_OPTIONS);
+  const capabilities: Record<string, CapabilitySpec> = {};
+  for (const [name, spec] of Object.entries(DEFAULT_CAPABILITY_MATRIX)) capabilities[name] = { ...spec, dependsOn: [...spec.dependsOn] };
+  const given = s.capabilities ?? {};
+  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new ConfigError(`${path}.capabilities must be an object`);
+  for (const [name, spec] of Object.entries(given as Record<string, unknown>)) {
+    if (!NAME.test(name)) throw new ConfigError(`${path}.capabilities: ${JSON.stringify(name)} must match ${NAME}`);
+    capabilities[name] = resolveSpec(spec, `${path}.capabilities.${name}`, capabilities[name]);
+  }
+  return {
+    capabilities,
+    systemTenant: readString(s, "systemTenant", path, DEFAULT_STATUS_MATRIX_OPTIONS.systemTenant, { pattern: TENANT }),
+    intervalMs: readInt(s, "intervalMs", path, DEFAULT_STATUS_MATRIX_OPTIONS.intervalMs, 100, 3_600_000),
+  };
+}
