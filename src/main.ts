@@ -2,7 +2,6 @@ import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { MeterProvider } from "@opentelemetry/sdk-metrics";
 import { ApiKeyService } from "../gen/nops/kernel/v1/api_key_pb.js";
 import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../gen/grpc/health/v1/health_pb.js";
@@ -44,6 +43,19 @@ import { createEventBusService } from "./events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions, type LeafSupervisor } from "./events/leaf-supervisor.js";
 import type { PrePublishHook } from "./events/outbox-relay.js";
 import { createRouter } from "./routing/router.js";
+import { AdminService } from "../gen/nops/kernel/v1/admin_pb.js";
+import { createStatusMatrix, type DependencyProbe } from "./admin/status-matrix.js";
+import { createAdminService } from "./admin/admin-service.js";
+import { createPollingProbe, redisProbe } from "./admin/dependency-probes.js";
+import { createTelemetry } from "./telemetry/telemetry.js";
+import { rpcMetricsInterceptor } from "./telemetry/rpc-metrics-interceptor.js";
+import { tracingInterceptor } from "./telemetry/tracing-interceptor.js";
+import { tracingEventSink } from "./telemetry/tracing-event-sink.js";
+import { traceDatabaseTransactions } from "./telemetry/trace-database-transactions.js";
+import { registerGrpcInstrumentation } from "./telemetry/register-instrumentation.js";
+import { createRedactingDestination, scrubRulesFrom } from "./telemetry/redacting-destination.js";
+import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import { pino } from "pino";
 import { createRoutingService } from "./routing/routing-service.js";
 import { createRateLimitInterceptor } from "./ratelimit/rate-limit-interceptor.js";
 import { createNonceStore } from "./identity/request-signing/nonce-store.js";
@@ -83,6 +95,8 @@ export interface Kernel {
 export interface KernelOverrides {
   clock?: Clock;
   logDestination?: DestinationStream;
+  /** From registerGrpcInstrumentation(), called once by the process entry point. */
+  grpcInstrumentation?: GrpcInstrumentation;
 }
 
 /** Opens the database and brings its schema up to date. */
@@ -96,14 +110,19 @@ export function openKernelDatabase(options: KernelOptions, logger?: Logger): Db 
 /** Wires every component and starts both servers. */
 export async function startKernel(options: KernelOptions, overrides: KernelOverrides = {}): Promise<Kernel> {
   const clock = overrides.clock ?? systemClock;
-  const logger = createLogger(options.log, overrides.logDestination);
+  // Values that look like secrets or PII are scrubbed from every line, whatever logged them.
+  const destination = createRedactingDestination(overrides.logDestination ?? pino.destination(1), scrubRulesFrom(options.telemetry.redactPatterns));
+  const logger = createLogger(options.log, destination);
   const log = logger.child({ component: "kernel" });
+  const telemetry = createTelemetry(options.telemetry, { logger, serviceVersion: KERNEL_VERSION, grpcInstrumentation: overrides.grpcInstrumentation });
+  const tracer = telemetry.tracerProvider && telemetry.tracer("nops-kernel");
   const db = openKernelDatabase(options, log);
-  const events = createOutbox(db, { source: options.edgeId, clock });
+  if (tracer) traceDatabaseTransactions(db, tracer);
+  const outbox = createOutbox(db, { source: options.edgeId, clock });
+  const events = tracer ? tracingEventSink(outbox, tracer) : outbox;
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
-  const meterProvider = new MeterProvider();
-  const meter = meterProvider.getMeter("nops-kernel");
+  const meter = telemetry.meter("nops-kernel");
   const closers: (() => Promise<unknown> | void)[] = [];
   const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
   const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
@@ -178,21 +197,55 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   );
   closers.push(() => router.close());
 
-  const checks: ReadinessCheck[] = [
-    () => checkSqliteWritable(db, options.databasePath),
-    () => {
-      // The event bus degrades (events wait in the outbox); it never makes the kernel unready.
-      if (!natsUrl) return { name: "event-bus", state: "degraded", detail: "no NATS leaf configured: events are kept in the outbox" };
-      const status = bus.status();
-      return { name: "event-bus", state: status.state === "ok" ? "ok" : "degraded", detail: status.reason };
+  // One probe per dependency; the matrix turns them into capability modes (docs/observability.md).
+  const busProblem = (dependency: string) => bus.degradations().find((d) => d.dependency === dependency);
+  const probes: Record<string, DependencyProbe> = {
+    sqlite: () => checkSqliteWritable(db, options.databasePath),
+    "nats-leaf": () => {
+      if (!natsUrl) return { name: "nats-leaf", state: "down", detail: "no NATS leaf configured: events are kept in the outbox" };
+      const p = busProblem("nats") ?? busProblem("nats-stream");
+      return p ? { name: "nats-leaf", state: p.dependency === "nats" ? "down" : "degraded", detail: p.reason } : { name: "nats-leaf", state: "ok" };
     },
-  ];
-  const readiness = () => evaluateReadiness(checks);
+  };
+  if (hubBound) {
+    probes["hub-link"] = () => {
+      const p = busProblem("hub");
+      return p ? { name: "hub-link", state: "down", detail: p.reason } : { name: "hub-link", state: "ok" };
+    };
+  }
+  if (redis) probes.redis = redisProbe(redis);
+  const dgeHealth = createPollingProbe(
+    { logger: log },
+    { name: "dge", intervalMs: 5000, timeoutMs: 2000, check: async (signal) => void (await dge.getPolicy({ tenant: "system" }, { signal })) },
+  );
+  if (options.dge.enabled) {
+    probes.dge = dgeHealth.probe;
+    dgeHealth.start();
+    closers.push(() => dgeHealth.stop());
+  }
+  const x509 = identity.x509;
+  if (identity.source === "workload-api" && x509) {
+    probes["workload-api"] = () => {
+      const conn = x509.connection?.() ?? { connected: true };
+      if (conn.connected) return { name: "workload-api", state: "ok" };
+      const notAfter = x509.current()?.svid.notAfter ?? 0;
+      // Unreachable agent: keep serving on the current SVID until it expires.
+      return notAfter > clock.now()
+        ? { name: "workload-api", state: "degraded", detail: `${conn.detail ?? "unreachable"}; SVID valid until ${new Date(notAfter).toISOString()}` }
+        : { name: "workload-api", state: "down", detail: `${conn.detail ?? "unreachable"}; SVID expired` };
+    };
+  }
+  const matrix = createStatusMatrix({ probes, events, clock, logger, meter }, options.admin.status);
+  matrix.start();
+  closers.push(() => matrix.stop());
+  const readiness = () => matrix.evaluate();
   const actorOf = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.id ?? "anonymous";
 
   const chain: KernelInterceptor[] = [
+    ...(tracer ? [tracingInterceptor(tracer)] : []),
     correlationInterceptor(logger.child({ component: "rpc" })),
     loggingInterceptor(),
+    rpcMetricsInterceptor(meter),
     errorMappingInterceptor(),
     deadlineInterceptor(options.limits.maxDeadlineMs),
     createRequestSigningInterceptor({ nonces: createNonceStore({ redis, clock, logger }), audit, clock, logger: logger.child({ component: "request-signing" }) }, options.requestSigning),
@@ -206,6 +259,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
     bind(RoutingService, createRoutingService({ router }, options.routing.service)),
     bind(EventBusService, createEventBusService({ db, clock, logger, bus, prePublish }, options.events.service)),
+    bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
   ];
   const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
   const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
@@ -220,6 +274,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   };
   const routes: Record<string, HttpRoute> = {
     "/healthz": (_req, res) => json(res, 200, { status: "alive", version: KERNEL_VERSION }),
+    "/metrics": telemetry.metricsHandler,
     "/readyz": (_req, res) => {
       const report = readiness();
       json(res, report.ready ? 200 : 503, report);
@@ -267,7 +322,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         await Promise.all([grpcServer.shutdown(options.shutdownGraceMs), httpServer.shutdown(options.shutdownGraceMs)]);
         registry.close();
         for (const close of closers.reverse()) await close();
-        await meterProvider.shutdown();
+        await telemetry.shutdown();
         db.close();
         log.info("kernel stopped");
       })()),
@@ -350,7 +405,9 @@ export async function main(argv: string[], env: Record<string, string | undefine
         out(KERNEL_VERSION);
         return 0;
       case "serve": {
-        const kernel = await startKernel(loadKernelOptions(configFile, env));
+        // Patches grpc-js before the server exists; disabled again when tracing is off.
+        const grpcInstrumentation = registerGrpcInstrumentation();
+        const kernel = await startKernel(loadKernelOptions(configFile, env), { grpcInstrumentation });
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once("SIGTERM", stop);

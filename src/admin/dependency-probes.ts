@@ -1,4 +1,6 @@
 import type { DependencyProbe } from "./status-matrix.js";
+import type { DependencyStatus } from "../server/readiness.js";
+import type { Logger } from "../telemetry/logger.js";
 
 /**
  * Probe of an ioredis client: ok when its connection is "ready", down otherwise (connecting,
@@ -6,4 +8,49 @@ import type { DependencyProbe } from "./status-matrix.js";
  */
 export function redisProbe(redis: { readonly status: string }): DependencyProbe {
   return () => (redis.status === "ready" ? { name: "redis", state: "ok" } : { name: "redis", state: "down", detail: `redis connection ${redis.status}` });
+}
+
+/** A probe whose answer comes from a periodic asynchronous check (a remote service's health). */
+export interface PollingProbe {
+  readonly probe: DependencyProbe;
+  start(): void;
+  stop(): void;
+  /** Runs the check now (tests; also the first check at start). */
+  poll(): Promise<DependencyStatus>;
+}
+
+/**
+ * Polls `check` every `intervalMs` (bounded by `timeoutMs`) and keeps the last answer, so the
+ * matrix reads a remote dependency's state synchronously and notices an outage even when no
+ * traffic is flowing.
+ */
+export function createPollingProbe(
+  deps: { logger: Logger },
+  options: { name: string; intervalMs: number; timeoutMs: number; check: (signal: AbortSignal) => Promise<void> },
+): PollingProbe {
+  let last: DependencyStatus = { name: options.name, state: "ok" };
+  let timer: NodeJS.Timeout | undefined;
+  const poll = async (): Promise<DependencyStatus> => {
+    try {
+      await options.check(AbortSignal.timeout(options.timeoutMs));
+      if (last.state !== "ok") deps.logger.info({ dependency: options.name }, "dependency reachable again");
+      last = { name: options.name, state: "ok" };
+    } catch (err) {
+      const detail = `unreachable: ${err instanceof Error ? err.message : String(err)}`;
+      if (last.state === "ok") deps.logger.warn({ dependency: options.name, detail }, "dependency unreachable");
+      last = { name: options.name, state: "down", detail };
+    }
+    return last;
+  };
+  return {
+    probe: () => last,
+    poll,
+    start() {
+      void poll();
+      timer = setInterval(() => void poll(), options.intervalMs).unref();
+    },
+    stop() {
+      clearInterval(timer);
+    },
+  };
 }

@@ -18,6 +18,12 @@ export interface CapabilitySpec {
    * @default true
    */
   events: boolean;
+  /**
+   * Whether this capability being blocked makes the kernel not ready (/readyz 503). A blocked
+   * egress guard fails closed call by call; taking the whole kernel out of service for it would
+   * also stop registrations and heartbeats, so it reports without gating. @default criticality === "CRITICAL"
+   */
+  gatesReadiness: boolean;
 }
 
 /** The `admin.status` config section. */
@@ -36,16 +42,16 @@ export interface StatusMatrixOptions {
  * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/main.ts registers.
  */
 export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>> = {
-  registry: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: writes fail with UNAVAILABLE", events: true },
-  audit: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: audited actions fail with UNAVAILABLE", events: true },
-  "egress-guard": { criticality: "CRITICAL", dependsOn: ["dge"], fallback: "cached verdicts only; uncached calls are blocked (fail closed)", events: true },
-  identity: { criticality: "CRITICAL", dependsOn: ["workload-api"], fallback: "current SVID and bundles until the SVID expires", events: true },
-  "rate-limit": { criticality: "ESSENTIAL", dependsOn: ["redis"], fallback: "per-process in-memory limits", events: true },
-  routing: { criticality: "ESSENTIAL", dependsOn: ["health-scores"], fallback: "round-robin", events: true },
-  "event-bus": { criticality: "ESSENTIAL", dependsOn: ["nats-leaf"], fallback: "queue-locally (SQLite outbox)", events: false },
-  federation: { criticality: "ESSENTIAL", dependsOn: ["hub-link"], fallback: "local-only (store-and-forward)", events: true },
-  scorecard: { criticality: "BEST_EFFORT", dependsOn: ["scorecard"], fallback: "skipped", events: true },
-  tracing: { criticality: "BEST_EFFORT", dependsOn: ["trace-exporter"], fallback: "spans dropped", events: true },
+  registry: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: writes fail with UNAVAILABLE", events: true, gatesReadiness: true },
+  audit: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: audited actions fail with UNAVAILABLE", events: true, gatesReadiness: true },
+  "egress-guard": { criticality: "CRITICAL", dependsOn: ["dge"], fallback: "cached verdicts only; uncached calls are blocked (fail closed)", events: true, gatesReadiness: false },
+  identity: { criticality: "CRITICAL", dependsOn: ["workload-api"], fallback: "current SVID and bundles until the SVID expires", events: true, gatesReadiness: true },
+  "rate-limit": { criticality: "ESSENTIAL", dependsOn: ["redis"], fallback: "per-process in-memory limits", events: true, gatesReadiness: false },
+  routing: { criticality: "ESSENTIAL", dependsOn: ["health-scores"], fallback: "round-robin", events: true, gatesReadiness: false },
+  "event-bus": { criticality: "ESSENTIAL", dependsOn: ["nats-leaf"], fallback: "queue-locally (SQLite outbox)", events: false, gatesReadiness: false },
+  federation: { criticality: "ESSENTIAL", dependsOn: ["hub-link"], fallback: "local-only (store-and-forward)", events: true, gatesReadiness: false },
+  scorecard: { criticality: "BEST_EFFORT", dependsOn: ["scorecard"], fallback: "skipped", events: true, gatesReadiness: false },
+  tracing: { criticality: "BEST_EFFORT", dependsOn: ["trace-exporter"], fallback: "spans dropped", events: true, gatesReadiness: false },
 };
 
 /** Default status matrix settings. */
@@ -58,7 +64,7 @@ export const DEFAULT_STATUS_MATRIX_OPTIONS: StatusMatrixOptions = {
 const CRITICALITIES: readonly Criticality[] = ["CRITICAL", "ESSENTIAL", "BEST_EFFORT"];
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-const SPEC_FIELDS: CapabilitySpec = { criticality: "CRITICAL", dependsOn: [], fallback: "", events: true };
+const SPEC_FIELDS: CapabilitySpec = { criticality: "CRITICAL", dependsOn: [], fallback: "", events: true, gatesReadiness: true };
 
 function resolveSpec(input: unknown, path: string, base: CapabilitySpec | undefined): CapabilitySpec {
   const s: RawSection = readSection(input, path, SPEC_FIELDS);
@@ -72,6 +78,7 @@ function resolveSpec(input: unknown, path: string, base: CapabilitySpec | undefi
     dependsOn,
     fallback: readString(s, "fallback", path, base?.fallback ?? "none"),
     events: readBool(s, "events", path, base?.events ?? true),
+    gatesReadiness: readBool(s, "gatesReadiness", path, base?.gatesReadiness ?? (s.criticality ?? base?.criticality ?? "CRITICAL") === "CRITICAL"),
   };
 }
 

@@ -143,9 +143,9 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
     });
     flushEvents();
 
-    const blocked = capabilities.some((c) => c.mode === "blocked");
-    const degraded = capabilities.some((c) => c.mode === "degraded");
-    last = { ready: !blocked, status: blocked ? "not_ready" : degraded ? "degraded" : "ready", dependencies, capabilities, checkedAt: now };
+    const gating = capabilities.some((c) => c.mode === "blocked" && options.capabilities[c.name]?.gatesReadiness);
+    const degraded = capabilities.some((c) => c.mode !== "normal");
+    last = { ready: !gating, status: gating ? "not_ready" : degraded ? "degraded" : "ready", dependencies, capabilities, checkedAt: now };
     return last;
   }
 

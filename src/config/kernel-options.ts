@@ -12,6 +12,8 @@ import { resolveRequestSigningOptions, type RequestSigningOptions } from "../ide
 import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
 import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
+import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
+import { resolveStatusMatrixOptions, type StatusMatrixOptions } from "../admin/status-matrix-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
 import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
 
@@ -139,6 +141,10 @@ export interface KernelOptions {
   events: EventBusOptions & { service: EventBusServiceOptions };
   /** Settings of `nops-kernel dge` (the reference DGE server); unused by `serve`. */
   dgeServer?: DgeServerOptions;
+  /** Tracing exporter, service name, extra log scrub patterns (see docs/observability.md). */
+  telemetry: TelemetryOptions;
+  /** Criticality matrix: capabilities, their dependencies and fallbacks (see docs/observability.md). */
+  admin: { status: StatusMatrixOptions };
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -180,6 +186,8 @@ export const DEFAULT_KERNEL_OPTIONS = {
   nats: { url: "", leaf: "auto", hubUrl: "" },
   events: {},
   dgeServer: {},
+  telemetry: {},
+  admin: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -269,6 +277,8 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     requestSigning: resolveRequestSigningOptions(s.requestSigning ?? {}, "requestSigning"),
     nats: resolveNats(s.nats),
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
+    telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
+    admin: { status: resolveStatusMatrixOptions((readSection(s.admin, "admin", { status: {} }).status ?? {}) as object, "admin.status") },
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }

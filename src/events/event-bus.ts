@@ -54,6 +54,8 @@ export interface EventBus {
   start(): void;
   stop(): Promise<void>;
   status(): EventBusStatus;
+  /** What is degraded right now, by dependency ("nats", "nats-stream", "hub"). */
+  degradations(): readonly Degradation[];
   /** The leaf connection while connected. */
   connection(): NatsConnection | undefined;
   jetstream(): JetStreamClient | undefined;
@@ -66,7 +68,8 @@ export interface EventBus {
   sweep(): void;
 }
 
-interface Degradation {
+/** One thing the event bus is working around (NATS leaf, stream full, hub link). */
+export interface Degradation {
   dependency: string;
   mode: string;
   reason: string;
@@ -287,6 +290,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       await Promise.allSettled([...tasks, moverTask]);
       tasks.length = 0;
     },
+    degradations: () => [...active.values()],
     status() {
       if (active.size === 0) return { state: "ok" };
       return { state: "degraded", reason: [...active.values()].map((d) => `${d.dependency}: ${d.reason}`).join("; ") };

@@ -3,16 +3,18 @@ import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { kCorrelationId, kLogger, kPeer, methodPath, observeStream, type CallResult, type KernelInterceptor } from "./interceptor.js";
 import { isClientError, toConnectError } from "./errors.js";
 import type { Logger } from "../telemetry/logger.js";
+import { currentTraceId } from "../telemetry/trace-context.js";
 
 const REQUEST_ID = "x-request-id";
 // Accept caller ids that are safe to log and echo; anything else is replaced, not trusted.
 const VALID_REQUEST_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
 
-/** Correlation id: taken from `x-request-id` or generated, echoed back, attached to a child logger. */
+/** Correlation id: the trace id, else `x-request-id`, else generated; echoed back, attached to a child logger. */
 export function correlationInterceptor(logger: Logger): KernelInterceptor {
   return (next) => async (call) => {
     const given = call.ctx.requestHeader.get(REQUEST_ID);
-    const id = given && VALID_REQUEST_ID.test(given) ? given : randomUUID();
+    // Inside a trace the trace id is the correlation id, so logs and spans join on one key.
+    const id = currentTraceId() ?? (given && VALID_REQUEST_ID.test(given) ? given : randomUUID());
     call.ctx.values.set(kCorrelationId, id);
     call.ctx.values.set(kLogger, logger.child({ correlationId: id }));
     call.ctx.responseHeader.set(REQUEST_ID, id);
@@ -44,7 +46,8 @@ export function loggingInterceptor(): KernelInterceptor {
           durationMs: Math.round((performance.now() - started) * 1000) / 1000,
           peer: call.ctx.values.get(kPeer).address,
           transport: call.ctx.values.get(kPeer).transport,
-          ...(err instanceof ConnectError && code !== undefined ? { error: err.rawMessage } : {}),
+          // A caller error echoes its input ("got …"), which may be PII: log only the field it names.
+          ...(err instanceof ConnectError && code !== undefined ? { error: isClientError(code) ? err.rawMessage.split(":")[0] : err.rawMessage } : {}),
         },
         "rpc",
       );

@@ -104,12 +104,12 @@ test("status matrix - Redis down degrades rate limiting and recovers without a r
   t.is(recovered.dependencies.find((d) => d.name === "redis")!.since, clock.now());
 });
 
-test("status matrix - DGE unreachable blocks the egress guard and the kernel is not ready until it returns", (t) => {
+test("status matrix - DGE unreachable blocks the egress guard (fail closed) without taking the kernel out of service", (t) => {
   const { matrix, events, set } = setup();
   set("dge", "down", "DGE http://127.0.0.1:7600 unreachable");
   const r = matrix.evaluate();
-  t.false(r.ready);
-  t.is(r.status, "not_ready");
+  t.true(r.ready, "registry and heartbeats keep serving; egress fails closed call by call");
+  t.is(r.status, "degraded");
   t.is(modeOf(r, "egress-guard"), "blocked");
   t.like(events[0]!.payload, { capability: "egress-guard", dependency: "dge", mode: "blocked" });
   // Serving from cache (a probe saying degraded) is a degraded mode, not a block.

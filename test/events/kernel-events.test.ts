@@ -40,5 +40,5 @@ test("kernel events - registry writes and Publish reach the hub through the leaf
   db.close();
   t.is(blocked.n, 1, "the held event stays visible at the edge");
   const ready = (await (await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`)).json()) as { dependencies: { name: string; state: string }[] };
-  t.is(ready.dependencies.find((d) => d.name === "event-bus")?.state, "ok");
+  t.is(ready.dependencies.find((d) => d.name === "nats-leaf")?.state, "ok");
 });

@@ -153,6 +153,8 @@ export function createWorkloadX509Source(
   let call: grpc.ClientReadableStream<Buffer> | undefined;
   let timer: NodeJS.Timeout | undefined;
   let failures = 0;
+  let connected = false;
+  let lastProblem = "not connected yet";
 
   const backoffMs = (): number => {
     const ceiling = Math.min(options.maxBackoffMs, options.initialBackoffMs * 2 ** Math.min(failures, 30));
@@ -170,6 +172,7 @@ export function createWorkloadX509Source(
       return;
     }
     failures = 0;
+    connected = true;
     updates.add(1);
     logger.info(
       { spiffeId: context.svid.spiffeId.id, notAfter: new Date(context.svid.notAfter).toISOString(), trustDomains: [...context.bundles.keys()] },
@@ -196,6 +199,8 @@ export function createWorkloadX509Source(
       call = undefined;
       if (state.stopped) return;
       streamErrors.add(1, { code: grpc.status[status.code] ?? String(status.code) });
+      connected = false;
+      lastProblem = `stream ended with ${grpc.status[status.code] ?? status.code}: ${status.details}`;
       if (status.code === grpc.status.INVALID_ARGUMENT) {
         logger.error({ code: status.code, details: status.details }, "Workload API rejected the request; not retrying");
         state.stop(new WorkloadApiError(`Workload API answered InvalidArgument: ${status.details}`));
@@ -214,6 +219,7 @@ export function createWorkloadX509Source(
   return {
     current: () => state.current(),
     ready: () => state.ready(),
+    connection: () => (connected ? { connected } : { connected, detail: lastProblem }),
     onUpdate: (listener) => state.onUpdate(listener),
     async close() {
       if (state.stopped) return;

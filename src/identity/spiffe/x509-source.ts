@@ -24,6 +24,8 @@ export interface X509Source {
   onUpdate(listener: X509UpdateListener): () => void;
   /** Stops watching; idempotent. */
   close(): Promise<void>;
+  /** Whether the stream to the identity provider is up (sources that have one). */
+  connection?(): { connected: boolean; detail?: string };
 }
 
 /** The source stopped for good (closed, or the Workload API answered InvalidArgument). */
