@@ -44,6 +44,7 @@ import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions, typ
 import type { PrePublishHook } from "./events/outbox-relay.js";
 import { createRouter } from "./routing/router.js";
 import { AdminService } from "../gen/nops/kernel/v1/admin_pb.js";
+import { Tier } from "../gen/nops/dge/v1/dge_pb.js";
 import { createStatusMatrix, type DependencyProbe } from "./admin/status-matrix.js";
 import { createAdminService } from "./admin/admin-service.js";
 import { createPollingProbe, redisProbe } from "./admin/dependency-probes.js";
@@ -216,7 +217,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   if (redis) probes.redis = redisProbe(redis);
   const dgeHealth = createPollingProbe(
     { logger: log },
-    { name: "dge", intervalMs: 5000, timeoutMs: 2000, check: async (signal) => void (await dge.getPolicy({ tenant: "system" }, { signal })) },
+    { name: "dge", intervalMs: 5000, timeoutMs: 2000, check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })) },
   );
   if (options.dge.enabled) {
     probes.dge = dgeHealth.probe;

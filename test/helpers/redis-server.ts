@@ -22,8 +22,8 @@ async function freePort(): Promise<number> {
 }
 
 /** Starts `redis-server` on a free loopback port with persistence off; waits (bounded) until it accepts connections. */
-export async function startRedisServer(): Promise<RedisServer> {
-  const port = await freePort();
+export async function startRedisServer(onPort?: number): Promise<RedisServer> {
+  const port = onPort ?? (await freePort());
   const child: ChildProcess = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
     stdio: ["ignore", "pipe", "inherit"],
   });

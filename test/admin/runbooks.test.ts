@@ -1,0 +1,140 @@
+// One fault per runbook in docs/runbooks/, caused against a whole kernel: it keeps serving what
+// the criticality matrix says, reports the mode, and recovers without a restart.
+import "reflect-metadata";
+import test from "ava";
+import * as grpc from "@grpc/grpc-js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
+import { AdminService, CapabilityMode } from "../../gen/nops/kernel/v1/admin_pb.js";
+import { startTestKernel, type TestKernel } from "../helpers/kernel.js";
+import { waitFor } from "../helpers/processes.js";
+import { startRedisServer } from "../helpers/redis-server.js";
+import { startNatsTopology } from "../helpers/nats-servers.js";
+import { DGE_KEYS, spawnDge } from "../fixtures/dge-helpers.js";
+import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
+import { createTestCa } from "../helpers/test-ca.js";
+import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
+
+// Status is polled from loopback many times a second; the default per-IP limit would refuse it.
+const POLLING = { rateLimit: { ipOverrides: { "127.0.0.1": 100_000 } } };
+
+async function modeOf(k: TestKernel, capability: string): Promise<CapabilityMode | undefined> {
+  const status = await k.client(AdminService, "connect-json").getStatus({});
+  return status.capabilities.find((c) => c.name === capability)?.mode;
+}
+
+async function readyz(k: TestKernel): Promise<{ code: number; body: { ready: boolean; dependencies: { name: string; state: string }[] } }> {
+  const res = await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`);
+  return { code: res.status, body: (await res.json()) as { ready: boolean; dependencies: { name: string; state: string }[] } };
+}
+
+const agent = { tenant: "acme", name: "a", version: "1", endpoint: "grpc://agent.acme.svc:7000" };
+
+test("runbook redis-down - limits fall back to memory, every response still carries limits, recovers", async (t) => {
+  const redis = await startRedisServer();
+  t.teardown(() => redis.kill());
+  const k = await startTestKernel(t, { ...POLLING, redis: { url: `redis://127.0.0.1:${redis.port}` } });
+  const registry = k.client(AgentRegistryService, "connect-json");
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, 10_000, "redis ready");
+
+  await redis.kill();
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.DEGRADED, 10_000, "rate-limit degraded");
+  const r = await readyz(k);
+  t.is(r.code, 200, "an ESSENTIAL dependency never makes the kernel unready");
+  t.is(r.body.dependencies.find((d) => d.name === "redis")?.state, "down");
+  let limit: string | null = null;
+  await registry.registerAgent(agent, { onHeader: (h) => (limit = h.get("x-ratelimit-limit")) });
+  t.truthy(limit, "limits are still enforced, in memory");
+
+  const again = await startRedisServer(redis.port);
+  t.teardown(() => again.kill());
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, 20_000, "rate-limit recovered");
+});
+
+test("runbook nats-down - Publish keeps succeeding into the outbox, drains when the leaf returns", async (t) => {
+  const topo = await startNatsTopology({ edgeDomain: "edge-rb" });
+  t.teardown(() => topo.destroy());
+  const k = await startTestKernel(t, {
+    ...POLLING,
+    edgeId: "edge-rb",
+    nats: { url: topo.leaf.url },
+    events: { natsUser: topo.kernelUser.user, natsPassword: topo.kernelUser.pass, edgeDomain: topo.edgeDomain },
+    egress: { tenantTiers: { acme: 1 } },
+  });
+  const bus = k.client(EventBusService, "grpc-js");
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, 20_000, "event bus connected");
+
+  await topo.leaf.kill9();
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.DEGRADED, 20_000, "event bus degraded");
+  t.is((await readyz(k)).code, 200);
+  const acked: string[] = [];
+  for (let i = 0; i < 5; i++) acked.push((await bus.publish({ tenant: "acme", subject: "jobs.done", payload: new TextEncoder().encode(`{"job":${i}}`) })).eventId);
+  t.is(acked.length, 5, "Publish is acknowledged while NATS is down");
+
+  await topo.leaf.start();
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, 30_000, "event bus recovered");
+  await waitFor(async () => {
+    const Database = (await import("better-sqlite3")).default;
+    const db = new Database(k.kernel.options.databasePath, { readonly: true });
+    const n = (db.prepare("SELECT count(*) AS n FROM outbox o WHERE o.event_id IN (" + acked.map(() => "?").join(",") + ") AND o.published_at IS NOT NULL").get(...acked) as { n: number }).n;
+    db.close();
+    return n === acked.length;
+  }, 30_000, "outbox drained");
+  t.pass();
+});
+
+test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest serves, recovers", async (t) => {
+  const dge = await spawnDge(t);
+  const port = Number(new URL(dge.url).port);
+  const echo = await spawnEchoAgent({ name: "echo-rb" });
+  t.teardown(() => echo.kill());
+  const k = await startTestKernel(t, { ...POLLING, dge: { url: dge.url, keys: DGE_KEYS }, egress: { tenantTiers: { acme: 1 }, dgeTimeoutMs: 1500 } });
+  const registry = k.client(AgentRegistryService, "grpc-js");
+  const routing = k.client(RoutingService, "grpc-js");
+  await registry.registerAgent({ ...agent, endpoint: echo.endpoint, capabilities: [{ name: "echo" }] });
+  await routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"ping"}') });
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, 15_000, "egress guard normal");
+
+  await dge.kill9();
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.BLOCKED, 15_000, "egress guard blocked");
+  const err = await t.throwsAsync(routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"fresh-payload"}') }));
+  t.is(ConnectError.from(err).code, Code.PermissionDenied);
+  t.regex(ConnectError.from(err).rawMessage, /dge_timeout|dge_error/);
+  const r = await readyz(k);
+  t.is(r.code, 200, "the registry keeps serving while egress fails closed");
+  t.truthy(await registry.listAgents({ tenant: "acme" }));
+
+  const again = await spawnDge(t, { port });
+  t.is(again.url, dge.url);
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, 20_000, "egress guard recovered");
+  const ok = await routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"after"}') });
+  t.is(new TextDecoder().decode(ok.payload), '{"op":"after"}');
+});
+
+test("runbook spire-agent-unreachable - serves on the current SVID, reports degraded identity, recovers", async (t) => {
+  const ca = await createTestCa("nops.test");
+  const wl = await startWorkloadApiDouble();
+  t.teardown(() => wl.close());
+  const issue = async () => wl.issue({ spiffeId: "spiffe://nops.test/nops/kernel/edge-local", svid: await ca.issue({ spiffeId: "spiffe://nops.test/nops/kernel/edge-local", dnsNames: ["localhost"] }), bundle: ca.certDer });
+  await issue();
+  const k = await startTestKernel(t, { ...POLLING, trustDomain: "nops.test", identity: { source: "workload-api", socket: wl.address } });
+  const admin = await ca.issue({ spiffeId: "spiffe://nops.test/nops/admin/ops" });
+  const channel = new grpc.Client(`localhost:${k.kernel.grpcPort}`, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(admin.keyPem), Buffer.from(admin.certPem)));
+  t.teardown(() => channel.close());
+  const { createGrpcTransport } = await import("@connectrpc/connect-node");
+  const { createClient } = await import("@connectrpc/connect");
+  const transport = createGrpcTransport({ baseUrl: `https://localhost:${k.kernel.grpcPort}`, nodeOptions: { ca: ca.certPem, cert: admin.certPem, key: admin.keyPem } });
+  const status = () => createClient(AdminService, transport).getStatus({});
+  const identityMode = async () => (await status()).capabilities.find((c) => c.name === "identity")?.mode;
+  t.is(await identityMode(), CapabilityMode.NORMAL);
+
+  wl.failWith(grpc.status.UNAVAILABLE);
+  wl.endStreams(grpc.status.UNAVAILABLE);
+  await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, 15_000, "identity degraded");
+  t.truthy(await createClient(AgentRegistryService, transport).registerAgent(agent), "mTLS calls keep working on the current SVID");
+
+  wl.failWith(null);
+  await waitFor(async () => (await identityMode()) === CapabilityMode.NORMAL, 30_000, "identity recovered");
+});
