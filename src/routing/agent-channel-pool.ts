@@ -30,6 +30,8 @@ export interface AgentCallOptions {
 
 /** A pooled grpc-js client of one agent endpoint. */
 export interface AgentClient {
+  /** True when the channel has a ready connection: a call now measures the agent, not a handshake. */
+  connected(): boolean;
   handle(request: HandleRequest, options: AgentCallOptions): Promise<HandleResponse>;
   handleStream(request: HandleStreamRequest, options: AgentCallOptions): grpc.ClientReadableStream<HandleStreamResponse>;
 }
@@ -80,6 +82,7 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   function open(target: string): { client: grpc.Client; api: AgentClient } {
     const client = new grpc.Client(target, deps.credentials, { ...channelOptions, interceptors: deps.interceptors ?? [] });
     const api: AgentClient = {
+      connected: () => client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY,
       handle(request, call) {
         return new Promise<HandleResponse>((resolve, reject) => {
           const c = client.makeUnaryRequest(

@@ -13,7 +13,8 @@ export interface AgentStats {
 /** Observes calls to agents and keeps their EWMAs. */
 export interface AgentStatsTracker {
   /** Marks a call started; the returned function records how it ended. */
-  begin(agentId: string): (outcome: { ok: boolean; latencyMs: number }) => void;
+  /** `latencyMs` undefined: the outcome counts, its duration does not (e.g. it included a connection handshake). */
+  begin(agentId: string): (outcome: { ok: boolean; latencyMs: number | undefined }) => void;
   /** The agent's stats with the EWMAs decayed to now. */
   get(agentId: string): AgentStats | undefined;
   forget(agentId: string): void;
@@ -64,7 +65,7 @@ export function createAgentStatsTracker(clock: Clock, options: AgentStatsOptions
         e.errorRate = e.errorRate * (1 - alpha) + (ok ? 0 : alpha);
         // Failures are often fast (connection refused); counting their latency would make a
         // broken agent look attractive, so only successes feed the latency EWMA.
-        if (ok) e.latencyMs = e.latencyMs === undefined ? latencyMs : e.latencyMs * (1 - alpha) + latencyMs * alpha;
+        if (ok && latencyMs !== undefined) e.latencyMs = e.latencyMs === undefined ? latencyMs : e.latencyMs * (1 - alpha) + latencyMs * alpha;
       };
     },
     get(agentId) {

@@ -212,8 +212,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     const hopDeadline = Math.min(deadlineAt, deps.clock.now() + options.timeouts.perHopMaxMs);
     try {
       const client = pool.get(agent.endpoint);
+      // A call that had to open the connection measures the handshake, not the agent: counting it
+      // would let one cold start starve a fast agent until its EWMA decays.
+      const warm = client.connected();
       const value = await breakers.get(agent.id).execute(() => call(client, { deadline: new Date(hopDeadline), deadlineMs: hopDeadline, metadata: md.clone(), signal }));
-      end({ ok: true, latencyMs: performance.now() - started });
+      end({ ok: true, latencyMs: warm ? performance.now() - started : undefined });
       attemptsCounter.add(1, { outcome: "ok" });
       return value;
     } catch (e) {
