@@ -66,7 +66,26 @@ function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusO
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
 
+// A TLS session's peer certificate cannot change, but grpc-js parses it again for every call's
+// getAuthContext(): remember the chain per HTTP/2 session. The session is reached through
+// grpc-js internals (call.call.stream.session); when they differ, every call parses as before.
+const chainsBySession = new WeakMap<object, Uint8Array[]>();
+
+function sessionOf(call: AnyCall): object | undefined {
+  const session = (call as unknown as { call?: { stream?: { session?: unknown } } }).call?.stream?.session;
+  return typeof session === "object" && session !== null ? session : undefined;
+}
+
 function peerCertificates(call: AnyCall): Uint8Array[] {
+  const session = sessionOf(call);
+  const known = session && chainsBySession.get(session);
+  if (known) return known;
+  const chain = readPeerCertificates(call);
+  if (session) chainsBySession.set(session, chain);
+  return chain;
+}
+
+function readPeerCertificates(call: AnyCall): Uint8Array[] {
   const cert = call.getAuthContext().sslPeerCertificate;
   if (!cert?.raw) return [];
   // Node exposes the chain through issuerCertificate links (self-signed roots point at themselves).

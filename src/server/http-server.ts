@@ -38,7 +38,19 @@ export interface HttpServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
+// A TLS connection's peer certificate cannot change; parsing it is costly, so once per socket.
+const chainsBySocket = new WeakMap<net.Socket, Uint8Array[]>();
+
 function peerCertificates(socket: net.Socket): Uint8Array[] {
+  let chain = chainsBySocket.get(socket);
+  if (!chain) {
+    chain = readPeerCertificates(socket);
+    chainsBySocket.set(socket, chain);
+  }
+  return chain;
+}
+
+function readPeerCertificates(socket: net.Socket): Uint8Array[] {
   const tls = socket as Partial<TLSSocket>;
   if (typeof tls.getPeerCertificate !== "function") return [];
   const chain: Uint8Array[] = [];
