@@ -1,81 +1,60 @@
-// Invoke through the kernel's RoutingService (served on a bare grpc-js server in its own process)
+// Invoke through the kernel (the built kernel process, full interceptor chain and Egress Guard)
 // to an echo agent process, versus calling the agent's AgentService.Handle directly, in one run:
 // added p50/p99 latency per hop at ~1,000 rps, and the saturation throughput ratio.
 //   node --import tsx bench/invoke.ts [--rate 1000] [--seconds 5] [--concurrency 64]
-import { spawn } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { createHandlerContext } from "@connectrpc/connect";
-import { createNoopMeter } from "@opentelemetry/api";
 import { AgentService, HandleRequestSchema, HandleResponseSchema } from "../gen/nops/agent/v1/agent_pb.js";
-import { AgentSchema, AgentStatus } from "../gen/nops/kernel/v1/agent_registry_pb.js";
+import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
-import { systemClock } from "../src/common/clock.js";
-import { createRouter } from "../src/routing/router.js";
-import { resolveRoutingOptions } from "../src/routing/routing-options.js";
-import { createRoutingService, resolveRoutingServiceOptions } from "../src/routing/routing-service.js";
-import { createSilentLogger } from "../src/telemetry/logger.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 
 const { values: args } = parseArgs({
   options: {
-    "serve-kernel": { type: "string" },
     rate: { type: "string", default: "1000" },
     seconds: { type: "string", default: "5" },
     concurrency: { type: "string", default: "64" },
   },
 });
 
-/** Kernel mode: RoutingService.Invoke on grpc-js, routing to the agent at `agentEndpoint`. */
-async function serveKernel(agentEndpoint: string): Promise<void> {
-  const agent = create(AgentSchema, {
-    id: "bench-agent", tenant: "bench", name: "echo", endpoint: agentEndpoint, status: AgentStatus.HEALTHY,
-    capabilities: [{ name: "echo", version: "1.0.0" }], heartbeatAt: timestampFromMs(Date.now()),
+const root = fileURLToPath(new URL("..", import.meta.url));
+
+// The whole kernel (built), plaintext so the figure is the routing hop, with the limits lifted
+// for the bench's one address and tenant and the tenant at tier 1 (metadata may leave).
+const BENCH_CONFIG = {
+  identity: { source: "none" },
+  nats: { leaf: "off" },
+  rateLimit: { ipOverrides: { "127.0.0.1": 1_000_000_000 }, tenantTiers: { bench: 3 }, tierLimits: { 3: 1_000_000_000 } },
+  egress: { tenantTiers: { bench: 1 } },
+  ...(process.env.NOPS_BENCH_NO_DGE ? { dge: { enabled: false } } : {}),
+};
+
+async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number }> {
+  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
+  const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-invoke-"));
+  const config = join(dataDir, "bench.json");
+  writeFileSync(config, JSON.stringify(BENCH_CONFIG));
+  const child = spawn(process.execPath, [...(process.env.NOPS_BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.NOPS_BENCH_PROFILE}`] : []), join(root, "dist/src/cli.js"), "serve", "--config", config], {
+    env: { ...process.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
+    stdio: ["ignore", "pipe", "inherit"],
   });
-  const router = createRouter(
-    {
-      agents: { listRoutable: () => [agent] }, credentials: grpc.credentials.createInsecure(), clock: systemClock,
-      logger: createSilentLogger(), meter: createNoopMeter(),
-    },
-    resolveRoutingOptions({}),
-  );
-  const service = createRoutingService({ router }, resolveRoutingServiceOptions({}));
-  const server = new grpc.Server();
-  // A minimal grpc-js adapter for one unary method (the lead's bind-service does this for real).
-  server.addService(
-    {
-      invoke: {
-        path: `/${RoutingService.typeName}/Invoke`, requestStream: false, responseStream: false,
-        requestDeserialize: (b: Buffer) => fromBinary(InvokeRequestSchema, b),
-        requestSerialize: (m) => Buffer.from(toBinary(InvokeRequestSchema, m as never)),
-        responseSerialize: (m) => Buffer.from(toBinary(InvokeResponseSchema, create(InvokeResponseSchema, m as never))),
-        responseDeserialize: (b: Buffer) => fromBinary(InvokeResponseSchema, b),
-      },
-    },
-    {
-      invoke(call: grpc.ServerUnaryCall<ReturnType<typeof fromBinary<typeof InvokeRequestSchema>>, unknown>, cb: grpc.sendUnaryData<unknown>) {
-        const deadline = call.getDeadline();
-        const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-        const ctx = createHandlerContext({
-          service: RoutingService, method: RoutingService.method.invoke, protocolName: "grpc", requestMethod: "POST",
-          url: `/${RoutingService.typeName}/Invoke`, timeoutMs: Number.isFinite(ms) ? ms - Date.now() : undefined,
-          requestHeader: Object.fromEntries(Object.entries(call.metadata.getMap()).map(([k, v]) => [k, String(v)])),
-        });
-        Promise.resolve(service.invoke(call.request, ctx)).then(
-          (res) => cb(null, res),
-          (e: unknown) => cb({ code: grpc.status.UNAVAILABLE, details: String(e) }),
-        );
-      },
-    },
-  );
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
-  process.stdout.write(`READY ${port}\n`);
+  const grpcPort = await new Promise<number>((resolve, reject) => {
+    child.once("exit", (c) => reject(new Error(`kernel exited ${c}`)));
+    createInterface({ input: child.stdout! }).on("line", (l) => {
+      const m = /"grpc":"[^"]*:(\d+)"/.exec(l);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+  return { process: child, grpcPort };
 }
 
 type Call = () => Promise<void>;
@@ -130,15 +109,10 @@ async function main(): Promise<void> {
   const seconds = Number(args.seconds);
   const concurrency = Number(args.concurrency);
   const agent = await spawnEchoAgent({ name: "bench-echo" });
-  const kernel = spawn(process.execPath, ["--import", "tsx", fileURLToPath(import.meta.url), "--serve-kernel", agent.endpoint], { stdio: ["ignore", "pipe", "inherit"] });
+  const { process: kernel, grpcPort: kernelPort } = await startKernel();
   try {
-    const kernelPort = await new Promise<number>((resolve, reject) => {
-      kernel.once("exit", (c) => reject(new Error(`kernel exited ${c}`)));
-      createInterface({ input: kernel.stdout }).on("line", (l) => {
-        const m = /^READY (\d+)$/.exec(l);
-        if (m) resolve(Number(m[1]));
-      });
-    });
+    const registry = createClient(AgentRegistryService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }));
+    await registry.registerAgent({ tenant: "bench", name: "echo", version: "1", endpoint: agent.endpoint, capabilities: [{ name: "echo", version: "1.0.0" }] });
     const payload = new TextEncoder().encode("x".repeat(64));
     const direct = new grpc.Client(agent.endpoint, grpc.credentials.createInsecure());
     const viaKernel = new grpc.Client(`127.0.0.1:${kernelPort}`, grpc.credentials.createInsecure());
@@ -170,10 +144,10 @@ async function main(): Promise<void> {
     direct.close();
     viaKernel.close();
   } finally {
-    kernel.kill("SIGKILL");
+    kernel.kill("SIGTERM");
     await agent.kill();
   }
 }
 
-if (args["serve-kernel"]) await serveKernel(args["serve-kernel"]);
-else await main();
+await main();
+process.exit(0);

@@ -43,6 +43,7 @@ import { createEventBusService } from "./events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions, type LeafSupervisor } from "./events/leaf-supervisor.js";
 import type { PrePublishHook } from "./events/outbox-relay.js";
 import { createRouter } from "./routing/router.js";
+import { agentCallData } from "./routing/agent-channel-pool.js";
 import { AdminService } from "../gen/nops/kernel/v1/admin_pb.js";
 import { Tier } from "../gen/nops/dge/v1/dge_pb.js";
 import { createStatusMatrix, type DependencyProbe } from "./admin/status-matrix.js";
@@ -189,7 +190,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     {
       agents: registry,
       credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
-      interceptors: [createGrpcEgressInterceptor(guard, "agent")],
+      interceptors: [createGrpcEgressInterceptor(guard, "agent", agentCallData)],
       clock,
       logger,
       meter,

@@ -11,7 +11,16 @@ export const TENANT_HEADER = "x-nops-tenant";
  * until the guard allowed its first message; a blocked call ends with PERMISSION_DENIED.
  * `destination` names the client, e.g. "billing"; the method path is appended.
  */
-export function createGrpcEgressInterceptor(guard: EgressGuard, destination: string): GrpcInterceptor {
+export function createGrpcEgressInterceptor(
+  guard: EgressGuard,
+  destination: string,
+  /**
+   * What of an outbound message is data to classify (default: all of it). A selector leaves out
+   * fields the kernel mints itself (deadlines, request ids, attempt numbers) that would otherwise
+   * make every message unique and defeat the verdict cache.
+   */
+  select: (path: string, message: unknown) => unknown = (_path, message) => message,
+): GrpcInterceptor {
   return (options: InterceptorOptions, nextCall: NextCall) => {
     const path = options.method_definition.path;
     let startNext: (() => void) | undefined;
@@ -33,7 +42,7 @@ export function createGrpcEgressInterceptor(guard: EgressGuard, destination: str
       sendMessage(message, next) {
         chain = chain.then(async () => {
           if (denied) return;
-          const d = await guard.check({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: message, override });
+          const d = await guard.check({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: select(path, message), override });
           if (!d.allowed) {
             denied = true;
             const e = egressDeniedError(d);

@@ -36,6 +36,16 @@ export interface AgentClient {
   handleStream(request: HandleStreamRequest, options: AgentCallOptions): grpc.ClientReadableStream<HandleStreamResponse>;
 }
 
+/**
+ * The data of an agent call, for the Egress Guard: capability, content type and payload. The rest
+ * of an Invocation (deadline, trace context, request id, attempt) is minted by the kernel in
+ * validated formats and changes on every call.
+ */
+export function agentCallData(_path: string, message: unknown): unknown {
+  const inv = (message as Partial<HandleRequest | HandleStreamRequest>).invocation;
+  return inv ? { capability: inv.capability, contentType: inv.contentType, payload: inv.payload } : message;
+}
+
 /** One channel per agent endpoint, reused by every call and closed when the endpoint goes away. */
 export interface AgentChannelPool {
   /** The client of an endpoint ("host:port" or "grpc(s)://host:port"); throws EndpointError. */
