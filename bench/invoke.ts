@@ -49,7 +49,7 @@ async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number 
   });
   const grpcPort = await new Promise<number>((resolve, reject) => {
     child.once("exit", (c) => reject(new Error(`kernel exited ${c}`)));
-    createInterface({ input: child.stdout! }).on("line", (l) => {
+    createInterface({ input: child.stdout }).on("line", (l) => {
       const m = /"grpc":"[^"]*:(\d+)"/.exec(l);
       if (m) resolve(Number(m[1]));
     });

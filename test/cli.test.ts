@@ -42,7 +42,7 @@ test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) a
     NOPS_GRPC_PORT: String(grpcPort),
     NOPS_HTTP_PORT: String(httpPort),
   });
-  await waitFor(() => /kernel started/.test(kernel.output()), 30_000, "kernel start");
+  await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 30_000);
   const examples = readmeExamples(grpcPort, httpPort, dataDir);
   t.true(examples.length >= 4, "README has curl and buf curl examples");
   const outputs = examples.map((script) => execFileSync("bash", ["-euo", "pipefail", "-c", script], { cwd: root, encoding: "utf8" }));

@@ -7,7 +7,7 @@ import type { EventSink, KernelEvent } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { CapabilitySpec, Criticality, StatusMatrixOptions } from "./status-matrix-options.js";
 
-/** Probes one dependency; must be cheap and never block (a ReadinessCheck). Throwing counts as down. */
+/** Probes one dependency; must be cheap and never block. Throwing counts as down. */
 export type DependencyProbe = () => DependencyStatus;
 
 /** How a capability is serving. */

@@ -278,7 +278,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     nats: resolveNats(s.nats),
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
-    admin: { status: resolveStatusMatrixOptions((readSection(s.admin, "admin", { status: {} }).status ?? {}) as object, "admin.status") },
+    admin: { status: resolveStatusMatrixOptions((readSection(s.admin, "admin", { status: {} }).status ?? {}), "admin.status") },
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }

@@ -24,7 +24,7 @@ import {
 import { egressClassName, piiKindOf, tierOf, type TierName } from "../dge/dge-codes.js";
 import { DgeSignatureError } from "../dge/dge-signature.js";
 import { createDgeCache, DEFAULT_DGE_CACHE_CHANNEL, DEFAULT_DGE_CACHE_KEY_PREFIX, DEFAULT_DGE_CACHE_MAX_ENTRIES, DEFAULT_DGE_CACHE_TTL_MS, type CachedVerdict, type DgeCache } from "./dge-cache.js";
-import { createOverrideVerifier } from "./override-grant.js";
+import { createOverrideVerifier, createSqliteUsedGrants } from "./override-grant.js";
 import { payloadText } from "./payload-text.js";
 
 /** Options of the Egress Guard. */
@@ -170,7 +170,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   const latency = deps.meter.createHistogram("egress_guard_latency_ms", { description: "Time the Egress Guard took to decide", unit: "ms" });
   const dgeErrors = deps.meter.createCounter("dge_classification_errors_total", { description: "DGE calls that gave no usable answer" });
   const hitRate = deps.meter.createObservableGauge("dge_cache_hit_rate", { description: "Share of DGE policy and verdict lookups served from cache" });
-  const overrides = createOverrideVerifier(deps.clock, options.approvers, options.requiredApprovals);
+  const overrides = createOverrideVerifier(deps.clock, options.approvers, options.requiredApprovals, deps.db ? createSqliteUsedGrants(deps.db) : undefined);
   const cache: DgeCache = createDgeCache(
     {
       clock: deps.clock,

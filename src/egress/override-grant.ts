@@ -1,3 +1,4 @@
+import type { Db } from "../store/database.js";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Clock } from "../common/clock.js";
 import { EGRESS_CLASS_NAMES, type EgressClassName } from "../dge/dge-codes.js";
@@ -78,14 +79,50 @@ export interface OverrideVerifier {
   check(header: string, tenant: string, destination: string): OverrideCheck;
 }
 
-/** Creates the verifier over the approver set (approver id -> HMAC key). */
-export function createOverrideVerifier(clock: Clock, approvers: Readonly<Record<string, string>>, requiredApprovals = 2): OverrideVerifier {
-  // id -> expiry: a used grant stays refused until it expires, after which expiry refuses it anyway.
+/** Grants already used. A used grant stays refused until it expires, when expiry refuses it anyway. */
+export interface UsedGrants {
+  /** Records `id` as used; false when it already was. */
+  claim(id: string, expiresAt: number): boolean;
+  /** Forgets grants expired before `now`. */
+  prune(now: number): void;
+}
+
+/** Used grants in memory (a restart forgets them: use the SQLite store in the kernel). */
+export function createMemoryUsedGrants(): UsedGrants {
   const used = new Map<string, number>();
+  return {
+    claim(id, expiresAt) {
+      if (used.has(id)) return false;
+      used.set(id, expiresAt);
+      return true;
+    },
+    prune(now) {
+      for (const [id, exp] of used) if (exp < now) used.delete(id);
+    },
+  };
+}
+
+/** Used grants in SQLite (migration 0005), so a restart within a grant's hour cannot replay it. */
+export function createSqliteUsedGrants(db: Db): UsedGrants {
+  const insert = db.prepare("INSERT OR IGNORE INTO egress_override_uses (grant_id, expires_at) VALUES (?, ?)");
+  const prune = db.prepare("DELETE FROM egress_override_uses WHERE expires_at < ?");
+  return {
+    claim: (id, expiresAt) => insert.run(id, expiresAt).changes === 1,
+    prune: (now) => void prune.run(now),
+  };
+}
+
+/** Creates the verifier over the approver set (approver id -> HMAC key). */
+export function createOverrideVerifier(
+  clock: Clock,
+  approvers: Readonly<Record<string, string>>,
+  requiredApprovals = 2,
+  used: UsedGrants = createMemoryUsedGrants(),
+): OverrideVerifier {
   return {
     check(header, tenant, destination) {
       const now = clock.now();
-      for (const [id, exp] of used) if (exp < now) used.delete(id);
+      used.prune(now);
       const parsed = parse(header);
       if (!parsed) return { ok: false, reason: "override_malformed", grantId: "" };
       const { grant, approvals } = parsed;
@@ -102,8 +139,7 @@ export function createOverrideVerifier(clock: Clock, approvers: Readonly<Record<
       if (grant.expiresAt - grant.issuedAt > MAX_OVERRIDE_TTL_MS || grant.expiresAt <= grant.issuedAt) return fail("override_bad_validity");
       if (now >= grant.expiresAt || now < grant.issuedAt - 60_000) return fail("override_expired");
       if (grant.tenant !== tenant || !destinationAllowed(grant.destinations, destination)) return fail("override_scope_mismatch");
-      if (used.has(grant.id)) return fail("override_replayed");
-      used.set(grant.id, grant.expiresAt);
+      if (!used.claim(grant.id, grant.expiresAt)) return fail("override_replayed");
       return { ok: true, grant, approvers: [...valid].sort() };
     },
   };

@@ -1,5 +1,7 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
+import { fromBinary } from "@bufbuild/protobuf";
+import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import type { Meter } from "@opentelemetry/api";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
@@ -9,6 +11,15 @@ import type { Logger } from "../telemetry/logger.js";
 export interface PrePublishVerdict {
   allowed: boolean;
   reason?: string;
+}
+
+// The trace context the event was written under (EventEnvelope.traceparent), or "".
+function envelopeTraceparent(envelope: Uint8Array): string {
+  try {
+    return fromBinary(EventEnvelopeSchema, envelope).traceparent;
+  } catch {
+    return "";
+  }
 }
 
 /** The Egress Guard's hook, called before every event that crosses to the hub. */
@@ -191,6 +202,10 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
   const publishRow = (js: JetStreamClient, row: Row, extra: Record<string, string>): void => {
     const h = natsHeaders();
     for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    // W3C trace context rides on the message too, so the hub and consumers continue the trace
+    // of the operation that wrote the event without decoding the envelope.
+    const traceparent = envelopeTraceparent(row.envelope);
+    if (traceparent && !h.has("traceparent")) h.set("traceparent", traceparent);
     inFlight++;
     js.publish(row.subject, row.envelope, { msgID: outboxMessageId(options.edgeId, row.id), headers: h, timeout: options.publishTimeoutMs })
       .then((ack) => {

@@ -37,10 +37,10 @@ test("runbook redis-down - limits fall back to memory, every response still carr
   t.teardown(() => redis.kill());
   const k = await startTestKernel(t, { ...POLLING, redis: { url: `redis://127.0.0.1:${redis.port}` } });
   const registry = k.client(AgentRegistryService, "connect-json");
-  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, 10_000, "redis ready");
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, "redis ready", 10_000);
 
   await redis.kill();
-  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.DEGRADED, 10_000, "rate-limit degraded");
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.DEGRADED, "rate-limit degraded", 10_000);
   const r = await readyz(k);
   t.is(r.code, 200, "an ESSENTIAL dependency never makes the kernel unready");
   t.is(r.body.dependencies.find((d) => d.name === "redis")?.state, "down");
@@ -50,7 +50,7 @@ test("runbook redis-down - limits fall back to memory, every response still carr
 
   const again = await startRedisServer(redis.port);
   t.teardown(() => again.kill());
-  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, 20_000, "rate-limit recovered");
+  await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, "rate-limit recovered", 20_000);
 });
 
 test("runbook nats-down - Publish keeps succeeding into the outbox, drains when the leaf returns", async (t) => {
@@ -64,24 +64,24 @@ test("runbook nats-down - Publish keeps succeeding into the outbox, drains when 
     egress: { tenantTiers: { acme: 1 } },
   });
   const bus = k.client(EventBusService, "grpc-js");
-  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, 20_000, "event bus connected");
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, "event bus connected", 20_000);
 
   await topo.leaf.kill9();
-  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.DEGRADED, 20_000, "event bus degraded");
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.DEGRADED, "event bus degraded", 20_000);
   t.is((await readyz(k)).code, 200);
   const acked: string[] = [];
   for (let i = 0; i < 5; i++) acked.push((await bus.publish({ tenant: "acme", subject: "jobs.done", payload: new TextEncoder().encode(`{"job":${i}}`) })).eventId);
   t.is(acked.length, 5, "Publish is acknowledged while NATS is down");
 
   await topo.leaf.start();
-  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, 30_000, "event bus recovered");
+  await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, "event bus recovered", 30_000);
   await waitFor(async () => {
     const Database = (await import("better-sqlite3")).default;
     const db = new Database(k.kernel.options.databasePath, { readonly: true });
     const n = (db.prepare("SELECT count(*) AS n FROM outbox o WHERE o.event_id IN (" + acked.map(() => "?").join(",") + ") AND o.published_at IS NOT NULL").get(...acked) as { n: number }).n;
     db.close();
     return n === acked.length;
-  }, 30_000, "outbox drained");
+  }, "outbox drained", 30_000);
   t.pass();
 });
 
@@ -95,10 +95,10 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
   const routing = k.client(RoutingService, "grpc-js");
   await registry.registerAgent({ ...agent, endpoint: echo.endpoint, capabilities: [{ name: "echo" }] });
   await routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"ping"}') });
-  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, 15_000, "egress guard normal");
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, "egress guard normal", 15_000);
 
   await dge.kill9();
-  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.BLOCKED, 15_000, "egress guard blocked");
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.BLOCKED, "egress guard blocked", 15_000);
   const err = await t.throwsAsync(routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"fresh-payload"}') }));
   t.is(ConnectError.from(err).code, Code.PermissionDenied);
   t.regex(ConnectError.from(err).rawMessage, /dge_timeout|dge_error/);
@@ -108,7 +108,7 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
 
   const again = await spawnDge(t, { port });
   t.is(again.url, dge.url);
-  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, 20_000, "egress guard recovered");
+  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, "egress guard recovered", 20_000);
   const ok = await routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"after"}') });
   t.is(new TextDecoder().decode(ok.payload), '{"op":"after"}');
 });
@@ -132,9 +132,9 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
 
   wl.failWith(grpc.status.UNAVAILABLE);
   wl.endStreams(grpc.status.UNAVAILABLE);
-  await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, 15_000, "identity degraded");
+  await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, "identity degraded", 15_000);
   t.truthy(await createClient(AgentRegistryService, transport).registerAgent(agent), "mTLS calls keep working on the current SVID");
 
   wl.failWith(null);
-  await waitFor(async () => (await identityMode()) === CapabilityMode.NORMAL, 30_000, "identity recovered");
+  await waitFor(async () => (await identityMode()) === CapabilityMode.NORMAL, "identity recovered", 30_000);
 });

@@ -2,7 +2,7 @@ import test from "ava";
 import { createManualClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
-import { createOverrideVerifier, encodeOverrideGrant, type OverrideGrant } from "../../src/egress/override-grant.js";
+import { createOverrideVerifier, createSqliteUsedGrants, encodeOverrideGrant, type OverrideGrant } from "../../src/egress/override-grant.js";
 import { DGE_KEYS, makeMeter, makeStore, silent } from "../fixtures/dge-helpers.js";
 
 const approvers = { alice: "alice-approver-key-0123456789abcdef0", bob: "bob-approver-key-0123456789abcdef000", carol: "carol-approver-key-0123456789abcdef" };
@@ -21,6 +21,20 @@ test("override grant - two distinct approvers, unexpired and in scope: accepted 
   t.true(r.ok);
   t.deepEqual(r.ok && r.approvers, ["alice", "bob"]);
   t.like(v.check(header, "acme", "compliance:https://c.example/v1/evidence"), { ok: false, reason: "override_replayed" });
+});
+
+test("override grant - a used grant stays refused across a restart (SQLite) until it expires", (t) => {
+  const clock = createManualClock();
+  const { db } = makeStore(clock);
+  const header = encodeOverrideGrant(grant(clock), [A, B]);
+  const dest = "compliance:https://c.example/v1/evidence";
+  t.true(createOverrideVerifier(clock, approvers, 2, createSqliteUsedGrants(db)).check(header, "acme", dest).ok);
+  // A new verifier over the same database: the kernel after a restart.
+  const restarted = createOverrideVerifier(clock, approvers, 2, createSqliteUsedGrants(db));
+  t.like(restarted.check(header, "acme", dest), { ok: false, reason: "override_replayed" });
+  clock.advance(31 * 60_000);
+  t.like(restarted.check(header, "acme", dest), { ok: false, reason: "override_expired" });
+  t.is((db.prepare("SELECT count(*) AS n FROM egress_override_uses").get() as { n: number }).n, 0, "expired uses are pruned");
 });
 
 test("override grant - expired, single-approver, same approver twice, tampered, too long and out-of-scope grants are refused", (t) => {

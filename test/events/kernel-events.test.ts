@@ -30,7 +30,7 @@ test("kernel events - registry writes and Publish reach the hub through the leaf
   await waitFor(async () => {
     envelopes = await readStreamEnvelopes(topo.hub.url, topo.hubUser, hubStream);
     return envelopes.some((e) => e.type === "agent.registered.v1") && envelopes.some((e) => e.id === published.eventId);
-  }, 30_000, "events at the hub").catch((e: unknown) => { throw new Error(`${String(e)}\n${k.logs.filter((l) => /events|relay|nats|egress|blocked/i.test(l)).slice(-15).join("\n")}`); });
+  }, "events at the hub", 30_000).catch((e: unknown) => { throw new Error(`${String(e)}\n${k.logs.filter((l) => /events|relay|nats|egress|blocked/i.test(l)).slice(-15).join("\n")}`); });
   const registered = envelopes.find((e) => e.type === "agent.registered.v1" && e.tenant === "acme")!;
   t.is(fromBinary(AgentRegisteredSchema, registered.payload).agent?.id, agent!.id);
   t.false(envelopes.some((e) => e.tenant === "globex" && e.type === "agent.registered.v1"), "the tier 3 PII event never left the edge");

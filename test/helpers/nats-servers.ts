@@ -1,6 +1,7 @@
+import { freePort, waitFor } from "./processes.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, connect as netConnect } from "node:net";
+import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -9,18 +10,6 @@ import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.
 /** Path of the nats-server binary the integration tests use. */
 export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
 
-/** Picks a free loopback port (bind 0, read, close). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -33,15 +22,6 @@ async function canConnect(port: number): Promise<boolean> {
   });
 }
 
-/** Polls `check` until true or the deadline passes. */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, stepMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-}
 
 /** One nats-server process started from a rendered config. */
 export interface NatsServerProcess {
@@ -193,3 +173,5 @@ export async function startNatsTopology(options: { edgeDomain?: string; startHub
     },
   };
 }
+
+export { freePort, waitFor };

@@ -14,8 +14,8 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` until it returns true or `timeoutMs` passes. */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+/** Polls `check` (a throw counts as "not yet") until it returns true or `timeoutMs` passes. */
+export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, stepMs = 50): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -24,7 +24,7 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
       // not yet
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, stepMs));
   }
 }
 

@@ -1,5 +1,5 @@
+import { freePort } from "./processes.js";
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 
 /** A redis-server started for one test. */
@@ -10,16 +10,6 @@ export interface RedisServer {
   kill(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Starts `redis-server` on a free loopback port with persistence off; waits (bounded) until it accepts connections. */
 export async function startRedisServer(onPort?: number): Promise<RedisServer> {

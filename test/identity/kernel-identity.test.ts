@@ -155,9 +155,9 @@ test("identity - a rotated SVID is presented on new handshakes while an open con
   const before = await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid);
   const rotated = await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
   s.wl.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, svid: rotated, bundle: s.ca.certDer });
-  await waitFor(async () => (await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid)).serialNumber !== before.serialNumber, 10_000, "rotation");
+  await waitFor(async () => (await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid)).serialNumber !== before.serialNumber, "rotation", 10_000);
   for (const port of [s.k.kernel.grpcPort, s.k.kernel.httpPort]) {
-    await waitFor(async () => (await presentedCertificate(port, s.caPem, adminSvid)).fingerprint256 !== before.fingerprint256, 10_000, `new certificate on ${port}`);
+    await waitFor(async () => (await presentedCertificate(port, s.caPem, adminSvid)).fingerprint256 !== before.fingerprint256, `new certificate on ${port}`, 10_000);
   }
   // The connection opened before the rotation still serves calls.
   for (let i = 0; i < 20; i++) await client.listAgents({ tenant: "acme" });
