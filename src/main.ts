@@ -52,6 +52,7 @@ import { createPollingProbe, redisProbe } from "./admin/dependency-probes.js";
 import { createTelemetry } from "./telemetry/telemetry.js";
 import { rpcMetricsInterceptor } from "./telemetry/rpc-metrics-interceptor.js";
 import { tracingInterceptor } from "./telemetry/tracing-interceptor.js";
+import { connectTracingInterceptor } from "./telemetry/connect-tracing-interceptor.js";
 import { tracingEventSink } from "./telemetry/tracing-event-sink.js";
 import { traceDatabaseTransactions } from "./telemetry/trace-database-transactions.js";
 import { registerGrpcInstrumentation } from "./telemetry/register-instrumentation.js";
@@ -145,7 +146,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
     closers.push(() => dgeServer?.close());
   }
-  const dge = createDgeClient({ clock, tls: tls?.clientOptions() }, dgeClientOptions);
+  const dge = createDgeClient({ clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] }, dgeClientOptions);
   const guard = createEgressGuard({ clock, logger, meter, dge, events, audit, db, redis, redisSubscriber }, options.egress);
   closers.push(() => guard.close());
   guardedJwksFetch = createGuardedFetch(guard, "jwks") as typeof fetch;

@@ -45,6 +45,8 @@ export interface DgeClientDeps {
   clock: Clock;
   /** TLS material for https URLs (the kernel's SVID and trust bundle when mTLS is on). */
   tls?: Pick<http2.SecureClientSessionOptions, "ca" | "cert" | "key" | "servername" | "checkServerIdentity">;
+  /** Run before the signature check, outermost first (e.g. the tracing interceptor that propagates trace context). */
+  interceptors?: Interceptor[];
 }
 
 /** A typed DataGovernanceService client whose every response has a verified signature. */
@@ -69,7 +71,7 @@ export function createDgeClient(deps: DgeClientDeps, options: DgeClientOptions):
   const common = {
     baseUrl: options.url,
     httpVersion: "2" as const,
-    interceptors: [verify],
+    interceptors: [...(deps.interceptors ?? []), verify],
     ...(deps.tls && options.url.startsWith("https:") ? { nodeOptions: deps.tls } : {}),
   };
   const transport = options.protocol === "grpc" ? createGrpcTransport(common) : createConnectTransport(common);
