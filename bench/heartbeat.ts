@@ -12,6 +12,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { AgentRegistryService, HeartbeatRequestSchema, HeartbeatResponseSchema } from "../gen/nops/kernel/v1/agent_registry_pb.js";
+import { firstLine } from "./lib/child-output.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({ options: { seconds: { type: "string", default: "8" }, concurrency: { type: "string", default: "64" }, connections: { type: "string", default: "4" } } });
@@ -19,18 +20,6 @@ const durationMs = Number(values.seconds) * 1000;
 const concurrency = Number(values.concurrency);
 const connections = Number(values.connections);
 const root = new URL("..", import.meta.url).pathname;
-
-function firstLine(child: ChildProcess, match: RegExp): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = "";
-    child.stdout?.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = out.match(match);
-      if (m) resolve(m[1] ?? m[0]);
-    });
-    child.once("exit", (code) => reject(new Error(`exited with ${code}: ${out}`)));
-  });
-}
 
 function grpcHeartbeatCaller(port: number, ids: string[], tlsDir?: string): (worker: number) => Promise<void> {
   const methodPath = "/nops.kernel.v1.AgentRegistryService/Heartbeat";

@@ -5,7 +5,7 @@
 // A third run shows the cost without instrumentation-grpc (the kernel's tracing interceptor opens
 // the server span itself). --ratio sets the root sampling ratio of the traced runs.
 // Usage: node --import tsx bench/tracing.ts [--seconds 8] [--concurrency 64] [--connections 4] [--ratio 1] [--rounds 3]
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -42,6 +42,7 @@ import { rpcMetricsInterceptor } from "../src/telemetry/rpc-metrics-interceptor.
 import { tracingInterceptor } from "../src/telemetry/tracing-interceptor.js";
 import { tracingEventSink } from "../src/telemetry/tracing-event-sink.js";
 import { traceDatabaseTransactions } from "../src/telemetry/trace-database-transactions.js";
+import { firstLine } from "./lib/child-output.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -95,18 +96,6 @@ async function serve(mode: string, sink: string | undefined, ratio: number): Pro
       rmSync(dir, { recursive: true, force: true });
       process.exit(0);
     })();
-  });
-}
-
-function firstLine(child: ChildProcess, match: RegExp): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = "";
-    child.stdout?.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = out.match(match);
-      if (m) resolve(m[1] ?? m[0]);
-    });
-    child.once("exit", (code) => reject(new Error(`exited with ${code}: ${out}`)));
   });
 }
 

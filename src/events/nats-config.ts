@@ -45,9 +45,12 @@ function quoted(field: string, value: string): string {
   return JSON.stringify(value);
 }
 
-/** Renders a leaf node config: account KERNEL with JetStream in its own domain, one leafnode remote to the hub. */
-export function renderLeafConfig(v: LeafConfigValues): string {
-  const lines = [
+// Both servers: name, loopback client port, JetStream in their domain, one account with one user.
+function serverHead(
+  v: { serverName: string; port: number; httpPort?: number; storeDir: string; domain: string; user: string; password: string },
+  account: string,
+): string[] {
+  return [
     `server_name: ${quoted("serverName", v.serverName)}`,
     `listen: "127.0.0.1:${v.port}"`,
     ...(v.httpPort !== undefined ? [`http: "127.0.0.1:${v.httpPort}"`] : []),
@@ -56,12 +59,17 @@ export function renderLeafConfig(v: LeafConfigValues): string {
     `  domain: ${quoted("domain", v.domain)}`,
     `}`,
     `accounts {`,
-    `  KERNEL {`,
+    `  ${account} {`,
     `    jetstream: enabled`,
     `    users: [ { user: ${quoted("user", v.user)}, password: ${quoted("password", v.password)} } ]`,
     `  }`,
     `}`,
   ];
+}
+
+/** Renders a leaf node config: account KERNEL with JetStream in its own domain, one leafnode remote to the hub. */
+export function renderLeafConfig(v: LeafConfigValues): string {
+  const lines = serverHead(v, "KERNEL");
   if (v.hubUrl !== undefined) {
     lines.push(
       `leafnodes {`,
@@ -76,19 +84,7 @@ export function renderLeafConfig(v: LeafConfigValues): string {
 /** Renders the hub config: account EDGES with JetStream in the hub domain; edges' leaf nodes bind to EDGES. */
 export function renderHubConfig(v: HubConfigValues): string {
   return [
-    `server_name: ${quoted("serverName", v.serverName)}`,
-    `listen: "127.0.0.1:${v.port}"`,
-    ...(v.httpPort !== undefined ? [`http: "127.0.0.1:${v.httpPort}"`] : []),
-    `jetstream {`,
-    `  store_dir: ${quoted("storeDir", v.storeDir)}`,
-    `  domain: ${quoted("domain", v.domain)}`,
-    `}`,
-    `accounts {`,
-    `  EDGES {`,
-    `    jetstream: enabled`,
-    `    users: [ { user: ${quoted("user", v.user)}, password: ${quoted("password", v.password)} } ]`,
-    `  }`,
-    `}`,
+    ...serverHead(v, "EDGES"),
     `leafnodes {`,
     `  listen: "127.0.0.1:${v.leafPort}"`,
     `  authorization { user: ${quoted("leafUser", v.leafUser)}, password: ${quoted("leafPassword", v.leafPassword)}, account: "EDGES" }`,
