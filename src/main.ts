@@ -181,7 +181,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
     return { allowed: d.allowed, reason: d.reason };
   };
-  const bus = createEventBus({ db, clock, logger, meter, sink: events, prePublish }, { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl });
+  const bus = createEventBus({ db, clock, logger, meter, sink: events, prePublish, tracer }, { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl });
   if (natsUrl) {
     bus.start();
     closers.push(() => bus.stop());
@@ -261,7 +261,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
     bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
     bind(RoutingService, createRoutingService({ router }, options.routing.service)),
-    bind(EventBusService, createEventBusService({ db, clock, logger, bus, prePublish }, options.events.service)),
+    bind(EventBusService, createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service)),
     bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
   ];
   const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);

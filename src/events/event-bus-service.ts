@@ -27,6 +27,8 @@ import {
 } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { DeadLetterSchema, DeliveredMessageSchema } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import type { EventBus } from "./event-bus.js";
+import type { Tracer } from "@opentelemetry/api";
+import { startConsumerSpan } from "../telemetry/trace-context.js";
 import type { PrePublishHook } from "./outbox-relay.js";
 import { DLQ_HEADERS, deadLetterSubject } from "./dead-letter-mover.js";
 
@@ -74,6 +76,8 @@ export interface EventBusServiceDeps {
   bus: EventBus;
   /** The Egress Guard hook, applied to Reprocess (the relay applies it to everything else). */
   prePublish?: PrePublishHook;
+  /** When tracing is on: one consumer span per delivered message, continuing its trace. */
+  tracer?: Tracer;
 }
 
 const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -310,7 +314,15 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
       try {
         for await (const m of messages) {
           if (ctx.signal.aborted) break;
-          yield { $typeName: "nops.kernel.v1.SubscribeResponse", message: toDelivered(req.tenant, m) };
+          const headers: Record<string, string> = {};
+          for (const key of m.headers?.keys() ?? []) headers[key.toLowerCase()] = m.headers?.get(key) ?? "";
+          // The span covers handing the message to the subscriber; it ends when the stream asks for the next.
+          const span = deps.tracer && startConsumerSpan(deps.tracer, m.subject, headers);
+          try {
+            yield { $typeName: "nops.kernel.v1.SubscribeResponse", message: toDelivered(req.tenant, m) };
+          } finally {
+            span?.end();
+          }
         }
       } finally {
         ctx.signal.removeEventListener("abort", onAbort);

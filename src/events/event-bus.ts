@@ -11,7 +11,7 @@ import {
   type JetStreamManager,
   type StreamConfig,
 } from "@nats-io/jetstream";
-import type { Meter } from "@opentelemetry/api";
+import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
@@ -40,6 +40,8 @@ export interface EventBusDeps {
   sink: EventSink;
   /** The Egress Guard's pre-publish hook; default allow. */
   prePublish?: PrePublishHook;
+  /** When tracing is on: producer spans for relayed events. */
+  tracer?: Tracer;
   /** Observes rows acknowledged by the leaf stream (bench, tests). */
   onPublished?: (row: PublishedRow) => void;
 }
@@ -98,7 +100,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   const active = new Map<string, Degradation>();
 
   const relay = createOutboxRelay(
-    { db, clock, logger: logger.child({ part: "relay" }), meter, jetstream: () => (ready ? js : undefined), prePublish: deps.prePublish, onPublished: deps.onPublished },
+    { db, clock, logger: logger.child({ part: "relay" }), meter, jetstream: () => (ready ? js : undefined), prePublish: deps.prePublish, onPublished: deps.onPublished, tracer: deps.tracer },
     options,
   );
   const confirmer = createHubConfirmer({ db, clock }, options);

@@ -2,7 +2,8 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { fromBinary } from "@bufbuild/protobuf";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
-import type { Meter } from "@opentelemetry/api";
+import { SpanStatusCode, type Meter, type Tracer } from "@opentelemetry/api";
+import { startProducerSpan } from "../telemetry/trace-context.js";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
@@ -44,6 +45,8 @@ export interface OutboxRelayDeps {
   prePublish?: PrePublishHook;
   /** Called as each PubAck arrives, before the receipt is recorded (the bench measures publish->leaf with it). */
   onPublished?: (row: PublishedRow) => void;
+  /** When tracing is on: one producer span per publish, child of the event's trace. */
+  tracer?: Tracer;
 }
 
 /** Relay settings (a subset of EventBusOptions). */
@@ -204,11 +207,13 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     for (const [k, v] of Object.entries(extra)) h.set(k, v);
     // W3C trace context rides on the message too, so the hub and consumers continue the trace
     // of the operation that wrote the event without decoding the envelope.
-    const traceparent = envelopeTraceparent(row.envelope);
-    if (traceparent && !h.has("traceparent")) h.set("traceparent", traceparent);
+    const traceparent = envelopeTraceparent(row.envelope) || undefined;
+    const producer = deps.tracer && startProducerSpan(deps.tracer, row.subject, traceparent);
+    for (const [k, v] of Object.entries(producer?.headers ?? (traceparent ? { traceparent } : {}))) if (!h.has(k)) h.set(k, v);
     inFlight++;
     js.publish(row.subject, row.envelope, { msgID: outboxMessageId(options.edgeId, row.id), headers: h, timeout: options.publishTimeoutMs })
       .then((ack) => {
+        producer?.span.end();
         const acked = { outboxId: row.id, streamSeq: ack.seq };
         deps.onPublished?.(acked);
         pendingAcks.push({ row: acked, createdAt: row.createdAt });
@@ -224,6 +229,8 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       })
       .catch((err: unknown) => {
         const message = err instanceof Error ? err.message : String(err);
+        producer?.span.setStatus({ code: SpanStatusCode.ERROR, message });
+        producer?.span.end();
         failure ??= STREAM_FULL.test(message)
           ? { kind: "stream-full", reason: `edge stream full: ${message}` }
           : { kind: "unreachable", reason: `publish failed: ${message}` };

@@ -42,9 +42,9 @@ export interface EdgePipeline {
 /** Starts the pipeline against a leaf at `natsUrl`. */
 export function startEdgePipeline(
   init: { dbPath: string; natsUrl: string; user: string; pass: string; edgeId: string; edgeDomain: string; clock?: Clock; meter?: Meter } & Partial<EventBusOptions> &
-    Pick<Partial<EventBusDeps>, "prePublish" | "onPublished">,
+    Pick<Partial<EventBusDeps>, "prePublish" | "onPublished" | "tracer">,
 ): EdgePipeline {
-  const { dbPath, natsUrl, user, pass, clock = systemClock, meter = createNoopMeter(), prePublish, onPublished, ...rest } = init;
+  const { dbPath, natsUrl, user, pass, clock = systemClock, meter = createNoopMeter(), prePublish, onPublished, tracer, ...rest } = init;
   const db = openEventsDb(dbPath);
   const options = resolveEventBusOptions({
     confirmIntervalMs: 300,
@@ -58,8 +58,8 @@ export function startEdgePipeline(
   });
   const logger = createSilentLogger();
   const sink = createOutbox(db, { source: options.edgeId, clock });
-  const bus = createEventBus({ db, clock, logger, meter, sink, prePublish, onPublished }, options);
-  const service = createEventBusService({ db, clock, logger, bus, prePublish }, resolveEventBusServiceOptions({}));
+  const bus = createEventBus({ db, clock, logger, meter, sink, prePublish, onPublished, tracer }, options);
+  const service = createEventBusService({ db, clock, logger, bus, prePublish, tracer }, resolveEventBusServiceOptions({}));
   bus.start();
   const context = (signal?: AbortSignal): HandlerContext =>
     createHandlerContext({
