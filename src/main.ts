@@ -58,6 +58,7 @@ import { traceDatabaseTransactions } from "./telemetry/trace-database-transactio
 import { registerGrpcInstrumentation } from "./telemetry/register-instrumentation.js";
 import { createRedactingDestination, scrubRulesFrom } from "./telemetry/redacting-destination.js";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { pino } from "pino";
 import { createRoutingService } from "./routing/routing-service.js";
 import { createRateLimitInterceptor } from "./ratelimit/rate-limit-interceptor.js";
@@ -100,6 +101,8 @@ export interface KernelOverrides {
   logDestination?: DestinationStream;
   /** From registerGrpcInstrumentation(), called once by the process entry point. */
   grpcInstrumentation?: GrpcInstrumentation;
+  /** Turns tracing on with this exporter instead of the configured one (tests). */
+  spanExporter?: SpanExporter;
 }
 
 /** Opens the database and brings its schema up to date. */
@@ -117,7 +120,12 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const destination = createRedactingDestination(overrides.logDestination ?? pino.destination(1), scrubRulesFrom(options.telemetry.redactPatterns));
   const logger = createLogger(options.log, destination);
   const log = logger.child({ component: "kernel" });
-  const telemetry = createTelemetry(options.telemetry, { logger, serviceVersion: KERNEL_VERSION, grpcInstrumentation: overrides.grpcInstrumentation });
+  const telemetry = createTelemetry(options.telemetry, {
+    logger,
+    serviceVersion: KERNEL_VERSION,
+    grpcInstrumentation: overrides.grpcInstrumentation,
+    spanExporter: overrides.spanExporter,
+  });
   const tracer = telemetry.tracerProvider && telemetry.tracer("nops-kernel");
   const db = openKernelDatabase(options, log);
   if (tracer) traceDatabaseTransactions(db, tracer);
@@ -207,7 +215,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     "nats-leaf": () => {
       if (!natsUrl) return { name: "nats-leaf", state: "down", detail: "no NATS leaf configured: events are kept in the outbox" };
       const p = busProblem("nats") ?? busProblem("nats-stream");
-      return p ? { name: "nats-leaf", state: p.dependency === "nats" ? "down" : "degraded", detail: p.reason } : { name: "nats-leaf", state: "ok" };
+      if (p) return { name: "nats-leaf", state: p.dependency === "nats" ? "down" : "degraded", detail: p.reason };
+      // Before the first connection there is no degradation on record yet, but no leaf either.
+      return bus.connection() ? { name: "nats-leaf", state: "ok" } : { name: "nats-leaf", state: "down", detail: `connecting to ${natsUrl}` };
     },
   };
   if (hubBound) {

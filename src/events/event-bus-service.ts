@@ -28,7 +28,8 @@ import {
 import { DeadLetterSchema, DeliveredMessageSchema } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import type { EventBus } from "./event-bus.js";
 import type { Tracer } from "@opentelemetry/api";
-import { startConsumerSpan } from "../telemetry/trace-context.js";
+import { contextFromTraceparent, currentTraceparent, startConsumerSpan } from "../telemetry/trace-context.js";
+import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
 import type { PrePublishHook } from "./outbox-relay.js";
 import { DLQ_HEADERS, deadLetterSubject } from "./dead-letter-mover.js";
 
@@ -147,6 +148,8 @@ function requestHash(r: PublishRequest): string {
 
 interface PendingPublish {
   req: PublishRequest;
+  /** The caller's trace, captured at the call: the group commit runs in a later turn. */
+  traceparent: string;
   resolve: (r: PublishResponse) => void;
   reject: (e: unknown) => void;
 }
@@ -160,7 +163,8 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
   );
   const insertHeaders = db.prepare("INSERT INTO outbox_headers (outbox_id, headers) VALUES (?, ?)");
 
-  const writeOne = (r: PublishRequest): PublishResponse => {
+  const writeOne = (r: PublishRequest, callerTraceparent: string): PublishResponse => {
+    let traceparent = callerTraceparent;
     const hash = requestHash(r);
     if (r.idempotencyKey !== "") {
       const prior = bus.idempotency.get(r.tenant, r.idempotencyKey);
@@ -174,20 +178,29 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     const now = clock.now();
     const eventId = randomUUID();
     const subject = eventSubject(r.tenant, r.subject);
-    const envelope = create(EventEnvelopeSchema, {
-      id: eventId,
-      type: r.subject,
-      source: bo.edgeId,
-      tenant: r.tenant,
-      occurredAt: timestampFromMs(now),
-      payloadType: r.payloadType,
-      payload: r.payload,
-      correlationId: r.correlationId,
-    });
-    const outboxId = Number(insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now).lastInsertRowid);
-    if (Object.keys(r.headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(r.headers));
-    if (r.idempotencyKey !== "") bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
-    return { $typeName: "nops.kernel.v1.PublishResponse", eventId, outboxId: BigInt(outboxId), subject, duplicate: false };
+    // As tracingEventSink does for other writers: an outbox span in the caller's trace, named in
+    // the envelope so the relay's producer span and the consumer continue from it.
+    const span = deps.tracer && traceparent ? deps.tracer.startSpan(`outbox.append ${r.subject}`, { kind: SpanKind.PRODUCER }, contextFromTraceparent(traceparent)) : undefined;
+    if (span) traceparent = currentTraceparent(trace.setSpan(ROOT_CONTEXT, span)) ?? traceparent;
+    try {
+      const envelope = create(EventEnvelopeSchema, {
+        id: eventId,
+        type: r.subject,
+        source: bo.edgeId,
+        tenant: r.tenant,
+        occurredAt: timestampFromMs(now),
+        payloadType: r.payloadType,
+        payload: r.payload,
+        correlationId: r.correlationId,
+        traceparent,
+      });
+      const outboxId = Number(insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now).lastInsertRowid);
+      if (Object.keys(r.headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(r.headers));
+      if (r.idempotencyKey !== "") bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
+      return { $typeName: "nops.kernel.v1.PublishResponse", eventId, outboxId: BigInt(outboxId), subject, duplicate: false };
+    } finally {
+      span?.end();
+    }
   };
 
   // Group commit: Publish calls arriving in the same turn of the event loop share one SQLite
@@ -202,7 +215,7 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
         for (const p of batch) {
           // A savepoint per request, so one refused request does not roll back the others.
           try {
-            results.push({ ok: db.transaction(() => writeOne(p.req))() });
+            results.push({ ok: db.transaction(() => writeOne(p.req, p.traceparent))() });
           } catch (err) {
             results.push({ err });
           }
@@ -293,7 +306,7 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     async publish(req) {
       validatePublish(req);
       return new Promise<PublishResponse>((resolve, reject) => {
-        pending.push({ req, resolve, reject });
+        pending.push({ req, traceparent: currentTraceparent() ?? "", resolve, reject });
         if (pending.length === 1) setImmediate(flush);
       });
     },
