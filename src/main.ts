@@ -183,9 +183,6 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
   const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
   const prePublish: PrePublishHook = async (subject, payload, headers) => {
-    // The guard's own decision records carry only redacted metadata; checking them would record a
-    // decision about each decision, forever.
-    if (GUARD_RECORD.test(subject)) return { allowed: true, reason: "guard_record" };
     const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
     return { allowed: d.allowed, reason: d.reason };
   };
@@ -216,7 +213,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       if (!natsUrl) return { name: "nats-leaf", state: "down", detail: "no NATS leaf configured: events are kept in the outbox" };
       const p = busProblem("nats") ?? busProblem("nats-stream");
       if (p) return { name: "nats-leaf", state: p.dependency === "nats" ? "down" : "degraded", detail: p.reason };
-      // Before the first connection there is no degradation on record yet, but no leaf either.
+      // The bus records a degradation only after its first attempt settles (a normal start emits
+      // no degraded event), so ask it directly whether it is connected yet.
       return bus.connection() ? { name: "nats-leaf", state: "ok" } : { name: "nats-leaf", state: "down", detail: `connecting to ${natsUrl}` };
     },
   };
@@ -341,8 +339,6 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       })()),
   };
 }
-
-const GUARD_RECORD = /^nops\.events\.[^.]+\.(egress|dge)\./;
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -27,13 +27,19 @@ export function subjectMatches(pattern: string, subject: string): boolean {
   return p.length === s.length;
 }
 
+// The guard's own decision records (egress.*, dge.*) carry only redacted metadata; checking them
+// would record a decision about each decision, forever.
+const GUARD_RECORD = /^nops\.events\.[^.]+\.(egress|dge)\./;
+
 /**
- * Creates the pre-publish hook: local subjects pass without asking anyone; crossing subjects go
+ * Creates the pre-publish hook: the guard's own records and local subjects pass without asking
+ * anyone; crossing subjects go
  * through the guard with the tenant from the x-nops-tenant header or the subject
  * (`nops.events.<tenant>.…`). The payload (an EventEnvelope) is read as protobuf wire text.
  */
 export function createNatsEgressHook(guard: EgressGuard, options: NatsEgressHookOptions): NatsPrePublishHook {
   return async (subject, payload, headers) => {
+    if (GUARD_RECORD.test(subject)) return { allowed: true, reason: "guard_record", tier: "", classification: "", cached: false };
     if (!options.crossingSubjects.some((p) => subjectMatches(p, subject))) {
       return { allowed: true, reason: "local_subject", tier: "", classification: "", cached: false };
     }

@@ -5,6 +5,7 @@ import { Code, ConnectError, createContextValues, decodeBinaryHeader, encodeBina
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
+import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -87,17 +88,7 @@ function peerCertificates(call: AnyCall): Uint8Array[] {
 
 function readPeerCertificates(call: AnyCall): Uint8Array[] {
   const cert = call.getAuthContext().sslPeerCertificate;
-  if (!cert?.raw) return [];
-  // Node exposes the chain through issuerCertificate links (self-signed roots point at themselves).
-  const chain: Uint8Array[] = [];
-  let c: typeof cert | undefined = cert;
-  const seen = new Set<string>();
-  while (c?.raw && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256);
-    chain.push(c.raw);
-    c = (c as typeof cert & { issuerCertificate?: typeof cert }).issuerCertificate;
-  }
-  return chain;
+  return cert ? derChainFromPeerCertificate(cert) : [];
 }
 
 function handlerContext(bound: BoundService, method: DescMethod, call: AnyCall, controller: AbortController): HandlerContext {

@@ -7,6 +7,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { BoundService } from "./bind-service.js";
 import { kPeer } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
+import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 
@@ -52,16 +53,7 @@ function peerCertificates(socket: net.Socket): Uint8Array[] {
 
 function readPeerCertificates(socket: net.Socket): Uint8Array[] {
   const tls = socket as Partial<TLSSocket>;
-  if (typeof tls.getPeerCertificate !== "function") return [];
-  const chain: Uint8Array[] = [];
-  let cert = tls.getPeerCertificate(true);
-  const seen = new Set<string>();
-  while (cert?.raw && !seen.has(cert.fingerprint256)) {
-    seen.add(cert.fingerprint256);
-    chain.push(cert.raw);
-    cert = cert.issuerCertificate;
-  }
-  return chain;
+  return typeof tls.getPeerCertificate === "function" ? derChainFromPeerCertificate(tls.getPeerCertificate(true)) : [];
 }
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
