@@ -21,7 +21,7 @@ export interface Denial {
 export function auditDenial(audit: AuditLog, logger: Logger, call: CallRequest, denial: Denial): void {
   const path = methodPath(call.method);
   const correlationId = call.ctx.values.get(kCorrelationId);
-  const log = call.ctx.values.get(kLogger) ?? logger;
+  const log = call.ctx.values.get(kLogger)?.get() ?? logger;
   // Tenants and reasons may echo caller input: bound their size in the audit row.
   const details: Record<string, unknown> = { method: path, reason: denial.reason.slice(0, 300), peer: call.ctx.values.get(kPeer).address };
   if (denial.credential) details.credential = denial.credential;

@@ -31,8 +31,14 @@ export interface DgeInvalidation {
 
 /** Policy and verdict cache: in-process LRU in front of Redis (optional). */
 export interface DgeCache {
+  /** The in-process copy only, without a Redis round trip: the hot path's hit needs no await. */
+  peekPolicy(tenant: string, tier: string): CachedPolicy | undefined;
+  /** In-process copy first, then Redis. */
   getPolicy(tenant: string, tier: string): Promise<CachedPolicy | undefined>;
   setPolicy(tenant: string, tier: string, policy: CachedPolicy): Promise<void>;
+  /** The in-process copy only, without a Redis round trip. */
+  peekVerdict(tenant: string, key: string): CachedVerdict | undefined;
+  /** In-process copy first, then Redis. */
   getVerdict(tenant: string, key: string): Promise<CachedVerdict | undefined>;
   setVerdict(tenant: string, key: string, verdict: CachedVerdict, ttlMs: number): Promise<void>;
   /** Drops a tenant's policies and verdicts here and, through Redis pub/sub, in every other kernel. */
@@ -107,16 +113,27 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
       log.warn({ err }, "redis write failed; using the in-process cache only");
     }
   }
-  async function lookup(key: string): Promise<Entry | undefined> {
-    lookups++;
-    let e = lru.get(key);
-    if (!e) {
-      e = await redisGet(key);
-      if (e) lru.set(key, e);
+  function local(key: string): Entry | undefined {
+    const e = lru.get(key);
+    if (e) {
+      lookups++;
+      hits++;
     }
-    if (e) hits++;
     return e;
   }
+  async function lookup(key: string): Promise<Entry | undefined> {
+    const known = local(key);
+    if (known) return known;
+    lookups++;
+    const e = await redisGet(key);
+    if (e) {
+      lru.set(key, e);
+      hits++;
+    }
+    return e;
+  }
+  const policyOf = (e: Entry | undefined): CachedPolicy | undefined => (e?.kind === "policy" ? e.value : undefined);
+  const verdictOf = (e: Entry | undefined): CachedVerdict | undefined => (e?.kind === "verdict" ? e.value : undefined);
   function applyLocal(inv: DgeInvalidation): void {
     const prefixes = [inv.tier ? policyKey(inv.tenant, inv.tier) : `policy:${inv.tenant}:`, verdictKey(inv.tenant, "")];
     for (const k of [...lru.keys()]) if (prefixes.some((p) => k.startsWith(p))) lru.delete(k);
@@ -138,20 +155,16 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
   }
 
   return {
-    async getPolicy(tenant, tier) {
-      const e = await lookup(policyKey(tenant, tier));
-      return e?.kind === "policy" ? e.value : undefined;
-    },
+    peekPolicy: (tenant, tier) => policyOf(local(policyKey(tenant, tier))),
+    getPolicy: async (tenant, tier) => policyOf(await lookup(policyKey(tenant, tier))),
     async setPolicy(tenant, tier, policy) {
       const ttl = Math.min(policy.ttlMs, options.ttlMs);
       const entry: Entry = { kind: "policy", value: policy };
       lru.set(policyKey(tenant, tier), entry, { ttl });
       await redisSet(policyKey(tenant, tier), entry, ttl);
     },
-    async getVerdict(tenant, key) {
-      const e = await lookup(verdictKey(tenant, key));
-      return e?.kind === "verdict" ? e.value : undefined;
-    },
+    peekVerdict: (tenant, key) => verdictOf(local(verdictKey(tenant, key))),
+    getVerdict: async (tenant, key) => verdictOf(await lookup(verdictKey(tenant, key))),
     async setVerdict(tenant, key, verdict, ttlMs) {
       const ttl = Math.min(ttlMs, options.ttlMs);
       const entry: Entry = { kind: "verdict", value: verdict };

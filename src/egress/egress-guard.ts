@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -45,7 +45,7 @@ export interface EgressGuardOptions {
   cacheTtlMs: number;
   /** In-process cache entries. @default 10000 */
   cacheMaxEntries: number;
-  /** egress.allowed.v1 events are written in batches this often, ms (one fsync per batch). @default 100 */
+  /** egress.allowed.v1 events (coalesced per window) are written this often, ms (one fsync per batch). @default 1000 */
   eventFlushMs: number;
 }
 
@@ -56,7 +56,7 @@ export const DEFAULT_EGRESS_TIER: TierName = 3;
 /** Default approvals per break-glass grant. */
 export const DEFAULT_EGRESS_REQUIRED_APPROVALS = 2;
 /** Default batching interval of egress.allowed.v1 events. */
-export const DEFAULT_EGRESS_EVENT_FLUSH_MS = 100;
+export const DEFAULT_EGRESS_EVENT_FLUSH_MS = 1000;
 const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 function readTier(v: unknown, field: string): TierName {
@@ -155,6 +155,16 @@ export interface EgressGuardDeps {
   redisSubscriber?: Redis;
 }
 
+/** Allowed decisions waiting for the next flush that differ only in size, latency and caller. */
+interface AllowedGroup {
+  /** The first decision of the group. */
+  decision: EgressDecisionEvent;
+  correlationId: string | undefined;
+  count: number;
+  bytes: number;
+  latencyMaxMs: number;
+}
+
 class DgeTimeoutError extends Error {
   override name = "DgeTimeoutError";
 }
@@ -188,17 +198,22 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   const cb = (r: { observe(v: number): void }): void => r.observe(cache.hitRate());
   hitRate.addCallback(cb);
 
-  let pending: { schema: typeof EgressAllowedSchema; decision: EgressDecisionEvent; tenant: string; correlationId?: string | undefined }[] = [];
+  // Allowed decisions of one flush window, coalesced by everything but size, latency and
+  // correlation id: one egress.allowed.v1 per group instead of one per call.
+  let pending = new Map<string, AllowedGroup>();
   const flush = (): void => {
-    if (pending.length === 0) return;
+    if (pending.size === 0) return;
     const batch = pending;
-    pending = [];
+    pending = new Map();
     try {
       tx(() => {
-        for (const p of batch) deps.events.append({ type: "egress.allowed.v1", tenant: p.tenant, schema: EgressAllowedSchema, payload: create(EgressAllowedSchema, { decision: p.decision }), ...(p.correlationId ? { correlationId: p.correlationId } : {}) });
+        for (const g of batch.values()) {
+          const payload = create(EgressAllowedSchema, { decision: g.decision, count: g.count, payloadBytesTotal: BigInt(g.bytes), latencyMsMax: g.latencyMaxMs });
+          deps.events.append({ type: "egress.allowed.v1", tenant: g.decision.tenant, schema: EgressAllowedSchema, payload, ...(g.correlationId ? { correlationId: g.correlationId } : {}) });
+        }
       });
     } catch (err) {
-      log.error({ err, events: batch.length }, "could not write egress.allowed.v1 events");
+      log.error({ err, events: batch.size }, "could not write egress.allowed.v1 events");
     }
   };
   const timer = setInterval(flush, options.eventFlushMs);
@@ -226,14 +241,14 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
 
   async function classifyAndValidate(req: EgressRequest, tier: TierName, text: string, deadline: number): Promise<{ verdict: CachedVerdict; cached: boolean }> {
     const tierKey = String(tier);
-    let policy = await cache.getPolicy(req.tenant, tierKey);
+    let policy = cache.peekPolicy(req.tenant, tierKey) ?? (await cache.getPolicy(req.tenant, tierKey));
     if (!policy) {
       const res = await withDeadline(deadline, req.signal, (o) => deps.dge.getPolicy({ tenant: req.tenant, tier: tierOf(tier) }, o));
       policy = { version: res.policy?.version ?? "", ttlMs: (res.policy?.ttlSeconds ?? 0) * 1000 };
       await cache.setPolicy(req.tenant, tierKey, policy);
     }
-    const key = createHash("sha256").update(`${tierKey}\n${policy.version}\n${req.destination}\n`).update(text).digest("hex");
-    const hit = await cache.getVerdict(req.tenant, key);
+    const key = hash("sha256", `${tierKey}\n${policy.version}\n${req.destination}\n${text}`, "hex");
+    const hit = cache.peekVerdict(req.tenant, key) ?? (await cache.getVerdict(req.tenant, key));
     if (hit) return { verdict: hit, cached: true };
     const { classification } = await withDeadline(deadline, req.signal, (o) =>
       deps.dge.classify({ data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } }, o));
@@ -259,13 +274,28 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   function record(req: EgressRequest, d: EgressDecision, extra: { findings?: Record<string, number>; policyVersion?: string; bytes: number; started: number; override?: { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number } }): void {
     const latencyMs = performance.now() - extra.started;
     const tenant = TENANT_RE.test(req.tenant) ? req.tenant : "unknown";
-    const decision = create(EgressDecisionSchema, {
-      tenant, tier: d.tier, transport: req.transport, destination: req.destination, dataType: req.dataType, classification: d.classification,
-      reason: d.reason, findings: Object.entries(extra.findings ?? {}).map(([type, count]) => ({ type, count })), payloadBytes: extra.bytes,
-      policyVersion: extra.policyVersion ?? "", cached: d.cached, latencyMs,
-    });
+    const findings = Object.entries(extra.findings ?? {});
+    const policyVersion = extra.policyVersion ?? "";
     requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
     latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
+    const decisionEvent = (): EgressDecisionEvent => create(EgressDecisionSchema, {
+      tenant, tier: d.tier, transport: req.transport, destination: req.destination, dataType: req.dataType, classification: d.classification,
+      reason: d.reason, findings: findings.map(([type, count]) => ({ type, count })), payloadBytes: extra.bytes, policyVersion, cached: d.cached, latencyMs,
+    });
+    if (d.allowed && !extra.override) {
+      const key = [tenant, d.tier, req.transport, req.destination, req.dataType, d.classification, d.reason, policyVersion, d.cached, findings.join(";")].join("\u0000");
+      const group = pending.get(key);
+      if (group) {
+        group.count++;
+        group.bytes += extra.bytes;
+        group.latencyMaxMs = Math.max(group.latencyMaxMs, latencyMs);
+        return;
+      }
+      pending.set(key, { decision: decisionEvent(), correlationId: req.correlationId, count: 1, bytes: extra.bytes, latencyMaxMs: latencyMs });
+      if (pending.size >= 512) flush();
+      return;
+    }
+    const decision = decisionEvent();
     const correlationId = req.correlationId ? { correlationId: req.correlationId } : {};
     const resource = `egress/${req.transport}/${req.destination}`;
     const details = { reason: d.reason, tier: d.tier, classification: d.classification, findings: extra.findings ?? {}, dataType: req.dataType, bytes: extra.bytes };
@@ -276,9 +306,6 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
           payload: create(EgressOverrideActivatedSchema, { decision, grantId: o.id, reason: o.reason, declaredClassification: o.declared, approvers: o.approvers, expiresAtMs: BigInt(o.expiresAt) }) });
         deps.audit.append({ actor: "system", action: "egress.override.activated", tenant, resource, outcome: "ok", details: { ...details, grantId: o.id, grantReason: o.reason, approvers: o.approvers, expiresAt: o.expiresAt }, ...correlationId });
       });
-    } else if (d.allowed) {
-      pending.push({ schema: EgressAllowedSchema, decision, tenant, correlationId: req.correlationId });
-      if (pending.length >= 512) flush();
     } else {
       tx(() => {
         deps.events.append({ type: "egress.blocked.v1", tenant, schema: EgressBlockedSchema, payload: create(EgressBlockedSchema, { decision }), ...correlationId });

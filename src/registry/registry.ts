@@ -83,6 +83,8 @@ interface Entry {
   row: AgentRow;
   load?: LoadRow;
   status: AgentStatus;
+  /** The Agent message of this state, built on first use; dropped by every change. */
+  proto?: Agent | undefined;
 }
 
 /** Dependencies of the registry. */
@@ -122,8 +124,10 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   }
   log.info({ agents: agents.size }, "registry loaded");
 
+  // Shared by every reader until the entry changes (routing reads it on every Invoke): callers
+  // must not mutate the returned message.
   const toProto = (e: Entry): Agent =>
-    create(AgentSchema, {
+    (e.proto ??= create(AgentSchema, {
       id: e.row.id,
       tenant: e.row.tenant,
       name: e.row.name,
@@ -136,7 +140,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       heartbeatAt: timestampFromMs(e.row.heartbeatAt),
       load: e.load ? create(AgentLoadSchema, e.load) : undefined,
       revision: BigInt(e.row.revision),
-    });
+    }));
 
   const offers = (e: Entry, capability: string) => capability === "" || e.row.capabilities.some((c) => c.name === capability);
 
@@ -184,6 +188,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const setStatus = (e: Entry, status: AgentStatus, system: Actor) => {
     const previous = e.status;
     e.status = status;
+    e.proto = undefined;
     events.append({
       type: "agent.status_changed.v1",
       tenant: e.row.tenant,
@@ -271,7 +276,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const e = lookup(tenant, id);
       const row: AgentRow = { ...e.row, revision: e.row.revision + 1 };
       for (const p of paths) (row as unknown as Record<string, unknown>)[p] = fields[p];
-      const next: Entry = { ...e, row };
+      const next: Entry = { ...e, row, proto: undefined };
       const agent = toProto(next);
       db.transaction(() => {
         store.update(row);
@@ -299,6 +304,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const e = lookup(tenant, id);
       e.row.heartbeatAt = clock.now();
       if (load) e.load = load;
+      e.proto = undefined;
       pendingBeats.set(id, (pendingBeats.get(id) ?? 0) + 1);
       if (e.status !== AgentStatus.HEALTHY) {
         // Recovery is reported at once; going stale is noticed by the sweep.

@@ -16,7 +16,8 @@ export function correlationInterceptor(logger: Logger): KernelInterceptor {
     // Inside a trace the trace id is the correlation id, so logs and spans join on one key.
     const id = currentTraceId() ?? (given && VALID_REQUEST_ID.test(given) ? given : randomUUID());
     call.ctx.values.set(kCorrelationId, id);
-    call.ctx.values.set(kLogger, logger.child({ correlationId: id }));
+    let child: Logger | undefined;
+    call.ctx.values.set(kLogger, { isLevelEnabled: (level) => logger.isLevelEnabled(level), get: () => (child ??= logger.child({ correlationId: id })) });
     call.ctx.responseHeader.set(REQUEST_ID, id);
     return next(call);
   };
@@ -39,7 +40,7 @@ export function loggingInterceptor(): KernelInterceptor {
       const code = err === undefined ? undefined : err instanceof ConnectError ? err.code : Code.Internal;
       const level = code === undefined ? "debug" : isClientError(code) ? "info" : "warn";
       if (!logger.isLevelEnabled(level)) return;
-      logger[level](
+      logger.get()[level](
         {
           rpc: methodPath(call.method),
           code: codeName(code),
@@ -73,7 +74,7 @@ export function errorMappingInterceptor(): KernelInterceptor {
     const map = (err: unknown): ConnectError => {
       if (err instanceof ConnectError) return err;
       const id = call.ctx.values.get(kCorrelationId);
-      call.ctx.values.get(kLogger)?.error({ err, rpc: methodPath(call.method) }, "internal error");
+      call.ctx.values.get(kLogger)?.get().error({ err, rpc: methodPath(call.method) }, "internal error");
       return toConnectError(err, id);
     };
     let result: CallResult;

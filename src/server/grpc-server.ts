@@ -114,17 +114,23 @@ function handlerContext(bound: BoundService, method: DescMethod, call: AnyCall, 
   };
 }
 
-function track(call: AnyCall): AbortController {
+/**
+ * The handler's abort signal, aborted when the caller goes away. grpc-js emits "cancelled" for
+ * client cancellation and an expired deadline, but also after every answered call: `settled()`
+ * stops listening once the answer is on its way, so a finished call costs no error and no abort.
+ */
+function track(call: AnyCall): { controller: AbortController; settled: () => void } {
   const controller = new AbortController();
-  // grpc-js emits "cancelled" for client cancellation and for an expired deadline alike.
-  (call as NodeJS.EventEmitter).once("cancelled", () => controller.abort(new ConnectError("call cancelled", Code.Canceled)));
-  return controller;
+  const onCancel = (): void => controller.abort(new ConnectError("call cancelled", Code.Canceled));
+  (call as NodeJS.EventEmitter).once("cancelled", onCancel);
+  return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
 }
 
 function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnaryCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
-    const ctx = handlerContext(bound, method, call, track(call));
+    const { controller, settled } = track(call);
+    const ctx = handlerContext(bound, method, call, controller);
     const request = call.request;
     const result =
       request instanceof UndecodableRequest
@@ -132,10 +138,12 @@ function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnary
         : Promise.resolve(impl(request, ctx));
     result.then(
       (output) => {
+        settled();
         call.sendMetadata(headersToMetadata(ctx.responseHeader));
         callback(null, output, headersToMetadata(ctx.responseTrailer));
       },
       (err: unknown) => {
+        settled();
         call.sendMetadata(headersToMetadata(ctx.responseHeader));
         callback(toServiceError(err, ctx));
       },
@@ -143,7 +151,7 @@ function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnary
   };
 }
 
-async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, output: AsyncIterable<unknown>, ctx: HandlerContext): Promise<void> {
+async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, output: AsyncIterable<unknown>, ctx: HandlerContext, settled: () => void): Promise<void> {
   let headersSent = false;
   for await (const message of output) {
     if (!headersSent) {
@@ -158,6 +166,7 @@ async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc
     }
     if (ctx.signal.aborted) return;
   }
+  settled();
   if (!headersSent) call.sendMetadata(headersToMetadata(ctx.responseHeader));
   call.end(headersToMetadata(ctx.responseTrailer));
 }
@@ -166,15 +175,17 @@ function streamingHandler(bound: BoundService, method: DescMethod): grpc.handleS
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
-    const ctx = handlerContext(bound, method, call, track(call));
+    const { controller, settled } = track(call);
+    const ctx = handlerContext(bound, method, call, controller);
     const input = clientStreams ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method) : (call as grpc.ServerWritableStream<unknown, unknown>).request;
     const run = async () => {
       if (input instanceof UndecodableRequest) {
         throw new ConnectError(`request: cannot decode ${method.input.typeName}: ${input.reason}`, Code.InvalidArgument);
       }
-      await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx);
+      await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx, settled);
     };
     run().catch((err: unknown) => {
+      settled();
       if (!call.cancelled) call.emit("error", toServiceError(err, ctx));
     });
   };
@@ -192,13 +203,18 @@ async function* readInput(call: grpc.ServerDuplexStream<unknown, unknown> | grpc
 function clientStreamingHandler(bound: BoundService, method: DescMethod): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
-    const ctx = handlerContext(bound, method, call, track(call));
+    const { controller, settled } = track(call);
+    const ctx = handlerContext(bound, method, call, controller);
     Promise.resolve(impl(readInput(call, method), ctx)).then(
       (output) => {
+        settled();
         call.sendMetadata(headersToMetadata(ctx.responseHeader));
         callback(null, output, headersToMetadata(ctx.responseTrailer));
       },
-      (err: unknown) => callback(toServiceError(err, ctx)),
+      (err: unknown) => {
+        settled();
+        callback(toServiceError(err, ctx));
+      },
     );
   };
 }

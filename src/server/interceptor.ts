@@ -40,8 +40,15 @@ export interface PeerInfo {
 export const kPeer = createContextKey<PeerInfo>({ address: "", transport: "connect-node", certificates: [] }, { description: "peer" });
 /** Per-request value: the correlation id (from x-request-id or generated). */
 export const kCorrelationId = createContextKey<string>("", { description: "correlation id" });
-/** Per-request value: the request-scoped child logger (carries the correlation id). */
-export const kLogger = createContextKey<Logger | undefined>(undefined, { description: "request logger" });
+/** The request-scoped logger, made on first use: most calls never log. */
+export interface RequestLogger {
+  /** The level check, answered by the parent without making the child. */
+  isLevelEnabled(level: string): boolean;
+  /** The child logger carrying the correlation id. */
+  get(): Logger;
+}
+/** Per-request value: the request-scoped logger (carries the correlation id). */
+export const kLogger = createContextKey<RequestLogger | undefined>(undefined, { description: "request logger" });
 
 /** Full RPC path of a method, e.g. "/nops.kernel.v1.AgentRegistryService/Heartbeat". */
 export function methodPath(method: DescMethod): string {

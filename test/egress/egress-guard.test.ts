@@ -8,7 +8,7 @@ import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, type EgressGuardOptions, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
 import { createGuardedFetch } from "../../src/egress/guarded-fetch.js";
-import { EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
+import { EgressAllowedSchema, EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
 import { DGE_KEYS, makeMeter, makeStore, silent, spawnDge } from "../fixtures/dge-helpers.js";
 
 interface Sample { text: string; labels: string[]; form: string }
@@ -90,8 +90,18 @@ test("egress guard - operational metadata without PII passes, is recorded and th
   }
   t.is(echo.received.length, 4);
   guard.flush();
-  const allowed = store.outbox().filter((e) => e.type === "egress.allowed.v1");
-  t.deepEqual(allowed.map((e) => e.tenant), ["acme", "beta", "gov", "acme"]);
+  const allowed = () => store.outbox().filter((e) => e.type === "egress.allowed.v1");
+  // The second acme call was a cache hit: a different decision, so its own event.
+  t.deepEqual(allowed().map((e) => e.tenant), ["acme", "beta", "gov", "acme"]);
+  // Identical allowed decisions within one flush window coalesce into one event with a count.
+  for (let i = 0; i < 5; i++) await guardedFetch(`${echo.url}/v1/metrics`, { method: "POST", body, headers: { "x-nops-tenant": "beta" } });
+  guard.flush();
+  const [group, ...rest] = allowed().slice(4);
+  t.is(rest.length, 0);
+  const event = fromBinary(EgressAllowedSchema, group!.payload);
+  t.like(event, { count: 5, decision: { tenant: "beta", cached: true, reason: "allowed" } });
+  t.is(event.payloadBytesTotal, BigInt(5 * event.decision!.payloadBytes));
+  t.true(event.latencyMsMax >= event.decision!.latencyMs);
   const decision = await guard.check({ tenant: "acme", transport: "http", destination: `observability:${echo.url}/v1/metrics`, dataType: "", payload: `/v1/metrics\n${body}` });
   t.true(decision.allowed);
   t.true(decision.cached);

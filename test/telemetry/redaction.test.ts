@@ -46,7 +46,7 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
   const registerAgent = impl.registerAgent.bind(impl);
   // A careless handler: logs the whole request and every header through the request logger.
   impl.registerAgent = (req, ctx) => {
-    ctx.values.get(kLogger)?.info({ request: toJson(RegisterAgentRequestSchema, req), headers: Object.fromEntries(ctx.requestHeader) }, "register request");
+    ctx.values.get(kLogger)?.get().info({ request: toJson(RegisterAgentRequestSchema, req), headers: Object.fromEntries(ctx.requestHeader) }, "register request");
     return registerAgent(req, ctx);
   };
   const chain = [correlationInterceptor(logger.child({ component: "rpc" })), loggingInterceptor(), errorMappingInterceptor()];

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/events/v1/egress_events.proto.
  */
 export const file_nops_events_v1_egress_events: GenFile = /*@__PURE__*/
-  fileDesc("CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIkEKDUVncmVzc0FsbG93ZWQSMAoIZGVjaXNpb24YASABKAsyHi5ub3BzLmV2ZW50cy52MS5FZ3Jlc3NEZWNpc2lvbiJBCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24iuAEKF0VncmVzc092ZXJyaWRlQWN0aXZhdGVkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SEAoIZ3JhbnRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEh8KF2RlY2xhcmVkX2NsYXNzaWZpY2F0aW9uGAQgASgJEhEKCWFwcHJvdmVycxgFIAMoCRIVCg1leHBpcmVzX2F0X21zGAYgASgDIlkKGURnZVBvbGljeUNhY2hlSW52YWxpZGF0ZWQSDgoGdGVuYW50GAEgASgJEgwKBHRpZXIYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBm9yaWdpbhgEIAEoCWIGcHJvdG8z");
+  fileDesc("CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIoUBCg1FZ3Jlc3NBbGxvd2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBBIWCg5sYXRlbmN5X21zX21heBgEIAEoASJBCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24iuAEKF0VncmVzc092ZXJyaWRlQWN0aXZhdGVkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SEAoIZ3JhbnRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEh8KF2RlY2xhcmVkX2NsYXNzaWZpY2F0aW9uGAQgASgJEhEKCWFwcHJvdmVycxgFIAMoCRIVCg1leHBpcmVzX2F0X21zGAYgASgDIlkKGURnZVBvbGljeUNhY2hlSW52YWxpZGF0ZWQSDgoGdGVuYW50GAEgASgJEgwKBHRpZXIYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBm9yaWdpbhgEIAEoCWIGcHJvdG8z");
 
 /**
  * EgressFinding summarises one kind of finding: its type and how many, never the values.
@@ -135,15 +135,41 @@ export const EgressDecisionSchema: GenMessage<EgressDecision> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 1);
 
 /**
- * EgressAllowed is egress.allowed.v1: an outbound call passed the guard.
+ * EgressAllowed is egress.allowed.v1: outbound calls passed the guard. Allowed decisions that
+ * agree on everything but size, latency and correlation id within one flush window are coalesced
+ * into one event; blocked and break-glass decisions are never coalesced.
  *
  * @generated from message nops.events.v1.EgressAllowed
  */
 export type EgressAllowed = Message<"nops.events.v1.EgressAllowed"> & {
   /**
+   * The first decision of the group: its payload_bytes, latency_ms and the event's correlation id
+   * are that call's.
+   *
    * @generated from field: nops.events.v1.EgressDecision decision = 1;
    */
   decision?: EgressDecision | undefined;
+
+  /**
+   * How many allowed decisions this event stands for (at least 1).
+   *
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * Sum of payload_bytes over the group.
+   *
+   * @generated from field: uint64 payload_bytes_total = 3;
+   */
+  payloadBytesTotal: bigint;
+
+  /**
+   * Longest decision latency in the group, milliseconds.
+   *
+   * @generated from field: double latency_ms_max = 4;
+   */
+  latencyMsMax: number;
 };
 
 /**
