@@ -136,19 +136,30 @@ function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnary
       request instanceof UndecodableRequest
         ? Promise.reject(new ConnectError(`request: cannot decode ${method.input.typeName}: ${request.reason}`, Code.InvalidArgument))
         : Promise.resolve(impl(request, ctx));
-    result.then(
-      (output) => {
-        settled();
-        call.sendMetadata(headersToMetadata(ctx.responseHeader));
-        callback(null, output, headersToMetadata(ctx.responseTrailer));
-      },
-      (err: unknown) => {
-        settled();
-        call.sendMetadata(headersToMetadata(ctx.responseHeader));
-        callback(toServiceError(err, ctx));
-      },
-    );
+    answer(result, call, callback, ctx, settled);
   };
+}
+
+/** Answers a call with one response: the response headers, then the message and trailers or the error. */
+function answer(
+  result: Promise<unknown>,
+  call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
+  callback: grpc.sendUnaryData<unknown>,
+  ctx: HandlerContext,
+  settled: () => void,
+): void {
+  result.then(
+    (output) => {
+      settled();
+      call.sendMetadata(headersToMetadata(ctx.responseHeader));
+      callback(null, output, headersToMetadata(ctx.responseTrailer));
+    },
+    (err: unknown) => {
+      settled();
+      call.sendMetadata(headersToMetadata(ctx.responseHeader));
+      callback(toServiceError(err, ctx));
+    },
+  );
 }
 
 async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, output: AsyncIterable<unknown>, ctx: HandlerContext, settled: () => void): Promise<void> {
@@ -205,17 +216,7 @@ function clientStreamingHandler(bound: BoundService, method: DescMethod): grpc.h
   return (call, callback) => {
     const { controller, settled } = track(call);
     const ctx = handlerContext(bound, method, call, controller);
-    Promise.resolve(impl(readInput(call, method), ctx)).then(
-      (output) => {
-        settled();
-        call.sendMetadata(headersToMetadata(ctx.responseHeader));
-        callback(null, output, headersToMetadata(ctx.responseTrailer));
-      },
-      (err: unknown) => {
-        settled();
-        callback(toServiceError(err, ctx));
-      },
-    );
+    answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
   };
 }
 
