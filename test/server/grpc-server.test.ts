@@ -1,0 +1,57 @@
+import { once } from "node:events";
+import test from "ava";
+import * as grpc from "@grpc/grpc-js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { HandlerContext } from "@connectrpc/connect";
+import { Health, HealthCheckRequestSchema, HealthCheckResponseSchema, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { bindService } from "../../src/server/bind-service.js";
+import { createGrpcServer } from "../../src/server/grpc-server.js";
+import { methodPath } from "../../src/server/interceptor.js";
+import { waitFor } from "../helpers/processes.js";
+
+// grpc-js emits "cancelled" after every answered call as well as for a caller that left: the
+// handler's signal must abort only for the latter.
+test("grpc-js adapter - a handler's signal aborts when the caller cancels, never after it was answered", async (t) => {
+  const signals: { check: AbortSignal[]; watch: AbortSignal[] } = { check: [], watch: [] };
+  const bound = bindService(
+    Health,
+    {
+      check(_req, ctx: HandlerContext) {
+        signals.check.push(ctx.signal);
+        return { status: Serving.SERVING };
+      },
+      async *watch(_req, ctx: HandlerContext) {
+        signals.watch.push(ctx.signal);
+        yield { status: Serving.SERVING };
+        await once(ctx.signal, "abort");
+      },
+    },
+    [],
+  );
+  const server = createGrpcServer({ services: [bound], limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  t.teardown(async () => {
+    client.close();
+    await server.shutdown(1000);
+  });
+  const ser = (m: { service: string }) => Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
+  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+
+  for (let i = 0; i < 3; i++) {
+    const res = await new Promise<unknown>((resolve, reject) =>
+      client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service: "" }, (err, value) => (err ? reject(err) : resolve(value))),
+    );
+    t.like(res, { status: Serving.SERVING });
+  }
+  const stream = client.makeServerStreamRequest(methodPath(Health.method.watch), ser, de, { service: "" });
+  stream.on("error", () => undefined);
+  await once(stream, "data");
+  stream.cancel();
+  await waitFor(() => signals.watch[0]?.aborted === true, "the cancelled stream's signal aborts", 5000);
+  // Every answered Check has had its "cancelled" event by now; none aborted its handler.
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(signals.check.length, 3);
+  t.true(signals.check.every((s) => !s.aborted));
+});
