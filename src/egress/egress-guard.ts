@@ -127,6 +127,11 @@ export interface EgressDecision {
 /** The only door out: decides every outbound call and records the decision. */
 export interface EgressGuard {
   check(request: EgressRequest): Promise<EgressDecision>;
+  /**
+   * The decision when it needs no I/O (cached verdict, air-gapped, break-glass, DGE disabled,
+   * invalid tenant), recorded like check()'s; undefined when only check() can decide.
+   */
+  checkNow(request: EgressRequest): EgressDecision | undefined;
   /** Drops cached policies and verdicts of a tenant here and (via Redis) in every kernel. */
   invalidate(tenant: string, reason: string): Promise<void>;
   /** Writes pending egress.allowed.v1 events now. */
@@ -163,6 +168,11 @@ interface AllowedGroup {
   count: number;
   bytes: number;
   latencyMaxMs: number;
+}
+
+/** Cache key of a verdict: what was decided, under which policy, for which destination. */
+function verdictKey(tier: string, policyVersion: string, destination: string, text: string): string {
+  return hash("sha256", `${tier}\n${policyVersion}\n${destination}\n${text}`, "hex");
 }
 
 class DgeTimeoutError extends Error {
@@ -241,14 +251,14 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
 
   async function classifyAndValidate(req: EgressRequest, tier: TierName, text: string, deadline: number): Promise<{ verdict: CachedVerdict; cached: boolean }> {
     const tierKey = String(tier);
-    let policy = cache.peekPolicy(req.tenant, tierKey) ?? (await cache.getPolicy(req.tenant, tierKey));
+    let policy = await cache.getPolicy(req.tenant, tierKey);
     if (!policy) {
       const res = await withDeadline(deadline, req.signal, (o) => deps.dge.getPolicy({ tenant: req.tenant, tier: tierOf(tier) }, o));
       policy = { version: res.policy?.version ?? "", ttlMs: (res.policy?.ttlSeconds ?? 0) * 1000 };
       await cache.setPolicy(req.tenant, tierKey, policy);
     }
-    const key = hash("sha256", `${tierKey}\n${policy.version}\n${req.destination}\n${text}`, "hex");
-    const hit = cache.peekVerdict(req.tenant, key) ?? (await cache.getVerdict(req.tenant, key));
+    const key = verdictKey(tierKey, policy.version, req.destination, text);
+    const hit = await cache.getVerdict(req.tenant, key);
     if (hit) return { verdict: hit, cached: true };
     const { classification } = await withDeadline(deadline, req.signal, (o) =>
       deps.dge.classify({ data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } }, o));
@@ -314,7 +324,8 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     }
   }
 
-  async function decide(req: EgressRequest): Promise<EgressDecision> {
+  /** What every decision needs: the text the classifier reads, its size, the tier, the recorder. */
+  function prepare(req: EgressRequest) {
     const started = performance.now();
     const text = payloadText(req.payload);
     const bytes = Buffer.byteLength(text);
@@ -326,7 +337,13 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       record(req, d, { ...extra, bytes, started });
       return d;
     };
-    if (!validTenant) return done(false, "invalid_tenant");
+    return { started, text, validTenant, tier, done };
+  }
+
+  /** Decides without I/O when it can: undefined means the DGE (or Redis) has to be asked. */
+  function decideLocally(req: EgressRequest, p: ReturnType<typeof prepare>): EgressDecision | undefined {
+    const { done, tier } = p;
+    if (!p.validTenant) return done(false, "invalid_tenant");
     // Air-gapped means nothing leaves, not even under break-glass.
     if (tier === "air-gapped") return done(false, "air_gapped");
     if (req.override) {
@@ -340,19 +357,30 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       log.warn({ tenant: req.tenant, destination: req.destination }, "DGE_ENABLED is false: egress allowed without classification");
       return done(true, "dge_disabled");
     }
+    const tierKey = String(tier);
+    const policy = cache.peekPolicy(req.tenant, tierKey);
+    const hit = policy && cache.peekVerdict(req.tenant, verdictKey(tierKey, policy.version, req.destination, p.text));
+    return hit && done(hit.allow, hit.reason, { classification: hit.classification, cached: true }, { findings: hit.findings, policyVersion: hit.policyVersion });
+  }
+
+  async function decide(req: EgressRequest): Promise<EgressDecision> {
+    const p = prepare(req);
+    const local = decideLocally(req, p);
+    if (local) return local;
     try {
-      const { verdict, cached } = await classifyAndValidate(req, tier, text, started + options.dgeTimeoutMs);
-      return done(verdict.allow, verdict.reason, { classification: verdict.classification, cached }, { findings: verdict.findings, policyVersion: verdict.policyVersion });
+      const { verdict, cached } = await classifyAndValidate(req, p.tier, p.text, p.started + options.dgeTimeoutMs);
+      return p.done(verdict.allow, verdict.reason, { classification: verdict.classification, cached }, { findings: verdict.findings, policyVersion: verdict.policyVersion });
     } catch (err) {
       const reason = err instanceof DgeTimeoutError ? "dge_timeout" : findSignatureError(err) ? "dge_signature_invalid" : req.signal?.aborted ? "caller_aborted" : "dge_error";
       dgeErrors.add(1, { reason });
       log.warn({ err, tenant: req.tenant, destination: req.destination, reason }, "no usable DGE answer: egress denied");
-      return done(false, reason);
+      return p.done(false, reason);
     }
   }
 
   return {
     check: decide,
+    checkNow: (req) => decideLocally(req, prepare(req)),
     invalidate: (tenant, reason) => cache.invalidate({ tenant, tier: "", reason }),
     flush,
     async close() {

@@ -1,6 +1,6 @@
 import { InterceptingCall, Metadata, status, type InterceptingListener, type Interceptor as GrpcInterceptor, type InterceptorOptions, type NextCall } from "@grpc/grpc-js";
 import type { Interceptor as ConnectInterceptor } from "@connectrpc/connect";
-import { egressDeniedError, type EgressGuard } from "./egress-guard.js";
+import { egressDeniedError, type EgressDecision, type EgressGuard, type EgressRequest } from "./egress-guard.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
 
 /** Header (gRPC metadata) naming the tenant whose data an outbound call carries. */
@@ -28,7 +28,23 @@ export function createGrpcEgressInterceptor(
     let tenant = "";
     let override: string | undefined;
     let denied = false;
+    // Messages waiting for a guard decision that needs I/O; later ones queue behind them.
+    let waiting = 0;
     let chain: Promise<void> = Promise.resolve();
+    const apply = (d: EgressDecision, message: unknown, next: (message: unknown) => void): void => {
+      if (!d.allowed) {
+        denied = true;
+        const e = egressDeniedError(d);
+        savedListener?.onReceiveStatus({ code: status.PERMISSION_DENIED, details: e.rawMessage, metadata: new Metadata() });
+        return;
+      }
+      override = undefined; // a grant covers one message
+      if (startNext) {
+        startNext();
+        startNext = undefined;
+      }
+      next(message);
+    };
     return new InterceptingCall(nextCall(options), {
       start(metadata, listener, next) {
         tenant = String(metadata.get(TENANT_HEADER)[0] ?? "");
@@ -40,24 +56,23 @@ export function createGrpcEgressInterceptor(
         startNext = () => next(metadata, listener);
       },
       sendMessage(message, next) {
+        if (denied) return;
+        const request = (): EgressRequest => ({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: select(path, message), override });
+        // A cached verdict decides at once: the call starts without waiting for a later turn.
+        const now = waiting === 0 ? guard.checkNow(request()) : undefined;
+        if (now) return apply(now, message, next);
+        waiting++;
         chain = chain.then(async () => {
-          if (denied) return;
-          const d = await guard.check({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: select(path, message), override });
-          if (!d.allowed) {
-            denied = true;
-            const e = egressDeniedError(d);
-            savedListener?.onReceiveStatus({ code: status.PERMISSION_DENIED, details: e.rawMessage, metadata: new Metadata() });
-            return;
-          }
-          override = undefined; // a grant covers one message
-          if (startNext) {
-            startNext();
-            startNext = undefined;
-          }
-          next(message);
+          if (!denied) apply(await guard.check(request()), message, next);
+        }).finally(() => {
+          waiting--;
         });
       },
       halfClose(next) {
+        if (waiting === 0) {
+          if (!denied) next();
+          return;
+        }
         void chain.then(() => {
           if (!denied) next();
         });

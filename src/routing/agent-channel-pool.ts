@@ -12,6 +12,7 @@ import {
   type HandleStreamResponse,
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import type { Clock } from "../common/clock.js";
+import { bytesText } from "../egress/payload-text.js";
 import { KernelError } from "../common/errors.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
@@ -43,7 +44,8 @@ export interface AgentClient {
  */
 export function agentCallData(_path: string, message: unknown): unknown {
   const inv = (message as Partial<HandleRequest | HandleStreamRequest>).invocation;
-  return inv ? { capability: inv.capability, contentType: inv.contentType, payload: inv.payload } : message;
+  // As text: an object would be JSON-encoded by the guard on every call.
+  return inv ? `${inv.capability}\n${inv.contentType}\n${bytesText(inv.payload)}` : message;
 }
 
 /** One channel per agent endpoint, reused by every call and closed when the endpoint goes away. */

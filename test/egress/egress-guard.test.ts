@@ -106,6 +106,10 @@ test("egress guard - operational metadata without PII passes, is recorded and th
   t.true(decision.allowed);
   t.true(decision.cached);
   t.is(decision.classification, "D1");
+  // The same verdict without an await; a payload never classified needs the DGE.
+  t.like(guard.checkNow({ tenant: "acme", transport: "http", destination: `observability:${echo.url}/v1/metrics`, dataType: "", payload: `/v1/metrics\n${body}` }), { allowed: true, cached: true, classification: "D1" });
+  t.is(guard.checkNow({ tenant: "acme", transport: "http", destination: `observability:${echo.url}/v1/metrics`, dataType: "", payload: "never seen" }), undefined);
+  t.like(guard.checkNow({ tenant: "bunker", transport: "http", destination: "x", dataType: "", payload: "anything" }), { allowed: false, reason: "air_gapped" });
   const m = await metrics.collect();
   t.true(((m.get("dge_cache_hit_rate")?.[0]?.value as number) ?? 0) > 0);
 });
