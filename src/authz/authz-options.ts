@@ -1,6 +1,6 @@
 import { ConfigError } from "../common/errors.js";
+import { readBool, readObject, readOptionalStringList, readStringList, type RawSection } from "../config/fields.js";
 import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
-import { asRecord, readBoolean, readStringList } from "./config-fields.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
 import { parseRequiredScope, parseScopeGrant } from "./scope.js";
 
@@ -81,29 +81,27 @@ function checkGrants(scopes: string[], field: string): string[] {
   return scopes;
 }
 
-/** Checks a list of role names. */
-export function readRoles(obj: Record<string, unknown>, key: string, path: string): Role[] | undefined {
-  const roles = readStringList(obj, key, path);
-  roles?.forEach((r, i) => {
-    if (!isRole(r)) throw new ConfigError(`${path}.${key}[${i}] must be one of ${ROLES.join(", ")}`);
-  });
-  return roles as Role[] | undefined;
+/** Policy lists: non-empty strings; a lone string is a one-entry list. */
+export const POLICY_LIST = { single: true, nonEmpty: true } as const;
+
+/** Reads an optional list of role names. */
+export function readRoles(obj: RawSection, key: string, path: string): Role[] | undefined {
+  return readOptionalStringList(obj, key, path, { ...POLICY_LIST, oneOf: ROLES }) as Role[] | undefined;
 }
 
 function resolveRule(input: unknown, path: string): AttributeRule {
-  const r = asRecord(input, path);
+  const r = readObject(input, path);
   const effect = r.effect;
   if (effect !== "allow" && effect !== "deny") throw new ConfigError(`${path}.effect must be "allow" or "deny"`);
-  const methods = readStringList(r, "methods", path);
-  if (!methods || methods.length === 0) throw new ConfigError(`${path}.methods must list at least one method pattern`);
+  const methods = readStringList(r, "methods", path, [], { ...POLICY_LIST, minItems: 1 });
   methods.forEach((m, i) => checkMethodPattern(m, `${path}.methods[${i}]`));
-  const tenants = readStringList(r, "tenants", path);
+  const tenants = readOptionalStringList(r, "tenants", path, POLICY_LIST);
   tenants?.forEach((t, i) => {
     if (!TENANT_PATTERN.test(t)) throw new ConfigError(`${path}.tenants[${i}] is not a tenant id`);
   });
   const rule: AttributeRule = { effect, methods };
   const roles = readRoles(r, "roles", path);
-  const capabilities = readStringList(r, "capabilities", path);
+  const capabilities = readOptionalStringList(r, "capabilities", path, POLICY_LIST);
   if (roles) rule.roles = roles;
   if (tenants) rule.tenants = tenants;
   if (capabilities) rule.capabilities = capabilities;
@@ -112,24 +110,24 @@ function resolveRule(input: unknown, path: string): AttributeRule {
 
 /** Validates a partial authz config over the defaults; throws ConfigError naming the field. */
 export function resolveAuthzOptions(input: unknown, path = "authz"): AuthzOptions {
-  const o = asRecord(input, path);
+  const o = readObject(input, path);
   const methodScopes = { ...DEFAULT_AUTHZ_OPTIONS.methodScopes };
-  for (const [pattern, scope] of Object.entries(asRecord(o.methodScopes, `${path}.methodScopes`))) {
+  for (const [pattern, scope] of Object.entries(readObject(o.methodScopes, `${path}.methodScopes`))) {
     const field = `${path}.methodScopes[${JSON.stringify(pattern)}]`;
     checkMethodPattern(pattern, field);
     if (typeof scope !== "string" || !parseRequiredScope(scope)) throw new ConfigError(`${field} must be a scope "service/operation"`);
     methodScopes[pattern] = scope;
   }
   const roleScopes = { ...DEFAULT_AUTHZ_OPTIONS.roleScopes };
-  const rs = asRecord(o.roleScopes, `${path}.roleScopes`);
+  const rs = readObject(o.roleScopes, `${path}.roleScopes`);
   for (const key of Object.keys(rs)) {
     if (!isRole(key)) throw new ConfigError(`${path}.roleScopes.${key} is not a role (${ROLES.join(", ")})`);
-    roleScopes[key] = checkGrants(readStringList(rs, key, `${path}.roleScopes`) ?? [], `${path}.roleScopes.${key}`);
+    roleScopes[key] = checkGrants(readStringList(rs, key, `${path}.roleScopes`, [], POLICY_LIST), `${path}.roleScopes.${key}`);
   }
   if (o.rules !== undefined && !Array.isArray(o.rules)) throw new ConfigError(`${path}.rules must be a list`);
   const rules = ((o.rules as unknown[] | undefined) ?? []).map((r, i) => resolveRule(r, `${path}.rules[${i}]`));
-  const publicMethods = readStringList(o, "publicMethods", path) ?? [...DEFAULT_AUTHZ_OPTIONS.publicMethods];
+  const publicMethods = readStringList(o, "publicMethods", path, DEFAULT_AUTHZ_OPTIONS.publicMethods, POLICY_LIST);
   publicMethods.forEach((m, i) => checkMethodPattern(m, `${path}.publicMethods[${i}]`));
-  const allowAnonymous = readBoolean(o, "allowAnonymous", path) ?? DEFAULT_AUTHZ_OPTIONS.allowAnonymous;
+  const allowAnonymous = readBool(o, "allowAnonymous", path, DEFAULT_AUTHZ_OPTIONS.allowAnonymous);
   return { methodScopes, roleScopes, rules, publicMethods, allowAnonymous };
 }

@@ -1,8 +1,8 @@
 import { ConfigError } from "../common/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../identity/spiffe/spiffe-id.js";
 import { TENANT_PATTERN, type Principal, type Role } from "../identity/principal.js";
-import { readRoles } from "./authz-options.js";
-import { asRecord, readBoolean, readString, readStringList } from "./config-fields.js";
+import { readBool, readObject, readOptionalString, readOptionalStringList, readString } from "../config/fields.js";
+import { POLICY_LIST, readRoles } from "./authz-options.js";
 import { parseScopeGrant } from "./scope.js";
 import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe-authorizer.js";
 
@@ -53,13 +53,13 @@ export interface SpiffePrincipalMapper {
 }
 
 function resolveRule(input: unknown, path: string, trustDomain: string): SpiffePrincipalRule {
-  const r = asRecord(input, path);
-  const m = asRecord(r.match, `${path}.match`);
+  const r = readObject(input, path);
+  const m = readObject(r.match, `${path}.match`);
   const match: SpiffeMatch = {};
-  const id = readString(m, "id", `${path}.match`);
-  const oneOf = readStringList(m, "oneOf", `${path}.match`);
-  const td = readString(m, "trustDomain", `${path}.match`);
-  const pathPrefix = readString(m, "pathPrefix", `${path}.match`);
+  const id = readOptionalString(m, "id", `${path}.match`, { nonEmpty: true });
+  const oneOf = readOptionalStringList(m, "oneOf", `${path}.match`, POLICY_LIST);
+  const td = readOptionalString(m, "trustDomain", `${path}.match`, { nonEmpty: true });
+  const pathPrefix = readOptionalString(m, "pathPrefix", `${path}.match`, { nonEmpty: true });
   if (id !== undefined) match.id = id;
   if (oneOf !== undefined) match.oneOf = oneOf;
   if (td !== undefined) match.trustDomain = td;
@@ -67,16 +67,16 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
   if (Object.keys(match).length === 0) throw new ConfigError(`${path}.match must set id, oneOf, trustDomain or pathPrefix`);
   createSpiffeMatcher(match, trustDomain, `${path}.match`);
   const rule: SpiffePrincipalRule = { match, roles: readRoles(r, "roles", path) ?? [] };
-  const scopes = readStringList(r, "scopes", path);
+  const scopes = readOptionalStringList(r, "scopes", path, POLICY_LIST);
   scopes?.forEach((s, i) => {
     if (!parseScopeGrant(s)) throw new ConfigError(`${path}.scopes[${i}] is not a scope: ${JSON.stringify(s)}`);
   });
   if (scopes) rule.scopes = scopes;
-  const capabilities = readStringList(r, "capabilities", path);
+  const capabilities = readOptionalStringList(r, "capabilities", path, POLICY_LIST);
   if (capabilities) rule.capabilities = capabilities;
-  const tenant = readString(r, "tenant", path);
+  const tenant = readOptionalString(r, "tenant", path, { nonEmpty: true });
   if (tenant !== undefined && !TENANT_PATTERN.test(tenant)) throw new ConfigError(`${path}.tenant is not a tenant id`);
-  const fromPath = readBoolean(r, "tenantFromPath", path);
+  const fromPath = readBool(r, "tenantFromPath", path, false);
   if (tenant !== undefined && fromPath) throw new ConfigError(`${path}: set tenant or tenantFromPath, not both`);
   if (tenant !== undefined) rule.tenant = tenant;
   if (fromPath) rule.tenantFromPath = true;
@@ -85,8 +85,8 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
 
 /** Validates a partial config over the defaults; throws ConfigError naming the field. */
 export function resolveSpiffePrincipalOptions(input: unknown, path = "identity.spiffe"): SpiffePrincipalOptions {
-  const o = asRecord(input, path);
-  const trustDomain = readString(o, "trustDomain", path) ?? DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.trustDomain;
+  const o = readObject(input, path);
+  const trustDomain = readString(o, "trustDomain", path, DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.trustDomain, { nonEmpty: true });
   try {
     parseTrustDomain(trustDomain);
   } catch (e) {

@@ -4,7 +4,8 @@ import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { auditDenial } from "../authz/audit-denial.js";
-import { asRecord, readBoolean, readInteger, readStringList } from "../authz/config-fields.js";
+import { POLICY_LIST } from "../authz/authz-options.js";
+import { readBool, readInt, readObject, readStringList } from "../config/fields.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern, createMethodMatcher } from "../authz/method-pattern.js";
 import type { SpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
@@ -51,14 +52,15 @@ export const DEFAULT_AUTHN_OPTIONS: Readonly<AuthnOptions> = {
 
 /** Validates a partial authn config; throws ConfigError naming the field. */
 export function resolveAuthnOptions(input: unknown, path = "authn"): AuthnOptions {
-  const o = asRecord(input, path);
-  const publicMethods = readStringList(o, "publicMethods", path) ?? [...DEFAULT_AUTHN_OPTIONS.publicMethods];
+  const o = readObject(input, path);
+  const d = DEFAULT_AUTHN_OPTIONS;
+  const publicMethods = readStringList(o, "publicMethods", path, d.publicMethods, POLICY_LIST);
   publicMethods.forEach((m, i) => checkMethodPattern(m, `${path}.publicMethods[${i}]`));
   return {
     publicMethods,
-    allowAnonymous: readBoolean(o, "allowAnonymous", path) ?? DEFAULT_AUTHN_OPTIONS.allowAnonymous,
-    peerCacheTtlMs: readInteger(o, "peerCacheTtlMs", path, 0) ?? DEFAULT_AUTHN_OPTIONS.peerCacheTtlMs,
-    peerCacheMax: readInteger(o, "peerCacheMax", path, 1) ?? DEFAULT_AUTHN_OPTIONS.peerCacheMax,
+    allowAnonymous: readBool(o, "allowAnonymous", path, d.allowAnonymous),
+    peerCacheTtlMs: readInt(o, "peerCacheTtlMs", path, d.peerCacheTtlMs, 0),
+    peerCacheMax: readInt(o, "peerCacheMax", path, d.peerCacheMax, 1),
   };
 }
 
