@@ -7,7 +7,7 @@ import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
-import { ConfigError } from "../common/errors.js";
+import { readInt, readObject } from "../config/fields.js";
 import { eventSubject } from "../store/outbox.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import {
@@ -56,16 +56,12 @@ export const DEFAULT_ACK_TIMEOUT_MS = 5000;
 
 /** Fills defaults and validates; throws ConfigError naming `<path>.<field>`. */
 export function resolveEventBusServiceOptions(input: Partial<EventBusServiceOptions>, path = "events.service"): EventBusServiceOptions {
-  const int = (field: keyof EventBusServiceOptions, fallback: number): number => {
-    const v = input[field] ?? fallback;
-    if (!Number.isInteger(v) || v < 1) throw new ConfigError(`${path}.${field} must be an integer >= 1`);
-    return v;
-  };
+  const s = readObject(input, path);
   return {
-    maxPayloadBytes: int("maxPayloadBytes", DEFAULT_MAX_PAYLOAD_BYTES),
-    maxHeaders: int("maxHeaders", DEFAULT_MAX_HEADERS),
-    maxIdempotencyKeyLength: int("maxIdempotencyKeyLength", DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH),
-    ackTimeoutMs: int("ackTimeoutMs", DEFAULT_ACK_TIMEOUT_MS),
+    maxPayloadBytes: readInt(s, "maxPayloadBytes", path, DEFAULT_MAX_PAYLOAD_BYTES, 1),
+    maxHeaders: readInt(s, "maxHeaders", path, DEFAULT_MAX_HEADERS, 1),
+    maxIdempotencyKeyLength: readInt(s, "maxIdempotencyKeyLength", path, DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH, 1),
+    ackTimeoutMs: readInt(s, "ackTimeoutMs", path, DEFAULT_ACK_TIMEOUT_MS, 1),
   };
 }
 

@@ -1,4 +1,5 @@
 import { ConfigError } from "../common/errors.js";
+import { readInt, readNumber, readObject, readSection, readString } from "../config/fields.js";
 
 /** A tenant tier: 1, 2 or 3. */
 export type TenantTier = 1 | 2 | 3;
@@ -38,72 +39,54 @@ export const DEFAULT_ALERT_THRESHOLD = 0.95;
 /** Default Redis key prefix. */
 export const DEFAULT_RATE_LIMIT_KEY_PREFIX = "nops:rl";
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-const isLimit = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1;
-const isTier = (v: unknown): v is TenantTier => v === 1 || v === 2 || v === 3;
-const isWindow = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1000 && (v as number) % 1000 === 0;
+/** Every default, also the set of known keys. */
+export const DEFAULT_RATE_LIMIT_OPTIONS: Readonly<RateLimitOptions> = {
+  ipLimit: DEFAULT_IP_LIMIT,
+  ipWindowMs: DEFAULT_IP_WINDOW_MS,
+  ipOverrides: {},
+  tierLimits: DEFAULT_TIER_LIMITS,
+  tenantWindowMs: DEFAULT_TENANT_WINDOW_MS,
+  tenantTiers: {},
+  defaultTier: 1,
+  alertThreshold: DEFAULT_ALERT_THRESHOLD,
+  keyPrefix: DEFAULT_RATE_LIMIT_KEY_PREFIX,
+};
 
 /** Fills defaults and validates; throws ConfigError naming the bad field. */
 export function resolveRateLimitOptions(input: unknown = {}, path = "rateLimit"): RateLimitOptions {
-  if (!isObject(input)) throw new ConfigError(`${path} must be an object`);
-  const known = ["ipLimit", "ipWindowMs", "ipOverrides", "tierLimits", "tenantWindowMs", "tenantTiers", "defaultTier", "alertThreshold", "keyPrefix"];
-  for (const k of Object.keys(input)) if (!known.includes(k)) throw new ConfigError(`${path}.${k} is not a known option`);
-  const o: RateLimitOptions = {
-    ipLimit: DEFAULT_IP_LIMIT,
-    ipWindowMs: DEFAULT_IP_WINDOW_MS,
-    ipOverrides: {},
-    tierLimits: { ...DEFAULT_TIER_LIMITS },
-    tenantWindowMs: DEFAULT_TENANT_WINDOW_MS,
-    tenantTiers: {},
-    defaultTier: 1,
-    alertThreshold: DEFAULT_ALERT_THRESHOLD,
-    keyPrefix: DEFAULT_RATE_LIMIT_KEY_PREFIX,
+  const s = readSection(input, path, DEFAULT_RATE_LIMIT_OPTIONS);
+  const d = DEFAULT_RATE_LIMIT_OPTIONS;
+  // The limiter counts in whole-second buckets.
+  const window = (key: "ipWindowMs" | "tenantWindowMs"): number => {
+    const v = readInt(s, key, path, d[key], 1000);
+    if (v % 1000 !== 0) throw new ConfigError(`${path}.${key} must be a whole number of seconds in ms (>= 1000)`);
+    return v;
   };
-  if (input.ipLimit !== undefined) {
-    if (!isLimit(input.ipLimit)) throw new ConfigError(`${path}.ipLimit must be an integer >= 1`);
-    o.ipLimit = input.ipLimit;
+  const ipLimit = readInt(s, "ipLimit", path, d.ipLimit, 1);
+  const defaultTier = readInt(s, "defaultTier", path, d.defaultTier, 1, 3) as TenantTier;
+  // Map entries fall back to what an absent entry means, so only present values are checked.
+  const ipOverrides: Record<string, number> = {};
+  const ips = readObject(s.ipOverrides, `${path}.ipOverrides`);
+  for (const ip of Object.keys(ips)) ipOverrides[ip] = readInt(ips, ip, `${path}.ipOverrides`, ipLimit, 1);
+  const tierLimits = { ...d.tierLimits };
+  const tiers = readObject(s.tierLimits, `${path}.tierLimits`);
+  for (const tier of Object.keys(tiers)) {
+    const n = Number(tier);
+    if (n !== 1 && n !== 2 && n !== 3) throw new ConfigError(`${path}.tierLimits.${tier} is not a tier (1, 2 or 3)`);
+    tierLimits[n] = readInt(tiers, tier, `${path}.tierLimits`, tierLimits[n], 1);
   }
-  for (const k of ["ipWindowMs", "tenantWindowMs"] as const) {
-    if (input[k] !== undefined) {
-      if (!isWindow(input[k])) throw new ConfigError(`${path}.${k} must be a whole number of seconds in ms (>= 1000)`);
-      o[k] = input[k];
-    }
-  }
-  if (input.ipOverrides !== undefined) {
-    if (!isObject(input.ipOverrides)) throw new ConfigError(`${path}.ipOverrides must be a map of IP to limit`);
-    for (const [ip, v] of Object.entries(input.ipOverrides)) {
-      if (!isLimit(v)) throw new ConfigError(`${path}.ipOverrides.${ip} must be an integer >= 1`);
-      o.ipOverrides[ip] = v;
-    }
-  }
-  if (input.tierLimits !== undefined) {
-    if (!isObject(input.tierLimits)) throw new ConfigError(`${path}.tierLimits must be a map of tier to limit`);
-    for (const [tier, v] of Object.entries(input.tierLimits)) {
-      const n = Number(tier);
-      if (!isTier(n)) throw new ConfigError(`${path}.tierLimits.${tier} is not a tier (1, 2 or 3)`);
-      if (!isLimit(v)) throw new ConfigError(`${path}.tierLimits.${tier} must be an integer >= 1`);
-      o.tierLimits[n] = v;
-    }
-  }
-  if (input.tenantTiers !== undefined) {
-    if (!isObject(input.tenantTiers)) throw new ConfigError(`${path}.tenantTiers must be a map of tenant to tier`);
-    for (const [tenant, v] of Object.entries(input.tenantTiers)) {
-      if (!isTier(v)) throw new ConfigError(`${path}.tenantTiers.${tenant} must be 1, 2 or 3`);
-      o.tenantTiers[tenant] = v;
-    }
-  }
-  if (input.defaultTier !== undefined) {
-    if (!isTier(input.defaultTier)) throw new ConfigError(`${path}.defaultTier must be 1, 2 or 3`);
-    o.defaultTier = input.defaultTier;
-  }
-  if (input.alertThreshold !== undefined) {
-    const v = input.alertThreshold;
-    if (typeof v !== "number" || !(v > 0 && v <= 1)) throw new ConfigError(`${path}.alertThreshold must be a number in (0, 1]`);
-    o.alertThreshold = v;
-  }
-  if (input.keyPrefix !== undefined) {
-    if (typeof input.keyPrefix !== "string" || input.keyPrefix.length === 0) throw new ConfigError(`${path}.keyPrefix must be a non-empty string`);
-    o.keyPrefix = input.keyPrefix;
-  }
-  return o;
+  const tenantTiers: Record<string, TenantTier> = {};
+  const tenants = readObject(s.tenantTiers, `${path}.tenantTiers`);
+  for (const tenant of Object.keys(tenants)) tenantTiers[tenant] = readInt(tenants, tenant, `${path}.tenantTiers`, defaultTier, 1, 3) as TenantTier;
+  return {
+    ipLimit,
+    ipWindowMs: window("ipWindowMs"),
+    ipOverrides,
+    tierLimits,
+    tenantWindowMs: window("tenantWindowMs"),
+    tenantTiers,
+    defaultTier,
+    alertThreshold: readNumber(s, "alertThreshold", path, d.alertThreshold, 0, 1, { exclusiveMin: true }),
+    keyPrefix: readString(s, "keyPrefix", path, d.keyPrefix, { nonEmpty: true }),
+  };
 }

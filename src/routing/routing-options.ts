@@ -1,4 +1,5 @@
 import { ConfigError } from "../common/errors.js";
+import { readBool, readInt, readNumber, readObject, readSection, readString, readStringList } from "../config/fields.js";
 
 /** One weighted target of a static route: an agent named by its name or id. */
 export interface RouteTarget {
@@ -150,110 +151,106 @@ export type RoutingOptionsInput = {
   idempotentCapabilities?: string[];
 };
 
-type Check = (v: unknown) => boolean;
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-const positive: Check = (v) => typeof v === "number" && Number.isFinite(v) && v > 0;
-const nonNegative: Check = (v) => typeof v === "number" && Number.isFinite(v) && v >= 0;
-const intAtLeast = (min: number): Check => (v) => Number.isInteger(v) && (v as number) >= min;
-const fraction: Check = (v) => typeof v === "number" && v >= 0 && v <= 1;
-const isString: Check = (v) => typeof v === "string" && v.length > 0;
+/** Every default, also the set of known keys. */
+export const DEFAULT_ROUTING_OPTIONS: Readonly<RoutingOptions> = {
+  routes: [],
+  scoring: DEFAULT_SCORING_OPTIONS,
+  retry: DEFAULT_RETRY_OPTIONS,
+  circuitBreaker: DEFAULT_CIRCUIT_BREAKER_OPTIONS,
+  hedging: DEFAULT_HEDGING_OPTIONS,
+  timeouts: DEFAULT_TIMEOUT_OPTIONS,
+  channels: DEFAULT_CHANNEL_POOL_OPTIONS,
+  idempotentCapabilities: [],
+};
 
-function section<T extends object>(input: unknown, defaults: T, path: string, rules: { [K in keyof T]: [Check, string] }): T {
-  if (input === undefined) return { ...defaults };
-  if (!isObject(input)) throw new ConfigError(`${path} must be an object`);
-  const out = { ...defaults };
-  for (const key of Object.keys(input)) {
-    if (!(key in rules)) throw new ConfigError(`${path}.${key} is not a known option`);
-    const value = input[key];
-    if (value === undefined) continue;
-    const [check, what] = rules[key as keyof T];
-    if (!check(value)) throw new ConfigError(`${path}.${key} must be ${what}`);
-    (out as Record<string, unknown>)[key] = value;
-  }
-  return out;
-}
-
-function stringList(v: unknown, path: string): string[] {
-  if (v === undefined) return [];
-  if (!Array.isArray(v) || !v.every(isString)) throw new ConfigError(`${path} must be a list of non-empty strings`);
-  return [...(v as string[])];
-}
+const ROUTE_KEYS = { capability: "", tenants: [], targets: [], fallbacks: [], strict: false };
+const ABOVE_MIN = { exclusiveMin: true };
+const NON_EMPTY = { nonEmpty: true };
 
 function resolveRoute(input: unknown, path: string): StaticRoute {
-  if (!isObject(input)) throw new ConfigError(`${path} must be an object`);
-  for (const key of Object.keys(input)) {
-    if (!["capability", "tenants", "targets", "fallbacks", "strict"].includes(key)) throw new ConfigError(`${path}.${key} is not a known option`);
-  }
-  if (!isString(input.capability)) throw new ConfigError(`${path}.capability must be a non-empty string`);
-  if (!Array.isArray(input.targets) || input.targets.length === 0) throw new ConfigError(`${path}.targets must be a non-empty list`);
-  const targets = input.targets.map((t: unknown, i): RouteTarget => {
-    const p = `${path}.targets[${i}]`;
-    if (!isObject(t) || !isString(t.agent)) throw new ConfigError(`${p}.agent must be a non-empty string`);
-    const weight = t.weight ?? 1;
-    if (!positive(weight)) throw new ConfigError(`${p}.weight must be a number > 0`);
-    return { agent: t.agent as string, weight: weight as number };
+  const r = readSection(input, path, ROUTE_KEYS);
+  const capability = readString(r, "capability", path, "", NON_EMPTY);
+  if (!Array.isArray(r.targets) || r.targets.length === 0) throw new ConfigError(`${path}.targets must be a non-empty list`);
+  const targets = r.targets.map((raw: unknown, i): RouteTarget => {
+    const t = readObject(raw, `${path}.targets[${i}]`);
+    return {
+      agent: readString(t, "agent", `${path}.targets[${i}]`, "", NON_EMPTY),
+      // Weights are relative shares, so fractions are fine.
+      weight: readNumber(t, "weight", `${path}.targets[${i}]`, 1, 0, Infinity, ABOVE_MIN),
+    };
   });
-  if (input.strict !== undefined && typeof input.strict !== "boolean") throw new ConfigError(`${path}.strict must be a boolean`);
   return {
-    capability: input.capability as string,
-    tenants: stringList(input.tenants, `${path}.tenants`),
+    capability,
+    tenants: readStringList(r, "tenants", path, [], NON_EMPTY),
     targets,
-    fallbacks: stringList(input.fallbacks, `${path}.fallbacks`),
-    strict: input.strict ?? false,
+    fallbacks: readStringList(r, "fallbacks", path, [], NON_EMPTY),
+    strict: readBool(r, "strict", path, false),
   };
 }
 
 /** Fills defaults and validates the routing options; throws ConfigError naming the bad field. */
 export function resolveRoutingOptions(input: unknown = {}, path = "routing"): RoutingOptions {
-  if (!isObject(input)) throw new ConfigError(`${path} must be an object`);
-  const known = ["routes", "scoring", "retry", "circuitBreaker", "hedging", "timeouts", "channels", "idempotentCapabilities"];
-  for (const key of Object.keys(input)) {
-    if (!known.includes(key)) throw new ConfigError(`${path}.${key} is not a known option`);
-  }
-  if (input.routes !== undefined && !Array.isArray(input.routes)) throw new ConfigError(`${path}.routes must be a list`);
-  const routes = ((input.routes as unknown[] | undefined) ?? []).map((r, i) => resolveRoute(r, `${path}.routes[${i}]`));
-  const options: RoutingOptions = {
-    routes,
-    scoring: section(input.scoring, DEFAULT_SCORING_OPTIONS, `${path}.scoring`, {
-      ewmaAlpha: [(v) => positive(v) && (v as number) <= 1, "a number in (0, 1]"],
-      decayMs: [positive, "a number > 0"],
-      latencyFloorMs: [positive, "a number > 0"],
-      errorPenalty: [nonNegative, "a number >= 0"],
-      heartbeatFreshMs: [positive, "a number > 0"],
-      stalePenalty: [(v) => positive(v) && (v as number) <= 1, "a number in (0, 1]"],
-      tieTolerance: [(v) => fraction(v) && (v as number) < 1, "a number in [0, 1)"],
-      exploreRatio: [fraction, "a number in [0, 1]"],
-    }),
-    retry: section(input.retry, DEFAULT_RETRY_OPTIONS, `${path}.retry`, {
-      maxAttempts: [intAtLeast(1), "an integer >= 1"],
-      maxReroutes: [intAtLeast(0), "an integer >= 0"],
-      baseDelayMs: [nonNegative, "a number >= 0"],
-      maxDelayMs: [nonNegative, "a number >= 0"],
-      budgetRatio: [fraction, "a number in [0, 1]"],
-      budgetMinPerSecond: [nonNegative, "a number >= 0"],
-      budgetWindowMs: [intAtLeast(1), "an integer >= 1"],
-    }),
-    circuitBreaker: section(input.circuitBreaker, DEFAULT_CIRCUIT_BREAKER_OPTIONS, `${path}.circuitBreaker`, {
-      consecutiveFailures: [intAtLeast(1), "an integer >= 1"],
-      halfOpenAfterMs: [intAtLeast(1), "an integer >= 1"],
-    }),
-    hedging: section(input.hedging, DEFAULT_HEDGING_OPTIONS, `${path}.hedging`, {
-      enabled: [(v) => typeof v === "boolean", "a boolean"],
-      delayMs: [intAtLeast(1), "an integer >= 1"],
-    }),
-    timeouts: section(input.timeouts, DEFAULT_TIMEOUT_OPTIONS, `${path}.timeouts`, {
-      perHopMaxMs: [intAtLeast(1), "an integer >= 1"],
-      defaultDeadlineMs: [intAtLeast(1), "an integer >= 1"],
-      minAttemptMs: [intAtLeast(0), "an integer >= 0"],
-    }),
-    channels: section(input.channels, DEFAULT_CHANNEL_POOL_OPTIONS, `${path}.channels`, {
-      idleMs: [intAtLeast(1), "an integer >= 1"],
-      maxReconnectBackoffMs: [intAtLeast(100), "an integer >= 100"],
-    }),
-    idempotentCapabilities: stringList(input.idempotentCapabilities, `${path}.idempotentCapabilities`),
+  const s = readSection(input, path, DEFAULT_ROUTING_OPTIONS);
+  if (s.routes !== undefined && !Array.isArray(s.routes)) throw new ConfigError(`${path}.routes must be a list`);
+  const routes = ((s.routes as unknown[] | undefined) ?? []).map((r, i) => resolveRoute(r, `${path}.routes[${i}]`));
+
+  const sp = `${path}.scoring`;
+  const sc = readSection(s.scoring, sp, DEFAULT_SCORING_OPTIONS);
+  const ds = DEFAULT_SCORING_OPTIONS;
+  const scoring: ScoringOptions = {
+    ewmaAlpha: readNumber(sc, "ewmaAlpha", sp, ds.ewmaAlpha, 0, 1, ABOVE_MIN),
+    decayMs: readNumber(sc, "decayMs", sp, ds.decayMs, 0, Infinity, ABOVE_MIN),
+    latencyFloorMs: readNumber(sc, "latencyFloorMs", sp, ds.latencyFloorMs, 0, Infinity, ABOVE_MIN),
+    errorPenalty: readNumber(sc, "errorPenalty", sp, ds.errorPenalty, 0),
+    heartbeatFreshMs: readNumber(sc, "heartbeatFreshMs", sp, ds.heartbeatFreshMs, 0, Infinity, ABOVE_MIN),
+    stalePenalty: readNumber(sc, "stalePenalty", sp, ds.stalePenalty, 0, 1, ABOVE_MIN),
+    tieTolerance: readNumber(sc, "tieTolerance", sp, ds.tieTolerance, 0, 1, { exclusiveMax: true }),
+    exploreRatio: readNumber(sc, "exploreRatio", sp, ds.exploreRatio, 0, 1),
   };
-  if (options.retry.maxDelayMs < options.retry.baseDelayMs) {
-    throw new ConfigError(`${path}.retry.maxDelayMs must be >= ${path}.retry.baseDelayMs`);
-  }
-  return options;
+
+  const rp = `${path}.retry`;
+  const re = readSection(s.retry, rp, DEFAULT_RETRY_OPTIONS);
+  const dr = DEFAULT_RETRY_OPTIONS;
+  const retry: RetryOptions = {
+    maxAttempts: readInt(re, "maxAttempts", rp, dr.maxAttempts, 1),
+    maxReroutes: readInt(re, "maxReroutes", rp, dr.maxReroutes, 0),
+    baseDelayMs: readNumber(re, "baseDelayMs", rp, dr.baseDelayMs, 0),
+    maxDelayMs: readNumber(re, "maxDelayMs", rp, dr.maxDelayMs, 0),
+    budgetRatio: readNumber(re, "budgetRatio", rp, dr.budgetRatio, 0, 1),
+    budgetMinPerSecond: readNumber(re, "budgetMinPerSecond", rp, dr.budgetMinPerSecond, 0),
+    budgetWindowMs: readInt(re, "budgetWindowMs", rp, dr.budgetWindowMs, 1),
+  };
+  if (retry.maxDelayMs < retry.baseDelayMs) throw new ConfigError(`${rp}.maxDelayMs must be >= ${rp}.baseDelayMs`);
+
+  const cp = `${path}.circuitBreaker`;
+  const cb = readSection(s.circuitBreaker, cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS);
+  const hp = `${path}.hedging`;
+  const he = readSection(s.hedging, hp, DEFAULT_HEDGING_OPTIONS);
+  const tp = `${path}.timeouts`;
+  const to = readSection(s.timeouts, tp, DEFAULT_TIMEOUT_OPTIONS);
+  const chp = `${path}.channels`;
+  const ch = readSection(s.channels, chp, DEFAULT_CHANNEL_POOL_OPTIONS);
+  return {
+    routes,
+    scoring,
+    retry,
+    circuitBreaker: {
+      consecutiveFailures: readInt(cb, "consecutiveFailures", cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS.consecutiveFailures, 1),
+      halfOpenAfterMs: readInt(cb, "halfOpenAfterMs", cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS.halfOpenAfterMs, 1),
+    },
+    hedging: {
+      enabled: readBool(he, "enabled", hp, DEFAULT_HEDGING_OPTIONS.enabled),
+      delayMs: readInt(he, "delayMs", hp, DEFAULT_HEDGING_OPTIONS.delayMs, 1),
+    },
+    timeouts: {
+      perHopMaxMs: readInt(to, "perHopMaxMs", tp, DEFAULT_TIMEOUT_OPTIONS.perHopMaxMs, 1),
+      defaultDeadlineMs: readInt(to, "defaultDeadlineMs", tp, DEFAULT_TIMEOUT_OPTIONS.defaultDeadlineMs, 1),
+      minAttemptMs: readInt(to, "minAttemptMs", tp, DEFAULT_TIMEOUT_OPTIONS.minAttemptMs, 0),
+    },
+    channels: {
+      idleMs: readInt(ch, "idleMs", chp, DEFAULT_CHANNEL_POOL_OPTIONS.idleMs, 1),
+      maxReconnectBackoffMs: readInt(ch, "maxReconnectBackoffMs", chp, DEFAULT_CHANNEL_POOL_OPTIONS.maxReconnectBackoffMs, 100),
+    },
+    idempotentCapabilities: readStringList(s, "idempotentCapabilities", path, [], NON_EMPTY),
+  };
 }

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { RouteConstraints, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
-import { ConfigError } from "../common/errors.js";
+import { readInt, readObject } from "../config/fields.js";
 import { kCorrelationId } from "../server/interceptor.js";
 import { OVERRIDE_HEADER } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
@@ -17,9 +17,7 @@ export const DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024;
 
 /** Fills defaults and validates; throws ConfigError naming the bad field. */
 export function resolveRoutingServiceOptions(input: Partial<RoutingServiceOptions> = {}, path = "routing.service"): RoutingServiceOptions {
-  const maxPayloadBytes = input.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
-  if (!Number.isInteger(maxPayloadBytes) || maxPayloadBytes < 1) throw new ConfigError(`${path}.maxPayloadBytes must be an integer >= 1`);
-  return { maxPayloadBytes };
+  return { maxPayloadBytes: readInt(readObject(input, path), "maxPayloadBytes", path, DEFAULT_MAX_PAYLOAD_BYTES, 1) };
 }
 
 /** Dependencies of the RoutingService handler. */

@@ -2,6 +2,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { blake2b } from "@noble/hashes/blake2.js";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
+import { readInt, readObject } from "../../config/fields.js";
 import type { Db } from "../../store/database.js";
 import { CredentialError, isRole, type Principal, type Role } from "../principal.js";
 
@@ -80,21 +81,15 @@ export const DEFAULT_API_KEY_MAX_GRACE_MS = 30 * 24 * 3600_000;
 
 /** Validates API key settings (`pepper` as base64 of 32..64 bytes); throws ConfigError naming the field. */
 export function resolveApiKeyOptions(input: unknown, path = "identity.apiKeys"): ApiKeyOptions {
-  if (input === null || typeof input !== "object" || Array.isArray(input)) throw new ConfigError(`${path} must be an object`);
-  const o = input as Record<string, unknown>;
+  const o = readObject(input, path);
+  // The pepper is checked by hand: the readers quote the bad value, and this one is a secret.
   let pepper: Uint8Array;
   if (o.pepper instanceof Uint8Array) pepper = o.pepper;
   else if (typeof o.pepper === "string" && /^[A-Za-z0-9+/_-]+={0,2}$/.test(o.pepper)) pepper = Buffer.from(o.pepper, "base64");
   else throw new ConfigError(`${path}.pepper is required: base64 of 32..64 random bytes`);
   if (pepper.length < 32 || pepper.length > 64) throw new ConfigError(`${path}.pepper must decode to 32..64 bytes, got ${pepper.length}`);
-  const ms = (key: "defaultGraceMs" | "maxGraceMs", fallback: number): number => {
-    const v = o[key];
-    if (v === undefined) return fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw new ConfigError(`${path}.${key} must be an integer >= 0`);
-    return v;
-  };
-  const maxGraceMs = ms("maxGraceMs", DEFAULT_API_KEY_MAX_GRACE_MS);
-  const defaultGraceMs = ms("defaultGraceMs", DEFAULT_API_KEY_GRACE_MS);
+  const maxGraceMs = readInt(o, "maxGraceMs", path, DEFAULT_API_KEY_MAX_GRACE_MS);
+  const defaultGraceMs = readInt(o, "defaultGraceMs", path, DEFAULT_API_KEY_GRACE_MS);
   if (defaultGraceMs > maxGraceMs) throw new ConfigError(`${path}.defaultGraceMs must not exceed ${path}.maxGraceMs`);
   return { pepper: Uint8Array.from(pepper), defaultGraceMs, maxGraceMs };
 }

@@ -11,6 +11,7 @@ import {
 } from "jose";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
+import { readInt, readObject, readOptionalString, readString, readStringList } from "../../config/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { CredentialError, TENANT_PATTERN, isRole, type Principal, type Role } from "../principal.js";
 
@@ -62,55 +63,31 @@ export const DEFAULT_JWT_VERIFIER_OPTIONS = {
   capabilitiesClaim: "capabilities",
 } as const;
 
-function list(value: unknown, field: string): string[] {
-  const v = typeof value === "string" ? [value] : value;
-  if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === "string" && x.length > 0)) {
-    throw new ConfigError(`${field} must be a non-empty list of non-empty strings`);
-  }
-  return v as string[];
-}
-
-function nonNegativeInt(o: Record<string, unknown>, key: string, path: string, fallback: number): number {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw new ConfigError(`${path}.${key} must be an integer >= 0`);
-  return v;
-}
-
-function claimName(o: Record<string, unknown>, key: string, path: string, fallback: string): string {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== "string" || v.length === 0) throw new ConfigError(`${path}.${key} must be a non-empty string`);
-  return v;
-}
+// Issuers, audiences and algorithms: a lone string is a one-entry list.
+const REQUIRED_LIST = { single: true, nonEmpty: true, minItems: 1 } as const;
 
 /** Validates JWT settings (hmacSecret as a string of >= 32 bytes); throws ConfigError naming the field. */
 export function resolveJwtVerifierOptions(input: unknown, path = "identity.jwt"): JwtVerifierOptions {
-  if (input === null || typeof input !== "object" || Array.isArray(input)) throw new ConfigError(`${path} must be an object`);
-  const o = input as Record<string, unknown>;
+  const o = readObject(input, path);
   const d = DEFAULT_JWT_VERIFIER_OPTIONS;
-  const algorithms = o.algorithms === undefined ? [...d.algorithms] : list(o.algorithms, `${path}.algorithms`);
-  algorithms.forEach((a, i) => {
-    if (!(SUPPORTED as readonly string[]).includes(a)) throw new ConfigError(`${path}.algorithms[${i}] must be one of ${SUPPORTED.join(", ")}`);
-  });
   const out: JwtVerifierOptions = {
-    issuer: list(o.issuer, `${path}.issuer`),
-    audience: list(o.audience, `${path}.audience`),
-    algorithms: algorithms as JwtAlgorithm[],
-    clockToleranceSec: nonNegativeInt(o, "clockToleranceSec", path, d.clockToleranceSec),
-    jwksCacheMaxAgeMs: nonNegativeInt(o, "jwksCacheMaxAgeMs", path, d.jwksCacheMaxAgeMs),
-    jwksCooldownMs: nonNegativeInt(o, "jwksCooldownMs", path, d.jwksCooldownMs),
-    jwksTimeoutMs: nonNegativeInt(o, "jwksTimeoutMs", path, d.jwksTimeoutMs),
-    rolesClaim: claimName(o, "rolesClaim", path, d.rolesClaim),
-    tenantClaim: claimName(o, "tenantClaim", path, d.tenantClaim),
-    capabilitiesClaim: claimName(o, "capabilitiesClaim", path, d.capabilitiesClaim),
+    issuer: readStringList(o, "issuer", path, [], REQUIRED_LIST),
+    audience: readStringList(o, "audience", path, [], REQUIRED_LIST),
+    algorithms: readStringList(o, "algorithms", path, d.algorithms, { ...REQUIRED_LIST, oneOf: SUPPORTED }) as JwtAlgorithm[],
+    clockToleranceSec: readInt(o, "clockToleranceSec", path, d.clockToleranceSec),
+    jwksCacheMaxAgeMs: readInt(o, "jwksCacheMaxAgeMs", path, d.jwksCacheMaxAgeMs),
+    jwksCooldownMs: readInt(o, "jwksCooldownMs", path, d.jwksCooldownMs),
+    jwksTimeoutMs: readInt(o, "jwksTimeoutMs", path, d.jwksTimeoutMs),
+    rolesClaim: readString(o, "rolesClaim", path, d.rolesClaim, { nonEmpty: true }),
+    tenantClaim: readString(o, "tenantClaim", path, d.tenantClaim, { nonEmpty: true }),
+    capabilitiesClaim: readString(o, "capabilitiesClaim", path, d.capabilitiesClaim, { nonEmpty: true }),
   };
   if (o.jwksUrl !== undefined && o.jwks !== undefined) throw new ConfigError(`${path}: set jwksUrl or jwks, not both`);
-  if (o.jwksUrl !== undefined) {
+  const jwksUrl = readOptionalString(o, "jwksUrl", path);
+  if (jwksUrl !== undefined) {
     let url: URL;
     try {
-      if (typeof o.jwksUrl !== "string") throw new TypeError("not a string");
-      url = new URL(o.jwksUrl);
+      url = new URL(jwksUrl);
     } catch {
       throw new ConfigError(`${path}.jwksUrl is not a URL`);
     }

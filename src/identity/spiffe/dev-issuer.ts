@@ -19,6 +19,7 @@ import {
 } from "@peculiar/x509";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
+import { readInt, readObject, readString, readStringList } from "../../config/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
 import { verifyPeer } from "./verify-peer.js";
@@ -72,20 +73,7 @@ export interface DevX509SourceDeps {
   clock: Clock;
 }
 
-function positiveInt(value: unknown, field: string): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) throw new ConfigError(`${field} must be an integer > 0`);
-  return value;
-}
-
-function stringList(value: unknown, field: string, check: (s: string) => boolean): string[] {
-  if (!Array.isArray(value) || !value.every((v): v is string => typeof v === "string" && check(v))) {
-    throw new ConfigError(`${field} must be a list of valid entries`);
-  }
-  return [...value];
-}
-
-function spiffeIdIn(value: unknown, trustDomain: string, field: string): string {
-  if (typeof value !== "string") throw new ConfigError(`${field} is required`);
+function spiffeIdIn(value: string, trustDomain: string, field: string): string {
   try {
     const id = parseSpiffeId(value);
     if (id.trustDomain !== trustDomain || id.path === "") throw new Error(`must be a workload ID in trust domain ${trustDomain}`);
@@ -97,28 +85,32 @@ function spiffeIdIn(value: unknown, trustDomain: string, field: string): string 
 
 /** Validates a partial options object and fills defaults; errors name the field under `path`. */
 export function resolveDevX509SourceOptions(input: Partial<DevX509SourceOptions>, path = "spiffe.dev"): DevX509SourceOptions {
-  const dir = input.dir ?? DEFAULT_DEV_IDENTITY_DIR;
-  if (typeof dir !== "string" || dir === "") throw new ConfigError(`${path}.dir must be a non-empty path`);
+  const o = readObject(input, path);
+  const trustDomainText = readString(o, "trustDomain", path, DEFAULT_DEV_TRUST_DOMAIN);
   let trustDomain: string;
   try {
-    trustDomain = parseTrustDomain(input.trustDomain ?? DEFAULT_DEV_TRUST_DOMAIN);
+    trustDomain = parseTrustDomain(trustDomainText);
   } catch (err) {
     throw new ConfigError(`${path}.trustDomain: ${(err as Error).message}`);
   }
-  const svidTtlMs = positiveInt(input.svidTtlMs ?? DEFAULT_DEV_SVID_TTL_MS, `${path}.svidTtlMs`);
-  const caTtlMs = positiveInt(input.caTtlMs ?? DEFAULT_DEV_CA_TTL_MS, `${path}.caTtlMs`);
+  const svidTtlMs = readInt(o, "svidTtlMs", path, DEFAULT_DEV_SVID_TTL_MS, 1);
+  const caTtlMs = readInt(o, "caTtlMs", path, DEFAULT_DEV_CA_TTL_MS, 1);
   // The CA is renewed when less than two SVID lifetimes remain, so it must be longer than that.
   if (caTtlMs <= 4 * svidTtlMs) throw new ConfigError(`${path}.caTtlMs must be more than 4 × svidTtlMs`);
+  const ipAddresses = readStringList(o, "ipAddresses", path, DEFAULT_DEV_IP_ADDRESSES);
+  ipAddresses.forEach((ip, i) => {
+    if (isIP(ip) === 0) throw new ConfigError(`${path}.ipAddresses[${i}] is not an IP address`);
+  });
   return {
-    dir,
+    dir: readString(o, "dir", path, DEFAULT_DEV_IDENTITY_DIR, { nonEmpty: true }),
     trustDomain,
-    spiffeId: spiffeIdIn(input.spiffeId, trustDomain, `${path}.spiffeId`),
-    developerId: spiffeIdIn(input.developerId ?? DEFAULT_DEV_DEVELOPER_ID, trustDomain, `${path}.developerId`),
-    dnsNames: stringList(input.dnsNames ?? DEFAULT_DEV_DNS_NAMES, `${path}.dnsNames`, (s) => /^[a-zA-Z0-9.-]+$/.test(s)),
-    ipAddresses: stringList(input.ipAddresses ?? DEFAULT_DEV_IP_ADDRESSES, `${path}.ipAddresses`, (s) => isIP(s) !== 0),
+    spiffeId: spiffeIdIn(readString(o, "spiffeId", path, "", { nonEmpty: true }), trustDomain, `${path}.spiffeId`),
+    developerId: spiffeIdIn(readString(o, "developerId", path, DEFAULT_DEV_DEVELOPER_ID), trustDomain, `${path}.developerId`),
+    dnsNames: readStringList(o, "dnsNames", path, DEFAULT_DEV_DNS_NAMES, { pattern: /^[a-zA-Z0-9.-]+$/ }),
+    ipAddresses,
     caTtlMs,
     svidTtlMs,
-    renewCheckIntervalMs: positiveInt(input.renewCheckIntervalMs ?? DEFAULT_DEV_RENEW_CHECK_INTERVAL_MS, `${path}.renewCheckIntervalMs`),
+    renewCheckIntervalMs: readInt(o, "renewCheckIntervalMs", path, DEFAULT_DEV_RENEW_CHECK_INTERVAL_MS, 1),
   };
 }
 

@@ -4,6 +4,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError, KernelError } from "../../common/errors.js";
+import { readInt, readObject, readString } from "../../config/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { X509SVIDRequestSchema, X509SVIDResponseSchema } from "../../../gen/spiffe/workload/workload_pb.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
@@ -74,30 +75,23 @@ export function workloadEndpointTarget(address: string): string {
   throw new ConfigError(`workload API address ${JSON.stringify(address)} must use the unix or tcp scheme`);
 }
 
-function positiveInt(value: unknown, field: string): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0) {
-    throw new ConfigError(`${field} must be an integer > 0`);
-  }
-  return value;
-}
-
 /** Validates a partial options object and fills defaults; errors name the field under `path`. */
 export function resolveWorkloadX509SourceOptions(
   input: Partial<WorkloadX509SourceOptions>,
   path = "spiffe.workloadApi",
 ): WorkloadX509SourceOptions {
-  if (typeof input.socket !== "string" || input.socket === "") throw new ConfigError(`${path}.socket is required`);
+  const o = readObject(input, path);
+  const socket = readString(o, "socket", path, "", { nonEmpty: true });
   try {
-    workloadEndpointTarget(input.socket);
+    workloadEndpointTarget(socket);
   } catch (err) {
     throw new ConfigError(`${path}.socket: ${(err as Error).message}`);
   }
-  const hint = input.hint ?? DEFAULT_WORKLOAD_API_HINT;
-  if (typeof hint !== "string") throw new ConfigError(`${path}.hint must be a string`);
-  const initialBackoffMs = positiveInt(input.initialBackoffMs ?? DEFAULT_WORKLOAD_API_INITIAL_BACKOFF_MS, `${path}.initialBackoffMs`);
-  const maxBackoffMs = positiveInt(input.maxBackoffMs ?? DEFAULT_WORKLOAD_API_MAX_BACKOFF_MS, `${path}.maxBackoffMs`);
+  const hint = readString(o, "hint", path, DEFAULT_WORKLOAD_API_HINT);
+  const initialBackoffMs = readInt(o, "initialBackoffMs", path, DEFAULT_WORKLOAD_API_INITIAL_BACKOFF_MS, 1);
+  const maxBackoffMs = readInt(o, "maxBackoffMs", path, DEFAULT_WORKLOAD_API_MAX_BACKOFF_MS, 1);
   if (maxBackoffMs < initialBackoffMs) throw new ConfigError(`${path}.maxBackoffMs must be >= initialBackoffMs`);
-  return { socket: input.socket, hint, initialBackoffMs, maxBackoffMs };
+  return { socket, hint, initialBackoffMs, maxBackoffMs };
 }
 
 const FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID";
