@@ -1,5 +1,5 @@
 import { ConfigError } from "../common/errors.js";
-import { readBool, readObject, readOptionalStringList, readStringList, type RawSection } from "../config/fields.js";
+import { readBool, readObject, readOptionalStringList, readSection, readStringList, type RawSection } from "../config/fields.js";
 import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
 import { parseRequiredScope, parseScopeGrant } from "./scope.js";
@@ -89,8 +89,11 @@ export function readRoles(obj: RawSection, key: string, path: string): Role[] | 
   return readOptionalStringList(obj, key, path, { ...POLICY_LIST, oneOf: ROLES }) as Role[] | undefined;
 }
 
+// Every key a rule may have: a misspelt "roles" would otherwise widen the rule to every caller.
+const RULE_KEYS = { effect: "", methods: [], tenants: [], roles: [], capabilities: [] };
+
 function resolveRule(input: unknown, path: string): AttributeRule {
-  const r = readObject(input, path);
+  const r = readSection(input, path, RULE_KEYS);
   const effect = r.effect;
   if (effect !== "allow" && effect !== "deny") throw new ConfigError(`${path}.effect must be "allow" or "deny"`);
   const methods = readStringList(r, "methods", path, [], { ...POLICY_LIST, minItems: 1 });
@@ -110,7 +113,7 @@ function resolveRule(input: unknown, path: string): AttributeRule {
 
 /** Validates a partial authz config over the defaults; throws ConfigError naming the field. */
 export function resolveAuthzOptions(input: unknown, path = "authz"): AuthzOptions {
-  const o = readObject(input, path);
+  const o = readSection(input, path, DEFAULT_AUTHZ_OPTIONS);
   const methodScopes = { ...DEFAULT_AUTHZ_OPTIONS.methodScopes };
   for (const [pattern, scope] of Object.entries(readObject(o.methodScopes, `${path}.methodScopes`))) {
     const field = `${path}.methodScopes[${JSON.stringify(pattern)}]`;

@@ -183,6 +183,9 @@ test("authz - options: bad input names the field", (t) => {
   t.throws(() => resolveAuthzOptions({ rules: [{ effect: "maybe", methods: ["*"] }] }), { message: /authz\.rules\[0\]\.effect/ });
   t.throws(() => resolveAuthzOptions({ rules: [{ effect: "deny", methods: ["nope"] }] }), { message: /authz\.rules\[0\]\.methods\[0\]/ });
   t.throws(() => resolveAuthzOptions({ allowAnonymous: "yes" }), { message: /authz\.allowAnonymous/ });
+  // A misspelt key fails instead of being ignored: "role" would have made this allow rule apply to every caller.
+  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "allow", methods: ["*"], role: ["ADMIN"] }] }), { message: /authz\.rules\[0\]\.role is not a known option/ });
+  t.throws(() => resolveAuthzOptions({ rule: [] }), { message: /authz\.rule is not a known option/ });
 });
 
 // Sanity: the helper really targets the tenant the tests think it does.
