@@ -1,6 +1,7 @@
 import { egressDeniedError, type EgressGuard } from "./egress-guard.js";
 import { TENANT_HEADER } from "./egress-interceptors.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
+import { injectTraceHeaders } from "../telemetry/trace-context.js";
 
 /** fetch with the guard in front; tenant from the x-nops-tenant header. */
 export type GuardedFetch = (url: string | URL, init?: RequestInit) => Promise<Response>;
@@ -8,7 +9,8 @@ export type GuardedFetch = (url: string | URL, init?: RequestInit) => Promise<Re
 /**
  * Wraps fetch for HTTP egress. The URL (path and query carry data too) and the body are checked;
  * a blocked request rejects with PERMISSION_DENIED and nothing is sent. Streaming bodies cannot
- * be classified before they are sent, so they are refused.
+ * be classified before they are sent, so they are refused. An allowed request carries the active
+ * trace (`traceparent`, `tracestate`).
  */
 export function createGuardedFetch(guard: EgressGuard, destination: string, baseFetch: typeof fetch = fetch): GuardedFetch {
   return async (url, init = {}) => {
@@ -31,6 +33,8 @@ export function createGuardedFetch(guard: EgressGuard, destination: string, base
       payload: typeof bodyText === "string" ? text : bodyText, override, signal: init.signal ?? undefined,
     });
     if (!d.allowed) throw egressDeniedError(d);
+    // The call continues the caller's trace, unless the caller named a parent itself.
+    if (!headers.has("traceparent")) injectTraceHeaders(headers);
     return baseFetch(u, { ...init, headers });
   };
 }

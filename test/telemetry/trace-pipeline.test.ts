@@ -29,6 +29,10 @@ import { tracingInterceptor } from "../../src/telemetry/tracing-interceptor.js";
 import { tracingEventSink } from "../../src/telemetry/tracing-event-sink.js";
 import { traceDatabaseTransactions } from "../../src/telemetry/trace-database-transactions.js";
 import { currentTraceId, startConsumerSpan, startProducerSpan } from "../../src/telemetry/trace-context.js";
+import { createServer as createHttpEchoServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { createJsonPost } from "../../src/clients/json-http.js";
+import type { EgressGuard } from "../../src/egress/egress-guard.js";
 
 const agent = { tenant: "acme", name: "summarizer", version: "1.0.0", endpoint: "127.0.0.1:50061" };
 
@@ -171,4 +175,25 @@ test.serial("tracing - the relay and a consumer continue the trace from EventEnv
   t.is(parentOf(process), publish.spanContext().spanId);
   t.is(process.spanContext().traceId, append.spanContext().traceId);
   t.regex(producer.headers.traceparent ?? "", new RegExp(`^00-${append.spanContext().traceId}-${publish.spanContext().spanId}-01$`));
+});
+
+test.serial("tracing - an approved HTTP client call (guarded fetch) carries the active trace", async (t) => {
+  const p = await startPipeline(t);
+  const received: (string | undefined)[] = [];
+  const server = createHttpEchoServer((req, res) => {
+    received.push(req.headers.traceparent as string | undefined);
+    res.setHeader("content-type", "application/json");
+    res.end("{}");
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const { port } = server.address() as AddressInfo;
+  const allowAll = { check: async () => ({ allowed: true, reason: "allowed", tier: "1", classification: "D1", cached: true }) } as unknown as EgressGuard;
+  const post = createJsonPost(allowAll, "billing", { baseUrl: `http://127.0.0.1:${port}` });
+  const root = p.tracer.startSpan("caller");
+  await context.with(trace.setSpan(context.active(), root), () => post("acme", "/v1/usage", { units: 1 }));
+  root.end();
+  await post("acme", "/v1/usage", { units: 2 });
+  t.is(received[0], `00-${root.spanContext().traceId}-${root.spanContext().spanId}-01`);
+  t.is(received[1], undefined, "no active trace, no traceparent");
 });
