@@ -1,6 +1,7 @@
 import type { AuditLog } from "../audit/audit-log.js";
+import { systemClock, type Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
-import { kCorrelationId, kLogger, kPeer, methodPath, type CallRequest } from "../server/interceptor.js";
+import { clientIp, kCorrelationId, kLogger, kPeer, methodPath, type CallRequest } from "../server/interceptor.js";
 
 /** One refused call, as authn and authz record it. */
 export interface Denial {
@@ -14,30 +15,61 @@ export interface Denial {
   credential?: string;
 }
 
+/** Records a refused call. */
+export type DenialAuditor = (call: CallRequest, denial: Denial) => void;
+
+/** Repeats of one refusal within this window share one audit row. */
+export const DEFAULT_DENIAL_AUDIT_WINDOW_MS = 60_000;
+// Distinct refusals tracked at once; past it the oldest are forgotten (and audited again).
+const MAX_TRACKED = 10_000;
+
 /**
- * Writes the audit row for a refused call and logs it. A failing audit write is logged and
- * does not turn the refusal into an internal error: the caller is refused either way.
+ * Creates the auditor of refused calls: an audit row and a warning per refusal, except that the
+ * same refusal (action, actor, client IP, method, tenant, reason) repeated within `windowMs`
+ * is counted, not written: a flood of refused calls must not become a flood of fsync'd audit
+ * rows. The next row of that refusal carries the count (`repeatsNotRecorded`). A failing audit
+ * write is logged and does not turn the refusal into an internal error.
  */
-export function auditDenial(audit: AuditLog, logger: Logger, call: CallRequest, denial: Denial): void {
-  const path = methodPath(call.method);
-  const correlationId = call.ctx.values.get(kCorrelationId);
-  const log = call.ctx.values.get(kLogger)?.get() ?? logger;
-  // Tenants and reasons may echo caller input: bound their size in the audit row.
-  const details: Record<string, unknown> = { method: path, reason: denial.reason.slice(0, 300), peer: call.ctx.values.get(kPeer).address };
-  if (denial.credential) details.credential = denial.credential;
-  const tenant = denial.tenant.slice(0, 63);
-  log.warn({ actor: denial.actor, action: denial.action, tenant, ...details, correlationId }, "call refused");
-  try {
-    audit.append({
-      actor: denial.actor,
-      action: denial.action,
-      tenant,
-      resource: `method${path}`,
-      outcome: "denied",
-      details,
-      correlationId,
-    });
-  } catch (e) {
-    log.error({ err: e, correlationId }, "audit append failed for a refused call");
-  }
+export function createDenialAuditor(deps: { audit: AuditLog; logger: Logger; clock?: Clock }, windowMs = DEFAULT_DENIAL_AUDIT_WINDOW_MS): DenialAuditor {
+  const clock = deps.clock ?? systemClock;
+  const recent = new Map<string, { until: number; repeats: number }>();
+
+  const remember = (key: string, now: number): void => {
+    recent.delete(key);
+    recent.set(key, { until: now + windowMs, repeats: 0 });
+    if (recent.size <= MAX_TRACKED) return;
+    for (const [k, v] of recent) {
+      if (recent.size <= MAX_TRACKED || v.until > now) break;
+      recent.delete(k);
+    }
+    // Still full of live entries: forget the oldest (Map order is insertion order).
+    while (recent.size > MAX_TRACKED) recent.delete(recent.keys().next().value!);
+  };
+
+  return (call, denial) => {
+    const path = methodPath(call.method);
+    const correlationId = call.ctx.values.get(kCorrelationId);
+    const peer = call.ctx.values.get(kPeer).address;
+    // Tenants and reasons may echo caller input: bound their size in the audit row.
+    const tenant = denial.tenant.slice(0, 63);
+    const reason = denial.reason.slice(0, 300);
+    const key = [denial.action, denial.actor, clientIp(peer), path, tenant, reason].join("\u0000");
+    const now = clock.now();
+    const seen = recent.get(key);
+    if (seen && seen.until > now) {
+      seen.repeats++;
+      return;
+    }
+    remember(key, now);
+    const log = call.ctx.values.get(kLogger)?.get() ?? deps.logger;
+    const details: Record<string, unknown> = { method: path, reason, peer };
+    if (denial.credential) details.credential = denial.credential;
+    if (seen?.repeats) details.repeatsNotRecorded = seen.repeats;
+    log.warn({ actor: denial.actor, action: denial.action, tenant, ...details, correlationId }, "call refused");
+    try {
+      deps.audit.append({ actor: denial.actor, action: denial.action, tenant, resource: `method${path}`, outcome: "denied", details, correlationId });
+    } catch (e) {
+      log.error({ err: e, correlationId }, "audit append failed for a refused call");
+    }
+  };
 }

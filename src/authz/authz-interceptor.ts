@@ -1,9 +1,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { AuditLog } from "../audit/audit-log.js";
+import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { kPrincipal, type Principal } from "../identity/principal.js";
 import { methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
-import { auditDenial } from "./audit-denial.js";
+import { createDenialAuditor, type DenialAuditor } from "./audit-denial.js";
 import type { AuthzOptions } from "./authz-options.js";
 import { createAuthorizer, type Authorizer } from "./authorizer.js";
 import { createMethodMatcher } from "./method-pattern.js";
@@ -14,6 +15,7 @@ export interface AuthzDeps {
   audit: AuditLog;
   /** Component logger (child "authz"). */
   logger: Logger;
+  clock?: Clock;
 }
 
 // Clients learn only that they were refused; the reason is in the audit trail.
@@ -28,33 +30,34 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
   const authorizer = createAuthorizer(options);
   const isPublic = createMethodMatcher(options.publicMethods);
   const extract = createTenantExtractor();
+  const denials = createDenialAuditor(deps);
   return (next) => async (call) => {
     const path = methodPath(call.method);
     if (isPublic(path)) return next(call);
     const principal = call.ctx.values.get(kPrincipal);
     if (!principal) {
       if (options.allowAnonymous) return next(call);
-      auditDenial(deps.audit, deps.logger, call, { actor: "anonymous", action: "authn.deny", tenant: "", reason: "no principal reached authz" });
+      denials(call, { actor: "anonymous", action: "authn.deny", tenant: "", reason: "no principal reached authz" });
       throw new ConnectError("unauthenticated", Code.Unauthenticated);
     }
     const kind = call.method.methodKind;
     if (kind === "unary" || kind === "server_streaming") {
-      check(authorizer, deps, call, principal, path, extract(call.method.input, call.input));
+      check(authorizer, denials, call, principal, path, extract(call.method.input, call.input));
       return next(call);
     }
     // Client and bidi streams: the method itself is checked up front for the principal's own
     // tenant, then every message as it arrives.
     const own: TenantTargets = { hasField: principal.tenant !== undefined, tenants: principal.tenant === undefined ? [] : [principal.tenant] };
-    check(authorizer, deps, call, principal, path, own);
+    check(authorizer, denials, call, principal, path, own);
     const input = call.input as AsyncIterable<unknown>;
-    return next({ ...call, input: checkEach(authorizer, deps, call, principal, path, input, extract) });
+    return next({ ...call, input: checkEach(authorizer, denials, call, principal, path, input, extract) });
   };
 }
 
-function check(authorizer: Authorizer, deps: AuthzDeps, call: CallRequest, principal: Principal, path: string, targets: TenantTargets): void {
+function check(authorizer: Authorizer, denials: DenialAuditor, call: CallRequest, principal: Principal, path: string, targets: TenantTargets): void {
   const decision = authorizer.decide(principal, path, targets);
   if (decision.allowed) return;
-  auditDenial(deps.audit, deps.logger, call, {
+  denials(call, {
     actor: principal.id,
     action: "authz.deny",
     tenant: targets.tenants[0] ?? principal.tenant ?? "",
@@ -65,7 +68,7 @@ function check(authorizer: Authorizer, deps: AuthzDeps, call: CallRequest, princ
 
 async function* checkEach(
   authorizer: Authorizer,
-  deps: AuthzDeps,
+  denials: DenialAuditor,
   call: CallRequest,
   principal: Principal,
   path: string,
@@ -73,7 +76,7 @@ async function* checkEach(
   extract: TenantExtractor,
 ): AsyncIterable<unknown> {
   for await (const message of input) {
-    check(authorizer, deps, call, principal, path, extract(call.method.input, message));
+    check(authorizer, denials, call, principal, path, extract(call.method.input, message));
     yield message;
   }
 }

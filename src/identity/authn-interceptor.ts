@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
-import { auditDenial } from "../authz/audit-denial.js";
+import { createDenialAuditor } from "../authz/audit-denial.js";
 import { POLICY_LIST } from "../authz/authz-options.js";
 import { readBool, readInt, readObject, readStringList } from "../config/fields.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
@@ -97,6 +97,7 @@ function credentialOf(call: CallRequest): Credential {
  * Refusals are UNAUTHENTICATED and audited as "authn.deny".
  */
 export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): KernelInterceptor {
+  const denials = createDenialAuditor(deps);
   const isPublic = createMethodMatcher(options.publicMethods);
   const peerCache = new Map<string, { principal: Principal; expiresAt: number }>();
 
@@ -142,7 +143,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     try {
       principal = await authenticate(call, credential);
     } catch (e) {
-      auditDenial(deps.audit, deps.logger, call, {
+      denials(call, {
         actor: "anonymous",
         action: "authn.deny",
         tenant: "",

@@ -85,7 +85,7 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
     },
     options.authn,
   );
-  const authz = createAuthzInterceptor({ audit: deps.audit, logger: deps.logger.child({ component: "authz" }) }, options.authz);
+  const authz = createAuthzInterceptor({ audit: deps.audit, clock: deps.clock, logger: deps.logger.child({ component: "authz" }) }, options.authz);
   return {
     source,
     tls,

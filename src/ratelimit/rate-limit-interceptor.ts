@@ -6,7 +6,7 @@ import type { Redis } from "ioredis";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock } from "../common/clock.js";
-import { kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/interceptor.js";
+import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/interceptor.js";
 import type { EventSink } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { RateLimitOptions } from "./rate-limit-options.js";
@@ -27,14 +27,6 @@ export interface RateLimitInterceptorDeps {
 
 /** The billing event type emitted when a tenant nears its quota. */
 export const RATE_LIMIT_EXCEEDED_EVENT = "billing.rate_limit_exceeded.v1";
-
-/** "1.2.3.4:5678" -> "1.2.3.4", "[::1]:5678" -> "::1"; a bare address is returned as is. */
-export function clientIp(address: string): string {
-  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
-  if (bracketed) return bracketed[1]!;
-  const v4 = /^([^:]+):\d+$/.exec(address);
-  return v4 ? v4[1]! : address;
-}
 
 function tenantOf(input: unknown): string | undefined {
   if (typeof input !== "object" || input === null || Symbol.asyncIterator in input) return undefined;

@@ -36,6 +36,14 @@ export interface PeerInfo {
   certificates: Uint8Array[];
 }
 
+/** "1.2.3.4:5678" -> "1.2.3.4", "[::1]:5678" -> "::1"; a bare address is returned as is. */
+export function clientIp(address: string): string {
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
+  if (bracketed) return bracketed[1]!;
+  const v4 = /^([^:]+):\d+$/.exec(address);
+  return v4 ? v4[1]! : address;
+}
+
 /** Per-request value: transport facts about the caller. */
 export const kPeer = createContextKey<PeerInfo>({ address: "", transport: "connect-node", certificates: [] }, { description: "peer" });
 /** Per-request value: the correlation id (from x-request-id or generated). */

@@ -6,6 +6,7 @@ import { Health as HealthService } from "../../gen/grpc/health/v1/health_pb.js";
 import { createAuthzInterceptor } from "../../src/authz/authz-interceptor.js";
 import { resolveAuthzOptions } from "../../src/authz/authz-options.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
+import { DEFAULT_DENIAL_AUDIT_WINDOW_MS } from "../../src/authz/audit-denial.js";
 import type { Principal } from "../../src/identity/principal.js";
 import { auditRows, makeCall, openTestStore, principal, recordingHandler } from "./fixtures.js";
 
@@ -66,6 +67,28 @@ for (const method of registryMethods) {
     t.like(rows[0], { actor: acmeAgent.id, action: "authz.deny", outcome: "denied", correlation_id: `c-${method.name}`, tenant: "globex" });
   });
 }
+
+test("authz - a flood of the same refusal writes one audit row per window, and the next row counts the rest", async (t) => {
+  const store = openTestStore();
+  const clock = store.clock;
+  const { handler } = recordingHandler();
+  const chain = createAuthzInterceptor({ audit: store.audit, logger: createSilentLogger(), clock }, resolveAuthzOptions({}))(handler);
+  const method = AgentRegistryService.method.getAgent;
+  const foreign = () => refusal(chain(makeCall(method, requestFor(method.input, "globex"), { principal: acmeAgent })));
+  for (let i = 0; i < 50; i++) t.is((await foreign()).code, Code.PermissionDenied, "every call is still refused");
+  t.is(auditRows(store.db).length, 1);
+  // A different refusal (another tenant) is its own row.
+  await refusal(chain(makeCall(method, requestFor(method.input, "initech"), { principal: acmeAgent })));
+  t.is(auditRows(store.db).length, 2);
+
+  clock.advance(DEFAULT_DENIAL_AUDIT_WINDOW_MS);
+  await foreign();
+  const rows = auditRows(store.db);
+  t.is(rows.length, 3);
+  t.like(rows[2], { action: "authz.deny", tenant: "globex" });
+  t.is((JSON.parse(rows[2]!.details) as { repeatsNotRecorded?: number }).repeatsNotRecorded, 49);
+  t.true(store.audit.verify().ok);
+});
 
 test("authz - SUPER_ADMIN without a tenant reaches every tenant", async (t) => {
   const { chain, calls } = setup();

@@ -9,7 +9,8 @@ import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events
 import { createAuditLog, type AuditLog } from "../../src/audit/audit-log.js";
 import { systemClock } from "../../src/common/clock.js";
 import { ConfigError } from "../../src/common/errors.js";
-import { createRateLimitInterceptor, clientIp, type RateLimitInterceptorDeps } from "../../src/ratelimit/rate-limit-interceptor.js";
+import { createRateLimitInterceptor, type RateLimitInterceptorDeps } from "../../src/ratelimit/rate-limit-interceptor.js";
+import { clientIp } from "../../src/server/interceptor.js";
 import { resolveRateLimitOptions } from "../../src/ratelimit/rate-limit-options.js";
 import { kPeer, type CallHandler, type CallResult } from "../../src/server/interceptor.js";
 import { openDatabase, type Db } from "../../src/store/database.js";
