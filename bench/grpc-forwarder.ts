@@ -4,6 +4,7 @@
 //   node --import tsx bench/grpc-forwarder.ts <agent host:port>
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { unaryMethod } from "./lib/grpc-unary.js";
 import { AgentService, HandleRequestSchema, HandleResponseSchema, type HandleResponse } from "../gen/nops/agent/v1/agent_pb.js";
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService, type InvokeRequest } from "../gen/nops/kernel/v1/routing_pb.js";
 
@@ -11,17 +12,7 @@ const agent = new grpc.Client(process.argv[2]!, grpc.credentials.createInsecure(
 const handlePath = `/${AgentService.typeName}/Handle`;
 const server = new grpc.Server();
 server.addService(
-  {
-    invoke: {
-      path: `/${RoutingService.typeName}/Invoke`,
-      requestStream: false,
-      responseStream: false,
-      requestSerialize: (m: unknown) => Buffer.from(toBinary(InvokeRequestSchema, m as never)),
-      requestDeserialize: (b: Buffer) => fromBinary(InvokeRequestSchema, b),
-      responseSerialize: (m: unknown) => Buffer.from(toBinary(InvokeResponseSchema, m as never)),
-      responseDeserialize: (b: Buffer) => fromBinary(InvokeResponseSchema, b),
-    },
-  },
+  { invoke: unaryMethod(`/${RoutingService.typeName}/Invoke`, InvokeRequestSchema, InvokeResponseSchema) },
   {
     invoke: (call: grpc.ServerUnaryCall<InvokeRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const { tenant, capability, payload, contentType } = call.request;

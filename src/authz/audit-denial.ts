@@ -34,15 +34,10 @@ export function createDenialAuditor(deps: { audit: AuditLog; logger: Logger; clo
   const clock = deps.clock ?? systemClock;
   const recent = new Map<string, { until: number; repeats: number }>();
 
+  // Re-inserted on every write, so Map order is expiry order: the first entry is the oldest.
   const remember = (key: string, now: number): void => {
     recent.delete(key);
     recent.set(key, { until: now + windowMs, repeats: 0 });
-    if (recent.size <= MAX_TRACKED) return;
-    for (const [k, v] of recent) {
-      if (recent.size <= MAX_TRACKED || v.until > now) break;
-      recent.delete(k);
-    }
-    // Still full of live entries: forget the oldest (Map order is insertion order).
     while (recent.size > MAX_TRACKED) recent.delete(recent.keys().next().value!);
   };
 

@@ -288,24 +288,26 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     const policyVersion = extra.policyVersion ?? "";
     requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
     latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
-    const decisionEvent = (): EgressDecisionEvent => create(EgressDecisionSchema, {
+    // Allowed calls (not break-glass) join the window's group of identical decisions.
+    const groupKey = d.allowed && !extra.override
+      ? [tenant, d.tier, req.transport, req.destination, req.dataType, d.classification, d.reason, policyVersion, d.cached, findings.join(";")].join("\u0000")
+      : undefined;
+    const group = groupKey === undefined ? undefined : pending.get(groupKey);
+    if (group) {
+      group.count++;
+      group.bytes += extra.bytes;
+      group.latencyMaxMs = Math.max(group.latencyMaxMs, latencyMs);
+      return;
+    }
+    const decision = create(EgressDecisionSchema, {
       tenant, tier: d.tier, transport: req.transport, destination: req.destination, dataType: req.dataType, classification: d.classification,
       reason: d.reason, findings: findings.map(([type, count]) => ({ type, count })), payloadBytes: extra.bytes, policyVersion, cached: d.cached, latencyMs,
     });
-    if (d.allowed && !extra.override) {
-      const key = [tenant, d.tier, req.transport, req.destination, req.dataType, d.classification, d.reason, policyVersion, d.cached, findings.join(";")].join("\u0000");
-      const group = pending.get(key);
-      if (group) {
-        group.count++;
-        group.bytes += extra.bytes;
-        group.latencyMaxMs = Math.max(group.latencyMaxMs, latencyMs);
-        return;
-      }
-      pending.set(key, { decision: decisionEvent(), correlationId: req.correlationId, count: 1, bytes: extra.bytes, latencyMaxMs: latencyMs });
+    if (groupKey !== undefined) {
+      pending.set(groupKey, { decision, correlationId: req.correlationId, count: 1, bytes: extra.bytes, latencyMaxMs: latencyMs });
       if (pending.size >= 512) flush();
       return;
     }
-    const decision = decisionEvent();
     const correlationId = req.correlationId ? { correlationId: req.correlationId } : {};
     const resource = `egress/${req.transport}/${req.destination}`;
     const details = { reason: d.reason, tier: d.tier, classification: d.classification, findings: extra.findings ?? {}, dataType: req.dataType, bytes: extra.bytes };

@@ -11,13 +11,14 @@ const VALID_REQUEST_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
 
 /** Correlation id: the trace id, else `x-request-id`, else generated; echoed back, attached to a child logger. */
 export function correlationInterceptor(logger: Logger): KernelInterceptor {
+  const isLevelEnabled = (level: string): boolean => logger.isLevelEnabled(level);
   return (next) => async (call) => {
     const given = call.ctx.requestHeader.get(REQUEST_ID);
     // Inside a trace the trace id is the correlation id, so logs and spans join on one key.
     const id = currentTraceId() ?? (given && VALID_REQUEST_ID.test(given) ? given : randomUUID());
     call.ctx.values.set(kCorrelationId, id);
     let child: Logger | undefined;
-    call.ctx.values.set(kLogger, { isLevelEnabled: (level) => logger.isLevelEnabled(level), get: () => (child ??= logger.child({ correlationId: id })) });
+    call.ctx.values.set(kLogger, { isLevelEnabled, get: () => (child ??= logger.child({ correlationId: id })) });
     call.ctx.responseHeader.set(REQUEST_ID, id);
     return next(call);
   };
