@@ -3,12 +3,22 @@
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { unaryMethod } from "./lib/grpc-unary.js";
-import { AgentStatus, HeartbeatRequestSchema, HeartbeatResponseSchema } from "../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentStatus,
+  HeartbeatRequestSchema,
+  HeartbeatResponseSchema,
+} from "../gen/nops/kernel/v1/agent_registry_pb.js";
 
 const server = new grpc.Server();
 const reply = create(HeartbeatResponseSchema, { status: AgentStatus.HEALTHY, nextHeartbeatMs: 5000 });
 server.addService(
-  { heartbeat: unaryMethod("/nops.kernel.v1.AgentRegistryService/Heartbeat", HeartbeatRequestSchema, HeartbeatResponseSchema) },
+  {
+    heartbeat: unaryMethod(
+      "/nops.kernel.v1.AgentRegistryService/Heartbeat",
+      HeartbeatRequestSchema,
+      HeartbeatResponseSchema,
+    ),
+  },
   { heartbeat: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, reply) },
 );
 server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) => {

@@ -39,9 +39,13 @@ migrateUp(db, MIGRATIONS);
 const meterProvider = new MeterProvider();
 const guard = createEgressGuard(
   {
-    clock: systemClock, logger, meter: meterProvider.getMeter("bench"), db,
+    clock: systemClock,
+    logger,
+    meter: meterProvider.getMeter("bench"),
+    db,
     dge: createDgeClient({ clock: systemClock }, { url: dge.url, protocol: "grpc", keys, maxSkewMs: 300_000 }),
-    events: createOutbox(db, { source: "bench", clock: systemClock }), audit: createAuditLog(db, systemClock),
+    events: createOutbox(db, { source: "bench", clock: systemClock }),
+    audit: createAuditLog(db, systemClock),
   },
   resolveEgressGuardOptions({ tenantTiers: { acme: 2 } }),
 );
@@ -53,7 +57,10 @@ function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 }
-async function measure(name: string, fn: (i: number) => Promise<unknown>): Promise<{ name: string; p50: number; p95: number; p99: number }> {
+async function measure(
+  name: string,
+  fn: (i: number) => Promise<unknown>,
+): Promise<{ name: string; p50: number; p95: number; p99: number }> {
   for (let i = 0; i < WARMUP; i++) await fn(-1 - i);
   const xs: number[] = [];
   for (let i = 0; i < N; i++) {
@@ -67,21 +74,48 @@ async function measure(name: string, fn: (i: number) => Promise<unknown>): Promi
 const hitPayload = `/v1/metrics\n${body(0)}`;
 await guardedFetch(url, { method: "POST", body: body(0), headers }); // fills the cache
 const results = [
-  await measure("fetch, no guard (baseline)", async () => (await fetch(url, { method: "POST", body: body(0), headers })).text()),
-  await measure("fetch + guard, cache hit", async () => (await guardedFetch(url, { method: "POST", body: body(0), headers })).text()),
-  await measure("guard.check alone, cache hit", () => guard.check({ tenant: "acme", transport: "http", destination: `observability:${url}`, dataType: "application/json", payload: hitPayload })),
-  await measure("fetch + guard, cold (DGE round trip)", async (i) => (await guardedFetch(url, { method: "POST", body: body(1_000_000 + i), headers })).text()),
-  await measure("guard.check alone, cold (DGE round trip)", (i) => guard.check({ tenant: "acme", transport: "http", destination: "observability", dataType: "application/json", payload: body(2_000_000 + i) })),
+  await measure("fetch, no guard (baseline)", async () =>
+    (await fetch(url, { method: "POST", body: body(0), headers })).text(),
+  ),
+  await measure("fetch + guard, cache hit", async () =>
+    (await guardedFetch(url, { method: "POST", body: body(0), headers })).text(),
+  ),
+  await measure("guard.check alone, cache hit", () =>
+    guard.check({
+      tenant: "acme",
+      transport: "http",
+      destination: `observability:${url}`,
+      dataType: "application/json",
+      payload: hitPayload,
+    }),
+  ),
+  await measure("fetch + guard, cold (DGE round trip)", async (i) =>
+    (await guardedFetch(url, { method: "POST", body: body(1_000_000 + i), headers })).text(),
+  ),
+  await measure("guard.check alone, cold (DGE round trip)", (i) =>
+    guard.check({
+      tenant: "acme",
+      transport: "http",
+      destination: "observability",
+      dataType: "application/json",
+      payload: body(2_000_000 + i),
+    }),
+  ),
 ];
 const base = results[0] ?? { p50: 1, p95: 1, p99: 1 };
 const f = (x: number): string => x.toFixed(3).padStart(8);
 process.stdout.write(`egress guard bench: ${N} calls per case after ${WARMUP} warm-up, times in ms\n`);
 process.stdout.write(`${"case".padEnd(42)}     p50      p95      p99   p95/base p99/base\n`);
 for (const r of results) {
-  process.stdout.write(`${r.name.padEnd(42)}${f(r.p50)} ${f(r.p95)} ${f(r.p99)}   ${(r.p95 / base.p95).toFixed(2).padStart(6)}x ${(r.p99 / base.p99).toFixed(2).padStart(6)}x\n`);
+  process.stdout.write(
+    `${r.name.padEnd(42)}${f(r.p50)} ${f(r.p95)} ${f(r.p99)}   ${(r.p95 / base.p95).toFixed(2).padStart(6)}x ${(r.p99 / base.p99).toFixed(2).padStart(6)}x\n`,
+  );
 }
 const hit = results[2];
-if (hit) process.stdout.write(`guard overhead on a cache hit: p95 ${hit.p95.toFixed(3)} ms (target < 1), p99 ${hit.p99.toFixed(3)} ms (target < 2)\n`);
+if (hit)
+  process.stdout.write(
+    `guard overhead on a cache hit: p95 ${hit.p95.toFixed(3)} ms (target < 1), p99 ${hit.p99.toFixed(3)} ms (target < 2)\n`,
+  );
 await guard.close();
 await dge.close();
 echo.close();

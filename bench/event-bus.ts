@@ -60,7 +60,16 @@ const p = startEdgePipeline({
   onPublished: (r: PublishedRow) => ackAt.set(r.outboxId, performance.now()),
 });
 try {
-  await waitFor(async () => p.bus.confirmNow().then(() => true, () => false), "hub link", 60_000, 200);
+  await waitFor(
+    async () =>
+      p.bus.confirmNow().then(
+        () => true,
+        () => false,
+      ),
+    "hub link",
+    60_000,
+    200,
+  );
 
   // Warm-up (JIT, SQLite caches, NATS buffers).
   for (let i = 0; i < 2000; i++) await p.publish({ tenant: "bench", subject: "warmup.v1", payload: PAYLOAD });
@@ -92,20 +101,40 @@ try {
   await nc.close();
   const base = summary(raw);
 
-  console.log(`event bus bench: ${RATE} msg/s for ${SECONDS}s, ${PAYLOAD.length}-byte payloads, nats-server 2.9.10 leaf+hub on loopback`);
-  console.log(`  Publish -> leaf stream (kernel): p50 ${fmt(kernel.p50)} ms  p95 ${fmt(kernel.p95)} ms  p99 ${fmt(kernel.p99)} ms  max ${fmt(kernel.max)} ms  (n=${kernel.n})`);
-  console.log(`    of which Publish acknowledged (SQLite commit): p50 ${fmt(committed.p50)} ms  p95 ${fmt(committed.p95)} ms  p99 ${fmt(committed.p99)} ms`);
-  console.log(`  raw JetStream publish (baseline): p50 ${fmt(base.p50)} ms  p95 ${fmt(base.p95)} ms  p99 ${fmt(base.p99)} ms  max ${fmt(base.max)} ms  (n=${base.n})`);
-  console.log(`  ratio kernel/baseline: p50 ${fmt(kernel.p50 / base.p50)}x  p95 ${fmt(kernel.p95 / base.p95)}x  p99 ${fmt(kernel.p99 / base.p99)}x`);
-  console.log(`  targets: p95 <= 5 ms ${kernel.p95 <= 5 ? "met" : "MISSED"}, p99 <= 15 ms ${kernel.p99 <= 15 ? "met" : "MISSED"}`);
+  console.log(
+    `event bus bench: ${RATE} msg/s for ${SECONDS}s, ${PAYLOAD.length}-byte payloads, nats-server 2.9.10 leaf+hub on loopback`,
+  );
+  console.log(
+    `  Publish -> leaf stream (kernel): p50 ${fmt(kernel.p50)} ms  p95 ${fmt(kernel.p95)} ms  p99 ${fmt(kernel.p99)} ms  max ${fmt(kernel.max)} ms  (n=${kernel.n})`,
+  );
+  console.log(
+    `    of which Publish acknowledged (SQLite commit): p50 ${fmt(committed.p50)} ms  p95 ${fmt(committed.p95)} ms  p99 ${fmt(committed.p99)} ms`,
+  );
+  console.log(
+    `  raw JetStream publish (baseline): p50 ${fmt(base.p50)} ms  p95 ${fmt(base.p95)} ms  p99 ${fmt(base.p99)} ms  max ${fmt(base.max)} ms  (n=${base.n})`,
+  );
+  console.log(
+    `  ratio kernel/baseline: p50 ${fmt(kernel.p50 / base.p50)}x  p95 ${fmt(kernel.p95 / base.p95)}x  p99 ${fmt(kernel.p99 / base.p99)}x`,
+  );
+  console.log(
+    `  targets: p95 <= 5 ms ${kernel.p95 <= 5 ? "met" : "MISSED"}, p99 <= 15 ms ${kernel.p99 <= 15 ? "met" : "MISSED"}`,
+  );
 
   // 3) Hub catch-up: hub down, backlog stored at the leaf, hub back; time until the hub has all.
   const before = await hubStreamCount(topo, "NOPS_EDGE_BENCHEDGE");
-  await waitFor(async () => (await hubStreamCount(topo, "NOPS_EDGE_BENCHEDGE")) >= before && p.bus.relay.depth() === 0, "settled", 60_000);
+  await waitFor(
+    async () => (await hubStreamCount(topo, "NOPS_EDGE_BENCHEDGE")) >= before && p.bus.relay.depth() === 0,
+    "settled",
+    60_000,
+  );
   const settled = await hubStreamCount(topo, "NOPS_EDGE_BENCHEDGE");
   await topo.hub.stop();
   for (let i = 0; i < BACKLOG; i += 500) {
-    await Promise.all(Array.from({ length: Math.min(500, BACKLOG - i) }, () => p.publish({ tenant: "bench", subject: "backlog.v1", payload: PAYLOAD })));
+    await Promise.all(
+      Array.from({ length: Math.min(500, BACKLOG - i) }, () =>
+        p.publish({ tenant: "bench", subject: "backlog.v1", payload: PAYLOAD }),
+      ),
+    );
   }
   await waitFor(() => p.bus.relay.depth() === 0, "backlog in the leaf stream", 120_000);
   const t0 = performance.now();
@@ -129,8 +158,12 @@ try {
   const end = performance.now();
   const total = (end - t0) / 1000;
   const streaming = (end - firstAt) / 1000;
-  console.log(`  hub catch-up after outage: ${BACKLOG} msgs; hub restart -> all at hub ${total.toFixed(2)} s (${Math.round(BACKLOG / total)} msg/s overall)`);
-  console.log(`    sourcing rate once the link was up: ${Math.round((target - firstCount) / streaming)} msg/s (${target - firstCount} msgs in ${streaming.toFixed(2)} s)`);
+  console.log(
+    `  hub catch-up after outage: ${BACKLOG} msgs; hub restart -> all at hub ${total.toFixed(2)} s (${Math.round(BACKLOG / total)} msg/s overall)`,
+  );
+  console.log(
+    `    sourcing rate once the link was up: ${Math.round((target - firstCount) / streaming)} msg/s (${target - firstCount} msgs in ${streaming.toFixed(2)} s)`,
+  );
 } finally {
   await p.close();
   await topo.destroy();

@@ -5,8 +5,18 @@
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { unaryMethod } from "./lib/grpc-unary.js";
-import { AgentService, HandleRequestSchema, HandleResponseSchema, type HandleResponse } from "../gen/nops/agent/v1/agent_pb.js";
-import { InvokeRequestSchema, InvokeResponseSchema, RoutingService, type InvokeRequest } from "../gen/nops/kernel/v1/routing_pb.js";
+import {
+  AgentService,
+  HandleRequestSchema,
+  HandleResponseSchema,
+  type HandleResponse,
+} from "../gen/nops/agent/v1/agent_pb.js";
+import {
+  InvokeRequestSchema,
+  InvokeResponseSchema,
+  RoutingService,
+  type InvokeRequest,
+} from "../gen/nops/kernel/v1/routing_pb.js";
 
 const agent = new grpc.Client(process.argv[2]!, grpc.credentials.createInsecure());
 const handlePath = `/${AgentService.typeName}/Handle`;
@@ -25,7 +35,12 @@ server.addService(
         new grpc.Metadata(),
         { deadline: call.getDeadline() },
         (err: grpc.ServiceError | null, res?: HandleResponse) =>
-          err ? cb(err) : cb(null, create(InvokeResponseSchema, { payload: res!.payload, contentType: res!.contentType, attempts: 1 })),
+          err
+            ? cb(err)
+            : cb(
+                null,
+                create(InvokeResponseSchema, { payload: res!.payload, contentType: res!.contentType, attempts: 1 }),
+              ),
       );
     },
   },

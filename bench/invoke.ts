@@ -36,7 +36,11 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const BENCH_CONFIG = {
   identity: { source: "none" },
   nats: { leaf: "off" },
-  rateLimit: { ipOverrides: { "127.0.0.1": 1_000_000_000 }, tenantTiers: { bench: 3 }, tierLimits: { 3: 1_000_000_000 } },
+  rateLimit: {
+    ipOverrides: { "127.0.0.1": 1_000_000_000 },
+    tenantTiers: { bench: 3 },
+    tierLimits: { 3: 1_000_000_000 },
+  },
   egress: { tenantTiers: { bench: 1 } },
   ...(process.env.NOPS_BENCH_NO_DGE ? { dge: { enabled: false } } : {}),
 };
@@ -48,14 +52,19 @@ function profileFlags(): string[] {
 }
 
 async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number }> {
-  if (!process.env.NOPS_BENCH_SKIP_BUILD) execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
+  if (!process.env.NOPS_BENCH_SKIP_BUILD)
+    execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
   const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-invoke-"));
   const config = join(dataDir, "bench.json");
   writeFileSync(config, JSON.stringify(BENCH_CONFIG));
-  const child = spawn(process.execPath, [...profileFlags(), join(root, "dist/src/cli.js"), "serve", "--config", config], {
-    env: { ...process.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    [...profileFlags(), join(root, "dist/src/cli.js"), "serve", "--config", config],
+    {
+      env: { ...process.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const grpcPort = await new Promise<number>((resolve, reject) => {
     child.once("exit", (c) => reject(new Error(`kernel exited ${c}`)));
     createInterface({ input: child.stdout }).on("line", (l) => {
@@ -67,7 +76,11 @@ async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number 
 }
 
 function startForwarder(agentEndpoint: string): { process: ChildProcess; port: Promise<number> } {
-  const child = spawn(process.execPath, [...profileFlags(), "--import", "tsx", join(root, "bench/grpc-forwarder.ts"), agentEndpoint], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(
+    process.execPath,
+    [...profileFlags(), "--import", "tsx", join(root, "bench/grpc-forwarder.ts"), agentEndpoint],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
   return { process: child, port: firstLine(child, /^(\d+)\n/).then(Number) };
 }
 
@@ -78,7 +91,11 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** Open-loop load at `rate` rps for `seconds`; latencies in ms. */
-async function fixedRate(call: Call, rate: number, seconds: number): Promise<{ p50: number; p99: number; errors: number; sent: number }> {
+async function fixedRate(
+  call: Call,
+  rate: number,
+  seconds: number,
+): Promise<{ p50: number; p99: number; errors: number; sent: number }> {
   const latencies: number[] = [];
   let errors = 0;
   let sent = 0;
@@ -90,7 +107,12 @@ async function fixedRate(call: Call, rate: number, seconds: number): Promise<{ p
     while (sent < Math.min(due, total)) {
       sent++;
       const t0 = performance.now();
-      pending.push(call().then(() => void latencies.push(performance.now() - t0), () => void errors++));
+      pending.push(
+        call().then(
+          () => void latencies.push(performance.now() - t0),
+          () => void errors++,
+        ),
+      );
     }
     await new Promise((r) => setTimeout(r, 1));
   }
@@ -101,7 +123,9 @@ async function fixedRate(call: Call, rate: number, seconds: number): Promise<{ p
 
 /** CPU time (user + system) a process has used so far, ms (Linux /proc; 10 ms ticks). */
 function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ");
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
+    .replace(/^.*\) /, "")
+    .split(" ");
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
@@ -110,22 +134,37 @@ function cpuMs(pid: number): number {
  * the middle process (`pid`) spent per request, µs, which does not depend on how the three
  * processes share the two cores.
  */
-async function saturation(call: Call, concurrency: number, seconds: number, pid?: number): Promise<{ rps: number; cpuUsPerCall: number }> {
+async function saturation(
+  call: Call,
+  concurrency: number,
+  seconds: number,
+  pid?: number,
+): Promise<{ rps: number; cpuUsPerCall: number }> {
   let done = 0;
   const cpuBefore = pid ? cpuMs(pid) : 0;
   const end = performance.now() + seconds * 1000;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < end) {
-      await call().catch(() => undefined);
-      done++;
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) {
+        await call().catch(() => undefined);
+        done++;
+      }
+    }),
+  );
   return { rps: done / seconds, cpuUsPerCall: pid ? ((cpuMs(pid) - cpuBefore) * 1000) / done : NaN };
 }
 
-function unary<Req, Res>(client: grpc.Client, path: string, ser: (m: Req) => Buffer, de: (b: Buffer) => Res, req: Req): Promise<Res> {
+function unary<Req, Res>(
+  client: grpc.Client,
+  path: string,
+  ser: (m: Req) => Buffer,
+  de: (b: Buffer) => Res,
+  req: Req,
+): Promise<Res> {
   return new Promise((resolve, reject) => {
-    client.makeUnaryRequest(path, ser, de, req, new grpc.Metadata(), { deadline: Date.now() + 5_000 }, (err, res) => (err ? reject(err) : resolve(res!)));
+    client.makeUnaryRequest(path, ser, de, req, new grpc.Metadata(), { deadline: Date.now() + 5_000 }, (err, res) =>
+      err ? reject(err) : resolve(res!),
+    );
   });
 }
 
@@ -138,8 +177,17 @@ async function main(): Promise<void> {
   const forwarder = startForwarder(agent.endpoint);
   try {
     const forwarderPort = await forwarder.port;
-    const registry = createClient(AgentRegistryService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }));
-    await registry.registerAgent({ tenant: "bench", name: "echo", version: "1", endpoint: agent.endpoint, capabilities: [{ name: "echo", version: "1.0.0" }] });
+    const registry = createClient(
+      AgentRegistryService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }),
+    );
+    await registry.registerAgent({
+      tenant: "bench",
+      name: "echo",
+      version: "1",
+      endpoint: agent.endpoint,
+      capabilities: [{ name: "echo", version: "1.0.0" }],
+    });
     const payload = new TextEncoder().encode("x".repeat(64));
     const direct = new grpc.Client(agent.endpoint, grpc.credentials.createInsecure());
     const viaKernel = new grpc.Client(`127.0.0.1:${kernelPort}`, grpc.credentials.createInsecure());
@@ -147,11 +195,25 @@ async function main(): Promise<void> {
     const handleReq = create(HandleRequestSchema, { invocation: { capability: "echo", tenant: "bench", payload } });
     const invokeReq = create(InvokeRequestSchema, { tenant: "bench", capability: "echo", payload });
     const callDirect: Call = async () => {
-      await unary(direct, `/${AgentService.typeName}/Handle`, (m: typeof handleReq) => Buffer.from(toBinary(HandleRequestSchema, m)), (b) => fromBinary(HandleResponseSchema, b), handleReq);
+      await unary(
+        direct,
+        `/${AgentService.typeName}/Handle`,
+        (m: typeof handleReq) => Buffer.from(toBinary(HandleRequestSchema, m)),
+        (b) => fromBinary(HandleResponseSchema, b),
+        handleReq,
+      );
     };
-    const invoke = (client: grpc.Client): Call => async () => {
-      await unary(client, `/${RoutingService.typeName}/Invoke`, (m: typeof invokeReq) => Buffer.from(toBinary(InvokeRequestSchema, m)), (b) => fromBinary(InvokeResponseSchema, b), invokeReq);
-    };
+    const invoke =
+      (client: grpc.Client): Call =>
+      async () => {
+        await unary(
+          client,
+          `/${RoutingService.typeName}/Invoke`,
+          (m: typeof invokeReq) => Buffer.from(toBinary(InvokeRequestSchema, m)),
+          (b) => fromBinary(InvokeResponseSchema, b),
+          invokeReq,
+        );
+      };
     const callKernel = invoke(viaKernel);
     const callForwarder = invoke(viaForwarder);
     // Warm up connections and JIT on every path.
@@ -160,7 +222,12 @@ async function main(): Promise<void> {
     const fw = await fixedRate(callForwarder, rate, seconds);
     const k = await fixedRate(callKernel, rate, seconds);
     const { rps: dSat, cpuUsPerCall: agentCpu } = await saturation(callDirect, concurrency, seconds, agent.pid);
-    const { rps: fwSat, cpuUsPerCall: fwCpu } = await saturation(callForwarder, concurrency, seconds, forwarder.process.pid);
+    const { rps: fwSat, cpuUsPerCall: fwCpu } = await saturation(
+      callForwarder,
+      concurrency,
+      seconds,
+      forwarder.process.pid,
+    );
     const { rps: kSat, cpuUsPerCall: kCpu } = await saturation(callKernel, concurrency, seconds, kernel.pid);
     const f = (n: number): string => n.toFixed(3);
     process.stdout.write(

@@ -6,7 +6,9 @@ const CASES = ["heartbeat.ts", "event-bus.ts", "egress-guard.ts", "invoke.ts", "
 let failed = 0;
 for (const file of CASES) {
   process.stdout.write(`\n=== bench/${file} ===\n`);
-  const r = spawnSync(process.execPath, ["--import", "tsx", new URL(file, import.meta.url).pathname], { stdio: "inherit" });
+  const r = spawnSync(process.execPath, ["--import", "tsx", new URL(file, import.meta.url).pathname], {
+    stdio: "inherit",
+  });
   if (r.status !== 0) failed++;
 }
 process.exit(failed ? 1 : 0);

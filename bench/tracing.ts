@@ -28,7 +28,11 @@ import { createAuditLog } from "../src/audit/audit-log.js";
 import { createRegistry } from "../src/registry/registry.js";
 import { createRegistryService } from "../src/registry/registry-service.js";
 import { bindService } from "../src/server/bind-service.js";
-import { correlationInterceptor, errorMappingInterceptor, loggingInterceptor } from "../src/server/core-interceptors.js";
+import {
+  correlationInterceptor,
+  errorMappingInterceptor,
+  loggingInterceptor,
+} from "../src/server/core-interceptors.js";
 import { createGrpcServer } from "../src/server/grpc-server.js";
 import type { KernelInterceptor } from "../src/server/interceptor.js";
 import { openDatabase } from "../src/store/database.js";
@@ -74,7 +78,10 @@ async function serve(mode: string, sink: string | undefined, ratio: number): Pro
   if (traced) traceDatabaseTransactions(db, tracer);
   const outbox = createOutbox(db, { source: "bench", clock: systemClock });
   const events = traced ? tracingEventSink(outbox, tracer) : outbox;
-  const registry = createRegistry({ db, events, audit: createAuditLog(db, systemClock), clock: systemClock, logger }, DEFAULT_KERNEL_OPTIONS.registry);
+  const registry = createRegistry(
+    { db, events, audit: createAuditLog(db, systemClock), clock: systemClock, logger },
+    DEFAULT_KERNEL_OPTIONS.registry,
+  );
   registry.start();
   const chain: KernelInterceptor[] = [
     ...(traced ? [tracingInterceptor(tracer)] : []),
@@ -83,7 +90,13 @@ async function serve(mode: string, sink: string | undefined, ratio: number): Pro
     rpcMetricsInterceptor(telemetry.meter("nops-kernel")),
     errorMappingInterceptor(),
   ];
-  const services = [bindService(AgentRegistryService, createRegistryService({ registry, actorOf: () => "bench", clock: systemClock }, DEFAULT_KERNEL_OPTIONS.registry), chain)];
+  const services = [
+    bindService(
+      AgentRegistryService,
+      createRegistryService({ registry, actorOf: () => "bench", clock: systemClock }, DEFAULT_KERNEL_OPTIONS.registry),
+      chain,
+    ),
+  ];
   const server = createGrpcServer({ services, limits: DEFAULT_KERNEL_OPTIONS.limits });
   const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
   process.stdout.write(`port ${port}\n`);
@@ -99,16 +112,48 @@ async function serve(mode: string, sink: string | undefined, ratio: number): Pro
   });
 }
 
-function unary<I, O>(client: grpc.Client, path: string, ser: (m: I) => Buffer, de: (b: Buffer) => O, input: I): Promise<O> {
-  return new Promise((resolve, reject) => client.makeUnaryRequest(path, ser, de, input, (err, out) => (err ? reject(err) : resolve(out!))));
+function unary<I, O>(
+  client: grpc.Client,
+  path: string,
+  ser: (m: I) => Buffer,
+  de: (b: Buffer) => O,
+  input: I,
+): Promise<O> {
+  return new Promise((resolve, reject) =>
+    client.makeUnaryRequest(path, ser, de, input, (err, out) => (err ? reject(err) : resolve(out!))),
+  );
 }
 
-async function measure(name: string, mode: string, ratio: number, sink: string, seconds: number, concurrency: number, connections: number): Promise<LoadResult> {
-  const args = ["--import", "tsx", new URL(import.meta.url).pathname, "--serve", mode, "--sink", sink, "--ratio", String(ratio)];
+async function measure(
+  name: string,
+  mode: string,
+  ratio: number,
+  sink: string,
+  seconds: number,
+  concurrency: number,
+  connections: number,
+): Promise<LoadResult> {
+  const args = [
+    "--import",
+    "tsx",
+    new URL(import.meta.url).pathname,
+    "--serve",
+    mode,
+    "--sink",
+    sink,
+    "--ratio",
+    String(ratio),
+  ];
   const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
   try {
     const port = Number(await firstLine(child, /port (\d+)/));
-    const clients = Array.from({ length: connections }, () => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
+    const clients = Array.from(
+      { length: connections },
+      () =>
+        new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+          "grpc.use_local_subchannel_pool": 1,
+        }),
+    );
     const ids: string[] = [];
     for (let i = 0; i < concurrency; i++) {
       const res = await unary(
@@ -116,19 +161,33 @@ async function measure(name: string, mode: string, ratio: number, sink: string, 
         "/nops.kernel.v1.AgentRegistryService/RegisterAgent",
         (m: unknown) => Buffer.from(toBinary(RegisterAgentRequestSchema, m as never)),
         (b) => fromBinary(RegisterAgentResponseSchema, b),
-        create(RegisterAgentRequestSchema, { tenant: "bench", name: `agent-${i}`, version: "1", endpoint: `127.0.0.1:${20000 + i}` }),
+        create(RegisterAgentRequestSchema, {
+          tenant: "bench",
+          name: `agent-${i}`,
+          version: "1",
+          endpoint: `127.0.0.1:${20000 + i}`,
+        }),
       );
       ids.push(res.agent!.id);
     }
     const serialize = (m: unknown) => Buffer.from(toBinary(HeartbeatRequestSchema, m as never));
     const deserialize = (b: Buffer) => fromBinary(HeartbeatResponseSchema, b);
-    const requests = ids.map((id) => create(HeartbeatRequestSchema, { tenant: "bench", id, load: { inFlight: 1, latencyP50Ms: 5 } }));
+    const requests = ids.map((id) =>
+      create(HeartbeatRequestSchema, { tenant: "bench", id, load: { inFlight: 1, latencyP50Ms: 5 } }),
+    );
     const result = await runLoad({
       name,
       concurrency,
       warmupMs: 1500,
       durationMs: seconds * 1000,
-      call: (w) => unary(clients[w % connections]!, "/nops.kernel.v1.AgentRegistryService/Heartbeat", serialize, deserialize, requests[w]!).then(() => undefined),
+      call: (w) =>
+        unary(
+          clients[w % connections]!,
+          "/nops.kernel.v1.AgentRegistryService/Heartbeat",
+          serialize,
+          deserialize,
+          requests[w]!,
+        ).then(() => undefined),
     });
     for (const c of clients) c.close();
     return result;
@@ -174,9 +233,13 @@ async function bench(): Promise<void> {
   const median = (rs: LoadResult[]): LoadResult => [...rs].sort((a, b) => a.rps - b.rps)[Math.floor(rs.length / 2)]!;
   const [off, on, lean] = modes.map((m) => median(runs.get(m.mode)!)) as [LoadResult, LoadResult, LoadResult];
   sink.close();
-  process.stdout.write(`median of ${values.rounds} rounds:\n${formatResult(off)}\n${formatResult(on, off)}\n${formatResult(lean, off)}\n`);
+  process.stdout.write(
+    `median of ${values.rounds} rounds:\n${formatResult(off)}\n${formatResult(on, off)}\n${formatResult(lean, off)}\n`,
+  );
   process.stdout.write(`OTLP sink received ${exports} export requests, ${(bytes / 1e6).toFixed(1)} MB\n`);
-  process.stdout.write(`tracing throughput ratio ${(on.rps / off.rps).toFixed(3)} (goal >= 0.9); without instrumentation-grpc ${(lean.rps / off.rps).toFixed(3)}\n`);
+  process.stdout.write(
+    `tracing throughput ratio ${(on.rps / off.rps).toFixed(3)} (goal >= 0.9); without instrumentation-grpc ${(lean.rps / off.rps).toFixed(3)}\n`,
+  );
 }
 
 if (values.serve) await serve(values.serve, values.sink, Number(values.ratio));

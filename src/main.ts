@@ -20,7 +20,12 @@ import { createAuditLog } from "./audit/audit-log.js";
 import { createRegistry } from "./registry/registry.js";
 import { createRegistryService } from "./registry/registry-service.js";
 import { bindService, type BoundService } from "./server/bind-service.js";
-import { correlationInterceptor, deadlineInterceptor, errorMappingInterceptor, loggingInterceptor } from "./server/core-interceptors.js";
+import {
+  correlationInterceptor,
+  deadlineInterceptor,
+  errorMappingInterceptor,
+  loggingInterceptor,
+} from "./server/core-interceptors.js";
 import type { KernelInterceptor } from "./server/interceptor.js";
 import { createGrpcServer } from "./server/grpc-server.js";
 import { createHttpServer, type HttpRoute } from "./server/http-server.js";
@@ -40,7 +45,12 @@ import { EventBusService } from "../gen/nops/kernel/v1/event_bus_pb.js";
 import { createNatsEgressHook } from "./egress/index.js";
 import { createEventBus } from "./events/event-bus.js";
 import { createEventBusService } from "./events/event-bus-service.js";
-import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions, type LeafSupervisor } from "./events/leaf-supervisor.js";
+import {
+  createLeafSupervisor,
+  findNatsServer,
+  resolveLeafSupervisorOptions,
+  type LeafSupervisor,
+} from "./events/leaf-supervisor.js";
 import type { PrePublishHook } from "./events/outbox-relay.js";
 import { createRouter } from "./routing/router.js";
 import { agentCallData } from "./routing/agent-channel-pool.js";
@@ -71,7 +81,10 @@ function readVersion(): string {
   // src/main.ts runs from src/ (tsx) or dist/src/ (built): package.json is one or two levels up.
   for (const rel of ["../package.json", "../../package.json"]) {
     try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === "nops-kernel" && pkg.version) return pkg.version;
     } catch {
       // not at this level
@@ -117,7 +130,10 @@ export function openKernelDatabase(options: KernelOptions, logger?: Logger): Db 
 export async function startKernel(options: KernelOptions, overrides: KernelOverrides = {}): Promise<Kernel> {
   const clock = overrides.clock ?? systemClock;
   // Values that look like secrets or PII are scrubbed from every line, whatever logged them.
-  const destination = createRedactingDestination(overrides.logDestination ?? pino.destination(1), scrubRulesFrom(options.telemetry.redactPatterns));
+  const destination = createRedactingDestination(
+    overrides.logDestination ?? pino.destination(1),
+    scrubRulesFrom(options.telemetry.redactPatterns),
+  );
   const logger = createLogger(options.log, destination);
   const log = logger.child({ component: "kernel" });
   const telemetry = createTelemetry(options.telemetry, {
@@ -137,11 +153,18 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const closers: (() => Promise<unknown> | void)[] = [];
   const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
   const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
-  if (redis) closers.push(() => redis.quit().catch(() => redis.disconnect()), () => redisSubscriber?.disconnect());
+  if (redis)
+    closers.push(
+      () => redis.quit().catch(() => redis.disconnect()),
+      () => redisSubscriber?.disconnect(),
+    );
 
   // The Egress Guard must exist before anything that calls out; identity's JWKS fetch is one.
   let guardedJwksFetch: typeof fetch = () => Promise.reject(new Error("egress guard not ready"));
-  const identity = await createKernelIdentity({ db, audit, clock, logger, meter, fetch: (input, init) => guardedJwksFetch(input, init) }, options);
+  const identity = await createKernelIdentity(
+    { db, audit, clock, logger, meter, fetch: (input, init) => guardedJwksFetch(input, init) },
+    options,
+  );
   closers.push(() => identity.close());
   const { tls } = identity;
 
@@ -150,12 +173,21 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   if (options.dge.embedded && options.dge.enabled) {
     // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
     const key = randomBytes(32).toString("base64url");
-    dgeServer = await startDgeServer({ clock, logger: logger.child({ component: "dge-reference" }) }, resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }));
+    dgeServer = await startDgeServer(
+      { clock, logger: logger.child({ component: "dge-reference" }) },
+      resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+    );
     dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
     closers.push(() => dgeServer?.close());
   }
-  const dge = createDgeClient({ clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] }, dgeClientOptions);
-  const guard = createEgressGuard({ clock, logger, meter, dge, events, audit, db, redis, redisSubscriber }, options.egress);
+  const dge = createDgeClient(
+    { clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] },
+    dgeClientOptions,
+  );
+  const guard = createEgressGuard(
+    { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber },
+    options.egress,
+  );
   closers.push(() => guard.close());
   guardedJwksFetch = createGuardedFetch(guard, "jwks") as typeof fetch;
 
@@ -169,7 +201,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       const password = randomBytes(18).toString("base64url");
       leaf = createLeafSupervisor(
         { logger },
-        resolveLeafSupervisorOptions({ binary, dataDir: options.dataDir, port: await freePort(), edgeDomain: options.events.edgeDomain, password, hubUrl: options.nats.hubUrl || undefined }),
+        resolveLeafSupervisorOptions({
+          binary,
+          dataDir: options.dataDir,
+          port: await freePort(),
+          edgeDomain: options.events.edgeDomain,
+          password,
+          hubUrl: options.nats.hubUrl || undefined,
+        }),
       );
       await leaf.start();
       closers.push(() => leaf?.stop());
@@ -186,7 +225,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
     return { allowed: d.allowed, reason: d.reason };
   };
-  const bus = createEventBus({ db, clock, logger, meter, sink: events, prePublish, tracer }, { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl });
+  const bus = createEventBus(
+    { db, clock, logger, meter, sink: events, prePublish, tracer },
+    { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl },
+  );
   if (natsUrl) {
     bus.start();
     closers.push(() => bus.stop());
@@ -210,12 +252,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const probes: Record<string, DependencyProbe> = {
     sqlite: () => checkSqliteWritable(db, options.databasePath),
     "nats-leaf": () => {
-      if (!natsUrl) return { name: "nats-leaf", state: "down", detail: "no NATS leaf configured: events are kept in the outbox" };
+      if (!natsUrl)
+        return { name: "nats-leaf", state: "down", detail: "no NATS leaf configured: events are kept in the outbox" };
       const p = busProblem("nats") ?? busProblem("nats-stream");
       if (p) return { name: "nats-leaf", state: p.dependency === "nats" ? "down" : "degraded", detail: p.reason };
       // The bus records a degradation only after its first attempt settles (a normal start emits
       // no degraded event), so ask it directly whether it is connected yet.
-      return bus.connection() ? { name: "nats-leaf", state: "ok" } : { name: "nats-leaf", state: "down", detail: `connecting to ${natsUrl}` };
+      return bus.connection()
+        ? { name: "nats-leaf", state: "ok" }
+        : { name: "nats-leaf", state: "down", detail: `connecting to ${natsUrl}` };
     },
   };
   if (hubBound) {
@@ -227,7 +272,12 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   if (redis) probes.redis = redisProbe(redis);
   const dgeHealth = createPollingProbe(
     { logger: log },
-    { name: "dge", intervalMs: 5000, timeoutMs: 2000, check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })) },
+    {
+      name: "dge",
+      intervalMs: 5000,
+      timeoutMs: 2000,
+      check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })),
+    },
   );
   if (options.dge.enabled) {
     probes.dge = dgeHealth.probe;
@@ -242,7 +292,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       const notAfter = x509.current()?.svid.notAfter ?? 0;
       // Unreachable agent: keep serving on the current SVID until it expires.
       return notAfter > clock.now()
-        ? { name: "workload-api", state: "degraded", detail: `${conn.detail ?? "unreachable"}; SVID valid until ${new Date(notAfter).toISOString()}` }
+        ? {
+            name: "workload-api",
+            state: "degraded",
+            detail: `${conn.detail ?? "unreachable"}; SVID valid until ${new Date(notAfter).toISOString()}`,
+          }
         : { name: "workload-api", state: "down", detail: `${conn.detail ?? "unreachable"}; SVID expired` };
     };
   }
@@ -259,21 +313,45 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     rpcMetricsInterceptor(meter),
     errorMappingInterceptor(),
     deadlineInterceptor(options.limits.maxDeadlineMs),
-    createRequestSigningInterceptor({ nonces: createNonceStore({ redis, clock, logger }), audit, clock, logger: logger.child({ component: "request-signing" }) }, options.requestSigning),
+    createRequestSigningInterceptor(
+      {
+        nonces: createNonceStore({ redis, clock, logger }),
+        audit,
+        clock,
+        logger: logger.child({ component: "request-signing" }),
+      },
+      options.requestSigning,
+    ),
     identity.authn,
-    createRateLimitInterceptor({ redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf }, options.rateLimit),
+    createRateLimitInterceptor(
+      { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
+      options.rateLimit,
+    ),
     identity.authz,
   ];
   const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
   const services: BoundService[] = [
     bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
-    bind(ApiKeyService, createApiKeyService({ db, store: identity.apiKeys, audit, logger: logger.child({ component: "api-keys" }), options: identity.apiKeyOptions })),
+    bind(
+      ApiKeyService,
+      createApiKeyService({
+        db,
+        store: identity.apiKeys,
+        audit,
+        logger: logger.child({ component: "api-keys" }),
+        options: identity.apiKeyOptions,
+      }),
+    ),
     bind(RoutingService, createRoutingService({ router }, options.routing.service)),
-    bind(EventBusService, createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service)),
+    bind(
+      EventBusService,
+      createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service),
+    ),
     bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
   ];
   const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
-  const probe = (service: string) => (servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined);
+  const probe = (service: string) =>
+    servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined;
   services.push(bind(Health, createHealthService(probe)));
   if (options.reflection) {
     services.push(bind(ServerReflection, createReflectionService(services.map((s) => s.service))));
@@ -307,7 +385,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   let httpPort = 0;
   try {
     // The gRPC port is the strict mTLS port: no client certificate, no handshake.
-    grpcPort = await grpcServer.listen(options.grpc.host, options.grpc.port, tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure());
+    grpcPort = await grpcServer.listen(
+      options.grpc.host,
+      options.grpc.port,
+      tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure(),
+    );
     httpPort = await httpServer.listen(options.http.host, options.http.port);
   } catch (err) {
     await grpcServer.shutdown(0);
@@ -317,7 +399,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     throw err;
   }
   log.info(
-    { grpc: `${options.grpc.host}:${grpcPort}`, http: `${options.http.host}:${httpPort}`, tls: identity.source !== "none", identity: identity.source, edgeId: options.edgeId, database: options.databasePath, version: KERNEL_VERSION },
+    {
+      grpc: `${options.grpc.host}:${grpcPort}`,
+      http: `${options.http.host}:${httpPort}`,
+      tls: identity.source !== "none",
+      identity: identity.source,
+      edgeId: options.edgeId,
+      database: options.databasePath,
+      version: KERNEL_VERSION,
+    },
     "kernel started",
   );
 
@@ -354,7 +444,12 @@ function freePort(): Promise<number> {
 // Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.
 function connectRedis(url: string, logger: Logger): Redis {
   const log = logger.child({ component: "redis" });
-  const client = new Redis(url, { enableOfflineQueue: false, commandTimeout: 250, maxRetriesPerRequest: 1, retryStrategy: (n) => Math.min(n * 200, 2000) });
+  const client = new Redis(url, {
+    enableOfflineQueue: false,
+    commandTimeout: 250,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (n) => Math.min(n * 200, 2000),
+  });
   let down = false;
   client.on("error", (err: Error) => {
     if (!down) log.warn({ err: err.message }, "redis unreachable; using in-memory fallbacks");
@@ -428,9 +523,13 @@ export async function main(argv: string[], env: Record<string, string | undefine
       case "dge": {
         // The reference Data Governance Engine as its own process (what a newcomer or a test runs).
         const options = loadKernelOptions(configFile, env);
-        if (!options.dgeServer) throw new ConfigError("dge needs a dgeServer section in the config file (at least dgeServer.keys)");
+        if (!options.dgeServer)
+          throw new ConfigError("dge needs a dgeServer section in the config file (at least dgeServer.keys)");
         const logger = createLogger(options.log);
-        const server = await startDgeServer({ clock: systemClock, logger: logger.child({ component: "dge-reference" }) }, options.dgeServer);
+        const server = await startDgeServer(
+          { clock: systemClock, logger: logger.child({ component: "dge-reference" }) },
+          options.dgeServer,
+        );
         logger.info({ url: server.url }, "reference DGE listening");
         await new Promise<void>((resolve) => {
           process.once("SIGTERM", () => resolve());
@@ -446,12 +545,14 @@ export async function main(argv: string[], env: Record<string, string | undefine
           if (sub === "up") out(`applied: ${migrateUp(db, MIGRATIONS).join(", ") || "nothing (up to date)"}`);
           else if (sub === "down") {
             const n = steps === undefined ? 1 : Number(steps);
-            if (!Number.isInteger(n) || n < 1) throw new ConfigError(`--steps must be a positive integer (got ${steps})`);
+            if (!Number.isInteger(n) || n < 1)
+              throw new ConfigError(`--steps must be a positive integer (got ${steps})`);
             out(`reverted: ${migrateDown(db, MIGRATIONS, n).join(", ") || "nothing (no migrations applied)"}`);
           } else if (sub === "status") {
             const s = migrationStatus(db, MIGRATIONS);
             out(`schema version ${s.current} of ${s.latest}`);
-            for (const m of s.applied) out(`  applied  ${String(m.version).padStart(4, "0")} ${m.name}  ${new Date(m.appliedAt).toISOString()}`);
+            for (const m of s.applied)
+              out(`  applied  ${String(m.version).padStart(4, "0")} ${m.name}  ${new Date(m.appliedAt).toISOString()}`);
             for (const m of s.pending) out(`  pending  ${String(m.version).padStart(4, "0")} ${m.name}`);
           } else throw new ConfigError(`migrate needs up, down or status (got ${sub ?? "nothing"})`);
         } finally {
@@ -465,7 +566,11 @@ export async function main(argv: string[], env: Record<string, string | undefine
         const db = openKernelDatabase(options);
         try {
           const result = createAuditLog(db, systemClock).verify();
-          out(result.ok ? `audit log intact: ${result.checked} rows verified` : `audit log TAMPERED at row ${result.badSeq}: ${result.reason} (${result.checked} rows verified before it)`);
+          out(
+            result.ok
+              ? `audit log intact: ${result.checked} rows verified`
+              : `audit log TAMPERED at row ${result.badSeq}: ${result.reason} (${result.checked} rows verified before it)`,
+          );
           return result.ok ? 0 : 1;
         } finally {
           db.close();

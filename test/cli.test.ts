@@ -11,7 +11,11 @@ const tsx = ["--import", "tsx", join(root, "src/cli.ts")];
 
 function cli(args: string[], env: Record<string, string>): { code: number; out: string } {
   try {
-    const out = execFileSync(process.execPath, [...tsx, ...args], { env: { ...process.env, ...env }, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    const out = execFileSync(process.execPath, [...tsx, ...args], {
+      env: { ...process.env, ...env },
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     return { code: 0, out };
   } catch (e) {
     const err = e as { status: number; stdout: string; stderr: string };
@@ -45,7 +49,9 @@ test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) a
   await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 30_000);
   const examples = readmeExamples(grpcPort, httpPort, dataDir);
   t.true(examples.length >= 4, "README has curl and buf curl examples");
-  const outputs = examples.map((script) => execFileSync("bash", ["-euo", "pipefail", "-c", script], { cwd: root, encoding: "utf8" }));
+  const outputs = examples.map((script) =>
+    execFileSync("bash", ["-euo", "pipefail", "-c", script], { cwd: root, encoding: "utf8" }),
+  );
   const registered = outputs.filter((o) => o.includes('"agent"') && o.includes("summarizer"));
   t.true(registered.length >= 2, "RegisterAgent answered over Connect (curl) and gRPC (buf curl)");
   t.true(outputs.some((o) => o.includes("SERVING")));

@@ -2,7 +2,11 @@ import type * as grpc from "@grpc/grpc-js";
 import { fromBinary, toBinary, type DescMessage } from "@bufbuild/protobuf";
 
 /** A grpc-js unary method definition serialized with protobuf-es, as the kernel serializes. */
-export function unaryMethod(path: string, input: DescMessage, output: DescMessage): grpc.MethodDefinition<unknown, unknown> {
+export function unaryMethod(
+  path: string,
+  input: DescMessage,
+  output: DescMessage,
+): grpc.MethodDefinition<unknown, unknown> {
   return {
     path,
     requestStream: false,

@@ -50,7 +50,14 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   stop = true;
   await Promise.all(workers);
   const sorted = Float64Array.from(latencies).sort();
-  return { name: options.name, requests: latencies.length, errors, rps: latencies.length / elapsed, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99) };
+  return {
+    name: options.name,
+    requests: latencies.length,
+    errors,
+    rps: latencies.length / elapsed,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+  };
 }
 
 /** Formats a result line with its ratio to a baseline. */

@@ -1,8 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type {
-  AdminService} from "../../gen/nops/kernel/v1/admin_pb.js";
+import type { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
 import {
   CapabilityMode,
   CapabilityStatusSchema,
@@ -24,15 +23,28 @@ export interface AdminServiceDeps {
 
 const READINESS = { ready: Readiness.READY, degraded: Readiness.DEGRADED, not_ready: Readiness.NOT_READY } as const;
 const DEP_STATE = { ok: DependencyState.OK, degraded: DependencyState.DEGRADED, down: DependencyState.DOWN } as const;
-const CRITICALITY = { CRITICAL: Criticality.CRITICAL, ESSENTIAL: Criticality.ESSENTIAL, BEST_EFFORT: Criticality.BEST_EFFORT } as const;
-const MODE = { normal: CapabilityMode.NORMAL, degraded: CapabilityMode.DEGRADED, blocked: CapabilityMode.BLOCKED } as const;
+const CRITICALITY = {
+  CRITICAL: Criticality.CRITICAL,
+  ESSENTIAL: Criticality.ESSENTIAL,
+  BEST_EFFORT: Criticality.BEST_EFFORT,
+} as const;
+const MODE = {
+  normal: CapabilityMode.NORMAL,
+  degraded: CapabilityMode.DEGRADED,
+  blocked: CapabilityMode.BLOCKED,
+} as const;
 
 /** The GetStatus answer for a status report. */
 export function toGetStatusResponse(report: StatusReport, version: string): GetStatusResponse {
   return create(GetStatusResponseSchema, {
     readiness: READINESS[report.status],
     dependencies: report.dependencies.map((d) =>
-      create(DependencyStatusSchema, { name: d.name, state: DEP_STATE[d.state], detail: d.detail ?? "", since: timestampFromMs(d.since) }),
+      create(DependencyStatusSchema, {
+        name: d.name,
+        state: DEP_STATE[d.state],
+        detail: d.detail ?? "",
+        since: timestampFromMs(d.since),
+      }),
     ),
     capabilities: report.capabilities.map((c) =>
       create(CapabilityStatusSchema, {

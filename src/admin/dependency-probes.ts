@@ -7,7 +7,10 @@ import type { Logger } from "../telemetry/logger.js";
  * reconnecting, end). ioredis tracks this itself, so the probe costs nothing.
  */
 export function redisProbe(redis: { readonly status: string }): DependencyProbe {
-  return () => (redis.status === "ready" ? { name: "redis", state: "ok" } : { name: "redis", state: "down", detail: `redis connection ${redis.status}` });
+  return () =>
+    redis.status === "ready"
+      ? { name: "redis", state: "ok" }
+      : { name: "redis", state: "down", detail: `redis connection ${redis.status}` };
 }
 
 /** A probe whose answer comes from a periodic asynchronous check (a remote service's health). */

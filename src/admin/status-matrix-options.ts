@@ -42,16 +42,76 @@ export interface StatusMatrixOptions {
  * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/main.ts registers.
  */
 export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>> = {
-  registry: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: writes fail with UNAVAILABLE", events: true, gatesReadiness: true },
-  audit: { criticality: "CRITICAL", dependsOn: ["sqlite"], fallback: "none: audited actions fail with UNAVAILABLE", events: true, gatesReadiness: true },
-  "egress-guard": { criticality: "CRITICAL", dependsOn: ["dge"], fallback: "cached verdicts only; uncached calls are blocked (fail closed)", events: true, gatesReadiness: false },
-  identity: { criticality: "CRITICAL", dependsOn: ["workload-api"], fallback: "current SVID and bundles until the SVID expires", events: true, gatesReadiness: true },
-  "rate-limit": { criticality: "ESSENTIAL", dependsOn: ["redis"], fallback: "per-process in-memory limits", events: true, gatesReadiness: false },
-  routing: { criticality: "ESSENTIAL", dependsOn: ["health-scores"], fallback: "round-robin", events: true, gatesReadiness: false },
-  "event-bus": { criticality: "ESSENTIAL", dependsOn: ["nats-leaf"], fallback: "queue-locally (SQLite outbox)", events: false, gatesReadiness: false },
-  federation: { criticality: "ESSENTIAL", dependsOn: ["hub-link"], fallback: "local-only (store-and-forward)", events: true, gatesReadiness: false },
-  scorecard: { criticality: "BEST_EFFORT", dependsOn: ["scorecard"], fallback: "skipped", events: true, gatesReadiness: false },
-  tracing: { criticality: "BEST_EFFORT", dependsOn: ["trace-exporter"], fallback: "spans dropped", events: true, gatesReadiness: false },
+  registry: {
+    criticality: "CRITICAL",
+    dependsOn: ["sqlite"],
+    fallback: "none: writes fail with UNAVAILABLE",
+    events: true,
+    gatesReadiness: true,
+  },
+  audit: {
+    criticality: "CRITICAL",
+    dependsOn: ["sqlite"],
+    fallback: "none: audited actions fail with UNAVAILABLE",
+    events: true,
+    gatesReadiness: true,
+  },
+  "egress-guard": {
+    criticality: "CRITICAL",
+    dependsOn: ["dge"],
+    fallback: "cached verdicts only; uncached calls are blocked (fail closed)",
+    events: true,
+    gatesReadiness: false,
+  },
+  identity: {
+    criticality: "CRITICAL",
+    dependsOn: ["workload-api"],
+    fallback: "current SVID and bundles until the SVID expires",
+    events: true,
+    gatesReadiness: true,
+  },
+  "rate-limit": {
+    criticality: "ESSENTIAL",
+    dependsOn: ["redis"],
+    fallback: "per-process in-memory limits",
+    events: true,
+    gatesReadiness: false,
+  },
+  routing: {
+    criticality: "ESSENTIAL",
+    dependsOn: ["health-scores"],
+    fallback: "round-robin",
+    events: true,
+    gatesReadiness: false,
+  },
+  "event-bus": {
+    criticality: "ESSENTIAL",
+    dependsOn: ["nats-leaf"],
+    fallback: "queue-locally (SQLite outbox)",
+    events: false,
+    gatesReadiness: false,
+  },
+  federation: {
+    criticality: "ESSENTIAL",
+    dependsOn: ["hub-link"],
+    fallback: "local-only (store-and-forward)",
+    events: true,
+    gatesReadiness: false,
+  },
+  scorecard: {
+    criticality: "BEST_EFFORT",
+    dependsOn: ["scorecard"],
+    fallback: "skipped",
+    events: true,
+    gatesReadiness: false,
+  },
+  tracing: {
+    criticality: "BEST_EFFORT",
+    dependsOn: ["trace-exporter"],
+    fallback: "spans dropped",
+    events: true,
+    gatesReadiness: false,
+  },
 };
 
 /** Default status matrix settings. */
@@ -64,21 +124,35 @@ export const DEFAULT_STATUS_MATRIX_OPTIONS: StatusMatrixOptions = {
 const CRITICALITIES: readonly Criticality[] = ["CRITICAL", "ESSENTIAL", "BEST_EFFORT"];
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-const SPEC_FIELDS: CapabilitySpec = { criticality: "CRITICAL", dependsOn: [], fallback: "", events: true, gatesReadiness: true };
+const SPEC_FIELDS: CapabilitySpec = {
+  criticality: "CRITICAL",
+  dependsOn: [],
+  fallback: "",
+  events: true,
+  gatesReadiness: true,
+};
 
 function resolveSpec(input: unknown, path: string, base: CapabilitySpec | undefined): CapabilitySpec {
   const s: RawSection = readSection(input, path, SPEC_FIELDS);
-  if (!base && s.criticality === undefined) throw new ConfigError(`${path}.criticality is required for a new capability`);
+  if (!base && s.criticality === undefined)
+    throw new ConfigError(`${path}.criticality is required for a new capability`);
   const dependsOn = readStringList(s, "dependsOn", path, base?.dependsOn ?? []);
   dependsOn.forEach((d, i) => {
     if (!NAME.test(d)) throw new ConfigError(`${path}.dependsOn[${i}] must match ${NAME} (got ${JSON.stringify(d)})`);
   });
   return {
-    criticality: readString(s, "criticality", path, base?.criticality ?? "CRITICAL", { oneOf: CRITICALITIES }) as Criticality,
+    criticality: readString(s, "criticality", path, base?.criticality ?? "CRITICAL", {
+      oneOf: CRITICALITIES,
+    }) as Criticality,
     dependsOn,
     fallback: readString(s, "fallback", path, base?.fallback ?? "none"),
     events: readBool(s, "events", path, base?.events ?? true),
-    gatesReadiness: readBool(s, "gatesReadiness", path, base?.gatesReadiness ?? (s.criticality ?? base?.criticality ?? "CRITICAL") === "CRITICAL"),
+    gatesReadiness: readBool(
+      s,
+      "gatesReadiness",
+      path,
+      base?.gatesReadiness ?? (s.criticality ?? base?.criticality ?? "CRITICAL") === "CRITICAL",
+    ),
   };
 }
 
@@ -86,9 +160,11 @@ function resolveSpec(input: unknown, path: string, base: CapabilitySpec | undefi
 export function resolveStatusMatrixOptions(input: unknown = {}, path = "admin.status"): StatusMatrixOptions {
   const s = readSection(input, path, DEFAULT_STATUS_MATRIX_OPTIONS);
   const capabilities: Record<string, CapabilitySpec> = {};
-  for (const [name, spec] of Object.entries(DEFAULT_CAPABILITY_MATRIX)) capabilities[name] = { ...spec, dependsOn: [...spec.dependsOn] };
+  for (const [name, spec] of Object.entries(DEFAULT_CAPABILITY_MATRIX))
+    capabilities[name] = { ...spec, dependsOn: [...spec.dependsOn] };
   const given = s.capabilities ?? {};
-  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new ConfigError(`${path}.capabilities must be an object`);
+  if (typeof given !== "object" || given === null || Array.isArray(given))
+    throw new ConfigError(`${path}.capabilities must be an object`);
   for (const [name, spec] of Object.entries(given as Record<string, unknown>)) {
     if (!NAME.test(name)) throw new ConfigError(`${path}.capabilities: ${JSON.stringify(name)} must match ${NAME}`);
     capabilities[name] = resolveSpec(spec, `${path}.capabilities.${name}`, capabilities[name]);

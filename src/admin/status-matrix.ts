@@ -1,6 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
-import { DegradedModeActivatedSchema, DegradedModeRecoveredSchema } from "../../gen/nops/events/v1/degraded_events_pb.js";
+import {
+  DegradedModeActivatedSchema,
+  DegradedModeRecoveredSchema,
+} from "../../gen/nops/events/v1/degraded_events_pb.js";
 import type { Clock } from "../common/clock.js";
 import type { DependencyState, DependencyStatus, ReadinessReport } from "../server/readiness.js";
 import type { EventSink, KernelEvent } from "../store/outbox.js";
@@ -85,12 +88,17 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
   let timer: NodeJS.Timeout | undefined;
 
   deps.meter
-    .createObservableGauge("nops_capability_mode", { description: "Capability mode under the criticality matrix: 0 normal, 1 degraded, 2 blocked" })
+    .createObservableGauge("nops_capability_mode", {
+      description: "Capability mode under the criticality matrix: 0 normal, 1 degraded, 2 blocked",
+    })
     .addCallback((r) => {
-      for (const c of last?.capabilities ?? []) r.observe(MODE_VALUE[c.mode], { capability: c.name, criticality: c.criticality });
+      for (const c of last?.capabilities ?? [])
+        r.observe(MODE_VALUE[c.mode], { capability: c.name, criticality: c.criticality });
     });
   deps.meter
-    .createObservableGauge("nops_dependency_state", { description: "Dependency state from its last probe: 0 ok, 1 degraded, 2 down" })
+    .createObservableGauge("nops_dependency_state", {
+      description: "Dependency state from its last probe: 0 ok, 1 degraded, 2 down",
+    })
     .addCallback((r) => {
       for (const d of last?.dependencies ?? []) r.observe(STATE_VALUE[d.state], { dependency: d.name });
     });
@@ -101,7 +109,10 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
         deps.events.append(unwritten[0]!);
         unwritten.shift();
       } catch (err) {
-        log.warn({ err, pending: unwritten.length }, "degraded-mode event not recorded yet; retrying on the next evaluation");
+        log.warn(
+          { err, pending: unwritten.length },
+          "degraded-mode event not recorded yet; retrying on the next evaluation",
+        );
         return;
       }
     }
@@ -123,44 +134,105 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
       const prev = depSince.get(name);
       if (prev?.state !== s.state) {
         depSince.set(name, { state: s.state, since: now });
-        if (prev) log.info({ dependency: name, from: prev.state, to: s.state, detail: s.detail }, "dependency state changed");
+        if (prev)
+          log.info({ dependency: name, from: prev.state, to: s.state, detail: s.detail }, "dependency state changed");
       }
       return { ...s, since: depSince.get(name)!.since };
     });
     const byName = new Map(dependencies.map((d) => [d.name, d]));
 
     const capabilities: CapabilityReport[] = Object.entries(options.capabilities).map(([name, spec]) => {
-      const failing = spec.dependsOn.map((d) => byName.get(d)).filter((d): d is DependencyReport => d !== undefined && d.state !== "ok");
+      const failing = spec.dependsOn
+        .map((d) => byName.get(d))
+        .filter((d): d is DependencyReport => d !== undefined && d.state !== "ok");
       const mode = capabilityMode(spec, failing);
       const reason = failing.map((d) => `${d.name} ${d.state}${d.detail ? `: ${d.detail}` : ""}`).join("; ");
       const prev = capState.get(name) ?? { mode: "normal" as const, since: now, failing: [] };
       if (prev.mode !== mode) {
-        transition(name, spec, prev, mode, failing.map((d) => d.name), reason);
+        transition(
+          name,
+          spec,
+          prev,
+          mode,
+          failing.map((d) => d.name),
+          reason,
+        );
         capState.set(name, { mode, since: now, failing: failing.map((d) => d.name) });
       } else if (!capState.has(name)) capState.set(name, prev);
       const state = capState.get(name)!;
-      return { name, criticality: spec.criticality, mode, fallback: spec.fallback, dependsOn: [...spec.dependsOn], ...(reason ? { reason } : {}), since: state.since };
+      return {
+        name,
+        criticality: spec.criticality,
+        mode,
+        fallback: spec.fallback,
+        dependsOn: [...spec.dependsOn],
+        ...(reason ? { reason } : {}),
+        since: state.since,
+      };
     });
     flushEvents();
 
     const gating = capabilities.some((c) => c.mode === "blocked" && options.capabilities[c.name]?.gatesReadiness);
     const degraded = capabilities.some((c) => c.mode !== "normal");
-    last = { ready: !gating, status: gating ? "not_ready" : degraded ? "degraded" : "ready", dependencies, capabilities, checkedAt: now };
+    last = {
+      ready: !gating,
+      status: gating ? "not_ready" : degraded ? "degraded" : "ready",
+      dependencies,
+      capabilities,
+      checkedAt: now,
+    };
     return last;
   }
 
-  function transition(name: string, spec: CapabilitySpec, prev: { mode: CapabilityMode; failing: string[] }, mode: CapabilityMode, failing: string[], reason: string): void {
+  function transition(
+    name: string,
+    spec: CapabilitySpec,
+    prev: { mode: CapabilityMode; failing: string[] },
+    mode: CapabilityMode,
+    failing: string[],
+    reason: string,
+  ): void {
     const level = mode === "blocked" ? "error" : mode === "degraded" ? "warn" : "info";
-    log[level]({ capability: name, criticality: spec.criticality, from: prev.mode, to: mode, reason, fallback: mode === "degraded" ? spec.fallback : undefined }, "capability mode changed");
+    log[level](
+      {
+        capability: name,
+        criticality: spec.criticality,
+        from: prev.mode,
+        to: mode,
+        reason,
+        fallback: mode === "degraded" ? spec.fallback : undefined,
+      },
+      "capability mode changed",
+    );
     if (!spec.events) return;
     const modeName = (m: CapabilityMode) => (m === "blocked" ? "blocked" : spec.fallback);
     if (mode === "normal") {
-      const payload = create(DegradedModeRecoveredSchema, { capability: name, dependency: prev.failing.join(","), mode: modeName(prev.mode), reason: "dependencies ok" });
-      unwritten.push({ type: "degraded.mode.recovered.v1", tenant: options.systemTenant, schema: DegradedModeRecoveredSchema, payload });
+      const payload = create(DegradedModeRecoveredSchema, {
+        capability: name,
+        dependency: prev.failing.join(","),
+        mode: modeName(prev.mode),
+        reason: "dependencies ok",
+      });
+      unwritten.push({
+        type: "degraded.mode.recovered.v1",
+        tenant: options.systemTenant,
+        schema: DegradedModeRecoveredSchema,
+        payload,
+      });
     } else {
       // degraded -> blocked (or back) is a new mode in effect: reported as a new activation.
-      const payload = create(DegradedModeActivatedSchema, { capability: name, dependency: failing.join(","), mode: modeName(mode), reason });
-      unwritten.push({ type: "degraded.mode.activated.v1", tenant: options.systemTenant, schema: DegradedModeActivatedSchema, payload });
+      const payload = create(DegradedModeActivatedSchema, {
+        capability: name,
+        dependency: failing.join(","),
+        mode: modeName(mode),
+        reason,
+      });
+      unwritten.push({
+        type: "degraded.mode.activated.v1",
+        tenant: options.systemTenant,
+        schema: DegradedModeActivatedSchema,
+        payload,
+      });
     }
   }
 

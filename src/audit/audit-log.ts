@@ -55,7 +55,16 @@ interface AuditRow {
 // The hash covers every column but itself, in a fixed order, so any edit changes it.
 function rowHash(r: Omit<AuditRow, "hash">): string {
   const canonical = JSON.stringify([
-    r.seq, r.at, r.actor, r.action, r.tenant, r.resource, r.outcome, r.details, r.correlation_id, r.prev_hash,
+    r.seq,
+    r.at,
+    r.actor,
+    r.action,
+    r.tenant,
+    r.resource,
+    r.outcome,
+    r.details,
+    r.correlation_id,
+    r.prev_hash,
   ]);
   return createHash("sha256").update(canonical).digest("hex");
 }
@@ -114,7 +123,12 @@ export function createAuditLog(db: Db, clock: Clock): AuditLog {
       const h = head.get();
       const lastSeq = expectedSeq - 1;
       if ((h?.seq ?? 0) !== lastSeq || (h?.hash ?? GENESIS) !== expectedPrev) {
-        return { ok: false, checked, badSeq: lastSeq + 1, reason: `the chain ends at row ${lastSeq} but the head records row ${h?.seq ?? 0}: rows were removed` };
+        return {
+          ok: false,
+          checked,
+          badSeq: lastSeq + 1,
+          reason: `the chain ends at row ${lastSeq} but the head records row ${h?.seq ?? 0}: rows were removed`,
+        };
       }
       return { ok: true, checked };
     },

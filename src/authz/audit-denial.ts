@@ -30,7 +30,10 @@ const MAX_TRACKED = 10_000;
  * rows. The next row of that refusal carries the count (`repeatsNotRecorded`). A failing audit
  * write is logged and does not turn the refusal into an internal error.
  */
-export function createDenialAuditor(deps: { audit: AuditLog; logger: Logger; clock?: Clock }, windowMs = DEFAULT_DENIAL_AUDIT_WINDOW_MS): DenialAuditor {
+export function createDenialAuditor(
+  deps: { audit: AuditLog; logger: Logger; clock?: Clock },
+  windowMs = DEFAULT_DENIAL_AUDIT_WINDOW_MS,
+): DenialAuditor {
   const clock = deps.clock ?? systemClock;
   const recent = new Map<string, { until: number; repeats: number }>();
 
@@ -62,7 +65,15 @@ export function createDenialAuditor(deps: { audit: AuditLog; logger: Logger; clo
     if (seen?.repeats) details.repeatsNotRecorded = seen.repeats;
     log.warn({ actor: denial.actor, action: denial.action, tenant, ...details, correlationId }, "call refused");
     try {
-      deps.audit.append({ actor: denial.actor, action: denial.action, tenant, resource: `method${path}`, outcome: "denied", details, correlationId });
+      deps.audit.append({
+        actor: denial.actor,
+        action: denial.action,
+        tenant,
+        resource: `method${path}`,
+        outcome: "denied",
+        details,
+        correlationId,
+      });
     } catch (e) {
       log.error({ err: e, correlationId }, "audit append failed for a refused call");
     }

@@ -31,7 +31,12 @@ function ruleApplies(rule: AttributeRule, principal: Principal, tenants: readonl
   if (rule.tenants) {
     const listed = rule.tenants;
     // A deny bites if any targeted tenant is listed; an allow only if every one is.
-    if (rule.effect === "deny" ? !tenants.some((t) => listed.includes(t)) : tenants.length === 0 || !tenants.every((t) => listed.includes(t))) return false;
+    if (
+      rule.effect === "deny"
+        ? !tenants.some((t) => listed.includes(t))
+        : tenants.length === 0 || !tenants.every((t) => listed.includes(t))
+    )
+      return false;
   }
   return true;
 }
@@ -52,7 +57,10 @@ export function createAuthorizer(options: AuthzOptions): Authorizer {
   const policies = new Map<string, MethodPolicy>();
   const roleGrants = new Map<Role, ScopeGrant[]>();
   for (const [role, scopes] of Object.entries(options.roleScopes) as [Role, string[]][]) {
-    roleGrants.set(role, scopes.map(parseScopeGrant).filter((g): g is ScopeGrant => g !== undefined));
+    roleGrants.set(
+      role,
+      scopes.map(parseScopeGrant).filter((g): g is ScopeGrant => g !== undefined),
+    );
   }
   const principalGrants = new WeakMap<Principal, ScopeGrant[]>();
 
@@ -91,11 +99,15 @@ export function createAuthorizer(options: AuthzOptions): Authorizer {
       if (targets.hasField && !isAllTenants(principal)) {
         if (principal.tenant === undefined) return deny("principal is bound to no tenant");
         if (tenants.length === 0) return deny("request names no tenant");
-        for (const t of tenants) if (t !== principal.tenant) return deny(`tenant ${t} is not the principal's tenant ${principal.tenant}`);
+        for (const t of tenants)
+          if (t !== principal.tenant) return deny(`tenant ${t} is not the principal's tenant ${principal.tenant}`);
       }
       if (policy.allow.some((rule) => ruleApplies(rule, principal, tenants))) return ALLOWED;
       const required = policy.required;
-      if (!required) return principal.roles.includes("SUPER_ADMIN") ? ALLOWED : deny("method is not mapped to a scope: SUPER_ADMIN only");
+      if (!required)
+        return principal.roles.includes("SUPER_ADMIN")
+          ? ALLOWED
+          : deny("method is not mapped to a scope: SUPER_ADMIN only");
       const grants = grantsOf(principal);
       const scopeTenants: readonly (string | undefined)[] = tenants.length > 0 ? tenants : [undefined];
       for (const t of scopeTenants) {

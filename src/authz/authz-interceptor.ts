@@ -47,14 +47,24 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
     }
     // Client and bidi streams: the method itself is checked up front for the principal's own
     // tenant, then every message as it arrives.
-    const own: TenantTargets = { hasField: principal.tenant !== undefined, tenants: principal.tenant === undefined ? [] : [principal.tenant] };
+    const own: TenantTargets = {
+      hasField: principal.tenant !== undefined,
+      tenants: principal.tenant === undefined ? [] : [principal.tenant],
+    };
     check(authorizer, denials, call, principal, path, own);
     const input = call.input as AsyncIterable<unknown>;
     return next({ ...call, input: checkEach(authorizer, denials, call, principal, path, input, extract) });
   };
 }
 
-function check(authorizer: Authorizer, denials: DenialAuditor, call: CallRequest, principal: Principal, path: string, targets: TenantTargets): void {
+function check(
+  authorizer: Authorizer,
+  denials: DenialAuditor,
+  call: CallRequest,
+  principal: Principal,
+  path: string,
+  targets: TenantTargets,
+): void {
   const decision = authorizer.decide(principal, path, targets);
   if (decision.allowed) return;
   denials(call, {

@@ -1,5 +1,12 @@
 import { ConfigError } from "../common/errors.js";
-import { readBool, readObject, readOptionalStringList, readSection, readStringList, type RawSection } from "../config/fields.js";
+import {
+  readBool,
+  readObject,
+  readOptionalStringList,
+  readSection,
+  readStringList,
+  type RawSection,
+} from "../config/fields.js";
 import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
 import { parseRequiredScope, parseScopeGrant } from "./scope.js";
@@ -76,7 +83,10 @@ export const DEFAULT_AUTHZ_OPTIONS: Readonly<AuthzOptions> = {
 
 function checkGrants(scopes: string[], field: string): string[] {
   scopes.forEach((s, i) => {
-    if (!parseScopeGrant(s)) throw new ConfigError(`${field}[${i}] is not a scope ("service/operation[/tenant]", parts a name or "*"): ${JSON.stringify(s)}`);
+    if (!parseScopeGrant(s))
+      throw new ConfigError(
+        `${field}[${i}] is not a scope ("service/operation[/tenant]", parts a name or "*"): ${JSON.stringify(s)}`,
+      );
   });
   return scopes;
 }
@@ -118,14 +128,18 @@ export function resolveAuthzOptions(input: unknown, path = "authz"): AuthzOption
   for (const [pattern, scope] of Object.entries(readObject(o.methodScopes, `${path}.methodScopes`))) {
     const field = `${path}.methodScopes[${JSON.stringify(pattern)}]`;
     checkMethodPattern(pattern, field);
-    if (typeof scope !== "string" || !parseRequiredScope(scope)) throw new ConfigError(`${field} must be a scope "service/operation"`);
+    if (typeof scope !== "string" || !parseRequiredScope(scope))
+      throw new ConfigError(`${field} must be a scope "service/operation"`);
     methodScopes[pattern] = scope;
   }
   const roleScopes = { ...DEFAULT_AUTHZ_OPTIONS.roleScopes };
   const rs = readObject(o.roleScopes, `${path}.roleScopes`);
   for (const key of Object.keys(rs)) {
     if (!isRole(key)) throw new ConfigError(`${path}.roleScopes.${key} is not a role (${ROLES.join(", ")})`);
-    roleScopes[key] = checkGrants(readStringList(rs, key, `${path}.roleScopes`, [], POLICY_LIST), `${path}.roleScopes.${key}`);
+    roleScopes[key] = checkGrants(
+      readStringList(rs, key, `${path}.roleScopes`, [], POLICY_LIST),
+      `${path}.roleScopes.${key}`,
+    );
   }
   if (o.rules !== undefined && !Array.isArray(o.rules)) throw new ConfigError(`${path}.rules must be a list`);
   const rules = ((o.rules as unknown[] | undefined) ?? []).map((r, i) => resolveRule(r, `${path}.rules[${i}]`));

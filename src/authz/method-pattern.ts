@@ -1,7 +1,10 @@
 import { ConfigError } from "../common/errors.js";
 
 /** Methods that need no credential by default: health checks and reflection. */
-export const DEFAULT_PUBLIC_METHODS: readonly string[] = ["/grpc.health.v1.Health/*", "/grpc.reflection.v1.ServerReflection/*"];
+export const DEFAULT_PUBLIC_METHODS: readonly string[] = [
+  "/grpc.health.v1.Health/*",
+  "/grpc.reflection.v1.ServerReflection/*",
+];
 
 const EXACT = /^\/[A-Za-z_][\w.]*\/[A-Za-z_]\w*$/;
 const SERVICE_WILDCARD = /^\/[A-Za-z_][\w.]*\/\*$/;
@@ -9,14 +12,18 @@ const SERVICE_WILDCARD = /^\/[A-Za-z_][\w.]*\/\*$/;
 /** Throws ConfigError unless `pattern` is "*", "/pkg.Service/*" or "/pkg.Service/Method". */
 export function checkMethodPattern(pattern: string, field: string): void {
   if (pattern !== "*" && !EXACT.test(pattern) && !SERVICE_WILDCARD.test(pattern)) {
-    throw new ConfigError(`${field} must be "*", "/pkg.Service/*" or "/pkg.Service/Method", got ${JSON.stringify(pattern)}`);
+    throw new ConfigError(
+      `${field} must be "*", "/pkg.Service/*" or "/pkg.Service/Method", got ${JSON.stringify(pattern)}`,
+    );
   }
 }
 
 /** True when the method path matches the pattern (see checkMethodPattern for the forms). */
 export function methodMatches(pattern: string, path: string): boolean {
   if (pattern === "*" || pattern === path) return true;
-  return pattern.endsWith("/*") && path.startsWith(pattern.slice(0, -1)) && !path.slice(pattern.length - 1).includes("/");
+  return (
+    pattern.endsWith("/*") && path.startsWith(pattern.slice(0, -1)) && !path.slice(pattern.length - 1).includes("/")
+  );
 }
 
 /** Returns a predicate over method paths for a list of patterns, memoised per path. */

@@ -58,7 +58,8 @@ export function createSpiffeMatcher(match: SpiffeMatch, localTrustDomain: string
       if (match.oneOf.length === 0) throw new ConfigError("oneOf must not be empty");
       parts.push(authorizeOneOf(match.oneOf));
     }
-    const td = match.trustDomain ?? (match.id === undefined && match.oneOf === undefined ? localTrustDomain : undefined);
+    const td =
+      match.trustDomain ?? (match.id === undefined && match.oneOf === undefined ? localTrustDomain : undefined);
     if (match.pathPrefix !== undefined) parts.push(authorizePathPrefix(td ?? localTrustDomain, match.pathPrefix));
     else if (td !== undefined) parts.push(authorizeMemberOf(td));
   } catch (e) {

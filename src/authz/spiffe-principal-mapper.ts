@@ -64,7 +64,8 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
   if (oneOf !== undefined) match.oneOf = oneOf;
   if (td !== undefined) match.trustDomain = td;
   if (pathPrefix !== undefined) match.pathPrefix = pathPrefix;
-  if (Object.keys(match).length === 0) throw new ConfigError(`${path}.match must set id, oneOf, trustDomain or pathPrefix`);
+  if (Object.keys(match).length === 0)
+    throw new ConfigError(`${path}.match must set id, oneOf, trustDomain or pathPrefix`);
   createSpiffeMatcher(match, trustDomain, `${path}.match`);
   const rule: SpiffePrincipalRule = { match, roles: readRoles(r, "roles", path) ?? [] };
   const scopes = readOptionalStringList(r, "scopes", path, POLICY_LIST);
@@ -86,16 +87,19 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
 /** Validates a partial config over the defaults; throws ConfigError naming the field. */
 export function resolveSpiffePrincipalOptions(input: unknown, path = "identity.spiffe"): SpiffePrincipalOptions {
   const o = readObject(input, path);
-  const trustDomain = readString(o, "trustDomain", path, DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.trustDomain, { nonEmpty: true });
+  const trustDomain = readString(o, "trustDomain", path, DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.trustDomain, {
+    nonEmpty: true,
+  });
   try {
     parseTrustDomain(trustDomain);
   } catch (e) {
     throw new ConfigError(`${path}.trustDomain is not a SPIFFE trust domain`, { cause: e });
   }
   if (o.rules !== undefined && !Array.isArray(o.rules)) throw new ConfigError(`${path}.rules must be a list`);
-  const rules = o.rules === undefined
-    ? DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.rules
-    : (o.rules as unknown[]).map((r, i) => resolveRule(r, `${path}.rules[${i}]`, trustDomain));
+  const rules =
+    o.rules === undefined
+      ? DEFAULT_SPIFFE_PRINCIPAL_OPTIONS.rules
+      : (o.rules as unknown[]).map((r, i) => resolveRule(r, `${path}.rules[${i}]`, trustDomain));
   return { trustDomain, rules };
 }
 
@@ -106,7 +110,10 @@ const TENANT_PATH = /^\/nops\/tenant\/([^/]+)(?:\/|$)/;
  * Creates the mapper. Principals are memoised per id (bounded by `maxCached`) so that the
  * same object reaches authz on every call and its parsed grants are reused.
  */
-export function createSpiffePrincipalMapper(options: SpiffePrincipalOptions, maxCached = 10_000): SpiffePrincipalMapper {
+export function createSpiffePrincipalMapper(
+  options: SpiffePrincipalOptions,
+  maxCached = 10_000,
+): SpiffePrincipalMapper {
   const compiled: { rule: SpiffePrincipalRule; matches: SpiffeAuthorizer }[] = options.rules.map((rule, i) => ({
     rule,
     matches: createSpiffeMatcher(rule.match, options.trustDomain, `rules[${i}].match`),
@@ -122,7 +129,14 @@ export function createSpiffePrincipalMapper(options: SpiffePrincipalOptions, max
         tenant = TENANT_PATH.exec(id.path)?.[1];
         if (tenant === undefined || !TENANT_PATTERN.test(tenant)) continue;
       }
-      return { kind: "spiffe", id: id.id, tenant, roles: rule.roles, scopes: rule.scopes ?? [], capabilities: rule.capabilities ?? [] };
+      return {
+        kind: "spiffe",
+        id: id.id,
+        tenant,
+        roles: rule.roles,
+        scopes: rule.scopes ?? [],
+        capabilities: rule.capabilities ?? [],
+      };
     }
     return { kind: "spiffe", id: id.id, tenant: undefined, roles: [], scopes: [], capabilities: [] };
   }

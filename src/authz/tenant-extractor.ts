@@ -33,10 +33,22 @@ function buildPlan(desc: DescMessage, depth: number, seen: ReadonlySet<DescMessa
       continue;
     }
     if (depth >= MAX_TENANT_DEPTH) continue;
-    const child = field.fieldKind === "message" ? field.message : field.fieldKind === "list" && field.listKind === "message" ? field.message : undefined;
+    const child =
+      field.fieldKind === "message"
+        ? field.message
+        : field.fieldKind === "list" && field.listKind === "message"
+          ? field.message
+          : undefined;
     if (!child || seen.has(child)) continue;
     const sub = buildPlan(child, depth + 1, new Set([...seen, child]));
-    if (sub.length > 0) steps.push({ kind: "message", name: field.localName, oneof: fieldOneof(field), list: field.fieldKind === "list", steps: sub });
+    if (sub.length > 0)
+      steps.push({
+        kind: "message",
+        name: field.localName,
+        oneof: fieldOneof(field),
+        list: field.fieldKind === "list",
+        steps: sub,
+      });
   }
   return steps;
 }
@@ -54,7 +66,9 @@ function collect(steps: readonly Step[], message: Record<string, unknown>, out: 
     if (step.kind === "tenant") {
       if (typeof value === "string" && value !== "") out.add(value);
     } else if (step.list) {
-      if (Array.isArray(value)) for (const item of value) if (item && typeof item === "object") collect(step.steps, item as Record<string, unknown>, out);
+      if (Array.isArray(value))
+        for (const item of value)
+          if (item && typeof item === "object") collect(step.steps, item as Record<string, unknown>, out);
     } else if (value && typeof value === "object") {
       collect(step.steps, value as Record<string, unknown>, out);
     }

@@ -8,7 +8,10 @@ export interface BillingClient {
 }
 
 /** Creates the billing client; every call goes through the Egress Guard. */
-export function createBillingClient(deps: { guard: EgressGuard; fetch?: typeof fetch }, options: JsonHttpClientOptions): BillingClient {
+export function createBillingClient(
+  deps: { guard: EgressGuard; fetch?: typeof fetch },
+  options: JsonHttpClientOptions,
+): BillingClient {
   const post = createJsonPost(deps.guard, "billing", options, deps.fetch);
   return {
     reportUsage: (tenant, body, signal) => post(tenant, "/v1/usage", body, signal),

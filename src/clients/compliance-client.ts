@@ -8,7 +8,10 @@ export interface ComplianceClient {
 }
 
 /** Creates the compliance client; every call goes through the Egress Guard. */
-export function createComplianceClient(deps: { guard: EgressGuard; fetch?: typeof fetch }, options: JsonHttpClientOptions): ComplianceClient {
+export function createComplianceClient(
+  deps: { guard: EgressGuard; fetch?: typeof fetch },
+  options: JsonHttpClientOptions,
+): ComplianceClient {
   const post = createJsonPost(deps.guard, "compliance", options, deps.fetch);
   return {
     submitEvidence: (tenant, body, signal) => post(tenant, "/v1/evidence", body, signal),

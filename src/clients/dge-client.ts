@@ -29,12 +29,20 @@ export const DEFAULT_DGE_CLIENT_PROTOCOL = "grpc";
 export function resolveDgeClientOptions(input: unknown, path = "egress.dge"): DgeClientOptions {
   const s = readSection(input, path, { url: "", protocol: "", keys: {}, maxSkewMs: 0 });
   const keys = s.keys;
-  if (typeof keys !== "object" || keys === null || Array.isArray(keys) || Object.keys(keys).length === 0 || Object.values(keys).some((v) => typeof v !== "string" || v.length < 32)) {
+  if (
+    typeof keys !== "object" ||
+    keys === null ||
+    Array.isArray(keys) ||
+    Object.keys(keys).length === 0 ||
+    Object.values(keys).some((v) => typeof v !== "string" || v.length < 32)
+  ) {
     throw new ConfigError(`${path}.keys must map at least one key id to a secret of at least 32 characters`);
   }
   return {
     url: readString(s, "url", path, DEFAULT_DGE_CLIENT_URL, { pattern: /^https?:\/\/[^\s/]+/ }),
-    protocol: readString(s, "protocol", path, DEFAULT_DGE_CLIENT_PROTOCOL, { oneOf: ["grpc", "connect"] }) as "grpc" | "connect",
+    protocol: readString(s, "protocol", path, DEFAULT_DGE_CLIENT_PROTOCOL, { oneOf: ["grpc", "connect"] }) as
+      | "grpc"
+      | "connect",
     keys: keys as Record<string, string>,
     maxSkewMs: readInt(s, "maxSkewMs", path, DEFAULT_DGE_MAX_SKEW_MS, 1000, 3_600_000),
   };
@@ -64,7 +72,11 @@ export function createDgeClient(deps: DgeClientDeps, options: DgeClientOptions):
   const verify: Interceptor = (next) => async (req) => {
     const res = await next(req);
     if (!res.stream) {
-      verifier.verify(res.header.get(DGE_SIGNATURE_HEADER), `/${req.service.typeName}/${req.method.name}`, toBinary(req.method.output, res.message));
+      verifier.verify(
+        res.header.get(DGE_SIGNATURE_HEADER),
+        `/${req.service.typeName}/${req.method.name}`,
+        toBinary(req.method.output, res.message),
+      );
     }
     return res;
   };

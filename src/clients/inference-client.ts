@@ -8,7 +8,10 @@ export interface InferenceClient {
 }
 
 /** Creates the inference client; every call goes through the Egress Guard. */
-export function createInferenceClient(deps: { guard: EgressGuard; fetch?: typeof fetch }, options: JsonHttpClientOptions): InferenceClient {
+export function createInferenceClient(
+  deps: { guard: EgressGuard; fetch?: typeof fetch },
+  options: JsonHttpClientOptions,
+): InferenceClient {
   const post = createJsonPost(deps.guard, "inference", options, deps.fetch);
   return {
     complete: (tenant, body, signal) => post(tenant, "/v1/complete", body, signal),

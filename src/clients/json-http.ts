@@ -15,7 +15,12 @@ export interface JsonHttpClientOptions {
 export type JsonPost = <T>(tenant: string, path: string, body: unknown, signal?: AbortSignal) => Promise<T>;
 
 /** Builds a JSON POST function whose transport is the guarded fetch for `destination`. */
-export function createJsonPost(guard: EgressGuard, destination: string, options: JsonHttpClientOptions, baseFetch?: typeof fetch): JsonPost {
+export function createJsonPost(
+  guard: EgressGuard,
+  destination: string,
+  options: JsonHttpClientOptions,
+  baseFetch?: typeof fetch,
+): JsonPost {
   const guardedFetch = createGuardedFetch(guard, destination, baseFetch);
   const base = options.baseUrl.replace(/\/+$/, "");
   return async <T>(tenant: string, path: string, body: unknown, signal?: AbortSignal): Promise<T> => {
@@ -26,7 +31,11 @@ export function createJsonPost(guard: EgressGuard, destination: string, options:
       body: JSON.stringify(body),
       signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
     });
-    if (!res.ok) throw new ConnectError(`${destination} answered HTTP ${res.status}`, res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition);
+    if (!res.ok)
+      throw new ConnectError(
+        `${destination} answered HTTP ${res.status}`,
+        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
+      );
     return (await res.json()) as T;
   };
 }

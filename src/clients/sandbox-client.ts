@@ -8,7 +8,10 @@ export interface SandboxClient {
 }
 
 /** Creates the sandbox client; every call goes through the Egress Guard. */
-export function createSandboxClient(deps: { guard: EgressGuard; fetch?: typeof fetch }, options: JsonHttpClientOptions): SandboxClient {
+export function createSandboxClient(
+  deps: { guard: EgressGuard; fetch?: typeof fetch },
+  options: JsonHttpClientOptions,
+): SandboxClient {
   const post = createJsonPost(deps.guard, "sandbox", options, deps.fetch);
   return {
     createSandbox: (tenant, body, signal) => post(tenant, "/v1/sandboxes", body, signal),

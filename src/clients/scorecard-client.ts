@@ -8,7 +8,10 @@ export interface ScorecardClient {
 }
 
 /** Creates the scorecard client; every call goes through the Egress Guard. */
-export function createScorecardClient(deps: { guard: EgressGuard; fetch?: typeof fetch }, options: JsonHttpClientOptions): ScorecardClient {
+export function createScorecardClient(
+  deps: { guard: EgressGuard; fetch?: typeof fetch },
+  options: JsonHttpClientOptions,
+): ScorecardClient {
   const post = createJsonPost(deps.guard, "scorecard", options, deps.fetch);
   return {
     submitScore: (tenant, body, signal) => post(tenant, "/v1/scores", body, signal),

@@ -54,11 +54,20 @@ function inRange(v: number, min: number, max: number, open: RangeBounds = {}): b
 }
 
 /** Reads an integer field within [min, max]. */
-export function readInt(s: RawSection, key: string, path: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+export function readInt(
+  s: RawSection,
+  key: string,
+  path: string,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const v = s[key];
   if (v === undefined) return fallback;
   if (typeof v !== "number" || !Number.isInteger(v) || !inRange(v, min, max)) {
-    throw new ConfigError(`${join(path, key)} must be an integer${describeRange(min, max, Number.MAX_SAFE_INTEGER)} (got ${show(v)})`);
+    throw new ConfigError(
+      `${join(path, key)} must be an integer${describeRange(min, max, Number.MAX_SAFE_INTEGER)} (got ${show(v)})`,
+    );
   }
   return v;
 }
@@ -76,7 +85,9 @@ export function readNumber(
   const v = s[key];
   if (v === undefined) return fallback;
   if (typeof v !== "number" || !Number.isFinite(v) || !inRange(v, min, max, open)) {
-    throw new ConfigError(`${join(path, key)} must be a number${describeRange(min, max, Infinity, open)} (got ${show(v)})`);
+    throw new ConfigError(
+      `${join(path, key)} must be a number${describeRange(min, max, Infinity, open)} (got ${show(v)})`,
+    );
   }
   return v;
 }
@@ -130,7 +141,13 @@ export interface StringListCheck extends StringCheck {
 }
 
 /** Reads a list of strings. */
-export function readStringList(s: RawSection, key: string, path: string, fallback: readonly string[], check?: StringListCheck): string[] {
+export function readStringList(
+  s: RawSection,
+  key: string,
+  path: string,
+  fallback: readonly string[],
+  check?: StringListCheck,
+): string[] {
   const v = s[key];
   const field = join(path, key);
   const list: unknown = v === undefined ? [...fallback] : check?.single && typeof v === "string" ? [v] : v;
@@ -138,13 +155,20 @@ export function readStringList(s: RawSection, key: string, path: string, fallbac
     throw new ConfigError(`${field} must be a list of strings`);
   }
   if (check?.minItems !== undefined && list.length < check.minItems) {
-    throw new ConfigError(`${field} must list at least ${check.minItems} ${check.minItems === 1 ? "entry" : "entries"}`);
+    throw new ConfigError(
+      `${field} must list at least ${check.minItems} ${check.minItems === 1 ? "entry" : "entries"}`,
+    );
   }
   if (v !== undefined) (list as string[]).forEach((x, i) => checkString(x, `${field}[${i}]`, check));
   return list as string[];
 }
 
 /** Reads a list of strings that has no default: undefined when absent. */
-export function readOptionalStringList(s: RawSection, key: string, path: string, check?: StringListCheck): string[] | undefined {
+export function readOptionalStringList(
+  s: RawSection,
+  key: string,
+  path: string,
+  check?: StringListCheck,
+): string[] | undefined {
   return s[key] === undefined ? undefined : readStringList(s, key, path, [], check);
 }

@@ -8,7 +8,10 @@ import { resolveJwtVerifierOptions, type JwtVerifierOptions } from "../identity/
 import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
 import { resolveRoutingServiceOptions, type RoutingServiceOptions } from "../routing/routing-service.js";
 import { resolveRateLimitOptions, type RateLimitOptions } from "../ratelimit/rate-limit-options.js";
-import { resolveRequestSigningOptions, type RequestSigningOptions } from "../identity/request-signing/request-signing-options.js";
+import {
+  resolveRequestSigningOptions,
+  type RequestSigningOptions,
+} from "../identity/request-signing/request-signing-options.js";
 import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
 import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
@@ -269,16 +272,28 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     identity,
     authn: resolveAuthnOptions({ ...anonymous, ...(s.authn as object | undefined) }, "authn"),
     authz: resolveAuthzOptions({ ...anonymous, ...(s.authz as object | undefined) }, "authz"),
-    redis: { url: readString(readSection(s.redis, "redis", d.redis), "url", "redis", d.redis.url, { pattern: /^$|^rediss?:\/\// }) },
+    redis: {
+      url: readString(readSection(s.redis, "redis", d.redis), "url", "redis", d.redis.url, {
+        pattern: /^$|^rediss?:\/\//,
+      }),
+    },
     dge: resolveDge(s.dge),
-    egress: resolveEgressGuardOptions({ ...(s.egress as object | undefined), dgeEnabled: readBool(readSection(s.dge, "dge", d.dge), "enabled", "dge", d.dge.enabled) }, "egress"),
+    egress: resolveEgressGuardOptions(
+      {
+        ...(s.egress as object | undefined),
+        dgeEnabled: readBool(readSection(s.dge, "dge", d.dge), "enabled", "dge", d.dge.enabled),
+      },
+      "egress",
+    ),
     routing: resolveRouting(s.routing),
     rateLimit: resolveRateLimitOptions(s.rateLimit ?? {}, "rateLimit"),
     requestSigning: resolveRequestSigningOptions(s.requestSigning ?? {}, "requestSigning"),
     nats: resolveNats(s.nats),
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
-    admin: { status: resolveStatusMatrixOptions((readSection(s.admin, "admin", { status: {} }).status ?? {}), "admin.status") },
+    admin: {
+      status: resolveStatusMatrixOptions(readSection(s.admin, "admin", { status: {} }).status ?? {}, "admin.status"),
+    },
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }
@@ -290,7 +305,12 @@ function resolveDge(raw: unknown): KernelOptions["dge"] {
   const enabled = readBool(s, "enabled", "dge", d.enabled);
   // The embedded reference DGE gets its signing key at start; a remote one needs configured keys.
   const client = resolveDgeClientOptions(
-    { url: url || "http://127.0.0.1:0", protocol: s.protocol ?? d.protocol, keys: url ? (s.keys ?? {}) : { embedded: "x".repeat(32) }, maxSkewMs: s.maxSkewMs ?? d.maxSkewMs },
+    {
+      url: url || "http://127.0.0.1:0",
+      protocol: s.protocol ?? d.protocol,
+      keys: url ? (s.keys ?? {}) : { embedded: "x".repeat(32) },
+      maxSkewMs: s.maxSkewMs ?? d.maxSkewMs,
+    },
     "dge",
   );
   return { enabled, client, embedded: url === "" };
@@ -316,5 +336,8 @@ function resolveEvents(raw: unknown, edgeId: string): KernelOptions["events"] {
 
 function resolveRouting(raw: unknown): KernelOptions["routing"] {
   const { service, ...rest } = (raw ?? {}) as Record<string, unknown>;
-  return { ...resolveRoutingOptions(rest, "routing"), service: resolveRoutingServiceOptions((service ?? {}), "routing.service") };
+  return {
+    ...resolveRoutingOptions(rest, "routing"),
+    service: resolveRoutingServiceOptions(service ?? {}, "routing.service"),
+  };
 }

@@ -32,7 +32,8 @@ function parseEnvValue(binding: EnvBinding, text: string): unknown {
   const d = binding.defaultValue;
   if (typeof d === "number") {
     const n = Number(text);
-    if (text.trim() === "" || !Number.isFinite(n)) throw new ConfigError(`${binding.name} must be a number (got "${text}")`);
+    if (text.trim() === "" || !Number.isFinite(n))
+      throw new ConfigError(`${binding.name} must be a number (got "${text}")`);
     return n;
   }
   if (typeof d === "boolean") {
@@ -70,7 +71,8 @@ export function readConfigFile(file: string): Record<string, unknown> {
     throw new ConfigError(`config file ${file} is not valid YAML or JSON: ${(e as Error).message}`, { cause: e });
   }
   if (parsed === null || parsed === undefined) return {};
-  if (typeof parsed !== "object" || Array.isArray(parsed)) throw new ConfigError(`config file ${file} must hold an object`);
+  if (typeof parsed !== "object" || Array.isArray(parsed))
+    throw new ConfigError(`config file ${file} must hold an object`);
   return parsed as Record<string, unknown>;
 }
 
@@ -78,7 +80,11 @@ export function readConfigFile(file: string): Record<string, unknown> {
  * Merges the config file (if any) with `NOPS_*` environment variables (env wins). The result is
  * raw: pass it to the options resolver, which validates it and fills defaults.
  */
-export function loadRawConfig(input: { file?: string; env: Record<string, string | undefined>; defaults: object }): Record<string, unknown> {
+export function loadRawConfig(input: {
+  file?: string;
+  env: Record<string, string | undefined>;
+  defaults: object;
+}): Record<string, unknown> {
   const raw = input.file ? readConfigFile(input.file) : {};
   for (const binding of envBindings(input.defaults)) {
     const text = input.env[binding.name];

@@ -61,10 +61,15 @@ export function tierOf(tier: TierName): Tier {
 /** The config tier of a proto tier (undefined when unspecified). */
 export function tierNameOf(tier: Tier): TierName | undefined {
   switch (tier) {
-    case Tier.TIER_1: return 1;
-    case Tier.TIER_2: return 2;
-    case Tier.TIER_3: return 3;
-    case Tier.TIER_AIR_GAPPED: return "air-gapped";
-    default: return undefined;
+    case Tier.TIER_1:
+      return 1;
+    case Tier.TIER_2:
+      return 2;
+    case Tier.TIER_3:
+      return 3;
+    case Tier.TIER_AIR_GAPPED:
+      return "air-gapped";
+    default:
+      return undefined;
   }
 }

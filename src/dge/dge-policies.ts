@@ -3,7 +3,14 @@ import { create } from "@bufbuild/protobuf";
 import { ConfigError } from "../common/errors.js";
 import { readSection, readInt, readString, readStringList, type RawSection } from "../config/fields.js";
 import { PolicySchema, type Classification, type Policy } from "../../gen/nops/dge/v1/dge_pb.js";
-import { EGRESS_CLASS_NAMES, egressClassOf, piiTypeOf, tierOf, type EgressClassName, type TierName } from "./dge-codes.js";
+import {
+  EGRESS_CLASS_NAMES,
+  egressClassOf,
+  piiTypeOf,
+  tierOf,
+  type EgressClassName,
+  type TierName,
+} from "./dge-codes.js";
 import { PII_KINDS, type PiiKind } from "./pii-classifier.js";
 
 /** One tenant's egress policy at one tier. */
@@ -42,10 +49,15 @@ function resolveSpec(input: unknown, path: string, base: DgePolicySpec): DgePoli
   const s: RawSection = readSection(input, path, DEFAULT_DGE_POLICY);
   const allowed = readStringList(s, "allowedPiiTypes", path, base.allowedPiiTypes);
   for (const k of allowed) {
-    if (!(PII_KINDS as readonly string[]).includes(k)) throw new ConfigError(`${path}.allowedPiiTypes: unknown type ${JSON.stringify(k)} (one of ${PII_KINDS.join(", ")})`);
+    if (!(PII_KINDS as readonly string[]).includes(k))
+      throw new ConfigError(
+        `${path}.allowedPiiTypes: unknown type ${JSON.stringify(k)} (one of ${PII_KINDS.join(", ")})`,
+      );
   }
   return {
-    maxEgressClass: readString(s, "maxEgressClass", path, base.maxEgressClass, { oneOf: EGRESS_CLASS_NAMES }) as EgressClassName,
+    maxEgressClass: readString(s, "maxEgressClass", path, base.maxEgressClass, {
+      oneOf: EGRESS_CLASS_NAMES,
+    }) as EgressClassName,
     allowedPiiTypes: allowed as PiiKind[],
     allowedDestinations: readStringList(s, "allowedDestinations", path, base.allowedDestinations),
     ttlSeconds: readInt(s, "ttlSeconds", path, base.ttlSeconds, 1, 86_400),
@@ -56,15 +68,22 @@ function resolveSpec(input: unknown, path: string, base: DgePolicySpec): DgePoli
 export function resolveDgePoliciesOptions(input: unknown, path = "dge.policies"): DgePoliciesOptions {
   const s = readSection(input, path, { tiers: {}, tenants: {} });
   const tiersIn = readSection(s.tiers, `${path}.tiers`, { 1: 0, 2: 0, 3: 0 });
-  const tiers = Object.fromEntries(TIER_KEYS.map((k) => [k, resolveSpec(tiersIn[k], `${path}.tiers.${k}`, DEFAULT_DGE_POLICY)])) as DgePoliciesOptions["tiers"];
+  const tiers = Object.fromEntries(
+    TIER_KEYS.map((k) => [k, resolveSpec(tiersIn[k], `${path}.tiers.${k}`, DEFAULT_DGE_POLICY)]),
+  ) as DgePoliciesOptions["tiers"];
   const tenants: DgePoliciesOptions["tenants"] = {};
   const tenantsIn = s.tenants ?? {};
-  if (typeof tenantsIn !== "object" || Array.isArray(tenantsIn)) throw new ConfigError(`${path}.tenants must be an object`);
+  if (typeof tenantsIn !== "object" || Array.isArray(tenantsIn))
+    throw new ConfigError(`${path}.tenants must be an object`);
   for (const [tenant, perTier] of Object.entries(tenantsIn as Record<string, unknown>)) {
-    if (!TENANT_RE.test(tenant)) throw new ConfigError(`${path}.tenants: ${JSON.stringify(tenant)} is not a valid tenant id`);
+    if (!TENANT_RE.test(tenant))
+      throw new ConfigError(`${path}.tenants: ${JSON.stringify(tenant)} is not a valid tenant id`);
     const t = readSection(perTier, `${path}.tenants.${tenant}`, { 1: 0, 2: 0, 3: 0 });
     tenants[tenant] = Object.fromEntries(
-      TIER_KEYS.filter((k) => t[k] !== undefined).map((k) => [k, resolveSpec(t[k], `${path}.tenants.${tenant}.${k}`, tiers[k])]),
+      TIER_KEYS.filter((k) => t[k] !== undefined).map((k) => [
+        k,
+        resolveSpec(t[k], `${path}.tenants.${tenant}.${k}`, tiers[k]),
+      ]),
     );
   }
   return { tiers, tenants };
@@ -72,10 +91,19 @@ export function resolveDgePoliciesOptions(input: unknown, path = "dge.policies")
 
 /** The policy of `tenant` at `tier` as a proto message (air-gapped: nothing allowed). */
 export function policyFor(options: DgePoliciesOptions, tenant: string, tier: TierName): Policy {
-  const spec: DgePolicySpec = tier === "air-gapped"
-    ? { maxEgressClass: "D0", allowedPiiTypes: [], allowedDestinations: [], ttlSeconds: options.tiers["3"].ttlSeconds }
-    : (options.tenants[tenant]?.[String(tier) as "1" | "2" | "3"] ?? options.tiers[String(tier) as "1" | "2" | "3"]);
-  const version = createHash("sha256").update(JSON.stringify([tenant, tier, spec])).digest("hex").slice(0, 16);
+  const spec: DgePolicySpec =
+    tier === "air-gapped"
+      ? {
+          maxEgressClass: "D0",
+          allowedPiiTypes: [],
+          allowedDestinations: [],
+          ttlSeconds: options.tiers["3"].ttlSeconds,
+        }
+      : (options.tenants[tenant]?.[String(tier) as "1" | "2" | "3"] ?? options.tiers[String(tier) as "1" | "2" | "3"]);
+  const version = createHash("sha256")
+    .update(JSON.stringify([tenant, tier, spec]))
+    .digest("hex")
+    .slice(0, 16);
   return create(PolicySchema, {
     tenant,
     tier: tierOf(tier),
@@ -95,17 +123,26 @@ export interface PolicyDecision {
 
 /** True when `destination` matches one of `patterns` (exact, or "prefix*"); an empty list matches all. */
 export function destinationAllowed(patterns: readonly string[], destination: string): boolean {
-  return patterns.length === 0 || patterns.some((p) => (p.endsWith("*") ? destination.startsWith(p.slice(0, -1)) : p === destination));
+  return (
+    patterns.length === 0 ||
+    patterns.some((p) => (p.endsWith("*") ? destination.startsWith(p.slice(0, -1)) : p === destination))
+  );
 }
 
 /**
  * Applies a policy: air-gapped blocks everything, tier 3 blocks any finding, tiers 1/2 allow
  * only what the policy names (classes, PII types, destinations).
  */
-export function evaluatePolicy(policy: Policy, tier: TierName, classification: Classification, destination: string): PolicyDecision {
+export function evaluatePolicy(
+  policy: Policy,
+  tier: TierName,
+  classification: Classification,
+  destination: string,
+): PolicyDecision {
   if (tier === "air-gapped") return { allow: false, reason: "air_gapped" };
   if (tier === 3 && classification.findings.length > 0) return { allow: false, reason: "pii_blocked_tier3" };
-  if (!destinationAllowed(policy.allowedDestinations, destination)) return { allow: false, reason: "destination_not_allowed" };
+  if (!destinationAllowed(policy.allowedDestinations, destination))
+    return { allow: false, reason: "destination_not_allowed" };
   const allowedTypes = new Set(policy.allowedPiiTypes);
   const notAllowed = classification.findings.find((f) => !allowedTypes.has(f.type));
   if (notAllowed) return { allow: false, reason: "pii_type_not_allowed" };

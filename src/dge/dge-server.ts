@@ -36,14 +36,22 @@ export const MIN_DGE_KEY_LENGTH = 32;
 
 /** Validates the DGE server section; throws ConfigError naming the field. */
 export function resolveDgeServerOptions(input: unknown, path = "dge.server"): DgeServerOptions {
-  const s = readSection(input, path, { host: "", port: 0, keys: {}, signingKeyId: "", maxRequestBytes: 0, policies: {} });
+  const s = readSection(input, path, {
+    host: "",
+    port: 0,
+    keys: {},
+    signingKeyId: "",
+    maxRequestBytes: 0,
+    policies: {},
+  });
   const keysIn = s.keys;
   if (typeof keysIn !== "object" || keysIn === null || Array.isArray(keysIn) || Object.keys(keysIn).length === 0) {
     throw new ConfigError(`${path}.keys must map at least one key id to a secret`);
   }
   const keys: Record<string, string> = {};
   for (const [id, secret] of Object.entries(keysIn as Record<string, unknown>)) {
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) throw new ConfigError(`${path}.keys: key id ${JSON.stringify(id)} must match [A-Za-z0-9._-]{1,64}`);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(id))
+      throw new ConfigError(`${path}.keys: key id ${JSON.stringify(id)} must match [A-Za-z0-9._-]{1,64}`);
     if (typeof secret !== "string" || secret.length < MIN_DGE_KEY_LENGTH) {
       throw new ConfigError(`${path}.keys.${id} must be a string of at least ${MIN_DGE_KEY_LENGTH} characters`);
     }

@@ -27,7 +27,14 @@ export function classifyText(text: string): Classification {
   return create(ClassificationSchema, {
     egressClass,
     classifierVersion: CLASSIFIER_VERSION,
-    findings: found.map((d) => create(PiiFindingSchema, { type: piiTypeOf(d.kind), span: { start: d.start, end: d.end }, confidence: d.confidence, rule: d.rule })),
+    findings: found.map((d) =>
+      create(PiiFindingSchema, {
+        type: piiTypeOf(d.kind),
+        span: { start: d.start, end: d.end },
+        confidence: d.confidence,
+        rule: d.rule,
+      }),
+    ),
   });
 }
 
@@ -46,12 +53,14 @@ export interface DgeServiceDeps {
 const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 function requireTenant(tenant: string): void {
-  if (!TENANT_RE.test(tenant)) throw new ConnectError("tenant: must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
+  if (!TENANT_RE.test(tenant))
+    throw new ConnectError("tenant: must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
 }
 
 function requireTier(tier: Tier): TierName {
   const t = tierNameOf(tier);
-  if (t === undefined) throw new ConnectError("tier: must be TIER_1, TIER_2, TIER_3 or TIER_AIR_GAPPED", Code.InvalidArgument);
+  if (t === undefined)
+    throw new ConnectError("tier: must be TIER_1, TIER_2, TIER_3 or TIER_AIR_GAPPED", Code.InvalidArgument);
   return t;
 }
 
@@ -60,17 +69,24 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
   const log = deps.logger;
   function signed<D extends DescMessage>(ctx: HandlerContext, schema: D, message: MessageShape<D>): MessageShape<D> {
     const method = `/${ctx.service.typeName}/${ctx.method.name}`;
-    ctx.responseHeader.set(DGE_SIGNATURE_HEADER, signDgeResponse(deps.signingKey, method, toBinary(schema, message), deps.clock.now()));
+    ctx.responseHeader.set(
+      DGE_SIGNATURE_HEADER,
+      signDgeResponse(deps.signingKey, method, toBinary(schema, message), deps.clock.now()),
+    );
     return message;
   }
   function checkData(data: string): void {
-    if (data.length > deps.maxDataChars) throw new ConnectError(`data: longer than ${deps.maxDataChars} characters`, Code.InvalidArgument);
+    if (data.length > deps.maxDataChars)
+      throw new ConnectError(`data: longer than ${deps.maxDataChars} characters`, Code.InvalidArgument);
   }
   return {
     classify(req, ctx) {
       checkData(req.data);
       const classification = classifyText(req.data);
-      log.debug({ tenant: req.context?.tenant, dataType: req.context?.dataType, findings: classification.findings.length }, "classified");
+      log.debug(
+        { tenant: req.context?.tenant, dataType: req.context?.dataType, findings: classification.findings.length },
+        "classified",
+      );
       return signed(ctx, ClassifyResponseSchema, create(ClassifyResponseSchema, { classification }));
     },
     getPolicy(req, ctx) {
@@ -84,14 +100,21 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       const tier = requireTier(req.tier);
       const policy = policyFor(deps.policies(), req.tenant, tier);
       // The classification is re-derived from the data when missing, so a client cannot skip it.
-      const classification = req.classification && req.classification.egressClass !== EgressClass.UNSPECIFIED ? req.classification : classifyText(req.data);
+      const classification =
+        req.classification && req.classification.egressClass !== EgressClass.UNSPECIFIED
+          ? req.classification
+          : classifyText(req.data);
       const decision = evaluatePolicy(policy, tier, classification, req.destination);
-      return signed(ctx, ValidateEgressResponseSchema, create(ValidateEgressResponseSchema, {
-        verdict: decision.allow ? Verdict.ALLOW : Verdict.DENY,
-        reasonCode: decision.reason,
-        policyVersion: policy.version,
-        ttlSeconds: policy.ttlSeconds,
-      }));
+      return signed(
+        ctx,
+        ValidateEgressResponseSchema,
+        create(ValidateEgressResponseSchema, {
+          verdict: decision.allow ? Verdict.ALLOW : Verdict.DENY,
+          reasonCode: decision.reason,
+          policyVersion: policy.version,
+          ttlSeconds: policy.ttlSeconds,
+        }),
+      );
     },
   };
 }

@@ -12,7 +12,13 @@ export const DEFAULT_DGE_MAX_SKEW_MS = 5 * 60_000;
 export type DgeKeyring = Readonly<Record<string, string>>;
 
 /** Why a signature was refused. */
-export type DgeSignatureFailure = "missing" | "malformed" | "unknown_key" | "bad_signature" | "clock_skew" | "replayed_nonce";
+export type DgeSignatureFailure =
+  | "missing"
+  | "malformed"
+  | "unknown_key"
+  | "bad_signature"
+  | "clock_skew"
+  | "replayed_nonce";
 
 /** A DGE response whose signature did not verify. */
 export class DgeSignatureError extends KernelError {
@@ -25,11 +31,18 @@ export class DgeSignatureError extends KernelError {
 function mac(secret: string, keyId: string, nonce: string, ts: string, method: string, body: Uint8Array): Buffer {
   const bodyHash = createHash("sha256").update(body).digest("hex");
   // The method path is signed too, so a signed Classify answer cannot be replayed as a ValidateEgress one.
-  return createHmac("sha256", secret).update(`nops-dge-sig-v1\n${keyId}\n${nonce}\n${ts}\n${method}\n${bodyHash}`).digest();
+  return createHmac("sha256", secret)
+    .update(`nops-dge-sig-v1\n${keyId}\n${nonce}\n${ts}\n${method}\n${bodyHash}`)
+    .digest();
 }
 
 /** Signs a serialized response body; returns the header value. */
-export function signDgeResponse(key: { id: string; secret: string }, method: string, body: Uint8Array, nowMs: number): string {
+export function signDgeResponse(
+  key: { id: string; secret: string },
+  method: string,
+  body: Uint8Array,
+  nowMs: number,
+): string {
   const nonce = randomBytes(16).toString("hex");
   const ts = String(nowMs);
   return `keyId=${key.id},nonce=${nonce},ts=${ts},sig=${mac(key.secret, key.id, nonce, ts, method, body).toString("hex")}`;
@@ -42,20 +55,40 @@ export interface DgeSignatureVerifier {
 }
 
 /** Creates a verifier; nonces are remembered for twice the skew window (after that the timestamp check refuses them). */
-export function createDgeSignatureVerifier(keys: DgeKeyring, clock: Clock, maxSkewMs = DEFAULT_DGE_MAX_SKEW_MS, maxNonces = 100_000): DgeSignatureVerifier {
-  const seen = new LRUCache<string, true>({ max: maxNonces, ttl: 2 * maxSkewMs, ttlResolution: 0, perf: { now: () => clock.now() } });
+export function createDgeSignatureVerifier(
+  keys: DgeKeyring,
+  clock: Clock,
+  maxSkewMs = DEFAULT_DGE_MAX_SKEW_MS,
+  maxNonces = 100_000,
+): DgeSignatureVerifier {
+  const seen = new LRUCache<string, true>({
+    max: maxNonces,
+    ttl: 2 * maxSkewMs,
+    ttlResolution: 0,
+    perf: { now: () => clock.now() },
+  });
   return {
     verify(header, method, body) {
       if (!header) throw new DgeSignatureError("missing");
-      const parts = new Map(header.split(",").map((p) => {
-        const i = p.indexOf("=");
-        return [p.slice(0, i).trim(), p.slice(i + 1).trim()] as const;
-      }));
+      const parts = new Map(
+        header.split(",").map((p) => {
+          const i = p.indexOf("=");
+          return [p.slice(0, i).trim(), p.slice(i + 1).trim()] as const;
+        }),
+      );
       const keyId = parts.get("keyId");
       const nonce = parts.get("nonce");
       const ts = parts.get("ts");
       const sig = parts.get("sig");
-      if (!keyId || !nonce || !ts || !sig || !/^\d+$/.test(ts) || !/^[0-9a-f]{64}$/.test(sig) || !/^[0-9a-f]{16,64}$/.test(nonce)) {
+      if (
+        !keyId ||
+        !nonce ||
+        !ts ||
+        !sig ||
+        !/^\d+$/.test(ts) ||
+        !/^[0-9a-f]{64}$/.test(sig) ||
+        !/^[0-9a-f]{16,64}$/.test(nonce)
+      ) {
         throw new DgeSignatureError("malformed");
       }
       const secret = Object.hasOwn(keys, keyId) ? keys[keyId] : undefined;

@@ -34,18 +34,55 @@ const EMAIL_RE = new RegExp(
 // "john at example dot com" is how people hide addresses, but "look at this dot net" is prose:
 // the spelled-out form only counts with a common top-level domain.
 const COMMON_TLDS = new Set([
-  "com", "org", "net", "io", "dev", "ai", "app", "edu", "gov", "mil", "info", "biz", "co", "us", "uk",
-  "de", "fr", "es", "it", "nl", "be", "ch", "at", "se", "no", "dk", "fi", "pl", "eu", "ca", "au", "jp", "in", "br",
+  "com",
+  "org",
+  "net",
+  "io",
+  "dev",
+  "ai",
+  "app",
+  "edu",
+  "gov",
+  "mil",
+  "info",
+  "biz",
+  "co",
+  "us",
+  "uk",
+  "de",
+  "fr",
+  "es",
+  "it",
+  "nl",
+  "be",
+  "ch",
+  "at",
+  "se",
+  "no",
+  "dk",
+  "fi",
+  "pl",
+  "eu",
+  "ca",
+  "au",
+  "jp",
+  "in",
+  "br",
 ]);
 
 const CARD_RE = /(?<![\p{L}\p{N}])\d(?:[ .-]?\d){12,18}(?![\p{L}\p{N}])/gu;
-const SSN_RE = /(?<![\p{L}\p{N}-])(\d{3})([ .-])(\d{2})\2(\d{4})(?![\p{N}-])|(?<![\p{L}\p{N}])(\d{3})(\d{2})(\d{4})(?![\p{L}\p{N}])/gu;
+const SSN_RE =
+  /(?<![\p{L}\p{N}-])(\d{3})([ .-])(\d{2})\2(\d{4})(?![\p{N}-])|(?<![\p{L}\p{N}])(\d{3})(\d{2})(\d{4})(?![\p{L}\p{N}])/gu;
 const SSN_CONTEXT = /(?:ssn|social\s+security(?:\s+(?:no|number|#))?|soc\.?\s*sec\.?|taxpayer\s+id)\W{0,6}$/i;
 const IBAN_RE = /(?<![\p{L}\p{N}])([a-z]{2}\d{2})((?:[ -]?[a-z0-9]){10,30})/giu;
 const OCTET_SEP = String.raw`(?:\.|\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\})`;
-const IPV4_RE = new RegExp(String.raw`(?<![\p{L}\p{N}.])(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})(?![\p{L}\p{N}]|\.\d)`, "giu");
+const IPV4_RE = new RegExp(
+  String.raw`(?<![\p{L}\p{N}.])(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})${OCTET_SEP}(\d{1,3})(?![\p{L}\p{N}]|\.\d)`,
+  "giu",
+);
 const VERSION_CONTEXT = /(?:\bv|\bver(?:sion)?\.?\s*|\brelease\s*|\bbuild\s*|\bfirmware\s*)$/i;
-const IPV6_RE = /(?<![\p{L}\p{N}:.])((?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?)(?:%[0-9a-z]+)?(?![\p{L}\p{N}:])/giu;
+const IPV6_RE =
+  /(?<![\p{L}\p{N}:.])((?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?)(?:%[0-9a-z]+)?(?![\p{L}\p{N}:])/giu;
 const PHONE_CONTEXT = /(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms)\W{0,4}$/i;
 
 interface SecretRule {
@@ -90,7 +127,13 @@ export function detectPii(text: string): Detection[] {
       const value = r.group === undefined ? m[0] : (m[r.group] ?? "");
       if (r.check && !r.check(value)) continue;
       const start = m.index + (r.group === undefined ? 0 : m[0].length - value.length);
-      add({ kind: "api_secret", start, end: start + value.length, confidence: r.group === undefined ? PATTERN_WITH_CONTEXT : PATTERN, rule: r.rule });
+      add({
+        kind: "api_secret",
+        start,
+        end: start + value.length,
+        confidence: r.group === undefined ? PATTERN_WITH_CONTEXT : PATTERN,
+        rule: r.rule,
+      });
     }
   }
 
@@ -113,7 +156,13 @@ export function detectPii(text: string): Detection[] {
   for (const m of text.matchAll(EMAIL_RE)) {
     const spelled = /^\s+at\s+$/i.test(m[2] ?? "");
     if (spelled && !COMMON_TLDS.has((m[4] ?? "").toLowerCase())) continue;
-    add({ kind: "email", start: m.index, end: m.index + m[0].length, confidence: spelled ? PATTERN : PATTERN_WITH_CONTEXT, rule: "email" });
+    add({
+      kind: "email",
+      start: m.index,
+      end: m.index + m[0].length,
+      confidence: spelled ? PATTERN : PATTERN_WITH_CONTEXT,
+      rule: "email",
+    });
   }
 
   for (const m of text.matchAll(CARD_RE)) {
@@ -130,13 +179,20 @@ export function detectPii(text: string): Detection[] {
     // Nine bare digits are any reference number; only a label in front makes them an SSN.
     const labelled = SSN_CONTEXT.test(text.slice(Math.max(0, m.index - 40), m.index));
     if (!separated && !labelled) continue;
-    add({ kind: "us_ssn", start: m.index, end: m.index + m[0].length, confidence: labelled ? CHECKSUM : PATTERN_WITH_CONTEXT, rule: "ssa_area" });
+    add({
+      kind: "us_ssn",
+      start: m.index,
+      end: m.index + m[0].length,
+      confidence: labelled ? CHECKSUM : PATTERN_WITH_CONTEXT,
+      rule: "ssa_area",
+    });
   }
 
   for (const m of text.matchAll(IPV6_RE)) {
     const addr = m[1] ?? "";
     const groups = addr.split(":").filter((g) => g !== "").length;
-    if (groups >= 2 && isIPv6(addr)) add({ kind: "ip_address", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "ipv6" });
+    if (groups >= 2 && isIPv6(addr))
+      add({ kind: "ip_address", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "ipv6" });
   }
 
   for (const m of text.matchAll(IPV4_RE)) {
@@ -153,11 +209,27 @@ export function detectPii(text: string): Detection[] {
     const international = /^(?:\+|00)/.test(raw);
     // A national number needs the country's own digit grouping ("(415) 555-2671", "415.555.2671")
     // or a label in front; otherwise "invoice 4155552671" or "860.55.88.207" would be phones.
-    const groups = raw.split(/\D+/).filter((g) => g !== "").join(" ");
-    const grouped = groups.includes(" ") && groups === f.number.formatNational().split(/\D+/).filter((g) => g !== "").join(" ");
+    const groups = raw
+      .split(/\D+/)
+      .filter((g) => g !== "")
+      .join(" ");
+    const grouped =
+      groups.includes(" ") &&
+      groups ===
+        f.number
+          .formatNational()
+          .split(/\D+/)
+          .filter((g) => g !== "")
+          .join(" ");
     const labelled = PHONE_CONTEXT.test(text.slice(Math.max(0, f.startsAt - 16), f.startsAt));
     if (!(international || grouped || labelled)) continue;
-    add({ kind: "phone", start: f.startsAt, end: f.endsAt, confidence: international || labelled ? PATTERN_WITH_CONTEXT : PATTERN, rule: "libphonenumber" });
+    add({
+      kind: "phone",
+      start: f.startsAt,
+      end: f.endsAt,
+      confidence: international || labelled ? PATTERN_WITH_CONTEXT : PATTERN,
+      rule: "libphonenumber",
+    });
   }
 
   return found.sort((a, b) => a.start - b.start);

@@ -86,7 +86,12 @@ type Entry = { kind: "policy"; value: CachedPolicy } | { kind: "verdict"; value:
 /** Creates the cache; Redis errors degrade to in-process only (logged, never thrown). */
 export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): DgeCache {
   const log = deps.logger;
-  const lru = new LRUCache<string, Entry>({ max: options.maxEntries, ttl: options.ttlMs, ttlResolution: 0, perf: { now: () => deps.clock.now() } });
+  const lru = new LRUCache<string, Entry>({
+    max: options.maxEntries,
+    ttl: options.ttlMs,
+    ttlResolution: 0,
+    perf: { now: () => deps.clock.now() },
+  });
   let hits = 0;
   let lookups = 0;
   const policyKey = (tenant: string, tier: string): string => `policy:${tenant}:${tier}`;
@@ -151,7 +156,9 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
         log.warn({ err }, "ignored a malformed cache invalidation message");
       }
     });
-    subscriber.subscribe(options.channel).catch((err: unknown) => log.warn({ err }, "cache invalidation subscription failed"));
+    subscriber
+      .subscribe(options.channel)
+      .catch((err: unknown) => log.warn({ err }, "cache invalidation subscription failed"));
   }
 
   return {

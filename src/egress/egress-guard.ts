@@ -23,7 +23,15 @@ import {
 } from "../../gen/nops/events/v1/egress_events_pb.js";
 import { egressClassName, piiKindOf, tierOf, type TierName } from "../dge/dge-codes.js";
 import { DgeSignatureError } from "../dge/dge-signature.js";
-import { createDgeCache, DEFAULT_DGE_CACHE_CHANNEL, DEFAULT_DGE_CACHE_KEY_PREFIX, DEFAULT_DGE_CACHE_MAX_ENTRIES, DEFAULT_DGE_CACHE_TTL_MS, type CachedVerdict, type DgeCache } from "./dge-cache.js";
+import {
+  createDgeCache,
+  DEFAULT_DGE_CACHE_CHANNEL,
+  DEFAULT_DGE_CACHE_KEY_PREFIX,
+  DEFAULT_DGE_CACHE_MAX_ENTRIES,
+  DEFAULT_DGE_CACHE_TTL_MS,
+  type CachedVerdict,
+  type DgeCache,
+} from "./dge-cache.js";
 import { createOverrideVerifier, createSqliteUsedGrants } from "./override-grant.js";
 import { payloadText } from "./payload-text.js";
 
@@ -68,19 +76,31 @@ function readTier(v: unknown, field: string): TierName {
 /** Validates the egress section; throws ConfigError naming the field. */
 export function resolveEgressGuardOptions(input: unknown, path = "egress.guard"): EgressGuardOptions {
   const s: RawSection = readSection(input, path, {
-    dgeEnabled: 0, dgeTimeoutMs: 0, tenantTiers: 0, defaultTier: 0, approvers: 0, requiredApprovals: 0, cacheTtlMs: 0, cacheMaxEntries: 0, eventFlushMs: 0,
+    dgeEnabled: 0,
+    dgeTimeoutMs: 0,
+    tenantTiers: 0,
+    defaultTier: 0,
+    approvers: 0,
+    requiredApprovals: 0,
+    cacheTtlMs: 0,
+    cacheMaxEntries: 0,
+    eventFlushMs: 0,
   });
   const tenantTiers: Record<string, TierName> = {};
   const tiersIn = s.tenantTiers ?? {};
-  if (typeof tiersIn !== "object" || Array.isArray(tiersIn)) throw new ConfigError(`${path}.tenantTiers must be an object`);
+  if (typeof tiersIn !== "object" || Array.isArray(tiersIn))
+    throw new ConfigError(`${path}.tenantTiers must be an object`);
   for (const [tenant, tier] of Object.entries(tiersIn as Record<string, unknown>)) {
-    if (!TENANT_RE.test(tenant)) throw new ConfigError(`${path}.tenantTiers: ${JSON.stringify(tenant)} is not a valid tenant id`);
+    if (!TENANT_RE.test(tenant))
+      throw new ConfigError(`${path}.tenantTiers: ${JSON.stringify(tenant)} is not a valid tenant id`);
     tenantTiers[tenant] = readTier(tier, `${path}.tenantTiers.${tenant}`);
   }
   const approversIn = s.approvers ?? {};
-  if (typeof approversIn !== "object" || Array.isArray(approversIn)) throw new ConfigError(`${path}.approvers must be an object`);
+  if (typeof approversIn !== "object" || Array.isArray(approversIn))
+    throw new ConfigError(`${path}.approvers must be an object`);
   for (const [id, key] of Object.entries(approversIn as Record<string, unknown>)) {
-    if (typeof key !== "string" || key.length < 32) throw new ConfigError(`${path}.approvers.${id} must be a key of at least 32 characters`);
+    if (typeof key !== "string" || key.length < 32)
+      throw new ConfigError(`${path}.approvers.${id} must be a key of at least 32 characters`);
   }
   return {
     dgeEnabled: readBool(s, "dgeEnabled", path, true),
@@ -141,7 +161,9 @@ export interface EgressGuard {
 
 /** The PERMISSION_DENIED error a blocked call fails with (the reason, never the payload). */
 export function egressDeniedError(decision: EgressDecision): ConnectError {
-  return new ConnectError(`egress blocked: ${decision.reason}`, Code.PermissionDenied, { "x-egress-reason": decision.reason });
+  return new ConnectError(`egress blocked: ${decision.reason}`, Code.PermissionDenied, {
+    "x-egress-reason": decision.reason,
+  });
 }
 
 /** What the guard needs. */
@@ -180,17 +202,40 @@ class DgeTimeoutError extends Error {
 }
 
 // Answers the DGE really gave; anything else (refused, reset, cancelled stream) is "no answer yet".
-const DEFINITIVE = new Set([Code.InvalidArgument, Code.PermissionDenied, Code.Unauthenticated, Code.FailedPrecondition, Code.NotFound, Code.Unimplemented, Code.ResourceExhausted, Code.OutOfRange]);
+const DEFINITIVE = new Set([
+  Code.InvalidArgument,
+  Code.PermissionDenied,
+  Code.Unauthenticated,
+  Code.FailedPrecondition,
+  Code.NotFound,
+  Code.Unimplemented,
+  Code.ResourceExhausted,
+  Code.OutOfRange,
+]);
 
 /** Creates the Egress Guard. */
 export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOptions): EgressGuard {
   const log = deps.logger.child({ component: "egress-guard" });
   const tx = (fn: () => void): void => (deps.db ? deps.db.transaction(fn)() : fn());
-  const requests = deps.meter.createCounter("egress_guard_requests_total", { description: "Egress Guard decisions by result, tenant and tier" });
-  const latency = deps.meter.createHistogram("egress_guard_latency_ms", { description: "Time the Egress Guard took to decide", unit: "ms" });
-  const dgeErrors = deps.meter.createCounter("dge_classification_errors_total", { description: "DGE calls that gave no usable answer" });
-  const hitRate = deps.meter.createObservableGauge("dge_cache_hit_rate", { description: "Share of DGE policy and verdict lookups served from cache" });
-  const overrides = createOverrideVerifier(deps.clock, options.approvers, options.requiredApprovals, deps.db ? createSqliteUsedGrants(deps.db) : undefined);
+  const requests = deps.meter.createCounter("egress_guard_requests_total", {
+    description: "Egress Guard decisions by result, tenant and tier",
+  });
+  const latency = deps.meter.createHistogram("egress_guard_latency_ms", {
+    description: "Time the Egress Guard took to decide",
+    unit: "ms",
+  });
+  const dgeErrors = deps.meter.createCounter("dge_classification_errors_total", {
+    description: "DGE calls that gave no usable answer",
+  });
+  const hitRate = deps.meter.createObservableGauge("dge_cache_hit_rate", {
+    description: "Share of DGE policy and verdict lookups served from cache",
+  });
+  const overrides = createOverrideVerifier(
+    deps.clock,
+    options.approvers,
+    options.requiredApprovals,
+    deps.db ? createSqliteUsedGrants(deps.db) : undefined,
+  );
   const cache: DgeCache = createDgeCache(
     {
       clock: deps.clock,
@@ -199,11 +244,21 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       ...(deps.redisSubscriber ? { subscriber: deps.redisSubscriber } : {}),
       onInvalidated: (inv, origin) => {
         tx(() => {
-          deps.events.append({ type: "dge.policy.cache_invalidated.v1", tenant: inv.tenant, schema: DgePolicyCacheInvalidatedSchema, payload: create(DgePolicyCacheInvalidatedSchema, { ...inv, origin }) });
+          deps.events.append({
+            type: "dge.policy.cache_invalidated.v1",
+            tenant: inv.tenant,
+            schema: DgePolicyCacheInvalidatedSchema,
+            payload: create(DgePolicyCacheInvalidatedSchema, { ...inv, origin }),
+          });
         });
       },
     },
-    { ttlMs: options.cacheTtlMs, maxEntries: options.cacheMaxEntries, keyPrefix: DEFAULT_DGE_CACHE_KEY_PREFIX, channel: DEFAULT_DGE_CACHE_CHANNEL },
+    {
+      ttlMs: options.cacheTtlMs,
+      maxEntries: options.cacheMaxEntries,
+      keyPrefix: DEFAULT_DGE_CACHE_KEY_PREFIX,
+      channel: DEFAULT_DGE_CACHE_CHANNEL,
+    },
   );
   const cb = (r: { observe(v: number): void }): void => r.observe(cache.hitRate());
   hitRate.addCallback(cb);
@@ -218,8 +273,19 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     try {
       tx(() => {
         for (const g of batch.values()) {
-          const payload = create(EgressAllowedSchema, { decision: g.decision, count: g.count, payloadBytesTotal: BigInt(g.bytes), latencyMsMax: g.latencyMaxMs });
-          deps.events.append({ type: "egress.allowed.v1", tenant: g.decision.tenant, schema: EgressAllowedSchema, payload, ...(g.correlationId ? { correlationId: g.correlationId } : {}) });
+          const payload = create(EgressAllowedSchema, {
+            decision: g.decision,
+            count: g.count,
+            payloadBytesTotal: BigInt(g.bytes),
+            latencyMsMax: g.latencyMaxMs,
+          });
+          deps.events.append({
+            type: "egress.allowed.v1",
+            tenant: g.decision.tenant,
+            schema: EgressAllowedSchema,
+            payload,
+            ...(g.correlationId ? { correlationId: g.correlationId } : {}),
+          });
         }
       });
     } catch (err) {
@@ -231,7 +297,11 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
 
   // Retries refused connections until the deadline: the DGE may be restarting; only the deadline
   // turns silence into a denial (issue: no DGE answer within 5 s -> dge_timeout).
-  async function withDeadline<T>(deadline: number, signal: AbortSignal | undefined, fn: (opts: { timeoutMs: number; signal?: AbortSignal }) => Promise<T>): Promise<T> {
+  async function withDeadline<T>(
+    deadline: number,
+    signal: AbortSignal | undefined,
+    fn: (opts: { timeoutMs: number; signal?: AbortSignal }) => Promise<T>,
+  ): Promise<T> {
     let backoff = 25;
     for (;;) {
       const remaining = deadline - performance.now();
@@ -249,11 +319,18 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     }
   }
 
-  async function classifyAndValidate(req: EgressRequest, tier: TierName, text: string, deadline: number): Promise<{ verdict: CachedVerdict; cached: boolean }> {
+  async function classifyAndValidate(
+    req: EgressRequest,
+    tier: TierName,
+    text: string,
+    deadline: number,
+  ): Promise<{ verdict: CachedVerdict; cached: boolean }> {
     const tierKey = String(tier);
     let policy = await cache.getPolicy(req.tenant, tierKey);
     if (!policy) {
-      const res = await withDeadline(deadline, req.signal, (o) => deps.dge.getPolicy({ tenant: req.tenant, tier: tierOf(tier) }, o));
+      const res = await withDeadline(deadline, req.signal, (o) =>
+        deps.dge.getPolicy({ tenant: req.tenant, tier: tierOf(tier) }, o),
+      );
       policy = { version: res.policy?.version ?? "", ttlMs: (res.policy?.ttlSeconds ?? 0) * 1000 };
       await cache.setPolicy(req.tenant, tierKey, policy);
     }
@@ -261,7 +338,11 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     const hit = await cache.getVerdict(req.tenant, key);
     if (hit) return { verdict: hit, cached: true };
     const { classification } = await withDeadline(deadline, req.signal, (o) =>
-      deps.dge.classify({ data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } }, o));
+      deps.dge.classify(
+        { data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } },
+        o,
+      ),
+    );
     const c: Classification | undefined = classification;
     const findings: Record<string, number> = {};
     for (const f of c?.findings ?? []) findings[piiKindOf(f.type)] = (findings[piiKindOf(f.type)] ?? 0) + 1;
@@ -269,11 +350,33 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     let verdict: CachedVerdict;
     if (tier === 3 && (c?.findings.length ?? 0) > 0) {
       // Tier 3 blocks any PII whatever the DGE's policy says: decided here, no second round trip.
-      verdict = { allow: false, reason: "pii_blocked_tier3", classification: className, findings, policyVersion: policy.version };
+      verdict = {
+        allow: false,
+        reason: "pii_blocked_tier3",
+        classification: className,
+        findings,
+        policyVersion: policy.version,
+      };
     } else {
       const v = await withDeadline(deadline, req.signal, (o) =>
-        deps.dge.validateEgress({ data: text, ...(c ? { classification: c } : {}), destination: req.destination, tenant: req.tenant, tier: tierOf(tier) }, o));
-      verdict = { allow: v.verdict === Verdict.ALLOW, reason: v.reasonCode || (v.verdict === Verdict.ALLOW ? "allowed" : "dge_denied"), classification: className, findings, policyVersion: v.policyVersion || policy.version };
+        deps.dge.validateEgress(
+          {
+            data: text,
+            ...(c ? { classification: c } : {}),
+            destination: req.destination,
+            tenant: req.tenant,
+            tier: tierOf(tier),
+          },
+          o,
+        ),
+      );
+      verdict = {
+        allow: v.verdict === Verdict.ALLOW,
+        reason: v.reasonCode || (v.verdict === Verdict.ALLOW ? "allowed" : "dge_denied"),
+        classification: className,
+        findings,
+        policyVersion: v.policyVersion || policy.version,
+      };
       await cache.setVerdict(req.tenant, key, verdict, Math.min(policy.ttlMs, (v.ttlSeconds || 1) * 1000));
       return { verdict, cached: false };
     }
@@ -281,7 +384,17 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     return { verdict, cached: false };
   }
 
-  function record(req: EgressRequest, d: EgressDecision, extra: { findings?: Record<string, number>; policyVersion?: string; bytes: number; started: number; override?: { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number } }): void {
+  function record(
+    req: EgressRequest,
+    d: EgressDecision,
+    extra: {
+      findings?: Record<string, number>;
+      policyVersion?: string;
+      bytes: number;
+      started: number;
+      override?: { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number };
+    },
+  ): void {
     const latencyMs = performance.now() - extra.started;
     const tenant = TENANT_RE.test(req.tenant) ? req.tenant : "unknown";
     const findings = Object.entries(extra.findings ?? {});
@@ -289,9 +402,21 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
     latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
     // Allowed calls (not break-glass) join the window's group of identical decisions.
-    const groupKey = d.allowed && !extra.override
-      ? [tenant, d.tier, req.transport, req.destination, req.dataType, d.classification, d.reason, policyVersion, d.cached, findings.join(";")].join("\u0000")
-      : undefined;
+    const groupKey =
+      d.allowed && !extra.override
+        ? [
+            tenant,
+            d.tier,
+            req.transport,
+            req.destination,
+            req.dataType,
+            d.classification,
+            d.reason,
+            policyVersion,
+            d.cached,
+            findings.join(";"),
+          ].join("\u0000")
+        : undefined;
     const group = groupKey === undefined ? undefined : pending.get(groupKey);
     if (group) {
       group.count++;
@@ -300,28 +425,85 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       return;
     }
     const decision = create(EgressDecisionSchema, {
-      tenant, tier: d.tier, transport: req.transport, destination: req.destination, dataType: req.dataType, classification: d.classification,
-      reason: d.reason, findings: findings.map(([type, count]) => ({ type, count })), payloadBytes: extra.bytes, policyVersion, cached: d.cached, latencyMs,
+      tenant,
+      tier: d.tier,
+      transport: req.transport,
+      destination: req.destination,
+      dataType: req.dataType,
+      classification: d.classification,
+      reason: d.reason,
+      findings: findings.map(([type, count]) => ({ type, count })),
+      payloadBytes: extra.bytes,
+      policyVersion,
+      cached: d.cached,
+      latencyMs,
     });
     if (groupKey !== undefined) {
-      pending.set(groupKey, { decision, correlationId: req.correlationId, count: 1, bytes: extra.bytes, latencyMaxMs: latencyMs });
+      pending.set(groupKey, {
+        decision,
+        correlationId: req.correlationId,
+        count: 1,
+        bytes: extra.bytes,
+        latencyMaxMs: latencyMs,
+      });
       if (pending.size >= 512) flush();
       return;
     }
     const correlationId = req.correlationId ? { correlationId: req.correlationId } : {};
     const resource = `egress/${req.transport}/${req.destination}`;
-    const details = { reason: d.reason, tier: d.tier, classification: d.classification, findings: extra.findings ?? {}, dataType: req.dataType, bytes: extra.bytes };
+    const details = {
+      reason: d.reason,
+      tier: d.tier,
+      classification: d.classification,
+      findings: extra.findings ?? {},
+      dataType: req.dataType,
+      bytes: extra.bytes,
+    };
     if (extra.override) {
       const o = extra.override;
       tx(() => {
-        deps.events.append({ type: "egress.override.activated.v1", tenant, schema: EgressOverrideActivatedSchema, ...correlationId,
-          payload: create(EgressOverrideActivatedSchema, { decision, grantId: o.id, reason: o.reason, declaredClassification: o.declared, approvers: o.approvers, expiresAtMs: BigInt(o.expiresAt) }) });
-        deps.audit.append({ actor: "system", action: "egress.override.activated", tenant, resource, outcome: "ok", details: { ...details, grantId: o.id, grantReason: o.reason, approvers: o.approvers, expiresAt: o.expiresAt }, ...correlationId });
+        deps.events.append({
+          type: "egress.override.activated.v1",
+          tenant,
+          schema: EgressOverrideActivatedSchema,
+          ...correlationId,
+          payload: create(EgressOverrideActivatedSchema, {
+            decision,
+            grantId: o.id,
+            reason: o.reason,
+            declaredClassification: o.declared,
+            approvers: o.approvers,
+            expiresAtMs: BigInt(o.expiresAt),
+          }),
+        });
+        deps.audit.append({
+          actor: "system",
+          action: "egress.override.activated",
+          tenant,
+          resource,
+          outcome: "ok",
+          details: { ...details, grantId: o.id, grantReason: o.reason, approvers: o.approvers, expiresAt: o.expiresAt },
+          ...correlationId,
+        });
       });
     } else {
       tx(() => {
-        deps.events.append({ type: "egress.blocked.v1", tenant, schema: EgressBlockedSchema, payload: create(EgressBlockedSchema, { decision }), ...correlationId });
-        deps.audit.append({ actor: "system", action: d.reason.startsWith("override_") ? "egress.override.denied" : "egress.blocked", tenant, resource, outcome: "denied", details, ...correlationId });
+        deps.events.append({
+          type: "egress.blocked.v1",
+          tenant,
+          schema: EgressBlockedSchema,
+          payload: create(EgressBlockedSchema, { decision }),
+          ...correlationId,
+        });
+        deps.audit.append({
+          actor: "system",
+          action: d.reason.startsWith("override_") ? "egress.override.denied" : "egress.blocked",
+          tenant,
+          resource,
+          outcome: "denied",
+          details,
+          ...correlationId,
+        });
       });
     }
   }
@@ -334,7 +516,12 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     const validTenant = TENANT_RE.test(req.tenant);
     const tier: TierName = validTenant ? (options.tenantTiers[req.tenant] ?? options.defaultTier) : options.defaultTier;
     const tierName = String(tier);
-    const done = (allowed: boolean, reason: string, more: Partial<EgressDecision> = {}, extra: Omit<Parameters<typeof record>[2], "bytes" | "started"> = {}): EgressDecision => {
+    const done = (
+      allowed: boolean,
+      reason: string,
+      more: Partial<EgressDecision> = {},
+      extra: Omit<Parameters<typeof record>[2], "bytes" | "started"> = {},
+    ): EgressDecision => {
       const d: EgressDecision = { allowed, reason, tier: tierName, classification: "", cached: false, ...more };
       record(req, d, { ...extra, bytes, started });
       return d;
@@ -351,18 +538,40 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (req.override) {
       const g = overrides.check(req.override, req.tenant, req.destination);
       if (!g.ok) return done(false, g.reason);
-      return done(true, "override", { classification: g.grant.classification }, {
-        override: { id: g.grant.id, reason: g.grant.reason, declared: g.grant.classification, approvers: g.approvers, expiresAt: g.grant.expiresAt },
-      });
+      return done(
+        true,
+        "override",
+        { classification: g.grant.classification },
+        {
+          override: {
+            id: g.grant.id,
+            reason: g.grant.reason,
+            declared: g.grant.classification,
+            approvers: g.approvers,
+            expiresAt: g.grant.expiresAt,
+          },
+        },
+      );
     }
     if (!options.dgeEnabled) {
-      log.warn({ tenant: req.tenant, destination: req.destination }, "DGE_ENABLED is false: egress allowed without classification");
+      log.warn(
+        { tenant: req.tenant, destination: req.destination },
+        "DGE_ENABLED is false: egress allowed without classification",
+      );
       return done(true, "dge_disabled");
     }
     const tierKey = String(tier);
     const policy = cache.peekPolicy(req.tenant, tierKey);
     const hit = policy && cache.peekVerdict(req.tenant, verdictKey(tierKey, policy.version, req.destination, p.text));
-    return hit && done(hit.allow, hit.reason, { classification: hit.classification, cached: true }, { findings: hit.findings, policyVersion: hit.policyVersion });
+    return (
+      hit &&
+      done(
+        hit.allow,
+        hit.reason,
+        { classification: hit.classification, cached: true },
+        { findings: hit.findings, policyVersion: hit.policyVersion },
+      )
+    );
   }
 
   async function decide(req: EgressRequest): Promise<EgressDecision> {
@@ -371,11 +580,26 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (local) return local;
     try {
       const { verdict, cached } = await classifyAndValidate(req, p.tier, p.text, p.started + options.dgeTimeoutMs);
-      return p.done(verdict.allow, verdict.reason, { classification: verdict.classification, cached }, { findings: verdict.findings, policyVersion: verdict.policyVersion });
+      return p.done(
+        verdict.allow,
+        verdict.reason,
+        { classification: verdict.classification, cached },
+        { findings: verdict.findings, policyVersion: verdict.policyVersion },
+      );
     } catch (err) {
-      const reason = err instanceof DgeTimeoutError ? "dge_timeout" : findSignatureError(err) ? "dge_signature_invalid" : req.signal?.aborted ? "caller_aborted" : "dge_error";
+      const reason =
+        err instanceof DgeTimeoutError
+          ? "dge_timeout"
+          : findSignatureError(err)
+            ? "dge_signature_invalid"
+            : req.signal?.aborted
+              ? "caller_aborted"
+              : "dge_error";
       dgeErrors.add(1, { reason });
-      log.warn({ err, tenant: req.tenant, destination: req.destination, reason }, "no usable DGE answer: egress denied");
+      log.warn(
+        { err, tenant: req.tenant, destination: req.destination, reason },
+        "no usable DGE answer: egress denied",
+      );
       return p.done(false, reason);
     }
   }

@@ -1,4 +1,12 @@
-import { InterceptingCall, Metadata, status, type InterceptingListener, type Interceptor as GrpcInterceptor, type InterceptorOptions, type NextCall } from "@grpc/grpc-js";
+import {
+  InterceptingCall,
+  Metadata,
+  status,
+  type InterceptingListener,
+  type Interceptor as GrpcInterceptor,
+  type InterceptorOptions,
+  type NextCall,
+} from "@grpc/grpc-js";
 import type { Interceptor as ConnectInterceptor } from "@connectrpc/connect";
 import { egressDeniedError, type EgressDecision, type EgressGuard, type EgressRequest } from "./egress-guard.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
@@ -35,7 +43,11 @@ export function createGrpcEgressInterceptor(
       if (!d.allowed) {
         denied = true;
         const e = egressDeniedError(d);
-        savedListener?.onReceiveStatus({ code: status.PERMISSION_DENIED, details: e.rawMessage, metadata: new Metadata() });
+        savedListener?.onReceiveStatus({
+          code: status.PERMISSION_DENIED,
+          details: e.rawMessage,
+          metadata: new Metadata(),
+        });
         return;
       }
       override = undefined; // a grant covers one message
@@ -57,16 +69,25 @@ export function createGrpcEgressInterceptor(
       },
       sendMessage(message, next) {
         if (denied) return;
-        const request = (): EgressRequest => ({ tenant, transport: "grpc", destination: `${destination}${path}`, dataType: path, payload: select(path, message), override });
+        const request = (): EgressRequest => ({
+          tenant,
+          transport: "grpc",
+          destination: `${destination}${path}`,
+          dataType: path,
+          payload: select(path, message),
+          override,
+        });
         // A cached verdict decides at once: the call starts without waiting for a later turn.
         const now = waiting === 0 ? guard.checkNow(request()) : undefined;
         if (now) return apply(now, message, next);
         waiting++;
-        chain = chain.then(async () => {
-          if (!denied) apply(await guard.check(request()), message, next);
-        }).finally(() => {
-          waiting--;
-        });
+        chain = chain
+          .then(async () => {
+            if (!denied) apply(await guard.check(request()), message, next);
+          })
+          .finally(() => {
+            waiting--;
+          });
       },
       halfClose(next) {
         if (waiting === 0) {
@@ -89,7 +110,15 @@ export function createConnectEgressInterceptor(guard: EgressGuard, destination: 
     req.header.delete(OVERRIDE_HEADER);
     const path = `/${req.service.typeName}/${req.method.name}`;
     const check = async (payload: unknown): Promise<void> => {
-      const d = await guard.check({ tenant, transport: "connect", destination: `${destination}${path}`, dataType: req.method.input.typeName, payload, override, signal: req.signal });
+      const d = await guard.check({
+        tenant,
+        transport: "connect",
+        destination: `${destination}${path}`,
+        dataType: req.method.input.typeName,
+        payload,
+        override,
+        signal: req.signal,
+      });
       override = undefined;
       if (!d.allowed) throw egressDeniedError(d);
     };

@@ -12,7 +12,11 @@ export type GuardedFetch = (url: string | URL, init?: RequestInit) => Promise<Re
  * be classified before they are sent, so they are refused. An allowed request carries the active
  * trace (`traceparent`, `tracestate`).
  */
-export function createGuardedFetch(guard: EgressGuard, destination: string, baseFetch: typeof fetch = fetch): GuardedFetch {
+export function createGuardedFetch(
+  guard: EgressGuard,
+  destination: string,
+  baseFetch: typeof fetch = fetch,
+): GuardedFetch {
   return async (url, init = {}) => {
     const headers = new Headers(init.headers);
     const tenant = headers.get(TENANT_HEADER) ?? "";
@@ -24,13 +28,20 @@ export function createGuardedFetch(guard: EgressGuard, destination: string, base
     else if (body instanceof URLSearchParams) bodyText = body.toString();
     else if (body instanceof ArrayBuffer) bodyText = new Uint8Array(body);
     else if (body !== undefined && body !== null) {
-      throw new TypeError("guarded fetch: only string, Uint8Array, ArrayBuffer or URLSearchParams bodies can be checked");
+      throw new TypeError(
+        "guarded fetch: only string, Uint8Array, ArrayBuffer or URLSearchParams bodies can be checked",
+      );
     }
     const u = new URL(url);
     const text = `${decodeURIComponent(u.pathname + u.search)}\n${typeof bodyText === "string" ? bodyText : ""}`;
     const d = await guard.check({
-      tenant, transport: "http", destination: `${destination}:${u.origin}${u.pathname}`, dataType: headers.get("content-type") ?? "",
-      payload: typeof bodyText === "string" ? text : bodyText, override, signal: init.signal ?? undefined,
+      tenant,
+      transport: "http",
+      destination: `${destination}:${u.origin}${u.pathname}`,
+      dataType: headers.get("content-type") ?? "",
+      payload: typeof bodyText === "string" ? text : bodyText,
+      override,
+      signal: init.signal ?? undefined,
     });
     if (!d.allowed) throw egressDeniedError(d);
     // The call continues the caller's trace, unless the caller named a parent itself.

@@ -11,5 +11,11 @@ export {
 } from "./egress-guard.js";
 export { createGrpcEgressInterceptor, createConnectEgressInterceptor, TENANT_HEADER } from "./egress-interceptors.js";
 export { createGuardedFetch, type GuardedFetch } from "./guarded-fetch.js";
-export { createNatsEgressHook, subjectMatches, type NatsPrePublishHook, type NatsEgressHookOptions, type NatsHeadersLike } from "./nats-egress-hook.js";
+export {
+  createNatsEgressHook,
+  subjectMatches,
+  type NatsPrePublishHook,
+  type NatsEgressHookOptions,
+  type NatsHeadersLike,
+} from "./nats-egress-hook.js";
 export { encodeOverrideGrant, OVERRIDE_HEADER, MAX_OVERRIDE_TTL_MS, type OverrideGrant } from "./override-grant.js";

@@ -8,7 +8,11 @@ export interface NatsHeadersLike {
 }
 
 /** Called by the event relay before it publishes to a subject; publish only when `allowed`. */
-export type NatsPrePublishHook = (subject: string, payload: Uint8Array, headers?: NatsHeadersLike) => Promise<EgressDecision>;
+export type NatsPrePublishHook = (
+  subject: string,
+  payload: Uint8Array,
+  headers?: NatsHeadersLike,
+) => Promise<EgressDecision>;
 
 /** Options of the NATS pre-publish hook. */
 export interface NatsEgressHookOptions {
@@ -39,13 +43,21 @@ const GUARD_RECORD = /^nops\.events\.[^.]+\.(egress|dge)\./;
  */
 export function createNatsEgressHook(guard: EgressGuard, options: NatsEgressHookOptions): NatsPrePublishHook {
   return async (subject, payload, headers) => {
-    if (GUARD_RECORD.test(subject)) return { allowed: true, reason: "guard_record", tier: "", classification: "", cached: false };
+    if (GUARD_RECORD.test(subject))
+      return { allowed: true, reason: "guard_record", tier: "", classification: "", cached: false };
     if (!options.crossingSubjects.some((p) => subjectMatches(p, subject))) {
       return { allowed: true, reason: "local_subject", tier: "", classification: "", cached: false };
     }
     const fromSubject = /^nops\.events\.([^.]+)\./.exec(subject)?.[1] ?? "";
     const tenant = headers?.get(TENANT_HEADER) || fromSubject;
     const override = headers?.get(OVERRIDE_HEADER) || undefined;
-    return guard.check({ tenant, transport: "nats", destination: subject, dataType: subject.split(".").slice(3).join(".") || subject, payload, override });
+    return guard.check({
+      tenant,
+      transport: "nats",
+      destination: subject,
+      dataType: subject.split(".").slice(3).join(".") || subject,
+      payload,
+      override,
+    });
   };
 }

@@ -36,11 +36,29 @@ export interface OverrideApproval {
 /** Outcome of checking a grant. */
 export type OverrideCheck =
   | { ok: true; grant: OverrideGrant; approvers: string[] }
-  | { ok: false; reason: "override_malformed" | "override_tampered" | "override_insufficient_approvals" | "override_expired" | "override_bad_validity" | "override_replayed" | "override_scope_mismatch"; grantId: string };
+  | {
+      ok: false;
+      reason:
+        | "override_malformed"
+        | "override_tampered"
+        | "override_insufficient_approvals"
+        | "override_expired"
+        | "override_bad_validity"
+        | "override_replayed"
+        | "override_scope_mismatch";
+      grantId: string;
+    };
 
 function canonical(g: OverrideGrant): string {
   return JSON.stringify([
-    "nops-override-v1", g.id, g.tenant, g.reason, g.classification, [...g.destinations].sort(), g.issuedAt, g.expiresAt,
+    "nops-override-v1",
+    g.id,
+    g.tenant,
+    g.reason,
+    g.classification,
+    [...g.destinations].sort(),
+    g.issuedAt,
+    g.expiresAt,
   ]);
 }
 
@@ -50,22 +68,42 @@ function hmac(secret: string, g: OverrideGrant): Buffer {
 
 /** Signs a grant with each approver's key and encodes the header value (ops tooling and tests). */
 export function encodeOverrideGrant(grant: OverrideGrant, approvers: { id: string; secret: string }[]): string {
-  const approvals: OverrideApproval[] = approvers.map((a) => ({ approver: a.id, sig: hmac(a.secret, grant).toString("hex") }));
+  const approvals: OverrideApproval[] = approvers.map((a) => ({
+    approver: a.id,
+    sig: hmac(a.secret, grant).toString("hex"),
+  }));
   return Buffer.from(JSON.stringify({ grant, approvals })).toString("base64url");
 }
 
 function parse(header: string): { grant: OverrideGrant; approvals: OverrideApproval[] } | undefined {
   try {
-    const v = JSON.parse(Buffer.from(header, "base64url").toString("utf8")) as { grant?: Partial<OverrideGrant>; approvals?: unknown };
+    const v = JSON.parse(Buffer.from(header, "base64url").toString("utf8")) as {
+      grant?: Partial<OverrideGrant>;
+      approvals?: unknown;
+    };
     const g = v.grant;
     if (
-      !g || typeof g.id !== "string" || g.id === "" || typeof g.tenant !== "string" || typeof g.reason !== "string" || g.reason === "" ||
-      !(EGRESS_CLASS_NAMES as readonly unknown[]).includes(g.classification) || !Array.isArray(g.destinations) ||
-      g.destinations.some((d) => typeof d !== "string") || !Number.isSafeInteger(g.issuedAt) || !Number.isSafeInteger(g.expiresAt) ||
+      !g ||
+      typeof g.id !== "string" ||
+      g.id === "" ||
+      typeof g.tenant !== "string" ||
+      typeof g.reason !== "string" ||
+      g.reason === "" ||
+      !(EGRESS_CLASS_NAMES as readonly unknown[]).includes(g.classification) ||
+      !Array.isArray(g.destinations) ||
+      g.destinations.some((d) => typeof d !== "string") ||
+      !Number.isSafeInteger(g.issuedAt) ||
+      !Number.isSafeInteger(g.expiresAt) ||
       !Array.isArray(v.approvals)
-    ) return undefined;
-    const approvals = v.approvals.filter((a): a is OverrideApproval =>
-      typeof a === "object" && a !== null && typeof (a as OverrideApproval).approver === "string" && /^[0-9a-f]{64}$/.test(String((a as OverrideApproval).sig)));
+    )
+      return undefined;
+    const approvals = v.approvals.filter(
+      (a): a is OverrideApproval =>
+        typeof a === "object" &&
+        a !== null &&
+        typeof (a as OverrideApproval).approver === "string" &&
+        /^[0-9a-f]{64}$/.test(String((a as OverrideApproval).sig)),
+    );
     if (approvals.length !== v.approvals.length) return undefined;
     return { grant: g as OverrideGrant, approvals };
   } catch {
@@ -126,7 +164,11 @@ export function createOverrideVerifier(
       const parsed = parse(header);
       if (!parsed) return { ok: false, reason: "override_malformed", grantId: "" };
       const { grant, approvals } = parsed;
-      const fail = (reason: Exclude<OverrideCheck, { ok: true }>["reason"]): OverrideCheck => ({ ok: false, reason, grantId: grant.id });
+      const fail = (reason: Exclude<OverrideCheck, { ok: true }>["reason"]): OverrideCheck => ({
+        ok: false,
+        reason,
+        grantId: grant.id,
+      });
       const valid = new Set<string>();
       for (const a of approvals) {
         const secret = Object.hasOwn(approvers, a.approver) ? approvers[a.approver] : undefined;
@@ -136,9 +178,11 @@ export function createOverrideVerifier(
         valid.add(a.approver);
       }
       if (valid.size < requiredApprovals) return fail("override_insufficient_approvals");
-      if (grant.expiresAt - grant.issuedAt > MAX_OVERRIDE_TTL_MS || grant.expiresAt <= grant.issuedAt) return fail("override_bad_validity");
+      if (grant.expiresAt - grant.issuedAt > MAX_OVERRIDE_TTL_MS || grant.expiresAt <= grant.issuedAt)
+        return fail("override_bad_validity");
       if (now >= grant.expiresAt || now < grant.issuedAt - 60_000) return fail("override_expired");
-      if (grant.tenant !== tenant || !destinationAllowed(grant.destinations, destination)) return fail("override_scope_mismatch");
+      if (grant.tenant !== tenant || !destinationAllowed(grant.destinations, destination))
+        return fail("override_scope_mismatch");
       if (!used.claim(grant.id, grant.expiresAt)) return fail("override_replayed");
       return { ok: true, grant, approvers: [...valid].sort() };
     },

@@ -67,8 +67,12 @@ function walkProto(b: Uint8Array, out: string[], depth: number): boolean {
         pos = v[1];
         break;
       }
-      case 1: pos += 8; break;
-      case 5: pos += 4; break;
+      case 1:
+        pos += 8;
+        break;
+      case 5:
+        pos += 4;
+        break;
       case 2: {
         const len = readVarint(b, pos);
         if (!len || len[1] + len[0] > b.length) return false;
@@ -83,7 +87,8 @@ function walkProto(b: Uint8Array, out: string[], depth: number): boolean {
         }
         break;
       }
-      default: return false;
+      default:
+        return false;
     }
     if (pos > b.length) return false;
   }

@@ -116,12 +116,14 @@ const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "events"): EventBusOptions {
   const str = (field: keyof EventBusOptions, value: unknown, fallback: string | undefined, re?: RegExp): string => {
     const v = value ?? fallback;
-    if (typeof v !== "string" || v === "" || (re && !re.test(v))) throw new ConfigError(`${path}.${field} must be a non-empty string${re ? ` matching ${re}` : ""}`);
+    if (typeof v !== "string" || v === "" || (re && !re.test(v)))
+      throw new ConfigError(`${path}.${field} must be a non-empty string${re ? ` matching ${re}` : ""}`);
     return v;
   };
   const int = (field: keyof EventBusOptions, value: unknown, fallback: number, min: number): number => {
     const v = value ?? fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < min) throw new ConfigError(`${path}.${field} must be an integer >= ${min}`);
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min)
+      throw new ConfigError(`${path}.${field} must be an integer >= ${min}`);
     return v;
   };
   const edgeId = str("edgeId", input.edgeId, undefined, NAME);
@@ -131,7 +133,8 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
     if (typeof v !== "string" || v === "") throw new ConfigError(`${path}.${field} must be a non-empty string`);
     return v;
   };
-  if (input.ensureHubStream !== undefined && typeof input.ensureHubStream !== "boolean") throw new ConfigError(`${path}.ensureHubStream must be a boolean`);
+  if (input.ensureHubStream !== undefined && typeof input.ensureHubStream !== "boolean")
+    throw new ConfigError(`${path}.ensureHubStream must be a boolean`);
   const opts: EventBusOptions = {
     edgeId,
     natsUrl: str("natsUrl", input.natsUrl, DEFAULT_NATS_URL),
@@ -142,7 +145,12 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
     streamMaxAgeMs: int("streamMaxAgeMs", input.streamMaxAgeMs, DEFAULT_STREAM_MAX_AGE_MS, 1000),
     duplicateWindowMs: int("duplicateWindowMs", input.duplicateWindowMs, DEFAULT_DUPLICATE_WINDOW_MS, 1000),
     hubDomain: str("hubDomain", input.hubDomain, DEFAULT_HUB_DOMAIN, NAME),
-    hubStreamName: str("hubStreamName", input.hubStreamName, `NOPS_EDGE_${edgeId.toUpperCase().replace(/-/g, "_")}`, NAME),
+    hubStreamName: str(
+      "hubStreamName",
+      input.hubStreamName,
+      `NOPS_EDGE_${edgeId.toUpperCase().replace(/-/g, "_")}`,
+      NAME,
+    ),
     ensureHubStream: input.ensureHubStream ?? true,
     edgeDomain: str("edgeDomain", input.edgeDomain, edgeId, NAME),
     maxInFlight: int("maxInFlight", input.maxInFlight, DEFAULT_MAX_IN_FLIGHT, 1),

@@ -2,7 +2,13 @@ import { createHash, randomUUID } from "node:crypto";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, durationMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { AckPolicy, DeliverPolicy as JsDeliverPolicy, type ConsumerConfig, type JsMsg, type MsgRequest } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  DeliverPolicy as JsDeliverPolicy,
+  type ConsumerConfig,
+  type JsMsg,
+  type MsgRequest,
+} from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
@@ -55,7 +61,10 @@ export const DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 export const DEFAULT_ACK_TIMEOUT_MS = 5000;
 
 /** Fills defaults and validates; throws ConfigError naming `<path>.<field>`. */
-export function resolveEventBusServiceOptions(input: Partial<EventBusServiceOptions>, path = "events.service"): EventBusServiceOptions {
+export function resolveEventBusServiceOptions(
+  input: Partial<EventBusServiceOptions>,
+  path = "events.service",
+): EventBusServiceOptions {
   const s = readObject(input, path);
   return {
     maxPayloadBytes: readInt(s, "maxPayloadBytes", path, DEFAULT_MAX_PAYLOAD_BYTES, 1),
@@ -97,7 +106,10 @@ function checkSubject(field: string, subject: string, wildcards: boolean): void 
   tokens.forEach((t, i) => {
     if (TOKEN.test(t)) return;
     if (wildcards && (t === "*" || (t === ">" && i === tokens.length - 1))) return;
-    throw invalid(field, `must be dot-separated tokens of [A-Za-z0-9_-]${wildcards ? ' ("*" and a final ">" allowed)' : ""}`);
+    throw invalid(
+      field,
+      `must be dot-separated tokens of [A-Za-z0-9_-]${wildcards ? ' ("*" and a final ">" allowed)' : ""}`,
+    );
   });
 }
 
@@ -138,7 +150,11 @@ function headersToRecord(h: MsgHdrs | undefined, skip: (name: string) => boolean
 function requestHash(r: PublishRequest): string {
   const h = createHash("sha256");
   h.update(r.subject).update("\0").update(r.payloadType).update("\0").update(r.payload).update("\0");
-  for (const k of Object.keys(r.headers).sort()) h.update(k).update("=").update(r.headers[k] ?? "").update("\0");
+  for (const k of Object.keys(r.headers).sort())
+    h.update(k)
+      .update("=")
+      .update(r.headers[k] ?? "")
+      .update("\0");
   return h.digest("hex");
 }
 
@@ -151,7 +167,10 @@ interface PendingPublish {
 }
 
 /** Creates the EventBusService handler (nops.kernel.v1.EventBusService). */
-export function createEventBusService(deps: EventBusServiceDeps, options: EventBusServiceOptions): ServiceImpl<typeof EventBusService> {
+export function createEventBusService(
+  deps: EventBusServiceDeps,
+  options: EventBusServiceOptions,
+): ServiceImpl<typeof EventBusService> {
   const { db, clock, bus } = deps;
   const bo = bus.options;
   const insertOutbox = db.prepare(
@@ -168,7 +187,13 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
         if (prior.requestHash !== hash) {
           throw new ConnectError("idempotency_key was already used with a different request", Code.FailedPrecondition);
         }
-        return { $typeName: "nops.kernel.v1.PublishResponse", eventId: prior.eventId, outboxId: BigInt(prior.outboxId), subject: prior.subject, duplicate: true };
+        return {
+          $typeName: "nops.kernel.v1.PublishResponse",
+          eventId: prior.eventId,
+          outboxId: BigInt(prior.outboxId),
+          subject: prior.subject,
+          duplicate: true,
+        };
       }
     }
     const now = clock.now();
@@ -176,7 +201,14 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     const subject = eventSubject(r.tenant, r.subject);
     // As tracingEventSink does for other writers: an outbox span in the caller's trace, named in
     // the envelope so the relay's producer span and the consumer continue from it.
-    const span = deps.tracer && traceparent ? deps.tracer.startSpan(`outbox.append ${r.subject}`, { kind: SpanKind.PRODUCER }, contextFromTraceparent(traceparent)) : undefined;
+    const span =
+      deps.tracer && traceparent
+        ? deps.tracer.startSpan(
+            `outbox.append ${r.subject}`,
+            { kind: SpanKind.PRODUCER },
+            contextFromTraceparent(traceparent),
+          )
+        : undefined;
     if (span) traceparent = currentTraceparent(trace.setSpan(ROOT_CONTEXT, span)) ?? traceparent;
     try {
       const envelope = create(EventEnvelopeSchema, {
@@ -190,10 +222,20 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
         correlationId: r.correlationId,
         traceparent,
       });
-      const outboxId = Number(insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now).lastInsertRowid);
+      const outboxId = Number(
+        insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now)
+          .lastInsertRowid,
+      );
       if (Object.keys(r.headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(r.headers));
-      if (r.idempotencyKey !== "") bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
-      return { $typeName: "nops.kernel.v1.PublishResponse", eventId, outboxId: BigInt(outboxId), subject, duplicate: false };
+      if (r.idempotencyKey !== "")
+        bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
+      return {
+        $typeName: "nops.kernel.v1.PublishResponse",
+        eventId,
+        outboxId: BigInt(outboxId),
+        subject,
+        duplicate: false,
+      };
     } finally {
       span?.end();
     }
@@ -225,7 +267,8 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     batch.forEach((p, i) => {
       const r = results[i];
       if (r && "ok" in r) p.resolve(r.ok);
-      else p.reject(r?.err instanceof ConnectError ? r.err : new ConnectError("event could not be stored", Code.Internal));
+      else
+        p.reject(r?.err instanceof ConnectError ? r.err : new ConnectError("event could not be stored", Code.Internal));
     });
     bus.relay.kick();
   };
@@ -234,11 +277,16 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     checkTenant(r.tenant);
     if (r.subject === "") throw invalid("subject", "is required");
     checkSubject("subject", r.subject, false);
-    if (r.payload.byteLength > options.maxPayloadBytes) throw invalid("payload", `must be at most ${options.maxPayloadBytes} bytes`);
+    if (r.payload.byteLength > options.maxPayloadBytes)
+      throw invalid("payload", `must be at most ${options.maxPayloadBytes} bytes`);
     const names = Object.keys(r.headers);
     if (names.length > options.maxHeaders) throw invalid("headers", `must have at most ${options.maxHeaders} entries`);
     for (const n of names) {
-      if (!HEADER_NAME.test(n) || /^(nats|nops)-/i.test(n)) throw invalid("headers", `name ${JSON.stringify(n)} must match ${HEADER_NAME} and not start with Nats- or Nops-`);
+      if (!HEADER_NAME.test(n) || /^(nats|nops)-/i.test(n))
+        throw invalid(
+          "headers",
+          `name ${JSON.stringify(n)} must match ${HEADER_NAME} and not start with Nats- or Nops-`,
+        );
       if (/[\r\n]/.test(r.headers[n] ?? "")) throw invalid("headers", `value of ${n} must not contain CR or LF`);
     }
     if (r.idempotencyKey.length > options.maxIdempotencyKeyLength || /[^\x21-\x7e]/.test(r.idempotencyKey)) {
@@ -254,7 +302,8 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     const maxDeliver = r.maxDeliveries === 0 ? bo.defaultMaxDeliveries : r.maxDeliveries;
     const ackWait = durationToMs("ack_wait", r.ackWait, bo.defaultAckWaitMs);
     const backoff = r.backoff.map((d, i) => durationToMs(`backoff[${i}]`, d, 0));
-    if (backoff.length > 0 && backoff.length >= maxDeliver) throw invalid("backoff", "must have fewer entries than max_deliveries");
+    if (backoff.length > 0 && backoff.length >= maxDeliver)
+      throw invalid("backoff", "must have fewer entries than max_deliveries");
     const jsm = bus.jetstreamManager();
     if (!jsm) throw unavailable();
     const durable = durableName(r.tenant, r.consumer);
@@ -345,14 +394,21 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
       const t = req.ackToken.split(".");
       // $JS.ACK.<stream>.<consumer>.… (v1, 9 tokens) or $JS.ACK.<domain>.<hash>.<stream>.<consumer>.… (v2).
       const [stream, consumer] = t.length === 9 ? [t[2], t[3]] : t.length >= 12 ? [t[4], t[5]] : [undefined, undefined];
-      if (t[0] !== "$JS" || t[1] !== "ACK" || stream !== bo.streamName || consumer !== durableName(req.tenant, req.consumer)) {
+      if (
+        t[0] !== "$JS" ||
+        t[1] !== "ACK" ||
+        stream !== bo.streamName ||
+        consumer !== durableName(req.tenant, req.consumer)
+      ) {
         throw invalid("ack_token", "is not a delivery token of this consumer");
       }
       const nc = bus.connection();
       if (!nc) throw unavailable();
       let body = "+ACK";
       if (req.action === AckAction.NAK) {
-        body = req.nakDelay ? `-NAK ${JSON.stringify({ delay: durationToMs("nak_delay", req.nakDelay, 0) * 1_000_000 })}` : "-NAK";
+        body = req.nakDelay
+          ? `-NAK ${JSON.stringify({ delay: durationToMs("nak_delay", req.nakDelay, 0) * 1_000_000 })}`
+          : "-NAK";
       } else if (req.action === AckAction.TERM) {
         body = "+TERM";
       }
@@ -380,7 +436,10 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
     }
     const jsm = bus.jetstreamManager();
     if (!jsm) throw unavailable();
-    const filter = req.consumer === "" ? `nops.dlq.${req.tenant}.>` : deadLetterSubject(req.tenant, durableName(req.tenant, req.consumer));
+    const filter =
+      req.consumer === ""
+        ? `nops.dlq.${req.tenant}.>`
+        : deadLetterSubject(req.tenant, durableName(req.tenant, req.consumer));
     const size = req.pageSize === 0 ? 100 : req.pageSize;
     const out: DeadLetter[] = [];
     let next = "";
@@ -406,7 +465,8 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
           envelope: m.data,
           headers: headersToRecord(h, (k) => k.startsWith("Nats-") || k.startsWith("Nops-Dlq-")),
           consumer: durable.startsWith(`${req.tenant}--`) ? durable.slice(req.tenant.length + 2) : durable,
-          reason: h.get(DLQ_HEADERS.reason) === "terminated" ? DeadLetterReason.TERMINATED : DeadLetterReason.MAX_DELIVERIES,
+          reason:
+            h.get(DLQ_HEADERS.reason) === "terminated" ? DeadLetterReason.TERMINATED : DeadLetterReason.MAX_DELIVERIES,
           streamSequence: BigInt(Number(h.get(DLQ_HEADERS.streamSeq)) || 0),
           deliveries: Number(h.get(DLQ_HEADERS.deliveries)) || 0,
           deadAt: timestampFromMs(m.time.getTime()),
@@ -428,13 +488,16 @@ export function createEventBusService(deps: EventBusServiceDeps, options: EventB
       if (err instanceof Error && /no message found/i.test(err.message)) return null;
       throw err;
     });
-    if (!m || !m.subject.startsWith(`nops.dlq.${req.tenant}.`)) throw new ConnectError("dead letter not found", Code.NotFound);
+    if (!m || !m.subject.startsWith(`nops.dlq.${req.tenant}.`))
+      throw new ConnectError("dead letter not found", Code.NotFound);
     const subject = m.header.get(DLQ_HEADERS.subject);
-    if (!subject.startsWith(`nops.events.${req.tenant}.`)) throw new ConnectError("dead letter not found", Code.NotFound);
+    if (!subject.startsWith(`nops.events.${req.tenant}.`))
+      throw new ConnectError("dead letter not found", Code.NotFound);
     const extra = headersToRecord(m.header, (k) => k.startsWith("Nats-") || k.startsWith("Nops-Dlq-"));
     if (deps.prePublish) {
       const verdict = await deps.prePublish(subject, m.data, extra);
-      if (!verdict.allowed) throw new ConnectError(`blocked by egress policy: ${verdict.reason ?? "not allowed"}`, Code.FailedPrecondition);
+      if (!verdict.allowed)
+        throw new ConnectError(`blocked by egress policy: ${verdict.reason ?? "not allowed"}`, Code.FailedPrecondition);
     }
     const h = natsHeaders();
     for (const [k, v] of Object.entries(extra)) h.set(k, v);

@@ -22,7 +22,10 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
-import { DegradedModeActivatedSchema, DegradedModeRecoveredSchema } from "../../gen/nops/events/v1/degraded_events_pb.js";
+import {
+  DegradedModeActivatedSchema,
+  DegradedModeRecoveredSchema,
+} from "../../gen/nops/events/v1/degraded_events_pb.js";
 
 /** Readiness of the event bus for /readyz: degraded still serves (writes queue in the outbox). */
 export interface EventBusStatus {
@@ -100,15 +103,31 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   const active = new Map<string, Degradation>();
 
   const relay = createOutboxRelay(
-    { db, clock, logger: logger.child({ part: "relay" }), meter, jetstream: () => (ready ? js : undefined), prePublish: deps.prePublish, onPublished: deps.onPublished, tracer: deps.tracer },
+    {
+      db,
+      clock,
+      logger: logger.child({ part: "relay" }),
+      meter,
+      jetstream: () => (ready ? js : undefined),
+      prePublish: deps.prePublish,
+      onPublished: deps.onPublished,
+      tracer: deps.tracer,
+    },
     options,
   );
   const confirmer = createHubConfirmer({ db, clock }, options);
-  const mover = createDeadLetterMover({ logger: logger.child({ part: "dlq" }) }, { ...options, maxAgeMs: options.streamMaxAgeMs });
+  const mover = createDeadLetterMover(
+    { logger: logger.child({ part: "dlq" }) },
+    { ...options, maxAgeMs: options.streamMaxAgeMs },
+  );
   const idempotency = createIdempotencyStore({ db, clock }, { ttlMs: options.idempotencyTtlMs });
   const inbox = createInbox({ db, clock }, { retentionMs: options.inboxRetentionMs });
-  const redeliveries = meter.createCounter("nops_events_redeliveries", { description: "Messages delivered again to a Subscribe consumer" });
-  meter.createObservableGauge("nops_events_dlq_size", { description: "Messages in the dead-letter stream" }).addCallback((r) => r.observe(dlqSize));
+  const redeliveries = meter.createCounter("nops_events_redeliveries", {
+    description: "Messages delivered again to a Subscribe consumer",
+  });
+  meter
+    .createObservableGauge("nops_events_dlq_size", { description: "Messages in the dead-letter stream" })
+    .addCallback((r) => r.observe(dlqSize));
 
   const edgeStreamConfig = (): Partial<StreamConfig> => ({
     subjects: ["nops.events.>"],
@@ -202,9 +221,19 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     const init = { capability: CAPABILITY, dependency: d.dependency, mode: d.mode, reason: d.reason };
     db.transaction(() => {
       if (recovered) {
-        deps.sink.append({ type: "degraded.mode.recovered.v1", tenant: options.systemTenant, schema: DegradedModeRecoveredSchema, payload: create(DegradedModeRecoveredSchema, init) });
+        deps.sink.append({
+          type: "degraded.mode.recovered.v1",
+          tenant: options.systemTenant,
+          schema: DegradedModeRecoveredSchema,
+          payload: create(DegradedModeRecoveredSchema, init),
+        });
       } else {
-        deps.sink.append({ type: "degraded.mode.activated.v1", tenant: options.systemTenant, schema: DegradedModeActivatedSchema, payload: create(DegradedModeActivatedSchema, init) });
+        deps.sink.append({
+          type: "degraded.mode.activated.v1",
+          tenant: options.systemTenant,
+          schema: DegradedModeActivatedSchema,
+          payload: create(DegradedModeActivatedSchema, init),
+        });
       }
     })();
     relay.kick();
@@ -215,7 +244,11 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     const now = new Map<string, Degradation>();
     const problem = relay.problem();
     if (!ready || problem?.kind === "unreachable") {
-      now.set("nats", { dependency: "nats", mode: "queue-locally", reason: problem?.reason ?? "NATS leaf node not connected" });
+      now.set("nats", {
+        dependency: "nats",
+        mode: "queue-locally",
+        reason: problem?.reason ?? "NATS leaf node not connected",
+      });
     } else if (problem?.kind === "stream-full") {
       now.set("nats-stream", { dependency: "nats-stream", mode: "paused", reason: problem.reason });
     }

@@ -44,8 +44,12 @@ export function createHubConfirmer(deps: { db: Db; clock: Clock }, options: HubC
        AND id IN (SELECT outbox_id FROM outbox_publications WHERE stream_seq <= ?)`,
   );
   const prune = db.transaction((before: number) => {
-    db.prepare("DELETE FROM outbox_publications WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(before);
-    db.prepare("DELETE FROM outbox_headers WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(before);
+    db.prepare(
+      "DELETE FROM outbox_publications WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)",
+    ).run(before);
+    db.prepare("DELETE FROM outbox_headers WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(
+      before,
+    );
     db.prepare("DELETE FROM outbox WHERE confirmed_at <= ?").run(before);
   });
   let hubStreamReady = false;

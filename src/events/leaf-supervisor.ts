@@ -42,15 +42,24 @@ export const DEFAULT_LEAF_MAX_RESTART_DELAY_MS = 5000;
 export const DEFAULT_LEAF_START_TIMEOUT_MS = 15_000;
 
 /** Validates and fills defaults; throws ConfigError naming `<path>.<field>`. */
-export function resolveLeafSupervisorOptions(input: Partial<LeafSupervisorOptions>, path = "events.leaf"): LeafSupervisorOptions {
+export function resolveLeafSupervisorOptions(
+  input: Partial<LeafSupervisorOptions>,
+  path = "events.leaf",
+): LeafSupervisorOptions {
   const req = (field: "binary" | "dataDir" | "edgeDomain" | "password"): string => {
     const v = input[field];
     if (typeof v !== "string" || v === "") throw new ConfigError(`${path}.${field} is required`);
     return v;
   };
-  const int = (field: "port" | "restartDelayMs" | "maxRestartDelayMs" | "startTimeoutMs", fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+  const int = (
+    field: "port" | "restartDelayMs" | "maxRestartDelayMs" | "startTimeoutMs",
+    fallback: number,
+    min: number,
+    max = Number.MAX_SAFE_INTEGER,
+  ): number => {
     const v = input[field] ?? fallback;
-    if (!Number.isInteger(v) || v < min || v > max) throw new ConfigError(`${path}.${field} must be an integer in [${min}, ${max}]`);
+    if (!Number.isInteger(v) || v < min || v > max)
+      throw new ConfigError(`${path}.${field} must be an integer in [${min}, ${max}]`);
     return v;
   };
   return {
@@ -156,7 +165,10 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
       launch();
       const deadline = Date.now() + options.startTimeoutMs;
       while (!(await portOpen(options.port))) {
-        if (Date.now() > deadline) throw new KernelError(`leaf nats-server did not listen on ${options.port} within ${options.startTimeoutMs} ms`);
+        if (Date.now() > deadline)
+          throw new KernelError(
+            `leaf nats-server did not listen on ${options.port} within ${options.startTimeoutMs} ms`,
+          );
         await new Promise((r) => setTimeout(r, 50));
       }
       logger.info({ pid: child?.pid, port: options.port, domain: options.edgeDomain }, "leaf nats-server running");

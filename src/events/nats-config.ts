@@ -41,13 +41,22 @@ const SAFE = /^[A-Za-z0-9_.:/@-]+$/;
 
 function quoted(field: string, value: string): string {
   // NATS config strings are quoted; reject anything that could break out of the quotes.
-  if (!SAFE.test(value)) throw new ConfigError(`${field} contains characters not allowed in a NATS config: ${JSON.stringify(value)}`);
+  if (!SAFE.test(value))
+    throw new ConfigError(`${field} contains characters not allowed in a NATS config: ${JSON.stringify(value)}`);
   return JSON.stringify(value);
 }
 
 // Both servers: name, loopback client port, JetStream in their domain, one account with one user.
 function serverHead(
-  v: { serverName: string; port: number; httpPort?: number; storeDir: string; domain: string; user: string; password: string },
+  v: {
+    serverName: string;
+    port: number;
+    httpPort?: number;
+    storeDir: string;
+    domain: string;
+    user: string;
+    password: string;
+  },
   account: string,
 ): string[] {
   return [
@@ -83,11 +92,13 @@ export function renderLeafConfig(v: LeafConfigValues): string {
 
 /** Renders the hub config: account EDGES with JetStream in the hub domain; edges' leaf nodes bind to EDGES. */
 export function renderHubConfig(v: HubConfigValues): string {
-  return [
-    ...serverHead(v, "EDGES"),
-    `leafnodes {`,
-    `  listen: "127.0.0.1:${v.leafPort}"`,
-    `  authorization { user: ${quoted("leafUser", v.leafUser)}, password: ${quoted("leafPassword", v.leafPassword)}, account: "EDGES" }`,
-    `}`,
-  ].join("\n") + "\n";
+  return (
+    [
+      ...serverHead(v, "EDGES"),
+      `leafnodes {`,
+      `  listen: "127.0.0.1:${v.leafPort}"`,
+      `  authorization { user: ${quoted("leafUser", v.leafUser)}, password: ${quoted("leafPassword", v.leafPassword)}, account: "EDGES" }`,
+      `}`,
+    ].join("\n") + "\n"
+  );
 }

@@ -24,7 +24,11 @@ function envelopeTraceparent(envelope: Uint8Array): string {
 }
 
 /** The Egress Guard's hook, called before every event that crosses to the hub. */
-export type PrePublishHook = (subject: string, payload: Uint8Array, headers: Record<string, string>) => Promise<PrePublishVerdict>;
+export type PrePublishHook = (
+  subject: string,
+  payload: Uint8Array,
+  headers: Record<string, string>,
+) => Promise<PrePublishVerdict>;
 
 /** A row the leaf stream acknowledged. */
 export interface PublishedRow {
@@ -107,9 +111,13 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
         AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)
       ORDER BY o.id LIMIT ?`,
   );
-  const insertReceipt = db.prepare("INSERT OR REPLACE INTO outbox_publications (outbox_id, stream_seq, published_at) VALUES (?, ?, ?)");
+  const insertReceipt = db.prepare(
+    "INSERT OR REPLACE INTO outbox_publications (outbox_id, stream_seq, published_at) VALUES (?, ?, ?)",
+  );
   const markPublished = db.prepare("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL");
-  const insertBlocked = db.prepare("INSERT OR REPLACE INTO outbox_blocked (outbox_id, reason, blocked_at) VALUES (?, ?, ?)");
+  const insertBlocked = db.prepare(
+    "INSERT OR REPLACE INTO outbox_blocked (outbox_id, reason, blocked_at) VALUES (?, ?, ?)",
+  );
   const countDepth = db.prepare(
     "SELECT count(*) AS n FROM outbox o WHERE o.published_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)",
   );
@@ -150,13 +158,22 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     description: "Time from outbox commit to the leaf stream's PubAck",
     unit: "ms",
   });
-  const published = deps.meter.createCounter("nops_events_relay_published", { description: "Outbox rows acknowledged by the leaf stream" });
-  const blockedCounter = deps.meter.createCounter("nops_events_relay_blocked", { description: "Outbox rows the egress guard blocked" });
+  const published = deps.meter.createCounter("nops_events_relay_published", {
+    description: "Outbox rows acknowledged by the leaf stream",
+  });
+  const blockedCounter = deps.meter.createCounter("nops_events_relay_blocked", {
+    description: "Outbox rows the egress guard blocked",
+  });
   deps.meter
-    .createObservableGauge("nops_events_outbox_depth", { description: "Outbox rows not yet acknowledged by the leaf stream" })
+    .createObservableGauge("nops_events_outbox_depth", {
+      description: "Outbox rows not yet acknowledged by the leaf stream",
+    })
     .addCallback((r) => r.observe(relay.depth()));
   deps.meter
-    .createObservableGauge("nops_events_relay_lag", { description: "Age of the oldest unpublished outbox row", unit: "ms" })
+    .createObservableGauge("nops_events_relay_lag", {
+      description: "Age of the oldest unpublished outbox row",
+      unit: "ms",
+    })
     .addCallback((r) => {
       const t = (oldestUnpublished.get() as { t: number | null }).t;
       r.observe(t === null ? 0 : Math.max(0, clock.now() - t));
@@ -197,7 +214,10 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     pendingAcks = [];
     const now = clock.now();
     // One transaction per batch of PubAcks (see recordAcks for why it skips the fsync).
-    recordAcks(batch.map((b) => b.row), now);
+    recordAcks(
+      batch.map((b) => b.row),
+      now,
+    );
     for (const b of batch) latency.record(Math.max(0, now - b.createdAt));
     published.add(batch.length);
   };
@@ -209,9 +229,14 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     // of the operation that wrote the event without decoding the envelope.
     const traceparent = envelopeTraceparent(row.envelope) || undefined;
     const producer = deps.tracer && startProducerSpan(deps.tracer, row.subject, traceparent);
-    for (const [k, v] of Object.entries(producer?.headers ?? (traceparent ? { traceparent } : {}))) if (!h.has(k)) h.set(k, v);
+    for (const [k, v] of Object.entries(producer?.headers ?? (traceparent ? { traceparent } : {})))
+      if (!h.has(k)) h.set(k, v);
     inFlight++;
-    js.publish(row.subject, row.envelope, { msgID: outboxMessageId(options.edgeId, row.id), headers: h, timeout: options.publishTimeoutMs })
+    js.publish(row.subject, row.envelope, {
+      msgID: outboxMessageId(options.edgeId, row.id),
+      headers: h,
+      timeout: options.publishTimeoutMs,
+    })
       .then((ack) => {
         producer?.span.end();
         const acked = { outboxId: row.id, streamSeq: ack.seq };
@@ -254,7 +279,10 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
           // listed through listBlocked(); operators release it or leave it as evidence.
           insertBlocked.run(row.id, verdict.reason ?? "blocked by egress guard", clock.now());
           blockedCounter.add(1);
-          logger.warn({ outboxId: row.id, subject: row.subject, reason: verdict.reason }, "egress guard blocked an event");
+          logger.warn(
+            { outboxId: row.id, subject: row.subject, reason: verdict.reason },
+            "egress guard blocked an event",
+          );
           cursor = row.id;
           continue;
         }

@@ -129,7 +129,14 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
         return deps.apiKeys.verify(credential.key);
       case "signed":
         if (!credential.signer.tenant) throw new Error(`signing key ${credential.signer.keyId} is bound to no tenant`);
-        return { kind: "signed", id: `signed:${credential.signer.keyId}`, tenant: credential.signer.tenant, roles: ["OPERATOR"], scopes: [], capabilities: [] };
+        return {
+          kind: "signed",
+          id: `signed:${credential.signer.keyId}`,
+          tenant: credential.signer.tenant,
+          roles: ["OPERATOR"],
+          scopes: [],
+          capabilities: [],
+        };
       case "none":
         throw new Error("no credential");
     }

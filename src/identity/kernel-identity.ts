@@ -12,8 +12,19 @@ import { createAuthnInterceptor } from "./authn-interceptor.js";
 import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
 import { createSpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
 import { createJwtVerifier } from "./jwt/jwt-verifier.js";
-import { createApiKeyStore, resolveApiKeyOptions, type ApiKeyOptions, type ApiKeyStore } from "./api-keys/api-key-store.js";
-import { createDevX509Source, createTlsMaterial, createWorkloadX509Source, type TlsMaterial, type X509Source } from "./spiffe/index.js";
+import {
+  createApiKeyStore,
+  resolveApiKeyOptions,
+  type ApiKeyOptions,
+  type ApiKeyStore,
+} from "./api-keys/api-key-store.js";
+import {
+  createDevX509Source,
+  createTlsMaterial,
+  createWorkloadX509Source,
+  type TlsMaterial,
+  type X509Source,
+} from "./spiffe/index.js";
 
 /** The kernel's identity: its TLS material (absent in "none" mode) and the caller checks. */
 export interface KernelIdentity {
@@ -59,13 +70,24 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
 
   let x509: X509Source | undefined;
   if (source === "workload-api") {
-    if (!identity.socket) throw new Error("identity.source is workload-api but no socket is configured (identity.socket or SPIFFE_ENDPOINT_SOCKET)");
-    x509 = createWorkloadX509Source({ logger: deps.logger, clock: deps.clock, meter: deps.meter }, { socket: identity.socket });
+    if (!identity.socket)
+      throw new Error(
+        "identity.source is workload-api but no socket is configured (identity.socket or SPIFFE_ENDPOINT_SOCKET)",
+      );
+    x509 = createWorkloadX509Source(
+      { logger: deps.logger, clock: deps.clock, meter: deps.meter },
+      { socket: identity.socket },
+    );
     log.info({ socket: identity.socket }, "waiting for the first SVID from the SPIFFE Workload API");
   } else if (source === "dev") {
-    x509 = await createDevX509Source({ logger: deps.logger, clock: deps.clock }, { dir: identity.devDir, trustDomain: options.trustDomain, spiffeId: kernelId });
+    x509 = await createDevX509Source(
+      { logger: deps.logger, clock: deps.clock },
+      { dir: identity.devDir, trustDomain: options.trustDomain, spiffeId: kernelId },
+    );
   } else {
-    log.warn("identity.source is none: plaintext servers, anonymous callers allowed; never use this outside development");
+    log.warn(
+      "identity.source is none: plaintext servers, anonymous callers allowed; never use this outside development",
+    );
   }
   const ctx = await x509?.ready();
   if (ctx) log.info({ spiffeId: ctx.svid.spiffeId, source }, "workload identity ready");
@@ -77,7 +99,8 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
     {
       verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
       spiffePrincipals: createSpiffePrincipalMapper(identity.spiffe),
-      jwt: identity.jwt && createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
+      jwt:
+        identity.jwt && createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
       apiKeys,
       audit: deps.audit,
       clock: deps.clock,
@@ -85,7 +108,10 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
     },
     options.authn,
   );
-  const authz = createAuthzInterceptor({ audit: deps.audit, clock: deps.clock, logger: deps.logger.child({ component: "authz" }) }, options.authz);
+  const authz = createAuthzInterceptor(
+    { audit: deps.audit, clock: deps.clock, logger: deps.logger.child({ component: "authz" }) },
+    options.authz,
+  );
   return {
     source,
     tls,

@@ -54,11 +54,16 @@ export function rateLimitHeaders(d: RateLimitDecision): Record<string, string> {
  * initial metadata for gRPC); over the limit answers RESOURCE_EXHAUSTED (HTTP 429) with
  * Retry-After.
  */
-export function createRateLimitInterceptor(deps: RateLimitInterceptorDeps, options: RateLimitOptions): KernelInterceptor {
+export function createRateLimitInterceptor(
+  deps: RateLimitInterceptorDeps,
+  options: RateLimitOptions,
+): KernelInterceptor {
   const log = deps.logger;
   const limiter = createRateLimiter({ redis: deps.redis, logger: log }, options);
   const actorOf = deps.actorOf ?? (() => "anonymous");
-  const decisions = deps.meter.createCounter("nops_ratelimit_decisions_total", { description: "Rate-limit decisions by scope and outcome" });
+  const decisions = deps.meter.createCounter("nops_ratelimit_decisions_total", {
+    description: "Rate-limit decisions by scope and outcome",
+  });
   // When the current window of a key ends: one billing event per tenant per window, and one audit
   // row per rejected key per window (auditing every rejected request would let a flood turn
   // into one fsync per request; the row carries the count of the previous window's rejections).
@@ -96,7 +101,13 @@ export function createRateLimitInterceptor(deps: RateLimitInterceptorDeps, optio
     }
   }
 
-  function auditRejection(ctx: HandlerContext, d: RateLimitDecision, ip: string, path: string, correlationId: string): void {
+  function auditRejection(
+    ctx: HandlerContext,
+    d: RateLimitDecision,
+    ip: string,
+    path: string,
+    correlationId: string,
+  ): void {
     const b = d.binding;
     const key = `${b.scope}:${b.key}`;
     const now = deps.clock.now();
@@ -114,7 +125,15 @@ export function createRateLimitInterceptor(deps: RateLimitInterceptorDeps, optio
         tenant: d.tenant?.key ?? "",
         resource: b.scope === "tenant" ? `tenant/${b.key}` : `ip/${b.key}`,
         outcome: "denied",
-        details: { scope: b.scope, ip, method: path, limit: b.limit, windowMs: b.windowMs, tier: b.tier ?? null, previousWindowRejections: seen?.suppressed ?? 0 },
+        details: {
+          scope: b.scope,
+          ip,
+          method: path,
+          limit: b.limit,
+          windowMs: b.windowMs,
+          tier: b.tier ?? null,
+          previousWindowRejections: seen?.suppressed ?? 0,
+        },
         correlationId,
       });
     } catch (e) {

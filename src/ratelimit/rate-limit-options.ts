@@ -77,7 +77,8 @@ export function resolveRateLimitOptions(input: unknown = {}, path = "rateLimit")
   }
   const tenantTiers: Record<string, TenantTier> = {};
   const tenants = readObject(s.tenantTiers, `${path}.tenantTiers`);
-  for (const tenant of Object.keys(tenants)) tenantTiers[tenant] = readInt(tenants, tenant, `${path}.tenantTiers`, defaultTier, 1, 3) as TenantTier;
+  for (const tenant of Object.keys(tenants))
+    tenantTiers[tenant] = readInt(tenants, tenant, `${path}.tenantTiers`, defaultTier, 1, 3) as TenantTier;
   return {
     ipLimit,
     ipWindowMs: window("ipWindowMs"),

@@ -63,7 +63,14 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
       // The insurance limiter takes over while Redis is down: limits stay enforced, per process.
       const memory = new RateLimiterMemory({ points, duration, keyPrefix });
       l = deps.redis
-        ? new RateLimiterRedis({ storeClient: deps.redis, points, duration, keyPrefix, insuranceLimiter: memory, rejectIfRedisNotReady: true })
+        ? new RateLimiterRedis({
+            storeClient: deps.redis,
+            points,
+            duration,
+            keyPrefix,
+            insuranceLimiter: memory,
+            rejectIfRedisNotReady: true,
+          })
         : memory;
       limiters.set(id, l);
     }
@@ -71,7 +78,12 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
   };
   const tierOf = (tenant: string): TenantTier => options.tenantTiers[tenant] ?? options.defaultTier;
 
-  async function count(limiter: RateLimiterAbstract, key: string, limit: number, windowMs: number): Promise<Omit<LimitState, "scope" | "key" | "tier">> {
+  async function count(
+    limiter: RateLimiterAbstract,
+    key: string,
+    limit: number,
+    windowMs: number,
+  ): Promise<Omit<LimitState, "scope" | "key" | "tier">> {
     let res: RateLimiterRes;
     let allowed = true;
     try {
@@ -81,7 +93,14 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
       res = e;
       allowed = false;
     }
-    return { limit, used: res.consumedPoints, remaining: Math.max(0, res.remainingPoints), msBeforeReset: Math.max(0, res.msBeforeNext), windowMs, allowed };
+    return {
+      limit,
+      used: res.consumedPoints,
+      remaining: Math.max(0, res.remainingPoints),
+      msBeforeReset: Math.max(0, res.msBeforeNext),
+      windowMs,
+      allowed,
+    };
   }
 
   return {
@@ -89,7 +108,8 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
     async check(ip, tenant) {
       const ipLimit = options.ipOverrides[ip] ?? options.ipLimit;
       const ipState: LimitState = {
-        scope: "ip", key: ip,
+        scope: "ip",
+        key: ip,
         ...(await count(limiterFor("ip", ipLimit, options.ipWindowMs), ip, ipLimit, options.ipWindowMs)),
       };
       let tenantState: LimitState | undefined;
@@ -98,14 +118,22 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
         const tier = tierOf(tenant);
         const limit = options.tierLimits[tier];
         tenantState = {
-          scope: "tenant", key: tenant, tier,
+          scope: "tenant",
+          key: tenant,
+          tier,
           ...(await count(limiterFor("tenant", limit, options.tenantWindowMs), tenant, limit, options.tenantWindowMs)),
         };
       }
       const states = tenantState ? [ipState, tenantState] : [ipState];
       const rejected = states.find((s) => !s.allowed);
       const binding = rejected ?? states.reduce((a, b) => (b.remaining / b.limit < a.remaining / a.limit ? b : a));
-      return { allowed: !rejected, binding, ip: ipState, tenant: tenantState, tier: tenant === undefined ? undefined : tierOf(tenant) };
+      return {
+        allowed: !rejected,
+        binding,
+        ip: ipState,
+        tenant: tenantState,
+        tier: tenant === undefined ? undefined : tierOf(tenant),
+      };
     },
   };
 }

@@ -76,7 +76,11 @@ export function createAgentStore(db: Db): AgentStore {
        latency_p50_ms = excluded.latency_p50_ms, latency_p99_ms = excluded.latency_p99_ms,
        error_rate = excluded.error_rate, reported_at = excluded.reported_at`,
   );
-  const params = (a: AgentRow) => ({ ...a, capabilities: JSON.stringify(a.capabilities), labels: JSON.stringify(a.labels) });
+  const params = (a: AgentRow) => ({
+    ...a,
+    capabilities: JSON.stringify(a.capabilities),
+    labels: JSON.stringify(a.labels),
+  });
   return {
     loadAll: () =>
       all.all().map((r) => ({
@@ -95,7 +99,14 @@ export function createAgentStore(db: Db): AgentStore {
         load:
           r.reported_at === null
             ? undefined
-            : { inFlight: r.in_flight ?? 0, cpu: r.cpu, latencyP50Ms: r.latency_p50_ms, latencyP99Ms: r.latency_p99_ms, errorRate: r.error_rate, reportedAt: r.reported_at },
+            : {
+                inFlight: r.in_flight ?? 0,
+                cpu: r.cpu,
+                latencyP50Ms: r.latency_p50_ms,
+                latencyP99Ms: r.latency_p99_ms,
+                errorRate: r.error_rate,
+                reportedAt: r.reported_at,
+              },
       })),
     insert: (a) => void insert.run(params(a)),
     update: (a) => void update.run(params(a)),

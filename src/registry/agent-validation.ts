@@ -18,7 +18,8 @@ export function invalid(field: string, problem: string): never {
 /** Checks a tenant id. */
 export function checkTenant(field: string, tenant: string): void {
   if (tenant === "") invalid(field, "is required");
-  if (!TENANT_PATTERN.test(tenant)) invalid(field, `must match ${TENANT_PATTERN} (got ${JSON.stringify(tenant.slice(0, 70))})`);
+  if (!TENANT_PATTERN.test(tenant))
+    invalid(field, `must match ${TENANT_PATTERN} (got ${JSON.stringify(tenant.slice(0, 70))})`);
 }
 
 /** Checks an agent id as issued by the kernel (UUID). */
@@ -47,7 +48,8 @@ export function checkEndpoint(field: string, endpoint: string): void {
   } catch {
     return invalid(field, `is not "host:port" or "scheme://host:port" (got ${JSON.stringify(endpoint.slice(0, 80))})`);
   }
-  if (!ENDPOINT_SCHEMES.has(url.protocol)) invalid(field, `scheme must be http, https, grpc or grpcs (got ${url.protocol.slice(0, -1)})`);
+  if (!ENDPOINT_SCHEMES.has(url.protocol))
+    invalid(field, `scheme must be http, https, grpc or grpcs (got ${url.protocol.slice(0, -1)})`);
   if (url.hostname === "") invalid(field, "has no host");
   if (url.username || url.password) invalid(field, "must not carry credentials");
   const port = Number(url.port);
@@ -56,7 +58,10 @@ export function checkEndpoint(field: string, endpoint: string): void {
 }
 
 /** Checks capabilities: unique names, bounded attributes. */
-export function checkCapabilities(field: string, capabilities: readonly Pick<Capability, "name" | "version" | "attributes">[]): void {
+export function checkCapabilities(
+  field: string,
+  capabilities: readonly Pick<Capability, "name" | "version" | "attributes">[],
+): void {
   if (capabilities.length > 64) invalid(field, `at most 64 capabilities (got ${capabilities.length})`);
   const names = new Set<string>();
   capabilities.forEach((c, i) => {
@@ -71,7 +76,8 @@ export function checkCapabilities(field: string, capabilities: readonly Pick<Cap
 
 /** Checks a capability name. */
 export function checkCapabilityName(field: string, name: string): void {
-  if (!CAPABILITY_NAME.test(name)) invalid(field, `must match ${CAPABILITY_NAME} (got ${JSON.stringify(name.slice(0, 140))})`);
+  if (!CAPABILITY_NAME.test(name))
+    invalid(field, `must match ${CAPABILITY_NAME} (got ${JSON.stringify(name.slice(0, 140))})`);
 }
 
 /** Checks a string map (labels, attributes). */
@@ -80,7 +86,8 @@ export function checkMap(field: string, map: Record<string, string>, maxEntries:
   if (keys.length > maxEntries) invalid(field, `at most ${maxEntries} entries (got ${keys.length})`);
   for (const key of keys) {
     if (!LABEL_KEY.test(key)) invalid(`${field}[${JSON.stringify(key.slice(0, 70))}]`, `key must match ${LABEL_KEY}`);
-    if ((map[key] ?? "").length > maxValue) invalid(`${field}[${JSON.stringify(key)}]`, `value must be at most ${maxValue} characters`);
+    if ((map[key] ?? "").length > maxValue)
+      invalid(`${field}[${JSON.stringify(key)}]`, `value must be at most ${maxValue} characters`);
   }
 }
 

@@ -1,12 +1,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import type {
-  AgentRegistryService} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import {
-  AgentSchema,
-  type AgentLoad,
-  type Capability,
-} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { kCorrelationId } from "../server/interceptor.js";
 import type { RegistryOptions } from "../config/kernel-options.js";
 import type { LoadRow } from "./agent-store.js";
@@ -41,7 +36,16 @@ function capabilityRows(caps: readonly Capability[]): AgentFields["capabilities"
 }
 
 function loadRow(load: AgentLoad | undefined, now: number): LoadRow | undefined {
-  return load && { inFlight: load.inFlight, cpu: load.cpu, latencyP50Ms: load.latencyP50Ms, latencyP99Ms: load.latencyP99Ms, errorRate: load.errorRate, reportedAt: now };
+  return (
+    load && {
+      inFlight: load.inFlight,
+      cpu: load.cpu,
+      latencyP50Ms: load.latencyP50Ms,
+      latencyP99Ms: load.latencyP99Ms,
+      errorRate: load.errorRate,
+      reportedAt: now,
+    }
+  );
 }
 
 // Page tokens are opaque to clients: the last id seen plus the filter they belong to, so a
@@ -64,9 +68,15 @@ function decodePageToken(token: string, filterKey: string): string {
 }
 
 /** AgentRegistryService handlers: validate, then delegate to the registry. */
-export function createRegistryService(deps: RegistryServiceDeps, options: RegistryOptions): ServiceImpl<typeof AgentRegistryService> {
+export function createRegistryService(
+  deps: RegistryServiceDeps,
+  options: RegistryOptions,
+): ServiceImpl<typeof AgentRegistryService> {
   const { registry } = deps;
-  const actor = (ctx: HandlerContext): Actor => ({ id: deps.actorOf(ctx), correlationId: ctx.values.get(kCorrelationId) });
+  const actor = (ctx: HandlerContext): Actor => ({
+    id: deps.actorOf(ctx),
+    correlationId: ctx.values.get(kCorrelationId),
+  });
   const checkFields = (prefix: string, f: AgentFields) => {
     checkText(`${prefix}name`, f.name, 128);
     checkText(`${prefix}version`, f.version, 64);
@@ -77,7 +87,8 @@ export function createRegistryService(deps: RegistryServiceDeps, options: Regist
   const checkSize = (prefix: string, f: AgentFields) => {
     const bytes = toBinary(AgentSchema, create(AgentSchema, f)).byteLength;
     if (bytes > options.maxAgentBytes) {
-      const field = JSON.stringify(f.capabilities).length >= JSON.stringify(f.labels).length ? "capabilities" : "labels";
+      const field =
+        JSON.stringify(f.capabilities).length >= JSON.stringify(f.labels).length ? "capabilities" : "labels";
       invalid(`${prefix}${field}`, `agent record is ${bytes} bytes, more than the limit of ${options.maxAgentBytes}`);
     }
   };
@@ -110,7 +121,14 @@ export function createRegistryService(deps: RegistryServiceDeps, options: Regist
       const filterKey = JSON.stringify([req.tenant, req.capability, [...req.statuses].sort(), req.routableOnly]);
       const afterId = req.pageToken ? decodePageToken(req.pageToken, filterKey) : undefined;
       const limit = req.pageSize || DEFAULT_PAGE;
-      const page = registry.list({ tenant: req.tenant, capability: req.capability, statuses: req.statuses, routableOnly: req.routableOnly, afterId, limit });
+      const page = registry.list({
+        tenant: req.tenant,
+        capability: req.capability,
+        statuses: req.statuses,
+        routableOnly: req.routableOnly,
+        afterId,
+        limit,
+      });
       const last = page.agents.at(-1);
       return { agents: page.agents, nextPageToken: page.more && last ? encodePageToken(last.id, filterKey) : "" };
     },
@@ -124,7 +142,10 @@ export function createRegistryService(deps: RegistryServiceDeps, options: Regist
       if (paths.length === 0) invalid("update_mask", "must name at least one field");
       paths.forEach((p, i) => {
         if (!(UPDATABLE_FIELDS as readonly string[]).includes(p)) {
-          invalid(`update_mask.paths[${i}]`, `unknown or read-only field "${p}" (updatable: ${UPDATABLE_FIELDS.join(", ")})`);
+          invalid(
+            `update_mask.paths[${i}]`,
+            `unknown or read-only field "${p}" (updatable: ${UPDATABLE_FIELDS.join(", ")})`,
+          );
         }
       });
       const current = registry.get(a.tenant, a.id);
@@ -135,7 +156,13 @@ export function createRegistryService(deps: RegistryServiceDeps, options: Regist
         capabilities: capabilityRows(current.capabilities),
         labels: { ...current.labels },
       };
-      const patch: AgentFields = { name: a.name, version: a.version, endpoint: a.endpoint, capabilities: capabilityRows(a.capabilities), labels: { ...a.labels } };
+      const patch: AgentFields = {
+        name: a.name,
+        version: a.version,
+        endpoint: a.endpoint,
+        capabilities: capabilityRows(a.capabilities),
+        labels: { ...a.labels },
+      };
       for (const p of paths as UpdatableField[]) (merged as unknown as Record<string, unknown>)[p] = patch[p];
       checkFields("agent.", merged);
       checkSize("agent.", merged);

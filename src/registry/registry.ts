@@ -61,7 +61,13 @@ export interface Registry {
   register(tenant: string, fields: AgentFields, actor: Actor): Agent;
   get(tenant: string, id: string): Agent;
   list(query: AgentQuery): { agents: Agent[]; more: boolean };
-  update(tenant: string, id: string, fields: Partial<AgentFields>, paths: readonly UpdatableField[], actor: Actor): Agent;
+  update(
+    tenant: string,
+    id: string,
+    fields: Partial<AgentFields>,
+    paths: readonly UpdatableField[],
+    actor: Actor,
+  ): Agent;
   deregister(tenant: string, id: string, reason: string, actor: Actor): void;
   /** Marks the agent alive; persisted in the next batch (see RegistryOptions.heartbeatFlushMs). */
   heartbeat(tenant: string, id: string, load: LoadRow | undefined): AgentStatus;
@@ -142,7 +148,8 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       revision: BigInt(e.row.revision),
     }));
 
-  const offers = (e: Entry, capability: string) => capability === "" || e.row.capabilities.some((c) => c.name === capability);
+  const offers = (e: Entry, capability: string) =>
+    capability === "" || e.row.capabilities.some((c) => c.name === capability);
 
   const notify = (e: Entry, type: ChangeType) => {
     if (watchers.size === 0) return;
@@ -217,10 +224,22 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
             type: "agent.deregistered.v1",
             tenant: e.row.tenant,
             schema: AgentDeregisteredSchema,
-            payload: create(AgentDeregisteredSchema, { agentId: e.row.id, tenant: e.row.tenant, reason: "reaped: no heartbeat", reaped: true }),
+            payload: create(AgentDeregisteredSchema, {
+              agentId: e.row.id,
+              tenant: e.row.tenant,
+              reason: "reaped: no heartbeat",
+              reaped: true,
+            }),
             correlationId: system.correlationId,
           });
-          audit.append({ actor: system.id, action: "agent.reap", tenant: e.row.tenant, resource: `agent/${e.row.id}`, outcome: "ok", correlationId: system.correlationId });
+          audit.append({
+            actor: system.id,
+            action: "agent.reap",
+            tenant: e.row.tenant,
+            resource: `agent/${e.row.id}`,
+            outcome: "ok",
+            correlationId: system.correlationId,
+          });
           reaped.push(e);
           continue;
         }
@@ -247,8 +266,22 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const agent = toProto(entry);
       db.transaction(() => {
         store.insert(row);
-        events.append({ type: "agent.registered.v1", tenant, schema: AgentRegisteredSchema, payload: create(AgentRegisteredSchema, { agent }), correlationId: actor.correlationId });
-        audit.append({ actor: actor.id, action: "agent.register", tenant, resource: `agent/${row.id}`, outcome: "ok", details: { name: row.name, endpoint: row.endpoint }, correlationId: actor.correlationId });
+        events.append({
+          type: "agent.registered.v1",
+          tenant,
+          schema: AgentRegisteredSchema,
+          payload: create(AgentRegisteredSchema, { agent }),
+          correlationId: actor.correlationId,
+        });
+        audit.append({
+          actor: actor.id,
+          action: "agent.register",
+          tenant,
+          resource: `agent/${row.id}`,
+          outcome: "ok",
+          details: { name: row.name, endpoint: row.endpoint },
+          correlationId: actor.correlationId,
+        });
       })();
       agents.set(row.id, entry);
       notify(entry, ChangeType.REGISTERED);
@@ -280,8 +313,22 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const agent = toProto(next);
       db.transaction(() => {
         store.update(row);
-        events.append({ type: "agent.updated.v1", tenant, schema: AgentUpdatedSchema, payload: create(AgentUpdatedSchema, { agent, changedFields: [...paths] }), correlationId: actor.correlationId });
-        audit.append({ actor: actor.id, action: "agent.update", tenant, resource: `agent/${id}`, outcome: "ok", details: { fields: paths }, correlationId: actor.correlationId });
+        events.append({
+          type: "agent.updated.v1",
+          tenant,
+          schema: AgentUpdatedSchema,
+          payload: create(AgentUpdatedSchema, { agent, changedFields: [...paths] }),
+          correlationId: actor.correlationId,
+        });
+        audit.append({
+          actor: actor.id,
+          action: "agent.update",
+          tenant,
+          resource: `agent/${id}`,
+          outcome: "ok",
+          details: { fields: paths },
+          correlationId: actor.correlationId,
+        });
       })();
       agents.set(id, next);
       notify(next, ChangeType.UPDATED);
@@ -292,8 +339,22 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const e = lookup(tenant, id);
       db.transaction(() => {
         store.delete(id);
-        events.append({ type: "agent.deregistered.v1", tenant, schema: AgentDeregisteredSchema, payload: create(AgentDeregisteredSchema, { agentId: id, tenant, reason }), correlationId: actor.correlationId });
-        audit.append({ actor: actor.id, action: "agent.deregister", tenant, resource: `agent/${id}`, outcome: "ok", details: { reason }, correlationId: actor.correlationId });
+        events.append({
+          type: "agent.deregistered.v1",
+          tenant,
+          schema: AgentDeregisteredSchema,
+          payload: create(AgentDeregisteredSchema, { agentId: id, tenant, reason }),
+          correlationId: actor.correlationId,
+        });
+        audit.append({
+          actor: actor.id,
+          action: "agent.deregister",
+          tenant,
+          resource: `agent/${id}`,
+          outcome: "ok",
+          details: { reason },
+          correlationId: actor.correlationId,
+        });
       })();
       agents.delete(id);
       pendingBeats.delete(id);
@@ -336,7 +397,8 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
         },
       };
       for (const e of agents.values()) {
-        if (e.row.tenant === tenant && offers(e, capability)) queue.push({ type: ChangeType.EXISTING, agent: toProto(e) });
+        if (e.row.tenant === tenant && offers(e, capability))
+          queue.push({ type: ChangeType.EXISTING, agent: toProto(e) });
       }
       watchers.add(watcher);
       const onAbort = () => wake?.();

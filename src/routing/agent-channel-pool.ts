@@ -34,7 +34,10 @@ export interface AgentClient {
   /** True when the channel has a ready connection: a call now measures the agent, not a handshake. */
   connected(): boolean;
   handle(request: HandleRequest, options: AgentCallOptions): Promise<HandleResponse>;
-  handleStream(request: HandleStreamRequest, options: AgentCallOptions): grpc.ClientReadableStream<HandleStreamResponse>;
+  handleStream(
+    request: HandleStreamRequest,
+    options: AgentCallOptions,
+  ): grpc.ClientReadableStream<HandleStreamResponse>;
 }
 
 /**
@@ -76,7 +79,8 @@ const HANDLE_STREAM_PATH = `/${AgentService.typeName}/${AgentService.method.hand
 /** "grpc://h:p" / "grpcs://h:p" / "h:p" -> "h:p" (grpc-js target); anything else is an EndpointError. */
 export function grpcTarget(endpoint: string): string {
   const m = /^(?:(grpcs?):\/\/)?([^/]+?)\/?$/.exec(endpoint);
-  if (!m || endpoint.includes("://") && !m[1]) throw new EndpointError(`endpoint ${JSON.stringify(endpoint)} is not a gRPC endpoint`);
+  if (!m || (endpoint.includes("://") && !m[1]))
+    throw new EndpointError(`endpoint ${JSON.stringify(endpoint)} is not a gRPC endpoint`);
   const hostPort = m[2]!;
   if (!/:\d{1,5}$/.test(hostPort)) throw new EndpointError(`endpoint ${JSON.stringify(endpoint)} has no port`);
   return hostPort;
@@ -92,7 +96,10 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   };
 
   function open(target: string): { client: grpc.Client; api: AgentClient } {
-    const client = new grpc.Client(target, deps.credentials, { ...channelOptions, interceptors: deps.interceptors ?? [] });
+    const client = new grpc.Client(target, deps.credentials, {
+      ...channelOptions,
+      interceptors: deps.interceptors ?? [],
+    });
     const api: AgentClient = {
       connected: () => client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY,
       handle(request, call) {
@@ -134,16 +141,19 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
     return { client, api };
   }
 
-  const sweep = setInterval(() => {
-    const cutoff = deps.clock.now() - options.idleMs;
-    for (const [target, entry] of clients) {
-      if (entry.lastSeen < cutoff) {
-        deps.logger.debug({ target }, "closing idle agent channel");
-        entry.client.close();
-        clients.delete(target);
+  const sweep = setInterval(
+    () => {
+      const cutoff = deps.clock.now() - options.idleMs;
+      for (const [target, entry] of clients) {
+        if (entry.lastSeen < cutoff) {
+          deps.logger.debug({ target }, "closing idle agent channel");
+          entry.client.close();
+          clients.delete(target);
+        }
       }
-    }
-  }, Math.max(1000, Math.floor(options.idleMs / 2)));
+    },
+    Math.max(1000, Math.floor(options.idleMs / 2)),
+  );
   sweep.unref();
 
   return {

@@ -31,7 +31,12 @@ export interface AgentSelector {
    * Picks an agent, or undefined when none is routable. `avoid` lists agents already tried by
    * this request: they are skipped unless nothing else is left.
    */
-  select(tenant: string, capability: string, constraints: SelectionConstraints, avoid?: ReadonlySet<string>): Selection | undefined;
+  select(
+    tenant: string,
+    capability: string,
+    constraints: SelectionConstraints,
+    avoid?: ReadonlySet<string>,
+  ): Selection | undefined;
 }
 
 /** Dependencies of the selector. */
@@ -131,14 +136,29 @@ export function createAgentSelector(deps: AgentSelectorDeps, options: RoutingOpt
       if (set.length === 1) {
         const only = set[0]!;
         const score = healthScore(only.agent, deps.stats.get(only.agent.id), deps.clock.now(), options.scoring) ?? 0;
-        return { ...base, agent: only.agent, weight: only.weight, score, mode: RouteMode.SCORED, reason: `only candidate: ${only.agent.name}` };
+        return {
+          ...base,
+          agent: only.agent,
+          weight: only.weight,
+          score,
+          mode: RouteMode.SCORED,
+          reason: `only candidate: ${only.agent.name}`,
+        };
       }
       const now = deps.clock.now();
       const scores = new Map<string, number | undefined>();
-      for (const w of set) scores.set(w.agent.id, healthScore(w.agent, deps.stats.get(w.agent.id), now, options.scoring));
+      for (const w of set)
+        scores.set(w.agent.id, healthScore(w.agent, deps.stats.get(w.agent.id), now, options.scoring));
       if ([...scores.values()].some((s) => s === undefined)) {
         const chosen = roundRobin(`${tenant}\u0000${capability}`, set);
-        return { ...base, agent: chosen.agent, weight: chosen.weight, score: 0, mode: RouteMode.ROUND_ROBIN, reason: `round-robin (degraded: no latency data yet): ${chosen.agent.name}` };
+        return {
+          ...base,
+          agent: chosen.agent,
+          weight: chosen.weight,
+          score: 0,
+          mode: RouteMode.ROUND_ROBIN,
+          reason: `round-robin (degraded: no latency data yet): ${chosen.agent.name}`,
+        };
       }
       // Two distinct candidates, each drawn in proportion to its weight.
       const a = sample(set);
@@ -146,17 +166,29 @@ export function createAgentSelector(deps: AgentSelectorDeps, options: RoutingOpt
       const sa = scores.get(a.agent.id)!;
       const sb = scores.get(b.agent.id)!;
       const pick = (w: Weighted, why: string): Selection => ({
-        ...base, agent: w.agent, weight: w.weight, score: scores.get(w.agent.id)!, mode: RouteMode.SCORED, reason: why,
+        ...base,
+        agent: w.agent,
+        weight: w.weight,
+        score: scores.get(w.agent.id)!,
+        mode: RouteMode.SCORED,
+        reason: why,
       });
-      if (random() < options.scoring.exploreRatio) return pick(a, `p2c: exploring ${a.agent.name} (score ${sa.toFixed(3)})`);
+      if (random() < options.scoring.exploreRatio)
+        return pick(a, `p2c: exploring ${a.agent.name} (score ${sa.toFixed(3)})`);
       // Near-equal scores: a toss weighted like the pair's weights, so healthy agents share
       // traffic by weight (exactly for two candidates, approximately for more).
       if (Math.abs(sa - sb) <= options.scoring.tieTolerance * Math.max(sa, sb)) {
         const w = random() * (a.weight + b.weight) < a.weight ? a : b;
-        return pick(w, `p2c: ${a.agent.name} (${sa.toFixed(3)}) ~ ${b.agent.name} (${sb.toFixed(3)}), tie broken by weight`);
+        return pick(
+          w,
+          `p2c: ${a.agent.name} (${sa.toFixed(3)}) ~ ${b.agent.name} (${sb.toFixed(3)}), tie broken by weight`,
+        );
       }
       const [win, lose, sw, sl] = sa > sb ? [a, b, sa, sb] : [b, a, sb, sa];
-      return pick(win, `p2c: ${win.agent.name} (score ${sw.toFixed(3)}) over ${lose.agent.name} (score ${sl.toFixed(3)})`);
+      return pick(
+        win,
+        `p2c: ${win.agent.name} (score ${sw.toFixed(3)}) over ${lose.agent.name} (score ${sl.toFixed(3)})`,
+      );
     },
   };
 }

@@ -65,7 +65,8 @@ export function createAgentStatsTracker(clock: Clock, options: AgentStatsOptions
         e.errorRate = e.errorRate * (1 - alpha) + (ok ? 0 : alpha);
         // Failures are often fast (connection refused); counting their latency would make a
         // broken agent look attractive, so only successes feed the latency EWMA.
-        if (ok && latencyMs !== undefined) e.latencyMs = e.latencyMs === undefined ? latencyMs : e.latencyMs * (1 - alpha) + latencyMs * alpha;
+        if (ok && latencyMs !== undefined)
+          e.latencyMs = e.latencyMs === undefined ? latencyMs : e.latencyMs * (1 - alpha) + latencyMs * alpha;
       };
     },
     get(agentId) {

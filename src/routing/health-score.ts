@@ -9,7 +9,12 @@ import type { ScoringOptions } from "./routing-options.js";
  *
  * score = floor / ((latency + floor) × (1 + inFlight) × (1 + penalty × errorRate)) × freshness
  */
-export function healthScore(agent: Agent, stats: AgentStats | undefined, nowMs: number, options: ScoringOptions): number | undefined {
+export function healthScore(
+  agent: Agent,
+  stats: AgentStats | undefined,
+  nowMs: number,
+  options: ScoringOptions,
+): number | undefined {
   const reported = agent.load;
   const latency = stats?.latencyMs ?? (reported && reported.latencyP50Ms > 0 ? reported.latencyP50Ms : undefined);
   if (latency === undefined) return undefined;

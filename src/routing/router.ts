@@ -6,7 +6,12 @@ import * as grpc from "@grpc/grpc-js";
 import { OVERRIDE_HEADER, TENANT_HEADER } from "../egress/index.js";
 import type { Meter } from "@opentelemetry/api";
 import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
-import { HandleRequestSchema, HandleStreamRequestSchema, InvocationSchema, type Invocation } from "../../gen/nops/agent/v1/agent_pb.js";
+import {
+  HandleRequestSchema,
+  HandleStreamRequestSchema,
+  InvocationSchema,
+  type Invocation,
+} from "../../gen/nops/agent/v1/agent_pb.js";
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
@@ -92,11 +97,16 @@ interface AttemptFailure {
 
 // grpc-js reports a call that never got a transport (connection refused, nothing to pick) as
 // UNAVAILABLE with these details; such a call did no work anywhere, so re-routing it is safe.
-const UNDELIVERED_DETAILS = /No connection established|ECONNREFUSED|Failed to connect|Name resolution failed|DNS resolution failed/i;
+const UNDELIVERED_DETAILS =
+  /No connection established|ECONNREFUSED|Failed to connect|Name resolution failed|DNS resolution failed/i;
 // Codes that say the agent (not the request) is unwell: they count against its circuit.
 const AGENT_FAILURE_CODES = new Set<number>([
-  grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL, grpc.status.UNKNOWN,
-  grpc.status.RESOURCE_EXHAUSTED, grpc.status.DATA_LOSS,
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.INTERNAL,
+  grpc.status.UNKNOWN,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.DATA_LOSS,
 ]);
 // Codes worth another attempt when the request is idempotent (gRPC retry design, A6).
 const RETRYABLE_CODES = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);
@@ -109,13 +119,15 @@ function classify(e: unknown): AttemptFailure {
   if (e instanceof BrokenCircuitError || e instanceof IsolatedCircuitError) {
     return { error: new ConnectError("agent circuit is open", Code.Unavailable), delivered: false };
   }
-  if (e instanceof EndpointError) return { error: new ConnectError("agent endpoint is not routable", Code.Unavailable), delivered: false };
+  if (e instanceof EndpointError)
+    return { error: new ConnectError("agent endpoint is not routable", Code.Unavailable), delivered: false };
   if (isServiceError(e)) {
     const delivered = !(e.code === grpc.status.UNAVAILABLE && UNDELIVERED_DETAILS.test(e.details));
     // gRPC and Connect share code numbers (connect-protocol: "Error Codes").
     return { error: new ConnectError(delivered ? e.details : "agent unavailable", e.code as number), delivered };
   }
-  if (e instanceof Error && e.name === "AbortError") return { error: new ConnectError("request cancelled", Code.Canceled), delivered: true };
+  if (e instanceof Error && e.name === "AbortError")
+    return { error: new ConnectError("request cancelled", Code.Canceled), delivered: true };
   return { error: ConnectError.from(e, Code.Internal), delivered: true };
 }
 
@@ -135,12 +147,26 @@ class AttemptFailureError extends Error {
 export function createRouter(deps: RouterDeps, options: RoutingOptions): Router {
   const log = deps.logger;
   const random = deps.random ?? Math.random;
-  const stats = createAgentStatsTracker(deps.clock, { ewmaAlpha: options.scoring.ewmaAlpha, decayMs: options.scoring.decayMs });
-  const attemptsCounter = deps.meter.createCounter("nops_routing_attempts_total", { description: "Outbound agent calls by outcome" });
-  const retriesCounter = deps.meter.createCounter("nops_routing_retries_total", { description: "Retries and hedges started" });
-  const budgetCounter = deps.meter.createCounter("nops_routing_retry_budget_exhausted_total", { description: "Retries refused by the retry budget" });
-  const circuitCounter = deps.meter.createCounter("nops_routing_circuit_transitions_total", { description: "Circuit breaker state changes" });
-  const duration = deps.meter.createHistogram("nops_routing_invoke_duration_ms", { description: "Invoke latency through the kernel", unit: "ms" });
+  const stats = createAgentStatsTracker(deps.clock, {
+    ewmaAlpha: options.scoring.ewmaAlpha,
+    decayMs: options.scoring.decayMs,
+  });
+  const attemptsCounter = deps.meter.createCounter("nops_routing_attempts_total", {
+    description: "Outbound agent calls by outcome",
+  });
+  const retriesCounter = deps.meter.createCounter("nops_routing_retries_total", {
+    description: "Retries and hedges started",
+  });
+  const budgetCounter = deps.meter.createCounter("nops_routing_retry_budget_exhausted_total", {
+    description: "Retries refused by the retry budget",
+  });
+  const circuitCounter = deps.meter.createCounter("nops_routing_circuit_transitions_total", {
+    description: "Circuit breaker state changes",
+  });
+  const duration = deps.meter.createHistogram("nops_routing_invoke_duration_ms", {
+    description: "Invoke latency through the kernel",
+    unit: "ms",
+  });
   const breakers = createCircuitBreakers(
     options.circuitBreaker,
     (e) => isServiceError(e) && AGENT_FAILURE_CODES.has(e.code),
@@ -159,12 +185,24 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     options.channels,
   );
   const selector = createAgentSelector(
-    { agents: deps.agents, stats, breakers, clock: deps.clock, random, onListed: (agents) => pool.touch(agents.map((a) => a.endpoint)) },
+    {
+      agents: deps.agents,
+      stats,
+      breakers,
+      clock: deps.clock,
+      random,
+      onListed: (agents) => pool.touch(agents.map((a) => a.endpoint)),
+    },
     options,
   );
   const idempotentCaps = new Set(options.idempotentCapabilities);
 
-  function route(tenant: string, capability: string, constraints: SelectionConstraints, avoid?: ReadonlySet<string>): Selection {
+  function route(
+    tenant: string,
+    capability: string,
+    constraints: SelectionConstraints,
+    avoid?: ReadonlySet<string>,
+  ): Selection {
     const sel = selector.select(tenant, capability, constraints, avoid);
     if (!sel) throw new ConnectError(`no live agent offers capability "${capability}"`, Code.Unavailable);
     return sel;
@@ -203,7 +241,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     sel: Selection,
     deadlineAt: number,
     signal: AbortSignal,
-    call: (client: AgentClient, hop: { deadline: Date; metadata: grpc.Metadata; signal: AbortSignal; deadlineMs: number }) => Promise<T>,
+    call: (
+      client: AgentClient,
+      hop: { deadline: Date; metadata: grpc.Metadata; signal: AbortSignal; deadlineMs: number },
+    ) => Promise<T>,
     md: grpc.Metadata,
   ): Promise<T> {
     const agent = sel.agent;
@@ -215,7 +256,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       // A call that had to open the connection measures the handshake, not the agent: counting it
       // would let one cold start starve a fast agent until its EWMA decays.
       const warm = client.connected();
-      const value = await breakers.get(agent.id).execute(() => call(client, { deadline: new Date(hopDeadline), deadlineMs: hopDeadline, metadata: md.clone(), signal }));
+      const value = await breakers
+        .get(agent.id)
+        .execute(() =>
+          call(client, { deadline: new Date(hopDeadline), deadlineMs: hopDeadline, metadata: md.clone(), signal }),
+        );
       end({ ok: true, latencyMs: warm ? performance.now() - started : undefined });
       attemptsCounter.add(1, { outcome: "ok" });
       return value;
@@ -250,10 +295,13 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     for (;;) {
       if (p.signal.aborted) throw callerGone(p.signal);
       if (deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) {
-        throw last?.error ?? new ConnectError("deadline exceeded before an agent could be called", Code.DeadlineExceeded);
+        throw (
+          last?.error ?? new ConnectError("deadline exceeded before an agent could be called", Code.DeadlineExceeded)
+        );
       }
       const sel = selector.select(p.tenant, p.capability, p.constraints, tried);
-      if (!sel) throw last?.error ?? new ConnectError(`no live agent offers capability "${p.capability}"`, Code.Unavailable);
+      if (!sel)
+        throw last?.error ?? new ConnectError(`no live agent offers capability "${p.capability}"`, Code.Unavailable);
       attempts++;
       try {
         return { value: await run(sel, attempts, deadlineAt, tried), attempts };
@@ -268,7 +316,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
           continue;
         }
         delivered++;
-        if (!idempotent || !RETRYABLE_CODES.has(failure.error.code) || delivered >= options.retry.maxAttempts) throw failure.error;
+        if (!idempotent || !RETRYABLE_CODES.has(failure.error.code) || delivered >= options.retry.maxAttempts)
+          throw failure.error;
         if (!budget.tryRetry()) {
           budgetCounter.add(1);
           throw failure.error;
@@ -287,11 +336,23 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
   }
 
   /** One unary round: the attempt, plus a hedge on another agent when it straggles. */
-  async function unaryRound(p: InvokeParams, sel: Selection, attemptNo: number, deadlineAt: number, tried: Set<string>, md: grpc.Metadata) {
+  async function unaryRound(
+    p: InvokeParams,
+    sel: Selection,
+    attemptNo: number,
+    deadlineAt: number,
+    tried: Set<string>,
+    md: grpc.Metadata,
+  ) {
     const one = (s: Selection, n: number, signal: AbortSignal) =>
-      attempt(s, deadlineAt, signal, (client, hop) =>
-        client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop), md)
-        .then((res) => ({ res, agent: s.agent }));
+      attempt(
+        s,
+        deadlineAt,
+        signal,
+        (client, hop) =>
+          client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop),
+        md,
+      ).then((res) => ({ res, agent: s.agent }));
     const hedgeable = options.hedging.enabled && (p.idempotent || idempotentCaps.has(p.capability));
     if (!hedgeable) return one(sel, attemptNo, p.signal);
 
@@ -306,7 +367,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       const primary = one(sel, attemptNo, first.signal);
       const timer = new AbortController();
       const straggling = await Promise.race([
-        primary.then(() => false, () => false),
+        primary.then(
+          () => false,
+          () => false,
+        ),
         sleep(options.hedging.delayMs, true, { signal: timer.signal }).catch(() => false),
       ]);
       timer.abort();
@@ -336,7 +400,9 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       const md = metadata(p);
       let outcome = "error";
       try {
-        const { value, attempts } = await withRetries(p, (sel, n, deadlineAt, tried) => unaryRound(p, sel, n, deadlineAt, tried, md));
+        const { value, attempts } = await withRetries(p, (sel, n, deadlineAt, tried) =>
+          unaryRound(p, sel, n, deadlineAt, tried, md),
+        );
         outcome = "ok";
         return { payload: value.res.payload, contentType: value.res.contentType, agent: value.agent, attempts };
       } finally {
@@ -351,14 +417,23 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       p.signal.addEventListener("abort", onAbort, { once: true });
       try {
         const { value } = await withRetries(p, (sel, n, deadlineAt) =>
-          attempt(sel, deadlineAt, controller.signal, async (client, hop) => {
-            const call = client.handleStream(create(HandleStreamRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop);
-            const it = (call as AsyncIterable<{ payload: Uint8Array; contentType: string }>)[Symbol.asyncIterator]();
-            // The attempt counts as answered once the first chunk (or the end) arrives; after
-            // that the caller has data and a retry would duplicate it.
-            const first = await it.next();
-            return { call, it, first, agent: sel.agent };
-          }, md),
+          attempt(
+            sel,
+            deadlineAt,
+            controller.signal,
+            async (client, hop) => {
+              const call = client.handleStream(
+                create(HandleStreamRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }),
+                hop,
+              );
+              const it = (call as AsyncIterable<{ payload: Uint8Array; contentType: string }>)[Symbol.asyncIterator]();
+              // The attempt counts as answered once the first chunk (or the end) arrives; after
+              // that the caller has data and a retry would duplicate it.
+              const first = await it.next();
+              return { call, it, first, agent: sel.agent };
+            },
+            md,
+          ),
         );
         const { it, agent } = value;
         try {

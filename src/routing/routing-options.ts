@@ -1,5 +1,13 @@
 import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readNumber, readObject, readSection, readString, readStringList } from "../config/fields.js";
+import {
+  readBool,
+  readInt,
+  readNumber,
+  readObject,
+  readSection,
+  readString,
+  readStringList,
+} from "../config/fields.js";
 
 /** One weighted target of a static route: an agent named by its name or id. */
 export interface RouteTarget {
@@ -131,11 +139,18 @@ export const DEFAULT_RETRY_OPTIONS: RetryOptions = {
   budgetWindowMs: 10_000,
 };
 /** Default circuit breaker. */
-export const DEFAULT_CIRCUIT_BREAKER_OPTIONS: CircuitBreakerOptions = { consecutiveFailures: 5, halfOpenAfterMs: 5_000 };
+export const DEFAULT_CIRCUIT_BREAKER_OPTIONS: CircuitBreakerOptions = {
+  consecutiveFailures: 5,
+  halfOpenAfterMs: 5_000,
+};
 /** Default hedging (off). */
 export const DEFAULT_HEDGING_OPTIONS: HedgingOptions = { enabled: false, delayMs: 50 };
 /** Default hop deadlines. */
-export const DEFAULT_TIMEOUT_OPTIONS: TimeoutOptions = { perHopMaxMs: 10_000, defaultDeadlineMs: 30_000, minAttemptMs: 5 };
+export const DEFAULT_TIMEOUT_OPTIONS: TimeoutOptions = {
+  perHopMaxMs: 10_000,
+  defaultDeadlineMs: 30_000,
+  minAttemptMs: 5,
+};
 /** Default channel pool. */
 export const DEFAULT_CHANNEL_POOL_OPTIONS: ChannelPoolOptions = { idleMs: 60_000, maxReconnectBackoffMs: 1_000 };
 
@@ -170,7 +185,8 @@ const NON_EMPTY = { nonEmpty: true };
 function resolveRoute(input: unknown, path: string): StaticRoute {
   const r = readSection(input, path, ROUTE_KEYS);
   const capability = readString(r, "capability", path, "", NON_EMPTY);
-  if (!Array.isArray(r.targets) || r.targets.length === 0) throw new ConfigError(`${path}.targets must be a non-empty list`);
+  if (!Array.isArray(r.targets) || r.targets.length === 0)
+    throw new ConfigError(`${path}.targets must be a non-empty list`);
   const targets = r.targets.map((raw: unknown, i): RouteTarget => {
     const t = readObject(raw, `${path}.targets[${i}]`);
     return {
@@ -235,7 +251,13 @@ export function resolveRoutingOptions(input: unknown = {}, path = "routing"): Ro
     scoring,
     retry,
     circuitBreaker: {
-      consecutiveFailures: readInt(cb, "consecutiveFailures", cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS.consecutiveFailures, 1),
+      consecutiveFailures: readInt(
+        cb,
+        "consecutiveFailures",
+        cp,
+        DEFAULT_CIRCUIT_BREAKER_OPTIONS.consecutiveFailures,
+        1,
+      ),
       halfOpenAfterMs: readInt(cb, "halfOpenAfterMs", cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS.halfOpenAfterMs, 1),
     },
     hedging: {
@@ -249,7 +271,13 @@ export function resolveRoutingOptions(input: unknown = {}, path = "routing"): Ro
     },
     channels: {
       idleMs: readInt(ch, "idleMs", chp, DEFAULT_CHANNEL_POOL_OPTIONS.idleMs, 1),
-      maxReconnectBackoffMs: readInt(ch, "maxReconnectBackoffMs", chp, DEFAULT_CHANNEL_POOL_OPTIONS.maxReconnectBackoffMs, 100),
+      maxReconnectBackoffMs: readInt(
+        ch,
+        "maxReconnectBackoffMs",
+        chp,
+        DEFAULT_CHANNEL_POOL_OPTIONS.maxReconnectBackoffMs,
+        100,
+      ),
     },
     idempotentCapabilities: readStringList(s, "idempotentCapabilities", path, [], NON_EMPTY),
   };

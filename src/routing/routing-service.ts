@@ -16,7 +16,10 @@ export interface RoutingServiceOptions {
 export const DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024;
 
 /** Fills defaults and validates; throws ConfigError naming the bad field. */
-export function resolveRoutingServiceOptions(input: Partial<RoutingServiceOptions> = {}, path = "routing.service"): RoutingServiceOptions {
+export function resolveRoutingServiceOptions(
+  input: Partial<RoutingServiceOptions> = {},
+  path = "routing.service",
+): RoutingServiceOptions {
   return { maxPayloadBytes: readInt(readObject(input, path), "maxPayloadBytes", path, DEFAULT_MAX_PAYLOAD_BYTES, 1) };
 }
 
@@ -29,18 +32,34 @@ const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const CAPABILITY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/;
 
 function validate(tenant: string, capability: string): void {
-  if (!TENANT_RE.test(tenant)) throw new ConnectError("tenant must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
-  if (!CAPABILITY_RE.test(capability)) throw new ConnectError("capability must be 1-128 letters, digits, '.', '_', '/' or '-'", Code.InvalidArgument);
+  if (!TENANT_RE.test(tenant))
+    throw new ConnectError("tenant must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
+  if (!CAPABILITY_RE.test(capability))
+    throw new ConnectError("capability must be 1-128 letters, digits, '.', '_', '/' or '-'", Code.InvalidArgument);
 }
 
 function constraintsOf(c: RouteConstraints | undefined): SelectionConstraints {
-  return { labels: c?.labels ?? {}, capabilityVersion: c?.capabilityVersion ?? "", excludeAgentIds: c?.excludeAgentIds ?? [] };
+  return {
+    labels: c?.labels ?? {},
+    capabilityVersion: c?.capabilityVersion ?? "",
+    excludeAgentIds: c?.excludeAgentIds ?? [],
+  };
 }
 
 /** Creates the nops.kernel.v1.RoutingService handler over a router. */
-export function createRoutingService(deps: RoutingServiceDeps, options: RoutingServiceOptions): ServiceImpl<typeof RoutingService> {
+export function createRoutingService(
+  deps: RoutingServiceDeps,
+  options: RoutingServiceOptions,
+): ServiceImpl<typeof RoutingService> {
   function params(
-    req: { tenant: string; capability: string; payload: Uint8Array; contentType: string; constraints?: RouteConstraints; idempotent: boolean },
+    req: {
+      tenant: string;
+      capability: string;
+      payload: Uint8Array;
+      contentType: string;
+      constraints?: RouteConstraints;
+      idempotent: boolean;
+    },
     ctx: HandlerContext,
   ): InvokeParams {
     validate(req.tenant, req.capability);
@@ -79,7 +98,13 @@ export function createRoutingService(deps: RoutingServiceDeps, options: RoutingS
     },
     async invoke(req, ctx) {
       const res = await deps.router.invoke(params(req, ctx));
-      return { payload: res.payload, contentType: res.contentType, agentId: res.agent.id, agentName: res.agent.name, attempts: res.attempts };
+      return {
+        payload: res.payload,
+        contentType: res.contentType,
+        agentId: res.agent.id,
+        agentName: res.agent.name,
+        attempts: res.attempts,
+      };
     },
     async *invokeStream(req, ctx) {
       for await (const chunk of deps.router.invokeStream(params(req, ctx))) {

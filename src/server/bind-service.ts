@@ -20,7 +20,11 @@ function isStreamingResponse(method: DescMethod): boolean {
  * Applies `interceptors` (outermost first) to every method of `impl`. The result is served
  * unchanged by connect-node and by the grpc-js adapter, so the chain is one piece of code.
  */
-export function bindService<S extends DescService>(service: S, impl: ServiceImpl<S>, interceptors: readonly KernelInterceptor[]): BoundService {
+export function bindService<S extends DescService>(
+  service: S,
+  impl: ServiceImpl<S>,
+  interceptors: readonly KernelInterceptor[],
+): BoundService {
   const handlers = impl as unknown as Record<string, AnyMethodImpl>;
   const bound: Record<string, AnyMethodImpl> = {};
   for (const method of service.methods) {

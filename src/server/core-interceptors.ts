@@ -1,6 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { kCorrelationId, kLogger, kPeer, methodPath, observeStream, type CallResult, type KernelInterceptor } from "./interceptor.js";
+import {
+  kCorrelationId,
+  kLogger,
+  kPeer,
+  methodPath,
+  observeStream,
+  type CallResult,
+  type KernelInterceptor,
+} from "./interceptor.js";
 import { isClientError, toConnectError } from "./errors.js";
 import type { Logger } from "../telemetry/logger.js";
 import { currentTraceId } from "../telemetry/trace-context.js";
@@ -49,7 +57,9 @@ export function loggingInterceptor(): KernelInterceptor {
           peer: call.ctx.values.get(kPeer).address,
           transport: call.ctx.values.get(kPeer).transport,
           // A caller error echoes its input ("got …"), which may be PII: log only the field it names.
-          ...(err instanceof ConnectError && code !== undefined ? { error: isClientError(code) ? err.rawMessage.split(":")[0] : err.rawMessage } : {}),
+          ...(err instanceof ConnectError && code !== undefined
+            ? { error: isClientError(code) ? err.rawMessage.split(":")[0] : err.rawMessage }
+            : {}),
         },
         "rpc",
       );
@@ -75,7 +85,10 @@ export function errorMappingInterceptor(): KernelInterceptor {
     const map = (err: unknown): ConnectError => {
       if (err instanceof ConnectError) return err;
       const id = call.ctx.values.get(kCorrelationId);
-      call.ctx.values.get(kLogger)?.get().error({ err, rpc: methodPath(call.method) }, "internal error");
+      call.ctx.values
+        .get(kLogger)
+        ?.get()
+        .error({ err, rpc: methodPath(call.method) }, "internal error");
       return toConnectError(err, id);
     };
     let result: CallResult;
@@ -102,7 +115,10 @@ export function errorMappingInterceptor(): KernelInterceptor {
 function cappedContext(ctx: HandlerContext, capMs: number): { ctx: HandlerContext; release: () => void } {
   const controller = new AbortController();
   const deadlineAt = Date.now() + capMs;
-  const timer = setTimeout(() => controller.abort(new ConnectError(`deadline of ${capMs} ms exceeded`, Code.DeadlineExceeded)), capMs);
+  const timer = setTimeout(
+    () => controller.abort(new ConnectError(`deadline of ${capMs} ms exceeded`, Code.DeadlineExceeded)),
+    capMs,
+  );
   const onAbort = () => controller.abort(ctx.signal.reason);
   if (ctx.signal.aborted) onAbort();
   else ctx.signal.addEventListener("abort", onAbort, { once: true });
@@ -140,7 +156,9 @@ export function deadlineInterceptor(maxDeadlineMs: number): KernelInterceptor {
     if (timeout !== undefined && timeout <= maxDeadlineMs) return next(call);
     const { ctx, release } = cappedContext(call.ctx, maxDeadlineMs);
     // Answer at the cap even when a handler ignores its signal.
-    const expired = new Promise<never>((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason as Error), { once: true }));
+    const expired = new Promise<never>((_, reject) =>
+      ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason as Error), { once: true }),
+    );
     try {
       return await Promise.race([next({ ...call, ctx }), expired]);
     } finally {

@@ -16,7 +16,12 @@ export function toConnectError(err: unknown, correlationId: string): ConnectErro
   if (sqlite?.startsWith("SQLITE_BUSY") || sqlite?.startsWith("SQLITE_LOCKED")) {
     return new ConnectError(`storage busy, retry (request ${correlationId})`, Code.Unavailable);
   }
-  if (sqlite?.startsWith("SQLITE_READONLY") || sqlite?.startsWith("SQLITE_FULL") || sqlite?.startsWith("SQLITE_IOERR") || err instanceof StoreError) {
+  if (
+    sqlite?.startsWith("SQLITE_READONLY") ||
+    sqlite?.startsWith("SQLITE_FULL") ||
+    sqlite?.startsWith("SQLITE_IOERR") ||
+    err instanceof StoreError
+  ) {
     return new ConnectError(`storage unavailable (request ${correlationId})`, Code.Unavailable);
   }
   if (err instanceof Error && err.name === "AbortError") {
@@ -27,6 +32,15 @@ export function toConnectError(err: unknown, correlationId: string): ConnectErro
 
 /** True for codes that mean the caller did something wrong, not the kernel. */
 export function isClientError(code: Code): boolean {
-  return [Code.InvalidArgument, Code.NotFound, Code.AlreadyExists, Code.PermissionDenied, Code.Unauthenticated,
-    Code.FailedPrecondition, Code.OutOfRange, Code.ResourceExhausted, Code.Canceled].includes(code);
+  return [
+    Code.InvalidArgument,
+    Code.NotFound,
+    Code.AlreadyExists,
+    Code.PermissionDenied,
+    Code.Unauthenticated,
+    Code.FailedPrecondition,
+    Code.OutOfRange,
+    Code.ResourceExhausted,
+    Code.Canceled,
+  ].includes(code);
 }

@@ -1,7 +1,14 @@
 import { once } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextValues, decodeBinaryHeader, encodeBinaryHeader, type HandlerContext } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  decodeBinaryHeader,
+  encodeBinaryHeader,
+  type HandlerContext,
+} from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
@@ -65,7 +72,11 @@ function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusO
   return { code: ce.code as number, details: ce.rawMessage, metadata };
 }
 
-type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
+type AnyCall =
+  | grpc.ServerUnaryCall<unknown, unknown>
+  | grpc.ServerWritableStream<unknown, unknown>
+  | grpc.ServerDuplexStream<unknown, unknown>
+  | grpc.ServerReadableStream<unknown, unknown>;
 
 // A TLS session's peer certificate cannot change, but grpc-js parses it again for every call's
 // getAuthContext(): remember the chain per HTTP/2 session. The session is reached through
@@ -91,7 +102,12 @@ function readPeerCertificates(call: AnyCall): Uint8Array[] {
   return cert ? derChainFromPeerCertificate(cert) : [];
 }
 
-function handlerContext(bound: BoundService, method: DescMethod, call: AnyCall, controller: AbortController): HandlerContext {
+function handlerContext(
+  bound: BoundService,
+  method: DescMethod,
+  call: AnyCall,
+  controller: AbortController,
+): HandlerContext {
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
@@ -134,7 +150,12 @@ function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnary
     const request = call.request;
     const result =
       request instanceof UndecodableRequest
-        ? Promise.reject(new ConnectError(`request: cannot decode ${method.input.typeName}: ${request.reason}`, Code.InvalidArgument))
+        ? Promise.reject(
+            new ConnectError(
+              `request: cannot decode ${method.input.typeName}: ${request.reason}`,
+              Code.InvalidArgument,
+            ),
+          )
         : Promise.resolve(impl(request, ctx));
     answer(result, call, callback, ctx, settled);
   };
@@ -162,7 +183,12 @@ function answer(
   );
 }
 
-async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, output: AsyncIterable<unknown>, ctx: HandlerContext, settled: () => void): Promise<void> {
+async function writeAll(
+  call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
+  output: AsyncIterable<unknown>,
+  ctx: HandlerContext,
+  settled: () => void,
+): Promise<void> {
   let headersSent = false;
   for await (const message of output) {
     if (!headersSent) {
@@ -172,7 +198,10 @@ async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc
     // Respect HTTP/2 flow control: a slow reader pauses the producer instead of buffering.
     if (!call.write(message) && !ctx.signal.aborted) {
       const abort = new AbortController();
-      await Promise.race([once(call, "drain", { signal: abort.signal }), once(ctx.signal, "abort", { signal: abort.signal })]).catch(() => undefined);
+      await Promise.race([
+        once(call, "drain", { signal: abort.signal }),
+        once(ctx.signal, "abort", { signal: abort.signal }),
+      ]).catch(() => undefined);
       abort.abort();
     }
     if (ctx.signal.aborted) return;
@@ -182,16 +211,24 @@ async function writeAll(call: grpc.ServerWritableStream<unknown, unknown> | grpc
   call.end(headersToMetadata(ctx.responseTrailer));
 }
 
-function streamingHandler(bound: BoundService, method: DescMethod): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
+function streamingHandler(
+  bound: BoundService,
+  method: DescMethod,
+): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
     const { controller, settled } = track(call);
     const ctx = handlerContext(bound, method, call, controller);
-    const input = clientStreams ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method) : (call as grpc.ServerWritableStream<unknown, unknown>).request;
+    const input = clientStreams
+      ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
+      : (call as grpc.ServerWritableStream<unknown, unknown>).request;
     const run = async () => {
       if (input instanceof UndecodableRequest) {
-        throw new ConnectError(`request: cannot decode ${method.input.typeName}: ${input.reason}`, Code.InvalidArgument);
+        throw new ConnectError(
+          `request: cannot decode ${method.input.typeName}: ${input.reason}`,
+          Code.InvalidArgument,
+        );
       }
       await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx, settled);
     };
@@ -202,16 +239,25 @@ function streamingHandler(bound: BoundService, method: DescMethod): grpc.handleS
   };
 }
 
-async function* readInput(call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>, method: DescMethod): AsyncIterable<unknown> {
+async function* readInput(
+  call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
+  method: DescMethod,
+): AsyncIterable<unknown> {
   for await (const message of call as AsyncIterable<unknown>) {
     if (message instanceof UndecodableRequest) {
-      throw new ConnectError(`request: cannot decode ${method.input.typeName}: ${message.reason}`, Code.InvalidArgument);
+      throw new ConnectError(
+        `request: cannot decode ${method.input.typeName}: ${message.reason}`,
+        Code.InvalidArgument,
+      );
     }
     yield message;
   }
 }
 
-function clientStreamingHandler(bound: BoundService, method: DescMethod): grpc.handleClientStreamingCall<unknown, unknown> {
+function clientStreamingHandler(
+  bound: BoundService,
+  method: DescMethod,
+): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import type { Health} from "../../gen/grpc/health/v1/health_pb.js";
+import type { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 
 /** Answers whether the kernel as a whole ("") or one named service can serve. */

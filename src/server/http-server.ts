@@ -9,7 +9,10 @@ import { kPeer } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 
-type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+type Handler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
 
 /** The part of an HTTP/1.1 or HTTP/2 response a plain route uses. */
 export interface RouteResponse {
@@ -84,14 +87,23 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   });
   const handler: Handler = (req, res) => rpc(req, res);
 
-  const h2Settings: http2.Settings = { maxConcurrentStreams: limits.maxConcurrentStreams, maxHeaderListSize: limits.maxHeaderBytes };
+  const h2Settings: http2.Settings = {
+    maxConcurrentStreams: limits.maxConcurrentStreams,
+    maxHeaderListSize: limits.maxHeaderBytes,
+  };
   const sockets = new Set<net.Socket>();
   let listener: net.Server;
   const servers: { close(): void }[] = [];
 
   if (options.tls) {
     const secure = http2.createSecureServer(
-      { ...options.tls, allowHTTP1: true, settings: h2Settings, maxHeaderListPairs: limits.maxHeaderCount, minVersion: "TLSv1.2" },
+      {
+        ...options.tls,
+        allowHTTP1: true,
+        settings: h2Settings,
+        maxHeaderListPairs: limits.maxHeaderCount,
+        minVersion: "TLSv1.2",
+      },
       handler,
     );
     options.attachTls?.(secure);

@@ -45,7 +45,10 @@ export function clientIp(address: string): string {
 }
 
 /** Per-request value: transport facts about the caller. */
-export const kPeer = createContextKey<PeerInfo>({ address: "", transport: "connect-node", certificates: [] }, { description: "peer" });
+export const kPeer = createContextKey<PeerInfo>(
+  { address: "", transport: "connect-node", certificates: [] },
+  { description: "peer" },
+);
 /** Per-request value: the correlation id (from x-request-id or generated). */
 export const kCorrelationId = createContextKey<string>("", { description: "correlation id" });
 /** The request-scoped logger, made on first use: most calls never log. */

@@ -2,8 +2,7 @@ import { toBinary, type DescFile, type DescMessage, type DescService } from "@bu
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type {
-  ServerReflection} from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import type { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import {
   type ServerReflectionRequest,
   type ServerReflectionResponseSchema,
@@ -60,25 +59,40 @@ export function createReflectionService(services: readonly DescService[]): Servi
     });
     const files = (file: DescFile | undefined, what: string): Response =>
       file
-        ? { ...base, messageResponse: { case: "fileDescriptorResponse", value: { fileDescriptorProto: withDependencies(file) } } }
+        ? {
+            ...base,
+            messageResponse: { case: "fileDescriptorResponse", value: { fileDescriptorProto: withDependencies(file) } },
+          }
         : notFound(what);
     const r = req.messageRequest;
     switch (r.case) {
       case "listServices":
         return {
           ...base,
-          messageResponse: { case: "listServicesResponse", value: { service: services.map((s) => ({ name: s.typeName })) } },
+          messageResponse: {
+            case: "listServicesResponse",
+            value: { service: services.map((s) => ({ name: s.typeName })) },
+          },
         };
       case "fileByFilename":
         return files(byFilename.get(r.value), `file ${r.value}`);
       case "fileContainingSymbol":
         return files(bySymbol.get(r.value), `symbol ${r.value}`);
       case "allExtensionNumbersOfType":
-        return { ...base, messageResponse: { case: "allExtensionNumbersResponse", value: { baseTypeName: r.value, extensionNumber: [] } } };
+        return {
+          ...base,
+          messageResponse: {
+            case: "allExtensionNumbersResponse",
+            value: { baseTypeName: r.value, extensionNumber: [] },
+          },
+        };
       default:
         return {
           ...base,
-          messageResponse: { case: "errorResponse", value: { errorCode: 12, errorMessage: "request type not supported" } },
+          messageResponse: {
+            case: "errorResponse",
+            value: { errorCode: 12, errorMessage: "request type not supported" },
+          },
         };
     }
   };

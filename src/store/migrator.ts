@@ -44,7 +44,12 @@ export function migrationStatus(db: Db, migrations: readonly Migration[]): Migra
 }
 
 /** Applies pending migrations up to `target` (default: latest), each in its own transaction. */
-export function migrateUp(db: Db, migrations: readonly Migration[], target = migrations.length, now = Date.now()): number[] {
+export function migrateUp(
+  db: Db,
+  migrations: readonly Migration[],
+  target = migrations.length,
+  now = Date.now(),
+): number[] {
   checkOrder(migrations);
   const { current } = migrationStatus(db, migrations);
   if (current > migrations.length) {
@@ -55,7 +60,11 @@ export function migrateUp(db: Db, migrations: readonly Migration[], target = mig
     if (m.version <= current || m.version > target) continue;
     db.transaction(() => {
       db.exec(m.up);
-      db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)").run(m.version, m.name, now);
+      db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)").run(
+        m.version,
+        m.name,
+        now,
+      );
     })();
     applied.push(m.version);
   }

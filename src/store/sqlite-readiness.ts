@@ -14,7 +14,8 @@ export function checkSqliteWritable(db: Db, path: string): DependencyStatus {
   try {
     if (path !== ":memory:") {
       if (!writable(path)) return { name, state: "down", detail: `database file ${path} is read-only` };
-      if (!writable(dirname(path))) return { name, state: "down", detail: `database directory ${dirname(path)} is read-only` };
+      if (!writable(dirname(path)))
+        return { name, state: "down", detail: `database directory ${dirname(path)} is read-only` };
     }
     // Takes and releases the write lock: fails on SQLITE_READONLY or a full disk. Without waiting:
     // a lock held by another process is reported, not waited for on the event loop for the
@@ -29,7 +30,8 @@ export function checkSqliteWritable(db: Db, path: string): DependencyStatus {
     return { name, state: "ok" };
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === "SQLITE_BUSY") return { name, state: "degraded", detail: `database ${path} is locked by another writer; writes wait for it` };
+    if (code === "SQLITE_BUSY")
+      return { name, state: "degraded", detail: `database ${path} is locked by another writer; writes wait for it` };
     return { name, state: "down", detail: `database ${path} is not writable: ${(e as Error).message}` };
   }
 }

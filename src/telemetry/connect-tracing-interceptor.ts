@@ -32,7 +32,12 @@ export function connectTracingInterceptor(tracer: Tracer): Interceptor {
     }
     const span = tracer.startSpan(`${req.service.typeName}/${req.method.name}`, {
       kind: SpanKind.CLIENT,
-      attributes: { "rpc.system": "connect_rpc", "rpc.service": req.service.typeName, "rpc.method": req.method.name, ...(host ? { "server.address": host } : {}) },
+      attributes: {
+        "rpc.system": "connect_rpc",
+        "rpc.service": req.service.typeName,
+        "rpc.method": req.method.name,
+        ...(host ? { "server.address": host } : {}),
+      },
     });
     const ctx = trace.setSpan(context.active(), span);
     injectTraceHeaders(req.header, ctx);

@@ -36,6 +36,9 @@ export function scrubRulesFrom(patterns: readonly string[]): ScrubRule[] {
  * second line of defence behind pino's path redaction (LoggerConfig.redactPaths), which only
  * removes fields it is told the names of.
  */
-export function createRedactingDestination(destination: DestinationStream, rules: readonly ScrubRule[] = DEFAULT_SCRUB_RULES): DestinationStream {
+export function createRedactingDestination(
+  destination: DestinationStream,
+  rules: readonly ScrubRule[] = DEFAULT_SCRUB_RULES,
+): DestinationStream {
   return { write: (msg: string) => destination.write(scrubLine(msg, rules)) };
 }

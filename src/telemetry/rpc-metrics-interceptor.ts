@@ -9,9 +9,23 @@ export const RPC_DURATION_METRIC = "rpc_server_duration_ms";
 
 // gRPC status names (grpc/doc/statuscodes.md), indexed by code; Connect's Code enum uses the same numbers.
 const GRPC_CODE_NAMES = [
-  "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
-  "DATA_LOSS", "UNAUTHENTICATED",
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
 ] as const;
 
 /** The code a call ends with: OK without error, the ConnectError's code, INTERNAL for anything unmapped. */
@@ -33,14 +47,20 @@ const DURATION_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 10
  * so it sees the code the caller gets (an unmapped error counts as INTERNAL either way).
  */
 export function rpcMetricsInterceptor(meter: Meter): KernelInterceptor {
-  const requests = meter.createCounter(RPC_REQUESTS_METRIC, { description: "RPCs served, by method, status code and transport" });
+  const requests = meter.createCounter(RPC_REQUESTS_METRIC, {
+    description: "RPCs served, by method, status code and transport",
+  });
   const duration = meter.createHistogram(RPC_DURATION_METRIC, {
     description: "RPC latency from the first interceptor to the last response message",
     unit: "ms",
     advice: { explicitBucketBoundaries: DURATION_BUCKETS_MS },
   });
   const record = (call: CallRequest, started: number, err: unknown): void => {
-    const attributes: Attributes = { rpc: methodPath(call.method), code: grpcCodeName(callCode(err)), transport: call.ctx.values.get(kPeer).transport };
+    const attributes: Attributes = {
+      rpc: methodPath(call.method),
+      code: grpcCodeName(callCode(err)),
+      transport: call.ctx.values.get(kPeer).transport,
+    };
     requests.add(1, attributes);
     duration.record(performance.now() - started, attributes);
   };

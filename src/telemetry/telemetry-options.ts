@@ -86,8 +86,14 @@ export function resolveTelemetryOptions(input: unknown = {}, path = "telemetry")
     try {
       if (p === "" || new RegExp(p, "g").test("")) throw new Error("matches the empty string");
     } catch (err) {
-      throw new ConfigError(`${path}.redactPatterns[${i}] is not a usable regular expression: ${(err as Error).message}`);
+      throw new ConfigError(
+        `${path}.redactPatterns[${i}] is not a usable regular expression: ${(err as Error).message}`,
+      );
     }
   });
-  return { serviceName: readString(s, "serviceName", path, DEFAULT_TELEMETRY_OPTIONS.serviceName, { nonEmpty: true }), tracing, redactPatterns };
+  return {
+    serviceName: readString(s, "serviceName", path, DEFAULT_TELEMETRY_OPTIONS.serviceName, { nonEmpty: true }),
+    tracing,
+    redactPatterns,
+  };
 }

@@ -1,10 +1,25 @@
-import { DiagLogLevel, ProxyTracerProvider, context, diag, propagation, trace, type Meter, type Tracer } from "@opentelemetry/api";
+import {
+  DiagLogLevel,
+  ProxyTracerProvider,
+  context,
+  diag,
+  propagation,
+  trace,
+  type Meter,
+  type Tracer,
+} from "@opentelemetry/api";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { MeterProvider } from "@opentelemetry/sdk-metrics";
-import { BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler, type SpanExporter } from "@opentelemetry/sdk-trace-node";
+import {
+  BatchSpanProcessor,
+  NodeTracerProvider,
+  ParentBasedSampler,
+  TraceIdRatioBasedSampler,
+  type SpanExporter,
+} from "@opentelemetry/sdk-trace-node";
 import type { HttpRoute } from "../server/http-server.js";
 import type { Logger } from "./logger.js";
 import type { TelemetryOptions } from "./telemetry-options.js";
@@ -53,7 +68,10 @@ export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8
  */
 export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps): Telemetry {
   const log = deps.logger.child({ component: "telemetry" });
-  const resource = resourceFromAttributes({ "service.name": options.serviceName, "service.version": deps.serviceVersion ?? "unknown" });
+  const resource = resourceFromAttributes({
+    "service.name": options.serviceName,
+    "service.version": deps.serviceVersion ?? "unknown",
+  });
 
   const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true });
   const serializer = new PrometheusSerializer("", false, undefined, false, true);
@@ -61,7 +79,10 @@ export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps):
 
   const t = options.tracing;
   const exporter: SpanExporter | undefined =
-    deps.spanExporter ?? (t.exporter === "otlp" ? new OTLPTraceExporter({ url: t.otlpEndpoint, timeoutMillis: t.exportTimeoutMs }) : undefined);
+    deps.spanExporter ??
+    (t.exporter === "otlp"
+      ? new OTLPTraceExporter({ url: t.otlpEndpoint, timeoutMillis: t.exportTimeoutMs })
+      : undefined);
   let tracerProvider: NodeTracerProvider | undefined;
   if (exporter) {
     tracerProvider = new NodeTracerProvider({
@@ -91,7 +112,14 @@ export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps):
     deps.grpcInstrumentation?.setTracerProvider(tracerProvider);
     // enable() re-applies the patches to the already loaded grpc-js after an earlier disable().
     deps.grpcInstrumentation?.enable();
-    log.info({ exporter: deps.spanExporter ? "injected" : t.exporter, endpoint: deps.spanExporter ? undefined : t.otlpEndpoint, sampleRatio: t.sampleRatio }, "tracing on");
+    log.info(
+      {
+        exporter: deps.spanExporter ? "injected" : t.exporter,
+        endpoint: deps.spanExporter ? undefined : t.otlpEndpoint,
+        sampleRatio: t.sampleRatio,
+      },
+      "tracing on",
+    );
   } else {
     deps.grpcInstrumentation?.disable();
   }

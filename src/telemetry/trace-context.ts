@@ -42,7 +42,10 @@ export function currentTraceparent(ctx: Context = context.active()): string | un
 }
 
 /** Writes `traceparent` (and `tracestate`) of `ctx` into a header record (NATS headers, fetch init). */
-export function injectTraceContext(carrier: Record<string, string>, ctx: Context = context.active()): Record<string, string> {
+export function injectTraceContext(
+  carrier: Record<string, string>,
+  ctx: Context = context.active(),
+): Record<string, string> {
   w3c.inject(ctx, carrier, recordSetter);
   return carrier;
 }
@@ -54,7 +57,10 @@ export function injectTraceHeaders(headers: Headers, ctx: Context = context.acti
 }
 
 /** The remote parent carried by a header record (`traceparent`/`tracestate`), or `base` when none is valid. */
-export function extractTraceContext(carrier: Record<string, string | undefined>, base: Context = ROOT_CONTEXT): Context {
+export function extractTraceContext(
+  carrier: Record<string, string | undefined>,
+  base: Context = ROOT_CONTEXT,
+): Context {
   return w3c.extract(base, carrier, recordGetter);
 }
 
@@ -85,7 +91,14 @@ export function startProducerSpan(tracer: Tracer, subject: string, traceparent: 
   const parent = contextFromTraceparent(traceparent);
   const span = tracer.startSpan(
     `publish ${subject}`,
-    { kind: SpanKind.PRODUCER, attributes: { "messaging.system": "nats", "messaging.operation.type": "publish", "messaging.destination.name": subject } },
+    {
+      kind: SpanKind.PRODUCER,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "publish",
+        "messaging.destination.name": subject,
+      },
+    },
     parent,
   );
   return { span, headers: injectTraceContext({}, trace.setSpan(parent, span)) };
@@ -96,11 +109,23 @@ export function startProducerSpan(tracer: Tracer, subject: string, traceparent: 
  * `traceparent` header (or, failing that, the envelope's traceparent). Run the handler inside
  * `trace.setSpan(context.active(), span)` so its own calls join the trace; the caller ends it.
  */
-export function startConsumerSpan(tracer: Tracer, subject: string, headers: Record<string, string | undefined>, envelopeTraceparent?: string): Span {
+export function startConsumerSpan(
+  tracer: Tracer,
+  subject: string,
+  headers: Record<string, string | undefined>,
+  envelopeTraceparent?: string,
+): Span {
   const parent = headers.traceparent ? extractTraceContext(headers) : contextFromTraceparent(envelopeTraceparent);
   return tracer.startSpan(
     `process ${subject}`,
-    { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": subject } },
+    {
+      kind: SpanKind.CONSUMER,
+      attributes: {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": subject,
+      },
+    },
     parent,
   );
 }

@@ -18,17 +18,21 @@ export function traceDatabaseTransactions(db: Db, tracer: Tracer): () => void {
     const wrap = (run: (...args: never[]) => unknown) =>
       function (this: unknown, ...args: never[]): unknown {
         if (!trace.getActiveSpan()) return run.apply(this, args);
-        return tracer.startActiveSpan("sqlite.transaction", { kind: SpanKind.INTERNAL, attributes: { "db.system.name": "sqlite" } }, (span) => {
-          try {
-            return run.apply(this, args);
-          } catch (err) {
-            span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.name : "error" });
-            if (err instanceof Error) span.recordException(err);
-            throw err;
-          } finally {
-            span.end();
-          }
-        });
+        return tracer.startActiveSpan(
+          "sqlite.transaction",
+          { kind: SpanKind.INTERNAL, attributes: { "db.system.name": "sqlite" } },
+          (span) => {
+            try {
+              return run.apply(this, args);
+            } catch (err) {
+              span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.name : "error" });
+              if (err instanceof Error) span.recordException(err);
+              throw err;
+            } finally {
+              span.end();
+            }
+          },
+        );
       };
     // better-sqlite3's variants ignore `this` (they close over the database); wrap calls them with it anyway.
     // eslint-disable-next-line @typescript-eslint/unbound-method

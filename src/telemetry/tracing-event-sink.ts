@@ -15,12 +15,20 @@ export function tracingEventSink(sink: EventSink, tracer: Tracer): EventSink {
       if (event.traceparent || !trace.getActiveSpan()) return sink.append(event);
       const span = tracer.startSpan(`outbox.append ${event.type}`, {
         kind: SpanKind.PRODUCER,
-        attributes: { "messaging.system": "nats", "messaging.operation.type": "create", "nops.event.type": event.type, "nops.tenant": event.tenant },
+        attributes: {
+          "messaging.system": "nats",
+          "messaging.operation.type": "create",
+          "nops.event.type": event.type,
+          "nops.tenant": event.tenant,
+        },
       });
       try {
         const traceparent = currentTraceparent(trace.setSpan(context.active(), span));
         const appended = sink.append(traceparent ? { ...event, traceparent } : event);
-        span.setAttributes({ "messaging.message.id": appended.eventId, "messaging.destination.name": appended.subject });
+        span.setAttributes({
+          "messaging.message.id": appended.eventId,
+          "messaging.destination.name": appended.subject,
+        });
         return appended;
       } catch (err) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.name : "error" });

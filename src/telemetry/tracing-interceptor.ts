@@ -1,12 +1,29 @@
 import { Code } from "@connectrpc/connect";
-import { SpanKind, SpanStatusCode, context, isSpanContextValid, trace, type Attributes, type Context, type Span, type Tracer } from "@opentelemetry/api";
+import {
+  SpanKind,
+  SpanStatusCode,
+  context,
+  isSpanContextValid,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+  type Tracer,
+} from "@opentelemetry/api";
 import { kPeer, observeStream, type KernelInterceptor } from "../server/interceptor.js";
 import { callCode, grpcCodeName } from "./rpc-metrics-interceptor.js";
 import { extractTraceHeaders } from "./trace-context.js";
 
 // OTel semantic conventions for gRPC servers: only these codes make a server span an error;
 // the others are the caller's doing.
-const SERVER_ERRORS = new Set([Code.Unknown, Code.DeadlineExceeded, Code.Unimplemented, Code.Internal, Code.Unavailable, Code.DataLoss]);
+const SERVER_ERRORS = new Set([
+  Code.Unknown,
+  Code.DeadlineExceeded,
+  Code.Unimplemented,
+  Code.Internal,
+  Code.Unavailable,
+  Code.DataLoss,
+]);
 
 function endSpan(span: Span, err: unknown): void {
   const code = callCode(err);
@@ -58,16 +75,25 @@ export function tracingInterceptor(tracer: Tracer): KernelInterceptor {
       return next(call);
     }
     const parent = extractTraceHeaders(call.ctx.requestHeader, context.active());
-    const span = tracer.startSpan(`${call.service.typeName}/${call.method.name}`, { kind: SpanKind.SERVER, attributes }, parent);
+    const span = tracer.startSpan(
+      `${call.service.typeName}/${call.method.name}`,
+      { kind: SpanKind.SERVER, attributes },
+      parent,
+    );
     const active = trace.setSpan(parent, span);
-    const result = await context.with(active, () => next(call)).catch((err: unknown) => {
-      endSpan(span, err);
-      throw err;
-    });
+    const result = await context
+      .with(active, () => next(call))
+      .catch((err: unknown) => {
+        endSpan(span, err);
+        throw err;
+      });
     if (result.kind === "unary") {
       endSpan(span, undefined);
       return result;
     }
-    return { kind: "stream", output: observeStream(iterateInContext(result.output, active), (err) => endSpan(span, err)) };
+    return {
+      kind: "stream",
+      output: observeStream(iterateInContext(result.output, active), (err) => endSpan(span, err)),
+    };
   };
 }

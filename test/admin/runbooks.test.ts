@@ -25,9 +25,14 @@ async function modeOf(k: TestKernel, capability: string): Promise<CapabilityMode
   return status.capabilities.find((c) => c.name === capability)?.mode;
 }
 
-async function readyz(k: TestKernel): Promise<{ code: number; body: { ready: boolean; dependencies: { name: string; state: string }[] } }> {
+async function readyz(
+  k: TestKernel,
+): Promise<{ code: number; body: { ready: boolean; dependencies: { name: string; state: string }[] } }> {
   const res = await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`);
-  return { code: res.status, body: (await res.json()) as { ready: boolean; dependencies: { name: string; state: string }[] } };
+  return {
+    code: res.status,
+    body: (await res.json()) as { ready: boolean; dependencies: { name: string; state: string }[] },
+  };
 }
 
 const agent = { tenant: "acme", name: "a", version: "1", endpoint: "grpc://agent.acme.svc:7000" };
@@ -70,18 +75,34 @@ test("runbook nats-down - Publish keeps succeeding into the outbox, drains when 
   await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.DEGRADED, "event bus degraded", 20_000);
   t.is((await readyz(k)).code, 200);
   const acked: string[] = [];
-  for (let i = 0; i < 5; i++) acked.push((await bus.publish({ tenant: "acme", subject: "jobs.done", payload: new TextEncoder().encode(`{"job":${i}}`) })).eventId);
+  for (let i = 0; i < 5; i++)
+    acked.push(
+      (await bus.publish({ tenant: "acme", subject: "jobs.done", payload: new TextEncoder().encode(`{"job":${i}}`) }))
+        .eventId,
+    );
   t.is(acked.length, 5, "Publish is acknowledged while NATS is down");
 
   await topo.leaf.start();
   await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.NORMAL, "event bus recovered", 30_000);
-  await waitFor(async () => {
-    const Database = (await import("better-sqlite3")).default;
-    const db = new Database(k.kernel.options.databasePath, { readonly: true });
-    const n = (db.prepare("SELECT count(*) AS n FROM outbox o WHERE o.event_id IN (" + acked.map(() => "?").join(",") + ") AND o.published_at IS NOT NULL").get(...acked) as { n: number }).n;
-    db.close();
-    return n === acked.length;
-  }, "outbox drained", 30_000);
+  await waitFor(
+    async () => {
+      const Database = (await import("better-sqlite3")).default;
+      const db = new Database(k.kernel.options.databasePath, { readonly: true });
+      const n = (
+        db
+          .prepare(
+            "SELECT count(*) AS n FROM outbox o WHERE o.event_id IN (" +
+              acked.map(() => "?").join(",") +
+              ") AND o.published_at IS NOT NULL",
+          )
+          .get(...acked) as { n: number }
+      ).n;
+      db.close();
+      return n === acked.length;
+    },
+    "outbox drained",
+    30_000,
+  );
   t.pass();
 });
 
@@ -90,7 +111,11 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
   const port = Number(new URL(dge.url).port);
   const echo = await spawnEchoAgent({ name: "echo-rb" });
   t.teardown(() => echo.kill());
-  const k = await startTestKernel(t, { ...POLLING, dge: { url: dge.url, keys: DGE_KEYS }, egress: { tenantTiers: { acme: 1 }, dgeTimeoutMs: 1500 } });
+  const k = await startTestKernel(t, {
+    ...POLLING,
+    dge: { url: dge.url, keys: DGE_KEYS },
+    egress: { tenantTiers: { acme: 1 }, dgeTimeoutMs: 1500 },
+  });
   const registry = k.client(AgentRegistryService, "grpc-js");
   const routing = k.client(RoutingService, "grpc-js");
   await registry.registerAgent({ ...agent, endpoint: echo.endpoint, capabilities: [{ name: "echo" }] });
@@ -98,8 +123,14 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
   await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, "egress guard normal", 15_000);
 
   await dge.kill9();
-  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.BLOCKED, "egress guard blocked", 15_000);
-  const err = await t.throwsAsync(routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"fresh-payload"}') }));
+  await waitFor(
+    async () => (await modeOf(k, "egress-guard")) === CapabilityMode.BLOCKED,
+    "egress guard blocked",
+    15_000,
+  );
+  const err = await t.throwsAsync(
+    routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"fresh-payload"}') }),
+  );
   t.is(ConnectError.from(err).code, Code.PermissionDenied);
   t.regex(ConnectError.from(err).rawMessage, /dge_timeout|dge_error/);
   const r = await readyz(k);
@@ -108,8 +139,16 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
 
   const again = await spawnDge(t, { port });
   t.is(again.url, dge.url);
-  await waitFor(async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL, "egress guard recovered", 20_000);
-  const ok = await routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"after"}') });
+  await waitFor(
+    async () => (await modeOf(k, "egress-guard")) === CapabilityMode.NORMAL,
+    "egress guard recovered",
+    20_000,
+  );
+  const ok = await routing.invoke({
+    tenant: "acme",
+    capability: "echo",
+    payload: new TextEncoder().encode('{"op":"after"}'),
+  });
   t.is(new TextDecoder().decode(ok.payload), '{"op":"after"}');
 });
 
@@ -117,15 +156,30 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   const ca = await createTestCa("nops.test");
   const wl = await startWorkloadApiDouble();
   t.teardown(() => wl.close());
-  const issue = async () => wl.issue({ spiffeId: "spiffe://nops.test/nops/kernel/edge-local", svid: await ca.issue({ spiffeId: "spiffe://nops.test/nops/kernel/edge-local", dnsNames: ["localhost"] }), bundle: ca.certDer });
+  const issue = async () =>
+    wl.issue({
+      spiffeId: "spiffe://nops.test/nops/kernel/edge-local",
+      svid: await ca.issue({ spiffeId: "spiffe://nops.test/nops/kernel/edge-local", dnsNames: ["localhost"] }),
+      bundle: ca.certDer,
+    });
   await issue();
-  const k = await startTestKernel(t, { ...POLLING, trustDomain: "nops.test", identity: { source: "workload-api", socket: wl.address } });
+  const k = await startTestKernel(t, {
+    ...POLLING,
+    trustDomain: "nops.test",
+    identity: { source: "workload-api", socket: wl.address },
+  });
   const admin = await ca.issue({ spiffeId: "spiffe://nops.test/nops/admin/ops" });
-  const channel = new grpc.Client(`localhost:${k.kernel.grpcPort}`, grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(admin.keyPem), Buffer.from(admin.certPem)));
+  const channel = new grpc.Client(
+    `localhost:${k.kernel.grpcPort}`,
+    grpc.credentials.createSsl(Buffer.from(ca.certPem), Buffer.from(admin.keyPem), Buffer.from(admin.certPem)),
+  );
   t.teardown(() => channel.close());
   const { createGrpcTransport } = await import("@connectrpc/connect-node");
   const { createClient } = await import("@connectrpc/connect");
-  const transport = createGrpcTransport({ baseUrl: `https://localhost:${k.kernel.grpcPort}`, nodeOptions: { ca: ca.certPem, cert: admin.certPem, key: admin.keyPem } });
+  const transport = createGrpcTransport({
+    baseUrl: `https://localhost:${k.kernel.grpcPort}`,
+    nodeOptions: { ca: ca.certPem, cert: admin.certPem, key: admin.keyPem },
+  });
   const status = () => createClient(AdminService, transport).getStatus({});
   const identityMode = async () => (await status()).capabilities.find((c) => c.name === "identity")?.mode;
   t.is(await identityMode(), CapabilityMode.NORMAL);
@@ -133,7 +187,10 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   wl.failWith(grpc.status.UNAVAILABLE);
   wl.endStreams(grpc.status.UNAVAILABLE);
   await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, "identity degraded", 15_000);
-  t.truthy(await createClient(AgentRegistryService, transport).registerAgent(agent), "mTLS calls keep working on the current SVID");
+  t.truthy(
+    await createClient(AgentRegistryService, transport).registerAgent(agent),
+    "mTLS calls keep working on the current SVID",
+  );
 
   wl.failWith(null);
   await waitFor(async () => (await identityMode()) === CapabilityMode.NORMAL, "identity recovered", 30_000);

@@ -3,9 +3,18 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { createNoopMeter } from "@opentelemetry/api";
-import { DegradedModeActivatedSchema, DegradedModeRecoveredSchema } from "../../gen/nops/events/v1/degraded_events_pb.js";
+import {
+  DegradedModeActivatedSchema,
+  DegradedModeRecoveredSchema,
+} from "../../gen/nops/events/v1/degraded_events_pb.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
-import { AdminService, CapabilityMode, Criticality, DependencyState, Readiness } from "../../gen/nops/kernel/v1/admin_pb.js";
+import {
+  AdminService,
+  CapabilityMode,
+  Criticality,
+  DependencyState,
+  Readiness,
+} from "../../gen/nops/kernel/v1/admin_pb.js";
 import { createAdminService } from "../../src/admin/admin-service.js";
 import { redisProbe } from "../../src/admin/dependency-probes.js";
 import { createStatusMatrix, type DependencyProbe } from "../../src/admin/status-matrix.js";
@@ -43,19 +52,27 @@ function setup(options = resolveStatusMatrixOptions({})) {
     },
   };
   const clock = createManualClock(1_700_000_000_000);
-  const matrix = createStatusMatrix({ probes, events: sink, clock, logger: createSilentLogger(), meter: createNoopMeter() }, options);
-  const set = (name: string, state: State, detail?: string) => states.set(name, { state, ...(detail ? { detail } : {}) });
+  const matrix = createStatusMatrix(
+    { probes, events: sink, clock, logger: createSilentLogger(), meter: createNoopMeter() },
+    options,
+  );
+  const set = (name: string, state: State, detail?: string) =>
+    states.set(name, { state, ...(detail ? { detail } : {}) });
   return { matrix, events, clock, set, failAppends: (on: boolean) => (failAppends = on) };
 }
 
-const modeOf = (report: ReturnType<ReturnType<typeof setup>["matrix"]["evaluate"]>, capability: string) => report.capabilities.find((c) => c.name === capability)?.mode;
+const modeOf = (report: ReturnType<ReturnType<typeof setup>["matrix"]["evaluate"]>, capability: string) =>
+  report.capabilities.find((c) => c.name === capability)?.mode;
 
 test("status matrix - everything ok is ready with every capability normal and no events", (t) => {
   const { matrix, events } = setup();
   const r = matrix.evaluate();
   t.true(r.ready);
   t.is(r.status, "ready");
-  t.deepEqual(r.dependencies.map((d) => d.name), [...DEPENDENCIES]);
+  t.deepEqual(
+    r.dependencies.map((d) => d.name),
+    [...DEPENDENCIES],
+  );
   t.true(r.capabilities.every((c) => c.mode === "normal"));
   t.is(events.length, 0);
 });
@@ -121,8 +138,14 @@ test("status matrix - DGE unreachable blocks the egress guard (fail closed) with
   t.like(events.at(-1)!.payload, { mode: "cached verdicts only; uncached calls are blocked (fail closed)" });
   set("dge", "ok");
   t.is(matrix.evaluate().status, "ready");
-  t.like(events.at(-1)!.payload, { capability: "egress-guard", mode: "cached verdicts only; uncached calls are blocked (fail closed)" });
-  t.deepEqual(events.map((e) => e.type), ["degraded.mode.activated.v1", "degraded.mode.activated.v1", "degraded.mode.recovered.v1"]);
+  t.like(events.at(-1)!.payload, {
+    capability: "egress-guard",
+    mode: "cached verdicts only; uncached calls are blocked (fail closed)",
+  });
+  t.deepEqual(
+    events.map((e) => e.type),
+    ["degraded.mode.activated.v1", "degraded.mode.activated.v1", "degraded.mode.recovered.v1"],
+  );
 });
 
 test("status matrix - SPIRE agent unreachable: identity degraded while the SVID is valid, blocked once it is not", (t) => {
@@ -150,7 +173,12 @@ test("status matrix - SQLite down blocks registry and audit; events wait until t
   t.true(matrix.evaluate().ready);
   t.deepEqual(
     events.map((e) => `${e.type} ${(e.payload as unknown as { capability: string }).capability}`),
-    ["degraded.mode.activated.v1 registry", "degraded.mode.activated.v1 audit", "degraded.mode.recovered.v1 registry", "degraded.mode.recovered.v1 audit"],
+    [
+      "degraded.mode.activated.v1 registry",
+      "degraded.mode.activated.v1 audit",
+      "degraded.mode.recovered.v1 registry",
+      "degraded.mode.recovered.v1 audit",
+    ],
   );
 });
 
@@ -159,7 +187,12 @@ test("status matrix - a throwing probe counts as down, unprobed dependencies are
   const events: KernelEvent[] = [];
   const matrix = createStatusMatrix(
     {
-      probes: { sqlite: () => ({ name: "sqlite", state: "ok" }), dge: () => { throw new Error("boom"); } },
+      probes: {
+        sqlite: () => ({ name: "sqlite", state: "ok" }),
+        dge: () => {
+          throw new Error("boom");
+        },
+      },
       events: { append: (e) => (events.push(e), { id: 1, eventId: "x", subject: "s" }) },
       clock: createManualClock(0),
       logger: createSilentLogger(),
@@ -168,20 +201,38 @@ test("status matrix - a throwing probe counts as down, unprobed dependencies are
     options,
   );
   const r = matrix.evaluate();
-  t.deepEqual(r.dependencies.find((d) => d.name === "dge"), { name: "dge", state: "down", detail: "probe failed: boom", since: 0 });
+  t.deepEqual(
+    r.dependencies.find((d) => d.name === "dge"),
+    { name: "dge", state: "down", detail: "probe failed: boom", since: 0 },
+  );
   t.is(modeOf(r, "egress-guard"), "blocked");
   t.is(modeOf(r, "federation"), "normal", "no hub-link probe: federation is not configured here");
 });
 
 test("status matrix - the matrix is configurable and validated", (t) => {
-  const o = resolveStatusMatrixOptions({ capabilities: { routing: { criticality: "CRITICAL" }, billing: { criticality: "BEST_EFFORT", dependsOn: ["billing"], fallback: "usage buffered" } } });
+  const o = resolveStatusMatrixOptions({
+    capabilities: {
+      routing: { criticality: "CRITICAL" },
+      billing: { criticality: "BEST_EFFORT", dependsOn: ["billing"], fallback: "usage buffered" },
+    },
+  });
   t.is(o.capabilities.routing?.criticality, "CRITICAL");
   t.deepEqual(o.capabilities.routing?.dependsOn, ["health-scores"], "unset fields keep the default");
   t.is(o.capabilities.billing?.fallback, "usage buffered");
-  const err = (input: unknown) => t.throws(() => resolveStatusMatrixOptions(input), { instanceOf: ConfigError })?.message;
-  t.is(err({ capabilities: { routing: { criticality: "VITAL" } } }), 'admin.status.capabilities.routing.criticality must be one of CRITICAL, ESSENTIAL, BEST_EFFORT (got "VITAL")');
-  t.is(err({ capabilities: { billing: { dependsOn: ["x"] } } }), "admin.status.capabilities.billing.criticality is required for a new capability");
-  t.regex(err({ capabilities: { routing: { dependsOn: ["Bad Name"] } } }) ?? "", /^admin\.status\.capabilities\.routing\.dependsOn\[0\] must match/);
+  const err = (input: unknown) =>
+    t.throws(() => resolveStatusMatrixOptions(input), { instanceOf: ConfigError })?.message;
+  t.is(
+    err({ capabilities: { routing: { criticality: "VITAL" } } }),
+    'admin.status.capabilities.routing.criticality must be one of CRITICAL, ESSENTIAL, BEST_EFFORT (got "VITAL")',
+  );
+  t.is(
+    err({ capabilities: { billing: { dependsOn: ["x"] } } }),
+    "admin.status.capabilities.billing.criticality is required for a new capability",
+  );
+  t.regex(
+    err({ capabilities: { routing: { dependsOn: ["Bad Name"] } } }) ?? "",
+    /^admin\.status\.capabilities\.routing\.dependsOn\[0\] must match/,
+  );
   t.regex(err({ intervalMs: 5 }) ?? "", /^admin\.status\.intervalMs must be an integer from 100/);
   t.regex(err({ colour: 1 }) ?? "", /admin\.status\.colour is not a known option/);
 });
@@ -205,7 +256,13 @@ test("status matrix - events go through the outbox and gauges show modes on /met
   });
   let hub: State = "ok";
   const matrix = createStatusMatrix(
-    { probes: { "hub-link": () => ({ name: "hub-link", state: hub }) }, events: createOutbox(db, { source: "edge-1", clock }), clock, logger: createSilentLogger(), meter: telemetry.meter("admin") },
+    {
+      probes: { "hub-link": () => ({ name: "hub-link", state: hub }) },
+      events: createOutbox(db, { source: "edge-1", clock }),
+      clock,
+      logger: createSilentLogger(),
+      meter: telemetry.meter("admin"),
+    },
     resolveStatusMatrixOptions({}),
   );
   matrix.evaluate();
@@ -214,7 +271,11 @@ test("status matrix - events go through the outbox and gauges show modes on /met
   const row = db.prepare("SELECT subject, envelope FROM outbox").get() as { subject: string; envelope: Buffer };
   t.is(row.subject, "nops.events.system.degraded.mode.activated.v1");
   const envelope = fromBinary(EventEnvelopeSchema, row.envelope);
-  t.like(fromBinary(DegradedModeActivatedSchema, envelope.payload), { capability: "federation", dependency: "hub-link", mode: "local-only (store-and-forward)" });
+  t.like(fromBinary(DegradedModeActivatedSchema, envelope.payload), {
+    capability: "federation",
+    dependency: "hub-link",
+    mode: "local-only (store-and-forward)",
+  });
   const families = parsePrometheusText(await telemetry.metricsText());
   t.is(sample(families, "nops_capability_mode", { capability: "federation", criticality: "ESSENTIAL" }), 1);
   t.is(sample(families, "nops_capability_mode", { capability: "registry", criticality: "CRITICAL" }), 0);
@@ -224,13 +285,23 @@ test("status matrix - events go through the outbox and gauges show modes on /met
 test("admin service - GetStatus reports dependencies and capability modes over Connect", async (t) => {
   const { matrix, set } = setup();
   set("hub-link", "down", "hub unreachable");
-  const server = createHttpServer({ services: [bindService(AdminService, createAdminService({ matrix, version: "1.2.3" }), [])], routes: {}, limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const server = createHttpServer({
+    services: [bindService(AdminService, createAdminService({ matrix, version: "1.2.3" }), [])],
+    routes: {},
+    limits: DEFAULT_KERNEL_OPTIONS.limits,
+  });
   const port = await server.listen("127.0.0.1", 0);
   t.teardown(() => server.shutdown(0));
-  const res = await createClient(AdminService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" })).getStatus({});
+  const res = await createClient(
+    AdminService,
+    createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+  ).getStatus({});
   t.is(res.readiness, Readiness.DEGRADED);
   t.is(res.version, "1.2.3");
-  t.deepEqual(res.dependencies.map((d) => d.name), [...DEPENDENCIES]);
+  t.deepEqual(
+    res.dependencies.map((d) => d.name),
+    [...DEPENDENCIES],
+  );
   const hub = res.dependencies.find((d) => d.name === "hub-link")!;
   t.is(hub.state, DependencyState.DOWN);
   t.is(hub.detail, "hub unreachable");

@@ -9,7 +9,15 @@ function setup() {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   const audit = createAuditLog(db, createManualClock());
-  for (let i = 0; i < 5; i++) audit.append({ actor: `user-${i}`, action: "agent.register", tenant: "acme", resource: `agent/${i}`, outcome: "ok", details: { i } });
+  for (let i = 0; i < 5; i++)
+    audit.append({
+      actor: `user-${i}`,
+      action: "agent.register",
+      tenant: "acme",
+      resource: `agent/${i}`,
+      outcome: "ok",
+      details: { i },
+    });
   return { db, audit };
 }
 
@@ -29,7 +37,9 @@ test("audit log - an edited row is detected", (t) => {
 
 test("audit log - an edited row with a recomputed hash still breaks the next link", (t) => {
   const { db, audit } = setup();
-  db.prepare("UPDATE audit_log SET hash = 'f'.repeat(64) WHERE seq = 2".replace("'f'.repeat(64)", `'${"f".repeat(64)}'`)).run();
+  db.prepare(
+    "UPDATE audit_log SET hash = 'f'.repeat(64) WHERE seq = 2".replace("'f'.repeat(64)", `'${"f".repeat(64)}'`),
+  ).run();
   const result = audit.verify();
   t.false(result.ok);
   t.is(result.badSeq, 2);

@@ -32,7 +32,10 @@ function requestFor(schema: DescMessage, tenant: string): unknown {
 function setup(input: unknown = {}) {
   const store = openTestStore();
   const { handler, calls } = recordingHandler();
-  const chain = createAuthzInterceptor({ audit: store.audit, logger: createSilentLogger() }, resolveAuthzOptions(input))(handler);
+  const chain = createAuthzInterceptor(
+    { audit: store.audit, logger: createSilentLogger() },
+    resolveAuthzOptions(input),
+  )(handler);
   return { ...store, chain, calls };
 }
 
@@ -45,10 +48,22 @@ async function refusal(p: Promise<unknown>): Promise<ConnectError> {
   throw new Error("call was not refused");
 }
 
-const acmeAgent = principal({ id: "spiffe://nops.local/nops/tenant/acme/agent/a1", tenant: "acme", roles: ["OPERATOR"] });
+const acmeAgent = principal({
+  id: "spiffe://nops.local/nops/tenant/acme/agent/a1",
+  tenant: "acme",
+  roles: ["OPERATOR"],
+});
 
 test("authz - the tenant isolation test covers every AgentRegistryService method", (t) => {
-  t.deepEqual(registryMethods.map((m) => m.name).sort(), ["DeregisterAgent", "GetAgent", "Heartbeat", "ListAgents", "RegisterAgent", "UpdateAgent", "WatchAgents"]);
+  t.deepEqual(registryMethods.map((m) => m.name).sort(), [
+    "DeregisterAgent",
+    "GetAgent",
+    "Heartbeat",
+    "ListAgents",
+    "RegisterAgent",
+    "UpdateAgent",
+    "WatchAgents",
+  ]);
 });
 
 for (const method of registryMethods) {
@@ -58,13 +73,26 @@ for (const method of registryMethods) {
     t.is(own.kind, method.methodKind === "server_streaming" ? "stream" : "unary");
     t.is(calls.length, 1);
 
-    const err = await refusal(chain(makeCall(method, requestFor(method.input, "globex"), { principal: acmeAgent, correlationId: `c-${method.name}` })));
+    const err = await refusal(
+      chain(
+        makeCall(method, requestFor(method.input, "globex"), {
+          principal: acmeAgent,
+          correlationId: `c-${method.name}`,
+        }),
+      ),
+    );
     t.is(err.code, Code.PermissionDenied);
     t.false(err.rawMessage.includes("globex"), "the client is not told why");
     t.is(calls.length, 1, "the handler never saw the foreign request");
     const rows = auditRows(db);
     t.is(rows.length, 1);
-    t.like(rows[0], { actor: acmeAgent.id, action: "authz.deny", outcome: "denied", correlation_id: `c-${method.name}`, tenant: "globex" });
+    t.like(rows[0], {
+      actor: acmeAgent.id,
+      action: "authz.deny",
+      outcome: "denied",
+      correlation_id: `c-${method.name}`,
+      tenant: "globex",
+    });
   });
 }
 
@@ -72,7 +100,10 @@ test("authz - a flood of the same refusal writes one audit row per window, and t
   const store = openTestStore();
   const clock = store.clock;
   const { handler } = recordingHandler();
-  const chain = createAuthzInterceptor({ audit: store.audit, logger: createSilentLogger(), clock }, resolveAuthzOptions({}))(handler);
+  const chain = createAuthzInterceptor(
+    { audit: store.audit, logger: createSilentLogger(), clock },
+    resolveAuthzOptions({}),
+  )(handler);
   const method = AgentRegistryService.method.getAgent;
   const foreign = () => refusal(chain(makeCall(method, requestFor(method.input, "globex"), { principal: acmeAgent })));
   for (let i = 0; i < 50; i++) t.is((await foreign()).code, Code.PermissionDenied, "every call is still refused");
@@ -94,7 +125,8 @@ test("authz - SUPER_ADMIN without a tenant reaches every tenant", async (t) => {
   const { chain, calls } = setup();
   const admin = principal({ id: "spiffe://nops.local/nops/admin/developer", roles: ["SUPER_ADMIN"] });
   for (const method of registryMethods) {
-    for (const tenant of ["acme", "globex"]) await chain(makeCall(method, requestFor(method.input, tenant), { principal: admin }));
+    for (const tenant of ["acme", "globex"])
+      await chain(makeCall(method, requestFor(method.input, tenant), { principal: admin }));
   }
   t.is(calls.length, registryMethods.length * 2);
 });
@@ -103,7 +135,10 @@ test("authz - a principal with no tenant that is not SUPER_ADMIN reaches no tena
   const { chain } = setup();
   const admin = principal({ id: "jwt:x", roles: ["ADMIN"] });
   const m = AgentRegistryService.method.getAgent;
-  t.is((await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: admin })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: admin })))).code,
+    Code.PermissionDenied,
+  );
 });
 
 test("authz - a tenant-bound principal must name its tenant", async (t) => {
@@ -131,7 +166,11 @@ test("authz - scopes: a grant for another operation, service or tenant does not 
   const m = AgentRegistryService.method.registerAgent;
   for (const scope of ["registry/read/*", "events/write/*", "registry/write/globex", "registry/wr*/*", "registry"]) {
     const p = principal({ id: `jwt:${scope}`, kind: "jwt", tenant: "acme", scopes: [scope] });
-    t.is((await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: p })))).code, Code.PermissionDenied, scope);
+    t.is(
+      (await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: p })))).code,
+      Code.PermissionDenied,
+      scope,
+    );
   }
   t.is(auditRows(db).length, 5);
 });
@@ -142,7 +181,10 @@ test("authz - roles: VIEWER reads but does not write, OPERATOR does both", async
   const get = AgentRegistryService.method.getAgent;
   const hb = AgentRegistryService.method.heartbeat;
   await t.notThrowsAsync(chain(makeCall(get, requestFor(get.input, "acme"), { principal: viewer })));
-  t.is((await refusal(chain(makeCall(hb, requestFor(hb.input, "acme"), { principal: viewer })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(makeCall(hb, requestFor(hb.input, "acme"), { principal: viewer })))).code,
+    Code.PermissionDenied,
+  );
   await t.notThrowsAsync(chain(makeCall(hb, requestFor(hb.input, "acme"), { principal: acmeAgent })));
 });
 
@@ -150,7 +192,10 @@ test("authz - a valid identity without roles or scopes is refused and audited", 
   const { chain, db } = setup();
   const stranger = principal({ id: "spiffe://nops.local/other/thing" });
   const m = AgentRegistryService.method.getAgent;
-  t.is((await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: stranger })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(makeCall(m, requestFor(m.input, "acme"), { principal: stranger })))).code,
+    Code.PermissionDenied,
+  );
   t.like(auditRows(db)[0], { actor: stranger.id, action: "authz.deny", outcome: "denied" });
 });
 
@@ -183,31 +228,52 @@ test("authz - allowAnonymous lets calls without a principal through", async (t) 
 test("authz - attribute rules: deny by role and tenant wins over scopes; allow by capability grants a method", async (t) => {
   const { chain, calls } = setup({
     rules: [
-      { effect: "deny", methods: ["/nops.kernel.v1.AgentRegistryService/DeregisterAgent"], roles: ["OPERATOR"], tenants: ["acme"] },
+      {
+        effect: "deny",
+        methods: ["/nops.kernel.v1.AgentRegistryService/DeregisterAgent"],
+        roles: ["OPERATOR"],
+        tenants: ["acme"],
+      },
       { effect: "allow", methods: ["/nops.kernel.v1.AgentRegistryService/*"], capabilities: ["registry.maintainer"] },
     ],
   });
   const dereg = AgentRegistryService.method.deregisterAgent;
   const register = AgentRegistryService.method.registerAgent;
-  t.is((await refusal(chain(makeCall(dereg, requestFor(dereg.input, "acme"), { principal: acmeAgent })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(makeCall(dereg, requestFor(dereg.input, "acme"), { principal: acmeAgent })))).code,
+    Code.PermissionDenied,
+  );
   const globexAgent: Principal = { ...acmeAgent, tenant: "globex" };
   await chain(makeCall(dereg, requestFor(dereg.input, "globex"), { principal: globexAgent }));
   const maintainer = principal({ id: "jwt:m", tenant: "acme", capabilities: ["registry.maintainer"] });
   await chain(makeCall(register, requestFor(register.input, "acme"), { principal: maintainer }));
   // An allow rule never crosses tenants.
-  t.is((await refusal(chain(makeCall(register, requestFor(register.input, "globex"), { principal: maintainer })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(makeCall(register, requestFor(register.input, "globex"), { principal: maintainer })))).code,
+    Code.PermissionDenied,
+  );
   t.is(calls.length, 2);
 });
 
 test("authz - options: bad input names the field", (t) => {
-  t.throws(() => resolveAuthzOptions({ methodScopes: { "/a.B/C": "registry" } }), { message: /authz\.methodScopes\["\/a\.B\/C"\]/ });
-  t.throws(() => resolveAuthzOptions({ roleScopes: { VIEWER: ["registry/re*d"] } }), { message: /authz\.roleScopes\.VIEWER\[0\]/ });
+  t.throws(() => resolveAuthzOptions({ methodScopes: { "/a.B/C": "registry" } }), {
+    message: /authz\.methodScopes\["\/a\.B\/C"\]/,
+  });
+  t.throws(() => resolveAuthzOptions({ roleScopes: { VIEWER: ["registry/re*d"] } }), {
+    message: /authz\.roleScopes\.VIEWER\[0\]/,
+  });
   t.throws(() => resolveAuthzOptions({ roleScopes: { ROOT: [] } }), { message: /authz\.roleScopes\.ROOT/ });
-  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "maybe", methods: ["*"] }] }), { message: /authz\.rules\[0\]\.effect/ });
-  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "deny", methods: ["nope"] }] }), { message: /authz\.rules\[0\]\.methods\[0\]/ });
+  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "maybe", methods: ["*"] }] }), {
+    message: /authz\.rules\[0\]\.effect/,
+  });
+  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "deny", methods: ["nope"] }] }), {
+    message: /authz\.rules\[0\]\.methods\[0\]/,
+  });
   t.throws(() => resolveAuthzOptions({ allowAnonymous: "yes" }), { message: /authz\.allowAnonymous/ });
   // A misspelt key fails instead of being ignored: "role" would have made this allow rule apply to every caller.
-  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "allow", methods: ["*"], role: ["ADMIN"] }] }), { message: /authz\.rules\[0\]\.role is not a known option/ });
+  t.throws(() => resolveAuthzOptions({ rules: [{ effect: "allow", methods: ["*"], role: ["ADMIN"] }] }), {
+    message: /authz\.rules\[0\]\.role is not a known option/,
+  });
   t.throws(() => resolveAuthzOptions({ rule: [] }), { message: /authz\.rule is not a known option/ });
 });
 
@@ -216,5 +282,11 @@ test("authz - test helper puts the tenant where each request type keeps it", (t)
   const u = requestFor(AgentRegistryService.method.updateAgent.input, "acme") as { agent?: { tenant: string } };
   t.is(u.agent?.tenant, "acme");
   const methods: DescMethod[] = [...registryMethods];
-  t.true(methods.every((m) => JSON.stringify(requestFor(m.input, "zz-tenant"), (_k, v: unknown) => (typeof v === "bigint" ? String(v) : v)).includes("zz-tenant")));
+  t.true(
+    methods.every((m) =>
+      JSON.stringify(requestFor(m.input, "zz-tenant"), (_k, v: unknown) =>
+        typeof v === "bigint" ? String(v) : v,
+      ).includes("zz-tenant"),
+    ),
+  );
 });

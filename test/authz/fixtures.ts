@@ -5,7 +5,13 @@ import { createManualClock, type ManualClock } from "../../src/common/clock.js";
 import { openDatabase, type Db } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
-import { kCorrelationId, kPeer, type CallHandler, type CallRequest, type CallResult } from "../../src/server/interceptor.js";
+import {
+  kCorrelationId,
+  kPeer,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
+} from "../../src/server/interceptor.js";
 import { kPrincipal, type Principal } from "../../src/identity/principal.js";
 
 /** An in-memory database with every migration, its audit log and a manual clock. */
@@ -61,6 +67,16 @@ export function principal(p: Partial<Principal> & Pick<Principal, "id">): Princi
 }
 
 /** Audit rows, oldest first. */
-export function auditRows(db: Db): { actor: string; action: string; tenant: string; outcome: string; correlation_id: string; details: string; resource: string }[] {
-  return db.prepare("SELECT actor, action, tenant, outcome, correlation_id, details, resource FROM audit_log ORDER BY seq").all() as never;
+export function auditRows(db: Db): {
+  actor: string;
+  action: string;
+  tenant: string;
+  outcome: string;
+  correlation_id: string;
+  details: string;
+  resource: string;
+}[] {
+  return db
+    .prepare("SELECT actor, action, tenant, outcome, correlation_id, details, resource FROM audit_log ORDER BY seq")
+    .all() as never;
 }

@@ -6,7 +6,15 @@ const write = parseRequiredScope("registry/write")!;
 test("scope - three parts, two parts (tenant *) and wildcards parse; malformed scopes do not", (t) => {
   t.deepEqual(parseScopeGrant("registry/*/acme"), { service: "registry", operation: "*", tenant: "acme" });
   t.deepEqual(parseScopeGrant("registry/write"), { service: "registry", operation: "write", tenant: "*" });
-  for (const bad of ["registry", "registry/write/acme/x", "reg*/write", "registry//acme", "Registry/write", "registry/write/ACME", ""]) {
+  for (const bad of [
+    "registry",
+    "registry/write/acme/x",
+    "reg*/write",
+    "registry//acme",
+    "Registry/write",
+    "registry/write/ACME",
+    "",
+  ]) {
     t.is(parseScopeGrant(bad), undefined, bad);
   }
   t.is(parseRequiredScope("registry/*"), undefined);

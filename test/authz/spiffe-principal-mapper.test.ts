@@ -1,6 +1,12 @@
 import test from "ava";
 import { parseSpiffeId } from "../../src/identity/spiffe/spiffe-id.js";
-import { authorizeId, authorizeMemberOf, authorizeOneOf, authorizePathPrefix, createSpiffeMatcher } from "../../src/authz/spiffe-authorizer.js";
+import {
+  authorizeId,
+  authorizeMemberOf,
+  authorizeOneOf,
+  authorizePathPrefix,
+  createSpiffeMatcher,
+} from "../../src/authz/spiffe-authorizer.js";
 import { createSpiffePrincipalMapper, resolveSpiffePrincipalOptions } from "../../src/authz/spiffe-principal-mapper.js";
 
 const id = (s: string) => parseSpiffeId(s);
@@ -40,7 +46,9 @@ test("spiffe authorizer - a match ANDs its fields and defaults to the local trus
   t.false(m(id("spiffe://hub.example/nops/kernel/edge-1")));
   const both = createSpiffeMatcher({ trustDomain: "hub.example", pathPrefix: "/nops/kernel" }, "nops.local", "x");
   t.true(both(id("spiffe://hub.example/nops/kernel/edge-1")));
-  t.throws(() => createSpiffeMatcher({ pathPrefix: "nops" }, "nops.local", "rules[3].match"), { message: /rules\[3\]\.match/ });
+  t.throws(() => createSpiffeMatcher({ pathPrefix: "nops" }, "nops.local", "rules[3].match"), {
+    message: /rules\[3\]\.match/,
+  });
 });
 
 test("spiffe principals - defaults: the dev client SVID is SUPER_ADMIN for every tenant", (t) => {
@@ -60,7 +68,11 @@ test("spiffe principals - defaults: an agent is OPERATOR in the tenant named by 
 
 test("spiffe principals - unknown paths, foreign trust domains and bad tenants get nothing", (t) => {
   const mapper = createSpiffePrincipalMapper(resolveSpiffePrincipalOptions({}));
-  for (const s of ["spiffe://nops.local/somewhere/else", "spiffe://evil.org/nops/admin/developer", "spiffe://nops.local/nops/tenant/Bad.Tenant/agent/a"]) {
+  for (const s of [
+    "spiffe://nops.local/somewhere/else",
+    "spiffe://evil.org/nops/admin/developer",
+    "spiffe://nops.local/nops/tenant/Bad.Tenant/agent/a",
+  ]) {
     const p = mapper.map(s);
     t.deepEqual(p.roles, [], s);
     t.is(p.tenant, undefined, s);
@@ -74,7 +86,12 @@ test("spiffe principals - configured rules: first match wins, fixed tenant and s
       trustDomain: "corp.example",
       rules: [
         { match: { id: "spiffe://corp.example/ci/deployer" }, roles: ["ADMIN"], tenant: "acme" },
-        { match: { oneOf: ["spiffe://corp.example/dash/a", "spiffe://corp.example/dash/b"] }, roles: [], tenant: "acme", scopes: ["registry/read/acme"] },
+        {
+          match: { oneOf: ["spiffe://corp.example/dash/a", "spiffe://corp.example/dash/b"] },
+          roles: [],
+          tenant: "acme",
+          scopes: ["registry/read/acme"],
+        },
         { match: { pathPrefix: "/ci" }, roles: ["VIEWER"], tenant: "globex" },
       ],
     }),
@@ -85,9 +102,20 @@ test("spiffe principals - configured rules: first match wins, fixed tenant and s
 });
 
 test("spiffe principals - options: bad input names the field", (t) => {
-  t.throws(() => resolveSpiffePrincipalOptions({ trustDomain: "Bad Domain" }), { message: /identity\.spiffe\.trustDomain/ });
-  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: {}, roles: [] }] }), { message: /identity\.spiffe\.rules\[0\]\.match/ });
-  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: { pathPrefix: "/x" }, roles: ["ROOT"] }] }), { message: /rules\[0\]\.roles\[0\]/ });
-  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: { pathPrefix: "/x" }, roles: [], tenant: "A B" }] }), { message: /rules\[0\]\.tenant/ });
-  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: { id: "not-spiffe" }, roles: [] }] }), { message: /rules\[0\]\.match/ });
+  t.throws(() => resolveSpiffePrincipalOptions({ trustDomain: "Bad Domain" }), {
+    message: /identity\.spiffe\.trustDomain/,
+  });
+  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: {}, roles: [] }] }), {
+    message: /identity\.spiffe\.rules\[0\]\.match/,
+  });
+  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: { pathPrefix: "/x" }, roles: ["ROOT"] }] }), {
+    message: /rules\[0\]\.roles\[0\]/,
+  });
+  t.throws(
+    () => resolveSpiffePrincipalOptions({ rules: [{ match: { pathPrefix: "/x" }, roles: [], tenant: "A B" }] }),
+    { message: /rules\[0\]\.tenant/ },
+  );
+  t.throws(() => resolveSpiffePrincipalOptions({ rules: [{ match: { id: "not-spiffe" }, roles: [] }] }), {
+    message: /rules\[0\]\.match/,
+  });
 });

@@ -15,7 +15,18 @@ test("approved clients - calls go through the guard: denied calls never reach fe
   }) as typeof fetch;
   // DGE disabled for "acme" (allow with warning); "bunker" is air-gapped (always denied).
   const guard = createEgressGuard(
-    { clock, logger: silent, meter: makeMeter().provider.getMeter("t"), dge: createDgeClient({ clock }, { url: "http://127.0.0.1:9", protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 }), events: store.events, audit: store.audit, db: store.db },
+    {
+      clock,
+      logger: silent,
+      meter: makeMeter().provider.getMeter("t"),
+      dge: createDgeClient(
+        { clock },
+        { url: "http://127.0.0.1:9", protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+      ),
+      events: store.events,
+      audit: store.audit,
+      db: store.db,
+    },
     resolveEgressGuardOptions({ dgeEnabled: false, tenantTiers: { acme: 1, bunker: "air-gapped" } }),
   );
   t.teardown(() => guard.close());

@@ -26,24 +26,38 @@ test("config - YAML and JSON files load, environment wins over the file", (t) =>
   const fromJson = loadKernelOptions(json, {});
   t.is(fromJson.http.port, 7000);
   t.true(fromJson.reflection);
-  const env = loadKernelOptions(yaml, { NOPS_GRPC_PORT: "6001", NOPS_REFLECTION: "true", NOPS_LOG_REDACT_PATHS: "a.b, c" });
+  const env = loadKernelOptions(yaml, {
+    NOPS_GRPC_PORT: "6001",
+    NOPS_REFLECTION: "true",
+    NOPS_LOG_REDACT_PATHS: "a.b, c",
+  });
   t.is(env.grpc.port, 6001);
   t.true(env.reflection);
   t.deepEqual(env.log.redactPaths, ["a.b", "c"]);
 });
 
 test("config - a bad value is rejected with the field named", (t) => {
-  t.throws(() => resolveKernelOptions({ grpc: { port: 70000 } }), { message: /^grpc\.port must be an integer from 0 to 65535/ });
+  t.throws(() => resolveKernelOptions({ grpc: { port: 70000 } }), {
+    message: /^grpc\.port must be an integer from 0 to 65535/,
+  });
   t.throws(() => resolveKernelOptions({ grpc: { prot: 1 } }), { message: /^grpc\.prot is not a known option/ });
   t.throws(() => resolveKernelOptions({ log: { level: "loud" } }), { message: /^log\.level must be one of/ });
   t.throws(() => resolveKernelOptions({ edgeId: "Edge 1" }), { message: /^edgeId must match/ });
-  t.throws(() => resolveKernelOptions({ registry: { heartbeatTtlMs: 5000, zombieAfterMs: 4000 } }), { message: /registry\.zombieAfterMs must be greater/ });
-  t.throws(() => loadRawConfig({ env: { NOPS_GRPC_PORT: "abc" }, defaults: DEFAULT_KERNEL_OPTIONS }), { message: /^NOPS_GRPC_PORT must be a number/ });
-  t.throws(() => loadRawConfig({ env: { NOPS_REFLECTION: "maybe" }, defaults: DEFAULT_KERNEL_OPTIONS }), { message: /^NOPS_REFLECTION must be true or false/ });
+  t.throws(() => resolveKernelOptions({ registry: { heartbeatTtlMs: 5000, zombieAfterMs: 4000 } }), {
+    message: /registry\.zombieAfterMs must be greater/,
+  });
+  t.throws(() => loadRawConfig({ env: { NOPS_GRPC_PORT: "abc" }, defaults: DEFAULT_KERNEL_OPTIONS }), {
+    message: /^NOPS_GRPC_PORT must be a number/,
+  });
+  t.throws(() => loadRawConfig({ env: { NOPS_REFLECTION: "maybe" }, defaults: DEFAULT_KERNEL_OPTIONS }), {
+    message: /^NOPS_REFLECTION must be true or false/,
+  });
 });
 
 test("config - README documents every environment variable", (t) => {
   const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
-  const missing = envBindings(DEFAULT_KERNEL_OPTIONS).map((b) => b.name).filter((name) => !readme.includes(name));
+  const missing = envBindings(DEFAULT_KERNEL_OPTIONS)
+    .map((b) => b.name)
+    .filter((name) => !readme.includes(name));
   t.deepEqual(missing, []);
 });

@@ -18,7 +18,10 @@ test("pii classifier - recall >= 99% and false-positive rate <= 1% per structure
   const rows: string[] = ["type          TP    FN    FP    TN   recall  fp-rate"];
   const misses: string[] = [];
   for (const kind of PII_KINDS) {
-    let tp = 0, fn = 0, fp = 0, tn = 0;
+    let tp = 0,
+      fn = 0,
+      fp = 0,
+      tn = 0;
     corpus.forEach((s, i) => {
       const actual = s.labels.includes(kind);
       const got = predicted[i]?.has(kind) ?? false;
@@ -33,7 +36,9 @@ test("pii classifier - recall >= 99% and false-positive rate <= 1% per structure
     });
     const recall = tp / (tp + fn);
     const fpRate = fp / (fp + tn);
-    rows.push(`${kind.padEnd(12)} ${String(tp).padStart(4)}  ${String(fn).padStart(4)}  ${String(fp).padStart(4)}  ${String(tn).padStart(4)}   ${(recall * 100).toFixed(2).padStart(6)}%  ${(fpRate * 100).toFixed(2).padStart(5)}%`);
+    rows.push(
+      `${kind.padEnd(12)} ${String(tp).padStart(4)}  ${String(fn).padStart(4)}  ${String(fp).padStart(4)}  ${String(tn).padStart(4)}   ${(recall * 100).toFixed(2).padStart(6)}%  ${(fpRate * 100).toFixed(2).padStart(5)}%`,
+    );
     t.true(tp + fn >= 300, `${kind}: at least 300 positives`);
     t.true(recall >= 0.99, `${kind}: recall ${recall}`);
     t.true(fpRate <= 0.01, `${kind}: false-positive rate ${fpRate}`);
@@ -45,8 +50,14 @@ test("pii classifier - recall >= 99% and false-positive rate <= 1% per structure
 test("pii classifier - spans point at the matched value and confidence is in (0, 1]", (t) => {
   const text = "mail anna.smith@example.com card 4111 1111 1111 1111 ssn 536-22-1234";
   const found = detectPii(text);
-  t.deepEqual(found.map((d) => d.kind), ["email", "credit_card", "us_ssn"]);
-  t.deepEqual(found.map((d) => text.slice(d.start, d.end)), ["anna.smith@example.com", "4111 1111 1111 1111", "536-22-1234"]);
+  t.deepEqual(
+    found.map((d) => d.kind),
+    ["email", "credit_card", "us_ssn"],
+  );
+  t.deepEqual(
+    found.map((d) => text.slice(d.start, d.end)),
+    ["anna.smith@example.com", "4111 1111 1111 1111", "536-22-1234"],
+  );
   for (const d of found) t.true(d.confidence > 0 && d.confidence <= 1);
 });
 

@@ -7,10 +7,22 @@ const root = new URL("../../", import.meta.url).pathname;
 /** Ways of opening an outbound connection. */
 const OUTBOUND: { what: string; re: RegExp }[] = [
   { what: "fetch()", re: /(?<![\w.])fetch\s*\(/ },
-  { what: "http(s).request/get", re: /\bhttps?\.(?:request|get)\s*\(|from\s+["']node:https?["'][^;]*\b(?:request|get)\b/ },
-  { what: "http2.connect", re: /\bhttp2\.connect\s*\(|\bconnect\s+as\s+\w+\s*\}?\s*from\s+["']node:http2["']|import\s*\{[^}]*\bconnect\b[^}]*\}\s*from\s+["']node:http2["']/ },
-  { what: "net/tls connect", re: /\b(?:net|tls)\.(?:connect|createConnection)\s*\(|import\s*\{[^}]*\b(?:connect|createConnection)\b[^}]*\}\s*from\s+["']node:(?:net|tls)["']/ },
-  { what: "grpc-js client", re: /new\s+grpc\.Client\b|makeGenericClientConstructor|makeClientConstructor|\bcredentials\.create(?:Insecure|Ssl|FromSecureContext)\b|new\s+Client\s*\(/ },
+  {
+    what: "http(s).request/get",
+    re: /\bhttps?\.(?:request|get)\s*\(|from\s+["']node:https?["'][^;]*\b(?:request|get)\b/,
+  },
+  {
+    what: "http2.connect",
+    re: /\bhttp2\.connect\s*\(|\bconnect\s+as\s+\w+\s*\}?\s*from\s+["']node:http2["']|import\s*\{[^}]*\bconnect\b[^}]*\}\s*from\s+["']node:http2["']/,
+  },
+  {
+    what: "net/tls connect",
+    re: /\b(?:net|tls)\.(?:connect|createConnection)\s*\(|import\s*\{[^}]*\b(?:connect|createConnection)\b[^}]*\}\s*from\s+["']node:(?:net|tls)["']/,
+  },
+  {
+    what: "grpc-js client",
+    re: /new\s+grpc\.Client\b|makeGenericClientConstructor|makeClientConstructor|\bcredentials\.create(?:Insecure|Ssl|FromSecureContext)\b|new\s+Client\s*\(/,
+  },
   { what: "connect transport", re: /\bcreate(?:Grpc|Connect|GrpcWeb)Transport\s*\(/ },
   { what: "Redis connection", re: /new\s+(?:IORedis|Redis)\s*\(/ },
   { what: "NATS connection", re: /\b(?:nats\.)?connect\s*\(\s*\{[^)]*servers|from\s+["']@nats-io\/transport-node["']/ },
@@ -22,18 +34,33 @@ const OUTBOUND: { what: string; re: RegExp }[] = [
  * (or, for the routing invoker, must take the guard's grpc-js interceptor). Each entry: path pattern, reason.
  */
 const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
-  { pattern: /^src\/events\/.+\.ts$/, reason: "NATS leaf node on the edge host (hub-crossing subjects pass createNatsEgressHook before publish)" },
+  {
+    pattern: /^src\/events\/.+\.ts$/,
+    reason: "NATS leaf node on the edge host (hub-crossing subjects pass createNatsEgressHook before publish)",
+  },
   { pattern: /^src\/ratelimit\/.+\.ts$/, reason: "Redis on the edge host (rate-limit counters)" },
   { pattern: /^src\/identity\/spiffe\/.+\.ts$/, reason: "SPIFFE Workload API over a local unix socket" },
-  { pattern: /^src\/routing\/.+\.ts$/, reason: "routing invoker: agents on the edge; its grpc-js clients must carry createGrpcEgressInterceptor" },
+  {
+    pattern: /^src\/routing\/.+\.ts$/,
+    reason: "routing invoker: agents on the edge; its grpc-js clients must carry createGrpcEgressInterceptor",
+  },
   { pattern: /^src\/server\/.+\.ts$/, reason: "listening servers and health probes on loopback, no outbound calls" },
   { pattern: /^src\/dge\/.+\.ts$/, reason: "the reference DGE server: it listens, it does not call out" },
-  { pattern: /^src\/main\.ts$/, reason: "wiring: opens the local Redis/NATS connections handed to the components above" },
+  {
+    pattern: /^src\/main\.ts$/,
+    reason: "wiring: opens the local Redis/NATS connections handed to the components above",
+  },
 ];
 
 /** The approved outbound clients; anything else in src/clients fails. */
 const APPROVED_CLIENTS = new Set([
-  "observability-client.ts", "scorecard-client.ts", "billing-client.ts", "sandbox-client.ts", "compliance-client.ts", "inference-client.ts", "dge-client.ts",
+  "observability-client.ts",
+  "scorecard-client.ts",
+  "billing-client.ts",
+  "sandbox-client.ts",
+  "compliance-client.ts",
+  "inference-client.ts",
+  "dge-client.ts",
   "json-http.ts", // shared plumbing of the approved HTTP clients; it builds on the guarded fetch
   "index.ts",
 ]);
@@ -59,26 +86,57 @@ test("boundary - no module outside src/egress/ and src/clients/ opens an outboun
     const code = stripComments(readFileSync(file, "utf8"));
     for (const o of OUTBOUND) if (o.re.test(code)) offenders.push(`${rel}: ${o.what}`);
   }
-  t.deepEqual(offenders, [], "route these through src/clients (built on the Egress Guard) or add a LOCAL_ALLOWLIST entry with a reason");
+  t.deepEqual(
+    offenders,
+    [],
+    "route these through src/clients (built on the Egress Guard) or add a LOCAL_ALLOWLIST entry with a reason",
+  );
 });
 
 test("boundary - src/clients holds only approved clients, and each builds its transport through the guard", (t) => {
   const dir = join(root, "src/clients");
   const files = readdirSync(dir).filter((f) => f.endsWith(".ts"));
-  t.deepEqual(files.filter((f) => !APPROVED_CLIENTS.has(f)), [], "unapproved client in src/clients");
+  t.deepEqual(
+    files.filter((f) => !APPROVED_CLIENTS.has(f)),
+    [],
+    "unapproved client in src/clients",
+  );
   for (const f of files) {
     if (f === "index.ts" || f === "dge-client.ts") continue; // dge-client: the guard's own dependency (see its doc comment)
     const code = stripComments(readFileSync(join(dir, f), "utf8"));
-    t.regex(code, /createGuardedFetch|createJsonPost|createGrpcEgressInterceptor|createConnectEgressInterceptor/, `${f} must build its transport through the guard`);
-    t.notRegex(code, /(?<![\w.])fetch\s*\(|create(?:Grpc|Connect)Transport\s*\(/, `${f} must not open a connection of its own`);
+    t.regex(
+      code,
+      /createGuardedFetch|createJsonPost|createGrpcEgressInterceptor|createConnectEgressInterceptor/,
+      `${f} must build its transport through the guard`,
+    );
+    t.notRegex(
+      code,
+      /(?<![\w.])fetch\s*\(|create(?:Grpc|Connect)Transport\s*\(/,
+      `${f} must not open a connection of its own`,
+    );
   }
 });
 
 test("boundary - the scanner recognises each kind of outbound connection", (t) => {
   const samples = [
-    'await fetch("https://x")', "http.request(opts)", "http2.connect(url)", "net.connect(4222)", "tls.connect({})",
-    "new grpc.Client(addr, creds)", "grpc.makeGenericClientConstructor(def)", "createGrpcTransport({ baseUrl })", "new Redis(6379)", 'import { connect } from "@nats-io/transport-node"',
+    'await fetch("https://x")',
+    "http.request(opts)",
+    "http2.connect(url)",
+    "net.connect(4222)",
+    "tls.connect({})",
+    "new grpc.Client(addr, creds)",
+    "grpc.makeGenericClientConstructor(def)",
+    "createGrpcTransport({ baseUrl })",
+    "new Redis(6379)",
+    'import { connect } from "@nats-io/transport-node"',
   ];
-  for (const s of samples) t.true(OUTBOUND.some((o) => o.re.test(s)), s);
-  t.false(OUTBOUND.some((o) => o.re.test("const guardedFetch = createGuardedFetch(guard, 'x'); guardedFetch.length")), "not an outbound call");
+  for (const s of samples)
+    t.true(
+      OUTBOUND.some((o) => o.re.test(s)),
+      s,
+    );
+  t.false(
+    OUTBOUND.some((o) => o.re.test("const guardedFetch = createGuardedFetch(guard, 'x'); guardedFetch.length")),
+    "not an outbound call",
+  );
 });

@@ -21,11 +21,18 @@ test("dge cache - shared through Redis, invalidated in other kernels via pub/sub
   const { port } = await spawnRedis(t);
   const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
   const [ra, rb, sb] = [conn(), conn(), conn()];
-  t.teardown(() => { ra.disconnect(); rb.disconnect(); sb.disconnect(); });
+  t.teardown(() => {
+    ra.disconnect();
+    rb.disconnect();
+    sb.disconnect();
+  });
   const clock = createManualClock();
   const seen: [DgeInvalidation, string][] = [];
   const a = createDgeCache({ clock, logger: silent, redis: ra }, opts);
-  const b = createDgeCache({ clock, logger: silent, redis: rb, subscriber: sb, onInvalidated: (i, o) => seen.push([i, o]) }, opts);
+  const b = createDgeCache(
+    { clock, logger: silent, redis: rb, subscriber: sb, onInvalidated: (i, o) => seen.push([i, o]) },
+    opts,
+  );
   await waitUntil(async () => ((await ra.pubsub("NUMSUB", opts.channel)) as [string, number])[1] === 1, "subscription");
   await a.setPolicy("acme", "1", { version: "v1", ttlMs: 300_000 });
   t.deepEqual(await b.getPolicy("acme", "1"), { version: "v1", ttlMs: 300_000 }, "b reads what a wrote");

@@ -17,7 +17,18 @@ async function makeGuard(t: ExecutionContext) {
   const dge = await spawnDge(t);
   const store = makeStore();
   const guard = createEgressGuard(
-    { clock: systemClock, logger: silent, meter: makeMeter().provider.getMeter("t"), dge: createDgeClient({ clock: systemClock }, { url: dge.url, protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 }), events: store.events, audit: store.audit, db: store.db },
+    {
+      clock: systemClock,
+      logger: silent,
+      meter: makeMeter().provider.getMeter("t"),
+      dge: createDgeClient(
+        { clock: systemClock },
+        { url: dge.url, protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+      ),
+      events: store.events,
+      audit: store.audit,
+      db: store.db,
+    },
     resolveEgressGuardOptions({ tenantTiers: { acme: 1 } }),
   );
   t.teardown(() => guard.close());
@@ -28,20 +39,42 @@ test("egress interceptors - grpc-js: a blocked unary call fails PERMISSION_DENIE
   const guard = await makeGuard(t);
   const received: string[] = [];
   const def = {
-    Echo: { path: "/test.Echo/Echo", requestStream: false, responseStream: false, requestSerialize: (s: string) => Buffer.from(s), requestDeserialize: (b: Buffer) => b.toString(), responseSerialize: (s: string) => Buffer.from(s), responseDeserialize: (b: Buffer) => b.toString() },
+    Echo: {
+      path: "/test.Echo/Echo",
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (s: string) => Buffer.from(s),
+      requestDeserialize: (b: Buffer) => b.toString(),
+      responseSerialize: (s: string) => Buffer.from(s),
+      responseDeserialize: (b: Buffer) => b.toString(),
+    },
   } satisfies grpc.ServiceDefinition;
   const server = new grpc.Server();
-  server.addService(def, { Echo: (call: grpc.ServerUnaryCall<string, string>, cb: grpc.sendUnaryData<string>) => { received.push(call.request); cb(null, call.request); } });
-  const port = await new Promise<number>((res, rej) => server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  server.addService(def, {
+    Echo: (call: grpc.ServerUnaryCall<string, string>, cb: grpc.sendUnaryData<string>) => {
+      received.push(call.request);
+      cb(null, call.request);
+    },
+  });
+  const port = await new Promise<number>((res, rej) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
   t.teardown(() => server.forceShutdown());
   const Client = grpc.makeGenericClientConstructor(def, "Echo");
-  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { interceptors: [createGrpcEgressInterceptor(guard, "sandbox")] });
-  t.teardown(() => client.close());
-  const call = (msg: string): Promise<string> => new Promise((res, rej) => {
-    const md = new grpc.Metadata();
-    md.set("x-nops-tenant", "acme");
-    (client as unknown as { Echo(m: string, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: string) => void): void }).Echo(msg, md, (e, r) => (e ? rej(e) : res(r ?? "")));
+  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    interceptors: [createGrpcEgressInterceptor(guard, "sandbox")],
   });
+  t.teardown(() => client.close());
+  const call = (msg: string): Promise<string> =>
+    new Promise((res, rej) => {
+      const md = new grpc.Metadata();
+      md.set("x-nops-tenant", "acme");
+      (
+        client as unknown as {
+          Echo(m: string, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: string) => void): void;
+        }
+      ).Echo(msg, md, (e, r) => (e ? rej(e) : res(r ?? "")));
+    });
   const err = await t.throwsAsync<grpc.ServiceError>(call("card 4111-1111-1111-1111"));
   t.is(err.code, grpc.status.PERMISSION_DENIED);
   t.regex(err.details, /egress blocked/);
@@ -52,9 +85,17 @@ test("egress interceptors - grpc-js: a blocked unary call fails PERMISSION_DENIE
 test("egress interceptors - Connect: a blocked call throws PERMISSION_DENIED before it is sent", async (t) => {
   const guard = await makeGuard(t);
   let calls = 0;
-  const srv = createServer(connectNodeAdapter({ routes: (r) => r.service(DataGovernanceService, {
-    classify: () => { calls++; return create(ClassifyResponseSchema, {}); },
-  }) }));
+  const srv = createServer(
+    connectNodeAdapter({
+      routes: (r) =>
+        r.service(DataGovernanceService, {
+          classify: () => {
+            calls++;
+            return create(ClassifyResponseSchema, {});
+          },
+        }),
+    }),
+  );
   const sessions = new Set<ServerHttp2Session>();
   srv.on("session", (s) => sessions.add(s));
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
@@ -62,7 +103,11 @@ test("egress interceptors - Connect: a blocked call throws PERMISSION_DENIED bef
     for (const s of sessions) s.destroy();
     return new Promise<void>((r) => srv.close(() => r()));
   });
-  const transport = createConnectTransport({ baseUrl: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, httpVersion: "2", interceptors: [createConnectEgressInterceptor(guard, "compliance")] });
+  const transport = createConnectTransport({
+    baseUrl: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    httpVersion: "2",
+    interceptors: [createConnectEgressInterceptor(guard, "compliance")],
+  });
   const client = createClient(DataGovernanceService, transport);
   const headers = { "x-nops-tenant": "acme" };
   const err = await t.throwsAsync(client.classify({ data: "iban DE89 3704 0044 0532 0130 00" }, { headers }));
@@ -75,9 +120,17 @@ test("egress interceptors - Connect: a blocked call throws PERMISSION_DENIED bef
 test("egress interceptors - NATS pre-publish hook: hub-crossing subjects are checked, local ones pass", async (t) => {
   const guard = await makeGuard(t);
   const hook = createNatsEgressHook(guard, { crossingSubjects: ["nops.events.*.>"] });
-  t.like(await hook("nops.local.heartbeat", new TextEncoder().encode("anna@example.com")), { allowed: true, reason: "local_subject" });
-  t.like(await hook("nops.events.acme.agent.registered.v1", new TextEncoder().encode('{"contact":"anna@example.com"}')), { allowed: false });
-  t.like(await hook("nops.events.acme.agent.registered.v1", new TextEncoder().encode('{"agent":"planner"}')), { allowed: true });
+  t.like(await hook("nops.local.heartbeat", new TextEncoder().encode("anna@example.com")), {
+    allowed: true,
+    reason: "local_subject",
+  });
+  t.like(
+    await hook("nops.events.acme.agent.registered.v1", new TextEncoder().encode('{"contact":"anna@example.com"}')),
+    { allowed: false },
+  );
+  t.like(await hook("nops.events.acme.agent.registered.v1", new TextEncoder().encode('{"agent":"planner"}')), {
+    allowed: true,
+  });
   t.true(subjectMatches("a.*.c", "a.b.c"));
   t.false(subjectMatches("a.>", "a"));
 });

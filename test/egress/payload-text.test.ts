@@ -7,7 +7,8 @@ test("payload text - bytes fields read as text whether Uint8Array or Buffer-back
   // grpc-js hands decoded bytes fields out as Buffers, whose toJSON would hide the text.
   const asBuffer = { payload: Buffer.from(secret) };
   const nested = { request: { inner: [Buffer.from(secret)] } };
-  for (const value of [asUint8, asBuffer, nested]) t.true(payloadText(value).includes("jane.doe@example.com"), JSON.stringify(Object.keys(value)));
+  for (const value of [asUint8, asBuffer, nested])
+    t.true(payloadText(value).includes("jane.doe@example.com"), JSON.stringify(Object.keys(value)));
   t.is(payloadText(Buffer.from(secret)), secret);
   t.is(payloadText({ n: 12n }), '{"n":"12"}');
 });

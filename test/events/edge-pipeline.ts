@@ -33,7 +33,13 @@ export interface EdgePipeline {
   bus: EventBus;
   service: ReturnType<typeof createEventBusService>;
   /** Calls Publish as the transport would. */
-  publish(init: { tenant: string; subject: string; payload?: Uint8Array; idempotencyKey?: string; headers?: Record<string, string> }): Promise<PublishResponse>;
+  publish(init: {
+    tenant: string;
+    subject: string;
+    payload?: Uint8Array;
+    idempotencyKey?: string;
+    headers?: Record<string, string>;
+  }): Promise<PublishResponse>;
   /** A handler context whose signal the test controls. */
   context(signal?: AbortSignal): HandlerContext;
   close(): Promise<void>;
@@ -41,10 +47,30 @@ export interface EdgePipeline {
 
 /** Starts the pipeline against a leaf at `natsUrl`. */
 export function startEdgePipeline(
-  init: { dbPath: string; natsUrl: string; user: string; pass: string; edgeId: string; edgeDomain: string; clock?: Clock; meter?: Meter } & Partial<EventBusOptions> &
+  init: {
+    dbPath: string;
+    natsUrl: string;
+    user: string;
+    pass: string;
+    edgeId: string;
+    edgeDomain: string;
+    clock?: Clock;
+    meter?: Meter;
+  } & Partial<EventBusOptions> &
     Pick<Partial<EventBusDeps>, "prePublish" | "onPublished" | "tracer">,
 ): EdgePipeline {
-  const { dbPath, natsUrl, user, pass, clock = systemClock, meter = createNoopMeter(), prePublish, onPublished, tracer, ...rest } = init;
+  const {
+    dbPath,
+    natsUrl,
+    user,
+    pass,
+    clock = systemClock,
+    meter = createNoopMeter(),
+    prePublish,
+    onPublished,
+    tracer,
+    ...rest
+  } = init;
   const db = openEventsDb(dbPath);
   const options = resolveEventBusOptions({
     confirmIntervalMs: 300,
@@ -59,7 +85,10 @@ export function startEdgePipeline(
   const logger = createSilentLogger();
   const sink = createOutbox(db, { source: options.edgeId, clock });
   const bus = createEventBus({ db, clock, logger, meter, sink, prePublish, onPublished, tracer }, options);
-  const service = createEventBusService({ db, clock, logger, bus, prePublish, tracer }, resolveEventBusServiceOptions({}));
+  const service = createEventBusService(
+    { db, clock, logger, bus, prePublish, tracer },
+    resolveEventBusServiceOptions({}),
+  );
   bus.start();
   const context = (signal?: AbortSignal): HandlerContext =>
     createHandlerContext({

@@ -42,9 +42,11 @@ test("inbox - applies an event once per consumer and sweeps old rows", (t) => {
   t.true(inbox.applyOnce("projector", "e1", apply));
   t.false(inbox.applyOnce("projector", "e1", apply));
   t.true(inbox.applyOnce("other", "e1", apply));
-  t.throws(() => inbox.applyOnce("projector", "e2", () => {
-    throw new Error("boom");
-  }));
+  t.throws(() =>
+    inbox.applyOnce("projector", "e2", () => {
+      throw new Error("boom");
+    }),
+  );
   // A failed apply rolls the inbox row back, so the redelivery applies it.
   t.true(inbox.applyOnce("projector", "e2", apply));
   t.is((db.prepare("SELECT count(*) AS n FROM applied").get() as { n: number }).n, 3);
@@ -56,7 +58,9 @@ test("migration 0004 - down then up keeps the outbox rows", (t) => {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   t.is(MIGRATIONS[3], migration0004);
-  db.prepare("INSERT INTO outbox (event_id, type, tenant, subject, envelope, created_at) VALUES ('e', 't', 'a', 's', x'00', 1)").run();
+  db.prepare(
+    "INSERT INTO outbox (event_id, type, tenant, subject, envelope, created_at) VALUES ('e', 't', 'a', 's', x'00', 1)",
+  ).run();
   // Down to just before 0004, whatever came after it.
   migrateDown(db, MIGRATIONS, MIGRATIONS.length - 3);
   t.falsy(db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'event_inbox'").get());
@@ -79,7 +83,10 @@ test("event bus options - defaults, and errors that name the field", (t) => {
   t.is(o.hubStreamName, "NOPS_EDGE_EDGE_EU_1");
   t.is(o.maxInFlight, 256);
   t.throws(() => resolveEventBusOptions({}), { instanceOf: ConfigError, message: /events\.edgeId/ });
-  t.throws(() => resolveEventBusOptions({ edgeId: "e", maxInFlight: 0 }, "kernel.events"), { instanceOf: ConfigError, message: /kernel\.events\.maxInFlight must be an integer >= 1/ });
+  t.throws(() => resolveEventBusOptions({ edgeId: "e", maxInFlight: 0 }, "kernel.events"), {
+    instanceOf: ConfigError,
+    message: /kernel\.events\.maxInFlight must be an integer >= 1/,
+  });
   t.throws(() => resolveEventBusOptions({ edgeId: "e", systemTenant: "Bad" }), { message: /systemTenant/ });
   t.throws(() => resolveEventBusOptions({ edgeId: "e", retryInitialMs: 10, retryMaxMs: 5 }), { message: /retryMaxMs/ });
   t.throws(() => resolveEventBusServiceOptions({ maxHeaders: -1 }), { message: /events\.service\.maxHeaders/ });

@@ -5,7 +5,11 @@ import { EventEnvelopeSchema, type EventEnvelope } from "../../gen/nops/events/v
 import type { NatsTopology } from "../helpers/nats-servers.js";
 
 /** Every envelope in a stream of the given server, in stream order (read message by message). */
-export async function readStreamEnvelopes(url: string, user: { user: string; pass: string }, stream: string): Promise<EventEnvelope[]> {
+export async function readStreamEnvelopes(
+  url: string,
+  user: { user: string; pass: string },
+  stream: string,
+): Promise<EventEnvelope[]> {
   const nc = await connect({ servers: url, user: user.user, pass: user.pass });
   try {
     const jsm = await jetstreamManager(nc);
@@ -24,7 +28,12 @@ export async function readStreamEnvelopes(url: string, user: { user: string; pas
 /** Message count of a stream on the hub (0 when it does not exist yet or the hub is down). */
 export async function hubStreamCount(topo: NatsTopology, stream: string): Promise<number> {
   try {
-    const nc = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass, reconnect: false });
+    const nc = await connect({
+      servers: topo.hub.url,
+      user: topo.hubUser.user,
+      pass: topo.hubUser.pass,
+      reconnect: false,
+    });
     try {
       const jsm = await jetstreamManager(nc);
       return (await jsm.streams.info(stream)).state.messages;

@@ -15,30 +15,63 @@ test("kernel events - registry writes and Publish reach the hub through the leaf
   const k = await startTestKernel(t, {
     edgeId: "edge-k",
     nats: { url: topo.leaf.url },
-    events: { natsUser: topo.kernelUser.user, natsPassword: topo.kernelUser.pass, edgeDomain: topo.edgeDomain, confirmIntervalMs: 200 },
+    events: {
+      natsUser: topo.kernelUser.user,
+      natsPassword: topo.kernelUser.pass,
+      edgeDomain: topo.edgeDomain,
+      confirmIntervalMs: 200,
+    },
     egress: { tenantTiers: { acme: 1, globex: 3 } },
   });
   const registry = k.client(AgentRegistryService, "grpc-js");
   const bus = k.client(EventBusService, "connect-json");
-  const { agent } = await registry.registerAgent({ tenant: "acme", name: "a", version: "1", endpoint: "grpc://summarizer.acme.svc:7000" });
-  const published = await bus.publish({ tenant: "acme", subject: "orders.created", payload: new TextEncoder().encode('{"order":"A-1001","items":3}'), idempotencyKey: "k-1" });
+  const { agent } = await registry.registerAgent({
+    tenant: "acme",
+    name: "a",
+    version: "1",
+    endpoint: "grpc://summarizer.acme.svc:7000",
+  });
+  const published = await bus.publish({
+    tenant: "acme",
+    subject: "orders.created",
+    payload: new TextEncoder().encode('{"order":"A-1001","items":3}'),
+    idempotencyKey: "k-1",
+  });
   // An agent record of a tier 3 tenant naming an IP address: the DGE calls that PII.
   await registry.registerAgent({ tenant: "globex", name: "g", version: "1", endpoint: "10.1.2.3:7000" });
 
   const hubStream = k.kernel.options.events.hubStreamName;
   let envelopes: Awaited<ReturnType<typeof readStreamEnvelopes>> = [];
-  await waitFor(async () => {
-    envelopes = await readStreamEnvelopes(topo.hub.url, topo.hubUser, hubStream);
-    return envelopes.some((e) => e.type === "agent.registered.v1") && envelopes.some((e) => e.id === published.eventId);
-  }, "events at the hub", 30_000).catch((e: unknown) => { throw new Error(`${String(e)}\n${k.logs.filter((l) => /events|relay|nats|egress|blocked/i.test(l)).slice(-15).join("\n")}`); });
+  await waitFor(
+    async () => {
+      envelopes = await readStreamEnvelopes(topo.hub.url, topo.hubUser, hubStream);
+      return (
+        envelopes.some((e) => e.type === "agent.registered.v1") && envelopes.some((e) => e.id === published.eventId)
+      );
+    },
+    "events at the hub",
+    30_000,
+  ).catch((e: unknown) => {
+    throw new Error(
+      `${String(e)}\n${k.logs
+        .filter((l) => /events|relay|nats|egress|blocked/i.test(l))
+        .slice(-15)
+        .join("\n")}`,
+    );
+  });
   const registered = envelopes.find((e) => e.type === "agent.registered.v1" && e.tenant === "acme")!;
   t.is(fromBinary(AgentRegisteredSchema, registered.payload).agent?.id, agent!.id);
-  t.false(envelopes.some((e) => e.tenant === "globex" && e.type === "agent.registered.v1"), "the tier 3 PII event never left the edge");
+  t.false(
+    envelopes.some((e) => e.tenant === "globex" && e.type === "agent.registered.v1"),
+    "the tier 3 PII event never left the edge",
+  );
 
   const db = new Database(k.kernel.options.databasePath, { readonly: true });
   const blocked = db.prepare("SELECT count(*) AS n FROM outbox_blocked").get() as { n: number };
   db.close();
   t.is(blocked.n, 1, "the held event stays visible at the edge");
-  const ready = (await (await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`)).json()) as { dependencies: { name: string; state: string }[] };
+  const ready = (await (await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`)).json()) as {
+    dependencies: { name: string; state: string }[];
+  };
   t.is(ready.dependencies.find((d) => d.name === "nats-leaf")?.state, "ok");
 });

@@ -2,7 +2,11 @@ import test from "ava";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../../src/events/leaf-supervisor.js";
+import {
+  createLeafSupervisor,
+  findNatsServer,
+  resolveLeafSupervisorOptions,
+} from "../../src/events/leaf-supervisor.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { NATS_SERVER_BIN, freePort, waitFor } from "../helpers/nats-servers.js";
 
@@ -32,6 +36,11 @@ test("leaf supervisor - writes its config, restarts the server after kill -9 and
 test("leaf supervisor - finds nats-server on a PATH string and validates options", (t) => {
   t.is(findNatsServer(`/nonexistent:${dirname(NATS_SERVER_BIN)}`), NATS_SERVER_BIN);
   t.is(findNatsServer("/nonexistent"), undefined);
-  t.throws(() => resolveLeafSupervisorOptions({ binary: "x", dataDir: "d", edgeDomain: "e" }), { message: /events\.leaf\.password is required/ });
-  t.throws(() => resolveLeafSupervisorOptions({ binary: "x", dataDir: "d", edgeDomain: "e", password: "p", port: 70000 }), { message: /events\.leaf\.port/ });
+  t.throws(() => resolveLeafSupervisorOptions({ binary: "x", dataDir: "d", edgeDomain: "e" }), {
+    message: /events\.leaf\.password is required/,
+  });
+  t.throws(
+    () => resolveLeafSupervisorOptions({ binary: "x", dataDir: "d", edgeDomain: "e", password: "p", port: 70000 }),
+    { message: /events\.leaf\.port/ },
+  );
 });

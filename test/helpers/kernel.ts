@@ -26,7 +26,11 @@ export type TransportName = "grpc-js" | "connect-json" | "connect-binary-h2" | "
 export const BOTH: readonly TransportName[] = ["grpc-js", "connect-json"];
 
 /** Starts a kernel for a test and stops it (and removes its data) in teardown. */
-export async function startTestKernel(t: ExecutionContext, raw: Record<string, unknown> = {}, overrides: KernelOverrides = {}): Promise<TestKernel> {
+export async function startTestKernel(
+  t: ExecutionContext,
+  raw: Record<string, unknown> = {},
+  overrides: KernelOverrides = {},
+): Promise<TestKernel> {
   const dir = mkdtempSync(join(tmpdir(), "nops-kernel-test-"));
   const options: KernelOptions = resolveKernelOptions({
     dataDir: dir,

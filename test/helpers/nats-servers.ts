@@ -10,7 +10,6 @@ import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.
 /** Path of the nats-server binary the integration tests use. */
 export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
 
-
 async function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = netConnect({ host: "127.0.0.1", port });
@@ -21,7 +20,6 @@ async function canConnect(port: number): Promise<boolean> {
     sock.once("error", () => resolve(false));
   });
 }
-
 
 /** One nats-server process started from a rendered config. */
 export interface NatsServerProcess {
@@ -39,7 +37,13 @@ export interface NatsServerProcess {
   kill9(): Promise<void>;
 }
 
-function managed(name: string, port: number, configPath: string, readyPorts: number[], env?: Record<string, string>): NatsServerProcess {
+function managed(
+  name: string,
+  port: number,
+  configPath: string,
+  readyPorts: number[],
+  env?: Record<string, string>,
+): NatsServerProcess {
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
   let stderr = "";
@@ -60,7 +64,10 @@ function managed(name: string, port: number, configPath: string, readyPorts: num
     async start() {
       await waitExit("SIGTERM");
       stderr = "";
-      const c = spawn(NATS_SERVER_BIN, ["-c", configPath], { stdio: ["ignore", "ignore", "pipe"], env: env ? { ...process.env, ...env } : process.env });
+      const c = spawn(NATS_SERVER_BIN, ["-c", configPath], {
+        stdio: ["ignore", "ignore", "pipe"],
+        env: env ? { ...process.env, ...env } : process.env,
+      });
       child = c;
       c.stderr.on("data", (d: Buffer) => {
         stderr = (stderr + d.toString()).slice(-4000);
@@ -95,7 +102,9 @@ export interface NatsTopology {
  * With `shipped: true` the servers run the repository's nats/hub.conf and nats/leaf.conf,
  * their variables filled from the environment, instead of the rendered configs.
  */
-export async function startNatsTopology(options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {}): Promise<NatsTopology> {
+export async function startNatsTopology(
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {},
+): Promise<NatsTopology> {
   const dir = mkdtempSync(join(tmpdir(), "nops-nats-"));
   const edgeDomain = options.edgeDomain ?? "edge1";
   const hubDomain = "hub";

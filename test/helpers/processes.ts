@@ -15,7 +15,12 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls `check` (a throw counts as "not yet") until it returns true or `timeoutMs` passes. */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000, stepMs = 50): Promise<void> {
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 30_000,
+  stepMs = 50,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -36,7 +41,13 @@ export interface Child {
 }
 
 /** Spawns a process for a test and SIGKILLs it by pid at teardown if it is still running. */
-export function spawnChild(t: ExecutionContext, command: string, args: string[], env: Record<string, string>, cwd?: string): Child {
+export function spawnChild(
+  t: ExecutionContext,
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  cwd?: string,
+): Child {
   const proc = spawn(command, args, { env: { ...process.env, ...env }, cwd, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   proc.stdout?.on("data", (d: Buffer) => (out += d.toString()));

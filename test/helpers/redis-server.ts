@@ -10,13 +10,16 @@ export interface RedisServer {
   kill(): Promise<void>;
 }
 
-
 /** Starts `redis-server` on a free loopback port with persistence off; waits (bounded) until it accepts connections. */
 export async function startRedisServer(onPort?: number): Promise<RedisServer> {
   const port = onPort ?? (await freePort());
-  const child: ChildProcess = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const kill = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");

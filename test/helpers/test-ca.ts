@@ -69,7 +69,10 @@ export interface TestCa {
 }
 
 function pem(label: string, der: Uint8Array): string {
-  const b64 = Buffer.from(der).toString("base64").match(/.{1,64}/g) ?? [];
+  const b64 =
+    Buffer.from(der)
+      .toString("base64")
+      .match(/.{1,64}/g) ?? [];
   return `-----BEGIN ${label}-----\n${b64.join("\n")}\n-----END ${label}-----\n`;
 }
 
@@ -87,7 +90,13 @@ function buildCa(
 ): TestCa {
   const certDer = new Uint8Array(cert.rawData);
   const now = Date.now();
-  const sign = async (publicKey: webcrypto.CryptoKey, subject: string, extensions: Extension[], notBefore: Date, notAfter: Date) =>
+  const sign = async (
+    publicKey: webcrypto.CryptoKey,
+    subject: string,
+    extensions: Extension[],
+    notBefore: Date,
+    notAfter: Date,
+  ) =>
     X509CertificateGenerator.create(
       {
         serialNumber: serial(),
@@ -110,7 +119,9 @@ function buildCa(
     async issue(o = {}) {
       const keys = await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"]);
       const names: JsonGeneralName[] = [
-        ...(o.uris ?? [o.spiffeId ?? `spiffe://${trustDomain}/test/workload`]).map((value): JsonGeneralName => ({ type: "url", value })),
+        ...(o.uris ?? [o.spiffeId ?? `spiffe://${trustDomain}/test/workload`]).map(
+          (value): JsonGeneralName => ({ type: "url", value }),
+        ),
         ...(o.dnsNames ?? []).map((value): JsonGeneralName => ({ type: "dns", value })),
         ...(o.ipAddresses ?? []).map((value): JsonGeneralName => ({ type: "ip", value })),
       ];
@@ -159,7 +170,10 @@ function buildCa(
 }
 
 /** Creates a self-signed root CA for `trustDomain` valid around the real current time. */
-export async function createTestCa(trustDomain: string, o: { notBefore?: Date; notAfter?: Date } = {}): Promise<TestCa> {
+export async function createTestCa(
+  trustDomain: string,
+  o: { notBefore?: Date; notAfter?: Date } = {},
+): Promise<TestCa> {
   const keys = await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"]);
   const now = Date.now();
   const cert = await X509CertificateGenerator.createSelfSigned(

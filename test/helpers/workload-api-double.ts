@@ -75,7 +75,10 @@ export async function startWorkloadApiDouble(): Promise<WorkloadApiDouble> {
   const bundlesMessage = (id: IssuedIdentity): Buffer => {
     const td = new URL(id.spiffeId).host;
     return Buffer.from(
-      toBinary(X509BundlesResponseSchema, create(X509BundlesResponseSchema, { bundles: { [`spiffe://${td}`]: id.bundle, ...id.federatedBundles } })),
+      toBinary(
+        X509BundlesResponseSchema,
+        create(X509BundlesResponseSchema, { bundles: { [`spiffe://${td}`]: id.bundle, ...id.federatedBundles } }),
+      ),
     );
   };
 
@@ -127,7 +130,9 @@ export async function startWorkloadApiDouble(): Promise<WorkloadApiDouble> {
     FetchX509Bundles: streaming("FetchX509Bundles", bundleStreams, bundlesMessage),
   });
   await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
+      err ? reject(err) : resolve(),
+    ),
   );
 
   const endAll = (code: grpc.status): void => {

@@ -20,7 +20,10 @@ const getAgent = AgentRegistryService.method.getAgent;
 const FAKE_CERT = new Uint8Array([0x30, 0x82, 0x01, 0x02]);
 const OTHER_CERT = new Uint8Array([0x30, 0x82, 0x09, 0x09]);
 
-function setup(options: Record<string, unknown> = {}, peerIds = new Map<Uint8Array, string>([[FAKE_CERT, "spiffe://nops.local/nops/admin/developer"]])) {
+function setup(
+  options: Record<string, unknown> = {},
+  peerIds = new Map<Uint8Array, string>([[FAKE_CERT, "spiffe://nops.local/nops/admin/developer"]]),
+) {
   const s = openTestStore();
   const logger = createSilentLogger();
   const verified: Uint8Array[][] = [];
@@ -30,10 +33,24 @@ function setup(options: Record<string, unknown> = {}, peerIds = new Map<Uint8Arr
     if (!id) throw new Error("chain does not verify against the bundle");
     return { spiffeId: id };
   };
-  const apiKeys = createApiKeyStore({ db: s.db, clock: s.clock }, resolveApiKeyOptions({ pepper: randomBytes(32).toString("base64") }));
-  const jwt = createJwtVerifier({ clock: s.clock, logger }, resolveJwtVerifierOptions({ issuer: "https://idp", audience: "nops", algorithms: ["HS256"], hmacSecret: SECRET }));
+  const apiKeys = createApiKeyStore(
+    { db: s.db, clock: s.clock },
+    resolveApiKeyOptions({ pepper: randomBytes(32).toString("base64") }),
+  );
+  const jwt = createJwtVerifier(
+    { clock: s.clock, logger },
+    resolveJwtVerifierOptions({ issuer: "https://idp", audience: "nops", algorithms: ["HS256"], hmacSecret: SECRET }),
+  );
   const authn = createAuthnInterceptor(
-    { verifyPeer, spiffePrincipals: createSpiffePrincipalMapper(resolveSpiffePrincipalOptions({})), jwt, apiKeys, audit: s.audit, clock: s.clock, logger },
+    {
+      verifyPeer,
+      spiffePrincipals: createSpiffePrincipalMapper(resolveSpiffePrincipalOptions({})),
+      jwt,
+      apiKeys,
+      audit: s.audit,
+      clock: s.clock,
+      logger,
+    },
     resolveAuthnOptions(options),
   );
   const authz = createAuthzInterceptor({ audit: s.audit, logger }, resolveAuthzOptions({}));
@@ -41,7 +58,8 @@ function setup(options: Record<string, unknown> = {}, peerIds = new Map<Uint8Arr
   return { ...s, apiKeys, verified, calls, authnOnly: authn(handler), chain: authn(authz(handler)) };
 }
 
-const get = (tenant: string, init: CallInit = {}) => makeCall(getAgent, create(getAgent.input, { tenant, id: "a1" }), init);
+const get = (tenant: string, init: CallInit = {}) =>
+  makeCall(getAgent, create(getAgent.input, { tenant, id: "a1" }), init);
 
 async function refusal(p: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -53,7 +71,13 @@ async function refusal(p: Promise<unknown>): Promise<ConnectError> {
 }
 
 function token(claims: Record<string, unknown>, aud = "nops") {
-  return new SignJWT(claims).setProtectedHeader({ alg: "HS256" }).setIssuer("https://idp").setAudience(aud).setSubject("carol").setExpirationTime(Math.floor(Date.UTC(2026, 0, 1) / 1000) + 600).sign(new TextEncoder().encode(SECRET));
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer("https://idp")
+    .setAudience(aud)
+    .setSubject("carol")
+    .setExpirationTime(Math.floor(Date.UTC(2026, 0, 1) / 1000) + 600)
+    .sign(new TextEncoder().encode(SECRET));
 }
 
 test("authn - no credential is UNAUTHENTICATED and audited with the correlation id", async (t) => {
@@ -70,7 +94,11 @@ test("authn - the mTLS peer's SVID becomes the principal; the dev client is SUPE
   await chain(get("acme", { certificates: [FAKE_CERT] }));
   await chain(get("globex", { certificates: [FAKE_CERT] }));
   t.is(calls.length, 2);
-  t.like(calls[0]?.ctx.values.get(kPrincipal), { kind: "spiffe", id: "spiffe://nops.local/nops/admin/developer", roles: ["SUPER_ADMIN"] });
+  t.like(calls[0]?.ctx.values.get(kPrincipal), {
+    kind: "spiffe",
+    id: "spiffe://nops.local/nops/admin/developer",
+    roles: ["SUPER_ADMIN"],
+  });
 });
 
 test("authn - a peer chain that does not verify is UNAUTHENTICATED and leaks nothing", async (t) => {
@@ -90,7 +118,13 @@ test("authn - a valid SVID not allowed for the method is PERMISSION_DENIED and a
   const err = await refusal(chain(get("globex", { certificates: [FAKE_CERT], correlationId: "corr-2" })));
   t.is(err.code, Code.PermissionDenied);
   t.is(calls.length, 1);
-  t.like(auditRows(db)[0], { actor: "spiffe://nops.local/nops/tenant/acme/agent/a1", action: "authz.deny", outcome: "denied", correlation_id: "corr-2", tenant: "globex" });
+  t.like(auditRows(db)[0], {
+    actor: "spiffe://nops.local/nops/tenant/acme/agent/a1",
+    action: "authz.deny",
+    outcome: "denied",
+    correlation_id: "corr-2",
+    tenant: "globex",
+  });
 });
 
 test("authn - verified peer chains are remembered for peerCacheTtlMs (manual clock)", async (t) => {
@@ -108,15 +142,31 @@ test("authn - a bearer JWT authenticates; a bad one is UNAUTHENTICATED", async (
   const good = await token({ tenant: "acme", roles: ["VIEWER"] });
   await chain(get("acme", { headers: { authorization: `Bearer ${good}` } }));
   t.like(calls[0]?.ctx.values.get(kPrincipal), { kind: "jwt", id: "jwt:carol", tenant: "acme" });
-  t.is((await refusal(chain(get("acme", { headers: { authorization: `Bearer ${await token({}, "other-aud")}` } })))).code, Code.Unauthenticated);
-  t.is((await refusal(chain(get("acme", { headers: { authorization: "Basic dXNlcjpwYXNz" } })))).code, Code.Unauthenticated);
+  t.is(
+    (await refusal(chain(get("acme", { headers: { authorization: `Bearer ${await token({}, "other-aud")}` } })))).code,
+    Code.Unauthenticated,
+  );
+  t.is(
+    (await refusal(chain(get("acme", { headers: { authorization: "Basic dXNlcjpwYXNz" } })))).code,
+    Code.Unauthenticated,
+  );
   // The JWT's tenant bounds it like any other principal.
-  t.is((await refusal(chain(get("globex", { headers: { authorization: `Bearer ${good}` } })))).code, Code.PermissionDenied);
+  t.is(
+    (await refusal(chain(get("globex", { headers: { authorization: `Bearer ${good}` } })))).code,
+    Code.PermissionDenied,
+  );
 });
 
 test("authn - an x-api-key authenticates; an unknown one is UNAUTHENTICATED", async (t) => {
   const { chain, calls, apiKeys } = setup();
-  const issued = apiKeys.create({ tenant: "acme", agentId: "", name: "k", role: "VIEWER", scopes: [], createdBy: "test" });
+  const issued = apiKeys.create({
+    tenant: "acme",
+    agentId: "",
+    name: "k",
+    role: "VIEWER",
+    scopes: [],
+    createdBy: "test",
+  });
   await chain(get("acme", { headers: { "x-api-key": issued.key } }));
   t.like(calls[0]?.ctx.values.get(kPrincipal), { kind: "apikey", id: `apikey:${issued.record.keyId}`, tenant: "acme" });
   const bad = issued.key.slice(0, -2) + (issued.key.endsWith("AA") ? "BB" : "AA");
@@ -126,7 +176,11 @@ test("authn - an x-api-key authenticates; an unknown one is UNAUTHENTICATED", as
 test("authn - the first credential present decides: a bad mTLS chain is not rescued by a JWT", async (t) => {
   const { chain } = setup();
   const good = await token({ tenant: "acme", roles: ["VIEWER"] });
-  t.is((await refusal(chain(get("acme", { certificates: [OTHER_CERT], headers: { authorization: `Bearer ${good}` } })))).code, Code.Unauthenticated);
+  t.is(
+    (await refusal(chain(get("acme", { certificates: [OTHER_CERT], headers: { authorization: `Bearer ${good}` } }))))
+      .code,
+    Code.Unauthenticated,
+  );
 });
 
 test("authn - health and reflection are public; allowAnonymous yields no principal", async (t) => {

@@ -25,9 +25,17 @@ async function setup(t: ExecutionContext): Promise<Setup> {
   const ca = await createTestCa(TD);
   const wl = await startWorkloadApiDouble();
   t.teardown(() => wl.close());
-  const kernelSvid = await ca.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
+  const kernelSvid = await ca.issue({
+    spiffeId: `spiffe://${TD}/nops/kernel/edge-test`,
+    dnsNames: ["localhost"],
+    ipAddresses: ["127.0.0.1"],
+  });
   wl.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, svid: kernelSvid, bundle: ca.certDer });
-  const k = await startTestKernel(t, { edgeId: "edge-test", trustDomain: TD, identity: { source: "workload-api", socket: wl.address } });
+  const k = await startTestKernel(t, {
+    edgeId: "edge-test",
+    trustDomain: TD,
+    identity: { source: "workload-api", socket: wl.address },
+  });
   const transport: Setup["transport"] = (server, svid, headers) => {
     const nodeOptions = { ca: ca.certPem, ...(svid ? { cert: svid.certPem, key: svid.keyPem } : {}) };
     const addHeaders: Interceptor = (next) => async (req) => {
@@ -37,7 +45,12 @@ async function setup(t: ExecutionContext): Promise<Setup> {
     const interceptors = [addHeaders];
     return server === "grpc-js"
       ? createGrpcTransport({ baseUrl: `https://localhost:${k.kernel.grpcPort}`, nodeOptions, interceptors })
-      : createConnectTransport({ baseUrl: `https://localhost:${k.kernel.httpPort}`, httpVersion: "2", nodeOptions, interceptors });
+      : createConnectTransport({
+          baseUrl: `https://localhost:${k.kernel.httpPort}`,
+          httpVersion: "2",
+          nodeOptions,
+          interceptors,
+        });
   };
   return { k, ca, wl, caPem: ca.certPem, transport };
 }
@@ -85,7 +98,10 @@ test("identity - an SVID of another trust domain is refused", async (t) => {
 
 test("identity - an agent SVID reaches only its own tenant, for every registry RPC", async (t) => {
   const s = await setup(t);
-  const admin = createClient(AgentRegistryService, s.transport("grpc-js", await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/admin/ops` })));
+  const admin = createClient(
+    AgentRegistryService,
+    s.transport("grpc-js", await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/admin/ops` })),
+  );
   const other = (await admin.registerAgent(agent("globex"))).agent!;
   const acmeSvid = await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/tenant/acme/agent/summarizer` });
   for (const server of ["grpc-js", "connect-node"] as const) {
@@ -97,32 +113,50 @@ test("identity - an agent SVID reaches only its own tenant, for every registry R
       register: await code(c.registerAgent(agent("globex"))),
       get: await code(c.getAgent({ tenant: "globex", id: other.id })),
       list: await code(c.listAgents({ tenant: "globex" })),
-      update: await code(c.updateAgent({ agent: { tenant: "globex", id: other.id, version: "2" }, updateMask: { paths: ["version"] } })),
+      update: await code(
+        c.updateAgent({ agent: { tenant: "globex", id: other.id, version: "2" }, updateMask: { paths: ["version"] } }),
+      ),
       heartbeat: await code(c.heartbeat({ tenant: "globex", id: other.id })),
       deregister: await code(c.deregisterAgent({ tenant: "globex", id: other.id })),
-      watch: await code((async () => {
-        for await (const _ of c.watchAgents({ tenant: "globex" })) break;
-      })()),
+      watch: await code(
+        (async () => {
+          for await (const _ of c.watchAgents({ tenant: "globex" })) break;
+        })(),
+      ),
     };
-    t.deepEqual(crossTenant, {
-      register: Code.PermissionDenied,
-      get: Code.PermissionDenied,
-      list: Code.PermissionDenied,
-      update: Code.PermissionDenied,
-      heartbeat: Code.PermissionDenied,
-      deregister: Code.PermissionDenied,
-      watch: Code.PermissionDenied,
-    }, server);
+    t.deepEqual(
+      crossTenant,
+      {
+        register: Code.PermissionDenied,
+        get: Code.PermissionDenied,
+        list: Code.PermissionDenied,
+        update: Code.PermissionDenied,
+        heartbeat: Code.PermissionDenied,
+        deregister: Code.PermissionDenied,
+        watch: Code.PermissionDenied,
+      },
+      server,
+    );
   }
-  t.is((await admin.getAgent({ tenant: "globex", id: other.id })).agent?.id, other.id, "the other tenant's agent is untouched");
+  t.is(
+    (await admin.getAgent({ tenant: "globex", id: other.id })).agent?.id,
+    other.id,
+    "the other tenant's agent is untouched",
+  );
 });
 
 test("identity - API keys: shown once, work for their tenant only, revoked at once", async (t) => {
   const s = await setup(t);
-  const admin = createClient(ApiKeyService, s.transport("connect-node", await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/admin/ops` })));
+  const admin = createClient(
+    ApiKeyService,
+    s.transport("connect-node", await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/admin/ops` })),
+  );
   const created = await admin.createApiKey({ tenant: "acme", name: "ci", role: Role.OPERATOR });
   t.regex(created.secret, /^nops_/);
-  const withKey = createClient(AgentRegistryService, s.transport("connect-node", undefined, { "x-api-key": created.secret }));
+  const withKey = createClient(
+    AgentRegistryService,
+    s.transport("connect-node", undefined, { "x-api-key": created.secret }),
+  );
   t.is(await code(withKey.registerAgent(agent("acme"))), "ok");
   t.is(await code(withKey.listAgents({ tenant: "globex" })), Code.PermissionDenied);
   const Database = (await import("better-sqlite3")).default;
@@ -130,7 +164,9 @@ test("identity - API keys: shown once, work for their tenant only, revoked at on
   // The secret part is base64url and may itself contain "_": cut by the fixed-length prefix.
   const secret = created.secret.slice(`nops_${created.apiKey!.keyId}_`.length);
   t.is(secret.length, 43);
-  const dump = JSON.stringify(db.prepare("SELECT * FROM api_keys").all()) + JSON.stringify(db.prepare("SELECT * FROM audit_log").all());
+  const dump =
+    JSON.stringify(db.prepare("SELECT * FROM api_keys").all()) +
+    JSON.stringify(db.prepare("SELECT * FROM audit_log").all());
   db.close();
   t.false(dump.includes(secret), "the key is never stored or audited in clear");
   await admin.revokeApiKey({ tenant: "acme", keyId: created.apiKey!.keyId });
@@ -139,10 +175,21 @@ test("identity - API keys: shown once, work for their tenant only, revoked at on
 
 function presentedCertificate(port: number, ca: string, svid: TestSvid): Promise<PeerCertificate> {
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host: "127.0.0.1", port, servername: "localhost", ca, cert: svid.certPem, key: svid.keyPem, ALPNProtocols: ["h2"] }, () => {
-      resolve(socket.getPeerCertificate());
-      socket.end();
-    });
+    const socket = tlsConnect(
+      {
+        host: "127.0.0.1",
+        port,
+        servername: "localhost",
+        ca,
+        cert: svid.certPem,
+        key: svid.keyPem,
+        ALPNProtocols: ["h2"],
+      },
+      () => {
+        resolve(socket.getPeerCertificate());
+        socket.end();
+      },
+    );
     socket.once("error", reject);
   });
 }
@@ -153,11 +200,24 @@ test("identity - a rotated SVID is presented on new handshakes while an open con
   const client = createClient(AgentRegistryService, s.transport("grpc-js", adminSvid));
   await client.registerAgent(agent("acme"));
   const before = await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid);
-  const rotated = await s.ca.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"] });
+  const rotated = await s.ca.issue({
+    spiffeId: `spiffe://${TD}/nops/kernel/edge-test`,
+    dnsNames: ["localhost"],
+    ipAddresses: ["127.0.0.1"],
+  });
   s.wl.issue({ spiffeId: `spiffe://${TD}/nops/kernel/edge-test`, svid: rotated, bundle: s.ca.certDer });
-  await waitFor(async () => (await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid)).serialNumber !== before.serialNumber, "rotation", 10_000);
+  await waitFor(
+    async () =>
+      (await presentedCertificate(s.k.kernel.grpcPort, s.caPem, adminSvid)).serialNumber !== before.serialNumber,
+    "rotation",
+    10_000,
+  );
   for (const port of [s.k.kernel.grpcPort, s.k.kernel.httpPort]) {
-    await waitFor(async () => (await presentedCertificate(port, s.caPem, adminSvid)).fingerprint256 !== before.fingerprint256, `new certificate on ${port}`, 10_000);
+    await waitFor(
+      async () => (await presentedCertificate(port, s.caPem, adminSvid)).fingerprint256 !== before.fingerprint256,
+      `new certificate on ${port}`,
+      10_000,
+    );
   }
   // The connection opened before the rotation still serves calls.
   for (let i = 0; i < 20; i++) await client.listAgents({ tenant: "acme" });

@@ -1,6 +1,12 @@
 import test from "ava";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextValues,
+  createHandlerContext,
+  type HandlerContext,
+} from "@connectrpc/connect";
 import { createNoopMeter } from "@opentelemetry/api";
 import { Redis } from "ioredis";
 import { RoutingService, InvokeRequestSchema } from "../../gen/nops/kernel/v1/routing_pb.js";
@@ -9,7 +15,10 @@ import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events
 import { createAuditLog, type AuditLog } from "../../src/audit/audit-log.js";
 import { systemClock } from "../../src/common/clock.js";
 import { ConfigError } from "../../src/common/errors.js";
-import { createRateLimitInterceptor, type RateLimitInterceptorDeps } from "../../src/ratelimit/rate-limit-interceptor.js";
+import {
+  createRateLimitInterceptor,
+  type RateLimitInterceptorDeps,
+} from "../../src/ratelimit/rate-limit-interceptor.js";
 import { clientIp } from "../../src/server/interceptor.js";
 import { resolveRateLimitOptions } from "../../src/ratelimit/rate-limit-options.js";
 import { kPeer, type CallHandler, type CallResult } from "../../src/server/interceptor.js";
@@ -31,7 +40,11 @@ function harness(redis?: Redis): Harness {
   migrateUp(db, MIGRATIONS);
   const audit = createAuditLog(db, systemClock);
   const events = createOutbox(db, { source: "edge-test", clock: systemClock });
-  return { db, audit, deps: { redis, events, audit, clock: systemClock, logger: createSilentLogger(), meter: createNoopMeter() } };
+  return {
+    db,
+    audit,
+    deps: { redis, events, audit, clock: systemClock, logger: createSilentLogger(), meter: createNoopMeter() },
+  };
 }
 
 function ctxFor(ip: string): HandlerContext {
@@ -47,11 +60,18 @@ function ctxFor(ip: string): HandlerContext {
 
 const ok: CallHandler = async () => ({ kind: "unary", output: {} });
 
-async function call(handler: CallHandler, ip: string, tenant?: string): Promise<{ ctx: HandlerContext; result?: CallResult; error?: ConnectError }> {
+async function call(
+  handler: CallHandler,
+  ip: string,
+  tenant?: string,
+): Promise<{ ctx: HandlerContext; result?: CallResult; error?: ConnectError }> {
   const ctx = ctxFor(ip);
   const input = create(InvokeRequestSchema, { tenant: tenant ?? "", capability: "echo" });
   try {
-    return { ctx, result: await handler({ service: RoutingService, method: RoutingService.method.invoke, ctx, input }) };
+    return {
+      ctx,
+      result: await handler({ service: RoutingService, method: RoutingService.method.invoke, ctx, input }),
+    };
   } catch (e) {
     return { ctx, error: ConnectError.from(e) };
   }
@@ -79,21 +99,34 @@ test("rate limit interceptor - every response carries the X-RateLimit headers, s
   t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-limit"), "4", "the IP limit has less headroom than tier 1");
   const rejected = responses.filter((r) => r.error?.code === Code.ResourceExhausted);
   t.is(rejected.length, 2);
-  for (const r of rejected) for (const name of [...HEADERS, "retry-after"]) t.truthy(r.error!.metadata.get(name), `${name} missing from error metadata`);
+  for (const r of rejected)
+    for (const name of [...HEADERS, "retry-after"])
+      t.truthy(r.error!.metadata.get(name), `${name} missing from error metadata`);
 });
 
 test("rate limit interceptor - past the limit answers RESOURCE_EXHAUSTED with Retry-After and audits it", async (t) => {
   const h = harness();
-  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ ipLimit: 3, ipOverrides: { "10.9.9.9": 5 } }))(ok);
+  const chain = createRateLimitInterceptor(
+    h.deps,
+    resolveRateLimitOptions({ ipLimit: 3, ipOverrides: { "10.9.9.9": 5 } }),
+  )(ok);
   const results = [];
   for (let i = 0; i < 5; i++) results.push(await call(chain, "10.0.0.7"));
-  t.deepEqual(results.map((r) => r.error?.code), [undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+  t.deepEqual(
+    results.map((r) => r.error?.code),
+    [undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted],
+  );
   const err = results[3]!.error!;
   const retryAfter = Number(err.metadata.get("retry-after"));
   t.true(retryAfter >= 1 && retryAfter <= 60);
   t.is(err.metadata.get("x-ratelimit-remaining"), "0");
   t.is(err.metadata.get("x-ratelimit-tier"), "ip");
-  const rows = h.db.prepare("SELECT action, outcome, resource, details FROM audit_log").all() as Array<{ action: string; outcome: string; resource: string; details: string }>;
+  const rows = h.db.prepare("SELECT action, outcome, resource, details FROM audit_log").all() as Array<{
+    action: string;
+    outcome: string;
+    resource: string;
+    details: string;
+  }>;
   t.is(rows.length, 1, "one audit row per rejected key per window");
   t.like(rows[0], { action: "ratelimit.reject", outcome: "denied", resource: "ip/10.0.0.7" });
   t.true(h.audit.verify().ok);
@@ -103,9 +136,15 @@ test("rate limit interceptor - past the limit answers RESOURCE_EXHAUSTED with Re
 
 test("rate limit interceptor - tenants are limited by tier and isolated from each other", async (t) => {
   const h = harness();
-  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({
-    ipLimit: 1000, tierLimits: { 1: 4, 2: 8 }, tenantTiers: { gold: 2 }, tenantWindowMs: 60_000,
-  }))(ok);
+  const chain = createRateLimitInterceptor(
+    h.deps,
+    resolveRateLimitOptions({
+      ipLimit: 1000,
+      tierLimits: { 1: 4, 2: 8 },
+      tenantTiers: { gold: 2 },
+      tenantWindowMs: 60_000,
+    }),
+  )(ok);
   const codes = async (tenant: string, n: number): Promise<Array<Code | undefined>> => {
     const out = [];
     for (let i = 0; i < n; i++) out.push((await call(chain, "10.0.0.1", tenant)).error?.code);
@@ -122,13 +161,23 @@ test("rate limit interceptor - tenants are limited by tier and isolated from eac
 
 test("rate limit interceptor - a tenant above 95% of its quota emits billing.rate_limit_exceeded.v1 once per window", async (t) => {
   const h = harness();
-  const chain = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ tierLimits: { 1: 20 }, tenantWindowMs: 60_000, ipLimit: 1000 }))(ok);
+  const chain = createRateLimitInterceptor(
+    h.deps,
+    resolveRateLimitOptions({ tierLimits: { 1: 20 }, tenantWindowMs: 60_000, ipLimit: 1000 }),
+  )(ok);
   for (let i = 0; i < 19; i++) await call(chain, "10.0.0.1", "acme");
-  const count = (): number => (h.db.prepare("SELECT COUNT(*) AS n FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'").get() as { n: number }).n;
+  const count = (): number =>
+    (
+      h.db.prepare("SELECT COUNT(*) AS n FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'").get() as {
+        n: number;
+      }
+    ).n;
   t.is(count(), 0, "19/20 is not above 95%");
   for (let i = 0; i < 5; i++) await call(chain, "10.0.0.1", "acme");
   t.is(count(), 1);
-  const row = h.db.prepare("SELECT envelope, tenant FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'").get() as { envelope: Buffer; tenant: string };
+  const row = h.db
+    .prepare("SELECT envelope, tenant FROM outbox WHERE type = 'billing.rate_limit_exceeded.v1'")
+    .get() as { envelope: Buffer; tenant: string };
   const event = fromBinary(RateLimitExceededSchema, fromBinary(EventEnvelopeSchema, row.envelope).payload);
   t.like(event, { tenant: "acme", tier: 1, limit: 20, used: 20, rejected: false });
 });
@@ -136,7 +185,13 @@ test("rate limit interceptor - a tenant above 95% of its quota emits billing.rat
 test("rate limit interceptor - limits are shared through Redis and still enforced in memory when Redis is killed", async (t) => {
   const server = await startRedisServer();
   t.teardown(() => server.kill());
-  const redis = new Redis({ port: server.port, host: "127.0.0.1", enableOfflineQueue: false, maxRetriesPerRequest: 0, lazyConnect: true });
+  const redis = new Redis({
+    port: server.port,
+    host: "127.0.0.1",
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    lazyConnect: true,
+  });
   redis.on("error", () => undefined);
   t.teardown(() => redis.disconnect());
   await redis.connect();
@@ -149,7 +204,16 @@ test("rate limit interceptor - limits are shared through Redis and still enforce
     codes.push((await call(a, "10.0.0.5")).error?.code);
     codes.push((await call(b, "10.0.0.5")).error?.code);
   }
-  t.deepEqual(codes, [undefined, undefined, undefined, undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+  t.deepEqual(codes, [
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    Code.ResourceExhausted,
+    Code.ResourceExhausted,
+  ]);
   t.is(Number(await redis.exists(`${options.keyPrefix}:ip:6:10.0.0.5`)), 1);
 
   await server.kill();
@@ -162,13 +226,31 @@ test("rate limit interceptor - limits are shared through Redis and still enforce
     for (const name of HEADERS) t.truthy(r.ctx.responseHeader.get(name));
     after.push(r.error?.code);
   }
-  t.deepEqual(after, [undefined, undefined, undefined, undefined, undefined, undefined, Code.ResourceExhausted, Code.ResourceExhausted]);
+  t.deepEqual(after, [
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    undefined,
+    Code.ResourceExhausted,
+    Code.ResourceExhausted,
+  ]);
 });
 
 test("rate limit options - bad input names the field", (t) => {
-  t.throws(() => resolveRateLimitOptions({ tierLimits: { 2: 0 } }), { instanceOf: ConfigError, message: /rateLimit\.tierLimits\.2/ });
-  t.throws(() => resolveRateLimitOptions({ tenantTiers: { acme: 4 } }), { instanceOf: ConfigError, message: /rateLimit\.tenantTiers\.acme/ });
-  t.throws(() => resolveRateLimitOptions({ ipWindowMs: 1500 }), { instanceOf: ConfigError, message: /rateLimit\.ipWindowMs/ });
+  t.throws(() => resolveRateLimitOptions({ tierLimits: { 2: 0 } }), {
+    instanceOf: ConfigError,
+    message: /rateLimit\.tierLimits\.2/,
+  });
+  t.throws(() => resolveRateLimitOptions({ tenantTiers: { acme: 4 } }), {
+    instanceOf: ConfigError,
+    message: /rateLimit\.tenantTiers\.acme/,
+  });
+  t.throws(() => resolveRateLimitOptions({ ipWindowMs: 1500 }), {
+    instanceOf: ConfigError,
+    message: /rateLimit\.ipWindowMs/,
+  });
   t.deepEqual(resolveRateLimitOptions({}).tierLimits, { 1: 100, 2: 500, 3: 5000 });
   t.is(clientIp("[::1]:5000"), "::1");
   t.is(clientIp("127.0.0.1:5000"), "127.0.0.1");

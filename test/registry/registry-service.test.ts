@@ -1,6 +1,11 @@
 import test, { type ExecutionContext } from "ava";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { AgentRegistryService, AgentStatus, WatchAgentsResponse_ChangeType as ChangeType, type WatchAgentsResponse } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentRegistryService,
+  AgentStatus,
+  WatchAgentsResponse_ChangeType as ChangeType,
+  type WatchAgentsResponse,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { BOTH, startTestKernel, type TransportName } from "../helpers/kernel.js";
 
@@ -35,15 +40,25 @@ for (const transport of BOTH) {
     t.is((await client.getAgent({ tenant: "acme", id })).agent?.name, "summarizer");
 
     const listed = await client.listAgents({ tenant: "acme", capability: "summarize" });
-    t.deepEqual(listed.agents.map((a) => a.id), [id]);
+    t.deepEqual(
+      listed.agents.map((a) => a.id),
+      [id],
+    );
     t.is((await client.listAgents({ tenant: "acme", capability: "translate" })).agents.length, 0);
 
-    const updated = await client.updateAgent({ agent: { id, tenant: "acme", version: "1.3.0", name: "ignored" }, updateMask: { paths: ["version"] } });
+    const updated = await client.updateAgent({
+      agent: { id, tenant: "acme", version: "1.3.0", name: "ignored" },
+      updateMask: { paths: ["version"] },
+    });
     t.is(updated.agent?.version, "1.3.0");
     t.is(updated.agent?.name, "summarizer", "fields outside the mask are untouched");
     t.is(updated.agent?.revision, 2n);
 
-    const beat = await client.heartbeat({ tenant: "acme", id, load: { inFlight: 3, cpu: 0.5, latencyP50Ms: 12, latencyP99Ms: 40, errorRate: 0.01 } });
+    const beat = await client.heartbeat({
+      tenant: "acme",
+      id,
+      load: { inFlight: 3, cpu: 0.5, latencyP50Ms: 12, latencyP99Ms: 40, errorRate: 0.01 },
+    });
     t.is(beat.status, AgentStatus.HEALTHY);
     t.true(beat.nextHeartbeatMs > 0);
     t.is((await client.getAgent({ tenant: "acme", id })).agent?.load?.inFlight, 3);
@@ -66,8 +81,18 @@ for (const transport of BOTH) {
     const k = await startTestKernel(t);
     const client = k.client(AgentRegistryService, transport);
     await rejects(t, client.registerAgent({ ...agentInput, tenant: "" }), Code.InvalidArgument, "tenant");
-    await rejects(t, client.registerAgent({ ...agentInput, endpoint: "not a url::" }), Code.InvalidArgument, "endpoint");
-    await rejects(t, client.registerAgent({ ...agentInput, endpoint: "ftp://host:21" }), Code.InvalidArgument, "endpoint");
+    await rejects(
+      t,
+      client.registerAgent({ ...agentInput, endpoint: "not a url::" }),
+      Code.InvalidArgument,
+      "endpoint",
+    );
+    await rejects(
+      t,
+      client.registerAgent({ ...agentInput, endpoint: "ftp://host:21" }),
+      Code.InvalidArgument,
+      "endpoint",
+    );
     await rejects(t, client.registerAgent({ ...agentInput, endpoint: "host:99999" }), Code.InvalidArgument, "endpoint");
     await rejects(t, client.registerAgent({ ...agentInput, name: "x".repeat(129) }), Code.InvalidArgument, "name");
     await rejects(
@@ -78,14 +103,42 @@ for (const transport of BOTH) {
     );
     // Within the transport limit but over the agent record limit: the field is named.
     const bigLabels = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`k${i}`, "v".repeat(250)]));
-    const bigCaps = Array.from({ length: 60 }, (_, i) => ({ name: `cap${i}`, attributes: Object.fromEntries(Array.from({ length: 30 }, (_, j) => [`a${j}`, "x".repeat(1000)])) }));
-    await rejects(t, client.registerAgent({ ...agentInput, labels: bigLabels, capabilities: bigCaps }), Code.InvalidArgument, "capabilities");
+    const bigCaps = Array.from({ length: 60 }, (_, i) => ({
+      name: `cap${i}`,
+      attributes: Object.fromEntries(Array.from({ length: 30 }, (_, j) => [`a${j}`, "x".repeat(1000)])),
+    }));
+    await rejects(
+      t,
+      client.registerAgent({ ...agentInput, labels: bigLabels, capabilities: bigCaps }),
+      Code.InvalidArgument,
+      "capabilities",
+    );
     const { agent } = await client.registerAgent(agentInput);
-    const ce = await rejects(t, client.updateAgent({ agent: { id: agent!.id, tenant: "acme" }, updateMask: { paths: ["version", "status"] } }), Code.InvalidArgument, "update_mask.paths[1]");
+    const ce = await rejects(
+      t,
+      client.updateAgent({ agent: { id: agent!.id, tenant: "acme" }, updateMask: { paths: ["version", "status"] } }),
+      Code.InvalidArgument,
+      "update_mask.paths[1]",
+    );
     t.regex(ce.rawMessage, /status/);
-    await rejects(t, client.updateAgent({ agent: { id: agent!.id, tenant: "acme" }, updateMask: { paths: ["nmae"] } }), Code.InvalidArgument, "update_mask.paths[0]");
-    await rejects(t, client.updateAgent({ agent: { id: agent!.id, tenant: "acme" } }), Code.InvalidArgument, "update_mask");
-    await rejects(t, client.heartbeat({ tenant: "acme", id: agent!.id, load: { cpu: 7 } }), Code.InvalidArgument, "load.cpu");
+    await rejects(
+      t,
+      client.updateAgent({ agent: { id: agent!.id, tenant: "acme" }, updateMask: { paths: ["nmae"] } }),
+      Code.InvalidArgument,
+      "update_mask.paths[0]",
+    );
+    await rejects(
+      t,
+      client.updateAgent({ agent: { id: agent!.id, tenant: "acme" } }),
+      Code.InvalidArgument,
+      "update_mask",
+    );
+    await rejects(
+      t,
+      client.heartbeat({ tenant: "acme", id: agent!.id, load: { cpu: 7 } }),
+      Code.InvalidArgument,
+      "load.cpu",
+    );
     await rejects(t, client.listAgents({ tenant: "acme", pageToken: "garbage!" }), Code.InvalidArgument, "page_token");
     await rejects(t, client.getAgent({ tenant: "acme", id: "nope" }), Code.InvalidArgument, "id");
   });
@@ -114,7 +167,12 @@ for (const transport of BOTH) {
     t.deepEqual([...seen].sort(), [...ids].sort());
     t.is(seen.length, 5);
     const first = await client.listAgents({ tenant: "acme", pageSize: 2 });
-    await rejects(t, client.listAgents({ tenant: "acme", pageSize: 2, pageToken: first.nextPageToken, capability: "summarize" }), Code.InvalidArgument, "page_token");
+    await rejects(
+      t,
+      client.listAgents({ tenant: "acme", pageSize: 2, pageToken: first.nextPageToken, capability: "summarize" }),
+      Code.InvalidArgument,
+      "page_token",
+    );
   });
 
   test(`registry service - WatchAgents streams the current set then changes over ${transport}`, async (t) => {
@@ -151,7 +209,10 @@ for (const transport of BOTH) {
     const k = await startTestKernel(t);
     const client = k.client(AgentRegistryService, transport);
     let echoed = null as string | null;
-    await client.listAgents({ tenant: "acme" }, { headers: { "x-request-id": "req-abc-123" }, onHeader: (h) => (echoed = h.get("x-request-id")) });
+    await client.listAgents(
+      { tenant: "acme" },
+      { headers: { "x-request-id": "req-abc-123" }, onHeader: (h) => (echoed = h.get("x-request-id")) },
+    );
     t.is(echoed, "req-abc-123");
     t.true(k.logs.some((l) => l.includes('"correlationId":"req-abc-123"') && l.includes("ListAgents")));
     let generated = null as string | null;

@@ -13,8 +13,16 @@ import { createRegistry, type AgentFields } from "../../src/registry/registry.js
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { resolveKernelOptions } from "../../src/config/kernel-options.js";
 
-const options = resolveKernelOptions({ registry: { heartbeatTtlMs: 1000, zombieAfterMs: 3000, reapAfterMs: 10_000 } }).registry;
-const fields: AgentFields = { name: "a", version: "1", endpoint: "127.0.0.1:1", capabilities: [{ name: "summarize", version: "1", attributes: {} }], labels: {} };
+const options = resolveKernelOptions({
+  registry: { heartbeatTtlMs: 1000, zombieAfterMs: 3000, reapAfterMs: 10_000 },
+}).registry;
+const fields: AgentFields = {
+  name: "a",
+  version: "1",
+  endpoint: "127.0.0.1:1",
+  capabilities: [{ name: "summarize", version: "1", attributes: {} }],
+  labels: {},
+};
 const actor = { id: "spiffe://nops.local/nops/admin/test", correlationId: "c-1" };
 
 function setup(db: Db = openDatabase({ path: ":memory:" })) {
@@ -23,7 +31,8 @@ function setup(db: Db = openDatabase({ path: ":memory:" })) {
   const events = createOutbox(db, { source: "edge-test", clock });
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger: createSilentLogger() }, options);
-  const outboxTypes = () => (db.prepare("SELECT type FROM outbox ORDER BY id").all() as { type: string }[]).map((r) => r.type);
+  const outboxTypes = () =>
+    (db.prepare("SELECT type FROM outbox ORDER BY id").all() as { type: string }[]).map((r) => r.type);
   return { db, clock, registry, audit, outboxTypes };
 }
 
@@ -65,7 +74,9 @@ test("registry - status change events carry previous and current status", (t) =>
   registry.register("acme", fields, actor);
   clock.advance(1500);
   registry.sweep();
-  const row = db.prepare("SELECT envelope FROM outbox WHERE type = 'agent.status_changed.v1'").get() as { envelope: Buffer };
+  const row = db.prepare("SELECT envelope FROM outbox WHERE type = 'agent.status_changed.v1'").get() as {
+    envelope: Buffer;
+  };
   const env = fromBinary(EventEnvelopeSchema, row.envelope);
   t.is(env.source, "edge-test");
   const payload = fromBinary(AgentStatusChangedSchema, env.payload);
@@ -79,14 +90,32 @@ test("registry - heartbeats are batched into one write per flush and survive a r
   const id = registry.register("acme", fields, actor).id;
   for (let i = 0; i < 50; i++) {
     clock.advance(10);
-    registry.heartbeat("acme", id, { inFlight: i, cpu: 0.1, latencyP50Ms: 1, latencyP99Ms: 2, errorRate: 0, reportedAt: clock.now() });
+    registry.heartbeat("acme", id, {
+      inFlight: i,
+      cpu: 0.1,
+      latencyP50Ms: 1,
+      latencyP99Ms: 2,
+      errorRate: 0,
+      reportedAt: clock.now(),
+    });
   }
-  const beatsBefore = db.prepare("SELECT count(*) AS n FROM outbox WHERE type = 'agent.heartbeat.v1'").get() as { n: number };
+  const beatsBefore = db.prepare("SELECT count(*) AS n FROM outbox WHERE type = 'agent.heartbeat.v1'").get() as {
+    n: number;
+  };
   t.is(beatsBefore.n, 0, "nothing written before the flush");
   registry.flush();
   const beats = db.prepare("SELECT count(*) AS n FROM outbox WHERE type = 'agent.heartbeat.v1'").get() as { n: number };
   t.is(beats.n, 1, "50 heartbeats coalesce into one event");
-  const reloaded = createRegistry({ db, events: createOutbox(db, { source: "e", clock }), audit: createAuditLog(db, clock), clock, logger: createSilentLogger() }, options);
+  const reloaded = createRegistry(
+    {
+      db,
+      events: createOutbox(db, { source: "e", clock }),
+      audit: createAuditLog(db, clock),
+      clock,
+      logger: createSilentLogger(),
+    },
+    options,
+  );
   const agent = reloaded.get("acme", id);
   t.is(agent.load?.inFlight, 49);
   t.is(Number(agent.heartbeatAt?.seconds) * 1000 + (agent.heartbeatAt?.nanos ?? 0) / 1e6, clock.now());
@@ -97,8 +126,14 @@ test("registry - every write records an outbox event and an audit row in its tra
   const id = registry.register("acme", fields, actor).id;
   registry.update("acme", id, { ...fields, version: "2" }, ["version"], actor);
   registry.deregister("acme", id, "done", actor);
-  const actions = (db.prepare("SELECT action, actor FROM audit_log ORDER BY seq").all() as { action: string; actor: string }[]);
-  t.deepEqual(actions.map((a) => a.action), ["agent.register", "agent.update", "agent.deregister"]);
+  const actions = db.prepare("SELECT action, actor FROM audit_log ORDER BY seq").all() as {
+    action: string;
+    actor: string;
+  }[];
+  t.deepEqual(
+    actions.map((a) => a.action),
+    ["agent.register", "agent.update", "agent.deregister"],
+  );
   t.true(actions.every((a) => a.actor === actor.id));
   t.true(audit.verify().ok);
 });

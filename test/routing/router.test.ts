@@ -14,21 +14,41 @@ import { createFakeRoutableAgents, echoAgentRecord, type FakeRoutableAgents } fr
 
 const enc = new TextEncoder();
 
-function makeRouter(registry: FakeRoutableAgents, input: RoutingOptionsInput, logger: Logger = createSilentLogger()): Router {
+function makeRouter(
+  registry: FakeRoutableAgents,
+  input: RoutingOptionsInput,
+  logger: Logger = createSilentLogger(),
+): Router {
   return createRouter(
-    { agents: registry, credentials: grpc.credentials.createInsecure(), clock: systemClock, logger, meter: createNoopMeter() },
+    {
+      agents: registry,
+      credentials: grpc.credentials.createInsecure(),
+      clock: systemClock,
+      logger,
+      meter: createNoopMeter(),
+    },
     resolveRoutingOptions(input),
   );
 }
 
 function params(extra: Partial<InvokeParams> = {}): InvokeParams {
   return {
-    tenant: "t1", capability: "echo", payload: enc.encode("hi"), contentType: "text/plain", constraints: {},
-    idempotent: true, timeoutMs: 5_000, signal: new AbortController().signal, ...extra,
+    tenant: "t1",
+    capability: "echo",
+    payload: enc.encode("hi"),
+    contentType: "text/plain",
+    constraints: {},
+    idempotent: true,
+    timeoutMs: 5_000,
+    signal: new AbortController().signal,
+    ...extra,
   };
 }
 
-async function spawnAll(t: { teardown(fn: () => Promise<void>): void }, specs: Array<Parameters<typeof spawnEchoAgent>[0]>): Promise<EchoAgentProcess[]> {
+async function spawnAll(
+  t: { teardown(fn: () => Promise<void>): void },
+  specs: Array<Parameters<typeof spawnEchoAgent>[0]>,
+): Promise<EchoAgentProcess[]> {
   const agents = await Promise.all(specs.map((s) => spawnEchoAgent(s)));
   for (const a of agents) t.teardown(() => a.kill());
   return agents;
@@ -44,10 +64,21 @@ async function until(what: string, fn: () => boolean | Promise<boolean>, timeout
 
 test("router - traffic spreads by the static route's weights", async (t) => {
   const [a1, a2] = await spawnAll(t, [{ name: "a1" }, { name: "a2" }]);
-  const registry = createFakeRoutableAgents([echoAgentRecord("a1", a1!.endpoint), echoAgentRecord("a2", `grpc://${a2!.endpoint}`)]);
+  const registry = createFakeRoutableAgents([
+    echoAgentRecord("a1", a1!.endpoint),
+    echoAgentRecord("a2", `grpc://${a2!.endpoint}`),
+  ]);
   // A wide latency floor and tie band: loopback jitter on a shared machine must not decide.
   const router = makeRouter(registry, {
-    routes: [{ capability: "echo", targets: [{ agent: "a1", weight: 3 }, { agent: "a2", weight: 1 }] }],
+    routes: [
+      {
+        capability: "echo",
+        targets: [
+          { agent: "a1", weight: 3 },
+          { agent: "a2", weight: 1 },
+        ],
+      },
+    ],
     scoring: { latencyFloorMs: 50, tieTolerance: 0.3, exploreRatio: 0, decayMs: 300 },
   });
   t.teardown(() => router.close());
@@ -62,7 +93,10 @@ test("router - traffic spreads by the static route's weights", async (t) => {
 
 test("router - a slow agent gets less traffic", async (t) => {
   const [fast, slow] = await spawnAll(t, [{ name: "fast" }, { name: "slow", latencyMs: 60 }]);
-  const registry = createFakeRoutableAgents([echoAgentRecord("fast", fast!.endpoint), echoAgentRecord("slow", slow!.endpoint)]);
+  const registry = createFakeRoutableAgents([
+    echoAgentRecord("fast", fast!.endpoint),
+    echoAgentRecord("slow", slow!.endpoint),
+  ]);
   const router = makeRouter(registry, {});
   t.teardown(() => router.close());
   const counts = new Map<string, number>();
@@ -96,13 +130,24 @@ test("router - killing an agent under load loses no request and traffic leaves i
   await until("traffic on every agent", () => new Set(results.map((r) => r.agent)).size === 3);
   await agents[0]!.kill();
   killedAt = Date.now();
-  await until("2 s of traffic after the kill", () => Date.now() - killedAt > 2_000 && results.filter((r) => r.started > killedAt + 1_000).length >= 50, 20_000);
+  await until(
+    "2 s of traffic after the kill",
+    () => Date.now() - killedAt > 2_000 && results.filter((r) => r.started > killedAt + 1_000).length >= 50,
+    20_000,
+  );
   stop = true;
   await Promise.all(workers);
-  t.deepEqual(results.filter((r) => r.error), [], "no request lost");
+  t.deepEqual(
+    results.filter((r) => r.error),
+    [],
+    "no request lost",
+  );
   const late = results.filter((r) => r.started > killedAt + 1_000);
   t.true(late.length >= 50);
-  t.true(late.every((r) => r.agent !== "k1"), "requests started 1 s after the kill are served by survivors");
+  t.true(
+    late.every((r) => r.agent !== "k1"),
+    "requests started 1 s after the kill are served by survivors",
+  );
   t.is(router.circuitState("id-k1"), "open");
 });
 
@@ -119,7 +164,11 @@ test("router - an agent's circuit opens, half-opens and closes when it returns",
       done();
     },
   });
-  const router = makeRouter(registry, { circuitBreaker: { consecutiveFailures: 3, halfOpenAfterMs: 300 }, scoring: { exploreRatio: 0.2 } }, createLogger({ level: "info", redactPaths: [] }, sink));
+  const router = makeRouter(
+    registry,
+    { circuitBreaker: { consecutiveFailures: 3, halfOpenAfterMs: 300 }, scoring: { exploreRatio: 0.2 } },
+    createLogger({ level: "info", redactPaths: [] }, sink),
+  );
   t.teardown(() => router.close());
   await c1!.kill();
   await until("c1's circuit to open", async () => {
@@ -162,7 +211,10 @@ test("router - retries never outlive a 200 ms caller deadline", async (t) => {
   const agent = await startEchoAgent({ name: "flaky-slow", failureRate: 1, latencyMs: 40 });
   t.teardown(() => agent.close());
   const registry = createFakeRoutableAgents([echoAgentRecord("flaky-slow", `127.0.0.1:${agent.port}`)]);
-  const router = makeRouter(registry, { retry: { maxAttempts: 50, baseDelayMs: 5, maxDelayMs: 20 }, circuitBreaker: { consecutiveFailures: 100_000 } });
+  const router = makeRouter(registry, {
+    retry: { maxAttempts: 50, baseDelayMs: 5, maxDelayMs: 20 },
+    circuitBreaker: { consecutiveFailures: 100_000 },
+  });
   t.teardown(() => router.close());
   let hops = 0;
   for (let i = 0; i < 5; i++) {
@@ -174,7 +226,8 @@ test("router - retries never outlive a 200 ms caller deadline", async (t) => {
     hops += agent.stats.calls - before;
     // Invocation.deadline is the exact hop deadline the router set (grpc-timeout is relative and
     // re-anchored on receipt, so the agent's transport deadline drifts by the transit time).
-    for (const d of agent.stats.invocationDeadlines.slice(before)) t.true(d <= started + 200 + 2, `hop deadline ${d - started} ms`);
+    for (const d of agent.stats.invocationDeadlines.slice(before))
+      t.true(d <= started + 200 + 2, `hop deadline ${d - started} ms`);
     t.true(elapsed < 1_500, `gave up after ${elapsed} ms`);
   }
   t.true(hops > 5, "it retried within the deadline");

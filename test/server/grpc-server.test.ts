@@ -3,7 +3,12 @@ import test from "ava";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
-import { Health, HealthCheckRequestSchema, HealthCheckResponseSchema, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import {
+  Health,
+  HealthCheckRequestSchema,
+  HealthCheckResponseSchema,
+  HealthCheckResponse_ServingStatus as Serving,
+} from "../../gen/grpc/health/v1/health_pb.js";
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
 import { createGrpcServer } from "../../src/server/grpc-server.js";
@@ -36,12 +41,15 @@ test("grpc-js adapter - a handler's signal aborts when the caller cancels, never
     client.close();
     await server.shutdown(1000);
   });
-  const ser = (m: { service: string }) => Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
+  const ser = (m: { service: string }) =>
+    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
   const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
 
   for (let i = 0; i < 3; i++) {
     const res = await new Promise<unknown>((resolve, reject) =>
-      client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service: "" }, (err, value) => (err ? reject(err) : resolve(value))),
+      client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service: "" }, (err, value) =>
+        err ? reject(err) : resolve(value),
+      ),
     );
     t.like(res, { status: Serving.SERVING });
   }

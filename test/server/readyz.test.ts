@@ -9,11 +9,20 @@ test("readyz - ready while SQLite is writable, 503 naming sqlite when the file i
   t.is(alive.status, 200);
   const ready = await fetch(`${url}/readyz`);
   t.is(ready.status, 200);
-  const report = (await ready.json()) as { ready: boolean; status: string; dependencies: { name: string; state: string }[]; capabilities: { name: string; mode: string }[] };
+  const report = (await ready.json()) as {
+    ready: boolean;
+    status: string;
+    dependencies: { name: string; state: string }[];
+    capabilities: { name: string; mode: string }[];
+  };
   t.true(report.ready);
   t.is(report.dependencies.find((d) => d.name === "sqlite")?.state, "ok");
   t.is(report.dependencies.find((d) => d.name === "nats-leaf")?.state, "down");
-  t.is(report.capabilities.find((c) => c.name === "event-bus")?.mode, "degraded", "no NATS: the event bus queues locally, the kernel stays ready");
+  t.is(
+    report.capabilities.find((c) => c.name === "event-bus")?.mode,
+    "degraded",
+    "no NATS: the event bus queues locally, the kernel stays ready",
+  );
   t.is(report.status, "degraded");
 
   chmodSync(k.kernel.options.databasePath, 0o444);

@@ -29,13 +29,26 @@ test("tracing - one trace from a Connect Publish through the handler, SQLite and
     },
     { spanExporter: exporter },
   );
-  await waitFor(() => k.kernel.readiness().dependencies.find((d) => d.name === "nats-leaf")?.state === "ok", "event bus connected", 20_000);
+  await waitFor(
+    () => k.kernel.readiness().dependencies.find((d) => d.name === "nats-leaf")?.state === "ok",
+    "event bus connected",
+    20_000,
+  );
   const bus = k.client(EventBusService, "connect-json");
-  const { eventId } = await bus.publish({ tenant: "acme", subject: "orders.created", payload: new TextEncoder().encode('{"order":"A-7"}') });
+  const { eventId } = await bus.publish({
+    tenant: "acme",
+    subject: "orders.created",
+    payload: new TextEncoder().encode('{"order":"A-7"}'),
+  });
 
   const abort = new AbortController();
   let delivered = "";
-  for await (const res of k.client(EventBusService, "grpc-js").subscribe({ tenant: "acme", consumer: "billing", filter: "orders.>" }, { signal: abort.signal, timeoutMs: 30_000 })) {
+  for await (const res of k
+    .client(EventBusService, "grpc-js")
+    .subscribe(
+      { tenant: "acme", consumer: "billing", filter: "orders.>" },
+      { signal: abort.signal, timeoutMs: 30_000 },
+    )) {
     delivered = res.message?.eventId ?? res.message?.subject ?? "received";
     break;
   }
@@ -47,7 +60,10 @@ test("tracing - one trace from a Connect Publish through the handler, SQLite and
   t.truthy(publish, spans.map((s) => s.name).join(", "));
   const inTrace = spans.filter((s) => s.spanContext().traceId === publish!.spanContext().traceId).map((s) => s.name);
   t.true(inTrace.includes("sqlite.transaction"), inTrace.join(", "));
-  t.true(inTrace.some((n) => n.startsWith("outbox.append")), inTrace.join(", "));
+  t.true(
+    inTrace.some((n) => n.startsWith("outbox.append")),
+    inTrace.join(", "),
+  );
   t.true(inTrace.includes("publish nops.events.acme.orders.created"), inTrace.join(", "));
   t.true(inTrace.includes("process nops.events.acme.orders.created"), inTrace.join(", "));
   t.truthy(eventId);

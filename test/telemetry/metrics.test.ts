@@ -1,5 +1,5 @@
 import test from "ava";
-import type { ConnectError} from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
 import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -23,7 +23,11 @@ import { createOutbox } from "../../src/store/outbox.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { PROMETHEUS_CONTENT_TYPE, createTelemetry } from "../../src/telemetry/telemetry.js";
 import { DEFAULT_TELEMETRY_OPTIONS } from "../../src/telemetry/telemetry-options.js";
-import { RPC_DURATION_METRIC, RPC_REQUESTS_METRIC, rpcMetricsInterceptor } from "../../src/telemetry/rpc-metrics-interceptor.js";
+import {
+  RPC_DURATION_METRIC,
+  RPC_REQUESTS_METRIC,
+  rpcMetricsInterceptor,
+} from "../../src/telemetry/rpc-metrics-interceptor.js";
 import { parsePrometheusText, sample } from "./prometheus-text.js";
 
 test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metrics in Prometheus text format", async (t) => {
@@ -39,11 +43,30 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
   // The real components register their instruments on the same meter the kernel would give them.
   createOutboxRelay(
     { db, clock, logger, meter, jetstream: () => undefined },
-    { edgeId: "edge-1", maxInFlight: 1, batchSize: 1, pollIntervalMs: 1000, retryInitialMs: 100, retryMaxMs: 1000, publishTimeoutMs: 1000 },
+    {
+      edgeId: "edge-1",
+      maxInFlight: 1,
+      batchSize: 1,
+      pollIntervalMs: 1000,
+      retryInitialMs: 100,
+      retryMaxMs: 1000,
+      publishTimeoutMs: 1000,
+    },
   );
   const guard = createEgressGuard(
     // Nothing listens on port 9 of loopback: the DGE is unreachable and the guard fails closed.
-    { clock, logger, meter, events, audit, db, dge: createClient(DataGovernanceService, createConnectTransport({ baseUrl: "http://127.0.0.1:9", httpVersion: "1.1" })) },
+    {
+      clock,
+      logger,
+      meter,
+      events,
+      audit,
+      db,
+      dge: createClient(
+        DataGovernanceService,
+        createConnectTransport({ baseUrl: "http://127.0.0.1:9", httpVersion: "1.1" }),
+      ),
+    },
     resolveEgressGuardOptions({ dgeTimeoutMs: 2000 }),
   );
   const chain = [
@@ -52,8 +75,18 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
     createRateLimitInterceptor({ events, audit, clock, logger, meter }, resolveRateLimitOptions({})),
     errorMappingInterceptor(),
   ];
-  const services = [bindService(AgentRegistryService, createRegistryService({ registry, actorOf: () => "test", clock }, DEFAULT_KERNEL_OPTIONS.registry), chain)];
-  const server = createHttpServer({ services, routes: { "/metrics": telemetry.metricsHandler }, limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const services = [
+    bindService(
+      AgentRegistryService,
+      createRegistryService({ registry, actorOf: () => "test", clock }, DEFAULT_KERNEL_OPTIONS.registry),
+      chain,
+    ),
+  ];
+  const server = createHttpServer({
+    services,
+    routes: { "/metrics": telemetry.metricsHandler },
+    limits: DEFAULT_KERNEL_OPTIONS.limits,
+  });
   const port = await server.listen("127.0.0.1", 0);
   t.teardown(async () => {
     await server.shutdown(0);
@@ -63,12 +96,23 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
     await telemetry.shutdown();
   });
 
-  const client = createClient(AgentRegistryService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+  const client = createClient(
+    AgentRegistryService,
+    createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+  );
   await client.registerAgent({ tenant: "acme", name: "a", version: "1", endpoint: "127.0.0.1:50061" });
   await client.registerAgent({ tenant: "acme", name: "b", version: "1", endpoint: "127.0.0.1:50062" });
-  const bad = await t.throwsAsync(client.registerAgent({ tenant: "", name: "c", version: "1", endpoint: "127.0.0.1:50063" }));
+  const bad = await t.throwsAsync(
+    client.registerAgent({ tenant: "", name: "c", version: "1", endpoint: "127.0.0.1:50063" }),
+  );
   t.is((bad as ConnectError).code, Code.InvalidArgument);
-  const decision = await guard.check({ tenant: "acme", transport: "http", destination: "https://example.com/x", dataType: "application/json", payload: "{}" });
+  const decision = await guard.check({
+    tenant: "acme",
+    transport: "http",
+    destination: "https://example.com/x",
+    dataType: "application/json",
+    payload: "{}",
+  });
   t.false(decision.allowed);
 
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
@@ -82,7 +126,10 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
   t.is(sample(families, RPC_REQUESTS_METRIC, { rpc, code: "INVALID_ARGUMENT", transport: "connect-node" }), 1);
   t.is(families.get(RPC_DURATION_METRIC)?.type, "histogram");
   t.is(sample(families, `${RPC_DURATION_METRIC}_count`, { rpc, code: "OK", transport: "connect-node" }), 2);
-  t.is(sample(families, `${RPC_DURATION_METRIC}_bucket`, { rpc, code: "OK", transport: "connect-node", le: "+Inf" }), 2);
+  t.is(
+    sample(families, `${RPC_DURATION_METRIC}_bucket`, { rpc, code: "OK", transport: "connect-node", le: "+Inf" }),
+    2,
+  );
   t.true((sample(families, `${RPC_DURATION_METRIC}_sum`, { rpc, code: "OK", transport: "connect-node" }) ?? -1) > 0);
 
   // Event bus: every outbox row (two registrations, the egress.blocked event) is unacknowledged (NATS absent).
@@ -104,7 +151,10 @@ test("metrics - /metrics refuses other methods and HEAD has no body", async (t) 
   const answer = (method: string) =>
     new Promise<{ status: number; body: string }>((resolve) => {
       let status = 0;
-      telemetry.metricsHandler({ method, url: "/metrics" }, { writeHead: (s) => (status = s), end: (body) => resolve({ status, body }) });
+      telemetry.metricsHandler(
+        { method, url: "/metrics" },
+        { writeHead: (s) => (status = s), end: (body) => resolve({ status, body }) },
+      );
     });
   t.is((await answer("POST")).status, 405);
   t.deepEqual(await answer("HEAD"), { status: 200, body: "" });

@@ -32,7 +32,8 @@ function parseSample(line: string): PromSample {
     i++;
     while (line[i] !== "}") {
       const key = NAME.exec(line.slice(i))?.[0];
-      if (!key || line[i + key.length] !== "=" || line[i + key.length + 1] !== '"') throw new Error(`bad label in ${JSON.stringify(line)}`);
+      if (!key || line[i + key.length] !== "=" || line[i + key.length + 1] !== '"')
+        throw new Error(`bad label in ${JSON.stringify(line)}`);
       i += key.length + 2;
       let value = "";
       for (;;) {
@@ -51,7 +52,8 @@ function parseSample(line: string): PromSample {
     i++;
   }
   const [value, timestamp, ...rest] = line.slice(i).trim().split(/\s+/);
-  if (rest.length || (timestamp !== undefined && !/^-?\d+$/.test(timestamp))) throw new Error(`trailing data in ${JSON.stringify(line)}`);
+  if (rest.length || (timestamp !== undefined && !/^-?\d+$/.test(timestamp)))
+    throw new Error(`trailing data in ${JSON.stringify(line)}`);
   return { name, labels, value: parseValue(value ?? "") };
 }
 
@@ -75,7 +77,9 @@ export function parsePrometheusText(text: string): Map<string, PromFamily> {
       continue;
     }
     const s = parseSample(line);
-    const base = [...families.keys()].find((k) => s.name === k || (/_(bucket|sum|count)$/.test(s.name) && s.name.replace(/_(bucket|sum|count)$/, "") === k));
+    const base = [...families.keys()].find(
+      (k) => s.name === k || (/_(bucket|sum|count)$/.test(s.name) && s.name.replace(/_(bucket|sum|count)$/, "") === k),
+    );
     family(base ?? s.name).samples.push(s);
   }
   return families;
@@ -85,7 +89,12 @@ export function parsePrometheusText(text: string): Map<string, PromFamily> {
  * The value of the sample named `name` whose labels are exactly `labels` (or, with `partial`,
  * the sum of every sample whose labels include `labels`); undefined when none matches.
  */
-export function sample(families: Map<string, PromFamily>, name: string, labels: Record<string, string>, partial = false): number | undefined {
+export function sample(
+  families: Map<string, PromFamily>,
+  name: string,
+  labels: Record<string, string>,
+  partial = false,
+): number | undefined {
   const matches: PromSample[] = [];
   for (const f of families.values()) {
     for (const s of f.samples) {
@@ -97,6 +106,7 @@ export function sample(families: Map<string, PromFamily>, name: string, labels: 
     }
   }
   if (matches.length === 0) return undefined;
-  if (!partial && matches.length > 1) throw new Error(`${matches.length} samples of ${name} match ${JSON.stringify(labels)}`);
+  if (!partial && matches.length > 1)
+    throw new Error(`${matches.length} samples of ${name} match ${JSON.stringify(labels)}`);
   return matches.reduce((sum, s) => sum + s.value, 0);
 }

@@ -1,7 +1,7 @@
 import test from "ava";
 import { Writable } from "node:stream";
 import { toJson } from "@bufbuild/protobuf";
-import type { ConnectError} from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
 import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentRegistryService, RegisterAgentRequestSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -11,7 +11,11 @@ import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry } from "../../src/registry/registry.js";
 import { createRegistryService } from "../../src/registry/registry-service.js";
 import { bindService } from "../../src/server/bind-service.js";
-import { correlationInterceptor, errorMappingInterceptor, loggingInterceptor } from "../../src/server/core-interceptors.js";
+import {
+  correlationInterceptor,
+  errorMappingInterceptor,
+  loggingInterceptor,
+} from "../../src/server/core-interceptors.js";
 import { createHttpServer } from "../../src/server/http-server.js";
 import { kLogger } from "../../src/server/interceptor.js";
 import { openDatabase } from "../../src/store/database.js";
@@ -36,30 +40,65 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
   });
   // What src/main.ts wires: configured paths for where PII is known to sit, and the scrubbing
   // destination for values that show up anywhere else (an error message echoing input).
-  const logger = createLogger({ level: "debug", redactPaths: ["request.labels.*"] }, createRedactingDestination(capture, scrubRulesFrom([])));
+  const logger = createLogger(
+    { level: "debug", redactPaths: ["request.labels.*"] },
+    createRedactingDestination(capture, scrubRulesFrom([])),
+  );
   const clock = createManualClock(1_700_000_000_000);
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   const silent = createSilentLogger();
-  const registry = createRegistry({ db, events: createOutbox(db, { source: "edge-1", clock }), audit: createAuditLog(db, clock), clock, logger: silent }, DEFAULT_KERNEL_OPTIONS.registry);
+  const registry = createRegistry(
+    {
+      db,
+      events: createOutbox(db, { source: "edge-1", clock }),
+      audit: createAuditLog(db, clock),
+      clock,
+      logger: silent,
+    },
+    DEFAULT_KERNEL_OPTIONS.registry,
+  );
   const impl = createRegistryService({ registry, actorOf: () => "test", clock }, DEFAULT_KERNEL_OPTIONS.registry);
   const registerAgent = impl.registerAgent.bind(impl);
   // A careless handler: logs the whole request and every header through the request logger.
   impl.registerAgent = (req, ctx) => {
-    ctx.values.get(kLogger)?.get().info({ request: toJson(RegisterAgentRequestSchema, req), headers: Object.fromEntries(ctx.requestHeader) }, "register request");
+    ctx.values
+      .get(kLogger)
+      ?.get()
+      .info(
+        { request: toJson(RegisterAgentRequestSchema, req), headers: Object.fromEntries(ctx.requestHeader) },
+        "register request",
+      );
     return registerAgent(req, ctx);
   };
-  const chain = [correlationInterceptor(logger.child({ component: "rpc" })), loggingInterceptor(), errorMappingInterceptor()];
-  const server = createHttpServer({ services: [bindService(AgentRegistryService, impl, chain)], routes: {}, limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const chain = [
+    correlationInterceptor(logger.child({ component: "rpc" })),
+    loggingInterceptor(),
+    errorMappingInterceptor(),
+  ];
+  const server = createHttpServer({
+    services: [bindService(AgentRegistryService, impl, chain)],
+    routes: {},
+    limits: DEFAULT_KERNEL_OPTIONS.limits,
+  });
   const port = await server.listen("127.0.0.1", 0);
   t.teardown(async () => {
     await server.shutdown(0);
     registry.close();
     db.close();
   });
-  const client = createClient(AgentRegistryService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }));
+  const client = createClient(
+    AgentRegistryService,
+    createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" }),
+  );
   const headers = { "x-api-key": API_KEY, authorization: `Bearer ${API_KEY}` };
-  const input = { tenant: "acme", name: "mailer", version: "1", endpoint: "127.0.0.1:50061", labels: { owner: EMAIL, key: API_KEY } };
+  const input = {
+    tenant: "acme",
+    name: "mailer",
+    version: "1",
+    endpoint: "127.0.0.1:50061",
+    labels: { owner: EMAIL, key: API_KEY },
+  };
   await client.registerAgent(input, { headers });
   // Invalid endpoint: the validation message echoes the input, and the access log logs the message.
   const err = await t.throwsAsync(client.registerAgent({ ...input, endpoint: `${EMAIL}/${API_KEY}` }, { headers }));
@@ -68,7 +107,10 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
   const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
   const requestLines = parsed.filter((l) => l.msg === "register request");
   t.is(requestLines.length, 2, "the handler logged both requests");
-  t.true(parsed.some((l) => l.msg === "rpc" && l.code === "InvalidArgument"), "the failed call reached the access log");
+  t.true(
+    parsed.some((l) => l.msg === "rpc" && l.code === "InvalidArgument"),
+    "the failed call reached the access log",
+  );
   const first = requestLines[0] as { request: { labels: Record<string, string> }; headers: Record<string, string> };
   t.deepEqual(first.request.labels, { owner: "[redacted]", key: "[redacted]" }, "configured paths are censored");
   t.is(first.headers["x-api-key"], "[redacted]");
@@ -82,7 +124,11 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
 
 test("redaction - the scrubber removes values wherever they sit and keeps the rest", (t) => {
   const jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl";
-  const line = JSON.stringify({ msg: `denied ${EMAIL} with ${API_KEY}`, auth: `Bearer ${jwt}`, id: "spiffe://nops.local/nops/tenant/acme/agent/a" });
+  const line = JSON.stringify({
+    msg: `denied ${EMAIL} with ${API_KEY}`,
+    auth: `Bearer ${jwt}`,
+    id: "spiffe://nops.local/nops/tenant/acme/agent/a",
+  });
   const out = scrubLine(line);
   t.false(out.includes(EMAIL));
   t.false(out.includes(SECRET));

@@ -6,7 +6,11 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { SpanKind, context, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan } from "@opentelemetry/sdk-trace-node";
-import { AgentRegistryService, RegisterAgentRequestSchema, RegisterAgentResponseSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentRegistryService,
+  RegisterAgentRequestSchema,
+  RegisterAgentResponseSchema,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { createManualClock } from "../../src/common/clock.js";
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
@@ -48,13 +52,12 @@ async function startPipeline(t: ExecutionContext) {
   migrateUp(db, MIGRATIONS);
   traceDatabaseTransactions(db, tracer);
   const events = tracingEventSink(createOutbox(db, { source: "edge-1", clock }), tracer);
-  const registry = createRegistry({ db, events, audit: createAuditLog(db, clock), clock, logger }, DEFAULT_KERNEL_OPTIONS.registry);
+  const registry = createRegistry(
+    { db, events, audit: createAuditLog(db, clock), clock, logger },
+    DEFAULT_KERNEL_OPTIONS.registry,
+  );
   const seen: { traceId?: string }[] = [];
-  const chain = [
-    tracingInterceptor(tracer),
-    correlationInterceptor(logger),
-    errorMappingInterceptor(),
-  ];
+  const chain = [tracingInterceptor(tracer), correlationInterceptor(logger), errorMappingInterceptor()];
   const impl = createRegistryService({ registry, actorOf: () => "test", clock }, DEFAULT_KERNEL_OPTIONS.registry);
   const registerAgent = impl.registerAgent.bind(impl);
   impl.registerAgent = (req, ctx) => {
@@ -77,7 +80,9 @@ async function startPipeline(t: ExecutionContext) {
     return exporter.getFinishedSpans();
   };
   const outboxEnvelopes = () =>
-    (db.prepare("SELECT envelope FROM outbox ORDER BY id").all() as { envelope: Buffer }[]).map((r) => fromBinary(EventEnvelopeSchema, r.envelope));
+    (db.prepare("SELECT envelope FROM outbox ORDER BY id").all() as { envelope: Buffer }[]).map((r) =>
+      fromBinary(EventEnvelopeSchema, r.envelope),
+    );
   return { tracer, grpcPort, httpPort, spans, outboxEnvelopes, seen };
 }
 
@@ -95,7 +100,11 @@ function byName(spans: ReadableSpan[], predicate: (s: ReadableSpan) => boolean, 
 function assertChain(t: ExecutionContext, spans: ReadableSpan[], envelopeTraceparent: string, client: ReadableSpan) {
   const traceId = client.spanContext().traceId;
   const server = byName(spans, (s) => s.kind === SpanKind.SERVER && s.spanContext().traceId === traceId, "server");
-  const txn = byName(spans, (s) => s.name === "sqlite.transaction" && parentOf(s) === server.spanContext().spanId, "sqlite.transaction under the server span");
+  const txn = byName(
+    spans,
+    (s) => s.name === "sqlite.transaction" && parentOf(s) === server.spanContext().spanId,
+    "sqlite.transaction under the server span",
+  );
   const append = byName(spans, (s) => s.name === "outbox.append agent.registered.v1", "outbox.append");
   t.is(parentOf(server), client.spanContext().spanId, "server span is the client span's child");
   t.is(txn.spanContext().traceId, traceId);
@@ -108,11 +117,19 @@ function assertChain(t: ExecutionContext, spans: ReadableSpan[], envelopeTracepa
 
 test.serial("tracing - one trace from a Connect call through the handler and SQLite to the outbox row", async (t) => {
   const p = await startPipeline(t);
-  const transport = createConnectTransport({ baseUrl: `http://127.0.0.1:${p.httpPort}`, httpVersion: "1.1", interceptors: [connectTracingInterceptor(p.tracer)] });
+  const transport = createConnectTransport({
+    baseUrl: `http://127.0.0.1:${p.httpPort}`,
+    httpVersion: "1.1",
+    interceptors: [connectTracingInterceptor(p.tracer)],
+  });
   const res = await createClient(AgentRegistryService, transport).registerAgent(agent);
   t.truthy(res.agent?.id);
   const spans = await p.spans();
-  const client = byName(spans, (s) => s.kind === SpanKind.CLIENT && s.name === "nops.kernel.v1.AgentRegistryService/RegisterAgent", "client");
+  const client = byName(
+    spans,
+    (s) => s.kind === SpanKind.CLIENT && s.name === "nops.kernel.v1.AgentRegistryService/RegisterAgent",
+    "client",
+  );
   t.is(parentOf(client), undefined, "the client span is the root");
   const [envelope] = p.outboxEnvelopes();
   assertChain(t, spans, envelope!.traceparent, client);
@@ -121,50 +138,76 @@ test.serial("tracing - one trace from a Connect call through the handler and SQL
 
 test.serial("tracing - one trace from a gRPC call (instrumentation-grpc on grpc-js) to the outbox row", async (t) => {
   const p = await startPipeline(t);
-  const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${p.grpcPort}`, interceptors: [connectTracingInterceptor(p.tracer)] });
+  const transport = createGrpcTransport({
+    baseUrl: `http://127.0.0.1:${p.grpcPort}`,
+    interceptors: [connectTracingInterceptor(p.tracer)],
+  });
   await createClient(AgentRegistryService, transport).registerAgent(agent);
   const spans = await p.spans();
   const client = byName(spans, (s) => s.kind === SpanKind.CLIENT, "client");
   const server = byName(spans, (s) => s.kind === SpanKind.SERVER, "server");
-  t.is(server.instrumentationScope.name, "@opentelemetry/instrumentation-grpc", "grpc-js server span comes from instrumentation-grpc");
-  t.is(server.attributes["nops.transport"], "grpc-js", "the kernel interceptor annotated it instead of nesting another span");
+  t.is(
+    server.instrumentationScope.name,
+    "@opentelemetry/instrumentation-grpc",
+    "grpc-js server span comes from instrumentation-grpc",
+  );
+  t.is(
+    server.attributes["nops.transport"],
+    "grpc-js",
+    "the kernel interceptor annotated it instead of nesting another span",
+  );
   t.is(spans.filter((s) => s.kind === SpanKind.SERVER).length, 1);
   assertChain(t, spans, p.outboxEnvelopes()[0]!.traceparent, client);
 });
 
-test.serial("tracing - a native grpc-js client call carries the active trace (instrumentation-grpc client side)", async (t) => {
-  const p = await startPipeline(t);
-  const client = new grpc.Client(`127.0.0.1:${p.grpcPort}`, grpc.credentials.createInsecure());
-  t.teardown(() => client.close());
-  const root = p.tracer.startSpan("caller");
-  await context.with(trace.setSpan(context.active(), root), () =>
-    new Promise<void>((resolve, reject) => {
-      client.makeUnaryRequest(
-        "/nops.kernel.v1.AgentRegistryService/RegisterAgent",
-        (m: typeof agent) => Buffer.from(toBinary(RegisterAgentRequestSchema, create(RegisterAgentRequestSchema, m))),
-        (b: Buffer) => fromBinary(RegisterAgentResponseSchema, b),
-        agent,
-        new grpc.Metadata(),
-        (err) => (err ? reject(err) : resolve()),
-      );
-    }),
-  );
-  root.end();
-  const spans = await p.spans();
-  const grpcClient = byName(spans, (s) => s.kind === SpanKind.CLIENT, "grpc client");
-  t.is(parentOf(grpcClient), root.spanContext().spanId);
-  assertChain(t, spans, p.outboxEnvelopes()[0]!.traceparent, grpcClient);
-});
+test.serial(
+  "tracing - a native grpc-js client call carries the active trace (instrumentation-grpc client side)",
+  async (t) => {
+    const p = await startPipeline(t);
+    const client = new grpc.Client(`127.0.0.1:${p.grpcPort}`, grpc.credentials.createInsecure());
+    t.teardown(() => client.close());
+    const root = p.tracer.startSpan("caller");
+    await context.with(
+      trace.setSpan(context.active(), root),
+      () =>
+        new Promise<void>((resolve, reject) => {
+          client.makeUnaryRequest(
+            "/nops.kernel.v1.AgentRegistryService/RegisterAgent",
+            (m: typeof agent) =>
+              Buffer.from(toBinary(RegisterAgentRequestSchema, create(RegisterAgentRequestSchema, m))),
+            (b: Buffer) => fromBinary(RegisterAgentResponseSchema, b),
+            agent,
+            new grpc.Metadata(),
+            (err) => (err ? reject(err) : resolve()),
+          );
+        }),
+    );
+    root.end();
+    const spans = await p.spans();
+    const grpcClient = byName(spans, (s) => s.kind === SpanKind.CLIENT, "grpc client");
+    t.is(parentOf(grpcClient), root.spanContext().spanId);
+    assertChain(t, spans, p.outboxEnvelopes()[0]!.traceparent, grpcClient);
+  },
+);
 
 test.serial("tracing - the relay and a consumer continue the trace from EventEnvelope.traceparent", async (t) => {
   const p = await startPipeline(t);
-  const transport = createConnectTransport({ baseUrl: `http://127.0.0.1:${p.httpPort}`, httpVersion: "1.1", interceptors: [connectTracingInterceptor(p.tracer)] });
+  const transport = createConnectTransport({
+    baseUrl: `http://127.0.0.1:${p.httpPort}`,
+    httpVersion: "1.1",
+    interceptors: [connectTracingInterceptor(p.tracer)],
+  });
   await createClient(AgentRegistryService, transport).registerAgent(agent);
   const envelope = p.outboxEnvelopes()[0]!;
   // What the outbox relay does per row, and what a consumer does per message (docs/observability.md).
   const producer = startProducerSpan(p.tracer, "nops.events.acme.agent.registered.v1", envelope.traceparent);
   producer.span.end();
-  const consumer = startConsumerSpan(p.tracer, "nops.events.acme.agent.registered.v1", producer.headers, envelope.traceparent);
+  const consumer = startConsumerSpan(
+    p.tracer,
+    "nops.events.acme.agent.registered.v1",
+    producer.headers,
+    envelope.traceparent,
+  );
   consumer.end();
   const spans = await p.spans();
   const append = byName(spans, (s) => s.name.startsWith("outbox.append"), "outbox.append");
@@ -174,7 +217,10 @@ test.serial("tracing - the relay and a consumer continue the trace from EventEnv
   t.is(parentOf(publish), append.spanContext().spanId);
   t.is(parentOf(process), publish.spanContext().spanId);
   t.is(process.spanContext().traceId, append.spanContext().traceId);
-  t.regex(producer.headers.traceparent ?? "", new RegExp(`^00-${append.spanContext().traceId}-${publish.spanContext().spanId}-01$`));
+  t.regex(
+    producer.headers.traceparent ?? "",
+    new RegExp(`^00-${append.spanContext().traceId}-${publish.spanContext().spanId}-01$`),
+  );
 });
 
 test.serial("tracing - an approved HTTP client call (guarded fetch) carries the active trace", async (t) => {
@@ -188,7 +234,9 @@ test.serial("tracing - an approved HTTP client call (guarded fetch) carries the 
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
   const { port } = server.address() as AddressInfo;
-  const allowAll = { check: async () => ({ allowed: true, reason: "allowed", tier: "1", classification: "D1", cached: true }) } as unknown as EgressGuard;
+  const allowAll = {
+    check: async () => ({ allowed: true, reason: "allowed", tier: "1", classification: "D1", cached: true }),
+  } as unknown as EgressGuard;
   const post = createJsonPost(allowAll, "billing", { baseUrl: `http://127.0.0.1:${port}` });
   const root = p.tracer.startSpan("caller");
   await context.with(trace.setSpan(context.active(), root), () => post("acme", "/v1/usage", { units: 1 }));

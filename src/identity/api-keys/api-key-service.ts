@@ -6,7 +6,12 @@ import type { Db } from "../../store/database.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { kCorrelationId } from "../../server/interceptor.js";
 import { parseScopeGrant } from "../../authz/scope.js";
-import { ApiKeySchema, Role as RoleEnum, type ApiKey, type ApiKeyService } from "../../../gen/nops/kernel/v1/api_key_pb.js";
+import {
+  ApiKeySchema,
+  Role as RoleEnum,
+  type ApiKey,
+  type ApiKeyService,
+} from "../../../gen/nops/kernel/v1/api_key_pb.js";
 import { TENANT_PATTERN, isAllTenants, kPrincipal, type Principal, type Role } from "../principal.js";
 import { KEY_ID_PATTERN, type ApiKeyOptions, type ApiKeyRecord, type ApiKeyStore } from "./api-key-store.js";
 
@@ -74,13 +79,27 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
 
   // Runs `body` for an admin of `tenant` (undefined: the call targets every tenant) and audits the
   // outcome. Input is validated inside `body`, so a caller who may not call learns nothing from it.
-  function guarded<T>(ctx: HandlerContext, action: string, tenant: string | undefined, resource: string, body: (actor: Principal) => { result: T; details?: Record<string, unknown>; resource?: string }): T {
+  function guarded<T>(
+    ctx: HandlerContext,
+    action: string,
+    tenant: string | undefined,
+    resource: string,
+    body: (actor: Principal) => { result: T; details?: Record<string, unknown>; resource?: string },
+  ): T {
     const principal = ctx.values.get(kPrincipal);
     const correlationId = ctx.values.get(kCorrelationId);
     const actor = principal?.id ?? "anonymous";
     const record = (outcome: string, res: string, details: Record<string, unknown>): void => {
       // The tenant is caller input until validated: bound what reaches the audit row.
-      audit.append({ actor, action, tenant: (tenant ?? "").slice(0, 63), resource: res.slice(0, 100), outcome, details, correlationId });
+      audit.append({
+        actor,
+        action,
+        tenant: (tenant ?? "").slice(0, 63),
+        resource: res.slice(0, 100),
+        outcome,
+        details,
+        correlationId,
+      });
     };
     if (!principal) {
       record("denied", resource, { reason: "no principal" });
@@ -101,13 +120,16 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       })();
     } catch (e) {
       const err = ConnectError.from(e);
-      if (err.code === Code.Internal || err.code === Code.Unknown) logger.error({ err: e, action, correlationId }, "api key operation failed");
+      if (err.code === Code.Internal || err.code === Code.Unknown)
+        logger.error({ err: e, action, correlationId }, "api key operation failed");
       try {
         record(err.code === Code.PermissionDenied ? "denied" : "error", resource, { code: Code[err.code] });
       } catch (auditError) {
         logger.error({ err: auditError, correlationId }, "audit append failed");
       }
-      throw err.code === Code.Internal || err.code === Code.Unknown ? new ConnectError("internal error", Code.Internal) : err;
+      throw err.code === Code.Internal || err.code === Code.Unknown
+        ? new ConnectError("internal error", Code.Internal)
+        : err;
     }
   }
 
@@ -117,15 +139,24 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
         checkTenant(req.tenant);
         const name = req.name.trim();
         if (name.length === 0 || name.length > 100) throw invalid("name", "must be 1..100 characters");
-        if (req.agentId !== "" && !AGENT_ID_PATTERN.test(req.agentId)) throw invalid("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
+        if (req.agentId !== "" && !AGENT_ID_PATTERN.test(req.agentId))
+          throw invalid("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
         const role = KEY_ROLES.get(req.role);
         if (!role) throw invalid("role", "must be ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER");
         req.scopes.forEach((s, i) => {
           const g = parseScopeGrant(s);
           if (!g) throw invalid(`scopes[${i}]`, 'must be "service/operation[/tenant]", each part a name or "*"');
-          if (g.tenant !== "*" && g.tenant !== req.tenant) throw invalid(`scopes[${i}]`, "may name only the key's own tenant");
+          if (g.tenant !== "*" && g.tenant !== req.tenant)
+            throw invalid(`scopes[${i}]`, "may name only the key's own tenant");
         });
-        const issued = store.create({ tenant: req.tenant, agentId: req.agentId, name, role, scopes: [...req.scopes], createdBy: actor.id });
+        const issued = store.create({
+          tenant: req.tenant,
+          agentId: req.agentId,
+          name,
+          role,
+          scopes: [...req.scopes],
+          createdBy: actor.id,
+        });
         return {
           result: { apiKey: toProto(issued.record), secret: issued.key },
           resource: `apikey/${issued.record.keyId}`,
@@ -179,7 +210,10 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
         const keys = more ? page.slice(0, limit) : page;
         const last = keys.at(-1);
         return {
-          result: { apiKeys: keys.map(toProto), nextPageToken: more && last ? Buffer.from(last.keyId).toString("base64url") : "" },
+          result: {
+            apiKeys: keys.map(toProto),
+            nextPageToken: more && last ? Buffer.from(last.keyId).toString("base64url") : "",
+          },
           details: { count: keys.length },
         };
       });

@@ -85,9 +85,11 @@ export function resolveApiKeyOptions(input: unknown, path = "identity.apiKeys"):
   // The pepper is checked by hand: the readers quote the bad value, and this one is a secret.
   let pepper: Uint8Array;
   if (o.pepper instanceof Uint8Array) pepper = o.pepper;
-  else if (typeof o.pepper === "string" && /^[A-Za-z0-9+/_-]+={0,2}$/.test(o.pepper)) pepper = Buffer.from(o.pepper, "base64");
+  else if (typeof o.pepper === "string" && /^[A-Za-z0-9+/_-]+={0,2}$/.test(o.pepper))
+    pepper = Buffer.from(o.pepper, "base64");
   else throw new ConfigError(`${path}.pepper is required: base64 of 32..64 random bytes`);
-  if (pepper.length < 32 || pepper.length > 64) throw new ConfigError(`${path}.pepper must decode to 32..64 bytes, got ${pepper.length}`);
+  if (pepper.length < 32 || pepper.length > 64)
+    throw new ConfigError(`${path}.pepper must decode to 32..64 bytes, got ${pepper.length}`);
   const maxGraceMs = readInt(o, "maxGraceMs", path, DEFAULT_API_KEY_MAX_GRACE_MS);
   const defaultGraceMs = readInt(o, "defaultGraceMs", path, DEFAULT_API_KEY_GRACE_MS);
   if (defaultGraceMs > maxGraceMs) throw new ConfigError(`${path}.defaultGraceMs must not exceed ${path}.maxGraceMs`);
@@ -150,7 +152,10 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
     `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until
      FROM api_keys k WHERE k.key_id = @keyId`,
   );
-  const listKeys = db.prepare<{ tenant: string | null; all: number; after: string; limit: number; now: number }, KeyRow>(
+  const listKeys = db.prepare<
+    { tenant: string | null; all: number; after: string; limit: number; now: number },
+    KeyRow
+  >(
     `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until
      FROM api_keys k
      WHERE (@tenant IS NULL OR k.tenant = @tenant) AND (@all = 1 OR k.revoked_at IS NULL) AND k.key_id > @after
@@ -167,7 +172,9 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
     `SELECT s.hash, k.tenant, k.agent_id, k.role, k.scopes FROM api_key_secrets s JOIN api_keys k ON k.key_id = s.key_id
      WHERE s.key_id = ? AND k.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?)`,
   );
-  const nextGeneration = db.prepare<[string], { g: number }>("SELECT COALESCE(MAX(generation), 0) + 1 AS g FROM api_key_secrets WHERE key_id = ?");
+  const nextGeneration = db.prepare<[string], { g: number }>(
+    "SELECT COALESCE(MAX(generation), 0) + 1 AS g FROM api_key_secrets WHERE key_id = ?",
+  );
   // Rotating again ends the previous grace at once: at most the current and the next secret work.
   const dropGraceSecrets = db.prepare("DELETE FROM api_key_secrets WHERE key_id = ? AND expires_at IS NOT NULL");
   const startGrace = db.prepare("UPDATE api_key_secrets SET expires_at = ? WHERE key_id = ? AND expires_at IS NULL");
@@ -220,7 +227,13 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
     revoke: (tenant, keyId) => revokeTx(tenant, keyId),
     list: (q) =>
       listKeys
-        .all({ tenant: q.tenant ?? null, all: q.includeRevoked ? 1 : 0, after: q.afterKeyId, limit: q.limit, now: clock.now() })
+        .all({
+          tenant: q.tenant ?? null,
+          all: q.includeRevoked ? 1 : 0,
+          after: q.afterKeyId,
+          limit: q.limit,
+          now: clock.now(),
+        })
         .map(toRecord),
     verify(key) {
       const m = KEY_PATTERN.exec(key);
@@ -230,7 +243,8 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
       const now = clock.now();
       let match: SecretRow | undefined;
       // Compare against every live secret (current and, during a grace, previous) in constant time.
-      for (const s of liveSecrets.all(keyId, now)) if (s.hash.length === presented.length && timingSafeEqual(s.hash, presented)) match = s;
+      for (const s of liveSecrets.all(keyId, now))
+        if (s.hash.length === presented.length && timingSafeEqual(s.hash, presented)) match = s;
       if (!match) throw new CredentialError(`api key ${keyId} is unknown, revoked, expired or wrong`);
       if (!isRole(match.role)) throw new CredentialError(`api key ${keyId} has an unknown role`);
       return {

@@ -73,7 +73,10 @@ export function resolveJwtVerifierOptions(input: unknown, path = "identity.jwt")
   const out: JwtVerifierOptions = {
     issuer: readStringList(o, "issuer", path, [], REQUIRED_LIST),
     audience: readStringList(o, "audience", path, [], REQUIRED_LIST),
-    algorithms: readStringList(o, "algorithms", path, d.algorithms, { ...REQUIRED_LIST, oneOf: SUPPORTED }) as JwtAlgorithm[],
+    algorithms: readStringList(o, "algorithms", path, d.algorithms, {
+      ...REQUIRED_LIST,
+      oneOf: SUPPORTED,
+    }) as JwtAlgorithm[],
     clockToleranceSec: readInt(o, "clockToleranceSec", path, d.clockToleranceSec),
     jwksCacheMaxAgeMs: readInt(o, "jwksCacheMaxAgeMs", path, d.jwksCacheMaxAgeMs),
     jwksCooldownMs: readInt(o, "jwksCooldownMs", path, d.jwksCooldownMs),
@@ -99,16 +102,20 @@ export function resolveJwtVerifierOptions(input: unknown, path = "identity.jwt")
   }
   if (o.jwks !== undefined) {
     const keys = typeof o.jwks === "object" && o.jwks !== null ? (o.jwks as Record<string, unknown>).keys : undefined;
-    if (!Array.isArray(keys) || keys.length === 0) throw new ConfigError(`${path}.jwks must be a JWKS object with a non-empty "keys" list`);
+    if (!Array.isArray(keys) || keys.length === 0)
+      throw new ConfigError(`${path}.jwks must be a JWKS object with a non-empty "keys" list`);
     out.jwks = o.jwks as JSONWebKeySet;
   }
   if (o.hmacSecret !== undefined) {
-    if (typeof o.hmacSecret !== "string" && !(o.hmacSecret instanceof Uint8Array)) throw new ConfigError(`${path}.hmacSecret must be a string`);
-    const secret = typeof o.hmacSecret === "string" ? new TextEncoder().encode(o.hmacSecret) : Uint8Array.from(o.hmacSecret);
+    if (typeof o.hmacSecret !== "string" && !(o.hmacSecret instanceof Uint8Array))
+      throw new ConfigError(`${path}.hmacSecret must be a string`);
+    const secret =
+      typeof o.hmacSecret === "string" ? new TextEncoder().encode(o.hmacSecret) : Uint8Array.from(o.hmacSecret);
     if (secret.length < 32) throw new ConfigError(`${path}.hmacSecret must be at least 32 bytes`);
     out.hmacSecret = secret;
   }
-  if (out.algorithms.includes("HS256") && !out.hmacSecret) throw new ConfigError(`${path}.hmacSecret is required when algorithms include HS256`);
+  if (out.algorithms.includes("HS256") && !out.hmacSecret)
+    throw new ConfigError(`${path}.hmacSecret is required when algorithms include HS256`);
   if (out.algorithms.some((a) => a !== "HS256") && !out.jwksUrl && !out.jwks) {
     throw new ConfigError(`${path}.jwksUrl or ${path}.jwks is required when algorithms include RS256 or ES256`);
   }
@@ -167,7 +174,8 @@ export function createJwtVerifier(deps: JwtVerifierDeps, options: JwtVerifierOpt
   function principalOf(payload: JWTPayload): Principal {
     if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new CredentialError("token has no sub");
     const tenant = payload[options.tenantClaim];
-    if (tenant !== undefined && (typeof tenant !== "string" || !TENANT_PATTERN.test(tenant))) throw new CredentialError("token tenant is not a tenant id");
+    if (tenant !== undefined && (typeof tenant !== "string" || !TENANT_PATTERN.test(tenant)))
+      throw new CredentialError("token tenant is not a tenant id");
     const roles = stringList(payload[options.rolesClaim]).filter((r): r is Role => isRole(r));
     const scopes = payload.scope !== undefined ? stringList(payload.scope) : stringList(payload.scp);
     return {

@@ -43,7 +43,9 @@ const normalizeValue = (v: string): string => v.trim().replace(/\s+/g, " ");
  * one "name:value" line per signed header (same order), body SHA-256.
  */
 export function buildCanonicalRequest(p: CanonicalRequestParts): string {
-  const names = Object.keys(p.headers).map((n) => n.toLowerCase()).sort();
+  const names = Object.keys(p.headers)
+    .map((n) => n.toLowerCase())
+    .sort();
   const lower = Object.fromEntries(Object.entries(p.headers).map(([k, v]) => [k.toLowerCase(), v]));
   return [
     SIGNATURE_ALGORITHM,

@@ -38,7 +38,10 @@ export const DEFAULT_NONCE_STORE_OPTIONS: NonceStoreOptions = { keyPrefix: "nops
  * with SET NX PX in Redis so other kernel instances see it too. When Redis errors, memory alone
  * decides (replays against this instance are still caught) and the outage is logged.
  */
-export function createNonceStore(deps: NonceStoreDeps, options: NonceStoreOptions = DEFAULT_NONCE_STORE_OPTIONS): NonceStore {
+export function createNonceStore(
+  deps: NonceStoreDeps,
+  options: NonceStoreOptions = DEFAULT_NONCE_STORE_OPTIONS,
+): NonceStore {
   const seen = new Map<string, number>();
   let redisDown = false;
   let inserts = 0;

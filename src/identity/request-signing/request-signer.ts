@@ -23,7 +23,15 @@ export function signRequest(input: SignRequestInput): Record<string, string> {
   const timestamp = input.timestamp ?? Math.floor(Date.now() / 1000);
   const nonce = input.nonce ?? randomBytes(16).toString("base64url");
   const bodySha256 = sha256Hex(input.body);
-  const canonical = buildCanonicalRequest({ method: input.method, path: input.path, keyId: input.keyId, timestamp, nonce, headers, bodySha256 });
+  const canonical = buildCanonicalRequest({
+    method: input.method,
+    path: input.path,
+    keyId: input.keyId,
+    timestamp,
+    nonce,
+    headers,
+    bodySha256,
+  });
   const out: Record<string, string> = {
     ...headers,
     [SIGNATURE_HEADERS.keyId]: input.keyId,
@@ -32,7 +40,9 @@ export function signRequest(input: SignRequestInput): Record<string, string> {
     [SIGNATURE_HEADERS.contentSha256]: bodySha256,
     [SIGNATURE_HEADERS.signature]: signCanonicalRequest(input.secret, canonical),
   };
-  const names = Object.keys(headers).map((n) => n.toLowerCase()).sort();
+  const names = Object.keys(headers)
+    .map((n) => n.toLowerCase())
+    .sort();
   if (names.length > 0) out[SIGNATURE_HEADERS.signedHeaders] = names.join(";");
   return out;
 }

@@ -37,7 +37,10 @@ function tenantOf(input: unknown): string | undefined {
  * The body is the protobuf binary encoding of the request message; streaming requests from the
  * client cannot be signed. Failures answer UNAUTHENTICATED with the reason, which is audited.
  */
-export function createRequestSigningInterceptor(deps: RequestSigningInterceptorDeps, options: RequestSigningOptions): KernelInterceptor {
+export function createRequestSigningInterceptor(
+  deps: RequestSigningInterceptorDeps,
+  options: RequestSigningOptions,
+): KernelInterceptor {
   const verifier = createRequestVerifier({ nonces: deps.nonces, clock: deps.clock }, options);
   const reject = (ctx: HandlerContext, path: string, reason: string, keyId: string | undefined): never => {
     deps.audit.append({
@@ -60,7 +63,12 @@ export function createRequestSigningInterceptor(deps: RequestSigningInterceptorD
       return next(call);
     }
     if (call.method.methodKind === "client_streaming" || call.method.methodKind === "bidi_streaming") {
-      return reject(ctx, path, "streaming_body_unsupported", ctx.requestHeader.get(SIGNATURE_HEADERS.keyId) ?? undefined);
+      return reject(
+        ctx,
+        path,
+        "streaming_body_unsupported",
+        ctx.requestHeader.get(SIGNATURE_HEADERS.keyId) ?? undefined,
+      );
     }
     const input = call.method.input;
     const result = await verifier.verify({
@@ -71,7 +79,10 @@ export function createRequestSigningInterceptor(deps: RequestSigningInterceptorD
       tenant: tenantOf(call.input),
     });
     if (!result.ok) return reject(ctx, path, result.reason, result.keyId);
-    ctx.values.set(kRequestSigner, { keyId: result.key.id, ...(result.key.tenant ? { tenant: result.key.tenant } : {}) });
+    ctx.values.set(kRequestSigner, {
+      keyId: result.key.id,
+      ...(result.key.tenant ? { tenant: result.key.tenant } : {}),
+    });
     return next(call);
   };
 }

@@ -1,5 +1,13 @@
 import { ConfigError } from "../../common/errors.js";
-import { readBool, readInt, readObject, readOptionalString, readSection, readString, readStringList } from "../../config/fields.js";
+import {
+  readBool,
+  readInt,
+  readObject,
+  readOptionalString,
+  readSection,
+  readString,
+  readStringList,
+} from "../../config/fields.js";
 
 /** A signing key shared with a client off the mesh. */
 export interface SigningKey {
@@ -48,7 +56,8 @@ export function resolveRequestSigningOptions(input: unknown = {}, path = "reques
   const s = readSection(input, path, DEFAULT_REQUEST_SIGNING_OPTIONS);
   const maxSkewMs = readInt(s, "maxSkewMs", path, DEFAULT_MAX_SKEW_MS, 1000);
   const nonceTtlMs = readInt(s, "nonceTtlMs", path, 2 * maxSkewMs);
-  if (nonceTtlMs < 2 * maxSkewMs) throw new ConfigError(`${path}.nonceTtlMs must be an integer >= 2 × ${path}.maxSkewMs`);
+  if (nonceTtlMs < 2 * maxSkewMs)
+    throw new ConfigError(`${path}.nonceTtlMs must be an integer >= 2 × ${path}.maxSkewMs`);
   if (s.keys !== undefined && !Array.isArray(s.keys)) throw new ConfigError(`${path}.keys must be a list`);
   const ids = new Set<string>();
   const keys = ((s.keys as unknown[] | undefined) ?? []).map((raw, i): SigningKey => {
@@ -58,9 +67,11 @@ export function resolveRequestSigningOptions(input: unknown = {}, path = "reques
     if (ids.has(id)) throw new ConfigError(`${p}.id is a duplicate`);
     ids.add(id);
     // Checked by hand: the readers quote the bad value, and this one is a secret.
-    if (typeof k.secret !== "string" || !/^[A-Za-z0-9+/_-]+={0,2}$/.test(k.secret)) throw new ConfigError(`${p}.secret must be base64`);
+    if (typeof k.secret !== "string" || !/^[A-Za-z0-9+/_-]+={0,2}$/.test(k.secret))
+      throw new ConfigError(`${p}.secret must be base64`);
     const secret = new Uint8Array(Buffer.from(k.secret, "base64"));
-    if (secret.byteLength < MIN_SECRET_BYTES) throw new ConfigError(`${p}.secret must decode to at least ${MIN_SECRET_BYTES} bytes`);
+    if (secret.byteLength < MIN_SECRET_BYTES)
+      throw new ConfigError(`${p}.secret must decode to at least ${MIN_SECRET_BYTES} bytes`);
     const tenant = readOptionalString(k, "tenant", p);
     return { id, secret, ...(tenant ? { tenant } : {}) };
   });

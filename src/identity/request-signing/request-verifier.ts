@@ -27,9 +27,7 @@ export interface SignedRequest {
 }
 
 /** Outcome of a verification. */
-export type VerifyResult =
-  | { ok: true; key: SigningKey }
-  | { ok: false; reason: SignatureRejection; keyId?: string };
+export type VerifyResult = { ok: true; key: SigningKey } | { ok: false; reason: SignatureRejection; keyId?: string };
 
 /** Verifies signed requests: timestamp, then signature (constant time), then nonce. */
 export interface RequestVerifier {
@@ -41,7 +39,10 @@ const NONCE_RE = /^[A-Za-z0-9_-]{16,128}$/;
 const TIMESTAMP_RE = /^\d{1,12}$/;
 
 /** Creates the verifier. */
-export function createRequestVerifier(deps: { nonces: NonceStore; clock: Clock }, options: RequestSigningOptions): RequestVerifier {
+export function createRequestVerifier(
+  deps: { nonces: NonceStore; clock: Clock },
+  options: RequestSigningOptions,
+): RequestVerifier {
   const keys = new Map(options.keys.map((k) => [k.id, k]));
   return {
     async verify(req) {
@@ -52,14 +53,27 @@ export function createRequestVerifier(deps: { nonces: NonceStore; clock: Clock }
       const bodyHash = h(SIGNATURE_HEADERS.contentSha256);
       const signature = h(SIGNATURE_HEADERS.signature);
       const fail = (reason: SignatureRejection): VerifyResult => ({ ok: false, reason, keyId });
-      if (!keyId || !ts || !TIMESTAMP_RE.test(ts) || !nonce || !NONCE_RE.test(nonce) || !bodyHash || !HEX64.test(bodyHash) || !signature || !HEX64.test(signature)) {
+      if (
+        !keyId ||
+        !ts ||
+        !TIMESTAMP_RE.test(ts) ||
+        !nonce ||
+        !NONCE_RE.test(nonce) ||
+        !bodyHash ||
+        !HEX64.test(bodyHash) ||
+        !signature ||
+        !HEX64.test(signature)
+      ) {
         return fail("malformed");
       }
       // Timestamp first: it is the cheapest check and bounds how long a nonce must be remembered.
       if (Math.abs(deps.clock.now() - Number(ts) * 1000) > options.maxSkewMs) return fail("timestamp_skew");
       const key = keys.get(keyId);
       if (!key) return fail("unknown_key_id");
-      const signedNames = (h(SIGNATURE_HEADERS.signedHeaders) ?? "").split(";").map((s) => s.trim().toLowerCase()).filter(Boolean);
+      const signedNames = (h(SIGNATURE_HEADERS.signedHeaders) ?? "")
+        .split(";")
+        .map((s) => s.trim().toLowerCase())
+        .filter(Boolean);
       if (signedNames.some((n) => n.startsWith("x-nops-") || req.headers.get(n) === null)) return fail("malformed");
       if (options.requiredSignedHeaders.some((n) => !signedNames.includes(n))) return fail("unsigned_required_header");
       const actualHash = sha256Hex(req.body);
@@ -75,7 +89,8 @@ export function createRequestVerifier(deps: { nonces: NonceStore; clock: Clock }
       });
       const expected = Buffer.from(signCanonicalRequest(key.secret, canonical), "hex");
       if (!timingSafeEqual(expected, Buffer.from(signature, "hex"))) return fail("bad_signature");
-      if (key.tenant !== undefined && req.tenant !== undefined && req.tenant !== key.tenant) return fail("tenant_mismatch");
+      if (key.tenant !== undefined && req.tenant !== undefined && req.tenant !== key.tenant)
+        return fail("tenant_mismatch");
       // The nonce is claimed last so that forged requests cannot burn a legitimate client's nonces.
       try {
         if (!(await deps.nonces.claim(`${keyId}:${nonce}`, options.nonceTtlMs))) return fail("nonce_replayed");

@@ -76,7 +76,8 @@ export interface DevX509SourceDeps {
 function spiffeIdIn(value: string, trustDomain: string, field: string): string {
   try {
     const id = parseSpiffeId(value);
-    if (id.trustDomain !== trustDomain || id.path === "") throw new Error(`must be a workload ID in trust domain ${trustDomain}`);
+    if (id.trustDomain !== trustDomain || id.path === "")
+      throw new Error(`must be a workload ID in trust domain ${trustDomain}`);
   } catch (err) {
     throw new ConfigError(`${field}: ${(err as Error).message}`);
   }
@@ -84,7 +85,10 @@ function spiffeIdIn(value: string, trustDomain: string, field: string): string {
 }
 
 /** Validates a partial options object and fills defaults; errors name the field under `path`. */
-export function resolveDevX509SourceOptions(input: Partial<DevX509SourceOptions>, path = "spiffe.dev"): DevX509SourceOptions {
+export function resolveDevX509SourceOptions(
+  input: Partial<DevX509SourceOptions>,
+  path = "spiffe.dev",
+): DevX509SourceOptions {
   const o = readObject(input, path);
   const trustDomainText = readString(o, "trustDomain", path, DEFAULT_DEV_TRUST_DOMAIN);
   let trustDomain: string;
@@ -105,7 +109,11 @@ export function resolveDevX509SourceOptions(input: Partial<DevX509SourceOptions>
     dir: readString(o, "dir", path, DEFAULT_DEV_IDENTITY_DIR, { nonEmpty: true }),
     trustDomain,
     spiffeId: spiffeIdIn(readString(o, "spiffeId", path, "", { nonEmpty: true }), trustDomain, `${path}.spiffeId`),
-    developerId: spiffeIdIn(readString(o, "developerId", path, DEFAULT_DEV_DEVELOPER_ID), trustDomain, `${path}.developerId`),
+    developerId: spiffeIdIn(
+      readString(o, "developerId", path, DEFAULT_DEV_DEVELOPER_ID),
+      trustDomain,
+      `${path}.developerId`,
+    ),
     dnsNames: readStringList(o, "dnsNames", path, DEFAULT_DEV_DNS_NAMES, { pattern: /^[a-zA-Z0-9.-]+$/ }),
     ipAddresses,
     caTtlMs,
@@ -170,7 +178,10 @@ function keyPemToDer(pem: string): Uint8Array {
  * and a developer client SVID (svid.pem, svid.key, bundle.pem), and serves them through the same
  * X509Source interface as the Workload API. Development only: the CA key sits on disk.
  */
-export async function createDevX509Source(deps: DevX509SourceDeps, input: Partial<DevX509SourceOptions>): Promise<X509Source> {
+export async function createDevX509Source(
+  deps: DevX509SourceDeps,
+  input: Partial<DevX509SourceOptions>,
+): Promise<X509Source> {
   const options = resolveDevX509SourceOptions(input);
   const logger = deps.logger.child({ component: "spiffe-dev-issuer" });
   const state = createX509SourceState(logger);
@@ -260,7 +271,12 @@ export async function createDevX509Source(deps: DevX509SourceDeps, input: Partia
     return parseX509Svid({ chain: new Uint8Array(cert.rawData), key: pkcs8, spiffeId });
   }
 
-  async function loadSvid(ca: DevCa, certPath: string, keyPath: string, spiffeId: string): Promise<X509Svid | undefined> {
+  async function loadSvid(
+    ca: DevCa,
+    certPath: string,
+    keyPath: string,
+    spiffeId: string,
+  ): Promise<X509Svid | undefined> {
     const certPem = await readOptional(certPath);
     const keyPem = await readOptional(keyPath);
     if (!certPem || !keyPem) return undefined;
@@ -298,7 +314,10 @@ export async function createDevX509Source(deps: DevX509SourceDeps, input: Partia
     }
     if (freshCa || !(await loadSvid(ca, files.clientCert, files.clientKey, options.developerId))) {
       await saveSvid(await mintSvid(ca, options.developerId, []), files.clientCert, files.clientKey);
-      logger.warn({ spiffeId: options.developerId, dir: options.dir }, "wrote DEVELOPMENT client SVID (svid.pem, svid.key, bundle.pem)");
+      logger.warn(
+        { spiffeId: options.developerId, dir: options.dir },
+        "wrote DEVELOPMENT client SVID (svid.pem, svid.key, bundle.pem)",
+      );
     }
     const previous = state.current();
     if (previous && !freshServer && previous.svid.certificatePem === server.certificatePem) return;

@@ -46,4 +46,10 @@ export {
   type DevX509SourceDeps,
   type DevX509SourceOptions,
 } from "./dev-issuer.js";
-export { createTlsMaterial, TlsMaterialError, type ClientTlsOptions, type TlsMaterial, type TlsMaterialDeps } from "./tls-material.js";
+export {
+  createTlsMaterial,
+  TlsMaterialError,
+  type ClientTlsOptions,
+  type TlsMaterial,
+  type TlsMaterialDeps,
+} from "./tls-material.js";

@@ -49,7 +49,8 @@ export function parseSpiffeId(id: string): SpiffeId {
   if (path !== "") {
     const segments = path.slice(1).split("/");
     for (const segment of segments) {
-      if (segment === "") throw new SpiffeIdError(`SPIFFE ID path has an empty segment or a trailing "/": ${JSON.stringify(id)}`);
+      if (segment === "")
+        throw new SpiffeIdError(`SPIFFE ID path has an empty segment or a trailing "/": ${JSON.stringify(id)}`);
       if (segment === "." || segment === "..") {
         throw new SpiffeIdError(`SPIFFE ID path may not contain "." or ".." segments: ${JSON.stringify(id)}`);
       }

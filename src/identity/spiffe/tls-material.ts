@@ -1,4 +1,12 @@
-import { createSecureContext, type ConnectionOptions, type PeerCertificate, type SecureContext, type SecureContextOptions, type Server, type TlsOptions } from "node:tls";
+import {
+  createSecureContext,
+  type ConnectionOptions,
+  type PeerCertificate,
+  type SecureContext,
+  type SecureContextOptions,
+  type Server,
+  type TlsOptions,
+} from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import type { Clock } from "../../common/clock.js";
 import { KernelError } from "../../common/errors.js";
@@ -65,7 +73,9 @@ function contextOptions(context: X509Context): SecureContextOptions {
  * calls `setSecureContext` on its http2 server or rebuilds the client context when notified, so
  * open connections keep their handshake while new ones get the new SVID and bundles.
  */
-function createSourceCertificateProvider(initial: X509Context): grpc.experimental.CertificateProvider & { update(c: X509Context): void } {
+function createSourceCertificateProvider(
+  initial: X509Context,
+): grpc.experimental.CertificateProvider & { update(c: X509Context): void } {
   let ca: grpc.experimental.CaCertificateUpdate;
   let identity: grpc.experimental.IdentityCertificateUpdate;
   const caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();

@@ -102,7 +102,8 @@ export function verifyPeer(
       return { spiffeId: id.id, trustDomain: id.trustDomain, path: id.path, notAfter: Date.parse(chain[0]!.validTo) };
     }
     const next = chain.findIndex(
-      (c, i) => !used.has(i) && issues(c, current) && isSigningCertificate(parseCertificate(chainDer[i]!, "intermediate")),
+      (c, i) =>
+        !used.has(i) && issues(c, current) && isSigningCertificate(parseCertificate(chainDer[i]!, "intermediate")),
     );
     if (next === -1) break;
     used.add(next);

@@ -103,14 +103,21 @@ export function x509ContextFromResponse(bytes: Uint8Array, hint: string, clock: 
   const msg = fromBinary(X509SVIDResponseSchema, bytes);
   // SPIFFE Workload API §5.2.1: the first SVID is the default; with a hint, the first carrying it.
   const chosen = hint === "" ? msg.svids[0] : msg.svids.find((s) => s.hint === hint);
-  if (!chosen) throw new SvidError(hint === "" ? "message has no SVID" : `message has no SVID with hint ${JSON.stringify(hint)}`);
+  if (!chosen)
+    throw new SvidError(hint === "" ? "message has no SVID" : `message has no SVID with hint ${JSON.stringify(hint)}`);
   // §5.2.1: every X509SVID field but hint is mandatory.
   if (chosen.spiffeId === "" || chosen.bundle.length === 0 || chosen.x509SvidKey.length === 0) {
     throw new SvidError("X509SVID has an empty mandatory field");
   }
-  const svid = parseX509Svid({ chain: chosen.x509Svid, key: chosen.x509SvidKey, spiffeId: chosen.spiffeId, hint: chosen.hint });
+  const svid = parseX509Svid({
+    chain: chosen.x509Svid,
+    key: chosen.x509SvidKey,
+    spiffeId: chosen.spiffeId,
+    hint: chosen.hint,
+  });
   const now = clock.now();
-  if (svid.notAfter < now || svid.notBefore > now) throw new SvidError(`SVID ${svid.spiffeId.id} is outside its validity period`);
+  if (svid.notAfter < now || svid.notBefore > now)
+    throw new SvidError(`SVID ${svid.spiffeId.id} is outside its validity period`);
   const bundles: X509Bundle[] = [createX509Bundle(svid.spiffeId.trustDomain, chosen.bundle)];
   for (const [key, der] of Object.entries(msg.federatedBundles)) {
     // Keys are the trust domain's SPIFFE ID ("spiffe://example.org"); accept a bare name too.
@@ -169,7 +176,11 @@ export function createWorkloadX509Source(
     connected = true;
     updates.add(1);
     logger.info(
-      { spiffeId: context.svid.spiffeId.id, notAfter: new Date(context.svid.notAfter).toISOString(), trustDomains: [...context.bundles.keys()] },
+      {
+        spiffeId: context.svid.spiffeId.id,
+        notAfter: new Date(context.svid.notAfter).toISOString(),
+        trustDomains: [...context.bundles.keys()],
+      },
       "X509-SVID update from the Workload API",
     );
     state.publish(context);
@@ -183,7 +194,13 @@ export function createWorkloadX509Source(
     const request = Buffer.from(toBinary(X509SVIDRequestSchema, create(X509SVIDRequestSchema)));
     // Raw bytes out of grpc-js: decoding here lets a malformed message be skipped instead of
     // grpc-js failing the whole stream.
-    const stream = client.makeServerStreamRequest<Buffer, Buffer>(FETCH_X509_SVID, (b) => b, (b) => b, request, metadata);
+    const stream = client.makeServerStreamRequest<Buffer, Buffer>(
+      FETCH_X509_SVID,
+      (b) => b,
+      (b) => b,
+      request,
+      metadata,
+    );
     call = stream;
     stream.on("data", onMessage);
     // Every outcome is also delivered as "status"; this keeps "error" from being unhandled.
@@ -203,8 +220,12 @@ export function createWorkloadX509Source(
       }
       const delay = backoffMs();
       failures += 1;
-      const level = status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAVAILABLE ? "warn" : "error";
-      logger[level]({ code: grpc.status[status.code], details: status.details, retryInMs: delay }, "Workload API stream ended; retrying");
+      const level =
+        status.code === grpc.status.PERMISSION_DENIED || status.code === grpc.status.UNAVAILABLE ? "warn" : "error";
+      logger[level](
+        { code: grpc.status[status.code], details: status.details, retryInMs: delay },
+        "Workload API stream ended; retrying",
+      );
       timer = setTimeout(connect, delay);
     });
   };

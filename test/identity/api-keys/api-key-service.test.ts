@@ -35,13 +35,28 @@ function setup() {
     makeCall(ApiKeyService.method[method], {}, p ? { principal: p, correlationId: "corr-keys" } : {}).ctx;
   // Handlers may return message inits; `create` turns them into full messages for assertions.
   const createKey = async (p: Principal | undefined, init: MessageInitShape<typeof CreateApiKeyRequestSchema> = {}) =>
-    create(CreateApiKeyResponseSchema, await service.createApiKey(create(CreateApiKeyRequestSchema, { tenant: "acme", name: "ci", role: Role.OPERATOR, ...init }), ctx(p, "createApiKey")));
+    create(
+      CreateApiKeyResponseSchema,
+      await service.createApiKey(
+        create(CreateApiKeyRequestSchema, { tenant: "acme", name: "ci", role: Role.OPERATOR, ...init }),
+        ctx(p, "createApiKey"),
+      ),
+    );
   const rotate = async (p: Principal, init: MessageInitShape<typeof RotateApiKeyRequestSchema>) =>
-    create(RotateApiKeyResponseSchema, await service.rotateApiKey(create(RotateApiKeyRequestSchema, init), ctx(p, "rotateApiKey")));
+    create(
+      RotateApiKeyResponseSchema,
+      await service.rotateApiKey(create(RotateApiKeyRequestSchema, init), ctx(p, "rotateApiKey")),
+    );
   const revoke = async (p: Principal, init: MessageInitShape<typeof RevokeApiKeyRequestSchema>) =>
-    create(RevokeApiKeyResponseSchema, await service.revokeApiKey(create(RevokeApiKeyRequestSchema, init), ctx(p, "revokeApiKey")));
+    create(
+      RevokeApiKeyResponseSchema,
+      await service.revokeApiKey(create(RevokeApiKeyRequestSchema, init), ctx(p, "revokeApiKey")),
+    );
   const list = async (p: Principal, init: MessageInitShape<typeof ListApiKeysRequestSchema>) =>
-    create(ListApiKeysResponseSchema, await service.listApiKeys(create(ListApiKeysRequestSchema, init), ctx(p, "listApiKeys")));
+    create(
+      ListApiKeysResponseSchema,
+      await service.listApiKeys(create(ListApiKeysRequestSchema, init), ctx(p, "listApiKeys")),
+    );
   return { ...s, store, createKey, rotate, revoke, list };
 }
 
@@ -58,7 +73,14 @@ test("api keys - a created key authenticates as its tenant and role", async (t) 
   const { createKey, store } = setup();
   const res = await createKey(acmeAdmin, { agentId: "agent-7", scopes: ["registry/read/acme"] });
   t.regex(res.secret, /^nops_[0-9a-f]{24}_[A-Za-z0-9_-]{43}$/);
-  t.like(store.verify(res.secret), { kind: "apikey", id: `apikey:${res.apiKey?.keyId}`, tenant: "acme", roles: ["OPERATOR"], scopes: ["registry/read/acme"], agentId: "agent-7" });
+  t.like(store.verify(res.secret), {
+    kind: "apikey",
+    id: `apikey:${res.apiKey?.keyId}`,
+    tenant: "acme",
+    roles: ["OPERATOR"],
+    scopes: ["registry/read/acme"],
+    agentId: "agent-7",
+  });
   t.is(res.apiKey?.createdBy, "jwt:alice");
   // One changed character of the secret is a different key.
   const last = res.secret.at(-1) === "A" ? "B" : "A";
@@ -76,7 +98,15 @@ test("api keys - the database never holds a key or its secret in clear", async (
   for (const { name } of tables) {
     for (const row of db.prepare(`SELECT * FROM "${name}"`).all() as Record<string, unknown>[]) {
       for (const value of Object.values(row)) {
-        const text = Buffer.isBuffer(value) ? [value.toString("utf8"), value.toString("latin1"), value.toString("base64"), value.toString("base64url"), value.toString("hex")].join("|") : String(value);
+        const text = Buffer.isBuffer(value)
+          ? [
+              value.toString("utf8"),
+              value.toString("latin1"),
+              value.toString("base64"),
+              value.toString("base64url"),
+              value.toString("hex"),
+            ].join("|")
+          : String(value);
         for (const s of secrets) t.false(text.includes(s), `${name} holds a secret`);
         cells++;
       }
@@ -167,7 +197,15 @@ test("api keys - every successful call is audited", async (t) => {
   await list(acmeAdmin, { tenant: "acme" });
   await revoke(acmeAdmin, { tenant: "acme", keyId });
   const rows = auditRows(db);
-  t.deepEqual(rows.map((r) => [r.action, r.outcome]), [["apikey.create", "ok"], ["apikey.rotate", "ok"], ["apikey.list", "ok"], ["apikey.revoke", "ok"]]);
+  t.deepEqual(
+    rows.map((r) => [r.action, r.outcome]),
+    [
+      ["apikey.create", "ok"],
+      ["apikey.rotate", "ok"],
+      ["apikey.list", "ok"],
+      ["apikey.revoke", "ok"],
+    ],
+  );
   t.is(rows[0]?.resource, `apikey/${keyId}`);
   t.false(rows.some((r) => r.details.includes(k.secret)));
 });
@@ -196,9 +234,16 @@ test("api keys - bad input is INVALID_ARGUMENT naming the field", async (t) => {
 
 test("api keys - options: the pepper is required and sized for BLAKE2b", (t) => {
   t.throws(() => resolveApiKeyOptions({}), { message: /identity\.apiKeys\.pepper/ });
-  t.throws(() => resolveApiKeyOptions({ pepper: randomBytes(16).toString("base64") }), { message: /identity\.apiKeys\.pepper/ });
-  t.throws(() => resolveApiKeyOptions({ pepper: randomBytes(65).toString("base64") }), { message: /identity\.apiKeys\.pepper/ });
-  t.throws(() => resolveApiKeyOptions({ pepper: randomBytes(32).toString("base64"), defaultGraceMs: 10, maxGraceMs: 5 }), { message: /defaultGraceMs/ });
+  t.throws(() => resolveApiKeyOptions({ pepper: randomBytes(16).toString("base64") }), {
+    message: /identity\.apiKeys\.pepper/,
+  });
+  t.throws(() => resolveApiKeyOptions({ pepper: randomBytes(65).toString("base64") }), {
+    message: /identity\.apiKeys\.pepper/,
+  });
+  t.throws(
+    () => resolveApiKeyOptions({ pepper: randomBytes(32).toString("base64"), defaultGraceMs: 10, maxGraceMs: 5 }),
+    { message: /defaultGraceMs/ },
+  );
 });
 
 test("api keys - a different pepper does not verify the same key", async (t) => {

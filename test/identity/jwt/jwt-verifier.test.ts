@@ -4,7 +4,11 @@ import test from "ava";
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK } from "jose";
 import { createManualClock } from "../../../src/common/clock.js";
 import { CredentialError } from "../../../src/identity/principal.js";
-import { createJwtVerifier, resolveJwtVerifierOptions, type JwtVerifierOptions } from "../../../src/identity/jwt/jwt-verifier.js";
+import {
+  createJwtVerifier,
+  resolveJwtVerifierOptions,
+  type JwtVerifierOptions,
+} from "../../../src/identity/jwt/jwt-verifier.js";
 import { createSilentLogger } from "../../../src/telemetry/logger.js";
 
 const ISS = "https://idp.example";
@@ -22,13 +26,24 @@ async function keys(): Promise<Keys> {
   const rsa = await generateKeyPair("RS256");
   const ec = await generateKeyPair("ES256");
   return {
-    rsa: { privateKey: rsa.privateKey, jwk: { ...(await exportJWK(rsa.publicKey)), kid: "rsa-1", alg: "RS256", use: "sig" } },
-    ec: { privateKey: ec.privateKey, jwk: { ...(await exportJWK(ec.publicKey)), kid: "ec-1", alg: "ES256", use: "sig" } },
+    rsa: {
+      privateKey: rsa.privateKey,
+      jwk: { ...(await exportJWK(rsa.publicKey)), kid: "rsa-1", alg: "RS256", use: "sig" },
+    },
+    ec: {
+      privateKey: ec.privateKey,
+      jwk: { ...(await exportJWK(ec.publicKey)), kid: "ec-1", alg: "ES256", use: "sig" },
+    },
   };
 }
 
 function sign(claims: Record<string, unknown>, alg: string, key: CryptoKey | Uint8Array, kid?: string) {
-  const jwt = new SignJWT({ tenant: "acme", roles: ["OPERATOR"], scope: "registry/read registry/write/acme", ...claims })
+  const jwt = new SignJWT({
+    tenant: "acme",
+    roles: ["OPERATOR"],
+    scope: "registry/read registry/write/acme",
+    ...claims,
+  })
     .setProtectedHeader(kid ? { alg, kid } : { alg })
     .setIssuer(ISS)
     .setAudience(AUD)
@@ -40,7 +55,14 @@ function sign(claims: Record<string, unknown>, alg: string, key: CryptoKey | Uin
 
 function verifier(input: Record<string, unknown>, fetchCount?: { n: number }) {
   const options: JwtVerifierOptions = resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, ...input });
-  return createJwtVerifier({ clock, logger: createSilentLogger(), ...(fetchCount ? { fetch: async (url, init) => (fetchCount.n++, fetch(url, init)) } : {}) }, options);
+  return createJwtVerifier(
+    {
+      clock,
+      logger: createSilentLogger(),
+      ...(fetchCount ? { fetch: async (url, init) => (fetchCount.n++, fetch(url, init)) } : {}),
+    },
+    options,
+  );
 }
 
 async function rejected(p: Promise<unknown>): Promise<string> {
@@ -57,8 +79,16 @@ const hmac = new TextEncoder().encode(SECRET);
 
 test("jwt - valid HS256, RS256 and ES256 tokens are accepted and mapped to a principal", async (t) => {
   const k = await keys();
-  const v = verifier({ algorithms: ["HS256", "RS256", "ES256"], hmacSecret: SECRET, jwks: { keys: [k.rsa.jwk, k.ec.jwk] } });
-  for (const token of [await sign({}, "HS256", hmac), await sign({}, "RS256", k.rsa.privateKey, "rsa-1"), await sign({}, "ES256", k.ec.privateKey, "ec-1")]) {
+  const v = verifier({
+    algorithms: ["HS256", "RS256", "ES256"],
+    hmacSecret: SECRET,
+    jwks: { keys: [k.rsa.jwk, k.ec.jwk] },
+  });
+  for (const token of [
+    await sign({}, "HS256", hmac),
+    await sign({}, "RS256", k.rsa.privateKey, "rsa-1"),
+    await sign({}, "ES256", k.ec.privateKey, "ec-1"),
+  ]) {
     const p = await v.verify(token);
     t.like(p, { kind: "jwt", id: "jwt:user-1", tenant: "acme", roles: ["OPERATOR"] });
     t.deepEqual(p.scopes, ["registry/read", "registry/write/acme"]);
@@ -67,25 +97,60 @@ test("jwt - valid HS256, RS256 and ES256 tokens are accepted and mapped to a pri
 
 test("jwt - scp is used when scope is absent; unknown roles are dropped", async (t) => {
   const v = verifier({ algorithms: ["HS256"], hmacSecret: SECRET });
-  const p = await v.verify(await sign({ scope: undefined, scp: ["registry/read"], roles: ["VIEWER", "ROOT"] }, "HS256", hmac));
+  const p = await v.verify(
+    await sign({ scope: undefined, scp: ["registry/read"], roles: ["VIEWER", "ROOT"] }, "HS256", hmac),
+  );
   t.deepEqual(p.scopes, ["registry/read"]);
   t.deepEqual(p.roles, ["VIEWER"]);
 });
 
 test("jwt - wrong audience, wrong issuer, expired and not-yet-valid tokens are rejected", async (t) => {
   const v = verifier({ algorithms: ["HS256"], hmacSecret: SECRET, clockToleranceSec: 30 });
-  const wrongAud = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer(ISS).setAudience("someone-else").setSubject("u").setExpirationTime(nowSec() + 60).sign(hmac);
+  const wrongAud = await new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer(ISS)
+    .setAudience("someone-else")
+    .setSubject("u")
+    .setExpirationTime(nowSec() + 60)
+    .sign(hmac);
   t.regex(await rejected(v.verify(wrongAud)), /ERR_JWT_CLAIM_VALIDATION_FAILED/);
-  const wrongIss = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer("https://evil").setAudience(AUD).setSubject("u").setExpirationTime(nowSec() + 60).sign(hmac);
+  const wrongIss = await new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer("https://evil")
+    .setAudience(AUD)
+    .setSubject("u")
+    .setExpirationTime(nowSec() + 60)
+    .sign(hmac);
   t.regex(await rejected(v.verify(wrongIss)), /ERR_JWT_CLAIM_VALIDATION_FAILED/);
-  const expired = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer(ISS).setAudience(AUD).setSubject("u").setExpirationTime(nowSec() - 31).sign(hmac);
+  const expired = await new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer(ISS)
+    .setAudience(AUD)
+    .setSubject("u")
+    .setExpirationTime(nowSec() - 31)
+    .sign(hmac);
   t.regex(await rejected(v.verify(expired)), /ERR_JWT_EXPIRED/);
-  const future = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer(ISS).setAudience(AUD).setSubject("u").setNotBefore(nowSec() + 120).setExpirationTime(nowSec() + 600).sign(hmac);
+  const future = await new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer(ISS)
+    .setAudience(AUD)
+    .setSubject("u")
+    .setNotBefore(nowSec() + 120)
+    .setExpirationTime(nowSec() + 600)
+    .sign(hmac);
   t.regex(await rejected(v.verify(future)), /ERR_JWT_CLAIM_VALIDATION_FAILED/);
   // The same not-yet-valid token is accepted once the (manual) clock reaches nbf.
-  const later = createJwtVerifier({ clock: createManualClock(clock.now() + 120_000), logger: createSilentLogger() }, resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"], hmacSecret: SECRET }));
+  const later = createJwtVerifier(
+    { clock: createManualClock(clock.now() + 120_000), logger: createSilentLogger() },
+    resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"], hmacSecret: SECRET }),
+  );
   await t.notThrowsAsync(later.verify(future));
-  const noExp = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer(ISS).setAudience(AUD).setSubject("u").sign(hmac);
+  const noExp = await new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer(ISS)
+    .setAudience(AUD)
+    .setSubject("u")
+    .sign(hmac);
   t.regex(await rejected(v.verify(noExp)), /ERR_JWT_CLAIM_VALIDATION_FAILED/);
 });
 
@@ -134,10 +199,22 @@ test("jwt - the JWKS is fetched from its URL once and then served from cache", a
 test("jwt - options: bad input names the field", (t) => {
   t.throws(() => resolveJwtVerifierOptions({ audience: AUD }), { message: /identity\.jwt\.issuer/ });
   t.throws(() => resolveJwtVerifierOptions({ issuer: ISS }), { message: /identity\.jwt\.audience/ });
-  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["none"] }), { message: /identity\.jwt\.algorithms\[0\]/ });
-  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"], hmacSecret: "short" }), { message: /identity\.jwt\.hmacSecret/ });
-  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"] }), { message: /identity\.jwt\.hmacSecret/ });
+  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["none"] }), {
+    message: /identity\.jwt\.algorithms\[0\]/,
+  });
+  t.throws(
+    () => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"], hmacSecret: "short" }),
+    { message: /identity\.jwt\.hmacSecret/ },
+  );
+  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, algorithms: ["HS256"] }), {
+    message: /identity\.jwt\.hmacSecret/,
+  });
   t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD }), { message: /identity\.jwt\.jwksUrl/ });
-  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, jwksUrl: "http://idp.example/jwks" }), { message: /identity\.jwt\.jwksUrl must be https/ });
-  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, clockToleranceSec: -1, jwks: { keys: [{}] } }), { message: /identity\.jwt\.clockToleranceSec/ });
+  t.throws(() => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, jwksUrl: "http://idp.example/jwks" }), {
+    message: /identity\.jwt\.jwksUrl must be https/,
+  });
+  t.throws(
+    () => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, clockToleranceSec: -1, jwks: { keys: [{}] } }),
+    { message: /identity\.jwt\.clockToleranceSec/ },
+  );
 });

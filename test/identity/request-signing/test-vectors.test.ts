@@ -3,7 +3,11 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { InvokeRequestSchema } from "../../../gen/nops/kernel/v1/routing_pb.js";
-import { buildCanonicalRequest, sha256Hex, signCanonicalRequest } from "../../../src/identity/request-signing/canonical-request.js";
+import {
+  buildCanonicalRequest,
+  sha256Hex,
+  signCanonicalRequest,
+} from "../../../src/identity/request-signing/canonical-request.js";
 
 interface Vector {
   name: string;
@@ -29,7 +33,10 @@ test("signed request test vectors - the doc publishes vectors", (t) => {
   const key = Buffer.from(vectors[0]!.secretBase64, "base64").toString("utf8");
   t.is(key, "nops-test-vector-key-0123456789!");
   // Vector 1's body is the InvokeRequest the doc describes.
-  const body = toBinary(InvokeRequestSchema, create(InvokeRequestSchema, { tenant: "acme", capability: "echo", payload: new TextEncoder().encode("hello") }));
+  const body = toBinary(
+    InvokeRequestSchema,
+    create(InvokeRequestSchema, { tenant: "acme", capability: "echo", payload: new TextEncoder().encode("hello") }),
+  );
   t.is(Buffer.from(body).toString("hex"), vectors[0]!.bodyHex);
 });
 
@@ -38,7 +45,13 @@ for (const [i, v] of vectors.entries()) {
     const body = Buffer.from(v.bodyHex, "hex");
     t.is(sha256Hex(body), v.bodySha256);
     const canonical = buildCanonicalRequest({
-      method: v.method, path: v.path, keyId: v.keyId, timestamp: v.timestamp, nonce: v.nonce, headers: v.signedHeaders, bodySha256: v.bodySha256,
+      method: v.method,
+      path: v.path,
+      keyId: v.keyId,
+      timestamp: v.timestamp,
+      nonce: v.nonce,
+      headers: v.signedHeaders,
+      bodySha256: v.bodySha256,
     });
     t.is(canonical, v.canonicalRequest);
     t.is(signCanonicalRequest(Buffer.from(v.secretBase64, "base64"), canonical), v.signature);

@@ -9,7 +9,11 @@ import { join } from "node:path";
 import { createManualClock, systemClock, type Clock } from "../../../src/common/clock.js";
 import { ConfigError } from "../../../src/common/errors.js";
 import { createLogger, createSilentLogger } from "../../../src/telemetry/logger.js";
-import { createDevX509Source, DEV_IDENTITY_FILES, resolveDevX509SourceOptions } from "../../../src/identity/spiffe/dev-issuer.js";
+import {
+  createDevX509Source,
+  DEV_IDENTITY_FILES,
+  resolveDevX509SourceOptions,
+} from "../../../src/identity/spiffe/dev-issuer.js";
 import { createTlsMaterial } from "../../../src/identity/spiffe/tls-material.js";
 import { derChainFromPeerCertificate } from "../../../src/identity/spiffe/verify-peer.js";
 import type { X509Context } from "../../../src/identity/spiffe/x509-source.js";
@@ -26,7 +30,9 @@ async function tempDir(t: { teardown(fn: () => Promise<void>): void }): Promise<
 
 const files = async (dir: string) =>
   Object.fromEntries(
-    await Promise.all(Object.entries(DEV_IDENTITY_FILES).map(async ([k, f]) => [k, await readFile(join(dir, f), "utf8")] as const)),
+    await Promise.all(
+      Object.entries(DEV_IDENTITY_FILES).map(async ([k, f]) => [k, await readFile(join(dir, f), "utf8")] as const),
+    ),
   );
 
 async function open(dir: string, clock: Clock = systemClock, extra = {}) {
@@ -37,7 +43,10 @@ test("dev issuer - writes client files that work like curl against a server buil
   const dir = await tempDir(t);
   const lines: string[] = [];
   const source = await createDevX509Source(
-    { logger: createLogger({ level: "warn", redactPaths: [] }, { write: (l: string) => void lines.push(l) }), clock: systemClock },
+    {
+      logger: createLogger({ level: "warn", redactPaths: [] }, { write: (l: string) => void lines.push(l) }),
+      clock: systemClock,
+    },
     { dir, spiffeId: KERNEL_ID },
   );
   t.teardown(() => source.close());
@@ -65,7 +74,16 @@ test("dev issuer - writes client files that work like curl against a server buil
   for (const servername of ["localhost", undefined]) {
     const body = await new Promise<string>((resolve, reject) => {
       const req = https.request(
-        { host: "127.0.0.1", port, path: "/", ...(servername ? { servername } : {}), ca: f.bundle, cert: f.clientCert, key: f.clientKey, agent: false },
+        {
+          host: "127.0.0.1",
+          port,
+          path: "/",
+          ...(servername ? { servername } : {}),
+          ca: f.bundle,
+          cert: f.clientCert,
+          key: f.clientKey,
+          agent: false,
+        },
         (res) => {
           let b = "";
           res.setEncoding("utf8");
@@ -117,9 +135,16 @@ test("dev issuer - renews the server SVID at half-life while running", async (t)
 });
 
 test("dev issuer - options are validated with the field named", (t) => {
-  t.throws(() => resolveDevX509SourceOptions({}, "identity.dev"), { instanceOf: ConfigError, message: /identity\.dev\.spiffeId is required/ });
-  t.throws(() => resolveDevX509SourceOptions({ spiffeId: "spiffe://other.test/x" }, "identity.dev"), { message: /identity\.dev\.spiffeId/ });
-  t.throws(() => resolveDevX509SourceOptions({ spiffeId: KERNEL_ID, ipAddresses: ["localhost"] }, "identity.dev"), { message: /identity\.dev\.ipAddresses/ });
+  t.throws(() => resolveDevX509SourceOptions({}, "identity.dev"), {
+    instanceOf: ConfigError,
+    message: /identity\.dev\.spiffeId is required/,
+  });
+  t.throws(() => resolveDevX509SourceOptions({ spiffeId: "spiffe://other.test/x" }, "identity.dev"), {
+    message: /identity\.dev\.spiffeId/,
+  });
+  t.throws(() => resolveDevX509SourceOptions({ spiffeId: KERNEL_ID, ipAddresses: ["localhost"] }, "identity.dev"), {
+    message: /identity\.dev\.ipAddresses/,
+  });
   const o = resolveDevX509SourceOptions({ spiffeId: KERNEL_ID });
   t.is(o.dir, "./data/dev-identity");
   t.is(o.developerId, "spiffe://nops.local/nops/admin/developer");

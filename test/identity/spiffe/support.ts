@@ -32,7 +32,11 @@ export function createTestMeter(): { meter: Meter; counter(name: string): Promis
 }
 
 /** Polls `check` until it returns true or the deadline passes (no fixed sleeps in tests). */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 20_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await check()) return;
@@ -40,7 +44,6 @@ export async function waitFor(check: () => boolean | Promise<boolean>, what: str
   }
   throw new Error(`timed out waiting for ${what}`);
 }
-
 
 /** Builds an X509Context from a test SVID and the CAs whose bundles it trusts (one per trust domain). */
 export function contextOf(svid: TestSvid, trusted: readonly TestCa[]): X509Context {

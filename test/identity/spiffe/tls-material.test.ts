@@ -54,12 +54,21 @@ async function fixture(t: { teardown(fn: () => Promise<void> | void): void }): P
     double,
     source,
     material,
-    clientMaterial: (svid, trusted) => createTlsMaterial({ source: createStaticSource(contextOf(svid, trusted)), clock: systemClock, logger }),
+    clientMaterial: (svid, trusted) =>
+      createTlsMaterial({ source: createStaticSource(contextOf(svid, trusted)), clock: systemClock, logger }),
     serverSvid,
     async rotate(federated) {
       const next = await serverSvid();
-      double.issue({ spiffeId: KERNEL_ID, svid: next, bundle: ca.certDer, ...(federated ? { federatedBundles: federated } : {}) });
-      await waitFor(() => Buffer.from(source.current()!.svid.certificates[0]!).equals(Buffer.from(next.certificates[0]!)), "rotation");
+      double.issue({
+        spiffeId: KERNEL_ID,
+        svid: next,
+        bundle: ca.certDer,
+        ...(federated ? { federatedBundles: federated } : {}),
+      });
+      await waitFor(
+        () => Buffer.from(source.current()!.svid.certificates[0]!).equals(Buffer.from(next.certificates[0]!)),
+        "rotation",
+      );
       return next;
     },
   };
@@ -82,7 +91,13 @@ async function listen(t: { teardown(fn: () => void): void }, server: http2.Http2
 
 /** The leaf a fresh TLS handshake sees (with or without SNI). */
 async function presentedLeaf(port: number, client: TlsMaterial, servername?: string): Promise<Buffer> {
-  const options: ConnectionOptions = { ...client.clientOptions(), host: "127.0.0.1", port, ALPNProtocols: ["h2"], ...(servername ? { servername } : {}) };
+  const options: ConnectionOptions = {
+    ...client.clientOptions(),
+    host: "127.0.0.1",
+    port,
+    ALPNProtocols: ["h2"],
+    ...(servername ? { servername } : {}),
+  };
   return new Promise((resolve, reject) => {
     const socket: TLSSocket = tlsConnect(options, () => {
       const leaf = socket.getPeerCertificate().raw;
@@ -122,7 +137,17 @@ test("tls material - grpc-js server rotates with zero failed calls and new hands
   const held = new Promise<void>((r) => (release = r));
   const server = new grpc.Server();
   server.addService(
-    { Echo: { path: "/test.Echo/Echo", requestStream: false, responseStream: false, requestSerialize: raw, requestDeserialize: raw, responseSerialize: raw, responseDeserialize: raw } },
+    {
+      Echo: {
+        path: "/test.Echo/Echo",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: raw,
+        requestDeserialize: raw,
+        responseSerialize: raw,
+        responseDeserialize: raw,
+      },
+    },
     {
       Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
         const cert = call.getAuthContext().sslPeerCertificate;
@@ -151,8 +176,14 @@ test("tls material - grpc-js server rotates with zero failed calls and new hands
   };
   const echo = (c: grpc.Client, body: string) =>
     new Promise<string>((resolve, reject) =>
-      c.makeUnaryRequest("/test.Echo/Echo", raw, raw, Buffer.from(body), new grpc.Metadata(), { deadline: Date.now() + 20_000 }, (err, res) =>
-        err ? reject(err) : resolve(res!.toString()),
+      c.makeUnaryRequest(
+        "/test.Echo/Echo",
+        raw,
+        raw,
+        Buffer.from(body),
+        new grpc.Metadata(),
+        { deadline: Date.now() + 20_000 },
+        (err, res) => (err ? reject(err) : resolve(res!.toString())),
       ),
     );
 
@@ -164,7 +195,10 @@ test("tls material - grpc-js server rotates with zero failed calls and new hands
   await waitFor(() => peers.size === 1, "traffic on the connection");
 
   const rotated = await f.rotate();
-  t.true((await presentedLeaf(port, tester)).equals(Buffer.from(rotated.certificates[0]!)), "new handshake presents the new SVID");
+  t.true(
+    (await presentedLeaf(port, tester)).equals(Buffer.from(rotated.certificates[0]!)),
+    "new handshake presents the new SVID",
+  );
   t.is(await echo(newClient(tester), "after"), "after");
 
   release();
@@ -239,7 +273,16 @@ test("tls material - node:http2 secure server rotates without dropping the open 
   // HTTP/1.1 on the same server (allowHTTP1), a fresh connection with hostname checks like curl.
   const h1 = await new Promise<string>((resolve, reject) => {
     const req = https.request(
-      { host: "127.0.0.1", port, path: "/", servername: "localhost", ca: f.ca.certPem, cert: rotated.certPem, key: rotated.keyPem, agent: false },
+      {
+        host: "127.0.0.1",
+        port,
+        path: "/",
+        servername: "localhost",
+        ca: f.ca.certPem,
+        cert: rotated.certPem,
+        key: rotated.keyPem,
+        agent: false,
+      },
       (res) => {
         let body = "";
         res.setEncoding("utf8");
@@ -268,7 +311,14 @@ test("tls material - client without a certificate is refused and TLS below 1.2 i
   const port = await listen(t, server);
   const attempt = (options: ConnectionOptions) =>
     new Promise<void>((resolve, reject) => {
-      const socket = tlsConnect({ host: "127.0.0.1", port, ca: f.ca.certPem, checkServerIdentity: () => undefined, ALPNProtocols: ["h2"], ...options });
+      const socket = tlsConnect({
+        host: "127.0.0.1",
+        port,
+        ca: f.ca.certPem,
+        checkServerIdentity: () => undefined,
+        ALPNProtocols: ["h2"],
+        ...options,
+      });
       socket.once("secureConnect", () => {
         // TLS 1.3 reports a missing client certificate after the handshake: wait for the alert.
         socket.once("data", () => {
@@ -284,7 +334,13 @@ test("tls material - client without a certificate is refused and TLS below 1.2 i
   const svid = await f.ca.issue({ spiffeId: TESTER_ID });
   // SECLEVEL=0 lets this client really offer TLS 1.1, so the refusal comes from the server's floor.
   await t.throwsAsync(
-    attempt({ cert: svid.certPem, key: svid.keyPem, maxVersion: "TLSv1.1", minVersion: "TLSv1", ciphers: "DEFAULT@SECLEVEL=0" }),
+    attempt({
+      cert: svid.certPem,
+      key: svid.keyPem,
+      maxVersion: "TLSv1.1",
+      minVersion: "TLSv1",
+      ciphers: "DEFAULT@SECLEVEL=0",
+    }),
     { message: /protocol version|unsupported protocol/i },
   );
   await t.notThrowsAsync(attempt({ cert: svid.certPem, key: svid.keyPem }));
@@ -298,10 +354,13 @@ test("tls material - an outbound client rejects a server outside the expected id
   const tester = f.clientMaterial(await f.ca.issue({ spiffeId: TESTER_ID }), [f.ca]);
   const connect = (allowedIds: string[]) =>
     new Promise<void>((resolve, reject) => {
-      const s = tlsConnect({ ...tester.clientOptions({ allowedIds }), host: "127.0.0.1", port, ALPNProtocols: ["h2"] }, () => {
-        s.destroy();
-        resolve();
-      });
+      const s = tlsConnect(
+        { ...tester.clientOptions({ allowedIds }), host: "127.0.0.1", port, ALPNProtocols: ["h2"] },
+        () => {
+          s.destroy();
+          resolve();
+        },
+      );
       s.once("error", reject);
     });
   await t.notThrowsAsync(connect([KERNEL_ID]));

@@ -7,7 +7,8 @@ import { createTestCa, KeyUsageFlags, type TestCa } from "../../helpers/test-ca.
 
 const ID = "spiffe://nops.test/nops/tenant/acme/agent/a1";
 
-const bundlesOf = (...cas: TestCa[]) => createX509BundleSet(cas.map((ca) => createX509Bundle(ca.trustDomain, ca.certDer)));
+const bundlesOf = (...cas: TestCa[]) =>
+  createX509BundleSet(cas.map((ca) => createX509Bundle(ca.trustDomain, ca.certDer)));
 
 async function rejects(t: ExecutionContext, fn: () => unknown, reason: PeerRejectReason, message?: RegExp) {
   const err = t.throws(fn, { instanceOf: PeerVerificationError });
@@ -57,12 +58,20 @@ test("verify peer - rejects two URI SANs, a CA leaf and bad key usage", async (t
     ["CA leaf", { spiffeId: ID, ca: true }, /is a CA/],
     ["no key usage", { spiffeId: ID, keyUsage: null }, /no key usage/],
     ["non-critical key usage", { spiffeId: ID, keyUsageCritical: false }, /not critical/],
-    ["keyCertSign", { spiffeId: ID, keyUsage: KeyUsageFlags.digitalSignature | KeyUsageFlags.keyCertSign }, /keyCertSign/],
+    [
+      "keyCertSign",
+      { spiffeId: ID, keyUsage: KeyUsageFlags.digitalSignature | KeyUsageFlags.keyCertSign },
+      /keyCertSign/,
+    ],
     ["no digitalSignature", { spiffeId: ID, keyUsage: KeyUsageFlags.keyEncipherment }, /digitalSignature/],
   ];
   for (const [name, options, message] of cases) {
     const svid = await ca.issue(options);
-    const err = t.throws(() => verifyPeer(svid.certificates, bundles, systemClock), { instanceOf: PeerVerificationError }, name);
+    const err = t.throws(
+      () => verifyPeer(svid.certificates, bundles, systemClock),
+      { instanceOf: PeerVerificationError },
+      name,
+    );
     t.is(err?.reason, "bad-svid", name);
     t.regex(err?.message ?? "", message, name);
     t.throws(() => parseX509Svid({ chain: svid.chainDer, key: svid.keyDer }), { instanceOf: SvidError }, name);
@@ -109,6 +118,9 @@ test("x509 svid - rejects a key that does not match the leaf", async (t) => {
   const a = await ca.issue({ spiffeId: ID });
   const b = await ca.issue({ spiffeId: ID });
   t.is(parseX509Svid({ chain: a.chainDer, key: a.keyDer, spiffeId: ID }).spiffeId.id, ID);
-  t.throws(() => parseX509Svid({ chain: a.chainDer, key: b.keyDer }), { instanceOf: SvidError, message: /does not match/ });
+  t.throws(() => parseX509Svid({ chain: a.chainDer, key: b.keyDer }), {
+    instanceOf: SvidError,
+    message: /does not match/,
+  });
   t.throws(() => parseX509Svid({ chain: a.chainDer, key: Uint8Array.from([1]) }), { instanceOf: SvidError });
 });

@@ -30,7 +30,12 @@ async function setup(t: { teardown(fn: () => Promise<void> | void): void }) {
   return { double, source, metrics };
 }
 
-async function issue(double: WorkloadApiDouble, ca: TestCa, spiffeId = KERNEL_ID, federated?: Record<string, Uint8Array>) {
+async function issue(
+  double: WorkloadApiDouble,
+  ca: TestCa,
+  spiffeId = KERNEL_ID,
+  federated?: Record<string, Uint8Array>,
+) {
   const svid = await ca.issue({ spiffeId });
   double.issue({ spiffeId, svid, bundle: ca.certDer, ...(federated ? { federatedBundles: federated } : {}) });
   return svid;
@@ -65,7 +70,13 @@ test("workload api client - the double answers InvalidArgument without the secur
   const client = new grpc.Client(double.address, grpc.credentials.createInsecure());
   t.teardown(() => client.close());
   const status = await new Promise<grpc.StatusObject>((resolve) => {
-    const call = client.makeServerStreamRequest("/SpiffeWorkloadAPI/FetchX509SVID", (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), new grpc.Metadata());
+    const call = client.makeServerStreamRequest(
+      "/SpiffeWorkloadAPI/FetchX509SVID",
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      Buffer.alloc(0),
+      new grpc.Metadata(),
+    );
     call.on("error", () => undefined);
     call.on("status", resolve);
   });
@@ -131,7 +142,10 @@ test("workload api client - skips a malformed message and keeps the previous sta
   double.pushRaw(Uint8Array.from([0x0a, 0xff, 0xff, 0xff])); // truncated protobuf
   const bad = await ca.issue({ uris: ["spiffe://nops.test/a", "spiffe://nops.test/b"] });
   double.issue({ spiffeId: "spiffe://nops.test/a", svid: bad, bundle: ca.certDer }); // two URI SANs
-  await waitFor(async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 2, "two malformed messages counted");
+  await waitFor(
+    async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 2,
+    "two malformed messages counted",
+  );
   t.is(source.current(), good);
   t.is(updates.length, 0);
   t.is(double.openStreams(), 1, "the stream stays open");
@@ -146,7 +160,10 @@ test("workload api client - rejects an SVID whose spiffe_id does not match the c
   const { double, source, metrics } = await setup(t);
   const svid = await ca.issue({ spiffeId: KERNEL_ID });
   double.issue({ spiffeId: "spiffe://nops.test/other", svid, bundle: ca.certDer });
-  await waitFor(async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 1, "mismatch counted");
+  await waitFor(
+    async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 1,
+    "mismatch counted",
+  );
   t.is(source.current(), undefined);
 });
 
@@ -164,7 +181,10 @@ test("workload api client - rejects an expired SVID from the stream", async (t) 
     await double.close();
   });
   await issue(double, ca);
-  await waitFor(async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 1, "expired SVID counted");
+  await waitFor(
+    async () => (await metrics.counter("nops.spiffe.workload_api.malformed_messages")) === 1,
+    "expired SVID counted",
+  );
   t.is(source.current(), undefined);
 });
 
@@ -172,7 +192,15 @@ test("workload api client - endpoint addresses follow the Workload Endpoint spec
   t.is(workloadEndpointTarget("unix:///run/spire/agent.sock"), "unix:///run/spire/agent.sock");
   t.is(workloadEndpointTarget("tcp://127.0.0.1:8081"), "ipv4:127.0.0.1:8081");
   t.is(workloadEndpointTarget("tcp://[::1]:8081"), "ipv6:[::1]:8081");
-  for (const bad of ["unix://host/path", "unix:relative", "tcp://localhost:8081", "tcp://127.0.0.1", "http://127.0.0.1:1", "unix:///a?x=1", "nonsense"]) {
+  for (const bad of [
+    "unix://host/path",
+    "unix:relative",
+    "tcp://localhost:8081",
+    "tcp://127.0.0.1",
+    "http://127.0.0.1:1",
+    "unix:///a?x=1",
+    "nonsense",
+  ]) {
     t.throws(() => workloadEndpointTarget(bad), { instanceOf: ConfigError }, bad);
   }
   t.throws(() => resolveWorkloadX509SourceOptions({ socket: "unix:///a", maxBackoffMs: 0 }, "spiffe"), {
