@@ -23,7 +23,7 @@ import {
   RegisterAgentResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { systemClock } from "../src/common/clock.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../src/kernel/kernel-options.js";
 import { createAuditLog } from "../src/audit/audit-log.js";
 import { createRegistry } from "../src/registry/registry.js";
 import { createRegistryService } from "../src/registry/registry-service.js";

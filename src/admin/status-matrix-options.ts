@@ -39,7 +39,7 @@ export interface StatusMatrixOptions {
 /**
  * The kernel's criticality matrix (the "Operable in production" issue): registry, audit and
  * egress guard are CRITICAL; routing, event bus and federation ESSENTIAL with fallbacks;
- * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/main.ts registers.
+ * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/kernel/dependency-probes.ts registers.
  */
 export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>> = {
   registry: {

@@ -10,6 +10,12 @@ export interface EventBusOptions {
   natsUser?: string;
   /** Password of natsUser. @default undefined */
   natsPassword?: string;
+  /**
+   * False when no hub sources the edge stream (a standalone edge): hub confirmation is not
+   * attempted, so the hub is never reported unreachable. Derived from nats.url / nats.hubUrl by
+   * the kernel, not read from the file. @default true
+   */
+  hubBound?: boolean;
   /** Name of the edge stream on the leaf (subjects nops.events.>). @default "NOPS_EVENTS" */
   streamName: string;
   /** Edge stream max bytes; with discard new a full stream pauses the relay. @default 1073741824 (1 GiB) */

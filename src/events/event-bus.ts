@@ -287,7 +287,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   async function confirmLoop(): Promise<void> {
     while (running) {
       if (ready) {
-        await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
+        if (options.hubBound !== false)
+          await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
           .then((i) => {

@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, mkdirSync, writeFileSync } from "node:fs";
+import { accessSync, constants, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { delimiter, join } from "node:path";
 import { ConfigError, KernelError } from "../common/errors.js";
+import { isRunning, parseProcessIdentity, processIdentity } from "../common/process-identity.js";
 import type { Logger } from "../telemetry/logger.js";
 import { renderLeafConfig } from "./nats-config.js";
 
@@ -76,7 +77,7 @@ export function resolveLeafSupervisorOptions(
   };
 }
 
-/** Finds nats-server on a PATH string (main.ts passes process.env.PATH); undefined when absent. */
+/** Finds nats-server on a PATH string (the CLI passes $PATH through the kernel); undefined when absent. */
 export function findNatsServer(pathVariable: string | undefined): string | undefined {
   for (const dir of (pathVariable ?? "").split(delimiter)) {
     if (dir === "") continue;
@@ -98,8 +99,35 @@ export interface LeafSupervisor {
   start(): Promise<void>;
   /** Stops the server (SIGTERM, then SIGKILL) and stops restarting it. */
   stop(): Promise<void>;
+  /** Synchronous last resort for exit paths that cannot wait: SIGTERM now, no restart. */
+  kill(): void;
   /** The running server's pid. */
   pid(): number | undefined;
+}
+
+// A leaf left running by a kernel that was killed (kill -9 skips every exit handler) still holds
+// the JetStream store; a second server on the same store directory would corrupt it.
+async function stopStaleLeaf(pidFile: string, logger: Logger): Promise<void> {
+  let stale;
+  try {
+    stale = parseProcessIdentity(readFileSync(pidFile, "utf8"));
+  } catch {
+    return;
+  }
+  if (stale && isRunning(stale)) {
+    logger.warn({ pid: stale.pid }, "stopping a leaf nats-server left running by a previous kernel");
+    process.kill(stale.pid, "SIGTERM");
+    const deadline = Date.now() + 5000;
+    while (isRunning(stale)) {
+      if (Date.now() > deadline) {
+        process.kill(stale.pid, "SIGKILL");
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    while (isRunning(stale)) await new Promise((r) => setTimeout(r, 20));
+  }
+  rmSync(pidFile, { force: true });
 }
 
 function portOpen(port: number): Promise<boolean> {
@@ -118,6 +146,7 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
   const { logger } = deps;
   const dir = join(options.dataDir, "nats");
   const configPath = join(dir, "leaf.conf");
+  const pidFile = join(dir, "leaf.pid");
   let child: ChildProcess | undefined;
   let wanted = false;
   let delay = options.restartDelayMs;
@@ -126,13 +155,17 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
   const launch = (): void => {
     const c = spawn(options.binary, ["-c", configPath], { stdio: ["ignore", "ignore", "pipe"] });
     child = c;
+    if (c.pid) writeFileSync(pidFile, JSON.stringify(processIdentity(c.pid)) + "\n", { mode: 0o600 });
     let tail = "";
     c.stderr?.on("data", (d: Buffer) => {
       tail = (tail + d.toString()).slice(-2000);
     });
     c.once("error", (err) => logger.error({ err }, "leaf nats-server failed to start"));
     c.once("exit", (code, signal) => {
-      if (child === c) child = undefined;
+      if (child === c) {
+        child = undefined;
+        rmSync(pidFile, { force: true });
+      }
       if (!wanted) return;
       logger.warn({ code, signal, stderr: tail, restartInMs: delay }, "leaf nats-server exited; restarting");
       restartTimer = setTimeout(launch, delay);
@@ -148,6 +181,7 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
     url: `nats://127.0.0.1:${options.port}`,
     async start() {
       mkdirSync(join(dir, "jetstream"), { recursive: true });
+      await stopStaleLeaf(pidFile, logger);
       writeFileSync(
         configPath,
         renderLeafConfig({
@@ -183,6 +217,11 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
       const timer = setTimeout(() => c.kill("SIGKILL"), 10_000);
       await exited;
       clearTimeout(timer);
+    },
+    kill() {
+      wanted = false;
+      if (restartTimer) clearTimeout(restartTimer);
+      if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     },
     pid: () => child?.pid,
   };

@@ -6,7 +6,7 @@ import type { Clock } from "../common/clock.js";
 import type { Db } from "../store/database.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Logger } from "../telemetry/logger.js";
-import type { KernelOptions } from "../config/kernel-options.js";
+import type { KernelOptions } from "../kernel/kernel-options.js";
 import type { KernelInterceptor } from "../server/interceptor.js";
 import { createAuthnInterceptor } from "./authn-interceptor.js";
 import { createAuthzInterceptor } from "../authz/authz-interceptor.js";

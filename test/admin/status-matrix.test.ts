@@ -21,7 +21,7 @@ import { createStatusMatrix, type DependencyProbe } from "../../src/admin/status
 import { resolveStatusMatrixOptions } from "../../src/admin/status-matrix-options.js";
 import { createManualClock } from "../../src/common/clock.js";
 import { ConfigError } from "../../src/common/errors.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
 import { createHttpServer } from "../../src/server/http-server.js";
 import type { DependencyState as State } from "../../src/server/readiness.js";

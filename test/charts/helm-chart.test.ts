@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml, parseAllDocuments } from "yaml";
-import { resolveKernelOptions } from "../../src/config/kernel-options.js";
+import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 import { createTemplateSet, lexTemplate, TemplateError } from "./go-template.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");

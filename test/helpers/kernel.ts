@@ -6,8 +6,8 @@ import type { ExecutionContext } from "ava";
 import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { resolveKernelOptions, type KernelOptions } from "../../src/config/kernel-options.js";
-import { startKernel, type Kernel, type KernelOverrides } from "../../src/main.js";
+import { resolveKernelOptions, type KernelOptions } from "../../src/kernel/kernel-options.js";
+import { startKernel, type Kernel, type KernelOverrides } from "../../src/kernel/index.js";
 
 /** A kernel on free ports in a temporary data dir, plus captured log lines. */
 export interface TestKernel {

@@ -11,7 +11,7 @@ import { createOutbox } from "../../src/store/outbox.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
-import { resolveKernelOptions } from "../../src/config/kernel-options.js";
+import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 
 const options = resolveKernelOptions({
   registry: { heartbeatTtlMs: 1000, zombieAfterMs: 3000, reapAfterMs: 10_000 },

@@ -9,7 +9,7 @@ import {
   HealthCheckResponseSchema,
   HealthCheckResponse_ServingStatus as Serving,
 } from "../../gen/grpc/health/v1/health_pb.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
 import { createGrpcServer } from "../../src/server/grpc-server.js";
 import { methodPath } from "../../src/server/interceptor.js";

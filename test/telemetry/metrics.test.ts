@@ -5,7 +5,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import { createManualClock } from "../../src/common/clock.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
 import { createOutboxRelay } from "../../src/events/outbox-relay.js";

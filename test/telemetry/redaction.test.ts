@@ -6,7 +6,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentRegistryService, RegisterAgentRequestSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { createManualClock } from "../../src/common/clock.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry } from "../../src/registry/registry.js";
 import { createRegistryService } from "../../src/registry/registry-service.js";
@@ -38,7 +38,7 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
       cb();
     },
   });
-  // What src/main.ts wires: configured paths for where PII is known to sit, and the scrubbing
+  // What src/kernel/start-kernel.ts wires: configured paths for where PII is known to sit, and the scrubbing
   // destination for values that show up anywhere else (an error message echoing input).
   const logger = createLogger(
     { level: "debug", redactPaths: ["request.labels.*"] },

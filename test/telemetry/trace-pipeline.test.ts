@@ -13,7 +13,7 @@ import {
 } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { createManualClock } from "../../src/common/clock.js";
-import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry } from "../../src/registry/registry.js";
 import { createRegistryService } from "../../src/registry/registry-service.js";

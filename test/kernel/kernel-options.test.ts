@@ -2,9 +2,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import test from "ava";
-import { DEFAULT_KERNEL_OPTIONS, resolveKernelOptions } from "../../src/config/kernel-options.js";
+import { DEFAULT_KERNEL_OPTIONS, resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 import { envBindings, loadRawConfig } from "../../src/config/load-config.js";
-import { loadKernelOptions } from "../../src/main.js";
+import { loadKernelOptions } from "../../src/kernel/index.js";
 
 test("config - embedded defaults need no file and no services", (t) => {
   const o = resolveKernelOptions({});

@@ -1,0 +1,457 @@
+import { randomBytes } from "node:crypto";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import type { DescService } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Redis } from "ioredis";
+import { pino, type DestinationStream } from "pino";
+import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
+import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
+import { ApiKeyService } from "../../gen/nops/kernel/v1/api_key_pb.js";
+import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
+import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
+import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { systemClock, type Clock } from "../common/clock.js";
+import { createLogger, type Logger } from "../telemetry/logger.js";
+import { createTelemetry } from "../telemetry/telemetry.js";
+import { rpcMetricsInterceptor } from "../telemetry/rpc-metrics-interceptor.js";
+import { tracingInterceptor } from "../telemetry/tracing-interceptor.js";
+import { connectTracingInterceptor } from "../telemetry/connect-tracing-interceptor.js";
+import { tracingEventSink } from "../telemetry/tracing-event-sink.js";
+import { traceDatabaseTransactions } from "../telemetry/trace-database-transactions.js";
+import { createRedactingDestination, scrubRulesFrom } from "../telemetry/redacting-destination.js";
+import { openDatabase, type Db } from "../store/database.js";
+import { migrateUp } from "../store/migrator.js";
+import { MIGRATIONS } from "../store/migrations/index.js";
+import { createOutbox } from "../store/outbox.js";
+import { createAuditLog } from "../audit/audit-log.js";
+import { createRegistry } from "../registry/registry.js";
+import { createRegistryService } from "../registry/registry-service.js";
+import { bindService, type BoundService } from "../server/bind-service.js";
+import {
+  correlationInterceptor,
+  deadlineInterceptor,
+  errorMappingInterceptor,
+  loggingInterceptor,
+} from "../server/core-interceptors.js";
+import type { KernelInterceptor } from "../server/interceptor.js";
+import { createStreamShutdown } from "../server/shutdown-interceptor.js";
+import { createGrpcServer } from "../server/grpc-server.js";
+import { createHttpServer, type HttpRoute } from "../server/http-server.js";
+import { createHealthService } from "../server/health-service.js";
+import { createReflectionService } from "../server/reflection-service.js";
+import type { ReadinessReport } from "../server/readiness.js";
+import { createKernelIdentity } from "../identity/kernel-identity.js";
+import { kPrincipal } from "../identity/principal.js";
+import { createNonceStore } from "../identity/request-signing/nonce-store.js";
+import { createRequestSigningInterceptor } from "../identity/request-signing/request-signing-interceptor.js";
+import { createApiKeyService } from "../identity/api-keys/api-key-service.js";
+import { createDgeClient } from "../clients/dge-client.js";
+import { startDgeServer, resolveDgeServerOptions } from "../dge/dge-server.js";
+import {
+  createEgressGuard,
+  createGrpcEgressInterceptor,
+  createGuardedFetch,
+  createNatsEgressHook,
+} from "../egress/index.js";
+import { createEventBus } from "../events/event-bus.js";
+import { createEventBusService } from "../events/event-bus-service.js";
+import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
+import type { PrePublishHook } from "../events/outbox-relay.js";
+import { createRouter } from "../routing/router.js";
+import { agentCallData } from "../routing/agent-channel-pool.js";
+import { createRoutingService } from "../routing/routing-service.js";
+import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
+import { createStatusMatrix } from "../admin/status-matrix.js";
+import { createAdminService } from "../admin/admin-service.js";
+import { createPollingProbe } from "../admin/dependency-probes.js";
+import { dependencyProbes } from "./dependency-probes.js";
+import { lockDataDir } from "./data-dir-lock.js";
+import { createLifecycle } from "./lifecycle.js";
+import type { KernelOptions } from "./kernel-options.js";
+import { KERNEL_VERSION } from "./version.js";
+
+/** A running kernel. */
+export interface Kernel {
+  readonly options: KernelOptions;
+  /** Port the grpc-js server bound. */
+  readonly grpcPort: number;
+  /** Port the connect-node server bound. */
+  readonly httpPort: number;
+  readiness(): ReadinessReport;
+  /** Graceful stop: ends open streams, drains calls, flushes heartbeats, closes everything it opened. */
+  stop(): Promise<void>;
+  /** Synchronous last resort (second signal, uncaught error): stops child processes now. */
+  killChildren(): void;
+}
+
+/** The stages of a start, in order; `KernelOverrides.afterStage` observes each. */
+export type KernelStage = "database" | "identity" | "egress" | "events" | "routing" | "listen";
+
+/** Test and embedding overrides for `startKernel`. */
+export interface KernelOverrides {
+  clock?: Clock;
+  logDestination?: DestinationStream;
+  /** From registerGrpcInstrumentation(), called once by the process entry point. */
+  grpcInstrumentation?: GrpcInstrumentation;
+  /** Turns tracing on with this exporter instead of the configured one (tests). */
+  spanExporter?: SpanExporter;
+  /** Where to look for nats-server for a supervised leaf (the CLI passes $PATH). @default "/usr/sbin:/usr/local/bin:/usr/bin" */
+  searchPath?: string;
+  /** Called after each stage has opened what it needs; a throw fails the start there (tests, embedders). */
+  afterStage?: (stage: KernelStage) => void | Promise<void>;
+}
+
+/** Opens the database and brings its schema up to date. */
+export function openKernelDatabase(options: KernelOptions, logger?: Logger): Db {
+  const db = openDatabase({ path: options.databasePath });
+  try {
+    const applied = migrateUp(db, MIGRATIONS);
+    if (applied.length) logger?.info({ applied }, "migrations applied");
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+/**
+ * Wires every component in dependency order and starts both servers. Everything opened is
+ * registered with the lifecycle as it opens, so a start that fails at any stage closes what it
+ * opened (newest first) before the error reaches the caller.
+ */
+export async function startKernel(options: KernelOptions, overrides: KernelOverrides = {}): Promise<Kernel> {
+  const clock = overrides.clock ?? systemClock;
+  // Values that look like secrets or PII are scrubbed from every line, whatever logged them.
+  const destination = createRedactingDestination(
+    overrides.logDestination ?? pino.destination(1),
+    scrubRulesFrom(options.telemetry.redactPatterns),
+  );
+  const logger = createLogger(options.log, destination);
+  const log = logger.child({ component: "kernel" });
+  const life = createLifecycle(log);
+  const stage = async (name: KernelStage) => overrides.afterStage?.(name);
+  try {
+    const lock = lockDataDir(options.dataDir);
+    life.defer("data dir lock", () => lock.release());
+    if (lock.stale) log.warn({ lock: lock.path }, "the previous kernel on this data dir did not stop cleanly");
+
+    const telemetry = createTelemetry(options.telemetry, {
+      logger,
+      serviceVersion: KERNEL_VERSION,
+      grpcInstrumentation: overrides.grpcInstrumentation,
+      spanExporter: overrides.spanExporter,
+    });
+    life.defer("telemetry", () => telemetry.shutdown());
+    const tracer = telemetry.tracerProvider && telemetry.tracer("nops-kernel");
+    const meter = telemetry.meter("nops-kernel");
+
+    const db = openKernelDatabase(options, log);
+    life.defer("database", () => db.close());
+    if (tracer) traceDatabaseTransactions(db, tracer);
+    const outbox = createOutbox(db, { source: options.edgeId, clock });
+    const events = tracer ? tracingEventSink(outbox, tracer) : outbox;
+    const audit = createAuditLog(db, clock);
+    const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
+    life.defer("registry", () => registry.close());
+    const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
+    const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
+    if (redis && redisSubscriber) {
+      life.defer("redis", () => redis.quit().catch(() => redis.disconnect()));
+      life.defer("redis subscriber", () => redisSubscriber.disconnect());
+    }
+    await stage("database");
+
+    // The JWKS fetch is an outbound call, so it goes through the Egress Guard built below; the
+    // verifier fetches lazily (first token), never during this start.
+    const jwks: { fetch?: typeof fetch } = {};
+    const identity = await createKernelIdentity(
+      {
+        db,
+        audit,
+        clock,
+        logger,
+        meter,
+        fetch: (input, init) =>
+          (jwks.fetch ?? (() => Promise.reject(new Error("egress guard not ready"))))(input, init),
+      },
+      options,
+    );
+    life.defer("identity", () => identity.close());
+    const { tls } = identity;
+    await stage("identity");
+
+    let dgeClientOptions = options.dge.client;
+    if (options.dge.embedded && options.dge.enabled) {
+      // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
+      const key = randomBytes(32).toString("base64url");
+      const dgeServer = await startDgeServer(
+        { clock, logger: logger.child({ component: "dge-reference" }) },
+        resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+      );
+      life.defer("embedded DGE", () => dgeServer.close());
+      dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
+    }
+    const dge = createDgeClient(
+      { clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] },
+      dgeClientOptions,
+    );
+    const guard = createEgressGuard(
+      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber },
+      options.egress,
+    );
+    life.defer("egress guard", () => guard.close());
+    jwks.fetch = createGuardedFetch(guard, "jwks") as typeof fetch;
+    await stage("egress");
+
+    // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
+    let natsUrl = options.nats.url;
+    let natsAuth: { natsUser?: string; natsPassword?: string } = {};
+    if (!natsUrl && options.nats.leaf === "auto") {
+      const binary = findNatsServer(overrides.searchPath ?? "/usr/sbin:/usr/local/bin:/usr/bin");
+      if (binary) {
+        const password = randomBytes(18).toString("base64url");
+        const leaf = createLeafSupervisor(
+          { logger },
+          resolveLeafSupervisorOptions({
+            binary,
+            dataDir: options.dataDir,
+            port: await freePort(),
+            edgeDomain: options.events.edgeDomain,
+            password,
+            hubUrl: options.nats.hubUrl || undefined,
+          }),
+        );
+        // Registered before start: a leaf that starts but never listens is still stopped.
+        life.defer(
+          "leaf nats-server",
+          () => leaf.stop(),
+          () => leaf.kill(),
+        );
+        await leaf.start();
+        natsUrl = leaf.url;
+        natsAuth = { natsUser: "kernel", natsPassword: password };
+      } else {
+        log.warn("no nats.url and no nats-server on PATH: events stay in the SQLite outbox until a leaf is configured");
+      }
+    }
+    // Everything in the edge stream is sourced by the hub, so it crosses the edge unless there is no hub.
+    const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
+    const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
+    const prePublish: PrePublishHook = async (subject, payload, headers) => {
+      const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
+      return { allowed: d.allowed, reason: d.reason };
+    };
+    const bus = createEventBus(
+      { db, clock, logger, meter, sink: events, prePublish, tracer },
+      { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
+    );
+    if (natsUrl) {
+      bus.start();
+      life.defer("event bus", () => bus.stop());
+    }
+    await stage("events");
+
+    const router = createRouter(
+      {
+        agents: registry,
+        credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
+        interceptors: [createGrpcEgressInterceptor(guard, "agent", agentCallData)],
+        clock,
+        logger,
+        meter,
+      },
+      options.routing,
+    );
+    life.defer("router", () => router.close());
+
+    const probes = dependencyProbes({
+      clock,
+      db,
+      databasePath: options.databasePath,
+      bus,
+      natsUrl,
+      hubBound,
+      redis,
+      workloadApi: identity.source === "workload-api" ? identity.x509 : undefined,
+    });
+    if (options.dge.enabled) {
+      const dgeHealth = createPollingProbe(
+        { logger: log },
+        {
+          name: "dge",
+          intervalMs: 5000,
+          timeoutMs: 2000,
+          check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })),
+        },
+      );
+      probes.dge = dgeHealth.probe;
+      dgeHealth.start();
+      life.defer("DGE probe", () => dgeHealth.stop());
+    }
+    const matrix = createStatusMatrix({ probes, events, clock, logger, meter }, options.admin.status);
+    matrix.start();
+    life.defer("status matrix", () => matrix.stop());
+    const readiness = () => matrix.evaluate();
+    const actorOf = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.id ?? "anonymous";
+    await stage("routing");
+
+    const streams = createStreamShutdown();
+    const chain: KernelInterceptor[] = [
+      ...(tracer ? [tracingInterceptor(tracer)] : []),
+      correlationInterceptor(logger.child({ component: "rpc" })),
+      loggingInterceptor(),
+      rpcMetricsInterceptor(meter),
+      errorMappingInterceptor(),
+      streams.interceptor,
+      deadlineInterceptor(options.limits.maxDeadlineMs),
+      createRequestSigningInterceptor(
+        {
+          nonces: createNonceStore({ redis, clock, logger }),
+          audit,
+          clock,
+          logger: logger.child({ component: "request-signing" }),
+        },
+        options.requestSigning,
+      ),
+      identity.authn,
+      createRateLimitInterceptor(
+        { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
+        options.rateLimit,
+      ),
+      identity.authz,
+    ];
+    const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
+    const services: BoundService[] = [
+      bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
+      bind(
+        ApiKeyService,
+        createApiKeyService({
+          db,
+          store: identity.apiKeys,
+          audit,
+          logger: logger.child({ component: "api-keys" }),
+          options: identity.apiKeyOptions,
+        }),
+      ),
+      bind(RoutingService, createRoutingService({ router }, options.routing.service)),
+      bind(
+        EventBusService,
+        createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service),
+      ),
+      bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
+    ];
+    const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
+    const probe = (service: string) =>
+      servingNames.has(service) ? (readiness().ready ? Serving.SERVING : Serving.NOT_SERVING) : undefined;
+    services.push(bind(Health, createHealthService(probe)));
+    if (options.reflection) {
+      services.push(bind(ServerReflection, createReflectionService(services.map((s) => s.service))));
+    }
+
+    const json = (res: Parameters<HttpRoute>[1], status: number, body: unknown) => {
+      res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
+      res.end(JSON.stringify(body));
+    };
+    const routes: Record<string, HttpRoute> = {
+      "/healthz": (_req, res) => json(res, 200, { status: "alive", version: KERNEL_VERSION }),
+      "/metrics": telemetry.metricsHandler,
+      "/readyz": (_req, res) => {
+        const report = readiness();
+        json(res, report.ready ? 200 : 503, report);
+      },
+    };
+
+    const grpcServer = createGrpcServer({ services, limits: options.limits });
+    const httpServer = createHttpServer({
+      services,
+      routes,
+      limits: options.limits,
+      // The HTTP port asks for a client certificate but does not require one: browsers, JWT and API
+      // key callers and kubelet probes connect without; a presented chain is verified by authn.
+      tls: tls && { ...tls.serverOptions(), rejectUnauthorized: false },
+      attachTls: tls && ((server) => tls.attachServer(server)),
+    });
+    // Open streams end with UNAVAILABLE the moment shutdown starts; unary calls drain in the grace.
+    life.defer("servers", async () => {
+      await streams.endStreams();
+      await Promise.all([grpcServer.shutdown(options.shutdownGraceMs), httpServer.shutdown(options.shutdownGraceMs)]);
+    });
+    registry.start();
+    // The gRPC port is the strict mTLS port: no client certificate, no handshake.
+    const grpcPort = await grpcServer.listen(
+      options.grpc.host,
+      options.grpc.port,
+      tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure(),
+    );
+    const httpPort = await httpServer.listen(options.http.host, options.http.port);
+    await stage("listen");
+    log.info(
+      {
+        grpc: `${options.grpc.host}:${grpcPort}`,
+        http: `${options.http.host}:${httpPort}`,
+        tls: identity.source !== "none",
+        identity: identity.source,
+        edgeId: options.edgeId,
+        database: options.databasePath,
+        version: KERNEL_VERSION,
+      },
+      "kernel started",
+    );
+
+    let stopping: Promise<void> | undefined;
+    return {
+      options,
+      grpcPort,
+      httpPort,
+      readiness,
+      stop: () =>
+        (stopping ??= (async () => {
+          log.info("kernel stopping");
+          await life.close();
+          log.info("kernel stopped");
+        })()),
+      killChildren: () => life.killNow(),
+    };
+  } catch (err) {
+    log.error({ err }, "kernel start failed; closing what it opened");
+    await life.close();
+    throw err;
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.
+function connectRedis(url: string, logger: Logger): Redis {
+  const log = logger.child({ component: "redis" });
+  const client = new Redis(url, {
+    enableOfflineQueue: false,
+    commandTimeout: 250,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (n) => Math.min(n * 200, 2000),
+  });
+  let down = false;
+  client.on("error", (err: Error) => {
+    if (!down) log.warn({ err: err.message }, "redis unreachable; using in-memory fallbacks");
+    down = true;
+  });
+  client.on("ready", () => {
+    if (down) log.info("redis reachable again");
+    down = false;
+  });
+  return client;
+}

@@ -1,0 +1,75 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { KernelInterceptor } from "./interceptor.js";
+
+/** How long a client should wait before it reconnects after a shutdown, in seconds. */
+export const SHUTDOWN_RETRY_AFTER_S = 1;
+
+function shuttingDown(): ConnectError {
+  // gRPC A6 (retry throttling): grpc-retry-pushback-ms tells a retrying client when to come back;
+  // retry-after says the same to HTTP clients.
+  return new ConnectError(
+    "the kernel is shutting down; reconnect (to another instance, or this one after it restarts)",
+    Code.Unavailable,
+    { "retry-after": String(SHUTDOWN_RETRY_AFTER_S), "grpc-retry-pushback-ms": String(SHUTDOWN_RETRY_AFTER_S * 1000) },
+  );
+}
+
+/** Ends open server streams when shutdown starts. */
+export interface StreamShutdown {
+  /** The chain link that tracks open streams and ends them. */
+  readonly interceptor: KernelInterceptor;
+  /**
+   * Ends every open stream with UNAVAILABLE and a retry hint, refuses new ones, and resolves
+   * once each stream's handler has finished and its status has been handed to the transport.
+   */
+  endStreams(): Promise<void>;
+}
+
+/**
+ * Open streams (WatchAgents, Subscribe, …) end with a clean status as soon as shutdown starts,
+ * instead of holding the grace period and then being cut without one.
+ */
+export function createStreamShutdown(): StreamShutdown {
+  const stop = new AbortController();
+  const open = new Set<Promise<void>>();
+
+  async function* endOnShutdown(source: AsyncIterable<unknown>): AsyncIterable<unknown> {
+    const it = source[Symbol.asyncIterator]();
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(shuttingDown());
+      stop.signal.addEventListener("abort", onAbort, { once: true });
+    });
+    aborted.catch(() => undefined);
+    let done!: () => void;
+    const finished = new Promise<void>((r) => (done = r));
+    open.add(finished);
+    try {
+      for (;;) {
+        const r = await Promise.race([it.next(), aborted]);
+        if (r.done) return;
+        yield r.value;
+      }
+    } finally {
+      if (onAbort) stop.signal.removeEventListener("abort", onAbort);
+      open.delete(finished);
+      done();
+      // Ends the handler's generator (its finally blocks release subscriptions and watchers).
+      void Promise.resolve(it.return?.()).catch(() => undefined);
+    }
+  }
+
+  return {
+    interceptor: (next) => async (call) => {
+      if (stop.signal.aborted && call.method.methodKind !== "unary") throw shuttingDown();
+      const result = await next(call);
+      return result.kind === "stream" ? { kind: "stream", output: endOnShutdown(result.output) } : result;
+    },
+    async endStreams() {
+      stop.abort();
+      await Promise.all(open);
+      // The transports write the error status in the turn after the stream's iterator throws.
+      await new Promise((r) => setImmediate(r));
+    },
+  };
+}
