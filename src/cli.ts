@@ -103,10 +103,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
         if (!options.dgeServer)
           throw new ConfigError("dge needs a dgeServer section in the config file (at least dgeServer.keys)");
         const logger = createLogger(options.log);
-        const server = await startDgeServer(
-          { clock: systemClock, logger: logger.child({ component: "dge-reference" }) },
-          options.dgeServer,
-        );
+        const server = await startDgeServer({ clock: systemClock, logger }, options.dgeServer);
         logger.info({ url: server.url }, "reference DGE listening");
         await firstSignal(() => process.exit(130));
         await server.close();

@@ -59,11 +59,12 @@ export function createDenialAuditor(
       return;
     }
     remember(key, now);
-    const log = call.ctx.values.get(kLogger)?.get() ?? deps.logger;
+    // The request logger already carries the correlation id; a second binding would repeat the key.
+    const log = call.ctx.values.get(kLogger)?.get() ?? deps.logger.child({ correlationId });
     const details: Record<string, unknown> = { method: path, reason, peer };
     if (denial.credential) details.credential = denial.credential;
     if (seen?.repeats) details.repeatsNotRecorded = seen.repeats;
-    log.warn({ actor: denial.actor, action: denial.action, tenant, ...details, correlationId }, "call refused");
+    log.warn({ actor: denial.actor, action: denial.action, tenant, ...details }, "call refused");
     try {
       deps.audit.append({
         actor: denial.actor,
@@ -75,7 +76,7 @@ export function createDenialAuditor(
         correlationId,
       });
     } catch (e) {
-      log.error({ err: e, correlationId }, "audit append failed for a refused call");
+      log.error({ err: e }, "audit append failed for a refused call");
     }
   };
 }

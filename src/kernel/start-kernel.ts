@@ -190,7 +190,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
       const key = randomBytes(32).toString("base64url");
       const dgeServer = await startDgeServer(
-        { clock, logger: logger.child({ component: "dge-reference" }) },
+        { clock, logger },
         resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
       );
       life.defer("embedded DGE", () => dgeServer.close());
