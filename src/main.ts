@@ -31,7 +31,7 @@ import { createGrpcServer } from "./server/grpc-server.js";
 import { createHttpServer, type HttpRoute } from "./server/http-server.js";
 import { createHealthService } from "./server/health-service.js";
 import { createReflectionService } from "./server/reflection-service.js";
-import type { ReadinessReport } from "./server/readiness.js";
+import type { ReadinessReport } from "./common/readiness.js";
 import type { DestinationStream } from "pino";
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";

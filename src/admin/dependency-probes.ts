@@ -1,5 +1,5 @@
 import type { DependencyProbe } from "./status-matrix.js";
-import type { DependencyStatus } from "../server/readiness.js";
+import type { DependencyStatus } from "../common/readiness.js";
 import type { Logger } from "../telemetry/logger.js";
 
 /**

@@ -1,5 +1,5 @@
 import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../config/fields.js";
+import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 
 /** What a capability does when a dependency fails. */
 export type Criticality = "CRITICAL" | "ESSENTIAL" | "BEST_EFFORT";

@@ -5,7 +5,7 @@ import {
   DegradedModeRecoveredSchema,
 } from "../../gen/nops/events/v1/degraded_events_pb.js";
 import type { Clock } from "../common/clock.js";
-import type { DependencyState, DependencyStatus, ReadinessReport } from "../server/readiness.js";
+import type { DependencyState, DependencyStatus, ReadinessReport } from "../common/readiness.js";
 import type { EventSink, KernelEvent } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { CapabilitySpec, Criticality, StatusMatrixOptions } from "./status-matrix-options.js";

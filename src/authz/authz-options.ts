@@ -6,7 +6,7 @@ import {
   readSection,
   readStringList,
   type RawSection,
-} from "../config/fields.js";
+} from "../common/fields.js";
 import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
 import { parseRequiredScope, parseScopeGrant } from "./scope.js";

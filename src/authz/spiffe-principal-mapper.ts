@@ -1,7 +1,7 @@
 import { ConfigError } from "../common/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../identity/spiffe/spiffe-id.js";
 import { TENANT_PATTERN, type Principal, type Role } from "../identity/principal.js";
-import { readBool, readObject, readOptionalString, readOptionalStringList, readString } from "../config/fields.js";
+import { readBool, readObject, readOptionalString, readOptionalStringList, readString } from "../common/fields.js";
 import { POLICY_LIST, readRoles } from "./authz-options.js";
 import { parseScopeGrant } from "./scope.js";
 import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe-authorizer.js";

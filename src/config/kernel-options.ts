@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "./fields.js";
+import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
 import { resolveSpiffePrincipalOptions, type SpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";

@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Clock } from "../common/clock.js";
 import { ConfigError } from "../common/errors.js";
-import { readInt, readSection, readString } from "../config/fields.js";
+import { readInt, readSection, readString } from "../common/fields.js";
 import type { Logger } from "../telemetry/logger.js";
 import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import { resolveDgePoliciesOptions, type DgePoliciesOptions } from "./dge-policies.js";

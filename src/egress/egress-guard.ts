@@ -7,7 +7,7 @@ import type { Redis } from "ioredis";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock } from "../common/clock.js";
 import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, type RawSection } from "../config/fields.js";
+import { readBool, readInt, readSection, type RawSection } from "../common/fields.js";
 import type { Db } from "../store/database.js";
 import type { EventSink } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";

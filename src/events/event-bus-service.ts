@@ -13,7 +13,7 @@ import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
-import { readInt, readObject } from "../config/fields.js";
+import { readInt, readObject } from "../common/fields.js";
 import { eventSubject } from "../store/outbox.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import {

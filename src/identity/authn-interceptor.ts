@@ -5,7 +5,7 @@ import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { createDenialAuditor } from "../authz/audit-denial.js";
 import { POLICY_LIST } from "../authz/authz-options.js";
-import { readBool, readInt, readObject, readStringList } from "../config/fields.js";
+import { readBool, readInt, readObject, readStringList } from "../common/fields.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern, createMethodMatcher } from "../authz/method-pattern.js";
 import type { SpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";

@@ -7,7 +7,7 @@ import {
   readSection,
   readString,
   readStringList,
-} from "../config/fields.js";
+} from "../common/fields.js";
 
 /** One weighted target of a static route: an agent named by its name or id. */
 export interface RouteTarget {

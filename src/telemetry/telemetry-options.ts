@@ -1,5 +1,5 @@
 import { ConfigError } from "../common/errors.js";
-import { readInt, readNumber, readSection, readString, readStringList } from "../config/fields.js";
+import { readInt, readNumber, readSection, readString, readStringList } from "../common/fields.js";
 
 /** Where finished spans go. */
 export type TraceExporterKind = "none" | "otlp";

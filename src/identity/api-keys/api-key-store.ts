@@ -2,7 +2,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { blake2b } from "@noble/hashes/blake2.js";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject } from "../../config/fields.js";
+import { readInt, readObject } from "../../common/fields.js";
 import type { Db } from "../../store/database.js";
 import { CredentialError, isRole, type Principal, type Role } from "../principal.js";
 

@@ -11,7 +11,7 @@ import {
 } from "jose";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject, readOptionalString, readString, readStringList } from "../../config/fields.js";
+import { readInt, readObject, readOptionalString, readString, readStringList } from "../../common/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { CredentialError, TENANT_PATTERN, isRole, type Principal, type Role } from "../principal.js";
 

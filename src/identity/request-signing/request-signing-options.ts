@@ -7,7 +7,7 @@ import {
   readSection,
   readString,
   readStringList,
-} from "../../config/fields.js";
+} from "../../common/fields.js";
 
 /** A signing key shared with a client off the mesh. */
 export interface SigningKey {

@@ -19,7 +19,7 @@ import {
 } from "@peculiar/x509";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject, readString, readStringList } from "../../config/fields.js";
+import { readInt, readObject, readString, readStringList } from "../../common/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
 import { verifyPeer } from "./verify-peer.js";

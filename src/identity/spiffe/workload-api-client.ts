@@ -4,7 +4,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
 import type { Clock } from "../../common/clock.js";
 import { ConfigError, KernelError } from "../../common/errors.js";
-import { readInt, readObject, readString } from "../../config/fields.js";
+import { readInt, readObject, readString } from "../../common/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { X509SVIDRequestSchema, X509SVIDResponseSchema } from "../../../gen/spiffe/workload/workload_pb.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";

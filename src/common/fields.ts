@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/errors.js";
+import { ConfigError } from "./errors.js";
 
 /** A plain object read from YAML/JSON/env, before validation. */
 export type RawSection = Record<string, unknown>;
