@@ -37,6 +37,7 @@ import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
 import { RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { createKernelIdentity } from "./identity/kernel-identity.js";
+import { createAuthzInterceptor } from "./authz/authz-interceptor.js";
 import { createDgeClient } from "./clients/dge-client.js";
 import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "./dge/dge-server.js";
 import { createEgressGuard, createGrpcEgressInterceptor, createGuardedFetch } from "./egress/index.js";
@@ -327,7 +328,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
       options.rateLimit,
     ),
-    identity.authz,
+    createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
   ];
   const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
   const services: BoundService[] = [

@@ -21,7 +21,7 @@ import type { EventSink } from "../store/outbox.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
-import type { RegistryOptions } from "../config/kernel-options.js";
+import type { RegistryOptions } from "./registry-options.js";
 import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
 
 /** Who asked, for the audit trail and events. */

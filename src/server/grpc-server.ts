@@ -11,7 +11,7 @@ import {
 } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
-import type { LimitOptions } from "../config/kernel-options.js";
+import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */

@@ -6,7 +6,7 @@ import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { BoundService } from "./bind-service.js";
 import { kPeer } from "./interceptor.js";
-import type { LimitOptions } from "../config/kernel-options.js";
+import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 
 type Handler = (
