@@ -1,7 +1,13 @@
 import { isAllTenants, type Principal, type Role } from "../identity/principal.js";
 import type { AttributeRule, AuthzOptions } from "./authz-options.js";
-import { methodMatches } from "./method-pattern.js";
-import { grantAllows, parseRequiredScope, parseScopeGrant, type RequiredScope, type ScopeGrant } from "./scope.js";
+import { methodMatches } from "../server/method-pattern.js";
+import {
+  grantAllows,
+  parseRequiredScope,
+  parseScopeGrant,
+  type RequiredScope,
+  type ScopeGrant,
+} from "../identity/scope.js";
 import type { TenantTargets } from "./tenant-extractor.js";
 
 /** The outcome of one check; `reason` is for the audit trail and logs, never for the client. */

@@ -4,10 +4,10 @@ import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { kPrincipal, type Principal } from "../identity/principal.js";
 import { methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
-import { createDenialAuditor, type DenialAuditor } from "./audit-denial.js";
+import { createDenialAuditor, type DenialAuditor } from "../audit/audit-denial.js";
 import type { AuthzOptions } from "./authz-options.js";
 import { createAuthorizer, type Authorizer } from "./authorizer.js";
-import { createMethodMatcher } from "./method-pattern.js";
+import { createMethodMatcher } from "../server/method-pattern.js";
 import { createTenantExtractor, type TenantExtractor, type TenantTargets } from "./tenant-extractor.js";
 
 /** What the authz interceptor needs. */

@@ -5,11 +5,11 @@ import {
   readOptionalStringList,
   readSection,
   readStringList,
-  type RawSection,
+  POLICY_LIST,
 } from "../common/fields.js";
-import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
-import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
-import { parseRequiredScope, parseScopeGrant } from "./scope.js";
+import { ROLES, TENANT_PATTERN, isRole, readRoles, type Role } from "../identity/principal.js";
+import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "../server/method-pattern.js";
+import { parseRequiredScope, parseScopeGrant } from "../identity/scope.js";
 
 /**
  * An attribute rule. Every condition given must hold for the rule to apply. A matching "deny"
@@ -89,14 +89,6 @@ function checkGrants(scopes: string[], field: string): string[] {
       );
   });
   return scopes;
-}
-
-/** Policy lists: non-empty strings; a lone string is a one-entry list. */
-export const POLICY_LIST = { single: true, nonEmpty: true } as const;
-
-/** Reads an optional list of role names. */
-export function readRoles(obj: RawSection, key: string, path: string): Role[] | undefined {
-  return readOptionalStringList(obj, key, path, { ...POLICY_LIST, oneOf: ROLES }) as Role[] | undefined;
 }
 
 // Every key a rule may have: a misspelt "roles" would otherwise widen the rule to every caller.

@@ -172,3 +172,6 @@ export function readOptionalStringList(
 ): string[] | undefined {
   return s[key] === undefined ? undefined : readStringList(s, key, path, [], check);
 }
+
+/** Policy lists: non-empty strings; a lone string is a one-entry list. */
+export const POLICY_LIST = { single: true, nonEmpty: true } as const;

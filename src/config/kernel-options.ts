@@ -3,7 +3,7 @@ import { ConfigError } from "../common/errors.js";
 import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
-import { resolveSpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";
+import { resolveSpiffePrincipalOptions } from "../identity/spiffe-principal-mapper.js";
 import { resolveJwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
 import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
 import { resolveRoutingServiceOptions, type RoutingServiceOptions } from "../routing/routing-service.js";

@@ -8,7 +8,7 @@ import type { AuditLog } from "../audit/audit-log.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { KernelInterceptor } from "../server/interceptor.js";
 import { createAuthnInterceptor, type AuthnOptions } from "./authn-interceptor.js";
-import { createSpiffePrincipalMapper, type SpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";
+import { createSpiffePrincipalMapper, type SpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
 import { createJwtVerifier, type JwtVerifierOptions } from "./jwt/jwt-verifier.js";
 import {
   createApiKeyStore,

@@ -5,7 +5,7 @@ import type { AuditLog } from "../../audit/audit-log.js";
 import type { Db } from "../../store/database.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { kCorrelationId } from "../../server/interceptor.js";
-import { parseScopeGrant } from "../../authz/scope.js";
+import { parseScopeGrant } from "../scope.js";
 import {
   ApiKeySchema,
   Role as RoleEnum,

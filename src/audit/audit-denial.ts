@@ -1,4 +1,4 @@
-import type { AuditLog } from "../audit/audit-log.js";
+import type { AuditLog } from "./audit-log.js";
 import { systemClock, type Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import { clientIp, kCorrelationId, kLogger, kPeer, methodPath, type CallRequest } from "../server/interceptor.js";
