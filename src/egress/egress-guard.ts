@@ -1,7 +1,7 @@
 import { hash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import type { AuditLog } from "../audit/audit-log.js";
@@ -11,8 +11,7 @@ import { readBool, readInt, readSection, type RawSection } from "../common/field
 import type { Db } from "../store/database.js";
 import type { EventSink } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";
-import type { DgeClient } from "../clients/dge-client.js";
-import { Verdict, type Classification } from "../../gen/nops/dge/v1/dge_pb.js";
+import { Verdict, type Classification, type DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import {
   DgePolicyCacheInvalidatedSchema,
   EgressAllowedSchema,
@@ -171,7 +170,8 @@ export interface EgressGuardDeps {
   clock: Clock;
   logger: Logger;
   meter: Meter;
-  dge: DgeClient;
+  /** The DGE (clients/dge-client.ts); named by its contract so the guard does not depend on the clients. */
+  dge: Client<typeof DataGovernanceService>;
   events: EventSink;
   audit: AuditLog;
   /** When given, an event and its audit row commit in one transaction. */

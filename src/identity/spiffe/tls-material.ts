@@ -13,7 +13,8 @@ import { KernelError } from "../../common/errors.js";
 import type { Logger } from "../../telemetry/logger.js";
 import { bundleSetToPem } from "./x509-bundle.js";
 import type { X509Context, X509Source } from "./x509-source.js";
-import { derChainFromPeerCertificate, verifyPeer, type VerifiedPeer } from "./verify-peer.js";
+import { derChainFromPeerCertificate } from "../../server/peer-certificates.js";
+import { verifyPeer, type VerifiedPeer } from "./verify-peer.js";
 
 /** TLS material was requested before the source had an identity. */
 export class TlsMaterialError extends KernelError {
