@@ -1,15 +1,22 @@
-import { ConfigError } from "../common/errors.js";
 import {
+  ConfigError,
   readBool,
   readObject,
   readOptionalStringList,
   readSection,
   readStringList,
   POLICY_LIST,
-} from "../common/fields.js";
-import { ROLES, TENANT_PATTERN, isRole, readRoles, type Role } from "../identity/principal.js";
-import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "../server/method-pattern.js";
-import { parseRequiredScope, parseScopeGrant } from "../identity/scope.js";
+} from "../common/index.js";
+import {
+  ROLES,
+  TENANT_PATTERN,
+  isRole,
+  readRoles,
+  type Role,
+  parseRequiredScope,
+  parseScopeGrant,
+} from "../identity/index.js";
+import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "../server/index.js";
 
 /**
  * An attribute rule. Every condition given must hold for the rule to apply. A matching "deny"

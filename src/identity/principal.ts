@@ -1,6 +1,5 @@
 import { createContextKey } from "@connectrpc/connect";
-import { KernelError } from "../common/errors.js";
-import { POLICY_LIST, readOptionalStringList, type RawSection } from "../common/fields.js";
+import { KernelError, POLICY_LIST, readOptionalStringList, type RawSection } from "../common/index.js";
 
 /** Kernel roles, most powerful first. */
 export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "VIEWER"] as const;

@@ -1,14 +1,14 @@
-import { ConfigError } from "../common/errors.js";
-import { parseSpiffeId, parseTrustDomain } from "./spiffe/spiffe-id.js";
-import { TENANT_PATTERN, readRoles, type Principal, type Role } from "./principal.js";
 import {
+  ConfigError,
   POLICY_LIST,
   readBool,
   readObject,
   readOptionalString,
   readOptionalStringList,
   readString,
-} from "../common/fields.js";
+} from "../common/index.js";
+import { parseSpiffeId, parseTrustDomain } from "./spiffe/spiffe-id.js";
+import { TENANT_PATTERN, readRoles, type Principal, type Role } from "./principal.js";
 import { parseScopeGrant } from "./scope.js";
 import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe/spiffe-authorizer.js";
 

@@ -1,7 +1,6 @@
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
-import type { Clock } from "../../common/clock.js";
-import { KernelError } from "../../common/errors.js";
-import { MAX_PEER_CHAIN_LENGTH } from "../../server/peer-certificates.js";
+import { type Clock, KernelError } from "../../common/index.js";
+import { MAX_PEER_CHAIN_LENGTH } from "../../server/index.js";
 import type { X509BundleSet } from "./x509-bundle.js";
 import { isSigningCertificate, parseCertificate, SvidError, validateSvidLeaf } from "./x509-svid.js";
 
