@@ -9,7 +9,7 @@ export default tseslint.config(
   {
     languageOptions: {
       parserOptions: {
-        projectService: { allowDefaultProject: ["*.js", "scripts/*.mjs"] },
+        projectService: { allowDefaultProject: ["*.js", "*.cjs", "scripts/*.mjs"] },
         tsconfigRootDir: import.meta.dirname,
       },
     },
@@ -22,6 +22,6 @@ export default tseslint.config(
     },
   },
   { files: ["src/**/*.ts"], rules: { "no-console": "error" } },
-  { files: ["**/*.js", "**/*.mjs"], ...tseslint.configs.disableTypeChecked },
-  { files: ["**/*.js", "**/*.mjs"], languageOptions: { globals: globals.node } },
+  { files: ["**/*.js", "**/*.cjs", "**/*.mjs"], ...tseslint.configs.disableTypeChecked },
+  { files: ["**/*.js", "**/*.cjs", "**/*.mjs"], languageOptions: { globals: globals.node } },
 );

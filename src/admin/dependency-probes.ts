@@ -1,6 +1,6 @@
 import type { DependencyProbe } from "./status-matrix.js";
-import type { DependencyStatus } from "../server/readiness.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { DependencyStatus } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 
 /**
  * Probe of an ioredis client: ok when its connection is "ready", down otherwise (connecting,

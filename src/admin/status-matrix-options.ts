@@ -1,5 +1,12 @@
-import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../config/fields.js";
+import {
+  ConfigError,
+  readBool,
+  readInt,
+  readSection,
+  readString,
+  readStringList,
+  type RawSection,
+} from "../common/index.js";
 
 /** What a capability does when a dependency fails. */
 export type Criticality = "CRITICAL" | "ESSENTIAL" | "BEST_EFFORT";

@@ -4,10 +4,9 @@ import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
 } from "../../gen/nops/events/v1/degraded_events_pb.js";
-import type { Clock } from "../common/clock.js";
-import type { DependencyState, DependencyStatus, ReadinessReport } from "../server/readiness.js";
-import type { EventSink, KernelEvent } from "../store/outbox.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { Clock, DependencyState, DependencyStatus, ReadinessReport } from "../common/index.js";
+import type { EventSink, KernelEvent } from "../store/index.js";
+import type { Logger } from "../telemetry/index.js";
 import type { CapabilitySpec, Criticality, StatusMatrixOptions } from "./status-matrix-options.js";
 
 /** Probes one dependency; must be cheap and never block. Throwing counts as down. */

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
+import type { Db } from "../store/index.js";
+import type { Clock } from "../common/index.js";
 
 /** One audited action. */
 export interface AuditEntry {

@@ -1,7 +1,15 @@
-import { isAllTenants, type Principal, type Role } from "../identity/principal.js";
+import {
+  isAllTenants,
+  type Principal,
+  type Role,
+  grantAllows,
+  parseRequiredScope,
+  parseScopeGrant,
+  type RequiredScope,
+  type ScopeGrant,
+} from "../identity/index.js";
 import type { AttributeRule, AuthzOptions } from "./authz-options.js";
-import { methodMatches } from "./method-pattern.js";
-import { grantAllows, parseRequiredScope, parseScopeGrant, type RequiredScope, type ScopeGrant } from "./scope.js";
+import { methodMatches } from "../server/index.js";
 import type { TenantTargets } from "./tenant-extractor.js";
 
 /** The outcome of one check; `reason` is for the audit trail and logs, never for the client. */

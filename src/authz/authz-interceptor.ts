@@ -1,13 +1,11 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import { kPrincipal, type Principal } from "../identity/principal.js";
-import { methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
-import { createDenialAuditor, type DenialAuditor } from "./audit-denial.js";
+import { type AuditLog, createDenialAuditor, type DenialAuditor } from "../audit/index.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
+import { kPrincipal, type Principal } from "../identity/index.js";
+import { methodPath, type CallRequest, type KernelInterceptor, createMethodMatcher } from "../server/index.js";
 import type { AuthzOptions } from "./authz-options.js";
 import { createAuthorizer, type Authorizer } from "./authorizer.js";
-import { createMethodMatcher } from "./method-pattern.js";
 import { createTenantExtractor, type TenantExtractor, type TenantTargets } from "./tenant-extractor.js";
 
 /** What the authz interceptor needs. */

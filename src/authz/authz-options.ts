@@ -1,15 +1,22 @@
-import { ConfigError } from "../common/errors.js";
 import {
+  ConfigError,
   readBool,
   readObject,
   readOptionalStringList,
   readSection,
   readStringList,
-  type RawSection,
-} from "../config/fields.js";
-import { ROLES, TENANT_PATTERN, isRole, type Role } from "../identity/principal.js";
-import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
-import { parseRequiredScope, parseScopeGrant } from "./scope.js";
+  POLICY_LIST,
+} from "../common/index.js";
+import {
+  ROLES,
+  TENANT_PATTERN,
+  isRole,
+  readRoles,
+  type Role,
+  parseRequiredScope,
+  parseScopeGrant,
+} from "../identity/index.js";
+import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "../server/index.js";
 
 /**
  * An attribute rule. Every condition given must hold for the rule to apply. A matching "deny"
@@ -89,14 +96,6 @@ function checkGrants(scopes: string[], field: string): string[] {
       );
   });
   return scopes;
-}
-
-/** Policy lists: non-empty strings; a lone string is a one-entry list. */
-export const POLICY_LIST = { single: true, nonEmpty: true } as const;
-
-/** Reads an optional list of role names. */
-export function readRoles(obj: RawSection, key: string, path: string): Role[] | undefined {
-  return readOptionalStringList(obj, key, path, { ...POLICY_LIST, oneOf: ROLES }) as Role[] | undefined;
 }
 
 // Every key a rule may have: a misspelt "roles" would otherwise widen the rule to every caller.

@@ -1,4 +1,4 @@
-import type { EgressGuard } from "../egress/egress-guard.js";
+import type { EgressGuard } from "../egress/index.js";
 import { createJsonPost, type JsonHttpClientOptions } from "./json-http.js";
 
 /** Client of the external compliance service. */

@@ -2,11 +2,9 @@ import type * as http2 from "node:http2";
 import { toBinary } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import type { Clock } from "../common/clock.js";
-import { ConfigError } from "../common/errors.js";
-import { readInt, readSection, readString } from "../config/fields.js";
+import { type Clock, ConfigError, readInt, readSection, readString } from "../common/index.js";
 import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
-import { createDgeSignatureVerifier, DEFAULT_DGE_MAX_SKEW_MS, DGE_SIGNATURE_HEADER } from "../dge/dge-signature.js";
+import { createDgeSignatureVerifier, DEFAULT_DGE_MAX_SKEW_MS, DGE_SIGNATURE_HEADER } from "../dge/index.js";
 
 /** Options of the DGE client. */
 export interface DgeClientOptions {

@@ -1,7 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { EgressGuard } from "../egress/egress-guard.js";
-import { TENANT_HEADER } from "../egress/egress-interceptors.js";
-import { createGuardedFetch } from "../egress/guarded-fetch.js";
+import { type EgressGuard, TENANT_HEADER, createGuardedFetch } from "../egress/index.js";
 
 /** Options every approved HTTP client takes. */
 export interface JsonHttpClientOptions {

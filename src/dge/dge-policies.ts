@@ -1,7 +1,6 @@
 import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { ConfigError } from "../common/errors.js";
-import { readSection, readInt, readString, readStringList, type RawSection } from "../config/fields.js";
+import { ConfigError, readSection, readInt, readString, readStringList, type RawSection } from "../common/index.js";
 import { PolicySchema, type Classification, type Policy } from "../../gen/nops/dge/v1/dge_pb.js";
 import {
   EGRESS_CLASS_NAMES,

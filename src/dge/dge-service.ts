@@ -1,7 +1,7 @@
 import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 import {
   ClassificationSchema,
   ClassifyResponseSchema,

@@ -1,8 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { LRUCache } from "lru-cache";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 
 /** A cached verdict: the decision and a redacted summary of the classification behind it. */
 export interface CachedVerdict {

@@ -1,18 +1,14 @@
 import { hash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
-import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, type RawSection } from "../config/fields.js";
-import type { Db } from "../store/database.js";
-import type { EventSink } from "../store/outbox.js";
-import type { Logger } from "../telemetry/logger.js";
-import type { DgeClient } from "../clients/dge-client.js";
-import { Verdict, type Classification } from "../../gen/nops/dge/v1/dge_pb.js";
+import type { AuditLog } from "../audit/index.js";
+import { type Clock, ConfigError, readBool, readInt, readSection, type RawSection } from "../common/index.js";
+import type { Db, EventSink } from "../store/index.js";
+import type { Logger } from "../telemetry/index.js";
+import { Verdict, type Classification, type DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import {
   DgePolicyCacheInvalidatedSchema,
   EgressAllowedSchema,
@@ -21,8 +17,7 @@ import {
   EgressOverrideActivatedSchema,
   type EgressDecision as EgressDecisionEvent,
 } from "../../gen/nops/events/v1/egress_events_pb.js";
-import { egressClassName, piiKindOf, tierOf, type TierName } from "../dge/dge-codes.js";
-import { DgeSignatureError } from "../dge/dge-signature.js";
+import { egressClassName, piiKindOf, tierOf, type TierName, DgeSignatureError } from "../dge/index.js";
 import {
   createDgeCache,
   DEFAULT_DGE_CACHE_CHANNEL,
@@ -171,7 +166,8 @@ export interface EgressGuardDeps {
   clock: Clock;
   logger: Logger;
   meter: Meter;
-  dge: DgeClient;
+  /** The DGE (clients/dge-client.ts); named by its contract so the guard does not depend on the clients. */
+  dge: Client<typeof DataGovernanceService>;
   events: EventSink;
   audit: AuditLog;
   /** When given, an event and its audit row commit in one transaction. */

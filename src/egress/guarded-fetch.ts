@@ -1,7 +1,7 @@
 import { egressDeniedError, type EgressGuard } from "./egress-guard.js";
 import { TENANT_HEADER } from "./egress-interceptors.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
-import { injectTraceHeaders } from "../telemetry/trace-context.js";
+import { injectTraceHeaders } from "../telemetry/index.js";
 
 /** fetch with the guard in front; tenant from the x-nops-tenant header. */
 export type GuardedFetch = (url: string | URL, init?: RequestInit) => Promise<Response>;

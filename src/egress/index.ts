@@ -19,3 +19,4 @@ export {
   type NatsHeadersLike,
 } from "./nats-egress-hook.js";
 export { encodeOverrideGrant, OVERRIDE_HEADER, MAX_OVERRIDE_TTL_MS, type OverrideGrant } from "./override-grant.js";
+export { bytesText } from "./payload-text.js";

@@ -6,7 +6,7 @@ import {
   type ConsumerMessages,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
-import type { Logger } from "../telemetry/logger.js";
+import type { Logger } from "../telemetry/index.js";
 
 /** Headers the mover sets on a dead letter (the original message's own headers are kept too). */
 export const DLQ_HEADERS = {

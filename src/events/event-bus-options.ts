@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/errors.js";
+import { ConfigError } from "../common/index.js";
 
 /** Options of the edge event bus (relay, hub confirmation, idempotency, consumers, DLQ). */
 export interface EventBusOptions {

@@ -10,11 +10,9 @@ import {
   type MsgRequest,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import { readInt, readObject } from "../config/fields.js";
-import { eventSubject } from "../store/outbox.js";
+import { type Db, eventSubject } from "../store/index.js";
+import { type Clock, readInt, readObject } from "../common/index.js";
+import { type Logger, contextFromTraceparent, currentTraceparent, startConsumerSpan } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import {
   AckAction,
@@ -34,7 +32,6 @@ import {
 import { DeadLetterSchema, DeliveredMessageSchema } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import type { EventBus } from "./event-bus.js";
 import type { Tracer } from "@opentelemetry/api";
-import { contextFromTraceparent, currentTraceparent, startConsumerSpan } from "../telemetry/trace-context.js";
 import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
 import type { PrePublishHook } from "./outbox-relay.js";
 import { DLQ_HEADERS, deadLetterSubject } from "./dead-letter-mover.js";

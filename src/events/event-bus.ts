@@ -12,10 +12,9 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import type { Meter, Tracer } from "@opentelemetry/api";
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import type { EventSink } from "../store/outbox.js";
+import type { Db, EventSink } from "../store/index.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 import type { EventBusOptions } from "./event-bus-options.js";
 import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
 import { createHubConfirmer } from "./hub-confirmer.js";

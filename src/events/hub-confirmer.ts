@@ -1,6 +1,6 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
+import type { Db } from "../store/index.js";
+import type { Clock } from "../common/index.js";
 
 /** Settings of hub confirmation (a subset of EventBusOptions). */
 export interface HubConfirmerOptions {

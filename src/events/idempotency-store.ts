@@ -1,5 +1,5 @@
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
+import type { Db } from "../store/index.js";
+import type { Clock } from "../common/index.js";
 
 /** The first result recorded under an idempotency key. */
 export interface IdempotentResult {

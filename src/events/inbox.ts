@@ -1,5 +1,5 @@
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
+import type { Db } from "../store/index.js";
+import type { Clock } from "../common/index.js";
 
 /** Exactly-once application of events for consumers that change SQLite state. */
 export interface Inbox {

@@ -2,9 +2,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { accessSync, constants, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { delimiter, join } from "node:path";
-import { ConfigError, KernelError } from "../common/errors.js";
-import { isRunning, parseProcessIdentity, processIdentity } from "../common/process-identity.js";
-import type { Logger } from "../telemetry/logger.js";
+import { ConfigError, KernelError } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
+import { isRunning, parseProcessIdentity, processIdentity } from "../common/index.js";
 import { renderLeafConfig } from "./nats-config.js";
 
 /** Options of the development leaf node the kernel runs itself. */

@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/errors.js";
+import { ConfigError } from "../common/index.js";
 
 /** Values for a leaf node's config (same shape as nats/leaf.conf, whose `$VARS` these fill). */
 export interface LeafConfigValues {

@@ -3,10 +3,9 @@ import { headers as natsHeaders } from "@nats-io/nats-core";
 import { fromBinary } from "@bufbuild/protobuf";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { SpanStatusCode, type Meter, type Tracer } from "@opentelemetry/api";
-import { startProducerSpan } from "../telemetry/trace-context.js";
-import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
+import { startProducerSpan, type Logger } from "../telemetry/index.js";
+import type { Db } from "../store/index.js";
+import type { Clock } from "../common/index.js";
 
 /** Verdict of the egress guard on an event about to cross to the hub. */
 export interface PrePublishVerdict {

@@ -1,15 +1,19 @@
 import { createHash } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import { createDenialAuditor } from "../authz/audit-denial.js";
-import { POLICY_LIST } from "../authz/authz-options.js";
-import { readBool, readInt, readObject, readStringList } from "../config/fields.js";
+import { type AuditLog, createDenialAuditor } from "../audit/index.js";
+import { type Clock, POLICY_LIST, readBool, readInt, readObject, readStringList } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
-import { DEFAULT_PUBLIC_METHODS, checkMethodPattern, createMethodMatcher } from "../authz/method-pattern.js";
-import type { SpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
-import { kPeer, methodPath, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
+import {
+  DEFAULT_PUBLIC_METHODS,
+  checkMethodPattern,
+  createMethodMatcher,
+  kPeer,
+  methodPath,
+  type CallRequest,
+  type KernelInterceptor,
+} from "../server/index.js";
+import type { SpiffePrincipalMapper } from "./spiffe-principal-mapper.js";
 import type { ApiKeyStore } from "./api-keys/api-key-store.js";
 import type { JwtVerifier } from "./jwt/jwt-verifier.js";
 import { kPrincipal, type Principal } from "./principal.js";

@@ -2,16 +2,14 @@ import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Meter } from "@opentelemetry/api";
-import type { Clock } from "../common/clock.js";
-import type { Db } from "../store/database.js";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Logger } from "../telemetry/logger.js";
-import type { KernelOptions } from "../kernel/kernel-options.js";
-import type { KernelInterceptor } from "../server/interceptor.js";
-import { createAuthnInterceptor } from "./authn-interceptor.js";
-import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
-import { createSpiffePrincipalMapper } from "../authz/spiffe-principal-mapper.js";
-import { createJwtVerifier } from "./jwt/jwt-verifier.js";
+import type { Clock } from "../common/index.js";
+import type { Db } from "../store/index.js";
+import type { AuditLog } from "../audit/index.js";
+import type { Logger } from "../telemetry/index.js";
+import type { KernelInterceptor } from "../server/index.js";
+import { createAuthnInterceptor, type AuthnOptions } from "./authn-interceptor.js";
+import { createSpiffePrincipalMapper, type SpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
+import { createJwtVerifier, type JwtVerifierOptions } from "./jwt/jwt-verifier.js";
 import {
   createApiKeyStore,
   resolveApiKeyOptions,
@@ -26,7 +24,43 @@ import {
   type X509Source,
 } from "./spiffe/index.js";
 
-/** The kernel's identity: its TLS material (absent in "none" mode) and the caller checks. */
+/** Where the kernel's own identity comes from. */
+export type IdentitySource = "auto" | "workload-api" | "dev" | "none";
+
+/** Workload identity and caller credentials. */
+export interface IdentityOptions {
+  /**
+   * "workload-api": SVIDs from the SPIRE agent at `socket`; "dev": the embedded issuer mints a
+   * local CA under `devDir`; "auto": workload-api when a socket is known, else dev; "none":
+   * plaintext servers and anonymous callers (tests, benchmarks, local experiments). @default "auto"
+   */
+  source: IdentitySource;
+  /** Workload API address (`unix:///abs/path` or `tcp://ip:port`); SPIFFE_ENDPOINT_SOCKET when empty. @default "" */
+  socket: string;
+  /** Development identity directory. @default "<dataDir>/dev-identity" */
+  devDir: string;
+  /** Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty. @default "" */
+  apiKeyPepper: string;
+  /** SPIFFE id -> principal rules (see docs/identity.md). */
+  spiffe: SpiffePrincipalOptions;
+  /** JWT bearer tokens; accepted only when this section is configured. */
+  jwt?: JwtVerifierOptions;
+}
+
+/** The parts of the kernel's options the identity wiring reads. */
+export interface KernelIdentityOptions {
+  /** This edge's id: the last segment of the kernel's own SPIFFE id. */
+  edgeId: string;
+  /** Where a generated API key pepper is kept. */
+  dataDir: string;
+  /** This kernel's SPIFFE trust domain. */
+  trustDomain: string;
+  identity: IdentityOptions;
+  /** Caller authentication (see docs/identity.md). */
+  authn: AuthnOptions;
+}
+
+/** The kernel's identity: its TLS material (absent in "none" mode) and caller authentication. */
 export interface KernelIdentity {
   /** "workload-api", "dev" or "none": what `identity.source` resolved to. */
   readonly source: "workload-api" | "dev" | "none";
@@ -35,7 +69,6 @@ export interface KernelIdentity {
   readonly apiKeys: ApiKeyStore;
   readonly apiKeyOptions: ApiKeyOptions;
   readonly authn: KernelInterceptor;
-  readonly authz: KernelInterceptor;
   close(): Promise<void>;
 }
 
@@ -50,7 +83,7 @@ export interface KernelIdentityDeps {
 }
 
 // The pepper must outlive restarts (or every key stops verifying) and stay out of the database.
-function pepper(options: KernelOptions, log: Logger): string {
+function pepper(options: KernelIdentityOptions, log: Logger): string {
   if (options.identity.apiKeyPepper) return options.identity.apiKeyPepper;
   const file = join(options.dataDir, "api-key-pepper");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
@@ -61,8 +94,11 @@ function pepper(options: KernelOptions, log: Logger): string {
   return generated;
 }
 
-/** Builds the identity source, TLS material and the authn/authz interceptors from options. */
-export async function createKernelIdentity(deps: KernelIdentityDeps, options: KernelOptions): Promise<KernelIdentity> {
+/** Builds the identity source, TLS material, the API key store and the authn interceptor from options. */
+export async function createKernelIdentity(
+  deps: KernelIdentityDeps,
+  options: KernelIdentityOptions,
+): Promise<KernelIdentity> {
   const log = deps.logger.child({ component: "identity" });
   const { identity } = options;
   const source = identity.source === "auto" ? (identity.socket ? "workload-api" : "dev") : identity.source;
@@ -108,10 +144,6 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
     },
     options.authn,
   );
-  const authz = createAuthzInterceptor(
-    { audit: deps.audit, clock: deps.clock, logger: deps.logger.child({ component: "authz" }) },
-    options.authz,
-  );
   return {
     source,
     tls,
@@ -119,7 +151,6 @@ export async function createKernelIdentity(deps: KernelIdentityDeps, options: Ke
     apiKeys,
     apiKeyOptions,
     authn,
-    authz,
     close: async () => {
       tls?.close();
       await x509?.close();

@@ -1,5 +1,5 @@
 import { createContextKey } from "@connectrpc/connect";
-import { KernelError } from "../common/errors.js";
+import { KernelError, POLICY_LIST, readOptionalStringList, type RawSection } from "../common/index.js";
 
 /** Kernel roles, most powerful first. */
 export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "VIEWER"] as const;
@@ -36,6 +36,11 @@ export const kPrincipal = createContextKey<Principal | undefined>(undefined, { d
 /** True when the string names a kernel role. */
 export function isRole(value: unknown): value is Role {
   return typeof value === "string" && (ROLES as readonly string[]).includes(value);
+}
+
+/** Reads an optional list of role names. */
+export function readRoles(obj: RawSection, key: string, path: string): Role[] | undefined {
+  return readOptionalStringList(obj, key, path, { ...POLICY_LIST, oneOf: ROLES }) as Role[] | undefined;
 }
 
 /** True when the principal may act on every tenant: SUPER_ADMIN and not tenant-bound. */

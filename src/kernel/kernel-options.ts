@@ -1,10 +1,10 @@
 import { join } from "node:path";
 import { ConfigError } from "../common/errors.js";
-import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../config/fields.js";
+import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
-import { resolveSpiffePrincipalOptions, type SpiffePrincipalOptions } from "../authz/spiffe-principal-mapper.js";
-import { resolveJwtVerifierOptions, type JwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
+import { resolveSpiffePrincipalOptions } from "../identity/spiffe-principal-mapper.js";
+import { resolveJwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
 import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
 import { resolveRoutingServiceOptions, type RoutingServiceOptions } from "../routing/routing-service.js";
 import { resolveRateLimitOptions, type RateLimitOptions } from "../ratelimit/rate-limit-options.js";
@@ -19,6 +19,9 @@ import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/tel
 import { resolveStatusMatrixOptions, type StatusMatrixOptions } from "../admin/status-matrix-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
 import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
+import type { LimitOptions } from "../server/limit-options.js";
+import type { RegistryOptions } from "../registry/registry-options.js";
+import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -26,59 +29,6 @@ export interface ListenOptions {
   host: string;
   /** TCP port; 0 picks a free one. */
   port: number;
-}
-
-/** Explicit limits on what a caller may send (both transports). */
-export interface LimitOptions {
-  /** Largest request or response message, bytes. @default 4194304 (4 MiB) */
-  maxMessageBytes: number;
-  /** Longest deadline a call may have; longer or missing deadlines are capped to this. @default 30000 */
-  maxDeadlineMs: number;
-  /** Concurrent HTTP/2 streams per connection. @default 256 */
-  maxConcurrentStreams: number;
-  /** Largest total size of request headers / metadata, bytes. @default 16384 */
-  maxHeaderBytes: number;
-  /** Most request header fields. @default 64 */
-  maxHeaderCount: number;
-}
-
-/** Registry liveness: status derives from heartbeat age. */
-export interface RegistryOptions {
-  /** Heartbeat age up to which an agent is HEALTHY. @default 15000 */
-  heartbeatTtlMs: number;
-  /** Heartbeat age from which an agent is a ZOMBIE (between the two it is STALE). @default 60000 */
-  zombieAfterMs: number;
-  /** Heartbeat age from which a zombie is removed. @default 600000 */
-  reapAfterMs: number;
-  /** How often statuses are re-derived and zombies reaped. @default 1000 */
-  sweepIntervalMs: number;
-  /** Heartbeats are coalesced in memory and written in one transaction this often. @default 1000 */
-  heartbeatFlushMs: number;
-  /** Largest encoded agent record (labels, capabilities, ...), bytes. @default 65536 */
-  maxAgentBytes: number;
-}
-
-/** Where the kernel's own identity comes from. */
-export type IdentitySource = "auto" | "workload-api" | "dev" | "none";
-
-/** Workload identity and caller credentials. */
-export interface IdentityOptions {
-  /**
-   * "workload-api": SVIDs from the SPIRE agent at `socket`; "dev": the embedded issuer mints a
-   * local CA under `devDir`; "auto": workload-api when a socket is known, else dev; "none":
-   * plaintext servers and anonymous callers (tests, benchmarks, local experiments). @default "auto"
-   */
-  source: IdentitySource;
-  /** Workload API address (`unix:///abs/path` or `tcp://ip:port`); SPIFFE_ENDPOINT_SOCKET when empty. @default "" */
-  socket: string;
-  /** Development identity directory. @default "<dataDir>/dev-identity" */
-  devDir: string;
-  /** Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty. @default "" */
-  apiKeyPepper: string;
-  /** SPIFFE id -> principal rules (see docs/identity.md). */
-  spiffe: SpiffePrincipalOptions;
-  /** JWT bearer tokens; accepted only when this section is configured. */
-  jwt?: JwtVerifierOptions;
 }
 
 /** Every option of the kernel. Defaults are the embedded development setup: SQLite only. */

@@ -44,9 +44,10 @@ import { createGrpcServer } from "../server/grpc-server.js";
 import { createHttpServer, type HttpRoute } from "../server/http-server.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
-import type { ReadinessReport } from "../server/readiness.js";
+import type { ReadinessReport } from "../common/readiness.js";
 import { createKernelIdentity } from "../identity/kernel-identity.js";
 import { kPrincipal } from "../identity/principal.js";
+import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
 import { createNonceStore } from "../identity/request-signing/nonce-store.js";
 import { createRequestSigningInterceptor } from "../identity/request-signing/request-signing-interceptor.js";
 import { createApiKeyService } from "../identity/api-keys/api-key-service.js";
@@ -323,7 +324,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
         options.rateLimit,
       ),
-      identity.authz,
+      createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
     ];
     const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
     const services: BoundService[] = [

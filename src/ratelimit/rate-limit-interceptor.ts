@@ -4,11 +4,11 @@ import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
-import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/interceptor.js";
-import type { EventSink } from "../store/outbox.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { AuditLog } from "../audit/index.js";
+import type { Clock } from "../common/index.js";
+import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
+import type { EventSink } from "../store/index.js";
+import type { Logger } from "../telemetry/index.js";
 import type { RateLimitOptions } from "./rate-limit-options.js";
 import { createRateLimiter, type LimitState, type RateLimitDecision } from "./rate-limiter.js";
 

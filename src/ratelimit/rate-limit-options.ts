@@ -1,5 +1,4 @@
-import { ConfigError } from "../common/errors.js";
-import { readInt, readNumber, readObject, readSection, readString } from "../config/fields.js";
+import { ConfigError, readInt, readNumber, readObject, readSection, readString } from "../common/index.js";
 
 /** A tenant tier: 1, 2 or 3. */
 export type TenantTier = 1 | 2 | 3;

@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
-import type { Logger } from "../telemetry/logger.js";
+import type { Logger } from "../telemetry/index.js";
 import type { RateLimitOptions, TenantTier } from "./rate-limit-options.js";
 
 /** The state of one limit after a request was counted. */

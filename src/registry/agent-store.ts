@@ -1,4 +1,4 @@
-import type { Db } from "../store/database.js";
+import type { Db } from "../store/index.js";
 
 /** An agent row as stored. */
 export interface AgentRow {

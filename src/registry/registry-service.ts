@@ -2,8 +2,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import { kCorrelationId } from "../server/interceptor.js";
-import type { RegistryOptions } from "../kernel/kernel-options.js";
+import { kCorrelationId } from "../server/index.js";
+import type { RegistryOptions } from "./registry-options.js";
 import type { LoadRow } from "./agent-store.js";
 import {
   checkAgentId,

@@ -16,12 +16,11 @@ import {
   AgentUpdatedSchema,
 } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import type { Db } from "../store/database.js";
-import type { EventSink } from "../store/outbox.js";
-import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import type { RegistryOptions } from "../kernel/kernel-options.js";
+import type { Db, EventSink } from "../store/index.js";
+import type { AuditLog } from "../audit/index.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
+import type { RegistryOptions } from "./registry-options.js";
 import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
 
 /** Who asked, for the audit trail and events. */

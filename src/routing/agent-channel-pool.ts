@@ -11,10 +11,9 @@ import {
   type HandleStreamRequest,
   type HandleStreamResponse,
 } from "../../gen/nops/agent/v1/agent_pb.js";
-import type { Clock } from "../common/clock.js";
-import { bytesText } from "../egress/payload-text.js";
-import { KernelError } from "../common/errors.js";
-import type { Logger } from "../telemetry/logger.js";
+import { type Clock, KernelError } from "../common/index.js";
+import { bytesText } from "../egress/index.js";
+import type { Logger } from "../telemetry/index.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
 
 /** An endpoint the pool cannot dial (unknown scheme, no port). */

@@ -1,6 +1,6 @@
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RouteMode } from "../../gen/nops/kernel/v1/routing_pb.js";
-import type { Clock } from "../common/clock.js";
+import type { Clock } from "../common/index.js";
 import type { AgentStatsTracker } from "./agent-stats.js";
 import type { CircuitBreakers } from "./circuit-breakers.js";
 import { healthScore } from "./health-score.js";

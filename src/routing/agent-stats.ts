@@ -1,4 +1,4 @@
-import type { Clock } from "../common/clock.js";
+import type { Clock } from "../common/index.js";
 
 /** What the kernel has observed about one agent from its own calls. */
 export interface AgentStats {

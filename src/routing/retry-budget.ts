@@ -1,4 +1,4 @@
-import type { Clock } from "../common/clock.js";
+import type { Clock } from "../common/index.js";
 
 /** Limits retries to a fraction of requests over a sliding window, so failures cannot snowball into a retry storm. */
 export interface RetryBudget {

@@ -13,8 +13,8 @@ import {
   type Invocation,
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import type { Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
+import type { Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
 import { createAgentChannelPool, EndpointError, type AgentClient } from "./agent-channel-pool.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
 import { createAgentStatsTracker } from "./agent-stats.js";

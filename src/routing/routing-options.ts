@@ -1,5 +1,5 @@
-import { ConfigError } from "../common/errors.js";
 import {
+  ConfigError,
   readBool,
   readInt,
   readNumber,
@@ -7,7 +7,7 @@ import {
   readSection,
   readString,
   readStringList,
-} from "../config/fields.js";
+} from "../common/index.js";
 
 /** One weighted target of a static route: an agent named by its name or id. */
 export interface RouteTarget {

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { RouteConstraints, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
-import { readInt, readObject } from "../config/fields.js";
-import { kCorrelationId } from "../server/interceptor.js";
+import { readInt, readObject } from "../common/index.js";
+import { kCorrelationId } from "../server/index.js";
 import { OVERRIDE_HEADER } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
 import type { InvokeParams, Router } from "./router.js";

@@ -10,12 +10,18 @@ import {
   type KernelInterceptor,
 } from "./interceptor.js";
 import { isClientError, toConnectError } from "./errors.js";
-import type { Logger } from "../telemetry/logger.js";
-import { currentTraceId } from "../telemetry/trace-context.js";
+import { context, isSpanContextValid, trace, type Context } from "@opentelemetry/api";
+import type { Logger } from "pino";
 
 const REQUEST_ID = "x-request-id";
 // Accept caller ids that are safe to log and echo; anything else is replaced, not trusted.
 const VALID_REQUEST_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
+
+/** The trace id of the active span, or undefined when there is none (tracing off, or outside a call). */
+export function currentTraceId(ctx: Context = context.active()): string | undefined {
+  const sc = trace.getSpanContext(ctx);
+  return sc && isSpanContextValid(sc) ? sc.traceId : undefined;
+}
 
 /** Correlation id: the trace id, else `x-request-id`, else generated; echoed back, attached to a child logger. */
 export function correlationInterceptor(logger: Logger): KernelInterceptor {

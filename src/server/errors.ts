@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { StoreError } from "../common/errors.js";
+import { StoreError } from "../common/index.js";
 
 // better-sqlite3 throws SqliteError with an extended result code such as "SQLITE_BUSY_SNAPSHOT".
 function sqliteCode(err: unknown): string | undefined {

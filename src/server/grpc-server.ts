@@ -11,8 +11,8 @@ import {
 } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
-import type { LimitOptions } from "../kernel/kernel-options.js";
-import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
+import type { LimitOptions } from "./limit-options.js";
+import { derChainFromPeerCertificate } from "./peer-certificates.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {

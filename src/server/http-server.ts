@@ -6,8 +6,8 @@ import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { BoundService } from "./bind-service.js";
 import { kPeer } from "./interceptor.js";
-import type { LimitOptions } from "../kernel/kernel-options.js";
-import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
+import type { LimitOptions } from "./limit-options.js";
+import { derChainFromPeerCertificate } from "./peer-certificates.js";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,

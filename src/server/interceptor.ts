@@ -1,6 +1,6 @@
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
-import type { Logger } from "../telemetry/logger.js";
+import type { Logger } from "pino";
 
 /** A call as the interceptor chain sees it, for every method kind and both transports. */
 export interface CallRequest {

@@ -1,5 +1,5 @@
 import type { Db } from "./database.js";
-import { StoreError } from "../common/errors.js";
+import { StoreError } from "../common/index.js";
 
 /** One schema version: `up` moves to it, `down` returns to the previous one. */
 export interface Migration {

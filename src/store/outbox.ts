@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Db } from "./database.js";
-import type { Clock } from "../common/clock.js";
+import type { Clock } from "../common/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 
 /** An event to record: a versioned type and its protobuf payload. */

@@ -1,7 +1,7 @@
 import { statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Db } from "./database.js";
-import type { DependencyStatus } from "../server/readiness.js";
+import type { DependencyStatus } from "../common/index.js";
 
 function writable(path: string): boolean {
   // Mode bits, not access(2): the kernel often runs as root, for whom access() always says yes.

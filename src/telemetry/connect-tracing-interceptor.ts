@@ -1,6 +1,6 @@
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { SpanKind, SpanStatusCode, context, trace, type Span, type Tracer } from "@opentelemetry/api";
-import { observeStream } from "../server/interceptor.js";
+import { observeStream } from "../server/index.js";
 import { grpcCodeName } from "./rpc-metrics-interceptor.js";
 import { injectTraceHeaders } from "./trace-context.js";
 import { iterateInContext } from "./tracing-interceptor.js";

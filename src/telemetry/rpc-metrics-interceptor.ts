@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Attributes, Meter } from "@opentelemetry/api";
-import { kPeer, methodPath, observeStream, type CallRequest, type KernelInterceptor } from "../server/interceptor.js";
+import { kPeer, methodPath, observeStream, type CallRequest, type KernelInterceptor } from "../server/index.js";
 
 /** Counter of served calls, labelled {rpc, code, transport}. */
 export const RPC_REQUESTS_METRIC = "rpc_server_requests_total";

@@ -1,5 +1,4 @@
-import { ConfigError } from "../common/errors.js";
-import { readInt, readNumber, readSection, readString, readStringList } from "../config/fields.js";
+import { ConfigError, readInt, readNumber, readSection, readString, readStringList } from "../common/index.js";
 
 /** Where finished spans go. */
 export type TraceExporterKind = "none" | "otlp";

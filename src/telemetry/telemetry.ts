@@ -20,7 +20,7 @@ import {
   TraceIdRatioBasedSampler,
   type SpanExporter,
 } from "@opentelemetry/sdk-trace-node";
-import type { HttpRoute } from "../server/http-server.js";
+import type { HttpRoute } from "../server/index.js";
 import type { Logger } from "./logger.js";
 import type { TelemetryOptions } from "./telemetry-options.js";
 

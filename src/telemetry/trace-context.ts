@@ -2,7 +2,6 @@ import {
   ROOT_CONTEXT,
   SpanKind,
   context,
-  isSpanContextValid,
   trace,
   type Context,
   type Span,
@@ -27,12 +26,6 @@ export const headersGetter: TextMapGetter<Headers> = {
   get: (h, k) => h.get(k) ?? undefined,
 };
 const headersSetter: TextMapSetter<Headers> = { set: (h, k, v) => h.set(k, v) };
-
-/** The trace id of the active span, or undefined when there is none (tracing off, or outside a call). */
-export function currentTraceId(ctx: Context = context.active()): string | undefined {
-  const sc = trace.getSpanContext(ctx);
-  return sc && isSpanContextValid(sc) ? sc.traceId : undefined;
-}
 
 /** The active span as a W3C `traceparent` value, or undefined when there is none. */
 export function currentTraceparent(ctx: Context = context.active()): string | undefined {

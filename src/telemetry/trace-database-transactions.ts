@@ -1,5 +1,5 @@
 import { SpanKind, SpanStatusCode, trace, type Tracer } from "@opentelemetry/api";
-import type { Db } from "../store/database.js";
+import type { Db } from "../store/index.js";
 
 type AnyFn = (...args: never[]) => unknown;
 const VARIANTS = ["default", "deferred", "immediate", "exclusive"] as const;

@@ -1,5 +1,5 @@
 import { SpanKind, SpanStatusCode, context, trace, type Tracer } from "@opentelemetry/api";
-import type { EventSink } from "../store/outbox.js";
+import type { EventSink } from "../store/index.js";
 import { currentTraceparent } from "./trace-context.js";
 
 /**

@@ -10,7 +10,7 @@ import {
   type Span,
   type Tracer,
 } from "@opentelemetry/api";
-import { kPeer, observeStream, type KernelInterceptor } from "../server/interceptor.js";
+import { kPeer, observeStream, type KernelInterceptor } from "../server/index.js";
 import { callCode, grpcCodeName } from "./rpc-metrics-interceptor.js";
 import { extractTraceHeaders } from "./trace-context.js";
 

@@ -24,7 +24,7 @@ import { ConfigError } from "../../src/common/errors.js";
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
 import { createHttpServer } from "../../src/server/http-server.js";
-import type { DependencyState as State } from "../../src/server/readiness.js";
+import type { DependencyState as State } from "../../src/common/readiness.js";
 import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";

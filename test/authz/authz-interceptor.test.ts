@@ -6,7 +6,7 @@ import { Health as HealthService } from "../../gen/grpc/health/v1/health_pb.js";
 import { createAuthzInterceptor } from "../../src/authz/authz-interceptor.js";
 import { resolveAuthzOptions } from "../../src/authz/authz-options.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
-import { DEFAULT_DENIAL_AUDIT_WINDOW_MS } from "../../src/authz/audit-denial.js";
+import { DEFAULT_DENIAL_AUDIT_WINDOW_MS } from "../../src/audit/audit-denial.js";
 import type { Principal } from "../../src/identity/principal.js";
 import { auditRows, makeCall, openTestStore, principal, recordingHandler } from "./fixtures.js";
 

@@ -315,12 +315,11 @@ test.serial("EventBusService - a terminated message lands in the DLQ", async (t)
   await p.publish({ tenant: "acme", subject: "mail.bounce.v1", payload: new TextEncoder().encode("x") });
   const ctrl = new AbortController();
   t.teardown(() => ctrl.abort());
-  const iter = p.service
-    .subscribe(
-      create(SubscribeRequestSchema, { tenant: "acme", consumer: "mailer", filter: "mail.>" }),
-      p.context(ctrl.signal),
-    )
-    [Symbol.asyncIterator]();
+  const stream = p.service.subscribe(
+    create(SubscribeRequestSchema, { tenant: "acme", consumer: "mailer", filter: "mail.>" }),
+    p.context(ctrl.signal),
+  );
+  const iter = stream[Symbol.asyncIterator]();
   const [m] = await take(iter, 1);
   if (!m) return t.fail("no delivery");
   await p.service.ack(

@@ -7,7 +7,10 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { createAuthzInterceptor } from "../../src/authz/authz-interceptor.js";
 import { resolveAuthzOptions } from "../../src/authz/authz-options.js";
-import { createSpiffePrincipalMapper, resolveSpiffePrincipalOptions } from "../../src/authz/spiffe-principal-mapper.js";
+import {
+  createSpiffePrincipalMapper,
+  resolveSpiffePrincipalOptions,
+} from "../../src/identity/spiffe-principal-mapper.js";
 import { createApiKeyStore, resolveApiKeyOptions } from "../../src/identity/api-keys/api-key-store.js";
 import { createAuthnInterceptor, resolveAuthnOptions } from "../../src/identity/authn-interceptor.js";
 import { createJwtVerifier, resolveJwtVerifierOptions } from "../../src/identity/jwt/jwt-verifier.js";

@@ -9,7 +9,7 @@ test("logs - no line repeats a key (component, correlationId, …)", async (t) =
   for (const transport of BOTH) {
     const client = k.client(AgentRegistryService, transport);
     await t.throwsAsync(client.listAgents({ tenant: "acme" }));
-    await t.throwsAsync(client.getAgent({ tenant: "acme", agentId: "missing" }));
+    await t.throwsAsync(client.getAgent({ tenant: "acme", id: "missing" }));
     await t.throwsAsync(client.registerAgent({ tenant: "Not A Tenant!" }));
   }
   t.true(k.logs.length > 5);

@@ -32,7 +32,8 @@ import { connectTracingInterceptor } from "../../src/telemetry/connect-tracing-i
 import { tracingInterceptor } from "../../src/telemetry/tracing-interceptor.js";
 import { tracingEventSink } from "../../src/telemetry/tracing-event-sink.js";
 import { traceDatabaseTransactions } from "../../src/telemetry/trace-database-transactions.js";
-import { currentTraceId, startConsumerSpan, startProducerSpan } from "../../src/telemetry/trace-context.js";
+import { startConsumerSpan, startProducerSpan } from "../../src/telemetry/trace-context.js";
+import { currentTraceId } from "../../src/server/core-interceptors.js";
 import { createServer as createHttpEchoServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { createJsonPost } from "../../src/clients/json-http.js";

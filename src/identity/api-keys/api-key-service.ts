@@ -1,11 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { AuditLog } from "../../audit/audit-log.js";
-import type { Db } from "../../store/database.js";
-import type { Logger } from "../../telemetry/logger.js";
-import { kCorrelationId } from "../../server/interceptor.js";
-import { parseScopeGrant } from "../../authz/scope.js";
+import type { AuditLog } from "../../audit/index.js";
+import type { Db } from "../../store/index.js";
+import type { Logger } from "../../telemetry/index.js";
+import { kCorrelationId } from "../../server/index.js";
+import { parseScopeGrant } from "../scope.js";
 import {
   ApiKeySchema,
   Role as RoleEnum,

@@ -1,9 +1,7 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { blake2b } from "@noble/hashes/blake2.js";
-import type { Clock } from "../../common/clock.js";
-import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject } from "../../config/fields.js";
-import type { Db } from "../../store/database.js";
+import { type Clock, ConfigError, readInt, readObject } from "../../common/index.js";
+import type { Db } from "../../store/index.js";
 import { CredentialError, isRole, type Principal, type Role } from "../principal.js";
 
 /** A key as the kernel describes it; never the secret nor its hash. */

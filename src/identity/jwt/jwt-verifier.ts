@@ -9,10 +9,16 @@ import {
   type JWTPayload,
   type JWTVerifyGetKey,
 } from "jose";
-import type { Clock } from "../../common/clock.js";
-import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject, readOptionalString, readString, readStringList } from "../../config/fields.js";
-import type { Logger } from "../../telemetry/logger.js";
+import {
+  type Clock,
+  ConfigError,
+  readInt,
+  readObject,
+  readOptionalString,
+  readString,
+  readStringList,
+} from "../../common/index.js";
+import type { Logger } from "../../telemetry/index.js";
 import { CredentialError, TENANT_PATTERN, isRole, type Principal, type Role } from "../principal.js";
 
 /** Signature algorithms the kernel accepts, if pinned in config. */

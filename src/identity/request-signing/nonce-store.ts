@@ -1,7 +1,6 @@
 import type { Redis } from "ioredis";
-import type { Clock } from "../../common/clock.js";
-import { KernelError } from "../../common/errors.js";
-import type { Logger } from "../../telemetry/logger.js";
+import { type Clock, KernelError } from "../../common/index.js";
+import type { Logger } from "../../telemetry/index.js";
 
 /** The in-memory nonce store is full of unexpired nonces; refusing is safer than forgetting. */
 export class NonceStoreFullError extends KernelError {

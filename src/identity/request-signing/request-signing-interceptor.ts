@@ -1,9 +1,9 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import type { AuditLog } from "../../audit/audit-log.js";
-import type { Clock } from "../../common/clock.js";
-import { kCorrelationId, methodPath, type KernelInterceptor } from "../../server/interceptor.js";
-import type { Logger } from "../../telemetry/logger.js";
+import type { AuditLog } from "../../audit/index.js";
+import type { Clock } from "../../common/index.js";
+import { kCorrelationId, methodPath, type KernelInterceptor } from "../../server/index.js";
+import type { Logger } from "../../telemetry/index.js";
 import { SIGNATURE_HEADERS } from "./canonical-request.js";
 import type { NonceStore } from "./nonce-store.js";
 import type { RequestSigningOptions } from "./request-signing-options.js";

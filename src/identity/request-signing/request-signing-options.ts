@@ -1,5 +1,5 @@
-import { ConfigError } from "../../common/errors.js";
 import {
+  ConfigError,
   readBool,
   readInt,
   readObject,
@@ -7,7 +7,7 @@ import {
   readSection,
   readString,
   readStringList,
-} from "../../config/fields.js";
+} from "../../common/index.js";
 
 /** A signing key shared with a client off the mesh. */
 export interface SigningKey {

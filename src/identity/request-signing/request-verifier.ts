@@ -1,5 +1,5 @@
 import { timingSafeEqual } from "node:crypto";
-import type { Clock } from "../../common/clock.js";
+import type { Clock } from "../../common/index.js";
 import { SIGNATURE_HEADERS, buildCanonicalRequest, sha256Hex, signCanonicalRequest } from "./canonical-request.js";
 import { NonceStoreFullError, type NonceStore } from "./nonce-store.js";
 import type { RequestSigningOptions, SigningKey } from "./request-signing-options.js";

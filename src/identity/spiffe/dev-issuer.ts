@@ -17,10 +17,8 @@ import {
   X509CertificateGenerator,
   type JsonGeneralName,
 } from "@peculiar/x509";
-import type { Clock } from "../../common/clock.js";
-import { ConfigError } from "../../common/errors.js";
-import { readInt, readObject, readString, readStringList } from "../../config/fields.js";
-import type { Logger } from "../../telemetry/logger.js";
+import { type Clock, ConfigError, readInt, readObject, readString, readStringList } from "../../common/index.js";
+import type { Logger } from "../../telemetry/index.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
 import { verifyPeer } from "./verify-peer.js";
 import { createX509Bundle, createX509BundleSet, type X509Bundle } from "./x509-bundle.js";

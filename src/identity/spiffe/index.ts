@@ -13,7 +13,6 @@ export {
 export { splitDerCertificates, derToPem, pemToDer, DerEncodingError } from "./x509-encoding.js";
 export {
   verifyPeer,
-  derChainFromPeerCertificate,
   PeerVerificationError,
   type PeerRejectReason,
   type VerifiedPeer,

@@ -1,4 +1,4 @@
-import { KernelError } from "../../common/errors.js";
+import { KernelError } from "../../common/index.js";
 
 /** A SPIFFE ID that does not follow the SPIFFE-ID standard; the message says why. */
 export class SpiffeIdError extends KernelError {

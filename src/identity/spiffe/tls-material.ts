@@ -8,12 +8,12 @@ import {
   type TlsOptions,
 } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import type { Clock } from "../../common/clock.js";
-import { KernelError } from "../../common/errors.js";
-import type { Logger } from "../../telemetry/logger.js";
+import { type Clock, KernelError } from "../../common/index.js";
+import type { Logger } from "../../telemetry/index.js";
 import { bundleSetToPem } from "./x509-bundle.js";
 import type { X509Context, X509Source } from "./x509-source.js";
-import { derChainFromPeerCertificate, verifyPeer, type VerifiedPeer } from "./verify-peer.js";
+import { derChainFromPeerCertificate } from "../../server/index.js";
+import { verifyPeer, type VerifiedPeer } from "./verify-peer.js";
 
 /** TLS material was requested before the source had an identity. */
 export class TlsMaterialError extends KernelError {

@@ -1,7 +1,6 @@
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
-import type { DetailedPeerCertificate, PeerCertificate } from "node:tls";
-import type { Clock } from "../../common/clock.js";
-import { KernelError } from "../../common/errors.js";
+import { type Clock, KernelError } from "../../common/index.js";
+import { MAX_PEER_CHAIN_LENGTH } from "../../server/index.js";
 import type { X509BundleSet } from "./x509-bundle.js";
 import { isSigningCertificate, parseCertificate, SvidError, validateSvidLeaf } from "./x509-svid.js";
 
@@ -44,9 +43,6 @@ export interface VerifyPeerOptions {
   allowedIds?: readonly string[];
 }
 
-// Real SPIFFE chains are leaf + at most a few intermediates; bounds the path search.
-const MAX_CHAIN_LENGTH = 8;
-
 function checkValidity(cert: NodeX509Certificate, label: string, now: number): void {
   if (Date.parse(cert.validFrom) > now) throw new PeerVerificationError("not-yet-valid", `${label} is not yet valid`);
   if (Date.parse(cert.validTo) < now) throw new PeerVerificationError("expired", `${label} expired at ${cert.validTo}`);
@@ -73,8 +69,8 @@ export function verifyPeer(
 ): VerifiedPeer {
   const leafDer = chainDer[0];
   if (!leafDer) throw new PeerVerificationError("bad-svid", "peer presented no certificate");
-  if (chainDer.length > MAX_CHAIN_LENGTH) {
-    throw new PeerVerificationError("bad-svid", `peer chain longer than ${MAX_CHAIN_LENGTH} certificates`);
+  if (chainDer.length > MAX_PEER_CHAIN_LENGTH) {
+    throw new PeerVerificationError("bad-svid", `peer chain longer than ${MAX_PEER_CHAIN_LENGTH} certificates`);
   }
   let id;
   let chain: NodeX509Certificate[];
@@ -95,7 +91,7 @@ export function verifyPeer(
   let current = chain[0] as NodeX509Certificate;
   checkValidity(current, "peer leaf", now);
   const used = new Set<number>([0]);
-  for (let depth = 0; depth < MAX_CHAIN_LENGTH; depth++) {
+  for (let depth = 0; depth < MAX_PEER_CHAIN_LENGTH; depth++) {
     const anchor = bundle.authorities.find((a) => issues(a.certificate, current));
     if (anchor) {
       checkValidity(anchor.certificate, `trust anchor of ${id.trustDomain}`, now);
@@ -111,18 +107,4 @@ export function verifyPeer(
     checkValidity(current, `intermediate ${next}`, now);
   }
   throw new PeerVerificationError("untrusted", `peer chain does not lead to the bundle of ${id.trustDomain}`);
-}
-
-/** The DER chain (leaf first) of a TLS peer, from `socket.getPeerCertificate(true)`. */
-export function derChainFromPeerCertificate(cert: PeerCertificate | DetailedPeerCertificate): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let c: PeerCertificate | DetailedPeerCertificate | undefined = cert;
-  while (c?.raw && out.length < MAX_CHAIN_LENGTH) {
-    out.push(new Uint8Array(c.raw));
-    const next: DetailedPeerCertificate | undefined = "issuerCertificate" in c ? c.issuerCertificate : undefined;
-    // A self-signed root points at itself.
-    if (!next || next === c || next.raw.equals(c.raw)) break;
-    c = next;
-  }
-  return out;
 }

@@ -1,5 +1,5 @@
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
-import { KernelError } from "../../common/errors.js";
+import { KernelError } from "../../common/index.js";
 import { parseTrustDomain } from "./spiffe-id.js";
 import { derToPem, splitDerCertificates } from "./x509-encoding.js";
 

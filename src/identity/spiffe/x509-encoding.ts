@@ -1,4 +1,4 @@
-import { KernelError } from "../../common/errors.js";
+import { KernelError } from "../../common/index.js";
 
 /** Bytes that are not a sequence of DER-encoded certificates. */
 export class DerEncodingError extends KernelError {

@@ -1,5 +1,5 @@
-import type { Logger } from "../../telemetry/logger.js";
-import { KernelError } from "../../common/errors.js";
+import type { Logger } from "../../telemetry/index.js";
+import { KernelError } from "../../common/index.js";
 import type { X509BundleSet } from "./x509-bundle.js";
 import type { X509Svid } from "./x509-svid.js";
 

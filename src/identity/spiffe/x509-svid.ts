@@ -8,7 +8,7 @@ import {
   SubjectAlternativeNameExtension,
   X509Certificate,
 } from "@peculiar/x509";
-import { KernelError } from "../../common/errors.js";
+import { KernelError } from "../../common/index.js";
 import { parseSpiffeId, type SpiffeId } from "./spiffe-id.js";
 import { derToPem, splitDerCertificates } from "./x509-encoding.js";
 

@@ -15,7 +15,7 @@ import {
   resolveDevX509SourceOptions,
 } from "../../../src/identity/spiffe/dev-issuer.js";
 import { createTlsMaterial } from "../../../src/identity/spiffe/tls-material.js";
-import { derChainFromPeerCertificate } from "../../../src/identity/spiffe/verify-peer.js";
+import { derChainFromPeerCertificate } from "../../../src/server/peer-certificates.js";
 import type { X509Context } from "../../../src/identity/spiffe/x509-source.js";
 import { waitFor } from "./support.js";
 

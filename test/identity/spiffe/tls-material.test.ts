@@ -7,7 +7,8 @@ import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from "n
 import { systemClock } from "../../../src/common/clock.js";
 import { createSilentLogger } from "../../../src/telemetry/logger.js";
 import { createTlsMaterial, type TlsMaterial } from "../../../src/identity/spiffe/tls-material.js";
-import { derChainFromPeerCertificate, PeerVerificationError } from "../../../src/identity/spiffe/verify-peer.js";
+import { PeerVerificationError } from "../../../src/identity/spiffe/verify-peer.js";
+import { derChainFromPeerCertificate } from "../../../src/server/peer-certificates.js";
 import { createWorkloadX509Source } from "../../../src/identity/spiffe/workload-api-client.js";
 import type { X509Source } from "../../../src/identity/spiffe/x509-source.js";
 import { createTestCa, type TestCa, type TestSvid } from "../../helpers/test-ca.js";

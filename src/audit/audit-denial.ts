@@ -1,7 +1,7 @@
-import type { AuditLog } from "../audit/audit-log.js";
-import { systemClock, type Clock } from "../common/clock.js";
-import type { Logger } from "../telemetry/logger.js";
-import { clientIp, kCorrelationId, kLogger, kPeer, methodPath, type CallRequest } from "../server/interceptor.js";
+import type { AuditLog } from "./audit-log.js";
+import { systemClock, type Clock } from "../common/index.js";
+import type { Logger } from "../telemetry/index.js";
+import { clientIp, kCorrelationId, kLogger, kPeer, methodPath, type CallRequest } from "../server/index.js";
 
 /** One refused call, as authn and authz record it. */
 export interface Denial {

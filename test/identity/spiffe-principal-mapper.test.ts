@@ -6,8 +6,11 @@ import {
   authorizeOneOf,
   authorizePathPrefix,
   createSpiffeMatcher,
-} from "../../src/authz/spiffe-authorizer.js";
-import { createSpiffePrincipalMapper, resolveSpiffePrincipalOptions } from "../../src/authz/spiffe-principal-mapper.js";
+} from "../../src/identity/spiffe/spiffe-authorizer.js";
+import {
+  createSpiffePrincipalMapper,
+  resolveSpiffePrincipalOptions,
+} from "../../src/identity/spiffe-principal-mapper.js";
 
 const id = (s: string) => parseSpiffeId(s);
 

@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/errors.js";
+import { ConfigError } from "./errors.js";
 
 /** A plain object read from YAML/JSON/env, before validation. */
 export type RawSection = Record<string, unknown>;
@@ -172,3 +172,6 @@ export function readOptionalStringList(
 ): string[] | undefined {
   return s[key] === undefined ? undefined : readStringList(s, key, path, [], check);
 }
+
+/** Policy lists: non-empty strings; a lone string is a one-entry list. */
+export const POLICY_LIST = { single: true, nonEmpty: true } as const;

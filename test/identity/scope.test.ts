@@ -1,5 +1,5 @@
 import test from "ava";
-import { grantAllows, parseRequiredScope, parseScopeGrant } from "../../src/authz/scope.js";
+import { grantAllows, parseRequiredScope, parseScopeGrant } from "../../src/identity/scope.js";
 
 const write = parseRequiredScope("registry/write")!;
 

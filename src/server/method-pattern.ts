@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/errors.js";
+import { ConfigError } from "../common/index.js";
 
 /** Methods that need no credential by default: health checks and reflection. */
 export const DEFAULT_PUBLIC_METHODS: readonly string[] = [

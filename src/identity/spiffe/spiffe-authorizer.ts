@@ -1,5 +1,5 @@
-import { parseSpiffeId, parseTrustDomain, type SpiffeId } from "../identity/spiffe/spiffe-id.js";
-import { ConfigError } from "../common/errors.js";
+import { parseSpiffeId, parseTrustDomain, type SpiffeId } from "./spiffe-id.js";
+import { ConfigError } from "../../common/index.js";
 
 /** Decides whether a (parsed, valid) SPIFFE id is accepted. */
 export type SpiffeAuthorizer = (id: SpiffeId) => boolean;

@@ -1,10 +1,16 @@
-import { ConfigError } from "../common/errors.js";
-import { parseSpiffeId, parseTrustDomain } from "../identity/spiffe/spiffe-id.js";
-import { TENANT_PATTERN, type Principal, type Role } from "../identity/principal.js";
-import { readBool, readObject, readOptionalString, readOptionalStringList, readString } from "../config/fields.js";
-import { POLICY_LIST, readRoles } from "./authz-options.js";
+import {
+  ConfigError,
+  POLICY_LIST,
+  readBool,
+  readObject,
+  readOptionalString,
+  readOptionalStringList,
+  readString,
+} from "../common/index.js";
+import { parseSpiffeId, parseTrustDomain } from "./spiffe/spiffe-id.js";
+import { TENANT_PATTERN, readRoles, type Principal, type Role } from "./principal.js";
 import { parseScopeGrant } from "./scope.js";
-import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe-authorizer.js";
+import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe/spiffe-authorizer.js";
 
 /** Maps the SPIFFE ids a rule matches to roles, scopes and a tenant. */
 export interface SpiffePrincipalRule {

@@ -1,0 +1,65 @@
+// The layers of src/ and the index rule (docs/architecture.md, "Layers"); `npm run lint` fails on any violation.
+//
+//   common <- store <- server <- telemetry <- capabilities <- kernel
+//
+// A layer imports only from the layers before it. Capabilities (every other folder) may import each
+// other as long as no folder cycle forms. The kernel (src/kernel/, src/main.ts, src/cli.ts and, until
+// the lead moves kernel-options.ts and load-config.ts into src/kernel/, src/config/) wires everything
+// and may import anything; nothing imports it.
+
+/** Folders of the lower layers, lowest first; each may import only the folders before it. */
+const LAYERS = ["common", "store", "server", "telemetry"];
+
+const KERNEL = "^src/(kernel/|config/|main[.]ts$|cli[.]ts$)";
+
+/** @type {import('dependency-cruiser').IConfiguration} */
+module.exports = {
+  forbidden: [
+    {
+      name: "no-folder-cycle",
+      comment: "Folders of src/ form layers: a folder cycle means a type or function sits in the wrong layer.",
+      severity: "error",
+      scope: "folder",
+      from: { path: "^src/[^/]+$" },
+      to: { path: "^src/[^/]+$", circular: true },
+    },
+    {
+      name: "no-module-cycle",
+      comment: "No circular imports between modules, inside a folder or across folders (DESIGN.md, convention 9).",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { circular: true },
+    },
+    {
+      name: "only-via-index",
+      comment:
+        "Another folder is imported only through its index.ts (its public surface); " +
+        "files inside one folder import each other directly.",
+      severity: "error",
+      from: { path: "^src/([^/]+)/", pathNot: KERNEL },
+      to: { path: "^src/[^/]+/", pathNot: ["^src/$1/", "^src/[^/]+/index[.]ts$"] },
+    },
+    {
+      name: "nothing-imports-the-kernel",
+      comment: "The kernel is the composition root: it imports everything, nothing imports it.",
+      severity: "error",
+      from: { path: "^src/", pathNot: KERNEL },
+      to: { path: KERNEL },
+    },
+    ...LAYERS.map((layer, i) => ({
+      name: `layer-${layer}`,
+      comment: `src/${layer}/ may import only ${i === 0 ? "packages" : LAYERS.slice(0, i).join(", ")} (lower layers).`,
+      severity: "error",
+      from: { path: `^src/${layer}/` },
+      to: { path: "^src/", pathNot: `^src/(${LAYERS.slice(0, i + 1).join("|")})/` },
+    })),
+  ],
+  options: {
+    doNotFollow: { path: "node_modules" },
+    exclude: { path: "^(node_modules|gen)/" },
+    // Type-only imports count: a cycle through types is still a cycle between layers.
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: "tsconfig.json" },
+    enhancedResolveOptions: { extensions: [".ts", ".js"] },
+  },
+};

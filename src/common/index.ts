@@ -1,0 +1,18 @@
+/** Small things every layer imports and none owns: clock, internal errors, option readers, readiness types. */
+export { type Clock, systemClock } from "./clock.js";
+export { ConfigError, KernelError, StoreError } from "./errors.js";
+export {
+  readBool,
+  readInt,
+  readSection,
+  readString,
+  readStringList,
+  type RawSection,
+  readObject,
+  readOptionalStringList,
+  POLICY_LIST,
+  readOptionalString,
+  readNumber,
+} from "./fields.js";
+export { type DependencyStatus, type DependencyState, type ReadinessReport } from "./readiness.js";
+export { type ProcessIdentity, processIdentity, isRunning, parseProcessIdentity } from "./process-identity.js";

@@ -1,0 +1,5 @@
+/** The routing capability's public surface: the router, its RPC service and its options. */
+export { agentCallData } from "./agent-channel-pool.js";
+export { createRouter } from "./router.js";
+export { resolveRoutingOptions, type RoutingOptions } from "./routing-options.js";
+export { resolveRoutingServiceOptions, type RoutingServiceOptions, createRoutingService } from "./routing-service.js";

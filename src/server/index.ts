@@ -1,0 +1,25 @@
+/** The server layer's public surface: the interceptor chain's vocabulary, the core interceptors and both transports. */
+export { bindService, type BoundService } from "./bind-service.js";
+export {
+  correlationInterceptor,
+  deadlineInterceptor,
+  errorMappingInterceptor,
+  loggingInterceptor,
+} from "./core-interceptors.js";
+export { createGrpcServer } from "./grpc-server.js";
+export { createHealthService } from "./health-service.js";
+export { createHttpServer, type HttpRoute } from "./http-server.js";
+export {
+  clientIp,
+  kCorrelationId,
+  kLogger,
+  kPeer,
+  methodPath,
+  type CallRequest,
+  type KernelInterceptor,
+  observeStream,
+} from "./interceptor.js";
+export { type LimitOptions } from "./limit-options.js";
+export { methodMatches, createMethodMatcher, DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
+export { derChainFromPeerCertificate, MAX_PEER_CHAIN_LENGTH } from "./peer-certificates.js";
+export { createReflectionService } from "./reflection-service.js";

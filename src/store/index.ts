@@ -1,0 +1,6 @@
+/** The store layer's public surface: the SQLite connection, migrations and the outbox. */
+export { type Db, openDatabase } from "./database.js";
+export { MIGRATIONS } from "./migrations/index.js";
+export { migrateDown, migrateUp, migrationStatus } from "./migrator.js";
+export { type EventSink, type KernelEvent, eventSubject, createOutbox } from "./outbox.js";
+export { checkSqliteWritable } from "./sqlite-readiness.js";
