@@ -15,7 +15,7 @@ import {
 } from "../server/index.js";
 import type { SpiffePrincipalMapper } from "./spiffe-principal-mapper.js";
 import type { ApiKeyStore } from "./api-keys/api-key-store.js";
-import type { JwtVerifier } from "./jwt/jwt-verifier.js";
+import { WrongAudienceError, type JwtVerifier } from "./jwt/jwt-verifier.js";
 import { kPrincipal, type Principal } from "./principal.js";
 
 /** What the authn interceptor needs; a missing verifier disables that kind of credential. */
@@ -161,6 +161,9 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
         reason: e instanceof Error ? e.message : String(e),
         credential: credential.kind,
       });
+      // A genuine token for another audience identifies its bearer: refused as not allowed here.
+      if (e instanceof WrongAudienceError)
+        throw new ConnectError("credential not valid for this service", Code.PermissionDenied);
       throw new ConnectError(REFUSED, Code.Unauthenticated);
     }
     call.ctx.values.set(kPrincipal, principal);

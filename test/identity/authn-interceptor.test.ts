@@ -140,14 +140,15 @@ test("authn - verified peer chains are remembered for peerCacheTtlMs (manual clo
   t.is(verified.length, 2);
 });
 
-test("authn - a bearer JWT authenticates; a bad one is UNAUTHENTICATED", async (t) => {
+test("authn - a bearer JWT authenticates; a bad one is UNAUTHENTICATED, one for another audience PERMISSION_DENIED", async (t) => {
   const { chain, calls } = setup();
   const good = await token({ tenant: "acme", roles: ["VIEWER"] });
   await chain(get("acme", { headers: { authorization: `Bearer ${good}` } }));
   t.like(calls[0]?.ctx.values.get(kPrincipal), { kind: "jwt", id: "jwt:carol", tenant: "acme" });
+  // A genuine token for another service: the bearer is known, just not allowed here (roadmap: 403).
   t.is(
     (await refusal(chain(get("acme", { headers: { authorization: `Bearer ${await token({}, "other-aud")}` } })))).code,
-    Code.Unauthenticated,
+    Code.PermissionDenied,
   );
   t.is(
     (await refusal(chain(get("acme", { headers: { authorization: "Basic dXNlcjpwYXNz" } })))).code,

@@ -19,7 +19,7 @@ import {
   readStringList,
 } from "../../common/index.js";
 import type { Logger } from "../../telemetry/index.js";
-import { CredentialError, TENANT_PATTERN, isRole, type Principal, type Role } from "../principal.js";
+import { CredentialError, ROLES, TENANT_PATTERN, isRole, readRoles, type Principal, type Role } from "../principal.js";
 
 /** Signature algorithms the kernel accepts, if pinned in config. */
 export type JwtAlgorithm = "HS256" | "RS256" | "ES256";
@@ -53,6 +53,19 @@ export interface JwtVerifierOptions {
   tenantClaim: string;
   /** Claim carrying capabilities (array). @default "capabilities" */
   capabilitiesClaim: string;
+  /** Longest accepted lifetime, `exp` minus `iat` (or minus now without `iat`), seconds. @default 86400 */
+  maxLifetimeSec: number;
+  /**
+   * Roles a token's roles claim may grant, by issuer; roles beyond them are ignored, so a token can
+   * never raise its bearer past what the operator allowed that issuer. An issuer not listed may
+   * grant every role but SUPER_ADMIN. @default {}
+   */
+  issuerRoles: Record<string, Role[]>;
+}
+
+/** A genuine token minted for another service: the caller is known but not allowed here (403, not 401). */
+export class WrongAudienceError extends CredentialError {
+  override name = "WrongAudienceError";
 }
 
 /** Default clock tolerance, seconds. */
@@ -67,7 +80,10 @@ export const DEFAULT_JWT_VERIFIER_OPTIONS = {
   rolesClaim: "roles",
   tenantClaim: "tenant",
   capabilitiesClaim: "capabilities",
+  maxLifetimeSec: 86_400,
 } as const;
+
+const ISSUER_DEFAULT_ROLES: readonly Role[] = ROLES.filter((r) => r !== "SUPER_ADMIN");
 
 // Issuers, audiences and algorithms: a lone string is a one-entry list.
 const REQUIRED_LIST = { single: true, nonEmpty: true, minItems: 1 } as const;
@@ -90,7 +106,14 @@ export function resolveJwtVerifierOptions(input: unknown, path = "identity.jwt")
     rolesClaim: readString(o, "rolesClaim", path, d.rolesClaim, { nonEmpty: true }),
     tenantClaim: readString(o, "tenantClaim", path, d.tenantClaim, { nonEmpty: true }),
     capabilitiesClaim: readString(o, "capabilitiesClaim", path, d.capabilitiesClaim, { nonEmpty: true }),
+    maxLifetimeSec: readInt(o, "maxLifetimeSec", path, d.maxLifetimeSec, 1),
+    issuerRoles: {},
   };
+  const issuerRoles = readObject(o.issuerRoles ?? {}, `${path}.issuerRoles`);
+  for (const issuer of Object.keys(issuerRoles)) {
+    if (!out.issuer.includes(issuer)) throw new ConfigError(`${path}.issuerRoles.${issuer}: not one of ${path}.issuer`);
+    out.issuerRoles[issuer] = readRoles(issuerRoles, issuer, `${path}.issuerRoles`) ?? [];
+  }
   if (o.jwksUrl !== undefined && o.jwks !== undefined) throw new ConfigError(`${path}: set jwksUrl or jwks, not both`);
   const jwksUrl = readOptionalString(o, "jwksUrl", path);
   if (jwksUrl !== undefined) {
@@ -182,7 +205,8 @@ export function createJwtVerifier(deps: JwtVerifierDeps, options: JwtVerifierOpt
     const tenant = payload[options.tenantClaim];
     if (tenant !== undefined && (typeof tenant !== "string" || !TENANT_PATTERN.test(tenant)))
       throw new CredentialError("token tenant is not a tenant id");
-    const roles = stringList(payload[options.rolesClaim]).filter((r): r is Role => isRole(r));
+    const allowed = options.issuerRoles[payload.iss ?? ""] ?? ISSUER_DEFAULT_ROLES;
+    const roles = stringList(payload[options.rolesClaim]).filter((r): r is Role => isRole(r) && allowed.includes(r));
     const scopes = payload.scope !== undefined ? stringList(payload.scope) : stringList(payload.scp);
     return {
       kind: "jwt",
@@ -205,9 +229,17 @@ export function createJwtVerifier(deps: JwtVerifierDeps, options: JwtVerifierOpt
           currentDate: new Date(deps.clock.now()),
           requiredClaims: ["exp", "sub"],
         });
+        // jose checks exp and nbf but neither an iat in the future nor how long a token lives.
+        const now = deps.clock.now() / 1000;
+        if (payload.iat !== undefined && payload.iat > now + options.clockToleranceSec)
+          throw new CredentialError("jwt rejected: iat is in the future");
+        if (payload.exp! - (payload.iat ?? now) > options.maxLifetimeSec + options.clockToleranceSec)
+          throw new CredentialError(`jwt rejected: lifetime over ${options.maxLifetimeSec} s`);
         return principalOf(payload);
       } catch (e) {
         if (e instanceof CredentialError) throw e;
+        if (e instanceof errors.JWTClaimValidationFailed && e.claim === "aud")
+          throw new WrongAudienceError("jwt rejected: audience is not this service", { cause: e });
         if (e instanceof errors.JOSEError) throw new CredentialError(`jwt rejected: ${e.code}`, { cause: e });
         deps.logger.error({ err: e }, "jwt verification failed unexpectedly");
         throw new CredentialError("jwt rejected", { cause: e });

@@ -113,7 +113,7 @@ test("jwt - wrong audience, wrong issuer, expired and not-yet-valid tokens are r
     .setSubject("u")
     .setExpirationTime(nowSec() + 60)
     .sign(hmac);
-  t.regex(await rejected(v.verify(wrongAud)), /ERR_JWT_CLAIM_VALIDATION_FAILED/);
+  t.regex(await rejected(v.verify(wrongAud)), /audience is not this service/);
   const wrongIss = await new SignJWT({})
     .setProtectedHeader({ alg: "HS256" })
     .setIssuer("https://evil")
@@ -216,5 +216,47 @@ test("jwt - options: bad input names the field", (t) => {
   t.throws(
     () => resolveJwtVerifierOptions({ issuer: ISS, audience: AUD, clockToleranceSec: -1, jwks: { keys: [{}] } }),
     { message: /identity\.jwt\.clockToleranceSec/ },
+  );
+});
+
+test("jwt - an iat in the future and a lifetime over the cap are rejected", async (t) => {
+  const v = verifier({ algorithms: ["HS256"], hmacSecret: SECRET, clockToleranceSec: 30, maxLifetimeSec: 3600 });
+  const sign = (iat: number | undefined, exp: number) => {
+    const jwt = new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setIssuer(ISS).setAudience(AUD).setSubject("u");
+    if (iat !== undefined) jwt.setIssuedAt(iat);
+    return jwt.setExpirationTime(exp).sign(hmac);
+  };
+  t.regex(await rejected(v.verify(await sign(nowSec() + 120, nowSec() + 600))), /iat is in the future/);
+  t.regex(await rejected(v.verify(await sign(nowSec(), nowSec() + 7200))), /lifetime over 3600 s/);
+  t.regex(await rejected(v.verify(await sign(undefined, nowSec() + 7200))), /lifetime over 3600 s/);
+  // Within the tolerance and the cap: accepted.
+  t.like(await v.verify(await sign(nowSec() + 10, nowSec() + 3600)), { id: "jwt:u" });
+});
+
+test("jwt - a roles claim grants only what the issuer may grant (SUPER_ADMIN never by default)", async (t) => {
+  const sign = (roles: string[]) =>
+    new SignJWT({ roles })
+      .setProtectedHeader({ alg: "HS256" })
+      .setIssuer(ISS)
+      .setAudience(AUD)
+      .setSubject("u")
+      .setExpirationTime(nowSec() + 60)
+      .sign(hmac);
+  const byDefault = verifier({ algorithms: ["HS256"], hmacSecret: SECRET });
+  t.deepEqual((await byDefault.verify(await sign(["SUPER_ADMIN", "ADMIN", "VIEWER"]))).roles, ["ADMIN", "VIEWER"]);
+  const bounded = verifier({ algorithms: ["HS256"], hmacSecret: SECRET, issuerRoles: { [ISS]: ["VIEWER"] } });
+  t.deepEqual((await bounded.verify(await sign(["SUPER_ADMIN", "ADMIN", "VIEWER"]))).roles, ["VIEWER"]);
+  t.throws(
+    () =>
+      resolveJwtVerifierOptions({
+        issuer: ISS,
+        audience: AUD,
+        algorithms: ["HS256"],
+        hmacSecret: "s".repeat(32),
+        issuerRoles: { "https://other": ["VIEWER"] },
+      }),
+    {
+      message: /issuerRoles\.https:\/\/other: not one of identity\.jwt\.issuer/,
+    },
   );
 });
