@@ -180,7 +180,7 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
   return {
     url: `nats://127.0.0.1:${options.port}`,
     async start() {
-      mkdirSync(join(dir, "jetstream"), { recursive: true });
+      mkdirSync(join(dir, "jetstream"), { recursive: true, mode: 0o700 });
       await stopStaleLeaf(pidFile, logger);
       writeFileSync(
         configPath,

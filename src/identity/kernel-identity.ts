@@ -87,7 +87,7 @@ function pepper(options: KernelIdentityOptions, log: Logger): string {
   if (options.identity.apiKeyPepper) return options.identity.apiKeyPepper;
   const file = join(options.dataDir, "api-key-pepper");
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
-  mkdirSync(options.dataDir, { recursive: true });
+  mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
   const generated = randomBytes(32).toString("base64");
   writeFileSync(file, generated + "\n", { mode: 0o600, flag: "wx" });
   log.warn({ file }, "generated an API key pepper; set identity.apiKeyPepper from a secret store in production");
