@@ -5,6 +5,7 @@ import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
 import type { AuditLog } from "../audit/index.js";
+import { kPrincipal } from "../identity/index.js";
 import type { Clock } from "../common/index.js";
 import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
 import type { EventSink } from "../store/index.js";
@@ -27,12 +28,6 @@ export interface RateLimitInterceptorDeps {
 
 /** The billing event type emitted when a tenant nears its quota. */
 export const RATE_LIMIT_EXCEEDED_EVENT = "billing.rate_limit_exceeded.v1";
-
-function tenantOf(input: unknown): string | undefined {
-  if (typeof input !== "object" || input === null || Symbol.asyncIterator in input) return undefined;
-  const t = (input as { tenant?: unknown }).tenant;
-  return typeof t === "string" && t.length > 0 ? t : undefined;
-}
 
 /**
  * The X-RateLimit-* headers of a decision: limit, remaining and reset (delta seconds, like
@@ -144,7 +139,10 @@ export function createRateLimitInterceptor(
   return (next) => async (call) => {
     const { ctx } = call;
     const ip = clientIp(ctx.values.get(kPeer).address);
-    const tenant = tenantOf(call.input);
+    // The tenant quota is the authenticated principal's own tenant, never the request's tenant
+    // field: authz has not checked that field yet, and naming another tenant must not spend its
+    // quota or raise billing events for it. Principals of no tenant are limited by address only.
+    const tenant = ctx.values.get(kPrincipal)?.tenant;
     const correlationId = ctx.values.get(kCorrelationId);
     const decision = await limiter.check(ip, tenant);
     const headers = rateLimitHeaders(decision);

@@ -14,6 +14,7 @@ import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
 import { createAuditLog, type AuditLog } from "../../src/audit/audit-log.js";
 import { systemClock } from "../../src/common/clock.js";
+import { kPrincipal } from "../../src/identity/principal.js";
 import { ConfigError } from "../../src/common/errors.js";
 import {
   createRateLimitInterceptor,
@@ -47,14 +48,25 @@ function harness(redis?: Redis): Harness {
   };
 }
 
-function ctxFor(ip: string): HandlerContext {
+// The caller as authentication leaves it: a principal of `tenant` (none: anonymous).
+function ctxFor(ip: string, tenant?: string): HandlerContext {
+  const values = createContextValues().set(kPeer, { address: `${ip}:40000`, transport: "grpc-js", certificates: [] });
+  if (tenant)
+    values.set(kPrincipal, {
+      kind: "apikey",
+      id: `apikey:${tenant}`,
+      tenant,
+      roles: ["OPERATOR"],
+      scopes: [],
+      capabilities: [],
+    });
   return createHandlerContext({
     service: RoutingService,
     method: RoutingService.method.invoke,
     protocolName: "grpc",
     requestMethod: "POST",
     url: "http://127.0.0.1/nops.kernel.v1.RoutingService/Invoke",
-    contextValues: createContextValues().set(kPeer, { address: `${ip}:40000`, transport: "grpc-js", certificates: [] }),
+    contextValues: values,
   });
 }
 
@@ -64,9 +76,10 @@ async function call(
   handler: CallHandler,
   ip: string,
   tenant?: string,
+  named: string | undefined = tenant,
 ): Promise<{ ctx: HandlerContext; result?: CallResult; error?: ConnectError }> {
-  const ctx = ctxFor(ip);
-  const input = create(InvokeRequestSchema, { tenant: tenant ?? "", capability: "echo" });
+  const ctx = ctxFor(ip, tenant);
+  const input = create(InvokeRequestSchema, { tenant: named ?? "", capability: "echo" });
   try {
     return {
       ctx,
@@ -254,4 +267,22 @@ test("rate limit options - bad input names the field", (t) => {
   t.deepEqual(resolveRateLimitOptions({}).tierLimits, { 1: 100, 2: 500, 3: 5000 });
   t.is(clientIp("[::1]:5000"), "::1");
   t.is(clientIp("127.0.0.1:5000"), "127.0.0.1");
+});
+
+test("rate limit interceptor - the quota is the principal's own tenant: naming another tenant spends none of its quota", async (t) => {
+  const h = harness();
+  const options = resolveRateLimitOptions({ ipLimit: 1000, tierLimits: { 1: 3 }, tenantWindowMs: 60_000 });
+  const handler = createRateLimitInterceptor(h.deps, options)(ok);
+  // acme's caller names globex in every request: acme's quota is spent, globex's is untouched.
+  for (let i = 0; i < 3; i++) t.falsy((await call(handler, "10.0.0.1", "acme", "globex")).error);
+  t.is((await call(handler, "10.0.0.1", "acme", "globex")).error?.code, Code.ResourceExhausted);
+  t.falsy((await call(handler, "10.0.0.2", "globex")).error, "globex still has its whole quota");
+  const tenants = h.db.prepare("SELECT DISTINCT tenant FROM outbox").all() as { tenant: string }[];
+  t.false(
+    tenants.some((r) => r.tenant === "globex"),
+    "no billing event for the tenant that was only named",
+  );
+  // Anonymous callers are limited by address only, whatever tenant they name.
+  const anonymous = await call(handler, "10.0.0.3", undefined, "globex");
+  t.is(anonymous.ctx.responseHeader.get("x-ratelimit-tier"), "ip");
 });
