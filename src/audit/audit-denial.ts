@@ -51,7 +51,10 @@ export function createDenialAuditor(
     // Tenants and reasons may echo caller input: bound their size in the audit row.
     const tenant = denial.tenant.slice(0, 63);
     const reason = denial.reason.slice(0, 300);
-    const key = [denial.action, denial.actor, clientIp(peer), path, tenant, reason].join("\u0000");
+    // Failed authentications from one address count as one refusal per kind of credential,
+    // whatever each guess said (a reason names the key id tried): 1,000 bad keys are one row.
+    const what = denial.action === "authn.deny" ? `credential:${denial.credential ?? ""}` : reason;
+    const key = [denial.action, denial.actor, clientIp(peer), path, tenant, what].join("\u0000");
     const now = clock.now();
     const seen = recent.get(key);
     if (seen && seen.until > now) {

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { RateLimiterMemory } from "rate-limiter-flexible";
 import { type AuditLog, createDenialAuditor } from "../audit/index.js";
 import { type Clock, POLICY_LIST, readBool, readInt, readObject, readStringList } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -8,6 +9,7 @@ import {
   DEFAULT_PUBLIC_METHODS,
   checkMethodPattern,
   createMethodMatcher,
+  clientIp,
   kPeer,
   methodPath,
   type CallRequest,
@@ -44,6 +46,16 @@ export interface AuthnOptions {
   peerCacheTtlMs: number;
   /** Most peer chains remembered. @default 10000 */
   peerCacheMax: number;
+  /**
+   * Failed authentications one client address may make per `failureWindowMs`; past it, its
+   * credentialed calls are refused RESOURCE_EXHAUSTED with Retry-After before any verification.
+   * @default 20
+   */
+  failuresPerAddress: number;
+  /** Failed authentications per API key id (from any address) per window, against guessing one key's secret. @default 10 */
+  failuresPerCredential: number;
+  /** @default 60000 */
+  failureWindowMs: number;
 }
 
 /** Defaults for AuthnOptions. */
@@ -52,6 +64,9 @@ export const DEFAULT_AUTHN_OPTIONS: Readonly<AuthnOptions> = {
   allowAnonymous: false,
   peerCacheTtlMs: 60_000,
   peerCacheMax: 10_000,
+  failuresPerAddress: 20,
+  failuresPerCredential: 10,
+  failureWindowMs: 60_000,
 };
 
 /** Validates a partial authn config; throws ConfigError naming the field. */
@@ -65,6 +80,9 @@ export function resolveAuthnOptions(input: unknown, path = "authn"): AuthnOption
     allowAnonymous: readBool(o, "allowAnonymous", path, d.allowAnonymous),
     peerCacheTtlMs: readInt(o, "peerCacheTtlMs", path, d.peerCacheTtlMs, 0),
     peerCacheMax: readInt(o, "peerCacheMax", path, d.peerCacheMax, 1),
+    failuresPerAddress: readInt(o, "failuresPerAddress", path, d.failuresPerAddress, 1),
+    failuresPerCredential: readInt(o, "failuresPerCredential", path, d.failuresPerCredential, 1),
+    failureWindowMs: readInt(o, "failureWindowMs", path, d.failureWindowMs, 1000),
   };
 }
 
@@ -146,14 +164,56 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     }
   }
 
+  // Failed authentications per client address and per API key id. A caller over either budget is
+  // refused before verification, so a flood of guesses costs neither hashing nor audit rows.
+  const failures = {
+    address: new RateLimiterMemory({ points: options.failuresPerAddress, duration: options.failureWindowMs / 1000 }),
+    credential: new RateLimiterMemory({
+      points: options.failuresPerCredential,
+      duration: options.failureWindowMs / 1000,
+    }),
+  };
+  const keysOf = (call: CallRequest, credential: Credential) => {
+    const keyId = credential.kind === "apikey" ? /^nops_([0-9a-f]{24})_/.exec(credential.key)?.[1] : undefined;
+    return { address: clientIp(call.ctx.values.get(kPeer).address), keyId };
+  };
+  const overBudget = async (limiter: RateLimiterMemory, key: string, points: number): Promise<number> => {
+    const state = await limiter.get(key);
+    return state && state.consumedPoints >= points ? state.msBeforeNext : 0;
+  };
+  const throttled = (call: CallRequest, credential: Credential, waitMs: number): ConnectError => {
+    denials(call, {
+      actor: "anonymous",
+      action: "authn.deny",
+      tenant: "",
+      reason: "too many failed authentications",
+      credential: credential.kind,
+    });
+    const retryAfter = String(Math.max(1, Math.ceil(waitMs / 1000)));
+    call.ctx.responseHeader.set("retry-after", retryAfter);
+    return new ConnectError("too many failed authentications", Code.ResourceExhausted, { "retry-after": retryAfter });
+  };
+
   return (next) => async (call) => {
     if (isPublic(methodPath(call.method))) return next(call);
     const credential = credentialOf(call);
     if (credential.kind === "none" && options.allowAnonymous) return next(call);
+    const keys = keysOf(call, credential);
+    // An address over its budget is refused before any verification: a flood costs nothing.
+    const addressWait = await overBudget(failures.address, keys.address, options.failuresPerAddress);
+    if (addressWait > 0) throw throttled(call, credential, addressWait);
     let principal: Principal;
     try {
       principal = await authenticate(call, credential);
     } catch (e) {
+      await failures.address.consume(keys.address).catch(() => undefined);
+      // A key id under attack answers its failures 429: the holder of the real secret still gets
+      // in (it verifies first), the guesser is told to stop.
+      if (keys.keyId) {
+        await failures.credential.consume(keys.keyId).catch(() => undefined);
+        const keyWait = await overBudget(failures.credential, keys.keyId, options.failuresPerCredential);
+        if (keyWait > 0) throw throttled(call, credential, keyWait);
+      }
       denials(call, {
         actor: "anonymous",
         action: "authn.deny",

@@ -28,12 +28,18 @@ export interface CallInit {
   headers?: Record<string, string>;
   certificates?: Uint8Array[];
   correlationId?: string;
+  /** Peer address. @default "127.0.0.1:40000" */
+  address?: string;
 }
 
 /** A CallRequest for `method` as a transport adapter would build it. */
 export function makeCall(method: DescMethod, input: unknown, init: CallInit = {}): CallRequest {
   const values = createContextValues();
-  values.set(kPeer, { address: "127.0.0.1:40000", transport: "grpc-js", certificates: init.certificates ?? [] });
+  values.set(kPeer, {
+    address: init.address ?? "127.0.0.1:40000",
+    transport: "grpc-js",
+    certificates: init.certificates ?? [],
+  });
   values.set(kCorrelationId, init.correlationId ?? "corr-test");
   if (init.principal) values.set(kPrincipal, init.principal);
   const ctx = createHandlerContext({

@@ -202,3 +202,35 @@ test("authn - options: bad input names the field", (t) => {
   t.throws(() => resolveAuthnOptions({ publicMethods: ["health"] }), { message: /authn\.publicMethods\[0\]/ });
   t.throws(() => resolveAuthnOptions({ peerCacheTtlMs: -1 }), { message: /authn\.peerCacheTtlMs/ });
 });
+
+test("authn - a key id under attack answers guesses 429 from any address; its holder still gets in", async (t) => {
+  const { authnOnly, apiKeys } = setup({ failuresPerCredential: 3, failuresPerAddress: 100 });
+  const issued = apiKeys.create({
+    tenant: "acme",
+    agentId: "",
+    name: "k",
+    role: "VIEWER",
+    scopes: [],
+    createdBy: "test",
+  });
+  const wrong = issued.key.replace(/_[^_]+$/, `_${"A".repeat(43)}`);
+  const codes: Code[] = [];
+  for (let i = 0; i < 6; i++) {
+    const headers = { "x-api-key": wrong };
+    codes.push((await refusal(authnOnly(get("acme", { headers, address: `10.0.0.${i}:5000` })))).code);
+  }
+  t.deepEqual(codes.slice(0, 2), [Code.Unauthenticated, Code.Unauthenticated]);
+  t.deepEqual(codes.slice(3), [Code.ResourceExhausted, Code.ResourceExhausted, Code.ResourceExhausted]);
+  await authnOnly(get("acme", { headers: { "x-api-key": issued.key }, address: "10.0.0.99:5000" }));
+  t.pass();
+});
+
+test("authn - an address over its failure budget is refused before verification", async (t) => {
+  const { authnOnly } = setup({ failuresPerAddress: 2 });
+  const codes: Code[] = [];
+  for (let i = 0; i < 4; i++)
+    codes.push((await refusal(authnOnly(get("acme", { headers: { "x-api-key": "nops_bad" } })))).code);
+  t.deepEqual(codes, [Code.Unauthenticated, Code.Unauthenticated, Code.ResourceExhausted, Code.ResourceExhausted]);
+  const other = await refusal(authnOnly(get("acme", { headers: { "x-api-key": "nops_bad" }, address: "10.9.9.9:1" })));
+  t.is(other.code, Code.Unauthenticated, "another address has its own budget");
+});
