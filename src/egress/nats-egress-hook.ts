@@ -1,10 +1,12 @@
 import type { EgressDecision, EgressGuard } from "./egress-guard.js";
-import { TENANT_HEADER } from "./egress-interceptors.js";
-import { OVERRIDE_HEADER } from "./override-grant.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { EventEnvelopeSchema, Origin, type EventEnvelope } from "../../gen/nops/events/v1/envelope_pb.js";
 
-/** Headers of a NATS message as the relay holds them (any object with `get`). */
+/** Headers of a NATS message as the relay holds them. */
 export interface NatsHeadersLike {
   get(name: string): string;
+  /** Every header name, so the guard can read all of them. */
+  names?(): string[];
 }
 
 /** Called by the event relay before it publishes to a subject; publish only when `allowed`. */
@@ -32,32 +34,43 @@ export function subjectMatches(pattern: string, subject: string): boolean {
 }
 
 // The guard's own decision records (egress.*, dge.*) carry only redacted metadata; checking them
-// would record a decision about each decision, forever.
-const GUARD_RECORD = /^nops\.events\.[^.]+\.(egress|dge)\./;
+// would record a decision about each decision, forever. Only the kernel can write them: the
+// envelope's origin is set by the kernel, and callers may not publish into these namespaces.
+const GUARD_RECORD_TYPE = /^(egress|dge)\./;
+
+function envelopeOf(payload: Uint8Array): EventEnvelope | undefined {
+  try {
+    return fromBinary(EventEnvelopeSchema, payload);
+  } catch {
+    return undefined;
+  }
+}
 
 /**
- * Creates the pre-publish hook: the guard's own records and local subjects pass without asking
- * anyone; crossing subjects go
- * through the guard with the tenant from the x-nops-tenant header or the subject
- * (`nops.events.<tenant>.…`). The payload (an EventEnvelope) is read as protobuf wire text.
+ * Creates the pre-publish hook: the kernel's own decision records and local subjects pass without
+ * asking anyone; crossing subjects go through the guard under the tenant of the subject
+ * (`nops.events.<tenant>.…`, built by the kernel from the authenticated caller's tenant: no
+ * header can change it). The guard reads what the event carries, not the kernel's ids around
+ * it: the event type, its payload and the caller's headers.
  */
 export function createNatsEgressHook(guard: EgressGuard, options: NatsEgressHookOptions): NatsPrePublishHook {
   return async (subject, payload, headers) => {
-    if (GUARD_RECORD.test(subject))
+    const envelope = envelopeOf(payload);
+    if (envelope?.origin === Origin.KERNEL && GUARD_RECORD_TYPE.test(envelope.type))
       return { allowed: true, reason: "guard_record", tier: "", classification: "", cached: false };
     if (!options.crossingSubjects.some((p) => subjectMatches(p, subject))) {
       return { allowed: true, reason: "local_subject", tier: "", classification: "", cached: false };
     }
-    const fromSubject = /^nops\.events\.([^.]+)\./.exec(subject)?.[1] ?? "";
-    const tenant = headers?.get(TENANT_HEADER) || fromSubject;
-    const override = headers?.get(OVERRIDE_HEADER) || undefined;
+    const tenant = /^nops\.events\.([^.]+)\./.exec(subject)?.[1] ?? "";
+    const carried: Record<string, string> = {};
+    for (const name of headers?.names?.() ?? []) carried[name] = headers?.get(name) ?? "";
     return guard.check({
       tenant,
       transport: "nats",
       destination: subject,
       dataType: subject.split(".").slice(3).join(".") || subject,
-      payload,
-      override,
+      // Event ids, correlation ids and the source edge are kernel-minted structure, not data.
+      payload: envelope ? { type: envelope.type, payload: envelope.payload, headers: carried } : payload,
     });
   };
 }

@@ -10,10 +10,10 @@ import {
   type MsgRequest,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
-import { type Db, eventSubject } from "../store/index.js";
+import { type Db, RESERVED_EVENT_NAMESPACES, callerHeaders, eventSubject } from "../store/index.js";
 import { type Clock, readInt, readObject } from "../common/index.js";
 import { type Logger, contextFromTraceparent, currentTraceparent, startConsumerSpan } from "../telemetry/index.js";
-import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
+import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import {
   AckAction,
   DeadLetterReason,
@@ -218,12 +218,14 @@ export function createEventBusService(
         payload: r.payload,
         correlationId: r.correlationId,
         traceparent,
+        origin: Origin.CALLER,
       });
       const outboxId = Number(
         insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now)
           .lastInsertRowid,
       );
-      if (Object.keys(r.headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(r.headers));
+      const headers = callerHeaders(r.headers);
+      if (Object.keys(headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(headers));
       if (r.idempotencyKey !== "")
         bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
       return {
@@ -274,6 +276,9 @@ export function createEventBusService(
     checkTenant(r.tenant);
     if (r.subject === "") throw invalid("subject", "is required");
     checkSubject("subject", r.subject, false);
+    const namespace = r.subject.split(".")[0] ?? "";
+    if (RESERVED_EVENT_NAMESPACES.includes(namespace))
+      throw invalid("subject", `namespace "${namespace}" is reserved for the kernel's own events`);
     if (r.payload.byteLength > options.maxPayloadBytes)
       throw invalid("payload", `must be at most ${options.maxPayloadBytes} bytes`);
     const names = Object.keys(r.headers);

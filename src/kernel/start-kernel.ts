@@ -244,7 +244,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
     const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
     const prePublish: PrePublishHook = async (subject, payload, headers) => {
-      const d = await natsEgress(subject, payload, { get: (name) => headers[name] ?? "" });
+      const d = await natsEgress(subject, payload, {
+        get: (name) => headers[name] ?? "",
+        names: () => Object.keys(headers),
+      });
       return { allowed: d.allowed, reason: d.reason };
     };
     const bus = createEventBus(

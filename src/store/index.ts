@@ -2,5 +2,13 @@
 export { type Db, openDatabase } from "./database.js";
 export { MIGRATIONS } from "./migrations/index.js";
 export { migrateDown, migrateUp, migrationStatus } from "./migrator.js";
-export { type EventSink, type KernelEvent, eventSubject, createOutbox } from "./outbox.js";
+export {
+  type EventSink,
+  type KernelEvent,
+  eventSubject,
+  createOutbox,
+  RESERVED_EVENT_NAMESPACES,
+  KERNEL_EVENT_HEADERS,
+  callerHeaders,
+} from "./outbox.js";
 export { checkSqliteWritable } from "./sqlite-readiness.js";

@@ -3,7 +3,7 @@ import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Db } from "./database.js";
 import type { Clock } from "../common/index.js";
-import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
+import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 
 /** An event to record: a versioned type and its protobuf payload. */
 export interface KernelEvent<Desc extends DescMessage = DescMessage> {
@@ -44,6 +44,38 @@ export function eventSubject(tenant: string, type: string): string {
   return `nops.events.${tenant}.${type}`;
 }
 
+/**
+ * First subject tokens of the kernel's own event types (agent.registered.v1, egress.blocked.v1,
+ * …): a caller may not publish into them, so a consumer can trust that such an event came from
+ * the kernel, and nothing a caller writes can pass for the guard's own records.
+ */
+export const RESERVED_EVENT_NAMESPACES: readonly string[] = [
+  "agent",
+  "apikey",
+  "audit",
+  "billing",
+  "degraded",
+  "dge",
+  "egress",
+  "federation",
+  "kernel",
+  "nops",
+];
+
+/**
+ * Event headers the kernel itself acts on (the tenant of an egress decision, a break-glass
+ * grant). They are stripped from what a caller publishes before the outbox and never forwarded:
+ * the tenant comes from the authenticated caller and a grant is never replayed from a queue.
+ */
+export const KERNEL_EVENT_HEADERS: readonly string[] = ["x-nops-tenant", "x-enis-override"];
+
+/** A caller's event headers without the ones the kernel acts on (case-insensitive). */
+export function callerHeaders(headers: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) if (!KERNEL_EVENT_HEADERS.includes(k.toLowerCase())) out[k] = v;
+  return out;
+}
+
 /** Creates the SQLite outbox writer. */
 export function createOutbox(db: Db, options: OutboxOptions): EventSink {
   const insert = db.prepare(
@@ -63,6 +95,7 @@ export function createOutbox(db: Db, options: OutboxOptions): EventSink {
         payload: toBinary(event.schema, event.payload),
         traceparent: event.traceparent ?? "",
         correlationId: event.correlationId ?? "",
+        origin: Origin.KERNEL,
       });
       const subject = eventSubject(event.tenant, event.type);
       const info = insert.run(eventId, event.type, event.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now);

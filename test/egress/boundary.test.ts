@@ -47,7 +47,7 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
   { pattern: /^src\/server\/.+\.ts$/, reason: "listening servers and health probes on loopback, no outbound calls" },
   { pattern: /^src\/dge\/.+\.ts$/, reason: "the reference DGE server: it listens, it does not call out" },
   {
-    pattern: /^src\/main\.ts$/,
+    pattern: /^src\/kernel\/start-kernel\.ts$/,
     reason: "wiring: opens the local Redis/NATS connections handed to the components above",
   },
 ];

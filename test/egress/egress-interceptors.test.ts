@@ -1,5 +1,7 @@
+import { randomUUID } from "node:crypto";
+import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import * as grpc from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, connectNodeAdapter } from "@connectrpc/connect-node";
 import { createServer, type ServerHttp2Session } from "node:http2";
@@ -133,4 +135,47 @@ test("egress interceptors - NATS pre-publish hook: hub-crossing subjects are che
   });
   t.true(subjectMatches("a.*.c", "a.b.c"));
   t.false(subjectMatches("a.>", "a"));
+});
+
+function envelope(init: MessageInitShape<typeof EventEnvelopeSchema>): Uint8Array {
+  return toBinary(EventEnvelopeSchema, create(EventEnvelopeSchema, { id: randomUUID(), source: "edge-test", ...init }));
+}
+
+test("egress interceptors - NATS hook: only the kernel's own egress/dge records are exempt, by origin, not subject text", async (t) => {
+  const guard = await makeGuard(t);
+  const hook = createNatsEgressHook(guard, { crossingSubjects: ["nops.events.*.>"] });
+  const subject = "nops.events.acme.egress.blocked.v1";
+  const pii = new TextEncoder().encode("card 4111 1111 1111 1111 for anna@example.com");
+  t.like(await hook(subject, envelope({ type: "egress.blocked.v1", payload: pii, origin: Origin.KERNEL })), {
+    allowed: true,
+    reason: "guard_record",
+  });
+  for (const origin of [Origin.CALLER, Origin.UNSPECIFIED])
+    t.like(await hook(subject, envelope({ type: "egress.blocked.v1", payload: pii, origin })), { allowed: false });
+});
+
+test("egress interceptors - NATS hook: the tenant is the subject's, no header changes it; caller headers are classified", async (t) => {
+  const guard = await makeGuard(t);
+  const hook = createNatsEgressHook(guard, { crossingSubjects: ["nops.events.*.>"] });
+  const clean = envelope({ type: "orders.created.v1", payload: new TextEncoder().encode('{"order":"o-1"}') });
+  const headersOf = (h: Record<string, string>) => ({ get: (n: string) => h[n] ?? "", names: () => Object.keys(h) });
+  const asGlobex = await hook("nops.events.globex.orders.created.v1", clean);
+  const claimingAcme = await hook(
+    "nops.events.globex.orders.created.v1",
+    clean,
+    headersOf({ "x-nops-tenant": "acme" }),
+  );
+  t.is(claimingAcme.tier, asGlobex.tier, "decided under the subject's tenant");
+  t.like(
+    await hook("nops.events.globex.orders.created.v1", clean, headersOf({ note: "mail anna@example.com" })),
+    { allowed: false },
+    "PII in a caller header is judged like PII in the payload",
+  );
+  // Kernel-minted structure (event id, correlation id, source) is not data.
+  const structural = envelope({
+    type: "orders.created.v1",
+    correlationId: "anna@example.com",
+    payload: new TextEncoder().encode('{"order":"o-1"}'),
+  });
+  t.like(await hook("nops.events.globex.orders.created.v1", structural), { allowed: true });
 });
