@@ -15,3 +15,18 @@ export {
   readNumber,
 } from "./fields.js";
 export { type DependencyStatus, type DependencyState, type ReadinessReport } from "./readiness.js";
+export {
+  alreadyExists,
+  canceled,
+  checkTenant,
+  deadlineExceeded,
+  failedPrecondition,
+  internalError,
+  invalidArgument,
+  notFound,
+  permissionDenied,
+  resourceExhausted,
+  unauthenticated,
+  unavailable,
+} from "./rpc-errors.js";
+export { TENANT_PATTERN, TENANT_PROBLEM } from "./tenant.js";

@@ -1,7 +1,14 @@
 import { createHash } from "node:crypto";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type AuditLog, createDenialAuditor } from "../audit/index.js";
-import { type Clock, POLICY_LIST, readBool, readInt, readObject, readStringList } from "../common/index.js";
+import {
+  type Clock,
+  POLICY_LIST,
+  readBool,
+  readInt,
+  readObject,
+  readStringList,
+  unauthenticated,
+} from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
 import {
@@ -161,7 +168,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
         reason: e instanceof Error ? e.message : String(e),
         credential: credential.kind,
       });
-      throw new ConnectError(REFUSED, Code.Unauthenticated);
+      throw unauthenticated(REFUSED);
     }
     call.ctx.values.set(kPrincipal, principal);
     return next(call);
