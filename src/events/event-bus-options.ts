@@ -16,7 +16,10 @@ export interface EventBusOptions {
   streamMaxBytes: number;
   /** Edge stream max age; old messages age out so the stream does not stay full. @default 604800000 (7 days) */
   streamMaxAgeMs: number;
-  /** JetStream duplicate window of the edge stream: bounds how long after a crash a re-publish is still deduplicated. @default 7200000 (2 h) */
+  /**
+   * JetStream duplicate window of the edge stream: bounds how long after a crash a re-publish is still
+   * deduplicated. @default 7200000 (2 h)
+   */
   duplicateWindowMs: number;
   /** JetStream domain of the hub. @default "hub" */
   hubDomain: string;
