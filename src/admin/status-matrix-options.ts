@@ -6,6 +6,7 @@ import {
   readString,
   readStringList,
   type RawSection,
+  TENANT_PATTERN,
 } from "../common/index.js";
 
 /** What a capability does when a dependency fails. */
@@ -130,7 +131,6 @@ export const DEFAULT_STATUS_MATRIX_OPTIONS: StatusMatrixOptions = {
 
 const CRITICALITIES: readonly Criticality[] = ["CRITICAL", "ESSENTIAL", "BEST_EFFORT"];
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
-const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const SPEC_FIELDS: CapabilitySpec = {
   criticality: "CRITICAL",
   dependsOn: [],
@@ -178,7 +178,9 @@ export function resolveStatusMatrixOptions(input: unknown = {}, path = "admin.st
   }
   return {
     capabilities,
-    systemTenant: readString(s, "systemTenant", path, DEFAULT_STATUS_MATRIX_OPTIONS.systemTenant, { pattern: TENANT }),
+    systemTenant: readString(s, "systemTenant", path, DEFAULT_STATUS_MATRIX_OPTIONS.systemTenant, {
+      pattern: TENANT_PATTERN,
+    }),
     intervalMs: readInt(s, "intervalMs", path, DEFAULT_STATUS_MATRIX_OPTIONS.intervalMs, 100, 3_600_000),
   };
 }

@@ -44,7 +44,7 @@ export interface StatusReport extends ReadinessReport {
 
 /** What the status matrix needs. */
 export interface StatusMatrixDeps {
-  /** Probes by dependency name (sqlite, nats-leaf, hub-link, redis, dge, workload-api, …); only configured dependencies. */
+  /** Probes by dependency name (sqlite, nats-leaf, hub-link, redis, dge, workload-api, …); configured ones only. */
   probes: Record<string, DependencyProbe>;
   /** Where degraded.mode.* events go (the SQLite outbox). */
   events: EventSink;

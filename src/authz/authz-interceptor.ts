@@ -1,6 +1,5 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type AuditLog, createDenialAuditor, type DenialAuditor } from "../audit/index.js";
-import type { Clock } from "../common/index.js";
+import { type Clock, permissionDenied, unauthenticated } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { kPrincipal, type Principal } from "../identity/index.js";
 import { methodPath, type CallRequest, type KernelInterceptor, createMethodMatcher } from "../server/index.js";
@@ -36,7 +35,7 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
     if (!principal) {
       if (options.allowAnonymous) return next(call);
       denials(call, { actor: "anonymous", action: "authn.deny", tenant: "", reason: "no principal reached authz" });
-      throw new ConnectError("unauthenticated", Code.Unauthenticated);
+      throw unauthenticated();
     }
     const kind = call.method.methodKind;
     if (kind === "unary" || kind === "server_streaming") {
@@ -71,7 +70,7 @@ function check(
     tenant: targets.tenants[0] ?? principal.tenant ?? "",
     reason: decision.reason,
   });
-  throw new ConnectError(DENIED_MESSAGE, Code.PermissionDenied);
+  throw permissionDenied(DENIED_MESSAGE);
 }
 
 async function* checkEach(

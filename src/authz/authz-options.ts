@@ -6,16 +6,9 @@ import {
   readSection,
   readStringList,
   POLICY_LIST,
-} from "../common/index.js";
-import {
-  ROLES,
   TENANT_PATTERN,
-  isRole,
-  readRoles,
-  type Role,
-  parseRequiredScope,
-  parseScopeGrant,
-} from "../identity/index.js";
+} from "../common/index.js";
+import { ROLES, isRole, readRoles, type Role, parseRequiredScope, parseScopeGrant } from "../identity/index.js";
 import { DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "../server/index.js";
 
 /**

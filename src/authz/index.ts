@@ -1,3 +1,3 @@
-/** The authorization capability's public surface: its options and the interceptor that enforces roles, scopes and tenants. */
+/** The authorization capability's public surface: its options and the interceptor enforcing roles, scopes, tenants. */
 export { createAuthzInterceptor } from "./authz-interceptor.js";
 export { resolveAuthzOptions, type AuthzOptions } from "./authz-options.js";

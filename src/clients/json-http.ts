@@ -1,5 +1,5 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type EgressGuard, TENANT_HEADER, createGuardedFetch } from "../egress/index.js";
+import { failedPrecondition, unavailable } from "../common/index.js";
 
 /** Options every approved HTTP client takes. */
 export interface JsonHttpClientOptions {
@@ -30,10 +30,7 @@ export function createJsonPost(
       signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
     });
     if (!res.ok)
-      throw new ConnectError(
-        `${destination} answered HTTP ${res.status}`,
-        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
-      );
+      throw (res.status >= 500 ? unavailable : failedPrecondition)(`${destination} answered HTTP ${res.status}`);
     return (await res.json()) as T;
   };
 }

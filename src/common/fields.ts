@@ -109,7 +109,10 @@ function checkString(v: string, field: string, check?: StringCheck): void {
   }
 }
 
-/** Reads a string field, optionally constrained to a pattern or a set of values; `nonEmpty` with fallback "" makes it required. */
+/**
+ * Reads a string field, optionally constrained to a pattern or a set of values; `nonEmpty` with fallback ""
+ * makes it required.
+ */
 export function readString(s: RawSection, key: string, path: string, fallback: string, check?: StringCheck): string {
   const v = s[key];
   if (v === undefined) {
@@ -134,7 +137,7 @@ export function readBool(s: RawSection, key: string, path: string, fallback: boo
   return v;
 }
 
-/** Checks a list of strings must pass: `check` applies to each entry; `single` takes a lone string as a one-entry list. */
+/** Checks a list of strings must pass: `check` applies to each entry; `single` reads a lone string as a list. */
 export interface StringListCheck extends StringCheck {
   minItems?: number;
   single?: boolean;

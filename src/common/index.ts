@@ -1,4 +1,7 @@
-/** Small things every layer imports and none owns: clock, internal errors, option readers, readiness types. */
+/**
+ * Small things every layer imports and none owns: clock, internal errors, option readers, readiness types,
+ * the RPC error vocabulary and the tenant id pattern.
+ */
 export { type Clock, systemClock } from "./clock.js";
 export { ConfigError, KernelError, StoreError } from "./errors.js";
 export {
@@ -16,3 +19,18 @@ export {
 } from "./fields.js";
 export { type DependencyStatus, type DependencyState, type ReadinessReport } from "./readiness.js";
 export { type ProcessIdentity, processIdentity, isRunning, parseProcessIdentity } from "./process-identity.js";
+export {
+  alreadyExists,
+  canceled,
+  checkTenant,
+  deadlineExceeded,
+  failedPrecondition,
+  internalError,
+  invalidArgument,
+  notFound,
+  permissionDenied,
+  resourceExhausted,
+  unauthenticated,
+  unavailable,
+} from "./rpc-errors.js";
+export { TENANT_PATTERN, TENANT_PROBLEM } from "./tenant.js";

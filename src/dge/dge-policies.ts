@@ -1,6 +1,14 @@
 import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { ConfigError, readSection, readInt, readString, readStringList, type RawSection } from "../common/index.js";
+import {
+  ConfigError,
+  readSection,
+  readInt,
+  readString,
+  readStringList,
+  type RawSection,
+  TENANT_PATTERN,
+} from "../common/index.js";
 import { PolicySchema, type Classification, type Policy } from "../../gen/nops/dge/v1/dge_pb.js";
 import {
   EGRESS_CLASS_NAMES,
@@ -42,7 +50,6 @@ export const DEFAULT_DGE_POLICY: Readonly<DgePolicySpec> = {
   ttlSeconds: DEFAULT_DGE_POLICY_TTL_SECONDS,
 };
 const TIER_KEYS = ["1", "2", "3"] as const;
-const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 function resolveSpec(input: unknown, path: string, base: DgePolicySpec): DgePolicySpec {
   const s: RawSection = readSection(input, path, DEFAULT_DGE_POLICY);
@@ -75,7 +82,7 @@ export function resolveDgePoliciesOptions(input: unknown, path = "dge.policies")
   if (typeof tenantsIn !== "object" || Array.isArray(tenantsIn))
     throw new ConfigError(`${path}.tenants must be an object`);
   for (const [tenant, perTier] of Object.entries(tenantsIn as Record<string, unknown>)) {
-    if (!TENANT_RE.test(tenant))
+    if (!TENANT_PATTERN.test(tenant))
       throw new ConfigError(`${path}.tenants: ${JSON.stringify(tenant)} is not a valid tenant id`);
     const t = readSection(perTier, `${path}.tenants.${tenant}`, { 1: 0, 2: 0, 3: 0 });
     tenants[tenant] = Object.fromEntries(

@@ -1,6 +1,6 @@
 import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import type { Clock } from "../common/index.js";
+import { type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { type Clock, checkTenant, invalidArgument } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import {
   ClassificationSchema,
@@ -50,17 +50,9 @@ export interface DgeServiceDeps {
   maxDataChars: number;
 }
 
-const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
-function requireTenant(tenant: string): void {
-  if (!TENANT_RE.test(tenant))
-    throw new ConnectError("tenant: must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
-}
-
 function requireTier(tier: Tier): TierName {
   const t = tierNameOf(tier);
-  if (t === undefined)
-    throw new ConnectError("tier: must be TIER_1, TIER_2, TIER_3 or TIER_AIR_GAPPED", Code.InvalidArgument);
+  if (t === undefined) throw invalidArgument("tier", "must be TIER_1, TIER_2, TIER_3 or TIER_AIR_GAPPED");
   return t;
 }
 
@@ -76,8 +68,7 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
     return message;
   }
   function checkData(data: string): void {
-    if (data.length > deps.maxDataChars)
-      throw new ConnectError(`data: longer than ${deps.maxDataChars} characters`, Code.InvalidArgument);
+    if (data.length > deps.maxDataChars) throw invalidArgument("data", `longer than ${deps.maxDataChars} characters`);
   }
   return {
     classify(req, ctx) {
@@ -90,12 +81,12 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       return signed(ctx, ClassifyResponseSchema, create(ClassifyResponseSchema, { classification }));
     },
     getPolicy(req, ctx) {
-      requireTenant(req.tenant);
+      checkTenant(req.tenant);
       const policy = policyFor(deps.policies(), req.tenant, requireTier(req.tier));
       return signed(ctx, GetPolicyResponseSchema, create(GetPolicyResponseSchema, { policy }));
     },
     validateEgress(req, ctx) {
-      requireTenant(req.tenant);
+      checkTenant(req.tenant);
       checkData(req.data);
       const tier = requireTier(req.tier);
       const policy = policyFor(deps.policies(), req.tenant, tier);

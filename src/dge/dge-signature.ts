@@ -53,7 +53,7 @@ export interface DgeSignatureVerifier {
   verify(header: string | null, method: string, body: Uint8Array): void;
 }
 
-/** Creates a verifier; nonces are remembered for twice the skew window (after that the timestamp check refuses them). */
+/** Creates a verifier; nonces are kept for twice the skew window (after that the timestamp check refuses them). */
 export function createDgeSignatureVerifier(
   keys: DgeKeyring,
   clock: Clock,

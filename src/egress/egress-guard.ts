@@ -5,7 +5,16 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import type { AuditLog } from "../audit/index.js";
-import { type Clock, ConfigError, readBool, readInt, readSection, type RawSection } from "../common/index.js";
+import {
+  type Clock,
+  ConfigError,
+  readBool,
+  readInt,
+  readSection,
+  type RawSection,
+  permissionDenied,
+  TENANT_PATTERN,
+} from "../common/index.js";
 import type { Db, EventSink } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { Verdict, type Classification, type DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
@@ -60,7 +69,6 @@ export const DEFAULT_EGRESS_TIER: TierName = 3;
 export const DEFAULT_EGRESS_REQUIRED_APPROVALS = 2;
 /** Default batching interval of egress.allowed.v1 events. */
 export const DEFAULT_EGRESS_EVENT_FLUSH_MS = 1000;
-const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 function readTier(v: unknown, field: string): TierName {
   if (v === 1 || v === 2 || v === 3 || v === "air-gapped") return v;
@@ -86,7 +94,7 @@ export function resolveEgressGuardOptions(input: unknown, path = "egress.guard")
   if (typeof tiersIn !== "object" || Array.isArray(tiersIn))
     throw new ConfigError(`${path}.tenantTiers must be an object`);
   for (const [tenant, tier] of Object.entries(tiersIn as Record<string, unknown>)) {
-    if (!TENANT_RE.test(tenant))
+    if (!TENANT_PATTERN.test(tenant))
       throw new ConfigError(`${path}.tenantTiers: ${JSON.stringify(tenant)} is not a valid tenant id`);
     tenantTiers[tenant] = readTier(tier, `${path}.tenantTiers.${tenant}`);
   }
@@ -156,9 +164,7 @@ export interface EgressGuard {
 
 /** The PERMISSION_DENIED error a blocked call fails with (the reason, never the payload). */
 export function egressDeniedError(decision: EgressDecision): ConnectError {
-  return new ConnectError(`egress blocked: ${decision.reason}`, Code.PermissionDenied, {
-    "x-egress-reason": decision.reason,
-  });
+  return permissionDenied(`egress blocked: ${decision.reason}`, { "x-egress-reason": decision.reason });
 }
 
 /** What the guard needs. */
@@ -392,7 +398,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     },
   ): void {
     const latencyMs = performance.now() - extra.started;
-    const tenant = TENANT_RE.test(req.tenant) ? req.tenant : "unknown";
+    const tenant = TENANT_PATTERN.test(req.tenant) ? req.tenant : "unknown";
     const findings = Object.entries(extra.findings ?? {});
     const policyVersion = extra.policyVersion ?? "";
     requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
@@ -509,7 +515,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     const started = performance.now();
     const text = payloadText(req.payload);
     const bytes = Buffer.byteLength(text);
-    const validTenant = TENANT_RE.test(req.tenant);
+    const validTenant = TENANT_PATTERN.test(req.tenant);
     const tier: TierName = validTenant ? (options.tenantTiers[req.tenant] ?? options.defaultTier) : options.defaultTier;
     const tierName = String(tier);
     const done = (

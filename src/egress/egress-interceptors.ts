@@ -102,7 +102,7 @@ export function createGrpcEgressInterceptor(
   };
 }
 
-/** Connect client interceptor: checks every request message; a blocked call throws PERMISSION_DENIED before anything is sent. */
+/** Connect client interceptor: checks every request message; a blocked call throws PERMISSION_DENIED before sending. */
 export function createConnectEgressInterceptor(guard: EgressGuard, destination: string): ConnectInterceptor {
   return (next) => async (req) => {
     const tenant = req.header.get(TENANT_HEADER) ?? "";

@@ -1,4 +1,4 @@
-import { ConfigError } from "../common/index.js";
+import { ConfigError, TENANT_PATTERN } from "../common/index.js";
 
 /** Options of the edge event bus (relay, hub confirmation, idempotency, consumers, DLQ). */
 export interface EventBusOptions {
@@ -22,7 +22,10 @@ export interface EventBusOptions {
   streamMaxBytes: number;
   /** Edge stream max age; old messages age out so the stream does not stay full. @default 604800000 (7 days) */
   streamMaxAgeMs: number;
-  /** JetStream duplicate window of the edge stream: bounds how long after a crash a re-publish is still deduplicated. @default 7200000 (2 h) */
+  /**
+   * JetStream duplicate window of the edge stream: bounds how long after a crash a re-publish is still
+   * deduplicated. @default 7200000 (2 h)
+   */
   duplicateWindowMs: number;
   /** JetStream domain of the hub. @default "hub" */
   hubDomain: string;
@@ -116,7 +119,6 @@ export const DEFAULT_ACK_WAIT_MS = 30_000;
 export const DEFAULT_SYSTEM_TENANT = "system";
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 /** Validates a partial plain object and fills defaults; throws ConfigError naming `<path>.<field>`. */
 export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "events"): EventBusOptions {
@@ -175,7 +177,7 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
     dlqStreamName: str("dlqStreamName", input.dlqStreamName, DEFAULT_DLQ_STREAM, NAME),
     defaultMaxDeliveries: int("defaultMaxDeliveries", input.defaultMaxDeliveries, DEFAULT_MAX_DELIVERIES, 1),
     defaultAckWaitMs: int("defaultAckWaitMs", input.defaultAckWaitMs, DEFAULT_ACK_WAIT_MS, 1),
-    systemTenant: str("systemTenant", input.systemTenant, DEFAULT_SYSTEM_TENANT, TENANT),
+    systemTenant: str("systemTenant", input.systemTenant, DEFAULT_SYSTEM_TENANT, TENANT_PATTERN),
   };
   if (opts.retryMaxMs < opts.retryInitialMs) throw new ConfigError(`${path}.retryMaxMs must be >= retryInitialMs`);
   return opts;

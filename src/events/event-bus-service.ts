@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, durationMs, type Duration } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   AckPolicy,
   DeliverPolicy as JsDeliverPolicy,
@@ -11,7 +11,17 @@ import {
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
 import { type Db, RESERVED_EVENT_NAMESPACES, callerHeaders, eventSubject } from "../store/index.js";
-import { type Clock, readInt, readObject } from "../common/index.js";
+import {
+  type Clock,
+  readInt,
+  readObject,
+  checkTenant,
+  failedPrecondition,
+  internalError,
+  invalidArgument,
+  notFound,
+  unavailable,
+} from "../common/index.js";
 import { type Logger, contextFromTraceparent, currentTraceparent, startConsumerSpan } from "../telemetry/index.js";
 import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import {
@@ -83,27 +93,19 @@ export interface EventBusServiceDeps {
   tracer?: Tracer;
 }
 
-const TENANT = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
 const CONSUMER = /^[A-Za-z0-9_]{1,64}$/;
 const HEADER_NAME = /^[A-Za-z0-9-]{1,64}$/;
 const MAX_SUBJECT_TOKENS = 16;
 
-function invalid(field: string, why: string): ConnectError {
-  return new ConnectError(`${field} ${why}`, Code.InvalidArgument);
-}
-
-function checkTenant(tenant: string): void {
-  if (!TENANT.test(tenant)) throw invalid("tenant", `must match ${TENANT}`);
-}
-
 function checkSubject(field: string, subject: string, wildcards: boolean): void {
   const tokens = subject.split(".");
-  if (tokens.length > MAX_SUBJECT_TOKENS) throw invalid(field, `must have at most ${MAX_SUBJECT_TOKENS} tokens`);
+  if (tokens.length > MAX_SUBJECT_TOKENS)
+    throw invalidArgument(field, `must have at most ${MAX_SUBJECT_TOKENS} tokens`);
   tokens.forEach((t, i) => {
     if (TOKEN.test(t)) return;
     if (wildcards && (t === "*" || (t === ">" && i === tokens.length - 1))) return;
-    throw invalid(
+    throw invalidArgument(
       field,
       `must be dot-separated tokens of [A-Za-z0-9_-]${wildcards ? ' ("*" and a final ">" allowed)' : ""}`,
     );
@@ -118,7 +120,7 @@ export function durableName(tenant: string, consumer: string): string {
 function durationToMs(field: string, d: Duration | undefined, fallback: number): number {
   if (!d) return fallback;
   const ms = durationMs(d);
-  if (!Number.isFinite(ms) || ms < 1) throw invalid(field, "must be at least 1ms");
+  if (!Number.isFinite(ms) || ms < 1) throw invalidArgument(field, "must be at least 1ms");
   return ms;
 }
 
@@ -129,12 +131,12 @@ async function viaNats<T>(logger: Logger, what: string, fn: () => Promise<T>): P
   } catch (err) {
     if (err instanceof ConnectError) throw err;
     logger.warn({ err }, `${what} failed`);
-    throw unavailable();
+    throw notConnected();
   }
 }
 
-function unavailable(): ConnectError {
-  return new ConnectError("event bus is not connected to NATS; retry later", Code.Unavailable);
+function notConnected(): ConnectError {
+  return unavailable("event bus is not connected to NATS; retry later");
 }
 
 function headersToRecord(h: MsgHdrs | undefined, skip: (name: string) => boolean): Record<string, string> {
@@ -182,7 +184,7 @@ export function createEventBusService(
       const prior = bus.idempotency.get(r.tenant, r.idempotencyKey);
       if (prior) {
         if (prior.requestHash !== hash) {
-          throw new ConnectError("idempotency_key was already used with a different request", Code.FailedPrecondition);
+          throw failedPrecondition("idempotency_key was already used with a different request");
         }
         return {
           $typeName: "nops.kernel.v1.PublishResponse",
@@ -260,54 +262,58 @@ export function createEventBusService(
       })();
     } catch (err) {
       deps.logger.error({ err }, "publish batch commit failed");
-      for (const p of batch) p.reject(new ConnectError("event could not be stored", Code.Unavailable));
+      for (const p of batch) p.reject(unavailable("event could not be stored"));
       return;
     }
     batch.forEach((p, i) => {
       const r = results[i];
       if (r && "ok" in r) p.resolve(r.ok);
-      else
-        p.reject(r?.err instanceof ConnectError ? r.err : new ConnectError("event could not be stored", Code.Internal));
+      else p.reject(r?.err instanceof ConnectError ? r.err : internalError());
     });
     bus.relay.kick();
   };
 
   const validatePublish = (r: PublishRequest): void => {
     checkTenant(r.tenant);
-    if (r.subject === "") throw invalid("subject", "is required");
+    if (r.subject === "") throw invalidArgument("subject", "is required");
     checkSubject("subject", r.subject, false);
     const namespace = r.subject.split(".")[0] ?? "";
     if (RESERVED_EVENT_NAMESPACES.includes(namespace))
-      throw invalid("subject", `namespace "${namespace}" is reserved for the kernel's own events`);
+      throw invalidArgument("subject", `namespace "${namespace}" is reserved for the kernel's own events`);
     if (r.payload.byteLength > options.maxPayloadBytes)
-      throw invalid("payload", `must be at most ${options.maxPayloadBytes} bytes`);
+      throw invalidArgument("payload", `must be at most ${options.maxPayloadBytes} bytes`);
     const names = Object.keys(r.headers);
-    if (names.length > options.maxHeaders) throw invalid("headers", `must have at most ${options.maxHeaders} entries`);
+    if (names.length > options.maxHeaders)
+      throw invalidArgument("headers", `must have at most ${options.maxHeaders} entries`);
     for (const n of names) {
       if (!HEADER_NAME.test(n) || /^(nats|nops)-/i.test(n))
-        throw invalid(
+        throw invalidArgument(
           "headers",
           `name ${JSON.stringify(n)} must match ${HEADER_NAME} and not start with Nats- or Nops-`,
         );
-      if (/[\r\n]/.test(r.headers[n] ?? "")) throw invalid("headers", `value of ${n} must not contain CR or LF`);
+      if (/[\r\n]/.test(r.headers[n] ?? ""))
+        throw invalidArgument("headers", `value of ${n} must not contain CR or LF`);
     }
     if (r.idempotencyKey.length > options.maxIdempotencyKeyLength || /[^\x21-\x7e]/.test(r.idempotencyKey)) {
-      throw invalid("idempotency_key", `must be at most ${options.maxIdempotencyKeyLength} printable ASCII characters`);
+      throw invalidArgument(
+        "idempotency_key",
+        `must be at most ${options.maxIdempotencyKeyLength} printable ASCII characters`,
+      );
     }
-    if (r.correlationId.length > 128) throw invalid("correlation_id", "must be at most 128 characters");
+    if (r.correlationId.length > 128) throw invalidArgument("correlation_id", "must be at most 128 characters");
   };
 
   async function ensureConsumer(r: SubscribeRequest): Promise<string> {
     checkTenant(r.tenant);
-    if (!CONSUMER.test(r.consumer)) throw invalid("consumer", `must match ${CONSUMER}`);
+    if (!CONSUMER.test(r.consumer)) throw invalidArgument("consumer", `must match ${CONSUMER}`);
     if (r.filter !== "") checkSubject("filter", r.filter, true);
     const maxDeliver = r.maxDeliveries === 0 ? bo.defaultMaxDeliveries : r.maxDeliveries;
     const ackWait = durationToMs("ack_wait", r.ackWait, bo.defaultAckWaitMs);
     const backoff = r.backoff.map((d, i) => durationToMs(`backoff[${i}]`, d, 0));
     if (backoff.length > 0 && backoff.length >= maxDeliver)
-      throw invalid("backoff", "must have fewer entries than max_deliveries");
+      throw invalidArgument("backoff", "must have fewer entries than max_deliveries");
     const jsm = bus.jetstreamManager();
-    if (!jsm) throw unavailable();
+    if (!jsm) throw notConnected();
     const durable = durableName(r.tenant, r.consumer);
     const config: Partial<ConsumerConfig> = {
       durable_name: durable,
@@ -362,7 +368,7 @@ export function createEventBusService(
       const messages = await viaNats(deps.logger, "subscribe", async () => {
         const durable = await ensureConsumer(req);
         const js = bus.jetstream();
-        if (!js) throw unavailable();
+        if (!js) throw notConnected();
         const consumer = await js.consumers.get(bo.streamName, durable);
         return consumer.consume({ max_messages: 64 });
       });
@@ -392,7 +398,7 @@ export function createEventBusService(
 
     async ack(req) {
       checkTenant(req.tenant);
-      if (!CONSUMER.test(req.consumer)) throw invalid("consumer", `must match ${CONSUMER}`);
+      if (!CONSUMER.test(req.consumer)) throw invalidArgument("consumer", `must match ${CONSUMER}`);
       const t = req.ackToken.split(".");
       // $JS.ACK.<stream>.<consumer>.… (v1, 9 tokens) or $JS.ACK.<domain>.<hash>.<stream>.<consumer>.… (v2).
       const [stream, consumer] = t.length === 9 ? [t[2], t[3]] : t.length >= 12 ? [t[4], t[5]] : [undefined, undefined];
@@ -402,10 +408,10 @@ export function createEventBusService(
         stream !== bo.streamName ||
         consumer !== durableName(req.tenant, req.consumer)
       ) {
-        throw invalid("ack_token", "is not a delivery token of this consumer");
+        throw invalidArgument("ack_token", "is not a delivery token of this consumer");
       }
       const nc = bus.connection();
-      if (!nc) throw unavailable();
+      if (!nc) throw notConnected();
       let body = "+ACK";
       if (req.action === AckAction.NAK) {
         body = req.nakDelay
@@ -418,7 +424,7 @@ export function createEventBusService(
         await nc.request(req.ackToken, body, { timeout: options.ackTimeoutMs });
       } catch (err) {
         deps.logger.debug({ err }, "ack not confirmed");
-        throw new ConnectError("ack not confirmed by the server; the message may be redelivered", Code.Unavailable);
+        throw unavailable("ack not confirmed by the server; the message may be redelivered");
       }
       return { $typeName: "nops.kernel.v1.AckResponse" };
     },
@@ -429,15 +435,17 @@ export function createEventBusService(
 
   async function listDeadLetters(req: ListDeadLettersRequest): Promise<ListDeadLettersResponse> {
     checkTenant(req.tenant);
-    if (req.consumer !== "" && !CONSUMER.test(req.consumer)) throw invalid("consumer", `must match ${CONSUMER}`);
-    if (req.pageSize > 500) throw invalid("page_size", "must be at most 500");
+    if (req.consumer !== "" && !CONSUMER.test(req.consumer))
+      throw invalidArgument("consumer", `must match ${CONSUMER}`);
+    if (req.pageSize > 500) throw invalidArgument("page_size", "must be at most 500");
     let start = 1;
     if (req.pageToken !== "") {
       start = Number(req.pageToken);
-      if (!Number.isSafeInteger(start) || start < 1) throw invalid("page_token", "is not a token from ListDeadLetters");
+      if (!Number.isSafeInteger(start) || start < 1)
+        throw invalidArgument("page_token", "is not a token from ListDeadLetters");
     }
     const jsm = bus.jetstreamManager();
-    if (!jsm) throw unavailable();
+    if (!jsm) throw notConnected();
     const filter =
       req.consumer === ""
         ? `nops.dlq.${req.tenant}.>`
@@ -481,25 +489,22 @@ export function createEventBusService(
 
   async function reprocess(req: ReprocessRequest): Promise<ReprocessResponse> {
     checkTenant(req.tenant);
-    if (req.deadLetterId === 0n) throw invalid("dead_letter_id", "is required");
+    if (req.deadLetterId === 0n) throw invalidArgument("dead_letter_id", "is required");
     const jsm = bus.jetstreamManager();
     const js = bus.jetstream();
-    if (!jsm || !js) throw unavailable();
+    if (!jsm || !js) throw notConnected();
     const seq = Number(req.deadLetterId);
     const m = await jsm.streams.getMessage(bo.dlqStreamName, { seq }).catch((err: unknown) => {
       if (err instanceof Error && /no message found/i.test(err.message)) return null;
       throw err;
     });
-    if (!m || !m.subject.startsWith(`nops.dlq.${req.tenant}.`))
-      throw new ConnectError("dead letter not found", Code.NotFound);
+    if (!m || !m.subject.startsWith(`nops.dlq.${req.tenant}.`)) throw notFound("dead letter");
     const subject = m.header.get(DLQ_HEADERS.subject);
-    if (!subject.startsWith(`nops.events.${req.tenant}.`))
-      throw new ConnectError("dead letter not found", Code.NotFound);
+    if (!subject.startsWith(`nops.events.${req.tenant}.`)) throw notFound("dead letter");
     const extra = headersToRecord(m.header, (k) => k.startsWith("Nats-") || k.startsWith("Nops-Dlq-"));
     if (deps.prePublish) {
       const verdict = await deps.prePublish(subject, m.data, extra);
-      if (!verdict.allowed)
-        throw new ConnectError(`blocked by egress policy: ${verdict.reason ?? "not allowed"}`, Code.FailedPrecondition);
+      if (!verdict.allowed) throw failedPrecondition(`blocked by egress policy: ${verdict.reason ?? "not allowed"}`);
     }
     const h = natsHeaders();
     for (const [k, v] of Object.entries(extra)) h.set(k, v);

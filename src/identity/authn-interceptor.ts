@@ -1,8 +1,17 @@
 import { createHash } from "node:crypto";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { RateLimiterMemory } from "rate-limiter-flexible";
 import { type AuditLog, createDenialAuditor } from "../audit/index.js";
-import { type Clock, POLICY_LIST, readBool, readInt, readObject, readStringList } from "../common/index.js";
+import {
+  type Clock,
+  POLICY_LIST,
+  readBool,
+  readInt,
+  readObject,
+  readStringList,
+  permissionDenied,
+  resourceExhausted,
+  unauthenticated,
+} from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { kRequestSigner, type RequestSigner } from "./request-signing/request-signing-interceptor.js";
 import {
@@ -52,7 +61,7 @@ export interface AuthnOptions {
    * @default 20
    */
   failuresPerAddress: number;
-  /** Failed authentications per API key id (from any address) per window, against guessing one key's secret. @default 10 */
+  /** Failed authentications per API key id (from any address) per window. @default 10 */
   failuresPerCredential: number;
   /** @default 60000 */
   failureWindowMs: number;
@@ -181,7 +190,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     const state = await limiter.get(key);
     return state && state.consumedPoints >= points ? state.msBeforeNext : 0;
   };
-  const throttled = (call: CallRequest, credential: Credential, waitMs: number): ConnectError => {
+  const throttled = (call: CallRequest, credential: Credential, waitMs: number) => {
     denials(call, {
       actor: "anonymous",
       action: "authn.deny",
@@ -189,9 +198,9 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
       reason: "too many failed authentications",
       credential: credential.kind,
     });
-    const retryAfter = String(Math.max(1, Math.ceil(waitMs / 1000)));
-    call.ctx.responseHeader.set("retry-after", retryAfter);
-    return new ConnectError("too many failed authentications", Code.ResourceExhausted, { "retry-after": retryAfter });
+    const error = resourceExhausted("too many failed authentications", waitMs);
+    call.ctx.responseHeader.set("retry-after", error.metadata.get("retry-after") ?? "1");
+    return error;
   };
 
   return (next) => async (call) => {
@@ -222,9 +231,8 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
         credential: credential.kind,
       });
       // A genuine token for another audience identifies its bearer: refused as not allowed here.
-      if (e instanceof WrongAudienceError)
-        throw new ConnectError("credential not valid for this service", Code.PermissionDenied);
-      throw new ConnectError(REFUSED, Code.Unauthenticated);
+      if (e instanceof WrongAudienceError) throw permissionDenied("credential not valid for this service");
+      throw unauthenticated(REFUSED);
     }
     call.ctx.values.set(kPrincipal, principal);
     return next(call);

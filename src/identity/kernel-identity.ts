@@ -39,7 +39,10 @@ export interface IdentityOptions {
   socket: string;
   /** Development identity directory. @default "<dataDir>/dev-identity" */
   devDir: string;
-  /** Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty. @default "" */
+  /**
+   * Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty.
+   * @default ""
+   */
   apiKeyPepper: string;
   /** SPIFFE id -> principal rules (see docs/identity.md). */
   spiffe: SpiffePrincipalOptions;

@@ -7,9 +7,6 @@ export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "VIEWER"] as const;
 /** One kernel role. SUPER_ADMIN is the only role that may act on every tenant. */
 export type Role = (typeof ROLES)[number];
 
-/** Tenant ids are used in NATS subjects, hence the narrow alphabet (see docs/identity.md). */
-export const TENANT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
 /** Who is calling, as established by the authn interceptor and read by authz and handlers. */
 export interface Principal {
   /** Which credential established it. */

@@ -1,4 +1,4 @@
-import { TENANT_PATTERN } from "./principal.js";
+import { TENANT_PATTERN } from "../common/index.js";
 
 /** A granted scope, parsed: each part is a literal or "*" (any). */
 export interface ScopeGrant {

@@ -6,9 +6,10 @@ import {
   readOptionalString,
   readOptionalStringList,
   readString,
+  TENANT_PATTERN,
 } from "../common/index.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe/spiffe-id.js";
-import { TENANT_PATTERN, readRoles, type Principal, type Role } from "./principal.js";
+import { readRoles, type Principal, type Role } from "./principal.js";
 import { parseScopeGrant } from "./scope.js";
 import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe/spiffe-authorizer.js";
 

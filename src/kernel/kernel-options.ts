@@ -41,7 +41,10 @@ export interface KernelOptions {
   databasePath: string;
   /** Native gRPC (grpc-js). @default { host: "127.0.0.1", port: 50051 } */
   grpc: ListenOptions;
-  /** Connect, gRPC-Web and gRPC over HTTP/1.1 and HTTP/2, plus /healthz, /readyz. @default { host: "127.0.0.1", port: 8080 } */
+  /**
+   * Connect, gRPC-Web and gRPC over HTTP/1.1 and HTTP/2, plus /healthz, /readyz.
+   * @default { host: "127.0.0.1", port: 8080 }
+   */
   http: ListenOptions;
   limits: LimitOptions;
   /** Serve grpc.reflection.v1 (lets grpcurl and buf curl discover the API). @default false */
@@ -85,7 +88,10 @@ export interface KernelOptions {
   nats: {
     /** Client URL of the leaf (the sidecar in production). Empty: supervise a dev leaf, see `leaf`. @default "" */
     url: string;
-    /** With no url: "auto" starts and supervises a nats-server leaf when the binary is on PATH; "off" runs without NATS (events wait in the outbox). @default "auto" */
+    /**
+     * With no url: "auto" starts and supervises a nats-server leaf when the binary is on PATH; "off" runs
+     * without NATS (events wait in the outbox). @default "auto"
+     */
     leaf: "auto" | "off";
     /** Leafnode remote of the hub for a supervised leaf (credentials in the URL); empty: standalone. @default "" */
     hubUrl: string;

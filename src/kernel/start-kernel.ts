@@ -101,7 +101,7 @@ export interface KernelOverrides {
   grpcInstrumentation?: GrpcInstrumentation;
   /** Turns tracing on with this exporter instead of the configured one (tests). */
   spanExporter?: SpanExporter;
-  /** Where to look for nats-server for a supervised leaf (the CLI passes $PATH). @default "/usr/sbin:/usr/local/bin:/usr/bin" */
+  /** Where to look for nats-server for a supervised leaf (the CLI passes $PATH). @default "/usr/sbin:/usr/bin" */
   searchPath?: string;
   /** Called after each stage has opened what it needs; a throw fails the start there (tests, embedders). */
   afterStage?: (stage: KernelStage) => void | Promise<void>;
@@ -213,7 +213,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     let natsUrl = options.nats.url;
     let natsAuth: { natsUser?: string; natsPassword?: string } = {};
     if (!natsUrl && options.nats.leaf === "auto") {
-      const binary = findNatsServer(overrides.searchPath ?? "/usr/sbin:/usr/local/bin:/usr/bin");
+      const binary = findNatsServer(overrides.searchPath ?? "/usr/sbin:/usr/bin");
       if (binary) {
         const password = randomBytes(18).toString("base64url");
         const leaf = createLeafSupervisor(

@@ -1,12 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { type HandlerContext } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
 import type { AuditLog } from "../audit/index.js";
 import { kPrincipal } from "../identity/index.js";
-import type { Clock } from "../common/index.js";
+import { type Clock, resourceExhausted } from "../common/index.js";
 import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
 import type { EventSink } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -153,10 +153,10 @@ export function createRateLimitInterceptor(
     const retryAfter = String(Math.max(1, Math.ceil(decision.binding.msBeforeReset / 1000)));
     ctx.responseHeader.set("retry-after", retryAfter);
     auditRejection(ctx, decision, ip, methodPath(call.method), correlationId);
-    throw new ConnectError(
+    throw resourceExhausted(
       decision.binding.scope === "tenant" ? "tenant rate limit exceeded" : "client rate limit exceeded",
-      Code.ResourceExhausted,
-      { ...headers, "retry-after": retryAfter },
+      decision.binding.msBeforeReset,
+      headers,
     );
   };
 }

@@ -19,7 +19,10 @@ export interface RateLimitOptions {
   tenantTiers: Record<string, TenantTier>;
   /** @default 1 */
   defaultTier: TenantTier;
-  /** Fraction of a tenant's quota above which billing.rate_limit_exceeded.v1 is emitted (once per window). @default 0.95 */
+  /**
+   * Fraction of a tenant's quota above which billing.rate_limit_exceeded.v1 is emitted (once per window).
+   * @default 0.95
+   */
   alertThreshold: number;
   /** Prefix of the Redis keys. @default "nops:rl" */
   keyPrefix: string;

@@ -1,8 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { AgentLoad, Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { TENANT_PATTERN, TENANT_PROBLEM, invalidArgument } from "../common/index.js";
 
-/** Tenant ids are used in NATS subjects and SPIFFE paths, so they are restricted to this. */
-export const TENANT_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const CAPABILITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 const ENDPOINT_SCHEMES = new Set(["http:", "https:", "grpc:", "grpcs:"]);
@@ -12,14 +10,13 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /** Throws INVALID_ARGUMENT naming `field`. */
 export function invalid(field: string, problem: string): never {
-  throw new ConnectError(`${field}: ${problem}`, Code.InvalidArgument);
+  throw invalidArgument(field, problem);
 }
 
 /** Checks a tenant id. */
 export function checkTenant(field: string, tenant: string): void {
   if (tenant === "") invalid(field, "is required");
-  if (!TENANT_PATTERN.test(tenant))
-    invalid(field, `must match ${TENANT_PATTERN} (got ${JSON.stringify(tenant.slice(0, 70))})`);
+  if (!TENANT_PATTERN.test(tenant)) invalid(field, `${TENANT_PROBLEM} (got ${JSON.stringify(tenant.slice(0, 70))})`);
 }
 
 /** Checks an agent id as issued by the kernel (UUID). */

@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
 import {
   AgentSchema,
   AgentStatus,
@@ -18,7 +17,7 @@ import {
 import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { Db, EventSink } from "../store/index.js";
 import type { AuditLog } from "../audit/index.js";
-import type { Clock } from "../common/index.js";
+import { type Clock, notFound, resourceExhausted } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { RegistryOptions } from "./registry-options.js";
 import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
@@ -103,10 +102,6 @@ export interface RegistryDeps {
 
 const WATCH_BUFFER = 1024;
 
-function notFound(id: string): ConnectError {
-  return new ConnectError(`agent ${id} not found`, Code.NotFound);
-}
-
 /** Creates the registry and loads every agent from SQLite into memory. */
 export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Registry {
   const { db, events, audit, clock } = deps;
@@ -161,7 +156,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const lookup = (tenant: string, id: string): Entry => {
     const e = agents.get(id);
     // Another tenant's agent is reported as absent, so ids cannot be probed across tenants.
-    if (!e || e.row.tenant !== tenant) throw notFound(id);
+    if (!e || e.row.tenant !== tenant) throw notFound("agent", id);
     return e;
   };
 
@@ -412,7 +407,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
             }
             if (overflow) {
               // A watcher that cannot keep up must resync rather than silently miss changes.
-              throw new ConnectError("watcher fell behind; reconnect to resync", Code.ResourceExhausted);
+              throw resourceExhausted("watcher fell behind; reconnect to resync");
             }
             await new Promise<void>((resolve) => (wake = resolve));
             wake = undefined;

@@ -13,7 +13,7 @@ import {
   type Invocation,
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import type { Clock } from "../common/index.js";
+import { type Clock, canceled, deadlineExceeded, unavailable } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { createAgentChannelPool, EndpointError, type AgentClient } from "./agent-channel-pool.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
@@ -117,23 +117,21 @@ const isServiceError = (e: unknown): e is grpc.ServiceError =>
 function classify(e: unknown): AttemptFailure {
   if (e instanceof AttemptFailureError) return e.failure;
   if (e instanceof BrokenCircuitError || e instanceof IsolatedCircuitError) {
-    return { error: new ConnectError("agent circuit is open", Code.Unavailable), delivered: false };
+    return { error: unavailable("agent circuit is open"), delivered: false };
   }
-  if (e instanceof EndpointError)
-    return { error: new ConnectError("agent endpoint is not routable", Code.Unavailable), delivered: false };
+  if (e instanceof EndpointError) return { error: unavailable("agent endpoint is not routable"), delivered: false };
   if (isServiceError(e)) {
     const delivered = !(e.code === grpc.status.UNAVAILABLE && UNDELIVERED_DETAILS.test(e.details));
     // gRPC and Connect share code numbers (connect-protocol: "Error Codes").
     return { error: new ConnectError(delivered ? e.details : "agent unavailable", e.code as number), delivered };
   }
-  if (e instanceof Error && e.name === "AbortError")
-    return { error: new ConnectError("request cancelled", Code.Canceled), delivered: true };
+  if (e instanceof Error && e.name === "AbortError") return { error: canceled("request cancelled"), delivered: true };
   return { error: ConnectError.from(e, Code.Internal), delivered: true };
 }
 
 // The caller's signal carries why it ended: connect-es aborts it with DEADLINE_EXCEEDED on timeout.
 function callerGone(signal: AbortSignal): ConnectError {
-  return signal.reason instanceof ConnectError ? signal.reason : new ConnectError("request cancelled", Code.Canceled);
+  return signal.reason instanceof ConnectError ? signal.reason : canceled("request cancelled");
 }
 
 class AttemptFailureError extends Error {
@@ -204,7 +202,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     avoid?: ReadonlySet<string>,
   ): Selection {
     const sel = selector.select(tenant, capability, constraints, avoid);
-    if (!sel) throw new ConnectError(`no live agent offers capability "${capability}"`, Code.Unavailable);
+    if (!sel) throw unavailable(`no live agent offers capability "${capability}"`);
     return sel;
   }
 
@@ -295,13 +293,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     for (;;) {
       if (p.signal.aborted) throw callerGone(p.signal);
       if (deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) {
-        throw (
-          last?.error ?? new ConnectError("deadline exceeded before an agent could be called", Code.DeadlineExceeded)
-        );
+        throw last?.error ?? deadlineExceeded("deadline exceeded before an agent could be called");
       }
       const sel = selector.select(p.tenant, p.capability, p.constraints, tried);
-      if (!sel)
-        throw last?.error ?? new ConnectError(`no live agent offers capability "${p.capability}"`, Code.Unavailable);
+      if (!sel) throw last?.error ?? unavailable(`no live agent offers capability "${p.capability}"`);
       attempts++;
       try {
         return { value: await run(sel, attempts, deadlineAt, tried), attempts };

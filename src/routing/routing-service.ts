@@ -1,6 +1,6 @@
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { RouteConstraints, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
-import { readInt, readObject } from "../common/index.js";
+import { readInt, readObject, checkTenant, invalidArgument } from "../common/index.js";
 import { kCorrelationId } from "../server/index.js";
 import { OVERRIDE_HEADER } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
@@ -28,14 +28,12 @@ export interface RoutingServiceDeps {
   router: Router;
 }
 
-const TENANT_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const CAPABILITY_RE = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$/;
 
 function validate(tenant: string, capability: string): void {
-  if (!TENANT_RE.test(tenant))
-    throw new ConnectError("tenant must match ^[a-z0-9][a-z0-9_-]{0,62}$", Code.InvalidArgument);
+  checkTenant(tenant);
   if (!CAPABILITY_RE.test(capability))
-    throw new ConnectError("capability must be 1-128 letters, digits, '.', '_', '/' or '-'", Code.InvalidArgument);
+    throw invalidArgument("capability", "must be 1-128 letters, digits, '.', '_', '/' or '-'");
 }
 
 function constraintsOf(c: RouteConstraints | undefined): SelectionConstraints {
@@ -64,7 +62,7 @@ export function createRoutingService(
   ): InvokeParams {
     validate(req.tenant, req.capability);
     if (req.payload.byteLength > options.maxPayloadBytes) {
-      throw new ConnectError(`payload must be at most ${options.maxPayloadBytes} bytes`, Code.InvalidArgument);
+      throw invalidArgument("payload", `must be at most ${options.maxPayloadBytes} bytes`);
     }
     return {
       tenant: req.tenant,

@@ -12,6 +12,7 @@ import {
 import { isClientError, toConnectError } from "./errors.js";
 import { context, isSpanContextValid, trace, type Context } from "@opentelemetry/api";
 import type { Logger } from "pino";
+import { deadlineExceeded } from "../common/index.js";
 
 const REQUEST_ID = "x-request-id";
 // Accept caller ids that are safe to log and echo; anything else is replaced, not trusted.
@@ -121,10 +122,7 @@ export function errorMappingInterceptor(): KernelInterceptor {
 function cappedContext(ctx: HandlerContext, capMs: number): { ctx: HandlerContext; release: () => void } {
   const controller = new AbortController();
   const deadlineAt = Date.now() + capMs;
-  const timer = setTimeout(
-    () => controller.abort(new ConnectError(`deadline of ${capMs} ms exceeded`, Code.DeadlineExceeded)),
-    capMs,
-  );
+  const timer = setTimeout(() => controller.abort(deadlineExceeded(`deadline of ${capMs} ms exceeded`)), capMs);
   const onAbort = () => controller.abort(ctx.signal.reason);
   if (ctx.signal.aborted) onAbort();
   else ctx.signal.addEventListener("abort", onAbort, { once: true });

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { StoreError } from "../common/index.js";
+import { StoreError, canceled, internalError, unavailable } from "../common/index.js";
 
 // better-sqlite3 throws SqliteError with an extended result code such as "SQLITE_BUSY_SNAPSHOT".
 function sqliteCode(err: unknown): string | undefined {
@@ -14,7 +14,7 @@ export function toConnectError(err: unknown, correlationId: string): ConnectErro
   if (err instanceof ConnectError) return err;
   const sqlite = sqliteCode(err);
   if (sqlite?.startsWith("SQLITE_BUSY") || sqlite?.startsWith("SQLITE_LOCKED")) {
-    return new ConnectError(`storage busy, retry (request ${correlationId})`, Code.Unavailable);
+    return unavailable(`storage busy, retry (request ${correlationId})`);
   }
   if (
     sqlite?.startsWith("SQLITE_READONLY") ||
@@ -22,12 +22,12 @@ export function toConnectError(err: unknown, correlationId: string): ConnectErro
     sqlite?.startsWith("SQLITE_IOERR") ||
     err instanceof StoreError
   ) {
-    return new ConnectError(`storage unavailable (request ${correlationId})`, Code.Unavailable);
+    return unavailable(`storage unavailable (request ${correlationId})`);
   }
   if (err instanceof Error && err.name === "AbortError") {
-    return new ConnectError("call cancelled", Code.Canceled);
+    return canceled();
   }
-  return new ConnectError(`internal error (request ${correlationId})`, Code.Internal);
+  return internalError(correlationId);
 }
 
 /** True for codes that mean the caller did something wrong, not the kernel. */

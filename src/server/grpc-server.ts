@@ -2,7 +2,6 @@ import { once } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
 import {
-  Code,
   ConnectError,
   createContextValues,
   decodeBinaryHeader,
@@ -13,6 +12,7 @@ import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "./peer-certificates.js";
+import { canceled, internalError, invalidArgument } from "../common/index.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -66,7 +66,7 @@ export function headersToMetadata(headers: Headers, into = new grpc.Metadata()):
 
 function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusObject> {
   // The error-mapping interceptor turns everything into ConnectError; this guards the adapter itself.
-  const ce = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal);
+  const ce = err instanceof ConnectError ? err : internalError();
   const metadata = headersToMetadata(ctx.responseTrailer);
   headersToMetadata(ce.metadata, metadata);
   return { code: ce.code as number, details: ce.rawMessage, metadata };
@@ -137,7 +137,7 @@ function handlerContext(
  */
 function track(call: AnyCall): { controller: AbortController; settled: () => void } {
   const controller = new AbortController();
-  const onCancel = (): void => controller.abort(new ConnectError("call cancelled", Code.Canceled));
+  const onCancel = (): void => controller.abort(canceled());
   (call as NodeJS.EventEmitter).once("cancelled", onCancel);
   return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
 }
@@ -150,12 +150,7 @@ function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnary
     const request = call.request;
     const result =
       request instanceof UndecodableRequest
-        ? Promise.reject(
-            new ConnectError(
-              `request: cannot decode ${method.input.typeName}: ${request.reason}`,
-              Code.InvalidArgument,
-            ),
-          )
+        ? Promise.reject(invalidArgument("request", `cannot decode ${method.input.typeName}: ${request.reason}`))
         : Promise.resolve(impl(request, ctx));
     answer(result, call, callback, ctx, settled);
   };
@@ -225,10 +220,7 @@ function streamingHandler(
       : (call as grpc.ServerWritableStream<unknown, unknown>).request;
     const run = async () => {
       if (input instanceof UndecodableRequest) {
-        throw new ConnectError(
-          `request: cannot decode ${method.input.typeName}: ${input.reason}`,
-          Code.InvalidArgument,
-        );
+        throw invalidArgument("request", `cannot decode ${method.input.typeName}: ${input.reason}`);
       }
       await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx, settled);
     };
@@ -245,10 +237,7 @@ async function* readInput(
 ): AsyncIterable<unknown> {
   for await (const message of call as AsyncIterable<unknown>) {
     if (message instanceof UndecodableRequest) {
-      throw new ConnectError(
-        `request: cannot decode ${method.input.typeName}: ${message.reason}`,
-        Code.InvalidArgument,
-      );
+      throw invalidArgument("request", `cannot decode ${method.input.typeName}: ${message.reason}`);
     }
     yield message;
   }

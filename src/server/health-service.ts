@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { type ServiceImpl } from "@connectrpc/connect";
 import type { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import { notFound } from "../common/index.js";
 
 /** Answers whether the kernel as a whole ("") or one named service can serve. */
 export type ServingProbe = (service: string) => Serving | undefined;
@@ -14,7 +15,7 @@ export function createHealthService(probe: ServingProbe, watchIntervalMs = 1000)
   return {
     check(req) {
       const status = probe(req.service);
-      if (status === undefined) throw new ConnectError(`service: unknown service "${req.service}"`, Code.NotFound);
+      if (status === undefined) throw notFound("service", JSON.stringify(req.service));
       return { status };
     },
     async *watch(req, ctx) {

@@ -1,17 +1,19 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
+import { unavailable } from "../common/index.js";
 import type { KernelInterceptor } from "./interceptor.js";
 
 /** How long a client should wait before it reconnects after a shutdown, in seconds. */
 export const SHUTDOWN_RETRY_AFTER_S = 1;
 
 function shuttingDown(): ConnectError {
+  const error = unavailable(
+    "the kernel is shutting down; reconnect (to another instance, or this one after it restarts)",
+    SHUTDOWN_RETRY_AFTER_S * 1000,
+  );
   // gRPC A6 (retry throttling): grpc-retry-pushback-ms tells a retrying client when to come back;
   // retry-after says the same to HTTP clients.
-  return new ConnectError(
-    "the kernel is shutting down; reconnect (to another instance, or this one after it restarts)",
-    Code.Unavailable,
-    { "retry-after": String(SHUTDOWN_RETRY_AFTER_S), "grpc-retry-pushback-ms": String(SHUTDOWN_RETRY_AFTER_S * 1000) },
-  );
+  error.metadata.set("grpc-retry-pushback-ms", String(SHUTDOWN_RETRY_AFTER_S * 1000));
+  return error;
 }
 
 /** Ends open server streams when shutdown starts. */

@@ -1,4 +1,7 @@
-/** The telemetry layer's public surface: logging, tracing and metrics, and the interceptors and wrappers that instrument the layers below. */
+/**
+ * The telemetry layer's public surface: logging, tracing and metrics, and the interceptors and wrappers that
+ * instrument the layers below.
+ */
 export { connectTracingInterceptor } from "./connect-tracing-interceptor.js";
 export { type Logger, createLogger } from "./logger.js";
 export { createRedactingDestination, scrubRulesFrom } from "./redacting-destination.js";

@@ -4,7 +4,7 @@ import { kPeer, methodPath, observeStream, type CallRequest, type KernelIntercep
 
 /** Counter of served calls, labelled {rpc, code, transport}. */
 export const RPC_REQUESTS_METRIC = "rpc_server_requests_total";
-/** Histogram of call durations in milliseconds (to the end of the stream for streams), labelled {rpc, code, transport}. */
+/** Histogram of call durations in ms (to the end of the stream for streams), labelled {rpc, code, transport}. */
 export const RPC_DURATION_METRIC = "rpc_server_duration_ms";
 
 // gRPC status names (grpc/doc/statuscodes.md), indexed by code; Connect's Code enum uses the same numbers.

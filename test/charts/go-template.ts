@@ -97,7 +97,10 @@ function parse(tokens: TemplateToken[], file: string, defines: Map<string, Node[
     if (t.trimRight && next?.kind === "text") next.value = next.value.replace(/^\s+/, "");
   });
   const root: Node[] = [];
-  type Frame = { node: Extract<Node, { branches: unknown }> | { kind: "define"; name: string; body: Node[] }; line: number };
+  type Frame = {
+    node: Extract<Node, { branches: unknown }> | { kind: "define"; name: string; body: Node[] };
+    line: number;
+  };
   const stack: Frame[] = [];
   const current = (): Node[] => {
     const top = stack.at(-1);
@@ -115,7 +118,11 @@ function parse(tokens: TemplateToken[], file: string, defines: Map<string, Node[
     const word = head?.[1] ?? "";
     const rest = head?.[2] ?? "";
     if (word === "if" || word === "with" || word === "range") {
-      const node: Extract<Node, { branches: unknown }> = { kind: word, branches: [{ expr: rest, body: [] }], line: t.line };
+      const node: Extract<Node, { branches: unknown }> = {
+        kind: word,
+        branches: [{ expr: rest, body: [] }],
+        line: t.line,
+      };
       current().push(node);
       stack.push({ node, line: t.line });
     } else if (word === "define") {
@@ -123,7 +130,8 @@ function parse(tokens: TemplateToken[], file: string, defines: Map<string, Node[
       stack.push({ node: { kind: "define", name, body: [] }, line: t.line });
     } else if (word === "else") {
       const top = stack.at(-1);
-      if (!top || top.node.kind === "define") throw new TemplateError(`${file}:${t.line}: "else" outside if/with/range`);
+      if (!top || top.node.kind === "define")
+        throw new TemplateError(`${file}:${t.line}: "else" outside if/with/range`);
       const cond = rest.startsWith("if ") ? rest.slice(3) : null;
       if (cond !== null && top.node.kind !== "if") throw new TemplateError(`${file}:${t.line}: "else if" outside if`);
       top.node.branches.push({ expr: cond, body: [] });
@@ -235,7 +243,13 @@ export function createTemplateSet(chartName: string, sources: Record<string, str
     trees.set(file, parse(lexTemplate(text, file), file, defines));
   }
 
-  function renderNodes(nodes: Node[], dot: unknown, root: Record<string, unknown>, vars: Map<string, unknown>, file: string): string {
+  function renderNodes(
+    nodes: Node[],
+    dot: unknown,
+    root: Record<string, unknown>,
+    vars: Map<string, unknown>,
+    file: string,
+  ): string {
     let out = "";
     for (const n of nodes) {
       try {
@@ -253,7 +267,13 @@ export function createTemplateSet(chartName: string, sources: Record<string, str
         } else {
           const [first, other] = n.branches;
           const v = evalPipeline(first?.expr ?? "", dot, root, vars);
-          const items = Array.isArray(v) ? v : v && typeof v === "object" ? Object.keys(v).sort().map((k) => (v as Record<string, unknown>)[k]) : [];
+          const items = Array.isArray(v)
+            ? v
+            : v && typeof v === "object"
+              ? Object.keys(v)
+                  .sort()
+                  .map((k) => (v as Record<string, unknown>)[k])
+              : [];
           if (items.length === 0 && other) out += renderNodes(other.body, dot, root, vars, file);
           for (const item of items) out += renderNodes(first?.body ?? [], item, root, vars, file);
         }
@@ -316,11 +336,14 @@ export function createTemplateSet(chartName: string, sources: Record<string, str
     print: (...a) => a.map(goString).join(""),
     printf: (fmt, ...a) => {
       let k = 0;
-      return goString(fmt).replace(/%[sdv%]/g, (m) => (m === "%%" ? "%" : goString(m === "%d" ? new GoInt(BigInt(Math.trunc(toNumber(a[k++])))) : a[k++])));
+      return goString(fmt).replace(/%[sdv%]/g, (m) =>
+        m === "%%" ? "%" : goString(m === "%d" ? new GoInt(BigInt(Math.trunc(toNumber(a[k++])))) : a[k++]),
+      );
     },
     default: (def, given) => (truthy(given) ? given : def),
     trunc: (n, s) => goString(s).slice(0, toNumber(n)),
-    trimSuffix: (suf, s) => (goString(s).endsWith(goString(suf)) ? goString(s).slice(0, -goString(suf).length) : goString(s)),
+    trimSuffix: (suf, s) =>
+      goString(s).endsWith(goString(suf)) ? goString(s).slice(0, -goString(suf).length) : goString(s),
     contains: (sub, s) => goString(s).includes(goString(sub)),
     replace: (from, to, s) => goString(s).split(goString(from)).join(goString(to)),
     join: (sep, list) => (list as unknown[]).map(goString).join(goString(sep)),
@@ -338,7 +361,13 @@ export function createTemplateSet(chartName: string, sources: Record<string, str
     eq: (x, y) => goString(x) === goString(y),
   };
 
-  function evalCommand(cmd: string, piped: unknown[], dot: unknown, root: Record<string, unknown>, vars: Map<string, unknown>): unknown {
+  function evalCommand(
+    cmd: string,
+    piped: unknown[],
+    dot: unknown,
+    root: Record<string, unknown>,
+    vars: Map<string, unknown>,
+  ): unknown {
     const parts = splitTop(cmd, (c) => /\s/.test(c));
     const [head, ...args] = parts;
     if (head === undefined) throw new TemplateError("empty command");
@@ -355,7 +384,12 @@ export function createTemplateSet(chartName: string, sources: Record<string, str
     return evalTerm(head, dot, root, vars);
   }
 
-  function evalPipeline(expr: string, dot: unknown, root: Record<string, unknown>, vars: Map<string, unknown>): unknown {
+  function evalPipeline(
+    expr: string,
+    dot: unknown,
+    root: Record<string, unknown>,
+    vars: Map<string, unknown>,
+  ): unknown {
     const cmds = splitTop(expr, (c) => c === "|");
     let value: unknown;
     cmds.forEach((cmd, k) => {

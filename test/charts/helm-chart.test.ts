@@ -22,7 +22,9 @@ const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8"
 const defaults = readYaml(join(CHART, "values.yaml"));
 const exampleFiles = readdirSync(join(CHART, "examples")).filter((f) => f.endsWith(".yaml"));
 const templateFiles = readdirSync(join(CHART, "templates")).sort();
-const templateSources = Object.fromEntries(templateFiles.map((f) => [`templates/${f}`, readFileSync(join(CHART, "templates", f), "utf8")]));
+const templateSources = Object.fromEntries(
+  templateFiles.map((f) => [`templates/${f}`, readFileSync(join(CHART, "templates", f), "utf8")]),
+);
 const chartMeta = readYaml(join(CHART, "Chart.yaml"));
 
 // strict mode makes ajv reject unknown or misplaced keywords in the schema itself. strictRequired is
@@ -48,7 +50,10 @@ function errorsOf(values: Tree): string {
 
 const valueSets: [string, Tree][] = [
   ["values.yaml", defaults],
-  ...exampleFiles.map((f): [string, Tree] => [`examples/${f}`, helmMerge(defaults, readYaml(join(CHART, "examples", f)))]),
+  ...exampleFiles.map((f): [string, Tree] => [
+    `examples/${f}`,
+    helmMerge(defaults, readYaml(join(CHART, "examples", f))),
+  ]),
 ];
 
 const templates = createTemplateSet(chartMeta.name as string, templateSources);
@@ -68,7 +73,8 @@ function renderManifests(values: Tree): Tree[] {
   for (const file of templates.files.filter((f) => f.endsWith(".yaml"))) {
     const text = templates.render(file, renderRoot(values));
     for (const doc of parseAllDocuments(text)) {
-      if (doc.errors.length > 0) throw new Error(`${file} renders invalid YAML: ${doc.errors.map((e) => e.message).join("; ")}\n${text}`);
+      if (doc.errors.length > 0)
+        throw new Error(`${file} renders invalid YAML: ${doc.errors.map((e) => e.message).join("; ")}\n${text}`);
       const obj = doc.toJS() as unknown;
       if (obj !== null) objects.push(obj as Tree);
     }
@@ -83,7 +89,12 @@ function find(objects: Tree[], kind: string): Tree {
 }
 
 const get = (obj: unknown, path: string): unknown =>
-  path.split(".").reduce<unknown>((node, key) => (isMap(node) ? node[key] : Array.isArray(node) ? node[Number(key)] : undefined), obj);
+  path
+    .split(".")
+    .reduce<unknown>(
+      (node, key) => (isMap(node) ? node[key] : Array.isArray(node) ? node[Number(key)] : undefined),
+      obj,
+    );
 
 function containers(sts: Tree): Tree[] {
   return get(sts, "spec.template.spec.containers") as Tree[];
@@ -104,9 +115,27 @@ function runNatsConfigCheck(conf: string): Promise<{ code: number; output: strin
 
 /** Writes a self-signed P-256 CA certificate to `file` with the openssl binary. */
 function writeSelfSignedCa(file: string, keyFile: string): Promise<void> {
-  const args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", keyFile, "-out", file, "-subj", "/CN=hub test CA", "-days", "2"];
+  const args = [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    keyFile,
+    "-out",
+    file,
+    "-subj",
+    "/CN=hub test CA",
+    "-days",
+    "2",
+  ];
   return new Promise((done, fail) => {
-    execFile("openssl", args, { timeout: 60_000 }, (err, _stdout, stderr) => (err ? fail(new Error(`openssl failed: ${stderr}`, { cause: err })) : done()));
+    execFile("openssl", args, { timeout: 60_000 }, (err, _stdout, stderr) =>
+      err ? fail(new Error(`openssl failed: ${stderr}`, { cause: err })) : done(),
+    );
   });
 }
 
@@ -135,12 +164,28 @@ test("values schema - every object level is closed with additionalProperties", (
 const badOverrides: [string, Tree, RegExp][] = [
   ["a port given as a string", { kernel: { grpcPort: "50051" } }, /grpcPort must be integer/],
   ["an unknown top-level key", { replicas: 2 }, /must NOT have additional properties/],
-  ["a misspelt nested key", { nats: { hub: { credentials: { secretname: "x" } } } }, /must NOT have additional properties/],
+  [
+    "a misspelt nested key",
+    { nats: { hub: { credentials: { secretname: "x" } } } },
+    /must NOT have additional properties/,
+  ],
   ["an edge id with capitals", { edgeId: "Edge-1" }, /edgeId must match pattern/],
   ["a trust domain with a port", { trustDomain: "nops.example:8443" }, /trustDomain must match pattern/],
-  ["an empty hub credentials secret", { nats: { hub: { credentials: { secretName: "" } } } }, /secretName must NOT have fewer than 1 characters/],
-  ["an extraEnv item with neither value nor valueFrom", { kernel: { extraEnv: [{ name: "NOPS_X" }] } }, /must match exactly one schema in oneOf/],
-  ["a CPU request that is not a quantity", { kernel: { resources: { requests: { cpu: "lots" } } } }, /cpu must match pattern/],
+  [
+    "an empty hub credentials secret",
+    { nats: { hub: { credentials: { secretName: "" } } } },
+    /secretName must NOT have fewer than 1 characters/,
+  ],
+  [
+    "an extraEnv item with neither value nor valueFrom",
+    { kernel: { extraEnv: [{ name: "NOPS_X" }] } },
+    /must match exactly one schema in oneOf/,
+  ],
+  [
+    "a CPU request that is not a quantity",
+    { kernel: { resources: { requests: { cpu: "lots" } } } },
+    /cpu must match pattern/,
+  ],
 ];
 
 for (const [what, override, expected] of badOverrides) {
@@ -167,10 +212,20 @@ test("templates - every action is balanced and every block is closed", (t) => {
 });
 
 test("templates - the balance check rejects broken templates", (t) => {
-  t.throws(() => lexTemplate("a: {{ .Values.x }\n", "bad.yaml"), { instanceOf: TemplateError, message: /never closed/ });
-  t.throws(() => lexTemplate("a: .Values.x }}\n", "bad.yaml"), { instanceOf: TemplateError, message: /without "\{\{"/ });
-  t.throws(() => createTemplateSet("c", { "templates/bad.yaml": "{{- if .Values.a }}\nx: 1\n" }), { message: /never closed/ });
-  t.throws(() => createTemplateSet("c", { "templates/bad.yaml": "x: 1\n{{- end }}\n" }), { message: /without an open block/ });
+  t.throws(() => lexTemplate("a: {{ .Values.x }\n", "bad.yaml"), {
+    instanceOf: TemplateError,
+    message: /never closed/,
+  });
+  t.throws(() => lexTemplate("a: .Values.x }}\n", "bad.yaml"), {
+    instanceOf: TemplateError,
+    message: /without "\{\{"/,
+  });
+  t.throws(() => createTemplateSet("c", { "templates/bad.yaml": "{{- if .Values.a }}\nx: 1\n" }), {
+    message: /never closed/,
+  });
+  t.throws(() => createTemplateSet("c", { "templates/bad.yaml": "x: 1\n{{- end }}\n" }), {
+    message: /without an open block/,
+  });
 });
 
 /** Every `.Values.a.b` chain used inside an action of the templates. */
@@ -198,7 +253,10 @@ test("templates - every .Values reference exists in values.yaml", (t) => {
     }
     return false;
   });
-  t.deepEqual(missing.map((r) => `${r.file}: .Values.${r.path.join(".")}`), []);
+  t.deepEqual(
+    missing.map((r) => `${r.file}: .Values.${r.path.join(".")}`),
+    [],
+  );
 });
 
 test("templates - every value in values.yaml is used by a template", (t) => {
@@ -219,7 +277,13 @@ test("templates - the pod and container security context text is the restricted 
   const helpers = templateSources["templates/_helpers.tpl"] as string;
   const sts = templateSources["templates/statefulset.yaml"] as string;
   const block = /define "nops-kernel.containerSecurityContext"[\s\S]*?\{\{- end \}\}/.exec(helpers)?.[0] ?? "";
-  for (const line of ["runAsNonRoot: true", "allowPrivilegeEscalation: false", "readOnlyRootFilesystem: true", "- ALL", "type: RuntimeDefault"]) {
+  for (const line of [
+    "runAsNonRoot: true",
+    "allowPrivilegeEscalation: false",
+    "readOnlyRootFilesystem: true",
+    "- ALL",
+    "type: RuntimeDefault",
+  ]) {
     t.true(block.includes(line), `container security context has "${line}"`);
   }
   t.is(sts.match(/include "nops-kernel.containerSecurityContext"/g)?.length, 2, "both containers use it");
@@ -235,7 +299,16 @@ for (const [name, values] of valueSets) {
   test(`rendered chart - ${name} renders valid Kubernetes YAML`, (t) => {
     const objects = renderManifests(values);
     const kinds = objects.map((o) => o.kind).sort();
-    const expected = ["ClusterSPIFFEID", "ConfigMap", "ConfigMap", "NetworkPolicy", "Service", "Service", "ServiceAccount", "StatefulSet"];
+    const expected = [
+      "ClusterSPIFFEID",
+      "ConfigMap",
+      "ConfigMap",
+      "NetworkPolicy",
+      "Service",
+      "Service",
+      "ServiceAccount",
+      "StatefulSet",
+    ];
     if (get(values, "serviceMonitor.enabled")) expected.push("ServiceMonitor");
     t.deepEqual(kinds, expected.sort());
     for (const o of objects) {
@@ -267,7 +340,10 @@ for (const [name, values] of valueSets) {
     const [kernel, nats] = containers(sts) as [Tree, Tree];
     const mount = (kernel.volumeMounts as Tree[]).find((m) => m.name === csi?.name);
     t.deepEqual(mount, { name: "spiffe-workload-api", mountPath: "/spiffe-workload-api", readOnly: true });
-    t.false((nats.volumeMounts as Tree[]).some((m) => m.name === csi?.name), "the sidecar has no Workload API access");
+    t.false(
+      (nats.volumeMounts as Tree[]).some((m) => m.name === csi?.name),
+      "the sidecar has no Workload API access",
+    );
     const env = Object.fromEntries((kernel.env as Tree[]).map((e): [unknown, unknown] => [e.name, e.value])) as Tree;
     t.is(env.SPIFFE_ENDPOINT_SOCKET, "unix:///spiffe-workload-api/spire-agent.sock");
     t.is(env.NOPS_TRUST_DOMAIN, values.trustDomain);
@@ -276,7 +352,10 @@ for (const [name, values] of valueSets) {
     t.deepEqual(get(kernel, "livenessProbe.httpGet"), { path: "/healthz", port: "http" });
     t.deepEqual(get(kernel, "readinessProbe.httpGet"), { path: "/readyz", port: "http" });
     t.is(get(kernel, "livenessProbe.grpc"), undefined);
-    t.deepEqual((get(sts, "spec.volumeClaimTemplates") as Tree[]).map((v) => get(v, "metadata.name")), ["data", "jetstream"]);
+    t.deepEqual(
+      (get(sts, "spec.volumeClaimTemplates") as Tree[]).map((v) => get(v, "metadata.name")),
+      ["data", "jetstream"],
+    );
     t.is((get(sts, "spec.template.metadata.labels") as Tree)["nops.dev/edge-id"], values.edgeId);
   });
 
@@ -287,11 +366,21 @@ for (const [name, values] of valueSets) {
     const extra = (get(values, "networkPolicy.extraEgress") as unknown[]).length;
     t.is(egress.length, 3 + extra);
     const [dns, hub, dge] = egress as [Tree, Tree, Tree];
-    t.deepEqual(dns.ports, [{ port: 53, protocol: "UDP" }, { port: 53, protocol: "TCP" }]);
+    t.deepEqual(dns.ports, [
+      { port: 53, protocol: "UDP" },
+      { port: 53, protocol: "TCP" },
+    ]);
     t.deepEqual(hub.ports, [{ port: get(values, "nats.hub.port"), protocol: "TCP" }]);
-    t.deepEqual((hub.to as Tree[]).map((p) => get(p, "ipBlock.cidr")), get(values, "nats.hub.cidrs"));
+    t.deepEqual(
+      (hub.to as Tree[]).map((p) => get(p, "ipBlock.cidr")),
+      get(values, "nats.hub.cidrs"),
+    );
     t.deepEqual(dge.ports, [{ port: get(values, "dge.egress.port"), protocol: "TCP" }]);
-    const dgePeers = (dge.to as Tree[]).flatMap((p) => [get(p, "ipBlock.cidr"), get(p, "namespaceSelector.matchLabels"), get(p, "podSelector.matchLabels")]);
+    const dgePeers = (dge.to as Tree[]).flatMap((p) => [
+      get(p, "ipBlock.cidr"),
+      get(p, "namespaceSelector.matchLabels"),
+      get(p, "podSelector.matchLabels"),
+    ]);
     const expectedPeers = [
       ...(get(values, "dge.egress.cidrs") as string[]).flatMap((c) => [c, undefined, undefined]),
       ...(get(values, "dge.egress.namespaceSelector") || get(values, "dge.egress.podSelector")
@@ -299,17 +388,27 @@ for (const [name, values] of valueSets) {
         : []),
     ].map((x) => (isMap(x) && Object.keys(x).length === 0 ? undefined : x));
     t.deepEqual(dgePeers, expectedPeers);
-    for (const rule of egress) t.true(Array.isArray(rule.to) && rule.to.length > 0, "no egress rule is open to every destination");
+    for (const rule of egress)
+      t.true(Array.isArray(rule.to) && rule.to.length > 0, "no egress rule is open to every destination");
     const ingressPorts = (get(np, "spec.ingress.0.ports") as Tree[]).map((p) => p.port);
     t.deepEqual(ingressPorts, ["grpc", "http"]);
-    t.deepEqual(get(np, "spec.podSelector.matchLabels"), get(find(objects, "StatefulSet"), "spec.selector.matchLabels"));
+    t.deepEqual(
+      get(np, "spec.podSelector.matchLabels"),
+      get(find(objects, "StatefulSet"), "spec.selector.matchLabels"),
+    );
   });
 
   test(`rendered chart - ${name}: the ClusterSPIFFEID names the kernel by its edge id`, (t) => {
     const objects = renderManifests(values);
     const id = find(objects, "ClusterSPIFFEID");
-    t.is(get(id, "spec.spiffeIDTemplate"), 'spiffe://{{ .TrustDomain }}/nops/kernel/{{ index .PodMeta.Labels "nops.dev/edge-id" }}');
-    t.deepEqual(get(id, "spec.podSelector.matchLabels"), get(find(objects, "StatefulSet"), "spec.selector.matchLabels"));
+    t.is(
+      get(id, "spec.spiffeIDTemplate"),
+      'spiffe://{{ .TrustDomain }}/nops/kernel/{{ index .PodMeta.Labels "nops.dev/edge-id" }}',
+    );
+    t.deepEqual(
+      get(id, "spec.podSelector.matchLabels"),
+      get(find(objects, "StatefulSet"), "spec.selector.matchLabels"),
+    );
     t.deepEqual(get(id, "spec.workloadSelectorTemplates"), ["k8s:container-name:kernel"]);
     t.deepEqual(get(id, "spec.namespaceSelector.matchLabels"), { "kubernetes.io/metadata.name": "nops" });
   });
@@ -339,7 +438,10 @@ for (const [name, values] of valueSets) {
     const { code, output } = await runNatsConfigCheck(conf);
     t.is(code, 0, output);
     t.regex(output, /is valid/);
-    t.regex(conf, new RegExp(`domain: "${(get(values, "nats.jetstream.domain") as string) || (values.edgeId as string)}"`));
+    t.regex(
+      conf,
+      new RegExp(`domain: "${(get(values, "nats.jetstream.domain") as string) || (values.edgeId as string)}"`),
+    );
   });
 }
 
@@ -355,7 +457,9 @@ test("rendered chart - large numbers are rendered as integers, not Helm's float 
   const cm = renderManifests(values).find((o) => isMap(o.data) && "leaf.conf" in o.data);
   t.regex((cm?.data as Tree)["leaf.conf"] as string, /max_file_store: 42949672960\n/);
   // The renderer reproduces Go's %v for float64, so a template without `| int64` would show here.
-  const raw = createTemplateSet("c", { "templates/x.yaml": "n: {{ .Values.n }}" }).render("templates/x.yaml", { Values: { n: 42949672960 } });
+  const raw = createTemplateSet("c", { "templates/x.yaml": "n: {{ .Values.n }}" }).render("templates/x.yaml", {
+    Values: { n: 42949672960 },
+  });
   t.is(raw, "n: 4.294967296e+10");
 });
 
@@ -370,7 +474,9 @@ test("rendered chart - the ServiceMonitor is rendered only when enabled and scra
   const objects = renderManifests(helmMerge(defaults, { serviceMonitor: { enabled: true } }));
   const sm = find(objects, "ServiceMonitor");
   t.like(get(sm, "spec.endpoints.0"), { port: "http", path: "/metrics" });
-  const httpService = objects.find((o) => o.kind === "Service" && (get(o, "metadata.labels") as Tree)["app.kubernetes.io/component"] === "http");
+  const httpService = objects.find(
+    (o) => o.kind === "Service" && (get(o, "metadata.labels") as Tree)["app.kubernetes.io/component"] === "http",
+  );
   t.truthy(httpService, "the ServiceMonitor's selector matches the HTTP Service");
 });
 
@@ -395,7 +501,10 @@ test("spire manifests - every YAML file parses and is a spire-controller-manager
 test("spire manifests - the kernel and agent ClusterSPIFFEIDs follow the SPIFFE ID scheme", (t) => {
   const kernel = readYaml(join(SPIRE, "cluster-spiffeid-kernel.yaml"));
   const agents = readYaml(join(SPIRE, "cluster-spiffeid-agents.yaml"));
-  t.is(get(kernel, "spec.spiffeIDTemplate"), 'spiffe://{{ .TrustDomain }}/nops/kernel/{{ index .PodMeta.Labels "nops.dev/edge-id" }}');
+  t.is(
+    get(kernel, "spec.spiffeIDTemplate"),
+    'spiffe://{{ .TrustDomain }}/nops/kernel/{{ index .PodMeta.Labels "nops.dev/edge-id" }}',
+  );
   t.is(
     get(agents, "spec.spiffeIDTemplate"),
     'spiffe://{{ .TrustDomain }}/nops/tenant/{{ index .PodMeta.Labels "nops.dev/tenant" }}/agent/{{ .PodSpec.ServiceAccountName }}',

@@ -2,6 +2,14 @@ import { create } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { AuditLog } from "../../audit/index.js";
+import {
+  checkTenant,
+  internalError,
+  invalidArgument,
+  notFound,
+  permissionDenied,
+  unauthenticated,
+} from "../../common/index.js";
 import type { Db } from "../../store/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { kCorrelationId } from "../../server/index.js";
@@ -12,7 +20,7 @@ import {
   type ApiKey,
   type ApiKeyService,
 } from "../../../gen/nops/kernel/v1/api_key_pb.js";
-import { TENANT_PATTERN, isAllTenants, kPrincipal, type Principal, type Role } from "../principal.js";
+import { isAllTenants, kPrincipal, type Principal, type Role } from "../principal.js";
 import { KEY_ID_PATTERN, type ApiKeyOptions, type ApiKeyRecord, type ApiKeyStore } from "./api-key-store.js";
 
 /** What the ApiKeyService handler needs. */
@@ -42,10 +50,6 @@ const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
 const AGENT_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
-function invalid(field: string, why: string): ConnectError {
-  return new ConnectError(`${field}: ${why}`, Code.InvalidArgument);
-}
-
 function toProto(r: ApiKeyRecord): ApiKey {
   return create(ApiKeySchema, {
     keyId: r.keyId,
@@ -62,12 +66,8 @@ function toProto(r: ApiKeyRecord): ApiKey {
   });
 }
 
-function checkTenant(tenant: string): void {
-  if (!TENANT_PATTERN.test(tenant)) throw invalid("tenant", "must match ^[a-z0-9][a-z0-9_-]{0,62}$");
-}
-
 function checkKeyId(keyId: string): void {
-  if (!KEY_ID_PATTERN.test(keyId)) throw invalid("key_id", "must be 24 lowercase hex characters");
+  if (!KEY_ID_PATTERN.test(keyId)) throw invalidArgument("key_id", "must be 24 lowercase hex characters");
 }
 
 /**
@@ -103,13 +103,13 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
     };
     if (!principal) {
       record("denied", resource, { reason: "no principal" });
-      throw new ConnectError("unauthenticated", Code.Unauthenticated);
+      throw unauthenticated();
     }
     const admin = principal.roles.includes("SUPER_ADMIN") || principal.roles.includes("ADMIN");
     // An ADMIN acts only on its own tenant; listing every tenant (tenant undefined) needs SUPER_ADMIN.
     if (!admin || (!isAllTenants(principal) && (tenant === undefined || principal.tenant !== tenant))) {
       record("denied", resource, { reason: admin ? "other tenant" : "not an admin" });
-      throw new ConnectError("permission denied", Code.PermissionDenied);
+      throw permissionDenied();
     }
     try {
       // The change and its audit row commit together.
@@ -127,9 +127,7 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       } catch (auditError) {
         logger.error({ err: auditError, correlationId }, "audit append failed");
       }
-      throw err.code === Code.Internal || err.code === Code.Unknown
-        ? new ConnectError("internal error", Code.Internal)
-        : err;
+      throw err.code === Code.Internal || err.code === Code.Unknown ? internalError() : err;
     }
   }
 
@@ -138,16 +136,17 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       return guarded(ctx, "apikey.create", req.tenant, "apikey/new", (actor) => {
         checkTenant(req.tenant);
         const name = req.name.trim();
-        if (name.length === 0 || name.length > 100) throw invalid("name", "must be 1..100 characters");
+        if (name.length === 0 || name.length > 100) throw invalidArgument("name", "must be 1..100 characters");
         if (req.agentId !== "" && !AGENT_ID_PATTERN.test(req.agentId))
-          throw invalid("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
+          throw invalidArgument("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
         const role = KEY_ROLES.get(req.role);
-        if (!role) throw invalid("role", "must be ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER");
+        if (!role) throw invalidArgument("role", "must be ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER");
         req.scopes.forEach((s, i) => {
           const g = parseScopeGrant(s);
-          if (!g) throw invalid(`scopes[${i}]`, 'must be "service/operation[/tenant]", each part a name or "*"');
+          if (!g)
+            throw invalidArgument(`scopes[${i}]`, 'must be "service/operation[/tenant]", each part a name or "*"');
           if (g.tenant !== "*" && g.tenant !== req.tenant)
-            throw invalid(`scopes[${i}]`, "may name only the key's own tenant");
+            throw invalidArgument(`scopes[${i}]`, "may name only the key's own tenant");
         });
         const issued = store.create({
           tenant: req.tenant,
@@ -173,11 +172,11 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
         if (req.gracePeriod) {
           graceMs = durationMs(req.gracePeriod);
           if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > deps.options.maxGraceMs) {
-            throw invalid("grace_period", `must be between 0 and ${deps.options.maxGraceMs} ms`);
+            throw invalidArgument("grace_period", `must be between 0 and ${deps.options.maxGraceMs} ms`);
           }
         }
         const issued = store.rotate(req.tenant, req.keyId, graceMs);
-        if (!issued) throw new ConnectError("api key not found", Code.NotFound);
+        if (!issued) throw notFound("api key");
         return { result: { apiKey: toProto(issued.record), secret: issued.key }, details: { graceMs } };
       });
     },
@@ -186,9 +185,9 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       return guarded(ctx, "apikey.revoke", req.tenant, `apikey/${req.keyId}`, () => {
         checkTenant(req.tenant);
         checkKeyId(req.keyId);
-        if (req.reason.length > 500) throw invalid("reason", "must be at most 500 characters");
+        if (req.reason.length > 500) throw invalidArgument("reason", "must be at most 500 characters");
         const record = store.revoke(req.tenant, req.keyId);
-        if (!record) throw new ConnectError("api key not found", Code.NotFound);
+        if (!record) throw notFound("api key");
         return { result: { apiKey: toProto(record) }, details: { reason: req.reason } };
       });
     },
@@ -198,11 +197,11 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       const tenant = req.tenant === "" ? undefined : req.tenant;
       return guarded(ctx, "apikey.list", tenant, "apikey/*", () => {
         if (tenant !== undefined) checkTenant(tenant);
-        if (req.pageSize > MAX_PAGE_SIZE) throw invalid("page_size", `must be at most ${MAX_PAGE_SIZE}`);
+        if (req.pageSize > MAX_PAGE_SIZE) throw invalidArgument("page_size", `must be at most ${MAX_PAGE_SIZE}`);
         let afterKeyId = "";
         if (req.pageToken !== "") {
           afterKeyId = Buffer.from(req.pageToken, "base64url").toString("utf8");
-          if (!KEY_ID_PATTERN.test(afterKeyId)) throw invalid("page_token", "is not a token from ListApiKeys");
+          if (!KEY_ID_PATTERN.test(afterKeyId)) throw invalidArgument("page_token", "is not a token from ListApiKeys");
         }
         const limit = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize;
         const page = store.list({ tenant, includeRevoked: req.includeRevoked, afterKeyId, limit: limit + 1 });

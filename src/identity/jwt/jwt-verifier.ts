@@ -17,9 +17,10 @@ import {
   readOptionalString,
   readString,
   readStringList,
+  TENANT_PATTERN,
 } from "../../common/index.js";
 import type { Logger } from "../../telemetry/index.js";
-import { CredentialError, ROLES, TENANT_PATTERN, isRole, readRoles, type Principal, type Role } from "../principal.js";
+import { CredentialError, ROLES, isRole, readRoles, type Principal, type Role } from "../principal.js";
 
 /** Signature algorithms the kernel accepts, if pinned in config. */
 export type JwtAlgorithm = "HS256" | "RS256" | "ES256";

@@ -1,7 +1,7 @@
 import { toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, createContextKey, type HandlerContext } from "@connectrpc/connect";
+import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import type { AuditLog } from "../../audit/index.js";
-import type { Clock } from "../../common/index.js";
+import { type Clock, unauthenticated } from "../../common/index.js";
 import { kCorrelationId, methodPath, type KernelInterceptor } from "../../server/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { SIGNATURE_HEADERS } from "./canonical-request.js";
@@ -53,7 +53,7 @@ export function createRequestSigningInterceptor(
       correlationId: ctx.values.get(kCorrelationId),
     });
     deps.logger.info({ reason, keyId, path }, "signed request rejected");
-    throw new ConnectError(`request signature rejected: ${reason}`, Code.Unauthenticated);
+    throw unauthenticated(`request signature rejected: ${reason}`);
   };
   return (next) => async (call) => {
     const { ctx } = call;

@@ -25,7 +25,10 @@ export interface RequestSigningOptions {
   keys: SigningKey[];
   /** Largest accepted |now - timestamp|, ms. @default 300000 */
   maxSkewMs: number;
-  /** How long a nonce is remembered, ms; at least 2 × maxSkewMs so a nonce outlives every timestamp that could carry it. @default 600000 */
+  /**
+   * How long a nonce is remembered, ms; at least 2 × maxSkewMs so a nonce outlives every timestamp that
+   * could carry it. @default 600000
+   */
   nonceTtlMs: number;
   /** Headers every signed request must sign (lower-case), e.g. ["content-type"]. @default [] */
   requiredSignedHeaders: string[];

@@ -94,7 +94,7 @@ export function validateSvidLeaf(cert: X509Certificate): SpiffeId {
   return id;
 }
 
-/** True when the certificate may sign others: CA basic constraint and, if present, keyCertSign (X509-SVID §4.1, §4.3). */
+/** True when the certificate may sign others: CA basic constraint and, if present, keyCertSign (X509-SVID §4.1/4.3). */
 export function isSigningCertificate(cert: X509Certificate): boolean {
   const bc = cert.getExtension(BasicConstraintsExtension);
   if (!bc?.ca) return false;
