@@ -1,4 +1,4 @@
-import { loadRawConfig } from "../config/load-config.js";
+import { loadRawConfig } from "./load-config.js";
 import { DEFAULT_KERNEL_OPTIONS, resolveKernelOptions, type KernelOptions } from "./kernel-options.js";
 
 /** Loads options from an optional file and the environment (SPIFFE_ENDPOINT_SOCKET included). */

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import test from "ava";
 import { DEFAULT_KERNEL_OPTIONS, resolveKernelOptions } from "../../src/kernel/kernel-options.js";
-import { envBindings, loadRawConfig } from "../../src/config/load-config.js";
+import { envBindings, loadRawConfig } from "../../src/kernel/load-config.js";
 import { loadKernelOptions } from "../../src/kernel/index.js";
 
 test("config - embedded defaults need no file and no services", (t) => {

@@ -38,8 +38,8 @@ const CLEAN: Record<string, string> = {
   "src/alpha/helper.ts": "export const helper = (n: number): number => n + 1;\n",
   "src/beta/index.ts": 'export { beta } from "./beta.js";\n',
   "src/beta/beta.ts": 'import { alpha } from "../alpha/index.js";\nexport const beta = (): number => alpha();\n',
-  "src/main.ts":
-    'import { helper } from "./alpha/helper.js";\nimport { beta } from "./beta/index.js";\n' +
+  "src/kernel/main.ts":
+    'import { helper } from "../alpha/helper.js";\nimport { beta } from "../beta/index.js";\n' +
     "export const main = (): number => helper(beta());\n",
 };
 
@@ -73,7 +73,7 @@ test("depcruise - a folder cycle, a reach past an index and an import of the ker
     // A lower layer importing a capability, and a capability importing the composition root.
     "src/common/clock.ts":
       'import type { gamma } from "../gamma/index.js";\nexport type G = typeof gamma;\n' + CLEAN["src/common/clock.ts"],
-    "src/delta/index.ts": 'import { main } from "../main.js";\nexport const delta = main;\n',
+    "src/delta/index.ts": 'import { main } from "../kernel/main.js";\nexport const delta = main;\n',
   });
   const result = await depcruise(dir);
   t.not(result.code, 0);
@@ -81,9 +81,9 @@ test("depcruise - a folder cycle, a reach past an index and an import of the ker
   t.regex(result.output, /no-folder-cycle: src\/alpha → \s*src\/beta →\s*src\/alpha/);
   t.notRegex(result.output, /no-module-cycle/);
   t.regex(result.output, /layer-common: src\/common\/clock\.ts → src\/gamma\/index\.ts/);
-  t.regex(result.output, /nothing-imports-the-kernel: src\/delta\/index\.ts → src\/main\.ts/);
+  t.regex(result.output, /nothing-imports-the-kernel: src\/delta\/index\.ts → src\/kernel\/main\.ts/);
   // The composition root's direct import of alpha/helper.ts is allowed, so it is not reported.
-  t.notRegex(result.output, /src\/main\.ts → src\/alpha\/helper\.ts/);
+  t.notRegex(result.output, /src\/kernel\/main\.ts → src\/alpha\/helper\.ts/);
 });
 
 test("prettier - --check fails on unformatted code and passes once it is formatted", async (t) => {
