@@ -260,3 +260,34 @@ test("agent sdk - typed errors: bad options name the field, a reused key with ot
   t.is(second.state, "stopped");
   t.is((await kd.registry.listAgents({ tenant: TENANT })).agents.length, 1);
 });
+
+test("agent sdk - publish and subscribe in the agent's tenant; a throwing handler gets the event again", async (t) => {
+  const k = await startTestKernel(t, { identity: { source: "dev" }, nats: { leaf: "auto" } });
+  const dir = join(k.dir, "dev-identity");
+  const agent = startAgent(t, {
+    tenant: TENANT,
+    name: "events",
+    kernelUrl: `https://localhost:${k.kernel.grpcPort}`,
+    identity: { type: "dev", dir },
+    capabilities: echo,
+  });
+  await agent.start();
+  const seen: { payload: string; deliveryCount: number; type: string }[] = [];
+  let failedOnce = false;
+  agent.subscribe(
+    "sdk_notes",
+    (e) => {
+      seen.push({ payload: new TextDecoder().decode(e.payload), deliveryCount: e.deliveryCount, type: e.payloadType });
+      if (!failedOnce) {
+        failedOnce = true;
+        throw new Error("first delivery fails");
+      }
+    },
+    { filter: "notes.>" },
+  );
+  const published = await agent.publish("notes.created.v1", "hello", { payloadType: "text/plain" });
+  t.truthy(published.eventId);
+  await waitFor(() => seen.length >= 2, "a delivery and its redelivery", 30_000, 100);
+  t.like(seen[0], { payload: "hello", deliveryCount: 1, type: "text/plain" });
+  t.like(seen[1], { payload: "hello", deliveryCount: 2 });
+});

@@ -345,6 +345,7 @@ export function createAgent(options: AgentOptions): Agent {
   let rotating: Promise<string> | undefined;
   let idempotencyKey = options.registration?.idempotencyKey;
   const subscriptions = new Set<Subscription>();
+  let lastCutCalls = 0;
   const signalHandlers: [NodeJS.Signals, () => void][] = [];
 
   const conn = () => {
@@ -532,6 +533,7 @@ export function createAgent(options: AgentOptions): Agent {
       server?.stopAccepting();
       const idle = (await server?.waitIdle(drainOpts.timeoutMs)) ?? true;
       const cutCalls = idle ? 0 : (server?.inFlight() ?? 0);
+      lastCutCalls = cutCalls;
       await server?.close(idle ? 1000 : 0);
       connection?.close();
       await identity?.close();
@@ -591,7 +593,7 @@ export function createAgent(options: AgentOptions): Agent {
           for (const sig of ["SIGTERM", "SIGINT"] as const) {
             const h = () => {
               void drain(sig).then(() => {
-                if (drainOpts.exitAfterSignal) process.exit(server && server.inFlight() > 0 ? 1 : 0);
+                if (drainOpts.exitAfterSignal) process.exit(lastCutCalls > 0 ? 1 : 0);
               });
             };
             process.once(sig, h);
