@@ -236,6 +236,10 @@ test("agent sdk - typed errors: bad options name the field, a reused key with ot
     instanceOf: ConfigurationError,
     message: /tenant/,
   });
+  t.throws(() => createAgent({ tenant: TENANT, name: "my agent", capabilities: echo, identity: { type: "dev" } }), {
+    instanceOf: ConfigurationError,
+    message: /name must be/,
+  });
   t.throws(() => createAgent({ tenant: TENANT, name: "a", capabilities: { x: {} } }), {
     instanceOf: ConfigurationError,
     message: /capabilities\.x/,

@@ -279,6 +279,8 @@ export function createAgent(options: AgentOptions): Agent {
     if (!def.handle && !def.handleStream)
       throw new ConfigurationError(`capabilities.${name} needs handle or handleStream`);
   }
+  if (options.identity?.type === "dev" || (options.identity === undefined && !process.env.SPIFFE_ENDPOINT_SOCKET))
+    agentSpiffeId(DEFAULT_TRUST_DOMAIN, options.tenant, options.name);
   if (options.apiKey !== undefined && !API_KEY.test(options.apiKey))
     throw new ConfigurationError("apiKey must look like nops_<keyId>_<secret>");
   const hb = {

@@ -16,26 +16,22 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
 /**
  * Describes the file spiffe/workload/workload.proto.
  */
-export const file_spiffe_workload_workload: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Ch5zcGlmZmUvd29ya2xvYWQvd29ya2xvYWQucHJvdG8iEQoPWDUwOVNWSURSZXF1ZXN0IrYBChBYNTA5U1ZJRFJlc3BvbnNlEhgKBXN2aWRzGAEgAygLMgkuWDUwOVNWSUQSCwoDY3JsGAIgAygMEkIKEWZlZGVyYXRlZF9idW5kbGVzGAMgAygLMicuWDUwOVNWSURSZXNwb25zZS5GZWRlcmF0ZWRCdW5kbGVzRW50cnkaNwoVRmVkZXJhdGVkQnVuZGxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDDoCOAEiZQoIWDUwOVNWSUQSEQoJc3BpZmZlX2lkGAEgASgJEhEKCXg1MDlfc3ZpZBgCIAEoDBIVCg14NTA5X3N2aWRfa2V5GAMgASgMEg4KBmJ1bmRsZRgEIAEoDBIMCgRoaW50GAUgASgJIhQKElg1MDlCdW5kbGVzUmVxdWVzdCKGAQoTWDUwOUJ1bmRsZXNSZXNwb25zZRILCgNjcmwYASADKAwSMgoHYnVuZGxlcxgCIAMoCzIhLlg1MDlCdW5kbGVzUmVzcG9uc2UuQnVuZGxlc0VudHJ5Gi4KDEJ1bmRsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAw6AjgBIjUKDkpXVFNWSURSZXF1ZXN0EhAKCGF1ZGllbmNlGAEgAygJEhEKCXNwaWZmZV9pZBgCIAEoCSIqCg9KV1RTVklEUmVzcG9uc2USFwoFc3ZpZHMYASADKAsyCC5KV1RTVklEIjgKB0pXVFNWSUQSEQoJc3BpZmZlX2lkGAEgASgJEgwKBHN2aWQYAiABKAkSDAoEaGludBgDIAEoCSITChFKV1RCdW5kbGVzUmVxdWVzdCJ3ChJKV1RCdW5kbGVzUmVzcG9uc2USMQoHYnVuZGxlcxgBIAMoCzIgLkpXVEJ1bmRsZXNSZXNwb25zZS5CdW5kbGVzRW50cnkaLgoMQnVuZGxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDDoCOAEiOAoWVmFsaWRhdGVKV1RTVklEUmVxdWVzdBIQCghhdWRpZW5jZRgBIAEoCRIMCgRzdmlkGAIgASgJIlUKF1ZhbGlkYXRlSldUU1ZJRFJlc3BvbnNlEhEKCXNwaWZmZV9pZBgBIAEoCRInCgZjbGFpbXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0MsMCChFTcGlmZmVXb3JrbG9hZEFQSRI2Cg1GZXRjaFg1MDlTVklEEhAuWDUwOVNWSURSZXF1ZXN0GhEuWDUwOVNWSURSZXNwb25zZTABEj8KEEZldGNoWDUwOUJ1bmRsZXMSEy5YNTA5QnVuZGxlc1JlcXVlc3QaFC5YNTA5QnVuZGxlc1Jlc3BvbnNlMAESMQoMRmV0Y2hKV1RTVklEEg8uSldUU1ZJRFJlcXVlc3QaEC5KV1RTVklEUmVzcG9uc2USPAoPRmV0Y2hKV1RCdW5kbGVzEhIuSldUQnVuZGxlc1JlcXVlc3QaEy5KV1RCdW5kbGVzUmVzcG9uc2UwARJECg9WYWxpZGF0ZUpXVFNWSUQSFy5WYWxpZGF0ZUpXVFNWSURSZXF1ZXN0GhguVmFsaWRhdGVKV1RTVklEUmVzcG9uc2ViBnByb3RvMw",
-    [file_google_protobuf_struct],
-  );
+export const file_spiffe_workload_workload: GenFile = /*@__PURE__*/
+  fileDesc("Ch5zcGlmZmUvd29ya2xvYWQvd29ya2xvYWQucHJvdG8iEQoPWDUwOVNWSURSZXF1ZXN0IrYBChBYNTA5U1ZJRFJlc3BvbnNlEhgKBXN2aWRzGAEgAygLMgkuWDUwOVNWSUQSCwoDY3JsGAIgAygMEkIKEWZlZGVyYXRlZF9idW5kbGVzGAMgAygLMicuWDUwOVNWSURSZXNwb25zZS5GZWRlcmF0ZWRCdW5kbGVzRW50cnkaNwoVRmVkZXJhdGVkQnVuZGxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDDoCOAEiZQoIWDUwOVNWSUQSEQoJc3BpZmZlX2lkGAEgASgJEhEKCXg1MDlfc3ZpZBgCIAEoDBIVCg14NTA5X3N2aWRfa2V5GAMgASgMEg4KBmJ1bmRsZRgEIAEoDBIMCgRoaW50GAUgASgJIhQKElg1MDlCdW5kbGVzUmVxdWVzdCKGAQoTWDUwOUJ1bmRsZXNSZXNwb25zZRILCgNjcmwYASADKAwSMgoHYnVuZGxlcxgCIAMoCzIhLlg1MDlCdW5kbGVzUmVzcG9uc2UuQnVuZGxlc0VudHJ5Gi4KDEJ1bmRsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAw6AjgBIjUKDkpXVFNWSURSZXF1ZXN0EhAKCGF1ZGllbmNlGAEgAygJEhEKCXNwaWZmZV9pZBgCIAEoCSIqCg9KV1RTVklEUmVzcG9uc2USFwoFc3ZpZHMYASADKAsyCC5KV1RTVklEIjgKB0pXVFNWSUQSEQoJc3BpZmZlX2lkGAEgASgJEgwKBHN2aWQYAiABKAkSDAoEaGludBgDIAEoCSITChFKV1RCdW5kbGVzUmVxdWVzdCJ3ChJKV1RCdW5kbGVzUmVzcG9uc2USMQoHYnVuZGxlcxgBIAMoCzIgLkpXVEJ1bmRsZXNSZXNwb25zZS5CdW5kbGVzRW50cnkaLgoMQnVuZGxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDDoCOAEiOAoWVmFsaWRhdGVKV1RTVklEUmVxdWVzdBIQCghhdWRpZW5jZRgBIAEoCRIMCgRzdmlkGAIgASgJIlUKF1ZhbGlkYXRlSldUU1ZJRFJlc3BvbnNlEhEKCXNwaWZmZV9pZBgBIAEoCRInCgZjbGFpbXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0MsMCChFTcGlmZmVXb3JrbG9hZEFQSRI2Cg1GZXRjaFg1MDlTVklEEhAuWDUwOVNWSURSZXF1ZXN0GhEuWDUwOVNWSURSZXNwb25zZTABEj8KEEZldGNoWDUwOUJ1bmRsZXMSEy5YNTA5QnVuZGxlc1JlcXVlc3QaFC5YNTA5QnVuZGxlc1Jlc3BvbnNlMAESMQoMRmV0Y2hKV1RTVklEEg8uSldUU1ZJRFJlcXVlc3QaEC5KV1RTVklEUmVzcG9uc2USPAoPRmV0Y2hKV1RCdW5kbGVzEhIuSldUQnVuZGxlc1JlcXVlc3QaEy5KV1RCdW5kbGVzUmVzcG9uc2UwARJECg9WYWxpZGF0ZUpXVFNWSUQSFy5WYWxpZGF0ZUpXVFNWSURSZXF1ZXN0GhguVmFsaWRhdGVKV1RTVklEUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct]);
 
 /**
  * Parameters for FetchX509SVID; currently none.
  *
  * @generated from message X509SVIDRequest
  */
-export type X509SVIDRequest = Message<"X509SVIDRequest"> & {};
+export type X509SVIDRequest = Message<"X509SVIDRequest"> & {
+};
 
 /**
  * Describes the message X509SVIDRequest.
  * Use `create(X509SVIDRequestSchema)` to create a new message.
  */
-export const X509SVIDRequestSchema: GenMessage<X509SVIDRequest> =
-  /*@__PURE__*/
+export const X509SVIDRequestSchema: GenMessage<X509SVIDRequest> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 0);
 
 /**
@@ -71,8 +67,7 @@ export type X509SVIDResponse = Message<"X509SVIDResponse"> & {
  * Describes the message X509SVIDResponse.
  * Use `create(X509SVIDResponseSchema)` to create a new message.
  */
-export const X509SVIDResponseSchema: GenMessage<X509SVIDResponse> =
-  /*@__PURE__*/
+export const X509SVIDResponseSchema: GenMessage<X509SVIDResponse> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 1);
 
 /**
@@ -122,21 +117,22 @@ export type X509SVID = Message<"X509SVID"> & {
  * Describes the message X509SVID.
  * Use `create(X509SVIDSchema)` to create a new message.
  */
-export const X509SVIDSchema: GenMessage<X509SVID> = /*@__PURE__*/ messageDesc(file_spiffe_workload_workload, 2);
+export const X509SVIDSchema: GenMessage<X509SVID> = /*@__PURE__*/
+  messageDesc(file_spiffe_workload_workload, 2);
 
 /**
  * Parameters for FetchX509Bundles; currently none.
  *
  * @generated from message X509BundlesRequest
  */
-export type X509BundlesRequest = Message<"X509BundlesRequest"> & {};
+export type X509BundlesRequest = Message<"X509BundlesRequest"> & {
+};
 
 /**
  * Describes the message X509BundlesRequest.
  * Use `create(X509BundlesRequestSchema)` to create a new message.
  */
-export const X509BundlesRequestSchema: GenMessage<X509BundlesRequest> =
-  /*@__PURE__*/
+export const X509BundlesRequestSchema: GenMessage<X509BundlesRequest> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 3);
 
 /**
@@ -165,8 +161,7 @@ export type X509BundlesResponse = Message<"X509BundlesResponse"> & {
  * Describes the message X509BundlesResponse.
  * Use `create(X509BundlesResponseSchema)` to create a new message.
  */
-export const X509BundlesResponseSchema: GenMessage<X509BundlesResponse> =
-  /*@__PURE__*/
+export const X509BundlesResponseSchema: GenMessage<X509BundlesResponse> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 4);
 
 /**
@@ -194,8 +189,7 @@ export type JWTSVIDRequest = Message<"JWTSVIDRequest"> & {
  * Describes the message JWTSVIDRequest.
  * Use `create(JWTSVIDRequestSchema)` to create a new message.
  */
-export const JWTSVIDRequestSchema: GenMessage<JWTSVIDRequest> =
-  /*@__PURE__*/
+export const JWTSVIDRequestSchema: GenMessage<JWTSVIDRequest> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 5);
 
 /**
@@ -216,8 +210,7 @@ export type JWTSVIDResponse = Message<"JWTSVIDResponse"> & {
  * Describes the message JWTSVIDResponse.
  * Use `create(JWTSVIDResponseSchema)` to create a new message.
  */
-export const JWTSVIDResponseSchema: GenMessage<JWTSVIDResponse> =
-  /*@__PURE__*/
+export const JWTSVIDResponseSchema: GenMessage<JWTSVIDResponse> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 6);
 
 /**
@@ -252,21 +245,22 @@ export type JWTSVID = Message<"JWTSVID"> & {
  * Describes the message JWTSVID.
  * Use `create(JWTSVIDSchema)` to create a new message.
  */
-export const JWTSVIDSchema: GenMessage<JWTSVID> = /*@__PURE__*/ messageDesc(file_spiffe_workload_workload, 7);
+export const JWTSVIDSchema: GenMessage<JWTSVID> = /*@__PURE__*/
+  messageDesc(file_spiffe_workload_workload, 7);
 
 /**
  * Parameters for FetchJWTBundles; currently none.
  *
  * @generated from message JWTBundlesRequest
  */
-export type JWTBundlesRequest = Message<"JWTBundlesRequest"> & {};
+export type JWTBundlesRequest = Message<"JWTBundlesRequest"> & {
+};
 
 /**
  * Describes the message JWTBundlesRequest.
  * Use `create(JWTBundlesRequestSchema)` to create a new message.
  */
-export const JWTBundlesRequestSchema: GenMessage<JWTBundlesRequest> =
-  /*@__PURE__*/
+export const JWTBundlesRequestSchema: GenMessage<JWTBundlesRequest> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 8);
 
 /**
@@ -288,8 +282,7 @@ export type JWTBundlesResponse = Message<"JWTBundlesResponse"> & {
  * Describes the message JWTBundlesResponse.
  * Use `create(JWTBundlesResponseSchema)` to create a new message.
  */
-export const JWTBundlesResponseSchema: GenMessage<JWTBundlesResponse> =
-  /*@__PURE__*/
+export const JWTBundlesResponseSchema: GenMessage<JWTBundlesResponse> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 9);
 
 /**
@@ -317,8 +310,7 @@ export type ValidateJWTSVIDRequest = Message<"ValidateJWTSVIDRequest"> & {
  * Describes the message ValidateJWTSVIDRequest.
  * Use `create(ValidateJWTSVIDRequestSchema)` to create a new message.
  */
-export const ValidateJWTSVIDRequestSchema: GenMessage<ValidateJWTSVIDRequest> =
-  /*@__PURE__*/
+export const ValidateJWTSVIDRequestSchema: GenMessage<ValidateJWTSVIDRequest> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 10);
 
 /**
@@ -346,8 +338,7 @@ export type ValidateJWTSVIDResponse = Message<"ValidateJWTSVIDResponse"> & {
  * Describes the message ValidateJWTSVIDResponse.
  * Use `create(ValidateJWTSVIDResponseSchema)` to create a new message.
  */
-export const ValidateJWTSVIDResponseSchema: GenMessage<ValidateJWTSVIDResponse> =
-  /*@__PURE__*/
+export const ValidateJWTSVIDResponseSchema: GenMessage<ValidateJWTSVIDResponse> = /*@__PURE__*/
   messageDesc(file_spiffe_workload_workload, 11);
 
 /**
@@ -366,7 +357,7 @@ export const SpiffeWorkloadAPI: GenService<{
     methodKind: "server_streaming";
     input: typeof X509SVIDRequestSchema;
     output: typeof X509SVIDResponseSchema;
-  };
+  },
   /**
    * Streams trust bundles and CRLs for workloads that only validate SVIDs.
    *
@@ -376,7 +367,7 @@ export const SpiffeWorkloadAPI: GenService<{
     methodKind: "server_streaming";
     input: typeof X509BundlesRequestSchema;
     output: typeof X509BundlesResponseSchema;
-  };
+  },
   /**
    * Fetches JWT-SVIDs for the requested audience (optionally one SPIFFE ID).
    *
@@ -386,7 +377,7 @@ export const SpiffeWorkloadAPI: GenService<{
     methodKind: "unary";
     input: typeof JWTSVIDRequestSchema;
     output: typeof JWTSVIDResponseSchema;
-  };
+  },
   /**
    * Streams JWT bundles (JWK sets) keyed by trust domain SPIFFE ID.
    *
@@ -396,7 +387,7 @@ export const SpiffeWorkloadAPI: GenService<{
     methodKind: "server_streaming";
     input: typeof JWTBundlesRequestSchema;
     output: typeof JWTBundlesResponseSchema;
-  };
+  },
   /**
    * Validates a JWT-SVID for an audience on behalf of the workload.
    *
@@ -406,5 +397,7 @@ export const SpiffeWorkloadAPI: GenService<{
     methodKind: "unary";
     input: typeof ValidateJWTSVIDRequestSchema;
     output: typeof ValidateJWTSVIDResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_spiffe_workload_workload, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_spiffe_workload_workload, 0);
+

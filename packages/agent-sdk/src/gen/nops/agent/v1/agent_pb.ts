@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/agent/v1/agent.proto.
  */
-export const file_nops_agent_v1_agent: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Chlub3BzL2FnZW50L3YxL2FnZW50LnByb3RvEg1ub3BzLmFnZW50LnYxItMBCgpJbnZvY2F0aW9uEhIKCmNhcGFiaWxpdHkYASABKAkSDgoGdGVuYW50GAIgASgJEg8KB3BheWxvYWQYAyABKAwSFAoMY29udGVudF90eXBlGAQgASgJEiwKCGRlYWRsaW5lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt0cmFjZXBhcmVudBgGIAEoCRISCgp0cmFjZXN0YXRlGAcgASgJEhIKCnJlcXVlc3RfaWQYCCABKAkSDwoHYXR0ZW1wdBgJIAEoDSI+Cg1IYW5kbGVSZXF1ZXN0Ei0KCmludm9jYXRpb24YASABKAsyGS5ub3BzLmFnZW50LnYxLkludm9jYXRpb24iNwoOSGFuZGxlUmVzcG9uc2USDwoHcGF5bG9hZBgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiRAoTSGFuZGxlU3RyZWFtUmVxdWVzdBItCgppbnZvY2F0aW9uGAEgASgLMhkubm9wcy5hZ2VudC52MS5JbnZvY2F0aW9uIj0KFEhhbmRsZVN0cmVhbVJlc3BvbnNlEg8KB3BheWxvYWQYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJMrABCgxBZ2VudFNlcnZpY2USRQoGSGFuZGxlEhwubm9wcy5hZ2VudC52MS5IYW5kbGVSZXF1ZXN0Gh0ubm9wcy5hZ2VudC52MS5IYW5kbGVSZXNwb25zZRJZCgxIYW5kbGVTdHJlYW0SIi5ub3BzLmFnZW50LnYxLkhhbmRsZVN0cmVhbVJlcXVlc3QaIy5ub3BzLmFnZW50LnYxLkhhbmRsZVN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw",
-    [file_google_protobuf_timestamp],
-  );
+export const file_nops_agent_v1_agent: GenFile = /*@__PURE__*/
+  fileDesc("Chlub3BzL2FnZW50L3YxL2FnZW50LnByb3RvEg1ub3BzLmFnZW50LnYxItMBCgpJbnZvY2F0aW9uEhIKCmNhcGFiaWxpdHkYASABKAkSDgoGdGVuYW50GAIgASgJEg8KB3BheWxvYWQYAyABKAwSFAoMY29udGVudF90eXBlGAQgASgJEiwKCGRlYWRsaW5lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgt0cmFjZXBhcmVudBgGIAEoCRISCgp0cmFjZXN0YXRlGAcgASgJEhIKCnJlcXVlc3RfaWQYCCABKAkSDwoHYXR0ZW1wdBgJIAEoDSI+Cg1IYW5kbGVSZXF1ZXN0Ei0KCmludm9jYXRpb24YASABKAsyGS5ub3BzLmFnZW50LnYxLkludm9jYXRpb24iNwoOSGFuZGxlUmVzcG9uc2USDwoHcGF5bG9hZBgBIAEoDBIUCgxjb250ZW50X3R5cGUYAiABKAkiRAoTSGFuZGxlU3RyZWFtUmVxdWVzdBItCgppbnZvY2F0aW9uGAEgASgLMhkubm9wcy5hZ2VudC52MS5JbnZvY2F0aW9uIj0KFEhhbmRsZVN0cmVhbVJlc3BvbnNlEg8KB3BheWxvYWQYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJMrABCgxBZ2VudFNlcnZpY2USRQoGSGFuZGxlEhwubm9wcy5hZ2VudC52MS5IYW5kbGVSZXF1ZXN0Gh0ubm9wcy5hZ2VudC52MS5IYW5kbGVSZXNwb25zZRJZCgxIYW5kbGVTdHJlYW0SIi5ub3BzLmFnZW50LnYxLkhhbmRsZVN0cmVhbVJlcXVlc3QaIy5ub3BzLmFnZW50LnYxLkhhbmRsZVN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Invocation is what the kernel asks an agent to do, common to both methods.
@@ -93,7 +89,8 @@ export type Invocation = Message<"nops.agent.v1.Invocation"> & {
  * Describes the message nops.agent.v1.Invocation.
  * Use `create(InvocationSchema)` to create a new message.
  */
-export const InvocationSchema: GenMessage<Invocation> = /*@__PURE__*/ messageDesc(file_nops_agent_v1_agent, 0);
+export const InvocationSchema: GenMessage<Invocation> = /*@__PURE__*/
+  messageDesc(file_nops_agent_v1_agent, 0);
 
 /**
  * HandleRequest carries one invocation.
@@ -111,7 +108,8 @@ export type HandleRequest = Message<"nops.agent.v1.HandleRequest"> & {
  * Describes the message nops.agent.v1.HandleRequest.
  * Use `create(HandleRequestSchema)` to create a new message.
  */
-export const HandleRequestSchema: GenMessage<HandleRequest> = /*@__PURE__*/ messageDesc(file_nops_agent_v1_agent, 1);
+export const HandleRequestSchema: GenMessage<HandleRequest> = /*@__PURE__*/
+  messageDesc(file_nops_agent_v1_agent, 1);
 
 /**
  * HandleResponse is the agent's answer.
@@ -138,7 +136,8 @@ export type HandleResponse = Message<"nops.agent.v1.HandleResponse"> & {
  * Describes the message nops.agent.v1.HandleResponse.
  * Use `create(HandleResponseSchema)` to create a new message.
  */
-export const HandleResponseSchema: GenMessage<HandleResponse> = /*@__PURE__*/ messageDesc(file_nops_agent_v1_agent, 2);
+export const HandleResponseSchema: GenMessage<HandleResponse> = /*@__PURE__*/
+  messageDesc(file_nops_agent_v1_agent, 2);
 
 /**
  * HandleStreamRequest carries one invocation answered by a stream.
@@ -156,8 +155,7 @@ export type HandleStreamRequest = Message<"nops.agent.v1.HandleStreamRequest"> &
  * Describes the message nops.agent.v1.HandleStreamRequest.
  * Use `create(HandleStreamRequestSchema)` to create a new message.
  */
-export const HandleStreamRequestSchema: GenMessage<HandleStreamRequest> =
-  /*@__PURE__*/
+export const HandleStreamRequestSchema: GenMessage<HandleStreamRequest> = /*@__PURE__*/
   messageDesc(file_nops_agent_v1_agent, 3);
 
 /**
@@ -185,8 +183,7 @@ export type HandleStreamResponse = Message<"nops.agent.v1.HandleStreamResponse">
  * Describes the message nops.agent.v1.HandleStreamResponse.
  * Use `create(HandleStreamResponseSchema)` to create a new message.
  */
-export const HandleStreamResponseSchema: GenMessage<HandleStreamResponse> =
-  /*@__PURE__*/
+export const HandleStreamResponseSchema: GenMessage<HandleStreamResponse> = /*@__PURE__*/
   messageDesc(file_nops_agent_v1_agent, 4);
 
 /**
@@ -206,7 +203,7 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof HandleRequestSchema;
     output: typeof HandleResponseSchema;
-  };
+  },
   /**
    * HandleStream serves one request and answers with a stream of chunks.
    *
@@ -216,5 +213,7 @@ export const AgentService: GenService<{
     methodKind: "server_streaming";
     input: typeof HandleStreamRequestSchema;
     output: typeof HandleStreamResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_agent_v1_agent, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_agent_v1_agent, 0);
+

@@ -13,12 +13,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/events/v1/agent_events.proto.
  */
-export const file_nops_events_v1_agent_events: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "CiFub3BzL2V2ZW50cy92MS9hZ2VudF9ldmVudHMucHJvdG8SDm5vcHMuZXZlbnRzLnYxIjcKD0FnZW50UmVnaXN0ZXJlZBIkCgVhZ2VudBgBIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50IpwBCg5BZ2VudEhlYXJ0YmVhdBIQCghhZ2VudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSMAoMaGVhcnRiZWF0X2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgRsb2FkGAQgASgLMhkubm9wcy5rZXJuZWwudjEuQWdlbnRMb2FkEg0KBWJlYXRzGAUgASgNIkwKDEFnZW50VXBkYXRlZBIkCgVhZ2VudBgBIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50EhYKDmNoYW5nZWRfZmllbGRzGAIgAygJIlUKEUFnZW50RGVyZWdpc3RlcmVkEhAKCGFnZW50X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIOCgZyZWFzb24YAyABKAkSDgoGcmVhcGVkGAQgASgIIsUBChJBZ2VudFN0YXR1c0NoYW5nZWQSEAoIYWdlbnRfaWQYASABKAkSDgoGdGVuYW50GAIgASgJEi0KCHByZXZpb3VzGAMgASgOMhsubm9wcy5rZXJuZWwudjEuQWdlbnRTdGF0dXMSLAoHY3VycmVudBgEIAEoDjIbLm5vcHMua2VybmVsLnYxLkFnZW50U3RhdHVzEjAKDGhlYXJ0YmVhdF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw",
-    [file_google_protobuf_timestamp, file_nops_kernel_v1_agent_registry],
-  );
+export const file_nops_events_v1_agent_events: GenFile = /*@__PURE__*/
+  fileDesc("CiFub3BzL2V2ZW50cy92MS9hZ2VudF9ldmVudHMucHJvdG8SDm5vcHMuZXZlbnRzLnYxIjcKD0FnZW50UmVnaXN0ZXJlZBIkCgVhZ2VudBgBIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50IpwBCg5BZ2VudEhlYXJ0YmVhdBIQCghhZ2VudF9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSMAoMaGVhcnRiZWF0X2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgRsb2FkGAQgASgLMhkubm9wcy5rZXJuZWwudjEuQWdlbnRMb2FkEg0KBWJlYXRzGAUgASgNIkwKDEFnZW50VXBkYXRlZBIkCgVhZ2VudBgBIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50EhYKDmNoYW5nZWRfZmllbGRzGAIgAygJIlUKEUFnZW50RGVyZWdpc3RlcmVkEhAKCGFnZW50X2lkGAEgASgJEg4KBnRlbmFudBgCIAEoCRIOCgZyZWFzb24YAyABKAkSDgoGcmVhcGVkGAQgASgIIsUBChJBZ2VudFN0YXR1c0NoYW5nZWQSEAoIYWdlbnRfaWQYASABKAkSDgoGdGVuYW50GAIgASgJEi0KCHByZXZpb3VzGAMgASgOMhsubm9wcy5rZXJuZWwudjEuQWdlbnRTdGF0dXMSLAoHY3VycmVudBgEIAEoDjIbLm5vcHMua2VybmVsLnYxLkFnZW50U3RhdHVzEjAKDGhlYXJ0YmVhdF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw", [file_google_protobuf_timestamp, file_nops_kernel_v1_agent_registry]);
 
 /**
  * AgentRegistered is agent.registered.v1.
@@ -36,8 +32,7 @@ export type AgentRegistered = Message<"nops.events.v1.AgentRegistered"> & {
  * Describes the message nops.events.v1.AgentRegistered.
  * Use `create(AgentRegisteredSchema)` to create a new message.
  */
-export const AgentRegisteredSchema: GenMessage<AgentRegistered> =
-  /*@__PURE__*/
+export const AgentRegisteredSchema: GenMessage<AgentRegistered> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_agent_events, 0);
 
 /**
@@ -77,8 +72,7 @@ export type AgentHeartbeat = Message<"nops.events.v1.AgentHeartbeat"> & {
  * Describes the message nops.events.v1.AgentHeartbeat.
  * Use `create(AgentHeartbeatSchema)` to create a new message.
  */
-export const AgentHeartbeatSchema: GenMessage<AgentHeartbeat> =
-  /*@__PURE__*/
+export const AgentHeartbeatSchema: GenMessage<AgentHeartbeat> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_agent_events, 1);
 
 /**
@@ -104,8 +98,7 @@ export type AgentUpdated = Message<"nops.events.v1.AgentUpdated"> & {
  * Describes the message nops.events.v1.AgentUpdated.
  * Use `create(AgentUpdatedSchema)` to create a new message.
  */
-export const AgentUpdatedSchema: GenMessage<AgentUpdated> =
-  /*@__PURE__*/
+export const AgentUpdatedSchema: GenMessage<AgentUpdated> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_agent_events, 2);
 
 /**
@@ -141,8 +134,7 @@ export type AgentDeregistered = Message<"nops.events.v1.AgentDeregistered"> & {
  * Describes the message nops.events.v1.AgentDeregistered.
  * Use `create(AgentDeregisteredSchema)` to create a new message.
  */
-export const AgentDeregisteredSchema: GenMessage<AgentDeregistered> =
-  /*@__PURE__*/
+export const AgentDeregisteredSchema: GenMessage<AgentDeregistered> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_agent_events, 3);
 
 /**
@@ -181,6 +173,6 @@ export type AgentStatusChanged = Message<"nops.events.v1.AgentStatusChanged"> & 
  * Describes the message nops.events.v1.AgentStatusChanged.
  * Use `create(AgentStatusChangedSchema)` to create a new message.
  */
-export const AgentStatusChangedSchema: GenMessage<AgentStatusChanged> =
-  /*@__PURE__*/
+export const AgentStatusChangedSchema: GenMessage<AgentStatusChanged> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_agent_events, 4);
+

@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/events/v1/billing_events.proto.
  */
-export const file_nops_events_v1_billing_events: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "CiNub3BzL2V2ZW50cy92MS9iaWxsaW5nX2V2ZW50cy5wcm90bxIObm9wcy5ldmVudHMudjEiuwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgNEg0KBWxpbWl0GAMgASgNEgwKBHVzZWQYBCABKA0SEQoJd2luZG93X21zGAUgASgNEjMKD3dpbmRvd19yZXNldF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGhyZXNob2xkGAcgASgBEhAKCHJlamVjdGVkGAggASgIYgZwcm90bzM",
-    [file_google_protobuf_timestamp],
-  );
+export const file_nops_events_v1_billing_events: GenFile = /*@__PURE__*/
+  fileDesc("CiNub3BzL2V2ZW50cy92MS9iaWxsaW5nX2V2ZW50cy5wcm90bxIObm9wcy5ldmVudHMudjEiuwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgNEg0KBWxpbWl0GAMgASgNEgwKBHVzZWQYBCABKA0SEQoJd2luZG93X21zGAUgASgNEjMKD3dpbmRvd19yZXNldF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGhyZXNob2xkGAcgASgBEhAKCHJlamVjdGVkGAggASgIYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * RateLimitExceeded is billing.rate_limit_exceeded.v1: a tenant used more than the alert
@@ -84,6 +80,6 @@ export type RateLimitExceeded = Message<"nops.events.v1.RateLimitExceeded"> & {
  * Describes the message nops.events.v1.RateLimitExceeded.
  * Use `create(RateLimitExceededSchema)` to create a new message.
  */
-export const RateLimitExceededSchema: GenMessage<RateLimitExceeded> =
-  /*@__PURE__*/
+export const RateLimitExceededSchema: GenMessage<RateLimitExceeded> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_billing_events, 0);
+

@@ -9,11 +9,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/events/v1/degraded_events.proto.
  */
-export const file_nops_events_v1_degraded_events: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "CiRub3BzL2V2ZW50cy92MS9kZWdyYWRlZF9ldmVudHMucHJvdG8SDm5vcHMuZXZlbnRzLnYxIl0KFURlZ3JhZGVkTW9kZUFjdGl2YXRlZBISCgpjYXBhYmlsaXR5GAEgASgJEhIKCmRlcGVuZGVuY3kYAiABKAkSDAoEbW9kZRgDIAEoCRIOCgZyZWFzb24YBCABKAkiXQoVRGVncmFkZWRNb2RlUmVjb3ZlcmVkEhIKCmNhcGFiaWxpdHkYASABKAkSEgoKZGVwZW5kZW5jeRgCIAEoCRIMCgRtb2RlGAMgASgJEg4KBnJlYXNvbhgEIAEoCWIGcHJvdG8z",
-  );
+export const file_nops_events_v1_degraded_events: GenFile = /*@__PURE__*/
+  fileDesc("CiRub3BzL2V2ZW50cy92MS9kZWdyYWRlZF9ldmVudHMucHJvdG8SDm5vcHMuZXZlbnRzLnYxIl0KFURlZ3JhZGVkTW9kZUFjdGl2YXRlZBISCgpjYXBhYmlsaXR5GAEgASgJEhIKCmRlcGVuZGVuY3kYAiABKAkSDAoEbW9kZRgDIAEoCRIOCgZyZWFzb24YBCABKAkiXQoVRGVncmFkZWRNb2RlUmVjb3ZlcmVkEhIKCmNhcGFiaWxpdHkYASABKAkSEgoKZGVwZW5kZW5jeRgCIAEoCRIMCgRtb2RlGAMgASgJEg4KBnJlYXNvbhgEIAEoCWIGcHJvdG8z");
 
 /**
  * DegradedModeActivated is degraded.mode.activated.v1: a capability stopped relying on a
@@ -56,8 +53,7 @@ export type DegradedModeActivated = Message<"nops.events.v1.DegradedModeActivate
  * Describes the message nops.events.v1.DegradedModeActivated.
  * Use `create(DegradedModeActivatedSchema)` to create a new message.
  */
-export const DegradedModeActivatedSchema: GenMessage<DegradedModeActivated> =
-  /*@__PURE__*/
+export const DegradedModeActivatedSchema: GenMessage<DegradedModeActivated> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_degraded_events, 0);
 
 /**
@@ -93,6 +89,6 @@ export type DegradedModeRecovered = Message<"nops.events.v1.DegradedModeRecovere
  * Describes the message nops.events.v1.DegradedModeRecovered.
  * Use `create(DegradedModeRecoveredSchema)` to create a new message.
  */
-export const DegradedModeRecoveredSchema: GenMessage<DegradedModeRecovered> =
-  /*@__PURE__*/
+export const DegradedModeRecoveredSchema: GenMessage<DegradedModeRecovered> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_degraded_events, 1);
+

@@ -9,11 +9,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/events/v1/egress_events.proto.
  */
-export const file_nops_events_v1_egress_events: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIoUBCg1FZ3Jlc3NBbGxvd2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBBIWCg5sYXRlbmN5X21zX21heBgEIAEoASJBCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24iuAEKF0VncmVzc092ZXJyaWRlQWN0aXZhdGVkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SEAoIZ3JhbnRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEh8KF2RlY2xhcmVkX2NsYXNzaWZpY2F0aW9uGAQgASgJEhEKCWFwcHJvdmVycxgFIAMoCRIVCg1leHBpcmVzX2F0X21zGAYgASgDIlkKGURnZVBvbGljeUNhY2hlSW52YWxpZGF0ZWQSDgoGdGVuYW50GAEgASgJEgwKBHRpZXIYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBm9yaWdpbhgEIAEoCWIGcHJvdG8z",
-  );
+export const file_nops_events_v1_egress_events: GenFile = /*@__PURE__*/
+  fileDesc("CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIoUBCg1FZ3Jlc3NBbGxvd2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBBIWCg5sYXRlbmN5X21zX21heBgEIAEoASJBCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24iuAEKF0VncmVzc092ZXJyaWRlQWN0aXZhdGVkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SEAoIZ3JhbnRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEh8KF2RlY2xhcmVkX2NsYXNzaWZpY2F0aW9uGAQgASgJEhEKCWFwcHJvdmVycxgFIAMoCRIVCg1leHBpcmVzX2F0X21zGAYgASgDIlkKGURnZVBvbGljeUNhY2hlSW52YWxpZGF0ZWQSDgoGdGVuYW50GAEgASgJEgwKBHRpZXIYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBm9yaWdpbhgEIAEoCWIGcHJvdG8z");
 
 /**
  * EgressFinding summarises one kind of finding: its type and how many, never the values.
@@ -38,8 +35,7 @@ export type EgressFinding = Message<"nops.events.v1.EgressFinding"> & {
  * Describes the message nops.events.v1.EgressFinding.
  * Use `create(EgressFindingSchema)` to create a new message.
  */
-export const EgressFindingSchema: GenMessage<EgressFinding> =
-  /*@__PURE__*/
+export const EgressFindingSchema: GenMessage<EgressFinding> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 0);
 
 /**
@@ -135,8 +131,7 @@ export type EgressDecision = Message<"nops.events.v1.EgressDecision"> & {
  * Describes the message nops.events.v1.EgressDecision.
  * Use `create(EgressDecisionSchema)` to create a new message.
  */
-export const EgressDecisionSchema: GenMessage<EgressDecision> =
-  /*@__PURE__*/
+export const EgressDecisionSchema: GenMessage<EgressDecision> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 1);
 
 /**
@@ -181,8 +176,7 @@ export type EgressAllowed = Message<"nops.events.v1.EgressAllowed"> & {
  * Describes the message nops.events.v1.EgressAllowed.
  * Use `create(EgressAllowedSchema)` to create a new message.
  */
-export const EgressAllowedSchema: GenMessage<EgressAllowed> =
-  /*@__PURE__*/
+export const EgressAllowedSchema: GenMessage<EgressAllowed> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 2);
 
 /**
@@ -201,8 +195,7 @@ export type EgressBlocked = Message<"nops.events.v1.EgressBlocked"> & {
  * Describes the message nops.events.v1.EgressBlocked.
  * Use `create(EgressBlockedSchema)` to create a new message.
  */
-export const EgressBlockedSchema: GenMessage<EgressBlocked> =
-  /*@__PURE__*/
+export const EgressBlockedSchema: GenMessage<EgressBlocked> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 3);
 
 /**
@@ -252,8 +245,7 @@ export type EgressOverrideActivated = Message<"nops.events.v1.EgressOverrideActi
  * Describes the message nops.events.v1.EgressOverrideActivated.
  * Use `create(EgressOverrideActivatedSchema)` to create a new message.
  */
-export const EgressOverrideActivatedSchema: GenMessage<EgressOverrideActivated> =
-  /*@__PURE__*/
+export const EgressOverrideActivatedSchema: GenMessage<EgressOverrideActivated> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 4);
 
 /**
@@ -292,6 +284,6 @@ export type DgePolicyCacheInvalidated = Message<"nops.events.v1.DgePolicyCacheIn
  * Describes the message nops.events.v1.DgePolicyCacheInvalidated.
  * Use `create(DgePolicyCacheInvalidatedSchema)` to create a new message.
  */
-export const DgePolicyCacheInvalidatedSchema: GenMessage<DgePolicyCacheInvalidated> =
-  /*@__PURE__*/
+export const DgePolicyCacheInvalidatedSchema: GenMessage<DgePolicyCacheInvalidated> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 5);
+

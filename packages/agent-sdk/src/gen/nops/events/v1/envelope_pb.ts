@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/events/v1/envelope.proto.
  */
-export const file_nops_events_v1_envelope: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Ch1ub3BzL2V2ZW50cy92MS9lbnZlbG9wZS5wcm90bxIObm9wcy5ldmVudHMudjEizgEKDUV2ZW50RW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDgoGdGVuYW50GAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxwYXlsb2FkX3R5cGUYBiABKAkSDwoHcGF5bG9hZBgHIAEoDBITCgt0cmFjZXBhcmVudBgIIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgJIAEoCWIGcHJvdG8z",
-    [file_google_protobuf_timestamp],
-  );
+export const file_nops_events_v1_envelope: GenFile = /*@__PURE__*/
+  fileDesc("Ch1ub3BzL2V2ZW50cy92MS9lbnZlbG9wZS5wcm90bxIObm9wcy5ldmVudHMudjEizgEKDUV2ZW50RW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDgoGdGVuYW50GAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxwYXlsb2FkX3R5cGUYBiABKAkSDwoHcGF5bG9hZBgHIAEoDBITCgt0cmFjZXBhcmVudBgIIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgJIAEoCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * EventEnvelope wraps every event the kernel emits (outbox row, NATS message). The payload is
@@ -87,6 +83,6 @@ export type EventEnvelope = Message<"nops.events.v1.EventEnvelope"> & {
  * Describes the message nops.events.v1.EventEnvelope.
  * Use `create(EventEnvelopeSchema)` to create a new message.
  */
-export const EventEnvelopeSchema: GenMessage<EventEnvelope> =
-  /*@__PURE__*/
+export const EventEnvelopeSchema: GenMessage<EventEnvelope> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_envelope, 0);
+

@@ -11,26 +11,22 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/kernel/v1/admin.proto.
  */
-export const file_nops_kernel_v1_admin: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8gEKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpsCglSZWFkaW5lc3MSGQoVUkVBRElORVNTX1VOU1BFQ0lGSUVEEAASEwoPUkVBRElORVNTX1JFQURZEAESFgoSUkVBRElORVNTX0RFR1JBREVEEAISFwoTUkVBRElORVNTX05PVF9SRUFEWRADKoYBCg9EZXBlbmRlbmN5U3RhdGUSIAocREVQRU5ERU5DWV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0RFUEVOREVOQ1lfU1RBVEVfT0sQARIdChlERVBFTkRFTkNZX1NUQVRFX0RFR1JBREVEEAISGQoVREVQRU5ERU5DWV9TVEFURV9ET1dOEAMqfAoLQ3JpdGljYWxpdHkSGwoXQ1JJVElDQUxJVFlfVU5TUEVDSUZJRUQQABIYChRDUklUSUNBTElUWV9DUklUSUNBTBABEhkKFUNSSVRJQ0FMSVRZX0VTU0VOVElBTBACEhsKF0NSSVRJQ0FMSVRZX0JFU1RfRUZGT1JUEAMqiAEKDkNhcGFiaWxpdHlNb2RlEh8KG0NBUEFCSUxJVFlfTU9ERV9VTlNQRUNJRklFRBAAEhoKFkNBUEFCSUxJVFlfTU9ERV9OT1JNQUwQARIcChhDQVBBQklMSVRZX01PREVfREVHUkFERUQQAhIbChdDQVBBQklMSVRZX01PREVfQkxPQ0tFRBADMmAKDEFkbWluU2VydmljZRJQCglHZXRTdGF0dXMSIC5ub3BzLmtlcm5lbC52MS5HZXRTdGF0dXNSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw",
-    [file_google_protobuf_timestamp],
-  );
+export const file_nops_kernel_v1_admin: GenFile = /*@__PURE__*/
+  fileDesc("Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8gEKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpsCglSZWFkaW5lc3MSGQoVUkVBRElORVNTX1VOU1BFQ0lGSUVEEAASEwoPUkVBRElORVNTX1JFQURZEAESFgoSUkVBRElORVNTX0RFR1JBREVEEAISFwoTUkVBRElORVNTX05PVF9SRUFEWRADKoYBCg9EZXBlbmRlbmN5U3RhdGUSIAocREVQRU5ERU5DWV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0RFUEVOREVOQ1lfU1RBVEVfT0sQARIdChlERVBFTkRFTkNZX1NUQVRFX0RFR1JBREVEEAISGQoVREVQRU5ERU5DWV9TVEFURV9ET1dOEAMqfAoLQ3JpdGljYWxpdHkSGwoXQ1JJVElDQUxJVFlfVU5TUEVDSUZJRUQQABIYChRDUklUSUNBTElUWV9DUklUSUNBTBABEhkKFUNSSVRJQ0FMSVRZX0VTU0VOVElBTBACEhsKF0NSSVRJQ0FMSVRZX0JFU1RfRUZGT1JUEAMqiAEKDkNhcGFiaWxpdHlNb2RlEh8KG0NBUEFCSUxJVFlfTU9ERV9VTlNQRUNJRklFRBAAEhoKFkNBUEFCSUxJVFlfTU9ERV9OT1JNQUwQARIcChhDQVBBQklMSVRZX01PREVfREVHUkFERUQQAhIbChdDQVBBQklMSVRZX01PREVfQkxPQ0tFRBADMmAKDEFkbWluU2VydmljZRJQCglHZXRTdGF0dXMSIC5ub3BzLmtlcm5lbC52MS5HZXRTdGF0dXNSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetStatusRequest has no fields: the status is the whole kernel's.
  *
  * @generated from message nops.kernel.v1.GetStatusRequest
  */
-export type GetStatusRequest = Message<"nops.kernel.v1.GetStatusRequest"> & {};
+export type GetStatusRequest = Message<"nops.kernel.v1.GetStatusRequest"> & {
+};
 
 /**
  * Describes the message nops.kernel.v1.GetStatusRequest.
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
-export const GetStatusRequestSchema: GenMessage<GetStatusRequest> =
-  /*@__PURE__*/
+export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 0);
 
 /**
@@ -68,8 +64,7 @@ export type DependencyStatus = Message<"nops.kernel.v1.DependencyStatus"> & {
  * Describes the message nops.kernel.v1.DependencyStatus.
  * Use `create(DependencyStatusSchema)` to create a new message.
  */
-export const DependencyStatusSchema: GenMessage<DependencyStatus> =
-  /*@__PURE__*/
+export const DependencyStatusSchema: GenMessage<DependencyStatus> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 1);
 
 /**
@@ -126,8 +121,7 @@ export type CapabilityStatus = Message<"nops.kernel.v1.CapabilityStatus"> & {
  * Describes the message nops.kernel.v1.CapabilityStatus.
  * Use `create(CapabilityStatusSchema)` to create a new message.
  */
-export const CapabilityStatusSchema: GenMessage<CapabilityStatus> =
-  /*@__PURE__*/
+export const CapabilityStatusSchema: GenMessage<CapabilityStatus> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 2);
 
 /**
@@ -168,8 +162,7 @@ export type GetStatusResponse = Message<"nops.kernel.v1.GetStatusResponse"> & {
  * Describes the message nops.kernel.v1.GetStatusResponse.
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
-export const GetStatusResponseSchema: GenMessage<GetStatusResponse> =
-  /*@__PURE__*/
+export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 3);
 
 /**
@@ -208,7 +201,8 @@ export enum Readiness {
 /**
  * Describes the enum nops.kernel.v1.Readiness.
  */
-export const ReadinessSchema: GenEnum<Readiness> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_admin, 0);
+export const ReadinessSchema: GenEnum<Readiness> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_admin, 0);
 
 /**
  * DependencyState is what the last probe of a dependency found.
@@ -244,7 +238,8 @@ export enum DependencyState {
 /**
  * Describes the enum nops.kernel.v1.DependencyState.
  */
-export const DependencyStateSchema: GenEnum<DependencyState> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_admin, 1);
+export const DependencyStateSchema: GenEnum<DependencyState> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_admin, 1);
 
 /**
  * Criticality says what a capability does when a dependency fails.
@@ -282,7 +277,8 @@ export enum Criticality {
 /**
  * Describes the enum nops.kernel.v1.Criticality.
  */
-export const CriticalitySchema: GenEnum<Criticality> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_admin, 2);
+export const CriticalitySchema: GenEnum<Criticality> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_admin, 2);
 
 /**
  * CapabilityMode is how a capability is serving now.
@@ -318,7 +314,8 @@ export enum CapabilityMode {
 /**
  * Describes the enum nops.kernel.v1.CapabilityMode.
  */
-export const CapabilityModeSchema: GenEnum<CapabilityMode> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_admin, 3);
+export const CapabilityModeSchema: GenEnum<CapabilityMode> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_admin, 3);
 
 /**
  * AdminService reports the kernel's own state to operators (docs/observability.md). Only
@@ -337,5 +334,7 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_kernel_v1_admin, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_kernel_v1_admin, 0);
+

@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/kernel/v1/agent_registry.proto.
  */
-export const file_nops_kernel_v1_agent_registry: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "CiNub3BzL2tlcm5lbC92MS9hZ2VudF9yZWdpc3RyeS5wcm90bxIObm9wcy5rZXJuZWwudjEingEKCkNhcGFiaWxpdHkSDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEj4KCmF0dHJpYnV0ZXMYAyADKAsyKi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK1AwoFQWdlbnQSCgoCaWQYASABKAkSDgoGdGVuYW50GAIgASgJEgwKBG5hbWUYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIQCghlbmRwb2ludBgFIAEoCRIwCgxjYXBhYmlsaXRpZXMYBiADKAsyGi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5EjEKBmxhYmVscxgHIAMoCzIhLm5vcHMua2VybmVsLnYxLkFnZW50LkxhYmVsc0VudHJ5EisKBnN0YXR1cxgIIAEoDjIbLm5vcHMua2VybmVsLnYxLkFnZW50U3RhdHVzEjEKDXJlZ2lzdGVyZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGhlYXJ0YmVhdF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEbG9hZBgLIAEoCzIZLm5vcHMua2VybmVsLnYxLkFnZW50TG9hZBIQCghyZXZpc2lvbhgMIAEoBBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KCUFnZW50TG9hZBIRCglpbl9mbGlnaHQYASABKA0SCwoDY3B1GAIgASgBEhYKDmxhdGVuY3lfcDUwX21zGAMgASgBEhYKDmxhdGVuY3lfcDk5X21zGAQgASgBEhIKCmVycm9yX3JhdGUYBSABKAEikwIKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSMAoMY2FwYWJpbGl0aWVzGAUgAygLMhoubm9wcy5rZXJuZWwudjEuQ2FwYWJpbGl0eRJACgZsYWJlbHMYBiADKAsyMC5ub3BzLmtlcm5lbC52MS5SZWdpc3RlckFnZW50UmVxdWVzdC5MYWJlbHNFbnRyeRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPChVSZWdpc3RlckFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBIQCghyZXBsYXllZBgCIAEoCCItCg9HZXRBZ2VudFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgoKAmlkGAIgASgJIjgKEEdldEFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudCKkAQoRTGlzdEFnZW50c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhIKCmNhcGFiaWxpdHkYAiABKAkSLQoIc3RhdHVzZXMYAyADKA4yGy5ub3BzLmtlcm5lbC52MS5BZ2VudFN0YXR1cxIVCg1yb3V0YWJsZV9vbmx5GAQgASgIEhEKCXBhZ2Vfc2l6ZRgFIAEoDRISCgpwYWdlX3Rva2VuGAYgASgJIlQKEkxpc3RBZ2VudHNSZXNwb25zZRIlCgZhZ2VudHMYASADKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiawoSVXBkYXRlQWdlbnRSZXF1ZXN0EiQKBWFnZW50GAEgASgLMhUubm9wcy5rZXJuZWwudjEuQWdlbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjsKE1VwZGF0ZUFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudCJEChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIKCgJpZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiGQoXRGVyZWdpc3RlckFnZW50UmVzcG9uc2UiVwoQSGVhcnRiZWF0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSCgoCaWQYAiABKAkSJwoEbG9hZBgDIAEoCzIZLm5vcHMua2VybmVsLnYxLkFnZW50TG9hZCJbChFIZWFydGJlYXRSZXNwb25zZRIrCgZzdGF0dXMYASABKA4yGy5ub3BzLmtlcm5lbC52MS5BZ2VudFN0YXR1cxIZChFuZXh0X2hlYXJ0YmVhdF9tcxgCIAEoDSI4ChJXYXRjaEFnZW50c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhIKCmNhcGFiaWxpdHkYAiABKAkisgIKE1dhdGNoQWdlbnRzUmVzcG9uc2USPAoEdHlwZRgBIAEoDjIuLm5vcHMua2VybmVsLnYxLldhdGNoQWdlbnRzUmVzcG9uc2UuQ2hhbmdlVHlwZRIkCgVhZ2VudBgCIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50IrYBCgpDaGFuZ2VUeXBlEhsKF0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQ0hBTkdFX1RZUEVfRVhJU1RJTkcQARIaChZDSEFOR0VfVFlQRV9SRUdJU1RFUkVEEAISFwoTQ0hBTkdFX1RZUEVfVVBEQVRFRBADEh4KGkNIQU5HRV9UWVBFX1NUQVRVU19DSEFOR0VEEAQSHAoYQ0hBTkdFX1RZUEVfREVSRUdJU1RFUkVEEAUqdgoLQWdlbnRTdGF0dXMSHAoYQUdFTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUQUdFTlRfU1RBVFVTX0hFQUxUSFkQARIWChJBR0VOVF9TVEFUVVNfU1RBTEUQAhIXChNBR0VOVF9TVEFUVVNfWk9NQklFEAMygAUKFEFnZW50UmVnaXN0cnlTZXJ2aWNlElwKDVJlZ2lzdGVyQWdlbnQSJC5ub3BzLmtlcm5lbC52MS5SZWdpc3RlckFnZW50UmVxdWVzdBolLm5vcHMua2VybmVsLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZRJNCghHZXRBZ2VudBIfLm5vcHMua2VybmVsLnYxLkdldEFnZW50UmVxdWVzdBogLm5vcHMua2VybmVsLnYxLkdldEFnZW50UmVzcG9uc2USUwoKTGlzdEFnZW50cxIhLm5vcHMua2VybmVsLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiIubm9wcy5rZXJuZWwudjEuTGlzdEFnZW50c1Jlc3BvbnNlElYKC1VwZGF0ZUFnZW50EiIubm9wcy5rZXJuZWwudjEuVXBkYXRlQWdlbnRSZXF1ZXN0GiMubm9wcy5rZXJuZWwudjEuVXBkYXRlQWdlbnRSZXNwb25zZRJiCg9EZXJlZ2lzdGVyQWdlbnQSJi5ub3BzLmtlcm5lbC52MS5EZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Gicubm9wcy5rZXJuZWwudjEuRGVyZWdpc3RlckFnZW50UmVzcG9uc2USUAoJSGVhcnRiZWF0EiAubm9wcy5rZXJuZWwudjEuSGVhcnRiZWF0UmVxdWVzdBohLm5vcHMua2VybmVsLnYxLkhlYXJ0YmVhdFJlc3BvbnNlElgKC1dhdGNoQWdlbnRzEiIubm9wcy5rZXJuZWwudjEuV2F0Y2hBZ2VudHNSZXF1ZXN0GiMubm9wcy5rZXJuZWwudjEuV2F0Y2hBZ2VudHNSZXNwb25zZTABYgZwcm90bzM",
-    [file_google_protobuf_field_mask, file_google_protobuf_timestamp],
-  );
+export const file_nops_kernel_v1_agent_registry: GenFile = /*@__PURE__*/
+  fileDesc("CiNub3BzL2tlcm5lbC92MS9hZ2VudF9yZWdpc3RyeS5wcm90bxIObm9wcy5rZXJuZWwudjEingEKCkNhcGFiaWxpdHkSDAoEbmFtZRgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEj4KCmF0dHJpYnV0ZXMYAyADKAsyKi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK1AwoFQWdlbnQSCgoCaWQYASABKAkSDgoGdGVuYW50GAIgASgJEgwKBG5hbWUYAyABKAkSDwoHdmVyc2lvbhgEIAEoCRIQCghlbmRwb2ludBgFIAEoCRIwCgxjYXBhYmlsaXRpZXMYBiADKAsyGi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5EjEKBmxhYmVscxgHIAMoCzIhLm5vcHMua2VybmVsLnYxLkFnZW50LkxhYmVsc0VudHJ5EisKBnN0YXR1cxgIIAEoDjIbLm5vcHMua2VybmVsLnYxLkFnZW50U3RhdHVzEjEKDXJlZ2lzdGVyZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGhlYXJ0YmVhdF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoEbG9hZBgLIAEoCzIZLm5vcHMua2VybmVsLnYxLkFnZW50TG9hZBIQCghyZXZpc2lvbhgMIAEoBBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KCUFnZW50TG9hZBIRCglpbl9mbGlnaHQYASABKA0SCwoDY3B1GAIgASgBEhYKDmxhdGVuY3lfcDUwX21zGAMgASgBEhYKDmxhdGVuY3lfcDk5X21zGAQgASgBEhIKCmVycm9yX3JhdGUYBSABKAEikwIKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSEAoIZW5kcG9pbnQYBCABKAkSMAoMY2FwYWJpbGl0aWVzGAUgAygLMhoubm9wcy5rZXJuZWwudjEuQ2FwYWJpbGl0eRJACgZsYWJlbHMYBiADKAsyMC5ub3BzLmtlcm5lbC52MS5SZWdpc3RlckFnZW50UmVxdWVzdC5MYWJlbHNFbnRyeRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJPChVSZWdpc3RlckFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBIQCghyZXBsYXllZBgCIAEoCCItCg9HZXRBZ2VudFJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgoKAmlkGAIgASgJIjgKEEdldEFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudCKkAQoRTGlzdEFnZW50c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhIKCmNhcGFiaWxpdHkYAiABKAkSLQoIc3RhdHVzZXMYAyADKA4yGy5ub3BzLmtlcm5lbC52MS5BZ2VudFN0YXR1cxIVCg1yb3V0YWJsZV9vbmx5GAQgASgIEhEKCXBhZ2Vfc2l6ZRgFIAEoDRISCgpwYWdlX3Rva2VuGAYgASgJIlQKEkxpc3RBZ2VudHNSZXNwb25zZRIlCgZhZ2VudHMYASADKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiawoSVXBkYXRlQWdlbnRSZXF1ZXN0EiQKBWFnZW50GAEgASgLMhUubm9wcy5rZXJuZWwudjEuQWdlbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjsKE1VwZGF0ZUFnZW50UmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudCJEChZEZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIKCgJpZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiGQoXRGVyZWdpc3RlckFnZW50UmVzcG9uc2UiVwoQSGVhcnRiZWF0UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSCgoCaWQYAiABKAkSJwoEbG9hZBgDIAEoCzIZLm5vcHMua2VybmVsLnYxLkFnZW50TG9hZCJbChFIZWFydGJlYXRSZXNwb25zZRIrCgZzdGF0dXMYASABKA4yGy5ub3BzLmtlcm5lbC52MS5BZ2VudFN0YXR1cxIZChFuZXh0X2hlYXJ0YmVhdF9tcxgCIAEoDSI4ChJXYXRjaEFnZW50c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhIKCmNhcGFiaWxpdHkYAiABKAkisgIKE1dhdGNoQWdlbnRzUmVzcG9uc2USPAoEdHlwZRgBIAEoDjIuLm5vcHMua2VybmVsLnYxLldhdGNoQWdlbnRzUmVzcG9uc2UuQ2hhbmdlVHlwZRIkCgVhZ2VudBgCIAEoCzIVLm5vcHMua2VybmVsLnYxLkFnZW50IrYBCgpDaGFuZ2VUeXBlEhsKF0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQ0hBTkdFX1RZUEVfRVhJU1RJTkcQARIaChZDSEFOR0VfVFlQRV9SRUdJU1RFUkVEEAISFwoTQ0hBTkdFX1RZUEVfVVBEQVRFRBADEh4KGkNIQU5HRV9UWVBFX1NUQVRVU19DSEFOR0VEEAQSHAoYQ0hBTkdFX1RZUEVfREVSRUdJU1RFUkVEEAUqdgoLQWdlbnRTdGF0dXMSHAoYQUdFTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGAoUQUdFTlRfU1RBVFVTX0hFQUxUSFkQARIWChJBR0VOVF9TVEFUVVNfU1RBTEUQAhIXChNBR0VOVF9TVEFUVVNfWk9NQklFEAMygAUKFEFnZW50UmVnaXN0cnlTZXJ2aWNlElwKDVJlZ2lzdGVyQWdlbnQSJC5ub3BzLmtlcm5lbC52MS5SZWdpc3RlckFnZW50UmVxdWVzdBolLm5vcHMua2VybmVsLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZRJNCghHZXRBZ2VudBIfLm5vcHMua2VybmVsLnYxLkdldEFnZW50UmVxdWVzdBogLm5vcHMua2VybmVsLnYxLkdldEFnZW50UmVzcG9uc2USUwoKTGlzdEFnZW50cxIhLm5vcHMua2VybmVsLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiIubm9wcy5rZXJuZWwudjEuTGlzdEFnZW50c1Jlc3BvbnNlElYKC1VwZGF0ZUFnZW50EiIubm9wcy5rZXJuZWwudjEuVXBkYXRlQWdlbnRSZXF1ZXN0GiMubm9wcy5rZXJuZWwudjEuVXBkYXRlQWdlbnRSZXNwb25zZRJiCg9EZXJlZ2lzdGVyQWdlbnQSJi5ub3BzLmtlcm5lbC52MS5EZXJlZ2lzdGVyQWdlbnRSZXF1ZXN0Gicubm9wcy5rZXJuZWwudjEuRGVyZWdpc3RlckFnZW50UmVzcG9uc2USUAoJSGVhcnRiZWF0EiAubm9wcy5rZXJuZWwudjEuSGVhcnRiZWF0UmVxdWVzdBohLm5vcHMua2VybmVsLnYxLkhlYXJ0YmVhdFJlc3BvbnNlElgKC1dhdGNoQWdlbnRzEiIubm9wcy5rZXJuZWwudjEuV2F0Y2hBZ2VudHNSZXF1ZXN0GiMubm9wcy5rZXJuZWwudjEuV2F0Y2hBZ2VudHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Capability is something an agent can do.
@@ -50,8 +46,7 @@ export type Capability = Message<"nops.kernel.v1.Capability"> & {
  * Describes the message nops.kernel.v1.Capability.
  * Use `create(CapabilitySchema)` to create a new message.
  */
-export const CapabilitySchema: GenMessage<Capability> =
-  /*@__PURE__*/
+export const CapabilitySchema: GenMessage<Capability> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 0);
 
 /**
@@ -133,7 +128,8 @@ export type Agent = Message<"nops.kernel.v1.Agent"> & {
  * Describes the message nops.kernel.v1.Agent.
  * Use `create(AgentSchema)` to create a new message.
  */
-export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_agent_registry, 1);
+export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_agent_registry, 1);
 
 /**
  * AgentLoad is what an agent reports about itself on each heartbeat.
@@ -179,7 +175,8 @@ export type AgentLoad = Message<"nops.kernel.v1.AgentLoad"> & {
  * Describes the message nops.kernel.v1.AgentLoad.
  * Use `create(AgentLoadSchema)` to create a new message.
  */
-export const AgentLoadSchema: GenMessage<AgentLoad> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_agent_registry, 2);
+export const AgentLoadSchema: GenMessage<AgentLoad> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_agent_registry, 2);
 
 /**
  * RegisterAgentRequest carries the agent to record; id, status and timestamps are ignored.
@@ -233,8 +230,7 @@ export type RegisterAgentRequest = Message<"nops.kernel.v1.RegisterAgentRequest"
  * Describes the message nops.kernel.v1.RegisterAgentRequest.
  * Use `create(RegisterAgentRequestSchema)` to create a new message.
  */
-export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> =
-  /*@__PURE__*/
+export const RegisterAgentRequestSchema: GenMessage<RegisterAgentRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 3);
 
 /**
@@ -260,8 +256,7 @@ export type RegisterAgentResponse = Message<"nops.kernel.v1.RegisterAgentRespons
  * Describes the message nops.kernel.v1.RegisterAgentResponse.
  * Use `create(RegisterAgentResponseSchema)` to create a new message.
  */
-export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> =
-  /*@__PURE__*/
+export const RegisterAgentResponseSchema: GenMessage<RegisterAgentResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 4);
 
 /**
@@ -285,8 +280,7 @@ export type GetAgentRequest = Message<"nops.kernel.v1.GetAgentRequest"> & {
  * Describes the message nops.kernel.v1.GetAgentRequest.
  * Use `create(GetAgentRequestSchema)` to create a new message.
  */
-export const GetAgentRequestSchema: GenMessage<GetAgentRequest> =
-  /*@__PURE__*/
+export const GetAgentRequestSchema: GenMessage<GetAgentRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 5);
 
 /**
@@ -305,8 +299,7 @@ export type GetAgentResponse = Message<"nops.kernel.v1.GetAgentResponse"> & {
  * Describes the message nops.kernel.v1.GetAgentResponse.
  * Use `create(GetAgentResponseSchema)` to create a new message.
  */
-export const GetAgentResponseSchema: GenMessage<GetAgentResponse> =
-  /*@__PURE__*/
+export const GetAgentResponseSchema: GenMessage<GetAgentResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 6);
 
 /**
@@ -360,8 +353,7 @@ export type ListAgentsRequest = Message<"nops.kernel.v1.ListAgentsRequest"> & {
  * Describes the message nops.kernel.v1.ListAgentsRequest.
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
-export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> =
-  /*@__PURE__*/
+export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 7);
 
 /**
@@ -387,8 +379,7 @@ export type ListAgentsResponse = Message<"nops.kernel.v1.ListAgentsResponse"> & 
  * Describes the message nops.kernel.v1.ListAgentsResponse.
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
-export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> =
-  /*@__PURE__*/
+export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 8);
 
 /**
@@ -416,8 +407,7 @@ export type UpdateAgentRequest = Message<"nops.kernel.v1.UpdateAgentRequest"> & 
  * Describes the message nops.kernel.v1.UpdateAgentRequest.
  * Use `create(UpdateAgentRequestSchema)` to create a new message.
  */
-export const UpdateAgentRequestSchema: GenMessage<UpdateAgentRequest> =
-  /*@__PURE__*/
+export const UpdateAgentRequestSchema: GenMessage<UpdateAgentRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 9);
 
 /**
@@ -436,8 +426,7 @@ export type UpdateAgentResponse = Message<"nops.kernel.v1.UpdateAgentResponse"> 
  * Describes the message nops.kernel.v1.UpdateAgentResponse.
  * Use `create(UpdateAgentResponseSchema)` to create a new message.
  */
-export const UpdateAgentResponseSchema: GenMessage<UpdateAgentResponse> =
-  /*@__PURE__*/
+export const UpdateAgentResponseSchema: GenMessage<UpdateAgentResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 10);
 
 /**
@@ -468,8 +457,7 @@ export type DeregisterAgentRequest = Message<"nops.kernel.v1.DeregisterAgentRequ
  * Describes the message nops.kernel.v1.DeregisterAgentRequest.
  * Use `create(DeregisterAgentRequestSchema)` to create a new message.
  */
-export const DeregisterAgentRequestSchema: GenMessage<DeregisterAgentRequest> =
-  /*@__PURE__*/
+export const DeregisterAgentRequestSchema: GenMessage<DeregisterAgentRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 11);
 
 /**
@@ -477,14 +465,14 @@ export const DeregisterAgentRequestSchema: GenMessage<DeregisterAgentRequest> =
  *
  * @generated from message nops.kernel.v1.DeregisterAgentResponse
  */
-export type DeregisterAgentResponse = Message<"nops.kernel.v1.DeregisterAgentResponse"> & {};
+export type DeregisterAgentResponse = Message<"nops.kernel.v1.DeregisterAgentResponse"> & {
+};
 
 /**
  * Describes the message nops.kernel.v1.DeregisterAgentResponse.
  * Use `create(DeregisterAgentResponseSchema)` to create a new message.
  */
-export const DeregisterAgentResponseSchema: GenMessage<DeregisterAgentResponse> =
-  /*@__PURE__*/
+export const DeregisterAgentResponseSchema: GenMessage<DeregisterAgentResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 12);
 
 /**
@@ -513,8 +501,7 @@ export type HeartbeatRequest = Message<"nops.kernel.v1.HeartbeatRequest"> & {
  * Describes the message nops.kernel.v1.HeartbeatRequest.
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
-export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> =
-  /*@__PURE__*/
+export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 13);
 
 /**
@@ -540,8 +527,7 @@ export type HeartbeatResponse = Message<"nops.kernel.v1.HeartbeatResponse"> & {
  * Describes the message nops.kernel.v1.HeartbeatResponse.
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
-export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> =
-  /*@__PURE__*/
+export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 14);
 
 /**
@@ -567,8 +553,7 @@ export type WatchAgentsRequest = Message<"nops.kernel.v1.WatchAgentsRequest"> & 
  * Describes the message nops.kernel.v1.WatchAgentsRequest.
  * Use `create(WatchAgentsRequestSchema)` to create a new message.
  */
-export const WatchAgentsRequestSchema: GenMessage<WatchAgentsRequest> =
-  /*@__PURE__*/
+export const WatchAgentsRequestSchema: GenMessage<WatchAgentsRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 15);
 
 /**
@@ -592,8 +577,7 @@ export type WatchAgentsResponse = Message<"nops.kernel.v1.WatchAgentsResponse"> 
  * Describes the message nops.kernel.v1.WatchAgentsResponse.
  * Use `create(WatchAgentsResponseSchema)` to create a new message.
  */
-export const WatchAgentsResponseSchema: GenMessage<WatchAgentsResponse> =
-  /*@__PURE__*/
+export const WatchAgentsResponseSchema: GenMessage<WatchAgentsResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_agent_registry, 16);
 
 /**
@@ -638,8 +622,7 @@ export enum WatchAgentsResponse_ChangeType {
 /**
  * Describes the enum nops.kernel.v1.WatchAgentsResponse.ChangeType.
  */
-export const WatchAgentsResponse_ChangeTypeSchema: GenEnum<WatchAgentsResponse_ChangeType> =
-  /*@__PURE__*/
+export const WatchAgentsResponse_ChangeTypeSchema: GenEnum<WatchAgentsResponse_ChangeType> = /*@__PURE__*/
   enumDesc(file_nops_kernel_v1_agent_registry, 16, 0);
 
 /**
@@ -678,7 +661,8 @@ export enum AgentStatus {
 /**
  * Describes the enum nops.kernel.v1.AgentStatus.
  */
-export const AgentStatusSchema: GenEnum<AgentStatus> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_agent_registry, 0);
+export const AgentStatusSchema: GenEnum<AgentStatus> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_agent_registry, 0);
 
 /**
  * AgentRegistryService knows which agents exist at this edge, what they can do and whether they
@@ -696,7 +680,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof RegisterAgentRequestSchema;
     output: typeof RegisterAgentResponseSchema;
-  };
+  },
   /**
    * GetAgent returns one agent of the tenant.
    *
@@ -706,7 +690,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof GetAgentRequestSchema;
     output: typeof GetAgentResponseSchema;
-  };
+  },
   /**
    * ListAgents pages through the tenant's agents, optionally filtered.
    *
@@ -716,7 +700,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof ListAgentsRequestSchema;
     output: typeof ListAgentsResponseSchema;
-  };
+  },
   /**
    * UpdateAgent changes the fields named in update_mask.
    *
@@ -726,7 +710,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof UpdateAgentRequestSchema;
     output: typeof UpdateAgentResponseSchema;
-  };
+  },
   /**
    * DeregisterAgent removes an agent.
    *
@@ -736,7 +720,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof DeregisterAgentRequestSchema;
     output: typeof DeregisterAgentResponseSchema;
-  };
+  },
   /**
    * Heartbeat marks an agent alive and reports its load.
    *
@@ -746,7 +730,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "unary";
     input: typeof HeartbeatRequestSchema;
     output: typeof HeartbeatResponseSchema;
-  };
+  },
   /**
    * WatchAgents streams changes to the tenant's agents, starting with the current set.
    *
@@ -756,5 +740,7 @@ export const AgentRegistryService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchAgentsRequestSchema;
     output: typeof WatchAgentsResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_kernel_v1_agent_registry, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_kernel_v1_agent_registry, 0);
+

@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/kernel/v1/api_key.proto.
  */
-export const file_nops_kernel_v1_api_key: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Chxub3BzL2tlcm5lbC92MS9hcGlfa2V5LnByb3RvEg5ub3BzLmtlcm5lbC52MSLaAgoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIiCgRyb2xlGAUgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBiADKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCCABKAkSLwoLcm90YXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWdyYWNlX2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIiCgRyb2xlGAQgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBSADKAkiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJwoHYXBpX2tleRgBIAEoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiZgoTUm90YXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJEi8KDGdyYWNlX3BlcmlvZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJPChRSb3RhdGVBcGlLZXlSZXNwb25zZRInCgdhcGlfa2V5GAEgASgLMhYubm9wcy5rZXJuZWwudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSJFChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5ub3BzLmtlcm5lbC52MS5BcGlLZXkiZAoSTGlzdEFwaUtleXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiWAoTTGlzdEFwaUtleXNSZXNwb25zZRIoCghhcGlfa2V5cxgBIAMoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqdgoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASFAoQUk9MRV9TVVBFUl9BRE1JThABEg4KClJPTEVfQURNSU4QAhIRCg1ST0xFX09QRVJBVE9SEAMSDwoLUk9MRV9WSUVXRVIQBBIOCgpST0xFX0FHRU5UEAUy+AIKDUFwaUtleVNlcnZpY2USWQoMQ3JlYXRlQXBpS2V5EiMubm9wcy5rZXJuZWwudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBokLm5vcHMua2VybmVsLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElkKDFJvdGF0ZUFwaUtleRIjLm5vcHMua2VybmVsLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaJC5ub3BzLmtlcm5lbC52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJZCgxSZXZva2VBcGlLZXkSIy5ub3BzLmtlcm5lbC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiQubm9wcy5rZXJuZWwudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USVgoLTGlzdEFwaUtleXMSIi5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIy5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlYgZwcm90bzM",
-    [file_google_protobuf_duration, file_google_protobuf_timestamp],
-  );
+export const file_nops_kernel_v1_api_key: GenFile = /*@__PURE__*/
+  fileDesc("Chxub3BzL2tlcm5lbC92MS9hcGlfa2V5LnByb3RvEg5ub3BzLmtlcm5lbC52MSLaAgoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIiCgRyb2xlGAUgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBiADKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCCABKAkSLwoLcm90YXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWdyYWNlX2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIiCgRyb2xlGAQgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBSADKAkiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJwoHYXBpX2tleRgBIAEoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiZgoTUm90YXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJEi8KDGdyYWNlX3BlcmlvZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJPChRSb3RhdGVBcGlLZXlSZXNwb25zZRInCgdhcGlfa2V5GAEgASgLMhYubm9wcy5rZXJuZWwudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSJFChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5ub3BzLmtlcm5lbC52MS5BcGlLZXkiZAoSTGlzdEFwaUtleXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiWAoTTGlzdEFwaUtleXNSZXNwb25zZRIoCghhcGlfa2V5cxgBIAMoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqdgoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASFAoQUk9MRV9TVVBFUl9BRE1JThABEg4KClJPTEVfQURNSU4QAhIRCg1ST0xFX09QRVJBVE9SEAMSDwoLUk9MRV9WSUVXRVIQBBIOCgpST0xFX0FHRU5UEAUy+AIKDUFwaUtleVNlcnZpY2USWQoMQ3JlYXRlQXBpS2V5EiMubm9wcy5rZXJuZWwudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBokLm5vcHMua2VybmVsLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElkKDFJvdGF0ZUFwaUtleRIjLm5vcHMua2VybmVsLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaJC5ub3BzLmtlcm5lbC52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJZCgxSZXZva2VBcGlLZXkSIy5ub3BzLmtlcm5lbC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiQubm9wcy5rZXJuZWwudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USVgoLTGlzdEFwaUtleXMSIi5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIy5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ApiKey describes a key; it never carries the secret or its hash.
@@ -100,7 +96,8 @@ export type ApiKey = Message<"nops.kernel.v1.ApiKey"> & {
  * Describes the message nops.kernel.v1.ApiKey.
  * Use `create(ApiKeySchema)` to create a new message.
  */
-export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_api_key, 0);
+export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_api_key, 0);
 
 /**
  * CreateApiKeyRequest describes the key to mint.
@@ -146,8 +143,7 @@ export type CreateApiKeyRequest = Message<"nops.kernel.v1.CreateApiKeyRequest"> 
  * Describes the message nops.kernel.v1.CreateApiKeyRequest.
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
-export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> =
-  /*@__PURE__*/
+export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 1);
 
 /**
@@ -173,8 +169,7 @@ export type CreateApiKeyResponse = Message<"nops.kernel.v1.CreateApiKeyResponse"
  * Describes the message nops.kernel.v1.CreateApiKeyResponse.
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
-export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> =
-  /*@__PURE__*/
+export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 2);
 
 /**
@@ -205,8 +200,7 @@ export type RotateApiKeyRequest = Message<"nops.kernel.v1.RotateApiKeyRequest"> 
  * Describes the message nops.kernel.v1.RotateApiKeyRequest.
  * Use `create(RotateApiKeyRequestSchema)` to create a new message.
  */
-export const RotateApiKeyRequestSchema: GenMessage<RotateApiKeyRequest> =
-  /*@__PURE__*/
+export const RotateApiKeyRequestSchema: GenMessage<RotateApiKeyRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 3);
 
 /**
@@ -232,8 +226,7 @@ export type RotateApiKeyResponse = Message<"nops.kernel.v1.RotateApiKeyResponse"
  * Describes the message nops.kernel.v1.RotateApiKeyResponse.
  * Use `create(RotateApiKeyResponseSchema)` to create a new message.
  */
-export const RotateApiKeyResponseSchema: GenMessage<RotateApiKeyResponse> =
-  /*@__PURE__*/
+export const RotateApiKeyResponseSchema: GenMessage<RotateApiKeyResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 4);
 
 /**
@@ -264,8 +257,7 @@ export type RevokeApiKeyRequest = Message<"nops.kernel.v1.RevokeApiKeyRequest"> 
  * Describes the message nops.kernel.v1.RevokeApiKeyRequest.
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
-export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> =
-  /*@__PURE__*/
+export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 5);
 
 /**
@@ -284,8 +276,7 @@ export type RevokeApiKeyResponse = Message<"nops.kernel.v1.RevokeApiKeyResponse"
  * Describes the message nops.kernel.v1.RevokeApiKeyResponse.
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
-export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> =
-  /*@__PURE__*/
+export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 6);
 
 /**
@@ -325,8 +316,7 @@ export type ListApiKeysRequest = Message<"nops.kernel.v1.ListApiKeysRequest"> & 
  * Describes the message nops.kernel.v1.ListApiKeysRequest.
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
-export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> =
-  /*@__PURE__*/
+export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 7);
 
 /**
@@ -352,8 +342,7 @@ export type ListApiKeysResponse = Message<"nops.kernel.v1.ListApiKeysResponse"> 
  * Describes the message nops.kernel.v1.ListApiKeysResponse.
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
-export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> =
-  /*@__PURE__*/
+export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_api_key, 8);
 
 /**
@@ -407,7 +396,8 @@ export enum Role {
 /**
  * Describes the enum nops.kernel.v1.Role.
  */
-export const RoleSchema: GenEnum<Role> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_api_key, 0);
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_api_key, 0);
 
 /**
  * ApiKeyService manages API keys for callers that are not workloads (scripts, dashboards,
@@ -427,7 +417,7 @@ export const ApiKeyService: GenService<{
     methodKind: "unary";
     input: typeof CreateApiKeyRequestSchema;
     output: typeof CreateApiKeyResponseSchema;
-  };
+  },
   /**
    * RotateApiKey issues the next secret of a key; the current one keeps working for the grace period.
    *
@@ -437,7 +427,7 @@ export const ApiKeyService: GenService<{
     methodKind: "unary";
     input: typeof RotateApiKeyRequestSchema;
     output: typeof RotateApiKeyResponseSchema;
-  };
+  },
   /**
    * RevokeApiKey disables a key and every secret of it, at once.
    *
@@ -447,7 +437,7 @@ export const ApiKeyService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
-  };
+  },
   /**
    * ListApiKeys pages through a tenant's keys; secrets are never included.
    *
@@ -457,5 +447,7 @@ export const ApiKeyService: GenService<{
     methodKind: "unary";
     input: typeof ListApiKeysRequestSchema;
     output: typeof ListApiKeysResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_kernel_v1_api_key, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_kernel_v1_api_key, 0);
+

@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/kernel/v1/event_bus.proto.
  */
-export const file_nops_kernel_v1_event_bus: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Ch5ub3BzL2tlcm5lbC92MS9ldmVudF9idXMucHJvdG8SDm5vcHMua2VybmVsLnYxIvcBCg5QdWJsaXNoUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDHBheWxvYWRfdHlwZRgEIAEoCRI8CgdoZWFkZXJzGAUgAygLMisubm9wcy5rZXJuZWwudjEuUHVibGlzaFJlcXVlc3QuSGVhZGVyc0VudHJ5EhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgHIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJaCg9QdWJsaXNoUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSEQoJb3V0Ym94X2lkGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEQoJZHVwbGljYXRlGAQgASgIIuwBChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSNQoOZGVsaXZlcl9wb2xpY3kYBCABKA4yHS5ub3BzLmtlcm5lbC52MS5EZWxpdmVyUG9saWN5EhYKDm1heF9kZWxpdmVyaWVzGAUgASgNEisKCGFja193YWl0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKB2JhY2tvZmYYByADKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i+wEKEERlbGl2ZXJlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRIQCghlbnZlbG9wZRgCIAEoDBI+CgdoZWFkZXJzGAMgAygLMi0ubm9wcy5rZXJuZWwudjEuRGVsaXZlcmVkTWVzc2FnZS5IZWFkZXJzRW50cnkSFwoPc3RyZWFtX3NlcXVlbmNlGAQgASgEEhYKDmRlbGl2ZXJ5X2NvdW50GAUgASgNEhEKCWFja190b2tlbhgGIAEoCRIQCghldmVudF9pZBgHIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGChFTdWJzY3JpYmVSZXNwb25zZRIxCgdtZXNzYWdlGAEgASgLMiAubm9wcy5rZXJuZWwudjEuRGVsaXZlcmVkTWVzc2FnZSKaAQoKQWNrUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIY29uc3VtZXIYAiABKAkSEQoJYWNrX3Rva2VuGAMgASgJEikKBmFjdGlvbhgEIAEoDjIZLm5vcHMua2VybmVsLnYxLkFja0FjdGlvbhIsCgluYWtfZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iDQoLQWNrUmVzcG9uc2UizwIKCkRlYWRMZXR0ZXISFgoOZGVhZF9sZXR0ZXJfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIQCghlbnZlbG9wZRgDIAEoDBI4CgdoZWFkZXJzGAQgAygLMicubm9wcy5rZXJuZWwudjEuRGVhZExldHRlci5IZWFkZXJzRW50cnkSEAoIY29uc3VtZXIYBSABKAkSMAoGcmVhc29uGAYgASgOMiAubm9wcy5rZXJuZWwudjEuRGVhZExldHRlclJlYXNvbhIXCg9zdHJlYW1fc2VxdWVuY2UYByABKAQSEgoKZGVsaXZlcmllcxgIIAEoDRIrCgdkZWFkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJhChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJkChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIwCgxkZWFkX2xldHRlcnMYASADKAsyGi5ub3BzLmtlcm5lbC52MS5EZWFkTGV0dGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI6ChBSZXByb2Nlc3NSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIWCg5kZWFkX2xldHRlcl9pZBgCIAEoBCJAChFSZXByb2Nlc3NSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEhcKD3N0cmVhbV9zZXF1ZW5jZRgCIAEoBCpfCg1EZWxpdmVyUG9saWN5Eh4KGkRFTElWRVJfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFgoSREVMSVZFUl9QT0xJQ1lfQUxMEAESFgoSREVMSVZFUl9QT0xJQ1lfTkVXEAIqZAoJQWNrQWN0aW9uEhoKFkFDS19BQ1RJT05fVU5TUEVDSUZJRUQQABISCg5BQ0tfQUNUSU9OX0FDSxABEhIKDkFDS19BQ1RJT05fTkFLEAISEwoPQUNLX0FDVElPTl9URVJNEAMqgAEKEERlYWRMZXR0ZXJSZWFzb24SIgoeREVBRF9MRVRURVJfUkVBU09OX1VOU1BFQ0lGSUVEEAASJQohREVBRF9MRVRURVJfUkVBU09OX01BWF9ERUxJVkVSSUVTEAESIQodREVBRF9MRVRURVJfUkVBU09OX1RFUk1JTkFURUQQAjKnAwoPRXZlbnRCdXNTZXJ2aWNlEkoKB1B1Ymxpc2gSHi5ub3BzLmtlcm5lbC52MS5QdWJsaXNoUmVxdWVzdBofLm5vcHMua2VybmVsLnYxLlB1Ymxpc2hSZXNwb25zZRJSCglTdWJzY3JpYmUSIC5ub3BzLmtlcm5lbC52MS5TdWJzY3JpYmVSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI+CgNBY2sSGi5ub3BzLmtlcm5lbC52MS5BY2tSZXF1ZXN0Ghsubm9wcy5rZXJuZWwudjEuQWNrUmVzcG9uc2USYgoPTGlzdERlYWRMZXR0ZXJzEiYubm9wcy5rZXJuZWwudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBonLm5vcHMua2VybmVsLnYxLkxpc3REZWFkTGV0dGVyc1Jlc3BvbnNlElAKCVJlcHJvY2VzcxIgLm5vcHMua2VybmVsLnYxLlJlcHJvY2Vzc1JlcXVlc3QaIS5ub3BzLmtlcm5lbC52MS5SZXByb2Nlc3NSZXNwb25zZWIGcHJvdG8z",
-    [file_google_protobuf_duration, file_google_protobuf_timestamp],
-  );
+export const file_nops_kernel_v1_event_bus: GenFile = /*@__PURE__*/
+  fileDesc("Ch5ub3BzL2tlcm5lbC92MS9ldmVudF9idXMucHJvdG8SDm5vcHMua2VybmVsLnYxIvcBCg5QdWJsaXNoUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDwoHc3ViamVjdBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDHBheWxvYWRfdHlwZRgEIAEoCRI8CgdoZWFkZXJzGAUgAygLMisubm9wcy5rZXJuZWwudjEuUHVibGlzaFJlcXVlc3QuSGVhZGVyc0VudHJ5EhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgHIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJaCg9QdWJsaXNoUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSEQoJb3V0Ym94X2lkGAIgASgEEg8KB3N1YmplY3QYAyABKAkSEQoJZHVwbGljYXRlGAQgASgIIuwBChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSNQoOZGVsaXZlcl9wb2xpY3kYBCABKA4yHS5ub3BzLmtlcm5lbC52MS5EZWxpdmVyUG9saWN5EhYKDm1heF9kZWxpdmVyaWVzGAUgASgNEisKCGFja193YWl0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKB2JhY2tvZmYYByADKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i+wEKEERlbGl2ZXJlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRIQCghlbnZlbG9wZRgCIAEoDBI+CgdoZWFkZXJzGAMgAygLMi0ubm9wcy5rZXJuZWwudjEuRGVsaXZlcmVkTWVzc2FnZS5IZWFkZXJzRW50cnkSFwoPc3RyZWFtX3NlcXVlbmNlGAQgASgEEhYKDmRlbGl2ZXJ5X2NvdW50GAUgASgNEhEKCWFja190b2tlbhgGIAEoCRIQCghldmVudF9pZBgHIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJGChFTdWJzY3JpYmVSZXNwb25zZRIxCgdtZXNzYWdlGAEgASgLMiAubm9wcy5rZXJuZWwudjEuRGVsaXZlcmVkTWVzc2FnZSKaAQoKQWNrUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIY29uc3VtZXIYAiABKAkSEQoJYWNrX3Rva2VuGAMgASgJEikKBmFjdGlvbhgEIAEoDjIZLm5vcHMua2VybmVsLnYxLkFja0FjdGlvbhIsCgluYWtfZGVsYXkYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iDQoLQWNrUmVzcG9uc2UizwIKCkRlYWRMZXR0ZXISFgoOZGVhZF9sZXR0ZXJfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIQCghlbnZlbG9wZRgDIAEoDBI4CgdoZWFkZXJzGAQgAygLMicubm9wcy5rZXJuZWwudjEuRGVhZExldHRlci5IZWFkZXJzRW50cnkSEAoIY29uc3VtZXIYBSABKAkSMAoGcmVhc29uGAYgASgOMiAubm9wcy5rZXJuZWwudjEuRGVhZExldHRlclJlYXNvbhIXCg9zdHJlYW1fc2VxdWVuY2UYByABKAQSEgoKZGVsaXZlcmllcxgIIAEoDRIrCgdkZWFkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJhChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIQCghjb25zdW1lchgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJkChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIwCgxkZWFkX2xldHRlcnMYASADKAsyGi5ub3BzLmtlcm5lbC52MS5EZWFkTGV0dGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI6ChBSZXByb2Nlc3NSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIWCg5kZWFkX2xldHRlcl9pZBgCIAEoBCJAChFSZXByb2Nlc3NSZXNwb25zZRISCgptZXNzYWdlX2lkGAEgASgJEhcKD3N0cmVhbV9zZXF1ZW5jZRgCIAEoBCpfCg1EZWxpdmVyUG9saWN5Eh4KGkRFTElWRVJfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFgoSREVMSVZFUl9QT0xJQ1lfQUxMEAESFgoSREVMSVZFUl9QT0xJQ1lfTkVXEAIqZAoJQWNrQWN0aW9uEhoKFkFDS19BQ1RJT05fVU5TUEVDSUZJRUQQABISCg5BQ0tfQUNUSU9OX0FDSxABEhIKDkFDS19BQ1RJT05fTkFLEAISEwoPQUNLX0FDVElPTl9URVJNEAMqgAEKEERlYWRMZXR0ZXJSZWFzb24SIgoeREVBRF9MRVRURVJfUkVBU09OX1VOU1BFQ0lGSUVEEAASJQohREVBRF9MRVRURVJfUkVBU09OX01BWF9ERUxJVkVSSUVTEAESIQodREVBRF9MRVRURVJfUkVBU09OX1RFUk1JTkFURUQQAjKnAwoPRXZlbnRCdXNTZXJ2aWNlEkoKB1B1Ymxpc2gSHi5ub3BzLmtlcm5lbC52MS5QdWJsaXNoUmVxdWVzdBofLm5vcHMua2VybmVsLnYxLlB1Ymxpc2hSZXNwb25zZRJSCglTdWJzY3JpYmUSIC5ub3BzLmtlcm5lbC52MS5TdWJzY3JpYmVSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI+CgNBY2sSGi5ub3BzLmtlcm5lbC52MS5BY2tSZXF1ZXN0Ghsubm9wcy5rZXJuZWwudjEuQWNrUmVzcG9uc2USYgoPTGlzdERlYWRMZXR0ZXJzEiYubm9wcy5rZXJuZWwudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBonLm5vcHMua2VybmVsLnYxLkxpc3REZWFkTGV0dGVyc1Jlc3BvbnNlElAKCVJlcHJvY2VzcxIgLm5vcHMua2VybmVsLnYxLlJlcHJvY2Vzc1JlcXVlc3QaIS5ub3BzLmtlcm5lbC52MS5SZXByb2Nlc3NSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PublishRequest is one event to publish.
@@ -76,8 +72,7 @@ export type PublishRequest = Message<"nops.kernel.v1.PublishRequest"> & {
  * Describes the message nops.kernel.v1.PublishRequest.
  * Use `create(PublishRequestSchema)` to create a new message.
  */
-export const PublishRequestSchema: GenMessage<PublishRequest> =
-  /*@__PURE__*/
+export const PublishRequestSchema: GenMessage<PublishRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 0);
 
 /**
@@ -119,8 +114,7 @@ export type PublishResponse = Message<"nops.kernel.v1.PublishResponse"> & {
  * Describes the message nops.kernel.v1.PublishResponse.
  * Use `create(PublishResponseSchema)` to create a new message.
  */
-export const PublishResponseSchema: GenMessage<PublishResponse> =
-  /*@__PURE__*/
+export const PublishResponseSchema: GenMessage<PublishResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 1);
 
 /**
@@ -179,8 +173,7 @@ export type SubscribeRequest = Message<"nops.kernel.v1.SubscribeRequest"> & {
  * Describes the message nops.kernel.v1.SubscribeRequest.
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
-export const SubscribeRequestSchema: GenMessage<SubscribeRequest> =
-  /*@__PURE__*/
+export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 2);
 
 /**
@@ -241,8 +234,7 @@ export type DeliveredMessage = Message<"nops.kernel.v1.DeliveredMessage"> & {
  * Describes the message nops.kernel.v1.DeliveredMessage.
  * Use `create(DeliveredMessageSchema)` to create a new message.
  */
-export const DeliveredMessageSchema: GenMessage<DeliveredMessage> =
-  /*@__PURE__*/
+export const DeliveredMessageSchema: GenMessage<DeliveredMessage> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 3);
 
 /**
@@ -261,8 +253,7 @@ export type SubscribeResponse = Message<"nops.kernel.v1.SubscribeResponse"> & {
  * Describes the message nops.kernel.v1.SubscribeResponse.
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
-export const SubscribeResponseSchema: GenMessage<SubscribeResponse> =
-  /*@__PURE__*/
+export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 4);
 
 /**
@@ -303,20 +294,23 @@ export type AckRequest = Message<"nops.kernel.v1.AckRequest"> & {
  * Describes the message nops.kernel.v1.AckRequest.
  * Use `create(AckRequestSchema)` to create a new message.
  */
-export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_event_bus, 5);
+export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_event_bus, 5);
 
 /**
  * AckResponse is empty.
  *
  * @generated from message nops.kernel.v1.AckResponse
  */
-export type AckResponse = Message<"nops.kernel.v1.AckResponse"> & {};
+export type AckResponse = Message<"nops.kernel.v1.AckResponse"> & {
+};
 
 /**
  * Describes the message nops.kernel.v1.AckResponse.
  * Use `create(AckResponseSchema)` to create a new message.
  */
-export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_event_bus, 6);
+export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_event_bus, 6);
 
 /**
  * DeadLetter is one message in the dead-letter queue.
@@ -386,7 +380,8 @@ export type DeadLetter = Message<"nops.kernel.v1.DeadLetter"> & {
  * Describes the message nops.kernel.v1.DeadLetter.
  * Use `create(DeadLetterSchema)` to create a new message.
  */
-export const DeadLetterSchema: GenMessage<DeadLetter> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_event_bus, 7);
+export const DeadLetterSchema: GenMessage<DeadLetter> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_event_bus, 7);
 
 /**
  * ListDeadLettersRequest pages through dead letters.
@@ -425,8 +420,7 @@ export type ListDeadLettersRequest = Message<"nops.kernel.v1.ListDeadLettersRequ
  * Describes the message nops.kernel.v1.ListDeadLettersRequest.
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
-export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> =
-  /*@__PURE__*/
+export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 8);
 
 /**
@@ -452,8 +446,7 @@ export type ListDeadLettersResponse = Message<"nops.kernel.v1.ListDeadLettersRes
  * Describes the message nops.kernel.v1.ListDeadLettersResponse.
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
-export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> =
-  /*@__PURE__*/
+export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 9);
 
 /**
@@ -477,8 +470,7 @@ export type ReprocessRequest = Message<"nops.kernel.v1.ReprocessRequest"> & {
  * Describes the message nops.kernel.v1.ReprocessRequest.
  * Use `create(ReprocessRequestSchema)` to create a new message.
  */
-export const ReprocessRequestSchema: GenMessage<ReprocessRequest> =
-  /*@__PURE__*/
+export const ReprocessRequestSchema: GenMessage<ReprocessRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 10);
 
 /**
@@ -506,8 +498,7 @@ export type ReprocessResponse = Message<"nops.kernel.v1.ReprocessResponse"> & {
  * Describes the message nops.kernel.v1.ReprocessResponse.
  * Use `create(ReprocessResponseSchema)` to create a new message.
  */
-export const ReprocessResponseSchema: GenMessage<ReprocessResponse> =
-  /*@__PURE__*/
+export const ReprocessResponseSchema: GenMessage<ReprocessResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_event_bus, 11);
 
 /**
@@ -541,7 +532,8 @@ export enum DeliverPolicy {
 /**
  * Describes the enum nops.kernel.v1.DeliverPolicy.
  */
-export const DeliverPolicySchema: GenEnum<DeliverPolicy> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_event_bus, 0);
+export const DeliverPolicySchema: GenEnum<DeliverPolicy> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_event_bus, 0);
 
 /**
  * AckAction is what to do with a delivered message.
@@ -581,7 +573,8 @@ export enum AckAction {
 /**
  * Describes the enum nops.kernel.v1.AckAction.
  */
-export const AckActionSchema: GenEnum<AckAction> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_event_bus, 1);
+export const AckActionSchema: GenEnum<AckAction> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_event_bus, 1);
 
 /**
  * DeadLetterReason says why a message was dead-lettered.
@@ -614,8 +607,7 @@ export enum DeadLetterReason {
 /**
  * Describes the enum nops.kernel.v1.DeadLetterReason.
  */
-export const DeadLetterReasonSchema: GenEnum<DeadLetterReason> =
-  /*@__PURE__*/
+export const DeadLetterReasonSchema: GenEnum<DeadLetterReason> = /*@__PURE__*/
   enumDesc(file_nops_kernel_v1_event_bus, 2);
 
 /**
@@ -637,7 +629,7 @@ export const EventBusService: GenService<{
     methodKind: "unary";
     input: typeof PublishRequestSchema;
     output: typeof PublishResponseSchema;
-  };
+  },
   /**
    * Subscribe streams messages from a durable consumer (created or updated from the request).
    * Each message must be acknowledged with Ack before ack_wait, or it is
@@ -649,7 +641,7 @@ export const EventBusService: GenService<{
     methodKind: "server_streaming";
     input: typeof SubscribeRequestSchema;
     output: typeof SubscribeResponseSchema;
-  };
+  },
   /**
    * Ack acknowledges, negatively acknowledges or terminates one delivered message.
    *
@@ -659,7 +651,7 @@ export const EventBusService: GenService<{
     methodKind: "unary";
     input: typeof AckRequestSchema;
     output: typeof AckResponseSchema;
-  };
+  },
   /**
    * ListDeadLetters pages through the tenant's dead letters, oldest first.
    *
@@ -669,7 +661,7 @@ export const EventBusService: GenService<{
     methodKind: "unary";
     input: typeof ListDeadLettersRequestSchema;
     output: typeof ListDeadLettersResponseSchema;
-  };
+  },
   /**
    * Reprocess republishes a dead letter under a new message id and removes it from the DLQ.
    *
@@ -679,5 +671,7 @@ export const EventBusService: GenService<{
     methodKind: "unary";
     input: typeof ReprocessRequestSchema;
     output: typeof ReprocessResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_kernel_v1_event_bus, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_kernel_v1_event_bus, 0);
+

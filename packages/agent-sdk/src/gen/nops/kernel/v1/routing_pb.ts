@@ -11,12 +11,8 @@ import type { Message } from "@bufbuild/protobuf";
 /**
  * Describes the file nops/kernel/v1/routing.proto.
  */
-export const file_nops_kernel_v1_routing: GenFile =
-  /*@__PURE__*/
-  fileDesc(
-    "Chxub3BzL2tlcm5lbC92MS9yb3V0aW5nLnByb3RvEg5ub3BzLmtlcm5lbC52MSK2AQoQUm91dGVDb25zdHJhaW50cxI8CgZsYWJlbHMYASADKAsyLC5ub3BzLmtlcm5lbC52MS5Sb3V0ZUNvbnN0cmFpbnRzLkxhYmVsc0VudHJ5EhoKEmNhcGFiaWxpdHlfdmVyc2lvbhgCIAEoCRIZChFleGNsdWRlX2FnZW50X2lkcxgDIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImkKDFJvdXRlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEgoKY2FwYWJpbGl0eRgCIAEoCRI1Cgtjb25zdHJhaW50cxgDIAEoCzIgLm5vcHMua2VybmVsLnYxLlJvdXRlQ29uc3RyYWludHMiswEKDVJvdXRlUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBInCgRtb2RlGAIgASgOMhkubm9wcy5rZXJuZWwudjEuUm91dGVNb2RlEg4KBnJlYXNvbhgDIAEoCRINCgVzY29yZRgEIAEoARIOCgZ3ZWlnaHQYBSABKAESEgoKY2FuZGlkYXRlcxgGIAEoDRIQCghmYWxsYmFjaxgHIAEoCCKlAQoNSW52b2tlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEgoKY2FwYWJpbGl0eRgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRI1Cgtjb25zdHJhaW50cxgFIAEoCzIgLm5vcHMua2VybmVsLnYxLlJvdXRlQ29uc3RyYWludHMSEgoKaWRlbXBvdGVudBgGIAEoCCJvCg5JbnZva2VSZXNwb25zZRIPCgdwYXlsb2FkGAEgASgMEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRISCgphZ2VudF9uYW1lGAQgASgJEhAKCGF0dGVtcHRzGAUgASgNIqsBChNJbnZva2VTdHJlYW1SZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRISCgpjYXBhYmlsaXR5GAIgASgJEg8KB3BheWxvYWQYAyABKAwSFAoMY29udGVudF90eXBlGAQgASgJEjUKC2NvbnN0cmFpbnRzGAUgASgLMiAubm9wcy5rZXJuZWwudjEuUm91dGVDb25zdHJhaW50cxISCgppZGVtcG90ZW50GAYgASgIIk8KFEludm9rZVN0cmVhbVJlc3BvbnNlEg8KB3BheWxvYWQYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJEhAKCGFnZW50X2lkGAMgASgJKloKCVJvdXRlTW9kZRIaChZST1VURV9NT0RFX1VOU1BFQ0lGSUVEEAASFQoRUk9VVEVfTU9ERV9TQ09SRUQQARIaChZST1VURV9NT0RFX1JPVU5EX1JPQklOEAIy/AEKDlJvdXRpbmdTZXJ2aWNlEkQKBVJvdXRlEhwubm9wcy5rZXJuZWwudjEuUm91dGVSZXF1ZXN0Gh0ubm9wcy5rZXJuZWwudjEuUm91dGVSZXNwb25zZRJHCgZJbnZva2USHS5ub3BzLmtlcm5lbC52MS5JbnZva2VSZXF1ZXN0Gh4ubm9wcy5rZXJuZWwudjEuSW52b2tlUmVzcG9uc2USWwoMSW52b2tlU3RyZWFtEiMubm9wcy5rZXJuZWwudjEuSW52b2tlU3RyZWFtUmVxdWVzdBokLm5vcHMua2VybmVsLnYxLkludm9rZVN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw",
-    [file_nops_kernel_v1_agent_registry],
-  );
+export const file_nops_kernel_v1_routing: GenFile = /*@__PURE__*/
+  fileDesc("Chxub3BzL2tlcm5lbC92MS9yb3V0aW5nLnByb3RvEg5ub3BzLmtlcm5lbC52MSK2AQoQUm91dGVDb25zdHJhaW50cxI8CgZsYWJlbHMYASADKAsyLC5ub3BzLmtlcm5lbC52MS5Sb3V0ZUNvbnN0cmFpbnRzLkxhYmVsc0VudHJ5EhoKEmNhcGFiaWxpdHlfdmVyc2lvbhgCIAEoCRIZChFleGNsdWRlX2FnZW50X2lkcxgDIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImkKDFJvdXRlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEgoKY2FwYWJpbGl0eRgCIAEoCRI1Cgtjb25zdHJhaW50cxgDIAEoCzIgLm5vcHMua2VybmVsLnYxLlJvdXRlQ29uc3RyYWludHMiswEKDVJvdXRlUmVzcG9uc2USJAoFYWdlbnQYASABKAsyFS5ub3BzLmtlcm5lbC52MS5BZ2VudBInCgRtb2RlGAIgASgOMhkubm9wcy5rZXJuZWwudjEuUm91dGVNb2RlEg4KBnJlYXNvbhgDIAEoCRINCgVzY29yZRgEIAEoARIOCgZ3ZWlnaHQYBSABKAESEgoKY2FuZGlkYXRlcxgGIAEoDRIQCghmYWxsYmFjaxgHIAEoCCKlAQoNSW52b2tlUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEgoKY2FwYWJpbGl0eRgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRI1Cgtjb25zdHJhaW50cxgFIAEoCzIgLm5vcHMua2VybmVsLnYxLlJvdXRlQ29uc3RyYWludHMSEgoKaWRlbXBvdGVudBgGIAEoCCJvCg5JbnZva2VSZXNwb25zZRIPCgdwYXlsb2FkGAEgASgMEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRISCgphZ2VudF9uYW1lGAQgASgJEhAKCGF0dGVtcHRzGAUgASgNIqsBChNJbnZva2VTdHJlYW1SZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRISCgpjYXBhYmlsaXR5GAIgASgJEg8KB3BheWxvYWQYAyABKAwSFAoMY29udGVudF90eXBlGAQgASgJEjUKC2NvbnN0cmFpbnRzGAUgASgLMiAubm9wcy5rZXJuZWwudjEuUm91dGVDb25zdHJhaW50cxISCgppZGVtcG90ZW50GAYgASgIIk8KFEludm9rZVN0cmVhbVJlc3BvbnNlEg8KB3BheWxvYWQYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJEhAKCGFnZW50X2lkGAMgASgJKloKCVJvdXRlTW9kZRIaChZST1VURV9NT0RFX1VOU1BFQ0lGSUVEEAASFQoRUk9VVEVfTU9ERV9TQ09SRUQQARIaChZST1VURV9NT0RFX1JPVU5EX1JPQklOEAIy/AEKDlJvdXRpbmdTZXJ2aWNlEkQKBVJvdXRlEhwubm9wcy5rZXJuZWwudjEuUm91dGVSZXF1ZXN0Gh0ubm9wcy5rZXJuZWwudjEuUm91dGVSZXNwb25zZRJHCgZJbnZva2USHS5ub3BzLmtlcm5lbC52MS5JbnZva2VSZXF1ZXN0Gh4ubm9wcy5rZXJuZWwudjEuSW52b2tlUmVzcG9uc2USWwoMSW52b2tlU3RyZWFtEiMubm9wcy5rZXJuZWwudjEuSW52b2tlU3RyZWFtUmVxdWVzdBokLm5vcHMua2VybmVsLnYxLkludm9rZVN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw", [file_nops_kernel_v1_agent_registry]);
 
 /**
  * RouteConstraints narrows the candidate agents.
@@ -50,8 +46,7 @@ export type RouteConstraints = Message<"nops.kernel.v1.RouteConstraints"> & {
  * Describes the message nops.kernel.v1.RouteConstraints.
  * Use `create(RouteConstraintsSchema)` to create a new message.
  */
-export const RouteConstraintsSchema: GenMessage<RouteConstraints> =
-  /*@__PURE__*/
+export const RouteConstraintsSchema: GenMessage<RouteConstraints> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_routing, 0);
 
 /**
@@ -80,7 +75,8 @@ export type RouteRequest = Message<"nops.kernel.v1.RouteRequest"> & {
  * Describes the message nops.kernel.v1.RouteRequest.
  * Use `create(RouteRequestSchema)` to create a new message.
  */
-export const RouteRequestSchema: GenMessage<RouteRequest> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_routing, 1);
+export const RouteRequestSchema: GenMessage<RouteRequest> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_routing, 1);
 
 /**
  * RouteResponse is the chosen agent and why.
@@ -138,7 +134,8 @@ export type RouteResponse = Message<"nops.kernel.v1.RouteResponse"> & {
  * Describes the message nops.kernel.v1.RouteResponse.
  * Use `create(RouteResponseSchema)` to create a new message.
  */
-export const RouteResponseSchema: GenMessage<RouteResponse> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_routing, 2);
+export const RouteResponseSchema: GenMessage<RouteResponse> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_routing, 2);
 
 /**
  * InvokeRequest is one unit of work.
@@ -188,7 +185,8 @@ export type InvokeRequest = Message<"nops.kernel.v1.InvokeRequest"> & {
  * Describes the message nops.kernel.v1.InvokeRequest.
  * Use `create(InvokeRequestSchema)` to create a new message.
  */
-export const InvokeRequestSchema: GenMessage<InvokeRequest> = /*@__PURE__*/ messageDesc(file_nops_kernel_v1_routing, 3);
+export const InvokeRequestSchema: GenMessage<InvokeRequest> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_routing, 3);
 
 /**
  * InvokeResponse is the agent's answer.
@@ -230,8 +228,7 @@ export type InvokeResponse = Message<"nops.kernel.v1.InvokeResponse"> & {
  * Describes the message nops.kernel.v1.InvokeResponse.
  * Use `create(InvokeResponseSchema)` to create a new message.
  */
-export const InvokeResponseSchema: GenMessage<InvokeResponse> =
-  /*@__PURE__*/
+export const InvokeResponseSchema: GenMessage<InvokeResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_routing, 4);
 
 /**
@@ -275,8 +272,7 @@ export type InvokeStreamRequest = Message<"nops.kernel.v1.InvokeStreamRequest"> 
  * Describes the message nops.kernel.v1.InvokeStreamRequest.
  * Use `create(InvokeStreamRequestSchema)` to create a new message.
  */
-export const InvokeStreamRequestSchema: GenMessage<InvokeStreamRequest> =
-  /*@__PURE__*/
+export const InvokeStreamRequestSchema: GenMessage<InvokeStreamRequest> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_routing, 5);
 
 /**
@@ -307,8 +303,7 @@ export type InvokeStreamResponse = Message<"nops.kernel.v1.InvokeStreamResponse"
  * Describes the message nops.kernel.v1.InvokeStreamResponse.
  * Use `create(InvokeStreamResponseSchema)` to create a new message.
  */
-export const InvokeStreamResponseSchema: GenMessage<InvokeStreamResponse> =
-  /*@__PURE__*/
+export const InvokeStreamResponseSchema: GenMessage<InvokeStreamResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_routing, 6);
 
 /**
@@ -340,7 +335,8 @@ export enum RouteMode {
 /**
  * Describes the enum nops.kernel.v1.RouteMode.
  */
-export const RouteModeSchema: GenEnum<RouteMode> = /*@__PURE__*/ enumDesc(file_nops_kernel_v1_routing, 0);
+export const RouteModeSchema: GenEnum<RouteMode> = /*@__PURE__*/
+  enumDesc(file_nops_kernel_v1_routing, 0);
 
 /**
  * RoutingService picks the best live agent for a capability and can invoke it on the caller's
@@ -358,7 +354,7 @@ export const RoutingService: GenService<{
     methodKind: "unary";
     input: typeof RouteRequestSchema;
     output: typeof RouteResponseSchema;
-  };
+  },
   /**
    * Invoke chooses an agent, calls its AgentService.Handle and returns the answer.
    *
@@ -368,7 +364,7 @@ export const RoutingService: GenService<{
     methodKind: "unary";
     input: typeof InvokeRequestSchema;
     output: typeof InvokeResponseSchema;
-  };
+  },
   /**
    * InvokeStream chooses an agent, calls its AgentService.HandleStream and relays the chunks.
    * Failover happens only before the first chunk reached the caller.
@@ -379,5 +375,7 @@ export const RoutingService: GenService<{
     methodKind: "server_streaming";
     input: typeof InvokeStreamRequestSchema;
     output: typeof InvokeStreamResponseSchema;
-  };
-}> = /*@__PURE__*/ serviceDesc(file_nops_kernel_v1_routing, 0);
+  },
+}> = /*@__PURE__*/
+  serviceDesc(file_nops_kernel_v1_routing, 0);
+
