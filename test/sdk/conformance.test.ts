@@ -23,10 +23,13 @@ for (const launcher of LAUNCHERS) {
       const launch = await launcher.prepare(t);
       const dataDir = tempDataDir();
       t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
-      const kernel = await createKernelProcess(t, dataDir, {
-        NOPS_REGISTRY_HEARTBEAT_TTL_MS: String(TTL_MS),
-        NOPS_REGISTRY_ZOMBIE_AFTER_MS: "10000",
-      });
+      // Tier 3 (5000 requests/s): the load must measure the key rotation, not the default tier's 100/s quota.
+      const kernel = await createKernelProcess(
+        t,
+        dataDir,
+        { NOPS_REGISTRY_HEARTBEAT_TTL_MS: String(TTL_MS), NOPS_REGISTRY_ZOMBIE_AFTER_MS: "10000" },
+        { rateLimit: { tenantTiers: { [TENANT]: 3 } } },
+      );
       await kernel.start();
       const registry = kernel.admin(AgentRegistryService);
       const routing = kernel.admin(RoutingService);

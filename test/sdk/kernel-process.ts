@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ExecutionContext } from "ava";
 import { createClient, type Client } from "@connectrpc/connect";
@@ -23,12 +23,18 @@ export interface KernelProcess {
   admin<S extends DescService>(service: S): Client<S>;
 }
 
-/** Prepares a kernel process on free ports; `env` adds NOPS_* settings. */
+/** Prepares a kernel process on free ports; `env` adds NOPS_* settings, `config` file-only sections (JSON config file). */
 export async function createKernelProcess(
   t: ExecutionContext,
   dataDir: string,
   env: Record<string, string> = {},
+  config?: Record<string, unknown>,
 ): Promise<KernelProcess> {
+  if (config) {
+    const file = join(dataDir, "kernel-config.json");
+    writeFileSync(file, JSON.stringify(config));
+    env = { NOPS_CONFIG: file, ...env };
+  }
   const grpcPort = await freePort();
   const httpPort = await freePort();
   const devIdentityDir = join(dataDir, "dev-identity");
