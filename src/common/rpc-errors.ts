@@ -20,9 +20,9 @@ export function notFound(kind: string, id?: string): ConnectError {
   return new ConnectError(id === undefined ? `${kind} not found` : `${kind} ${id} not found`, Code.NotFound);
 }
 
-/** ALREADY_EXISTS: "<kind> <id> already exists". */
-export function alreadyExists(kind: string, id: string): ConnectError {
-  return new ConnectError(`${kind} ${id} already exists`, Code.AlreadyExists);
+/** ALREADY_EXISTS: "<kind> <id> already exists", then `: <detail>` when given. */
+export function alreadyExists(kind: string, id: string, detail?: string): ConnectError {
+  return new ConnectError(`${kind} ${id} already exists${detail ? `: ${detail}` : ""}`, Code.AlreadyExists);
 }
 
 /** FAILED_PRECONDITION: the system's state refuses the call as sent (a reused key, a blocked destination). */
