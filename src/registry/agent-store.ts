@@ -24,6 +24,15 @@ export interface LoadRow {
   reportedAt: number;
 }
 
+/** An idempotency key of RegisterAgent, as stored. */
+export interface IdempotencyRow {
+  tenant: string;
+  key: string;
+  agentId: string;
+  contentHash: string;
+  createdAt: number;
+}
+
 /** SQLite persistence of agents; callers group calls in `db.transaction` with their events. */
 export interface AgentStore {
   loadAll(): { agent: AgentRow; load?: LoadRow }[];
@@ -32,6 +41,9 @@ export interface AgentStore {
   delete(id: string): boolean;
   /** Records a heartbeat (and its load) without touching the rest of the row. */
   touch(id: string, heartbeatAt: number, load: LoadRow | undefined): void;
+  /** Every idempotency key of a live agent (deleting an agent deletes its keys: ON DELETE CASCADE). */
+  loadIdempotency(): IdempotencyRow[];
+  insertIdempotency(row: IdempotencyRow): void;
 }
 
 interface DbAgent {
@@ -76,6 +88,14 @@ export function createAgentStore(db: Db): AgentStore {
        latency_p50_ms = excluded.latency_p50_ms, latency_p99_ms = excluded.latency_p99_ms,
        error_rate = excluded.error_rate, reported_at = excluded.reported_at`,
   );
+  const allKeys = db.prepare<[], IdempotencyRow>(
+    `SELECT tenant, idempotency_key AS key, agent_id AS agentId, content_hash AS contentHash, created_at AS createdAt
+     FROM agent_idempotency`,
+  );
+  const insertKey = db.prepare(
+    `INSERT INTO agent_idempotency (tenant, idempotency_key, agent_id, content_hash, created_at)
+     VALUES (@tenant, @key, @agentId, @contentHash, @createdAt)`,
+  );
   const params = (a: AgentRow) => ({
     ...a,
     capabilities: JSON.stringify(a.capabilities),
@@ -115,5 +135,7 @@ export function createAgentStore(db: Db): AgentStore {
       touch.run(heartbeatAt, id);
       if (load) upsertLoad.run({ id, ...load });
     },
+    loadIdempotency: () => allKeys.all(),
+    insertIdempotency: (row) => void insertKey.run(row),
   };
 }

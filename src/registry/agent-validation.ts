@@ -28,6 +28,12 @@ export function checkAgentId(field: string, id: string): void {
   if (!/^[0-9a-f-]{36}$/.test(id)) invalid(field, "is not an agent id");
 }
 
+/** Checks a RegisterAgent idempotency key: 1..128 printable ASCII characters, no spaces. */
+export function checkIdempotencyKey(field: string, key: string): void {
+  if (key.length > 128) invalid(field, `must be at most 128 characters (got ${key.length})`);
+  if (!/^[\x21-\x7e]+$/.test(key)) invalid(field, "must be printable ASCII without spaces");
+}
+
 /** Checks a required short text field. */
 export function checkText(field: string, value: string, max: number, required = true): void {
   if (value === "") {

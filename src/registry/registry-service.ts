@@ -10,6 +10,7 @@ import {
   checkCapabilities,
   checkCapabilityName,
   checkEndpoint,
+  checkIdempotencyKey,
   checkLoad,
   checkMap,
   checkTenant,
@@ -105,7 +106,9 @@ export function createRegistryService(
       };
       checkFields("", fields);
       checkSize("", fields);
-      return { agent: registry.register(req.tenant, fields, actor(ctx)) };
+      if (req.idempotencyKey === "") return { agent: registry.register(req.tenant, fields, actor(ctx)) };
+      checkIdempotencyKey("idempotency_key", req.idempotencyKey);
+      return registry.registerIdempotent(req.tenant, fields, req.idempotencyKey, actor(ctx));
     },
 
     getAgent(req) {

@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -56,9 +56,22 @@ export interface AgentChange {
   agent: Agent;
 }
 
+/** What an idempotent registration returns. */
+export interface RegisterOutcome {
+  agent: Agent;
+  /** The key matched an earlier registration with the same content; nothing was written. */
+  replayed: boolean;
+}
+
 /** The agent registry: durable writes, in-memory reads, derived liveness. */
 export interface Registry {
   register(tenant: string, fields: AgentFields, actor: Actor): Agent;
+  /**
+   * Registers once per (tenant, idempotencyKey): a repeat with the same content returns the agent
+   * the key created (replayed), a repeat with different content throws ALREADY_EXISTS. The key is
+   * stored in the registration's transaction and forgotten when the agent is deregistered or reaped.
+   */
+  registerIdempotent(tenant: string, fields: AgentFields, idempotencyKey: string, actor: Actor): RegisterOutcome;
   get(tenant: string, id: string): Agent;
   list(query: AgentQuery): { agents: Agent[]; more: boolean };
   update(
@@ -91,6 +104,8 @@ interface Entry {
   status: AgentStatus;
   /** The Agent message of this state, built on first use; dropped by every change. */
   proto?: Agent | undefined;
+  /** The idempotency key that created the agent, if any. */
+  idem?: { key: string; contentHash: string };
 }
 
 /** Dependencies of the registry. */
@@ -103,6 +118,29 @@ export interface RegistryDeps {
 }
 
 const WATCH_BUFFER = 1024;
+
+const sortedRecord = (r: Record<string, string>) =>
+  Object.fromEntries(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : 1)));
+
+/**
+ * SHA-256 of a registration's content in a canonical form: map keys sorted and capabilities
+ * ordered by name (names are unique), so a retry that serialises the same maps in another order
+ * is still the same content.
+ */
+export function registrationHash(fields: AgentFields): string {
+  const canonical = {
+    name: fields.name,
+    version: fields.version,
+    endpoint: fields.endpoint,
+    capabilities: [...fields.capabilities]
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((c) => ({ name: c.name, version: c.version, attributes: sortedRecord(c.attributes) })),
+    labels: sortedRecord(fields.labels),
+  };
+  return createHash("sha256").update(JSON.stringify(canonical)).digest("hex");
+}
+
+const idemKey = (tenant: string, key: string) => `${tenant}\u0000${key}`;
 
 function notFound(id: string): ConnectError {
   return new ConnectError(`agent ${id} not found`, Code.NotFound);
@@ -125,10 +163,23 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     return AgentStatus.ZOMBIE;
   };
 
+  // (tenant, idempotency key) -> agent id, for keys whose agent still exists.
+  const keys = new Map<string, string>();
   for (const { agent, load } of store.loadAll()) {
     agents.set(agent.id, { row: agent, load, status: statusAt(agent.heartbeatAt, clock.now()) });
   }
-  log.info({ agents: agents.size }, "registry loaded");
+  for (const k of store.loadIdempotency()) {
+    const e = agents.get(k.agentId);
+    if (!e) continue;
+    e.idem = { key: k.key, contentHash: k.contentHash };
+    keys.set(idemKey(k.tenant, k.key), k.agentId);
+  }
+  log.info({ agents: agents.size, idempotencyKeys: keys.size }, "registry loaded");
+
+  const forget = (e: Entry) => {
+    agents.delete(e.row.id);
+    if (e.idem) keys.delete(idemKey(e.row.tenant, e.idem.key));
+  };
 
   // Shared by every reader until the entry changes (routing reads it on every Invoke): callers
   // must not mutate the returned message.
@@ -251,41 +302,76 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       }
     })();
     for (const e of reaped) {
-      agents.delete(e.row.id);
+      forget(e);
       notify(e, ChangeType.DEREGISTERED);
     }
     for (const e of changed) notify(e, ChangeType.STATUS_CHANGED);
     if (reaped.length) log.info({ reaped: reaped.length }, "reaped zombie agents");
   };
 
+  const insert = (
+    tenant: string,
+    fields: AgentFields,
+    actor: Actor,
+    idem: { key: string; contentHash: string } | undefined,
+  ): Agent => {
+    const now = clock.now();
+    const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
+    const entry: Entry = { row, status: AgentStatus.HEALTHY, idem };
+    const agent = toProto(entry);
+    db.transaction(() => {
+      store.insert(row);
+      if (idem)
+        store.insertIdempotency({
+          tenant,
+          key: idem.key,
+          agentId: row.id,
+          contentHash: idem.contentHash,
+          createdAt: now,
+        });
+      events.append({
+        type: "agent.registered.v1",
+        tenant,
+        schema: AgentRegisteredSchema,
+        payload: create(AgentRegisteredSchema, { agent }),
+        correlationId: actor.correlationId,
+      });
+      audit.append({
+        actor: actor.id,
+        action: "agent.register",
+        tenant,
+        resource: `agent/${row.id}`,
+        outcome: "ok",
+        details: idem
+          ? { name: row.name, endpoint: row.endpoint, idempotent: true }
+          : { name: row.name, endpoint: row.endpoint },
+        correlationId: actor.correlationId,
+      });
+    })();
+    agents.set(row.id, entry);
+    if (idem) keys.set(idemKey(tenant, idem.key), row.id);
+    notify(entry, ChangeType.REGISTERED);
+    return agent;
+  };
+
   return {
-    register(tenant, fields, actor) {
-      const now = clock.now();
-      const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
-      const entry: Entry = { row, status: AgentStatus.HEALTHY };
-      const agent = toProto(entry);
-      db.transaction(() => {
-        store.insert(row);
-        events.append({
-          type: "agent.registered.v1",
-          tenant,
-          schema: AgentRegisteredSchema,
-          payload: create(AgentRegisteredSchema, { agent }),
-          correlationId: actor.correlationId,
-        });
-        audit.append({
-          actor: actor.id,
-          action: "agent.register",
-          tenant,
-          resource: `agent/${row.id}`,
-          outcome: "ok",
-          details: { name: row.name, endpoint: row.endpoint },
-          correlationId: actor.correlationId,
-        });
-      })();
-      agents.set(row.id, entry);
-      notify(entry, ChangeType.REGISTERED);
-      return agent;
+    register: (tenant, fields, actor) => insert(tenant, fields, actor, undefined),
+
+    registerIdempotent(tenant, fields, idempotencyKey, actor) {
+      const contentHash = registrationHash(fields);
+      const existingId = keys.get(idemKey(tenant, idempotencyKey));
+      const existing = existingId === undefined ? undefined : agents.get(existingId);
+      if (existing?.idem) {
+        if (existing.idem.contentHash !== contentHash) {
+          throw new ConnectError(
+            "idempotency_key was already used by a registration with different content " +
+              `(agent ${existing.row.id}); use a new key, or UpdateAgent to change that agent`,
+            Code.AlreadyExists,
+          );
+        }
+        return { agent: toProto(existing), replayed: true };
+      }
+      return { agent: insert(tenant, fields, actor, { key: idempotencyKey, contentHash }), replayed: false };
     },
 
     get: (tenant, id) => toProto(lookup(tenant, id)),
@@ -356,7 +442,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           correlationId: actor.correlationId,
         });
       })();
-      agents.delete(id);
+      forget(e);
       pendingBeats.delete(id);
       notify(e, ChangeType.DEREGISTERED);
     },

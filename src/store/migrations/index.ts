@@ -4,6 +4,7 @@ import { migration0002 } from "./0002-agent-load.js";
 import { migration0003 } from "./0003-api-keys.js";
 import { migration0004 } from "./0004-events.js";
 import { migration0005 } from "./0005-egress.js";
+import { migration0006 } from "./0006-agent-idempotency.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
 export const MIGRATIONS: readonly Migration[] = [
@@ -12,4 +13,5 @@ export const MIGRATIONS: readonly Migration[] = [
   migration0003,
   migration0004,
   migration0005,
+  migration0006,
 ];
