@@ -531,12 +531,13 @@ class Agent:
     def _run_lifecycle(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            wait = self._heartbeat_interval
+            wait: Optional[float] = None
             try:
                 if self._agent_id is None:
                     self._register()
                     self._registered.set()
                     backoff = 0.1
+                    wait = 0  # the first heartbeat tells the kernel's interval
                 else:
                     self._heartbeat()
                     self._telemetry.heartbeat("ok")
@@ -566,6 +567,8 @@ class Agent:
             except Exception:  # never let the lifecycle thread die
                 log.exception("agent lifecycle step failed")
                 wait, backoff = backoff, min(backoff * 2, 5.0)
+            if wait is None:
+                wait = self._heartbeat_interval
             if wait > 0 and self._wake.wait(wait):
                 self._wake.clear()
 
@@ -616,6 +619,9 @@ class Agent:
             self._identity.close()
         if self._own_loop is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._own_loop.join(5)
+            if not self._loop.is_running():
+                self._loop.close()
         with self._lock:
             self._state = "stopped"
         self._stopped.set()

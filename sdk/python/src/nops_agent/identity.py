@@ -97,7 +97,7 @@ class FileIdentitySource(IdentitySource):
             stamp = tuple(os.stat(f).st_mtime_ns for f in self._files)
             if stamp == self._stamp:
                 return
-            cert, key, bundle = (open(f, "rb").read() for f in self._files)
+            cert, key, bundle = (_read(f) for f in self._files)
         except OSError as err:
             if initial:
                 raise IdentityError(f"cannot read SVID files: {err}") from err
@@ -117,6 +117,11 @@ class FileIdentitySource(IdentitySource):
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # SPIFFE Workload API §6.2.1: every call carries this header; servers refuse calls without it.
