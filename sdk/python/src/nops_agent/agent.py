@@ -328,8 +328,9 @@ class Agent:
 
     def run(self) -> None:
         """Starts the agent and blocks until SIGTERM or SIGINT (when ``handle_signals``) or ``stop()``,
-        then drains and deregisters."""
-        self.start()
+        then drains and deregisters. An agent already started is just waited on."""
+        if self._state == "new":
+            self.start()
         previous: Dict[int, Any] = {}
         if self.options.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -511,14 +512,27 @@ class Agent:
         digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
         return f"agent:{self.options.name}:{digest[:40]}"
 
-    def _register(self) -> None:
-        assert self._client is not None
-        response = self._client.call("registry", "RegisterAgent", self._register_request(), self.options.call_timeout)
+    def register(self, timeout: Optional[float] = None) -> str:
+        """Sends RegisterAgent once now, with the agent's idempotency key, and returns the agent id.
+
+        The agent registers (and re-registers) on its own; this is for callers that want to retry
+        by hand: however often it is called, and whatever deadline cut the earlier attempts short,
+        the kernel keeps one agent. Raises KernelError (KernelUnavailableError when transient).
+        """
+        client = self._require_client()
+        t = self.options.call_timeout if timeout is None else timeout
+        try:
+            response = client.call("registry", "RegisterAgent", self._register_request(), t)
+        except KernelError as err:
+            if err.code in _PERMANENT_REGISTRATION:
+                raise RegistrationError(err.method, err.code, err.details) from None
+            raise
         self._agent_id = response.agent.id
         self._telemetry.registered(bool(getattr(response, "replayed", False)))
         log.info(
             "registered as %s%s", response.agent.id, " (replayed)" if getattr(response, "replayed", False) else ""
         )
+        return response.agent.id
 
     def _heartbeat(self) -> None:
         assert self._client is not None and self._agent_id is not None
@@ -534,7 +548,7 @@ class Agent:
             wait: Optional[float] = None
             try:
                 if self._agent_id is None:
-                    self._register()
+                    self.register()
                     self._registered.set()
                     backoff = 0.1
                     wait = 0  # the first heartbeat tells the kernel's interval

@@ -1,0 +1,118 @@
+"""Conformance agent built on the Python SDK (nops_agent), driven by test/sdk/python-conformance.test.ts.
+
+Configuration comes from the SDK's own environment variables (NOPS_KERNEL_ADDRESS, NOPS_IDENTITY_DIR,
+NOPS_TENANT, NOPS_API_KEY_FILE, ...) plus AGENT_NAME. It prints one JSON object per line on stdout:
+  {"event": "registered", "agentId", "endpoint"}   once start() returned
+  {"event": "agent-id", "agentId"}                 whenever the kernel gave it another id
+  {"event": "rotated", "keyId"}                    after a "rotate" command
+  {"event": "register-retried", "agentId", "failures"}  after "register-retry <n> <deadline ms>"
+  {"event": "load", "calls", "failures"}           after "load-stop" (load-start: RegisterAgent in a loop)
+  {"event": "slow-started"}                        when a "slow" call entered its handler
+  {"event": "stopped"}                             after SIGTERM drained and deregistered it
+Commands arrive on stdin, one per line.
+"""
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+from nops_agent import KernelError, create_agent
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+out_lock = threading.Lock()
+
+
+def emit(**event):
+    with out_lock:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+agent = create_agent(name=os.environ.get("AGENT_NAME", "conformance-py"), heartbeat_interval=1.0, drain_timeout=20)
+
+
+@agent.handle("echo")
+def echo(inv):
+    remaining = inv.time_remaining()
+    return {
+        "payload": inv.text(),
+        "remainingMs": None if remaining is None else round(remaining * 1000),
+        "traceparent": inv.traceparent,
+        "tenant": inv.tenant,
+        "attempt": inv.attempt,
+    }
+
+
+@agent.handle("slow")
+def slow(inv):
+    emit(event="slow-started")
+    time.sleep(int(inv.text() or "0") / 1000.0)
+    return "done"
+
+
+@agent.handle_stream("count")
+def count(inv):
+    for i in range(int(inv.text() or "3")):
+        yield str(i)
+
+
+load = {"stop": threading.Event(), "calls": 0, "failures": 0, "thread": None}
+
+
+def run_load():
+    # Authenticated kernel calls back to back (idempotent re-registrations), so a credential
+    # swap that broke any call would show up as a failure.
+    while not load["stop"].is_set():
+        try:
+            agent.register()
+            load["calls"] += 1
+        except KernelError as err:
+            load["failures"] += 1
+            logging.error("load call failed: %s", err)
+
+
+def commands():
+    for line in sys.stdin:
+        parts = line.split()
+        try:
+            if parts[:1] == ["rotate"]:
+                emit(event="rotated", keyId=agent.rotate_api_key())
+            elif parts[:1] == ["load-start"]:
+                load["thread"] = threading.Thread(target=run_load, daemon=True)
+                load["thread"].start()
+            elif parts[:1] == ["load-stop"]:
+                load["stop"].set()
+                load["thread"].join()
+                emit(event="load", calls=load["calls"], failures=load["failures"])
+            elif parts[:1] == ["register-retry"]:
+                n, deadline_ms = int(parts[1]), float(parts[2])
+                failures = 0
+                for _ in range(n):
+                    try:
+                        agent.register(timeout=deadline_ms / 1000.0)
+                    except KernelError:
+                        failures += 1
+                emit(event="register-retried", agentId=agent.register(), failures=failures)
+        except Exception as err:  # reported, never fatal: the test decides
+            emit(event="error", command=line.strip(), error=str(err))
+
+
+def watch_id():
+    last = agent.agent_id
+    while True:
+        time.sleep(0.05)
+        current = agent.agent_id
+        if current and current != last:
+            emit(event="agent-id", agentId=current)
+        last = current or last
+
+
+agent.start()
+emit(event="registered", agentId=agent.agent_id, endpoint=agent.endpoint)
+threading.Thread(target=commands, daemon=True).start()
+threading.Thread(target=watch_id, daemon=True).start()
+agent.run()
+emit(event="stopped")
