@@ -19,7 +19,20 @@ from nops_agent._gen.nops.kernel.v1 import (
     agent_registry_pb2_grpc as reg_grpc,
     api_key_pb2,
     api_key_pb2_grpc,
+    routing_pb2,
+    routing_pb2_grpc,
 )
+
+
+class FakeRouting(routing_pb2_grpc.RoutingServiceServicer):
+    """Invoke answers the payload back and records each call's metadata and deadline."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, object]] = []
+
+    def Invoke(self, request, context):
+        self.calls.append({"metadata": dict(context.invocation_metadata()), "remaining": context.time_remaining()})
+        return routing_pb2.InvokeResponse(payload=request.payload, content_type=request.content_type, agent_id="a1", attempts=1)
 
 
 class FakeRegistry(reg_grpc.AgentRegistryServiceServicer):
@@ -120,9 +133,11 @@ class FakeKernel:
 
     def __init__(self, api_keys: Optional[FakeApiKeys] = None, port: int = 0, tls: Optional[Dict[str, str]] = None) -> None:
         self.registry = FakeRegistry()
+        self.routing = FakeRouting()
         self.api_keys = api_keys
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
         reg_grpc.add_AgentRegistryServiceServicer_to_server(self.registry, self.server)
+        routing_pb2_grpc.add_RoutingServiceServicer_to_server(self.routing, self.server)
         if api_keys is not None:
             api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(api_keys, self.server)
         if tls:
