@@ -59,16 +59,38 @@ export const DEFAULT_METHOD_SCOPES: Readonly<Record<string, string>> = {
   "/nops.kernel.v1.AgentRegistryService/ListAgents": "registry/read",
   "/nops.kernel.v1.AgentRegistryService/WatchAgents": "registry/read",
   "/nops.kernel.v1.ApiKeyService/CreateApiKey": "apikeys/write",
-  "/nops.kernel.v1.ApiKeyService/RotateApiKey": "apikeys/write",
+  // Its own scope so an agent can hold it without apikeys/write; the service lets a non-admin
+  // rotate only the key it is calling with.
+  "/nops.kernel.v1.ApiKeyService/RotateApiKey": "apikeys/rotate",
   "/nops.kernel.v1.ApiKeyService/RevokeApiKey": "apikeys/write",
   "/nops.kernel.v1.ApiKeyService/ListApiKeys": "apikeys/read",
+  "/nops.kernel.v1.RoutingService/Route": "routing/route",
+  "/nops.kernel.v1.RoutingService/Invoke": "routing/invoke",
+  "/nops.kernel.v1.RoutingService/InvokeStream": "routing/invoke",
+  "/nops.kernel.v1.EventBusService/Publish": "events/publish",
+  "/nops.kernel.v1.EventBusService/Subscribe": "events/subscribe",
+  "/nops.kernel.v1.EventBusService/Ack": "events/subscribe",
+  "/nops.kernel.v1.EventBusService/ListDeadLetters": "events/read",
+  "/nops.kernel.v1.EventBusService/Reprocess": "events/admin",
 };
+
+/** What an agent needs to work: its registry entry, its tenant's events, invoking others, its own key. */
+export const AGENT_SCOPES: readonly string[] = [
+  "registry/write",
+  "registry/read",
+  "events/publish",
+  "events/subscribe",
+  "routing/route",
+  "routing/invoke",
+  "apikeys/rotate",
+];
 
 /** What each role may do (tenant-bound roles stay inside their tenant whatever the scope says). */
 export const DEFAULT_ROLE_SCOPES: Readonly<Record<Role, readonly string[]>> = {
   SUPER_ADMIN: ["*/*/*"],
   ADMIN: ["*/*/*"],
-  OPERATOR: ["registry/*/*"],
+  OPERATOR: ["registry/*/*", "events/*/*", "routing/*/*"],
+  AGENT: AGENT_SCOPES,
   VIEWER: ["registry/read/*"],
 };
 

@@ -21,6 +21,12 @@ export interface SpiffePrincipalRule {
    * without a valid tenant there. @default false
    */
   tenantFromPath?: boolean;
+  /**
+   * Bind the principal to the agent named in the id's path, /nops/tenant/<tenant>/agent/<name>
+   * (Principal.agentId); ids with another shape under the tenant (e.g. .../operator/<name>) are
+   * not bound to an agent and get OPERATOR instead of the rule's roles. @default false
+   */
+  agentFromPath?: boolean;
 }
 
 /** How workload SPIFFE ids become principals. */
@@ -34,10 +40,14 @@ export interface SpiffePrincipalOptions {
 /** The embedded dev issuer's trust domain. */
 export const DEFAULT_TRUST_DOMAIN = "nops.local";
 
-/** Admins are SUPER_ADMIN (so the dev client SVID spiffe://nops.local/nops/admin/developer is); agents OPERATOR in their tenant. */
+/**
+ * Admins are SUPER_ADMIN (so the dev client SVID spiffe://nops.local/nops/admin/developer is);
+ * agents (/nops/tenant/<t>/agent/<name>) are AGENT in their tenant, bound to their name;
+ * operators (/nops/tenant/<t>/operator/<name>) are OPERATOR in their tenant.
+ */
 export const DEFAULT_SPIFFE_RULES: readonly SpiffePrincipalRule[] = [
   { match: { pathPrefix: "/nops/admin" }, roles: ["SUPER_ADMIN"] },
-  { match: { pathPrefix: "/nops/tenant" }, roles: ["OPERATOR"], tenantFromPath: true },
+  { match: { pathPrefix: "/nops/tenant" }, roles: ["AGENT"], tenantFromPath: true, agentFromPath: true },
 ];
 
 /** Defaults for SpiffePrincipalOptions. */
@@ -78,6 +88,10 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
   const tenant = readOptionalString(r, "tenant", path, { nonEmpty: true });
   if (tenant !== undefined && !TENANT_PATTERN.test(tenant)) throw new ConfigError(`${path}.tenant is not a tenant id`);
   const fromPath = readBool(r, "tenantFromPath", path, false);
+  if (readBool(r, "agentFromPath", path, false)) {
+    if (!fromPath) throw new ConfigError(`${path}.agentFromPath needs tenantFromPath`);
+    rule.agentFromPath = true;
+  }
   if (tenant !== undefined && fromPath) throw new ConfigError(`${path}: set tenant or tenantFromPath, not both`);
   if (tenant !== undefined) rule.tenant = tenant;
   if (fromPath) rule.tenantFromPath = true;
@@ -105,6 +119,8 @@ export function resolveSpiffePrincipalOptions(input: unknown, path = "identity.s
 
 // ids.md: an agent is spiffe://<td>/nops/tenant/<tenant>/agent/<name>.
 const TENANT_PATH = /^\/nops\/tenant\/([^/]+)(?:\/|$)/;
+const AGENT_PATH = /^\/nops\/tenant\/[^/]+\/agent\/([^/]+)$/;
+const OPERATOR_PATH = /^\/nops\/tenant\/[^/]+\/operator\/[^/]+$/;
 
 /**
  * Creates the mapper. Principals are memoised per id (bounded by `maxCached`) so that the
@@ -128,6 +144,29 @@ export function createSpiffePrincipalMapper(
       if (rule.tenantFromPath) {
         tenant = TENANT_PATH.exec(id.path)?.[1];
         if (tenant === undefined || !TENANT_PATTERN.test(tenant)) continue;
+      }
+      if (rule.agentFromPath) {
+        const agent = AGENT_PATH.exec(id.path)?.[1];
+        if (agent !== undefined)
+          return {
+            kind: "spiffe",
+            id: id.id,
+            tenant,
+            roles: rule.roles,
+            scopes: rule.scopes ?? [],
+            capabilities: rule.capabilities ?? [],
+            agentId: agent,
+          };
+        // Only a tenant's operator id gets a wider role; any other shape gets nothing.
+        if (!OPERATOR_PATH.test(id.path)) continue;
+        return {
+          kind: "spiffe",
+          id: id.id,
+          tenant,
+          roles: ["OPERATOR"],
+          scopes: rule.scopes ?? [],
+          capabilities: rule.capabilities ?? [],
+        };
       }
       return {
         kind: "spiffe",

@@ -1,8 +1,8 @@
 import { createContextKey } from "@connectrpc/connect";
 import { KernelError } from "../common/errors.js";
 
-/** Kernel roles, most powerful first. */
-export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "VIEWER"] as const;
+/** Kernel roles, most powerful first (AGENT is narrower than OPERATOR, not comparable to VIEWER). */
+export const ROLES = ["SUPER_ADMIN", "ADMIN", "OPERATOR", "AGENT", "VIEWER"] as const;
 
 /** One kernel role. SUPER_ADMIN is the only role that may act on every tenant. */
 export type Role = (typeof ROLES)[number];
@@ -26,7 +26,11 @@ export interface Principal {
   readonly scopes: readonly string[];
   /** Capabilities the principal holds, for attribute rules. */
   readonly capabilities: readonly string[];
-  /** The one agent the credential is bound to (agent API keys), for handlers that care. */
+  /**
+   * The one agent the credential is bound to, for handlers that care: an agent API key's agent_id,
+   * or the <name> of an agent SVID (spiffe://<td>/nops/tenant/<tenant>/agent/<name>). The registry
+   * compares it with the agent's name.
+   */
   readonly agentId?: string;
 }
 

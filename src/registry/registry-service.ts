@@ -1,5 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { kPrincipal } from "../identity/principal.js";
 import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { kCorrelationId } from "../server/interceptor.js";
@@ -68,6 +69,20 @@ function decodePageToken(token: string, filterKey: string): string {
   return t.a;
 }
 
+// A principal that is only an AGENT and bound to one agent acts on that agent alone; wider roles
+// (operators, admins) are not limited by a binding.
+function boundAgentOf(ctx: HandlerContext): string | undefined {
+  const p = ctx.values.get(kPrincipal);
+  if (!p?.agentId || !p.roles.includes("AGENT")) return undefined;
+  return p.roles.some((r) => r === "SUPER_ADMIN" || r === "ADMIN" || r === "OPERATOR") ? undefined : p.agentId;
+}
+
+function checkSelf(bound: string | undefined, agent: { id: string; name: string }): void {
+  if (bound !== undefined && bound !== agent.name && bound !== agent.id) {
+    throw new ConnectError("permission denied: an agent may act only on itself", Code.PermissionDenied);
+  }
+}
+
 /** AgentRegistryService handlers: validate, then delegate to the registry. */
 export function createRegistryService(
   deps: RegistryServiceDeps,
@@ -106,6 +121,7 @@ export function createRegistryService(
       };
       checkFields("", fields);
       checkSize("", fields);
+      checkSelf(boundAgentOf(ctx), { id: "", name: fields.name });
       if (req.idempotencyKey === "") return { agent: registry.register(req.tenant, fields, actor(ctx)) };
       checkIdempotencyKey("idempotency_key", req.idempotencyKey);
       return registry.registerIdempotent(req.tenant, fields, req.idempotencyKey, actor(ctx));
@@ -152,6 +168,8 @@ export function createRegistryService(
         }
       });
       const current = registry.get(a.tenant, a.id);
+      const bound = boundAgentOf(ctx);
+      checkSelf(bound, current);
       const merged: AgentFields = {
         name: current.name,
         version: current.version,
@@ -169,6 +187,8 @@ export function createRegistryService(
       for (const p of paths as UpdatableField[]) (merged as unknown as Record<string, unknown>)[p] = patch[p];
       checkFields("agent.", merged);
       checkSize("agent.", merged);
+      if (bound !== undefined && merged.name !== current.name)
+        throw new ConnectError("permission denied: an agent may not rename itself", Code.PermissionDenied);
       return { agent: registry.update(a.tenant, a.id, merged, [...new Set(paths)] as UpdatableField[], actor(ctx)) };
     },
 
@@ -176,14 +196,17 @@ export function createRegistryService(
       checkTenant("tenant", req.tenant);
       checkAgentId("id", req.id);
       checkText("reason", req.reason, 512, false);
+      checkSelf(boundAgentOf(ctx), registry.get(req.tenant, req.id));
       registry.deregister(req.tenant, req.id, req.reason, actor(ctx));
       return {};
     },
 
-    heartbeat(req) {
+    heartbeat(req, ctx) {
       checkTenant("tenant", req.tenant);
       checkAgentId("id", req.id);
       checkLoad("load", req.load);
+      const bound = boundAgentOf(ctx);
+      if (bound !== undefined) checkSelf(bound, registry.get(req.tenant, req.id));
       const status = registry.heartbeat(req.tenant, req.id, loadRow(req.load, deps.clock.now()));
       return { status, nextHeartbeatMs: Math.max(1, Math.floor(options.heartbeatTtlMs / 3)) };
     },

@@ -59,11 +59,22 @@ test("spiffe principals - defaults: the dev client SVID is SUPER_ADMIN for every
   t.is(p.id, "spiffe://nops.local/nops/admin/developer");
 });
 
-test("spiffe principals - defaults: an agent is OPERATOR in the tenant named by its path", (t) => {
+test("spiffe principals - defaults: an agent is AGENT in its tenant, bound to its name; an operator is OPERATOR", (t) => {
   const mapper = createSpiffePrincipalMapper(resolveSpiffePrincipalOptions({}));
   const p = mapper.map("spiffe://nops.local/nops/tenant/acme/agent/summarizer");
-  t.like(p, { kind: "spiffe", tenant: "acme", roles: ["OPERATOR"] });
+  t.like(p, { kind: "spiffe", tenant: "acme", roles: ["AGENT"], agentId: "summarizer" });
   t.is(mapper.map("spiffe://nops.local/nops/tenant/acme/agent/summarizer"), p, "memoised per id");
+  const op = mapper.map("spiffe://nops.local/nops/tenant/acme/operator/alice");
+  t.like(op, { tenant: "acme", roles: ["OPERATOR"] });
+  t.is(op.agentId, undefined);
+  for (const s of [
+    "spiffe://nops.local/nops/tenant/acme",
+    "spiffe://nops.local/nops/tenant/acme/agent",
+    "spiffe://nops.local/nops/tenant/acme/agent/a/extra",
+    "spiffe://nops.local/nops/tenant/acme/admin/root",
+  ]) {
+    t.deepEqual(mapper.map(s).roles, [], s);
+  }
 });
 
 test("spiffe principals - unknown paths, foreign trust domains and bad tenants get nothing", (t) => {

@@ -31,12 +31,14 @@ const ROLE_TO_ENUM: Record<Role, RoleEnum> = {
   ADMIN: RoleEnum.ADMIN,
   OPERATOR: RoleEnum.OPERATOR,
   VIEWER: RoleEnum.VIEWER,
+  AGENT: RoleEnum.AGENT,
 };
 // An API key is never SUPER_ADMIN: a leaked key must not reach every tenant.
 const KEY_ROLES = new Map<RoleEnum, Role>([
   [RoleEnum.ADMIN, "ADMIN"],
   [RoleEnum.OPERATOR, "OPERATOR"],
   [RoleEnum.VIEWER, "VIEWER"],
+  [RoleEnum.AGENT, "AGENT"],
 ]);
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
@@ -85,6 +87,7 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
     tenant: string | undefined,
     resource: string,
     body: (actor: Principal) => { result: T; details?: Record<string, unknown>; resource?: string },
+    selfKeyId?: string,
   ): T {
     const principal = ctx.values.get(kPrincipal);
     const correlationId = ctx.values.get(kCorrelationId);
@@ -106,9 +109,11 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
       throw new ConnectError("unauthenticated", Code.Unauthenticated);
     }
     const admin = principal.roles.includes("SUPER_ADMIN") || principal.roles.includes("ADMIN");
+    // A key may rotate itself (an agent keeping its own credential fresh), nothing more.
+    const self = selfKeyId !== undefined && principal.id === `apikey:${selfKeyId}`;
     // An ADMIN acts only on its own tenant; listing every tenant (tenant undefined) needs SUPER_ADMIN.
-    if (!admin || (!isAllTenants(principal) && (tenant === undefined || principal.tenant !== tenant))) {
-      record("denied", resource, { reason: admin ? "other tenant" : "not an admin" });
+    if (!(admin || self) || (!isAllTenants(principal) && (tenant === undefined || principal.tenant !== tenant))) {
+      record("denied", resource, { reason: admin || self ? "other tenant" : "not an admin" });
       throw new ConnectError("permission denied", Code.PermissionDenied);
     }
     try {
@@ -142,7 +147,7 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
         if (req.agentId !== "" && !AGENT_ID_PATTERN.test(req.agentId))
           throw invalid("agent_id", "must be 1..128 of [A-Za-z0-9._:-]");
         const role = KEY_ROLES.get(req.role);
-        if (!role) throw invalid("role", "must be ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER");
+        if (!role) throw invalid("role", "must be ROLE_ADMIN, ROLE_OPERATOR, ROLE_VIEWER or ROLE_AGENT");
         req.scopes.forEach((s, i) => {
           const g = parseScopeGrant(s);
           if (!g) throw invalid(`scopes[${i}]`, 'must be "service/operation[/tenant]", each part a name or "*"');
@@ -166,20 +171,27 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
     },
 
     async rotateApiKey(req, ctx) {
-      return guarded(ctx, "apikey.rotate", req.tenant, `apikey/${req.keyId}`, () => {
-        checkTenant(req.tenant);
-        checkKeyId(req.keyId);
-        let graceMs = deps.options.defaultGraceMs;
-        if (req.gracePeriod) {
-          graceMs = durationMs(req.gracePeriod);
-          if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > deps.options.maxGraceMs) {
-            throw invalid("grace_period", `must be between 0 and ${deps.options.maxGraceMs} ms`);
+      return guarded(
+        ctx,
+        "apikey.rotate",
+        req.tenant,
+        `apikey/${req.keyId}`,
+        () => {
+          checkTenant(req.tenant);
+          checkKeyId(req.keyId);
+          let graceMs = deps.options.defaultGraceMs;
+          if (req.gracePeriod) {
+            graceMs = durationMs(req.gracePeriod);
+            if (!Number.isFinite(graceMs) || graceMs < 0 || graceMs > deps.options.maxGraceMs) {
+              throw invalid("grace_period", `must be between 0 and ${deps.options.maxGraceMs} ms`);
+            }
           }
-        }
-        const issued = store.rotate(req.tenant, req.keyId, graceMs);
-        if (!issued) throw new ConnectError("api key not found", Code.NotFound);
-        return { result: { apiKey: toProto(issued.record), secret: issued.key }, details: { graceMs } };
-      });
+          const issued = store.rotate(req.tenant, req.keyId, graceMs);
+          if (!issued) throw new ConnectError("api key not found", Code.NotFound);
+          return { result: { apiKey: toProto(issued.record), secret: issued.key }, details: { graceMs } };
+        },
+        req.keyId,
+      );
     },
 
     async revokeApiKey(req, ctx) {
