@@ -238,7 +238,11 @@ class AgentTest(unittest.TestCase):
 
     def test_options_are_checked_and_name_the_field(self) -> None:
         with self.assertRaisesRegex(ConfigError, "name"):
-            create_agent(name="")
+            create_agent(name="bad name")
+        nameless = make_agent(self.kernel, name="")
+        nameless.handle("x", lambda inv: b"")
+        with self.assertRaisesRegex(ConfigError, "name is required"):
+            nameless.start()
         with self.assertRaisesRegex(ConfigError, "call_timeout"):
             create_agent(name="a", call_timeout=0)
         with self.assertRaisesRegex(ConfigError, "kernel_address"):

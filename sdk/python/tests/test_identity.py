@@ -98,8 +98,10 @@ class MtlsServingTest(unittest.TestCase):
         self.addCleanup(agent.stop, 0)
         return agent
 
-    def test_tenant_comes_from_the_svid(self) -> None:
-        agent = self.start(self.agent())
+    def test_tenant_and_name_come_from_the_svid(self) -> None:
+        agent = self.start(self.agent(name=""))
+        self.assertEqual(agent.options.name, "summarizer")
+        self.assertEqual(self.kernel.registry.register_calls[0].name, "summarizer")
         self.assertEqual(agent.spiffe_id, AGENT_ID)
         self.assertEqual(agent.tenant, "acme")
         self.assertEqual(self.kernel.registry.register_calls[0].tenant, "acme")

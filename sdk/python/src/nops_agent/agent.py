@@ -37,7 +37,7 @@ from .kernel_client import ApiKeyHolder, KernelClient
 from .load import LoadTracker
 from .options import AgentOptions, resolve_options
 from .telemetry import Telemetry, metadata_carrier
-from .x509 import pem_blocks, spiffe_id_of, tenant_of, trust_domain_of
+from .x509 import agent_name_of, pem_blocks, spiffe_id_of, tenant_of, trust_domain_of
 
 __all__ = ["Agent", "create_agent", "Event", "PublishResult", "InvokeResult", "Subscription"]
 
@@ -417,6 +417,11 @@ class Agent:
             self._api_key = ApiKeyHolder(o.api_key, o.api_key_file)
         if not self.tenant:
             self.tenant = tenant_of(self.spiffe_id) or "default"
+        if not o.name:
+            o.name = agent_name_of(self.spiffe_id) or ""
+            if not o.name:
+                raise ConfigError("name is required: the SVID names no agent (.../nops/tenant/<t>/agent/<name>)")
+            self._telemetry.rename(o.name)
         log.info(
             "identity: %s%s; calls authenticate with %s",
             mode,

@@ -24,14 +24,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 @dataclass
 class AgentOptions:
-    """How an agent joins the kernel. Only ``name`` is required; everything else has a default.
+    """How an agent joins the kernel. Every option has a default; ``name`` is needed unless an agent
+    SVID supplies it.
 
     Options left at their default are also read from the environment (the variable is named on
     each field), so one program runs unchanged in development and under SPIRE.
     """
 
     name: str = ""
-    """Agent name, shown in the registry (letters, digits, ``.``, ``_``, ``-``). Required."""
+    """Agent name, shown in the registry (letters, digits, ``.``, ``_``, ``-``). Default: the
+    ``<name>`` of an agent SVID (``spiffe://<td>/nops/tenant/<tenant>/agent/<name>``), which the
+    kernel requires it to match; required when the SVID names no agent."""
 
     tenant: str = ""
     """Tenant the agent serves. Default: ``NOPS_TENANT``, else the tenant in the SVID's SPIFFE ID
@@ -163,7 +166,7 @@ def resolve_options(
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}")
     o = replace(options or AgentOptions(), **overrides)
-    if not isinstance(o.name, str) or not _NAME.match(o.name):
+    if not isinstance(o.name, str) or (o.name and not _NAME.match(o.name)):
         raise ConfigError(f"name must be 1..100 letters, digits, '.', '_' or '-' (got {o.name!r})")
     if o.identity not in _IDENTITIES:
         raise ConfigError(f"identity must be one of {', '.join(_IDENTITIES)} (got {o.identity!r})")

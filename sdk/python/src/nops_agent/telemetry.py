@@ -49,6 +49,10 @@ class Telemetry:
             "nops.agent.registrations", unit="1", description="RegisterAgent calls that succeeded"
         )
 
+    def rename(self, agent_name: str) -> None:
+        """Sets the agent name recorded on spans and metrics (known only once the SVID is)."""
+        self._attrs["nops.agent.name"] = agent_name
+
     @contextlib.contextmanager
     def server_span(self, method: str, carrier: Mapping[str, str], attributes: Dict[str, Any]) -> Iterator[Any]:
         """A SERVER span continuing the caller's W3C trace context found in ``carrier``."""

@@ -97,6 +97,15 @@ def tenant_of(spiffe_id: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+_AGENT_PATH = re.compile(r"^spiffe://[^/]+/nops/tenant/[^/]+/agent/([^/]+)$")
+
+
+def agent_name_of(spiffe_id: str) -> Optional[str]:
+    """The agent name of an agent SPIFFE ID (spiffe://<td>/nops/tenant/<tenant>/agent/<name>)."""
+    m = _AGENT_PATH.match(spiffe_id)
+    return m.group(1) if m else None
+
+
 def trust_domain_of(spiffe_id: str) -> str:
     """The trust domain of a SPIFFE ID ("" when it is not one)."""
     m = re.match(r"^spiffe://([^/]+)", spiffe_id)
