@@ -19,9 +19,76 @@ from nops_agent._gen.nops.kernel.v1 import (
     agent_registry_pb2_grpc as reg_grpc,
     api_key_pb2,
     api_key_pb2_grpc,
+    event_bus_pb2,
+    event_bus_pb2_grpc,
     routing_pb2,
     routing_pb2_grpc,
 )
+from nops_agent._gen.nops.events.v1 import envelope_pb2
+
+
+class FakeEventBus(event_bus_pb2_grpc.EventBusServiceServicer):
+    """Publish with idempotency keys; Subscribe delivers what was published and redelivers NAKs;
+    ``break_next_stream`` ends a Subscribe stream once with UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.published: List[event_bus_pb2.PublishRequest] = []
+        self.by_key: Dict[str, int] = {}
+        self.queue: List[tuple] = []  # (seq, deliveries)
+        self.acks: List[tuple] = []
+        self.fail_publish: List[grpc.StatusCode] = []
+        self.break_next_stream = False
+        self.subscribes = 0
+
+    def Publish(self, request, context):
+        with self.lock:
+            seq = self.by_key.get(request.idempotency_key)
+            duplicate = seq is not None
+            if not duplicate:
+                self.published.append(request)
+                seq = len(self.published)
+                self.by_key[request.idempotency_key] = seq
+                self.queue.append((seq, 1))
+                self.lock.notify_all()
+            fail = self.fail_publish.pop(0) if self.fail_publish else None
+        if fail is not None:
+            context.abort(fail, "injected after the write")
+        return event_bus_pb2.PublishResponse(event_id=f"e{seq}", outbox_id=seq, subject=request.subject, duplicate=duplicate)
+
+    def Subscribe(self, request, context):
+        with self.lock:
+            self.subscribes += 1
+            broken = self.break_next_stream
+            self.break_next_stream = False
+        if broken:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "leaf down")
+        while context.is_active():
+            with self.lock:
+                self.lock.wait_for(lambda: bool(self.queue), timeout=0.1)
+                if not self.queue:
+                    continue
+                seq, deliveries = self.queue.pop(0)
+                req = self.published[seq - 1]
+            env = envelope_pb2.EventEnvelope(id=f"e{seq}", type=req.subject, tenant=req.tenant, payload=req.payload)
+            yield event_bus_pb2.SubscribeResponse(
+                message=event_bus_pb2.DeliveredMessage(
+                    subject=req.subject,
+                    envelope=env.SerializeToString(),
+                    delivery_count=deliveries,
+                    ack_token=f"{seq}:{deliveries}",
+                    event_id=f"e{seq}",
+                )
+            )
+
+    def Ack(self, request, context):
+        with self.lock:
+            self.acks.append((request.ack_token, request.action))
+            if request.action == event_bus_pb2.ACK_ACTION_NAK:
+                seq, deliveries = (int(x) for x in request.ack_token.split(":"))
+                self.queue.append((seq, deliveries + 1))
+                self.lock.notify_all()
+        return event_bus_pb2.AckResponse()
 
 
 class FakeRouting(routing_pb2_grpc.RoutingServiceServicer):
@@ -134,10 +201,12 @@ class FakeKernel:
     def __init__(self, api_keys: Optional[FakeApiKeys] = None, port: int = 0, tls: Optional[Dict[str, str]] = None) -> None:
         self.registry = FakeRegistry()
         self.routing = FakeRouting()
+        self.events = FakeEventBus()
         self.api_keys = api_keys
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
         reg_grpc.add_AgentRegistryServiceServicer_to_server(self.registry, self.server)
         routing_pb2_grpc.add_RoutingServiceServicer_to_server(self.routing, self.server)
+        event_bus_pb2_grpc.add_EventBusServiceServicer_to_server(self.events, self.server)
         if api_keys is not None:
             api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(api_keys, self.server)
         if tls:

@@ -103,6 +103,7 @@ class KernelClient:
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self._closed = False
         self._timers: List[threading.Timer] = []
+        self._retired: List[grpc.Channel] = []
         self._channel = self._open()
         self._stubs = self._make_stubs(self._channel)
         self._unsubscribe: Optional[Callable[[], None]] = None
@@ -147,11 +148,18 @@ class KernelClient:
             old = self._channel
             self._channel = self._open()
             self._stubs = self._make_stubs(self._channel)
-            timer = threading.Timer(_RETIRE_AFTER, old.close)
+            self._retired.append(old)
+            timer = threading.Timer(_RETIRE_AFTER, self._retire, args=(old,))
             timer.daemon = True
             timer.start()
             self._timers.append(timer)
         log.info("kernel channel now presents the rotated SVID")
+
+    def _retire(self, channel: grpc.Channel) -> None:
+        with self._lock:
+            if channel in self._retired:
+                self._retired.remove(channel)
+        channel.close()
 
     def metadata(self, extra: Optional[Dict[str, str]] = None) -> List[Tuple[str, str]]:
         """Call metadata: API key, trace context (the current span's, else ``extra``'s)."""
@@ -199,7 +207,9 @@ class KernelClient:
             self._closed = True
             for timer in self._timers:
                 timer.cancel()
-            channel = self._channel
+            channels = [self._channel, *self._retired]
+            self._retired.clear()
         if self._unsubscribe:
             self._unsubscribe()
-        channel.close()
+        for channel in channels:
+            channel.close()
