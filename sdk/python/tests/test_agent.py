@@ -32,6 +32,7 @@ def make_agent(kernel: FakeKernel, **kwargs):
         register_timeout=5,
         call_timeout=2,
         drain_timeout=5,
+        drain_settle=0.01,
         handle_signals=False,
     )
     opts.update(kwargs)
@@ -59,9 +60,21 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(req.endpoint, f"127.0.0.1:{agent.port}")
         self.assertEqual([(c.name, c.version, dict(c.attributes)) for c in req.capabilities], [("summarize", "2.0.0", {"model": "m"})])
         self.assertEqual(dict(req.labels), {"zone": "a"})
-        self.assertTrue(req.idempotency_key.startswith("agent:test-agent:"))
+        self.assertRegex(req.idempotency_key, r"^sdk-[0-9a-f]{40}$")
         self.assertEqual(req.idempotency_key, agent.default_idempotency_key())
         self.assertIn(agent.agent_id, self.kernel.registry.agents)
+
+    def test_idempotency_key_is_the_typescript_sdks(self) -> None:
+        # createAgent({tenant: "acme", name: "n", version: "1", endpoint: "h:1", labels: {b: "2", a: "1"},
+        #   capabilities: {x: {version: "2", attributes: {m: "v"}}, a: {}}}) derives this key.
+        agent = make_agent(self.kernel, tenant="acme", name="n", version="1", endpoint="h:1", labels={"b": "2", "a": "1"})
+        agent.handle("x", lambda inv: b"", version="2", attributes={"m": "v"})
+        agent.handle("a", lambda inv: b"")
+        agent.tenant, agent.endpoint = "acme", "h:1"
+        import hashlib
+
+        canonical = '["acme","n","1","h:1",[["a","1.0.0",{}],["x","2",{"m":"v"}]],{"a":"1","b":"2"}]'
+        self.assertEqual(agent.default_idempotency_key(), "sdk-" + hashlib.sha256(canonical.encode()).hexdigest()[:40])
 
     def test_idempotency_key_changes_with_the_content(self) -> None:
         a = make_agent(self.kernel, endpoint="h:1")
@@ -205,10 +218,10 @@ class AgentTest(unittest.TestCase):
         self.assertIsNotNone(seen["deadline"])
         self.assertEqual((seen["tp"], seen["ts"]), (tp, "k=v"))
 
-    def test_drain_finishes_in_flight_calls_refuses_new_ones_then_deregisters(self) -> None:
+    def test_drain_deregisters_first_finishes_in_flight_calls_and_refuses_new_ones(self) -> None:
         entered = threading.Event()
         release = threading.Event()
-        agent = make_agent(self.kernel)
+        agent = make_agent(self.kernel, drain_settle=0.05)
 
         def slow(inv):
             entered.set()
@@ -216,6 +229,7 @@ class AgentTest(unittest.TestCase):
             return b"done"
 
         agent.handle("slow", slow)
+        agent.handle("fast", lambda inv: b"fast")
         agent.start()
         agent_id = agent.agent_id
         addr = f"127.0.0.1:{agent.port}"
@@ -223,18 +237,27 @@ class AgentTest(unittest.TestCase):
         t = threading.Thread(target=lambda: results.update(r=call_agent(addr, "slow")))
         t.start()
         self.assertTrue(entered.wait(5))
-        stopper = threading.Thread(target=agent.stop)
+        stopper = threading.Thread(target=agent.drain, args=("test",))
         stopper.start()
-        # While draining, the kernel still knows the agent: deregistration waits for in-flight calls.
-        self.assertTrue(wait_for(lambda: agent._stopping.is_set(), timeout=2))
-        with self.assertRaises(grpc.RpcError):
-            call_agent(addr, "slow", timeout=1)
-        self.assertEqual(self.kernel.registry.deregistered, [])
+        # The kernel forgets the agent while its call is still running ...
+        self.assertTrue(wait_for(lambda: self.kernel.registry.deregistered == [agent_id], timeout=3))
+        self.assertTrue(t.is_alive())
+
+        def refused() -> bool:
+            try:
+                call_agent(addr, "fast", timeout=0.5)
+                return False
+            except grpc.RpcError:
+                return True
+
+        # ... then new calls are refused, and the one in flight still completes.
+        self.assertTrue(wait_for(refused, timeout=3))
         release.set()
         t.join(5)
         stopper.join(10)
         self.assertEqual(results["r"].payload, b"done")
         self.assertEqual(self.kernel.registry.deregistered, [agent_id])
+        self.assertEqual(agent.agent_id, None)
 
     def test_options_are_checked_and_name_the_field(self) -> None:
         with self.assertRaisesRegex(ConfigError, "name"):

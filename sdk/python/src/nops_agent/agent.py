@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -44,6 +45,8 @@ __all__ = ["Agent", "create_agent", "Event", "PublishResult", "InvokeResult", "S
 log = logging.getLogger("nops_agent")
 
 Handler = Callable[[Invocation], Any]
+
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 _PERMANENT_REGISTRATION = frozenset(
     {
@@ -205,7 +208,7 @@ class Agent:
         self._own_loop: Optional[threading.Thread] = None
         self._heartbeat_interval = options.heartbeat_interval
         self._next_rotation = 0.0
-        self._svid_unsubscribe: Optional[Callable[[], None]] = None
+        self._stop_reason = "stop"
         self.port = 0
         self.endpoint = ""
         self.tenant = options.tenant
@@ -305,16 +308,18 @@ class Agent:
                     + (f" (last error: {err})" if err else ""),
                 ) from err
         except BaseException:
-            self._shutdown(deregister=False, grace=0)
+            self._shutdown(None, grace=0)
             raise
         with self._lock:
             self._state = "running"
         log.info("agent %s registered as %s, serving %s", self.options.name, self._agent_id, self.endpoint)
         return self
 
-    def stop(self, grace: Optional[float] = None) -> None:
-        """Drains: stops accepting calls, lets in-flight ones finish (up to ``grace``, default
-        ``drain_timeout`` seconds), then deregisters. Safe to call more than once."""
+    def drain(self, reason: str = "drain", grace: Optional[float] = None) -> None:
+        """Leaves gracefully: deregisters (the kernel stops routing here), keeps serving for
+        ``drain_settle`` seconds for calls dispatched just before, then refuses new calls and lets
+        the ones in flight finish (up to ``grace``, default ``drain_timeout`` seconds) before closing.
+        ``reason`` goes to the kernel's audit trail. Safe to call more than once."""
         with self._lock:
             if self._state in ("stopping", "stopped"):
                 state = self._state
@@ -324,7 +329,11 @@ class Agent:
         if state is not None:
             self._stopped.wait()
             return
-        self._shutdown(deregister=True, grace=self.options.drain_timeout if grace is None else grace)
+        self._shutdown(reason, grace=self.options.drain_timeout if grace is None else grace)
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Same as ``drain()``."""
+        self.drain("stop", grace)
 
     def run(self) -> None:
         """Starts the agent and blocks until SIGTERM or SIGINT (when ``handle_signals``) or ``stop()``,
@@ -334,17 +343,18 @@ class Agent:
         previous: Dict[int, Any] = {}
         if self.options.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda *_: self._stopping_requested())
+                previous[sig] = signal.signal(sig, lambda signum, _f: self._stopping_requested(signal.Signals(signum).name))
         try:
             while not self._stopping.is_set():
                 self._stopping.wait(0.5)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.stop()
+            self.drain(self._stop_reason)
 
-    def _stopping_requested(self) -> None:
-        log.info("signal received: draining")
+    def _stopping_requested(self, reason: str = "signal") -> None:
+        log.info("%s received: draining", reason)
+        self._stop_reason = reason
         self._stopping.set()
         self._wake.set()
 
@@ -366,6 +376,10 @@ class Agent:
         """``stop()`` for asyncio."""
         await asyncio.get_running_loop().run_in_executor(None, self.stop, grace)
 
+    async def drain_async(self, reason: str = "drain", grace: Optional[float] = None) -> None:
+        """``drain()`` for asyncio."""
+        await asyncio.get_running_loop().run_in_executor(None, self.drain, reason, grace)
+
     async def serve(self) -> None:
         """Starts, then waits until SIGTERM/SIGINT (when ``handle_signals``) or ``stop()``; drains."""
         await self.start_async()
@@ -374,7 +388,7 @@ class Agent:
         if self.options.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
-                    loop.add_signal_handler(sig, self._stopping_requested)
+                    loop.add_signal_handler(sig, self._stopping_requested, sig.name)
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
@@ -384,7 +398,7 @@ class Agent:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            await self.stop_async()
+            await self.drain_async(self._stop_reason)
 
     async def __aenter__(self) -> "Agent":
         return await self.start_async()
@@ -417,6 +431,8 @@ class Agent:
             self._api_key = ApiKeyHolder(o.api_key, o.api_key_file)
         if not self.tenant:
             self.tenant = tenant_of(self.spiffe_id) or "default"
+        if not _TENANT.match(self.tenant):
+            raise ConfigError(f"tenant must match {_TENANT.pattern} (got {self.tenant!r})")
         if not o.name:
             o.name = agent_name_of(self.spiffe_id) or ""
             if not o.name:
@@ -504,18 +520,20 @@ class Agent:
     def default_idempotency_key(self) -> str:
         """The key derived from this agent's registration content: the same for every retry and
         restart of the same agent, different when anything registered changes."""
-        content = {
-            "tenant": self.tenant,
-            "name": self.options.name,
-            "version": self.options.version,
-            "endpoint": self.endpoint,
-            "capabilities": sorted(
-                [[c.name, c.version, sorted(c.attributes.items())] for c in self._capabilities.values()]
-            ),
-            "labels": sorted(self.options.labels.items()),
-        }
-        digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
-        return f"agent:{self.options.name}:{digest[:40]}"
+        # The TypeScript SDK's canonical form, so both SDKs derive the same key for the same agent.
+        canonical = json.dumps(
+            [
+                self.tenant,
+                self.options.name,
+                self.options.version,
+                self.endpoint,
+                [[c.name, c.version, dict(sorted(c.attributes.items()))] for c in sorted(self._capabilities.values(), key=lambda c: c.name)],
+                dict(sorted(self.options.labels.items())),
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return "sdk-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
 
     def register(self, timeout: Optional[float] = None) -> str:
         """Sends RegisterAgent once now, with the agent's idempotency key, and returns the agent id.
@@ -545,7 +563,8 @@ class Agent:
         request = agent_registry_pb2.HeartbeatRequest(tenant=self.tenant, id=self._agent_id, load=load)
         response = self._client.call("registry", "Heartbeat", request, self.options.call_timeout)
         if response.next_heartbeat_ms:
-            self._heartbeat_interval = response.next_heartbeat_ms / 1000.0
+            # Bounded like the TypeScript SDK: a bad answer neither floods nor silences the kernel.
+            self._heartbeat_interval = min(60.0, max(0.1, response.next_heartbeat_ms / 1000.0))
 
     def _run_lifecycle(self) -> None:
         backoff = 0.1
@@ -611,19 +630,18 @@ class Agent:
         """The API key calls use now ("" without one)."""
         return self._api_key.key if self._api_key else ""
 
-    def _shutdown(self, deregister: bool, grace: float) -> None:
+    def _shutdown(self, reason: Optional[str], grace: float) -> None:
+        """Stops everything; deregisters first when ``reason`` is given (a drain, not a failed start)."""
         self._stopping.set()
         self._wake.set()
         if self._lifecycle is not None and self._lifecycle is not threading.current_thread():
             self._lifecycle.join(self.options.call_timeout + 1)
         for sub in list(self._subscriptions):
             sub.close()
-        if self._server is not None:
-            # New calls are refused from here; in-flight ones get `grace` seconds to finish.
-            self._server.stop(grace).wait()
-        if deregister and self._agent_id is not None and self._client is not None:
+        if reason is not None and self._agent_id is not None and self._client is not None:
+            log.info("draining (%s): %d call(s) in flight", reason, self._load.in_flight)
             request = agent_registry_pb2.DeregisterAgentRequest(
-                tenant=self.tenant, id=self._agent_id, reason="agent stopped (drained)"
+                tenant=self.tenant, id=self._agent_id, reason=f"drain: {reason}"
             )
             try:
                 self._client.call("registry", "DeregisterAgent", request, self.options.call_timeout)
@@ -632,6 +650,11 @@ class Agent:
                 if err.code != grpc.StatusCode.NOT_FOUND:
                     log.error("DeregisterAgent failed: %s", err)
             self._agent_id = None
+            # Calls the kernel dispatched just before it forgot the agent are still served.
+            time.sleep(self.options.drain_settle)
+        if self._server is not None:
+            # New calls are refused from here; in-flight ones get `grace` seconds to finish.
+            self._server.stop(grace).wait()
         if self._client is not None:
             self._client.close()
         if self._identity is not None:

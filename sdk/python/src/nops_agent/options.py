@@ -132,7 +132,11 @@ class AgentOptions:
     """Largest request or response message, bytes (the kernel's default limit)."""
 
     drain_timeout: float = 30.0
-    """On stop (SIGTERM), how long in-flight calls may take to finish before they are cancelled."""
+    """On drain (SIGTERM), how long in-flight calls may take to finish before they are cancelled."""
+
+    drain_settle: float = 0.25
+    """On drain, seconds between deregistering and refusing new calls, for calls the kernel
+    dispatched just before it forgot the agent."""
 
     allowed_callers: List[str] = field(default_factory=lambda: ["kernel"])
     """SPIFFE IDs allowed to call the agent over mTLS: exact IDs, ``prefix/*`` patterns, or
@@ -193,7 +197,7 @@ def resolve_options(
     o.endpoint = o.endpoint or env.get("NOPS_AGENT_ENDPOINT", "")
     for name in ("call_timeout", "register_timeout", "heartbeat_interval", "drain_timeout", "svid_poll_interval"):
         _positive(o, name)
-    for name in ("api_key_rotation_interval", "api_key_grace_period"):
+    for name in ("api_key_rotation_interval", "api_key_grace_period", "drain_settle"):
         _positive(o, name, allow_zero=True)
     if not isinstance(o.listen_port, int) or not 0 <= o.listen_port <= 65535:
         raise ConfigError(f"listen_port must be 0..65535 (got {o.listen_port!r})")
