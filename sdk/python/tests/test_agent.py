@@ -130,12 +130,21 @@ class AgentTest(unittest.TestCase):
     def test_re_registers_when_the_kernel_forgets_the_agent(self) -> None:
         agent = make_agent(self.kernel)
         agent.handle("x", lambda inv: b"")
+        registered, beats = [], []
+        agent.on("registered", registered.append).on("heartbeat", beats.append)
         self.start(agent)
         first = agent.agent_id
+        self.assertTrue(wait_for(lambda: len(beats) >= 1))
         self.kernel.registry.forget_all()
         self.assertTrue(wait_for(lambda: agent.agent_id not in (None, first), timeout=3))
         self.assertIn(agent.agent_id, self.kernel.registry.agents)
         self.assertEqual(len(self.kernel.registry.agents), 1)
+        self.assertEqual(
+            [(e["agent_id"], e["reregistered"]) for e in registered], [(first, False), (agent.agent_id, True)]
+        )
+        self.assertEqual(beats[0]["next_heartbeat_ms"], 100)
+        with self.assertRaisesRegex(ConfigError, "unknown event"):
+            agent.on("registerd", print)
 
     def test_keeps_serving_and_re_registers_across_a_kernel_restart(self) -> None:
         agent = make_agent(self.kernel)
@@ -237,6 +246,8 @@ class AgentTest(unittest.TestCase):
         t = threading.Thread(target=lambda: results.update(r=call_agent(addr, "slow")))
         t.start()
         self.assertTrue(entered.wait(5))
+        drained = []
+        agent.on("drained", drained.append)
         stopper = threading.Thread(target=agent.drain, args=("test",))
         stopper.start()
         # The kernel forgets the agent while its call is still running ...
@@ -258,6 +269,7 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(results["r"].payload, b"done")
         self.assertEqual(self.kernel.registry.deregistered, [agent_id])
         self.assertEqual(agent.agent_id, None)
+        self.assertEqual(drained, [{"deregistered": True, "cut_calls": 0}])
 
     def test_options_are_checked_and_name_the_field(self) -> None:
         with self.assertRaisesRegex(ConfigError, "name"):

@@ -13,7 +13,7 @@
 
 __version__ = "0.1.0"
 
-from .agent import Agent, Event, InvokeResult, PublishResult, Subscription, create_agent
+from .agent import EVENTS, Agent, Event, InvokeResult, PublishResult, Subscription, create_agent
 from .errors import (
     AgentStoppedError,
     ApiKeyRotationError,
@@ -30,6 +30,7 @@ from .options import AgentOptions, resolve_options
 
 __all__ = [
     "__version__",
+    "EVENTS",
     "Agent",
     "AgentOptions",
     "AgentStoppedError",

@@ -40,7 +40,7 @@ from .options import AgentOptions, resolve_options
 from .telemetry import Telemetry, metadata_carrier
 from .x509 import agent_name_of, pem_blocks, spiffe_id_of, tenant_of, trust_domain_of
 
-__all__ = ["Agent", "create_agent", "Event", "PublishResult", "InvokeResult", "Subscription"]
+__all__ = ["Agent", "create_agent", "Event", "EVENTS", "PublishResult", "InvokeResult", "Subscription"]
 
 log = logging.getLogger("nops_agent")
 
@@ -169,6 +169,18 @@ def _caller_allowed(ids: List[str], patterns: List[str]) -> bool:
     return False
 
 
+#: What ``Agent.on`` can listen to, and what each listener receives (the TypeScript SDK's events).
+EVENTS = {
+    "registered": "{'agent_id', 'replayed', 'reregistered'} after each successful RegisterAgent",
+    "heartbeat": "{'status', 'next_heartbeat_ms'} after each answered heartbeat",
+    "kernel_unavailable": "the KernelUnavailableError of a failed registration or heartbeat",
+    "api_key_rotated": "{'key_id', 'key'} after each rotation (persist 'key' if there is no api_key_file)",
+    "draining": "{'reason'} when a drain starts",
+    "drained": "{'deregistered', 'cut_calls'} when the drain is over",
+    "warning": "a NopsError the agent recovered from (refused registration, failed heartbeat or rotation)",
+}
+
+
 class _Servicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, agent: "Agent") -> None:
         self._agent = agent
@@ -209,6 +221,8 @@ class Agent:
         self._heartbeat_interval = options.heartbeat_interval
         self._next_rotation = 0.0
         self._stop_reason = "stop"
+        self._listeners: Dict[str, List[Callable[[Any], None]]] = {e: [] for e in EVENTS}
+        self._ever_registered = False
         self.port = 0
         self.endpoint = ""
         self.tenant = options.tenant
@@ -260,6 +274,29 @@ class Agent:
             return fn
 
         return register if handler is None else register(handler)
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def on(self, event: str, listener: Callable[[Any], None]) -> "Agent":
+        """Calls ``listener(payload)`` on each ``event`` (see EVENTS); listeners run on the SDK's
+        threads and must not block."""
+        if event not in self._listeners:
+            raise ConfigError(f"unknown event {event!r} (one of {', '.join(EVENTS)})")
+        self._listeners[event].append(listener)
+        return self
+
+    def off(self, event: str, listener: Callable[[Any], None]) -> "Agent":
+        """Removes a listener added with ``on``."""
+        if listener in self._listeners.get(event, []):
+            self._listeners[event].remove(listener)
+        return self
+
+    def _emit(self, event: str, payload: Any) -> None:
+        for listener in list(self._listeners[event]):
+            try:
+                listener(payload)
+            except Exception:  # a listener's bug must not stop the agent
+                log.exception("listener of %s failed", event)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -550,11 +587,14 @@ class Agent:
             if err.code in _PERMANENT_REGISTRATION:
                 raise RegistrationError(err.method, err.code, err.details) from None
             raise
+        replayed = bool(getattr(response, "replayed", False))
         self._agent_id = response.agent.id
-        self._telemetry.registered(bool(getattr(response, "replayed", False)))
-        log.info(
-            "registered as %s%s", response.agent.id, " (replayed)" if getattr(response, "replayed", False) else ""
+        self._telemetry.registered(replayed)
+        log.info("registered as %s%s", response.agent.id, " (replayed)" if replayed else "")
+        self._emit(
+            "registered", {"agent_id": response.agent.id, "replayed": replayed, "reregistered": self._ever_registered}
         )
+        self._ever_registered = True
         return response.agent.id
 
     def _heartbeat(self) -> None:
@@ -565,6 +605,7 @@ class Agent:
         if response.next_heartbeat_ms:
             # Bounded like the TypeScript SDK: a bad answer neither floods nor silences the kernel.
             self._heartbeat_interval = min(60.0, max(0.1, response.next_heartbeat_ms / 1000.0))
+        self._emit("heartbeat", {"status": response.status, "next_heartbeat_ms": response.next_heartbeat_ms})
 
     def _run_lifecycle(self) -> None:
         backoff = 0.1
@@ -582,6 +623,7 @@ class Agent:
                     backoff = 0.1
                 self._maybe_rotate_api_key()
             except KernelError as err:
+                self._emit("kernel_unavailable" if isinstance(err, KernelUnavailableError) else "warning", err)
                 if self._agent_id is None:
                     self._first_error = RegistrationError(err.method, err.code, err.details)
                     if err.code in _PERMANENT_REGISTRATION:
@@ -617,13 +659,23 @@ class Agent:
                 self.rotate_api_key()
             except NopsError as err:
                 log.error("%s", err)
+                self._emit("warning", err)
 
-    def rotate_api_key(self) -> str:
-        """Rotates the agent's API key now (RotateApiKey, grace ``api_key_grace_period``); calls
-        already sent keep working with the previous key. Returns the new key id."""
+    def rotate_api_key(self, grace_period: Optional[float] = None) -> str:
+        """Rotates the agent's API key now (RotateApiKey); calls already sent keep working with the
+        previous key for ``grace_period`` seconds (default ``api_key_grace_period``), later calls use
+        the new one. Returns the key id."""
         client = self._require_client()
-        response = client.rotate_api_key(self.tenant, self.options.api_key_grace_period, self.options.call_timeout)
+        grace = self.options.api_key_grace_period if grace_period is None else grace_period
+        response = client.rotate_api_key(self.tenant, grace, self.options.call_timeout)
+        self._emit("api_key_rotated", {"key_id": response.api_key.key_id, "key": response.secret})
         return response.api_key.key_id
+
+    @property
+    def kernel(self) -> KernelClient:
+        """The connection to the kernel (``kernel.stub("registry" | "api_keys" | "events" |
+        "routing")`` and ``kernel.metadata()``): an escape hatch for calls the SDK does not wrap."""
+        return self._require_client()
 
     @property
     def api_key(self) -> str:
@@ -638,6 +690,9 @@ class Agent:
             self._lifecycle.join(self.options.call_timeout + 1)
         for sub in list(self._subscriptions):
             sub.close()
+        deregistered = False
+        if reason is not None:
+            self._emit("draining", {"reason": reason})
         if reason is not None and self._agent_id is not None and self._client is not None:
             log.info("draining (%s): %d call(s) in flight", reason, self._load.in_flight)
             request = agent_registry_pb2.DeregisterAgentRequest(
@@ -646,6 +701,7 @@ class Agent:
             try:
                 self._client.call("registry", "DeregisterAgent", request, self.options.call_timeout)
                 log.info("deregistered %s", self._agent_id)
+                deregistered = True
             except KernelError as err:
                 if err.code != grpc.StatusCode.NOT_FOUND:
                     log.error("DeregisterAgent failed: %s", err)
@@ -655,6 +711,9 @@ class Agent:
         if self._server is not None:
             # New calls are refused from here; in-flight ones get `grace` seconds to finish.
             self._server.stop(grace).wait()
+        cut = self._load.in_flight
+        if cut:
+            log.warning("%d call(s) were still running after the drain timeout and were cancelled", cut)
         if self._client is not None:
             self._client.close()
         if self._identity is not None:
@@ -667,6 +726,8 @@ class Agent:
         with self._lock:
             self._state = "stopped"
         self._stopped.set()
+        if reason is not None:
+            self._emit("drained", {"deregistered": deregistered, "cut_calls": cut})
 
     # ---- serving --------------------------------------------------------------------------
 

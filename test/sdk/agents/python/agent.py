@@ -3,7 +3,7 @@
 Configuration comes from the SDK's own environment variables (NOPS_KERNEL_ADDRESS, NOPS_IDENTITY_DIR,
 NOPS_TENANT, NOPS_API_KEY_FILE, ...) plus AGENT_NAME. It prints one JSON object per line on stdout:
   {"event": "registered", "agentId", "endpoint"}   once start() returned
-  {"event": "agent-id", "agentId"}                 whenever the kernel gave it another id
+  {"event": "agent-id", "agentId"}                 after each re-registration (the kernel forgot it)
   {"event": "rotated", "keyId"}                    after a "rotate" command
   {"event": "register-retried", "agentId", "failures"}  after "register-retry <n> <deadline ms>"
   {"event": "load", "calls", "failures"}           after "load-stop" (load-start: RegisterAgent in a loop)
@@ -100,19 +100,18 @@ def commands():
             emit(event="error", command=line.strip(), error=str(err))
 
 
-def watch_id():
-    last = agent.agent_id
-    while True:
-        time.sleep(0.05)
-        current = agent.agent_id
-        if current and current != last:
-            emit(event="agent-id", agentId=current)
-        last = current or last
+ids = []
 
 
+def on_registered(e):
+    if ids and e["agent_id"] != ids[-1]:
+        emit(event="agent-id", agentId=e["agent_id"])
+    ids.append(e["agent_id"])
+
+
+agent.on("registered", on_registered)
 agent.start()
 emit(event="registered", agentId=agent.agent_id, endpoint=agent.endpoint)
 threading.Thread(target=commands, daemon=True).start()
-threading.Thread(target=watch_id, daemon=True).start()
 agent.run()
 emit(event="stopped")
