@@ -91,6 +91,7 @@ class MtlsServingTest(unittest.TestCase):
         opts.update(kwargs)
         agent = create_agent(**opts)
         agent.handle("whoami", lambda inv: inv.tenant)
+        agent.handle("caller", lambda inv: inv.caller_id)
         return agent
 
     def start(self, agent):
@@ -111,6 +112,8 @@ class MtlsServingTest(unittest.TestCase):
         addr = f"localhost:{agent.port}"
         r = call_agent(addr, "whoami", credentials=kernel_credentials(self.ca, self.kernel_files))
         self.assertEqual(r.payload, b"t1")
+        r = call_agent(addr, "caller", credentials=kernel_credentials(self.ca, self.kernel_files))
+        self.assertEqual(r.payload.decode(), KERNEL_ID)
         other = self.ca.issue("spiffe://nops.local/nops/tenant/acme/agent/other", "other")
         with self.assertRaises(grpc.RpcError) as cm:
             call_agent(addr, "whoami", credentials=kernel_credentials(self.ca, other))

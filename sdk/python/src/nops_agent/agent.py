@@ -751,12 +751,10 @@ class Agent:
 
     def _serve(self, msg: Any, context: grpc.ServicerContext, stream: bool) -> Any:
         metadata = metadata_carrier(context.invocation_metadata())
+        ids = _caller_ids(context) if self._identity is not None else []
         if self._identity is not None and self.options.allowed_callers:
-            patterns = []
             td = trust_domain_of(self.spiffe_id)
-            for p in self.options.allowed_callers:
-                patterns.append(f"spiffe://{td}/nops/kernel/*" if p == "kernel" else p)
-            ids = _caller_ids(context)
+            patterns = [f"spiffe://{td}/nops/kernel/*" if p == "kernel" else p for p in self.options.allowed_callers]
             if not _caller_allowed(ids, patterns):
                 log.warning("refused a call from %s", ids or "an unidentified peer")
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller not allowed")
@@ -766,7 +764,7 @@ class Agent:
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"capability {msg.capability!r} is not served{' as a stream' if stream else ''} by this agent",
             )
-        inv = invocation_from(msg, context, metadata)
+        inv = invocation_from(msg, context, metadata, ids[0] if ids else "")
         carrier = dict(metadata)
         if inv.traceparent:
             carrier.setdefault("traceparent", inv.traceparent)

@@ -49,6 +49,8 @@ class Invocation:
     attempt: int
     #: The gRPC metadata of the call (lower-case keys; text values only).
     metadata: Dict[str, str] = field(default_factory=dict)
+    #: SPIFFE ID of the caller's certificate (the kernel's), "" over plaintext.
+    caller_id: str = ""
     _context: Any = field(default=None, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -101,7 +103,7 @@ def encode_result(value: Union[Reply, bytes, bytearray, memoryview, str, Any]) -
 
 
 def invocation_from(
-    inv_msg: Any, context: Optional[grpc.ServicerContext], metadata: Dict[str, str]
+    inv_msg: Any, context: Optional[grpc.ServicerContext], metadata: Dict[str, str], caller_id: str = ""
 ) -> Invocation:
     """Builds an Invocation from the proto and the call's metadata (metadata wins for trace context:
     the message copies are for proxies that drop it)."""
@@ -121,5 +123,6 @@ def invocation_from(
         request_id=inv_msg.request_id,
         attempt=inv_msg.attempt or 1,
         metadata=metadata,
+        caller_id=caller_id,
         _context=context,
     )
