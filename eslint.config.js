@@ -3,7 +3,7 @@ import tseslint from "typescript-eslint";
 import globals from "globals";
 
 export default tseslint.config(
-  { ignores: ["gen/**", "dist/**", "node_modules/**", "data/**"] },
+  { ignores: ["gen/**", "dist/**", "node_modules/**", "data/**", "packages/*/src/gen/**", "packages/*/dist/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
