@@ -140,11 +140,14 @@ agent.on("drained", on_drained)
 # Load on the kernel from the agent's own credential, to show a key rotation fails no call.
 # SIGUSR1 starts it and SIGHUP stops it, so the kernel restart does not count as failures.
 loading = threading.Event()
+loading_paused = threading.Event()  # never set: only used to sleep interruptibly
 concurrency = int(env("NOPS_KERNEL_LOAD", "0"))
 
 
 def worker():
-    while loading.is_set() and agent.agent_id:
+    # Paced (20 ms between calls per worker): the scenario's kernel keeps its default per-IP rate
+    # limit (100 a minute), which every process of the test shares from 127.0.0.1.
+    while loading.is_set() and agent.agent_id and not loading_paused.wait(0.02):
         try:
             agent.kernel.call(
                 "registry", "GetAgent", agent_registry_pb2.GetAgentRequest(tenant=tenant, id=agent.agent_id), 5.0
