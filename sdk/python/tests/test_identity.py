@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import subprocess
 import shutil
 import tempfile
 import threading
@@ -247,3 +248,56 @@ class WorkloadApiTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DevIssuerTest(unittest.TestCase):
+    def setUp(self) -> None:
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            self.skipTest("python3-cryptography is not installed (dev identity needs it)")
+        self.ca = TestCa()
+        self.kernel_files = self.ca.issue(KERNEL_ID, "kernel")
+
+    def test_mints_an_agent_svid_from_the_dev_ca_and_renews_it_at_half_life(self) -> None:
+        from nops_agent.identity import DevIssuerIdentitySource
+
+        source = DevIssuerIdentitySource(self.ca.dir, "acme", "summarizer", ttl=1.0)
+        self.addCleanup(source.close)
+        m = source.current()
+        self.assertEqual(m.spiffe_id, AGENT_ID)
+        self.assertEqual(spiffe_id_of(pem_blocks(m.cert_chain_pem, "CERTIFICATE")[0]), AGENT_ID)
+        with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+            f.write(m.cert_chain_pem)
+            f.flush()
+            verified = subprocess.run(
+                ["openssl", "verify", "-CAfile", self.ca.cert, "-purpose", "sslserver", f.name], capture_output=True
+            )
+        self.assertEqual(verified.returncode, 0, verified.stderr)
+        updates = []
+        source.on_update(updates.append)
+        self.assertTrue(wait_for(lambda: len(updates) >= 1, timeout=5))
+        self.assertNotEqual(updates[0].cert_chain_pem, m.cert_chain_pem)
+
+    def test_an_agent_with_a_dev_identity_serves_and_calls_the_kernel_as_itself(self) -> None:
+        kernel = FakeKernel(tls=self.kernel_files)
+        self.addCleanup(kernel.stop)
+        agent = create_agent(
+            name="summarizer",
+            tenant="acme",
+            identity_dir=self.ca.dir,
+            kernel_address=kernel.address,
+            register_timeout=5,
+            handle_signals=False,
+            drain_timeout=1,
+        )
+        agent.handle("caller", lambda inv: inv.caller_id)
+        agent.start()
+        self.addCleanup(agent.stop, 0)
+        self.assertEqual(agent.spiffe_id, AGENT_ID)
+        r = call_agent(f"localhost:{agent.port}", "caller", credentials=kernel_credentials(self.ca, self.kernel_files))
+        self.assertEqual(r.payload.decode(), KERNEL_ID)
+        peers = kernel.registry.heartbeat_peers
+        self.assertTrue(wait_for(lambda: bool(peers), timeout=5))
+        leaf = pem_blocks(peers[-1], "CERTIFICATE")[0]
+        self.assertEqual(spiffe_id_of(leaf), AGENT_ID)

@@ -32,7 +32,7 @@ from .errors import (
     NopsError,
     RegistrationError,
 )
-from .identity import FileIdentitySource, IdentitySource, WorkloadApiIdentitySource
+from .identity import DevIssuerIdentitySource, FileIdentitySource, IdentitySource, WorkloadApiIdentitySource
 from .invocation import Invocation, Reply, _current, encode_result, invocation_from
 from .kernel_client import ApiKeyHolder, KernelClient
 from .load import LoadTracker
@@ -451,11 +451,17 @@ class Agent:
         if mode == "auto":
             if o.workload_api_socket:
                 mode = "workload-api"
+            elif o.name and _can_mint(o.identity_dir):
+                mode = "dev"
             elif all(os.path.exists(f) for f in (o.svid_file, o.svid_key_file, o.bundle_file)):
                 mode = "files"
             else:
                 mode = "none"
-        if mode == "workload-api":
+        if mode == "dev":
+            if not o.name:
+                raise ConfigError("name is required for a dev identity (it is part of the minted SPIFFE ID)")
+            self._identity = DevIssuerIdentitySource(o.identity_dir, self.tenant or "default", o.name, o.dev_svid_ttl)
+        elif mode == "workload-api":
             if not o.workload_api_socket:
                 raise ConfigError("identity is workload-api but no workload_api_socket (or SPIFFE_ENDPOINT_SOCKET)")
             self._identity = WorkloadApiIdentitySource(o.workload_api_socket, o.spiffe_id)
@@ -1054,6 +1060,17 @@ class Agent:
         self._subscriptions.append(sub)
         sub._thread.start()
         return sub
+
+
+def _can_mint(directory: str) -> bool:
+    """True when the dev CA is readable and cryptography is installed (what identity "dev" needs)."""
+    if not all(os.access(os.path.join(directory, f), os.R_OK) for f in ("ca.pem", "ca.key")):
+        return False
+    try:
+        import cryptography.x509  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 async def _with_invocation(inv: Invocation, awaitable: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import grpc
 
@@ -13,7 +13,7 @@ from ._gen.spiffe.workload import workload_pb2, workload_pb2_grpc
 from .errors import IdentityError
 from .x509 import X509Material, der_to_pem, pem_blocks, spiffe_id_of, split_der
 
-__all__ = ["IdentitySource", "FileIdentitySource", "WorkloadApiIdentitySource"]
+__all__ = ["IdentitySource", "FileIdentitySource", "WorkloadApiIdentitySource", "DevIssuerIdentitySource"]
 
 log = logging.getLogger("nops_agent.identity")
 
@@ -208,3 +208,108 @@ class WorkloadApiIdentitySource(IdentitySource):
         self._stop.set()
         if self._channel is not None:
             self._channel.close()
+
+
+def _not_after(cert: Any) -> Any:
+    import datetime
+
+    # cryptography >= 42 has the aware property (and deprecates the naive one); Debian 12 has 38.
+    aware = getattr(cert, "not_valid_after_utc", None)
+    return aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+class DevIssuerIdentitySource(IdentitySource):
+    """Mints the agent's own SVID (``spiffe://<td>/nops/tenant/<tenant>/agent/<name>``) from the
+    kernel's development CA (``ca.pem`` + ``ca.key`` in the dev issuer's directory), and mints a new
+    one at half-life so rotation runs in development too. Needs the ``cryptography`` package
+    (Debian: python3-cryptography). Development only: it reads the CA's private key.
+    """
+
+    def __init__(self, directory: str, tenant: str, name: str, ttl: float = 3600.0) -> None:
+        super().__init__()
+        try:
+            from cryptography import x509  # noqa: F401  (optional dependency)
+        except ImportError as err:
+            raise IdentityError("dev identity needs the cryptography package (python3-cryptography)") from err
+        self._dir = directory
+        self._tenant = tenant
+        self._name = name
+        self._ttl = ttl
+        self._stop = threading.Event()
+        self._publish(self._mint())
+        self._thread = threading.Thread(target=self._renew, name="nops-dev-svid", daemon=True)
+        self._thread.start()
+
+    def _mint(self) -> X509Material:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        try:
+            ca_pem = _read(os.path.join(self._dir, "ca.pem"))
+            ca_key = serialization.load_pem_private_key(_read(os.path.join(self._dir, "ca.key")), password=None)
+        except (OSError, ValueError) as err:
+            raise IdentityError(
+                f"dev identity: cannot read ca.pem/ca.key in {self._dir} (start the kernel once with the dev issuer)"
+            ) from err
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        trust_domain = spiffe_id_of(ca.public_bytes(serialization.Encoding.DER)) or "spiffe://nops.local"
+        spiffe_id = f"{trust_domain}/nops/tenant/{self._tenant}/agent/{self._name}"
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.ORGANIZATION_NAME, trust_domain[9:])]))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            # Backdated like the kernel's issuer, for clock skew between processes.
+            .not_valid_before(now - datetime.timedelta(seconds=60))
+            .not_valid_after(min(now + datetime.timedelta(seconds=self._ttl), _not_after(ca)))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+            )
+            # X509-SVID §4.4: leaves allow both TLS roles.
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            # The SPIFFE ID, plus loopback names so plain TLS clients (and SNI) on this machine match
+            # too: development only, like the kernel's own dev SVID.
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.UniformResourceIdentifier(spiffe_id),
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return X509Material(
+            cert_chain_pem=cert.public_bytes(serialization.Encoding.PEM),
+            private_key_pem=key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            bundle_pem=ca_pem,
+            spiffe_id=spiffe_id,
+        )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._ttl / 2):
+            try:
+                self._publish(self._mint())
+            except Exception as err:  # keep the current SVID; the next half-life tries again
+                self._error = err
+                log.error("dev identity could not mint a new SVID: %s", err)
+
+    def close(self) -> None:
+        self._stop.set()

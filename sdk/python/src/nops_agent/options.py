@@ -18,7 +18,7 @@ DEFAULT_KERNEL_HTTP_ADDRESS = "localhost:8080"
 #: Where `npm start`'s dev issuer writes its files, relative to the kernel's working directory.
 DEFAULT_IDENTITY_DIR = "./data/dev-identity"
 
-_IDENTITIES = ("auto", "workload-api", "files", "none")
+_IDENTITIES = ("auto", "workload-api", "dev", "files", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -56,9 +56,12 @@ class AgentOptions:
 
     identity: str = "auto"
     """Where the agent's X509-SVID comes from: ``"workload-api"`` (the SPIFFE Workload API),
-    ``"files"`` (PEM files, e.g. the kernel's dev issuer), ``"none"`` (plaintext, for a kernel run
+    ``"dev"`` (minted by the SDK from the kernel's dev CA in ``identity_dir`` as
+    ``spiffe://<td>/nops/tenant/<tenant>/agent/<name>``, like the TypeScript SDK; needs the
+    ``cryptography`` package), ``"files"`` (PEM files), ``"none"`` (plaintext, for a kernel run
     with ``identity.source: none``) or ``"auto"``: the Workload API when a socket is configured,
-    else the files when they exist, else none."""
+    else dev when the CA files are readable and cryptography is installed, else the SVID files
+    when they exist, else none."""
 
     workload_api_socket: str = ""
     """SPIFFE Workload API address (``unix:///path`` or ``tcp://ip:port``). Default:
@@ -68,7 +71,8 @@ class AgentOptions:
     """Which SVID to use when the Workload API hands out several. Default: the first (SPIFFE's default)."""
 
     identity_dir: str = ""
-    """Directory of the SVID files. Default: ``NOPS_IDENTITY_DIR``, else ``./data/dev-identity``."""
+    """The kernel's dev issuer directory (CA for ``"dev"``, SVID files for ``"files"``). Default:
+    ``NOPS_IDENTITY_DIR``, else ``./data/dev-identity``."""
 
     svid_file: str = ""
     """Certificate chain PEM, leaf first. Default: ``<identity_dir>/svid.pem``."""
@@ -78,6 +82,9 @@ class AgentOptions:
 
     bundle_file: str = ""
     """Trust bundle PEM (the kernel's CA). Default: ``<identity_dir>/bundle.pem``."""
+
+    dev_svid_ttl: float = 3600.0
+    """Lifetime, seconds, of a dev-minted SVID; a new one is minted at half-life."""
 
     svid_poll_interval: float = 5.0
     """Seconds between checks of the SVID files for a rotated SVID."""
@@ -195,7 +202,14 @@ def resolve_options(
     if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$", o.kernel_address):
         raise ConfigError(f"kernel_address must be host:port (got {o.kernel_address!r})")
     o.endpoint = o.endpoint or env.get("NOPS_AGENT_ENDPOINT", "")
-    for name in ("call_timeout", "register_timeout", "heartbeat_interval", "drain_timeout", "svid_poll_interval"):
+    for name in (
+        "call_timeout",
+        "register_timeout",
+        "heartbeat_interval",
+        "drain_timeout",
+        "svid_poll_interval",
+        "dev_svid_ttl",
+    ):
         _positive(o, name)
     for name in ("api_key_rotation_interval", "api_key_grace_period", "drain_settle"):
         _positive(o, name, allow_zero=True)

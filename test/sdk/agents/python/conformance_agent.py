@@ -53,7 +53,7 @@ agent = create_agent(
     name=env("NOPS_AGENT_NAME"),
     version="1.0.0",
     kernel_address=address.rstrip("/"),
-    identity="files" if scheme == "https" else "none",
+    identity="dev" if scheme == "https" else "none",
     identity_dir=env("NOPS_DEV_IDENTITY_DIR"),
     api_key=api_key,
     api_key_grace_period=int(env("NOPS_API_KEY_GRACE_MS", "60000")) / 1000,
