@@ -279,6 +279,8 @@ export function createAgent(options: AgentOptions): Agent {
     if (!def.handle && !def.handleStream)
       throw new ConfigurationError(`capabilities.${name} needs handle or handleStream`);
   }
+  if (options.identity?.type === "dev" || (options.identity === undefined && !process.env.SPIFFE_ENDPOINT_SOCKET))
+    agentSpiffeId(DEFAULT_TRUST_DOMAIN, options.tenant, options.name);
   if (options.apiKey !== undefined && !API_KEY.test(options.apiKey))
     throw new ConfigurationError("apiKey must look like nops_<keyId>_<secret>");
   const hb = {
@@ -345,6 +347,7 @@ export function createAgent(options: AgentOptions): Agent {
   let rotating: Promise<string> | undefined;
   let idempotencyKey = options.registration?.idempotencyKey;
   const subscriptions = new Set<Subscription>();
+  let lastCutCalls = 0;
   const signalHandlers: [NodeJS.Signals, () => void][] = [];
 
   const conn = () => {
@@ -532,6 +535,7 @@ export function createAgent(options: AgentOptions): Agent {
       server?.stopAccepting();
       const idle = (await server?.waitIdle(drainOpts.timeoutMs)) ?? true;
       const cutCalls = idle ? 0 : (server?.inFlight() ?? 0);
+      lastCutCalls = cutCalls;
       await server?.close(idle ? 1000 : 0);
       connection?.close();
       await identity?.close();
@@ -591,7 +595,7 @@ export function createAgent(options: AgentOptions): Agent {
           for (const sig of ["SIGTERM", "SIGINT"] as const) {
             const h = () => {
               void drain(sig).then(() => {
-                if (drainOpts.exitAfterSignal) process.exit(server && server.inFlight() > 0 ? 1 : 0);
+                if (drainOpts.exitAfterSignal) process.exit(lastCutCalls > 0 ? 1 : 0);
               });
             };
             process.once(sig, h);

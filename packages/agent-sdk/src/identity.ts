@@ -93,7 +93,12 @@ const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 
 /** The SPIFFE ID of an agent: spiffe://<td>/nops/tenant/<tenant>/agent/<name> (docs/identity.md). */
 export function agentSpiffeId(trustDomain: string, tenant: string, name: string): string {
-  return `spiffe://${trustDomain}/nops/tenant/${tenant}/agent/${encodeURIComponent(name)}`;
+  // SPIFFE ID §2.2: path segments are letters, digits, ".", "-" and "_" only.
+  if (!/^[A-Za-z0-9._-]+$/.test(name) || name === "." || name === "..")
+    throw new ConfigurationError(
+      `name must be letters, digits, ".", "-" or "_" to be part of a SPIFFE ID (got ${JSON.stringify(name)})`,
+    );
+  return `spiffe://${trustDomain}/nops/tenant/${tenant}/agent/${name}`;
 }
 
 function spiffeIdOf(certPem: string): { id: string; notAfter: number } {
