@@ -5,7 +5,7 @@ from __future__ import annotations
 import unittest
 
 from nops_agent import telemetry
-from support import FakeKernel, call_agent
+from support import FakeKernel, call_agent, wait_for
 from test_agent import make_agent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -53,3 +53,69 @@ class TraceContextTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RecordingMeterProvider:
+    """A MeterProvider that keeps every measurement (the OpenTelemetry metrics API's shape)."""
+
+    def __init__(self) -> None:
+        self.points = []
+
+    def get_meter(self, name, version=None, *args, **kwargs):
+        provider = self
+
+        class Instrument:
+            def __init__(self, name):
+                self.name = name
+
+            def add(self, value, attributes=None):
+                provider.points.append((self.name, value, dict(attributes or {})))
+
+            record = add
+
+        class Meter:
+            def create_counter(self, name, unit="", description=""):
+                return Instrument(name)
+
+            create_histogram = create_counter
+            create_up_down_counter = create_counter
+
+        return Meter()
+
+    def named(self, name):
+        return [(v, a) for n, v, a in self.points if n == name]
+
+
+class MetricsTest(unittest.TestCase):
+    def test_records_the_typescript_sdks_instruments(self) -> None:
+        import grpc
+
+        from nops_agent import HandlerError
+
+        kernel = FakeKernel()
+        self.addCleanup(kernel.stop)
+        meters = RecordingMeterProvider()
+        agent = make_agent(kernel, meter_provider=meters)
+        agent.handle("ok", lambda inv: b"")
+
+        def bad(inv):
+            raise HandlerError("no")
+
+        agent.handle("bad", bad)
+        agent.start()
+        self.addCleanup(agent.stop, 0)
+        call_agent(f"127.0.0.1:{agent.port}", "ok")
+        with self.assertRaises(grpc.RpcError):
+            call_agent(f"127.0.0.1:{agent.port}", "bad")
+        self.assertEqual(
+            meters.named("nops.agent.invocations"),
+            [(1, {"capability": "ok", "outcome": "ok"}), (1, {"capability": "bad", "outcome": "error"})],
+        )
+        self.assertEqual(len(meters.named("nops.agent.invocation.duration")), 2)
+        self.assertEqual(sum(v for v, _ in meters.named("nops.agent.invocations.in_flight")), 0)
+        self.assertEqual(meters.named("nops.agent.registrations"), [(1, {"kind": "register", "replayed": False})])
+        self.assertTrue(wait_for(lambda: (1, {"outcome": "ok"}) in meters.named("nops.agent.heartbeats")))
+        kernel.registry.fail["Heartbeat"] = [(grpc.StatusCode.INTERNAL, "before")]
+        self.assertTrue(
+            wait_for(lambda: (1, {"method": "Heartbeat", "code": "INTERNAL"}) in meters.named("nops.agent.kernel_call_errors"))
+        )

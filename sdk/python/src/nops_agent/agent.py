@@ -595,7 +595,7 @@ class Agent:
             raise
         replayed = bool(getattr(response, "replayed", False))
         self._agent_id = response.agent.id
-        self._telemetry.registered(replayed)
+        self._telemetry.registered(self._ever_registered, replayed)
         log.info("registered as %s%s", response.agent.id, " (replayed)" if replayed else "")
         self._emit(
             "registered", {"agent_id": response.agent.id, "replayed": replayed, "reregistered": self._ever_registered}
@@ -643,11 +643,11 @@ class Agent:
                 elif err.code == grpc.StatusCode.NOT_FOUND:
                     # The kernel forgot the agent (reaped, or a new database): register again.
                     log.warning("kernel no longer knows agent %s: registering again", self._agent_id)
-                    self._telemetry.heartbeat("not_found")
+                    self._telemetry.heartbeat(err.code.name)
                     self._agent_id = None
                     wait = 0
                 else:
-                    self._telemetry.heartbeat("error")
+                    self._telemetry.heartbeat(err.code.name)
                     log.warning("heartbeat failed: %s", err)
                     wait, backoff = min(backoff, self._heartbeat_interval), min(backoff * 2, 5.0)
             except Exception:  # never let the lifecycle thread die

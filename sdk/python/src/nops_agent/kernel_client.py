@@ -184,7 +184,9 @@ class KernelClient:
             try:
                 return fn(request, timeout=timeout, metadata=self.metadata(trace))
             except grpc.RpcError as err:
-                raise KernelError.from_rpc_error(method, err) from None
+                error = KernelError.from_rpc_error(method, err)
+                self._telemetry.kernel_error(method, error.code.name)
+                raise error from None
 
     def rotate_api_key(self, tenant: str, grace_period: float, timeout: float) -> "api_key_pb2.RotateApiKeyResponse":
         """Rotates the key this client uses; calls already sent keep the old one, valid for the grace period."""

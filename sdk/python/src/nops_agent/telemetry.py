@@ -29,24 +29,34 @@ class Telemetry:
     """Spans and instruments of one agent; every method is cheap and safe without OpenTelemetry."""
 
     def __init__(self, agent_name: str, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        # Traces need opentelemetry's context and propagators; metrics only a MeterProvider, so an
+        # explicitly given one is used even where the opentelemetry package is absent.
         self.enabled = HAVE_OTEL
+        self.metrics = HAVE_OTEL or meter_provider is not None
         self._attrs = {"nops.agent.name": agent_name}
-        if not HAVE_OTEL:
-            return
         from . import __version__
 
-        self._tracer = (tracer_provider or otel_trace.get_tracer_provider()).get_tracer(INSTRUMENTATION, __version__)
+        if HAVE_OTEL:
+            self._tracer = (tracer_provider or otel_trace.get_tracer_provider()).get_tracer(
+                INSTRUMENTATION, __version__
+            )
+        if not self.metrics:
+            return
         meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter(INSTRUMENTATION, __version__)
-        self._calls = meter.create_counter("nops.agent.calls", unit="1", description="Calls served, by outcome")
+        # The TypeScript SDK's instruments and attributes, so one dashboard shows agents of both.
+        self._calls = meter.create_counter("nops.agent.invocations", unit="1", description="Capability calls served")
         self._duration = meter.create_histogram(
-            "nops.agent.call.duration", unit="ms", description="Time to serve a call"
+            "nops.agent.invocation.duration", unit="ms", description="Time to serve a capability call"
         )
         self._in_flight = meter.create_up_down_counter(
-            "nops.agent.calls.in_flight", unit="1", description="Calls being served"
+            "nops.agent.invocations.in_flight", unit="1", description="Calls being served"
         )
-        self._heartbeats = meter.create_counter("nops.agent.heartbeats", unit="1", description="Heartbeats, by outcome")
+        self._heartbeats = meter.create_counter("nops.agent.heartbeats", unit="1", description="Heartbeats by outcome")
         self._registrations = meter.create_counter(
-            "nops.agent.registrations", unit="1", description="RegisterAgent calls that succeeded"
+            "nops.agent.registrations", unit="1", description="Registrations by kind"
+        )
+        self._kernel_errors = meter.create_counter(
+            "nops.agent.kernel_call_errors", unit="1", description="Failed kernel calls"
         )
 
     def rename(self, agent_name: str) -> None:
@@ -99,27 +109,32 @@ class Telemetry:
 
     def call_started(self, capability: str) -> None:
         """Counts a call in flight."""
-        if self.enabled:
-            self._in_flight.add(1, {**self._attrs, "nops.capability": capability})
+        if self.metrics:
+            self._in_flight.add(1, {"capability": capability})
 
     def call_ended(self, capability: str, code: str, duration_ms: float) -> None:
-        """Records a finished call: its outcome and duration."""
-        if not self.enabled:
+        """Records a finished call: outcome "ok" or "error", and its duration."""
+        if not self.metrics:
             return
-        attrs = {**self._attrs, "nops.capability": capability}
-        self._in_flight.add(-1, attrs)
-        self._calls.add(1, {**attrs, "rpc.grpc.status_code": code})
-        self._duration.record(duration_ms, {**attrs, "rpc.grpc.status_code": code})
+        self._in_flight.add(-1, {"capability": capability})
+        attrs = {"capability": capability, "outcome": "ok" if code == "OK" else "error"}
+        self._calls.add(1, attrs)
+        self._duration.record(duration_ms, attrs)
 
     def heartbeat(self, outcome: str) -> None:
-        """Counts a heartbeat by outcome ("ok", "not_found", "error")."""
-        if self.enabled:
-            self._heartbeats.add(1, {**self._attrs, "outcome": outcome})
+        """Counts a heartbeat by outcome ("ok" or the gRPC status name)."""
+        if self.metrics:
+            self._heartbeats.add(1, {"outcome": outcome})
 
-    def registered(self, replayed: bool) -> None:
+    def registered(self, reregistered: bool, replayed: bool) -> None:
         """Counts a successful RegisterAgent."""
-        if self.enabled:
-            self._registrations.add(1, {**self._attrs, "replayed": replayed})
+        if self.metrics:
+            self._registrations.add(1, {"kind": "reregister" if reregistered else "register", "replayed": replayed})
+
+    def kernel_error(self, method: str, code: str) -> None:
+        """Counts a failed call to the kernel."""
+        if self.metrics:
+            self._kernel_errors.add(1, {"method": method, "code": code})
 
 
 def metadata_carrier(metadata: Optional[Sequence[Tuple[str, Any]]]) -> Dict[str, str]:
