@@ -291,7 +291,6 @@ class AgentTest(unittest.TestCase):
             agent.start()
 
     def test_environment_fills_defaults(self) -> None:
-        agent = create_agent(name="a", env={}) if False else None  # resolve_options takes env; create_agent reads os.environ
         from nops_agent import resolve_options
 
         o = resolve_options(name="a", env={"NOPS_KERNEL_ADDRESS": "k:1", "NOPS_TENANT": "t9", "SPIFFE_ENDPOINT_SOCKET": "unix:///s"})
@@ -299,7 +298,6 @@ class AgentTest(unittest.TestCase):
         key = "nops_0123456789abcdef01234567_" + "a" * 43
         o = resolve_options(name="a", env={"NOPS_API_KEY": key})
         self.assertEqual((o.api_key, o.kernel_address), (key, "localhost:8080"))
-        self.assertIsNone(agent)
 
 
 class ApiKeyTest(unittest.TestCase):
@@ -343,3 +341,31 @@ class ApiKeyTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AsyncioTest(unittest.TestCase):
+    def test_serve_runs_async_handlers_on_the_callers_loop_and_drains(self) -> None:
+        kernel = FakeKernel()
+        self.addCleanup(kernel.stop)
+        agent = make_agent(kernel)
+        loops = []
+
+        @agent.handle("who")
+        async def who(inv):
+            loops.append(asyncio.get_running_loop())
+            await asyncio.sleep(0.01)
+            return "async"
+
+        async def main():
+            task = asyncio.create_task(agent.serve())
+            while agent.agent_id is None:
+                await asyncio.sleep(0.01)
+            r = await asyncio.get_running_loop().run_in_executor(None, call_agent, f"127.0.0.1:{agent.port}", "who")
+            self.assertEqual(r.payload, b"async")
+            self.assertIs(loops[0], asyncio.get_running_loop())
+            await agent.drain_async("test")
+            await asyncio.wait_for(task, 10)
+
+        asyncio.run(main())
+        self.assertEqual(len(kernel.registry.deregistered), 1)
+        self.assertEqual(kernel.registry.agents, {})

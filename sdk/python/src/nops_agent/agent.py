@@ -387,10 +387,11 @@ class Agent:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            log.info("%s: draining", self._stop_reason)
             self.drain(self._stop_reason)
 
     def _stopping_requested(self, reason: str = "signal") -> None:
-        log.info("%s received: draining", reason)
+        # Runs in a signal handler: no logging here (its lock may be held by the interrupted code).
         self._stop_reason = reason
         self._stopping.set()
         self._wake.set()
