@@ -298,6 +298,12 @@ class AgentTest(unittest.TestCase):
         key = "nops_0123456789abcdef01234567_" + "a" * 43
         o = resolve_options(name="a", env={"NOPS_API_KEY": key})
         self.assertEqual((o.api_key, o.kernel_address), (key, "localhost:8080"))
+        o = resolve_options(name="a", env={"NOPS_KERNEL_URL": "https://k.example:8443"})
+        self.assertEqual((o.kernel_address, o.identity), ("k.example:8443", "auto"))
+        o = resolve_options(name="a", kernel_address="http://127.0.0.1:50051", env={})
+        self.assertEqual((o.kernel_address, o.identity), ("127.0.0.1:50051", "none"))
+        with self.assertRaisesRegex(ConfigError, "plaintext"):
+            resolve_options(name="a", kernel_address="http://h:1", identity="files", env={})
 
 
 class ApiKeyTest(unittest.TestCase):

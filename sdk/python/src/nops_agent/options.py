@@ -47,8 +47,10 @@ class AgentOptions:
     """Labels recorded at registration (routing constraints match on them). Default: none."""
 
     kernel_address: str = ""
-    """``host:port`` of the kernel. Default: ``NOPS_KERNEL_ADDRESS``, else ``localhost:50051`` (its
-    mTLS gRPC port), or ``localhost:8080`` (its HTTP/2 port) when an API key authenticates."""
+    """``host:port`` of the kernel; the TypeScript SDK's URL forms work too (``https://host:port``,
+    and ``http://host:port`` for a plaintext kernel, which implies ``identity="none"``). Default:
+    ``NOPS_KERNEL_ADDRESS`` or ``NOPS_KERNEL_URL``, else ``localhost:50051`` (its mTLS gRPC port),
+    or ``localhost:8080`` (its HTTP/2 port) when an API key authenticates."""
 
     kernel_server_name: str = ""
     """TLS name to check on the kernel's certificate instead of the host of ``kernel_address``.
@@ -198,7 +200,16 @@ def resolve_options(
     if o.api_key and not re.match(r"^nops_[0-9a-f]{24}_[A-Za-z0-9_-]+$", o.api_key):
         raise ConfigError("api_key is not a NOPS API key (nops_<key id>_<secret>)")
     default_address = DEFAULT_KERNEL_HTTP_ADDRESS if o.api_key else DEFAULT_KERNEL_ADDRESS
-    o.kernel_address = o.kernel_address or env.get("NOPS_KERNEL_ADDRESS", "") or default_address
+    o.kernel_address = (
+        o.kernel_address or env.get("NOPS_KERNEL_ADDRESS", "") or env.get("NOPS_KERNEL_URL", "") or default_address
+    )
+    m = re.match(r"^(https?)://([^/]+)/?$", o.kernel_address)
+    if m:
+        o.kernel_address = m.group(2)
+        if m.group(1) == "http":
+            if o.identity not in ("auto", "none"):
+                raise ConfigError(f"kernel_address http:// is a plaintext kernel: identity must be none (got {o.identity!r})")
+            o.identity = "none"
     if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$", o.kernel_address):
         raise ConfigError(f"kernel_address must be host:port (got {o.kernel_address!r})")
     o.endpoint = o.endpoint or env.get("NOPS_AGENT_ENDPOINT", "")
