@@ -123,6 +123,19 @@ test("python sdk - conformance: register, heartbeat, invoke, kernel restart, dra
     chunks.push(new TextDecoder().decode(c.payload));
   t.deepEqual(chunks, ["0", "1", "2"]);
 
+  // The SDK's helpers through the kernel, with the agent's own (AGENT) identity: invoke a capability
+  // (here its own) and publish an event (durable in the kernel's outbox).
+  let n0 = events(agent).length;
+  agent.proc.stdin!.write("invoke echo via-sdk\n");
+  const invoked = await event(agent, "invoked", n0);
+  t.is(invoked.agentId, firstId);
+  t.is((JSON.parse(String(invoked.payload)) as { payload: string }).payload, "via-sdk");
+  n0 = events(agent).length;
+  agent.proc.stdin!.write("publish notes.created.v1 hello\n");
+  const published = await event(agent, "published", n0);
+  t.truthy(published.eventId);
+  t.is(published.duplicate, false);
+
   // Kill the kernel; restart it on a new database (it forgets every agent): the agent registers again by itself.
   await k.kill();
   await k.start("kernel-2.db");

@@ -5,6 +5,8 @@ NOPS_TENANT, NOPS_API_KEY_FILE, ...) plus AGENT_NAME. It prints one JSON object 
   {"event": "registered", "agentId", "endpoint"}   once start() returned
   {"event": "agent-id", "agentId"}                 after each re-registration (the kernel forgot it)
   {"event": "rotated", "keyId"}                    after a "rotate" command
+  {"event": "invoked", "agentId", "payload"}       after "invoke <capability> <text>" (through the kernel)
+  {"event": "published", "eventId", "subject"}     after "publish <subject> <text>"
   {"event": "register-retried", "agentId", "failures"}  after "register-retry <n> <deadline ms>"
   {"event": "load", "calls", "failures"}           after "load-stop" (load-start: RegisterAgent in a loop)
   {"event": "slow-started"}                        when a "slow" call entered its handler
@@ -80,6 +82,12 @@ def commands():
         try:
             if parts[:1] == ["rotate"]:
                 emit(event="rotated", keyId=agent.rotate_api_key())
+            elif parts[:1] == ["invoke"]:
+                r = agent.invoke(parts[1], " ".join(parts[2:]), timeout=5)
+                emit(event="invoked", agentId=r.agent_id, payload=r.payload.decode(), attempts=r.attempts)
+            elif parts[:1] == ["publish"]:
+                r = agent.publish(parts[1], {"text": " ".join(parts[2:])})
+                emit(event="published", eventId=r.event_id, subject=r.subject, duplicate=r.duplicate)
             elif parts[:1] == ["load-start"]:
                 load["thread"] = threading.Thread(target=run_load, daemon=True)
                 load["thread"].start()
