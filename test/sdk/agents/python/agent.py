@@ -7,6 +7,7 @@ NOPS_TENANT, NOPS_API_KEY_FILE, ...) plus AGENT_NAME. It prints one JSON object 
   {"event": "rotated", "keyId"}                    after a "rotate" command
   {"event": "invoked", "agentId", "payload"}       after "invoke <capability> <text>" (through the kernel)
   {"event": "published", "eventId", "subject"}     after "publish <subject> <text>"
+  {"event": "received", "eventId", "subject", "payload"}  per event of "subscribe <consumer> <filter>"
   {"event": "register-retried", "agentId", "failures"}  after "register-retry <n> <deadline ms>"
   {"event": "load", "calls", "failures"}           after "load-stop" (load-start: RegisterAgent in a loop)
   {"event": "slow-started"}                        when a "slow" call entered its handler
@@ -88,6 +89,13 @@ def commands():
             elif parts[:1] == ["publish"]:
                 r = agent.publish(parts[1], {"text": " ".join(parts[2:])})
                 emit(event="published", eventId=r.event_id, subject=r.subject, duplicate=r.duplicate)
+            elif parts[:1] == ["subscribe"]:
+                agent.subscribe(
+                    parts[1],
+                    lambda e: emit(event="received", eventId=e.event_id, subject=e.subject, payload=e.json()),
+                    filter=parts[2],
+                )
+                emit(event="subscribed", consumer=parts[1])
             elif parts[:1] == ["load-start"]:
                 load["thread"] = threading.Thread(target=run_load, daemon=True)
                 load["thread"].start()
