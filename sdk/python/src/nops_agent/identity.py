@@ -79,14 +79,16 @@ class IdentitySource:
 class FileIdentitySource(IdentitySource):
     """Reads PEM files (the kernel's dev issuer writes them) and reloads them when they change.
 
-    The files are re-read every ``poll_interval`` seconds; a half-written set (the issuer writes
-    key then certificate) is skipped until the key matches again on the next poll.
+    The files are checked every ``poll_interval`` seconds; a change is taken only once the files
+    stayed the same for a whole interval, so a set caught between the writer's renames (new key,
+    old certificate) is never served.
     """
 
     def __init__(self, cert_file: str, key_file: str, bundle_file: str, poll_interval: float = 5.0) -> None:
         super().__init__()
         self._files = (cert_file, key_file, bundle_file)
         self._stamp: Optional[tuple] = None
+        self._pending: Optional[tuple] = None
         self._stop = threading.Event()
         self._load(initial=True)
         self._thread = threading.Thread(target=self._poll, args=(poll_interval,), name="nops-svid-files", daemon=True)
@@ -94,8 +96,12 @@ class FileIdentitySource(IdentitySource):
 
     def _load(self, initial: bool = False) -> None:
         try:
-            stamp = tuple(os.stat(f).st_mtime_ns for f in self._files)
+            stamp = tuple((os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in self._files)
             if stamp == self._stamp:
+                self._pending = None
+                return
+            if not initial and stamp != self._pending:
+                self._pending = stamp  # changed since the last check: wait until it settles
                 return
             cert, key, bundle = (_read(f) for f in self._files)
         except OSError as err:
@@ -109,6 +115,7 @@ class FileIdentitySource(IdentitySource):
                 raise IdentityError(f"SVID files {self._files} hold no certificate, key or bundle")
             return
         self._stamp = stamp
+        self._pending = None
         self._publish(X509Material(cert, key, bundle, spiffe_id_of(certs[0])))
 
     def _poll(self, interval: float) -> None:
