@@ -295,3 +295,22 @@ test("agent sdk - publish and subscribe in the agent's tenant; a throwing handle
   t.like(seen[0], { payload: "hello", deliveryCount: 1, type: "text/plain" });
   t.like(seen[1], { payload: "hello", deliveryCount: 2 });
 });
+
+test("agent sdk - identity none runs against a plaintext kernel (NOPS_IDENTITY_SOURCE=none)", async (t) => {
+  const k = await startTestKernel(t, { authn: { allowAnonymous: true }, authz: { allowAnonymous: true } });
+  t.throws(() => createAgent({ tenant: TENANT, name: "plain", capabilities: echo, identity: { type: "none" } }), {
+    instanceOf: ConfigurationError,
+    message: /plaintext kernel/,
+  });
+  const agent = startAgent(t, {
+    tenant: TENANT,
+    name: "plain",
+    kernelUrl: `http://127.0.0.1:${k.kernel.grpcPort}`,
+    identity: { type: "none" },
+    capabilities: echo,
+  });
+  await agent.start();
+  const res = await agent.invoke("echo", "hi", { timeoutMs: 5000 });
+  t.is(new TextDecoder().decode(res.payload), "hi");
+  t.is(res.agentName, "plain");
+});
