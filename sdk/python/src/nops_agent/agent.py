@@ -46,6 +46,11 @@ log = logging.getLogger("nops_agent")
 
 Handler = Callable[[Invocation], Any]
 
+#: Default deadline of invoke() and invoke_stream() outside a handler, seconds (the TypeScript SDK's).
+INVOKE_TIMEOUT = 30.0
+#: Default deadline of a publish() attempt outside a handler, seconds (the TypeScript SDK's).
+PUBLISH_TIMEOUT = 10.0
+
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 _PERMANENT_REGISTRATION = frozenset(
@@ -868,10 +873,10 @@ class Agent:
             raise AgentStoppedError("the agent is not running")
         return self._client
 
-    def _call_context(self, timeout: Optional[float]) -> "tuple[float, Dict[str, str]]":
+    def _call_context(self, timeout: Optional[float], default: float) -> "tuple[float, Dict[str, str]]":
         """The deadline and trace context of a call made on behalf of the invocation being served."""
         inv = _current.get()
-        t = self.options.call_timeout if timeout is None else timeout
+        t = default if timeout is None else timeout
         trace: Dict[str, str] = {}
         if inv is not None:
             remaining = inv.time_remaining()
@@ -895,11 +900,12 @@ class Agent:
     ) -> InvokeResult:
         """Invokes ``capability`` on another agent through the kernel (RoutingService.Invoke).
 
-        Inside a handler the call inherits the invocation's deadline and trace context. ``payload``
+        Inside a handler the call inherits the invocation's deadline and trace context; elsewhere
+        ``timeout`` defaults to 30 s. ``payload``
         is bytes, text or JSON-able data (then ``content_type`` defaults accordingly).
         """
         reply = encode_result(payload)
-        t, trace = self._call_context(timeout)
+        t, trace = self._call_context(timeout, INVOKE_TIMEOUT)
         request = routing_pb2.InvokeRequest(
             tenant=tenant or self.tenant,
             capability=capability,
@@ -923,7 +929,7 @@ class Agent:
     ) -> Iterator[Reply]:
         """Invokes a streaming capability through the kernel (RoutingService.InvokeStream); yields chunks."""
         reply = encode_result(payload)
-        t, trace = self._call_context(timeout)
+        t, trace = self._call_context(timeout, INVOKE_TIMEOUT)
         client = self._require_client()
         request = routing_pb2.InvokeStreamRequest(
             tenant=tenant or self.tenant,
@@ -954,10 +960,11 @@ class Agent:
         """Publishes an event (EventBusService.Publish) in the agent's tenant; durable once it returns.
 
         Retries transient failures up to ``attempts`` times under one idempotency key (a random
-        one when none is given), so a retry never records the event twice.
+        one when none is given), so a retry never records the event twice. ``timeout`` (per
+        attempt) defaults to the handler's remaining time inside a handler, else 10 s.
         """
         body = encode_result(payload).payload
-        t, trace = self._call_context(timeout)
+        t, trace = self._call_context(timeout, PUBLISH_TIMEOUT)
         inv = _current.get()
         request = event_bus_pb2.PublishRequest(
             tenant=tenant or self.tenant,
