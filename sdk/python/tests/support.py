@@ -54,7 +54,9 @@ class FakeEventBus(event_bus_pb2_grpc.EventBusServiceServicer):
             fail = self.fail_publish.pop(0) if self.fail_publish else None
         if fail is not None:
             context.abort(fail, "injected after the write")
-        return event_bus_pb2.PublishResponse(event_id=f"e{seq}", outbox_id=seq, subject=request.subject, duplicate=duplicate)
+        return event_bus_pb2.PublishResponse(
+            event_id=f"e{seq}", outbox_id=seq, subject=request.subject, duplicate=duplicate
+        )
 
     def Subscribe(self, request, context):
         with self.lock:
@@ -99,7 +101,9 @@ class FakeRouting(routing_pb2_grpc.RoutingServiceServicer):
 
     def Invoke(self, request, context):
         self.calls.append({"metadata": dict(context.invocation_metadata()), "remaining": context.time_remaining()})
-        return routing_pb2.InvokeResponse(payload=request.payload, content_type=request.content_type, agent_id="a1", attempts=1)
+        return routing_pb2.InvokeResponse(
+            payload=request.payload, content_type=request.content_type, agent_id="a1", attempts=1
+        )
 
 
 class FakeRegistry(reg_grpc.AgentRegistryServiceServicer):
@@ -198,7 +202,9 @@ class FakeApiKeys(api_key_pb2_grpc.ApiKeyServiceServicer):
 class FakeKernel:
     """A grpcio server with the fake services on a free loopback port."""
 
-    def __init__(self, api_keys: Optional[FakeApiKeys] = None, port: int = 0, tls: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self, api_keys: Optional[FakeApiKeys] = None, port: int = 0, tls: Optional[Dict[str, str]] = None
+    ) -> None:
         self.registry = FakeRegistry()
         self.routing = FakeRouting()
         self.events = FakeEventBus()
@@ -242,15 +248,18 @@ def call_agent(
     """Calls an agent's AgentService the way the kernel does."""
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     channel = (
-        grpc.secure_channel(address, credentials, options=options)
-        if credentials
-        else grpc.insecure_channel(address)
+        grpc.secure_channel(address, credentials, options=options) if credentials else grpc.insecure_channel(address)
     )
     inv = agent_pb2.Invocation(capability=capability, tenant="t1", payload=payload, request_id="r1", attempt=1)
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     try:
         if stream:
-            return [c for c in stub.HandleStream(agent_pb2.HandleStreamRequest(invocation=inv), timeout=timeout, metadata=metadata)]
+            return [
+                c
+                for c in stub.HandleStream(
+                    agent_pb2.HandleStreamRequest(invocation=inv), timeout=timeout, metadata=metadata
+                )
+            ]
         return stub.Handle(agent_pb2.HandleRequest(invocation=inv), timeout=timeout, metadata=metadata)
     finally:
         channel.close()
@@ -276,9 +285,23 @@ class TestCa:
         self.cert = os.path.join(self.dir, "ca.pem")
         self._openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", self.key)
         self._openssl(
-            "req", "-x509", "-new", "-key", self.key, "-out", self.cert, "-days", "2", "-subj", "/O=test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-addext", f"subjectAltName=URI:spiffe://{trust_domain}",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            self.key,
+            "-out",
+            self.cert,
+            "-days",
+            "2",
+            "-subj",
+            "/O=test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            f"subjectAltName=URI:spiffe://{trust_domain}",
         )
 
     def _openssl(self, *args: str) -> None:
@@ -301,8 +324,21 @@ class TestCa:
                 f"subjectAltName=URI:{spiffe_id},DNS:{dns},IP:127.0.0.1\n"
             )
         self._openssl(
-            "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key, "-CAcreateserial", "-out", cert,
-            "-days", "1", "-extfile", ext,
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            self.cert,
+            "-CAkey",
+            self.key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            ext,
         )
         return {"cert": cert, "key": key, "bundle": self.cert}
 

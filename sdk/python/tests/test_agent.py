@@ -58,7 +58,10 @@ class AgentTest(unittest.TestCase):
         self.assertEqual(req.name, "test-agent")
         self.assertEqual(req.version, "1.2.3")
         self.assertEqual(req.endpoint, f"127.0.0.1:{agent.port}")
-        self.assertEqual([(c.name, c.version, dict(c.attributes)) for c in req.capabilities], [("summarize", "2.0.0", {"model": "m"})])
+        self.assertEqual(
+            [(c.name, c.version, dict(c.attributes)) for c in req.capabilities],
+            [("summarize", "2.0.0", {"model": "m"})],
+        )
         self.assertEqual(dict(req.labels), {"zone": "a"})
         self.assertRegex(req.idempotency_key, r"^sdk-[0-9a-f]{40}$")
         self.assertEqual(req.idempotency_key, agent.default_idempotency_key())
@@ -67,7 +70,9 @@ class AgentTest(unittest.TestCase):
     def test_idempotency_key_is_the_typescript_sdks(self) -> None:
         # createAgent({tenant: "acme", name: "n", version: "1", endpoint: "h:1", labels: {b: "2", a: "1"},
         #   capabilities: {x: {version: "2", attributes: {m: "v"}}, a: {}}}) derives this key.
-        agent = make_agent(self.kernel, tenant="acme", name="n", version="1", endpoint="h:1", labels={"b": "2", "a": "1"})
+        agent = make_agent(
+            self.kernel, tenant="acme", name="n", version="1", endpoint="h:1", labels={"b": "2", "a": "1"}
+        )
         agent.handle("x", lambda inv: b"", version="2", attributes={"m": "v"})
         agent.handle("a", lambda inv: b"")
         agent.tenant, agent.endpoint = "acme", "h:1"
@@ -89,7 +94,10 @@ class AgentTest(unittest.TestCase):
     def test_retried_registration_reuses_the_key_and_leaves_one_agent(self) -> None:
         # The first two attempts reach the kernel and are recorded, but the answers are lost.
         reg = self.kernel.registry
-        reg.fail["RegisterAgent"] = [(grpc.StatusCode.UNAVAILABLE, "after"), (grpc.StatusCode.DEADLINE_EXCEEDED, "after")]
+        reg.fail["RegisterAgent"] = [
+            (grpc.StatusCode.UNAVAILABLE, "after"),
+            (grpc.StatusCode.DEADLINE_EXCEEDED, "after"),
+        ]
         agent = make_agent(self.kernel)
         agent.handle("x", lambda inv: b"")
         self.start(agent)
@@ -202,7 +210,9 @@ class AgentTest(unittest.TestCase):
         addr = f"127.0.0.1:{agent.port}"
         with self.assertRaises(grpc.RpcError) as cm:
             call_agent(addr, "bad", b"user")
-        self.assertEqual((cm.exception.code(), cm.exception.details()), (grpc.StatusCode.FAILED_PRECONDITION, "payload too short"))
+        self.assertEqual(
+            (cm.exception.code(), cm.exception.details()), (grpc.StatusCode.FAILED_PRECONDITION, "payload too short")
+        )
         with self.assertRaises(grpc.RpcError) as cm:
             call_agent(addr, "bad", b"other")
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INTERNAL)
@@ -293,7 +303,9 @@ class AgentTest(unittest.TestCase):
     def test_environment_fills_defaults(self) -> None:
         from nops_agent import resolve_options
 
-        o = resolve_options(name="a", env={"NOPS_KERNEL_ADDRESS": "k:1", "NOPS_TENANT": "t9", "SPIFFE_ENDPOINT_SOCKET": "unix:///s"})
+        o = resolve_options(
+            name="a", env={"NOPS_KERNEL_ADDRESS": "k:1", "NOPS_TENANT": "t9", "SPIFFE_ENDPOINT_SOCKET": "unix:///s"}
+        )
         self.assertEqual((o.kernel_address, o.tenant, o.workload_api_socket), ("k:1", "t9", "unix:///s"))
         key = "nops_0123456789abcdef01234567_" + "a" * 43
         o = resolve_options(name="a", env={"NOPS_API_KEY": key})

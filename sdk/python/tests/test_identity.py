@@ -8,7 +8,6 @@ import subprocess
 import shutil
 import tempfile
 import threading
-import time
 import unittest
 
 import grpc
@@ -166,7 +165,11 @@ class MtlsServingTest(unittest.TestCase):
 
     def test_missing_files_are_an_identity_error(self) -> None:
         with self.assertRaises(IdentityError):
-            FileIdentitySource(os.path.join(self.dir, "nope.pem"), os.path.join(self.dir, "svid.key"), os.path.join(self.dir, "bundle.pem"))
+            FileIdentitySource(
+                os.path.join(self.dir, "nope.pem"),
+                os.path.join(self.dir, "svid.key"),
+                os.path.join(self.dir, "bundle.pem"),
+            )
 
 
 class FakeWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
@@ -223,7 +226,9 @@ class WorkloadApiTest(unittest.TestCase):
         self.addCleanup(source.close)
         m = source.wait_ready(5)
         self.assertEqual(m.spiffe_id, AGENT_ID)
-        self.assertEqual(m.cert_chain_pem, der_to_pem("CERTIFICATE", pem_blocks(TestCa.read(first["cert"]), "CERTIFICATE")))
+        self.assertEqual(
+            m.cert_chain_pem, der_to_pem("CERTIFICATE", pem_blocks(TestCa.read(first["cert"]), "CERTIFICATE"))
+        )
         self.assertEqual(api.refused, 0)
         updates = []
         source.on_update(updates.append)

@@ -31,7 +31,9 @@ class TraceContextTest(unittest.TestCase):
         self.addCleanup(self.agent.stop, 0)
 
     def test_calls_made_by_a_handler_continue_the_callers_trace_within_its_deadline(self) -> None:
-        r = call_agent(f"127.0.0.1:{self.agent.port}", "relay", b"x", timeout=3, metadata=(("traceparent", TRACEPARENT),))
+        r = call_agent(
+            f"127.0.0.1:{self.agent.port}", "relay", b"x", timeout=3, metadata=(("traceparent", TRACEPARENT),)
+        )
         self.assertEqual(r.payload, b"x")
         sent = self.kernel.routing.calls[0]
         self.assertEqual(sent["metadata"]["traceparent"].split("-")[1], TRACE_ID)
@@ -117,5 +119,8 @@ class MetricsTest(unittest.TestCase):
         self.assertTrue(wait_for(lambda: (1, {"outcome": "ok"}) in meters.named("nops.agent.heartbeats")))
         kernel.registry.fail["Heartbeat"] = [(grpc.StatusCode.INTERNAL, "before")]
         self.assertTrue(
-            wait_for(lambda: (1, {"method": "Heartbeat", "code": "INTERNAL"}) in meters.named("nops.agent.kernel_call_errors"))
+            wait_for(
+                lambda: (1, {"method": "Heartbeat", "code": "INTERNAL"})
+                in meters.named("nops.agent.kernel_call_errors")
+            )
         )

@@ -26,7 +26,6 @@ from .errors import (
     AgentStoppedError,
     ConfigError,
     HandlerError,
-    IdentityError,
     KernelError,
     KernelUnavailableError,
     NopsError,
@@ -273,9 +272,7 @@ class Agent:
                     raise ConfigError("add handlers before the agent starts")
                 if capability in self._capabilities:
                     raise ConfigError(f"capability {capability!r} has a handler already")
-                self._capabilities[capability] = _Capability(
-                    capability, version, dict(attributes or {}), fn, stream
-                )
+                self._capabilities[capability] = _Capability(capability, version, dict(attributes or {}), fn, stream)
             return fn
 
         return register if handler is None else register(handler)
@@ -385,7 +382,9 @@ class Agent:
         previous: Dict[int, Any] = {}
         if self.options.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda signum, _f: self._stopping_requested(signal.Signals(signum).name))
+                previous[sig] = signal.signal(
+                    sig, lambda signum, _f: self._stopping_requested(signal.Signals(signum).name)
+                )
         try:
             while not self._stopping.is_set():
                 self._stopping.wait(0.5)
@@ -576,7 +575,10 @@ class Agent:
                 self.options.name,
                 self.options.version,
                 self.endpoint,
-                [[c.name, c.version, dict(sorted(c.attributes.items()))] for c in sorted(self._capabilities.values(), key=lambda c: c.name)],
+                [
+                    [c.name, c.version, dict(sorted(c.attributes.items()))]
+                    for c in sorted(self._capabilities.values(), key=lambda c: c.name)
+                ],
                 dict(sorted(self.options.labels.items())),
             ],
             separators=(",", ":"),
@@ -1089,11 +1091,12 @@ async def _with_invocation(inv: Invocation, awaitable: Any) -> Any:
         _current.reset(token)
 
 
-def create_agent(options: Optional[AgentOptions] = None, *, handlers: Optional[Dict[str, Handler]] = None, **kwargs: Any) -> Agent:
+def create_agent(
+    options: Optional[AgentOptions] = None, *, handlers: Optional[Dict[str, Handler]] = None, **kwargs: Any
+) -> Agent:
     """Makes an agent from options (an AgentOptions, keyword arguments, or both; see AgentOptions
     for each one and its default). ``handlers`` maps capability names to unary handlers."""
     agent = Agent(resolve_options(options, **kwargs))
     for name, fn in (handlers or {}).items():
         agent.handle(name, fn)
     return agent
-

@@ -278,9 +278,7 @@ class DevIssuerIdentitySource(IdentitySource):
             .not_valid_before(now - datetime.timedelta(seconds=60))
             .not_valid_after(min(now + datetime.timedelta(seconds=self._ttl), _not_after(ca)))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
             # X509-SVID §4.4: leaves allow both TLS roles.
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),

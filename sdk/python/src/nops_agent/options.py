@@ -208,7 +208,9 @@ def resolve_options(
         o.kernel_address = m.group(2)
         if m.group(1) == "http":
             if o.identity not in ("auto", "none"):
-                raise ConfigError(f"kernel_address http:// is a plaintext kernel: identity must be none (got {o.identity!r})")
+                raise ConfigError(
+                    f"kernel_address http:// is a plaintext kernel: identity must be none (got {o.identity!r})"
+                )
             o.identity = "none"
     if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$", o.kernel_address):
         raise ConfigError(f"kernel_address must be host:port (got {o.kernel_address!r})")
@@ -232,7 +234,9 @@ def resolve_options(
         raise ConfigError(f"max_message_bytes must be at least 1024 (got {o.max_message_bytes!r})")
     if o.idempotency_key and (len(o.idempotency_key) > 128 or not o.idempotency_key.isprintable()):
         raise ConfigError("idempotency_key must be at most 128 printable ASCII characters")
-    if not isinstance(o.labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in o.labels.items()):
+    if not isinstance(o.labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in o.labels.items()
+    ):
         raise ConfigError("labels must map strings to strings")
     o.labels = dict(o.labels)
     o.allowed_callers = list(o.allowed_callers)

@@ -8,12 +8,10 @@ import os
 import signal
 import sys
 import threading
-import time
-
-from nops_agent import HandlerError, KernelError, create_agent, telemetry
-from nops_agent._gen.nops.kernel.v1 import agent_registry_pb2
 
 import grpc
+from nops_agent import HandlerError, KernelError, create_agent, telemetry
+from nops_agent._gen.nops.kernel.v1 import agent_registry_pb2
 
 
 def env(name, fallback=None):
