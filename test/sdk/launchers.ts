@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { AgentLauncher } from "./agent-process.js";
+import { pythonLauncher } from "./python-launcher.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -32,7 +33,7 @@ export const typescriptLauncher: AgentLauncher = {
 };
 
 /** Every SDK the conformance scenario runs against. The Python SDK adds its launcher here. */
-export const LAUNCHERS: readonly AgentLauncher[] = [typescriptLauncher];
+export const LAUNCHERS: readonly AgentLauncher[] = [typescriptLauncher, pythonLauncher];
 
 /** Creates a temporary data dir for a kernel under the OS temp dir. */
 export function tempDataDir(): string {
