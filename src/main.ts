@@ -15,6 +15,8 @@ import { openDatabase, type Db } from "./store/database.js";
 import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createOutbox } from "./store/outbox.js";
+import { createSqliteOutboxStore } from "./store/outbox-store.js";
+import { createSqliteTransactor } from "./store/transactor.js";
 import { checkSqliteWritable } from "./store/sqlite-readiness.js";
 import { createAuditLog } from "./audit/audit-log.js";
 import { createRegistry } from "./registry/registry.js";
@@ -145,7 +147,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const tracer = telemetry.tracerProvider && telemetry.tracer("nops-kernel");
   const db = openKernelDatabase(options, log);
   if (tracer) traceDatabaseTransactions(db, tracer);
-  const outbox = createOutbox(db, { source: options.edgeId, clock });
+  const outboxStore = createSqliteOutboxStore(db);
+  const transactor = createSqliteTransactor(db);
+  const outbox = createOutbox(outboxStore, { source: options.edgeId, clock });
   const events = tracer ? tracingEventSink(outbox, tracer) : outbox;
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
@@ -226,7 +230,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     return { allowed: d.allowed, reason: d.reason };
   };
   const bus = createEventBus(
-    { db, clock, logger, meter, sink: events, prePublish, tracer },
+    { db, outbox: outboxStore, transactor, clock, logger, meter, sink: events, prePublish, tracer },
     { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl },
   );
   if (natsUrl) {
@@ -345,7 +349,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     bind(RoutingService, createRoutingService({ router }, options.routing.service)),
     bind(
       EventBusService,
-      createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service),
+      createEventBusService(
+        { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer },
+        options.events.service,
+      ),
     ),
     bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
   ];

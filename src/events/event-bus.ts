@@ -16,6 +16,8 @@ import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { EventSink } from "../store/outbox.js";
+import type { OutboxStore } from "../store/outbox-store.js";
+import type { Transactor } from "../store/transactor.js";
 import type { EventBusOptions } from "./event-bus-options.js";
 import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
 import { createHubConfirmer } from "./hub-confirmer.js";
@@ -35,7 +37,12 @@ export interface EventBusStatus {
 
 /** Dependencies of the event bus. */
 export interface EventBusDeps {
+  /** Idempotency keys and the inbox (their own tables). */
   db: Db;
+  /** The outbox the relay drains and the hub confirmer prunes. */
+  outbox: OutboxStore;
+  /** Commits a degraded-mode event on its own. */
+  transactor: Transactor;
   clock: Clock;
   logger: Logger;
   meter: Meter;
@@ -104,7 +111,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
 
   const relay = createOutboxRelay(
     {
-      db,
+      outbox: deps.outbox,
       clock,
       logger: logger.child({ part: "relay" }),
       meter,
@@ -115,7 +122,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     },
     options,
   );
-  const confirmer = createHubConfirmer({ db, clock }, options);
+  const confirmer = createHubConfirmer({ outbox: deps.outbox, clock }, options);
   const mover = createDeadLetterMover(
     { logger: logger.child({ part: "dlq" }) },
     { ...options, maxAgeMs: options.streamMaxAgeMs },
@@ -219,7 +226,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
 
   function appendDegradedEvent(d: Degradation, recovered: boolean): void {
     const init = { capability: CAPABILITY, dependency: d.dependency, mode: d.mode, reason: d.reason };
-    db.transaction(() => {
+    deps.transactor.transaction(() => {
       if (recovered) {
         deps.sink.append({
           type: "degraded.mode.recovered.v1",
@@ -235,7 +242,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           payload: create(DegradedModeActivatedSchema, init),
         });
       }
-    })();
+    });
     relay.kick();
   }
 

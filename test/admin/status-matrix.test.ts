@@ -29,6 +29,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox, type EventSink, type KernelEvent } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createTelemetry } from "../../src/telemetry/telemetry.js";
 import { DEFAULT_TELEMETRY_OPTIONS } from "../../src/telemetry/telemetry-options.js";
@@ -258,7 +259,7 @@ test("status matrix - events go through the outbox and gauges show modes on /met
   const matrix = createStatusMatrix(
     {
       probes: { "hub-link": () => ({ name: "hub-link", state: hub }) },
-      events: createOutbox(db, { source: "edge-1", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "edge-1", clock }),
       clock,
       logger: createSilentLogger(),
       meter: telemetry.meter("admin"),

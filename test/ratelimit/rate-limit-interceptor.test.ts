@@ -26,6 +26,7 @@ import { openDatabase, type Db } from "../../src/store/database.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { startRedisServer } from "../helpers/redis-server.js";
 
@@ -39,7 +40,7 @@ function harness(redis?: Redis): Harness {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   const audit = createAuditLog(db, systemClock);
-  const events = createOutbox(db, { source: "edge-test", clock: systemClock });
+  const events = createOutbox(createSqliteOutboxStore(db), { source: "edge-test", clock: systemClock });
   return {
     db,
     audit,

@@ -8,6 +8,7 @@ import { openDatabase, type Db } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
@@ -28,7 +29,7 @@ const actor = { id: "spiffe://nops.local/nops/admin/test", correlationId: "c-1" 
 function setup(db: Db = openDatabase({ path: ":memory:" })) {
   migrateUp(db, MIGRATIONS);
   const clock = createManualClock();
-  const events = createOutbox(db, { source: "edge-test", clock });
+  const events = createOutbox(createSqliteOutboxStore(db), { source: "edge-test", clock });
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger: createSilentLogger() }, options);
   const outboxTypes = () =>
@@ -109,7 +110,7 @@ test("registry - heartbeats are batched into one write per flush and survive a r
   const reloaded = createRegistry(
     {
       db,
-      events: createOutbox(db, { source: "e", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "e", clock }),
       audit: createAuditLog(db, clock),
       clock,
       logger: createSilentLogger(),
