@@ -4,7 +4,7 @@ import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
 } from "../../gen/nops/events/v1/degraded_events_pb.js";
-import type { Clock } from "../common/clock.js";
+import type { Clock, TimerHandle } from "../common/clock.js";
 import type { DependencyState, DependencyStatus, ReadinessReport } from "../server/readiness.js";
 import type { EventSink, KernelEvent } from "../store/outbox.js";
 import type { Logger } from "../telemetry/logger.js";
@@ -85,7 +85,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
   // Events that could not be written (SQLite itself may be what is down): retried on the next evaluation.
   const unwritten: KernelEvent[] = [];
   let last: StatusReport | undefined;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: TimerHandle | undefined;
 
   deps.meter
     .createObservableGauge("nops_capability_mode", {
@@ -242,7 +242,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
     start() {
       if (timer) return;
       evaluate();
-      timer = setInterval(() => {
+      timer = deps.clock.setInterval(() => {
         try {
           evaluate();
         } catch (err) {
@@ -252,7 +252,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
       timer.unref();
     },
     stop() {
-      clearInterval(timer);
+      deps.clock.clearInterval(timer);
       timer = undefined;
     },
   };

@@ -19,7 +19,7 @@ import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { Db } from "../store/database.js";
 import type { EventSink } from "../store/outbox.js";
 import type { AuditLog } from "../audit/audit-log.js";
-import type { Clock } from "../common/clock.js";
+import type { Clock, TimerHandle } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { RegistryOptions } from "../config/kernel-options.js";
 import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
@@ -116,7 +116,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const agents = new Map<string, Entry>();
   const pendingBeats = new Map<string, number>();
   const watchers = new Set<{ tenant: string; capability: string; push(change: AgentChange): void }>();
-  const timers: NodeJS.Timeout[] = [];
+  const timers: TimerHandle[] = [];
 
   const statusAt = (heartbeatAt: number, now: number): AgentStatus => {
     const age = now - heartbeatAt;
@@ -438,13 +438,14 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
         }
       };
       timers.push(
-        setInterval(guarded("heartbeat flush", flush), options.heartbeatFlushMs).unref(),
-        setInterval(guarded("sweep", sweep), options.sweepIntervalMs).unref(),
+        clock.setInterval(guarded("heartbeat flush", flush), options.heartbeatFlushMs),
+        clock.setInterval(guarded("sweep", sweep), options.sweepIntervalMs),
       );
+      for (const t of timers) t.unref();
     },
 
     close() {
-      timers.forEach(clearInterval);
+      for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       flush();
     },

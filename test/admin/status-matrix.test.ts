@@ -78,6 +78,23 @@ test("status matrix - everything ok is ready with every capability normal and no
   t.is(events.length, 0);
 });
 
+test("status matrix - once started, it re-evaluates on every tick of the clock until stopped", (t) => {
+  const options = resolveStatusMatrixOptions({});
+  const { matrix, clock, set } = setup(options);
+  matrix.start();
+  t.true(matrix.current().ready);
+  set("sqlite", "down", "disk I/O error");
+  clock.advance(options.intervalMs - 1);
+  t.true(matrix.current().ready, "no tick yet: the last report stands");
+  clock.advance(1);
+  t.false(matrix.current().ready, "the tick saw SQLite down");
+  matrix.stop();
+  set("sqlite", "ok");
+  clock.advance(options.intervalMs * 3);
+  t.false(matrix.current().ready, "no tick after stop()");
+  t.is(clock.pendingTimers(), 0);
+});
+
 test("status matrix - NATS down: event bus degraded on the outbox, kernel ready but degraded", (t) => {
   const { matrix, events, set } = setup();
   matrix.evaluate();

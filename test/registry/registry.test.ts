@@ -147,3 +147,24 @@ test("registry - a failed write leaves no agent, no event and no audit row", (t)
   t.is((db.prepare("SELECT count(*) AS n FROM outbox").get() as { n: number }).n, 0);
   t.is(registry.list({ tenant: "acme", limit: 10 }).agents.length, 0);
 });
+
+test("registry - once started, the clock's timers flush heartbeats and sweep; close stops them", (t) => {
+  const { clock, registry, outboxTypes } = setup();
+  const id = registry.register("acme", fields, actor).id;
+  registry.start();
+  registry.heartbeat("acme", id, undefined);
+  const beats = () => outboxTypes().filter((x) => x === "agent.heartbeat.v1").length;
+  clock.advance(options.heartbeatFlushMs - 1);
+  t.is(beats(), 0, "not before the flush interval");
+  clock.advance(1);
+  t.is(beats(), 1, "flushed by the timer");
+  // No heartbeat since t=0: the sweep timer (every 1 s) marks the agent stale past its 1 s TTL,
+  // then a zombie at 3 s.
+  t.is(options.sweepIntervalMs, 1000);
+  clock.advance(1000);
+  t.is(registry.get("acme", id).status, AgentStatus.STALE);
+  clock.advance(1000);
+  t.is(registry.get("acme", id).status, AgentStatus.ZOMBIE);
+  registry.close();
+  t.is(clock.pendingTimers(), 0);
+});

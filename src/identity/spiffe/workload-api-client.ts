@@ -2,7 +2,7 @@ import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
-import type { Clock } from "../../common/clock.js";
+import type { Clock, TimerHandle } from "../../common/clock.js";
 import { ConfigError, KernelError } from "../../common/errors.js";
 import { readInt, readObject, readString } from "../../config/fields.js";
 import type { Logger } from "../../telemetry/logger.js";
@@ -152,7 +152,7 @@ export function createWorkloadX509Source(
 
   const client = new grpc.Client(workloadEndpointTarget(options.socket), grpc.credentials.createInsecure());
   let call: grpc.ClientReadableStream<Buffer> | undefined;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: TimerHandle | undefined;
   let failures = 0;
   let connected = false;
   let lastProblem = "not connected yet";
@@ -226,7 +226,7 @@ export function createWorkloadX509Source(
         { code: grpc.status[status.code], details: status.details, retryInMs: delay },
         "Workload API stream ended; retrying",
       );
-      timer = setTimeout(connect, delay);
+      timer = deps.clock.setTimeout(connect, delay);
     });
   };
   connect();
@@ -239,7 +239,7 @@ export function createWorkloadX509Source(
     async close() {
       if (state.stopped) return;
       state.stop(new X509SourceStoppedError("X509 source closed"));
-      if (timer) clearTimeout(timer);
+      deps.clock.clearTimeout(timer);
       call?.cancel();
       call = undefined;
       client.close();
