@@ -105,6 +105,8 @@ export interface Kernel {
   readonly grpcPort: number;
   /** Port the connect-node server bound. */
   readonly httpPort: number;
+  /** The services both servers serve, interceptor chain applied (tests drive them in-process). */
+  readonly services: readonly BoundService[];
   readiness(): ReadinessReport;
   /** Graceful stop: drains calls, flushes heartbeats, closes the database. */
   stop(): Promise<void>;
@@ -423,6 +425,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     options,
     grpcPort,
     httpPort,
+    services,
     readiness,
     stop: () =>
       (stopping ??= (async () => {
