@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Db } from "../store/database.js";
-import type { Clock } from "../common/clock.js";
+import type { Clock, TimerHandle } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
 import type { EventSink } from "../store/outbox.js";
 import type { OutboxStore } from "../store/outbox-store.js";
@@ -103,7 +103,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   let hubReachable: boolean | undefined;
   let hubReason = "";
   let dlqSize = 0;
-  const timers: NodeJS.Timeout[] = [];
+  const timers: TimerHandle[] = [];
   const tasks: Promise<unknown>[] = [];
   // One mover run at a time; a reconnect chains the next run after the stopped one.
   let moverTask: Promise<void> = Promise.resolve();
@@ -190,7 +190,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       } catch (err) {
         firstAttemptDone = true;
         logger.debug({ err }, "NATS leaf not reachable");
-        await new Promise((r) => setTimeout(r, delay));
+        await clock.sleep(delay);
         delay = Math.min(delay * 2, options.retryMaxMs);
         continue;
       }
@@ -205,7 +205,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       const settle = (p: Promise<void>): Promise<void> =>
         p.catch((err: unknown) => {
           logger.warn({ err }, "event bus setup on the leaf failed; retrying");
-          return new Promise((r) => setTimeout(r, options.retryMaxMs)).then(() => {
+          return clock.sleep(options.retryMaxMs).then(() => {
             if (running && !conn.isClosed() && !ready) setup = settle(onConnected(conn));
           });
         });
@@ -302,7 +302,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           })
           .catch(() => undefined);
       }
-      await new Promise((r) => setTimeout(r, options.confirmIntervalMs));
+      await clock.sleep(options.confirmIntervalMs);
     }
   }
 
@@ -316,13 +316,13 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       running = true;
       relay.start();
       tasks.push(connectLoop(), confirmLoop());
-      timers.push(setInterval(evaluate, 250));
-      timers.push(setInterval(() => bus.sweep(), options.sweepIntervalMs));
+      timers.push(clock.setInterval(evaluate, 250));
+      timers.push(clock.setInterval(() => bus.sweep(), options.sweepIntervalMs));
     },
     async stop() {
       if (!running) return;
       running = false;
-      for (const t of timers) clearInterval(t);
+      for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       mover.stop();
       await relay.stop();

@@ -135,12 +135,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
   };
   const sleep = (ms: number): Promise<void> =>
     new Promise((resolve) => {
-      const timer = setTimeout(() => {
+      const timer = clock.setTimeout(() => {
         wake = undefined;
         resolve();
       }, ms);
       wake = () => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         resolve();
       };
     });
@@ -280,6 +280,7 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       running = false;
       kick();
       await loopDone;
+      // A bound on real I/O (publishes in flight), so real time even under a manual clock.
       const deadline = Date.now() + options.publishTimeoutMs + 1000;
       while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       flushAcks();
