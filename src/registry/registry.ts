@@ -17,6 +17,7 @@ import {
 } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { Db } from "../store/database.js";
+import { createSqliteTransactor } from "../store/transactor.js";
 import type { EventSink } from "../store/outbox.js";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Clock, TimerHandle } from "../common/clock.js";
@@ -113,6 +114,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const { db, events, audit, clock } = deps;
   const log = deps.logger.child({ component: "registry" });
   const store = createAgentStore(db);
+  const tx = createSqliteTransactor(db);
   const agents = new Map<string, Entry>();
   const pendingBeats = new Map<string, number>();
   const watchers = new Set<{ tenant: string; capability: string; push(change: AgentChange): void }>();
@@ -171,7 +173,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     const beats = [...pendingBeats];
     pendingBeats.clear();
     // One transaction (one fsync) for every heartbeat since the last flush.
-    db.transaction(() => {
+    tx.transaction(() => {
       for (const [id, count] of beats) {
         const e = agents.get(id);
         if (!e) continue;
@@ -189,7 +191,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           }),
         });
       }
-    })();
+    });
   };
 
   const setStatus = (e: Entry, status: AgentStatus, system: Actor) => {
@@ -216,7 +218,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     const system: Actor = { id: "system", correlationId: `sweep-${now}` };
     const changed: Entry[] = [];
     const reaped: Entry[] = [];
-    db.transaction(() => {
+    tx.transaction(() => {
       for (const e of agents.values()) {
         if (now - e.row.heartbeatAt >= options.reapAfterMs) {
           store.delete(e.row.id);
@@ -249,7 +251,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           changed.push(e);
         }
       }
-    })();
+    });
     for (const e of reaped) {
       agents.delete(e.row.id);
       notify(e, ChangeType.DEREGISTERED);
@@ -264,7 +266,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
       const entry: Entry = { row, status: AgentStatus.HEALTHY };
       const agent = toProto(entry);
-      db.transaction(() => {
+      tx.transaction(() => {
         store.insert(row);
         events.append({
           type: "agent.registered.v1",
@@ -282,7 +284,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           details: { name: row.name, endpoint: row.endpoint },
           correlationId: actor.correlationId,
         });
-      })();
+      });
       agents.set(row.id, entry);
       notify(entry, ChangeType.REGISTERED);
       return agent;
@@ -311,7 +313,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       for (const p of paths) (row as unknown as Record<string, unknown>)[p] = fields[p];
       const next: Entry = { ...e, row, proto: undefined };
       const agent = toProto(next);
-      db.transaction(() => {
+      tx.transaction(() => {
         store.update(row);
         events.append({
           type: "agent.updated.v1",
@@ -329,7 +331,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           details: { fields: paths },
           correlationId: actor.correlationId,
         });
-      })();
+      });
       agents.set(id, next);
       notify(next, ChangeType.UPDATED);
       return agent;
@@ -337,7 +339,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
 
     deregister(tenant, id, reason, actor) {
       const e = lookup(tenant, id);
-      db.transaction(() => {
+      tx.transaction(() => {
         store.delete(id);
         events.append({
           type: "agent.deregistered.v1",
@@ -355,7 +357,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           details: { reason },
           correlationId: actor.correlationId,
         });
-      })();
+      });
       agents.delete(id);
       pendingBeats.delete(id);
       notify(e, ChangeType.DEREGISTERED);
@@ -369,7 +371,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       pendingBeats.set(id, (pendingBeats.get(id) ?? 0) + 1);
       if (e.status !== AgentStatus.HEALTHY) {
         // Recovery is reported at once; going stale is noticed by the sweep.
-        db.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }))();
+        tx.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }));
         notify(e, ChangeType.STATUS_CHANGED);
       }
       return e.status;
