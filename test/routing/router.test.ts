@@ -63,7 +63,9 @@ async function until(what: string, fn: () => boolean | Promise<boolean>, timeout
   }
 }
 
-test("router - traffic spreads by the static route's weights", async (t) => {
+// Tests that judge latency or real-time bounds run serially (ava runs them before the others), so
+// the other tests' load in this process cannot decide their outcome.
+test.serial("router - traffic spreads by the static route's weights", async (t) => {
   const [a1, a2] = await spawnAll(t, [{ name: "a1" }, { name: "a2" }]);
   const registry = createFakeRoutableAgents([
     echoAgentRecord("a1", a1!.endpoint),
@@ -92,7 +94,7 @@ test("router - traffic spreads by the static route's weights", async (t) => {
   t.true(share > 0.62 && share < 0.88, `a1 share ${share}`);
 });
 
-test("router - a slow agent gets less traffic", async (t) => {
+test.serial("router - a slow agent gets less traffic", async (t) => {
   const [fast, slow] = await spawnAll(t, [{ name: "fast" }, { name: "slow", latencyMs: 60 }]);
   const registry = createFakeRoutableAgents([
     echoAgentRecord("fast", fast!.endpoint),
@@ -108,7 +110,7 @@ test("router - a slow agent gets less traffic", async (t) => {
   t.true((counts.get("slow") ?? 0) < 12, `slow got ${counts.get("slow")} of 60`);
 });
 
-test("router - killing an agent under load loses no request and traffic leaves it within 1 s", async (t) => {
+test.serial("router - killing an agent under load loses no request and traffic leaves it within 1 s", async (t) => {
   const agents = await spawnAll(t, [{ name: "k1" }, { name: "k2" }, { name: "k3" }]);
   const registry = createFakeRoutableAgents(agents.map((a, i) => echoAgentRecord(`k${i + 1}`, a.endpoint)));
   const router = makeRouter(registry, {});
