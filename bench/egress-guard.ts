@@ -19,6 +19,7 @@ import { openDatabase } from "../src/store/database.js";
 import { migrateUp } from "../src/store/migrator.js";
 import { MIGRATIONS } from "../src/store/migrations/index.js";
 import { createOutbox } from "../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../src/store/outbox-store.js";
 import { createSilentLogger } from "../src/telemetry/logger.js";
 
 const N = Number(process.argv[2] ?? 2000);
@@ -44,7 +45,7 @@ const guard = createEgressGuard(
     meter: meterProvider.getMeter("bench"),
     db,
     dge: createDgeClient({ clock: systemClock }, { url: dge.url, protocol: "grpc", keys, maxSkewMs: 300_000 }),
-    events: createOutbox(db, { source: "bench", clock: systemClock }),
+    events: createOutbox(createSqliteOutboxStore(db), { source: "bench", clock: systemClock }),
     audit: createAuditLog(db, systemClock),
   },
   resolveEgressGuardOptions({ tenantTiers: { acme: 2 } }),

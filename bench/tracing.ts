@@ -39,6 +39,7 @@ import { openDatabase } from "../src/store/database.js";
 import { migrateUp } from "../src/store/migrator.js";
 import { MIGRATIONS } from "../src/store/migrations/index.js";
 import { createOutbox } from "../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../src/store/outbox-store.js";
 import { createLogger } from "../src/telemetry/logger.js";
 import { createTelemetry } from "../src/telemetry/telemetry.js";
 import { resolveTelemetryOptions } from "../src/telemetry/telemetry-options.js";
@@ -76,7 +77,7 @@ async function serve(mode: string, sink: string | undefined, ratio: number): Pro
   const db = openDatabase({ path: join(dir, "kernel.db") });
   migrateUp(db, MIGRATIONS);
   if (traced) traceDatabaseTransactions(db, tracer);
-  const outbox = createOutbox(db, { source: "bench", clock: systemClock });
+  const outbox = createOutbox(createSqliteOutboxStore(db), { source: "bench", clock: systemClock });
   const events = traced ? tracingEventSink(outbox, tracer) : outbox;
   const registry = createRegistry(
     { db, events, audit: createAuditLog(db, systemClock), clock: systemClock, logger },

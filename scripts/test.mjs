@@ -1,13 +1,39 @@
 #!/usr/bin/env node
 // Runs the whole ava suite with the TAP reporter and ends with the one line CI reads:
 // "N passed, N failed". Extra arguments are passed to ava (e.g. a file glob).
+// `--lane=unit` runs only the test files that start no process (no nats-server, redis-server,
+// kernel CLI, agent or DGE child); `--lane=integration` runs the others.
 import { execFileSync, spawn } from "node:child_process";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 
-execFileSync("bash", ["scripts/ensure-test-deps.sh"], { stdio: "inherit" });
+// A test file that calls one of these starts a process. Checked on the file itself: the
+// helpers that start processes are called by name from the tests that need them.
+const STARTS_PROCESS =
+  /\b(?:startNatsTopology|startRedisServer|spawnRedis|spawnDge|spawnEchoAgent|spawnChild|execFileSync|execFile|spawn)\s*\(|\bNATS_SERVER_BIN\b|from "node:child_process"/;
+
+let args = process.argv.slice(2);
+const lane = args.find((a) => a.startsWith("--lane="))?.slice("--lane=".length);
+args = args.filter((a) => !a.startsWith("--lane="));
+if (lane !== undefined) {
+  if (lane !== "unit" && lane !== "integration") {
+    process.stderr.write(`--lane must be "unit" or "integration", got "${lane}"\n`);
+    process.exit(2);
+  }
+  const files = readdirSync("test", { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith(".test.ts"))
+    .map((f) => join("test", f))
+    .filter((f) => STARTS_PROCESS.test(readFileSync(f, "utf8")) === (lane === "integration"))
+    .sort();
+  args = [...files, ...args];
+}
+
+if (lane !== "unit") execFileSync("bash", ["scripts/ensure-test-deps.sh"], { stdio: "inherit" });
 process.env.PATH = `${process.env.PATH}:/usr/sbin`;
 
-const ava = spawn(process.execPath, ["node_modules/ava/entrypoints/cli.mjs", "--tap", ...process.argv.slice(2)], {
+const ava = spawn(process.execPath, ["node_modules/ava/entrypoints/cli.mjs", "--tap", ...args], {
   stdio: ["ignore", "pipe", "inherit"],
   env: { ...process.env, FORCE_COLOR: "0" },
 });

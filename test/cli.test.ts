@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import test from "ava";
 import Database from "better-sqlite3";
-import { freePort, spawnChild, waitFor } from "./helpers/processes.js";
+import { spawnChild, waitFor } from "./helpers/processes.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const tsx = ["--import", "tsx", join(root, "src/cli.ts")];
@@ -40,13 +40,21 @@ function readmeExamples(grpcPort: number, httpPort: number, dataDir: string): st
 test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) and every README example works as written", async (t) => {
   execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "pipe" });
   const dataDir = mkdtempSync(join(tmpdir(), "nops-cli-"));
-  const [grpcPort, httpPort] = [await freePort(), await freePort()];
+  // Port 0: the kernel binds and logs its ports, so no other process can take them in between.
   const kernel = spawnChild(t, process.execPath, [join(root, "dist/src/cli.js"), "serve"], {
     NOPS_DATA_DIR: dataDir,
-    NOPS_GRPC_PORT: String(grpcPort),
-    NOPS_HTTP_PORT: String(httpPort),
+    NOPS_GRPC_PORT: "0",
+    NOPS_HTTP_PORT: "0",
   });
   await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 30_000);
+  const started = kernel
+    .output()
+    .split("\n")
+    .filter((l) => l.includes('"kernel started"'))
+    .map((l) => JSON.parse(l.slice(l.indexOf("{"))) as { grpc?: string; http?: string })[0];
+  const portOf = (hostPort: string | undefined) => Number(hostPort?.split(":").pop());
+  const [grpcPort, httpPort] = [portOf(started?.grpc), portOf(started?.http)];
+  t.true(grpcPort > 0 && httpPort > 0, `ports from the start line: ${started?.grpc} ${started?.http}`);
   const examples = readmeExamples(grpcPort, httpPort, dataDir);
   t.true(examples.length >= 4, "README has curl and buf curl examples");
   // The heartbeat example names the agent registered by the first one.

@@ -4,7 +4,7 @@ import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
 } from "../../gen/nops/events/v1/degraded_events_pb.js";
-import type { Clock, DependencyState, DependencyStatus, ReadinessReport } from "../common/index.js";
+import type { Clock, DependencyState, DependencyStatus, ReadinessReport, TimerHandle } from "../common/index.js";
 import type { EventSink, KernelEvent } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { CapabilitySpec, Criticality, StatusMatrixOptions } from "./status-matrix-options.js";
@@ -84,7 +84,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
   // Events that could not be written (SQLite itself may be what is down): retried on the next evaluation.
   const unwritten: KernelEvent[] = [];
   let last: StatusReport | undefined;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: TimerHandle | undefined;
 
   deps.meter
     .createObservableGauge("nops_capability_mode", {
@@ -241,7 +241,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
     start() {
       if (timer) return;
       evaluate();
-      timer = setInterval(() => {
+      timer = deps.clock.setInterval(() => {
         try {
           evaluate();
         } catch (err) {
@@ -251,7 +251,7 @@ export function createStatusMatrix(deps: StatusMatrixDeps, options: StatusMatrix
       timer.unref();
     },
     stop() {
-      clearInterval(timer);
+      deps.clock.clearInterval(timer);
       timer = undefined;
     },
   };

@@ -2,7 +2,7 @@
  * Small things every layer imports and none owns: clock, internal errors, option readers, readiness types,
  * the RPC error vocabulary and the tenant id pattern.
  */
-export { type Clock, systemClock } from "./clock.js";
+export { type Clock, type TimerHandle, type ManualClock, systemClock, createManualClock } from "./clock.js";
 export { ConfigError, KernelError, StoreError } from "./errors.js";
 export {
   readBool,

@@ -1,5 +1,5 @@
-import { createHash, randomUUID } from "node:crypto";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { createHash } from "node:crypto";
+import { create, fromBinary } from "@bufbuild/protobuf";
 import { timestampFromMs, durationMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
@@ -10,7 +10,13 @@ import {
   type MsgRequest,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
-import { type Db, RESERVED_EVENT_NAMESPACES, callerHeaders, eventSubject } from "../store/index.js";
+import {
+  RESERVED_EVENT_NAMESPACES,
+  callerHeaders,
+  eventSubject,
+  type OutboxStore,
+  type Transactor,
+} from "../store/index.js";
 import {
   type Clock,
   readInt,
@@ -83,7 +89,10 @@ export function resolveEventBusServiceOptions(
 
 /** Dependencies of the EventBusService handler. */
 export interface EventBusServiceDeps {
-  db: Db;
+  /** Where published events are written. */
+  outbox: OutboxStore;
+  /** Group commit: one transaction per batch, a savepoint per request. */
+  transactor: Transactor;
   clock: Clock;
   logger: Logger;
   bus: EventBus;
@@ -170,12 +179,8 @@ export function createEventBusService(
   deps: EventBusServiceDeps,
   options: EventBusServiceOptions,
 ): ServiceImpl<typeof EventBusService> {
-  const { db, clock, bus } = deps;
+  const { outbox, transactor, clock, bus } = deps;
   const bo = bus.options;
-  const insertOutbox = db.prepare(
-    "INSERT INTO outbox (event_id, type, tenant, subject, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-  );
-  const insertHeaders = db.prepare("INSERT INTO outbox_headers (outbox_id, headers) VALUES (?, ?)");
 
   const writeOne = (r: PublishRequest, callerTraceparent: string): PublishResponse => {
     let traceparent = callerTraceparent;
@@ -196,8 +201,6 @@ export function createEventBusService(
       }
     }
     const now = clock.now();
-    const eventId = randomUUID();
-    const subject = eventSubject(r.tenant, r.subject);
     // As tracingEventSink does for other writers: an outbox span in the caller's trace, named in
     // the envelope so the relay's producer span and the consumer continue from it.
     const span =
@@ -210,24 +213,22 @@ export function createEventBusService(
         : undefined;
     if (span) traceparent = currentTraceparent(trace.setSpan(ROOT_CONTEXT, span)) ?? traceparent;
     try {
-      const envelope = create(EventEnvelopeSchema, {
-        id: eventId,
+      const {
+        id: outboxId,
+        eventId,
+        subject,
+      } = outbox.append({
         type: r.subject,
-        source: bo.edgeId,
         tenant: r.tenant,
-        occurredAt: timestampFromMs(now),
+        source: bo.edgeId,
+        occurredAt: now,
         payloadType: r.payloadType,
         payload: r.payload,
         correlationId: r.correlationId,
         traceparent,
         origin: Origin.CALLER,
+        headers: callerHeaders(r.headers),
       });
-      const outboxId = Number(
-        insertOutbox.run(eventId, r.subject, r.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now)
-          .lastInsertRowid,
-      );
-      const headers = callerHeaders(r.headers);
-      if (Object.keys(headers).length > 0) insertHeaders.run(outboxId, JSON.stringify(headers));
       if (r.idempotencyKey !== "")
         bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
       return {
@@ -250,16 +251,16 @@ export function createEventBusService(
     pending = [];
     const results: ({ ok: PublishResponse } | { err: unknown })[] = [];
     try {
-      db.transaction(() => {
+      transactor.transaction(() => {
         for (const p of batch) {
           // A savepoint per request, so one refused request does not roll back the others.
           try {
-            results.push({ ok: db.transaction(() => writeOne(p.req, p.traceparent))() });
+            results.push({ ok: transactor.transaction(() => writeOne(p.req, p.traceparent)) });
           } catch (err) {
             results.push({ err });
           }
         }
-      })();
+      });
     } catch (err) {
       deps.logger.error({ err }, "publish batch commit failed");
       for (const p of batch) p.reject(unavailable("event could not be stored"));

@@ -12,8 +12,8 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import type { Meter, Tracer } from "@opentelemetry/api";
-import type { Db, EventSink } from "../store/index.js";
-import type { Clock } from "../common/index.js";
+import type { Db, EventSink, OutboxStore, Transactor } from "../store/index.js";
+import type { Clock, TimerHandle } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { EventBusOptions } from "./event-bus-options.js";
 import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
@@ -34,7 +34,12 @@ export interface EventBusStatus {
 
 /** Dependencies of the event bus. */
 export interface EventBusDeps {
+  /** Idempotency keys and the inbox (their own tables). */
   db: Db;
+  /** The outbox the relay drains and the hub confirmer prunes. */
+  outbox: OutboxStore;
+  /** Commits a degraded-mode event on its own. */
+  transactor: Transactor;
   clock: Clock;
   logger: Logger;
   meter: Meter;
@@ -95,7 +100,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   let hubReachable: boolean | undefined;
   let hubReason = "";
   let dlqSize = 0;
-  const timers: NodeJS.Timeout[] = [];
+  const timers: TimerHandle[] = [];
   const tasks: Promise<unknown>[] = [];
   // One mover run at a time; a reconnect chains the next run after the stopped one.
   let moverTask: Promise<void> = Promise.resolve();
@@ -103,7 +108,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
 
   const relay = createOutboxRelay(
     {
-      db,
+      outbox: deps.outbox,
       clock,
       logger: logger.child({ part: "relay" }),
       meter,
@@ -114,7 +119,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     },
     options,
   );
-  const confirmer = createHubConfirmer({ db, clock }, options);
+  const confirmer = createHubConfirmer({ outbox: deps.outbox, clock }, options);
   const mover = createDeadLetterMover(
     { logger: logger.child({ part: "dlq" }) },
     { ...options, maxAgeMs: options.streamMaxAgeMs },
@@ -182,7 +187,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       } catch (err) {
         firstAttemptDone = true;
         logger.debug({ err }, "NATS leaf not reachable");
-        await new Promise((r) => setTimeout(r, delay));
+        await clock.sleep(delay);
         delay = Math.min(delay * 2, options.retryMaxMs);
         continue;
       }
@@ -197,7 +202,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       const settle = (p: Promise<void>): Promise<void> =>
         p.catch((err: unknown) => {
           logger.warn({ err }, "event bus setup on the leaf failed; retrying");
-          return new Promise((r) => setTimeout(r, options.retryMaxMs)).then(() => {
+          return clock.sleep(options.retryMaxMs).then(() => {
             if (running && !conn.isClosed() && !ready) setup = settle(onConnected(conn));
           });
         });
@@ -218,7 +223,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
 
   function appendDegradedEvent(d: Degradation, recovered: boolean): void {
     const init = { capability: CAPABILITY, dependency: d.dependency, mode: d.mode, reason: d.reason };
-    db.transaction(() => {
+    deps.transactor.transaction(() => {
       if (recovered) {
         deps.sink.append({
           type: "degraded.mode.recovered.v1",
@@ -234,7 +239,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           payload: create(DegradedModeActivatedSchema, init),
         });
       }
-    })();
+    });
     relay.kick();
   }
 
@@ -295,7 +300,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           })
           .catch(() => undefined);
       }
-      await new Promise((r) => setTimeout(r, options.confirmIntervalMs));
+      await clock.sleep(options.confirmIntervalMs);
     }
   }
 
@@ -309,13 +314,13 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       running = true;
       relay.start();
       tasks.push(connectLoop(), confirmLoop());
-      timers.push(setInterval(evaluate, 250));
-      timers.push(setInterval(() => bus.sweep(), options.sweepIntervalMs));
+      timers.push(clock.setInterval(evaluate, 250));
+      timers.push(clock.setInterval(() => bus.sweep(), options.sweepIntervalMs));
     },
     async stop() {
       if (!running) return;
       running = false;
-      for (const t of timers) clearInterval(t);
+      for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       mover.stop();
       await relay.stop();

@@ -1,5 +1,5 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
-import type { Db } from "../store/index.js";
+import type { OutboxStore } from "../store/index.js";
 import type { Clock } from "../common/index.js";
 
 /** Settings of hub confirmation (a subset of EventBusOptions). */
@@ -37,21 +37,11 @@ export function parseSourcedSequence(header: string | undefined, streamName: str
 }
 
 /** Creates the hub confirmer. */
-export function createHubConfirmer(deps: { db: Db; clock: Clock }, options: HubConfirmerOptions): HubConfirmer {
-  const { db, clock } = deps;
-  const markConfirmed = db.prepare(
-    `UPDATE outbox SET confirmed_at = ? WHERE confirmed_at IS NULL AND published_at IS NOT NULL
-       AND id IN (SELECT outbox_id FROM outbox_publications WHERE stream_seq <= ?)`,
-  );
-  const prune = db.transaction((before: number) => {
-    db.prepare(
-      "DELETE FROM outbox_publications WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)",
-    ).run(before);
-    db.prepare("DELETE FROM outbox_headers WHERE outbox_id IN (SELECT id FROM outbox WHERE confirmed_at <= ?)").run(
-      before,
-    );
-    db.prepare("DELETE FROM outbox WHERE confirmed_at <= ?").run(before);
-  });
+export function createHubConfirmer(
+  deps: { outbox: OutboxStore; clock: Clock },
+  options: HubConfirmerOptions,
+): HubConfirmer {
+  const { outbox, clock } = deps;
   let hubStreamReady = false;
   return {
     async confirm(hub) {
@@ -75,8 +65,8 @@ export function createHubConfirmer(deps: { db: Db; clock: Clock }, options: HubC
         seq = parseSourcedSequence(last?.header?.get("Nats-Stream-Source"), options.streamName) ?? 0;
       }
       const now = clock.now();
-      if (seq > 0) markConfirmed.run(now, seq);
-      prune(now - options.pruneAfterMs);
+      if (seq > 0) outbox.confirmUpTo(seq, now);
+      outbox.pruneConfirmed(now - options.pruneAfterMs);
       return seq;
     },
   };

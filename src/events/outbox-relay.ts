@@ -4,7 +4,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { SpanStatusCode, type Meter, type Tracer } from "@opentelemetry/api";
 import { startProducerSpan, type Logger } from "../telemetry/index.js";
-import type { Db } from "../store/index.js";
+import type { OutboxStore, PublicationReceipt, UnpublishedRow } from "../store/index.js";
 import type { Clock } from "../common/index.js";
 
 /** Verdict of the egress guard on an event about to cross to the hub. */
@@ -30,15 +30,11 @@ export type PrePublishHook = (
 ) => Promise<PrePublishVerdict>;
 
 /** A row the leaf stream acknowledged. */
-export interface PublishedRow {
-  outboxId: number;
-  /** Sequence in the edge stream (from the PubAck). */
-  streamSeq: number;
-}
+export type PublishedRow = PublicationReceipt;
 
 /** Dependencies of the relay. */
 export interface OutboxRelayDeps {
-  db: Db;
+  outbox: OutboxStore;
   clock: Clock;
   logger: Logger;
   meter: Meter;
@@ -85,14 +81,6 @@ export interface OutboxRelay {
   reconcileStreamTail(lastSeq: number): number;
 }
 
-interface Row {
-  id: number;
-  subject: string;
-  envelope: Buffer;
-  createdAt: number;
-  headers: string | null;
-}
-
 const STREAM_FULL = /maximum (messages|bytes)|insufficient resources|resource limits exceeded/i;
 
 /** Message id of an outbox row in the edge stream: "<edge-id>:<outbox-id>" (docs/events.md). */
@@ -102,57 +90,7 @@ export function outboxMessageId(edgeId: string, outboxId: number): string {
 
 /** Creates the outbox relay. */
 export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOptions): OutboxRelay {
-  const { db, clock, logger } = deps;
-  const selectRows = db.prepare(
-    `SELECT o.id, o.subject, o.envelope, o.created_at AS createdAt, h.headers FROM outbox o
-       LEFT JOIN outbox_headers h ON h.outbox_id = o.id
-      WHERE o.published_at IS NULL AND o.id > ?
-        AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)
-      ORDER BY o.id LIMIT ?`,
-  );
-  const insertReceipt = db.prepare(
-    "INSERT OR REPLACE INTO outbox_publications (outbox_id, stream_seq, published_at) VALUES (?, ?, ?)",
-  );
-  const markPublished = db.prepare("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL");
-  const insertBlocked = db.prepare(
-    "INSERT OR REPLACE INTO outbox_blocked (outbox_id, reason, blocked_at) VALUES (?, ?, ?)",
-  );
-  const countDepth = db.prepare(
-    "SELECT count(*) AS n FROM outbox o WHERE o.published_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)",
-  );
-  const oldestUnpublished = db.prepare(
-    "SELECT min(created_at) AS t FROM outbox o WHERE o.published_at IS NULL AND NOT EXISTS (SELECT 1 FROM outbox_blocked b WHERE b.outbox_id = o.id)",
-  );
-  const recordAcksTx = db.transaction((acks: PublishedRow[], now: number) => {
-    for (const a of acks) {
-      insertReceipt.run(a.outboxId, a.streamSeq, now);
-      markPublished.run(now, a.outboxId);
-    }
-  });
-  // Receipts are re-derivable: if one is lost in a power cut, the row is published again and the
-  // stream's duplicate window drops the copy. So they commit without a WAL fsync (synchronous
-  // NORMAL for this transaction only; better-sqlite3 is synchronous, so no other write interleaves).
-  // The next FULL commit of anyone fsyncs them too.
-  const recordAcks = (acks: PublishedRow[], now: number): void => {
-    const previous = db.pragma("synchronous", { simple: true }) as number;
-    db.pragma("synchronous = NORMAL");
-    try {
-      recordAcksTx(acks, now);
-    } finally {
-      db.pragma(`synchronous = ${previous}`);
-    }
-  };
-  const blockedList = db.prepare(
-    `SELECT b.outbox_id AS outboxId, o.subject, b.reason, b.blocked_at AS blockedAt
-       FROM outbox_blocked b JOIN outbox o ON o.id = b.outbox_id ORDER BY b.outbox_id LIMIT ?`,
-  );
-  const deleteBlocked = db.prepare("DELETE FROM outbox_blocked WHERE outbox_id = ?");
-  const staleReceipts = db.prepare(
-    "SELECT outbox_id AS id FROM outbox_publications p JOIN outbox o ON o.id = p.outbox_id WHERE p.stream_seq > ? AND o.confirmed_at IS NULL",
-  );
-  const unpublish = db.prepare("UPDATE outbox SET published_at = NULL WHERE id = ?");
-  const deleteReceipt = db.prepare("DELETE FROM outbox_publications WHERE outbox_id = ?");
-
+  const { outbox, clock, logger } = deps;
   const latency = deps.meter.createHistogram("nops_events_publish_latency", {
     description: "Time from outbox commit to the leaf stream's PubAck",
     unit: "ms",
@@ -174,8 +112,8 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       unit: "ms",
     })
     .addCallback((r) => {
-      const t = (oldestUnpublished.get() as { t: number | null }).t;
-      r.observe(t === null ? 0 : Math.max(0, clock.now() - t));
+      const t = outbox.oldestUnpublishedAt();
+      r.observe(t === undefined ? 0 : Math.max(0, clock.now() - t));
     });
 
   let running = false;
@@ -196,12 +134,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
   };
   const sleep = (ms: number): Promise<void> =>
     new Promise((resolve) => {
-      const timer = setTimeout(() => {
+      const timer = clock.setTimeout(() => {
         wake = undefined;
         resolve();
       }, ms);
       wake = () => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         resolve();
       };
     });
@@ -212,8 +150,8 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     const batch = pendingAcks;
     pendingAcks = [];
     const now = clock.now();
-    // One transaction per batch of PubAcks (see recordAcks for why it skips the fsync).
-    recordAcks(
+    // One transaction per batch of PubAcks, committed without a WAL fsync (OutboxStore.recordPublished).
+    outbox.recordPublished(
       batch.map((b) => b.row),
       now,
     );
@@ -221,9 +159,9 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     published.add(batch.length);
   };
 
-  const publishRow = (js: JetStreamClient, row: Row, extra: Record<string, string>): void => {
+  const publishRow = (js: JetStreamClient, row: UnpublishedRow): void => {
     const h = natsHeaders();
-    for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    for (const [k, v] of Object.entries(row.headers)) h.set(k, v);
     // W3C trace context rides on the message too, so the hub and consumers continue the trace
     // of the operation that wrote the event without decoding the envelope.
     const traceparent = envelopeTraceparent(row.envelope) || undefined;
@@ -266,17 +204,16 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
   };
 
   async function pass(js: JetStreamClient): Promise<boolean> {
-    const rows = selectRows.all(cursor, Math.min(options.batchSize, options.maxInFlight - inFlight)) as Row[];
+    const rows = outbox.unpublished(cursor, Math.min(options.batchSize, options.maxInFlight - inFlight));
     if (rows.length === 0) return false;
     for (const row of rows) {
       if (!running || failure) break;
-      const extra = row.headers ? (JSON.parse(row.headers) as Record<string, string>) : {};
       if (deps.prePublish) {
-        const verdict = await deps.prePublish(row.subject, row.envelope, extra);
+        const verdict = await deps.prePublish(row.subject, row.envelope, row.headers);
         if (!verdict.allowed) {
           // A blocked event is kept (never pruned: it is never published nor confirmed) and
           // listed through listBlocked(); operators release it or leave it as evidence.
-          insertBlocked.run(row.id, verdict.reason ?? "blocked by egress guard", clock.now());
+          outbox.block(row.id, verdict.reason ?? "blocked by egress guard", clock.now());
           blockedCounter.add(1);
           logger.warn(
             { outboxId: row.id, subject: row.subject, reason: verdict.reason },
@@ -287,7 +224,7 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
         }
       }
       cursor = row.id;
-      publishRow(js, row, extra);
+      publishRow(js, row);
       while (running && !failure && inFlight >= options.maxInFlight) await sleep(options.publishTimeoutMs);
     }
     return true;
@@ -342,16 +279,17 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       running = false;
       kick();
       await loopDone;
+      // A bound on real I/O (publishes in flight), so real time even under a manual clock.
       const deadline = Date.now() + options.publishTimeoutMs + 1000;
       while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       flushAcks();
     },
     kick,
     problem: () => current,
-    depth: () => (countDepth.get() as { n: number }).n,
-    listBlocked: (limit = 100) => blockedList.all(limit) as ReturnType<OutboxRelay["listBlocked"]>,
+    depth: () => outbox.depth(),
+    listBlocked: (limit = 100) => outbox.listBlocked(limit),
     releaseBlocked(outboxId) {
-      const released = deleteBlocked.run(outboxId).changes > 0;
+      const released = outbox.releaseBlocked(outboxId);
       if (released) {
         cursor = 0;
         kick();
@@ -359,18 +297,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       return released;
     },
     reconcileStreamTail(lastSeq) {
-      const ids = (staleReceipts.all(lastSeq) as { id: number }[]).map((r) => r.id);
-      if (ids.length === 0) return 0;
-      db.transaction(() => {
-        for (const id of ids) {
-          deleteReceipt.run(id);
-          unpublish.run(id);
-        }
-      })();
-      logger.warn({ rows: ids.length, lastSeq }, "leaf stream lost acknowledged messages; republishing them");
+      const rows = outbox.unpublishAbove(lastSeq);
+      if (rows === 0) return 0;
+      logger.warn({ rows, lastSeq }, "leaf stream lost acknowledged messages; republishing them");
       cursor = 0;
       kick();
-      return ids.length;
+      return rows;
     },
   };
   return relay;

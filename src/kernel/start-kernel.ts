@@ -28,6 +28,8 @@ import { openDatabase, type Db } from "../store/database.js";
 import { migrateUp } from "../store/migrator.js";
 import { MIGRATIONS } from "../store/migrations/index.js";
 import { createOutbox } from "../store/outbox.js";
+import { createSqliteOutboxStore } from "../store/outbox-store.js";
+import { createSqliteTransactor } from "../store/transactor.js";
 import { createAuditLog } from "../audit/audit-log.js";
 import { createRegistry } from "../registry/registry.js";
 import { createRegistryService } from "../registry/registry-service.js";
@@ -83,6 +85,8 @@ export interface Kernel {
   readonly grpcPort: number;
   /** Port the connect-node server bound. */
   readonly httpPort: number;
+  /** The services both servers serve, interceptor chain applied (tests drive them in-process). */
+  readonly services: readonly BoundService[];
   readiness(): ReadinessReport;
   /** Graceful stop: ends open streams, drains calls, flushes heartbeats, closes everything it opened. */
   stop(): Promise<void>;
@@ -154,7 +158,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const db = openKernelDatabase(options, log);
     life.defer("database", () => db.close());
     if (tracer) traceDatabaseTransactions(db, tracer);
-    const outbox = createOutbox(db, { source: options.edgeId, clock });
+    const outboxStore = createSqliteOutboxStore(db);
+    const transactor = createSqliteTransactor(db);
+    const outbox = createOutbox(outboxStore, { source: options.edgeId, clock });
     const events = tracer ? tracingEventSink(outbox, tracer) : outbox;
     const audit = createAuditLog(db, clock);
     const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
@@ -251,7 +257,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       return { allowed: d.allowed, reason: d.reason };
     };
     const bus = createEventBus(
-      { db, clock, logger, meter, sink: events, prePublish, tracer },
+      { db, outbox: outboxStore, transactor, clock, logger, meter, sink: events, prePublish, tracer },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );
     if (natsUrl) {
@@ -345,7 +351,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       bind(RoutingService, createRoutingService({ router }, options.routing.service)),
       bind(
         EventBusService,
-        createEventBusService({ db, clock, logger, bus, prePublish, tracer }, options.events.service),
+        createEventBusService(
+          { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer },
+          options.events.service,
+        ),
       ),
       bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
     ];
@@ -412,6 +421,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       options,
       grpcPort,
       httpPort,
+      services,
       readiness,
       stop: () =>
         (stopping ??= (async () => {

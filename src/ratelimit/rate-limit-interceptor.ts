@@ -5,8 +5,8 @@ import type { Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events_pb.js";
 import type { AuditLog } from "../audit/index.js";
-import { kPrincipal } from "../identity/index.js";
-import { type Clock, resourceExhausted } from "../common/index.js";
+import { isAllTenants, kPrincipal } from "../identity/index.js";
+import { type Clock, TENANT_PATTERN, resourceExhausted } from "../common/index.js";
 import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
 import type { EventSink } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -28,6 +28,13 @@ export interface RateLimitInterceptorDeps {
 
 /** The billing event type emitted when a tenant nears its quota. */
 export const RATE_LIMIT_EXCEEDED_EVENT = "billing.rate_limit_exceeded.v1";
+
+// A tenant named in a request, when it is a well-formed tenant id (never written to the outbox otherwise).
+function tenantOf(input: unknown): string | undefined {
+  if (typeof input !== "object" || input === null || Symbol.asyncIterator in input) return undefined;
+  const t = (input as { tenant?: unknown }).tenant;
+  return typeof t === "string" && TENANT_PATTERN.test(t) ? t : undefined;
+}
 
 /**
  * The X-RateLimit-* headers of a decision: limit, remaining and reset (delta seconds, like
@@ -138,11 +145,15 @@ export function createRateLimitInterceptor(
 
   return (next) => async (call) => {
     const { ctx } = call;
-    const ip = clientIp(ctx.values.get(kPeer).address);
-    // The tenant quota is the authenticated principal's own tenant, never the request's tenant
-    // field: authz has not checked that field yet, and naming another tenant must not spend its
-    // quota or raise billing events for it. Principals of no tenant are limited by address only.
-    const tenant = ctx.values.get(kPrincipal)?.tenant;
+    // Authenticated callers are limited by their tenant's tier, never by address: every agent on
+    // one host shares its address. The tenant is the principal's own, never the request's field
+    // (authz has not checked it yet): naming another tenant must not spend its quota or raise
+    // billing events for it. Only a principal of every tenant (SUPER_ADMIN) acts for the tenant it
+    // names. Callers without a principal (anonymous ports, public methods) are limited by address.
+    const principal = ctx.values.get(kPrincipal);
+    const named = tenantOf(call.input);
+    const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? named : undefined);
+    const ip = principal ? undefined : clientIp(ctx.values.get(kPeer).address);
     const correlationId = ctx.values.get(kCorrelationId);
     const decision = await limiter.check(ip, tenant);
     const headers = rateLimitHeaders(decision);
@@ -152,7 +163,7 @@ export function createRateLimitInterceptor(
     if (decision.allowed) return next(call);
     const retryAfter = String(Math.max(1, Math.ceil(decision.binding.msBeforeReset / 1000)));
     ctx.responseHeader.set("retry-after", retryAfter);
-    auditRejection(ctx, decision, ip, methodPath(call.method), correlationId);
+    auditRejection(ctx, decision, clientIp(ctx.values.get(kPeer).address), methodPath(call.method), correlationId);
     throw resourceExhausted(
       decision.binding.scope === "tenant" ? "tenant rate limit exceeded" : "client rate limit exceeded",
       decision.binding.msBeforeReset,

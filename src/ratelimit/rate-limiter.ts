@@ -26,7 +26,8 @@ export interface RateLimitDecision {
   allowed: boolean;
   /** The limit to report: the one that rejected, else the one with the least headroom. */
   binding: LimitState;
-  ip: LimitState;
+  /** The client address's limit; absent for authenticated callers (their tenant's tier limits them). */
+  ip?: LimitState;
   /** The tenant's limit; absent without a tenant or when the IP limit already rejected. */
   tenant?: LimitState;
   /** The tenant's tier, whenever the request named a tenant. */
@@ -35,7 +36,8 @@ export interface RateLimitDecision {
 
 /** Counts requests per client IP and per tenant. */
 export interface RateLimiter {
-  check(ip: string, tenant: string | undefined): Promise<RateLimitDecision>;
+  /** `ip` undefined: an authenticated caller, limited by its tenant's tier only. */
+  check(ip: string | undefined, tenant: string | undefined): Promise<RateLimitDecision>;
   /** The tier configured for a tenant. */
   tierOf(tenant: string): TenantTier;
 }
@@ -106,15 +108,18 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
   return {
     tierOf,
     async check(ip, tenant) {
-      const ipLimit = options.ipOverrides[ip] ?? options.ipLimit;
-      const ipState: LimitState = {
-        scope: "ip",
-        key: ip,
-        ...(await count(limiterFor("ip", ipLimit, options.ipWindowMs), ip, ipLimit, options.ipWindowMs)),
-      };
+      let ipState: LimitState | undefined;
+      if (ip !== undefined) {
+        const ipLimit = options.ipOverrides[ip] ?? options.ipLimit;
+        ipState = {
+          scope: "ip",
+          key: ip,
+          ...(await count(limiterFor("ip", ipLimit, options.ipWindowMs), ip, ipLimit, options.ipWindowMs)),
+        };
+      }
       let tenantState: LimitState | undefined;
       // An IP over its limit does not get to spend its tenant's quota.
-      if (tenant !== undefined && ipState.allowed) {
+      if (tenant !== undefined && (ipState?.allowed ?? true)) {
         const tier = tierOf(tenant);
         const limit = options.tierLimits[tier];
         tenantState = {
@@ -124,9 +129,10 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
           ...(await count(limiterFor("tenant", limit, options.tenantWindowMs), tenant, limit, options.tenantWindowMs)),
         };
       }
-      const states = tenantState ? [ipState, tenantState] : [ipState];
+      const states = [ipState, tenantState].filter((x): x is LimitState => x !== undefined);
       const rejected = states.find((s) => !s.allowed);
-      const binding = rejected ?? states.reduce((a, b) => (b.remaining / b.limit < a.remaining / a.limit ? b : a));
+      const binding =
+        rejected ?? states.reduce((a, b) => (b.remaining / b.limit < a.remaining / a.limit ? b : a), states[0]!);
       return {
         allowed: !rejected,
         binding,

@@ -15,9 +15,9 @@ import {
   AgentUpdatedSchema,
 } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { AgentLoadSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import type { Db, EventSink } from "../store/index.js";
+import { createSqliteTransactor, type Db, type EventSink } from "../store/index.js";
 import type { AuditLog } from "../audit/index.js";
-import { type Clock, alreadyExists, notFound, resourceExhausted } from "../common/index.js";
+import { type Clock, type TimerHandle, alreadyExists, notFound, resourceExhausted } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { RegistryOptions } from "./registry-options.js";
 import { createAgentStore, type AgentRow, type LoadRow } from "./agent-store.js";
@@ -145,10 +145,11 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const { db, events, audit, clock } = deps;
   const log = deps.logger.child({ component: "registry" });
   const store = createAgentStore(db);
+  const tx = createSqliteTransactor(db);
   const agents = new Map<string, Entry>();
   const pendingBeats = new Map<string, number>();
   const watchers = new Set<{ tenant: string; capability: string; push(change: AgentChange): void }>();
-  const timers: NodeJS.Timeout[] = [];
+  const timers: TimerHandle[] = [];
 
   const statusAt = (heartbeatAt: number, now: number): AgentStatus => {
     const age = now - heartbeatAt;
@@ -216,7 +217,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     const beats = [...pendingBeats];
     pendingBeats.clear();
     // One transaction (one fsync) for every heartbeat since the last flush.
-    db.transaction(() => {
+    tx.transaction(() => {
       for (const [id, count] of beats) {
         const e = agents.get(id);
         if (!e) continue;
@@ -234,7 +235,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           }),
         });
       }
-    })();
+    });
   };
 
   const setStatus = (e: Entry, status: AgentStatus, system: Actor) => {
@@ -261,7 +262,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     const system: Actor = { id: "system", correlationId: `sweep-${now}` };
     const changed: Entry[] = [];
     const reaped: Entry[] = [];
-    db.transaction(() => {
+    tx.transaction(() => {
       for (const e of agents.values()) {
         if (now - e.row.heartbeatAt >= options.reapAfterMs) {
           store.delete(e.row.id);
@@ -294,7 +295,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           changed.push(e);
         }
       }
-    })();
+    });
     for (const e of reaped) {
       forget(e);
       notify(e, ChangeType.DEREGISTERED);
@@ -313,7 +314,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
     const entry: Entry = { row, status: AgentStatus.HEALTHY, idem };
     const agent = toProto(entry);
-    db.transaction(() => {
+    tx.transaction(() => {
       store.insert(row);
       if (idem)
         store.insertIdempotency({
@@ -341,7 +342,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           : { name: row.name, endpoint: row.endpoint },
         correlationId: actor.correlationId,
       });
-    })();
+    });
     agents.set(row.id, entry);
     if (idem) keys.set(idemKey(tenant, idem.key), row.id);
     notify(entry, ChangeType.REGISTERED);
@@ -391,7 +392,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       for (const p of paths) (row as unknown as Record<string, unknown>)[p] = fields[p];
       const next: Entry = { ...e, row, proto: undefined };
       const agent = toProto(next);
-      db.transaction(() => {
+      tx.transaction(() => {
         store.update(row);
         events.append({
           type: "agent.updated.v1",
@@ -409,7 +410,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           details: { fields: paths },
           correlationId: actor.correlationId,
         });
-      })();
+      });
       agents.set(id, next);
       notify(next, ChangeType.UPDATED);
       return agent;
@@ -417,7 +418,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
 
     deregister(tenant, id, reason, actor) {
       const e = lookup(tenant, id);
-      db.transaction(() => {
+      tx.transaction(() => {
         store.delete(id);
         events.append({
           type: "agent.deregistered.v1",
@@ -435,7 +436,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           details: { reason },
           correlationId: actor.correlationId,
         });
-      })();
+      });
       forget(e);
       pendingBeats.delete(id);
       notify(e, ChangeType.DEREGISTERED);
@@ -449,7 +450,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       pendingBeats.set(id, (pendingBeats.get(id) ?? 0) + 1);
       if (e.status !== AgentStatus.HEALTHY) {
         // Recovery is reported at once; going stale is noticed by the sweep.
-        db.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }))();
+        tx.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }));
         notify(e, ChangeType.STATUS_CHANGED);
       }
       return e.status;
@@ -518,13 +519,14 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
         }
       };
       timers.push(
-        setInterval(guarded("heartbeat flush", flush), options.heartbeatFlushMs).unref(),
-        setInterval(guarded("sweep", sweep), options.sweepIntervalMs).unref(),
+        clock.setInterval(guarded("heartbeat flush", flush), options.heartbeatFlushMs),
+        clock.setInterval(guarded("sweep", sweep), options.sweepIntervalMs),
       );
+      for (const t of timers) t.unref();
     },
 
     close() {
-      timers.forEach(clearInterval);
+      for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       flush();
     },

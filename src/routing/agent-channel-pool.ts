@@ -140,7 +140,7 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
     return { client, api };
   }
 
-  const sweep = setInterval(
+  const sweep = deps.clock.setInterval(
     () => {
       const cutoff = deps.clock.now() - options.idleMs;
       for (const [target, entry] of clients) {
@@ -184,7 +184,7 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
     },
     endpoints: () => [...clients.keys()],
     close() {
-      clearInterval(sweep);
+      deps.clock.clearInterval(sweep);
       for (const entry of clients.values()) entry.client.close();
       clients.clear();
     },

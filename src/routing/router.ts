@@ -1,11 +1,10 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
 import { OVERRIDE_HEADER, TENANT_HEADER } from "../egress/index.js";
 import type { Meter } from "@opentelemetry/api";
-import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
+import { BrokenCircuitError } from "cockatiel";
 import {
   HandleRequestSchema,
   HandleStreamRequestSchema,
@@ -116,7 +115,7 @@ const isServiceError = (e: unknown): e is grpc.ServiceError =>
 
 function classify(e: unknown): AttemptFailure {
   if (e instanceof AttemptFailureError) return e.failure;
-  if (e instanceof BrokenCircuitError || e instanceof IsolatedCircuitError) {
+  if (e instanceof BrokenCircuitError) {
     return { error: unavailable("agent circuit is open"), delivered: false };
   }
   if (e instanceof EndpointError) return { error: unavailable("agent endpoint is not routable"), delivered: false };
@@ -166,12 +165,15 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     unit: "ms",
   });
   const breakers = createCircuitBreakers(
-    options.circuitBreaker,
-    (e) => isServiceError(e) && AGENT_FAILURE_CODES.has(e.code),
-    (agentId, state) => {
-      circuitCounter.add(1, { state });
-      log.info({ agentId, state }, "agent circuit changed state");
+    {
+      clock: deps.clock,
+      isFailure: (e) => isServiceError(e) && AGENT_FAILURE_CODES.has(e.code),
+      onStateChange: (agentId, state) => {
+        circuitCounter.add(1, { state });
+        log.info({ agentId, state }, "agent circuit changed state");
+      },
     },
+    options.circuitBreaker,
   );
   const budget: RetryBudget = createRetryBudget(deps.clock, {
     ratio: options.retry.budgetRatio,
@@ -322,7 +324,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         if (deadlineAt - deps.clock.now() - delay < options.timeouts.minAttemptMs) throw failure.error;
         retriesCounter.add(1, { kind: "retry" });
         try {
-          await sleep(delay, undefined, { signal: p.signal });
+          await deps.clock.sleep(delay, p.signal);
         } catch {
           throw callerGone(p.signal);
         }
@@ -366,7 +368,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
           () => false,
           () => false,
         ),
-        sleep(options.hedging.delayMs, true, { signal: timer.signal }).catch(() => false),
+        deps.clock.sleep(options.hedging.delayMs, timer.signal).then(
+          () => true,
+          () => false,
+        ),
       ]);
       timer.abort();
       if (!straggling || deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) return await primary;

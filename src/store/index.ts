@@ -11,4 +11,20 @@ export {
   KERNEL_EVENT_HEADERS,
   callerHeaders,
 } from "./outbox.js";
+export {
+  type OutboxEntry,
+  type OutboxStore,
+  type AppendedEvent,
+  type UnpublishedRow,
+  type PublicationReceipt,
+  type BlockedRow,
+  createSqliteOutboxStore,
+  createInMemoryOutboxStore,
+} from "./outbox-store.js";
+export {
+  type Transactor,
+  type InMemoryTransactor,
+  createSqliteTransactor,
+  createInMemoryTransactor,
+} from "./transactor.js";
 export { checkSqliteWritable } from "./sqlite-readiness.js";

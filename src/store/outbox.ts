@@ -1,9 +1,9 @@
-import { randomUUID } from "node:crypto";
-import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import type { Db } from "./database.js";
+import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import type { Clock } from "../common/index.js";
-import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
+import { Origin } from "../../gen/nops/events/v1/envelope_pb.js";
+import type { AppendedEvent, OutboxStore } from "./outbox-store.js";
+
+export { eventSubject, type AppendedEvent } from "./outbox-store.js";
 
 /** An event to record: a versioned type and its protobuf payload. */
 export interface KernelEvent<Desc extends DescMessage = DescMessage> {
@@ -16,17 +16,9 @@ export interface KernelEvent<Desc extends DescMessage = DescMessage> {
   traceparent?: string;
 }
 
-/** What the outbox assigned to an appended event. */
-export interface AppendedEvent {
-  /** Outbox row id: monotonically increasing, part of the NATS message id. */
-  id: number;
-  eventId: string;
-  subject: string;
-}
-
 /**
- * Where events go. `append` writes an outbox row; called inside a `db.transaction`, the row
- * commits or rolls back with the change it reports.
+ * Where events go. `append` writes an outbox row; called inside a Transactor transaction, the
+ * row commits or rolls back with the change it reports.
  */
 export interface EventSink {
   append(event: KernelEvent): AppendedEvent;
@@ -37,11 +29,6 @@ export interface OutboxOptions {
   /** The edge's id, written as the envelope's source. */
   source: string;
   clock: Clock;
-}
-
-/** NATS subject for an event: `nops.events.<tenant>.<type>` (tenant ids are subject-safe by validation). */
-export function eventSubject(tenant: string, type: string): string {
-  return `nops.events.${tenant}.${type}`;
 }
 
 /**
@@ -76,30 +63,20 @@ export function callerHeaders(headers: Record<string, string>): Record<string, s
   return out;
 }
 
-/** Creates the SQLite outbox writer. */
-export function createOutbox(db: Db, options: OutboxOptions): EventSink {
-  const insert = db.prepare(
-    "INSERT INTO outbox (event_id, type, tenant, subject, envelope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-  );
+/** Creates the event sink that writes typed kernel events to the outbox store. */
+export function createOutbox(store: OutboxStore, options: OutboxOptions): EventSink {
   return {
-    append(event) {
-      const now = options.clock.now();
-      const eventId = randomUUID();
-      const envelope = create(EventEnvelopeSchema, {
-        id: eventId,
+    append: (event) =>
+      store.append({
         type: event.type,
-        source: options.source,
         tenant: event.tenant,
-        occurredAt: timestampFromMs(now),
+        source: options.source,
+        occurredAt: options.clock.now(),
         payloadType: event.schema.typeName,
         payload: toBinary(event.schema, event.payload),
-        traceparent: event.traceparent ?? "",
-        correlationId: event.correlationId ?? "",
+        traceparent: event.traceparent,
+        correlationId: event.correlationId,
         origin: Origin.KERNEL,
-      });
-      const subject = eventSubject(event.tenant, event.type);
-      const info = insert.run(eventId, event.type, event.tenant, subject, toBinary(EventEnvelopeSchema, envelope), now);
-      return { id: Number(info.lastInsertRowid), eventId, subject };
-    },
+      }),
   };
 }

@@ -29,6 +29,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox, type EventSink, type KernelEvent } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createTelemetry } from "../../src/telemetry/telemetry.js";
 import { DEFAULT_TELEMETRY_OPTIONS } from "../../src/telemetry/telemetry-options.js";
@@ -75,6 +76,23 @@ test("status matrix - everything ok is ready with every capability normal and no
   );
   t.true(r.capabilities.every((c) => c.mode === "normal"));
   t.is(events.length, 0);
+});
+
+test("status matrix - once started, it re-evaluates on every tick of the clock until stopped", (t) => {
+  const options = resolveStatusMatrixOptions({});
+  const { matrix, clock, set } = setup(options);
+  matrix.start();
+  t.true(matrix.current().ready);
+  set("sqlite", "down", "disk I/O error");
+  clock.advance(options.intervalMs - 1);
+  t.true(matrix.current().ready, "no tick yet: the last report stands");
+  clock.advance(1);
+  t.false(matrix.current().ready, "the tick saw SQLite down");
+  matrix.stop();
+  set("sqlite", "ok");
+  clock.advance(options.intervalMs * 3);
+  t.false(matrix.current().ready, "no tick after stop()");
+  t.is(clock.pendingTimers(), 0);
 });
 
 test("status matrix - NATS down: event bus degraded on the outbox, kernel ready but degraded", (t) => {
@@ -258,7 +276,7 @@ test("status matrix - events go through the outbox and gauges show modes on /met
   const matrix = createStatusMatrix(
     {
       probes: { "hub-link": () => ({ name: "hub-link", state: hub }) },
-      events: createOutbox(db, { source: "edge-1", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "edge-1", clock }),
       clock,
       logger: createSilentLogger(),
       meter: telemetry.meter("admin"),

@@ -8,6 +8,8 @@ import { openDatabase, type Db } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
+import { createSqliteTransactor } from "../../src/store/transactor.js";
 import { systemClock, type Clock } from "../../src/common/clock.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createEventBus, type EventBus, type EventBusDeps } from "../../src/events/event-bus.js";
@@ -83,10 +85,15 @@ export function startEdgePipeline(
     natsPassword: pass,
   });
   const logger = createSilentLogger();
-  const sink = createOutbox(db, { source: options.edgeId, clock });
-  const bus = createEventBus({ db, clock, logger, meter, sink, prePublish, onPublished, tracer }, options);
+  const outbox = createSqliteOutboxStore(db);
+  const transactor = createSqliteTransactor(db);
+  const sink = createOutbox(outbox, { source: options.edgeId, clock });
+  const bus = createEventBus(
+    { db, outbox, transactor, clock, logger, meter, sink, prePublish, onPublished, tracer },
+    options,
+  );
   const service = createEventBusService(
-    { db, clock, logger, bus, prePublish, tracer },
+    { outbox, transactor, clock, logger, bus, prePublish, tracer },
     resolveEventBusServiceOptions({}),
   );
   bus.start();

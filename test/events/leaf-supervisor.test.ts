@@ -8,20 +8,29 @@ import {
   resolveLeafSupervisorOptions,
 } from "../../src/events/leaf-supervisor.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
-import { NATS_SERVER_BIN, freePort, waitFor } from "../helpers/nats-servers.js";
+import { NATS_SERVER_BIN, waitFor } from "../helpers/nats-servers.js";
+import { startOnFreePorts } from "../helpers/processes.js";
 
 test("leaf supervisor - writes its config, restarts the server after kill -9 and stops it on shutdown", async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), "nops-leafsup-"));
-  const port = await freePort();
-  const sup = createLeafSupervisor(
-    { logger: createSilentLogger() },
-    resolveLeafSupervisorOptions({ binary: NATS_SERVER_BIN, dataDir, port, edgeDomain: "dev-edge", password: "pw" }),
-  );
+  // The supervisor must be told its port; a port taken between pick and bind fails the start, retried on another.
+  const sup = await startOnFreePorts(1, async ([port]) => {
+    const s = createLeafSupervisor(
+      { logger: createSilentLogger() },
+      resolveLeafSupervisorOptions({ binary: NATS_SERVER_BIN, dataDir, port, edgeDomain: "dev-edge", password: "pw" }),
+    );
+    try {
+      await s.start();
+      return s;
+    } catch (err) {
+      await s.stop();
+      throw err;
+    }
+  });
   t.teardown(async () => {
     await sup.stop();
     rmSync(dataDir, { recursive: true, force: true });
   });
-  await sup.start();
   t.regex(readFileSync(join(dataDir, "nats", "leaf.conf"), "utf8"), /domain: "dev-edge"/);
   const first = sup.pid();
   t.truthy(first);

@@ -4,6 +4,7 @@ import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { AgentHeartbeatSchema } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { systemClock } from "../../src/common/clock.js";
 import { startNatsTopology } from "../helpers/nats-servers.js";
 import { waitFor } from "../helpers/processes.js";
@@ -29,7 +30,7 @@ test("outbox relay - a producer span continues the event's trace and its context
   t.teardown(() => p.close());
   const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   const subject = "nops.events.acme.agent.heartbeat.v1";
-  createOutbox(p.db, { source: "edge-tr", clock: systemClock }).append({
+  createOutbox(createSqliteOutboxStore(p.db), { source: "edge-tr", clock: systemClock }).append({
     type: "agent.heartbeat.v1",
     tenant: "acme",
     schema: AgentHeartbeatSchema,

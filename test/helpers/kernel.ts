@@ -8,6 +8,7 @@ import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { resolveKernelOptions, type KernelOptions } from "../../src/kernel/kernel-options.js";
 import { startKernel, type Kernel, type KernelOverrides } from "../../src/kernel/index.js";
+import { createInProcessTransport } from "./in-process-transport.js";
 
 /** A kernel on free ports in a temporary data dir, plus captured log lines. */
 export interface TestKernel {
@@ -19,8 +20,17 @@ export interface TestKernel {
   transport(name: TransportName): Transport;
 }
 
-/** Server/protocol pairs every RPC test runs over. */
-export type TransportName = "grpc-js" | "connect-json" | "connect-binary-h2" | "grpc-web" | "grpc-over-connect-node";
+/**
+ * Server/protocol pairs every RPC test runs over; "in-process" is the fast lane: the same bound
+ * services and interceptor chain through connect's router transport, no socket.
+ */
+export type TransportName =
+  | "grpc-js"
+  | "connect-json"
+  | "connect-binary-h2"
+  | "grpc-web"
+  | "grpc-over-connect-node"
+  | "in-process";
 
 /** The two servers, each with its native protocol: what "both transports" means in tests. */
 export const BOTH: readonly TransportName[] = ["grpc-js", "connect-json"];
@@ -57,15 +67,17 @@ export async function startTestKernel(
       const grpcUrl = `http://127.0.0.1:${kernel.grpcPort}`;
       const httpUrl = `http://127.0.0.1:${kernel.httpPort}`;
       tr =
-        name === "grpc-js"
-          ? createGrpcTransport({ baseUrl: grpcUrl })
-          : name === "connect-json"
-            ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "1.1", useBinaryFormat: false })
-            : name === "connect-binary-h2"
-              ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "2", useBinaryFormat: true })
-              : name === "grpc-web"
-                ? createGrpcWebTransport({ baseUrl: httpUrl, httpVersion: "1.1" })
-                : createGrpcTransport({ baseUrl: httpUrl });
+        name === "in-process"
+          ? createInProcessTransport(kernel.services, { maxMessageBytes: options.limits.maxMessageBytes })
+          : name === "grpc-js"
+            ? createGrpcTransport({ baseUrl: grpcUrl })
+            : name === "connect-json"
+              ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "1.1", useBinaryFormat: false })
+              : name === "connect-binary-h2"
+                ? createConnectTransport({ baseUrl: httpUrl, httpVersion: "2", useBinaryFormat: true })
+                : name === "grpc-web"
+                  ? createGrpcWebTransport({ baseUrl: httpUrl, httpVersion: "1.1" })
+                  : createGrpcTransport({ baseUrl: httpUrl });
       transports.set(name, tr);
     }
     return tr;

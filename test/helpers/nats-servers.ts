@@ -1,4 +1,4 @@
-import { freePort, waitFor } from "./processes.js";
+import { freePort, startOnFreePorts, waitFor } from "./processes.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
@@ -73,11 +73,19 @@ function managed(
         stderr = (stderr + d.toString()).slice(-4000);
       });
       exited = new Promise((resolve) => c.once("exit", () => resolve()));
-      await waitFor(async () => {
-        if (c.exitCode !== null) throw new Error(`${name} exited with ${c.exitCode}: ${stderr}`);
-        for (const p of readyPorts) if (!(await canConnect(p))) return false;
-        return true;
-      }, `${name} to listen`);
+      // A server that exits (e.g. its port was taken) fails the start at once instead of being
+      // polled for 30 s; waitFor counts a throw from its check as "not yet".
+      let listening = false;
+      await Promise.race([
+        waitFor(async () => {
+          for (const p of readyPorts) if (!(await canConnect(p))) return false;
+          return (listening = true);
+        }, `${name} to listen`),
+        exited.then(() => {
+          if (!listening) throw new Error(`${name} exited with ${c.exitCode}: ${stderr}`);
+        }),
+      ]);
+      if (c.exitCode !== null) throw new Error(`${name} exited with ${c.exitCode}: ${stderr}`);
     },
     stop: () => waitExit("SIGTERM"),
     kill9: () => waitExit("SIGKILL"),
@@ -105,10 +113,16 @@ export interface NatsTopology {
 export async function startNatsTopology(
   options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {},
 ): Promise<NatsTopology> {
+  return startOnFreePorts(3, (ports) => startNatsTopologyOn(options, ports as [number, number, number]));
+}
+
+async function startNatsTopologyOn(
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean },
+  [hubPort, hubLeafPort, leafPort]: [number, number, number],
+): Promise<NatsTopology> {
   const dir = mkdtempSync(join(tmpdir(), "nops-nats-"));
   const edgeDomain = options.edgeDomain ?? "edge1";
   const hubDomain = "hub";
-  const [hubPort, hubLeafPort, leafPort] = [await freePort(), await freePort(), await freePort()];
   const hubUser = { user: "hub-admin", pass: "hub-secret" };
   const kernelUser = { user: "kernel", pass: "kernel-secret" };
   mkdirSync(join(dir, "hub"), { recursive: true });
@@ -166,8 +180,14 @@ export async function startNatsTopology(
         NOPS_HUB_LEAF_URL: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
       })
     : managed("leaf", leafPort, leafConf, [leafPort]);
-  if (options.startHub !== false) await hub.start();
-  await leaf.start();
+  try {
+    if (options.startHub !== false) await hub.start();
+    await leaf.start();
+  } catch (err) {
+    await Promise.all([leaf.kill9(), hub.kill9()]);
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     dir,
     hub,

@@ -14,6 +14,27 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Starts something that must be told its ports up front (nats-server, redis-server cannot bind
+ * port 0 and report it): picks `count` distinct free ports and calls `start`; if another process
+ * took a port between the pick and the bind, `start` fails and is tried again on fresh ports.
+ */
+export async function startOnFreePorts<T>(
+  count: number,
+  start: (ports: number[]) => Promise<T>,
+  attempts = 3,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const ports = new Set<number>();
+    while (ports.size < count) ports.add(await freePort());
+    try {
+      return await start([...ports]);
+    } catch (err) {
+      if (attempt >= attempts) throw err;
+    }
+  }
+}
+
 /** Polls `check` (a throw counts as "not yet") until it returns true or `timeoutMs` passes. */
 export async function waitFor(
   check: () => boolean | Promise<boolean>,

@@ -1,4 +1,4 @@
-import { freePort } from "./processes.js";
+import { startOnFreePorts } from "./processes.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 
@@ -12,7 +12,11 @@ export interface RedisServer {
 
 /** Starts `redis-server` on a free loopback port with persistence off; waits (bounded) until it accepts connections. */
 export async function startRedisServer(onPort?: number): Promise<RedisServer> {
-  const port = onPort ?? (await freePort());
+  if (onPort !== undefined) return startOn(onPort);
+  return startOnFreePorts(1, ([port]) => startOn(port!));
+}
+
+async function startOn(port: number): Promise<RedisServer> {
   const child: ChildProcess = spawn(
     "redis-server",
     ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

@@ -27,6 +27,7 @@ import { openDatabase, type Db } from "../../src/store/database.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { startRedisServer } from "../helpers/redis-server.js";
 
@@ -40,7 +41,7 @@ function harness(redis?: Redis): Harness {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   const audit = createAuditLog(db, systemClock);
-  const events = createOutbox(db, { source: "edge-test", clock: systemClock });
+  const events = createOutbox(createSqliteOutboxStore(db), { source: "edge-test", clock: systemClock });
   return {
     db,
     audit,
@@ -109,7 +110,7 @@ test("rate limit interceptor - every response carries the X-RateLimit headers, s
   t.is(responses[1]!.error?.code, Code.Internal);
   t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-tier"), "1");
   t.is(responses[2]!.ctx.responseHeader.get("x-ratelimit-tier"), "ip", "no tenant in the request");
-  t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-limit"), "4", "the IP limit has less headroom than tier 1");
+  t.is(responses[0]!.ctx.responseHeader.get("x-ratelimit-limit"), "100", "an authenticated caller: its tier's limit");
   const rejected = responses.filter((r) => r.error?.code === Code.ResourceExhausted);
   t.is(rejected.length, 2);
   for (const r of rejected)
@@ -285,4 +286,17 @@ test("rate limit interceptor - the quota is the principal's own tenant: naming a
   // Anonymous callers are limited by address only, whatever tenant they name.
   const anonymous = await call(handler, "10.0.0.3", undefined, "globex");
   t.is(anonymous.ctx.responseHeader.get("x-ratelimit-tier"), "ip");
+});
+
+test("rate limit interceptor - authenticated callers are limited by their tenant's tier, not by their shared address", async (t) => {
+  const h = harness();
+  const handler = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ ipLimit: 2 }))(ok);
+  // Three agents of two tenants on one host: the per-address limit (2) would starve them.
+  for (let i = 0; i < 5; i++) {
+    t.falsy((await call(handler, "10.1.1.1", "acme")).error);
+    t.falsy((await call(handler, "10.1.1.1", "globex")).error);
+  }
+  t.falsy((await call(handler, "10.1.1.1")).error);
+  t.falsy((await call(handler, "10.1.1.1")).error);
+  t.is((await call(handler, "10.1.1.1")).error?.code, Code.ResourceExhausted, "anonymous: limited by address");
 });

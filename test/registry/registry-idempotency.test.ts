@@ -9,6 +9,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateDown, migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry, registrationHash, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
@@ -37,7 +38,7 @@ function open(path: string) {
   const registry = createRegistry(
     {
       db,
-      events: createOutbox(db, { source: "edge-test", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "edge-test", clock }),
       audit: createAuditLog(db, clock),
       clock,
       logger: createSilentLogger(),

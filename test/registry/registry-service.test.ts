@@ -27,7 +27,8 @@ async function rejects(t: ExecutionContext, p: Promise<unknown>, code: Code, fie
   return ce;
 }
 
-for (const transport of BOTH) {
+// Both servers, and the in-process lane, which must behave as they do (chain, limits, streams).
+for (const transport of [...BOTH, "in-process"] as const) {
   test(`registry service - full lifecycle over ${transport}`, async (t) => {
     const k = await startTestKernel(t);
     const client = k.client(AgentRegistryService, transport);
@@ -67,6 +68,65 @@ for (const transport of BOTH) {
     await rejects(t, client.getAgent({ tenant: "acme", id }), Code.NotFound);
   });
 
+  test(`registry service - a message over the size limit is refused over ${transport}`, async (t) => {
+    const k = await startTestKernel(t, { limits: { maxMessageBytes: 64 * 1024 } });
+    const client = k.client(AgentRegistryService, transport);
+    const err = await t.throwsAsync(client.registerAgent({ ...agentInput, labels: { big: "x".repeat(100 * 1024) } }));
+    t.true(err instanceof ConnectError);
+    t.is((err as ConnectError).code, Code.ResourceExhausted, (err as ConnectError).message);
+  });
+
+  test(`registry service - WatchAgents streams the current set then changes over ${transport}`, async (t) => {
+    const k = await startTestKernel(t);
+    const client = k.client(AgentRegistryService, transport);
+    const existing = (await client.registerAgent(agentInput)).agent!;
+    const abort = new AbortController();
+    const iterator = client.watchAgents({ tenant: "acme" }, { signal: abort.signal })[Symbol.asyncIterator]();
+    const stream = { next: async () => (await iterator.next()) as IteratorResult<WatchAgentsResponse, undefined> };
+    const first = await stream.next();
+    t.is(first.value?.type, ChangeType.EXISTING);
+    t.is(first.value?.agent?.id, existing.id);
+    await client.registerAgent({ ...agentInput, tenant: "globex" }); // other tenant: not seen
+    const added = (await client.registerAgent({ ...agentInput, name: "second" })).agent!;
+    const second = await stream.next();
+    t.is(second.value?.type, ChangeType.REGISTERED);
+    t.is(second.value?.agent?.id, added.id);
+    await client.deregisterAgent({ tenant: "acme", id: existing.id });
+    const third = await stream.next();
+    t.is(third.value?.type, ChangeType.DEREGISTERED);
+    t.is(third.value?.agent?.id, existing.id);
+    abort.abort();
+  });
+
+  test(`health - grpc.health.v1 Check over ${transport}`, async (t) => {
+    const k = await startTestKernel(t);
+    const health = k.client(Health, transport);
+    t.is((await health.check({ service: "" })).status, Serving.SERVING);
+    t.is((await health.check({ service: "nops.kernel.v1.AgentRegistryService" })).status, Serving.SERVING);
+    await rejects(t, health.check({ service: "no.such.Service" }), Code.NotFound);
+  });
+
+  test(`interceptors - correlation id is taken from x-request-id and echoed over ${transport}`, async (t) => {
+    const k = await startTestKernel(t);
+    const client = k.client(AgentRegistryService, transport);
+    let echoed = null as string | null;
+    await client.listAgents(
+      { tenant: "acme" },
+      { headers: { "x-request-id": "req-abc-123" }, onHeader: (h) => (echoed = h.get("x-request-id")) },
+    );
+    t.is(echoed, "req-abc-123");
+    t.true(k.logs.some((l) => l.includes('"correlationId":"req-abc-123"') && l.includes("ListAgents")));
+    let generated = null as string | null;
+    await client.listAgents({ tenant: "acme" }, { onHeader: (h) => (generated = h.get("x-request-id")) });
+    t.regex(generated ?? "", /^[0-9a-f-]{36}$/);
+  });
+}
+
+// Service logic, not transport: the in-process lane (connect's router transport, the same bound
+// services and chain, Connect protocol as connect-node serves it) plus grpc-js, whose adapter
+// maps errors on its own.
+const LOGIC: readonly TransportName[] = ["in-process", "grpc-js"];
+for (const transport of LOGIC) {
   test(`registry service - another tenant cannot see an agent over ${transport}`, async (t) => {
     const k = await startTestKernel(t);
     const client = k.client(AgentRegistryService, transport);
@@ -142,84 +202,31 @@ for (const transport of BOTH) {
     await rejects(t, client.listAgents({ tenant: "acme", pageToken: "garbage!" }), Code.InvalidArgument, "page_token");
     await rejects(t, client.getAgent({ tenant: "acme", id: "nope" }), Code.InvalidArgument, "id");
   });
-
-  test(`registry service - a message over the size limit is refused over ${transport}`, async (t) => {
-    const k = await startTestKernel(t, { limits: { maxMessageBytes: 64 * 1024 } });
-    const client = k.client(AgentRegistryService, transport);
-    const err = await t.throwsAsync(client.registerAgent({ ...agentInput, labels: { big: "x".repeat(100 * 1024) } }));
-    t.true(err instanceof ConnectError);
-    t.is((err as ConnectError).code, Code.ResourceExhausted, (err as ConnectError).message);
-  });
-
-  test(`registry service - pages through agents with a token bound to the query over ${transport}`, async (t) => {
-    const k = await startTestKernel(t);
-    const client = k.client(AgentRegistryService, transport);
-    const ids = new Set<string>();
-    for (let i = 0; i < 5; i++) ids.add((await client.registerAgent({ ...agentInput, name: `a${i}` })).agent!.id);
-    const seen: string[] = [];
-    let pageToken = "";
-    do {
-      const page = await client.listAgents({ tenant: "acme", pageSize: 2, pageToken });
-      t.true(page.agents.length <= 2);
-      seen.push(...page.agents.map((a) => a.id));
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-    t.deepEqual([...seen].sort(), [...ids].sort());
-    t.is(seen.length, 5);
-    const first = await client.listAgents({ tenant: "acme", pageSize: 2 });
-    await rejects(
-      t,
-      client.listAgents({ tenant: "acme", pageSize: 2, pageToken: first.nextPageToken, capability: "summarize" }),
-      Code.InvalidArgument,
-      "page_token",
-    );
-  });
-
-  test(`registry service - WatchAgents streams the current set then changes over ${transport}`, async (t) => {
-    const k = await startTestKernel(t);
-    const client = k.client(AgentRegistryService, transport);
-    const existing = (await client.registerAgent(agentInput)).agent!;
-    const abort = new AbortController();
-    const iterator = client.watchAgents({ tenant: "acme" }, { signal: abort.signal })[Symbol.asyncIterator]();
-    const stream = { next: async () => (await iterator.next()) as IteratorResult<WatchAgentsResponse, undefined> };
-    const first = await stream.next();
-    t.is(first.value?.type, ChangeType.EXISTING);
-    t.is(first.value?.agent?.id, existing.id);
-    await client.registerAgent({ ...agentInput, tenant: "globex" }); // other tenant: not seen
-    const added = (await client.registerAgent({ ...agentInput, name: "second" })).agent!;
-    const second = await stream.next();
-    t.is(second.value?.type, ChangeType.REGISTERED);
-    t.is(second.value?.agent?.id, added.id);
-    await client.deregisterAgent({ tenant: "acme", id: existing.id });
-    const third = await stream.next();
-    t.is(third.value?.type, ChangeType.DEREGISTERED);
-    t.is(third.value?.agent?.id, existing.id);
-    abort.abort();
-  });
-
-  test(`health - grpc.health.v1 Check over ${transport}`, async (t) => {
-    const k = await startTestKernel(t);
-    const health = k.client(Health, transport);
-    t.is((await health.check({ service: "" })).status, Serving.SERVING);
-    t.is((await health.check({ service: "nops.kernel.v1.AgentRegistryService" })).status, Serving.SERVING);
-    await rejects(t, health.check({ service: "no.such.Service" }), Code.NotFound);
-  });
-
-  test(`interceptors - correlation id is taken from x-request-id and echoed over ${transport}`, async (t) => {
-    const k = await startTestKernel(t);
-    const client = k.client(AgentRegistryService, transport);
-    let echoed = null as string | null;
-    await client.listAgents(
-      { tenant: "acme" },
-      { headers: { "x-request-id": "req-abc-123" }, onHeader: (h) => (echoed = h.get("x-request-id")) },
-    );
-    t.is(echoed, "req-abc-123");
-    t.true(k.logs.some((l) => l.includes('"correlationId":"req-abc-123"') && l.includes("ListAgents")));
-    let generated = null as string | null;
-    await client.listAgents({ tenant: "acme" }, { onHeader: (h) => (generated = h.get("x-request-id")) });
-    t.regex(generated ?? "", /^[0-9a-f-]{36}$/);
-  });
 }
+
+test(`registry service - pages through agents with a token bound to the query in process`, async (t) => {
+  const k = await startTestKernel(t);
+  const client = k.client(AgentRegistryService, "in-process");
+  const ids = new Set<string>();
+  for (let i = 0; i < 5; i++) ids.add((await client.registerAgent({ ...agentInput, name: `a${i}` })).agent!.id);
+  const seen: string[] = [];
+  let pageToken = "";
+  do {
+    const page = await client.listAgents({ tenant: "acme", pageSize: 2, pageToken });
+    t.true(page.agents.length <= 2);
+    seen.push(...page.agents.map((a) => a.id));
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  t.deepEqual([...seen].sort(), [...ids].sort());
+  t.is(seen.length, 5);
+  const first = await client.listAgents({ tenant: "acme", pageSize: 2 });
+  await rejects(
+    t,
+    client.listAgents({ tenant: "acme", pageSize: 2, pageToken: first.nextPageToken, capability: "summarize" }),
+    Code.InvalidArgument,
+    "page_token",
+  );
+});
 
 const EXTRA: TransportName[] = ["connect-binary-h2", "grpc-web", "grpc-over-connect-node"];
 for (const transport of EXTRA) {

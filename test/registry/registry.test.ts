@@ -8,6 +8,7 @@ import { openDatabase, type Db } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
 import { createRegistry, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
@@ -28,7 +29,7 @@ const actor = { id: "spiffe://nops.local/nops/admin/test", correlationId: "c-1" 
 function setup(db: Db = openDatabase({ path: ":memory:" })) {
   migrateUp(db, MIGRATIONS);
   const clock = createManualClock();
-  const events = createOutbox(db, { source: "edge-test", clock });
+  const events = createOutbox(createSqliteOutboxStore(db), { source: "edge-test", clock });
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger: createSilentLogger() }, options);
   const outboxTypes = () =>
@@ -109,7 +110,7 @@ test("registry - heartbeats are batched into one write per flush and survive a r
   const reloaded = createRegistry(
     {
       db,
-      events: createOutbox(db, { source: "e", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "e", clock }),
       audit: createAuditLog(db, clock),
       clock,
       logger: createSilentLogger(),
@@ -145,4 +146,25 @@ test("registry - a failed write leaves no agent, no event and no audit row", (t)
   t.is((db.prepare("SELECT count(*) AS n FROM agents").get() as { n: number }).n, 0);
   t.is((db.prepare("SELECT count(*) AS n FROM outbox").get() as { n: number }).n, 0);
   t.is(registry.list({ tenant: "acme", limit: 10 }).agents.length, 0);
+});
+
+test("registry - once started, the clock's timers flush heartbeats and sweep; close stops them", (t) => {
+  const { clock, registry, outboxTypes } = setup();
+  const id = registry.register("acme", fields, actor).id;
+  registry.start();
+  registry.heartbeat("acme", id, undefined);
+  const beats = () => outboxTypes().filter((x) => x === "agent.heartbeat.v1").length;
+  clock.advance(options.heartbeatFlushMs - 1);
+  t.is(beats(), 0, "not before the flush interval");
+  clock.advance(1);
+  t.is(beats(), 1, "flushed by the timer");
+  // No heartbeat since t=0: the sweep timer (every 1 s) marks the agent stale past its 1 s TTL,
+  // then a zombie at 3 s.
+  t.is(options.sweepIntervalMs, 1000);
+  clock.advance(1000);
+  t.is(registry.get("acme", id).status, AgentStatus.STALE);
+  clock.advance(1000);
+  t.is(registry.get("acme", id).status, AgentStatus.ZOMBIE);
+  registry.close();
+  t.is(clock.pendingTimers(), 0);
 });

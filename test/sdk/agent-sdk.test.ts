@@ -26,7 +26,9 @@ import { waitFor } from "../helpers/processes.js";
 const TENANT = "acme";
 
 async function devKernel(t: ExecutionContext, registry: Record<string, number> = {}) {
-  const k = await startTestKernel(t, { identity: { source: "dev" }, registry });
+  // Tests here drive calls as fast as they go from one address: lift the per-IP limit (100/min).
+  const rateLimit = { ipOverrides: { "127.0.0.1": 1_000_000 } };
+  const k = await startTestKernel(t, { identity: { source: "dev" }, registry, rateLimit });
   const dir = join(k.dir, "dev-identity");
   const transport = createGrpcTransport({
     baseUrl: `https://localhost:${k.kernel.grpcPort}`,

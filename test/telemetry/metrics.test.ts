@@ -20,6 +20,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { PROMETHEUS_CONTENT_TYPE, createTelemetry } from "../../src/telemetry/telemetry.js";
 import { DEFAULT_TELEMETRY_OPTIONS } from "../../src/telemetry/telemetry-options.js";
@@ -37,12 +38,12 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
   const clock = createManualClock(1_700_000_000_000);
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
-  const events = createOutbox(db, { source: "edge-1", clock });
+  const events = createOutbox(createSqliteOutboxStore(db), { source: "edge-1", clock });
   const audit = createAuditLog(db, clock);
   const registry = createRegistry({ db, events, audit, clock, logger }, DEFAULT_KERNEL_OPTIONS.registry);
   // The real components register their instruments on the same meter the kernel would give them.
   createOutboxRelay(
-    { db, clock, logger, meter, jetstream: () => undefined },
+    { outbox: createSqliteOutboxStore(db), clock, logger, meter, jetstream: () => undefined },
     {
       edgeId: "edge-1",
       maxInFlight: 1,

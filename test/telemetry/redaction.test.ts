@@ -22,6 +22,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createLogger, createSilentLogger } from "../../src/telemetry/logger.js";
 import { createRedactingDestination, scrubLine, scrubRulesFrom } from "../../src/telemetry/redacting-destination.js";
 
@@ -51,7 +52,7 @@ test("redaction - an e-mail and an API key given to an RPC never appear in logs"
   const registry = createRegistry(
     {
       db,
-      events: createOutbox(db, { source: "edge-1", clock }),
+      events: createOutbox(createSqliteOutboxStore(db), { source: "edge-1", clock }),
       audit: createAuditLog(db, clock),
       clock,
       logger: silent,

@@ -25,6 +25,7 @@ import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
+import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createTelemetry } from "../../src/telemetry/telemetry.js";
 import { DEFAULT_TELEMETRY_OPTIONS } from "../../src/telemetry/telemetry-options.js";
@@ -52,7 +53,7 @@ async function startPipeline(t: ExecutionContext) {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
   traceDatabaseTransactions(db, tracer);
-  const events = tracingEventSink(createOutbox(db, { source: "edge-1", clock }), tracer);
+  const events = tracingEventSink(createOutbox(createSqliteOutboxStore(db), { source: "edge-1", clock }), tracer);
   const registry = createRegistry(
     { db, events, audit: createAuditLog(db, clock), clock, logger },
     DEFAULT_KERNEL_OPTIONS.registry,

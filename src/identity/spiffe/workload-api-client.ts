@@ -2,7 +2,15 @@ import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
-import { type Clock, ConfigError, KernelError, readInt, readObject, readString } from "../../common/index.js";
+import {
+  type Clock,
+  type TimerHandle,
+  ConfigError,
+  KernelError,
+  readInt,
+  readObject,
+  readString,
+} from "../../common/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { X509SVIDRequestSchema, X509SVIDResponseSchema } from "../../../gen/spiffe/workload/workload_pb.js";
 import { parseSpiffeId, parseTrustDomain } from "./spiffe-id.js";
@@ -150,7 +158,7 @@ export function createWorkloadX509Source(
 
   const client = new grpc.Client(workloadEndpointTarget(options.socket), grpc.credentials.createInsecure());
   let call: grpc.ClientReadableStream<Buffer> | undefined;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: TimerHandle | undefined;
   let failures = 0;
   let connected = false;
   let lastProblem = "not connected yet";
@@ -224,7 +232,7 @@ export function createWorkloadX509Source(
         { code: grpc.status[status.code], details: status.details, retryInMs: delay },
         "Workload API stream ended; retrying",
       );
-      timer = setTimeout(connect, delay);
+      timer = deps.clock.setTimeout(connect, delay);
     });
   };
   connect();
@@ -237,7 +245,7 @@ export function createWorkloadX509Source(
     async close() {
       if (state.stopped) return;
       state.stop(new X509SourceStoppedError("X509 source closed"));
-      if (timer) clearTimeout(timer);
+      deps.clock.clearTimeout(timer);
       call?.cancel();
       call = undefined;
       client.close();

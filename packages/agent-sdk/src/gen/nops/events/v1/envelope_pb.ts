@@ -2,8 +2,8 @@
 // @generated from file nops/events/v1/envelope.proto (package nops.events.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/events/v1/envelope.proto.
  */
 export const file_nops_events_v1_envelope: GenFile = /*@__PURE__*/
-  fileDesc("Ch1ub3BzL2V2ZW50cy92MS9lbnZlbG9wZS5wcm90bxIObm9wcy5ldmVudHMudjEizgEKDUV2ZW50RW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDgoGdGVuYW50GAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxwYXlsb2FkX3R5cGUYBiABKAkSDwoHcGF5bG9hZBgHIAEoDBITCgt0cmFjZXBhcmVudBgIIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgJIAEoCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1ub3BzL2V2ZW50cy92MS9lbnZlbG9wZS5wcm90bxIObm9wcy5ldmVudHMudjEi9gEKDUV2ZW50RW52ZWxvcGUSCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZzb3VyY2UYAyABKAkSDgoGdGVuYW50GAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxwYXlsb2FkX3R5cGUYBiABKAkSDwoHcGF5bG9hZBgHIAEoDBITCgt0cmFjZXBhcmVudBgIIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgJIAEoCRImCgZvcmlnaW4YCiABKA4yFi5ub3BzLmV2ZW50cy52MS5PcmlnaW4qRgoGT3JpZ2luEhYKEk9SSUdJTl9VTlNQRUNJRklFRBAAEhEKDU9SSUdJTl9LRVJORUwQARIRCg1PUklHSU5fQ0FMTEVSEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * EventEnvelope wraps every event the kernel emits (outbox row, NATS message). The payload is
@@ -77,6 +77,14 @@ export type EventEnvelope = Message<"nops.events.v1.EventEnvelope"> & {
    * @generated from field: string correlation_id = 9;
    */
   correlationId: string;
+
+  /**
+   * Who wrote the event: the kernel itself or a caller through EventBusService.Publish. Set by
+   * the kernel, never by a caller; the Egress Guard exempts only the kernel's own decision records.
+   *
+   * @generated from field: nops.events.v1.Origin origin = 10;
+   */
+  origin: Origin;
 };
 
 /**
@@ -85,4 +93,36 @@ export type EventEnvelope = Message<"nops.events.v1.EventEnvelope"> & {
  */
 export const EventEnvelopeSchema: GenMessage<EventEnvelope> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_envelope, 0);
+
+/**
+ * Origin says who wrote an event.
+ *
+ * @generated from enum nops.events.v1.Origin
+ */
+export enum Origin {
+  /**
+   * @generated from enum value: ORIGIN_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The kernel's own events (registry, egress decisions, degraded modes, billing).
+   *
+   * @generated from enum value: ORIGIN_KERNEL = 1;
+   */
+  KERNEL = 1,
+
+  /**
+   * An event a caller published.
+   *
+   * @generated from enum value: ORIGIN_CALLER = 2;
+   */
+  CALLER = 2,
+}
+
+/**
+ * Describes the enum nops.events.v1.Origin.
+ */
+export const OriginSchema: GenEnum<Origin> = /*@__PURE__*/
+  enumDesc(file_nops_events_v1_envelope, 0);
 

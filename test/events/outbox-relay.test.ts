@@ -1,0 +1,119 @@
+import { Origin } from "../../gen/nops/events/v1/envelope_pb.js";
+import test from "ava";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import { createNoopMeter } from "@opentelemetry/api";
+import { createManualClock } from "../../src/common/clock.js";
+import { createOutboxRelay, outboxMessageId } from "../../src/events/outbox-relay.js";
+import { createInMemoryOutboxStore, type OutboxEntry } from "../../src/store/outbox-store.js";
+import { createSilentLogger } from "../../src/telemetry/logger.js";
+
+const OPTIONS = {
+  edgeId: "edge-1",
+  maxInFlight: 4,
+  batchSize: 10,
+  pollIntervalMs: 1000,
+  retryInitialMs: 500,
+  retryMaxMs: 4000,
+  publishTimeoutMs: 1000,
+};
+
+const entry = (type: string, headers?: Record<string, string>): OutboxEntry => ({
+  type,
+  tenant: "acme",
+  source: "edge-1",
+  occurredAt: 0,
+  payloadType: "x",
+  payload: new Uint8Array([1]),
+  origin: Origin.CALLER,
+  headers,
+});
+
+/** A JetStream double: records publishes, acknowledges with increasing sequences, or fails while `down`. */
+function fakeJetStream() {
+  const published: { subject: string; msgID: string; headers: Record<string, string> }[] = [];
+  let down = false;
+  let seq = 0;
+  const js = {
+    publish(
+      subject: string,
+      _data: Uint8Array,
+      opts: { msgID: string; headers: { keys(): string[]; get(k: string): string } },
+    ) {
+      if (down) return Promise.reject(new Error("connection closed"));
+      const headers = Object.fromEntries(opts.headers.keys().map((k) => [k, opts.headers.get(k)]));
+      published.push({ subject, msgID: opts.msgID, headers });
+      return Promise.resolve({ seq: ++seq, stream: "EDGE", duplicate: false });
+    },
+  };
+  return { js: js as unknown as JetStreamClient, published, setDown: (d: boolean) => (down = d) };
+}
+
+// Lets the relay's promise chains and setImmediate flushes run, without moving the clock.
+async function settle(until: () => boolean, turns = 50): Promise<void> {
+  for (let i = 0; i < turns && !until(); i++) await new Promise((r) => setImmediate(r));
+}
+
+test("outbox relay - publishes in outbox order with its message ids and headers, holding what the guard blocks", async (t) => {
+  const clock = createManualClock(0);
+  const outbox = createInMemoryOutboxStore();
+  const nats = fakeJetStream();
+  const a = outbox.append(entry("a.v1", { "X-Trace": "1" }));
+  const b = outbox.append(entry("secret.v1"));
+  const c = outbox.append(entry("c.v1"));
+  const relay = createOutboxRelay(
+    {
+      outbox,
+      clock,
+      logger: createSilentLogger(),
+      meter: createNoopMeter(),
+      jetstream: () => nats.js,
+      prePublish: (subject) =>
+        Promise.resolve(subject.endsWith("secret.v1") ? { allowed: false, reason: "pii" } : { allowed: true }),
+    },
+    OPTIONS,
+  );
+  relay.start();
+  t.teardown(() => relay.stop());
+  await settle(() => relay.depth() === 0);
+  t.deepEqual(
+    nats.published.map((p) => p.msgID),
+    [outboxMessageId("edge-1", a.id), outboxMessageId("edge-1", c.id)],
+  );
+  t.is(nats.published[0]?.headers["X-Trace"], "1");
+  t.deepEqual(
+    relay.listBlocked().map((r) => [r.outboxId, r.reason]),
+    [[b.id, "pii"]],
+  );
+  t.is(relay.problem(), undefined);
+  // A new row waits for the next poll (or a kick) — on the clock, not on wall time.
+  const d = outbox.append(entry("d.v1"));
+  await settle(() => false, 10);
+  t.is(nats.published.length, 2);
+  await clock.advanceAsync(OPTIONS.pollIntervalMs);
+  await settle(() => relay.depth() === 0);
+  t.is(nats.published.at(-1)?.msgID, outboxMessageId("edge-1", d.id));
+});
+
+test("outbox relay - a failed publish pauses the relay, which retries after its backoff on the clock", async (t) => {
+  const clock = createManualClock(0);
+  const outbox = createInMemoryOutboxStore();
+  const nats = fakeJetStream();
+  outbox.append(entry("a.v1"));
+  nats.setDown(true);
+  const relay = createOutboxRelay(
+    { outbox, clock, logger: createSilentLogger(), meter: createNoopMeter(), jetstream: () => nats.js },
+    OPTIONS,
+  );
+  relay.start();
+  t.teardown(() => relay.stop());
+  await settle(() => relay.problem() !== undefined);
+  t.is(relay.problem()?.kind, "unreachable");
+  nats.setDown(false);
+  await clock.advanceAsync(OPTIONS.retryInitialMs - 1);
+  t.is(relay.depth(), 1, "still paused before the backoff has passed");
+  await clock.advanceAsync(1);
+  await settle(() => relay.depth() === 0);
+  t.is(relay.depth(), 0);
+  t.is(nats.published.length, 1);
+  t.is(relay.problem(), undefined, "publishing works again: no longer degraded");
+});
