@@ -13,6 +13,11 @@ import { createInterface } from "node:readline";
 const STARTS_PROCESS =
   /\b(?:startNatsTopology|startRedisServer|spawnRedis|spawnDge|spawnEchoAgent|spawnChild|execFileSync|execFile|spawn)\s*\(|\bNATS_SERVER_BIN\b|from "node:child_process"/;
 
+// Whole folders of end-to-end suites (agent processes, attack and fault runs, fuzzing).
+const INTEGRATION_DIRS = ["test/sdk/", "test/abuse/", "test/faults/", "test/fuzz/"];
+const isIntegration = (file) =>
+  INTEGRATION_DIRS.some((d) => file.startsWith(d)) || STARTS_PROCESS.test(readFileSync(file, "utf8"));
+
 let args = process.argv.slice(2);
 const lane = args.find((a) => a.startsWith("--lane="))?.slice("--lane=".length);
 args = args.filter((a) => !a.startsWith("--lane="));
@@ -25,7 +30,7 @@ if (lane !== undefined) {
     .map(String)
     .filter((f) => f.endsWith(".test.ts"))
     .map((f) => join("test", f))
-    .filter((f) => STARTS_PROCESS.test(readFileSync(f, "utf8")) === (lane === "integration"))
+    .filter((f) => isIntegration(f) === (lane === "integration"))
     .sort();
   args = [...files, ...args];
 }
