@@ -34,10 +34,13 @@ import { createReflectionService } from "./server/reflection-service.js";
 import type { ReadinessReport } from "./server/readiness.js";
 import type { DestinationStream } from "pino";
 import { randomBytes } from "node:crypto";
-import { Redis } from "ioredis";
+import { createRedisClient } from "./store/redis-client.js";
+import { createDependencyBreaker } from "./common/dependency-breaker.js";
+import { createOverloadGuard, type OverloadSamplers } from "./server/overload-guard.js";
+import { createWorkloadApiLiveness } from "./identity/spiffe/workload-api-client.js";
 import { RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { createKernelIdentity } from "./identity/kernel-identity.js";
-import { createDgeClient } from "./clients/dge-client.js";
+import { createDgeClient, dgeProbeCallOptions, isDgeFailure } from "./clients/dge-client.js";
 import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "./dge/dge-server.js";
 import { createEgressGuard, createGrpcEgressInterceptor, createGuardedFetch } from "./egress/index.js";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
@@ -58,7 +61,7 @@ import { AdminService } from "../gen/nops/kernel/v1/admin_pb.js";
 import { Tier } from "../gen/nops/dge/v1/dge_pb.js";
 import { createStatusMatrix, type DependencyProbe } from "./admin/status-matrix.js";
 import { createAdminService } from "./admin/admin-service.js";
-import { createPollingProbe, redisProbe } from "./admin/dependency-probes.js";
+import { createPollingProbe, statusProbe } from "./admin/dependency-probes.js";
 import { createTelemetry } from "./telemetry/telemetry.js";
 import { rpcMetricsInterceptor } from "./telemetry/rpc-metrics-interceptor.js";
 import { tracingInterceptor } from "./telemetry/tracing-interceptor.js";
@@ -116,6 +119,8 @@ export interface KernelOverrides {
   grpcInstrumentation?: GrpcInstrumentation;
   /** Turns tracing on with this exporter instead of the configured one (tests). */
   spanExporter?: SpanExporter;
+  /** Resource readings of the overload guard instead of the process's own (tests). */
+  overloadSamplers?: OverloadSamplers;
 }
 
 /** Opens the database and brings its schema up to date. */
@@ -151,13 +156,17 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
   const meter = telemetry.meter("nops-kernel");
   const closers: (() => Promise<unknown> | void)[] = [];
-  const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
-  const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
-  if (redis)
-    closers.push(
-      () => redis.quit().catch(() => redis.disconnect()),
-      () => redisSubscriber?.disconnect(),
-    );
+  // Every dependency call has a budget and a breaker (admin.dependencies): a hung one is cut off.
+  const budgets = options.admin.dependencies;
+  const kernelRedis = options.redis.url
+    ? createRedisClient({ logger, meter }, { url: options.redis.url, ...budgets.redis })
+    : undefined;
+  const redis = kernelRedis?.client;
+  const redisSubscriber = kernelRedis?.subscriber;
+  if (kernelRedis) {
+    kernelRedis.start();
+    closers.push(() => kernelRedis.close());
+  }
 
   // The Egress Guard must exist before anything that calls out; identity's JWKS fetch is one.
   let guardedJwksFetch: typeof fetch = () => Promise.reject(new Error("egress guard not ready"));
@@ -180,8 +189,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
     closers.push(() => dgeServer?.close());
   }
+  const dgeBreaker = createDependencyBreaker({ logger, meter, isFailure: isDgeFailure }, "dge", budgets.dge);
   const dge = createDgeClient(
-    { clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] },
+    {
+      clock,
+      tls: tls?.clientOptions(),
+      interceptors: tracer ? [connectTracingInterceptor(tracer)] : [],
+      breaker: dgeBreaker,
+    },
     dgeClientOptions,
   );
   const guard = createEgressGuard(
@@ -226,7 +241,16 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     return { allowed: d.allowed, reason: d.reason };
   };
   const bus = createEventBus(
-    { db, clock, logger, meter, sink: events, prePublish, tracer },
+    {
+      db,
+      clock,
+      logger,
+      meter,
+      sink: events,
+      prePublish,
+      tracer,
+      breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
+    },
     { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl },
   );
   if (natsUrl) {
@@ -269,14 +293,16 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       return p ? { name: "hub-link", state: "down", detail: p.reason } : { name: "hub-link", state: "ok" };
     };
   }
-  if (redis) probes.redis = redisProbe(redis);
+  if (kernelRedis) probes.redis = statusProbe(kernelRedis);
   const dgeHealth = createPollingProbe(
     { logger: log },
     {
       name: "dge",
-      intervalMs: 5000,
-      timeoutMs: 2000,
-      check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })),
+      intervalMs: budgets.dge.probeIntervalMs,
+      timeoutMs: budgets.dge.budgetMs,
+      breaker: dgeBreaker,
+      check: async (signal) =>
+        void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, dgeProbeCallOptions(signal))),
     },
   );
   if (options.dge.enabled) {
@@ -286,8 +312,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   }
   const x509 = identity.x509;
   if (identity.source === "workload-api" && x509) {
+    const liveness = createWorkloadApiLiveness(
+      { logger, breaker: createDependencyBreaker({ logger, meter }, "workload-api", budgets.workloadApi) },
+      { socket: options.identity.socket },
+    );
+    liveness.start();
+    closers.push(() => liveness.stop());
     probes["workload-api"] = () => {
-      const conn = x509.connection?.() ?? { connected: true };
+      const stream = x509.connection?.() ?? { connected: true };
+      const conn = stream.connected ? liveness.connection() : stream;
       if (conn.connected) return { name: "workload-api", state: "ok" };
       const notAfter = x509.current()?.svid.notAfter ?? 0;
       // Unreachable agent: keep serving on the current SVID until it expires.
@@ -300,6 +333,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         : { name: "workload-api", state: "down", detail: `${conn.detail ?? "unreachable"}; SVID expired` };
     };
   }
+  const overload = createOverloadGuard({ logger, meter, samplers: overrides.overloadSamplers }, options.admin.overload);
+  overload.start();
+  closers.push(() => overload.stop());
+  probes.overload = () => overload.status();
   const matrix = createStatusMatrix({ probes, events, clock, logger, meter }, options.admin.status);
   matrix.start();
   closers.push(() => matrix.stop());
@@ -307,6 +344,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
   const actorOf = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.id ?? "anonymous";
 
   const chain: KernelInterceptor[] = [
+    // First: an overloaded kernel refuses new work before spending anything on it.
+    overload.interceptor,
     ...(tracer ? [tracingInterceptor(tracer)] : []),
     correlationInterceptor(logger.child({ component: "rpc" })),
     loggingInterceptor(),
@@ -439,27 +478,6 @@ function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
-}
-
-// Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.
-function connectRedis(url: string, logger: Logger): Redis {
-  const log = logger.child({ component: "redis" });
-  const client = new Redis(url, {
-    enableOfflineQueue: false,
-    commandTimeout: 250,
-    maxRetriesPerRequest: 1,
-    retryStrategy: (n) => Math.min(n * 200, 2000),
-  });
-  let down = false;
-  client.on("error", (err: Error) => {
-    if (!down) log.warn({ err: err.message }, "redis unreachable; using in-memory fallbacks");
-    down = true;
-  });
-  client.on("ready", () => {
-    if (down) log.info("redis reachable again");
-    down = false;
-  });
-  return client;
 }
 
 /** Loads options from an optional file and the environment (SPIFFE_ENDPOINT_SOCKET included). */

@@ -15,6 +15,12 @@ import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Db } from "../store/database.js";
 import type { Clock } from "../common/clock.js";
 import type { Logger } from "../telemetry/logger.js";
+import {
+  createDependencyBreaker,
+  resolveDependencyBreakerOptions,
+  type DependencyBreaker,
+  type DependencyBreakerOptions,
+} from "../common/dependency-breaker.js";
 import type { EventSink } from "../store/outbox.js";
 import type { EventBusOptions } from "./event-bus-options.js";
 import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
@@ -47,6 +53,26 @@ export interface EventBusDeps {
   tracer?: Tracer;
   /** Observes rows acknowledged by the leaf stream (bench, tests). */
   onPublished?: (row: PublishedRow) => void;
+  /**
+   * Liveness of the leaf: a PING round trip every probeIntervalMs, within budgetMs. While it is open
+   * (a leaf that holds the connection but never answers) the bus reports "nats" degraded and hands
+   * out no connection, so nothing waits on it; Publish is unaffected (its ack is the outbox write).
+   * @default a breaker with DEFAULT_NATS_BREAKER
+   */
+  breaker?: DependencyBreaker;
+}
+
+/** Default leaf liveness check: a PING answered within 500 ms, every 500 ms; two misses in a row open it. */
+export const DEFAULT_NATS_BREAKER: DependencyBreakerOptions = {
+  budgetMs: 500,
+  failuresToTrip: 2,
+  halfOpenAfterMs: 500,
+  probeIntervalMs: 500,
+};
+
+/** Validates `admin.dependencies.nats`; throws ConfigError naming the field. */
+export function resolveNatsBreakerOptions(input: unknown, path = "admin.dependencies.nats"): DependencyBreakerOptions {
+  return resolveDependencyBreakerOptions(input, path, DEFAULT_NATS_BREAKER);
 }
 
 /** The edge event bus: outbox relay, hub confirmation, DLQ mover, sweeper and degraded-mode tracking. */
@@ -101,6 +127,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   // One mover run at a time; a reconnect chains the next run after the stopped one.
   let moverTask: Promise<void> = Promise.resolve();
   const active = new Map<string, Degradation>();
+  const breaker = deps.breaker ?? createDependencyBreaker({ logger, meter }, "nats", DEFAULT_NATS_BREAKER);
+  // Connected and answering: what every user of the connection (relay, Subscribe, Ack) waits for.
+  const live = (): boolean => ready && !breaker.isOpen();
 
   const relay = createOutboxRelay(
     {
@@ -108,7 +137,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       clock,
       logger: logger.child({ part: "relay" }),
       meter,
-      jetstream: () => (ready ? js : undefined),
+      jetstream: () => (live() ? js : undefined),
       prePublish: deps.prePublish,
       onPublished: deps.onPublished,
       tracer: deps.tracer,
@@ -243,7 +272,13 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     if (!firstAttemptDone) return;
     const now = new Map<string, Degradation>();
     const problem = relay.problem();
-    if (!ready || problem?.kind === "unreachable") {
+    if (ready && breaker.isOpen()) {
+      now.set("nats", {
+        dependency: "nats",
+        mode: "queue-locally",
+        reason: `NATS leaf ${breaker.status().detail ?? ""}`,
+      });
+    } else if (!ready || problem?.kind === "unreachable") {
       now.set("nats", {
         dependency: "nats",
         mode: "queue-locally",
@@ -284,9 +319,21 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     }
   }
 
+  function probeLeaf(): void {
+    const conn = nc;
+    if (!conn || !ready) return;
+    const wasOpen = breaker.isOpen();
+    breaker
+      .probe(() => conn.rtt())
+      .then(() => {
+        if (wasOpen) relay.kick();
+      })
+      .catch(() => undefined);
+  }
+
   async function confirmLoop(): Promise<void> {
     while (running) {
-      if (ready) {
+      if (live()) {
         await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
@@ -310,6 +357,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       relay.start();
       tasks.push(connectLoop(), confirmLoop());
       timers.push(setInterval(evaluate, 250));
+      timers.push(setInterval(probeLeaf, breaker.options.probeIntervalMs));
       timers.push(setInterval(() => bus.sweep(), options.sweepIntervalMs));
     },
     async stop() {
@@ -330,9 +378,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       if (active.size === 0) return { state: "ok" };
       return { state: "degraded", reason: [...active.values()].map((d) => `${d.dependency}: ${d.reason}`).join("; ") };
     },
-    connection: () => (ready ? nc : undefined),
-    jetstream: () => (ready ? js : undefined),
-    jetstreamManager: () => (ready ? jsm : undefined),
+    connection: () => (live() ? nc : undefined),
+    jetstream: () => (live() ? js : undefined),
+    jetstreamManager: () => (live() ? jsm : undefined),
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
     sweep() {
