@@ -240,7 +240,7 @@ export function createOverloadGuard(deps: OverloadGuardDeps, options: OverloadOp
     const path = methodPath(call.method);
     if (exempt(path)) return next(call);
     shed?.add(1, { monitor: [...tripped].join(",") });
-    call.ctx.responseHeader.set("retry-after", retryAfterSeconds);
+    // Error metadata reaches Connect callers as HTTP headers and gRPC callers as trailers.
     // gRPC A6 server pushback: a retrying client waits this long instead of its own backoff.
     const hint = { "retry-after": retryAfterSeconds, "grpc-retry-pushback-ms": String(options.retryAfterMs) };
     return Promise.reject(new ConnectError("server overloaded; retry later", Code.Unavailable, hint));

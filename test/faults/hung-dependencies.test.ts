@@ -13,6 +13,7 @@ import { waitFor } from "../helpers/processes.js";
 import { startRedisServer } from "../helpers/redis-server.js";
 import { startNatsTopology } from "../helpers/nats-servers.js";
 import { DGE_KEYS, spawnDge } from "../fixtures/dge-helpers.js";
+import { logged, metric, modeEvents, readyz } from "./symptoms.js";
 import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
 
 // The load comes from loopback for one tenant; the default per-IP and tier-1 limits would refuse it.
@@ -107,17 +108,19 @@ async function status(k: TestKernel) {
   return k.client(AdminService, "connect-json").getStatus({});
 }
 
-async function readyz(k: TestKernel) {
-  const res = await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`);
-  const body = (await res.json()) as {
-    status: string;
-    dependencies: { name: string; state: string; detail?: string }[];
-  };
-  return { code: res.status, body };
-}
-
-/** Readiness and GetStatus both name the hung dependency as down, "not answering". */
-async function assertReported(t: ExecutionContext, k: TestKernel, dependency: string, capability: string) {
+/**
+ * The symptoms docs/runbooks/dependency-hung.md lists: readiness and GetStatus name the dependency
+ * as down, "not answering"; its circuit is open and refusing calls; the log says so; the
+ * capability's degraded.mode.activated.v1 is recorded.
+ */
+async function assertReported(
+  t: ExecutionContext,
+  k: TestKernel,
+  dependency: string,
+  capability: string,
+  breaker: string,
+  shed: boolean,
+) {
   const r = await readyz(k);
   t.is(r.code, 200, "an ESSENTIAL dependency or the fail-closed guard never takes the kernel out of service");
   t.is(r.body.status, "degraded");
@@ -127,6 +130,27 @@ async function assertReported(t: ExecutionContext, k: TestKernel, dependency: st
   const s = await status(k);
   t.is(s.dependencies.find((d) => d.name === dependency)?.state, DependencyState.DOWN);
   t.not(s.capabilities.find((c) => c.name === capability)?.mode, CapabilityMode.NORMAL);
+  t.is(await metric(k, "nops_dependency_state", { dependency }), 2);
+  // 2 open, or 1 while the background probe is testing it (the test call waits up to one budget).
+  t.true(((await metric(k, "nops_dependency_circuit_state", { dependency: breaker })) ?? 0) >= 1);
+  t.true(
+    ((await metric(k, "nops_dependency_call_failures_total", { dependency: breaker, outcome: "timeout" })) ?? 0) >= 1,
+  );
+  if (shed)
+    t.true(
+      ((await metric(k, "nops_dependency_call_failures_total", { dependency: breaker, outcome: "shed" })) ?? 0) >= 10,
+      "calls refused at once while the circuit is open",
+    );
+  t.true(
+    logged(k, "dependency not answering: circuit open, callers use their fallback").some(
+      (l) => l.dependency === breaker,
+    ),
+  );
+  await waitFor(
+    () => modeEvents(k).some((e) => e.type === "activated" && e.capability === capability),
+    `degraded.mode.activated.v1 {${capability}}`,
+    5000,
+  );
 }
 
 async function waitRecovered(k: TestKernel, dependency: string, capability: string) {
@@ -169,7 +193,7 @@ test.serial("hung redis - limits fall back to memory within the budget, readines
   let fault: Sample[];
   try {
     fault = await load(rpcs, origin, { durationMs: 4500 });
-    await assertReported(t, k, "redis", "rate-limit");
+    await assertReported(t, k, "redis", "rate-limit", "redis", true);
   } finally {
     resume();
   }
@@ -214,7 +238,7 @@ test.serial("hung dge - egress fails closed at once (dge_timeout), the rest serv
   let fault: Sample[];
   try {
     fault = await load(rpcs, origin, { durationMs: 4500 });
-    await assertReported(t, k, "dge", "egress-guard");
+    await assertReported(t, k, "dge", "egress-guard", "dge", true);
     const err = await t.throwsAsync(invoke());
     t.is(ConnectError.from(err).code, Code.PermissionDenied, "no verdict is still a block");
     t.regex(ConnectError.from(err).rawMessage, /dge_timeout/);
@@ -276,7 +300,7 @@ test.serial(
     let fault: Sample[];
     try {
       fault = await load(rpcs, origin, { durationMs: 4500 });
-      await assertReported(t, k, "nats-leaf", "event-bus");
+      await assertReported(t, k, "nats-leaf", "event-bus", "nats", false);
     } finally {
       resume();
     }
