@@ -25,6 +25,11 @@ export interface OverloadOptions {
    * so shedding does not flap on every sample (Envoy's overload manager scales the same way). @default 0.8
    */
   recoverRatio: number;
+  /**
+   * Samples in a row a watermark must be crossed before shedding starts: one descheduled slice on
+   * a throttled or shared CPU shows as one huge event-loop delay sample and is not overload. @default 2
+   */
+  consecutiveSamples: number;
   /** Retry hint sent with a shed call (retry-after, grpc-retry-pushback-ms), ms. @default 1000 */
   retryAfterMs: number;
   /** Method paths (or "/package.Service/" prefixes) never shed, so health and status stay answerable. */
@@ -41,6 +46,8 @@ export const DEFAULT_OVERLOAD_HEAP_USED_RATIO = 0.92;
 export const DEFAULT_OVERLOAD_OPEN_FDS_RATIO = 0.9;
 /** Default recovery share. */
 export const DEFAULT_OVERLOAD_RECOVER_RATIO = 0.8;
+/** Default samples in a row before a watermark trips. */
+export const DEFAULT_OVERLOAD_CONSECUTIVE_SAMPLES = 2;
 /** Default retry hint. */
 export const DEFAULT_OVERLOAD_RETRY_AFTER_MS = 1000;
 /** Default exemptions: gRPC health checks and the kernel's status. */
@@ -57,6 +64,7 @@ export const DEFAULT_OVERLOAD_OPTIONS: OverloadOptions = {
   heapUsedRatio: DEFAULT_OVERLOAD_HEAP_USED_RATIO,
   openFdsRatio: DEFAULT_OVERLOAD_OPEN_FDS_RATIO,
   recoverRatio: DEFAULT_OVERLOAD_RECOVER_RATIO,
+  consecutiveSamples: DEFAULT_OVERLOAD_CONSECUTIVE_SAMPLES,
   retryAfterMs: DEFAULT_OVERLOAD_RETRY_AFTER_MS,
   exempt: [...DEFAULT_OVERLOAD_EXEMPT],
 };
@@ -77,6 +85,7 @@ export function resolveOverloadOptions(input: unknown = {}, path = "admin.overlo
     heapUsedRatio: ratio("heapUsedRatio", d.heapUsedRatio),
     openFdsRatio: ratio("openFdsRatio", d.openFdsRatio),
     recoverRatio: ratio("recoverRatio", d.recoverRatio),
+    consecutiveSamples: readInt(s, "consecutiveSamples", path, d.consecutiveSamples, 1, 1000),
     retryAfterMs: readInt(s, "retryAfterMs", path, d.retryAfterMs, 1, 600_000),
     exempt,
   };
@@ -178,6 +187,7 @@ export function createOverloadGuard(deps: OverloadGuardDeps, options: OverloadOp
     "open-fds": options.openFdsRatio,
   } as const;
   const tripped = new Set<MonitorReading["monitor"]>();
+  const crossed = new Map<MonitorReading["monitor"], number>();
   let readings: MonitorReading[] = [];
   let timer: NodeJS.Timeout | undefined;
   const retryAfterSeconds = String(Math.max(1, Math.ceil(options.retryAfterMs / 1000)));
@@ -222,9 +232,12 @@ export function createOverloadGuard(deps: OverloadGuardDeps, options: OverloadOp
       const value = values[monitor];
       if (!watermark || value === undefined) {
         tripped.delete(monitor);
+        crossed.delete(monitor);
         continue;
       }
-      if (value >= watermark) tripped.add(monitor);
+      const inARow = value >= watermark ? (crossed.get(monitor) ?? 0) + 1 : 0;
+      crossed.set(monitor, inARow);
+      if (inARow >= options.consecutiveSamples) tripped.add(monitor);
       else if (value < watermark * options.recoverRatio) tripped.delete(monitor);
       next.push({ monitor, value, watermark, tripped: tripped.has(monitor) });
     }

@@ -33,7 +33,12 @@ function call(method: CallRequest["method"]): CallRequest & { ctx: { responseHea
 }
 
 const ok = () => Promise.resolve({ kind: "unary" as const, output: "served" });
-const options = resolveOverloadOptions({ eventLoopDelayMs: 100, heapUsedRatio: 0.9, openFdsRatio: 0.8 });
+const options = resolveOverloadOptions({
+  eventLoopDelayMs: 100,
+  heapUsedRatio: 0.9,
+  openFdsRatio: 0.8,
+  consecutiveSamples: 1,
+});
 
 test("overload guard - each watermark sheds new calls with UNAVAILABLE and a retry hint; health and status pass", async (t) => {
   const samplers = fakeSamplers();
@@ -86,11 +91,29 @@ test("overload guard - a crossed watermark clears only below recoverRatio (no fl
   t.false(guard.overloaded());
 });
 
+test("overload guard - one bad sample is not overload: the watermark must hold for consecutiveSamples", (t) => {
+  const samplers = fakeSamplers();
+  const guard = createOverloadGuard(
+    { logger: createSilentLogger(), samplers },
+    resolveOverloadOptions({ eventLoopDelayMs: 100 }),
+  );
+  samplers.loop = 400; // one descheduled slice
+  guard.sample();
+  t.false(guard.overloaded());
+  samplers.loop = 5;
+  guard.sample();
+  samplers.loop = 400;
+  guard.sample();
+  t.false(guard.overloaded(), "the run restarted");
+  guard.sample();
+  t.true(guard.overloaded(), "two samples in a row");
+});
+
 test("overload guard - a monitor that cannot be read or is switched off never trips", (t) => {
   const samplers = fakeSamplers();
   const guard = createOverloadGuard(
     { logger: createSilentLogger(), samplers },
-    resolveOverloadOptions({ heapUsedRatio: 0, eventLoopDelayMs: 100 }),
+    resolveOverloadOptions({ heapUsedRatio: 0, eventLoopDelayMs: 100, consecutiveSamples: 1 }),
   );
   samplers.heap = 1;
   samplers.fds = undefined;
@@ -134,11 +157,12 @@ test("overload guard - gauges report state and pressure; shed calls are counted"
 test("overload guard - the process samplers read the event loop, the heap and /proc/self/fd", async (t) => {
   const s = createProcessSamplers();
   t.teardown(() => s.close?.());
-  const until = performance.now() + 120;
   await new Promise((r) => setTimeout(r, 30));
+  const until = performance.now() + 120;
   while (performance.now() < until); // block the loop: the next reading must show it
   await new Promise((r) => setTimeout(r, 30));
-  t.true(s.eventLoopDelayMs() >= 50);
+  const delay = s.eventLoopDelayMs();
+  t.true(delay >= 50, `event-loop delay p99 ${delay} ms`);
   const heap = s.heapUsedRatio();
   t.true(heap > 0 && heap < 1);
   const fds = s.openFdsRatio();
