@@ -104,11 +104,11 @@ export function createRedisClient(deps: RedisClientDeps, options: RedisClientOpt
   };
   // ioredis routes every command (scripts included) through sendCommand. Handshake commands run
   // before "ready" and a disconnected client refuses at once, so only a ready connection needs the guard.
-  client.sendCommand = ((command: Command, stream?: Parameters<Redis["sendCommand"]>[1]) => {
+  client.sendCommand = (command: Command, stream?: Parameters<Redis["sendCommand"]>[1]) => {
     if (client.status !== "ready" || stream) return send(command, stream);
     breaker.call((signal) => run(command, signal)).catch((err: unknown) => command.reject(err as Error));
     return command.promise;
-  });
+  };
 
   let timer: NodeJS.Timeout | undefined;
   const ping = (): void => {
