@@ -1,5 +1,7 @@
 // One fault per runbook in docs/runbooks/, caused against a whole kernel: it keeps serving what
-// the criticality matrix says, reports the mode, and recovers without a restart.
+// the criticality matrix says, shows the symptoms the runbook lists (readiness, metrics, events,
+// logs) and recovers without a restart. dependency-hung.md is exercised by
+// test/faults/hung-dependencies.test.ts (a SIGSTOPped Redis, DGE and NATS leaf under load).
 import "reflect-metadata";
 import test from "ava";
 import * as grpc from "@grpc/grpc-js";
