@@ -1,5 +1,5 @@
 import type { DependencyProbe } from "./status-matrix.js";
-import type { DependencyStatus } from "../common/index.js";
+import type { BreakerStatus, DependencyBreaker, DependencyStatus } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 
 /**
@@ -11,6 +11,11 @@ export function redisProbe(redis: { readonly status: string }): DependencyProbe 
     redis.status === "ready"
       ? { name: "redis", state: "ok" }
       : { name: "redis", state: "down", detail: `redis connection ${redis.status}` };
+}
+
+/** Probe of anything that reports its own status (the kernel's Redis: disconnected or hung). */
+export function statusProbe(source: { status(): BreakerStatus }): DependencyProbe {
+  return () => source.status();
 }
 
 /** A probe whose answer comes from a periodic asynchronous check (a remote service's health). */
@@ -29,13 +34,25 @@ export interface PollingProbe {
  */
 export function createPollingProbe(
   deps: { logger: Logger },
-  options: { name: string; intervalMs: number; timeoutMs: number; check: (signal: AbortSignal) => Promise<void> },
+  options: {
+    name: string;
+    intervalMs: number;
+    timeoutMs: number;
+    check: (signal: AbortSignal) => Promise<void>;
+    /**
+     * The dependency's breaker: checks run through breaker.probe (so they are what closes an open
+     * circuit), and the probe reports down while the circuit is open even between checks.
+     */
+    breaker?: DependencyBreaker;
+  },
 ): PollingProbe {
   let last: DependencyStatus = { name: options.name, state: "ok" };
   let timer: NodeJS.Timeout | undefined;
+  const { breaker } = options;
   const poll = async (): Promise<DependencyStatus> => {
     try {
-      await options.check(AbortSignal.timeout(options.timeoutMs));
+      if (breaker) await breaker.probe((signal) => options.check(signal));
+      else await options.check(AbortSignal.timeout(options.timeoutMs));
       if (last.state !== "ok") deps.logger.info({ dependency: options.name }, "dependency reachable again");
       last = { name: options.name, state: "ok" };
     } catch (err) {
@@ -46,7 +63,10 @@ export function createPollingProbe(
     return last;
   };
   return {
-    probe: () => last,
+    probe: () => {
+      const open = breaker?.status();
+      return open && open.state !== "ok" ? { ...open, name: options.name } : last;
+    },
     poll,
     start() {
       void poll();

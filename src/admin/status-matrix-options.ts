@@ -46,8 +46,9 @@ export interface StatusMatrixOptions {
 
 /**
  * The kernel's criticality matrix (the "Operable in production" issue): registry, audit and
- * egress guard are CRITICAL; routing, event bus and federation ESSENTIAL with fallbacks;
- * scorecard and tracing BEST_EFFORT. Dependency names match the probes src/kernel/dependency-probes.ts registers.
+ * egress guard are CRITICAL; routing, event bus, federation and admission (overload shedding)
+ * ESSENTIAL with fallbacks; scorecard and tracing BEST_EFFORT. Dependency names match the probes
+ * src/kernel/dependency-probes.ts registers.
  */
 export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>> = {
   registry: {
@@ -103,6 +104,13 @@ export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>>
     criticality: "ESSENTIAL",
     dependsOn: ["hub-link"],
     fallback: "local-only (store-and-forward)",
+    events: true,
+    gatesReadiness: false,
+  },
+  admission: {
+    criticality: "ESSENTIAL",
+    dependsOn: ["overload"],
+    fallback: "new calls shed with UNAVAILABLE and a retry hint; health and status still answered",
     events: true,
     gatesReadiness: false,
   },

@@ -1,8 +1,27 @@
 import type * as http2 from "node:http2";
 import { toBinary } from "@bufbuild/protobuf";
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createContextKey,
+  createContextValues,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { type Clock, ConfigError, readInt, readSection, readString } from "../common/index.js";
+import {
+  type Clock,
+  ConfigError,
+  DependencyTimeoutError,
+  DependencyUnavailableError,
+  readInt,
+  readSection,
+  readString,
+  resolveDependencyBreakerOptions,
+  type DependencyBreaker,
+  type DependencyBreakerOptions,
+} from "../common/index.js";
 import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import { createDgeSignatureVerifier, DEFAULT_DGE_MAX_SKEW_MS, DGE_SIGNATURE_HEADER } from "../dge/index.js";
 
@@ -46,6 +65,50 @@ export function resolveDgeClientOptions(input: unknown, path = "egress.dge"): Dg
   };
 }
 
+/**
+ * Default DGE call budget and breaker: 1 s per call (the reference DGE answers in milliseconds;
+ * the guard's own 5 s deadline only shortens it), open after 3 unanswered calls, probed every second.
+ */
+export const DEFAULT_DGE_BREAKER: DependencyBreakerOptions = {
+  budgetMs: 1000,
+  failuresToTrip: 3,
+  halfOpenAfterMs: 1000,
+  probeIntervalMs: 1000,
+};
+
+/** Validates `admin.dependencies.dge`; throws ConfigError naming the field. */
+export function resolveDgeBreakerOptions(input: unknown, path = "admin.dependencies.dge"): DependencyBreakerOptions {
+  return resolveDependencyBreakerOptions(input, path, DEFAULT_DGE_BREAKER);
+}
+
+// Codes that are the DGE's answer: it is alive, so they never open the circuit.
+const ANSWERS = new Set([
+  Code.InvalidArgument,
+  Code.PermissionDenied,
+  Code.Unauthenticated,
+  Code.FailedPrecondition,
+  Code.NotFound,
+  Code.Unimplemented,
+  Code.ResourceExhausted,
+  Code.OutOfRange,
+  Code.AlreadyExists,
+]);
+
+/** Whether an error from a DGE call means the DGE failed to answer (what the DGE breaker counts). */
+export function isDgeFailure(err: unknown): boolean {
+  return !(err instanceof ConnectError && ANSWERS.has(err.code));
+}
+
+const kProbe = createContextKey(false, { description: "DGE health probe (tests an open circuit)" });
+
+/** Call options of a health probe: it goes through the breaker even while the circuit is open. */
+export function dgeProbeCallOptions(signal: AbortSignal): {
+  signal: AbortSignal;
+  contextValues: ReturnType<typeof createContextValues>;
+} {
+  return { signal, contextValues: createContextValues().set(kProbe, true) };
+}
+
 /** What the DGE client needs. */
 export interface DgeClientDeps {
   clock: Clock;
@@ -53,6 +116,12 @@ export interface DgeClientDeps {
   tls?: Pick<http2.SecureClientSessionOptions, "ca" | "cert" | "key" | "servername" | "checkServerIdentity">;
   /** Run before the signature check, outermost first (e.g. the tracing interceptor that propagates trace context). */
   interceptors?: Interceptor[];
+  /**
+   * Budget and circuit of every call (create it with isFailure: isDgeFailure). While it is open a
+   * call fails at once with DEADLINE_EXCEEDED, which the guard turns into a dge_timeout denial
+   * without retrying: no verdict is still a block, just a fast one.
+   */
+  breaker?: DependencyBreaker;
 }
 
 /** A typed DataGovernanceService client whose every response has a verified signature. */
@@ -78,10 +147,27 @@ export function createDgeClient(deps: DgeClientDeps, options: DgeClientOptions):
     }
     return res;
   };
+  const breaker = deps.breaker;
+  // Inside the signature check, so a forged answer (the DGE did answer) does not count as a hang.
+  const guard: Interceptor = (next) => async (req) => {
+    if (!breaker) return next(req);
+    const attempt = (signal: AbortSignal) => next({ ...req, signal: AbortSignal.any([req.signal, signal]) });
+    try {
+      return await (req.contextValues.get(kProbe)
+        ? breaker.probe(attempt)
+        : breaker.call(attempt, { signal: req.signal }));
+    } catch (err) {
+      // DEADLINE_EXCEEDED, not UNAVAILABLE: the guard retries UNAVAILABLE until its deadline, and
+      // an open circuit or an exhausted budget means no verdict can arrive in time.
+      if (err instanceof DependencyUnavailableError || err instanceof DependencyTimeoutError)
+        throw new ConnectError(err.message, Code.DeadlineExceeded, undefined, undefined, err);
+      throw err;
+    }
+  };
   const common = {
     baseUrl: options.url,
     httpVersion: "2" as const,
-    interceptors: [...(deps.interceptors ?? []), verify],
+    interceptors: [...(deps.interceptors ?? []), verify, guard],
     ...(deps.tls && options.url.startsWith("https:") ? { nodeOptions: deps.tls } : {}),
   };
   const transport = options.protocol === "grpc" ? createGrpcTransport(common) : createConnectTransport(common);

@@ -34,3 +34,17 @@ export {
   unavailable,
 } from "./rpc-errors.js";
 export { TENANT_PATTERN, TENANT_PROBLEM } from "./tenant.js";
+export {
+  DependencyUnavailableError,
+  DependencyTimeoutError,
+  type DependencyBreakerOptions,
+  type DependencyBreakerDeps,
+  type BreakerStatus,
+  type BreakerCallOptions,
+  type DependencyBreaker,
+  DEFAULT_BREAKER_FAILURES_TO_TRIP,
+  DEFAULT_BREAKER_HALF_OPEN_AFTER_MS,
+  DEFAULT_BREAKER_PROBE_INTERVAL_MS,
+  resolveDependencyBreakerOptions,
+  createDependencyBreaker,
+} from "./dependency-breaker.js";

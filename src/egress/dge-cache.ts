@@ -100,13 +100,25 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
   // Tags our own publications so the subscriber does not apply (and report) them twice.
   const instance = randomUUID();
 
+  // One line per outage, not one per lookup: a warning per guarded call would flood the log
+  // (and cost the event loop) for as long as Redis is down or hung.
+  let redisFailing = false;
+  const redisFailed = (err: unknown, what: "read" | "write"): void => {
+    if (!redisFailing) log.warn({ err }, `redis ${what} failed; using the in-process cache only`);
+    redisFailing = true;
+  };
+  const redisWorked = (): void => {
+    if (redisFailing) log.info("redis answers again; the DGE cache uses it");
+    redisFailing = false;
+  };
   async function redisGet(key: string): Promise<Entry | undefined> {
     if (!redis) return undefined;
     try {
       const raw = await redis.get(options.keyPrefix + key);
+      redisWorked();
       return raw ? (JSON.parse(raw) as Entry) : undefined;
     } catch (err) {
-      log.warn({ err }, "redis read failed; using the in-process cache only");
+      redisFailed(err, "read");
       return undefined;
     }
   }
@@ -114,8 +126,9 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
     if (!redis) return;
     try {
       await redis.set(options.keyPrefix + key, JSON.stringify(entry), "PX", ttlMs);
+      redisWorked();
     } catch (err) {
-      log.warn({ err }, "redis write failed; using the in-process cache only");
+      redisFailed(err, "write");
     }
   }
   function local(key: string): Entry | undefined {

@@ -13,7 +13,14 @@ import {
 } from "@nats-io/jetstream";
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Db, EventSink, OutboxStore, Transactor } from "../store/index.js";
-import type { Clock, TimerHandle } from "../common/index.js";
+import {
+  type Clock,
+  type TimerHandle,
+  createDependencyBreaker,
+  resolveDependencyBreakerOptions,
+  type DependencyBreaker,
+  type DependencyBreakerOptions,
+} from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { EventBusOptions } from "./event-bus-options.js";
 import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
@@ -51,6 +58,26 @@ export interface EventBusDeps {
   tracer?: Tracer;
   /** Observes rows acknowledged by the leaf stream (bench, tests). */
   onPublished?: (row: PublishedRow) => void;
+  /**
+   * Liveness of the leaf: a PING round trip every probeIntervalMs, within budgetMs. While it is open
+   * (a leaf that holds the connection but never answers) the bus reports "nats" degraded and hands
+   * out no connection, so nothing waits on it; Publish is unaffected (its ack is the outbox write).
+   * @default a breaker with DEFAULT_NATS_BREAKER
+   */
+  breaker?: DependencyBreaker;
+}
+
+/** Default leaf liveness check: a PING answered within 500 ms, every 500 ms; two misses in a row open it. */
+export const DEFAULT_NATS_BREAKER: DependencyBreakerOptions = {
+  budgetMs: 500,
+  failuresToTrip: 2,
+  halfOpenAfterMs: 500,
+  probeIntervalMs: 500,
+};
+
+/** Validates `admin.dependencies.nats`; throws ConfigError naming the field. */
+export function resolveNatsBreakerOptions(input: unknown, path = "admin.dependencies.nats"): DependencyBreakerOptions {
+  return resolveDependencyBreakerOptions(input, path, DEFAULT_NATS_BREAKER);
 }
 
 /** The edge event bus: outbox relay, hub confirmation, DLQ mover, sweeper and degraded-mode tracking. */
@@ -105,6 +132,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   // One mover run at a time; a reconnect chains the next run after the stopped one.
   let moverTask: Promise<void> = Promise.resolve();
   const active = new Map<string, Degradation>();
+  const breaker = deps.breaker ?? createDependencyBreaker({ logger, meter }, "nats", DEFAULT_NATS_BREAKER);
+  // Connected and answering: what every user of the connection (relay, Subscribe, Ack) waits for.
+  const live = (): boolean => ready && !breaker.isOpen();
 
   const relay = createOutboxRelay(
     {
@@ -112,7 +142,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       clock,
       logger: logger.child({ part: "relay" }),
       meter,
-      jetstream: () => (ready ? js : undefined),
+      jetstream: () => (live() ? js : undefined),
       prePublish: deps.prePublish,
       onPublished: deps.onPublished,
       tracer: deps.tracer,
@@ -247,7 +277,13 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     if (!firstAttemptDone) return;
     const now = new Map<string, Degradation>();
     const problem = relay.problem();
-    if (!ready || problem?.kind === "unreachable") {
+    if (ready && breaker.isOpen()) {
+      now.set("nats", {
+        dependency: "nats",
+        mode: "queue-locally",
+        reason: `NATS leaf ${breaker.status().detail ?? ""}`,
+      });
+    } else if (!ready || problem?.kind === "unreachable") {
       now.set("nats", {
         dependency: "nats",
         mode: "queue-locally",
@@ -288,9 +324,21 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     }
   }
 
+  function probeLeaf(): void {
+    const conn = nc;
+    if (!conn || !ready) return;
+    const wasOpen = breaker.isOpen();
+    breaker
+      .probe(() => conn.rtt())
+      .then(() => {
+        if (wasOpen) relay.kick();
+      })
+      .catch(() => undefined);
+  }
+
   async function confirmLoop(): Promise<void> {
     while (running) {
-      if (ready) {
+      if (live()) {
         if (options.hubBound !== false)
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         await jsm?.streams
@@ -315,6 +363,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       relay.start();
       tasks.push(connectLoop(), confirmLoop());
       timers.push(clock.setInterval(evaluate, 250));
+      timers.push(clock.setInterval(probeLeaf, breaker.options.probeIntervalMs));
       timers.push(clock.setInterval(() => bus.sweep(), options.sweepIntervalMs));
     },
     async stop() {
@@ -335,9 +384,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       if (active.size === 0) return { state: "ok" };
       return { state: "degraded", reason: [...active.values()].map((d) => `${d.dependency}: ${d.reason}`).join("; ") };
     },
-    connection: () => (ready ? nc : undefined),
-    jetstream: () => (ready ? js : undefined),
-    jetstreamManager: () => (ready ? jsm : undefined),
+    connection: () => (live() ? nc : undefined),
+    jetstream: () => (live() ? js : undefined),
+    jetstreamManager: () => (live() ? jsm : undefined),
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
     sweep() {

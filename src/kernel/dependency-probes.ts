@@ -1,11 +1,12 @@
-import type { Redis } from "ioredis";
 import type { Clock } from "../common/clock.js";
 import type { Db } from "../store/database.js";
 import { checkSqliteWritable } from "../store/sqlite-readiness.js";
 import type { EventBus } from "../events/event-bus.js";
 import type { X509Source } from "../identity/spiffe/index.js";
+import type { WorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
+import type { KernelRedis } from "../store/redis-client.js";
 import type { DependencyProbe } from "../admin/status-matrix.js";
-import { redisProbe } from "../admin/dependency-probes.js";
+import { statusProbe } from "../admin/dependency-probes.js";
 
 /** What the probe rules look at. */
 export interface ProbeSources {
@@ -17,9 +18,7 @@ export interface ProbeSources {
   natsUrl: string;
   /** True when a hub sources the edge stream (nats.url or nats.hubUrl set). */
   hubBound: boolean;
-  redis?: Redis;
-  /** Present when SVIDs come from the SPIFFE Workload API. */
-  workloadApi?: X509Source;
+  redis?: KernelRedis;
 }
 
 /** One probe per configured dependency; the status matrix turns them into capability modes. */
@@ -45,23 +44,28 @@ export function dependencyProbes(s: ProbeSources): Record<string, DependencyProb
       return p ? { name: "hub-link", state: "down", detail: p.reason } : { name: "hub-link", state: "ok" };
     };
   }
-  if (s.redis) probes.redis = redisProbe(s.redis);
-  const x509 = s.workloadApi;
-  if (x509) {
-    probes["workload-api"] = () => {
-      const conn = x509.connection?.() ?? { connected: true };
-      if (conn.connected) return { name: "workload-api", state: "ok" };
-      const notAfter = x509.current()?.svid.notAfter ?? 0;
-      const detail = conn.detail ?? "unreachable";
-      // Unreachable agent: keep serving on the current SVID until it expires.
-      return notAfter > s.clock.now()
-        ? {
-            name: "workload-api",
-            state: "degraded",
-            detail: `${detail}; SVID valid until ${new Date(notAfter).toISOString()}`,
-          }
-        : { name: "workload-api", state: "down", detail: `${detail}; SVID expired` };
-    };
-  }
+  if (s.redis) probes.redis = statusProbe(s.redis);
   return probes;
+}
+
+/**
+ * The Workload API's probe: the SVID stream's own state, and while it says connected, whether
+ * the agent still answers (a hung agent keeps its stream open). An unreachable agent is degraded
+ * while the current SVID is valid, down once it expires.
+ */
+export function workloadApiProbe(clock: Clock, x509: X509Source, liveness: WorkloadApiLiveness): DependencyProbe {
+  return () => {
+    const stream = x509.connection?.() ?? { connected: true };
+    const conn = stream.connected ? liveness.connection() : stream;
+    if (conn.connected) return { name: "workload-api", state: "ok" };
+    const notAfter = x509.current()?.svid.notAfter ?? 0;
+    const detail = conn.detail ?? "unreachable";
+    return notAfter > clock.now()
+      ? {
+          name: "workload-api",
+          state: "degraded",
+          detail: `${detail}; SVID valid until ${new Date(notAfter).toISOString()}`,
+        }
+      : { name: "workload-api", state: "down", detail: `${detail}; SVID expired` };
+  };
 }

@@ -16,7 +16,7 @@ import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/eg
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
 import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
 import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
-import { resolveStatusMatrixOptions, type StatusMatrixOptions } from "../admin/status-matrix-options.js";
+import { resolveAdminOptions, type AdminOptions } from "./admin-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
 import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
 import type { LimitOptions } from "../server/limit-options.js";
@@ -102,8 +102,8 @@ export interface KernelOptions {
   dgeServer?: DgeServerOptions;
   /** Tracing exporter, service name, extra log scrub patterns (see docs/observability.md). */
   telemetry: TelemetryOptions;
-  /** Criticality matrix: capabilities, their dependencies and fallbacks (see docs/observability.md). */
-  admin: { status: StatusMatrixOptions };
+  /** Criticality matrix, overload shedding, dependency budgets (see docs/observability.md). */
+  admin: AdminOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -247,9 +247,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     nats: resolveNats(s.nats),
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
-    admin: {
-      status: resolveStatusMatrixOptions(readSection(s.admin, "admin", { status: {} }).status ?? {}, "admin.status"),
-    },
+    admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }

@@ -3,7 +3,6 @@ import { createServer as createNetServer, type AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { Redis } from "ioredis";
 import { pino, type DestinationStream } from "pino";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
@@ -53,7 +52,11 @@ import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
 import { createNonceStore } from "../identity/request-signing/nonce-store.js";
 import { createRequestSigningInterceptor } from "../identity/request-signing/request-signing-interceptor.js";
 import { createApiKeyService } from "../identity/api-keys/api-key-service.js";
-import { createDgeClient } from "../clients/dge-client.js";
+import { createDgeClient, dgeProbeCallOptions, isDgeFailure } from "../clients/dge-client.js";
+import { createDependencyBreaker } from "../common/dependency-breaker.js";
+import { createRedisClient } from "../store/redis-client.js";
+import { createOverloadGuard, type OverloadSamplers } from "../server/overload-guard.js";
+import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
 import { startDgeServer, resolveDgeServerOptions } from "../dge/dge-server.js";
 import {
   createEgressGuard,
@@ -72,7 +75,7 @@ import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.
 import { createStatusMatrix } from "../admin/status-matrix.js";
 import { createAdminService } from "../admin/admin-service.js";
 import { createPollingProbe } from "../admin/dependency-probes.js";
-import { dependencyProbes } from "./dependency-probes.js";
+import { dependencyProbes, workloadApiProbe } from "./dependency-probes.js";
 import { lockDataDir } from "./data-dir-lock.js";
 import { createLifecycle } from "./lifecycle.js";
 import type { KernelOptions } from "./kernel-options.js";
@@ -107,6 +110,8 @@ export interface KernelOverrides {
   spanExporter?: SpanExporter;
   /** Where to look for nats-server for a supervised leaf (the CLI passes $PATH). @default "/usr/sbin:/usr/bin" */
   searchPath?: string;
+  /** Resource readings of the overload guard instead of the process's own (tests). */
+  overloadSamplers?: OverloadSamplers;
   /** Called after each stage has opened what it needs; a throw fails the start there (tests, embedders). */
   afterStage?: (stage: KernelStage) => void | Promise<void>;
 }
@@ -165,12 +170,17 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const audit = createAuditLog(db, clock);
     const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
     life.defer("registry", () => registry.close());
-    const redis = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
-    const redisSubscriber = options.redis.url ? connectRedis(options.redis.url, logger) : undefined;
-    if (redis && redisSubscriber) {
-      life.defer("redis", () => redis.quit().catch(() => redis.disconnect()));
-      life.defer("redis subscriber", () => redisSubscriber.disconnect());
+    // Every dependency call has a budget and a breaker (admin.dependencies): a hung one is cut off.
+    const budgets = options.admin.dependencies;
+    const kernelRedis = options.redis.url
+      ? createRedisClient({ logger, meter }, { url: options.redis.url, ...budgets.redis })
+      : undefined;
+    if (kernelRedis) {
+      life.defer("redis", () => kernelRedis.close());
+      kernelRedis.start();
     }
+    const redis = kernelRedis?.client;
+    const redisSubscriber = kernelRedis?.subscriber;
     await stage("database");
 
     // The JWKS fetch is an outbound call, so it goes through the Egress Guard built below; the
@@ -203,8 +213,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       life.defer("embedded DGE", () => dgeServer.close());
       dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
     }
+    const dgeBreaker = createDependencyBreaker({ logger, meter, isFailure: isDgeFailure }, "dge", budgets.dge);
     const dge = createDgeClient(
-      { clock, tls: tls?.clientOptions(), interceptors: tracer ? [connectTracingInterceptor(tracer)] : [] },
+      {
+        clock,
+        tls: tls?.clientOptions(),
+        interceptors: tracer ? [connectTracingInterceptor(tracer)] : [],
+        breaker: dgeBreaker,
+      },
       dgeClientOptions,
     );
     const guard = createEgressGuard(
@@ -257,7 +273,18 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       return { allowed: d.allowed, reason: d.reason };
     };
     const bus = createEventBus(
-      { db, outbox: outboxStore, transactor, clock, logger, meter, sink: events, prePublish, tracer },
+      {
+        db,
+        outbox: outboxStore,
+        transactor,
+        clock,
+        logger,
+        meter,
+        sink: events,
+        prePublish,
+        tracer,
+        breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
+      },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );
     if (natsUrl) {
@@ -286,23 +313,40 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       bus,
       natsUrl,
       hubBound,
-      redis,
-      workloadApi: identity.source === "workload-api" ? identity.x509 : undefined,
+      redis: kernelRedis,
     });
     if (options.dge.enabled) {
       const dgeHealth = createPollingProbe(
         { logger: log },
         {
           name: "dge",
-          intervalMs: 5000,
-          timeoutMs: 2000,
-          check: async (signal) => void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, { signal })),
+          intervalMs: budgets.dge.probeIntervalMs,
+          timeoutMs: budgets.dge.budgetMs,
+          breaker: dgeBreaker,
+          check: async (signal) =>
+            void (await dge.getPolicy({ tenant: "system", tier: Tier.TIER_1 }, dgeProbeCallOptions(signal))),
         },
       );
       probes.dge = dgeHealth.probe;
       dgeHealth.start();
       life.defer("DGE probe", () => dgeHealth.stop());
     }
+    if (identity.source === "workload-api" && identity.x509) {
+      const liveness = createWorkloadApiLiveness(
+        { logger, breaker: createDependencyBreaker({ logger, meter }, "workload-api", budgets.workloadApi) },
+        { socket: options.identity.socket },
+      );
+      life.defer("workload API liveness", () => liveness.stop());
+      liveness.start();
+      probes["workload-api"] = workloadApiProbe(clock, identity.x509, liveness);
+    }
+    const overload = createOverloadGuard(
+      { logger, meter, samplers: overrides.overloadSamplers },
+      options.admin.overload,
+    );
+    life.defer("overload guard", () => overload.stop());
+    overload.start();
+    probes.overload = () => overload.status();
     const matrix = createStatusMatrix({ probes, events, clock, logger, meter }, options.admin.status);
     matrix.start();
     life.defer("status matrix", () => matrix.stop());
@@ -312,6 +356,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
 
     const streams = createStreamShutdown();
     const chain: KernelInterceptor[] = [
+      // First: an overloaded kernel refuses new work before spending anything on it.
+      overload.interceptor,
       ...(tracer ? [tracingInterceptor(tracer)] : []),
       correlationInterceptor(logger.child({ component: "rpc" })),
       loggingInterceptor(),
@@ -447,25 +493,4 @@ function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
-}
-
-// Commands fail fast instead of queueing while Redis is down, so callers fall back to memory.
-function connectRedis(url: string, logger: Logger): Redis {
-  const log = logger.child({ component: "redis" });
-  const client = new Redis(url, {
-    enableOfflineQueue: false,
-    commandTimeout: 250,
-    maxRetriesPerRequest: 1,
-    retryStrategy: (n) => Math.min(n * 200, 2000),
-  });
-  let down = false;
-  client.on("error", (err: Error) => {
-    if (!down) log.warn({ err: err.message }, "redis unreachable; using in-memory fallbacks");
-    down = true;
-  });
-  client.on("ready", () => {
-    if (down) log.info("redis reachable again");
-    down = false;
-  });
-  return client;
 }

@@ -1,5 +1,7 @@
 // One fault per runbook in docs/runbooks/, caused against a whole kernel: it keeps serving what
-// the criticality matrix says, reports the mode, and recovers without a restart.
+// the criticality matrix says, shows the symptoms the runbook lists (readiness, metrics, events,
+// logs) and recovers without a restart. dependency-hung.md is exercised by
+// test/faults/hung-dependencies.test.ts (a SIGSTOPped Redis, DGE and NATS leaf under load).
 import "reflect-metadata";
 import test from "ava";
 import * as grpc from "@grpc/grpc-js";
@@ -16,6 +18,10 @@ import { DGE_KEYS, spawnDge } from "../fixtures/dge-helpers.js";
 import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
 import { createTestCa } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
+import type { OverloadSamplers } from "../../src/server/overload-guard.js";
+import { logged, metric, modeEvents, readyz as readyzOf } from "../faults/symptoms.js";
 
 // Status is polled from loopback many times a second; the default per-IP limit would refuse it.
 const POLLING = { rateLimit: { ipOverrides: { "127.0.0.1": 100_000 } } };
@@ -25,15 +31,7 @@ async function modeOf(k: TestKernel, capability: string): Promise<CapabilityMode
   return status.capabilities.find((c) => c.name === capability)?.mode;
 }
 
-async function readyz(
-  k: TestKernel,
-): Promise<{ code: number; body: { ready: boolean; dependencies: { name: string; state: string }[] } }> {
-  const res = await fetch(`http://127.0.0.1:${k.kernel.httpPort}/readyz`);
-  return {
-    code: res.status,
-    body: (await res.json()) as { ready: boolean; dependencies: { name: string; state: string }[] },
-  };
-}
+const readyz = readyzOf;
 
 const agent = { tenant: "acme", name: "a", version: "1", endpoint: "grpc://agent.acme.svc:7000" };
 
@@ -48,7 +46,26 @@ test("runbook redis-down - limits fall back to memory, every response still carr
   await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.DEGRADED, "rate-limit degraded", 10_000);
   const r = await readyz(k);
   t.is(r.code, 200, "an ESSENTIAL dependency never makes the kernel unready");
-  t.is(r.body.dependencies.find((d) => d.name === "redis")?.state, "down");
+  t.is(r.body.status, "degraded");
+  t.like(
+    r.body.dependencies.find((d) => d.name === "redis"),
+    { state: "down" },
+  );
+  t.regex(
+    r.body.dependencies.find((d) => d.name === "redis")?.detail ?? "",
+    /^redis connection (reconnecting|connecting|end|close)/,
+  );
+  t.like(
+    r.body.capabilities.find((c) => c.name === "rate-limit"),
+    { mode: "degraded" },
+  );
+  t.is(await metric(k, "nops_dependency_state", { dependency: "redis" }), 2);
+  t.is(await metric(k, "nops_capability_mode", { capability: "rate-limit", criticality: "ESSENTIAL" }), 1);
+  t.true(
+    modeEvents(k).some((e) => e.type === "activated" && e.capability === "rate-limit" && e.dependency === "redis"),
+    "degraded.mode.activated.v1 {rate-limit, redis}",
+  );
+  t.true(logged(k, "capability mode changed").some((l) => l.capability === "rate-limit" && l.to === "degraded"));
   let limit: string | null = null;
   await registry.registerAgent(agent, { onHeader: (h) => (limit = h.get("x-ratelimit-limit")) });
   t.truthy(limit, "limits are still enforced, in memory");
@@ -56,6 +73,7 @@ test("runbook redis-down - limits fall back to memory, every response still carr
   const again = await startRedisServer(redis.port);
   t.teardown(() => again.kill());
   await waitFor(async () => (await modeOf(k, "rate-limit")) === CapabilityMode.NORMAL, "rate-limit recovered", 20_000);
+  t.true(modeEvents(k).some((e) => e.type === "recovered" && e.capability === "rate-limit"));
 });
 
 test("runbook nats-down - Publish keeps succeeding into the outbox, drains when the leaf returns", async (t) => {
@@ -73,7 +91,28 @@ test("runbook nats-down - Publish keeps succeeding into the outbox, drains when 
 
   await topo.leaf.kill9();
   await waitFor(async () => (await modeOf(k, "event-bus")) === CapabilityMode.DEGRADED, "event bus degraded", 20_000);
-  t.is((await readyz(k)).code, 200);
+  const r = await readyz(k);
+  t.is(r.code, 200);
+  t.is(r.body.status, "degraded");
+  t.like(
+    r.body.dependencies.find((d) => d.name === "nats-leaf"),
+    { state: "down" },
+  );
+  t.like(
+    r.body.capabilities.find((c) => c.name === "event-bus"),
+    { mode: "degraded" },
+  );
+  t.is(await metric(k, "nops_dependency_state", { dependency: "nats-leaf" }), 2);
+  await waitFor(
+    () => modeEvents(k).some((e) => e.type === "activated" && e.capability === "event-bus" && e.dependency === "nats"),
+    "degraded.mode.activated.v1 {event-bus, nats}",
+    5000,
+  );
+  t.true(logged(k, "event bus degraded").length > 0);
+  const sub = await t.throwsAsync(async () => {
+    for await (const m of bus.subscribe({ tenant: "acme", consumer: "rb", filter: "jobs.>" })) void m;
+  });
+  t.is(ConnectError.from(sub).code, Code.Unavailable, "Subscribe answers UNAVAILABLE");
   const acked: string[] = [];
   for (let i = 0; i < 5; i++)
     acked.push(
@@ -103,7 +142,7 @@ test("runbook nats-down - Publish keeps succeeding into the outbox, drains when 
     "outbox drained",
     30_000,
   );
-  t.pass();
+  t.true(modeEvents(k).some((e) => e.type === "recovered" && e.capability === "event-bus"));
 });
 
 test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest serves, recovers", async (t) => {
@@ -135,6 +174,34 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
   t.regex(ConnectError.from(err).rawMessage, /dge_timeout|dge_error/);
   const r = await readyz(k);
   t.is(r.code, 200, "the registry keeps serving while egress fails closed");
+  t.is(r.body.status, "degraded");
+  t.like(
+    r.body.dependencies.find((d) => d.name === "dge"),
+    { state: "down" },
+  );
+  t.regex(r.body.dependencies.find((d) => d.name === "dge")?.detail ?? "", /unreachable|not answering/);
+  t.like(
+    r.body.capabilities.find((c) => c.name === "egress-guard"),
+    { mode: "blocked" },
+  );
+  t.is(await metric(k, "nops_dependency_state", { dependency: "dge" }), 2);
+  t.is(await metric(k, "nops_capability_mode", { capability: "egress-guard", criticality: "CRITICAL" }), 2);
+  t.true((await metric(k, "egress_guard_requests_total", { result: "blocked" }, true))! >= 1);
+  t.true((await metric(k, "dge_classification_errors_total", {}, true))! >= 1);
+  t.true((await metric(k, "rpc_server_requests_total", { code: "PERMISSION_DENIED" }, true))! >= 1);
+  t.true(modeEvents(k).some((e) => e.type === "activated" && e.capability === "egress-guard" && e.mode === "blocked"));
+  t.true(logged(k, "no usable DGE answer: egress denied").length > 0);
+  // Three unanswered calls open the breaker: from then on a denial costs no wait at all.
+  await waitFor(
+    async () => (await metric(k, "nops_dependency_circuit_state", { dependency: "dge" })) === 2,
+    "dge circuit open",
+    15_000,
+  );
+  const started = performance.now();
+  await t.throwsAsync(
+    routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"fast-denial"}') }),
+  );
+  t.true(performance.now() - started < 500, "fails closed at once with the circuit open");
   t.truthy(await registry.listAgents({ tenant: "acme" }));
 
   const again = await spawnDge(t, { port });
@@ -150,6 +217,7 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
     payload: new TextEncoder().encode('{"op":"after"}'),
   });
   t.is(new TextDecoder().decode(ok.payload), '{"op":"after"}');
+  t.true(modeEvents(k).some((e) => e.type === "recovered" && e.capability === "egress-guard"));
 });
 
 test("runbook spire-agent-unreachable - serves on the current SVID, reports degraded identity, recovers", async (t) => {
@@ -187,6 +255,20 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   wl.failWith(grpc.status.UNAVAILABLE);
   wl.endStreams(grpc.status.UNAVAILABLE);
   await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, "identity degraded", 15_000);
+  const tlsTrust = { ca: ca.certPem };
+  const r = await readyz(k, tlsTrust);
+  t.is(r.code, 200, "not ready only once the SVID expires");
+  t.like(
+    r.body.dependencies.find((d) => d.name === "workload-api"),
+    { state: "degraded" },
+  );
+  t.regex(r.body.dependencies.find((d) => d.name === "workload-api")?.detail ?? "", /SVID valid until/);
+  t.true(
+    (await metric(k, "nops_spiffe_workload_api_stream_errors_total", { code: "UNAVAILABLE" }, true, tlsTrust))! >= 1,
+  );
+  t.is(await metric(k, "nops_dependency_state", { dependency: "workload-api" }, false, tlsTrust), 1);
+  t.true(logged(k, "Workload API stream ended; retrying").length > 0);
+  t.true(modeEvents(k).some((e) => e.type === "activated" && e.capability === "identity"));
   t.truthy(
     await createClient(AgentRegistryService, transport).registerAgent(agent),
     "mTLS calls keep working on the current SVID",
@@ -194,4 +276,64 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
 
   wl.failWith(null);
   await waitFor(async () => (await identityMode()) === CapabilityMode.NORMAL, "identity recovered", 30_000);
+});
+
+test("runbook overload - new calls shed with UNAVAILABLE and a retry hint, health and status answer, recovers", async (t) => {
+  const readings = { loop: 5, heap: 0.2, fds: 0.05 };
+  const samplers: OverloadSamplers = {
+    eventLoopDelayMs: () => readings.loop,
+    heapUsedRatio: () => readings.heap,
+    openFdsRatio: () => readings.fds,
+  };
+  const k = await startTestKernel(
+    t,
+    { ...POLLING, admin: { overload: { sampleIntervalMs: 20 } } },
+    { overloadSamplers: samplers },
+  );
+  const registry = k.client(AgentRegistryService, "grpc-js");
+  await registry.registerAgent(agent);
+
+  readings.loop = 400;
+  await waitFor(async () => (await metric(k, "nops_overload_state")) === 1, "shedding", 5000);
+  for (const transport of ["grpc-js", "connect-json"] as const) {
+    const err = await t.throwsAsync(k.client(AgentRegistryService, transport).listAgents({ tenant: "acme" }));
+    const ce = ConnectError.from(err);
+    t.is(ce.code, Code.Unavailable, `${transport} sheds`);
+    t.is(ce.rawMessage, "server overloaded; retry later");
+    t.is(ce.metadata.get("retry-after"), "1", `${transport}: retry hint in seconds`);
+    t.log(`${transport}: grpc-retry-pushback-ms ${ce.metadata.get("grpc-retry-pushback-ms")}`);
+  }
+  const connectErr = await t.throwsAsync(k.client(AgentRegistryService, "connect-json").listAgents({ tenant: "acme" }));
+  t.is(ConnectError.from(connectErr).metadata.get("grpc-retry-pushback-ms"), "1000", "gRPC A6 pushback over Connect");
+
+  // Health stays answerable: gRPC health, GetStatus, /healthz, /readyz.
+  t.is((await k.client(Health, "grpc-js").check({ service: "" })).status, Serving.SERVING);
+  const healthz = await fetch(`http://127.0.0.1:${k.kernel.httpPort}/healthz`);
+  t.is(healthz.status, 200);
+  const r = await readyz(k);
+  t.is(r.code, 200, "overload does not take the kernel out of service");
+  t.is(r.body.status, "degraded");
+  t.like(
+    r.body.dependencies.find((d) => d.name === "overload"),
+    { state: "degraded" },
+  );
+  t.regex(
+    r.body.dependencies.find((d) => d.name === "overload")?.detail ?? "",
+    /shedding new calls: event-loop delay p99 400 ms >= 250 ms/,
+  );
+  t.is(await modeOf(k, "admission"), CapabilityMode.DEGRADED);
+  t.is(await metric(k, "nops_capability_mode", { capability: "admission", criticality: "ESSENTIAL" }), 1);
+  t.true((await metric(k, "nops_overload_pressure", { monitor: "event-loop-delay" }))! >= 1);
+  t.true((await metric(k, "nops_overload_shed_total", { monitor: "event-loop-delay" }))! >= 2);
+  t.true(
+    modeEvents(k).some((e) => e.type === "activated" && e.capability === "admission" && e.dependency === "overload"),
+  );
+  t.true(logged(k, "overloaded: shedding new calls").length > 0);
+
+  readings.loop = 5;
+  await waitFor(async () => (await metric(k, "nops_overload_state")) === 0, "no longer shedding", 5000);
+  t.truthy(await registry.listAgents({ tenant: "acme" }));
+  t.true(logged(k, "no longer overloaded: accepting new calls").length > 0);
+  await waitFor(async () => (await modeOf(k, "admission")) === CapabilityMode.NORMAL, "admission normal", 5000);
+  t.true(modeEvents(k).some((e) => e.type === "recovered" && e.capability === "admission"));
 });

@@ -43,3 +43,43 @@ test("dge cache - shared through Redis, invalidated in other kernels via pub/sub
   t.is(await b.getPolicy("acme", "1"), undefined, "gone from b's LRU and from Redis");
   await b.close();
 });
+
+test("dge cache - a Redis outage is logged once, not once per lookup, and its end once", async (t) => {
+  const { Writable } = await import("node:stream");
+  const { createLogger } = await import("../../src/telemetry/logger.js");
+  const lines: { msg: string }[] = [];
+  const logger = createLogger(
+    { level: "info", redactPaths: [] },
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const l of chunk.toString("utf8").split("\n").filter(Boolean))
+          lines.push(JSON.parse(l) as { msg: string });
+        cb();
+      },
+    }),
+  );
+  let down = true;
+  // A Redis whose commands fail (what the kernel's client does while its breaker is open).
+  const redis = {
+    get: () => (down ? Promise.reject(new Error("redis circuit open")) : Promise.resolve(null)),
+    set: () => (down ? Promise.reject(new Error("redis circuit open")) : Promise.resolve("OK")),
+  } as unknown as Redis;
+  const cache = createDgeCache({ clock: createManualClock(), logger, redis }, opts);
+  for (let i = 0; i < 20; i++) {
+    t.is(await cache.getVerdict("acme", `k${i}`), undefined);
+    await cache.setVerdict(
+      "acme",
+      `k${i}`,
+      { allow: true, reason: "allowed", classification: "", findings: {}, policyVersion: "v1" },
+      1000,
+    );
+  }
+  t.is(cache.peekVerdict("acme", "k3")?.allow, true, "the in-process cache serves");
+  down = false;
+  await cache.getVerdict("acme", "other");
+  await cache.getVerdict("acme", "other2");
+  t.deepEqual(
+    lines.map((l) => l.msg),
+    ["redis read failed; using the in-process cache only", "redis answers again; the DGE cache uses it"],
+  );
+});

@@ -10,6 +10,9 @@ import {
   readInt,
   readObject,
   readString,
+  resolveDependencyBreakerOptions,
+  type DependencyBreaker,
+  type DependencyBreakerOptions,
 } from "../../common/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { X509SVIDRequestSchema, X509SVIDResponseSchema } from "../../../gen/spiffe/workload/workload_pb.js";
@@ -103,6 +106,7 @@ export function resolveWorkloadX509SourceOptions(
 const FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID";
 // SPIFFE Workload Endpoint §3: every request carries this header, or the server answers InvalidArgument.
 const SECURITY_HEADER = "workload.spiffe.io";
+const FETCH_X509_BUNDLES = "/SpiffeWorkloadAPI/FetchX509Bundles";
 
 /** Decodes and validates one FetchX509SVID message into a context; throws on anything malformed. */
 export function x509ContextFromResponse(bytes: Uint8Array, hint: string, clock: Clock): X509Context {
@@ -250,5 +254,94 @@ export function createWorkloadX509Source(
       call = undefined;
       client.close();
     },
+  };
+}
+
+/** Default Workload API liveness check: answered within 2 s, every 5 s; two misses open it. */
+export const DEFAULT_WORKLOAD_API_BREAKER: DependencyBreakerOptions = {
+  budgetMs: 2000,
+  failuresToTrip: 2,
+  halfOpenAfterMs: 5000,
+  probeIntervalMs: 5000,
+};
+
+/** Validates `admin.dependencies.workloadApi`; throws ConfigError naming the field. */
+export function resolveWorkloadApiBreakerOptions(
+  input: unknown,
+  path = "admin.dependencies.workloadApi",
+): DependencyBreakerOptions {
+  return resolveDependencyBreakerOptions(input, path, DEFAULT_WORKLOAD_API_BREAKER);
+}
+
+/** Whether the SPIRE agent answers, apart from the long-lived SVID stream. */
+export interface WorkloadApiLiveness {
+  start(): void;
+  stop(): void;
+  /** Runs one check now (tests; the timer runs one every probeIntervalMs). */
+  check(): Promise<void>;
+  /** Connected and answering, or why not. */
+  connection(): { connected: boolean; detail?: string };
+}
+
+// Answers that prove the agent is alive even though they are errors (e.g. no bundles for this workload).
+const NO_ANSWER = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED]);
+
+/**
+ * A hung agent (SIGSTOP, deadlocked) keeps the FetchX509SVID stream open and silent, which looks
+ * exactly like a quiet healthy agent. So every probeIntervalMs a short FetchX509Bundles call (it
+ * answers with the current bundles at once, SPIFFE Workload API §6) must get its first message
+ * within the breaker's budget; misses open the breaker and the source reports "not answering"
+ * while the kernel keeps serving on its current SVID.
+ */
+export function createWorkloadApiLiveness(
+  deps: { logger: Logger; breaker: DependencyBreaker },
+  input: { socket: string },
+): WorkloadApiLiveness {
+  const logger = deps.logger.child({ component: "spiffe-workload-api" });
+  const client = new grpc.Client(workloadEndpointTarget(input.socket), grpc.credentials.createInsecure());
+  let timer: NodeJS.Timeout | undefined;
+  const once = (signal: AbortSignal): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const metadata = new grpc.Metadata();
+      metadata.set(SECURITY_HEADER, "true");
+      const stream = client.makeServerStreamRequest<Buffer, Buffer>(
+        FETCH_X509_BUNDLES,
+        (b) => b,
+        (b) => b,
+        Buffer.alloc(0),
+        metadata,
+      );
+      const done = (err?: Error): void => {
+        signal.removeEventListener("abort", abort);
+        stream.cancel();
+        if (err) reject(err);
+        else resolve();
+      };
+      const abort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error("aborted"));
+      signal.addEventListener("abort", abort, { once: true });
+      stream.on("data", () => done());
+      stream.on("error", () => undefined);
+      stream.on("status", (st: grpc.StatusObject) =>
+        NO_ANSWER.has(st.code) ? done(new Error(`${grpc.status[st.code]}: ${st.details}`)) : done(),
+      );
+    });
+  const check = (): Promise<void> =>
+    deps.breaker.probe(once).catch((err: unknown) => {
+      logger.debug({ err }, "Workload API liveness check failed");
+    });
+  return {
+    start() {
+      timer ??= setInterval(() => void check(), deps.breaker.options.probeIntervalMs).unref();
+    },
+    stop() {
+      clearInterval(timer);
+      timer = undefined;
+      client.close();
+    },
+    check,
+    connection: () =>
+      deps.breaker.isOpen()
+        ? { connected: false, detail: `Workload API ${deps.breaker.status().detail ?? "not answering"}` }
+        : { connected: true },
   };
 }
