@@ -40,7 +40,7 @@ export const DEFAULT_BREAKER_HALF_OPEN_AFTER_MS = 1000;
 /** Default health probe interval. */
 export const DEFAULT_BREAKER_PROBE_INTERVAL_MS = 500;
 
-/** Validates one dependency's section (budgetMs default given by the dependency); throws ConfigError naming the field. */
+/** Validates one dependency's section (budgetMs default given by the dependency); ConfigError names the field. */
 export function resolveDependencyBreakerOptions(
   input: unknown,
   path: string,
