@@ -18,7 +18,7 @@ export interface OverloadOptions {
   eventLoopDelayMs: number;
   /** Share of V8's heap limit in use above which new calls are shed (0 = off). @default 0.92 */
   heapUsedRatio: number;
-  /** Share of the descriptor soft limit (RLIMIT_NOFILE) in use above which new calls are shed (0 = off). @default 0.9 */
+  /** Share of the descriptor soft limit (RLIMIT_NOFILE) in use above which calls are shed (0 = off). @default 0.9 */
   openFdsRatio: number;
   /**
    * A crossed watermark is cleared only once its value falls below this share of the watermark,
