@@ -28,6 +28,7 @@ import {
 } from "./server/core-interceptors.js";
 import type { KernelInterceptor } from "./server/interceptor.js";
 import { createGrpcServer } from "./server/grpc-server.js";
+import { createConnectionGuard, resolveMaxConnections } from "./server/connection-guard.js";
 import { createHttpServer, type HttpRoute } from "./server/http-server.js";
 import { createHealthService } from "./server/health-service.js";
 import { createReflectionService } from "./server/reflection-service.js";
@@ -370,11 +371,20 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     },
   };
 
-  const grpcServer = createGrpcServer({ services, limits: options.limits });
+  // One connection budget for both ports (docs/hardening.md).
+  const connectionGuard = createConnectionGuard(
+    { meter, logger: logger.child({ component: "connections" }) },
+    {
+      maxConnections: resolveMaxConnections(options.limits.maxConnections),
+      maxConnectionsPerIp: options.limits.maxConnectionsPerIp,
+    },
+  );
+  const grpcServer = createGrpcServer({ services, limits: options.limits, guard: connectionGuard });
   const httpServer = createHttpServer({
     services,
     routes,
     limits: options.limits,
+    guard: connectionGuard,
     // The HTTP port asks for a client certificate but does not require one: browsers, JWT and API
     // key callers and kubelet probes connect without; a presented chain is verified by authn.
     tls: tls && { ...tls.serverOptions(), rejectUnauthorized: false },

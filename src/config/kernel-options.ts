@@ -40,6 +40,32 @@ export interface LimitOptions {
   maxHeaderBytes: number;
   /** Most request header fields. @default 64 */
   maxHeaderCount: number;
+  /**
+   * Open connections, both ports together; more are reset at accept, before TLS. 0 derives it from
+   * the descriptor soft limit (80% of what a reserve of 64 leaves; 10000 when unlimited). @default 0
+   */
+  maxConnections: number;
+  /** Open connections from one remote address, both ports together; more are reset at accept. @default 256 */
+  maxConnectionsPerIp: number;
+  /** A TLS handshake (both ports) must finish within this. @default 10000 */
+  tlsHandshakeTimeoutMs: number;
+  /**
+   * From accept (after TLS) until the first request: the HTTP/1.1 headers or the HTTP/2 preface and
+   * first stream; also each later HTTP/1.1 request's headers. @default 10000
+   */
+  headersTimeoutMs: number;
+  /** A request must have sent its whole body within this (HTTP/1.1 request, HTTP/2 stream). @default 30000 */
+  requestTimeoutMs: number;
+  /** An HTTP/1.1 keep-alive connection with no request for this long is closed. @default 5000 */
+  keepAliveTimeoutMs: number;
+  /** An HTTP/2 connection with no open stream for this long is closed (GOAWAY), both ports. @default 300000 */
+  sessionIdleTimeoutMs: number;
+  /** gRPC port: the server pings each connection this often to find dead peers. @default 30000 */
+  keepalivePingIntervalMs: number;
+  /** A PING unanswered for this long means a dead or wedged connection: destroyed, both ports. @default 5000 */
+  pingTimeoutMs: number;
+  /** gRPC port: connections older than this are drained (GOAWAY, then `requestTimeoutMs` of grace); 0 = never. @default 0 */
+  maxConnectionAgeMs: number;
 }
 
 /** Registry liveness: status derives from heartbeat age. */
@@ -163,6 +189,16 @@ export const DEFAULT_KERNEL_OPTIONS = {
     maxConcurrentStreams: 256,
     maxHeaderBytes: 16 * 1024,
     maxHeaderCount: 64,
+    maxConnections: 0,
+    maxConnectionsPerIp: 256,
+    tlsHandshakeTimeoutMs: 10_000,
+    headersTimeoutMs: 10_000,
+    requestTimeoutMs: 30_000,
+    keepAliveTimeoutMs: 5_000,
+    sessionIdleTimeoutMs: 300_000,
+    keepalivePingIntervalMs: 30_000,
+    pingTimeoutMs: 5_000,
+    maxConnectionAgeMs: 0,
   },
   reflection: false,
   registry: {
@@ -219,6 +255,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     maxConcurrentStreams: readInt(lim, "maxConcurrentStreams", "limits", d.limits.maxConcurrentStreams, 1, 1_000_000),
     maxHeaderBytes: readInt(lim, "maxHeaderBytes", "limits", d.limits.maxHeaderBytes, 1024, 1024 * 1024),
     maxHeaderCount: readInt(lim, "maxHeaderCount", "limits", d.limits.maxHeaderCount, 8, 10_000),
+    ...resolveConnectionLimits(lim),
   };
 
   const reg = readSection(s.registry, "registry", d.registry);
@@ -297,6 +334,30 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }
+
+// Timeouts are bounded below so a typo cannot make the kernel reap every connection at once.
+function resolveConnectionLimits(lim: RawSection): ConnectionLimits {
+  const d = DEFAULT_KERNEL_OPTIONS.limits;
+  const ms = (key: keyof LimitOptions, min: number) => readInt(lim, key, "limits", d[key], min, 24 * 3600_000);
+  return {
+    maxConnections: readInt(lim, "maxConnections", "limits", d.maxConnections, 0, 10_000_000),
+    maxConnectionsPerIp: readInt(lim, "maxConnectionsPerIp", "limits", d.maxConnectionsPerIp, 1, 10_000_000),
+    tlsHandshakeTimeoutMs: ms("tlsHandshakeTimeoutMs", 100),
+    headersTimeoutMs: ms("headersTimeoutMs", 100),
+    requestTimeoutMs: ms("requestTimeoutMs", 100),
+    keepAliveTimeoutMs: ms("keepAliveTimeoutMs", 100),
+    sessionIdleTimeoutMs: ms("sessionIdleTimeoutMs", 100),
+    keepalivePingIntervalMs: ms("keepalivePingIntervalMs", 100),
+    pingTimeoutMs: ms("pingTimeoutMs", 100),
+    maxConnectionAgeMs: readInt(lim, "maxConnectionAgeMs", "limits", d.maxConnectionAgeMs, 0, 30 * 24 * 3600_000),
+  };
+}
+
+// The limits resolved inline in resolveKernelOptions are sizes and the deadline cap; these are the rest.
+type ConnectionLimits = Omit<
+  LimitOptions,
+  "maxMessageBytes" | "maxDeadlineMs" | "maxConcurrentStreams" | "maxHeaderBytes" | "maxHeaderCount"
+>;
 
 function resolveDge(raw: unknown): KernelOptions["dge"] {
   const d = DEFAULT_KERNEL_OPTIONS.dge;

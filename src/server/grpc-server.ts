@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import * as net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
 import {
@@ -13,6 +14,7 @@ import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
+import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -102,12 +104,18 @@ function readPeerCertificates(call: AnyCall): Uint8Array[] {
   return cert ? derChainFromPeerCertificate(cert) : [];
 }
 
+/** Called with each call's peer ("ip:port") so the connection's first-call deadline is lifted. */
+type OnCall = (peer: string) => void;
+
 function handlerContext(
   bound: BoundService,
   method: DescMethod,
   call: AnyCall,
   controller: AbortController,
+  onCall: OnCall,
 ): HandlerContext {
+  const address = call.getPeer().replace(/^ipv[46]:/, "");
+  onCall(address);
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
@@ -123,7 +131,7 @@ function handlerContext(
     protocolName: "grpc",
     url: methodPath(method),
     values: createContextValues().set(kPeer, {
-      address: call.getPeer().replace(/^ipv[46]:/, ""),
+      address,
       transport: "grpc-js",
       certificates: peerCertificates(call),
     }),
@@ -142,11 +150,11 @@ function track(call: AnyCall): { controller: AbortController; settled: () => voi
   return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
 }
 
-function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnaryCall<unknown, unknown> {
+function unaryHandler(bound: BoundService, method: DescMethod, onCall: OnCall): grpc.handleUnaryCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
+    const ctx = handlerContext(bound, method, call, controller, onCall);
     const request = call.request;
     const result =
       request instanceof UndecodableRequest
@@ -214,12 +222,13 @@ async function writeAll(
 function streamingHandler(
   bound: BoundService,
   method: DescMethod,
+  onCall: OnCall,
 ): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
+    const ctx = handlerContext(bound, method, call, controller, onCall);
     const input = clientStreams
       ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
       : (call as grpc.ServerWritableStream<unknown, unknown>).request;
@@ -257,11 +266,12 @@ async function* readInput(
 function clientStreamingHandler(
   bound: BoundService,
   method: DescMethod,
+  onCall: OnCall,
 ): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
+    const ctx = handlerContext(bound, method, call, controller, onCall);
     answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
   };
 }
@@ -270,17 +280,71 @@ function clientStreamingHandler(
 export interface GrpcServerOptions {
   services: readonly BoundService[];
   limits: LimitOptions;
+  /** Connection budget shared with the HTTP port. @default a budget of this server's own, from `limits` */
+  guard?: ConnectionGuard;
 }
 
-/** Creates a grpc-js server for `services`, with explicit message, stream and metadata limits. */
-export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": options.limits.maxMessageBytes,
-    "grpc.max_send_message_length": options.limits.maxMessageBytes,
-    "grpc.max_concurrent_streams": options.limits.maxConcurrentStreams,
-    "grpc.max_metadata_size": options.limits.maxHeaderBytes,
+/**
+ * Credentials whose TLS server gets `handshakeTimeout`: grpc-js builds its secure server from
+ * `_getConstructorOptions()` and has no option of its own for it (Node's default is 120 s).
+ */
+function withHandshakeTimeout(credentials: grpc.ServerCredentials, ms: number): grpc.ServerCredentials {
+  if (!credentials._isSecure()) return credentials;
+  const wrapped = Object.create(credentials) as grpc.ServerCredentials;
+  wrapped._getConstructorOptions = () => ({ ...credentials._getConstructorOptions(), handshakeTimeout: ms });
+  return wrapped;
+}
+
+/** grpc-js server options for `limits`: sizes, streams, idle sessions, keepalive pings, connection age. */
+export function grpcServerOptions(limits: LimitOptions): grpc.ServerOptions {
+  return {
+    "grpc.max_receive_message_length": limits.maxMessageBytes,
+    "grpc.max_send_message_length": limits.maxMessageBytes,
+    "grpc.max_concurrent_streams": limits.maxConcurrentStreams,
+    "grpc.max_metadata_size": limits.maxHeaderBytes,
     "grpc.keepalive_permit_without_calls": 1,
-  });
+    // A connection with no call for this long gets GOAWAY and is closed.
+    "grpc.max_connection_idle_ms": limits.sessionIdleTimeoutMs,
+    // Server pings find dead peers and sessions nghttp2 has wedged (no ack: destroyed).
+    "grpc.keepalive_time_ms": limits.keepalivePingIntervalMs,
+    "grpc.keepalive_timeout_ms": limits.pingTimeoutMs,
+    ...(limits.maxConnectionAgeMs > 0
+      ? {
+          "grpc.max_connection_age_ms": limits.maxConnectionAgeMs,
+          "grpc.max_connection_age_grace_ms": limits.requestTimeoutMs,
+        }
+      : {}),
+  };
+}
+
+/**
+ * Creates a grpc-js server for `services`, with explicit message, stream and metadata limits. The
+ * kernel owns the listening socket and hands accepted connections to grpc-js (its connection
+ * injector), so the connection budget and the first-call deadline apply before TLS and HTTP/2.
+ */
+export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
+  const { limits } = options;
+  const guard =
+    options.guard ??
+    createConnectionGuard(
+      {},
+      {
+        maxConnections: resolveMaxConnections(limits.maxConnections),
+        maxConnectionsPerIp: limits.maxConnectionsPerIp,
+      },
+    );
+  const server = new grpc.Server(grpcServerOptions(limits));
+  // Connections that have not made a call yet, by "ip:port": each must make one within
+  // headersTimeoutMs (TLS handshake and HTTP/2 preface included) or it is closed.
+  const awaitingFirstCall = new Map<string, NodeJS.Timeout>();
+  const onCall: OnCall = (peer) => {
+    const timer = awaitingFirstCall.get(peer);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    awaitingFirstCall.delete(peer);
+  };
+  const sockets = new Set<net.Socket>();
+  let listener: net.Server | undefined;
   for (const bound of options.services) {
     const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
     const impl: grpc.UntypedServiceImplementation = {};
@@ -298,10 +362,10 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
         originalName: method.localName,
       };
       impl[method.localName] = responseStream
-        ? streamingHandler(bound, method)
+        ? streamingHandler(bound, method, onCall)
         : requestStream
-          ? clientStreamingHandler(bound, method)
-          : unaryHandler(bound, method);
+          ? clientStreamingHandler(bound, method, onCall)
+          : unaryHandler(bound, method, onCall);
     }
     server.addService(definition, impl);
   }
@@ -309,17 +373,47 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   return {
     listen: (host, port, credentials) =>
       new Promise((resolve, reject) => {
-        const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-        server.bindAsync(address, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+        const injector = server.createConnectionInjector(
+          withHandshakeTimeout(credentials, limits.tlsHandshakeTimeoutMs),
+        );
+        const l = net.createServer((socket) => {
+          if (!guard.admit(socket, "grpc")) return;
+          sockets.add(socket);
+          // grpc-js handles errors of the sessions it makes; a reset before that must not crash.
+          socket.on("error", () => undefined);
+          // The form grpc-js's call.getPeer() gives.
+          const peer = `${socket.remoteAddress ?? ""}:${socket.remotePort ?? ""}`;
+          const timer = setTimeout(() => {
+            awaitingFirstCall.delete(peer);
+            guard.reaped("grpc", "headers-timeout");
+            socket.destroy();
+          }, limits.headersTimeoutMs);
+          timer.unref();
+          awaitingFirstCall.set(peer, timer);
+          socket.once("close", () => {
+            sockets.delete(socket);
+            onCall(peer);
+          });
+          injector.injectConnection(socket);
+        });
+        listener = l;
+        l.once("error", reject);
+        l.listen(port, host, () => {
+          l.off("error", reject);
+          resolve((l.address() as net.AddressInfo).port);
+        });
       }),
     shutdown: (graceMs) =>
       new Promise((resolve) => {
+        listener?.close();
         const timer = setTimeout(() => {
           server.forceShutdown();
+          for (const socket of sockets) socket.destroy();
           resolve();
         }, graceMs);
         server.tryShutdown(() => {
           clearTimeout(timer);
+          for (const socket of sockets) socket.destroy();
           resolve();
         });
       }),
