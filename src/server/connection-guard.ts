@@ -61,9 +61,9 @@ export const DEFAULT_MAX_CONNECTIONS_UNBOUNDED = 10_000;
  * reserve leaves, so the process still has descriptors for its own files and outbound calls when
  * the budget is full).
  */
-export function resolveMaxConnections(configured: number, limit = descriptorLimit()): number {
+export function resolveMaxConnections(configured: number, limit: number | undefined = descriptorLimit()): number {
   if (configured > 0) return configured;
-  if (limit === undefined) return DEFAULT_MAX_CONNECTIONS_UNBOUNDED;
+  if (limit === undefined || !Number.isFinite(limit)) return DEFAULT_MAX_CONNECTIONS_UNBOUNDED;
   return Math.max(16, Math.floor((limit - DESCRIPTOR_RESERVE) * 0.8));
 }
 
