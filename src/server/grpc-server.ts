@@ -15,6 +15,8 @@ import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
+import type { CredentialGate } from "./credential-gate.js";
+import { requestIdFor } from "./perimeter-headers.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -29,6 +31,23 @@ export interface GrpcServer {
 class UndecodableRequest {
   constructor(readonly reason: string) {}
 }
+
+// A request message as grpc-js received it: decoded by the handler, after the credential gate,
+// so the body of a call that can only be refused is never parsed.
+class EncodedRequest {
+  constructor(readonly bytes: Buffer) {}
+}
+
+function decodeRequest(schema: DescMessage, value: unknown): unknown {
+  if (!(value instanceof EncodedRequest)) return value;
+  try {
+    return fromBinary(schema, value.bytes);
+  } catch (e) {
+    return new UndecodableRequest((e as Error).message);
+  }
+}
+
+const UNAUTHENTICATED = new ConnectError("unauthenticated", Code.Unauthenticated);
 
 function deserializer(schema: DescMessage): (buf: Buffer) => unknown {
   return (buf) => {
@@ -107,15 +126,22 @@ function readPeerCertificates(call: AnyCall): Uint8Array[] {
 /** Called with each call's peer ("ip:port") so the connection's first-call deadline is lifted. */
 type OnCall = (peer: string) => void;
 
+/** Per-server hooks every handler runs before the chain. */
+interface Hooks {
+  onCall: OnCall;
+  /** False: the call carries no credential where one is needed; answered before decoding. */
+  admits(call: AnyCall, method: DescMethod): boolean;
+}
+
 function handlerContext(
   bound: BoundService,
   method: DescMethod,
   call: AnyCall,
   controller: AbortController,
-  onCall: OnCall,
+  hooks: Hooks,
 ): HandlerContext {
   const address = call.getPeer().replace(/^ipv[46]:/, "");
-  onCall(address);
+  hooks.onCall(address);
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
@@ -150,12 +176,13 @@ function track(call: AnyCall): { controller: AbortController; settled: () => voi
   return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
 }
 
-function unaryHandler(bound: BoundService, method: DescMethod, onCall: OnCall): grpc.handleUnaryCall<unknown, unknown> {
+function unaryHandler(bound: BoundService, method: DescMethod, hooks: Hooks): grpc.handleUnaryCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, onCall);
-    const request = call.request;
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    if (!hooks.admits(call, method)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
+    const request = decodeRequest(method.input, call.request);
     const result =
       request instanceof UndecodableRequest
         ? Promise.reject(
@@ -222,17 +249,21 @@ async function writeAll(
 function streamingHandler(
   bound: BoundService,
   method: DescMethod,
-  onCall: OnCall,
+  hooks: Hooks,
 ): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, onCall);
-    const input = clientStreams
-      ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
-      : (call as grpc.ServerWritableStream<unknown, unknown>).request;
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    const admitted = hooks.admits(call, method);
+    const input = !admitted
+      ? undefined
+      : clientStreams
+        ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
+        : decodeRequest(method.input, (call as grpc.ServerWritableStream<unknown, unknown>).request);
     const run = async () => {
+      if (!admitted) throw UNAUTHENTICATED;
       if (input instanceof UndecodableRequest) {
         throw new ConnectError(
           `request: cannot decode ${method.input.typeName}: ${input.reason}`,
@@ -252,7 +283,8 @@ async function* readInput(
   call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
   method: DescMethod,
 ): AsyncIterable<unknown> {
-  for await (const message of call as AsyncIterable<unknown>) {
+  for await (const encoded of call as AsyncIterable<unknown>) {
+    const message = decodeRequest(method.input, encoded);
     if (message instanceof UndecodableRequest) {
       throw new ConnectError(
         `request: cannot decode ${method.input.typeName}: ${message.reason}`,
@@ -266,12 +298,13 @@ async function* readInput(
 function clientStreamingHandler(
   bound: BoundService,
   method: DescMethod,
-  onCall: OnCall,
+  hooks: Hooks,
 ): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, onCall);
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    if (!hooks.admits(call, method)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
     answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
   };
 }
@@ -282,6 +315,8 @@ export interface GrpcServerOptions {
   limits: LimitOptions;
   /** Connection budget shared with the HTTP port. @default a budget of this server's own, from `limits` */
   guard?: ConnectionGuard;
+  /** Refuses calls without any credential before their body is decoded (see credential-gate.ts). @default admit all */
+  credentialGate?: CredentialGate;
 }
 
 /**
@@ -343,6 +378,23 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     clearTimeout(timer);
     awaitingFirstCall.delete(peer);
   };
+  const gate = options.credentialGate;
+  const hooks: Hooks = {
+    onCall,
+    admits: gate
+      ? (call, method) =>
+          gate({
+            method,
+            header: (name) => {
+              const v = call.metadata.get(name)[0];
+              return v === undefined ? undefined : String(v);
+            },
+            peerCertificate: peerCertificates(call).length > 0,
+            peer: call.getPeer(),
+            requestId: requestIdFor(call.metadata.get("x-request-id")[0]?.toString()),
+          })
+      : () => true,
+  };
   const sockets = new Set<net.Socket>();
   let listener: net.Server | undefined;
   for (const bound of options.services) {
@@ -356,16 +408,16 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
         requestStream,
         responseStream,
         requestSerialize: serializer(method.input),
-        requestDeserialize: deserializer(method.input),
+        requestDeserialize: (buf: Buffer) => new EncodedRequest(buf),
         responseSerialize: serializer(method.output),
         responseDeserialize: deserializer(method.output),
         originalName: method.localName,
       };
       impl[method.localName] = responseStream
-        ? streamingHandler(bound, method, onCall)
+        ? streamingHandler(bound, method, hooks)
         : requestStream
-          ? clientStreamingHandler(bound, method, onCall)
-          : unaryHandler(bound, method, onCall);
+          ? clientStreamingHandler(bound, method, hooks)
+          : unaryHandler(bound, method, hooks);
     }
     server.addService(definition, impl);
   }

@@ -18,6 +18,7 @@ import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } fr
 import { createHttp2SessionGuard } from "./http2-session-guard.js";
 import { perimeterHeaders, REQUEST_ID_HEADER, requestIdFor } from "./perimeter-headers.js";
 import { scrubErrorResponse } from "./scrub-error-response.js";
+import type { CredentialGate } from "./credential-gate.js";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
@@ -45,6 +46,8 @@ export interface HttpServerOptions {
   attachTls?: (server: http2.Http2SecureServer) => void;
   /** Connection budget shared with the gRPC port. @default a budget of this server's own, from `limits` */
   guard?: ConnectionGuard;
+  /** Refuses calls without any credential before their body is read (see credential-gate.ts). @default admit all */
+  credentialGate?: CredentialGate;
 }
 
 /** The connect-node server. */
@@ -143,6 +146,23 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       const route = options.routes[path];
       if (route) return route(req, res);
       return sendConnectError(res, 404, "unimplemented", `no route for ${req.method ?? ""} ${path.slice(0, 200)}`);
+    }
+    const gate = options.credentialGate;
+    if (
+      gate &&
+      !gate({
+        method: rpc.method,
+        header: (name) => {
+          const v = req.headers[name];
+          return Array.isArray(v) ? v[0] : v;
+        },
+        peerCertificate: peerCertificates(req.socket).length > 0,
+        peer: `${req.socket.remoteAddress ?? ""}:${req.socket.remotePort ?? ""}`,
+        requestId,
+      })
+    ) {
+      // HTTP 401 is UNAUTHENTICATED for Connect, gRPC and gRPC-Web clients alike; the body stays unread.
+      return sendConnectError(res, 401, "unauthenticated", "unauthenticated");
     }
     let uReq;
     try {
