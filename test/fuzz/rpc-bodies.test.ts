@@ -110,6 +110,8 @@ function heapAfterGc(): number {
 }
 
 test("fuzz - every RPC of every served service answers arbitrary protobuf and Connect JSON bodies without a server fault or a leak", async (t) => {
+  // Long runs (FUZZ_RUNS) need more than ava's default timeout: about 40 requests per run and method.
+  t.timeout(Math.max(120_000, RUNS * 2_000));
   const k = await startTestKernel(t, { rateLimit: { ipLimit: 100_000_000 }, log: { level: "fatal" } });
   const services = await servedServices();
   const methods = services
