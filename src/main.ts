@@ -29,7 +29,7 @@ import {
 import type { KernelInterceptor } from "./server/interceptor.js";
 import { createGrpcServer } from "./server/grpc-server.js";
 import { createConnectionGuard, resolveMaxConnections } from "./server/connection-guard.js";
-import { createCredentialGate } from "./server/credential-gate.js";
+import { createCredentialGate } from "./identity/credential-gate.js";
 import { createHttpServer, type HttpRoute } from "./server/http-server.js";
 import { createHealthService } from "./server/health-service.js";
 import { createReflectionService } from "./server/reflection-service.js";

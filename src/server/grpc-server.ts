@@ -15,7 +15,7 @@ import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "../config/kernel-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
-import type { CredentialGate } from "./credential-gate.js";
+import type { CredentialGate } from "../identity/credential-gate.js";
 import { requestIdFor } from "./perimeter-headers.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */

@@ -18,7 +18,7 @@ import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } fr
 import { createHttp2SessionGuard } from "./http2-session-guard.js";
 import { perimeterHeaders, REQUEST_ID_HEADER, requestIdFor } from "./perimeter-headers.js";
 import { scrubErrorResponse } from "./scrub-error-response.js";
-import type { CredentialGate } from "./credential-gate.js";
+import type { CredentialGate } from "../identity/credential-gate.js";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,

@@ -5,7 +5,7 @@ import type { Clock } from "../common/clock.js";
 import { createDenialAuditor } from "../authz/audit-denial.js";
 import { createMethodMatcher } from "../authz/method-pattern.js";
 import type { Logger } from "../telemetry/logger.js";
-import { kCorrelationId, kPeer, methodPath, type CallRequest } from "./interceptor.js";
+import { kCorrelationId, kPeer, methodPath, type CallRequest } from "../server/interceptor.js";
 
 /** What the gate needs from the authentication options (AuthnOptions). */
 export interface CredentialGateOptions {

@@ -5,7 +5,7 @@ import { AdminService, GetStatusResponseSchema } from "../../gen/nops/kernel/v1/
 import { create } from "@bufbuild/protobuf";
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/config/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
-import { createCredentialGate } from "../../src/server/credential-gate.js";
+import { createCredentialGate } from "../../src/identity/credential-gate.js";
 import { createGrpcServer } from "../../src/server/grpc-server.js";
 import { createHttpServer } from "../../src/server/http-server.js";
 import type { KernelInterceptor } from "../../src/server/interceptor.js";
