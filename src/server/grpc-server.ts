@@ -16,7 +16,7 @@ import type { LimitOptions } from "../config/kernel-options.js";
 import { derChainFromPeerCertificate } from "../identity/spiffe/verify-peer.js";
 import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
 import type { CredentialGate } from "../identity/credential-gate.js";
-import { requestIdFor } from "./perimeter-headers.js";
+import { REQUEST_ID_HEADER, requestIdFor } from "./perimeter-headers.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -130,7 +130,7 @@ type OnCall = (peer: string) => void;
 interface Hooks {
   onCall: OnCall;
   /** False: the call carries no credential where one is needed; answered before decoding. */
-  admits(call: AnyCall, method: DescMethod): boolean;
+  admits(call: AnyCall, method: DescMethod, ctx: HandlerContext): boolean;
 }
 
 function handlerContext(
@@ -181,7 +181,7 @@ function unaryHandler(bound: BoundService, method: DescMethod, hooks: Hooks): gr
   return (call, callback) => {
     const { controller, settled } = track(call);
     const ctx = handlerContext(bound, method, call, controller, hooks);
-    if (!hooks.admits(call, method)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
     const request = decodeRequest(method.input, call.request);
     const result =
       request instanceof UndecodableRequest
@@ -256,7 +256,7 @@ function streamingHandler(
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
     const { controller, settled } = track(call);
     const ctx = handlerContext(bound, method, call, controller, hooks);
-    const admitted = hooks.admits(call, method);
+    const admitted = hooks.admits(call, method, ctx);
     const input = !admitted
       ? undefined
       : clientStreams
@@ -304,7 +304,7 @@ function clientStreamingHandler(
   return (call, callback) => {
     const { controller, settled } = track(call);
     const ctx = handlerContext(bound, method, call, controller, hooks);
-    if (!hooks.admits(call, method)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
     answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
   };
 }
@@ -382,8 +382,9 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const hooks: Hooks = {
     onCall,
     admits: gate
-      ? (call, method) =>
-          gate({
+      ? (call, method, ctx) => {
+          const requestId = requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString());
+          const admitted = gate({
             method,
             header: (name) => {
               const v = call.metadata.get(name)[0];
@@ -391,8 +392,12 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
             },
             peerCertificate: peerCertificates(call).length > 0,
             peer: call.getPeer(),
-            requestId: requestIdFor(call.metadata.get("x-request-id")[0]?.toString()),
-          })
+            requestId,
+          });
+          // The chain, which echoes the id for admitted calls, never runs for a refused one.
+          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, requestId);
+          return admitted;
+        }
       : () => true,
   };
   const sockets = new Set<net.Socket>();

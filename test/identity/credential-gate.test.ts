@@ -82,6 +82,22 @@ test("credential gate - gRPC port: a call with no credential is UNAUTHENTICATED 
     );
   t.is(await call("/nops.kernel.v1.AdminService/GetStatus"), grpc.status.UNAUTHENTICATED);
   t.deepEqual(seen, []);
+  // The refusal still carries the caller's request id.
+  const tagged = new grpc.Metadata();
+  tagged.set("x-request-id", "req-9");
+  const echoed = await new Promise<string | undefined>((resolve) => {
+    const c = client.makeUnaryRequest(
+      "/nops.kernel.v1.AdminService/GetStatus",
+      raw,
+      raw,
+      Buffer.alloc(0),
+      tagged,
+      () => undefined,
+    );
+    c.on("metadata", (m: grpc.Metadata) => resolve(m.get("x-request-id")[0]?.toString()));
+    c.on("status", () => resolve(undefined));
+  });
+  t.is(echoed, "req-9");
   const md = new grpc.Metadata();
   md.set("authorization", "Bearer x");
   t.is(
