@@ -1,7 +1,7 @@
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import * as tls from "node:tls";
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { DEFAULT_KERNEL_OPTIONS, type LimitOptions } from "../../src/config/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
@@ -112,6 +112,65 @@ test.serial(
     const started = Date.now();
     await new Promise((resolve) => socket.once("close", resolve));
     t.true(Date.now() - started < 3000);
+    t.is(guard.stats().reaped, 1);
+  },
+);
+
+async function serverWith(t: ExecutionContext, overrides: Partial<LimitOptions>) {
+  const bound = bindService(Health, { check: () => ({ status: Serving.SERVING }), async *watch() {} }, []);
+  const guard = createConnectionGuard({}, { maxConnections: 100, maxConnectionsPerIp: 100 });
+  const server = createHttpServer({ services: [bound], routes: {}, limits: { ...limits, ...overrides }, guard });
+  const port = await server.listen("127.0.0.1", 0);
+  t.teardown(() => server.shutdown(100));
+  const client = http2.connect(`http://127.0.0.1:${port}`);
+  client.on("error", () => undefined);
+  t.teardown(() => void client.destroy());
+  return { guard, client };
+}
+
+test.serial(
+  "http2 session guard - a stream that never sends its request body is reset after requestTimeoutMs",
+  async (t) => {
+    const { client } = await serverWith(t, { requestTimeoutMs: 300 });
+    const stream = client.request({
+      ":method": "POST",
+      ":path": "/grpc.health.v1.Health/Check",
+      "content-type": "application/json",
+    });
+    stream.on("error", () => undefined);
+    stream.resume();
+    const started = Date.now();
+    await new Promise((resolve) => stream.once("close", resolve));
+    t.is(stream.rstCode, http2.constants.NGHTTP2_CANCEL);
+    t.true(Date.now() - started < 3000);
+    // The connection itself is fine: a complete request on it is answered.
+    const ok = client.request({
+      ":method": "POST",
+      ":path": "/grpc.health.v1.Health/Check",
+      "content-type": "application/json",
+    });
+    const status = new Promise((resolve) => ok.once("response", (h) => resolve(h[":status"])));
+    ok.resume();
+    ok.end("{}");
+    t.is(await status, 200);
+  },
+);
+
+test.serial(
+  "http2 session guard - a connection with no open stream for sessionIdleTimeoutMs gets GOAWAY and is closed",
+  async (t) => {
+    const { client, guard } = await serverWith(t, { sessionIdleTimeoutMs: 500 });
+    const req = client.request({
+      ":method": "POST",
+      ":path": "/grpc.health.v1.Health/Check",
+      "content-type": "application/json",
+    });
+    req.resume();
+    req.end("{}");
+    await new Promise((resolve) => req.once("close", resolve));
+    const goaway = new Promise<number>((resolve) => client.once("goaway", (code: number) => resolve(code)));
+    t.is(await goaway, http2.constants.NGHTTP2_NO_ERROR, "a polite GOAWAY");
+    await waitFor(() => guard.stats().open === 0, "connection closed", 5000);
     t.is(guard.stats().reaped, 1);
   },
 );
