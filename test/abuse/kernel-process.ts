@@ -61,8 +61,14 @@ export async function spawnKernel(t: ExecutionContext, o: KernelProcessOptions):
     env,
     root,
   );
-  await waitFor(() => /kernel started/.test(child.output()), "kernel start", 60_000, 100);
   const pid = child.proc.pid!;
+  // If ava times the test out, teardown does not run: the kernel must not outlive the worker.
+  const orphanGuard = () => {
+    if (child.proc.exitCode === null && child.proc.signalCode === null) process.kill(pid, "SIGKILL");
+  };
+  process.once("exit", orphanGuard);
+  t.teardown(() => void process.off("exit", orphanGuard));
+  await waitFor(() => /kernel started/.test(child.output()), "kernel start", 60_000, 100);
   const dev = join(dataDir, "dev-identity");
   const tls = o.tls
     ? {
