@@ -119,6 +119,16 @@ export const DEFAULT_KERNEL_OPTIONS = {
     maxConcurrentStreams: 256,
     maxHeaderBytes: 16 * 1024,
     maxHeaderCount: 64,
+    maxConnections: 0,
+    maxConnectionsPerIp: 256,
+    tlsHandshakeTimeoutMs: 10_000,
+    headersTimeoutMs: 10_000,
+    requestTimeoutMs: 30_000,
+    keepAliveTimeoutMs: 5_000,
+    sessionIdleTimeoutMs: 300_000,
+    keepalivePingIntervalMs: 30_000,
+    pingTimeoutMs: 5_000,
+    maxConnectionAgeMs: 0,
   },
   reflection: false,
   registry: {
@@ -175,6 +185,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     maxConcurrentStreams: readInt(lim, "maxConcurrentStreams", "limits", d.limits.maxConcurrentStreams, 1, 1_000_000),
     maxHeaderBytes: readInt(lim, "maxHeaderBytes", "limits", d.limits.maxHeaderBytes, 1024, 1024 * 1024),
     maxHeaderCount: readInt(lim, "maxHeaderCount", "limits", d.limits.maxHeaderCount, 8, 10_000),
+    ...resolveConnectionLimits(lim),
   };
 
   const reg = readSection(s.registry, "registry", d.registry);
@@ -251,6 +262,30 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }
+
+// Timeouts are bounded below so a typo cannot make the kernel reap every connection at once.
+function resolveConnectionLimits(lim: RawSection): ConnectionLimits {
+  const d = DEFAULT_KERNEL_OPTIONS.limits;
+  const ms = (key: keyof LimitOptions, min: number) => readInt(lim, key, "limits", d[key], min, 24 * 3600_000);
+  return {
+    maxConnections: readInt(lim, "maxConnections", "limits", d.maxConnections, 0, 10_000_000),
+    maxConnectionsPerIp: readInt(lim, "maxConnectionsPerIp", "limits", d.maxConnectionsPerIp, 1, 10_000_000),
+    tlsHandshakeTimeoutMs: ms("tlsHandshakeTimeoutMs", 100),
+    headersTimeoutMs: ms("headersTimeoutMs", 100),
+    requestTimeoutMs: ms("requestTimeoutMs", 100),
+    keepAliveTimeoutMs: ms("keepAliveTimeoutMs", 100),
+    sessionIdleTimeoutMs: ms("sessionIdleTimeoutMs", 100),
+    keepalivePingIntervalMs: ms("keepalivePingIntervalMs", 100),
+    pingTimeoutMs: ms("pingTimeoutMs", 100),
+    maxConnectionAgeMs: readInt(lim, "maxConnectionAgeMs", "limits", d.maxConnectionAgeMs, 0, 30 * 24 * 3600_000),
+  };
+}
+
+// The limits resolved inline in resolveKernelOptions are sizes and the deadline cap; these are the rest.
+type ConnectionLimits = Omit<
+  LimitOptions,
+  "maxMessageBytes" | "maxDeadlineMs" | "maxConcurrentStreams" | "maxHeaderBytes" | "maxHeaderCount"
+>;
 
 function resolveDge(raw: unknown): KernelOptions["dge"] {
   const d = DEFAULT_KERNEL_OPTIONS.dge;

@@ -42,6 +42,8 @@ import {
 import type { KernelInterceptor } from "../server/interceptor.js";
 import { createStreamShutdown } from "../server/shutdown-interceptor.js";
 import { createGrpcServer } from "../server/grpc-server.js";
+import { createConnectionGuard, resolveMaxConnections } from "../server/connection-guard.js";
+import { createCredentialGate } from "../identity/credential-gate.js";
 import { createHttpServer, type HttpRoute } from "../server/http-server.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
@@ -425,11 +427,26 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       },
     };
 
-    const grpcServer = createGrpcServer({ services, limits: options.limits });
+    // One connection budget for both ports (docs/hardening.md).
+    const connectionGuard = createConnectionGuard(
+      { meter, logger: logger.child({ component: "connections" }) },
+      {
+        maxConnections: resolveMaxConnections(options.limits.maxConnections),
+        maxConnectionsPerIp: options.limits.maxConnectionsPerIp,
+      },
+    );
+    // Calls with no credential at all are refused before their body is read (docs/hardening.md).
+    const credentialGate = createCredentialGate(
+      { audit, clock, logger: logger.child({ component: "authn" }) },
+      options.authn,
+    );
+    const grpcServer = createGrpcServer({ services, limits: options.limits, guard: connectionGuard, credentialGate });
     const httpServer = createHttpServer({
       services,
       routes,
       limits: options.limits,
+      guard: connectionGuard,
+      credentialGate,
       // The HTTP port asks for a client certificate but does not require one: browsers, JWT and API
       // key callers and kubelet probes connect without; a presented chain is verified by authn.
       tls: tls && { ...tls.serverOptions(), rejectUnauthorized: false },

@@ -37,15 +37,16 @@ function tenantOf(input: unknown): string | undefined {
 }
 
 /**
- * The X-RateLimit-* headers of a decision: limit, remaining and reset (delta seconds, like
- * Retry-After) of the binding limit; tier is the tenant's tier, or "ip" for tenant-less requests.
+ * The X-RateLimit-* headers of a decision: limit, remaining and reset of the binding limit (reset
+ * is the Unix epoch second at which the window resets, as GitHub's and the roadmap's API define it;
+ * Retry-After carries the delta); tier is the tenant's tier, or "ip" for tenant-less requests.
  */
-export function rateLimitHeaders(d: RateLimitDecision): Record<string, string> {
+export function rateLimitHeaders(d: RateLimitDecision, nowMs: number): Record<string, string> {
   const b = d.binding;
   return {
     "x-ratelimit-limit": String(b.limit),
     "x-ratelimit-remaining": String(b.remaining),
-    "x-ratelimit-reset": String(Math.ceil(b.msBeforeReset / 1000)),
+    "x-ratelimit-reset": String(Math.ceil((nowMs + b.msBeforeReset) / 1000)),
     "x-ratelimit-tier": d.tier === undefined ? "ip" : String(d.tier),
   };
 }
@@ -156,7 +157,7 @@ export function createRateLimitInterceptor(
     const ip = principal ? undefined : clientIp(ctx.values.get(kPeer).address);
     const correlationId = ctx.values.get(kCorrelationId);
     const decision = await limiter.check(ip, tenant);
-    const headers = rateLimitHeaders(decision);
+    const headers = rateLimitHeaders(decision, deps.clock.now());
     for (const [k, v] of Object.entries(headers)) ctx.responseHeader.set(k, v);
     if (decision.tenant) alertIfNearQuota(decision.tenant, correlationId);
     decisions.add(1, { scope: decision.binding.scope, outcome: decision.allowed ? "allowed" : "rejected" });

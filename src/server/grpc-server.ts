@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import * as net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
 import {
@@ -12,7 +13,10 @@ import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "./peer-certificates.js";
-import { canceled, internalError, invalidArgument } from "../common/index.js";
+import { canceled, internalError, invalidArgument, unauthenticated } from "../common/index.js";
+import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
+import type { CredentialGate } from "./credential-gate.js";
+import { REQUEST_ID_HEADER, requestIdFor } from "./perimeter-headers.js";
 
 /** The native gRPC server: serves bound services with grpc-js. */
 export interface GrpcServer {
@@ -27,6 +31,23 @@ export interface GrpcServer {
 class UndecodableRequest {
   constructor(readonly reason: string) {}
 }
+
+// A request message as grpc-js received it: decoded by the handler, after the credential gate,
+// so the body of a call that can only be refused is never parsed.
+class EncodedRequest {
+  constructor(readonly bytes: Buffer) {}
+}
+
+function decodeRequest(schema: DescMessage, value: unknown): unknown {
+  if (!(value instanceof EncodedRequest)) return value;
+  try {
+    return fromBinary(schema, value.bytes);
+  } catch (e) {
+    return new UndecodableRequest((e as Error).message);
+  }
+}
+
+const UNAUTHENTICATED = unauthenticated();
 
 function deserializer(schema: DescMessage): (buf: Buffer) => unknown {
   return (buf) => {
@@ -57,7 +78,9 @@ export function metadataToHeaders(md: grpc.Metadata): Headers {
 /** Copies fetch Headers into gRPC metadata (skipping HTTP/2 reserved ones). */
 export function headersToMetadata(headers: Headers, into = new grpc.Metadata()): grpc.Metadata {
   headers.forEach((value, key) => {
-    if (key.startsWith(":") || key === "content-type" || key === "te" || key.startsWith("grpc-")) return;
+    // grpc-* are the transport's own, except the retry pushback (gRPC A6) a shed or shutdown call carries.
+    if (key.startsWith(":") || key === "content-type" || key === "te") return;
+    if (key.startsWith("grpc-") && key !== "grpc-retry-pushback-ms") return;
     if (key.endsWith("-bin")) into.add(key, Buffer.from(decodeBinaryHeader(value)));
     else into.add(key, value);
   });
@@ -102,12 +125,25 @@ function readPeerCertificates(call: AnyCall): Uint8Array[] {
   return cert ? derChainFromPeerCertificate(cert) : [];
 }
 
+/** Called with each call's peer ("ip:port") so the connection's first-call deadline is lifted. */
+type OnCall = (peer: string) => void;
+
+/** Per-server hooks every handler runs before the chain. */
+interface Hooks {
+  onCall: OnCall;
+  /** False: the call carries no credential where one is needed; answered before decoding. */
+  admits(call: AnyCall, method: DescMethod, ctx: HandlerContext): boolean;
+}
+
 function handlerContext(
   bound: BoundService,
   method: DescMethod,
   call: AnyCall,
   controller: AbortController,
+  hooks: Hooks,
 ): HandlerContext {
+  const address = call.getPeer().replace(/^ipv[46]:/, "");
+  hooks.onCall(address);
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
@@ -123,7 +159,7 @@ function handlerContext(
     protocolName: "grpc",
     url: methodPath(method),
     values: createContextValues().set(kPeer, {
-      address: call.getPeer().replace(/^ipv[46]:/, ""),
+      address,
       transport: "grpc-js",
       certificates: peerCertificates(call),
     }),
@@ -142,12 +178,13 @@ function track(call: AnyCall): { controller: AbortController; settled: () => voi
   return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
 }
 
-function unaryHandler(bound: BoundService, method: DescMethod): grpc.handleUnaryCall<unknown, unknown> {
+function unaryHandler(bound: BoundService, method: DescMethod, hooks: Hooks): grpc.handleUnaryCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
-    const request = call.request;
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
+    const request = decodeRequest(method.input, call.request);
     const result =
       request instanceof UndecodableRequest
         ? Promise.reject(invalidArgument("request", `cannot decode ${method.input.typeName}: ${request.reason}`))
@@ -209,16 +246,21 @@ async function writeAll(
 function streamingHandler(
   bound: BoundService,
   method: DescMethod,
+  hooks: Hooks,
 ): grpc.handleServerStreamingCall<unknown, unknown> | grpc.handleBidiStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
-    const input = clientStreams
-      ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
-      : (call as grpc.ServerWritableStream<unknown, unknown>).request;
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    const admitted = hooks.admits(call, method, ctx);
+    const input = !admitted
+      ? undefined
+      : clientStreams
+        ? readInput(call as grpc.ServerDuplexStream<unknown, unknown>, method)
+        : decodeRequest(method.input, (call as grpc.ServerWritableStream<unknown, unknown>).request);
     const run = async () => {
+      if (!admitted) throw UNAUTHENTICATED;
       if (input instanceof UndecodableRequest) {
         throw invalidArgument("request", `cannot decode ${method.input.typeName}: ${input.reason}`);
       }
@@ -235,7 +277,8 @@ async function* readInput(
   call: grpc.ServerDuplexStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
   method: DescMethod,
 ): AsyncIterable<unknown> {
-  for await (const message of call as AsyncIterable<unknown>) {
+  for await (const encoded of call as AsyncIterable<unknown>) {
+    const message = decodeRequest(method.input, encoded);
     if (message instanceof UndecodableRequest) {
       throw invalidArgument("request", `cannot decode ${method.input.typeName}: ${message.reason}`);
     }
@@ -246,11 +289,13 @@ async function* readInput(
 function clientStreamingHandler(
   bound: BoundService,
   method: DescMethod,
+  hooks: Hooks,
 ): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
     const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller);
+    const ctx = handlerContext(bound, method, call, controller, hooks);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
     answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
   };
 }
@@ -259,17 +304,95 @@ function clientStreamingHandler(
 export interface GrpcServerOptions {
   services: readonly BoundService[];
   limits: LimitOptions;
+  /** Connection budget shared with the HTTP port. @default a budget of this server's own, from `limits` */
+  guard?: ConnectionGuard;
+  /** Refuses calls without any credential before their body is decoded (see credential-gate.ts). @default admit all */
+  credentialGate?: CredentialGate;
 }
 
-/** Creates a grpc-js server for `services`, with explicit message, stream and metadata limits. */
-export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": options.limits.maxMessageBytes,
-    "grpc.max_send_message_length": options.limits.maxMessageBytes,
-    "grpc.max_concurrent_streams": options.limits.maxConcurrentStreams,
-    "grpc.max_metadata_size": options.limits.maxHeaderBytes,
+/**
+ * Credentials whose TLS server gets `handshakeTimeout`: grpc-js builds its secure server from
+ * `_getConstructorOptions()` and has no option of its own for it (Node's default is 120 s).
+ */
+function withHandshakeTimeout(credentials: grpc.ServerCredentials, ms: number): grpc.ServerCredentials {
+  if (!credentials._isSecure()) return credentials;
+  const wrapped = Object.create(credentials) as grpc.ServerCredentials;
+  wrapped._getConstructorOptions = () => ({ ...credentials._getConstructorOptions(), handshakeTimeout: ms });
+  return wrapped;
+}
+
+/** grpc-js server options for `limits`: sizes, streams, idle sessions, keepalive pings, connection age. */
+export function grpcServerOptions(limits: LimitOptions): grpc.ServerOptions {
+  return {
+    "grpc.max_receive_message_length": limits.maxMessageBytes,
+    "grpc.max_send_message_length": limits.maxMessageBytes,
+    "grpc.max_concurrent_streams": limits.maxConcurrentStreams,
+    "grpc.max_metadata_size": limits.maxHeaderBytes,
     "grpc.keepalive_permit_without_calls": 1,
-  });
+    // A connection with no call for this long gets GOAWAY and is closed.
+    "grpc.max_connection_idle_ms": limits.sessionIdleTimeoutMs,
+    // Server pings find dead peers and sessions nghttp2 has wedged (no ack: destroyed).
+    "grpc.keepalive_time_ms": limits.keepalivePingIntervalMs,
+    "grpc.keepalive_timeout_ms": limits.pingTimeoutMs,
+    ...(limits.maxConnectionAgeMs > 0
+      ? {
+          "grpc.max_connection_age_ms": limits.maxConnectionAgeMs,
+          "grpc.max_connection_age_grace_ms": limits.requestTimeoutMs,
+        }
+      : {}),
+  };
+}
+
+/**
+ * Creates a grpc-js server for `services`, with explicit message, stream and metadata limits. The
+ * kernel owns the listening socket and hands accepted connections to grpc-js (its connection
+ * injector), so the connection budget and the first-call deadline apply before TLS and HTTP/2.
+ */
+export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
+  const { limits } = options;
+  const guard =
+    options.guard ??
+    createConnectionGuard(
+      {},
+      {
+        maxConnections: resolveMaxConnections(limits.maxConnections),
+        maxConnectionsPerIp: limits.maxConnectionsPerIp,
+      },
+    );
+  const server = new grpc.Server(grpcServerOptions(limits));
+  // Connections that have not made a call yet, by "ip:port": each must make one within
+  // headersTimeoutMs (TLS handshake and HTTP/2 preface included) or it is closed.
+  const awaitingFirstCall = new Map<string, NodeJS.Timeout>();
+  const onCall: OnCall = (peer) => {
+    const timer = awaitingFirstCall.get(peer);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    awaitingFirstCall.delete(peer);
+  };
+  const gate = options.credentialGate;
+  const hooks: Hooks = {
+    onCall,
+    admits: gate
+      ? (call, method, ctx) => {
+          const requestId = requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString());
+          const admitted = gate({
+            method,
+            header: (name) => {
+              const v = call.metadata.get(name)[0];
+              return v === undefined ? undefined : String(v);
+            },
+            peerCertificate: peerCertificates(call).length > 0,
+            peer: call.getPeer(),
+            requestId,
+          });
+          // The chain, which echoes the id for admitted calls, never runs for a refused one.
+          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, requestId);
+          return admitted;
+        }
+      : () => true,
+  };
+  const sockets = new Set<net.Socket>();
+  let listener: net.Server | undefined;
   for (const bound of options.services) {
     const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
     const impl: grpc.UntypedServiceImplementation = {};
@@ -281,16 +404,16 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
         requestStream,
         responseStream,
         requestSerialize: serializer(method.input),
-        requestDeserialize: deserializer(method.input),
+        requestDeserialize: (buf: Buffer) => new EncodedRequest(buf),
         responseSerialize: serializer(method.output),
         responseDeserialize: deserializer(method.output),
         originalName: method.localName,
       };
       impl[method.localName] = responseStream
-        ? streamingHandler(bound, method)
+        ? streamingHandler(bound, method, hooks)
         : requestStream
-          ? clientStreamingHandler(bound, method)
-          : unaryHandler(bound, method);
+          ? clientStreamingHandler(bound, method, hooks)
+          : unaryHandler(bound, method, hooks);
     }
     server.addService(definition, impl);
   }
@@ -298,17 +421,47 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   return {
     listen: (host, port, credentials) =>
       new Promise((resolve, reject) => {
-        const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-        server.bindAsync(address, credentials, (err, bound) => (err ? reject(err) : resolve(bound)));
+        const injector = server.createConnectionInjector(
+          withHandshakeTimeout(credentials, limits.tlsHandshakeTimeoutMs),
+        );
+        const l = net.createServer((socket) => {
+          if (!guard.admit(socket, "grpc")) return;
+          sockets.add(socket);
+          // grpc-js handles errors of the sessions it makes; a reset before that must not crash.
+          socket.on("error", () => undefined);
+          // The form grpc-js's call.getPeer() gives.
+          const peer = `${socket.remoteAddress ?? ""}:${socket.remotePort ?? ""}`;
+          const timer = setTimeout(() => {
+            awaitingFirstCall.delete(peer);
+            guard.reaped("grpc", "headers-timeout");
+            socket.destroy();
+          }, limits.headersTimeoutMs);
+          timer.unref();
+          awaitingFirstCall.set(peer, timer);
+          socket.once("close", () => {
+            sockets.delete(socket);
+            onCall(peer);
+          });
+          injector.injectConnection(socket);
+        });
+        listener = l;
+        l.once("error", reject);
+        l.listen(port, host, () => {
+          l.off("error", reject);
+          resolve((l.address() as net.AddressInfo).port);
+        });
       }),
     shutdown: (graceMs) =>
       new Promise((resolve) => {
+        listener?.close();
         const timer = setTimeout(() => {
           server.forceShutdown();
+          for (const socket of sockets) socket.destroy();
           resolve();
         }, graceMs);
         server.tryShutdown(() => {
           clearTimeout(timer);
+          for (const socket of sockets) socket.destroy();
           resolve();
         });
       }),

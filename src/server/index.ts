@@ -23,3 +23,4 @@ export { type LimitOptions } from "./limit-options.js";
 export { methodMatches, createMethodMatcher, DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";
 export { derChainFromPeerCertificate, MAX_PEER_CHAIN_LENGTH } from "./peer-certificates.js";
 export { createReflectionService } from "./reflection-service.js";
+export { type CredentialGate, type GateRequest } from "./credential-gate.js";

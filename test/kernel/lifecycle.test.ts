@@ -159,6 +159,7 @@ test.serial(
       t.is(err?.code, Code.Unavailable);
       t.regex(err?.rawMessage ?? "", /shutting down/);
       t.is(err?.metadata.get("retry-after"), "1");
+      t.is(err?.metadata.get("grpc-retry-pushback-ms"), "1000");
     }
   },
 );

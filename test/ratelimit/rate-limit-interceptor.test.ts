@@ -133,6 +133,11 @@ test("rate limit interceptor - past the limit answers RESOURCE_EXHAUSTED with Re
   const err = results[3]!.error!;
   const retryAfter = Number(err.metadata.get("retry-after"));
   t.true(retryAfter >= 1 && retryAfter <= 60);
+  // X-RateLimit-Reset is the epoch second of the reset: Retry-After seconds from now.
+  const reset = Number(err.metadata.get("x-ratelimit-reset"));
+  const nowS = h.deps.clock.now() / 1000;
+  t.true(reset > nowS && reset <= nowS + 61, `reset ${reset} is an epoch second within the window`);
+  t.true(Math.abs(reset - nowS - retryAfter) <= 1);
   t.is(err.metadata.get("x-ratelimit-remaining"), "0");
   t.is(err.metadata.get("x-ratelimit-tier"), "ip");
   const rows = h.db.prepare("SELECT action, outcome, resource, details FROM audit_log").all() as Array<{

@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import * as net from "node:net";
 import test from "ava";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -12,6 +13,7 @@ import {
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
 import { bindService } from "../../src/server/bind-service.js";
 import { createGrpcServer } from "../../src/server/grpc-server.js";
+import { createConnectionGuard } from "../../src/server/connection-guard.js";
 import { methodPath } from "../../src/server/interceptor.js";
 import { waitFor } from "../helpers/processes.js";
 
@@ -70,4 +72,63 @@ test("grpc-js adapter - a handler's signal aborts when the caller cancels, never
     signals.check.slice(0, 3).every((s) => !s.aborted),
     "no answered call aborted its handler",
   );
+});
+
+function healthServer(
+  limits = DEFAULT_KERNEL_OPTIONS.limits,
+  budget = { maxConnections: 100, maxConnectionsPerIp: 100 },
+) {
+  const bound = bindService(Health, { check: () => ({ status: Serving.SERVING }), async *watch() {} }, []);
+  const guard = createConnectionGuard({}, budget);
+  return { guard, server: createGrpcServer({ services: [bound], limits, guard }) };
+}
+
+test("grpc-js adapter - a connection that makes no call within headersTimeoutMs is closed; one that calls stays", async (t) => {
+  const { guard, server } = healthServer({ ...DEFAULT_KERNEL_OPTIONS.limits, headersTimeoutMs: 300 });
+  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  t.teardown(async () => {
+    client.close();
+    await server.shutdown(100);
+  });
+  // A silent connection (not even the HTTP/2 preface).
+  const silent = net.connect(port, "127.0.0.1");
+  silent.on("error", () => undefined);
+  silent.resume();
+  const closed = new Promise((resolve) => silent.once("close", resolve));
+  const ser = (m: { service: string }) =>
+    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
+  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+  const check = () =>
+    new Promise<unknown>((resolve, reject) =>
+      client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service: "" }, (err, value) =>
+        err ? reject(err) : resolve(value),
+      ),
+    );
+  await check();
+  await closed;
+  t.is(guard.stats().reaped, 1, "only the silent connection was reaped");
+  // The calling connection outlived the deadline and still answers on the same channel.
+  await waitFor(() => guard.stats().open === 1, "the silent connection released", 2000);
+  await new Promise((r) => setTimeout(r, 400));
+  t.like(await check(), { status: Serving.SERVING });
+  t.is(guard.stats().reaped, 1);
+});
+
+test("grpc-js adapter - the connection budget resets connections past it at accept", async (t) => {
+  const { guard, server } = healthServer(DEFAULT_KERNEL_OPTIONS.limits, {
+    maxConnections: 100,
+    maxConnectionsPerIp: 2,
+  });
+  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
+  t.teardown(() => server.shutdown(100));
+  const sockets = Array.from({ length: 4 }, () => {
+    const s = net.connect(port, "127.0.0.1");
+    s.on("error", () => undefined);
+    return s;
+  });
+  await waitFor(() => guard.stats().open + guard.stats().refused === 4, "all accepted or refused", 5000);
+  t.is(guard.stats().open, 2);
+  t.is(guard.stats().refused, 2);
+  for (const s of sockets) s.destroy();
 });
