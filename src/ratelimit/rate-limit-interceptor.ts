@@ -146,15 +146,16 @@ export function createRateLimitInterceptor(
 
   return (next) => async (call) => {
     const { ctx } = call;
-    // Authenticated callers are limited by their tenant's tier, never by address: every agent on
-    // one host shares its address. The tenant is the principal's own, never the request's field
+    // Callers acting for a tenant are limited by its tier, never by address: every agent on one
+    // host shares its address. The tenant is the principal's own, never the request's field
     // (authz has not checked it yet): naming another tenant must not spend its quota or raise
     // billing events for it. Only a principal of every tenant (SUPER_ADMIN) acts for the tenant it
     // names. Callers without a principal (anonymous ports, public methods) are limited by address.
     const principal = ctx.values.get(kPrincipal);
     const named = tenantOf(call.input);
     const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? named : undefined);
-    const ip = principal ? undefined : clientIp(ctx.values.get(kPeer).address);
+    // A call that is nobody's tenant's (anonymous, or an admin call naming none) counts against its address.
+    const ip = tenant === undefined ? clientIp(ctx.values.get(kPeer).address) : undefined;
     const correlationId = ctx.values.get(kCorrelationId);
     const decision = await limiter.check(ip, tenant);
     const headers = rateLimitHeaders(decision, deps.clock.now());

@@ -16,6 +16,9 @@ function shuttingDown(): ConnectError {
   return error;
 }
 
+// How long shutdown waits for ended streams to hand their status to the transports.
+const ENDING_WAIT_MS = 1000;
+
 /** Ends open server streams when shutdown starts. */
 export interface StreamShutdown {
   /** The chain link that tracks open streams and ends them. */
@@ -69,7 +72,16 @@ export function createStreamShutdown(): StreamShutdown {
     },
     async endStreams() {
       stop.abort();
-      await Promise.all(open);
+      // A stream whose consumer stopped pulling stays suspended at its yield and never finishes:
+      // wait for the others, not for it.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(open),
+        new Promise((r) => {
+          timer = setTimeout(r, ENDING_WAIT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
       // The transports write the error status in the turn after the stream's iterator throws.
       await new Promise((r) => setImmediate(r));
     },

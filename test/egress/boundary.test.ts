@@ -39,6 +39,10 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
     reason: "NATS leaf node on the edge host (hub-crossing subjects pass createNatsEgressHook before publish)",
   },
   { pattern: /^src\/ratelimit\/.+\.ts$/, reason: "Redis on the edge host (rate-limit counters)" },
+  {
+    pattern: /^src\/store\/redis-client\.ts$/,
+    reason: "the edge host's Redis (rate limits, nonces, DGE cache) behind a budget and breaker",
+  },
   { pattern: /^src\/identity\/spiffe\/.+\.ts$/, reason: "SPIFFE Workload API over a local unix socket" },
   {
     pattern: /^src\/routing\/.+\.ts$/,

@@ -305,3 +305,31 @@ test("rate limit interceptor - authenticated callers are limited by their tenant
   t.falsy((await call(handler, "10.1.1.1")).error);
   t.is((await call(handler, "10.1.1.1")).error?.code, Code.ResourceExhausted, "anonymous: limited by address");
 });
+
+test("rate limit interceptor - a principal of every tenant counts against the tenant it names, else its address", async (t) => {
+  const h = harness();
+  const handler = createRateLimitInterceptor(h.deps, resolveRateLimitOptions({ ipLimit: 1 }))(ok);
+  const admin = (named?: string) => {
+    const ctx = ctxFor("10.2.2.2");
+    ctx.values.set(kPrincipal, {
+      kind: "spiffe",
+      id: "admin",
+      tenant: undefined,
+      roles: ["SUPER_ADMIN"],
+      scopes: [],
+      capabilities: [],
+    });
+    const input = create(InvokeRequestSchema, { tenant: named ?? "", capability: "echo" });
+    return handler({ service: RoutingService, method: RoutingService.method.invoke, ctx, input }).then(
+      () => ctx,
+      (e: unknown) => Promise.reject(e),
+    );
+  };
+  t.is((await admin("acme")).responseHeader.get("x-ratelimit-tier"), "1");
+  t.is((await admin()).responseHeader.get("x-ratelimit-tier"), "ip");
+  const second = await admin().then(
+    () => undefined,
+    (e: unknown) => ConnectError.from(e),
+  );
+  t.is(second?.code, Code.ResourceExhausted);
+});

@@ -26,8 +26,8 @@ import { waitFor } from "../helpers/processes.js";
 const TENANT = "acme";
 
 async function devKernel(t: ExecutionContext, registry: Record<string, number> = {}) {
-  // Tests here drive calls as fast as they go from one address: lift the per-IP limit (100/min).
-  const rateLimit = { ipOverrides: { "127.0.0.1": 1_000_000 } };
+  // Tests here drive calls as fast as they go: lift the per-IP (100/min) and tier-1 (100/s) limits.
+  const rateLimit = { ipOverrides: { "127.0.0.1": 1_000_000 }, tenantTiers: { [TENANT]: 3 } };
   const k = await startTestKernel(t, { identity: { source: "dev" }, registry, rateLimit });
   const dir = join(k.dir, "dev-identity");
   const transport = createGrpcTransport({

@@ -14,13 +14,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnops/events/v1/envelope.proto\x12\x0enops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\rEventEnvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpayload_type\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnops/events/v1/envelope.proto\x12\x0enops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\rEventEnvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpayload_type\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12&\n\x06origin\x18\n \x01(\x0e\x32\x16.nops.events.v1.Origin*F\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x11\n\rORIGIN_KERNEL\x10\x01\x12\x11\n\rORIGIN_CALLER\x10\x02\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nops.events.v1.envelope_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
+  _ORIGIN._serialized_start=331
+  _ORIGIN._serialized_end=401
   _EVENTENVELOPE._serialized_start=83
-  _EVENTENVELOPE._serialized_end=289
+  _EVENTENVELOPE._serialized_end=329
 # @@protoc_insertion_point(module_scope)
