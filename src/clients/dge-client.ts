@@ -23,7 +23,12 @@ import {
   type DependencyBreakerOptions,
 } from "../common/index.js";
 import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
-import { createDgeSignatureVerifier, DEFAULT_DGE_MAX_SKEW_MS, DGE_SIGNATURE_HEADER } from "../dge/index.js";
+import {
+  createDgeSignatureVerifier,
+  DEFAULT_DGE_MAX_SKEW_MS,
+  DGE_ANSWER_CODES,
+  DGE_SIGNATURE_HEADER,
+} from "../dge/index.js";
 
 /** Options of the DGE client. */
 export interface DgeClientOptions {
@@ -81,22 +86,9 @@ export function resolveDgeBreakerOptions(input: unknown, path = "admin.dependenc
   return resolveDependencyBreakerOptions(input, path, DEFAULT_DGE_BREAKER);
 }
 
-// Codes that are the DGE's answer: it is alive, so they never open the circuit.
-const ANSWERS = new Set([
-  Code.InvalidArgument,
-  Code.PermissionDenied,
-  Code.Unauthenticated,
-  Code.FailedPrecondition,
-  Code.NotFound,
-  Code.Unimplemented,
-  Code.ResourceExhausted,
-  Code.OutOfRange,
-  Code.AlreadyExists,
-]);
-
 /** Whether an error from a DGE call means the DGE failed to answer (what the DGE breaker counts). */
 export function isDgeFailure(err: unknown): boolean {
-  return !(err instanceof ConnectError && ANSWERS.has(err.code));
+  return !(err instanceof ConnectError && DGE_ANSWER_CODES.has(err.code));
 }
 
 const kProbe = createContextKey(false, { description: "DGE health probe (tests an open circuit)" });

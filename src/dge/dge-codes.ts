@@ -1,3 +1,4 @@
+import { Code } from "@connectrpc/connect";
 import { EgressClass, PiiType, Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import type { PiiKind } from "./pii-classifier.js";
 
@@ -73,3 +74,19 @@ export function tierNameOf(tier: Tier): TierName | undefined {
       return undefined;
   }
 }
+
+/**
+ * Status codes that are the DGE's own answer: it is alive and decided. Anything else (refused,
+ * reset, cancelled, timed out) is no answer yet: the guard retries it, the breaker counts it.
+ */
+export const DGE_ANSWER_CODES: ReadonlySet<Code> = new Set([
+  Code.InvalidArgument,
+  Code.PermissionDenied,
+  Code.Unauthenticated,
+  Code.FailedPrecondition,
+  Code.NotFound,
+  Code.Unimplemented,
+  Code.ResourceExhausted,
+  Code.OutOfRange,
+  Code.AlreadyExists,
+]);

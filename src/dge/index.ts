@@ -6,6 +6,7 @@ export {
   type TierName,
   EGRESS_CLASS_NAMES,
   type EgressClassName,
+  DGE_ANSWER_CODES,
 } from "./dge-codes.js";
 export { destinationAllowed } from "./dge-policies.js";
 export { resolveDgeServerOptions, type DgeServerOptions, startDgeServer, type DgeServer } from "./dge-server.js";

@@ -26,7 +26,14 @@ import {
   EgressOverrideActivatedSchema,
   type EgressDecision as EgressDecisionEvent,
 } from "../../gen/nops/events/v1/egress_events_pb.js";
-import { egressClassName, piiKindOf, tierOf, type TierName, DgeSignatureError } from "../dge/index.js";
+import {
+  egressClassName,
+  piiKindOf,
+  tierOf,
+  type TierName,
+  DgeSignatureError,
+  DGE_ANSWER_CODES,
+} from "../dge/index.js";
 import {
   createDgeCache,
   DEFAULT_DGE_CACHE_CHANNEL,
@@ -203,18 +210,6 @@ class DgeTimeoutError extends Error {
   override name = "DgeTimeoutError";
 }
 
-// Answers the DGE really gave; anything else (refused, reset, cancelled stream) is "no answer yet".
-const DEFINITIVE = new Set([
-  Code.InvalidArgument,
-  Code.PermissionDenied,
-  Code.Unauthenticated,
-  Code.FailedPrecondition,
-  Code.NotFound,
-  Code.Unimplemented,
-  Code.ResourceExhausted,
-  Code.OutOfRange,
-]);
-
 /** Creates the Egress Guard. */
 export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOptions): EgressGuard {
   const log = deps.logger.child({ component: "egress-guard" });
@@ -314,7 +309,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
         const ce = ConnectError.from(err);
         if (signal?.aborted) throw err;
         if (ce.code === Code.DeadlineExceeded) throw new DgeTimeoutError("DGE deadline exceeded", { cause: err });
-        if (DEFINITIVE.has(ce.code) || findSignatureError(err)) throw err;
+        if (DGE_ANSWER_CODES.has(ce.code) || findSignatureError(err)) throw err;
         await new Promise((r) => setTimeout(r, Math.min(backoff, Math.max(0, deadline - performance.now()))));
         backoff = Math.min(backoff * 2, 500);
       }
