@@ -154,6 +154,12 @@ export interface EgressDecision {
   cached: boolean;
 }
 
+/**
+ * Denial reasons that are no verdict at all: the DGE did not answer usably. A synchronous call
+ * fails closed on them; a queued event is asked again later instead of being blocked for good.
+ */
+export const NO_VERDICT_REASONS: ReadonlySet<string> = new Set(["dge_timeout", "dge_error", "dge_signature_invalid"]);
+
 /** The only door out: decides every outbound call and records the decision. */
 export interface EgressGuard {
   check(request: EgressRequest): Promise<EgressDecision>;

@@ -1,5 +1,6 @@
 /** The Egress Guard's public surface: the guard, its per-transport doors and the break-glass grant. */
 export {
+  NO_VERDICT_REASONS,
   createEgressGuard,
   resolveEgressGuardOptions,
   egressDeniedError,

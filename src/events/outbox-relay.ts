@@ -11,6 +11,11 @@ import type { Clock } from "../common/index.js";
 export interface PrePublishVerdict {
   allowed: boolean;
   reason?: string;
+  /**
+   * No verdict could be had (the DGE did not answer): the event is neither published nor
+   * blocked; the relay pauses and asks again after its backoff.
+   */
+  retryLater?: boolean;
 }
 
 // The trace context the event was written under (EventEnvelope.traceparent), or "".
@@ -60,7 +65,7 @@ export interface OutboxRelayOptions {
 }
 
 /** Why the relay is not publishing, if it is not. */
-export type RelayProblem = { kind: "stream-full" | "unreachable"; reason: string } | undefined;
+export type RelayProblem = { kind: "stream-full" | "unreachable" | "no-verdict"; reason: string } | undefined;
 
 /** Publishes outbox rows to the leaf stream, at most maxInFlight at once, in outbox order. */
 export interface OutboxRelay {
@@ -210,6 +215,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
       if (!running || failure) break;
       if (deps.prePublish) {
         const verdict = await deps.prePublish(row.subject, row.envelope, row.headers);
+        if (!verdict.allowed && verdict.retryLater) {
+          // An acknowledged event is never held for good because the DGE was away: it waits in
+          // the outbox, in order, until a verdict can be had.
+          failure ??= { kind: "no-verdict", reason: `egress guard has no verdict (${verdict.reason ?? "no answer"})` };
+          break;
+        }
         if (!verdict.allowed) {
           // A blocked event is kept (never pruned: it is never published nor confirmed) and
           // listed through listBlocked(); operators release it or leave it as evidence.

@@ -65,6 +65,7 @@ import {
   createGrpcEgressInterceptor,
   createGuardedFetch,
   createNatsEgressHook,
+  NO_VERDICT_REASONS,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createEventBusService } from "../events/event-bus-service.js";
@@ -272,7 +273,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         get: (name) => headers[name] ?? "",
         names: () => Object.keys(headers),
       });
-      return { allowed: d.allowed, reason: d.reason };
+      return { allowed: d.allowed, reason: d.reason, retryLater: !d.allowed && NO_VERDICT_REASONS.has(d.reason) };
     };
     const bus = createEventBus(
       {

@@ -117,3 +117,39 @@ test("outbox relay - a failed publish pauses the relay, which retries after its 
   t.is(nats.published.length, 1);
   t.is(relay.problem(), undefined, "publishing works again: no longer degraded");
 });
+
+test("outbox relay - an event the guard has no verdict for waits and is published once the DGE answers", async (t) => {
+  const clock = createManualClock(0);
+  const outbox = createInMemoryOutboxStore();
+  const nats = fakeJetStream();
+  const a = outbox.append(entry("a.v1"));
+  const b = outbox.append(entry("b.v1"));
+  let dgeUp = false;
+  const relay = createOutboxRelay(
+    {
+      outbox,
+      clock,
+      logger: createSilentLogger(),
+      meter: createNoopMeter(),
+      jetstream: () => nats.js,
+      prePublish: () =>
+        Promise.resolve(dgeUp ? { allowed: true } : { allowed: false, reason: "dge_timeout", retryLater: true }),
+    },
+    OPTIONS,
+  );
+  relay.start();
+  t.teardown(() => relay.stop());
+  await settle(() => relay.problem() !== undefined);
+  t.is(relay.problem()?.kind, "no-verdict");
+  t.deepEqual(relay.listBlocked(), [], "nothing is blocked for good");
+  t.is(nats.published.length, 0);
+  dgeUp = true;
+  await clock.advanceAsync(OPTIONS.retryInitialMs);
+  await settle(() => relay.depth() === 0);
+  t.deepEqual(
+    nats.published.map((p) => p.msgID),
+    [outboxMessageId("edge-1", a.id), outboxMessageId("edge-1", b.id)],
+    "published in order once a verdict can be had",
+  );
+  t.is(relay.problem(), undefined);
+});
