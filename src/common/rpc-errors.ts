@@ -45,9 +45,14 @@ function retryAfter(ms: number | undefined, headers: Record<string, string> = {}
   return ms === undefined ? headers : { ...headers, "retry-after": String(Math.max(1, Math.ceil(ms / 1000))) };
 }
 
-/** UNAVAILABLE: a dependency is down or busy; `retryAfterMs` becomes a Retry-After header. */
+/**
+ * UNAVAILABLE: a dependency is down or busy, or the server sheds or stops. `retryAfterMs` becomes
+ * Retry-After for HTTP callers and grpc-retry-pushback-ms (gRPC A6 server pushback) for gRPC ones.
+ */
 export function unavailable(reason: string, retryAfterMs?: number): ConnectError {
-  return new ConnectError(reason, Code.Unavailable, retryAfter(retryAfterMs));
+  const pushback: Record<string, string> =
+    retryAfterMs === undefined ? {} : { "grpc-retry-pushback-ms": String(retryAfterMs) };
+  return new ConnectError(reason, Code.Unavailable, retryAfter(retryAfterMs, pushback));
 }
 
 /** RESOURCE_EXHAUSTED: over a limit; `retryAfterMs` becomes Retry-After, `headers` add e.g. the limit's state. */

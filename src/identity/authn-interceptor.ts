@@ -25,7 +25,7 @@ import {
   type KernelInterceptor,
 } from "../server/index.js";
 import type { SpiffePrincipalMapper } from "./spiffe-principal-mapper.js";
-import type { ApiKeyStore } from "./api-keys/api-key-store.js";
+import { apiKeyIdOf, type ApiKeyStore } from "./api-keys/api-key-store.js";
 import { WrongAudienceError, type JwtVerifier } from "./jwt/jwt-verifier.js";
 import { kPrincipal, type Principal } from "./principal.js";
 
@@ -183,7 +183,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     }),
   };
   const keysOf = (call: CallRequest, credential: Credential) => {
-    const keyId = credential.kind === "apikey" ? /^nops_([0-9a-f]{24})_/.exec(credential.key)?.[1] : undefined;
+    const keyId = credential.kind === "apikey" ? apiKeyIdOf(credential.key) : undefined;
     return { address: clientIp(call.ctx.values.get(kPeer).address), keyId };
   };
   const overBudget = async (limiter: RateLimiterMemory, key: string, points: number): Promise<number> => {

@@ -1,6 +1,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { kPrincipal } from "../identity/index.js";
+import { permissionDenied } from "../common/index.js";
 import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { kCorrelationId } from "../server/index.js";
@@ -79,7 +80,7 @@ function boundAgentOf(ctx: HandlerContext): string | undefined {
 
 function checkSelf(bound: string | undefined, agent: { id: string; name: string }): void {
   if (bound !== undefined && bound !== agent.name && bound !== agent.id) {
-    throw new ConnectError("permission denied: an agent may act only on itself", Code.PermissionDenied);
+    throw permissionDenied("permission denied: an agent may act only on itself");
   }
 }
 
@@ -188,7 +189,7 @@ export function createRegistryService(
       checkFields("agent.", merged);
       checkSize("agent.", merged);
       if (bound !== undefined && merged.name !== current.name)
-        throw new ConnectError("permission denied: an agent may not rename itself", Code.PermissionDenied);
+        throw permissionDenied("permission denied: an agent may not rename itself");
       return { agent: registry.update(a.tenant, a.id, merged, [...new Set(paths)] as UpdatableField[], actor(ctx)) };
     },
 

@@ -1,9 +1,8 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { getHeapStatistics } from "node:v8";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { Meter } from "@opentelemetry/api";
-import { ConfigError } from "../common/index.js";
+import { ConfigError, unavailable } from "../common/index.js";
 import { readBool, readInt, readNumber, readSection, readStringList } from "../common/index.js";
 import type { Logger } from "pino";
 import { methodPath, type KernelInterceptor } from "./interceptor.js";
@@ -190,7 +189,6 @@ export function createOverloadGuard(deps: OverloadGuardDeps, options: OverloadOp
   const crossed = new Map<MonitorReading["monitor"], number>();
   let readings: MonitorReading[] = [];
   let timer: NodeJS.Timeout | undefined;
-  const retryAfterSeconds = String(Math.max(1, Math.ceil(options.retryAfterMs / 1000)));
   const shed = deps.meter?.createCounter("nops_overload_shed", {
     description: "Calls refused with UNAVAILABLE because the kernel was overloaded",
   });
@@ -253,10 +251,7 @@ export function createOverloadGuard(deps: OverloadGuardDeps, options: OverloadOp
     const path = methodPath(call.method);
     if (exempt(path)) return next(call);
     shed?.add(1, { monitor: [...tripped].join(",") });
-    // Error metadata reaches Connect callers as HTTP headers and gRPC callers as trailers.
-    // gRPC A6 server pushback: a retrying client waits this long instead of its own backoff.
-    const hint = { "retry-after": retryAfterSeconds, "grpc-retry-pushback-ms": String(options.retryAfterMs) };
-    return Promise.reject(new ConnectError("server overloaded; retry later", Code.Unavailable, hint));
+    return Promise.reject(unavailable("server overloaded; retry later", options.retryAfterMs));
   };
 
   return {

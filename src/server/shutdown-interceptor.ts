@@ -6,14 +6,10 @@ import type { KernelInterceptor } from "./interceptor.js";
 export const SHUTDOWN_RETRY_AFTER_S = 1;
 
 function shuttingDown(): ConnectError {
-  const error = unavailable(
+  return unavailable(
     "the kernel is shutting down; reconnect (to another instance, or this one after it restarts)",
     SHUTDOWN_RETRY_AFTER_S * 1000,
   );
-  // gRPC A6 (retry throttling): grpc-retry-pushback-ms tells a retrying client when to come back;
-  // retry-after says the same to HTTP clients.
-  error.metadata.set("grpc-retry-pushback-ms", String(SHUTDOWN_RETRY_AFTER_S * 1000));
-  return error;
 }
 
 // How long shutdown waits for ended streams to hand their status to the transports.

@@ -99,6 +99,11 @@ export const KEY_ID_PATTERN = /^[0-9a-f]{24}$/;
 // nops_<keyId>_<secret>: the secret is 32 random bytes (256 bits) in base64url.
 const KEY_PATTERN = /^nops_([0-9a-f]{24})_([A-Za-z0-9_-]{43})$/;
 
+/** The key id a presented API key names (`nops_<keyId>_…`), whether or not its secret is well formed. */
+export function apiKeyIdOf(key: string): string | undefined {
+  return /^nops_([0-9a-f]{24})_/.exec(key)?.[1];
+}
+
 interface KeyRow {
   key_id: string;
   tenant: string;
