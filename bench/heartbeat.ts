@@ -222,6 +222,9 @@ async function main(): Promise<void> {
         "  (target >= 0.9)",
     );
     out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    // A case no call of which was answered measured nothing: the bench itself is broken.
+    const silent = results.filter((r) => r.requests === 0).map((r) => r.name);
+    if (silent.length > 0) throw new Error(`no call answered in: ${[...new Set(silent)].join(", ")}`);
   } finally {
     echo.kill("SIGKILL");
     connectEcho.kill("SIGKILL");

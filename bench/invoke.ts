@@ -207,6 +207,9 @@ async function main(): Promise<void> {
       `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
     );
     out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    // A case no call of which was answered measured nothing: the bench itself is broken.
+    const silent = [...Object.values(fixed), ...Object.values(sat)].filter((r) => r.requests === 0);
+    if (silent.length > 0) throw new Error(`no call answered in: ${silent.map((r) => r.name).join(", ")}`);
   } finally {
     forwarder.process.kill("SIGTERM");
     kernel.kill("SIGTERM");
