@@ -33,7 +33,7 @@ import {
   type TierName,
   DgeSignatureError,
   DGE_ANSWER_CODES,
-} from "../dge/index.js";
+} from "../../packages/reference-dge/src/index.js";
 import {
   createDgeCache,
   DEFAULT_DGE_CACHE_CHANNEL,

@@ -1,7 +1,7 @@
 import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { type Clock, checkTenant, invalidArgument } from "../common/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { type Clock, checkTenant, invalidArgument } from "../../../src/common/index.js";
+import type { Logger } from "pino";
 import {
   ClassificationSchema,
   ClassifyResponseSchema,
@@ -13,7 +13,7 @@ import {
   type Classification,
   type DataGovernanceService,
   type Tier,
-} from "../../gen/nops/dge/v1/dge_pb.js";
+} from "../../../gen/nops/dge/v1/dge_pb.js";
 import { KIND_CLASS, piiTypeOf, tierNameOf, type TierName } from "./dge-codes.js";
 import { evaluatePolicy, policyFor, type DgePoliciesOptions } from "./dge-policies.js";
 import { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";

@@ -1,9 +1,9 @@
 import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { type Clock, ConfigError, readInt, readSection, readString } from "../common/index.js";
-import type { Logger } from "../telemetry/index.js";
-import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
+import { type Clock, ConfigError, readInt, readSection, readString } from "../../../src/common/index.js";
+import type { Logger } from "pino";
+import { DataGovernanceService } from "../../../gen/nops/dge/v1/dge_pb.js";
 import { resolveDgePoliciesOptions, type DgePoliciesOptions } from "./dge-policies.js";
 import { createDgeService } from "./dge-service.js";
 

@@ -1,6 +1,6 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { LRUCache } from "lru-cache";
-import { type Clock, KernelError } from "../common/index.js";
+import { type Clock, KernelError } from "../../../src/common/index.js";
 
 /** Response header carrying the DGE signature (see proto/nops/dge/v1/dge.proto). */
 export const DGE_SIGNATURE_HEADER = "x-dge-signature";
