@@ -13,6 +13,11 @@ export interface ClassifyPool {
    * cancellation, which also bounds the wait for a thread) aborts first.
    */
   detect(text: string, signal?: AbortSignal): Promise<Detection[]>;
+  /**
+   * Resolves once the workers have loaded the classifier and answered one request each (a worker booting
+   * takes a while, and under load longer than a caller's deadline), so the server listens only when warm.
+   */
+  warm(): Promise<void>;
   /** Requests accepted and not yet answered (waiting or running). */
   inFlight(): number;
   /** Worker threads running now (the pool keeps `threads` of them, replacing any it terminates). */
@@ -104,6 +109,11 @@ export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPo
         onStart.delete(id);
         inFlight--;
       }
+    },
+    async warm() {
+      // One task per thread at once: each worker takes one (one task per worker), loading the rules first.
+      const sample = "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111";
+      await Promise.all(Array.from({ length: options.threads }, () => pool.run({ id: 0, text: sample })));
     },
     inFlight: () => inFlight,
     threadCount: () => pool.threads.length,

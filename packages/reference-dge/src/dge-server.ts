@@ -117,6 +117,12 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
     { logger },
     { threads: options.classifyThreads, budgetMs: options.classifyBudgetMs, maxQueue: options.classifyMaxQueue },
   );
+  try {
+    await pool.warm();
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
   const service = createDgeService({
     clock: deps.clock,
     logger,
