@@ -6,7 +6,7 @@ import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, NO_VERDICT_REASONS, resolveEgressGuardOptions } from "../../src/egress/index.js";
 import { resolveDgeServerOptions, startDgeServer, type DgeServer } from "../../packages/reference-dge/src/index.js";
-import { EgressClass } from "../../gen/nops/dge/v1/dge_pb.js";
+import { EgressClass, Tier, Verdict } from "../../gen/nops/dge/v1/dge_pb.js";
 import { DGE_KEYS, makeMeter, makeStore, silent, waitUntil } from "../fixtures/dge-helpers.js";
 
 /** 4 MB of "1 1 1 ...": every digit run is a phone/card/SSN candidate, so the rules take minutes over it. */
@@ -63,6 +63,13 @@ test("dge runtime - a request past its budget is stopped with RESOURCE_EXHAUSTED
   const { classification } = await dge.classify({ data: "card 4111 1111 1111 1111" });
   t.is(classification?.egressClass, EgressClass.D4);
   t.is(server.classifyThreadCount(), 1);
+  // ValidateEgress without a classification classifies the data the same way, within the same budget.
+  const verr = await t.throwsAsync(
+    dge.validateEgress({ data: "1 ".repeat(500_000), destination: "crm", tenant: "acme", tier: Tier.TIER_1 }),
+  );
+  t.is(ConnectError.from(verr).code, Code.ResourceExhausted);
+  const ok = await dge.validateEgress({ data: "status ok", destination: "crm", tenant: "acme", tier: Tier.TIER_1 });
+  t.is(ok.verdict, Verdict.ALLOW);
 });
 
 test("dge runtime - the guard treats a budget refusal as no verdict: the call is refused, never allowed", async (t) => {
