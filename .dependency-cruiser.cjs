@@ -11,6 +11,10 @@ const LAYERS = ["common", "store", "server", "telemetry"];
 
 const KERNEL = "^src/(kernel/|cli[.]ts$)";
 
+/** The reference DGE, its own workspace package (docs/architecture.md, "The reference DGE"). */
+const REFERENCE_DGE = "^packages/reference-dge/";
+const REFERENCE_DGE_ENTRY = "^packages/reference-dge/src/index[.]ts$";
+
 /** @type {import('dependency-cruiser').IConfiguration} */
 module.exports = {
   forbidden: [
@@ -26,8 +30,33 @@ module.exports = {
       name: "no-module-cycle",
       comment: "No circular imports between modules, inside a folder or across folders (DESIGN.md, convention 9).",
       severity: "error",
-      from: { path: "^src/" },
+      from: { path: `^src/|${REFERENCE_DGE}` },
       to: { circular: true },
+    },
+    {
+      name: "reference-dge-only-from-the-kernel",
+      comment:
+        "The kernel talks to any DGE through the contract (gen/nops/dge/v1) only; the composition root alone " +
+        "starts the embedded reference DGE, through the package's public entry, never its internals.",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { path: REFERENCE_DGE, pathNot: REFERENCE_DGE_ENTRY },
+    },
+    {
+      name: "reference-dge-not-in-capabilities",
+      comment: "Only the composition root (src/kernel/, src/cli.ts) may import the reference DGE's entry.",
+      severity: "error",
+      from: { path: "^src/", pathNot: KERNEL },
+      to: { path: REFERENCE_DGE },
+    },
+    {
+      name: "reference-dge-uses-only-the-contract-and-common",
+      comment:
+        "The reference DGE depends on the contract (gen/) and the kernel's common layer (config readers, error " +
+        "vocabulary) through its index; nothing else of the kernel.",
+      severity: "error",
+      from: { path: REFERENCE_DGE },
+      to: { path: "^src/", pathNot: "^src/common/index[.]ts$" },
     },
     {
       name: "only-via-index",

@@ -12,7 +12,7 @@ import { MeterProvider } from "@opentelemetry/sdk-metrics";
 import { systemClock } from "../src/common/clock.js";
 import { createAuditLog } from "../src/audit/audit-log.js";
 import { createDgeClient } from "../src/clients/dge-client.js";
-import { resolveDgeServerOptions, startDgeServer } from "../src/dge/dge-server.js";
+import { resolveDgeServerOptions, startDgeServer } from "../packages/reference-dge/src/dge-server.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../src/egress/egress-guard.js";
 import { createGuardedFetch } from "../src/egress/guarded-fetch.js";
 import { openDatabase } from "../src/store/database.js";

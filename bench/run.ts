@@ -9,6 +9,7 @@ const CASES: Array<[file: string, smokeArgs: string[]]> = [
   ["heartbeat.ts", ["--seconds", "1", "--rounds", "1"]],
   ["event-bus.ts", ["--rate", "200", "--seconds", "1", "--backlog", "200"]],
   ["egress-guard.ts", ["200"]],
+  ["dge-runtime.ts", ["1"]],
   ["invoke.ts", ["--seconds", "1"]],
   ["tracing.ts", ["--seconds", "1", "--rounds", "1"]],
 ];

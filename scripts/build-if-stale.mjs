@@ -7,7 +7,15 @@ import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const STAMP = "dist/.build-stamp";
-const INPUTS = ["src", "gen", "package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"];
+const INPUTS = [
+  "src",
+  "gen",
+  "packages/reference-dge/src",
+  "package.json",
+  "package-lock.json",
+  "tsconfig.json",
+  "tsconfig.build.json",
+];
 
 function newestMtime(path) {
   const st = statSync(path);

@@ -7,7 +7,7 @@ import { openDatabase } from "./store/database.js";
 import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
-import { startDgeServer } from "./dge/dge-server.js";
+import { startDgeServer } from "../packages/reference-dge/src/index.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]

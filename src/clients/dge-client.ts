@@ -28,7 +28,7 @@ import {
   DEFAULT_DGE_MAX_SKEW_MS,
   DGE_ANSWER_CODES,
   DGE_SIGNATURE_HEADER,
-} from "../dge/index.js";
+} from "../egress/index.js";
 
 /** Options of the DGE client. */
 export interface DgeClientOptions {

@@ -26,14 +26,8 @@ import {
   EgressOverrideActivatedSchema,
   type EgressDecision as EgressDecisionEvent,
 } from "../../gen/nops/events/v1/egress_events_pb.js";
-import {
-  egressClassName,
-  piiKindOf,
-  tierOf,
-  type TierName,
-  DgeSignatureError,
-  DGE_ANSWER_CODES,
-} from "../dge/index.js";
+import { egressClassName, piiKindOf, tierOf, type TierName, DGE_ANSWER_CODES } from "./dge-contract.js";
+import { DgeSignatureError } from "./dge-signature-verifier.js";
 import {
   createDgeCache,
   DEFAULT_DGE_CACHE_CHANNEL,

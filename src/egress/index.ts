@@ -1,4 +1,7 @@
-/** The Egress Guard's public surface: the guard, its per-transport doors and the break-glass grant. */
+/**
+ * The Egress Guard's public surface: the guard, its per-transport doors, the break-glass grant and the kernel's
+ * side of the DGE contract (enum names, answer codes, response signature check).
+ */
 export {
   NO_VERDICT_REASONS,
   createEgressGuard,
@@ -21,3 +24,19 @@ export {
 } from "./nats-egress-hook.js";
 export { encodeOverrideGrant, OVERRIDE_HEADER, MAX_OVERRIDE_TTL_MS, type OverrideGrant } from "./override-grant.js";
 export { bytesText } from "./payload-text.js";
+export {
+  DGE_ANSWER_CODES,
+  EGRESS_CLASS_NAMES,
+  type EgressClassName,
+  type TierName,
+  egressClassName,
+  piiKindOf,
+  tierOf,
+} from "./dge-contract.js";
+export {
+  createDgeSignatureVerifier,
+  DEFAULT_DGE_MAX_SKEW_MS,
+  DGE_SIGNATURE_HEADER,
+  DgeSignatureError,
+  type DgeSignatureVerifier,
+} from "./dge-signature-verifier.js";

@@ -1,7 +1,7 @@
 import type { Db } from "../store/index.js";
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Clock } from "../common/index.js";
-import { EGRESS_CLASS_NAMES, type EgressClassName, destinationAllowed } from "../dge/index.js";
+import { EGRESS_CLASS_NAMES, type EgressClassName, destinationAllowed } from "./dge-contract.js";
 
 /** Header carrying a break-glass grant on an outbound call (stripped before the call leaves). */
 export const OVERRIDE_HEADER = "x-enis-override";

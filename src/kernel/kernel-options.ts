@@ -14,7 +14,7 @@ import {
 } from "../identity/request-signing/request-signing-options.js";
 import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
-import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
+import { resolveDgeServerOptions, type DgeServerOptions } from "../../packages/reference-dge/src/index.js";
 import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
 import { resolveAdminOptions, type AdminOptions } from "./admin-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";

@@ -59,7 +59,7 @@ import { createDependencyBreaker } from "../common/dependency-breaker.js";
 import { createRedisClient } from "../store/redis-client.js";
 import { createOverloadGuard, type OverloadSamplers } from "../server/overload-guard.js";
 import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
-import { startDgeServer, resolveDgeServerOptions } from "../dge/dge-server.js";
+import { startDgeServer, resolveDgeServerOptions } from "../../packages/reference-dge/src/index.js";
 import {
   createEgressGuard,
   createGrpcEgressInterceptor,

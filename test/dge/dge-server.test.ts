@@ -2,7 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import test from "ava";
 import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
-import { resolveDgeServerOptions, startDgeServer } from "../../src/dge/dge-server.js";
+import { resolveDgeServerOptions, startDgeServer } from "../../packages/reference-dge/src/dge-server.js";
 import { Tier, Verdict, EgressClass } from "../../gen/nops/dge/v1/dge_pb.js";
 import { DGE_KEYS, silent } from "../fixtures/dge-helpers.js";
 

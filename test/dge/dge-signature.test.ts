@@ -1,6 +1,7 @@
 import test from "ava";
 import { createManualClock } from "../../src/common/clock.js";
-import { createDgeSignatureVerifier, DgeSignatureError, signDgeResponse } from "../../src/dge/dge-signature.js";
+import { createDgeSignatureVerifier, DgeSignatureError } from "../../src/egress/index.js";
+import { signDgeResponse } from "../../packages/reference-dge/src/index.js";
 
 const key = { id: "k1", secret: "test-dge-signing-key-0123456789abcdef" };
 const body = new TextEncoder().encode("verdict: allow");

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import test from "ava";
-import { detectPii, PII_KINDS } from "../../src/dge/pii-classifier.js";
-import { cardBrand, ibanValid, luhnValid, ssnValid } from "../../src/dge/checksums.js";
+import { detectPii, PII_KINDS } from "../../packages/reference-dge/src/pii-classifier.js";
+import { cardBrand, ibanValid, luhnValid, ssnValid } from "../../packages/reference-dge/src/checksums.js";
 
 interface Sample {
   id: string;

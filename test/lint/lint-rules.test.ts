@@ -86,6 +86,53 @@ test("depcruise - a folder cycle, a reach past an index and an import of the ker
   t.notRegex(result.output, /src\/kernel\/main\.ts → src\/alpha\/helper\.ts/);
 });
 
+test("depcruise - only the composition root imports the reference DGE, and only through its entry", async (t) => {
+  const dge = "packages/reference-dge/src";
+  const clean = {
+    ...CLEAN,
+    "tsconfig.json": JSON.stringify({ compilerOptions: { module: "nodenext", strict: true }, include: ["src", dge] }),
+    [`${dge}/index.ts`]: 'export { serve } from "./server.js";\n',
+    [`${dge}/server.ts`]:
+      'import { now } from "../../../src/common/index.js";\nexport const serve = (): number => now();\n',
+    "src/kernel/dge.ts": `import { serve } from "../../${dge}/index.js";\nexport const start = (): number => serve();\n`,
+  };
+  const cruise = (cwd: string) =>
+    lint(cwd, bin("depcruise"), [
+      "src",
+      dge,
+      "--config",
+      join(repo, ".dependency-cruiser.cjs"),
+      "--output-type",
+      "err",
+    ]);
+  const ok = await cruise(await fixture(t, clean));
+  t.is(ok.code, 0, ok.output);
+  const bad = await cruise(
+    await fixture(t, {
+      ...clean,
+      // A capability imports the package, the composition root reaches past its entry, the package reaches
+      // into a kernel capability.
+      "src/gamma/index.ts": `import { serve } from "../../${dge}/index.js";\nexport const gamma = serve;\n`,
+      "src/kernel/dge.ts": `import { serve } from "../../${dge}/server.js";\nexport const start = (): number => serve();\n`,
+      [`${dge}/server.ts`]:
+        'import { alpha } from "../../../src/alpha/index.js";\nexport const serve = (): number => alpha();\n',
+    }),
+  );
+  t.not(bad.code, 0);
+  t.regex(
+    bad.output,
+    /reference-dge-not-in-capabilities: src\/gamma\/index\.ts → packages\/reference-dge\/src\/index\.ts/,
+  );
+  t.regex(
+    bad.output,
+    /reference-dge-only-from-the-kernel: src\/kernel\/dge\.ts → packages\/reference-dge\/src\/server\.ts/,
+  );
+  t.regex(
+    bad.output,
+    /reference-dge-uses-only-the-contract-and-common: packages\/reference-dge\/src\/server\.ts → src\/alpha\/index\.ts/,
+  );
+});
+
 test("prettier - --check fails on unformatted code and passes once it is formatted", async (t) => {
   const dir = await fixture(t, {
     "bad.ts": "export const x = {a:1,\n  b:2}\n",

@@ -1,4 +1,4 @@
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import { type Clock, KernelError } from "../common/index.js";
 
@@ -27,24 +27,13 @@ export class DgeSignatureError extends KernelError {
   }
 }
 
+// The scheme is part of the DGE contract (proto/nops/dge/v1/dge.proto): every DGE signs this way.
 function mac(secret: string, keyId: string, nonce: string, ts: string, method: string, body: Uint8Array): Buffer {
   const bodyHash = createHash("sha256").update(body).digest("hex");
   // The method path is signed too, so a signed Classify answer cannot be replayed as a ValidateEgress one.
   return createHmac("sha256", secret)
     .update(`nops-dge-sig-v1\n${keyId}\n${nonce}\n${ts}\n${method}\n${bodyHash}`)
     .digest();
-}
-
-/** Signs a serialized response body; returns the header value. */
-export function signDgeResponse(
-  key: { id: string; secret: string },
-  method: string,
-  body: Uint8Array,
-  nowMs: number,
-): string {
-  const nonce = randomBytes(16).toString("hex");
-  const ts = String(nowMs);
-  return `keyId=${key.id},nonce=${nonce},ts=${ts},sig=${mac(key.secret, key.id, nonce, ts, method, body).toString("hex")}`;
 }
 
 /** Verifies DGE response signatures: known key, constant-time MAC, skew bound, nonce seen once. */

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { EgressClass, PiiType, Tier } from "../../gen/nops/dge/v1/dge_pb.js";
+import { EgressClass, PiiType, Tier } from "../../../gen/nops/dge/v1/dge_pb.js";
 import type { PiiKind } from "./pii-classifier.js";
 
 /** Egress class names as config and events spell them. */

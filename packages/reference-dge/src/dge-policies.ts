@@ -8,8 +8,8 @@ import {
   readStringList,
   type RawSection,
   TENANT_PATTERN,
-} from "../common/index.js";
-import { PolicySchema, type Classification, type Policy } from "../../gen/nops/dge/v1/dge_pb.js";
+} from "../../../src/common/index.js";
+import { PolicySchema, type Classification, type Policy } from "../../../gen/nops/dge/v1/dge_pb.js";
 import {
   EGRESS_CLASS_NAMES,
   egressClassOf,

@@ -1,11 +1,17 @@
 import { createServer, type Http2Server, type ServerHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { type Clock, ConfigError, readInt, readSection, readString } from "../common/index.js";
-import type { Logger } from "../telemetry/index.js";
-import { DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
+import { type Clock, ConfigError, readInt, readSection, readString } from "../../../src/common/index.js";
+import type { Logger } from "pino";
+import { DataGovernanceService } from "../../../gen/nops/dge/v1/dge_pb.js";
 import { resolveDgePoliciesOptions, type DgePoliciesOptions } from "./dge-policies.js";
 import { createDgeService } from "./dge-service.js";
+import {
+  createClassifyPool,
+  DEFAULT_CLASSIFY_BUDGET_MS,
+  DEFAULT_CLASSIFY_MAX_QUEUE,
+  DEFAULT_CLASSIFY_THREADS,
+} from "./classify-pool.js";
 
 /** Options of the reference DGE server (`nops-kernel dge`). */
 export interface DgeServerOptions {
@@ -19,6 +25,15 @@ export interface DgeServerOptions {
   signingKeyId: string;
   /** Largest request message, bytes (connect-node's default is ~4 GiB). @default 4194304 */
   maxRequestBytes: number;
+  /** Worker threads classifying requests off the event loop. @default one per core (os.availableParallelism()) */
+  classifyThreads: number;
+  /**
+   * Time budget of one classification, ms, waiting included; past it the worker running it is terminated and
+   * replaced and the answer is RESOURCE_EXHAUSTED (the kernel's guard: no verdict, the call is refused). @default 3000
+   */
+  classifyBudgetMs: number;
+  /** Classifications waiting for a thread at most; more are refused with RESOURCE_EXHAUSTED. @default 1024 */
+  classifyMaxQueue: number;
   /** Per-tier and per-tenant policies. @default every tier allows D1 (no PII) to any destination */
   policies: DgePoliciesOptions;
 }
@@ -40,6 +55,9 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     keys: {},
     signingKeyId: "",
     maxRequestBytes: 0,
+    classifyThreads: 0,
+    classifyBudgetMs: 0,
+    classifyMaxQueue: 0,
     policies: {},
   });
   const keysIn = s.keys;
@@ -62,6 +80,9 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     keys,
     signingKeyId,
     maxRequestBytes: readInt(s, "maxRequestBytes", path, DEFAULT_DGE_MAX_REQUEST_BYTES, 1024, 64 * 1024 * 1024),
+    classifyThreads: readInt(s, "classifyThreads", path, DEFAULT_CLASSIFY_THREADS, 1, 256),
+    classifyBudgetMs: readInt(s, "classifyBudgetMs", path, DEFAULT_CLASSIFY_BUDGET_MS, 10, 600_000),
+    classifyMaxQueue: readInt(s, "classifyMaxQueue", path, DEFAULT_CLASSIFY_MAX_QUEUE, 0, 1_000_000),
     policies: resolveDgePoliciesOptions(s.policies, `${path}.policies`),
   };
 }
@@ -76,6 +97,10 @@ export interface DgeServerDeps {
 export interface DgeServer {
   /** Base URL, e.g. "http://127.0.0.1:7600" (h2c: gRPC and Connect over HTTP/2). */
   url: string;
+  /** Classification worker threads running now (terminated ones are replaced). */
+  classifyThreadCount(): number;
+  /** Classifications accepted and not yet answered. */
+  classifyInFlight(): number;
   /** Replaces the policies (clients see the change once their cached copy expires or is invalidated). */
   setPolicies(policies: DgePoliciesOptions): void;
   /** Stops accepting calls and closes open sessions. */
@@ -88,12 +113,23 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
   let policies = options.policies;
   const secret = options.keys[options.signingKeyId];
   if (secret === undefined) throw new ConfigError(`dge.server.signingKeyId ${options.signingKeyId} is not in keys`);
+  const pool = createClassifyPool(
+    { logger },
+    { threads: options.classifyThreads, budgetMs: options.classifyBudgetMs, maxQueue: options.classifyMaxQueue },
+  );
+  try {
+    await pool.warm();
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
   const service = createDgeService({
     clock: deps.clock,
     logger,
     signingKey: { id: options.signingKeyId, secret },
     policies: () => policies,
     maxDataChars: options.maxRequestBytes,
+    detect: (text, signal) => pool.detect(text, signal),
   });
   const handler = connectNodeAdapter({
     routes: (router) => router.service(DataGovernanceService, service),
@@ -106,9 +142,10 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
     s.once("close", () => sessions.delete(s));
   });
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    const onError = (err: Error): void => void pool.close().finally(() => reject(err));
+    server.once("error", onError);
     server.listen(options.port, options.host, () => {
-      server.off("error", reject);
+      server.off("error", onError);
       resolve();
     });
   });
@@ -118,12 +155,17 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
   logger.info({ url }, "reference DGE listening");
   return {
     url,
+    classifyThreadCount: () => pool.threadCount(),
+    classifyInFlight: () => pool.inFlight(),
     setPolicies(p) {
       policies = p;
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const s of sessions) s.close();
+      // Stopping the workers ends classifications in flight (answered UNAVAILABLE), so open streams finish now
+      // instead of after their budget.
+      await pool.close();
       await closed;
     },
   };

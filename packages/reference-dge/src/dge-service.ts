@@ -1,7 +1,7 @@
 import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { type Clock, checkTenant, invalidArgument } from "../common/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { type Clock, checkTenant, invalidArgument, resourceExhausted } from "../../../src/common/index.js";
+import type { Logger } from "pino";
 import {
   ClassificationSchema,
   ClassifyResponseSchema,
@@ -13,15 +13,19 @@ import {
   type Classification,
   type DataGovernanceService,
   type Tier,
-} from "../../gen/nops/dge/v1/dge_pb.js";
+} from "../../../gen/nops/dge/v1/dge_pb.js";
 import { KIND_CLASS, piiTypeOf, tierNameOf, type TierName } from "./dge-codes.js";
 import { evaluatePolicy, policyFor, type DgePoliciesOptions } from "./dge-policies.js";
 import { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";
-import { CLASSIFIER_VERSION, detectPii } from "./pii-classifier.js";
+import { CLASSIFIER_VERSION, detectPii, type Detection } from "./pii-classifier.js";
 
 /** Classifies text into the proto Classification (empty text D0, no findings D1, else the highest kind's class). */
 export function classifyText(text: string): Classification {
-  const found = detectPii(text);
+  return classificationOf(text, detectPii(text));
+}
+
+/** The proto Classification of `text` given its detections. */
+export function classificationOf(text: string, found: readonly Detection[]): Classification {
   let egressClass = text.length === 0 ? EgressClass.D0 : EgressClass.D1;
   for (const d of found) if (KIND_CLASS[d.kind] > egressClass) egressClass = KIND_CLASS[d.kind];
   return create(ClassificationSchema, {
@@ -48,6 +52,8 @@ export interface DgeServiceDeps {
   policies: () => DgePoliciesOptions;
   /** Largest `data` accepted, UTF-16 code units. */
   maxDataChars: number;
+  /** Runs the classifier off the event loop within the request's budget (see classify-pool.ts). */
+  detect: (text: string, signal: AbortSignal) => Promise<Detection[]>;
 }
 
 function requireTier(tier: Tier): TierName {
@@ -68,12 +74,19 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
     return message;
   }
   function checkData(data: string): void {
-    if (data.length > deps.maxDataChars) throw invalidArgument("data", `longer than ${deps.maxDataChars} characters`);
+    if (data.length > deps.maxDataChars) {
+      throw resourceExhausted(
+        `data is ${data.length} characters, over the limit of ${deps.maxDataChars} (dge.server.maxRequestBytes)`,
+      );
+    }
+  }
+  async function classify(data: string, ctx: HandlerContext): Promise<Classification> {
+    return classificationOf(data, await deps.detect(data, ctx.signal));
   }
   return {
-    classify(req, ctx) {
+    async classify(req, ctx) {
       checkData(req.data);
-      const classification = classifyText(req.data);
+      const classification = await classify(req.data, ctx);
       log.debug(
         { tenant: req.context?.tenant, dataType: req.context?.dataType, findings: classification.findings.length },
         "classified",
@@ -85,7 +98,7 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       const policy = policyFor(deps.policies(), req.tenant, requireTier(req.tier));
       return signed(ctx, GetPolicyResponseSchema, create(GetPolicyResponseSchema, { policy }));
     },
-    validateEgress(req, ctx) {
+    async validateEgress(req, ctx) {
       checkTenant(req.tenant);
       checkData(req.data);
       const tier = requireTier(req.tier);
@@ -94,7 +107,7 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       const classification =
         req.classification && req.classification.egressClass !== EgressClass.UNSPECIFIED
           ? req.classification
-          : classifyText(req.data);
+          : await classify(req.data, ctx);
       const decision = evaluatePolicy(policy, tier, classification, req.destination);
       return signed(
         ctx,

@@ -1,0 +1,125 @@
+import { availableParallelism } from "node:os";
+import { Piscina } from "piscina";
+import type { Logger } from "pino";
+import { canceled, resourceExhausted, unavailable } from "../../../src/common/index.js";
+import type { Detection } from "./pii-classifier.js";
+import type { ClassifyStarted, ClassifyTask } from "./classify-worker.js";
+
+/** Runs the classifier off the event loop, one request per worker thread, each within a time budget. */
+export interface ClassifyPool {
+  /**
+   * Detections in `text`. Rejects with RESOURCE_EXHAUSTED when the request runs past the budget (its worker is
+   * terminated and replaced) or the queue is full, and with CANCELLED when `signal` (the caller's deadline or
+   * cancellation, which also bounds the wait for a thread) aborts first.
+   */
+  detect(text: string, signal?: AbortSignal): Promise<Detection[]>;
+  /**
+   * Resolves once the workers have loaded the classifier and answered one request each (a worker booting
+   * takes a while, and under load longer than a caller's deadline), so the server listens only when warm.
+   */
+  warm(): Promise<void>;
+  /** Requests accepted and not yet answered (waiting or running). */
+  inFlight(): number;
+  /** Worker threads running now (the pool keeps `threads` of them, replacing any it terminates). */
+  threadCount(): number;
+  /** Stops every worker; requests in flight fail with UNAVAILABLE. */
+  close(): Promise<void>;
+}
+
+/** Options of the classification pool. */
+export interface ClassifyPoolOptions {
+  /** Worker threads (each classifies one request at a time). */
+  threads: number;
+  /** Longest a request may run in a worker, ms; past it the worker is terminated, the answer RESOURCE_EXHAUSTED. */
+  budgetMs: number;
+  /** Requests waiting for a thread at most; more are refused with RESOURCE_EXHAUSTED. */
+  maxQueue: number;
+}
+
+/** Default thread count: one per core the process may use. */
+export const DEFAULT_CLASSIFY_THREADS = availableParallelism();
+/** Default budget, below the kernel guard's 5 s DGE deadline so the guard hears a refusal, not silence. */
+export const DEFAULT_CLASSIFY_BUDGET_MS = 3000;
+/** Default queue bound. */
+export const DEFAULT_CLASSIFY_MAX_QUEUE = 1024;
+
+// Under tsx (tests, bench) this module is a .ts file and so is its worker; compiled, both are .js. A worker
+// inherits the process's execArgv, so tsx's loader is present in it when it is in the parent.
+const WORKER_FILE = new URL(
+  import.meta.url.endsWith(".ts") ? "./classify-worker.ts" : "./classify-worker.js",
+  import.meta.url,
+).href;
+
+/**
+ * Starts the pool. Piscina (the Node.js project's worker pool) is used rather than hand-written worker
+ * bookkeeping: aborting a running task terminates its worker and the pool starts a replacement, which is
+ * exactly the fail-closed budget this needs, and it bounds the queue.
+ */
+export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPoolOptions): ClassifyPool {
+  const pool = new Piscina({
+    filename: WORKER_FILE,
+    minThreads: options.threads,
+    maxThreads: options.threads,
+    idleTimeout: Number.MAX_SAFE_INTEGER,
+    maxQueue: options.maxQueue,
+    // One request per worker: terminating a worker for its budget takes no other request down with it.
+    concurrentTasksPerWorker: 1,
+  });
+  pool.on("error", (err: unknown) => deps.logger.error({ err }, "classification worker failed"));
+  let inFlight = 0;
+  let closing = false;
+  let nextId = 0;
+  // The budget of a task starts when its worker says it started (a worker booting or a queue wait is not the
+  // task's running time); the worker posts on its parentPort, which piscina re-emits as "message".
+  const onStart = new Map<number, () => void>();
+  pool.on("message", (m: unknown) => {
+    if (typeof m === "object" && m !== null && "classifyStarted" in m)
+      onStart.get((m as ClassifyStarted).classifyStarted)?.();
+  });
+  return {
+    async detect(text, signal) {
+      const id = ++nextId;
+      const budget = new AbortController();
+      let timer: NodeJS.Timeout | undefined;
+      onStart.set(id, () => {
+        timer = setTimeout(() => budget.abort(), options.budgetMs);
+      });
+      const abort = signal ? AbortSignal.any([budget.signal, signal]) : budget.signal;
+      inFlight++;
+      try {
+        return (await pool.run({ id, text } satisfies ClassifyTask, { signal: abort })) as Detection[];
+      } catch (err) {
+        if (budget.signal.aborted) {
+          deps.logger.warn({ chars: text.length, budgetMs: options.budgetMs }, "classification over budget, stopped");
+          throw resourceExhausted(
+            `classification ran past its time budget of ${options.budgetMs} ms (dge.server.classifyBudgetMs); ` +
+              "the request was stopped",
+          );
+        }
+        if (signal?.aborted) throw canceled("classification cancelled by the caller");
+        if (closing) throw unavailable("the reference DGE is shutting down");
+        if (err instanceof Error && /queue is at limit/i.test(err.message)) {
+          throw resourceExhausted(
+            `classification queue full: ${options.maxQueue} requests waiting (dge.server.classifyMaxQueue)`,
+          );
+        }
+        throw err;
+      } finally {
+        clearTimeout(timer);
+        onStart.delete(id);
+        inFlight--;
+      }
+    },
+    async warm() {
+      // One task per thread at once: each worker takes one (one task per worker), loading the rules first.
+      const sample = "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111";
+      await Promise.all(Array.from({ length: options.threads }, () => pool.run({ id: 0, text: sample })));
+    },
+    inFlight: () => inFlight,
+    threadCount: () => pool.threads.length,
+    close() {
+      closing = true;
+      return pool.destroy();
+    },
+  };
+}

@@ -1,0 +1,123 @@
+// The reference DGE's runtime (issue 13 item 10): classification runs in worker threads, so one large or
+// adversarial request does not hold up others; each request has a time budget that fails closed, and a size cap.
+import { Code, ConnectError } from "@connectrpc/connect";
+import test, { type ExecutionContext } from "ava";
+import { systemClock } from "../../src/common/clock.js";
+import { createDgeClient } from "../../src/clients/dge-client.js";
+import { createEgressGuard, NO_VERDICT_REASONS, resolveEgressGuardOptions } from "../../src/egress/index.js";
+import { resolveDgeServerOptions, startDgeServer, type DgeServer } from "../../packages/reference-dge/src/index.js";
+import { EgressClass, Tier, Verdict } from "../../gen/nops/dge/v1/dge_pb.js";
+import { DGE_KEYS, makeMeter, makeStore, silent, waitUntil } from "../fixtures/dge-helpers.js";
+
+/** 4 MB of "1 1 1 ...": every digit run is a phone/card/SSN candidate, so the rules take minutes over it. */
+const ADVERSARIAL_4MB = "1 ".repeat(2_000_000);
+
+async function startDge(t: ExecutionContext, input: Record<string, unknown>): Promise<DgeServer> {
+  const server = await startDgeServer(
+    { clock: systemClock, logger: silent },
+    resolveDgeServerOptions({ port: 0, keys: DGE_KEYS, ...input }),
+  );
+  t.teardown(() => server.close());
+  return server;
+}
+
+function client(server: DgeServer) {
+  return createDgeClient(
+    { clock: systemClock },
+    { url: server.url, protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+  );
+}
+
+test("dge runtime - small Classify calls answer while a 4 MB adversarial request is still running", async (t) => {
+  // A budget far past the test's life: the big request is still classifying when the small ones are done.
+  const server = await startDge(t, { classifyThreads: 2, classifyBudgetMs: 600_000 });
+  const dge = client(server);
+  let bigSettled = false;
+  const big = dge.classify({ data: ADVERSARIAL_4MB }).then(
+    () => (bigSettled = true),
+    () => (bigSettled = true),
+  );
+  // The big request has reached a worker before any small one is sent.
+  await waitUntil(() => server.classifyInFlight() === 1, "the 4 MB request to be classifying", 120_000);
+  const smallAnswers: EgressClass[] = [];
+  for (let i = 0; i < 20; i++) {
+    const { classification } = await dge.classify({ data: `ticket ${i}: reply to anna${i}@example.com` });
+    smallAnswers.push(classification?.egressClass ?? EgressClass.UNSPECIFIED);
+  }
+  t.deepEqual(smallAnswers, Array<EgressClass>(20).fill(EgressClass.D2));
+  t.false(bigSettled, "every small call was answered before the 4 MB one");
+  t.is(server.classifyInFlight(), 1);
+  await server.close();
+  await big;
+});
+
+test("dge runtime - a request past its budget is stopped with RESOURCE_EXHAUSTED and its worker replaced", async (t) => {
+  const server = await startDge(t, { classifyThreads: 1, classifyBudgetMs: 1000 });
+  const dge = client(server);
+  // 1 MB of the adversarial input takes far more than 1 s on any machine (over a minute here).
+  const err = await t.throwsAsync(dge.classify({ data: "1 ".repeat(500_000) }));
+  const ce = ConnectError.from(err);
+  t.is(ce.code, Code.ResourceExhausted);
+  t.regex(ce.rawMessage, /time budget of 1000 ms \(dge\.server\.classifyBudgetMs\)/);
+  // The only worker was terminated; a replacement answers the next request.
+  const { classification } = await dge.classify({ data: "card 4111 1111 1111 1111" });
+  t.is(classification?.egressClass, EgressClass.D4);
+  t.is(server.classifyThreadCount(), 1);
+  // ValidateEgress without a classification classifies the data the same way, within the same budget.
+  const verr = await t.throwsAsync(
+    dge.validateEgress({ data: "1 ".repeat(500_000), destination: "crm", tenant: "acme", tier: Tier.TIER_1 }),
+  );
+  t.is(ConnectError.from(verr).code, Code.ResourceExhausted);
+  const ok = await dge.validateEgress({ data: "status ok", destination: "crm", tenant: "acme", tier: Tier.TIER_1 });
+  t.is(ok.verdict, Verdict.ALLOW);
+});
+
+test("dge runtime - the guard treats a budget refusal as no verdict: the call is refused, never allowed", async (t) => {
+  const server = await startDge(t, {
+    classifyThreads: 1,
+    classifyBudgetMs: 1000,
+    policies: { tiers: { 1: { maxEgressClass: "D4", allowedPiiTypes: ["email", "phone", "credit_card"] } } },
+  });
+  const store = makeStore();
+  const metrics = makeMeter();
+  const guard = createEgressGuard(
+    {
+      clock: systemClock,
+      logger: silent,
+      meter: metrics.provider.getMeter("test"),
+      dge: client(server),
+      events: store.events,
+      audit: store.audit,
+      db: store.db,
+    },
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 } }),
+  );
+  t.teardown(() => guard.close());
+  const decision = await guard.check({
+    tenant: "acme",
+    transport: "http",
+    destination: "observability:http://127.0.0.1:9/v1/logs",
+    dataType: "",
+    payload: "1 ".repeat(500_000),
+  });
+  t.false(decision.allowed);
+  // dge_error (the DGE's RESOURCE_EXHAUSTED) or, on a machine too loaded to hear it in time, dge_timeout.
+  t.true(NO_VERDICT_REASONS.has(decision.reason), decision.reason);
+});
+
+test("dge runtime - a request over the size cap is refused with RESOURCE_EXHAUSTED naming the limit", async (t) => {
+  const server = await startDge(t, { maxRequestBytes: 4096 });
+  const err = await t.throwsAsync(client(server).classify({ data: "x".repeat(5000) }));
+  const ce = ConnectError.from(err);
+  t.is(ce.code, Code.ResourceExhausted);
+  t.regex(ce.rawMessage, /4096/);
+});
+
+test("dge runtime - options reject bad pool settings by name", (t) => {
+  t.throws(() => resolveDgeServerOptions({ keys: DGE_KEYS, classifyThreads: 0 }), {
+    message: /dge\.server\.classifyThreads/,
+  });
+  t.throws(() => resolveDgeServerOptions({ keys: DGE_KEYS, classifyBudgetMs: 1 }), {
+    message: /dge\.server\.classifyBudgetMs/,
+  });
+});
