@@ -139,22 +139,36 @@ export function fold(text: string): Rewrite {
   return b.done();
 }
 
-/** Joins lines: a line break (and the blanks around it) between two non-blank characters is removed. */
-export function joinLines(text: string): Rewrite {
+const JOINERS = /[.@:/+=_-]/;
+/**
+ * Joins lines where a value was wrapped: a line break between two digits, two letters, next to
+ * a joiner (`.@:/+=_-`) or ending a long line (wrapped base64) is removed, or becomes one space
+ * when blanks stood around it. Other breaks ("…40\n  tier: …") stay.
+ */
+export function joinLines(text: string, blanksAsSpace: boolean): Rewrite {
   const b = new Builder();
   const re = /[ \t]*(?:\r\n|\n|\r)[ \t]*/g;
   let last = 0;
+  let lineStart = 0;
   for (const m of text.matchAll(re)) {
     const before = text.charAt(m.index - 1);
     const after = text.charAt(m.index + m[0].length);
+    const lineLength = m.index - lineStart;
+    lineStart = m.index + m[0].length;
     if (m.index === 0 || before === "" || after === "" || /\s/.test(after)) continue;
+    const digits = /\d/.test(before) && /\d/.test(after);
+    const letters = /\p{L}/u.test(before) && /\p{L}/u.test(after);
+    if (!(digits || letters || JOINERS.test(before) || JOINERS.test(after) || lineLength >= 40)) continue;
     for (let k = last; k < m.index; k++) b.push(text.charAt(k), k, k + 1);
+    if (blanksAsSpace && /^[ \t]|[ \t]$/.test(m[0])) b.push(" ", m.index, m.index + m[0].length);
     last = m.index + m[0].length;
   }
   for (let k = last; k < text.length; k++) b.push(text.charAt(k), k, k + 1);
   return b.done();
 }
 
+/** A query string or form body with `+` for spaces ("?q=card+number+4111"). */
+const FORM = /[?&][\w.-]+=[^&\s]*\+/;
 const PCT_RUN = /(?:%[0-9a-fA-F]{2})+|\+/g;
 /** URL form decoding: runs of `%XX` as UTF-8, `+` as a space. */
 export function percentDecode(text: string): Rewrite {
@@ -209,7 +223,7 @@ export function bytesAsText(bytes: Uint8Array): string | undefined {
   return printable(s) ? s : undefined;
 }
 
-const B64_TOKEN = /(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}/g;
+const B64_TOKEN = /(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}={0,2}/g;
 
 /** Base64 / base64url tokens of `text` that decode to text, with their spans (at most `max`). */
 export function base64Tokens(text: string, max: number): { start: number; end: number; decoded: string }[] {
@@ -219,7 +233,8 @@ export function base64Tokens(text: string, max: number): { start: number; end: n
     const tok = m[0];
     const body = tok.replace(/=+$/, "");
     // Digits only, hex only or one case of letters only: an id, a hash or a word, not base64 of text.
-    if (/^[0-9a-fA-F]+$/.test(body) || /^[A-Za-z]+$/.test(body) || body.length % 4 === 1) continue;
+    if (/^[0-9a-fA-F]+$/.test(body) || /^[a-z_-]+$/.test(body) || /^[A-Z_-]+$/.test(body) || body.length % 4 === 1)
+      continue;
     // A path or URL segment list ("api/v1/users") is not a token; base64 of text has few slashes.
     if ((body.match(/\//g) ?? []).length > body.length / 8) continue;
     const decoded = bytesAsText(Buffer.from(body.replace(/-/g, "+").replace(/_/g, "/"), "base64"));
@@ -246,9 +261,17 @@ export function normalisedViews(text: string, limits: NormaliseLimits = DEFAULT_
   const expand = (v: View, depth: number): void => {
     const folded = derive(v, fold(v.text), "fold");
     const base = offer(folded) ? folded : v;
-    if (/[\r\n]/.test(base.text)) offer(derive(base, joinLines(base.text), "lines"));
+    if (/[\r\n]/.test(base.text)) {
+      offer(derive(base, joinLines(base.text, false), "lines"));
+      // Blanks at a break may be a separator ("4111 1111 \n1111") or indentation ("anna.smi\n    th@").
+      if (/[ \t][\r\n]|[\r\n][ \t]/.test(base.text)) offer(derive(base, joinLines(base.text, true), "lines"));
+    }
     let pct = base;
-    for (let d = 0; d < limits.maxDepth && /%[0-9a-fA-F]{2}/.test(pct.text); d++) {
+    for (
+      let d = 0;
+      d < limits.maxDepth && (/%[0-9a-fA-F]{2}/.test(pct.text) || (d === 0 && FORM.test(pct.text)));
+      d++
+    ) {
       const next = derive(pct, percentDecode(pct.text), "percent");
       if (!offer(next)) break;
       pct = derive(next, fold(next.text), "fold");

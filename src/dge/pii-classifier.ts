@@ -1,6 +1,6 @@
 import { isIPv4, isIPv6 } from "node:net";
 import { cardBrand, IBAN_LENGTHS, ibanValid, luhnValid, shannonEntropy, ssnValid } from "./checksums.js";
-import { insideHexId, internalAddress } from "./detectors/guards.js";
+import { insideHexId, internalAddress, labelled as labelledAt } from "./detectors/guards.js";
 import { detectIdentifiers } from "./detectors/identifiers.js";
 import { detectPhones } from "./detectors/phone.js";
 import { EXTRA_SECRET_RULES } from "./detectors/secrets.js";
@@ -87,7 +87,16 @@ const COMMON_TLDS = new Set([
   "br",
 ]);
 
-const CARD_RE = /(?<![\p{L}\p{N}])\d(?:[ .-]?\d){12,18}(?![\p{L}\p{N}])/gu;
+// Not inside a longer run of digit groups (a tracking number's fourth group is no card's first).
+// Words that stand before "at <domain> dot com" in prose (where a spelled address has a name).
+const SPELLED_PROSE = new Set(
+  "in on up us me it is be we them him her you log sign signed logged found find visit available online here there look us".split(
+    " ",
+  ),
+);
+
+const URL_AUTHORITY = /\b[a-z][a-z0-9+.-]{1,20}:\/\/[^\s/?#]*$/i;
+const CARD_RE = /(?<![\p{L}\p{N}]|\d[ .-])\d(?:[ .-]?\d){12,18}(?![\p{L}\p{N}])/gu;
 // An IMEI is Luhn-checked too, and ISBNs, tracking and order numbers are long digit runs: a label says which.
 const CARD_NOT_BEFORE = /(?:imei|imeisv|isbn|tracking|track(?:ing)?[\s_-]*(?:no|number|#|id)|awb|meid|iccid)\W{0,6}$/i;
 const SSN_RE =
@@ -167,6 +176,8 @@ export function detectInView(text: string): Detection[] {
     for (const m of text.matchAll(r.re)) {
       const value = r.group === undefined ? m[0] : (m[r.group] ?? "");
       if (r.check && !r.check(value)) continue;
+      // "sk_live_XXXXXXXXXXXXXXXXXXXXXXXX": a run of one character is a mask or an example, not a key.
+      if (/(.)\1{7}/.test(value)) continue;
       const start = m.index + (r.group === undefined ? 0 : m[0].length - value.length);
       add({
         kind: "api_secret",
@@ -195,8 +206,12 @@ export function detectInView(text: string): Detection[] {
   }
 
   for (const m of text.matchAll(EMAIL_RE)) {
+    // "https://user@host" and "redis://user:pass@host": a URL's user part, not a mailbox.
+    if (URL_AUTHORITY.test(text.slice(Math.max(0, m.index - 200), m.index))) continue;
     const spelled = /^\s+at\s+$/i.test(m[2] ?? "");
     if (spelled && !COMMON_TLDS.has((m[4] ?? "").toLowerCase())) continue;
+    // "sign in at portal dot example dot com" is prose about a site, not an address.
+    if (spelled && SPELLED_PROSE.has((m[1] ?? "").toLowerCase())) continue;
     add({
       kind: "email",
       start: m.index,
@@ -222,7 +237,7 @@ export function detectInView(text: string): Detection[] {
     const [area, group, serial] = separated ? [m[1], m[3], m[4]] : [m[5], m[6], m[7]];
     if (!ssnValid(area ?? "", group ?? "", serial ?? "")) continue;
     // Nine bare digits are any reference number; only a label in front makes them an SSN.
-    const labelled = SSN_CONTEXT.test(text.slice(Math.max(0, m.index - 40), m.index));
+    const labelled = labelledAt(text, m.index, SSN_CONTEXT);
     if (!separated && !labelled) continue;
     add({
       kind: "us_ssn",

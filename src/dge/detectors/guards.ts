@@ -58,3 +58,29 @@ export function insideHexId(text: string, start: number, end: number): boolean {
   while (e < text.length && HEX.test(text.charAt(e))) e++;
   return e - s >= 32 && /^[0-9a-fA-F]+$/.test(text.slice(s, e));
 }
+
+/**
+ * The header cell above `index` when it sits in a CSV/TSV/semicolon/pipe row under a header line
+ * (the text's first line): `name,ssn\nAnna,536221234` gives "ssn" for the digits. Undefined elsewhere.
+ */
+export function csvHeaderOf(text: string, index: number): string | undefined {
+  const lineStart = text.lastIndexOf("\n", index - 1) + 1;
+  if (lineStart === 0) return undefined;
+  const headerEnd = text.indexOf("\n");
+  const header = text.slice(0, headerEnd).replace(/\r$/, "");
+  const before = text.slice(lineStart, index);
+  for (const sep of [",", ";", "\t", "|"]) {
+    if (!header.includes(sep)) continue;
+    const column = before.split(sep).length - 1;
+    const cell = header.split(sep)[column];
+    return cell === undefined ? undefined : cell.trim().replace(/^["']|["']$/g, "");
+  }
+  return undefined;
+}
+
+/** True when the 40 characters before `index`, or the CSV header of its column, match `label`. */
+export function labelled(text: string, index: number, label: RegExp): boolean {
+  if (label.test(text.slice(Math.max(0, index - 40), index))) return true;
+  const cell = csvHeaderOf(text, index);
+  return cell !== undefined && label.test(cell);
+}

@@ -1,6 +1,7 @@
 import { base58check, bech32, bech32m } from "@scure/base";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { keccak_256 } from "@noble/hashes/sha3.js";
+import { labelled as labelledBefore } from "./guards.js";
 
 /** The identifier kinds found here (see PII_KINDS in ../pii-classifier.ts). */
 export type IdentifierKind = "us_itin" | "us_passport" | "uk_nino" | "mac_address" | "crypto_wallet";
@@ -17,11 +18,6 @@ export interface IdentifierDetection {
 const CHECKSUM = 0.99;
 const PATTERN_WITH_CONTEXT = 0.9;
 const PATTERN = 0.8;
-
-/** The label text right before `index` (up to 40 characters) matches `re`. */
-function labelledBefore(text: string, index: number, re: RegExp): boolean {
-  return re.test(text.slice(Math.max(0, index - 40), index));
-}
 
 // ITIN: 9XX-7X-XXXX etc.; group (4th-5th digits) 50-65, 70-88, 90-92, 94-99 (IRS, since 2011).
 const ITIN_RE = /(?<![\p{L}\p{N}-])(9\d{2})([ .-]?)(\d{2})\2(\d{4})(?![\p{N}-])/gu;

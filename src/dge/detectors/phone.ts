@@ -1,3 +1,4 @@
+import { labelled as labelledBefore } from "./guards.js";
 import { parsePhoneNumberFromString, type CountryCode, type PhoneNumber } from "libphonenumber-js/max";
 
 /** One phone finding (the classifier's Detection shape). */
@@ -34,12 +35,14 @@ export const NATIONAL_REGIONS: readonly CountryCode[] = [
   "AU",
   "BR",
   "MX",
-  "SG",
   "ZA",
 ];
 
 const CANDIDATE_RE =
   /(?<![\p{L}\p{N}+._/-])(?:\+|00|011)?[ ]?(?:\(\d{1,5}\)|\d)(?:[ ]?(?:\(\d{1,5}\)|[.\- /]?\d)){5,20}(?![\p{L}\p{N}]|[.:/-]\d)/gu;
+// Reference numbers grouped like a phone ("invoice 0909-829416") are labelled as what they are.
+const NOT_PHONE_CONTEXT =
+  /(?:invoice|order|ref|reference|ticket|case|account|acct|iban|sku|imei|serial|id|no\.?|#)\W{0,3}$/i;
 const PHONE_CONTEXT = /(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|ring|contact)\W{0,4}$/i;
 
 /** The digit groups of `s`, joined by single spaces. */
@@ -64,9 +67,13 @@ export function detectPhones(text: string): PhoneDetection[] {
     const end = start + raw.length;
     const digits = raw.replace(/\D/g, "");
     if (digits.length < 7 || digits.length > 17) continue;
-    const labelled = PHONE_CONTEXT.test(text.slice(Math.max(0, start - 16), start));
+    const labelled = labelledBefore(text, start, PHONE_CONTEXT);
+    if (!labelled && NOT_PHONE_CONTEXT.test(text.slice(Math.max(0, start - 16), start))) continue;
+    const grouped = groupsOf(raw).includes(" ");
     const idd = /^(?:\+|00(?!0)|011)/.exec(raw);
-    if (idd) {
+    // "00"/"011" dialled from abroad are written grouped ("0049 30 …") or under a label; a bare
+    // run starting 00/011 is any reference number.
+    if (idd && (raw.startsWith("+") || grouped || labelled)) {
       const p = valid(`+${raw.slice(idd[0].length)}`);
       if (p) {
         out.push({ kind: "phone", start, end, confidence: 0.9, rule: "libphonenumber_intl" });
@@ -74,7 +81,6 @@ export function detectPhones(text: string): PhoneDetection[] {
       }
       if (raw.startsWith("+")) continue;
     }
-    const grouped = groupsOf(raw).includes(" ");
     for (const region of NATIONAL_REGIONS) {
       const p = valid(raw, region);
       if (!p) continue;
