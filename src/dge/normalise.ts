@@ -139,11 +139,13 @@ export function fold(text: string): Rewrite {
   return b.done();
 }
 
-const JOINERS = /[.@:/+=_-]/;
+const JOINERS = /[.@:/+=_()[\]-]/;
+/** A line that starts a new field ("tier: gold", "\"name\":", "ssn = …"), not the rest of a value. */
+const NEW_FIELD = /^["']?[\p{L}_][\p{L}\p{N}_.-]+["']?\s*(?::(?:\s|["'{[]|$)|=)/u;
 /**
- * Joins lines where a value was wrapped: a line break between two digits, two letters, next to
- * a joiner (`.@:/+=_-`) or ending a long line (wrapped base64) is removed, or becomes one space
- * when blanks stood around it. Other breaks ("…40\n  tier: …") stay.
+ * Joins lines where a value was wrapped: a line break between two letters or digits, next to a
+ * joiner (`.@:/+=_()[]-`) or ending a long line (wrapped base64) is removed, or becomes one space
+ * when blanks stood around it. A break before a line that starts a new field ("…40\n  tier: …") stays.
  */
 export function joinLines(text: string, blanksAsSpace: boolean): Rewrite {
   const b = new Builder();
@@ -156,9 +158,9 @@ export function joinLines(text: string, blanksAsSpace: boolean): Rewrite {
     const lineLength = m.index - lineStart;
     lineStart = m.index + m[0].length;
     if (m.index === 0 || before === "" || after === "" || /\s/.test(after)) continue;
-    const digits = /\d/.test(before) && /\d/.test(after);
-    const letters = /\p{L}/u.test(before) && /\p{L}/u.test(after);
-    if (!(digits || letters || JOINERS.test(before) || JOINERS.test(after) || lineLength >= 40)) continue;
+    if (NEW_FIELD.test(text.slice(m.index + m[0].length, m.index + m[0].length + 64))) continue;
+    const alnum = /[\p{L}\p{N}]/u.test(before) && /[\p{L}\p{N}]/u.test(after);
+    if (!(alnum || JOINERS.test(before) || JOINERS.test(after) || lineLength >= 40)) continue;
     for (let k = last; k < m.index; k++) b.push(text.charAt(k), k, k + 1);
     if (blanksAsSpace && /^[ \t]|[ \t]$/.test(m[0])) b.push(" ", m.index, m.index + m[0].length);
     last = m.index + m[0].length;
@@ -259,8 +261,13 @@ export function normalisedViews(text: string, limits: NormaliseLimits = DEFAULT_
 
   // Expands one decoded layer: fold it, join its lines, URL-decode it, and decode its base64 tokens.
   const expand = (v: View, depth: number): void => {
-    const folded = derive(v, fold(v.text), "fold");
-    const base = offer(folded) ? folded : v;
+    let base = v;
+    // Escapes inside escaped JSON ("{\\"ssn\\":\\"\\\\u0035…") need one fold per level of nesting.
+    for (let d = 0; d < limits.maxDepth && (d === 0 || /\\(?:u[0-9a-fA-F]{4}|[nrt])|&#?\w+;/.test(base.text)); d++) {
+      const folded = derive(base, fold(base.text), "fold");
+      if (!offer(folded)) break;
+      base = folded;
+    }
     if (/[\r\n]/.test(base.text)) {
       offer(derive(base, joinLines(base.text, false), "lines"));
       // Blanks at a break may be a separator ("4111 1111 \n1111") or indentation ("anna.smi\n    th@").

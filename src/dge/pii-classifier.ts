@@ -100,7 +100,7 @@ const CARD_RE = /(?<![\p{L}\p{N}]|\d[ .-])\d(?:[ .-]?\d){12,18}(?![\p{L}\p{N}])/
 // An IMEI is Luhn-checked too, and ISBNs, tracking and order numbers are long digit runs: a label says which.
 const CARD_NOT_BEFORE = /(?:imei|imeisv|isbn|tracking|track(?:ing)?[\s_-]*(?:no|number|#|id)|awb|meid|iccid)\W{0,6}$/i;
 const SSN_RE =
-  /(?<![\p{L}\p{N}-])(\d{3})([ .-])(\d{2})\2(\d{4})(?![\p{N}-])|(?<![\p{L}\p{N}])(\d{3})(\d{2})(\d{4})(?![\p{L}\p{N}])/gu;
+  /(?<![\p{L}\p{N}-]|\d[ .])(\d{3})([ .-])(\d{2})\2(\d{4})(?![\p{N}-]|[ .]\d)|(?<![\p{L}\p{N}])(\d{3})(\d{2})(\d{4})(?![\p{L}\p{N}])/gu;
 const SSN_CONTEXT =
   /(?:ssn|social[\s_-]*security(?:[\s_-]*(?:no|num|number|#))?|soc\.?\s*sec\.?|taxpayer[\s_-]*id|tax[\s_-]*id)\W{0,6}$/i;
 const IBAN_RE = /(?<![\p{L}\p{N}])([a-z]{2}\d{2})((?:[ -]?[a-z0-9]){10,30})/giu;
@@ -264,8 +264,9 @@ export function detectInView(text: string): Detection[] {
     add({ kind: "ip_address", start: m.index, end: m.index + m[0].length, confidence: CHECKSUM, rule: "ipv4" });
   }
 
-  for (const d of detectPhones(text)) add(d);
+  // Identifiers before phones: "05-15-68-52-78-DF" is a MAC, not a phone followed by letters.
   for (const d of detectIdentifiers(text)) add(d);
+  for (const d of detectPhones(text)) add(d);
 
   return found.filter((d) => !(DIGIT_KINDS.has(d.kind) && insideHexId(text, d.start, d.end)));
 }

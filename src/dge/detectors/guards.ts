@@ -60,19 +60,32 @@ export function insideHexId(text: string, start: number, end: number): boolean {
 }
 
 /**
- * The header cell above `index` when it sits in a CSV/TSV/semicolon/pipe row under a header line
- * (the text's first line): `name,ssn\nAnna,536221234` gives "ssn" for the digits. Undefined elsewhere.
+ * The header cell above `index` when it sits in a CSV/TSV/semicolon/pipe row under a header line:
+ * `name,ssn\nAnna,536221234` gives "ssn" for the digits. The header is the top of the block of
+ * lines with the row's number of separators when that line has no digits (a header), else the
+ * line above the block, read from after its last quote or bracket (a CSV embedded in a JSON string).
  */
 export function csvHeaderOf(text: string, index: number): string | undefined {
   const lineStart = text.lastIndexOf("\n", index - 1) + 1;
   if (lineStart === 0) return undefined;
-  const headerEnd = text.indexOf("\n");
-  const header = text.slice(0, headerEnd).replace(/\r$/, "");
+  const lineEnd = text.indexOf("\n", index);
+  const row = text.slice(lineStart, lineEnd === -1 ? text.length : lineEnd);
   const before = text.slice(lineStart, index);
   for (const sep of [",", ";", "\t", "|"]) {
-    if (!header.includes(sep)) continue;
-    const column = before.split(sep).length - 1;
-    const cell = header.split(sep)[column];
+    if (!row.includes(sep)) continue;
+    const count = (line: string): number => line.split(sep).length;
+    const lines = text.slice(Math.max(0, lineStart - 4096), lineStart - 1).split("\n");
+    let top = row;
+    let k = lines.length - 1;
+    for (; k >= 0 && count(lines[k]!.replace(/\r$/, "")) === count(row); k--) top = lines[k]!.replace(/\r$/, "");
+    let header = top;
+    if (/\d/.test(top) || top === row) {
+      if (k < 0) return undefined;
+      header = (lines[k] ?? "").replace(/\r$/, "");
+      const tail = /[^"'[{:]*$/.exec(header)?.[0] ?? "";
+      if (tail.includes(sep)) header = tail;
+    }
+    const cell = header.split(sep)[before.split(sep).length - 1];
     return cell === undefined ? undefined : cell.trim().replace(/^["']|["']$/g, "");
   }
   return undefined;

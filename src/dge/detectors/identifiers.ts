@@ -20,7 +20,7 @@ const PATTERN_WITH_CONTEXT = 0.9;
 const PATTERN = 0.8;
 
 // ITIN: 9XX-7X-XXXX etc.; group (4th-5th digits) 50-65, 70-88, 90-92, 94-99 (IRS, since 2011).
-const ITIN_RE = /(?<![\p{L}\p{N}-])(9\d{2})([ .-]?)(\d{2})\2(\d{4})(?![\p{N}-])/gu;
+const ITIN_RE = /(?<![\p{L}\p{N}-]|\d[ .])(9\d{2})([ .-]?)(\d{2})\2(\d{4})(?![\p{N}-]|[ .]\d)/gu;
 const ITIN_CONTEXT =
   /(?:itin|tin|tax[\s_-]*(?:payer)?[\s_-]*(?:id|identification)(?:[\s_-]*(?:no|number))?|taxId)\W{0,6}$/i;
 

@@ -42,7 +42,7 @@ const CANDIDATE_RE =
   /(?<![\p{L}\p{N}+._/-])(?:\+|00|011)?[ ]?(?:\(\d{1,5}\)|\d)(?:[ ]?(?:\(\d{1,5}\)|[.\- /]?\d)){5,20}(?![\p{L}\p{N}]|[.:/-]\d)/gu;
 // Reference numbers grouped like a phone ("invoice 0909-829416") are labelled as what they are.
 const NOT_PHONE_CONTEXT =
-  /(?:invoice|order|ref|reference|ticket|case|account|acct|iban|sku|imei|serial|id|no\.?|#)\W{0,3}$/i;
+  /(?:invoice|order|ref|reference|ticket|case|account|acct|iban|sku|imei|serial|zip|postal|postcode|id|no\.?|#)\W{0,3}$/i;
 const PHONE_CONTEXT = /(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|ring|contact)\W{0,4}$/i;
 
 /** The digit groups of `s`, joined by single spaces. */
@@ -66,6 +66,8 @@ export function detectPhones(text: string): PhoneDetection[] {
     const start = m.index + (m[0].length - m[0].trimStart().length);
     const end = start + raw.length;
     const digits = raw.replace(/\D/g, "");
+    // Four dotted groups of 1-3 digits read as an address or a version ("934.58.33.47"), not a phone.
+    if (/^\d{1,3}(?:\.\d{1,3}){3}$/.test(raw)) continue;
     if (digits.length < 7 || digits.length > 17) continue;
     const labelled = labelledBefore(text, start, PHONE_CONTEXT);
     if (!labelled && NOT_PHONE_CONTEXT.test(text.slice(Math.max(0, start - 16), start))) continue;
