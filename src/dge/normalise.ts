@@ -39,28 +39,92 @@ export interface View {
   via: string[];
   /** The input span [start, end) that view span [start, end) came from. */
   origin(start: number, end: number): [number, number];
+  /**
+   * Where this view differs from the view it was derived from ([start, end) pairs in this view,
+   * ascending); undefined when all of it is new (the input, a decoded token). A value first seen
+   * in this view lies across one of these, so only windows around them need scanning.
+   */
+  changed?: [number, number][];
+}
+
+/**
+ * The parts of `view` worth scanning: the whole text, or each changed range widened by `pad`
+ * characters and out to a token boundary, merged where they meet.
+ */
+export function scanWindows(view: View, pad = 256): [number, number][] {
+  const text = view.text;
+  if (view.changed === undefined) return [[0, text.length]];
+  const boundary = /[\s"',;{}[\]<>|]/;
+  const out: [number, number][] = [];
+  for (const [cs, ce] of view.changed) {
+    let s = Math.max(0, cs - pad);
+    let e = Math.min(text.length, ce + pad);
+    for (let k = 0; k < 128 && s > 0 && !boundary.test(text.charAt(s - 1)); k++) s--;
+    for (let k = 0; k < 128 && e < text.length && !boundary.test(text.charAt(e)); k++) e++;
+    const last = out[out.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else out.push([s, e]);
+  }
+  return out;
 }
 
 /** A character-level rewrite: output text plus, per output char, the input span it came from. */
 interface Rewrite {
   text: string;
-  from: number[];
-  to: number[];
+  from: Int32Array;
+  to: Int32Array;
+  changed: [number, number][];
 }
 
 class Builder {
   private out: string[] = [];
-  readonly from: number[] = [];
-  readonly to: number[] = [];
+  private from: Int32Array;
+  private to: Int32Array;
+  private length = 0;
+  private changed: [number, number][] = [];
+  constructor(capacity: number) {
+    this.from = new Int32Array(Math.max(16, capacity));
+    this.to = new Int32Array(Math.max(16, capacity));
+  }
   push(s: string, start: number, end: number): void {
-    for (let i = 0; i < s.length; i++) {
-      this.out.push(s.charAt(i));
-      this.from.push(start);
-      this.to.push(end);
+    if (this.length + s.length > this.from.length) {
+      const size = Math.max(this.from.length * 2, this.length + s.length);
+      const from = new Int32Array(size);
+      const to = new Int32Array(size);
+      from.set(this.from);
+      to.set(this.to);
+      this.from = from;
+      this.to = to;
+    }
+    this.out.push(s);
+    const last = this.changed[this.changed.length - 1];
+    if (last && last[1] === this.length) last[1] = this.length + s.length;
+    else this.changed.push([this.length, this.length + s.length]);
+    this.from.fill(start, this.length, this.length + s.length);
+    this.to.fill(end, this.length, this.length + s.length);
+    this.length += s.length;
+  }
+  /** Copies text[start, end) unchanged. */
+  copy(text: string, start: number, end: number): void {
+    if (end <= start) return;
+    const changed = this.changed.length;
+    this.push(text.slice(start, end), 0, 0);
+    this.changed.length = changed;
+    const tail = this.changed[changed - 1];
+    // A copied run right after a change: the change ends where the copy starts.
+    if (tail && tail[1] > this.length - (end - start)) tail[1] = this.length - (end - start);
+    for (let k = 0; k < end - start; k++) {
+      this.from[this.length - (end - start) + k] = start + k;
+      this.to[this.length - (end - start) + k] = start + k + 1;
     }
   }
   done(): Rewrite {
-    return { text: this.out.join(""), from: this.from, to: this.to };
+    return {
+      text: this.out.join(""),
+      from: this.from.subarray(0, this.length),
+      to: this.to.subarray(0, this.length),
+      changed: this.changed,
+    };
   }
 }
 
@@ -68,6 +132,8 @@ function derive(parent: View, r: Rewrite, step: string): View {
   return {
     text: r.text,
     via: [...parent.via, step],
+    // A removed character (zero-width, a joined line break) is a change of zero length.
+    changed: r.changed,
     origin(start, end) {
       if (r.text.length === 0) return parent.origin(0, 0);
       const s = r.from[Math.min(start, r.text.length - 1)] ?? 0;
@@ -88,7 +154,10 @@ function foldChar(cp: number): string {
 }
 
 const ENTITY_RE = /^&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?/;
-const JSON_ESCAPES: Record<string, string> = { n: "\n", r: "\r", t: "\t", "/": "/", '"': '"', "'": "'", "\\": "\\" };
+// Escapes that can hide a value: line breaks and tabs, "\/" in URLs, and "\\" one level up when an
+// escape follows (JSON in JSON). Escaped quotes hide nothing and stay, so plain JSON is no new view.
+const JSON_ESCAPES: Record<string, string> = { n: "\n", r: "\r", t: "\t", "/": "/" };
+const NESTED_ESCAPE = /^\\\\(?:u[0-9a-fA-F]{4}|[nrt/]|\\)/;
 
 /**
  * Folds look-alike characters and undoes character escapes in one pass: HTML entities, `\uXXXX`
@@ -96,46 +165,54 @@ const JSON_ESCAPES: Record<string, string> = { n: "\n", r: "\r", t: "\t", "/": "
  * zero-width characters, soft hyphens and NULs (UTF-16 read as bytes) dropped, Unicode dashes to "-".
  */
 export function fold(text: string): Rewrite {
-  const b = new Builder();
+  const b = new Builder(text.length);
   let i = 0;
+  let run = 0; // start of the pending run of characters that fold to themselves
+  const emit = (s: string, width: number): void => {
+    b.copy(text, run, i);
+    b.push(s, i, i + width);
+    i += width;
+    run = i;
+  };
   while (i < text.length) {
     const c = text.charCodeAt(i);
+    // Printable ASCII other than & and \ folds to itself.
+    if (c >= 0x20 && c < 0x7f && c !== 0x26 && c !== 0x5c) {
+      i++;
+      continue;
+    }
     if (c === 0x26 /* & */) {
       const m = ENTITY_RE.exec(text.slice(i, i + 40));
-      if (m) {
-        const decoded = decodeHTML(m[0]);
-        if (decoded !== m[0]) {
-          for (const ch of decoded) b.push(foldChar(ch.codePointAt(0) ?? 0), i, i + m[0].length);
-          i += m[0].length;
-          continue;
-        }
+      const decoded = m ? decodeHTML(m[0]) : undefined;
+      if (m && decoded !== m[0]) {
+        let out = "";
+        for (const ch of decoded ?? "") out += foldChar(ch.codePointAt(0) ?? 0);
+        emit(out, m[0].length);
+        continue;
       }
     } else if (c === 0x5c /* \ */) {
       const u = /^\\u([0-9a-fA-F]{4})(?:\\u([0-9a-fA-F]{4}))?/.exec(text.slice(i, i + 12));
       if (u) {
         const hi = parseInt(u[1] ?? "0", 16);
         const lo = u[2] === undefined ? -1 : parseInt(u[2], 16);
-        if (hi >= 0xd800 && hi < 0xdc00 && lo >= 0xdc00 && lo < 0xe000) {
-          b.push(foldChar(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)), i, i + 12);
-          i += 12;
-        } else {
-          b.push(foldChar(hi), i, i + 6);
-          i += 6;
-        }
+        if (hi >= 0xd800 && hi < 0xdc00 && lo >= 0xdc00 && lo < 0xe000)
+          emit(foldChar(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)), 12);
+        else emit(foldChar(hi), 6);
         continue;
       }
-      const esc = JSON_ESCAPES[text.charAt(i + 1)];
+      const esc = NESTED_ESCAPE.test(text.slice(i, i + 7)) ? "\\" : JSON_ESCAPES[text.charAt(i + 1)];
       if (esc !== undefined) {
-        b.push(esc, i, i + 2);
-        i += 2;
+        emit(esc, 2);
         continue;
       }
     }
     const cp = text.codePointAt(i) ?? c;
     const width = cp > 0xffff ? 2 : 1;
-    b.push(foldChar(cp), i, i + width);
-    i += width;
+    const folded = foldChar(cp);
+    if (folded === text.slice(i, i + width)) i += width;
+    else emit(folded, width);
   }
+  b.copy(text, run, text.length);
   return b.done();
 }
 
@@ -148,7 +225,7 @@ const NEW_FIELD = /^["']?[\p{L}_][\p{L}\p{N}_.-]+["']?\s*(?::(?:\s|["'{[]|$)|=)/
  * when blanks stood around it. A break before a line that starts a new field ("…40\n  tier: …") stays.
  */
 export function joinLines(text: string, blanksAsSpace: boolean): Rewrite {
-  const b = new Builder();
+  const b = new Builder(text.length);
   const re = /[ \t]*(?:\r\n|\n|\r)[ \t]*/g;
   let last = 0;
   let lineStart = 0;
@@ -161,11 +238,12 @@ export function joinLines(text: string, blanksAsSpace: boolean): Rewrite {
     if (NEW_FIELD.test(text.slice(m.index + m[0].length, m.index + m[0].length + 64))) continue;
     const alnum = /[\p{L}\p{N}]/u.test(before) && /[\p{L}\p{N}]/u.test(after);
     if (!(alnum || JOINERS.test(before) || JOINERS.test(after) || lineLength >= 40)) continue;
-    for (let k = last; k < m.index; k++) b.push(text.charAt(k), k, k + 1);
+    b.copy(text, last, m.index);
     if (blanksAsSpace && /^[ \t]|[ \t]$/.test(m[0])) b.push(" ", m.index, m.index + m[0].length);
+    else b.push("", m.index, m.index + m[0].length);
     last = m.index + m[0].length;
   }
-  for (let k = last; k < text.length; k++) b.push(text.charAt(k), k, k + 1);
+  b.copy(text, last, text.length);
   return b.done();
 }
 
@@ -174,10 +252,10 @@ const FORM = /[?&][\w.-]+=[^&\s]*\+/;
 const PCT_RUN = /(?:%[0-9a-fA-F]{2})+|\+/g;
 /** URL form decoding: runs of `%XX` as UTF-8, `+` as a space. */
 export function percentDecode(text: string): Rewrite {
-  const b = new Builder();
+  const b = new Builder(text.length);
   let last = 0;
   for (const m of text.matchAll(PCT_RUN)) {
-    for (let k = last; k < m.index; k++) b.push(text.charAt(k), k, k + 1);
+    b.copy(text, last, m.index);
     const end = m.index + m[0].length;
     if (m[0] === "+") b.push(" ", m.index, end);
     else {
@@ -186,7 +264,7 @@ export function percentDecode(text: string): Rewrite {
     }
     last = end;
   }
-  for (let k = last; k < text.length; k++) b.push(text.charAt(k), k, k + 1);
+  b.copy(text, last, text.length);
   return b.done();
 }
 

@@ -4,7 +4,13 @@ import { insideHexId, internalAddress, labelled as labelledAt } from "./detector
 import { detectIdentifiers } from "./detectors/identifiers.js";
 import { detectPhones } from "./detectors/phone.js";
 import { EXTRA_SECRET_RULES } from "./detectors/secrets.js";
-import { DEFAULT_NORMALISE_LIMITS, normalisedViews, type NormaliseLimits } from "./normalise.js";
+import {
+  DEFAULT_NORMALISE_LIMITS,
+  normalisedViews,
+  scanWindows,
+  type NormaliseLimits,
+  type View,
+} from "./normalise.js";
 
 /** The structured types the classifier detects (names used in events, corpus labels and metrics). */
 export const PII_KINDS = [
@@ -154,13 +160,34 @@ const DIGIT_KINDS: ReadonlySet<PiiKind> = new Set(["credit_card", "iban", "us_ss
 export function detectPii(text: string, limits: NormaliseLimits = DEFAULT_NORMALISE_LIMITS): Detection[] {
   const found: Detection[] = [];
   for (const view of normalisedViews(text, limits)) {
-    for (const d of detectInView(view.text)) {
+    for (const d of detectInWindows(view)) {
       const [start, end] = view.origin(d.start, d.end);
       if (found.some((f) => f.kind === d.kind && start < f.end && end > f.start)) continue;
       found.push({ ...d, start, end, rule: view.via.length === 0 ? d.rule : `${d.rule}+${view.via.join("+")}` });
     }
   }
   return found.sort((a, b) => a.start - b.start || a.end - b.end);
+}
+
+/**
+ * Runs the rules over the parts of a view that differ from its parent (scanWindows); a window
+ * not at the top of a multi-line text gets the first line in front, so a CSV header still labels
+ * the column. Findings are in view coordinates.
+ */
+function detectInWindows(view: View): Detection[] {
+  const windows = scanWindows(view);
+  if (windows.length === 1 && windows[0]?.[0] === 0 && windows[0][1] === view.text.length)
+    return detectInView(view.text);
+  const out: Detection[] = [];
+  const firstLine = view.text.includes("\n") ? view.text.slice(0, view.text.indexOf("\n")).slice(0, 2048) : "";
+  for (const [s, e] of windows) {
+    const prefix = s > firstLine.length && firstLine !== "" ? `${firstLine}\n` : "";
+    for (const d of detectInView(prefix + view.text.slice(s, e))) {
+      if (d.start < prefix.length) continue;
+      out.push({ ...d, start: d.start - prefix.length + s, end: d.end - prefix.length + s });
+    }
+  }
+  return out;
 }
 
 /** Finds structured PII and secrets in `text` as it is; later detectors skip spans earlier ones claimed. */

@@ -74,7 +74,7 @@ export function csvHeaderOf(text: string, index: number): string | undefined {
   for (const sep of [",", ";", "\t", "|"]) {
     if (!row.includes(sep)) continue;
     const count = (line: string): number => line.split(sep).length;
-    const lines = text.slice(Math.max(0, lineStart - 4096), lineStart - 1).split("\n");
+    const lines = text.slice(Math.max(0, lineStart - 2048), lineStart - 1).split("\n");
     let top = row;
     let k = lines.length - 1;
     for (; k >= 0 && count(lines[k]!.replace(/\r$/, "")) === count(row); k--) top = lines[k]!.replace(/\r$/, "");
@@ -82,7 +82,8 @@ export function csvHeaderOf(text: string, index: number): string | undefined {
     if (/\d/.test(top) || top === row) {
       if (k < 0) return undefined;
       header = (lines[k] ?? "").replace(/\r$/, "");
-      const tail = /[^"'[{:]*$/.exec(header)?.[0] ?? "";
+      const cut = Math.max(...['"', "'", "[", "{", ":"].map((c) => header.lastIndexOf(c)));
+      const tail = header.slice(cut + 1);
       if (tail.includes(sep)) header = tail;
     }
     const cell = header.split(sep)[before.split(sep).length - 1];

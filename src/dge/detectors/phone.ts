@@ -83,6 +83,7 @@ export function detectPhones(text: string): PhoneDetection[] {
       }
       if (raw.startsWith("+")) continue;
     }
+    if (!grouped && !labelled) continue;
     for (const region of NATIONAL_REGIONS) {
       const p = valid(raw, region);
       if (!p) continue;
