@@ -158,15 +158,29 @@ const DIGIT_KINDS: ReadonlySet<PiiKind> = new Set(["credit_card", "iban", "us_ss
  * spans in `text`. A finding in a decoded view points at the whole encoded token.
  */
 export function detectPii(text: string, limits: NormaliseLimits = DEFAULT_NORMALISE_LIMITS): Detection[] {
-  const found: Detection[] = [];
-  for (const view of normalisedViews(text, limits)) {
+  const all: { d: Detection; view: number }[] = [];
+  normalisedViews(text, limits).forEach((view, i) => {
     for (const d of detectInWindows(view)) {
       const [start, end] = view.origin(d.start, d.end);
-      if (found.some((f) => f.kind === d.kind && start < f.end && end > f.start)) continue;
-      found.push({ ...d, start, end, rule: view.via.length === 0 ? d.rule : `${d.rule}+${view.via.join("+")}` });
+      all.push({ d: { ...d, start, end, rule: i === 0 ? d.rule : `${d.rule}+${view.via.join("+")}` }, view: i });
     }
+  });
+  // The same value seen in several views is one finding (of the earliest view): per kind, a
+  // sweep in span order keeps one of each overlapping run.
+  all.sort((a, b) => a.d.start - b.d.start || a.view - b.view);
+  const kept = new Map<PiiKind, number>(); // kind -> index in `out` of its last finding
+  const out: { d: Detection; view: number }[] = [];
+  for (const x of all) {
+    const at = kept.get(x.d.kind);
+    const last = at === undefined ? undefined : out[at];
+    if (at !== undefined && last && x.d.start < last.d.end) {
+      if (x.view < last.view) out[at] = x;
+      continue;
+    }
+    kept.set(x.d.kind, out.length);
+    out.push(x);
   }
-  return found.sort((a, b) => a.start - b.start || a.end - b.end);
+  return out.map((x) => x.d).sort((a, b) => a.start - b.start || a.end - b.end);
 }
 
 /**
@@ -193,9 +207,20 @@ function detectInWindows(view: View): Detection[] {
 /** Finds structured PII and secrets in `text` as it is; later detectors skip spans earlier ones claimed. */
 export function detectInView(text: string): Detection[] {
   const found: Detection[] = [];
-  const overlaps = (s: number, e: number): boolean => found.some((d) => s < d.end && e > d.start);
+  // Claimed spans never overlap, so `found` kept sorted by start needs only its two neighbours
+  // checked: linear-logarithmic however many findings a large payload has.
   const add = (d: Detection): void => {
-    if (!overlaps(d.start, d.end)) found.push(d);
+    let lo = 0;
+    let hi = found.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((found[mid]?.start ?? 0) < d.start) lo = mid + 1;
+      else hi = mid;
+    }
+    const before = found[lo - 1];
+    const after = found[lo];
+    if ((before && before.end > d.start) || (after && after.start < d.end)) return;
+    found.splice(lo, 0, d);
   };
 
   // Secrets and IBANs first: their bodies contain digit runs the card and phone rules would claim.

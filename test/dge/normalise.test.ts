@@ -165,3 +165,12 @@ test("item 9 - a public address is still an ip_address finding (D2), blocked by 
   t.false(decision.allow);
   t.is(Verdict.DENY, decision.allow ? Verdict.ALLOW : Verdict.DENY);
 });
+
+test("normalise - a 1 MiB payload with 80,000 findings, plain and percent-encoded, yields each once", (t) => {
+  const emails = Array.from({ length: 40_000 }, (_, i) => `u${i}@example.com`);
+  const text = `${emails.join(" ")} ${emails.map((e) => e.replace("@", "%40")).join(" ")}`;
+  t.true(text.length > 1_000_000);
+  const found = detectPii(text);
+  t.is(found.length, 80_000);
+  t.true(found.every((d) => d.kind === "email"));
+});
