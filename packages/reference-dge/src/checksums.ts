@@ -21,6 +21,9 @@ export function luhnCheckDigit(payload: string): string {
   throw new RangeError("no Luhn check digit");
 }
 
+/** Maestro IIN prefixes (Mastercard's debit brand; 12-19 digits). */
+const MAESTRO_PREFIXES: ReadonlySet<number> = new Set([5018, 5020, 5038, 5893, 6304, 6759, 6761, 6762, 6763]);
+
 /**
  * Payment card numbers by issuer prefix and length (ISO/IEC 7812 IIN ranges as published by the
  * networks); a Luhn-valid number outside them is treated as an order/reference number.
@@ -36,6 +39,9 @@ export function cardBrand(digits: string): string | undefined {
   if ((p4 === 6011 || p2 === 65 || (p3 >= 644 && p3 <= 649)) && n >= 16 && n <= 19) return "discover";
   if (p4 >= 3528 && p4 <= 3589 && n >= 16 && n <= 19) return "jcb";
   if (((p3 >= 300 && p3 <= 305) || p2 === 36 || p2 === 38 || p2 === 39) && n >= 14 && n <= 19) return "diners";
+  if (p2 === 62 && n >= 16 && n <= 19) return "unionpay";
+  if (p4 >= 2200 && p4 <= 2204 && n >= 16 && n <= 19) return "mir";
+  if (MAESTRO_PREFIXES.has(p4) && n >= 12 && n <= 19) return "maestro";
   return undefined;
 }
 
@@ -48,53 +54,97 @@ export function ssnValid(area: string, group: string, serial: string): boolean {
   return a !== 0 && a !== 666 && a < 900 && group !== "00" && serial !== "0000";
 }
 
-/** IBAN length per country (ISO 13616 registry, the countries the classifier knows). */
+/** IBAN length per country (every country of the ISO 13616 / SWIFT IBAN registry). */
 export const IBAN_LENGTHS: Readonly<Record<string, number>> = {
   AD: 24,
   AE: 23,
+  AL: 28,
   AT: 20,
+  AZ: 28,
+  BA: 20,
   BE: 16,
   BG: 22,
   BH: 22,
+  BI: 27,
   BR: 29,
+  BY: 28,
   CH: 21,
+  CR: 22,
   CY: 28,
   CZ: 24,
   DE: 22,
+  DJ: 27,
   DK: 18,
+  DO: 28,
   EE: 20,
+  EG: 29,
   ES: 24,
   FI: 18,
+  FK: 18,
+  FO: 18,
   FR: 27,
   GB: 22,
+  GE: 22,
   GI: 23,
+  GL: 18,
   GR: 27,
+  GT: 28,
+  HN: 28,
   HR: 21,
   HU: 28,
   IE: 22,
   IL: 23,
+  IQ: 23,
   IS: 26,
   IT: 27,
+  JO: 30,
   KW: 30,
   KZ: 20,
+  LB: 28,
+  LC: 32,
   LI: 21,
   LT: 20,
   LU: 20,
   LV: 21,
+  LY: 25,
   MC: 27,
+  MD: 24,
+  ME: 22,
+  MK: 19,
+  MN: 20,
+  MR: 27,
   MT: 31,
+  MU: 30,
+  NI: 28,
   NL: 18,
   NO: 15,
+  OM: 23,
+  PK: 24,
   PL: 28,
+  PS: 29,
   PT: 25,
   QA: 29,
   RO: 24,
+  RS: 22,
+  RU: 33,
   SA: 24,
+  SC: 31,
+  SD: 18,
   SE: 24,
   SI: 19,
   SK: 24,
   SM: 27,
+  SO: 23,
+  ST: 25,
+  SV: 28,
+  TL: 23,
+  TN: 24,
   TR: 26,
+  UA: 29,
+  VA: 22,
+  VG: 24,
+  XK: 20,
+  YE: 30,
 };
 
 /** ISO 7064 MOD 97-10 remainder of an IBAN (country and check digits moved to the end). */

@@ -17,6 +17,11 @@ const KIND_TO_TYPE: Record<PiiKind, PiiType> = {
   phone: PiiType.PHONE,
   ip_address: PiiType.IP_ADDRESS,
   api_secret: PiiType.API_SECRET,
+  us_itin: PiiType.US_ITIN,
+  us_passport: PiiType.US_PASSPORT,
+  uk_nino: PiiType.UK_NINO,
+  mac_address: PiiType.MAC_ADDRESS,
+  crypto_wallet: PiiType.CRYPTO_WALLET,
 };
 
 /** The proto PiiType of a classifier kind. */
@@ -31,15 +36,21 @@ export function piiKindOf(type: PiiType): PiiKind | "unspecified" {
 }
 
 /**
- * The class each kind puts data in: contact data D2, government and bank identifiers D3,
+ * The class each kind puts data in: contact and device data D2 (email, phone, public IP, MAC),
+ * government and financial identifiers D3 (SSN, ITIN, passport, NINO, IBAN, crypto wallet),
  * cardholder data and credentials D4 (PCI DSS treats the PAN as the most protected element).
  */
 export const KIND_CLASS: Readonly<Record<PiiKind, EgressClass>> = {
   email: EgressClass.D2,
   phone: EgressClass.D2,
   ip_address: EgressClass.D2,
+  mac_address: EgressClass.D2,
   us_ssn: EgressClass.D3,
+  us_itin: EgressClass.D3,
+  us_passport: EgressClass.D3,
+  uk_nino: EgressClass.D3,
   iban: EgressClass.D3,
+  crypto_wallet: EgressClass.D3,
   credit_card: EgressClass.D4,
   api_secret: EgressClass.D4,
 };
