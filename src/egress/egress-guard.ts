@@ -501,8 +501,12 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       group.latencyMaxMs = Math.max(group.latencyMaxMs, latencyMs);
       return;
     }
+    // Refusals group by what their records describe, whether or not the verdict was cached.
+    const blockedKey = [tenant, d.tier, req.transport, where.destination, where.dataType, d.classification, d.reason]
+      .concat(findings.map(([type, n]) => `${type}=${n}`))
+      .join("\u0000");
     if (!d.allowed) {
-      const seen = blocked.get(groupKey);
+      const seen = blocked.get(blockedKey);
       if (seen) {
         seen.count++;
         seen.bytes += extra.bytes;
@@ -526,7 +530,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (!d.allowed) {
       const g: BlockedGroup = { decision, correlationId: req.correlationId, count: 0, bytes: 0 };
       writeBlocked(g, 1, extra.bytes);
-      blocked.set(groupKey, g);
+      blocked.set(blockedKey, g);
       if (blocked.size >= 512) flushBlocked();
       return;
     }
