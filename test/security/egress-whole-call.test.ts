@@ -1,7 +1,7 @@
 import test, { type ExecutionContext } from "ava";
 import Database from "better-sqlite3";
 import { fromBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
@@ -23,7 +23,7 @@ async function kernelWithAgent(
   t: ExecutionContext,
   transport: TransportName,
   egress: Record<string, unknown> = {},
-): Promise<{ k: TestKernel; agent: EchoAgent; routing: ReturnType<TestKernel["client"]> }> {
+): Promise<{ k: TestKernel; agent: EchoAgent; routing: Client<typeof RoutingService> }> {
   const agent = await startEchoAgent({ name: "echo" });
   t.teardown(() => agent.close());
   // acme is tier 1 (metadata may leave), globex tier 3 (no PII may leave).
@@ -94,7 +94,7 @@ function grant(over: Partial<OverrideGrant>): string {
 
 for (const transport of BOTH) {
   test(`egress whole call - PII anywhere in an agent call is blocked before the agent sees anything (${transport})`, async (t) => {
-    const { k, agent, routing } = await kernelWithAgent(t, transport);
+    const { agent, routing } = await kernelWithAgent(t, transport);
     const vectors: { name: string; req: Record<string, unknown>; headers?: Record<string, string> }[] = [
       { name: "payload", req: { payload: text(`ssn ${SSN}`), contentType: "text/plain" } },
       { name: "content type", req: { payload: text("{}"), contentType: `application/json; ref=${SSN}` } },
