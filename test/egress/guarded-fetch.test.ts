@@ -38,9 +38,9 @@ async function setup(t: ExecutionContext) {
     sent.push({ url: String(url), headers: new Headers(init.headers), body: init.body });
     return new Response("ok");
   }) as typeof fetch;
-  const fetch = createGuardedFetch(guard, "observability", baseFetch);
+  const guardedFetch = createGuardedFetch(guard, "observability", baseFetch);
   const post = (body: RequestInit["body"], headers: Record<string, string> = {}, url = `${BASE}/v1/logs`) =>
-    fetch(url, { method: "POST", body, headers: { "x-nops-tenant": "gov", ...headers } });
+    guardedFetch(url, { method: "POST", body, headers: { "x-nops-tenant": "gov", ...headers } });
   return { store, guard, sent, post };
 }
 
