@@ -367,7 +367,12 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (hit) return { verdict: hit, cached: true };
     const { classification } = await withDeadline(deadline, req.signal, (o) =>
       deps.dge.classify(
-        { data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } },
+        {
+          data: text,
+          // The data goes in `data`; the context names the call by its description, which a DGE
+          // may log (the caller's data type may be what holds the data).
+          context: { tenant: req.tenant, dataType: described(req).dataType, correlationId: req.correlationId ?? "" },
+        },
         o,
       ),
     );
@@ -683,7 +688,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       deps.dge.classify(
         {
           data: p.text,
-          context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" },
+          context: { tenant: req.tenant, dataType: described(req).dataType, correlationId: req.correlationId ?? "" },
         },
         o,
       ),

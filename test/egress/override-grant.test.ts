@@ -100,7 +100,14 @@ test("override grant - expired, single-approver, same approver twice, tampered, 
   t.like(v.check(encodeOverrideGrant(later, [A, B]), "acme", dest), { ok: false, reason: "override_expired" });
 });
 
-function guardWith(clock: Clock, store: ReturnType<typeof makeStore>, dgeUrl: string, dgeTimeoutMs = 200) {
+function guardWith(
+  clock: Clock,
+  store: ReturnType<typeof makeStore>,
+  dgeUrl: string,
+  dgeTimeoutMs = 200,
+  // Long enough that one test's refusals share one coalescing window; flush() ends it.
+  eventFlushMs = 60_000,
+) {
   return createEgressGuard(
     {
       clock,
@@ -111,7 +118,7 @@ function guardWith(clock: Clock, store: ReturnType<typeof makeStore>, dgeUrl: st
       audit: store.audit,
       db: store.db,
     },
-    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeTimeoutMs }),
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeTimeoutMs, eventFlushMs }),
   );
 }
 

@@ -4,11 +4,14 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { encodeOverrideGrant, type OverrideGrant } from "../../src/egress/index.js";
 import { BOTH, startTestKernel, type TestKernel, type TransportName } from "../helpers/kernel.js";
 import { startEchoAgent, type EchoAgent } from "../routing/fixtures/echo-agent.js";
+import { startNatsTopology } from "../helpers/nats-servers.js";
+import { waitFor } from "../helpers/processes.js";
 
 const text = (s: string) => new TextEncoder().encode(s);
 const SSN = "536-22-1234";
@@ -253,3 +256,60 @@ for (const transport of BOTH) {
     );
   });
 }
+
+test("egress whole call - NATS: PII in an event's subject holds it at the edge; the record names only the stream (both transports)", async (t) => {
+  const topo = await startNatsTopology({ edgeDomain: "edge-w" });
+  t.teardown(() => topo.destroy());
+  const k = await startTestKernel(t, {
+    edgeId: "edge-w",
+    nats: { url: topo.leaf.url },
+    events: {
+      natsUser: topo.kernelUser.user,
+      natsPassword: topo.kernelUser.pass,
+      edgeDomain: topo.edgeDomain,
+      confirmIntervalMs: 200,
+    },
+    egress: { tenantTiers: { globex: 3 }, dgeTimeoutMs: 30_000 },
+  });
+  const ids: bigint[] = [];
+  for (const transport of BOTH) {
+    const bus = k.client(EventBusService, transport);
+    const { outboxId } = await bus.publish({
+      tenant: "globex",
+      subject: `customers.${SSN}.updated`,
+      payload: text('{"status":"ok"}'),
+    });
+    ids.push(outboxId);
+  }
+  const db = new Database(k.kernel.options.databasePath, { readonly: true });
+  t.teardown(() => db.close());
+  const held = () =>
+    (db.prepare("SELECT outbox_id FROM outbox_blocked").all() as { outbox_id: number }[]).map((r) => r.outbox_id);
+  await waitFor(() => held().length === 2, "both events to be held at the edge", 60_000);
+  t.deepEqual(held().sort(), ids.map(Number).sort());
+  await k.kernel.stop();
+  const events = blockedEvents(k).filter((e) => e.decision?.tenant === "globex");
+  t.true(events.length >= 1);
+  for (const e of events) t.deepEqual([e.decision?.destination, e.decision?.dataType], ["nops.events.globex", "event"]);
+  // The held events themselves stay in the outbox as evidence; nothing else carries the value.
+  const reopened = new Database(k.kernel.options.databasePath, { readonly: true });
+  const others = reopened
+    .prepare("SELECT * FROM outbox WHERE id NOT IN (SELECT outbox_id FROM outbox_blocked)")
+    .all() as Record<string, unknown>[];
+  const audit = reopened.prepare("SELECT * FROM audit_log").all();
+  reopened.close();
+  const all = [
+    ...others.flatMap((r) =>
+      Object.values(r).map((v) => (v instanceof Uint8Array ? Buffer.from(v).toString("latin1") : String(v))),
+    ),
+    JSON.stringify(audit),
+    ...k.logs,
+  ].join("\n");
+  t.false(
+    all.includes(SSN),
+    all
+      .split("\n")
+      .filter((l) => l.includes(SSN))
+      .join("\n"),
+  );
+});
