@@ -620,18 +620,19 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   function applyGrant(
     p: ReturnType<typeof prepare>,
     g: Extract<OverrideCheck, { ok: true }>,
-    actual: string,
+    actual: string | undefined,
     cached: boolean,
   ): EgressDecision {
     const declared = g.grant.classification;
-    // A D4 grant covers every class and is decided without asking the DGE ("" = not classified).
-    if (declared !== "D4" && !grantCovers(declared, actual))
+    // undefined = not asked: a D4 grant (covers every class) or DGE_ENABLED false. A DGE answer
+    // without a class ("") is covered by no grant below D4.
+    if (actual !== undefined && declared !== "D4" && !grantCovers(declared, actual))
       return p.done(false, "override_class_exceeded", { classification: actual, cached });
     if (!overrides.claim(g.grant)) return p.done(false, "override_replayed");
     return p.done(
       true,
       "override",
-      { classification: actual === "" ? declared : actual, cached },
+      { classification: actual ?? declared, cached },
       {
         override: {
           id: g.grant.id,
@@ -656,7 +657,9 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (req.override) {
       const g = overrides.verify(req.override, req.tenant, req.destination);
       if (!g.ok) return done(false, g.reason);
-      if (g.grant.classification === "D4") return applyGrant(p, g, "", false);
+      // A D4 grant covers every class; with DGE_ENABLED false nothing is classified at all (every
+      // call passes with a warning), so a valid grant passes and is recorded as break-glass.
+      if (g.grant.classification === "D4" || !options.dgeEnabled) return applyGrant(p, g, undefined, false);
       return hit ? applyGrant(p, g, hit.classification, true) : undefined;
     }
     if (!options.dgeEnabled) {

@@ -226,3 +226,42 @@ test("override grant - the declared class bounds what a grant releases: a D0 gra
   );
   for (const a of audit) t.false(a.details.includes("4111"));
 });
+
+test("override grant - with DGE_ENABLED false nothing is classified: a valid grant passes as break-glass, a bad one is still refused", async (t) => {
+  const clock = createManualClock();
+  const store = makeStore(clock);
+  const guard = createEgressGuard(
+    {
+      clock,
+      logger: silent,
+      meter: makeMeter().provider.getMeter("t"),
+      dge: createDgeClient(
+        { clock },
+        { url: "http://127.0.0.1:9", protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+      ),
+      events: store.events,
+      audit: store.audit,
+      db: store.db,
+    },
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeEnabled: false }),
+  );
+  t.teardown(() => guard.close());
+  const call = (override: string) =>
+    guard.check({
+      tenant: "acme",
+      transport: "http",
+      destination: "compliance:x",
+      dataType: "",
+      payload: "x",
+      override,
+    });
+  t.like(await call(encodeOverrideGrant(grant(clock, { classification: "D0" }), [A, B])), {
+    allowed: true,
+    reason: "override",
+    classification: "D0",
+  });
+  t.like(await call(encodeOverrideGrant(grant(clock), [A])), {
+    allowed: false,
+    reason: "override_insufficient_approvals",
+  });
+});
