@@ -37,8 +37,9 @@ import {
   type CachedVerdict,
   type DgeCache,
 } from "./dge-cache.js";
-import { createOverrideVerifier, createSqliteUsedGrants } from "./override-grant.js";
+import { createOverrideVerifier, createSqliteUsedGrants, grantCovers, type OverrideCheck } from "./override-grant.js";
 import { payloadText } from "./payload-text.js";
+import { headersText } from "./outbound-headers.js";
 
 /** Options of the Egress Guard. */
 export interface EgressGuardOptions {
@@ -130,6 +131,18 @@ export interface EgressRequest {
   dataType: string;
   /** The payload: text, bytes (JSON or protobuf) or a message object. */
   payload: unknown;
+  /**
+   * Everything else the call carries: headers or metadata as forwarded, plus the door's own
+   * pseudo-headers for data outside the payload (`:url` of an HTTP call, `:subject` of a NATS
+   * message). Classified together with the payload (see headersText for what is left out).
+   */
+  headers?: ReadonlyArray<readonly [string, string]> | undefined;
+  /**
+   * How a blocked call is described in egress.blocked.v1, its audit row and logs: built by the door
+   * from what it knows without the caller's data (client name, method, origin-free label), because
+   * a blocked call's destination or data type may be what held the data. Default: the transport.
+   */
+  record?: { destination: string; dataType: string } | undefined;
   /** The X-ENIS-Override header value, if the caller presented a break-glass grant. */
   override?: string | undefined;
   correlationId?: string | undefined;
@@ -199,6 +212,15 @@ interface AllowedGroup {
   count: number;
   bytes: number;
   latencyMaxMs: number;
+}
+
+/** Blocked decisions of one window after the first (which is written at once). */
+interface BlockedGroup {
+  decision: EgressDecisionEvent;
+  correlationId: string | undefined;
+  /** Blocked decisions counted since the first row; written as one row at the window's end. */
+  count: number;
+  bytes: number;
 }
 
 /** Cache key of a verdict: what was decided, under which policy, for which destination. */
@@ -289,7 +311,10 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       log.error({ err, events: batch.size }, "could not write egress.allowed.v1 events");
     }
   };
-  const timer = setInterval(flush, options.eventFlushMs);
+  const timer = setInterval(() => {
+    flush();
+    flushBlocked();
+  }, options.eventFlushMs);
   timer.unref();
 
   // Retries refused connections until the deadline: the DGE may be restarting; only the deadline
@@ -336,7 +361,12 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     if (hit) return { verdict: hit, cached: true };
     const { classification } = await withDeadline(deadline, req.signal, (o) =>
       deps.dge.classify(
-        { data: text, context: { tenant: req.tenant, dataType: req.dataType, correlationId: req.correlationId ?? "" } },
+        {
+          data: text,
+          // The data goes in `data`; the context names the call by its description, which a DGE
+          // may log (the caller's data type may be what holds the data).
+          context: { tenant: req.tenant, dataType: described(req).dataType, correlationId: req.correlationId ?? "" },
+        },
         o,
       ),
     );
@@ -381,52 +411,113 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     return { verdict, cached: false };
   }
 
-  function record(
-    req: EgressRequest,
-    d: EgressDecision,
-    extra: {
-      findings?: Record<string, number>;
-      policyVersion?: string;
-      bytes: number;
-      started: number;
-      override?: { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number };
-    },
-  ): void {
+  type OverrideInfo = { id: string; reason: string; declared: string; approvers: string[]; expiresAt: number };
+  interface RecordExtra {
+    findings?: Record<string, number>;
+    policyVersion?: string;
+    bytes: number;
+    started: number;
+    override?: OverrideInfo;
+  }
+
+  /** How a blocked call is described: the door's description, never the caller's data. */
+  const described = (req: EgressRequest): { destination: string; dataType: string } =>
+    req.record ?? { destination: req.transport, dataType: "" };
+
+  // Blocked decisions of one window by what their records say: the first is written at once
+  // (the call fails after its row is durable); the rest of the window become one row with a count.
+  let blocked = new Map<string, BlockedGroup>();
+  const writeBlocked = (g: BlockedGroup, count: number, bytes: number): void => {
+    const correlationId = g.correlationId ? { correlationId: g.correlationId } : {};
+    const d = g.decision;
+    tx(() => {
+      deps.events.append({
+        type: "egress.blocked.v1",
+        tenant: d.tenant,
+        schema: EgressBlockedSchema,
+        payload: create(EgressBlockedSchema, { decision: d, count, payloadBytesTotal: BigInt(bytes) }),
+        ...correlationId,
+      });
+      deps.audit.append({
+        actor: "system",
+        action: d.reason.startsWith("override_") ? "egress.override.denied" : "egress.blocked",
+        tenant: d.tenant,
+        resource: `egress/${d.transport}/${d.destination}`,
+        outcome: "denied",
+        details: {
+          reason: d.reason,
+          tier: d.tier,
+          classification: d.classification,
+          findings: Object.fromEntries(d.findings.map((f) => [f.type, f.count])),
+          dataType: d.dataType,
+          bytes,
+          count,
+        },
+        ...correlationId,
+      });
+    });
+  };
+  const flushBlocked = (): void => {
+    if (blocked.size === 0) return;
+    const batch = blocked;
+    blocked = new Map();
+    for (const g of batch.values()) {
+      if (g.count === 0) continue;
+      try {
+        writeBlocked(g, g.count, g.bytes);
+      } catch (err) {
+        log.error({ err, count: g.count, reason: g.decision.reason }, "could not write coalesced egress.blocked.v1");
+      }
+    }
+  };
+
+  function record(req: EgressRequest, d: EgressDecision, extra: RecordExtra): void {
     const latencyMs = performance.now() - extra.started;
     const tenant = TENANT_PATTERN.test(req.tenant) ? req.tenant : "unknown";
     const findings = Object.entries(extra.findings ?? {});
     const policyVersion = extra.policyVersion ?? "";
     requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
     latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
+    // A blocked call is described by the door's description; an allowed one went out as it is.
+    const where = d.allowed ? { destination: req.destination, dataType: req.dataType } : described(req);
+    const groupKey = [
+      tenant,
+      d.tier,
+      req.transport,
+      where.destination,
+      where.dataType,
+      d.classification,
+      d.reason,
+      policyVersion,
+      d.cached,
+      findings.join(";"),
+    ].join("\u0000");
     // Allowed calls (not break-glass) join the window's group of identical decisions.
-    const groupKey =
-      d.allowed && !extra.override
-        ? [
-            tenant,
-            d.tier,
-            req.transport,
-            req.destination,
-            req.dataType,
-            d.classification,
-            d.reason,
-            policyVersion,
-            d.cached,
-            findings.join(";"),
-          ].join("\u0000")
-        : undefined;
-    const group = groupKey === undefined ? undefined : pending.get(groupKey);
+    const group = d.allowed && !extra.override ? pending.get(groupKey) : undefined;
     if (group) {
       group.count++;
       group.bytes += extra.bytes;
       group.latencyMaxMs = Math.max(group.latencyMaxMs, latencyMs);
       return;
     }
+    // Refusals group by what their records describe, whether or not the verdict was cached.
+    const blockedKey = [tenant, d.tier, req.transport, where.destination, where.dataType, d.classification, d.reason]
+      .concat(findings.map(([type, n]) => `${type}=${n}`))
+      .join("\u0000");
+    if (!d.allowed) {
+      const seen = blocked.get(blockedKey);
+      if (seen) {
+        seen.count++;
+        seen.bytes += extra.bytes;
+        return;
+      }
+    }
     const decision = create(EgressDecisionSchema, {
       tenant,
       tier: d.tier,
       transport: req.transport,
-      destination: req.destination,
-      dataType: req.dataType,
+      destination: where.destination,
+      dataType: where.dataType,
       classification: d.classification,
       reason: d.reason,
       findings: findings.map(([type, count]) => ({ type, count })),
@@ -435,7 +526,14 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       cached: d.cached,
       latencyMs,
     });
-    if (groupKey !== undefined) {
+    if (!d.allowed) {
+      const g: BlockedGroup = { decision, correlationId: req.correlationId, count: 0, bytes: 0 };
+      writeBlocked(g, 1, extra.bytes);
+      blocked.set(blockedKey, g);
+      if (blocked.size >= 512) flushBlocked();
+      return;
+    }
+    if (!extra.override) {
       pending.set(groupKey, {
         decision,
         correlationId: req.correlationId,
@@ -447,68 +545,51 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       return;
     }
     const correlationId = req.correlationId ? { correlationId: req.correlationId } : {};
-    const resource = `egress/${req.transport}/${req.destination}`;
-    const details = {
-      reason: d.reason,
-      tier: d.tier,
-      classification: d.classification,
-      findings: extra.findings ?? {},
-      dataType: req.dataType,
-      bytes: extra.bytes,
-    };
-    if (extra.override) {
-      const o = extra.override;
-      tx(() => {
-        deps.events.append({
-          type: "egress.override.activated.v1",
-          tenant,
-          schema: EgressOverrideActivatedSchema,
-          ...correlationId,
-          payload: create(EgressOverrideActivatedSchema, {
-            decision,
-            grantId: o.id,
-            reason: o.reason,
-            declaredClassification: o.declared,
-            approvers: o.approvers,
-            expiresAtMs: BigInt(o.expiresAt),
-          }),
-        });
-        deps.audit.append({
-          actor: "system",
-          action: "egress.override.activated",
-          tenant,
-          resource,
-          outcome: "ok",
-          details: { ...details, grantId: o.id, grantReason: o.reason, approvers: o.approvers, expiresAt: o.expiresAt },
-          ...correlationId,
-        });
+    const o = extra.override;
+    tx(() => {
+      deps.events.append({
+        type: "egress.override.activated.v1",
+        tenant,
+        schema: EgressOverrideActivatedSchema,
+        ...correlationId,
+        payload: create(EgressOverrideActivatedSchema, {
+          decision,
+          grantId: o.id,
+          reason: o.reason,
+          declaredClassification: o.declared,
+          approvers: o.approvers,
+          expiresAtMs: BigInt(o.expiresAt),
+        }),
       });
-    } else {
-      tx(() => {
-        deps.events.append({
-          type: "egress.blocked.v1",
-          tenant,
-          schema: EgressBlockedSchema,
-          payload: create(EgressBlockedSchema, { decision }),
-          ...correlationId,
-        });
-        deps.audit.append({
-          actor: "system",
-          action: d.reason.startsWith("override_") ? "egress.override.denied" : "egress.blocked",
-          tenant,
-          resource,
-          outcome: "denied",
-          details,
-          ...correlationId,
-        });
+      deps.audit.append({
+        actor: "system",
+        action: "egress.override.activated",
+        tenant,
+        resource: `egress/${req.transport}/${req.destination}`,
+        outcome: "ok",
+        details: {
+          reason: d.reason,
+          tier: d.tier,
+          classification: d.classification,
+          findings: extra.findings ?? {},
+          dataType: req.dataType,
+          bytes: extra.bytes,
+          grantId: o.id,
+          grantReason: o.reason,
+          approvers: o.approvers,
+          expiresAt: o.expiresAt,
+        },
+        ...correlationId,
       });
-    }
+    });
   }
 
   /** What every decision needs: the text the classifier reads, its size, the tier, the recorder. */
   function prepare(req: EgressRequest) {
     const started = performance.now();
-    const text = payloadText(req.payload);
+    const carried = req.headers ? headersText(req.headers) : "";
+    const body = payloadText(req.payload);
+    const text = carried === "" ? body : `${body}\n${carried}`;
     const bytes = Buffer.byteLength(text);
     const validTenant = TENANT_PATTERN.test(req.tenant);
     const tier: TierName = validTenant ? (options.tenantTiers[req.tenant] ?? options.defaultTier) : options.defaultTier;
@@ -517,7 +598,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       allowed: boolean,
       reason: string,
       more: Partial<EgressDecision> = {},
-      extra: Omit<Parameters<typeof record>[2], "bytes" | "started"> = {},
+      extra: Omit<RecordExtra, "bytes" | "started"> = {},
     ): EgressDecision => {
       const d: EgressDecision = { allowed, reason, tier: tierName, classification: "", cached: false, ...more };
       record(req, d, { ...extra, bytes, started });
@@ -526,40 +607,62 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     return { started, text, validTenant, tier, done };
   }
 
+  /**
+   * A verified grant applied to data of class `actual`: it passes only when the data is at or
+   * below the declared class, and only then is the grant consumed.
+   */
+  function applyGrant(
+    p: ReturnType<typeof prepare>,
+    g: Extract<OverrideCheck, { ok: true }>,
+    actual: string | undefined,
+    cached: boolean,
+  ): EgressDecision {
+    const declared = g.grant.classification;
+    // undefined = not asked: a D4 grant (covers every class) or DGE_ENABLED false. A DGE answer
+    // without a class ("") is covered by no grant below D4.
+    if (actual !== undefined && declared !== "D4" && !grantCovers(declared, actual))
+      return p.done(false, "override_class_exceeded", { classification: actual, cached });
+    if (!overrides.claim(g.grant)) return p.done(false, "override_replayed");
+    return p.done(
+      true,
+      "override",
+      { classification: actual ?? declared, cached },
+      {
+        override: {
+          id: g.grant.id,
+          reason: g.grant.reason,
+          declared,
+          approvers: g.approvers,
+          expiresAt: g.grant.expiresAt,
+        },
+      },
+    );
+  }
+
   /** Decides without I/O when it can: undefined means the DGE (or Redis) has to be asked. */
   function decideLocally(req: EgressRequest, p: ReturnType<typeof prepare>): EgressDecision | undefined {
     const { done, tier } = p;
     if (!p.validTenant) return done(false, "invalid_tenant");
     // Air-gapped means nothing leaves, not even under break-glass.
     if (tier === "air-gapped") return done(false, "air_gapped");
+    const tierKey = String(tier);
+    const policy = cache.peekPolicy(req.tenant, tierKey);
+    const hit = policy && cache.peekVerdict(req.tenant, verdictKey(tierKey, policy.version, req.destination, p.text));
     if (req.override) {
-      const g = overrides.check(req.override, req.tenant, req.destination);
+      const g = overrides.verify(req.override, req.tenant, req.destination);
       if (!g.ok) return done(false, g.reason);
-      return done(
-        true,
-        "override",
-        { classification: g.grant.classification },
-        {
-          override: {
-            id: g.grant.id,
-            reason: g.grant.reason,
-            declared: g.grant.classification,
-            approvers: g.approvers,
-            expiresAt: g.grant.expiresAt,
-          },
-        },
-      );
+      // A D4 grant covers every class; with DGE_ENABLED false nothing is classified at all (every
+      // call passes with a warning), so a valid grant passes and is recorded as break-glass.
+      if (g.grant.classification === "D4" || !options.dgeEnabled) return applyGrant(p, g, undefined, false);
+      return hit ? applyGrant(p, g, hit.classification, true) : undefined;
     }
     if (!options.dgeEnabled) {
       log.warn(
-        { tenant: req.tenant, destination: req.destination },
+        { tenant: req.tenant, destination: described(req).destination },
         "DGE_ENABLED is false: egress allowed without classification",
       );
       return done(true, "dge_disabled");
     }
-    const tierKey = String(tier);
-    const policy = cache.peekPolicy(req.tenant, tierKey);
-    const hit = policy && cache.peekVerdict(req.tenant, verdictKey(tierKey, policy.version, req.destination, p.text));
     return (
       hit &&
       done(
@@ -571,11 +674,37 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     );
   }
 
+  /** The class of the data under a grant: the cached verdict's, else the DGE's Classify. */
+  async function classOf(req: EgressRequest, p: ReturnType<typeof prepare>): Promise<[string, boolean]> {
+    const tierKey = String(p.tier);
+    const policy = await cache.getPolicy(req.tenant, tierKey);
+    const hit =
+      policy && (await cache.getVerdict(req.tenant, verdictKey(tierKey, policy.version, req.destination, p.text)));
+    if (hit) return [hit.classification, true];
+    const { classification } = await withDeadline(p.started + options.dgeTimeoutMs, req.signal, (o) =>
+      deps.dge.classify(
+        {
+          data: p.text,
+          context: { tenant: req.tenant, dataType: described(req).dataType, correlationId: req.correlationId ?? "" },
+        },
+        o,
+      ),
+    );
+    return [classification ? egressClassName(classification.egressClass) : "", false];
+  }
+
   async function decide(req: EgressRequest): Promise<EgressDecision> {
     const p = prepare(req);
     const local = decideLocally(req, p);
     if (local) return local;
     try {
+      if (req.override) {
+        const [actual, cached] = await classOf(req, p);
+        // Verified again after the await: the grant may have expired or been used meanwhile.
+        const g = overrides.verify(req.override, req.tenant, req.destination);
+        if (!g.ok) return p.done(false, g.reason);
+        return applyGrant(p, g, actual, cached);
+      }
       const { verdict, cached } = await classifyAndValidate(req, p.tier, p.text, p.started + options.dgeTimeoutMs);
       return p.done(
         verdict.allow,
@@ -594,7 +723,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
               : "dge_error";
       dgeErrors.add(1, { reason });
       log.warn(
-        { err, tenant: req.tenant, destination: req.destination, reason },
+        { err, tenant: req.tenant, destination: described(req).destination, reason },
         "no usable DGE answer: egress denied",
       );
       return p.done(false, reason);
@@ -605,10 +734,14 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     check: decide,
     checkNow: (req) => decideLocally(req, prepare(req)),
     invalidate: (tenant, reason) => cache.invalidate({ tenant, tier: "", reason }),
-    flush,
+    flush: () => {
+      flush();
+      flushBlocked();
+    },
     async close() {
       clearInterval(timer);
       flush();
+      flushBlocked();
       hitRate.removeCallback(cb);
       await cache.close();
     },

@@ -10,9 +10,37 @@ import {
 import type { Interceptor as ConnectInterceptor } from "@connectrpc/connect";
 import { egressDeniedError, type EgressDecision, type EgressGuard, type EgressRequest } from "./egress-guard.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
+import { TENANT_HEADER, forwardableTraceContext } from "./outbound-headers.js";
 
-/** Header (gRPC metadata) naming the tenant whose data an outbound call carries. */
-export const TENANT_HEADER = "x-nops-tenant";
+export { TENANT_HEADER };
+
+/** Metadata as name/value pairs (binary values as base64, as they travel). */
+function metadataPairs(md: Metadata): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [name, values] of Object.entries(md.toJSON() as Record<string, (string | Buffer)[]>)) {
+    for (const v of values) out.push([name, typeof v === "string" ? v : v.toString("base64")]);
+  }
+  return out;
+}
+
+/** Drops a malformed traceparent/tracestate from metadata (both when the parent is malformed). */
+function dropMalformedTrace(md: Metadata): void {
+  const tp = md.get("traceparent")[0];
+  const ts = md.get("tracestate")[0];
+  const keep = forwardableTraceContext(
+    tp === undefined ? undefined : String(tp),
+    ts === undefined ? undefined : String(ts),
+  );
+  if (keep.traceparent === undefined) md.remove("traceparent");
+  if (keep.tracestate === undefined) md.remove("tracestate");
+}
+
+/** Drops a malformed traceparent/tracestate from fetch-style headers. */
+export function dropMalformedTraceHeaders(headers: Headers): void {
+  const keep = forwardableTraceContext(headers.get("traceparent") ?? undefined, headers.get("tracestate") ?? undefined);
+  if (keep.traceparent === undefined) headers.delete("traceparent");
+  if (keep.tracestate === undefined) headers.delete("tracestate");
+}
 
 /**
  * grpc-js client interceptor: the call is not started (no headers, no payload on the wire)
@@ -35,6 +63,7 @@ export function createGrpcEgressInterceptor(
     let savedListener: InterceptingListener | undefined;
     let tenant = "";
     let override: string | undefined;
+    let carried: [string, string][] = [];
     let denied = false;
     // Messages waiting for a guard decision that needs I/O; later ones queue behind them.
     let waiting = 0;
@@ -64,6 +93,8 @@ export function createGrpcEgressInterceptor(
         override = o === undefined ? undefined : String(o);
         // The grant is for the guard only; it never leaves the kernel.
         metadata.remove(OVERRIDE_HEADER);
+        dropMalformedTrace(metadata);
+        carried = metadataPairs(metadata);
         savedListener = listener;
         startNext = () => next(metadata, listener);
       },
@@ -75,6 +106,8 @@ export function createGrpcEgressInterceptor(
           destination: `${destination}${path}`,
           dataType: path,
           payload: select(path, message),
+          headers: carried,
+          record: { destination: `${destination}${path}`, dataType: path },
           override,
         });
         // A cached verdict decides at once: the call starts without waiting for a later turn.
@@ -108,6 +141,7 @@ export function createConnectEgressInterceptor(guard: EgressGuard, destination: 
     const tenant = req.header.get(TENANT_HEADER) ?? "";
     let override = req.header.get(OVERRIDE_HEADER) ?? undefined;
     req.header.delete(OVERRIDE_HEADER);
+    dropMalformedTraceHeaders(req.header);
     const path = `/${req.service.typeName}/${req.method.name}`;
     const check = async (payload: unknown): Promise<void> => {
       const d = await guard.check({
@@ -116,6 +150,9 @@ export function createConnectEgressInterceptor(guard: EgressGuard, destination: 
         destination: `${destination}${path}`,
         dataType: req.method.input.typeName,
         payload,
+        // Read at each message: headers are what the call sends when it opens.
+        headers: [...req.header.entries()],
+        record: { destination: `${destination}${path}`, dataType: req.method.input.typeName },
         override,
         signal: req.signal,
       });

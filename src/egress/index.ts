@@ -14,7 +14,14 @@ export {
   type EgressDecision,
 } from "./egress-guard.js";
 export { createGrpcEgressInterceptor, createConnectEgressInterceptor, TENANT_HEADER } from "./egress-interceptors.js";
-export { createGuardedFetch, type GuardedFetch } from "./guarded-fetch.js";
+export { createGuardedFetch, MAX_GUARDED_BODY_BYTES, type GuardedFetch } from "./guarded-fetch.js";
+export {
+  forwardableTraceContext,
+  validTraceparent,
+  validTracestate,
+  headersText,
+  isOpaqueId,
+} from "./outbound-headers.js";
 export {
   createNatsEgressHook,
   subjectMatches,
@@ -22,7 +29,13 @@ export {
   type NatsEgressHookOptions,
   type NatsHeadersLike,
 } from "./nats-egress-hook.js";
-export { encodeOverrideGrant, OVERRIDE_HEADER, MAX_OVERRIDE_TTL_MS, type OverrideGrant } from "./override-grant.js";
+export {
+  encodeOverrideGrant,
+  grantCovers,
+  OVERRIDE_HEADER,
+  MAX_OVERRIDE_TTL_MS,
+  type OverrideGrant,
+} from "./override-grant.js";
 export { bytesText } from "./payload-text.js";
 export {
   DGE_ANSWER_CODES,

@@ -1,5 +1,6 @@
 import type { EgressDecision, EgressGuard } from "./egress-guard.js";
 import { fromBinary } from "@bufbuild/protobuf";
+import { TENANT_PATTERN } from "../common/index.js";
 import { EventEnvelopeSchema, Origin, type EventEnvelope } from "../../gen/nops/events/v1/envelope_pb.js";
 
 /** Headers of a NATS message as the relay holds them. */
@@ -62,15 +63,18 @@ export function createNatsEgressHook(guard: EgressGuard, options: NatsEgressHook
       return { allowed: true, reason: "local_subject", tier: "", classification: "", cached: false };
     }
     const tenant = /^nops\.events\.([^.]+)\./.exec(subject)?.[1] ?? "";
-    const carried: Record<string, string> = {};
-    for (const name of headers?.names?.() ?? []) carried[name] = headers?.get(name) ?? "";
+    const carried: [string, string][] = [[":subject", subject]];
+    for (const name of headers?.names?.() ?? []) carried.push([name, headers?.get(name) ?? ""]);
     return guard.check({
       tenant,
       transport: "nats",
       destination: subject,
       dataType: subject.split(".").slice(3).join(".") || subject,
       // Event ids, correlation ids and the source edge are kernel-minted structure, not data.
-      payload: envelope ? { type: envelope.type, payload: envelope.payload, headers: carried } : payload,
+      payload: envelope ? { type: envelope.type, payload: envelope.payload } : payload,
+      headers: carried,
+      // The subject's tail is the caller's event type and may be what held the data.
+      record: { destination: TENANT_PATTERN.test(tenant) ? `nops.events.${tenant}` : "nats", dataType: "event" },
     });
   };
 }

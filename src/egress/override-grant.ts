@@ -44,7 +44,8 @@ export type OverrideCheck =
         | "override_expired"
         | "override_bad_validity"
         | "override_replayed"
-        | "override_scope_mismatch";
+        | "override_scope_mismatch"
+        | "override_class_exceeded";
       grantId: string;
     };
 
@@ -114,6 +115,24 @@ function parse(header: string): { grant: OverrideGrant; approvals: OverrideAppro
 export interface OverrideVerifier {
   /** Checks `header` for a call of `tenant` to `destination`; a valid grant is consumed. */
   check(header: string, tenant: string, destination: string): OverrideCheck;
+  /** Checks `header` like check() without consuming it (the data may still exceed its class). */
+  verify(header: string, tenant: string, destination: string): OverrideCheck;
+  /** Consumes a verified grant; false when it was already used (a replay). */
+  claim(grant: OverrideGrant): boolean;
+}
+
+/** Rank of an egress class name ("D0" lowest); -1 for "" (unclassified) or anything else. */
+export function classRank(name: string): number {
+  return (EGRESS_CLASS_NAMES as readonly string[]).indexOf(name);
+}
+
+/**
+ * Does a grant declaring class `declared` cover data classified `actual`? Only data at or below
+ * the declared class: a D0 grant cannot release card numbers. Unclassified data is not covered.
+ */
+export function grantCovers(declared: EgressClassName, actual: string): boolean {
+  const rank = classRank(actual);
+  return rank >= 0 && rank <= classRank(declared);
 }
 
 /** Grants already used. A used grant stays refused until it expires, when expiry refuses it anyway. */
@@ -156,8 +175,14 @@ export function createOverrideVerifier(
   requiredApprovals = 2,
   used: UsedGrants = createMemoryUsedGrants(),
 ): OverrideVerifier {
-  return {
+  const verifier: OverrideVerifier = {
     check(header, tenant, destination) {
+      const v = verifier.verify(header, tenant, destination);
+      if (!v.ok) return v;
+      return verifier.claim(v.grant) ? v : { ok: false, reason: "override_replayed", grantId: v.grant.id };
+    },
+    claim: (grant) => used.claim(grant.id, grant.expiresAt),
+    verify(header, tenant, destination) {
       const now = clock.now();
       used.prune(now);
       const parsed = parse(header);
@@ -182,8 +207,8 @@ export function createOverrideVerifier(
       if (now >= grant.expiresAt || now < grant.issuedAt - 60_000) return fail("override_expired");
       if (grant.tenant !== tenant || !destinationAllowed(grant.destinations, destination))
         return fail("override_scope_mismatch");
-      if (!used.claim(grant.id, grant.expiresAt)) return fail("override_replayed");
       return { ok: true, grant, approvers: [...valid].sort() };
     },
   };
+  return verifier;
 }

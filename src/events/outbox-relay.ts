@@ -226,10 +226,8 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
           // listed through listBlocked(); operators release it or leave it as evidence.
           outbox.block(row.id, verdict.reason ?? "blocked by egress guard", clock.now());
           blockedCounter.add(1);
-          logger.warn(
-            { outboxId: row.id, subject: row.subject, reason: verdict.reason },
-            "egress guard blocked an event",
-          );
+          // Not the subject: it may be what the guard found data in (listBlocked names it).
+          logger.warn({ outboxId: row.id, reason: verdict.reason }, "egress guard blocked an event");
           cursor = row.id;
           continue;
         }

@@ -12,7 +12,7 @@ import {
   type HandleStreamResponse,
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import { type Clock, KernelError } from "../common/index.js";
-import { bytesText } from "../egress/index.js";
+import { bytesText, isOpaqueId } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
 
@@ -40,14 +40,18 @@ export interface AgentClient {
 }
 
 /**
- * The data of an agent call, for the Egress Guard: capability, content type and payload. The rest
- * of an Invocation (deadline, trace context, request id, attempt) is minted by the kernel in
- * validated formats and changes on every call.
+ * The data of an agent call, for the Egress Guard: capability, content type, payload, tracestate
+ * and a request id the caller chose. Left out: the deadline and attempt (kernel-minted numbers),
+ * a traceparent (validated hex ids) and a request id that is a UUID or trace id; they change on
+ * every call and would defeat the verdict cache without carrying data. The call's metadata is
+ * classified by the interceptor as well.
  */
 export function agentCallData(_path: string, message: unknown): unknown {
   const inv = (message as Partial<HandleRequest | HandleStreamRequest>).invocation;
+  if (!inv) return message;
+  const extra = [inv.tracestate, isOpaqueId(inv.requestId) ? "" : inv.requestId].filter((s) => s !== "");
   // As text: an object would be JSON-encoded by the guard on every call.
-  return inv ? `${inv.capability}\n${inv.contentType}\n${bytesText(inv.payload)}` : message;
+  return [inv.capability, inv.contentType, bytesText(inv.payload), ...extra].join("\n");
 }
 
 /** One channel per agent endpoint, reused by every call and closed when the endpoint goes away. */

@@ -2,7 +2,7 @@ import { type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import type { RouteConstraints, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { readInt, readObject, checkTenant, invalidArgument } from "../common/index.js";
 import { kCorrelationId } from "../server/index.js";
-import { OVERRIDE_HEADER } from "../egress/index.js";
+import { OVERRIDE_HEADER, forwardableTraceContext } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
 import type { InvokeParams, Router } from "./router.js";
 
@@ -73,8 +73,11 @@ export function createRoutingService(
       idempotent: req.idempotent,
       timeoutMs: ctx.timeoutMs(),
       signal: ctx.signal,
-      traceparent: ctx.requestHeader.get("traceparent") ?? undefined,
-      tracestate: ctx.requestHeader.get("tracestate") ?? undefined,
+      // Malformed trace headers are dropped, not forwarded to the agent.
+      ...forwardableTraceContext(
+        ctx.requestHeader.get("traceparent") ?? undefined,
+        ctx.requestHeader.get("tracestate") ?? undefined,
+      ),
       requestId: ctx.values.get(kCorrelationId) || undefined,
       override: ctx.requestHeader.get(OVERRIDE_HEADER) ?? undefined,
     };

@@ -1,7 +1,8 @@
 import { randomUUID } from "node:crypto";
 import { EventEnvelopeSchema, Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import * as grpc from "@grpc/grpc-js";
-import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, connectNodeAdapter } from "@connectrpc/connect-node";
 import { createServer, type ServerHttp2Session } from "node:http2";
@@ -34,7 +35,7 @@ async function makeGuard(t: ExecutionContext) {
     resolveEgressGuardOptions({ tenantTiers: { acme: 1 } }),
   );
   t.teardown(() => guard.close());
-  return guard;
+  return Object.assign(guard, { store });
 }
 
 test("egress interceptors - grpc-js: a blocked unary call fails PERMISSION_DENIED and never reaches the server; a clean one does", async (t) => {
@@ -178,4 +179,104 @@ test("egress interceptors - NATS hook: the tenant is the subject's, no header ch
     payload: new TextEncoder().encode('{"order":"o-1"}'),
   });
   t.like(await hook("nops.events.globex.orders.created.v1", structural), { allowed: true });
+});
+
+test("egress interceptors - NATS hook: the subject is classified, and a blocked record names only the tenant's stream", async (t) => {
+  const guard = await makeGuard(t);
+  const hook = createNatsEgressHook(guard, { crossingSubjects: ["nops.events.*.>"] });
+  const clean = envelope({ type: "users.updated.v1", payload: new TextEncoder().encode('{"status":"ok"}') });
+  t.like(await hook("nops.events.acme.users.536-22-1234.updated", clean), { allowed: false });
+  t.like(await hook("nops.events.acme.users.u-17.updated", clean), { allowed: true });
+  const blocked = guard.store.outbox().filter((e) => e.type === "egress.blocked.v1");
+  t.is(blocked.length, 1);
+  const d = fromBinary(EgressBlockedSchema, blocked[0]!.payload).decision;
+  t.deepEqual([d?.destination, d?.dataType, d?.transport], ["nops.events.acme", "event", "nats"]);
+  const audit = JSON.stringify(guard.store.db.prepare("SELECT * FROM audit_log").all());
+  for (const raw of [Buffer.from(blocked[0]!.payload).toString("latin1"), audit]) t.false(raw.includes("536-22-1234"));
+});
+
+test("egress interceptors - Connect and grpc-js: headers and metadata are classified with the message", async (t) => {
+  const guard = await makeGuard(t);
+  let calls = 0;
+  const srv = createServer(
+    connectNodeAdapter({
+      routes: (r) =>
+        r.service(DataGovernanceService, {
+          classify: () => {
+            calls++;
+            return create(ClassifyResponseSchema, {});
+          },
+        }),
+    }),
+  );
+  const sessions = new Set<ServerHttp2Session>();
+  srv.on("session", (s) => sessions.add(s));
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  t.teardown(() => {
+    for (const s of sessions) s.destroy();
+    return new Promise<void>((r) => srv.close(() => r()));
+  });
+  const transport = createConnectTransport({
+    baseUrl: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    httpVersion: "2",
+    interceptors: [createConnectEgressInterceptor(guard, "compliance")],
+  });
+  const client = createClient(DataGovernanceService, transport);
+  const err = await t.throwsAsync(
+    client.classify({ data: "status ok" }, { headers: { "x-nops-tenant": "acme", "x-note": "mail anna@example.com" } }),
+  );
+  t.is(ConnectError.from(err).code, Code.PermissionDenied);
+  t.is(calls, 0);
+  await client.classify({ data: "status ok" }, { headers: { "x-nops-tenant": "acme", "x-note": "batch 7" } });
+  t.is(calls, 1);
+
+  // grpc-js: the same rule for metadata, before the call starts.
+  const server = new grpc.Server();
+  let grpcCalls = 0;
+  server.addService(
+    {
+      classify: {
+        path: "/nops.dge.v1.DataGovernanceService/Classify",
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: (v: Uint8Array) => Buffer.from(v),
+        requestDeserialize: (b: Buffer) => b,
+        responseSerialize: (v: Uint8Array) => Buffer.from(v),
+        responseDeserialize: (b: Buffer) => b,
+      },
+    },
+    {
+      classify: (_call: unknown, cb: grpc.sendUnaryData<Uint8Array>) => {
+        grpcCalls++;
+        cb(null, new Uint8Array());
+      },
+    },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+  );
+  t.teardown(() => server.forceShutdown());
+  const GenericClient = grpc.makeGenericClientConstructor({}, "Dge");
+  const raw = new GenericClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    interceptors: [createGrpcEgressInterceptor(guard, "dge-raw")],
+  });
+  t.teardown(() => raw.close());
+  const call = (note: string) =>
+    new Promise<grpc.ServiceError | null>((resolve) => {
+      const md = new grpc.Metadata();
+      md.set("x-nops-tenant", "acme");
+      md.set("x-note", note);
+      raw.makeUnaryRequest(
+        "/nops.dge.v1.DataGovernanceService/Classify",
+        (v: Uint8Array) => Buffer.from(v),
+        (b: Buffer) => b,
+        new TextEncoder().encode("status ok"),
+        md,
+        (e) => resolve(e),
+      );
+    });
+  t.is((await call("mail anna@example.com"))?.code, grpc.status.PERMISSION_DENIED);
+  t.is(grpcCalls, 0);
+  t.is(await call("batch 7"), null);
+  t.is(grpcCalls, 1);
 });

@@ -1,5 +1,5 @@
 import test from "ava";
-import { createManualClock } from "../../src/common/clock.js";
+import { createManualClock, systemClock, type Clock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
 import {
@@ -8,7 +8,7 @@ import {
   encodeOverrideGrant,
   type OverrideGrant,
 } from "../../src/egress/override-grant.js";
-import { DGE_KEYS, makeMeter, makeStore, silent } from "../fixtures/dge-helpers.js";
+import { DGE_KEYS, makeMeter, makeStore, silent, spawnDge } from "../fixtures/dge-helpers.js";
 
 const approvers = {
   alice: "alice-approver-key-0123456789abcdef0",
@@ -100,24 +100,32 @@ test("override grant - expired, single-approver, same approver twice, tampered, 
   t.like(v.check(encodeOverrideGrant(later, [A, B]), "acme", dest), { ok: false, reason: "override_expired" });
 });
 
-test("override grant - the guard lets a valid grant out without the DGE and audits activation; a bad one is denied and audited", async (t) => {
-  const clock = createManualClock();
-  const store = makeStore(clock);
-  const guard = createEgressGuard(
+function guardWith(
+  clock: Clock,
+  store: ReturnType<typeof makeStore>,
+  dgeUrl: string,
+  dgeTimeoutMs = 200,
+  // Long enough that one test's refusals share one coalescing window; flush() ends it.
+  eventFlushMs = 60_000,
+) {
+  return createEgressGuard(
     {
       clock,
       logger: silent,
       meter: makeMeter().provider.getMeter("t"),
-      dge: createDgeClient(
-        { clock },
-        { url: "http://127.0.0.1:9", protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
-      ),
+      dge: createDgeClient({ clock }, { url: dgeUrl, protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 }),
       events: store.events,
       audit: store.audit,
       db: store.db,
     },
-    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeTimeoutMs: 200 }),
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeTimeoutMs, eventFlushMs }),
   );
+}
+
+test("override grant - a D4 grant lets data out without the DGE and audits activation; a bad one is denied and audited", async (t) => {
+  const clock = createManualClock();
+  const store = makeStore(clock);
+  const guard = guardWith(clock, store, "http://127.0.0.1:9");
   t.teardown(() => guard.close());
   const payload = "applicant ssn 536-22-1234";
   const ok = await guard.check({
@@ -126,9 +134,9 @@ test("override grant - the guard lets a valid grant out without the DGE and audi
     destination: "compliance:x",
     dataType: "",
     payload,
-    override: encodeOverrideGrant(grant(clock), [A, B]),
+    override: encodeOverrideGrant(grant(clock, { classification: "D4" }), [A, B]),
   });
-  t.deepEqual([ok.allowed, ok.reason, ok.classification], [true, "override", "D3"]);
+  t.deepEqual([ok.allowed, ok.reason, ok.classification], [true, "override", "D4"]);
   const bad = await guard.check({
     tenant: "acme",
     transport: "http",
@@ -149,4 +157,111 @@ test("override grant - the guard lets a valid grant out without the DGE and audi
     { action: "egress.override.activated", outcome: "ok" },
     { action: "egress.override.denied", outcome: "denied" },
   ]);
+});
+
+test("override grant - a grant below D4 needs the data's class: no DGE answer denies it and leaves it unused", async (t) => {
+  const clock = createManualClock();
+  const store = makeStore(clock);
+  const guard = guardWith(clock, store, "http://127.0.0.1:9");
+  t.teardown(() => guard.close());
+  const header = encodeOverrideGrant(grant(clock, { classification: "D3" }), [A, B]);
+  const d = await guard.check({
+    tenant: "acme",
+    transport: "http",
+    destination: "compliance:x",
+    dataType: "",
+    payload: "applicant ssn 536-22-1234",
+    override: header,
+  });
+  t.deepEqual([d.allowed, d.reason], [false, "dge_timeout"]);
+  t.false(store.outbox().some((e) => e.type === "egress.override.activated.v1"));
+  // The grant was not consumed: the verifier of the same database still accepts it once.
+  t.true(
+    createOverrideVerifier(clock, approvers, 2, createSqliteUsedGrants(store.db)).check(header, "acme", "compliance:x")
+      .ok,
+  );
+});
+
+test("override grant - the declared class bounds what a grant releases: a D0 grant cannot release a card number", async (t) => {
+  const dge = await spawnDge(t);
+  const clock = systemClock;
+  const store = makeStore(clock);
+  const guard = guardWith(clock, store, dge.url, 30_000);
+  t.teardown(() => guard.close());
+  const card = "refund to card 4111 1111 1111 1111";
+  const ask = (classification: OverrideGrant["classification"], payload: string) =>
+    guard.check({
+      tenant: "acme",
+      transport: "http",
+      destination: "compliance:x",
+      dataType: "",
+      payload,
+      override: encodeOverrideGrant(grant(clock, { classification }), [A, B]),
+    });
+  for (const low of ["D0", "D1", "D2", "D3"] as const) {
+    const d = await ask(low, card);
+    t.deepEqual([d.allowed, d.reason, d.classification], [false, "override_class_exceeded", "D4"], low);
+  }
+  const ssn = await ask("D3", "applicant ssn 536-22-1234");
+  t.deepEqual([ssn.allowed, ssn.reason, ssn.classification], [true, "override", "D3"]);
+  const d4 = await ask("D4", card);
+  t.deepEqual([d4.allowed, d4.reason], [true, "override"]);
+  guard.flush();
+  const audit = store.db
+    .prepare<[], { action: string; details: string }>("SELECT action, details FROM audit_log ORDER BY seq")
+    .all();
+  t.deepEqual(
+    audit.map((a) => [a.action, (JSON.parse(a.details) as { reason: string }).reason]),
+    [
+      ["egress.override.denied", "override_class_exceeded"],
+      ["egress.override.activated", "override"],
+      ["egress.override.activated", "override"],
+      ["egress.override.denied", "override_class_exceeded"],
+    ],
+    "four refusals of one kind in a window: the first row at once, the other three as one counted row",
+  );
+  t.deepEqual(
+    [audit[0], audit[3]].map((a) => (JSON.parse(a?.details ?? "{}") as { count: number }).count),
+    [1, 3],
+  );
+  for (const a of audit) t.false(a.details.includes("4111"));
+});
+
+test("override grant - with DGE_ENABLED false nothing is classified: a valid grant passes as break-glass, a bad one is still refused", async (t) => {
+  const clock = createManualClock();
+  const store = makeStore(clock);
+  const guard = createEgressGuard(
+    {
+      clock,
+      logger: silent,
+      meter: makeMeter().provider.getMeter("t"),
+      dge: createDgeClient(
+        { clock },
+        { url: "http://127.0.0.1:9", protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+      ),
+      events: store.events,
+      audit: store.audit,
+      db: store.db,
+    },
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 }, approvers, dgeEnabled: false }),
+  );
+  t.teardown(() => guard.close());
+  const call = (override: string) =>
+    guard.check({
+      tenant: "acme",
+      transport: "http",
+      destination: "compliance:x",
+      dataType: "",
+      payload: "x",
+      override,
+    });
+  t.like(await call(encodeOverrideGrant(grant(clock, { classification: "D0" }), [A, B])), {
+    allowed: true,
+    reason: "override",
+    classification: "D0",
+  });
+  t.like(await call(encodeOverrideGrant(grant(clock), [A])), {
+    allowed: false,
+    reason: "override_insufficient_approvals",
+  });
 });

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/events/v1/egress_events.proto.
  */
 export const file_nops_events_v1_egress_events: GenFile = /*@__PURE__*/
-  fileDesc("CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIoUBCg1FZ3Jlc3NBbGxvd2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBBIWCg5sYXRlbmN5X21zX21heBgEIAEoASJBCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24iuAEKF0VncmVzc092ZXJyaWRlQWN0aXZhdGVkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SEAoIZ3JhbnRfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEh8KF2RlY2xhcmVkX2NsYXNzaWZpY2F0aW9uGAQgASgJEhEKCWFwcHJvdmVycxgFIAMoCRIVCg1leHBpcmVzX2F0X21zGAYgASgDIlkKGURnZVBvbGljeUNhY2hlSW52YWxpZGF0ZWQSDgoGdGVuYW50GAEgASgJEgwKBHRpZXIYAiABKAkSDgoGcmVhc29uGAMgASgJEg4KBm9yaWdpbhgEIAEoCWIGcHJvdG8z");
+  fileDesc("CiJub3BzL2V2ZW50cy92MS9lZ3Jlc3NfZXZlbnRzLnByb3RvEg5ub3BzLmV2ZW50cy52MSIsCg1FZ3Jlc3NGaW5kaW5nEgwKBHR5cGUYASABKAkSDQoFY291bnQYAiABKA0ilQIKDkVncmVzc0RlY2lzaW9uEg4KBnRlbmFudBgBIAEoCRIMCgR0aWVyGAIgASgJEhEKCXRyYW5zcG9ydBgDIAEoCRITCgtkZXN0aW5hdGlvbhgEIAEoCRIRCglkYXRhX3R5cGUYBSABKAkSFgoOY2xhc3NpZmljYXRpb24YBiABKAkSDgoGcmVhc29uGAcgASgJEi8KCGZpbmRpbmdzGAggAygLMh0ubm9wcy5ldmVudHMudjEuRWdyZXNzRmluZGluZxIVCg1wYXlsb2FkX2J5dGVzGAkgASgNEhYKDnBvbGljeV92ZXJzaW9uGAogASgJEg4KBmNhY2hlZBgLIAEoCBISCgpsYXRlbmN5X21zGAwgASgBIoUBCg1FZ3Jlc3NBbGxvd2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBBIWCg5sYXRlbmN5X21zX21heBgEIAEoASJtCg1FZ3Jlc3NCbG9ja2VkEjAKCGRlY2lzaW9uGAEgASgLMh4ubm9wcy5ldmVudHMudjEuRWdyZXNzRGVjaXNpb24SDQoFY291bnQYAiABKA0SGwoTcGF5bG9hZF9ieXRlc190b3RhbBgDIAEoBCK4AQoXRWdyZXNzT3ZlcnJpZGVBY3RpdmF0ZWQSMAoIZGVjaXNpb24YASABKAsyHi5ub3BzLmV2ZW50cy52MS5FZ3Jlc3NEZWNpc2lvbhIQCghncmFudF9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSHwoXZGVjbGFyZWRfY2xhc3NpZmljYXRpb24YBCABKAkSEQoJYXBwcm92ZXJzGAUgAygJEhUKDWV4cGlyZXNfYXRfbXMYBiABKAMiWQoZRGdlUG9saWN5Q2FjaGVJbnZhbGlkYXRlZBIOCgZ0ZW5hbnQYASABKAkSDAoEdGllchgCIAEoCRIOCgZyZWFzb24YAyABKAkSDgoGb3JpZ2luGAQgASgJYgZwcm90bzM");
 
 /**
  * EgressFinding summarises one kind of finding: its type and how many, never the values.
@@ -180,15 +180,35 @@ export const EgressAllowedSchema: GenMessage<EgressAllowed> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_egress_events, 2);
 
 /**
- * EgressBlocked is egress.blocked.v1: an outbound call was refused; nothing of it was sent.
+ * EgressBlocked is egress.blocked.v1: an outbound call was refused; nothing of it was sent. The
+ * first refusal of a kind (same tenant, tier, transport, destination, data type, class, reason,
+ * findings) within a flush window is written at once with count 1; further refusals of that kind
+ * in the window become one more event at the window's end with their count. Its destination and
+ * data type are the door's description of the call, never a value that was classified.
  *
  * @generated from message nops.events.v1.EgressBlocked
  */
 export type EgressBlocked = Message<"nops.events.v1.EgressBlocked"> & {
   /**
+   * The first decision of the group (its payload_bytes and latency_ms are that call's).
+   *
    * @generated from field: nops.events.v1.EgressDecision decision = 1;
    */
   decision?: EgressDecision | undefined;
+
+  /**
+   * How many blocked decisions this event stands for (0 in events written before counting).
+   *
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * Sum of payload_bytes over those decisions.
+   *
+   * @generated from field: uint64 payload_bytes_total = 3;
+   */
+  payloadBytesTotal: bigint;
 };
 
 /**
