@@ -84,6 +84,9 @@ import { createLifecycle } from "./lifecycle.js";
 import type { KernelOptions } from "./kernel-options.js";
 import { KERNEL_VERSION } from "./version.js";
 
+/** The name the JWKS fetch goes out under (guarded fetch destination `jwks:<origin><path>`). */
+const JWKS_DESTINATION = "jwks";
+
 /** A running kernel. */
 export interface Kernel {
   readonly options: KernelOptions;
@@ -226,12 +229,16 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       },
       dgeClientOptions,
     );
+    // The JWKS fetch carries no tenant's data and goes only where identity.jwt.jwksUrl says: the
+    // guard allows exactly that destination, named as the guarded fetch names it (origin + path).
+    const jwksUrl = options.identity.jwt?.jwksUrl ? new URL(options.identity.jwt.jwksUrl) : undefined;
+    const kernelDestinations = jwksUrl ? [`${JWKS_DESTINATION}:${jwksUrl.origin}${jwksUrl.pathname}`] : [];
     const guard = createEgressGuard(
-      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber },
+      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber, kernelDestinations },
       options.egress,
     );
     life.defer("egress guard", () => guard.close());
-    jwks.fetch = createGuardedFetch(guard, "jwks") as typeof fetch;
+    jwks.fetch = createGuardedFetch(guard, JWKS_DESTINATION) as typeof fetch;
     await stage("egress");
 
     // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
