@@ -4,7 +4,7 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { createTestCa, ExtendedKeyUsage, unknownExtension, type TestCa, type TestSvid } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
-import { startTestKernel, type TestKernel } from "../helpers/kernel.js";
+import { startTestKernel, type TestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 
 // Issue 13 item 16: one verifier for both ports. A client SVID that chains through intermediates
 // is accepted on the grpc-js port as on the HTTP port, and path length, EKU clientAuth and
@@ -24,7 +24,7 @@ async function kernelWith(t: ExecutionContext, root: TestCa): Promise<TestKernel
   return startTestKernel(t, {
     edgeId: "edge-test",
     trustDomain: TD,
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
 }
 
