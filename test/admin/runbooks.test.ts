@@ -255,7 +255,8 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   wl.failWith(grpc.status.UNAVAILABLE);
   wl.endStreams(grpc.status.UNAVAILABLE);
   await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, "identity degraded", 15_000);
-  const tlsTrust = { ca: ca.certPem };
+  // An operator's SVID: /readyz shows details only to callers allowed to read GetStatus.
+  const tlsTrust = { ca: ca.certPem, cert: admin.certPem, key: admin.keyPem };
   const r = await readyz(k, tlsTrust);
   t.is(r.code, 200, "not ready only once the SVID expires");
   t.like(
