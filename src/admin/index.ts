@@ -3,3 +3,4 @@ export { createAdminService } from "./admin-service.js";
 export { createPollingProbe, redisProbe } from "./dependency-probes.js";
 export { resolveStatusMatrixOptions, type StatusMatrixOptions } from "./status-matrix-options.js";
 export { createStatusMatrix, type DependencyProbe } from "./status-matrix.js";
+export { createReadyzRoute, type ReadyzRouteDeps } from "./readyz-route.js";

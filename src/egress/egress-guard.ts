@@ -202,6 +202,13 @@ export interface EgressGuardDeps {
   redis?: Redis;
   /** Subscriber connection for cache invalidations. */
   redisSubscriber?: Redis;
+  /**
+   * Destinations the kernel itself calls carrying no tenant's data, named by configuration (the
+   * JWKS endpoint of identity.jwt.jwksUrl). A call to one of them with no tenant is allowed as
+   * "kernel_destination" without asking the DGE (which judges only tenants' data) and recorded
+   * like every decision; any other call with no tenant stays "invalid_tenant". @default []
+   */
+  kernelDestinations?: readonly string[];
 }
 
 /** Allowed decisions waiting for the next flush that differ only in size, latency and caller. */
@@ -235,6 +242,7 @@ class DgeTimeoutError extends Error {
 /** Creates the Egress Guard. */
 export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOptions): EgressGuard {
   const log = deps.logger.child({ component: "egress-guard" });
+  const kernelDestinations = new Set(deps.kernelDestinations ?? []);
   const tx = (fn: () => void): void => (deps.db ? deps.db.transaction(fn)() : fn());
   const requests = deps.meter.createCounter("egress_guard_requests_total", {
     description: "Egress Guard decisions by result, tenant and tier",
@@ -642,6 +650,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   /** Decides without I/O when it can: undefined means the DGE (or Redis) has to be asked. */
   function decideLocally(req: EgressRequest, p: ReturnType<typeof prepare>): EgressDecision | undefined {
     const { done, tier } = p;
+    if (req.tenant === "" && kernelDestinations.has(req.destination)) return done(true, "kernel_destination");
     if (!p.validTenant) return done(false, "invalid_tenant");
     // Air-gapped means nothing leaves, not even under break-glass.
     if (tier === "air-gapped") return done(false, "air_gapped");

@@ -29,6 +29,14 @@ export interface CredentialGateDeps {
 // Every credential the authn and request-signing interceptors accept, by where it travels.
 const CREDENTIAL_HEADERS = ["authorization", "x-api-key", "x-nops-signature"];
 
+/** True when a request carries a credential header of any kind (valid or not: authn decides). */
+export function carriesCredential(header: (name: string) => string | null | undefined): boolean {
+  return CREDENTIAL_HEADERS.some((name) => {
+    const v = header(name);
+    return v !== null && v !== undefined;
+  });
+}
+
 /**
  * Decides, from headers alone, whether a call may have its body read: a call that carries no
  * credential at all, to a method that is not public, while anonymous access is off, can only end
@@ -43,10 +51,7 @@ export function createCredentialGate(deps: CredentialGateDeps, options: Credenti
     if (options.allowAnonymous || req.peerCertificate) return true;
     const path = methodPath(req.method);
     if (isPublic(path)) return true;
-    for (const name of CREDENTIAL_HEADERS) {
-      const v = req.header(name);
-      if (v !== null && v !== undefined) return true;
-    }
+    if (carriesCredential((name) => req.header(name))) return true;
     // The denial auditor reads the method, peer and correlation id of a chain call.
     const values = createContextValues()
       .set(kPeer, { address: req.peer, transport: "connect-node", certificates: [] })

@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
+import { basename, dirname, join, resolve, sep } from "node:path";
 import type { Meter } from "@opentelemetry/api";
-import type { Clock } from "../common/index.js";
+import { ConfigError, type Clock } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import type { AuditLog } from "../audit/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -40,10 +40,18 @@ export interface IdentityOptions {
   /** Development identity directory. @default "<dataDir>/dev-identity" */
   devDir: string;
   /**
-   * Pepper of the API key hashes, base64 of 32..64 bytes; generated into <dataDir>/api-key-pepper when empty.
-   * @default ""
+   * Pepper of the API key hashes, base64 of 32..64 bytes (from a secret store); when empty it is
+   * read from `apiKeyPepperFile`, else generated into <dataDir>/api-key-pepper. @default ""
    */
   apiKeyPepper: string;
+  /** File holding the pepper (e.g. a mounted secret); must exist when set. @default "" */
+  apiKeyPepperFile: string;
+  /**
+   * Lets the pepper file sit in the database's directory (or below it), where a copy of the data
+   * directory carries both the key hashes and their key. Development only.
+   * @default true for development identities ("dev", "none", "auto" without a socket), else false
+   */
+  allowPepperBesideDatabase: boolean;
   /** SPIFFE id -> principal rules (see docs/identity.md). */
   spiffe: SpiffePrincipalOptions;
   /** JWT bearer tokens; accepted only when this section is configured. */
@@ -56,6 +64,8 @@ export interface KernelIdentityOptions {
   edgeId: string;
   /** Where a generated API key pepper is kept. */
   dataDir: string;
+  /** The SQLite file: the pepper must not sit beside it (identity.allowPepperBesideDatabase). */
+  databasePath: string;
   /** This kernel's SPIFFE trust domain. */
   trustDomain: string;
   identity: IdentityOptions;
@@ -85,15 +95,53 @@ export interface KernelIdentityDeps {
   fetch?: typeof fetch;
 }
 
-// The pepper must outlive restarts (or every key stops verifying) and stay out of the database.
+/** The directory `path` names, symlinks resolved (as far as it exists). */
+function realDir(path: string): string {
+  let dir = resolve(path);
+  let rest = "";
+  for (;;) {
+    try {
+      return join(realpathSync(dir), rest);
+    } catch {
+      const parent = dirname(dir);
+      if (parent === dir) return resolve(path);
+      rest = join(basename(dir), rest);
+      dir = parent;
+    }
+  }
+}
+
+// The pepper must outlive restarts (or every key stops verifying) and stay out of the database,
+// and out of its directory too: a backup or copy of that directory would carry the hashes and the
+// key to test guesses against them (issue 13 item 17).
 function pepper(options: KernelIdentityOptions, log: Logger): string {
-  if (options.identity.apiKeyPepper) return options.identity.apiKeyPepper;
-  const file = join(options.dataDir, "api-key-pepper");
+  const { identity } = options;
+  if (identity.apiKeyPepper) return identity.apiKeyPepper;
+  const file = identity.apiKeyPepperFile || join(options.dataDir, "api-key-pepper");
+  const databaseDir = realDir(dirname(options.databasePath));
+  const pepperDir = realDir(dirname(file));
+  if (!identity.allowPepperBesideDatabase && (pepperDir === databaseDir || pepperDir.startsWith(databaseDir + sep))) {
+    throw new ConfigError(
+      `${identity.apiKeyPepperFile ? "identity.apiKeyPepperFile" : "identity.apiKeyPepper"}: the API key pepper ` +
+        `must not sit beside the database (${file} is in ${databaseDir}); set identity.apiKeyPepper from a ` +
+        "secret store or identity.apiKeyPepperFile outside it, or identity.allowPepperBesideDatabase: true for development",
+    );
+  }
+  if (identity.apiKeyPepperFile) {
+    try {
+      return readFileSync(file, "utf8").trim();
+    } catch (err) {
+      throw new ConfigError(`identity.apiKeyPepperFile: ${file} cannot be read`, { cause: err });
+    }
+  }
   if (existsSync(file)) return readFileSync(file, "utf8").trim();
   mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
   const generated = randomBytes(32).toString("base64");
   writeFileSync(file, generated + "\n", { mode: 0o600, flag: "wx" });
-  log.warn({ file }, "generated an API key pepper; set identity.apiKeyPepper from a secret store in production");
+  log.warn(
+    { file },
+    "generated a development API key pepper beside the database; set identity.apiKeyPepper in production",
+  );
   return generated;
 }
 
@@ -106,6 +154,8 @@ export async function createKernelIdentity(
   const { identity } = options;
   const source = identity.source === "auto" ? (identity.socket ? "workload-api" : "dev") : identity.source;
   const kernelId = `spiffe://${options.trustDomain}/nops/kernel/${options.edgeId}`;
+  // Before any identity work: a refused pepper stops the start with nothing to undo.
+  const apiKeyOptions = resolveApiKeyOptions({ pepper: pepper(options, log) }, "identity.apiKeyPepper");
 
   let x509: X509Source | undefined;
   if (source === "workload-api") {
@@ -132,7 +182,6 @@ export async function createKernelIdentity(
   if (ctx) log.info({ spiffeId: ctx.svid.spiffeId, source }, "workload identity ready");
   const tls = x509 && createTlsMaterial({ source: x509, clock: deps.clock, logger: deps.logger });
 
-  const apiKeyOptions = resolveApiKeyOptions({ pepper: pepper(options, log) }, "identity.apiKeyPepper");
   const apiKeys = createApiKeyStore({ db: deps.db, clock: deps.clock }, apiKeyOptions);
   const authn = createAuthnInterceptor(
     {

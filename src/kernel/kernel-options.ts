@@ -143,7 +143,17 @@ export const DEFAULT_KERNEL_OPTIONS = {
   shutdownGraceMs: 10_000,
   trustDomain: "nops.local",
   // Sections given as {} are validated by their own resolvers and set from the config file only.
-  identity: { source: "auto", socket: "", devDir: "", apiKeyPepper: "", spiffe: {}, jwt: {} },
+  identity: {
+    source: "auto",
+    socket: "",
+    devDir: "",
+    apiKeyPepper: "",
+    apiKeyPepperFile: "",
+    // Resolved by source (development identities allow it) unless set.
+    allowPepperBesideDatabase: false,
+    spiffe: {},
+    jwt: {},
+  },
   authn: {},
   authz: {},
   redis: { url: "" },
@@ -212,11 +222,17 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
   // Without TLS there are no credentials to check, so plaintext ("none") admits anonymous callers
   // unless the file says otherwise.
   const anonymous = source === "none" ? { allowAnonymous: true } : {};
+  // The embedded issuer's keys already live in the data dir, so a development kernel (what `npm
+  // start` runs) keeps its generated pepper there too; a Workload API kernel must keep it elsewhere.
+  const socket = readString(id, "socket", "identity", d.identity.socket);
+  const development = source === "dev" || source === "none" || (source === "auto" && socket === "");
   const identity: IdentityOptions = {
     source,
-    socket: readString(id, "socket", "identity", d.identity.socket),
+    socket,
     devDir: readString(id, "devDir", "identity", d.identity.devDir) || join(dataDir, "dev-identity"),
     apiKeyPepper: readString(id, "apiKeyPepper", "identity", d.identity.apiKeyPepper),
+    apiKeyPepperFile: readString(id, "apiKeyPepperFile", "identity", d.identity.apiKeyPepperFile),
+    allowPepperBesideDatabase: readBool(id, "allowPepperBesideDatabase", "identity", development),
     spiffe: resolveSpiffePrincipalOptions({ trustDomain, ...(id.spiffe as object | undefined) }, "identity.spiffe"),
     jwt: id.jwt === undefined ? undefined : resolveJwtVerifierOptions(id.jwt, "identity.jwt"),
   };

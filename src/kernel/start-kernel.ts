@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { createContextValues, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
 import { pino, type DestinationStream } from "pino";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
@@ -10,7 +11,7 @@ import { ApiKeyService } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
-import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
+import { AdminService, GetStatusRequestSchema } from "../../gen/nops/kernel/v1/admin_pb.js";
 import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -43,7 +44,10 @@ import type { KernelInterceptor } from "../server/interceptor.js";
 import { createStreamShutdown } from "../server/shutdown-interceptor.js";
 import { createGrpcServer } from "../server/grpc-server.js";
 import { createConnectionGuard, resolveMaxConnections } from "../server/connection-guard.js";
-import { createCredentialGate } from "../identity/credential-gate.js";
+import { carriesCredential, createCredentialGate } from "../identity/credential-gate.js";
+import { createReadyzRoute } from "../admin/readyz-route.js";
+import { kPeer } from "../server/interceptor.js";
+import type { RouteRequest } from "../server/http-server.js";
 import { createHttpServer, type HttpRoute } from "../server/http-server.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
@@ -83,6 +87,58 @@ import { lockDataDir } from "./data-dir-lock.js";
 import { createLifecycle } from "./lifecycle.js";
 import type { KernelOptions } from "./kernel-options.js";
 import { KERNEL_VERSION } from "./version.js";
+
+/** The name the JWKS fetch goes out under (guarded fetch destination `jwks:<origin><path>`). */
+const JWKS_DESTINATION = "jwks";
+
+/** How long the /readyz details check may take (authentication may fetch a JWKS). */
+const READYZ_DETAILS_TIMEOUT_MS = 5_000;
+
+/**
+ * Whether a /readyz caller may see the details: the request runs the chain of
+ * AdminService.GetStatus (authentication, rate limit, authorization) as that call would. A request
+ * without any credential is not tried unless anonymous callers are allowed: kubelet probes every
+ * few seconds are not failed authentications to audit and throttle.
+ */
+async function mayCallGetStatus(
+  services: readonly BoundService[],
+  allowAnonymous: boolean,
+  req: RouteRequest,
+): Promise<boolean> {
+  const admin = services.find((s) => s.service === AdminService);
+  const getStatus = admin?.impl[AdminService.method.getStatus.localName];
+  if (!getStatus) return false;
+  const peer = req.peer ?? { address: "", transport: "connect-node" as const, certificates: [] };
+  const headers = req.headers ?? {};
+  const header = (name: string) => {
+    const v = headers[name];
+    return Array.isArray(v) ? v[0] : v;
+  };
+  if (!allowAnonymous && peer.certificates.length === 0 && !carriesCredential(header)) return false;
+  const requestHeader = new Headers();
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.startsWith(":") || value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) requestHeader.append(name, v);
+  }
+  const ctx = createHandlerContext({
+    service: AdminService,
+    method: AdminService.method.getStatus,
+    protocolName: "connect",
+    requestMethod: "GET",
+    url: "/readyz",
+    timeoutMs: READYZ_DETAILS_TIMEOUT_MS,
+    requestHeader,
+    contextValues: createContextValues().set(kPeer, peer),
+  });
+  try {
+    await getStatus(create(GetStatusRequestSchema), ctx);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    ctx.abort();
+  }
+}
 
 /** A running kernel. */
 export interface Kernel {
@@ -226,12 +282,16 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       },
       dgeClientOptions,
     );
+    // The JWKS fetch carries no tenant's data and goes only where identity.jwt.jwksUrl says: the
+    // guard allows exactly that destination, named as the guarded fetch names it (origin + path).
+    const jwksUrl = options.identity.jwt?.jwksUrl ? new URL(options.identity.jwt.jwksUrl) : undefined;
+    const kernelDestinations = jwksUrl ? [`${JWKS_DESTINATION}:${jwksUrl.origin}${jwksUrl.pathname}`] : [];
     const guard = createEgressGuard(
-      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber },
+      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber, kernelDestinations },
       options.egress,
     );
     life.defer("egress guard", () => guard.close());
-    jwks.fetch = createGuardedFetch(guard, "jwks") as typeof fetch;
+    jwks.fetch = createGuardedFetch(guard, JWKS_DESTINATION) as typeof fetch;
     await stage("egress");
 
     // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
@@ -422,10 +482,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const routes: Record<string, HttpRoute> = {
       "/healthz": (_req, res) => json(res, 200, { status: "alive", version: KERNEL_VERSION }),
       "/metrics": telemetry.metricsHandler,
-      "/readyz": (_req, res) => {
-        const report = readiness();
-        json(res, report.ready ? 200 : 503, report);
-      },
+      "/readyz": createReadyzRoute({
+        readiness,
+        mayReadDetails: (req) => mayCallGetStatus(services, options.authn.allowAnonymous, req),
+      }),
     };
 
     // One connection budget for both ports (docs/hardening.md).

@@ -1,5 +1,6 @@
 import { once } from "node:events";
 import * as net from "node:net";
+import type { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
 import {
@@ -120,7 +121,16 @@ function peerCertificates(call: AnyCall): Uint8Array[] {
   return chain;
 }
 
+// grpc-js's auth context holds the leaf only (getPeerCertificate() without the chain), so a client
+// SVID under an intermediate could never be verified: read the whole chain from the session's TLS
+// socket, as the HTTP port does (issue 13 item 16). The auth context is the fallback when the
+// session cannot be reached.
 function readPeerCertificates(call: AnyCall): Uint8Array[] {
+  const socket = (sessionOf(call) as { socket?: Partial<TLSSocket> } | undefined)?.socket;
+  if (socket && typeof socket.getPeerCertificate === "function") {
+    const cert = socket.getPeerCertificate(true);
+    return cert.raw ? derChainFromPeerCertificate(cert) : [];
+  }
   const cert = call.getAuthContext().sslPeerCertificate;
   return cert ? derChainFromPeerCertificate(cert) : [];
 }

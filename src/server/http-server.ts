@@ -11,7 +11,7 @@ import {
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
 import type { BoundService } from "./bind-service.js";
-import { kPeer } from "./interceptor.js";
+import { kPeer, type PeerInfo } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "./peer-certificates.js";
 import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
@@ -31,8 +31,18 @@ export interface RouteResponse {
   end(body: string): unknown;
 }
 
+/** What a plain route sees of its request: method, URL, headers and the TLS peer. */
+export interface RouteRequest {
+  method?: string;
+  url?: string;
+  /** Lower-case header names. @default {} */
+  headers?: Record<string, string | string[] | undefined>;
+  /** The caller's address and the certificate chain it presented. @default none */
+  peer?: PeerInfo;
+}
+
 /** A plain HTTP route beside the RPCs (/healthz, /readyz, /metrics). */
-export type HttpRoute = (req: { method?: string; url?: string }, res: RouteResponse) => void;
+export type HttpRoute = (req: RouteRequest, res: RouteResponse) => void;
 
 /** Options for the Connect / gRPC-Web / gRPC-over-HTTP server. */
 export interface HttpServerOptions {
@@ -144,7 +154,20 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     const rpc = rpcs.get(path);
     if (!rpc) {
       const route = options.routes[path];
-      if (route) return route(req, res);
+      if (route)
+        return route(
+          {
+            method: req.method,
+            url: req.url,
+            headers: req.headers,
+            peer: {
+              address: `${req.socket.remoteAddress ?? ""}:${req.socket.remotePort ?? ""}`,
+              transport: "connect-node",
+              certificates: peerCertificates(req.socket),
+            },
+          },
+          res,
+        );
       return sendConnectError(res, 404, "unimplemented", `no route for ${req.method ?? ""} ${path.slice(0, 200)}`);
     }
     const gate = options.credentialGate;

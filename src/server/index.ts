@@ -8,7 +8,7 @@ export {
 } from "./core-interceptors.js";
 export { createGrpcServer } from "./grpc-server.js";
 export { createHealthService } from "./health-service.js";
-export { createHttpServer, type HttpRoute } from "./http-server.js";
+export { createHttpServer, type HttpRoute, type RouteRequest } from "./http-server.js";
 export {
   clientIp,
   kCorrelationId,

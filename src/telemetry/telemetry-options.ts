@@ -1,4 +1,12 @@
-import { ConfigError, readInt, readNumber, readSection, readString, readStringList } from "../common/index.js";
+import {
+  ConfigError,
+  readBool,
+  readInt,
+  readNumber,
+  readSection,
+  readString,
+  readStringList,
+} from "../common/index.js";
 
 /** Where finished spans go. */
 export type TraceExporterKind = "none" | "otlp";
@@ -35,6 +43,18 @@ export interface TelemetryOptions {
    * DEFAULT_SCRUB_RULES (API keys, bearer tokens, JWTs, e-mail addresses). @default []
    */
   redactPatterns: string[];
+  metrics: MetricsOptions;
+}
+
+/** What /metrics may reveal. */
+export interface MetricsOptions {
+  /**
+   * Keep the `tenant` attribute of every instrument. Off, it is dropped before aggregation: the
+   * series of all tenants add up into one, so /metrics (often scraped by a shared Prometheus)
+   * names no tenant and its cardinality does not grow with them. A hash would still let anyone
+   * with a list of candidate names tell tenants apart. @default false
+   */
+  tenantLabels: boolean;
 }
 
 /** Default tracing settings: off. */
@@ -53,6 +73,7 @@ export const DEFAULT_TELEMETRY_OPTIONS: TelemetryOptions = {
   serviceName: "nops-kernel",
   tracing: DEFAULT_TRACING_OPTIONS,
   redactPatterns: [],
+  metrics: { tenantLabels: false },
 };
 
 /** Validates a partial `telemetry` section and fills defaults; throws ConfigError naming the field. */
@@ -94,5 +115,13 @@ export function resolveTelemetryOptions(input: unknown = {}, path = "telemetry")
     serviceName: readString(s, "serviceName", path, DEFAULT_TELEMETRY_OPTIONS.serviceName, { nonEmpty: true }),
     tracing,
     redactPatterns,
+    metrics: {
+      tenantLabels: readBool(
+        readSection(s.metrics, `${path}.metrics`, DEFAULT_TELEMETRY_OPTIONS.metrics),
+        "tenantLabels",
+        `${path}.metrics`,
+        DEFAULT_TELEMETRY_OPTIONS.metrics.tenantLabels,
+      ),
+    },
   };
 }

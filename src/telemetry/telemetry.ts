@@ -12,7 +12,7 @@ import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { resourceFromAttributes } from "@opentelemetry/resources";
-import { MeterProvider } from "@opentelemetry/sdk-metrics";
+import { MeterProvider, createDenyListAttributesProcessor } from "@opentelemetry/sdk-metrics";
 import {
   BatchSpanProcessor,
   NodeTracerProvider,
@@ -75,7 +75,11 @@ export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps):
 
   const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true });
   const serializer = new PrometheusSerializer("", false, undefined, false, true);
-  const meterProvider = new MeterProvider({ resource, readers: [prometheus] });
+  // Tenant names stay out of /metrics unless the operator keeps them (telemetry.metrics.tenantLabels).
+  const views = options.metrics.tenantLabels
+    ? []
+    : [{ instrumentName: "*", attributesProcessors: [createDenyListAttributesProcessor(["tenant"])] }];
+  const meterProvider = new MeterProvider({ resource, readers: [prometheus], views });
 
   const t = options.tracing;
   const exporter: SpanExporter | undefined =

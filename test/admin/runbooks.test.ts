@@ -10,7 +10,7 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { AdminService, CapabilityMode } from "../../gen/nops/kernel/v1/admin_pb.js";
-import { startTestKernel, type TestKernel } from "../helpers/kernel.js";
+import { startTestKernel, type TestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 import { waitFor } from "../helpers/processes.js";
 import { startRedisServer } from "../helpers/redis-server.js";
 import { startNatsTopology } from "../helpers/nats-servers.js";
@@ -234,7 +234,7 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   const k = await startTestKernel(t, {
     ...POLLING,
     trustDomain: "nops.test",
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
   const admin = await ca.issue({ spiffeId: "spiffe://nops.test/nops/admin/ops" });
   const channel = new grpc.Client(
@@ -255,7 +255,8 @@ test("runbook spire-agent-unreachable - serves on the current SVID, reports degr
   wl.failWith(grpc.status.UNAVAILABLE);
   wl.endStreams(grpc.status.UNAVAILABLE);
   await waitFor(async () => (await identityMode()) === CapabilityMode.DEGRADED, "identity degraded", 15_000);
-  const tlsTrust = { ca: ca.certPem };
+  // An operator's SVID: /readyz shows details only to callers allowed to read GetStatus.
+  const tlsTrust = { ca: ca.certPem, cert: admin.certPem, key: admin.keyPem };
   const r = await readyz(k, tlsTrust);
   t.is(r.code, 200, "not ready only once the SVID expires");
   t.like(

@@ -25,6 +25,9 @@ export interface Readyz {
 /** A kernel serving HTTPS: the CA that signed its certificate (the server name is localhost). */
 export interface HttpsTrust {
   ca: string;
+  /** A client SVID (PEM): an operator's, to see /readyz details on a kernel with real identity. */
+  cert?: string;
+  key?: string;
 }
 
 /** GET on the kernel's HTTP port: plain, or HTTPS trusting `tls.ca`. */
@@ -35,7 +38,14 @@ async function get(k: TestKernel, path: string, tls?: HttpsTrust): Promise<{ cod
   }
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: "127.0.0.1", port: k.kernel.httpPort, path, ca: tls.ca, servername: "localhost" },
+      {
+        host: "127.0.0.1",
+        port: k.kernel.httpPort,
+        path,
+        ca: tls.ca,
+        servername: "localhost",
+        ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
+      },
       (res) => {
         let text = "";
         res.setEncoding("utf8");

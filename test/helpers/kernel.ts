@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,6 +32,12 @@ export type TransportName =
   | "grpc-web"
   | "grpc-over-connect-node"
   | "in-process";
+
+/**
+ * An API key pepper for kernels on the Workload API (the production identity), which refuse to
+ * generate one beside their database (identity.allowPepperBesideDatabase).
+ */
+export const TEST_API_KEY_PEPPER = randomBytes(32).toString("base64");
 
 /** The two servers, each with its native protocol: what "both transports" means in tests. */
 export const BOTH: readonly TransportName[] = ["grpc-js", "connect-json"];

@@ -11,12 +11,13 @@ import {
   SubjectKeyIdentifierExtension,
   X509CertificateGenerator,
   type X509Certificate,
+  Extension as X509Extension,
   type Extension,
   type JsonGeneralName,
 } from "@peculiar/x509";
 
 /** Key usage flags for IssueOptions.keyUsage (re-exported so tests load @peculiar/x509 after the Reflect shim). */
-export { KeyUsageFlags };
+export { KeyUsageFlags, ExtendedKeyUsage };
 
 const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const HOUR = 3600_000;
@@ -48,6 +49,10 @@ export interface IssueOptions {
   keyUsage?: number | null;
   /** @default true */
   keyUsageCritical?: boolean;
+  /** Extended key usages (OIDs), or null for no extension. @default [serverAuth, clientAuth] */
+  extKeyUsages?: string[] | null;
+  /** Extensions added as they are (e.g. an unknown critical one). @default [] */
+  extraExtensions?: Extension[];
   /** @default now - 1h */
   notBefore?: Date;
   /** @default now + 1h */
@@ -65,7 +70,24 @@ export interface TestCa {
   /** Issues a leaf SVID signed by this CA (chain includes intermediates). */
   issue(options?: IssueOptions): Promise<TestSvid>;
   /** Issues an intermediate CA signed by this CA. */
-  intermediate(options?: { notBefore?: Date; notAfter?: Date }): Promise<TestCa>;
+  intermediate(options?: CaOptions): Promise<TestCa>;
+}
+
+/** Options for a test CA (root or intermediate). */
+export interface CaOptions {
+  notBefore?: Date;
+  notAfter?: Date;
+  /** basicConstraints pathLenConstraint. @default none */
+  pathLength?: number;
+  /** Extended key usages (OIDs) of an intermediate. @default no extension */
+  extKeyUsages?: string[];
+  /** Extensions added as they are (e.g. an unknown critical one). @default [] */
+  extraExtensions?: Extension[];
+}
+
+/** An extension with an OID no verifier knows (a private arc), holding an ASN.1 NULL. */
+export function unknownExtension(critical: boolean): Extension {
+  return new X509Extension("1.3.6.1.4.1.55555.1.1", critical, new Uint8Array([0x05, 0x00]));
 }
 
 function pem(label: string, der: Uint8Array): string {
@@ -127,9 +149,12 @@ function buildCa(
       ];
       const extensions: Extension[] = [
         new BasicConstraintsExtension(o.ca ?? false, undefined, true),
-        new ExtendedKeyUsageExtension([ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth]),
         new SubjectAlternativeNameExtension(names),
+        ...(o.extraExtensions ?? []),
       ];
+      const eku =
+        o.extKeyUsages === undefined ? [ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth] : o.extKeyUsages;
+      if (eku !== null) extensions.push(new ExtendedKeyUsageExtension(eku));
       const ku = o.keyUsage === undefined ? KeyUsageFlags.digitalSignature : o.keyUsage;
       if (ku !== null) extensions.push(new KeyUsagesExtension(ku, o.keyUsageCritical ?? true));
       const leaf = await sign(
@@ -157,9 +182,11 @@ function buildCa(
         keys.publicKey,
         `CN=intermediate ${serial()}, O=${trustDomain}`,
         [
-          new BasicConstraintsExtension(true, undefined, true),
+          new BasicConstraintsExtension(true, o.pathLength, true),
           new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign, true),
           await SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
+          ...(o.extKeyUsages ? [new ExtendedKeyUsageExtension(o.extKeyUsages)] : []),
+          ...(o.extraExtensions ?? []),
         ],
         o.notBefore ?? new Date(now - HOUR),
         o.notAfter ?? new Date(now + 24 * HOUR),
@@ -170,10 +197,7 @@ function buildCa(
 }
 
 /** Creates a self-signed root CA for `trustDomain` valid around the real current time. */
-export async function createTestCa(
-  trustDomain: string,
-  o: { notBefore?: Date; notAfter?: Date } = {},
-): Promise<TestCa> {
+export async function createTestCa(trustDomain: string, o: CaOptions = {}): Promise<TestCa> {
   const keys = await webcrypto.subtle.generateKey(ALG, true, ["sign", "verify"]);
   const now = Date.now();
   const cert = await X509CertificateGenerator.createSelfSigned(
@@ -185,10 +209,11 @@ export async function createTestCa(
       keys,
       signingAlgorithm: ALG,
       extensions: [
-        new BasicConstraintsExtension(true, undefined, true),
+        new BasicConstraintsExtension(true, o.pathLength, true),
         new KeyUsagesExtension(KeyUsageFlags.keyCertSign | KeyUsageFlags.cRLSign, true),
         new SubjectAlternativeNameExtension([{ type: "url", value: `spiffe://${trustDomain}` }]),
         await SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
+        ...(o.extraExtensions ?? []),
       ],
     },
     webcrypto,

@@ -7,7 +7,7 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { ApiKeyService, Role } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { createTestCa, type TestCa, type TestSvid } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble, type WorkloadApiDouble } from "../helpers/workload-api-double.js";
-import { startTestKernel, type TestKernel } from "../helpers/kernel.js";
+import { startTestKernel, type TestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 import { waitFor } from "../helpers/processes.js";
 
 const TD = "nops.test";
@@ -34,7 +34,7 @@ async function setup(t: ExecutionContext): Promise<Setup> {
   const k = await startTestKernel(t, {
     edgeId: "edge-test",
     trustDomain: TD,
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
   const transport: Setup["transport"] = (server, svid, headers) => {
     const nodeOptions = { ca: ca.certPem, ...(svid ? { cert: svid.certPem, key: svid.keyPem } : {}) };

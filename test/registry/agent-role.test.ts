@@ -8,7 +8,7 @@ import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { createTestCa, type TestCa, type TestSvid } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
-import { startTestKernel } from "../helpers/kernel.js";
+import { startTestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 
 const TD = "nops.test";
 
@@ -25,7 +25,7 @@ async function setup(t: ExecutionContext) {
   const k = await startTestKernel(t, {
     edgeId: "edge-test",
     trustDomain: TD,
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
   const transport = (svid?: TestSvid, headers: Record<string, string> = {}): Transport => {
     const addHeaders: Interceptor = (next) => async (req) => {

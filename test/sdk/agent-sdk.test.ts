@@ -18,7 +18,7 @@ import {
   type Agent,
   type AgentOptions,
 } from "../../packages/agent-sdk/src/index.js";
-import { startTestKernel } from "../helpers/kernel.js";
+import { startTestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
 import { createTestCa } from "../helpers/test-ca.js";
 import { waitFor } from "../helpers/processes.js";
@@ -143,7 +143,7 @@ test("agent sdk - workload API identity: SVID and rotation stream from the Workl
   const k = await startTestKernel(t, {
     edgeId: "edge-test",
     trustDomain: TD,
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
   const kernelAddress = `https://localhost:${k.kernel.grpcPort}`;
   // The agent has its own Workload API (one per workload, as a SPIRE agent serves each its own).

@@ -139,7 +139,8 @@ test("metrics - GET /metrics serves RPC, event-bus, egress and rate-limit metric
   t.is(families.get("nops_events_outbox_depth")?.type, "gauge");
   t.is(sample(families, "nops_events_outbox_depth", {}), rows);
   // Egress: one blocked decision because the DGE gave no answer.
-  t.is(sample(families, "egress_guard_requests_total", { result: "blocked", tenant: "acme", tier: "3" }), 1);
+  // No tenant label by default (telemetry.metrics.tenantLabels).
+  t.is(sample(families, "egress_guard_requests_total", { result: "blocked", tier: "3" }), 1);
   t.true((sample(families, "dge_classification_errors_total", {}, true) ?? 0) >= 1);
   // Rate limit: every call got a decision (the invalid one too: rate limiting runs before validation).
   t.is(sample(families, "nops_ratelimit_decisions_total", { outcome: "allowed" }, true), 3);

@@ -143,15 +143,18 @@ export function createTlsMaterial(deps: TlsMaterialDeps): TlsMaterial {
     logger.info({ spiffeId: next.svid.spiffeId.id }, "TLS material rotated for new handshakes");
   });
 
-  const verify = (chainDer: readonly Uint8Array[], allowedIds?: readonly string[]): VerifiedPeer =>
-    verifyPeer(chainDer, current.bundles, deps.clock, allowedIds ? { allowedIds } : {});
+  const verify = (
+    chainDer: readonly Uint8Array[],
+    role: "client" | "server",
+    allowedIds?: readonly string[],
+  ): VerifiedPeer => verifyPeer(chainDer, current.bundles, deps.clock, allowedIds ? { allowedIds, role } : { role });
 
   // Replaces hostname checks: a SPIFFE server is identified by its SPIFFE ID (X509-SVID §5.2).
   const checkServerIdentity =
     (allowedIds?: readonly string[]) =>
     (_host: string, cert: PeerCertificate): Error | undefined => {
       try {
-        verify(derChainFromPeerCertificate(cert), allowedIds);
+        verify(derChainFromPeerCertificate(cert), "server", allowedIds);
         return undefined;
       } catch (err) {
         return err as Error;
@@ -185,7 +188,7 @@ export function createTlsMaterial(deps: TlsMaterialDeps): TlsMaterial {
       rejectUnauthorized: true,
       checkServerIdentity: checkServerIdentity(o.allowedIds),
     }),
-    verifyPeer: (chainDer) => verify(chainDer),
+    verifyPeer: (chainDer) => verify(chainDer, "client"),
     close() {
       unsubscribe();
       servers.clear();

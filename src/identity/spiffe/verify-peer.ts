@@ -2,7 +2,15 @@ import { X509Certificate as NodeX509Certificate } from "node:crypto";
 import { type Clock, KernelError } from "../../common/index.js";
 import { MAX_PEER_CHAIN_LENGTH } from "../../server/index.js";
 import type { X509BundleSet } from "./x509-bundle.js";
-import { isSigningCertificate, parseCertificate, SvidError, validateSvidLeaf } from "./x509-svid.js";
+import {
+  ChainExtensionError,
+  checkChainExtensions,
+  isSigningCertificate,
+  parseCertificate,
+  SvidError,
+  validateSvidLeaf,
+  type X509Certificate,
+} from "./x509-svid.js";
 
 /** Why a peer's X509-SVID was rejected. */
 export type PeerRejectReason =
@@ -41,6 +49,11 @@ export interface VerifiedPeer {
 export interface VerifyPeerOptions {
   /** Accept only these SPIFFE IDs (e.g. the expected server of an outbound call). @default any */
   allowedIds?: readonly string[];
+  /**
+   * What the peer is: a "client" calling in (extended key usage must allow clientAuth) or the
+   * "server" of an outbound call (serverAuth). @default "client"
+   */
+  role?: "client" | "server";
 }
 
 function checkValidity(cert: NodeX509Certificate, label: string, now: number): void {
@@ -74,8 +87,10 @@ export function verifyPeer(
   }
   let id;
   let chain: NodeX509Certificate[];
+  let parsed: X509Certificate[];
   try {
-    id = validateSvidLeaf(parseCertificate(leafDer, "peer leaf"));
+    parsed = chainDer.map((der, i) => parseCertificate(der, i === 0 ? "peer leaf" : `peer certificate ${i}`));
+    id = validateSvidLeaf(parsed[0] as X509Certificate);
     chain = chainDer.map((der) => new NodeX509Certificate(der));
   } catch (err) {
     const message = err instanceof SvidError ? err.message : "peer chain cannot be parsed";
@@ -90,20 +105,32 @@ export function verifyPeer(
   const now = clock.now();
   let current = chain[0] as NodeX509Certificate;
   checkValidity(current, "peer leaf", now);
+  // The path as built, leaf first: its extensions are checked like OpenSSL's chain checks, so the
+  // HTTP port (whose TLS admits callers without a certificate) refuses what the gRPC port's handshake
+  // refuses, and the gRPC port accepts what the HTTP port accepts (issue 13 item 16).
+  const path: X509Certificate[] = [parsed[0] as X509Certificate];
   const used = new Set<number>([0]);
+  const purpose = options.role ?? "client";
+  const checkPath = (anchor: X509Certificate | undefined) => {
+    try {
+      checkChainExtensions(path, anchor, purpose);
+    } catch (err) {
+      if (!(err instanceof ChainExtensionError)) throw err;
+      throw new PeerVerificationError(err.leaf ? "bad-svid" : "untrusted", err.message, { cause: err });
+    }
+  };
   for (let depth = 0; depth < MAX_PEER_CHAIN_LENGTH; depth++) {
     const anchor = bundle.authorities.find((a) => issues(a.certificate, current));
     if (anchor) {
       checkValidity(anchor.certificate, `trust anchor of ${id.trustDomain}`, now);
+      checkPath(parseCertificate(new Uint8Array(anchor.certificate.raw), `trust anchor of ${id.trustDomain}`));
       return { spiffeId: id.id, trustDomain: id.trustDomain, path: id.path, notAfter: Date.parse(chain[0]!.validTo) };
     }
-    const next = chain.findIndex(
-      (c, i) =>
-        !used.has(i) && issues(c, current) && isSigningCertificate(parseCertificate(chainDer[i]!, "intermediate")),
-    );
+    const next = chain.findIndex((c, i) => !used.has(i) && issues(c, current) && isSigningCertificate(parsed[i]!));
     if (next === -1) break;
     used.add(next);
     current = chain[next] as NodeX509Certificate;
+    path.push(parsed[next] as X509Certificate);
     checkValidity(current, `intermediate ${next}`, now);
   }
   throw new PeerVerificationError("untrusted", `peer chain does not lead to the bundle of ${id.trustDomain}`);

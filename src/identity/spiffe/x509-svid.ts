@@ -3,6 +3,8 @@ import "reflect-metadata";
 import { X509Certificate as NodeX509Certificate, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import {
   BasicConstraintsExtension,
+  ExtendedKeyUsage,
+  ExtendedKeyUsageExtension,
   KeyUsageFlags,
   KeyUsagesExtension,
   SubjectAlternativeNameExtension,
@@ -15,6 +17,74 @@ import { derToPem, splitDerCertificates } from "./x509-encoding.js";
 /** A certificate or key that is not a valid X509-SVID; the message says which rule failed. */
 export class SvidError extends KernelError {
   override name = "SvidError";
+}
+
+/** A certificate of a peer's path breaks a chain rule; `leaf` says whether it is the SVID itself. */
+export class ChainExtensionError extends SvidError {
+  override name = "ChainExtensionError";
+  constructor(
+    message: string,
+    readonly leaf: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export type { X509Certificate };
+
+/**
+ * Extensions a certificate may mark critical. It is OpenSSL's list of handled extensions
+ * (X509_supported_extension) less those the kernel does not evaluate: name constraints, policy
+ * constraints and mappings, inhibitAnyPolicy, proxy and RFC 3779 extensions. A critical one of
+ * those refuses the chain here, which is stricter than OpenSSL, never laxer, so both ports (the
+ * gRPC port runs OpenSSL's checks and this one, the HTTP port this one only) refuse alike.
+ */
+const HANDLED_CRITICAL_EXTENSIONS: ReadonlySet<string> = new Set([
+  "2.5.29.15", // keyUsage
+  "2.5.29.17", // subjectAltName
+  "2.5.29.19", // basicConstraints
+  "2.5.29.31", // cRLDistributionPoints
+  "2.5.29.32", // certificatePolicies (any policy is accepted, as OpenSSL does without explicit-policy flags)
+  "2.5.29.37", // extKeyUsage
+]);
+
+const PURPOSE_EKU = { client: ExtendedKeyUsage.clientAuth, server: ExtendedKeyUsage.serverAuth } as const;
+
+/**
+ * The chain checks OpenSSL makes during a handshake (x509_vfy.c check_chain_extensions), for a
+ * path built leaf first up to (not including) `anchor`: no unhandled critical extension on any
+ * certificate, the extended key usage of the leaf and intermediates (when present) allows
+ * `purpose` (anyExtendedKeyUsage does not, as in OpenSSL), and no CA's pathLenConstraint is
+ * exceeded (RFC 5280 §4.2.1.9), the anchor's included. Throws ChainExtensionError.
+ */
+export function checkChainExtensions(
+  path: readonly X509Certificate[],
+  anchor: X509Certificate | undefined,
+  purpose: "client" | "server",
+): void {
+  const all = anchor ? [...path, anchor] : [...path];
+  all.forEach((cert, i) => {
+    const leaf = i === 0;
+    const what = leaf ? "leaf" : i === path.length ? "trust anchor" : `intermediate ${i}`;
+    for (const ext of cert.extensions) {
+      if (ext.critical && !HANDLED_CRITICAL_EXTENSIONS.has(ext.type))
+        throw new ChainExtensionError(`${what} has an unknown critical extension ${ext.type}`, leaf);
+    }
+    if (i < path.length) {
+      const eku = cert.getExtension(ExtendedKeyUsageExtension);
+      if (eku && !eku.usages.includes(PURPOSE_EKU[purpose]))
+        throw new ChainExtensionError(`${what} extended key usage does not allow ${purpose}Auth`, leaf);
+    }
+    if (!leaf) {
+      const pathLength = cert.getExtension(BasicConstraintsExtension)?.pathLength;
+      // Intermediates between this CA and the leaf (none is self-issued in an SVID path).
+      if (pathLength !== undefined && i - 1 > pathLength)
+        throw new ChainExtensionError(
+          `${what} allows ${pathLength} intermediates below it, the path has ${i - 1}`,
+          false,
+        );
+    }
+  });
 }
 
 /** A parsed and validated X509-SVID with its private key. */

@@ -3,7 +3,7 @@ import { createManualClock, systemClock } from "../../../src/common/clock.js";
 import { verifyPeer, PeerVerificationError, type PeerRejectReason } from "../../../src/identity/spiffe/verify-peer.js";
 import { createX509Bundle, createX509BundleSet } from "../../../src/identity/spiffe/x509-bundle.js";
 import { parseX509Svid, SvidError } from "../../../src/identity/spiffe/x509-svid.js";
-import { createTestCa, KeyUsageFlags, type TestCa } from "../../helpers/test-ca.js";
+import { createTestCa, ExtendedKeyUsage, KeyUsageFlags, unknownExtension, type TestCa } from "../../helpers/test-ca.js";
 
 const ID = "spiffe://nops.test/nops/tenant/acme/agent/a1";
 
@@ -123,4 +123,21 @@ test("x509 svid - rejects a key that does not match the leaf", async (t) => {
     message: /does not match/,
   });
   t.throws(() => parseX509Svid({ chain: a.chainDer, key: Uint8Array.from([1]) }), { instanceOf: SvidError });
+});
+
+test("verify peer - EKU is checked for the peer's role; path length and unknown critical extensions refuse", async (t) => {
+  const ca = await createTestCa("nops.test");
+  const bundles = bundlesOf(ca);
+  const clientOnly = await ca.issue({ spiffeId: ID, extKeyUsages: [ExtendedKeyUsage.clientAuth] });
+  t.is(verifyPeer(clientOnly.certificates, bundles, systemClock).spiffeId, ID);
+  await rejects(
+    t,
+    () => verifyPeer(clientOnly.certificates, bundles, systemClock, { role: "server" }),
+    "bad-svid",
+    /serverAuth/,
+  );
+  const odd = await ca.issue({ spiffeId: ID, extraExtensions: [unknownExtension(true)] });
+  await rejects(t, () => verifyPeer(odd.certificates, bundles, systemClock), "bad-svid", /unknown critical extension/);
+  const deep = await (await (await ca.intermediate({ pathLength: 0 })).intermediate()).issue({ spiffeId: ID });
+  await rejects(t, () => verifyPeer(deep.certificates, bundles, systemClock), "untrusted", /allows 0 intermediates/);
 });
