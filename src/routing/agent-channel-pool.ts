@@ -50,10 +50,26 @@ export function agentCallData(_path: string, message: unknown): unknown {
   return inv ? `${inv.capability}\n${inv.contentType}\n${bytesText(inv.payload)}` : message;
 }
 
-/** One channel per agent endpoint, reused by every call and closed when the endpoint goes away. */
+/** Why the pool refused a peer: its certificate did not carry the SPIFFE ID the agent registered with. */
+export interface PeerRejection {
+  /** The SPIFFE ID the agent must present. */
+  expected: string;
+  /** Why verification failed (the presented ID, an untrusted chain, ...). */
+  reason: string;
+}
+
+/**
+ * One channel per agent endpoint and expected SPIFFE ID, reused by every call and closed when the
+ * endpoint goes away.
+ */
 export interface AgentChannelPool {
-  /** The client of an endpoint ("host:port" or "grpc(s)://host:port"); throws EndpointError. */
-  get(endpoint: string): AgentClient;
+  /**
+   * The client of an endpoint ("host:port" or "grpc(s)://host:port") whose server must present
+   * `expectedId` on every connection (with mTLS credentials); throws EndpointError.
+   */
+  get(endpoint: string, expectedId?: string): AgentClient;
+  /** The last identity rejection of that channel, until a call on it succeeds. */
+  rejection(endpoint: string, expectedId?: string): PeerRejection | undefined;
   /** Keeps these endpoints' channels alive (they are still listed by the registry). */
   touch(endpoints: Iterable<string>): void;
   /** Closes an endpoint's channel now (agent deregistered). */
@@ -66,7 +82,13 @@ export interface AgentChannelPool {
 
 /** Dependencies of the pool; the lead wires the Egress Guard interceptor and SPIFFE mTLS credentials here. */
 export interface AgentChannelPoolDeps {
+  /** Credentials of channels with no expected SPIFFE ID (and of every channel without `credentialsFor`). */
   credentials: grpc.ChannelCredentials;
+  /**
+   * mTLS credentials accepting only a server that presents `expectedId`, checked on every
+   * handshake against the current trust bundles; `onReject` is told before a refused handshake fails.
+   */
+  credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
   interceptors?: grpc.Interceptor[];
   clock: Clock;
   logger: Logger;
@@ -87,15 +109,35 @@ export function grpcTarget(endpoint: string): string {
 
 /** Creates the pool. */
 export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: ChannelPoolOptions): AgentChannelPool {
-  const clients = new Map<string, { client: grpc.Client; api: AgentClient; lastSeen: number }>();
+  interface Entry {
+    client: grpc.Client;
+    api: AgentClient;
+    lastSeen: number;
+    target: string;
+    rejection?: PeerRejection;
+  }
+  // Keyed by target and expected id: two agents at one address with different identities never share a channel.
+  const clients = new Map<string, Entry>();
+  const keyOf = (target: string, expectedId: string | undefined) => `${target}\u0000${expectedId ?? ""}`;
   const channelOptions: grpc.ChannelOptions = {
     "grpc.initial_reconnect_backoff_ms": Math.min(200, options.maxReconnectBackoffMs),
     "grpc.max_reconnect_backoff_ms": options.maxReconnectBackoffMs,
     "grpc.enable_retries": 0, // the router retries; grpc-js transparent retries would bypass its budget
   };
 
-  function open(target: string): { client: grpc.Client; api: AgentClient } {
-    const client = new grpc.Client(target, deps.credentials, {
+  function open(target: string, expectedId: string | undefined): Entry {
+    const entry = { target, lastSeen: 0 } as Entry;
+    const credentials =
+      expectedId !== undefined && deps.credentialsFor
+        ? deps.credentialsFor(expectedId, (err) => {
+            entry.rejection = { expected: expectedId, reason: err.message };
+            deps.logger.warn(
+              { target, expected: expectedId, reason: err.message },
+              "agent endpoint failed its identity check",
+            );
+          })
+        : deps.credentials;
+    const client = new grpc.Client(target, credentials, {
       ...channelOptions,
       interceptors: deps.interceptors ?? [],
     });
@@ -113,7 +155,10 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
             (err, value) => {
               call.signal.removeEventListener("abort", cancel);
               if (err) reject(err);
-              else resolve(value!);
+              else {
+                delete entry.rejection;
+                resolve(value!);
+              }
             },
           );
           const cancel = (): void => c.cancel();
@@ -134,20 +179,23 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
         if (call.signal.aborted) c.cancel();
         else call.signal.addEventListener("abort", cancel, { once: true });
         c.on("close", () => call.signal.removeEventListener("abort", cancel));
+        c.once("metadata", () => delete entry.rejection);
         return c;
       },
     };
-    return { client, api };
+    entry.client = client;
+    entry.api = api;
+    return entry;
   }
 
   const sweep = deps.clock.setInterval(
     () => {
       const cutoff = deps.clock.now() - options.idleMs;
-      for (const [target, entry] of clients) {
+      for (const [key, entry] of clients) {
         if (entry.lastSeen < cutoff) {
-          deps.logger.debug({ target }, "closing idle agent channel");
+          deps.logger.debug({ target: entry.target }, "closing idle agent channel");
           entry.client.close();
-          clients.delete(target);
+          clients.delete(key);
         }
       }
     },
@@ -156,33 +204,45 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   sweep.unref();
 
   return {
-    get(endpoint) {
+    get(endpoint, expectedId) {
       const target = grpcTarget(endpoint);
-      let entry = clients.get(target);
+      const key = keyOf(target, expectedId);
+      let entry = clients.get(key);
       if (!entry) {
-        entry = { ...open(target), lastSeen: 0 };
-        clients.set(target, entry);
+        entry = open(target, expectedId);
+        clients.set(key, entry);
       }
       entry.lastSeen = deps.clock.now();
       return entry.api;
     },
+    rejection(endpoint, expectedId) {
+      try {
+        return clients.get(keyOf(grpcTarget(endpoint), expectedId))?.rejection;
+      } catch {
+        return undefined;
+      }
+    },
     touch(endpoints) {
       const now = deps.clock.now();
+      const targets = new Set<string>();
       for (const e of endpoints) {
         try {
-          const entry = clients.get(grpcTarget(e));
-          if (entry) entry.lastSeen = now;
+          targets.add(grpcTarget(e));
         } catch {
           // Unroutable endpoints never get a channel; nothing to keep alive.
         }
       }
+      for (const entry of clients.values()) if (targets.has(entry.target)) entry.lastSeen = now;
     },
     forget(endpoint) {
       const target = grpcTarget(endpoint);
-      clients.get(target)?.client.close();
-      clients.delete(target);
+      for (const [key, entry] of clients) {
+        if (entry.target !== target) continue;
+        entry.client.close();
+        clients.delete(key);
+      }
     },
-    endpoints: () => [...clients.keys()],
+    endpoints: () => [...new Set([...clients.values()].map((e) => e.target))],
     close() {
       deps.clock.clearInterval(sweep);
       for (const entry of clients.values()) entry.client.close();

@@ -90,7 +90,7 @@ test("api key invoke grants - stored with the key, listed, kept by rotation and 
 test("api key invoke grants - a malformed grant is INVALID_ARGUMENT naming it; none means none", async (t) => {
   const k = open(":memory:", randomBytes(32).toString("base64"));
   const err = ConnectError.from(
-    await t.throwsAsync(
+    await t.throwsAsync(async () =>
       k.service.createApiKey(
         create(CreateApiKeyRequestSchema, {
           tenant: "acme",
