@@ -138,6 +138,6 @@ for (const transport of BOTH) {
       [`agent/${keyed.agent!.id}`, `agent/${registered.agent!.id}`].sort(),
     );
     t.true(rows.every((r) => r.tenant === "acme"));
-    t.true(rows.every((r) => JSON.parse(r.details).endpoint === victim.agent.endpoint));
+    t.true(rows.every((r) => (JSON.parse(r.details) as { endpoint: string }).endpoint === victim.agent.endpoint));
   });
 }
