@@ -29,7 +29,10 @@ export interface RegistryServiceDeps {
   registry: Registry;
   actorOf: ActorResolver;
   clock: { now(): number };
-  /** The kernel's trust domain, for the SPIFFE ID an agent registered without an agent SVID must present. @default "nops.local" */
+  /**
+   * The kernel's trust domain, for the SPIFFE ID an agent registered without an agent SVID must
+   * present. @default "nops.local"
+   */
   trustDomain?: string;
 }
 

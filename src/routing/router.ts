@@ -85,7 +85,10 @@ export interface RouterDeps {
    * SPIFFE ID); without them (no TLS) the kernel cannot check who answers.
    */
   credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
-  /** The kernel's trust domain: agents with no recorded SPIFFE ID must present the scheme's agent id in it. @default "nops.local" */
+  /**
+   * The kernel's trust domain: agents with no recorded SPIFFE ID must present the scheme's agent id
+   * in it. @default "nops.local"
+   */
   trustDomain?: string;
   /** Where identity mismatches are recorded ("routing.identity_mismatch"). */
   audit?: AuditLog;

@@ -24,7 +24,10 @@ export class TlsMaterialError extends KernelError {
 export interface ClientTlsOptions {
   /** Accept only servers with one of these SPIFFE IDs. @default any ID that verifies */
   allowedIds?: readonly string[];
-  /** Told about every server that failed verification (wrong SPIFFE ID, untrusted chain), before the handshake fails. */
+  /**
+   * Told about every server that failed verification (wrong SPIFFE ID, untrusted chain), before
+   * the handshake fails.
+   */
   onReject?: (err: Error) => void;
 }
 
