@@ -9,7 +9,7 @@ import { ApiKeyService, Role } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { createAgent } from "../../packages/agent-sdk/src/index.js";
 import { createDevIdentity } from "../../packages/agent-sdk/src/identity.js";
-import { BOTH, startTestKernel, type TransportName } from "../helpers/kernel.js";
+import { BOTH, startTestKernel } from "../helpers/kernel.js";
 
 // Issue 16 item 2: an AGENT invokes only the capabilities its credential grants.
 
