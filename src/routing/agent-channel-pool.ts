@@ -70,6 +70,8 @@ export interface AgentChannelPool {
   get(endpoint: string, expectedId?: string): AgentClient;
   /** The last identity rejection of that channel, until a call on it succeeds. */
   rejection(endpoint: string, expectedId?: string): PeerRejection | undefined;
+  /** Closes that one channel now (its peer failed the identity check: stop reconnecting to it). */
+  drop(endpoint: string, expectedId?: string): void;
   /** Keeps these endpoints' channels alive (they are still listed by the registry). */
   touch(endpoints: Iterable<string>): void;
   /** Closes an endpoint's channel now (agent deregistered). */
@@ -221,6 +223,11 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
       } catch {
         return undefined;
       }
+    },
+    drop(endpoint, expectedId) {
+      const key = keyOf(grpcTarget(endpoint), expectedId);
+      clients.get(key)?.client.close();
+      clients.delete(key);
     },
     touch(endpoints) {
       const now = deps.clock.now();

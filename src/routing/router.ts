@@ -330,6 +330,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         // retried on this agent; another agent offering the capability may still answer.
         end({ ok: false, latencyMs: performance.now() - started });
         attemptsCounter.add(1, { outcome: "identity_mismatch" });
+        pool.drop(agent.endpoint, expectedId);
         throw new AttemptFailureError({ error: bar(agent, rejection, correlationId), delivered: false });
       }
       const failure = classify(e);
