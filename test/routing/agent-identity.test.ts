@@ -1,7 +1,6 @@
 import test from "ava";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import * as grpc from "@grpc/grpc-js";
 import { createNoopMeter } from "@opentelemetry/api";
 import { AgentSchema, type Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { systemClock } from "../../src/common/clock.js";
