@@ -116,11 +116,22 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
     api: AgentClient;
     lastSeen: number;
     target: string;
+    expectedId: string | undefined;
     rejection?: PeerRejection;
   }
-  // Keyed by target and expected id: two agents at one address with different identities never share a channel.
-  const clients = new Map<string, Entry>();
-  const keyOf = (target: string, expectedId: string | undefined) => `${target}\u0000${expectedId ?? ""}`;
+  // By target, then expected id: two agents at one address with different identities never share
+  // a channel, and touch/forget stay proportional to the endpoints they name.
+  const byTarget = new Map<string, Map<string, Entry>>();
+  const entryOf = (target: string, expectedId: string | undefined): Entry | undefined =>
+    byTarget.get(target)?.get(expectedId ?? "");
+  const remove = (target: string, expectedId: string | undefined): void => {
+    const channels = byTarget.get(target);
+    const entry = channels?.get(expectedId ?? "");
+    if (!channels || !entry) return;
+    entry.client.close();
+    channels.delete(expectedId ?? "");
+    if (channels.size === 0) byTarget.delete(target);
+  };
   const channelOptions: grpc.ChannelOptions = {
     "grpc.initial_reconnect_backoff_ms": Math.min(200, options.maxReconnectBackoffMs),
     "grpc.max_reconnect_backoff_ms": options.maxReconnectBackoffMs,
@@ -128,7 +139,7 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   };
 
   function open(target: string, expectedId: string | undefined): Entry {
-    const entry = { target, lastSeen: 0 } as Entry;
+    const entry = { target, expectedId, lastSeen: 0 } as Entry;
     const credentials =
       expectedId !== undefined && deps.credentialsFor
         ? deps.credentialsFor(expectedId, (err) => {
@@ -193,11 +204,11 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   const sweep = deps.clock.setInterval(
     () => {
       const cutoff = deps.clock.now() - options.idleMs;
-      for (const [key, entry] of clients) {
-        if (entry.lastSeen < cutoff) {
+      for (const channels of [...byTarget.values()]) {
+        for (const entry of [...channels.values()]) {
+          if (entry.lastSeen >= cutoff) continue;
           deps.logger.debug({ target: entry.target }, "closing idle agent channel");
-          entry.client.close();
-          clients.delete(key);
+          remove(entry.target, entry.expectedId);
         }
       }
     },
@@ -208,52 +219,47 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   return {
     get(endpoint, expectedId) {
       const target = grpcTarget(endpoint);
-      const key = keyOf(target, expectedId);
-      let entry = clients.get(key);
+      let entry = entryOf(target, expectedId);
       if (!entry) {
         entry = open(target, expectedId);
-        clients.set(key, entry);
+        let channels = byTarget.get(target);
+        if (!channels) byTarget.set(target, (channels = new Map<string, Entry>()));
+        channels.set(expectedId ?? "", entry);
       }
       entry.lastSeen = deps.clock.now();
       return entry.api;
     },
     rejection(endpoint, expectedId) {
       try {
-        return clients.get(keyOf(grpcTarget(endpoint), expectedId))?.rejection;
+        return entryOf(grpcTarget(endpoint), expectedId)?.rejection;
       } catch {
         return undefined;
       }
     },
     drop(endpoint, expectedId) {
-      const key = keyOf(grpcTarget(endpoint), expectedId);
-      clients.get(key)?.client.close();
-      clients.delete(key);
+      remove(grpcTarget(endpoint), expectedId);
     },
     touch(endpoints) {
       const now = deps.clock.now();
-      const targets = new Set<string>();
       for (const e of endpoints) {
+        let target: string;
         try {
-          targets.add(grpcTarget(e));
+          target = grpcTarget(e);
         } catch {
-          // Unroutable endpoints never get a channel; nothing to keep alive.
+          continue; // Unroutable endpoints never get a channel; nothing to keep alive.
         }
+        for (const entry of byTarget.get(target)?.values() ?? []) entry.lastSeen = now;
       }
-      for (const entry of clients.values()) if (targets.has(entry.target)) entry.lastSeen = now;
     },
     forget(endpoint) {
       const target = grpcTarget(endpoint);
-      for (const [key, entry] of clients) {
-        if (entry.target !== target) continue;
-        entry.client.close();
-        clients.delete(key);
-      }
+      for (const entry of [...(byTarget.get(target)?.values() ?? [])]) remove(target, entry.expectedId);
     },
-    endpoints: () => [...new Set([...clients.values()].map((e) => e.target))],
+    endpoints: () => [...byTarget.keys()],
     close() {
       deps.clock.clearInterval(sweep);
-      for (const entry of clients.values()) entry.client.close();
-      clients.clear();
+      for (const channels of byTarget.values()) for (const entry of channels.values()) entry.client.close();
+      byTarget.clear();
     },
   };
 }
