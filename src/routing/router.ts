@@ -105,6 +105,8 @@ interface AttemptFailure {
   error: ConnectError;
   /** The request may have reached the agent (so only idempotent requests may be retried). */
   delivered: boolean;
+  /** The agent's endpoint failed its identity check: never pick it again for this call. */
+  impostor?: boolean;
 }
 
 // grpc-js reports a call that never got a transport (connection refused, nothing to pick) as
@@ -207,15 +209,23 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     description: "Agent endpoints that did not present the SPIFFE ID their agent registered with",
   });
   const trustDomain = deps.trustDomain ?? "nops.local";
-  // Agents whose endpoint failed its identity check, by id -> the revision that failed: an update
-  // or re-registration (new revision) lets the agent be tried again.
-  const barred = new Map<string, bigint>();
+  // Agents whose endpoint failed its identity check, by id: the revision that failed and until
+  // when. An update or re-registration (new revision), or the end of the hold, lets the agent be
+  // tried again with a fresh handshake.
+  const barred = new Map<string, { revision: bigint; until: number }>();
+  const isBarred = (agent: Agent): boolean => {
+    const b = barred.get(agent.id);
+    return b !== undefined && b.revision === agent.revision && b.until > deps.clock.now();
+  };
   const expectedIdOf = (agent: Agent): string =>
     agent.spiffeId || `spiffe://${trustDomain}/nops/tenant/${agent.tenant}/agent/${agent.name}`;
 
   function bar(agent: Agent, rejection: PeerRejection, correlationId: string | undefined): ConnectError {
-    if (barred.get(agent.id) !== agent.revision) {
-      barred.set(agent.id, agent.revision);
+    if (!isBarred(agent)) {
+      barred.set(agent.id, {
+        revision: agent.revision,
+        until: deps.clock.now() + options.circuitBreaker.identityMismatchHoldMs,
+      });
       mismatchCounter.add(1);
       log.warn(
         { agentId: agent.id, endpoint: agent.endpoint, expected: rejection.expected, reason: rejection.reason },
@@ -248,7 +258,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       clock: deps.clock,
       random,
       onListed: (agents) => pool.touch(agents.map((a) => a.endpoint)),
-      isBarred: (agent) => barred.get(agent.id) === agent.revision,
+      isBarred,
     },
     options,
   );
@@ -331,7 +341,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         end({ ok: false, latencyMs: performance.now() - started });
         attemptsCounter.add(1, { outcome: "identity_mismatch" });
         pool.drop(agent.endpoint, expectedId);
-        throw new AttemptFailureError({ error: bar(agent, rejection, correlationId), delivered: false });
+        throw new AttemptFailureError({
+          error: bar(agent, rejection, correlationId),
+          delivered: false,
+          impostor: true,
+        });
       }
       const failure = classify(e);
       // A call we cancelled ourselves (hedge lost, caller left) says nothing about the agent.
@@ -355,6 +369,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     const deadlineAt = deps.clock.now() + (p.timeoutMs ?? options.timeouts.defaultDeadlineMs);
     const idempotent = p.idempotent || idempotentCaps.has(p.capability);
     const tried = new Set<string>();
+    // Unlike `tried` (a preference), these are never picked again in this call.
+    const impostors: string[] = [];
     budget.recordRequest();
     let attempts = 0;
     let delivered = 0;
@@ -365,7 +381,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       if (deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) {
         throw last?.error ?? deadlineExceeded("deadline exceeded before an agent could be called");
       }
-      const sel = selector.select(p.tenant, p.capability, p.constraints, tried);
+      const constraints =
+        impostors.length === 0
+          ? p.constraints
+          : { ...p.constraints, excludeAgentIds: [...(p.constraints.excludeAgentIds ?? []), ...impostors] };
+      const sel = selector.select(p.tenant, p.capability, constraints, tried);
       if (!sel) throw last?.error ?? unavailable(`no live agent offers capability "${p.capability}"`);
       attempts++;
       try {
@@ -374,6 +394,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         const failure = classify(e);
         last = failure;
         tried.add(sel.agent.id);
+        if (failure.impostor) impostors.push(sel.agent.id);
         if (p.signal.aborted) throw callerGone(p.signal);
         if (!failure.delivered) {
           if (reroutes++ >= options.retry.maxReroutes) throw failure.error;

@@ -6,7 +6,7 @@ import { AgentSchema, type Agent } from "../../gen/nops/kernel/v1/agent_registry
 import { systemClock } from "../../src/common/clock.js";
 import { createTlsMaterial } from "../../src/identity/spiffe/tls-material.js";
 import { createRouter, type InvokeParams } from "../../src/routing/router.js";
-import { resolveRoutingOptions } from "../../src/routing/routing-options.js";
+import { resolveRoutingOptions, type RoutingOptionsInput } from "../../src/routing/routing-options.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createTestCa } from "../helpers/test-ca.js";
 import { contextOf, createStaticSource } from "../identity/spiffe/support.js";
@@ -32,7 +32,7 @@ function params(): InvokeParams {
   };
 }
 
-async function setup(t: { teardown(fn: () => unknown): void }) {
+async function setup(t: { teardown(fn: () => unknown): void }, routing: RoutingOptionsInput = {}) {
   const ca = await createTestCa(TD);
   const svid = (spiffeId: string) => ca.issue({ spiffeId, ipAddresses: ["127.0.0.1"], dnsNames: ["localhost"] });
   // The agent's server identity, swapped by the test (rotation or impersonation).
@@ -59,7 +59,7 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
       logger,
       meter: createNoopMeter(),
     },
-    resolveRoutingOptions({}),
+    resolveRoutingOptions(routing),
   );
   t.teardown(async () => {
     router.close();
@@ -112,5 +112,20 @@ test("router - an agent with no recorded SPIFFE ID is held to the id scheme in t
   s.agents.agents[0] = create(AgentSchema, { ...s.record(2n, ""), name: "a2" });
   const err = ConnectError.from(await t.throwsAsync(s.router.invoke(params())));
   t.regex(err.rawMessage, /did not present spiffe:\/\/nops\.test\/nops\/tenant\/t1\/agent\/a2/);
+  t.is(s.agent.stats.calls, 1);
+});
+
+test("router - the identity bar ends after identityMismatchHoldMs: one fresh handshake, refused and audited again", async (t) => {
+  const s = await setup(t, { circuitBreaker: { identityMismatchHoldMs: 1 } });
+  s.agentSource.set(contextOf(await s.svid(OTHER), [s.ca]));
+  for (let i = 0; i < 2; i++) {
+    await t.throwsAsync(s.router.invoke(params()));
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  t.is(auditRows(s.db).filter((r) => r.action === "routing.identity_mismatch").length, 2);
+  t.is(s.agent.stats.calls, 0);
+  // A genuine agent whose identity verifies again is called once the hold has passed.
+  s.agentSource.set(contextOf(await s.svid(A1), [s.ca]));
+  await s.router.invoke(params());
   t.is(s.agent.stats.calls, 1);
 });
