@@ -1,7 +1,7 @@
 import { type AuditLog, createDenialAuditor, type DenialAuditor } from "../audit/index.js";
 import { type Clock, permissionDenied, unauthenticated } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
-import { kPrincipal, type Principal } from "../identity/index.js";
+import { kPrincipal, mayInvoke, type Principal } from "../identity/index.js";
 import { methodPath, type CallRequest, type KernelInterceptor, createMethodMatcher } from "../server/index.js";
 import type { AuthzOptions } from "./authz-options.js";
 import { createAuthorizer, type Authorizer } from "./authorizer.js";
@@ -28,6 +28,23 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
   const isPublic = createMethodMatcher(options.publicMethods);
   const extract = createTenantExtractor();
   const denials = createDenialAuditor(deps);
+  const isInvoke = createMethodMatcher(options.invokeMethods);
+  // Invoke grants: an AGENT reaches only the capabilities its credential names.
+  const checkInvoke = (call: CallRequest, principal: Principal, message: unknown): void => {
+    const capability = (message as { capability?: unknown }).capability;
+    if (typeof capability !== "string" || mayInvoke(principal, capability)) return;
+    denials(call, {
+      actor: principal.id,
+      action: "authz.deny",
+      tenant: extractTenant(call, message, principal),
+      reason: `no invoke grant for capability ${JSON.stringify(capability.slice(0, 128))}`,
+    });
+    throw permissionDenied(
+      `permission denied: no invoke grant for capability ${JSON.stringify(capability.slice(0, 128))}`,
+    );
+  };
+  const extractTenant = (call: CallRequest, message: unknown, principal: Principal): string =>
+    extract(call.method.input, message).tenants[0] ?? principal.tenant ?? "";
   return (next) => async (call) => {
     const path = methodPath(call.method);
     if (isPublic(path)) return next(call);
@@ -40,6 +57,7 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
     const kind = call.method.methodKind;
     if (kind === "unary" || kind === "server_streaming") {
       check(authorizer, denials, call, principal, path, extract(call.method.input, call.input));
+      if (isInvoke(path)) checkInvoke(call, principal, call.input);
       return next(call);
     }
     // Client and bidi streams: the method itself is checked up front for the principal's own
@@ -50,7 +68,8 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
     };
     check(authorizer, denials, call, principal, path, own);
     const input = call.input as AsyncIterable<unknown>;
-    return next({ ...call, input: checkEach(authorizer, denials, call, principal, path, input, extract) });
+    const invoke = isInvoke(path) ? checkInvoke : undefined;
+    return next({ ...call, input: checkEach(authorizer, denials, call, principal, path, input, extract, invoke) });
   };
 }
 
@@ -81,9 +100,11 @@ async function* checkEach(
   path: string,
   input: AsyncIterable<unknown>,
   extract: TenantExtractor,
+  checkInvoke?: (call: CallRequest, principal: Principal, message: unknown) => void,
 ): AsyncIterable<unknown> {
   for await (const message of input) {
     check(authorizer, denials, call, principal, path, extract(call.method.input, message));
+    checkInvoke?.(call, principal, message);
     yield message;
   }
 }

@@ -47,7 +47,20 @@ export interface AuthzOptions {
    * interceptor's allowAnonymous). @default false
    */
   allowAnonymous: boolean;
+  /**
+   * Methods that reach an agent by capability: the request's top-level `capability` field must
+   * be covered by the principal's invoke grants when the principal is an AGENT (docs/identity.md).
+   * @default DEFAULT_INVOKE_METHODS
+   */
+  invokeMethods: string[];
 }
+
+/** The kernel's methods that reach an agent by the request's `capability`. */
+export const DEFAULT_INVOKE_METHODS: readonly string[] = [
+  "/nops.kernel.v1.RoutingService/Route",
+  "/nops.kernel.v1.RoutingService/Invoke",
+  "/nops.kernel.v1.RoutingService/InvokeStream",
+];
 
 /** Kernel methods and the scope each requires. */
 export const DEFAULT_METHOD_SCOPES: Readonly<Record<string, string>> = {
@@ -101,6 +114,7 @@ export const DEFAULT_AUTHZ_OPTIONS: Readonly<AuthzOptions> = {
   rules: [],
   publicMethods: [...DEFAULT_PUBLIC_METHODS],
   allowAnonymous: false,
+  invokeMethods: [...DEFAULT_INVOKE_METHODS],
 };
 
 function checkGrants(scopes: string[], field: string): string[] {
@@ -160,5 +174,7 @@ export function resolveAuthzOptions(input: unknown, path = "authz"): AuthzOption
   const publicMethods = readStringList(o, "publicMethods", path, DEFAULT_AUTHZ_OPTIONS.publicMethods, POLICY_LIST);
   publicMethods.forEach((m, i) => checkMethodPattern(m, `${path}.publicMethods[${i}]`));
   const allowAnonymous = readBool(o, "allowAnonymous", path, DEFAULT_AUTHZ_OPTIONS.allowAnonymous);
-  return { methodScopes, roleScopes, rules, publicMethods, allowAnonymous };
+  const invokeMethods = readStringList(o, "invokeMethods", path, DEFAULT_AUTHZ_OPTIONS.invokeMethods, POLICY_LIST);
+  invokeMethods.forEach((m, i) => checkMethodPattern(m, `${path}.invokeMethods[${i}]`));
+  return { methodScopes, roleScopes, rules, publicMethods, allowAnonymous, invokeMethods };
 }

@@ -12,3 +12,11 @@ export { createRequestSigningInterceptor } from "./request-signing/request-signi
 export { resolveRequestSigningOptions, type RequestSigningOptions } from "./request-signing/request-signing-options.js";
 export { grantAllows, parseRequiredScope, parseScopeGrant, type RequiredScope, type ScopeGrant } from "./scope.js";
 export { resolveSpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
+export {
+  INVOKE_GRANT_PROBLEM,
+  invokeGrantAllows,
+  invokeGrantCovers,
+  invokeRestricted,
+  isInvokeGrant,
+  mayInvoke,
+} from "./invoke-grant.js";

@@ -10,6 +10,7 @@ import type { KernelInterceptor } from "../server/index.js";
 import { createAuthnInterceptor, type AuthnOptions } from "./authn-interceptor.js";
 import { createSpiffePrincipalMapper, type SpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
 import { createJwtVerifier, type JwtVerifierOptions } from "./jwt/jwt-verifier.js";
+import { resolveJwtInvokeOptions, withJwtInvokeGrants, type JwtInvokeOptions } from "./jwt-invoke-grants.js";
 import {
   createApiKeyStore,
   resolveApiKeyOptions,
@@ -56,6 +57,8 @@ export interface IdentityOptions {
   spiffe: SpiffePrincipalOptions;
   /** JWT bearer tokens; accepted only when this section is configured. */
   jwt?: JwtVerifierOptions;
+  /** Invoke grants of JWT principals (the `invokeClaim` / `issuerInvoke` fields of `identity.jwt`). */
+  jwtInvoke?: JwtInvokeOptions;
 }
 
 /** The parts of the kernel's options the identity wiring reads. */
@@ -188,7 +191,11 @@ export async function createKernelIdentity(
       verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
       spiffePrincipals: createSpiffePrincipalMapper(identity.spiffe),
       jwt:
-        identity.jwt && createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
+        identity.jwt &&
+        withJwtInvokeGrants(
+          createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
+          identity.jwtInvoke ?? resolveJwtInvokeOptions({}, identity.jwt.issuer),
+        ),
       apiKeys,
       audit: deps.audit,
       clock: deps.clock,

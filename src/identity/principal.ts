@@ -29,6 +29,12 @@ export interface Principal {
    * compares it with the agent's name.
    */
   readonly agentId?: string;
+  /**
+   * Invoke grants: the capabilities an AGENT principal may invoke ("*", a capability name, or a
+   * "prefix.*" / "prefix/*" pattern; see invoke-grant.ts). Undefined or empty: none. Operators and
+   * admins are not restricted by it. From the API key, the SPIFFE rule or the JWT (capped by its issuer).
+   */
+  readonly invoke?: readonly string[];
 }
 
 /** Per-request value: the authenticated caller, or undefined (public method, anonymous port). */

@@ -11,6 +11,7 @@ import {
 import { parseSpiffeId, parseTrustDomain } from "./spiffe/spiffe-id.js";
 import { readRoles, type Principal, type Role } from "./principal.js";
 import { parseScopeGrant } from "./scope.js";
+import { INVOKE_GRANT_PROBLEM, isInvokeGrant } from "./invoke-grant.js";
 import { createSpiffeMatcher, type SpiffeAuthorizer, type SpiffeMatch } from "./spiffe/spiffe-authorizer.js";
 
 /** Maps the SPIFFE ids a rule matches to roles, scopes and a tenant. */
@@ -21,6 +22,11 @@ export interface SpiffePrincipalRule {
   scopes?: string[];
   /** Capabilities for attribute rules. @default [] */
   capabilities?: string[];
+  /**
+   * Invoke grants of the ids the rule matches (Principal.invoke): "*", capability names, or
+   * "prefix.*" / "prefix/*". They restrict AGENT principals only. @default [] (no capability)
+   */
+  invoke?: string[];
   /** A fixed tenant for every id the rule matches. */
   tenant?: string;
   /**
@@ -49,18 +55,30 @@ export const DEFAULT_TRUST_DOMAIN = "nops.local";
 
 /**
  * Admins are SUPER_ADMIN (so the dev client SVID spiffe://nops.local/nops/admin/developer is);
- * agents (/nops/tenant/<t>/agent/<name>) are AGENT in their tenant, bound to their name;
+ * agents (/nops/tenant/<t>/agent/<name>) are AGENT in their tenant, bound to their name, and may
+ * invoke every capability of their tenant ("*": narrow it with a rule per agent id before this one);
  * operators (/nops/tenant/<t>/operator/<name>) are OPERATOR in their tenant.
  */
 export const DEFAULT_SPIFFE_RULES: readonly SpiffePrincipalRule[] = [
   { match: { pathPrefix: "/nops/admin" }, roles: ["SUPER_ADMIN"] },
-  { match: { pathPrefix: "/nops/tenant" }, roles: ["AGENT"], tenantFromPath: true, agentFromPath: true },
+  {
+    match: { pathPrefix: "/nops/tenant" },
+    roles: ["AGENT"],
+    tenantFromPath: true,
+    agentFromPath: true,
+    invoke: ["*"],
+  },
 ];
 
 /** Defaults for SpiffePrincipalOptions. */
 export const DEFAULT_SPIFFE_PRINCIPAL_OPTIONS: Readonly<SpiffePrincipalOptions> = {
   trustDomain: DEFAULT_TRUST_DOMAIN,
-  rules: DEFAULT_SPIFFE_RULES.map((r) => ({ ...r, match: { ...r.match }, roles: [...r.roles] })),
+  rules: DEFAULT_SPIFFE_RULES.map((r) => ({
+    ...r,
+    match: { ...r.match },
+    roles: [...r.roles],
+    ...(r.invoke ? { invoke: [...r.invoke] } : {}),
+  })),
 };
 
 /** Turns a verified SPIFFE id into a principal. */
@@ -92,6 +110,11 @@ function resolveRule(input: unknown, path: string, trustDomain: string): SpiffeP
   if (scopes) rule.scopes = scopes;
   const capabilities = readOptionalStringList(r, "capabilities", path, POLICY_LIST);
   if (capabilities) rule.capabilities = capabilities;
+  const invoke = readOptionalStringList(r, "invoke", path, POLICY_LIST);
+  invoke?.forEach((g, i) => {
+    if (!isInvokeGrant(g)) throw new ConfigError(`${path}.invoke[${i}] ${INVOKE_GRANT_PROBLEM}: ${JSON.stringify(g)}`);
+  });
+  if (invoke) rule.invoke = invoke;
   const tenant = readOptionalString(r, "tenant", path, { nonEmpty: true });
   if (tenant !== undefined && !TENANT_PATTERN.test(tenant)) throw new ConfigError(`${path}.tenant is not a tenant id`);
   const fromPath = readBool(r, "tenantFromPath", path, false);
@@ -162,6 +185,7 @@ export function createSpiffePrincipalMapper(
             roles: rule.roles,
             scopes: rule.scopes ?? [],
             capabilities: rule.capabilities ?? [],
+            invoke: rule.invoke ?? [],
             agentId: agent,
           };
         // Only a tenant's operator id gets a wider role; any other shape gets nothing.
@@ -182,6 +206,7 @@ export function createSpiffePrincipalMapper(
         roles: rule.roles,
         scopes: rule.scopes ?? [],
         capabilities: rule.capabilities ?? [],
+        invoke: rule.invoke ?? [],
       };
     }
     return { kind: "spiffe", id: id.id, tenant: undefined, roles: [], scopes: [], capabilities: [] };

@@ -5,6 +5,7 @@ import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interc
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
 import { resolveSpiffePrincipalOptions } from "../identity/spiffe-principal-mapper.js";
 import { resolveJwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
+import { resolveJwtInvokeOptions } from "../identity/jwt-invoke-grants.js";
 import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
 import { resolveRoutingServiceOptions, type RoutingServiceOptions } from "../routing/routing-service.js";
 import { resolveRateLimitOptions, type RateLimitOptions } from "../ratelimit/rate-limit-options.js";
@@ -236,6 +237,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     spiffe: resolveSpiffePrincipalOptions({ trustDomain, ...(id.spiffe as object | undefined) }, "identity.spiffe"),
     jwt: id.jwt === undefined ? undefined : resolveJwtVerifierOptions(id.jwt, "identity.jwt"),
   };
+  if (identity.jwt) identity.jwtInvoke = resolveJwtInvokeOptions(id.jwt, identity.jwt.issuer, "identity.jwt");
   const databasePath = readString(s, "databasePath", "", d.databasePath);
   return {
     edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),

@@ -360,6 +360,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       {
         agents: registry,
         credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
+        // Every agent channel accepts only the SPIFFE ID its agent registered with (docs/routing.md).
+        credentialsFor:
+          tls && ((expectedId, onReject) => tls.grpcChannelCredentials({ allowedIds: [expectedId], onReject })),
+        trustDomain: options.identity.spiffe.trustDomain,
+        audit,
         interceptors: [createGrpcEgressInterceptor(guard, "agent", agentCallData)],
         clock,
         logger,
@@ -446,7 +451,13 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     ];
     const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
     const services: BoundService[] = [
-      bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
+      bind(
+        AgentRegistryService,
+        createRegistryService(
+          { registry, actorOf, clock, trustDomain: options.identity.spiffe.trustDomain },
+          options.registry,
+        ),
+      ),
       bind(
         ApiKeyService,
         createApiKeyService({

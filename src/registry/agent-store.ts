@@ -12,6 +12,8 @@ export interface AgentRow {
   registeredAt: number;
   heartbeatAt: number;
   revision: number;
+  /** The SPIFFE ID the endpoint must present (agent_identities); "" when none was recorded. */
+  spiffeId: string;
 }
 
 /** Load as stored. */
@@ -63,13 +65,14 @@ interface DbAgent {
   latency_p99_ms: number;
   error_rate: number;
   reported_at: number | null;
+  spiffe_id: string | null;
 }
 
 /** Creates the agent store over the `agents` and `agent_load` tables, with prepared statements. */
 export function createAgentStore(db: Db): AgentStore {
   const all = db.prepare<[], DbAgent>(
-    `SELECT a.*, l.in_flight, l.cpu, l.latency_p50_ms, l.latency_p99_ms, l.error_rate, l.reported_at
-     FROM agents a LEFT JOIN agent_load l ON l.agent_id = a.id`,
+    `SELECT a.*, l.in_flight, l.cpu, l.latency_p50_ms, l.latency_p99_ms, l.error_rate, l.reported_at, i.spiffe_id
+     FROM agents a LEFT JOIN agent_load l ON l.agent_id = a.id LEFT JOIN agent_identities i ON i.agent_id = a.id`,
   );
   const insert = db.prepare(
     `INSERT INTO agents (id, tenant, name, version, endpoint, capabilities, labels, registered_at, heartbeat_at, revision)
@@ -78,6 +81,10 @@ export function createAgentStore(db: Db): AgentStore {
   const update = db.prepare(
     `UPDATE agents SET name = @name, version = @version, endpoint = @endpoint, capabilities = @capabilities,
      labels = @labels, heartbeat_at = @heartbeatAt, revision = @revision WHERE id = @id`,
+  );
+  const upsertIdentity = db.prepare(
+    `INSERT INTO agent_identities (agent_id, spiffe_id) VALUES (?, ?)
+     ON CONFLICT(agent_id) DO UPDATE SET spiffe_id = excluded.spiffe_id`,
   );
   const del = db.prepare("DELETE FROM agents WHERE id = ?");
   const touch = db.prepare("UPDATE agents SET heartbeat_at = ? WHERE id = ?");
@@ -96,7 +103,7 @@ export function createAgentStore(db: Db): AgentStore {
     `INSERT INTO agent_idempotency (tenant, idempotency_key, agent_id, content_hash, created_at)
      VALUES (@tenant, @key, @agentId, @contentHash, @createdAt)`,
   );
-  const params = (a: AgentRow) => ({
+  const params = ({ spiffeId: _spiffeId, ...a }: AgentRow) => ({
     ...a,
     capabilities: JSON.stringify(a.capabilities),
     labels: JSON.stringify(a.labels),
@@ -115,6 +122,7 @@ export function createAgentStore(db: Db): AgentStore {
           registeredAt: r.registered_at,
           heartbeatAt: r.heartbeat_at,
           revision: r.revision,
+          spiffeId: r.spiffe_id ?? "",
         },
         load:
           r.reported_at === null
@@ -128,8 +136,14 @@ export function createAgentStore(db: Db): AgentStore {
                 reportedAt: r.reported_at,
               },
       })),
-    insert: (a) => void insert.run(params(a)),
-    update: (a) => void update.run(params(a)),
+    insert: (a) => {
+      insert.run(params(a));
+      if (a.spiffeId) upsertIdentity.run(a.id, a.spiffeId);
+    },
+    update: (a) => {
+      update.run(params(a));
+      if (a.spiffeId) upsertIdentity.run(a.id, a.spiffeId);
+    },
     delete: (id) => del.run(id).changes > 0,
     touch: (id, heartbeatAt, load) => {
       touch.run(heartbeatAt, id);

@@ -1,6 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { kPrincipal } from "../identity/index.js";
+import { kPrincipal, type Principal } from "../identity/index.js";
 import { permissionDenied } from "../common/index.js";
 import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -29,6 +29,28 @@ export interface RegistryServiceDeps {
   registry: Registry;
   actorOf: ActorResolver;
   clock: { now(): number };
+  /**
+   * The kernel's trust domain, for the SPIFFE ID an agent registered without an agent SVID must
+   * present. @default "nops.local"
+   */
+  trustDomain?: string;
+}
+
+/**
+ * The SPIFFE ID the kernel will require of an agent's endpoint (docs/routing.md): the caller's own
+ * SVID when an agent SVID registers itself; otherwise (API key, JWT, an operator's or admin's SVID)
+ * the ID scheme's agent id in this kernel's trust domain,
+ * spiffe://<td>/nops/tenant/<tenant>/agent/<name>, so no tenant can point the kernel at a workload
+ * of another tenant.
+ */
+export function expectedAgentSpiffeId(
+  principal: Principal | undefined,
+  trustDomain: string,
+  tenant: string,
+  name: string,
+): string {
+  if (principal?.kind === "spiffe" && principal.agentId === name && principal.tenant === tenant) return principal.id;
+  return `spiffe://${trustDomain}/nops/tenant/${tenant}/agent/${name}`;
 }
 
 const MAX_PAGE = 1000;
@@ -90,6 +112,9 @@ export function createRegistryService(
   options: RegistryOptions,
 ): ServiceImpl<typeof AgentRegistryService> {
   const { registry } = deps;
+  const trustDomain = deps.trustDomain ?? "nops.local";
+  const spiffeIdFor = (ctx: HandlerContext, tenant: string, name: string): string =>
+    expectedAgentSpiffeId(ctx.values.get(kPrincipal), trustDomain, tenant, name);
   const actor = (ctx: HandlerContext): Actor => ({
     id: deps.actorOf(ctx),
     correlationId: ctx.values.get(kCorrelationId),
@@ -123,6 +148,7 @@ export function createRegistryService(
       checkFields("", fields);
       checkSize("", fields);
       checkSelf(boundAgentOf(ctx), { id: "", name: fields.name });
+      fields.spiffeId = spiffeIdFor(ctx, req.tenant, fields.name);
       if (req.idempotencyKey === "") return { agent: registry.register(req.tenant, fields, actor(ctx)) };
       checkIdempotencyKey("idempotency_key", req.idempotencyKey);
       return registry.registerIdempotent(req.tenant, fields, req.idempotencyKey, actor(ctx));
@@ -190,6 +216,9 @@ export function createRegistryService(
       checkSize("agent.", merged);
       if (bound !== undefined && merged.name !== current.name)
         throw permissionDenied("permission denied: an agent may not rename itself");
+      // A new endpoint or name is bound anew to who asked for it, as at registration.
+      if (paths.includes("endpoint") || paths.includes("name"))
+        merged.spiffeId = spiffeIdFor(ctx, a.tenant, merged.name);
       return { agent: registry.update(a.tenant, a.id, merged, [...new Set(paths)] as UpdatableField[], actor(ctx)) };
     },
 

@@ -30,7 +30,10 @@ export interface Actor {
 }
 
 /** Fields a registration or update carries. */
-export type AgentFields = Pick<AgentRow, "name" | "version" | "endpoint" | "capabilities" | "labels">;
+export type AgentFields = Pick<AgentRow, "name" | "version" | "endpoint" | "capabilities" | "labels"> & {
+  /** The SPIFFE ID the endpoint must present; set by the service from the caller, never by the request. */
+  spiffeId?: string;
+};
 
 /** Fields UpdateAgent may change. */
 export const UPDATABLE_FIELDS = ["name", "version", "endpoint", "capabilities", "labels"] as const;
@@ -192,6 +195,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       heartbeatAt: timestampFromMs(e.row.heartbeatAt),
       load: e.load ? create(AgentLoadSchema, e.load) : undefined,
       revision: BigInt(e.row.revision),
+      spiffeId: e.row.spiffeId,
     }));
 
   const offers = (e: Entry, capability: string) =>
@@ -311,7 +315,15 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
     idem: { key: string; contentHash: string } | undefined,
   ): Agent => {
     const now = clock.now();
-    const row: AgentRow = { id: randomUUID(), tenant, ...fields, registeredAt: now, heartbeatAt: now, revision: 1 };
+    const row: AgentRow = {
+      id: randomUUID(),
+      tenant,
+      ...fields,
+      spiffeId: fields.spiffeId ?? "",
+      registeredAt: now,
+      heartbeatAt: now,
+      revision: 1,
+    };
     const entry: Entry = { row, status: AgentStatus.HEALTHY, idem };
     const agent = toProto(entry);
     tx.transaction(() => {
@@ -390,6 +402,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       const e = lookup(tenant, id);
       const row: AgentRow = { ...e.row, revision: e.row.revision + 1 };
       for (const p of paths) (row as unknown as Record<string, unknown>)[p] = fields[p];
+      if (fields.spiffeId !== undefined) row.spiffeId = fields.spiffeId;
       const next: Entry = { ...e, row, proto: undefined };
       const agent = toProto(next);
       tx.transaction(() => {

@@ -54,10 +54,28 @@ export function agentCallData(_path: string, message: unknown): unknown {
   return [inv.capability, inv.contentType, bytesText(inv.payload), ...extra].join("\n");
 }
 
-/** One channel per agent endpoint, reused by every call and closed when the endpoint goes away. */
+/** Why the pool refused a peer: its certificate did not carry the SPIFFE ID the agent registered with. */
+export interface PeerRejection {
+  /** The SPIFFE ID the agent must present. */
+  expected: string;
+  /** Why verification failed (the presented ID, an untrusted chain, ...). */
+  reason: string;
+}
+
+/**
+ * One channel per agent endpoint and expected SPIFFE ID, reused by every call and closed when the
+ * endpoint goes away.
+ */
 export interface AgentChannelPool {
-  /** The client of an endpoint ("host:port" or "grpc(s)://host:port"); throws EndpointError. */
-  get(endpoint: string): AgentClient;
+  /**
+   * The client of an endpoint ("host:port" or "grpc(s)://host:port") whose server must present
+   * `expectedId` on every connection (with mTLS credentials); throws EndpointError.
+   */
+  get(endpoint: string, expectedId?: string): AgentClient;
+  /** The last identity rejection of that channel, until a call on it succeeds. */
+  rejection(endpoint: string, expectedId?: string): PeerRejection | undefined;
+  /** Closes that one channel now (its peer failed the identity check: stop reconnecting to it). */
+  drop(endpoint: string, expectedId?: string): void;
   /** Keeps these endpoints' channels alive (they are still listed by the registry). */
   touch(endpoints: Iterable<string>): void;
   /** Closes an endpoint's channel now (agent deregistered). */
@@ -70,7 +88,13 @@ export interface AgentChannelPool {
 
 /** Dependencies of the pool; the lead wires the Egress Guard interceptor and SPIFFE mTLS credentials here. */
 export interface AgentChannelPoolDeps {
+  /** Credentials of channels with no expected SPIFFE ID (and of every channel without `credentialsFor`). */
   credentials: grpc.ChannelCredentials;
+  /**
+   * mTLS credentials accepting only a server that presents `expectedId`, checked on every
+   * handshake against the current trust bundles; `onReject` is told before a refused handshake fails.
+   */
+  credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
   interceptors?: grpc.Interceptor[];
   clock: Clock;
   logger: Logger;
@@ -91,15 +115,46 @@ export function grpcTarget(endpoint: string): string {
 
 /** Creates the pool. */
 export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: ChannelPoolOptions): AgentChannelPool {
-  const clients = new Map<string, { client: grpc.Client; api: AgentClient; lastSeen: number }>();
+  interface Entry {
+    client: grpc.Client;
+    api: AgentClient;
+    lastSeen: number;
+    target: string;
+    expectedId: string | undefined;
+    rejection?: PeerRejection;
+  }
+  // By target, then expected id: two agents at one address with different identities never share
+  // a channel, and touch/forget stay proportional to the endpoints they name.
+  const byTarget = new Map<string, Map<string, Entry>>();
+  const entryOf = (target: string, expectedId: string | undefined): Entry | undefined =>
+    byTarget.get(target)?.get(expectedId ?? "");
+  const remove = (target: string, expectedId: string | undefined): void => {
+    const channels = byTarget.get(target);
+    const entry = channels?.get(expectedId ?? "");
+    if (!channels || !entry) return;
+    entry.client.close();
+    channels.delete(expectedId ?? "");
+    if (channels.size === 0) byTarget.delete(target);
+  };
   const channelOptions: grpc.ChannelOptions = {
     "grpc.initial_reconnect_backoff_ms": Math.min(200, options.maxReconnectBackoffMs),
     "grpc.max_reconnect_backoff_ms": options.maxReconnectBackoffMs,
     "grpc.enable_retries": 0, // the router retries; grpc-js transparent retries would bypass its budget
   };
 
-  function open(target: string): { client: grpc.Client; api: AgentClient } {
-    const client = new grpc.Client(target, deps.credentials, {
+  function open(target: string, expectedId: string | undefined): Entry {
+    const entry = { target, expectedId, lastSeen: 0 } as Entry;
+    const credentials =
+      expectedId !== undefined && deps.credentialsFor
+        ? deps.credentialsFor(expectedId, (err) => {
+            entry.rejection = { expected: expectedId, reason: err.message };
+            deps.logger.warn(
+              { target, expected: expectedId, reason: err.message },
+              "agent endpoint failed its identity check",
+            );
+          })
+        : deps.credentials;
+    const client = new grpc.Client(target, credentials, {
       ...channelOptions,
       interceptors: deps.interceptors ?? [],
     });
@@ -117,7 +172,10 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
             (err, value) => {
               call.signal.removeEventListener("abort", cancel);
               if (err) reject(err);
-              else resolve(value!);
+              else {
+                delete entry.rejection;
+                resolve(value!);
+              }
             },
           );
           const cancel = (): void => c.cancel();
@@ -138,20 +196,23 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
         if (call.signal.aborted) c.cancel();
         else call.signal.addEventListener("abort", cancel, { once: true });
         c.on("close", () => call.signal.removeEventListener("abort", cancel));
+        c.once("metadata", () => delete entry.rejection);
         return c;
       },
     };
-    return { client, api };
+    entry.client = client;
+    entry.api = api;
+    return entry;
   }
 
   const sweep = deps.clock.setInterval(
     () => {
       const cutoff = deps.clock.now() - options.idleMs;
-      for (const [target, entry] of clients) {
-        if (entry.lastSeen < cutoff) {
-          deps.logger.debug({ target }, "closing idle agent channel");
-          entry.client.close();
-          clients.delete(target);
+      for (const channels of [...byTarget.values()]) {
+        for (const entry of [...channels.values()]) {
+          if (entry.lastSeen >= cutoff) continue;
+          deps.logger.debug({ target: entry.target }, "closing idle agent channel");
+          remove(entry.target, entry.expectedId);
         }
       }
     },
@@ -160,37 +221,49 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
   sweep.unref();
 
   return {
-    get(endpoint) {
+    get(endpoint, expectedId) {
       const target = grpcTarget(endpoint);
-      let entry = clients.get(target);
+      let entry = entryOf(target, expectedId);
       if (!entry) {
-        entry = { ...open(target), lastSeen: 0 };
-        clients.set(target, entry);
+        entry = open(target, expectedId);
+        let channels = byTarget.get(target);
+        if (!channels) byTarget.set(target, (channels = new Map<string, Entry>()));
+        channels.set(expectedId ?? "", entry);
       }
       entry.lastSeen = deps.clock.now();
       return entry.api;
     },
+    rejection(endpoint, expectedId) {
+      try {
+        return entryOf(grpcTarget(endpoint), expectedId)?.rejection;
+      } catch {
+        return undefined;
+      }
+    },
+    drop(endpoint, expectedId) {
+      remove(grpcTarget(endpoint), expectedId);
+    },
     touch(endpoints) {
       const now = deps.clock.now();
       for (const e of endpoints) {
+        let target: string;
         try {
-          const entry = clients.get(grpcTarget(e));
-          if (entry) entry.lastSeen = now;
+          target = grpcTarget(e);
         } catch {
-          // Unroutable endpoints never get a channel; nothing to keep alive.
+          continue; // Unroutable endpoints never get a channel; nothing to keep alive.
         }
+        for (const entry of byTarget.get(target)?.values() ?? []) entry.lastSeen = now;
       }
     },
     forget(endpoint) {
       const target = grpcTarget(endpoint);
-      clients.get(target)?.client.close();
-      clients.delete(target);
+      for (const entry of [...(byTarget.get(target)?.values() ?? [])]) remove(target, entry.expectedId);
     },
-    endpoints: () => [...clients.keys()],
+    endpoints: () => [...byTarget.keys()],
     close() {
       deps.clock.clearInterval(sweep);
-      for (const entry of clients.values()) entry.client.close();
-      clients.clear();
+      for (const channels of byTarget.values()) for (const entry of channels.values()) entry.client.close();
+      byTarget.clear();
     },
   };
 }

@@ -49,6 +49,8 @@ export interface AgentSelectorDeps {
   random?: () => number;
   /** Told about every endpoint listed, so the channel pool keeps it. */
   onListed?: (agents: readonly Agent[]) => void;
+  /** Agents never to pick (their endpoint failed its identity check). */
+  isBarred?: (agent: Agent) => boolean;
 }
 
 interface Weighted {
@@ -121,7 +123,7 @@ export function createAgentSelector(deps: AgentSelectorDeps, options: RoutingOpt
       deps.onListed?.(listed);
       const excluded = new Set(constraints.excludeAgentIds ?? []);
       const live = listed.filter((a) => {
-        if (excluded.has(a.id) || !deps.breakers.isRoutable(a.id)) return false;
+        if (excluded.has(a.id) || !deps.breakers.isRoutable(a.id) || deps.isBarred?.(a)) return false;
         const cap = a.capabilities.find((c) => c.name === capability);
         if (!cap) return false;
         if (constraints.capabilityVersion && !cap.version.startsWith(constraints.capabilityVersion)) return false;

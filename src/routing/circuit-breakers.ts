@@ -42,7 +42,10 @@ export interface CircuitBreakersDeps {
  * cockatiel's semantics (ConsecutiveBreaker, constant halfOpenAfter) but timed by the injected
  * clock, which cockatiel's breaker cannot take (it reads Date.now()).
  */
-export function createCircuitBreakers(deps: CircuitBreakersDeps, options: CircuitBreakerOptions): CircuitBreakers {
+export function createCircuitBreakers(
+  deps: CircuitBreakersDeps,
+  options: Pick<CircuitBreakerOptions, "consecutiveFailures" | "halfOpenAfterMs">,
+): CircuitBreakers {
   const { clock, isFailure } = deps;
   const breakers = new Map<string, Circuit>();
 

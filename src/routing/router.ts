@@ -14,7 +14,8 @@ import {
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { type Clock, canceled, deadlineExceeded, unavailable } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
-import { createAgentChannelPool, EndpointError, type AgentClient } from "./agent-channel-pool.js";
+import type { AuditLog } from "../audit/index.js";
+import { createAgentChannelPool, EndpointError, type AgentClient, type PeerRejection } from "./agent-channel-pool.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
 import { createAgentStatsTracker } from "./agent-stats.js";
 import { createCircuitBreakers, type CircuitStateName } from "./circuit-breakers.js";
@@ -79,6 +80,18 @@ export interface Router {
 export interface RouterDeps {
   agents: RoutableAgents;
   credentials: grpc.ChannelCredentials;
+  /**
+   * mTLS credentials that accept only a server presenting `expectedId` (the agent's registered
+   * SPIFFE ID); without them (no TLS) the kernel cannot check who answers.
+   */
+  credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
+  /**
+   * The kernel's trust domain: agents with no recorded SPIFFE ID must present the scheme's agent id
+   * in it. @default "nops.local"
+   */
+  trustDomain?: string;
+  /** Where identity mismatches are recorded ("routing.identity_mismatch"). */
+  audit?: AuditLog;
   interceptors?: grpc.Interceptor[];
   clock: Clock;
   logger: Logger;
@@ -92,6 +105,8 @@ interface AttemptFailure {
   error: ConnectError;
   /** The request may have reached the agent (so only idempotent requests may be retried). */
   delivered: boolean;
+  /** The agent's endpoint failed its identity check: never pick it again for this call. */
+  impostor?: boolean;
 }
 
 // grpc-js reports a call that never got a transport (connection refused, nothing to pick) as
@@ -181,9 +196,60 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     windowMs: options.retry.budgetWindowMs,
   });
   const pool = createAgentChannelPool(
-    { credentials: deps.credentials, interceptors: deps.interceptors, clock: deps.clock, logger: log },
+    {
+      credentials: deps.credentials,
+      credentialsFor: deps.credentialsFor,
+      interceptors: deps.interceptors,
+      clock: deps.clock,
+      logger: log,
+    },
     options.channels,
   );
+  const mismatchCounter = deps.meter.createCounter("nops_routing_identity_mismatch_total", {
+    description: "Agent endpoints that did not present the SPIFFE ID their agent registered with",
+  });
+  const trustDomain = deps.trustDomain ?? "nops.local";
+  // Agents whose endpoint failed its identity check, by id: the revision that failed and until
+  // when. An update or re-registration (new revision), or the end of the hold, lets the agent be
+  // tried again with a fresh handshake.
+  const barred = new Map<string, { revision: bigint; until: number }>();
+  const isBarred = (agent: Agent): boolean => {
+    const b = barred.get(agent.id);
+    return b !== undefined && b.revision === agent.revision && b.until > deps.clock.now();
+  };
+  const expectedIdOf = (agent: Agent): string =>
+    agent.spiffeId || `spiffe://${trustDomain}/nops/tenant/${agent.tenant}/agent/${agent.name}`;
+
+  function bar(agent: Agent, rejection: PeerRejection, correlationId: string | undefined): ConnectError {
+    if (!isBarred(agent)) {
+      barred.set(agent.id, {
+        revision: agent.revision,
+        until: deps.clock.now() + options.circuitBreaker.identityMismatchHoldMs,
+      });
+      mismatchCounter.add(1);
+      log.warn(
+        { agentId: agent.id, endpoint: agent.endpoint, expected: rejection.expected, reason: rejection.reason },
+        "agent barred from routing: its endpoint did not present its registered SPIFFE ID",
+      );
+      try {
+        deps.audit?.append({
+          actor: "system",
+          action: "routing.identity_mismatch",
+          tenant: agent.tenant,
+          resource: `agent/${agent.id}`,
+          outcome: "denied",
+          details: { endpoint: agent.endpoint, expected: rejection.expected, reason: rejection.reason.slice(0, 300) },
+          correlationId,
+        });
+      } catch (err) {
+        log.error({ err }, "audit append failed");
+      }
+    }
+    return new ConnectError(
+      `agent ${agent.name} (${agent.id}) was not called: its endpoint did not present ${rejection.expected}`,
+      Code.Unavailable,
+    );
+  }
   const selector = createAgentSelector(
     {
       agents: deps.agents,
@@ -192,6 +258,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       clock: deps.clock,
       random,
       onListed: (agents) => pool.touch(agents.map((a) => a.endpoint)),
+      isBarred,
     },
     options,
   );
@@ -246,13 +313,15 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       hop: { deadline: Date; metadata: grpc.Metadata; signal: AbortSignal; deadlineMs: number },
     ) => Promise<T>,
     md: grpc.Metadata,
+    correlationId?: string,
   ): Promise<T> {
     const agent = sel.agent;
+    const expectedId = expectedIdOf(agent);
     const end = stats.begin(agent.id);
     const started = performance.now();
     const hopDeadline = Math.min(deadlineAt, deps.clock.now() + options.timeouts.perHopMaxMs);
     try {
-      const client = pool.get(agent.endpoint);
+      const client = pool.get(agent.endpoint, expectedId);
       // A call that had to open the connection measures the handshake, not the agent: counting it
       // would let one cold start starve a fast agent until its EWMA decays.
       const warm = client.connected();
@@ -265,6 +334,19 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       attemptsCounter.add(1, { outcome: "ok" });
       return value;
     } catch (e) {
+      const rejection = pool.rejection(agent.endpoint, expectedId);
+      if (rejection) {
+        // The handshake failed before any request byte was sent: the call reached no one. Never
+        // retried on this agent; another agent offering the capability may still answer.
+        end({ ok: false, latencyMs: performance.now() - started });
+        attemptsCounter.add(1, { outcome: "identity_mismatch" });
+        pool.drop(agent.endpoint, expectedId);
+        throw new AttemptFailureError({
+          error: bar(agent, rejection, correlationId),
+          delivered: false,
+          impostor: true,
+        });
+      }
       const failure = classify(e);
       // A call we cancelled ourselves (hedge lost, caller left) says nothing about the agent.
       const cancelled = signal.aborted && failure.error.code === Code.Canceled;
@@ -287,6 +369,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     const deadlineAt = deps.clock.now() + (p.timeoutMs ?? options.timeouts.defaultDeadlineMs);
     const idempotent = p.idempotent || idempotentCaps.has(p.capability);
     const tried = new Set<string>();
+    // Unlike `tried` (a preference), these are never picked again in this call.
+    const impostors: string[] = [];
     budget.recordRequest();
     let attempts = 0;
     let delivered = 0;
@@ -297,7 +381,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       if (deadlineAt - deps.clock.now() < options.timeouts.minAttemptMs) {
         throw last?.error ?? deadlineExceeded("deadline exceeded before an agent could be called");
       }
-      const sel = selector.select(p.tenant, p.capability, p.constraints, tried);
+      const constraints =
+        impostors.length === 0
+          ? p.constraints
+          : { ...p.constraints, excludeAgentIds: [...(p.constraints.excludeAgentIds ?? []), ...impostors] };
+      const sel = selector.select(p.tenant, p.capability, constraints, tried);
       if (!sel) throw last?.error ?? unavailable(`no live agent offers capability "${p.capability}"`);
       attempts++;
       try {
@@ -306,6 +394,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         const failure = classify(e);
         last = failure;
         tried.add(sel.agent.id);
+        if (failure.impostor) impostors.push(sel.agent.id);
         if (p.signal.aborted) throw callerGone(p.signal);
         if (!failure.delivered) {
           if (reroutes++ >= options.retry.maxReroutes) throw failure.error;
@@ -349,6 +438,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         (client, hop) =>
           client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop),
         md,
+        p.requestId,
       ).then((res) => ({ res, agent: s.agent }));
     const hedgeable = options.hedging.enabled && (p.idempotent || idempotentCaps.has(p.capability));
     if (!hedgeable) return one(sel, attemptNo, p.signal);
@@ -433,6 +523,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
               return { call, it, first, agent: sel.agent };
             },
             md,
+            p.requestId,
           ),
         );
         const { it, agent } = value;
@@ -453,6 +544,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     circuitState: (agentId) => breakers.state(agentId),
 
     forgetAgent(agent) {
+      barred.delete(agent.id);
       stats.forget(agent.id);
       breakers.forget(agent.id);
       try {

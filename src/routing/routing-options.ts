@@ -75,6 +75,12 @@ export interface CircuitBreakerOptions {
   consecutiveFailures: number;
   /** Time an open circuit waits before letting one probe through (half-open), ms. @default 5000 */
   halfOpenAfterMs: number;
+  /**
+   * How long an agent whose endpoint failed its identity check is not picked, unless its
+   * registration changes first; then one fresh handshake is tried again (a trust bundle that
+   * lagged a CA rotation must not bar a genuine agent for good), ms. @default 60000
+   */
+  identityMismatchHoldMs: number;
 }
 
 /** Hedging for stragglers (idempotent unary calls only). */
@@ -142,6 +148,7 @@ export const DEFAULT_RETRY_OPTIONS: RetryOptions = {
 export const DEFAULT_CIRCUIT_BREAKER_OPTIONS: CircuitBreakerOptions = {
   consecutiveFailures: 5,
   halfOpenAfterMs: 5_000,
+  identityMismatchHoldMs: 60_000,
 };
 /** Default hedging (off). */
 export const DEFAULT_HEDGING_OPTIONS: HedgingOptions = { enabled: false, delayMs: 50 };
@@ -259,6 +266,13 @@ export function resolveRoutingOptions(input: unknown = {}, path = "routing"): Ro
         1,
       ),
       halfOpenAfterMs: readInt(cb, "halfOpenAfterMs", cp, DEFAULT_CIRCUIT_BREAKER_OPTIONS.halfOpenAfterMs, 1),
+      identityMismatchHoldMs: readInt(
+        cb,
+        "identityMismatchHoldMs",
+        cp,
+        DEFAULT_CIRCUIT_BREAKER_OPTIONS.identityMismatchHoldMs,
+        1,
+      ),
     },
     hedging: {
       enabled: readBool(he, "enabled", hp, DEFAULT_HEDGING_OPTIONS.enabled),

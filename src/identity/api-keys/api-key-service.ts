@@ -14,6 +14,7 @@ import type { Db } from "../../store/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { kCorrelationId } from "../../server/index.js";
 import { parseScopeGrant } from "../scope.js";
+import { INVOKE_GRANT_PROBLEM, isInvokeGrant } from "../invoke-grant.js";
 import {
   ApiKeySchema,
   Role as RoleEnum,
@@ -51,6 +52,7 @@ const KEY_ROLES = new Map<RoleEnum, Role>([
 const MAX_PAGE_SIZE = 1000;
 const DEFAULT_PAGE_SIZE = 100;
 const AGENT_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+const MAX_INVOKE_GRANTS = 256;
 
 function toProto(r: ApiKeyRecord): ApiKey {
   return create(ApiKeySchema, {
@@ -60,6 +62,7 @@ function toProto(r: ApiKeyRecord): ApiKey {
     name: r.name,
     role: ROLE_TO_ENUM[r.role],
     scopes: r.scopes,
+    invokeGrants: r.invoke,
     createTime: timestampFromMs(r.createdAt),
     createdBy: r.createdBy,
     rotateTime: r.rotatedAt === undefined ? undefined : timestampFromMs(r.rotatedAt),
@@ -153,18 +156,25 @@ export function createApiKeyService(deps: ApiKeyServiceDeps): ServiceImpl<typeof
           if (g.tenant !== "*" && g.tenant !== req.tenant)
             throw invalidArgument(`scopes[${i}]`, "may name only the key's own tenant");
         });
+        if (req.invokeGrants.length > MAX_INVOKE_GRANTS)
+          throw invalidArgument("invoke_grants", `must list at most ${MAX_INVOKE_GRANTS} grants`);
+        req.invokeGrants.forEach((g, i) => {
+          if (!isInvokeGrant(g)) throw invalidArgument(`invoke_grants[${i}]`, INVOKE_GRANT_PROBLEM);
+        });
+        const invoke = [...new Set(req.invokeGrants)];
         const issued = store.create({
           tenant: req.tenant,
           agentId: req.agentId,
           name,
           role,
           scopes: [...req.scopes],
+          invoke,
           createdBy: actor.id,
         });
         return {
           result: { apiKey: toProto(issued.record), secret: issued.key },
           resource: `apikey/${issued.record.keyId}`,
-          details: { name, role, agentId: req.agentId },
+          details: { name, role, agentId: req.agentId, invokeGrants: invoke },
         };
       });
     },

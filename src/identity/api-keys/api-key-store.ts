@@ -13,6 +13,8 @@ export interface ApiKeyRecord {
   name: string;
   role: Role;
   scopes: string[];
+  /** Invoke grants (see invoke-grant.ts); "*" for keys made before grants existed. */
+  invoke: string[];
   createdAt: number;
   createdBy: string;
   rotatedAt: number | undefined;
@@ -34,6 +36,8 @@ export interface NewApiKey {
   name: string;
   role: Role;
   scopes: string[];
+  /** Invoke grants. @default [] (invokes nothing) */
+  invoke?: string[];
   createdBy: string;
 }
 
@@ -104,6 +108,9 @@ export function apiKeyIdOf(key: string): string | undefined {
   return /^nops_([0-9a-f]{24})_/.exec(key)?.[1];
 }
 
+// A key without a grants row was made before grants existed (migration 0007) and keeps its reach.
+const INVOKE_COLUMN = `COALESCE((SELECT g.invoke FROM api_key_grants g WHERE g.key_id = k.key_id), '["*"]') AS invoke`;
+
 interface KeyRow {
   key_id: string;
   tenant: string;
@@ -111,6 +118,7 @@ interface KeyRow {
   name: string;
   role: string;
   scopes: string;
+  invoke: string;
   created_at: number;
   created_by: string;
   rotated_at: number | null;
@@ -124,6 +132,7 @@ interface SecretRow {
   agent_id: string;
   role: string;
   scopes: string;
+  invoke: string;
 }
 
 function toRecord(row: KeyRow): ApiKeyRecord {
@@ -136,6 +145,7 @@ function toRecord(row: KeyRow): ApiKeyRecord {
     name: row.name,
     role: row.role,
     scopes: JSON.parse(row.scopes) as string[],
+    invoke: JSON.parse(row.invoke) as string[],
     createdAt: row.created_at,
     createdBy: row.created_by,
     rotatedAt: row.rotated_at ?? undefined,
@@ -152,14 +162,16 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
 
   // grace_until is computed against the caller's "now" so an expired grace is never reported.
   const selectKey = db.prepare<{ keyId: string; now: number }, KeyRow>(
-    `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until
+    `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until,
+       ${INVOKE_COLUMN}
      FROM api_keys k WHERE k.key_id = @keyId`,
   );
   const listKeys = db.prepare<
     { tenant: string | null; all: number; after: string; limit: number; now: number },
     KeyRow
   >(
-    `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until
+    `SELECT k.*, (SELECT MAX(expires_at) FROM api_key_secrets s WHERE s.key_id = k.key_id AND s.expires_at > @now) AS grace_until,
+       ${INVOKE_COLUMN}
      FROM api_keys k
      WHERE (@tenant IS NULL OR k.tenant = @tenant) AND (@all = 1 OR k.revoked_at IS NULL) AND k.key_id > @after
      ORDER BY k.key_id LIMIT @limit`,
@@ -168,11 +180,13 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
     `INSERT INTO api_keys (key_id, tenant, agent_id, name, role, scopes, created_at, created_by)
      VALUES (@keyId, @tenant, @agentId, @name, @role, @scopes, @now, @createdBy)`,
   );
+  const insertGrants = db.prepare("INSERT INTO api_key_grants (key_id, invoke) VALUES (?, ?)");
   const insertSecret = db.prepare(
     "INSERT INTO api_key_secrets (key_id, generation, hash, created_at, expires_at) VALUES (?, ?, ?, ?, NULL)",
   );
   const liveSecrets = db.prepare<[string, number], SecretRow>(
-    `SELECT s.hash, k.tenant, k.agent_id, k.role, k.scopes FROM api_key_secrets s JOIN api_keys k ON k.key_id = s.key_id
+    `SELECT s.hash, k.tenant, k.agent_id, k.role, k.scopes, ${INVOKE_COLUMN}
+     FROM api_key_secrets s JOIN api_keys k ON k.key_id = s.key_id
      WHERE s.key_id = ? AND k.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?)`,
   );
   const nextGeneration = db.prepare<[string], { g: number }>(
@@ -199,7 +213,9 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
     const now = clock.now();
     const keyId = randomBytes(12).toString("hex");
     const { key, hash } = mint(keyId);
-    insertKey.run({ ...input, keyId, scopes: JSON.stringify(input.scopes), now });
+    const { invoke = [], ...fields } = input;
+    insertKey.run({ ...fields, keyId, scopes: JSON.stringify(input.scopes), now });
+    insertGrants.run(keyId, JSON.stringify(invoke));
     insertSecret.run(keyId, 1, hash, now);
     return { key, record: toRecord(selectKey.get({ keyId, now }) as KeyRow) };
   });
@@ -257,6 +273,7 @@ export function createApiKeyStore(deps: { db: Db; clock: Clock }, options: ApiKe
         roles: [match.role],
         scopes: JSON.parse(match.scopes) as string[],
         capabilities: [],
+        invoke: JSON.parse(match.invoke) as string[],
         ...(match.agent_id ? { agentId: match.agent_id } : {}),
       };
     },

@@ -24,6 +24,11 @@ export class TlsMaterialError extends KernelError {
 export interface ClientTlsOptions {
   /** Accept only servers with one of these SPIFFE IDs. @default any ID that verifies */
   allowedIds?: readonly string[];
+  /**
+   * Told about every server that failed verification (wrong SPIFFE ID, untrusted chain), before
+   * the handshake fails.
+   */
+  onReject?: (err: Error) => void;
 }
 
 /** mTLS material fed by an X509Source; every rotation applies to new handshakes only. */
@@ -151,12 +156,13 @@ export function createTlsMaterial(deps: TlsMaterialDeps): TlsMaterial {
 
   // Replaces hostname checks: a SPIFFE server is identified by its SPIFFE ID (X509-SVID §5.2).
   const checkServerIdentity =
-    (allowedIds?: readonly string[]) =>
+    (allowedIds?: readonly string[], onReject?: (err: Error) => void) =>
     (_host: string, cert: PeerCertificate): Error | undefined => {
       try {
         verify(derChainFromPeerCertificate(cert), "server", allowedIds);
         return undefined;
       } catch (err) {
+        onReject?.(err as Error);
         return err as Error;
       }
     };
@@ -180,13 +186,13 @@ export function createTlsMaterial(deps: TlsMaterialDeps): TlsMaterial {
       grpc.experimental.createCertificateProviderServerCredentials(provider, provider, true),
     grpcChannelCredentials: (o = {}) =>
       grpc.experimental.createCertificateProviderChannelCredentials(provider, provider, {
-        checkServerIdentity: checkServerIdentity(o.allowedIds),
+        checkServerIdentity: checkServerIdentity(o.allowedIds, o.onReject),
         rejectUnauthorized: true,
       }),
     clientOptions: (o = {}) => ({
       ...options,
       rejectUnauthorized: true,
-      checkServerIdentity: checkServerIdentity(o.allowedIds),
+      checkServerIdentity: checkServerIdentity(o.allowedIds, o.onReject),
     }),
     verifyPeer: (chainDer) => verify(chainDer, "client"),
     close() {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/kernel/v1/api_key.proto.
  */
 export const file_nops_kernel_v1_api_key: GenFile = /*@__PURE__*/
-  fileDesc("Chxub3BzL2tlcm5lbC92MS9hcGlfa2V5LnByb3RvEg5ub3BzLmtlcm5lbC52MSLaAgoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIiCgRyb2xlGAUgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBiADKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCCABKAkSLwoLcm90YXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWdyYWNlX2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAieQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIiCgRyb2xlGAQgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBSADKAkiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJwoHYXBpX2tleRgBIAEoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiZgoTUm90YXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJEi8KDGdyYWNlX3BlcmlvZBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJPChRSb3RhdGVBcGlLZXlSZXNwb25zZRInCgdhcGlfa2V5GAEgASgLMhYubm9wcy5rZXJuZWwudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSJFChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSDgoGcmVhc29uGAMgASgJIj8KFFJldm9rZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5ub3BzLmtlcm5lbC52MS5BcGlLZXkiZAoSTGlzdEFwaUtleXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiWAoTTGlzdEFwaUtleXNSZXNwb25zZRIoCghhcGlfa2V5cxgBIAMoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqdgoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASFAoQUk9MRV9TVVBFUl9BRE1JThABEg4KClJPTEVfQURNSU4QAhIRCg1ST0xFX09QRVJBVE9SEAMSDwoLUk9MRV9WSUVXRVIQBBIOCgpST0xFX0FHRU5UEAUy+AIKDUFwaUtleVNlcnZpY2USWQoMQ3JlYXRlQXBpS2V5EiMubm9wcy5rZXJuZWwudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBokLm5vcHMua2VybmVsLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlElkKDFJvdGF0ZUFwaUtleRIjLm5vcHMua2VybmVsLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaJC5ub3BzLmtlcm5lbC52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJZCgxSZXZva2VBcGlLZXkSIy5ub3BzLmtlcm5lbC52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiQubm9wcy5rZXJuZWwudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USVgoLTGlzdEFwaUtleXMSIi5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIy5ub3BzLmtlcm5lbC52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Chxub3BzL2tlcm5lbC92MS9hcGlfa2V5LnByb3RvEg5ub3BzLmtlcm5lbC52MSLxAgoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIiCgRyb2xlGAUgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBiADKAkSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCCABKAkSLwoLcm90YXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWdyYWNlX2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNaW52b2tlX2dyYW50cxgMIAMoCSKQAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIiCgRyb2xlGAQgASgOMhQubm9wcy5rZXJuZWwudjEuUm9sZRIOCgZzY29wZXMYBSADKAkSFQoNaW52b2tlX2dyYW50cxgGIAMoCSJPChRDcmVhdGVBcGlLZXlSZXNwb25zZRInCgdhcGlfa2V5GAEgASgLMhYubm9wcy5rZXJuZWwudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSJmChNSb3RhdGVBcGlLZXlSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSLwoMZ3JhY2VfcGVyaW9kGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIk8KFFJvdGF0ZUFwaUtleVJlc3BvbnNlEicKB2FwaV9rZXkYASABKAsyFi5ub3BzLmtlcm5lbC52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIkUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEg4KBmtleV9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiPwoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJwoHYXBpX2tleRgBIAEoCzIWLm5vcHMua2VybmVsLnYxLkFwaUtleSJkChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgEIAEoCCJYChNMaXN0QXBpS2V5c1Jlc3BvbnNlEigKCGFwaV9rZXlzGAEgAygLMhYubm9wcy5rZXJuZWwudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSp2CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIUChBST0xFX1NVUEVSX0FETUlOEAESDgoKUk9MRV9BRE1JThACEhEKDVJPTEVfT1BFUkFUT1IQAxIPCgtST0xFX1ZJRVdFUhAEEg4KClJPTEVfQUdFTlQQBTL4AgoNQXBpS2V5U2VydmljZRJZCgxDcmVhdGVBcGlLZXkSIy5ub3BzLmtlcm5lbC52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiQubm9wcy5rZXJuZWwudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USWQoMUm90YXRlQXBpS2V5EiMubm9wcy5rZXJuZWwudjEuUm90YXRlQXBpS2V5UmVxdWVzdBokLm5vcHMua2VybmVsLnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlElkKDFJldm9rZUFwaUtleRIjLm5vcHMua2VybmVsLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJC5ub3BzLmtlcm5lbC52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJWCgtMaXN0QXBpS2V5cxIiLm5vcHMua2VybmVsLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBojLm5vcHMua2VybmVsLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * ApiKey describes a key; it never carries the secret or its hash.
@@ -90,6 +90,15 @@ export type ApiKey = Message<"nops.kernel.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoke_time = 11;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * Capabilities an AGENT key may invoke (Route, Invoke, InvokeStream): "*" (every capability of
+   * the tenant), a capability name, or a prefix ending in ".*" or "/*". Empty: none. Keys made
+   * before grants existed list "*". Not enforced for ADMIN and OPERATOR keys; see docs/identity.md.
+   *
+   * @generated from field: repeated string invoke_grants = 12;
+   */
+  invokeGrants: string[];
 };
 
 /**
@@ -137,6 +146,14 @@ export type CreateApiKeyRequest = Message<"nops.kernel.v1.CreateApiKeyRequest"> 
    * @generated from field: repeated string scopes = 5;
    */
   scopes: string[];
+
+  /**
+   * Capabilities the holder may invoke, for ROLE_AGENT keys: "*", a capability name, or a prefix
+   * ending in ".*" or "/*" (e.g. "billing.*"). Empty: the key invokes nothing. Rotation keeps them.
+   *
+   * @generated from field: repeated string invoke_grants = 6;
+   */
+  invokeGrants: string[];
 };
 
 /**
@@ -386,7 +403,8 @@ export enum Role {
 
   /**
    * One agent of the tenant: registers, heartbeats, updates and deregisters itself, publishes
-   * and subscribes within the tenant, invokes capabilities, and rotates its own key.
+   * and subscribes within the tenant, invokes the capabilities its invoke_grants name, and rotates
+   * its own key.
    *
    * @generated from enum value: ROLE_AGENT = 5;
    */

@@ -15,33 +15,33 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnops/kernel/v1/api_key.proto\x12\x0enops.kernel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\"\n\x04role\x18\x05 \x01(\x0e\x32\x14.nops.kernel.v1.Role\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12/\n\x0brotate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11grace_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x04role\x18\x04 \x01(\x0e\x32\x14.nops.kernel.v1.Role\x12\x0e\n\x06scopes\x18\x05 \x03(\t\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"f\n\x13RotateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\x14RotateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"E\n\x13RevokeApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\"d\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*v\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROLE_SUPER_ADMIN\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x11\n\rROLE_OPERATOR\x10\x03\x12\x0f\n\x0bROLE_VIEWER\x10\x04\x12\x0e\n\nROLE_AGENT\x10\x05\x32\xf8\x02\n\rApiKeyService\x12Y\n\x0c\x43reateApiKey\x12#.nops.kernel.v1.CreateApiKeyRequest\x1a$.nops.kernel.v1.CreateApiKeyResponse\x12Y\n\x0cRotateApiKey\x12#.nops.kernel.v1.RotateApiKeyRequest\x1a$.nops.kernel.v1.RotateApiKeyResponse\x12Y\n\x0cRevokeApiKey\x12#.nops.kernel.v1.RevokeApiKeyRequest\x1a$.nops.kernel.v1.RevokeApiKeyResponse\x12V\n\x0bListApiKeys\x12\".nops.kernel.v1.ListApiKeysRequest\x1a#.nops.kernel.v1.ListApiKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnops/kernel/v1/api_key.proto\x12\x0enops.kernel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\"\n\x04role\x18\x05 \x01(\x0e\x32\x14.nops.kernel.v1.Role\x12\x0e\n\x06scopes\x18\x06 \x03(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x08 \x01(\t\x12/\n\x0brotate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11grace_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rinvoke_grants\x18\x0c \x03(\t\"\x90\x01\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\"\n\x04role\x18\x04 \x01(\x0e\x32\x14.nops.kernel.v1.Role\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x15\n\rinvoke_grants\x18\x06 \x03(\t\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"f\n\x13RotateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"O\n\x14RotateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"E\n\x13RevokeApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.nops.kernel.v1.ApiKey\"d\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.nops.kernel.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*v\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROLE_SUPER_ADMIN\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x11\n\rROLE_OPERATOR\x10\x03\x12\x0f\n\x0bROLE_VIEWER\x10\x04\x12\x0e\n\nROLE_AGENT\x10\x05\x32\xf8\x02\n\rApiKeyService\x12Y\n\x0c\x43reateApiKey\x12#.nops.kernel.v1.CreateApiKeyRequest\x1a$.nops.kernel.v1.CreateApiKeyResponse\x12Y\n\x0cRotateApiKey\x12#.nops.kernel.v1.RotateApiKeyRequest\x1a$.nops.kernel.v1.RotateApiKeyResponse\x12Y\n\x0cRevokeApiKey\x12#.nops.kernel.v1.RevokeApiKeyRequest\x1a$.nops.kernel.v1.RevokeApiKeyResponse\x12V\n\x0bListApiKeys\x12\".nops.kernel.v1.ListApiKeysRequest\x1a#.nops.kernel.v1.ListApiKeysResponseb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nops.kernel.v1.api_key_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _ROLE._serialized_start=1179
-  _ROLE._serialized_end=1297
+  _ROLE._serialized_start=1226
+  _ROLE._serialized_end=1344
   _APIKEY._serialized_start=114
-  _APIKEY._serialized_end=460
-  _CREATEAPIKEYREQUEST._serialized_start=462
-  _CREATEAPIKEYREQUEST._serialized_end=583
-  _CREATEAPIKEYRESPONSE._serialized_start=585
-  _CREATEAPIKEYRESPONSE._serialized_end=664
-  _ROTATEAPIKEYREQUEST._serialized_start=666
-  _ROTATEAPIKEYREQUEST._serialized_end=768
-  _ROTATEAPIKEYRESPONSE._serialized_start=770
-  _ROTATEAPIKEYRESPONSE._serialized_end=849
-  _REVOKEAPIKEYREQUEST._serialized_start=851
-  _REVOKEAPIKEYREQUEST._serialized_end=920
-  _REVOKEAPIKEYRESPONSE._serialized_start=922
-  _REVOKEAPIKEYRESPONSE._serialized_end=985
-  _LISTAPIKEYSREQUEST._serialized_start=987
-  _LISTAPIKEYSREQUEST._serialized_end=1087
-  _LISTAPIKEYSRESPONSE._serialized_start=1089
-  _LISTAPIKEYSRESPONSE._serialized_end=1177
-  _APIKEYSERVICE._serialized_start=1300
-  _APIKEYSERVICE._serialized_end=1676
+  _APIKEY._serialized_end=483
+  _CREATEAPIKEYREQUEST._serialized_start=486
+  _CREATEAPIKEYREQUEST._serialized_end=630
+  _CREATEAPIKEYRESPONSE._serialized_start=632
+  _CREATEAPIKEYRESPONSE._serialized_end=711
+  _ROTATEAPIKEYREQUEST._serialized_start=713
+  _ROTATEAPIKEYREQUEST._serialized_end=815
+  _ROTATEAPIKEYRESPONSE._serialized_start=817
+  _ROTATEAPIKEYRESPONSE._serialized_end=896
+  _REVOKEAPIKEYREQUEST._serialized_start=898
+  _REVOKEAPIKEYREQUEST._serialized_end=967
+  _REVOKEAPIKEYRESPONSE._serialized_start=969
+  _REVOKEAPIKEYRESPONSE._serialized_end=1032
+  _LISTAPIKEYSREQUEST._serialized_start=1034
+  _LISTAPIKEYSREQUEST._serialized_end=1134
+  _LISTAPIKEYSRESPONSE._serialized_start=1136
+  _LISTAPIKEYSRESPONSE._serialized_end=1224
+  _APIKEYSERVICE._serialized_start=1347
+  _APIKEYSERVICE._serialized_end=1723
 # @@protoc_insertion_point(module_scope)
