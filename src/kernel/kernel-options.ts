@@ -22,6 +22,7 @@ import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../e
 import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
+import { resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -104,6 +105,8 @@ export interface KernelOptions {
   telemetry: TelemetryOptions;
   /** Criticality matrix, overload shedding, dependency budgets (see docs/observability.md). */
   admin: AdminOptions;
+  /** The verifiable audit log: checkpoint key, origin, cadence (see docs/audit.md). */
+  audit: AuditOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -157,6 +160,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   dgeServer: {},
   telemetry: {},
   admin: {},
+  audit: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -260,6 +264,10 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
+    audit: resolveAuditOptions(s.audit ?? {}, {
+      dataDir,
+      edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),
+    }),
   };
 }
 

@@ -23,7 +23,7 @@ function setup() {
 
 test("audit log - an untouched chain verifies", (t) => {
   const { audit } = setup();
-  t.deepEqual(audit.verify(), { ok: true, checked: 5 });
+  t.like(audit.verify(), { ok: true, checked: 5, size: 5 });
 });
 
 test("audit log - an edited row is detected", (t) => {
