@@ -35,8 +35,7 @@ function growingLog(actor = "a"): { audit: AuditLog; grow: (n: number) => void }
   const audit = createAuditLog(db, createManualClock());
   let i = 0;
   const grow = (n: number) => {
-    for (let k = 0; k < n; k++)
-      audit.append({ actor, action: "x", tenant: "t", resource: `r/${i++}`, outcome: "ok" });
+    for (let k = 0; k < n; k++) audit.append({ actor, action: "x", tenant: "t", resource: `r/${i++}`, outcome: "ok" });
   };
   return { audit, grow };
 }
