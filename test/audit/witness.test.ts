@@ -129,7 +129,10 @@ test("witness - keeps the newest checkpoint that extends the held one and refuse
   });
   // The held checkpoint survives a restart of the witness.
   t.is(createWitness({ stateFile, edges }).latest("edge-1")?.note, c7.note);
-  t.is(JSON.parse(readFileSync(stateFile, "utf8")).edges["edge-1"].size, 7);
+  t.is(
+    (JSON.parse(readFileSync(stateFile, "utf8")) as { edges: Record<string, { size: number }> }).edges["edge-1"]?.size,
+    7,
+  );
 });
 
 test("signer - the file signer keeps a 0600 key outside the data directory; rotation keeps old checkpoints verifiable", async (t) => {
