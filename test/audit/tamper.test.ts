@@ -82,6 +82,8 @@ function rehashChain(db: Database.Database): void {
 }
 
 test("audit tamper - every tampering of a stopped kernel's database is caught by audit verify with the witness's checkpoint", async (t) => {
+  // About a dozen CLI runs on a shared machine: more than the suite's 3 minutes of silence.
+  t.timeout(15 * 60_000);
   // A kernel writes audit rows, signs checkpoints, and stops.
   const k = await startTestKernel(t, { audit: { checkpointIntervalMs: 0 } });
   const registry = k.client(AgentRegistryService, "in-process");

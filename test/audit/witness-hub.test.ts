@@ -21,6 +21,8 @@ const run = promisify(execFile);
 const root = new URL("../..", import.meta.url).pathname;
 
 test("witness at the hub - checkpoints travel edge outbox -> leaf -> hub stream -> witness, which serves the latest to audit verify", async (t) => {
+  // About a dozen CLI runs on a shared machine: more than the suite's 3 minutes of silence.
+  t.timeout(15 * 60_000);
   const topo = await startNatsTopology({ edgeDomain: "edge-w" });
   t.teardown(() => topo.destroy());
   const k = await startTestKernel(t, {
