@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -9,7 +10,13 @@ import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
 import { openCheckpoint, type SignedCheckpoint } from "./audit/checkpoint.js";
-import { fileVerifierKeys, parseVerifierKey, rotateFileSigner, type VerifierKey } from "./audit/signer.js";
+import {
+  fileVerifierKeys,
+  openFileSigner,
+  parseVerifierKey,
+  rotateFileSigner,
+  type VerifierKey,
+} from "./audit/signer.js";
 import { resolveWitnessOptions, startWitness } from "./witness/index.js";
 import { loadRawConfig } from "./kernel/load-config.js";
 import { startDgeServer } from "./dge/dge-server.js";
@@ -143,7 +150,12 @@ async function auditCommand(
     if (flags.rotate) {
       const { current, retired } = rotateFileSigner(signerFile);
       out(`rotated: new key ${current}\nretired (still verifies older checkpoints): ${retired}`);
-    } else for (const k of fileVerifierKeys(signerFile)) out(k);
+    } else {
+      // Creates the key as the first start would, so it can be pinned at the witness beforehand.
+      mkdirSync(dirname(signerFile.path), { recursive: true, mode: 0o700 });
+      openFileSigner(signerFile);
+      for (const k of fileVerifierKeys(signerFile)) out(k);
+    }
     return 0;
   }
   if (sub !== "verify") throw new ConfigError(`audit needs verify, key or witness (got ${sub ?? "nothing"})`);
