@@ -85,6 +85,10 @@ export const DEFAULT_METHOD_SCOPES: Readonly<Record<string, string>> = {
   "/nops.kernel.v1.EventBusService/Ack": "events/subscribe",
   "/nops.kernel.v1.EventBusService/ListDeadLetters": "events/read",
   "/nops.kernel.v1.EventBusService/Reprocess": "events/admin",
+  "/nops.kernel.v1.AuditService/GetCheckpoint": "audit/read",
+  "/nops.kernel.v1.AuditService/GetInclusionProof": "audit/read",
+  "/nops.kernel.v1.AuditService/GetConsistencyProof": "audit/read",
+  "/nops.kernel.v1.AuditService/ListEntries": "audit/read",
 };
 
 /** What an agent needs to work: its registry entry, its tenant's events, invoking others, its own key. */

@@ -23,6 +23,7 @@ import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../e
 import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
+import { DEFAULT_AUDIT_OPTIONS, resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -105,6 +106,8 @@ export interface KernelOptions {
   telemetry: TelemetryOptions;
   /** Criticality matrix, overload shedding, dependency budgets (see docs/observability.md). */
   admin: AdminOptions;
+  /** The verifiable audit log: checkpoint key, origin, cadence (see docs/audit.md). */
+  audit: AuditOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -168,6 +171,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   dgeServer: {},
   telemetry: {},
   admin: {},
+  audit: { ...DEFAULT_AUDIT_OPTIONS },
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -278,6 +282,10 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
+    audit: resolveAuditOptions(s.audit ?? {}, {
+      dataDir,
+      edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),
+    }),
   };
 }
 

@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
@@ -31,6 +33,10 @@ import { createOutbox } from "../store/outbox.js";
 import { createSqliteOutboxStore } from "../store/outbox-store.js";
 import { createSqliteTransactor } from "../store/transactor.js";
 import { createAuditLog } from "../audit/audit-log.js";
+import { createCheckpointer } from "../audit/checkpointer.js";
+import { openFileSigner } from "../audit/signer.js";
+import { createAuditService } from "../audit/audit-service.js";
+import { AuditService } from "../../gen/nops/kernel/v1/audit_pb.js";
 import { createRegistry } from "../registry/registry.js";
 import { createRegistryService } from "../registry/registry-service.js";
 import { bindService, type BoundService } from "../server/bind-service.js";
@@ -227,6 +233,22 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const outbox = createOutbox(outboxStore, { source: options.edgeId, clock });
     const events = tracer ? tracingEventSink(outbox, tracer) : outbox;
     const audit = createAuditLog(db, clock);
+    // Rows written before the Merkle tree existed (schema 8) become its first leaves.
+    const backfilled = audit.catchUp();
+    if (backfilled) log.info({ rows: backfilled }, "audit rows hashed into the Merkle tree");
+    // The checkpoint key lives outside the data directory (docs/audit.md).
+    mkdirSync(dirname(options.audit.keyFile), { recursive: true, mode: 0o700 });
+    const checkpointSigner = openFileSigner({
+      path: options.audit.keyFile,
+      name: options.audit.origin,
+      forbiddenDir: options.dataDir,
+    });
+    const checkpointer = createCheckpointer(
+      { db, audit, signer: checkpointSigner, events, clock, logger: logger.child({ component: "audit" }) },
+      { ...options.audit, intervalMs: options.audit.checkpointIntervalMs },
+    );
+    life.defer("audit checkpoints", () => checkpointer.stop());
+    checkpointer.issue().catch((e: unknown) => log.error({ err: e }, "first audit checkpoint failed"));
     const registry = createRegistry({ db, events, audit, clock, logger }, options.registry);
     life.defer("registry", () => registry.close());
     // Every dependency call has a budget and a breaker (admin.dependencies): a hung one is cut off.
@@ -477,6 +499,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         ),
       ),
       bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
+      bind(AuditService, createAuditService({ audit, checkpointer })),
     ];
     const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
     const probe = (service: string) =>

@@ -1,9 +1,11 @@
+import { createHash } from "node:crypto";
 import test from "ava";
 import { createManualClock } from "../../src/common/clock.js";
 import { openDatabase } from "../../src/store/database.js";
 import { migrateUp } from "../../src/store/migrator.js";
 import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
+import { mth } from "./rfc6962-reference.js";
 
 function setup() {
   const db = openDatabase({ path: ":memory:" });
@@ -23,7 +25,7 @@ function setup() {
 
 test("audit log - an untouched chain verifies", (t) => {
   const { audit } = setup();
-  t.deepEqual(audit.verify(), { ok: true, checked: 5 });
+  t.like(audit.verify(), { ok: true, checked: 5, size: 5 });
 });
 
 test("audit log - an edited row is detected", (t) => {
@@ -60,4 +62,40 @@ test("audit log - deleting the newest rows is detected through the head", (t) =>
   const result = audit.verify();
   t.false(result.ok);
   t.regex(result.reason ?? "", /removed/);
+});
+
+test("audit log - rows of the schema 6 hash chain become the tree's first leaves and stay verifiable", (t) => {
+  const db = openDatabase({ path: ":memory:" });
+  migrateUp(db, MIGRATIONS, 6);
+  // Rows as the chain-only kernel wrote them.
+  let prev = "0".repeat(64);
+  for (let seq = 1; seq <= 5; seq++) {
+    const row = [seq, 1000 + seq, `user-${seq}`, "agent.register", "acme", `agent/${seq}`, "ok", "{}", "", prev];
+    const hash = createHash("sha256").update(JSON.stringify(row)).digest("hex");
+    db.prepare("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").run(...row, hash);
+    db.prepare(
+      "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET seq = ?, hash = ?",
+    ).run(seq, hash, seq, hash);
+    prev = hash;
+  }
+  migrateUp(db, MIGRATIONS);
+  const audit = createAuditLog(db, createManualClock());
+  t.like(audit.verify(), { ok: true, checked: 5 });
+  t.is(audit.catchUp(), 5);
+  t.is(audit.catchUp(), 0);
+  audit.append({ actor: "user-6", action: "agent.register", tenant: "acme", resource: "agent/6", outcome: "ok" });
+  const leaves = audit.entries(0, 6).map((e) => e.leaf);
+  t.deepEqual(Buffer.from(audit.rootAt(6)), mth(leaves));
+  t.deepEqual(Buffer.from(audit.rootAt(5)), mth(leaves.slice(0, 5)));
+  t.like(audit.verify({ origin: "o", size: 5, root: mth(leaves.slice(0, 5)) }), {
+    ok: true,
+    checked: 6,
+    checkpointSize: 5,
+  });
+});
+
+test("audit log - a stored tree that no longer matches the rows is reported", (t) => {
+  const { db, audit } = setup();
+  db.prepare("UPDATE audit_tree SET hash = zeroblob(32) WHERE level = 0 AND idx = 2").run();
+  t.like(audit.verify(), { ok: false, badSeq: 3, reason: "the stored Merkle tree does not match row 3" });
 });

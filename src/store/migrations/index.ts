@@ -6,6 +6,7 @@ import { migration0004 } from "./0004-events.js";
 import { migration0005 } from "./0005-egress.js";
 import { migration0006 } from "./0006-agent-idempotency.js";
 import { migration0007 } from "./0007-grants-and-agent-identity.js";
+import { migration0008 } from "./0008-audit-tree.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
 export const MIGRATIONS: readonly Migration[] = [
@@ -16,4 +17,5 @@ export const MIGRATIONS: readonly Migration[] = [
   migration0005,
   migration0006,
   migration0007,
+  migration0008,
 ];
