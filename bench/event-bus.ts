@@ -1,7 +1,9 @@
 // Event bus bench: steady 2,000 msg/s through EventBusService.Publish (SQLite outbox -> relay ->
 // leaf JetStream), publish->leaf latency percentiles against a raw JetStream publish baseline in
-// the same run, and the hub's catch-up rate after an outage.
+// the same run, the same Publish leg while a CPU-bound neighbour process runs, and the hub's
+// catch-up rate after an outage.
 // Run: node --import tsx bench/event-bus.ts [--rate 2000] [--seconds 10] [--backlog 20000]
+import { spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { connect } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
@@ -76,17 +78,22 @@ try {
   await waitFor(() => p.bus.relay.depth() === 0, "warm-up drained", 60_000);
 
   // 1) Through the kernel: Publish (group-committed to SQLite) -> relay -> leaf PubAck.
-  const startAt = new Map<number, number>();
-  const commit: number[] = [];
-  await steady(async () => {
-    const t0 = performance.now();
-    const r = await p.publish({ tenant: "bench", subject: "steady.v1", payload: PAYLOAD });
-    commit.push(performance.now() - t0);
-    startAt.set(Number(r.outboxId), t0);
-  });
-  await waitFor(() => [...startAt.keys()].every((id) => ackAt.has(id)), "every event in the leaf stream", 120_000);
-  const kernel = summary([...startAt].map(([id, t0]) => (ackAt.get(id) ?? NaN) - t0));
-  const committed = summary(commit);
+  const throughKernel = async (subject: string) => {
+    const startAt = new Map<number, number>();
+    const commit: number[] = [];
+    await steady(async () => {
+      const t0 = performance.now();
+      const r = await p.publish({ tenant: "bench", subject, payload: PAYLOAD });
+      commit.push(performance.now() - t0);
+      startAt.set(Number(r.outboxId), t0);
+    });
+    await waitFor(() => [...startAt.keys()].every((id) => ackAt.has(id)), "every event in the leaf stream", 120_000);
+    return { kernel: summary([...startAt].map(([id, t0]) => (ackAt.get(id) ?? NaN) - t0)), committed: summary(commit) };
+  };
+  const { kernel, committed } = await throughKernel("steady.v1");
+  // The same again while a CPU-bound neighbour process spins on the machine.
+  const neighbour = spawn(process.execPath, ["-e", "for (;;);"], { stdio: "ignore" });
+  const busy = await throughKernel("neighbour.v1").finally(() => neighbour.kill("SIGKILL"));
 
   // 2) Baseline: raw JetStream publish of the same messages (same size, same leaf, same rate).
   const nc = await connect({ servers: topo.leaf.url, user: topo.kernelUser.user, pass: topo.kernelUser.pass });
@@ -118,6 +125,10 @@ try {
   );
   console.log(
     `  targets: p95 <= 5 ms ${kernel.p95 <= 5 ? "met" : "MISSED"}, p99 <= 15 ms ${kernel.p99 <= 15 ? "met" : "MISSED"}`,
+  );
+  console.log(
+    `  with a CPU-bound neighbour: p50 ${fmt(busy.kernel.p50)} ms  p95 ${fmt(busy.kernel.p95)} ms  p99 ${fmt(busy.kernel.p99)} ms` +
+      `  (commit p95 ${fmt(busy.committed.p95)} ms, p99 ${fmt(busy.committed.p99)} ms)  target p99 <= 25 ms ${busy.kernel.p99 <= 25 ? "met" : "MISSED"}`,
   );
 
   // 3) Hub catch-up: hub down, backlog stored at the leaf, hub back; time until the hub has all.
@@ -162,7 +173,9 @@ try {
     `  hub catch-up after outage: ${BACKLOG} msgs; hub restart -> all at hub ${total.toFixed(2)} s (${Math.round(BACKLOG / total)} msg/s overall)`,
   );
   console.log(
-    `    sourcing rate once the link was up: ${Math.round((target - firstCount) / streaming)} msg/s (${target - firstCount} msgs in ${streaming.toFixed(2)} s)`,
+    firstCount >= target
+      ? "    sourcing rate once the link was up: the whole backlog arrived within one 20 ms poll"
+      : `    sourcing rate once the link was up: ${Math.round((target - firstCount) / streaming)} msg/s (${target - firstCount} msgs in ${streaming.toFixed(2)} s)`,
   );
 } finally {
   await p.close();

@@ -1,7 +1,9 @@
-// Heartbeat over grpc-js and over Connect against a bare grpc-js echo baseline, and Heartbeat over
-// SPIFFE mTLS with authorization against the same call in plaintext, in one run.
-// Servers run in child processes (the load generator has the other core).
-// Usage: node --import tsx bench/heartbeat.ts [--seconds 8] [--concurrency 64] [--connections 4]
+// Heartbeat through the kernel against bare servers answering the same method, in one run, with
+// h2load (bench/lib/h2load.ts) as the load generator: over grpc-js against a bare grpc-js echo, and
+// over connect-node (gRPC and Connect protocols) against a bare connect-node server. Heartbeat over
+// SPIFFE mTLS against the same call in plaintext is measured with the Node load generator (h2load
+// cannot present a client certificate); both legs of that ratio use the same generator.
+// Usage: node --import tsx bench/heartbeat.ts [--seconds 8] [--connections 4] [--streams 16]
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,29 +12,32 @@ import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   AgentRegistryService,
   HeartbeatRequestSchema,
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
+import { CONNECT_HEADERS, GRPC_HEADERS, formatH2, grpcFrame, rssMiB, runH2load, type H2Result } from "./lib/h2load.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
   options: {
     seconds: { type: "string", default: "8" },
-    concurrency: { type: "string", default: "64" },
     connections: { type: "string", default: "4" },
+    streams: { type: "string", default: "16" },
+    rounds: { type: "string", default: "2" },
   },
 });
-const durationMs = Number(values.seconds) * 1000;
-const concurrency = Number(values.concurrency);
+const seconds = Number(values.seconds);
 const connections = Number(values.connections);
+const streams = Number(values.streams);
+const rounds = Number(values.rounds);
 const root = new URL("..", import.meta.url).pathname;
+const HEARTBEAT = `/${AgentRegistryService.typeName}/Heartbeat`;
 
 function grpcHeartbeatCaller(port: number, ids: string[], tlsDir?: string): (worker: number) => Promise<void> {
-  const methodPath = "/nops.kernel.v1.AgentRegistryService/Heartbeat";
   const credentials = tlsDir
     ? grpc.credentials.createSsl(
         readFileSync(join(tlsDir, "bundle.pem")),
@@ -56,7 +61,7 @@ function grpcHeartbeatCaller(port: number, ids: string[], tlsDir?: string): (wor
         id: ids[n++ % ids.length] ?? "",
         load: { inFlight: 1, cpu: 0.2 },
       });
-      clients[worker % connections]!.makeUnaryRequest(methodPath, serialize, deserialize, req, (err) =>
+      clients[worker % connections]!.makeUnaryRequest(HEARTBEAT, serialize, deserialize, req, (err) =>
         err ? reject(err) : resolve(),
       );
     });
@@ -97,100 +102,132 @@ async function ports(kernel: ChildProcess): Promise<{ grpcPort: number; httpPort
   };
 }
 
+async function registerAgents(port: number, count: number, devIdentity?: string): Promise<string[]> {
+  const registry = createClient(
+    AgentRegistryService,
+    createGrpcTransport({
+      baseUrl: devIdentity ? `https://localhost:${port}` : `http://127.0.0.1:${port}`,
+      nodeOptions:
+        devIdentity === undefined
+          ? undefined
+          : {
+              ca: readFileSync(join(devIdentity, "bundle.pem")),
+              cert: readFileSync(join(devIdentity, "svid.pem")),
+              key: readFileSync(join(devIdentity, "svid.key")),
+            },
+    }),
+  );
+  const ids: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const { agent } = await registry.registerAgent({
+      tenant: "bench",
+      name: `agent-${i}`,
+      version: "1",
+      endpoint: `127.0.0.1:${20000 + i}`,
+      capabilities: [{ name: "echo" }],
+    });
+    ids.push(agent!.id);
+  }
+  return ids;
+}
+
 async function main(): Promise<void> {
   execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
   const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-"));
   const mtlsDir = mkdtempSync(join(tmpdir(), "nops-bench-mtls-"));
-  const echo = spawn(process.execPath, ["--import", "tsx", join(root, "bench/echo-server.ts")], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const tsx = (file: string) =>
+    spawn(process.execPath, ["--import", "tsx", join(root, file)], { stdio: ["ignore", "pipe", "inherit"] });
+  const echo = tsx("bench/echo-server.ts");
+  const connectEcho = tsx("bench/connect-echo-server.ts");
   const kernel = startKernel(dataDir, "none");
   const mtlsKernel = startKernel(mtlsDir, "dev");
   try {
     const echoPort = Number(await firstLine(echo, /^(\d+)\n/m));
+    const connectEchoPort = Number(await firstLine(connectEcho, /^(\d+)\n/m));
     const { grpcPort, httpPort } = await ports(kernel);
     const mtls = await ports(mtlsKernel);
     const devIdentity = join(mtlsDir, "dev-identity");
-    // The same agents on the mTLS kernel, registered over mTLS as the dev admin.
-    const mtlsIds: string[] = [];
-    const mtlsRegistry = createClient(
+    const idleRss = rssMiB(kernel.pid!);
+    const ids = await registerAgents(grpcPort, 100);
+    const mtlsIds = await registerAgents(mtls.grpcPort, 100, devIdentity);
+
+    // Every h2load request heartbeats the same agent: the body is one pre-encoded message.
+    const request = toBinary(
+      HeartbeatRequestSchema,
+      create(HeartbeatRequestSchema, { tenant: "bench", id: ids[0]!, load: { inFlight: 1, cpu: 0.2 } }),
+    );
+    const answer = await createClient(
       AgentRegistryService,
-      createGrpcTransport({
-        baseUrl: `https://localhost:${mtls.grpcPort}`,
-        nodeOptions: {
-          ca: readFileSync(join(devIdentity, "bundle.pem")),
-          cert: readFileSync(join(devIdentity, "svid.pem")),
-          key: readFileSync(join(devIdentity, "svid.key")),
-        },
-      }),
-    );
-    for (let i = 0; i < 100; i++) {
-      const { agent } = await mtlsRegistry.registerAgent({
-        tenant: "bench",
-        name: `agent-${i}`,
-        version: "1",
-        endpoint: `127.0.0.1:${20000 + i}`,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${grpcPort}` }),
+    ).heartbeat({ tenant: "bench", id: ids[0]!, load: { inFlight: 1, cpu: 0.2 } });
+    const answerBytes = toBinary(HeartbeatResponseSchema, answer).length;
+    const load = { clients: connections, streams, seconds, warmupSeconds: 2 };
+    const grpcCase = (name: string, port: number) =>
+      runH2load({
+        ...load,
+        name,
+        url: `http://127.0.0.1:${port}${HEARTBEAT}`,
+        body: grpcFrame(request),
+        headers: GRPC_HEADERS,
+        responseBytes: 5 + answerBytes,
       });
-      mtlsIds.push(agent!.id);
-    }
-
-    const connectClients = Array.from({ length: connections }, () =>
-      createClient(
-        AgentRegistryService,
-        createConnectTransport({ baseUrl: `http://127.0.0.1:${httpPort}`, httpVersion: "2", useBinaryFormat: true }),
-      ),
-    );
-    const ids: string[] = [];
-    for (let i = 0; i < 100; i++) {
-      const { agent } = await connectClients[0]!.registerAgent({
-        tenant: "bench",
-        name: `agent-${i}`,
-        version: "1",
-        endpoint: `127.0.0.1:${20000 + i}`,
-        capabilities: [{ name: "echo" }],
+    const connectCase = (name: string, port: number) =>
+      runH2load({
+        ...load,
+        name,
+        url: `http://127.0.0.1:${port}${HEARTBEAT}`,
+        body: request,
+        headers: CONNECT_HEADERS,
       });
-      ids.push(agent!.id);
-    }
-    let n = 0;
-    const connectCall = async (worker: number) => {
-      await connectClients[worker % connections]!.heartbeat({
-        tenant: "bench",
-        id: ids[n++ % ids.length] ?? "",
-        load: { inFlight: 1, cpu: 0.2 },
-      });
-    };
-
-    const common = { concurrency, warmupMs: 2000, durationMs };
-    const results: LoadResult[] = [];
-    // Interleave baseline and cases twice and keep each one's better run, so a burst of
-    // background load on the shared machine does not decide the ratio.
-    for (let round = 0; round < 2; round++) {
-      results.push(await runLoad({ ...common, name: "echo (bare grpc-js)", call: grpcHeartbeatCaller(echoPort, ids) }));
+    const results: Array<H2Result | LoadResult> = [];
+    const nodeLoad = { concurrency: connections * streams, warmupMs: 2000, durationMs: seconds * 1000 };
+    // Interleave baselines and cases and keep each one's better run, so a burst of background
+    // load on the shared machine does not decide a ratio.
+    for (let round = 0; round < rounds; round++) {
+      results.push(await grpcCase("echo: bare grpc-js", echoPort));
+      results.push(await grpcCase("Heartbeat over grpc-js", grpcPort));
+      results.push(await grpcCase("echo: bare connect-node, gRPC protocol", connectEchoPort));
+      results.push(await grpcCase("Heartbeat over connect-node, gRPC protocol", httpPort));
+      results.push(await connectCase("echo: bare connect-node, Connect protocol", connectEchoPort));
+      results.push(await connectCase("Heartbeat over connect-node, Connect proto", httpPort));
       results.push(
-        await runLoad({ ...common, name: "Heartbeat over grpc-js", call: grpcHeartbeatCaller(grpcPort, ids) }),
+        await runLoad({ ...nodeLoad, name: "plaintext (Node generator)", call: grpcHeartbeatCaller(grpcPort, ids) }),
       );
-      results.push(await runLoad({ ...common, name: "Heartbeat over Connect (h2, binary)", call: connectCall }));
       results.push(
         await runLoad({
-          ...common,
-          name: "Heartbeat over grpc-js, mTLS + SPIFFE authz",
+          ...nodeLoad,
+          name: "mTLS + SPIFFE authz (Node generator)",
           call: grpcHeartbeatCaller(mtls.grpcPort, mtlsIds, devIdentity),
         }),
       );
     }
-    const best = (name: string) => results.filter((r) => r.name === name).sort((a, b) => b.rps - a.rps)[0]!;
-    const baseline = best("echo (bare grpc-js)");
-    process.stdout.write(
-      `\nheartbeat bench: ${concurrency} in flight over ${connections} HTTP/2 connections, ${durationMs / 1000}s per case (best of 2)\n`,
+    const best = <T extends H2Result | LoadResult>(name: string): T =>
+      results.filter((r) => r.name === name).sort((a, b) => b.rps - a.rps)[0] as T;
+    const out = (line: string) => process.stdout.write(line + "\n");
+    out(
+      `\nheartbeat bench (h2load): ${connections} connections x ${streams} streams, ${seconds}s per case, best of ${rounds}`,
     );
-    process.stdout.write(formatResult(baseline) + "\n");
-    process.stdout.write(formatResult(best("Heartbeat over grpc-js"), baseline) + "\n");
-    process.stdout.write(formatResult(best("Heartbeat over Connect (h2, binary)"), baseline) + "\n");
-    process.stdout.write(
-      formatResult(best("Heartbeat over grpc-js, mTLS + SPIFFE authz"), best("Heartbeat over grpc-js")) + "\n",
+    const grpcEcho = best<H2Result>("echo: bare grpc-js");
+    const connectGrpcEcho = best<H2Result>("echo: bare connect-node, gRPC protocol");
+    const connectEchoResult = best<H2Result>("echo: bare connect-node, Connect protocol");
+    out(formatH2(grpcEcho));
+    out(formatH2(best("Heartbeat over grpc-js"), grpcEcho, 0.75));
+    out(formatH2(connectGrpcEcho));
+    out(formatH2(best("Heartbeat over connect-node, gRPC protocol"), connectGrpcEcho, 0.8));
+    out(formatH2(best("Heartbeat over connect-node, gRPC protocol"), grpcEcho));
+    out(formatH2(connectEchoResult));
+    out(formatH2(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
+    out(
+      formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)")) +
+        "  (target >= 0.9)",
     );
+    out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    // A case no call of which was answered measured nothing: the bench itself is broken.
+    const silent = results.filter((r) => r.requests === 0).map((r) => r.name);
+    if (silent.length > 0) throw new Error(`no call answered in: ${[...new Set(silent)].join(", ")}`);
   } finally {
     echo.kill("SIGKILL");
+    connectEcho.kill("SIGKILL");
     for (const k of [kernel, mtlsKernel]) {
       k.kill("SIGTERM");
       await new Promise((r) => k.once("exit", r));

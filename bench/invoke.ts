@@ -1,9 +1,10 @@
 // Invoke through the kernel (the built kernel process, full interceptor chain and Egress Guard)
-// to an echo agent process, versus calling the agent's AgentService.Handle directly, in one run:
-// added p50/p99 latency per hop at ~1,000 rps, and the saturation throughput ratio. A third
-// case, a bare grpc-js forwarder (bench/grpc-forwarder.ts), is the floor of any gRPC hop on
-// this machine: what a router with no work of its own would add.
-//   node --import tsx bench/invoke.ts [--rate 1000] [--seconds 5] [--concurrency 64]
+// to an echo agent process, versus calling the agent's AgentService.Handle directly, in one run,
+// with h2load (bench/lib/h2load.ts) as the load generator: added p50/p99 latency per hop at a
+// fixed rate on one stream, and the saturation throughput ratios. A third case, a bare grpc-js
+// forwarder (bench/grpc-forwarder.ts), is the floor of any gRPC hop on this machine: what a
+// router with no work of its own would add.
+//   node --import tsx bench/invoke.ts [--rate 200] [--seconds 8] [--connections 4] [--streams 16]
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -13,22 +14,25 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { AgentService, HandleRequestSchema, HandleResponseSchema } from "../gen/nops/agent/v1/agent_pb.js";
 import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
+import { GRPC_HEADERS, formatH2, grpcFrame, rssMiB, runH2load, type H2Result } from "./lib/h2load.js";
 
 const { values: args } = parseArgs({
   options: {
-    rate: { type: "string", default: "1000" },
-    seconds: { type: "string", default: "5" },
-    concurrency: { type: "string", default: "64" },
+    rate: { type: "string", default: "200" },
+    seconds: { type: "string", default: "8" },
+    connections: { type: "string", default: "4" },
+    streams: { type: "string", default: "16" },
   },
 });
 
+const connections = Number(args.connections);
+const streams = Number(args.streams);
 const root = fileURLToPath(new URL("..", import.meta.url));
 
 // The whole kernel (built), plaintext so the figure is the routing hop, with the limits lifted
@@ -84,43 +88,6 @@ function startForwarder(agentEndpoint: string): { process: ChildProcess; port: P
   return { process: child, port: firstLine(child, /^(\d+)\n/).then(Number) };
 }
 
-type Call = () => Promise<void>;
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
-
-/** Open-loop load at `rate` rps for `seconds`; latencies in ms. */
-async function fixedRate(
-  call: Call,
-  rate: number,
-  seconds: number,
-): Promise<{ p50: number; p99: number; errors: number; sent: number }> {
-  const latencies: number[] = [];
-  let errors = 0;
-  let sent = 0;
-  const pending: Array<Promise<void>> = [];
-  const start = performance.now();
-  const total = rate * seconds;
-  while (sent < total) {
-    const due = Math.floor(((performance.now() - start) / 1000) * rate);
-    while (sent < Math.min(due, total)) {
-      sent++;
-      const t0 = performance.now();
-      pending.push(
-        call().then(
-          () => void latencies.push(performance.now() - t0),
-          () => void errors++,
-        ),
-      );
-    }
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  await Promise.all(pending);
-  latencies.sort((a, b) => a - b);
-  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, sent };
-}
-
 /** CPU time (user + system) a process has used so far, ms (Linux /proc; 10 ms ticks). */
 function cpuMs(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
@@ -129,49 +96,9 @@ function cpuMs(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
-/**
- * Closed-loop load with `concurrency` callers for `seconds`: requests per second, and the CPU
- * the middle process (`pid`) spent per request, µs, which does not depend on how the three
- * processes share the two cores.
- */
-async function saturation(
-  call: Call,
-  concurrency: number,
-  seconds: number,
-  pid?: number,
-): Promise<{ rps: number; cpuUsPerCall: number }> {
-  let done = 0;
-  const cpuBefore = pid ? cpuMs(pid) : 0;
-  const end = performance.now() + seconds * 1000;
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() < end) {
-        await call().catch(() => undefined);
-        done++;
-      }
-    }),
-  );
-  return { rps: done / seconds, cpuUsPerCall: pid ? ((cpuMs(pid) - cpuBefore) * 1000) / done : NaN };
-}
-
-function unary<Req, Res>(
-  client: grpc.Client,
-  path: string,
-  ser: (m: Req) => Buffer,
-  de: (b: Buffer) => Res,
-  req: Req,
-): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    client.makeUnaryRequest(path, ser, de, req, new grpc.Metadata(), { deadline: Date.now() + 5_000 }, (err, res) =>
-      err ? reject(err) : resolve(res!),
-    );
-  });
-}
-
 async function main(): Promise<void> {
   const rate = Number(args.rate);
   const seconds = Number(args.seconds);
-  const concurrency = Number(args.concurrency);
   const agent = await spawnEchoAgent({ name: "bench-echo" });
   const { process: kernel, grpcPort: kernelPort } = await startKernel();
   const forwarder = startForwarder(agent.endpoint);
@@ -188,63 +115,101 @@ async function main(): Promise<void> {
       endpoint: agent.endpoint,
       capabilities: [{ name: "echo", version: "1.0.0" }],
     });
+    const idleRss = rssMiB(kernel.pid!);
     const payload = new TextEncoder().encode("x".repeat(64));
-    const direct = new grpc.Client(agent.endpoint, grpc.credentials.createInsecure());
-    const viaKernel = new grpc.Client(`127.0.0.1:${kernelPort}`, grpc.credentials.createInsecure());
-    const viaForwarder = new grpc.Client(`127.0.0.1:${forwarderPort}`, grpc.credentials.createInsecure());
-    const handleReq = create(HandleRequestSchema, { invocation: { capability: "echo", tenant: "bench", payload } });
-    const invokeReq = create(InvokeRequestSchema, { tenant: "bench", capability: "echo", payload });
-    const callDirect: Call = async () => {
-      await unary(
-        direct,
-        `/${AgentService.typeName}/Handle`,
-        (m: typeof handleReq) => Buffer.from(toBinary(HandleRequestSchema, m)),
-        (b) => fromBinary(HandleResponseSchema, b),
-        handleReq,
-      );
+    const handleBody = grpcFrame(
+      toBinary(
+        HandleRequestSchema,
+        create(HandleRequestSchema, { invocation: { capability: "echo", tenant: "bench", payload } }),
+      ),
+    );
+    const invokeBody = grpcFrame(
+      toBinary(InvokeRequestSchema, create(InvokeRequestSchema, { tenant: "bench", capability: "echo", payload })),
+    );
+    // The size of each answer, from one call each, so h2load's runs count only calls answered.
+    const viaKernel = createClient(RoutingService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }));
+    const viaForwarder = createClient(
+      RoutingService,
+      createGrpcTransport({ baseUrl: `http://127.0.0.1:${forwarderPort}` }),
+    );
+    const direct = createClient(AgentService, createGrpcTransport({ baseUrl: `http://${agent.endpoint}` }));
+    const invokeReq = { tenant: "bench", capability: "echo", payload };
+    const kernelBytes = 5 + toBinary(InvokeResponseSchema, await viaKernel.invoke(invokeReq)).length;
+    const forwarderBytes = 5 + toBinary(InvokeResponseSchema, await viaForwarder.invoke(invokeReq)).length;
+    const directBytes =
+      5 +
+      toBinary(
+        HandleResponseSchema,
+        await direct.handle({ invocation: { capability: "echo", tenant: "bench", payload } }),
+      ).length;
+    const cases = {
+      direct: {
+        url: `http://${agent.endpoint}/${AgentService.typeName}/Handle`,
+        body: handleBody,
+        responseBytes: directBytes,
+      },
+      floor: {
+        url: `http://127.0.0.1:${forwarderPort}/${RoutingService.typeName}/Invoke`,
+        body: invokeBody,
+        responseBytes: forwarderBytes,
+      },
+      kernel: {
+        url: `http://127.0.0.1:${kernelPort}/${RoutingService.typeName}/Invoke`,
+        body: invokeBody,
+        responseBytes: kernelBytes,
+      },
     };
-    const invoke =
-      (client: grpc.Client): Call =>
-      async () => {
-        await unary(
-          client,
-          `/${RoutingService.typeName}/Invoke`,
-          (m: typeof invokeReq) => Buffer.from(toBinary(InvokeRequestSchema, m)),
-          (b) => fromBinary(InvokeResponseSchema, b),
-          invokeReq,
-        );
-      };
-    const callKernel = invoke(viaKernel);
-    const callForwarder = invoke(viaForwarder);
-    // Warm up connections and JIT on every path.
-    for (const call of [callDirect, callForwarder, callKernel]) await saturation(call, 8, 1);
-    const d = await fixedRate(callDirect, rate, seconds);
-    const fw = await fixedRate(callForwarder, rate, seconds);
-    const k = await fixedRate(callKernel, rate, seconds);
-    const { rps: dSat, cpuUsPerCall: agentCpu } = await saturation(callDirect, concurrency, seconds, agent.pid);
-    const { rps: fwSat, cpuUsPerCall: fwCpu } = await saturation(
-      callForwarder,
-      concurrency,
-      seconds,
-      forwarder.process.pid,
-    );
-    const { rps: kSat, cpuUsPerCall: kCpu } = await saturation(callKernel, concurrency, seconds, kernel.pid);
+    const names = {
+      direct: "direct: agent.Handle",
+      floor: "floor: bare forwarder Invoke",
+      kernel: "kernel: Routing.Invoke",
+    };
+    const pids = { direct: agent.pid, floor: forwarder.process.pid!, kernel: kernel.pid! };
+    const at = async (which: keyof typeof cases, closed: boolean) =>
+      runH2load({
+        ...cases[which],
+        name: names[which],
+        headers: GRPC_HEADERS,
+        ...(closed
+          ? { clients: connections, streams, seconds, warmupSeconds: 2 }
+          : { clients: 1, streams: 1, rps: rate, seconds, warmupSeconds: 1 }),
+      });
+    const fixed = {
+      direct: await at("direct", false),
+      floor: await at("floor", false),
+      kernel: await at("kernel", false),
+    };
+    const cpu: Record<string, number> = {};
+    const sat: Record<string, H2Result> = {};
+    for (const which of ["direct", "floor", "kernel"] as const) {
+      const before = cpuMs(pids[which]);
+      sat[which] = await at(which, true);
+      // CPU the middle process spent per call, µs: independent of how the processes share the cores.
+      cpu[which] = ((cpuMs(pids[which]) - before) * 1000) / Math.max(1, sat[which].requests + sat[which].errors);
+    }
     const f = (n: number): string => n.toFixed(3);
-    process.stdout.write(
-      [
-        `invoke bench: ${rate} rps for ${seconds} s, 64-byte payload, saturation with ${concurrency} callers`,
-        `direct  agent.Handle   p50 ${f(d.p50)} ms  p99 ${f(d.p99)} ms  errors ${d.errors}/${d.sent}`,
-        `floor   bare forwarder p50 ${f(fw.p50)} ms  p99 ${f(fw.p99)} ms  errors ${fw.errors}/${fw.sent}`,
-        `kernel  Routing.Invoke p50 ${f(k.p50)} ms  p99 ${f(k.p99)} ms  errors ${k.errors}/${k.sent}`,
-        `added per hop, kernel  p50 ${f(k.p50 - d.p50)} ms (goal < 0.5)  p99 ${f(k.p99 - d.p99)} ms (goal < 2)`,
-        `added per hop, floor   p50 ${f(fw.p50 - d.p50)} ms  p99 ${f(fw.p99 - d.p99)} ms`,
-        `cpu per call  agent ${agentCpu.toFixed(0)} us  floor ${fwCpu.toFixed(0)} us  kernel ${kCpu.toFixed(0)} us (${(kCpu / fwCpu).toFixed(2)}x the floor)`,
-        `saturation  direct ${dSat.toFixed(0)} rps  floor ${fwSat.toFixed(0)} rps (ratio ${(fwSat / dSat).toFixed(3)})  kernel ${kSat.toFixed(0)} rps (ratio ${(kSat / dSat).toFixed(3)}, ${(kSat / fwSat).toFixed(3)} of the floor)`,
-      ].join("\n") + "\n",
+    const out = (line: string) => process.stdout.write(line + "\n");
+    out(
+      `\ninvoke bench (h2load): 64-byte payload; ${rate} rps on one stream for ${seconds} s; saturation ${connections} x ${streams}`,
     );
-    direct.close();
-    viaKernel.close();
-    viaForwarder.close();
+    out(formatH2(fixed.direct));
+    out(formatH2(fixed.floor, fixed.direct));
+    out(formatH2(fixed.kernel, fixed.direct));
+    const added = (r: H2Result) =>
+      `p50 +${f(r.p50Ms - fixed.direct.p50Ms)} ms  p99 +${f(r.p99Ms - fixed.direct.p99Ms)} ms`;
+    out(`added over direct at ${rate} rps: kernel ${added(fixed.kernel)} (targets p50 <= 0.35, p99 <= 1.5)`);
+    out(`added over direct at ${rate} rps: floor  ${added(fixed.floor)}`);
+    out(formatH2(sat.direct!));
+    out(formatH2(sat.floor!, sat.direct, 0.45));
+    out(formatH2(sat.kernel!, sat.floor, 0.85));
+    out(formatH2(sat.kernel!, sat.direct));
+    out(
+      `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
+    );
+    out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    // A case no call of which was answered measured nothing: the bench itself is broken.
+    const silent = [...Object.values(fixed), ...Object.values(sat)].filter((r) => r.requests === 0);
+    if (silent.length > 0) throw new Error(`no call answered in: ${silent.map((r) => r.name).join(", ")}`);
   } finally {
     forwarder.process.kill("SIGTERM");
     kernel.kill("SIGTERM");

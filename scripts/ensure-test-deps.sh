@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The integration tests start their own nats-server and redis-server; the Python SDK's tests run on
-# Debian's grpcio/protobuf and regenerate its stubs with protoc. Install what is missing from
-# Debian's packages (as root), or say which command would.
+# Debian's grpcio/protobuf and regenerate its stubs with protoc; the bench smoke test drives load
+# with h2load. Install what is missing from Debian's packages (as root), or say which command would.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin"
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v grpc_python_plugin >/dev/null 2>&1 || missing+=(protobuf-compiler-grpc)
 for module in grpc:python3-grpcio google.protobuf:python3-protobuf cryptography:python3-cryptography; do

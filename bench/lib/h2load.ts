@@ -1,0 +1,159 @@
+// h2load (nghttp2's C load generator) as the bench's independent load generator: a Node load
+// generator saturates before the kernel does and flatters every ratio. Each run sends one
+// pre-encoded request body, reads h2load's per-request log for the percentiles, and counts a
+// gRPC call as answered only when its response DATA arrived (a gRPC error is HTTP 200 with a
+// trailers-only answer, which h2load would count as a success).
+import { execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/** Result of one h2load run. */
+export interface H2Result {
+  name: string;
+  requests: number;
+  errors: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+/** Where h2load is, installing Debian's nghttp2-client when it is missing and we are root. */
+export function ensureH2load(): string {
+  const find = (): string | undefined => {
+    try {
+      return execFileSync("sh", ["-c", "command -v h2load"], { encoding: "utf8" }).trim() || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const found = find();
+  if (found) return found;
+  if (process.getuid?.() !== 0)
+    throw new Error("h2load is missing: run `apt-get install nghttp2-client` as root, then the bench again");
+  const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+  const install = ["install", "-y", "-qq", "--no-install-recommends", "nghttp2-client"];
+  try {
+    execFileSync("apt-get", install, { env, stdio: "ignore" });
+  } catch {
+    execFileSync("apt-get", ["update", "-qq"], { env, stdio: "ignore" });
+    execFileSync("apt-get", install, { env, stdio: "ignore" });
+  }
+  const installed = find();
+  if (!installed) throw new Error("installing nghttp2-client did not provide h2load");
+  return installed;
+}
+
+/** A gRPC length-prefixed message (uncompressed). */
+export function grpcFrame(message: Uint8Array): Buffer {
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  frame.set(message, 5);
+  return frame;
+}
+
+/** Request headers for a unary gRPC call. */
+export const GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"];
+/** Request headers for a unary Connect call with the binary codec. */
+export const CONNECT_HEADERS = ["content-type: application/proto", "connect-protocol-version: 1"];
+
+/** One h2load run. Closed loop (`clients` x `streams` in flight) unless `rps` is given. */
+export interface H2Options {
+  name: string;
+  /** http://host:port/package.Service/Method */
+  url: string;
+  body: Uint8Array;
+  headers: string[];
+  clients: number;
+  streams: number;
+  seconds: number;
+  warmupSeconds: number;
+  /** Requests per second per client (open loop). */
+  rps?: number;
+  /**
+   * Bytes of response DATA one successful call returns; when given, calls whose DATA did not
+   * arrive are counted as errors.
+   */
+  responseBytes?: number;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** Runs h2load and summarises its per-request log. */
+export async function runH2load(options: H2Options): Promise<H2Result> {
+  const h2load = ensureH2load();
+  const dir = mkdtempSync(join(tmpdir(), "nops-h2load-"));
+  try {
+    const bodyFile = join(dir, "body");
+    const logFile = join(dir, "requests.log");
+    writeFileSync(bodyFile, options.body);
+    const run = (seconds: number, log?: string): Promise<string> => {
+      const args = [
+        ...["-c", String(options.clients), "-m", String(options.streams), "-t", "1", "-D", String(seconds)],
+        ...["-d", bodyFile, ...options.headers.flatMap((h) => ["-H", h])],
+        ...(options.rps ? ["--rps", String(options.rps)] : []),
+        ...(log ? ["--log-file", log] : []),
+        options.url,
+      ];
+      return new Promise<string>((resolve, reject) => {
+        const child = spawn(h2load, args, { stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+        child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+        child.once("error", reject);
+        child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`h2load exited ${code}: ${out}`))));
+      });
+    };
+    // A separate warm-up run: h2load's own --warm-up-time leaves the warm-up's DATA in the
+    // traffic total, which the answered-call check below reads.
+    if (options.warmupSeconds > 0) await run(options.warmupSeconds);
+    const summary = await run(options.seconds, logFile);
+    // One row per request: start (µs since the epoch), HTTP status, duration (µs). Status 0
+    // marks a request still in flight when the run ended: neither an answer nor an error.
+    const rows = readFileSync(logFile, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => line.split("\t").map(Number) as [number, number, number])
+      .filter(([, status]) => status !== 0);
+    const ok = rows.filter(([, status]) => status >= 200 && status < 300);
+    const latencies = Float64Array.from(ok.map(([, , us]) => us / 1000)).sort();
+    // gRPC errors are 200s without the answer's DATA.
+    let unanswered = 0;
+    if (options.responseBytes) {
+      const data = Number(/traffic: .*?(\d+)\) data/.exec(summary)?.[1] ?? NaN);
+      if (!Number.isFinite(data)) throw new Error(`h2load printed no traffic line:\n${summary}`);
+      unanswered = Math.max(0, ok.length - Math.floor(data / options.responseBytes));
+    }
+    return {
+      name: options.name,
+      requests: ok.length - unanswered,
+      errors: rows.length - ok.length + unanswered,
+      rps: (ok.length - unanswered) / options.seconds,
+      p50Ms: percentile(latencies, 50),
+      p99Ms: percentile(latencies, 99),
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Formats a result line with its ratio to a baseline and, when given, the target ratio. */
+export function formatH2(r: H2Result, baseline?: H2Result, target?: number): string {
+  const ratio = baseline ? r.rps / baseline.rps : 1;
+  const verdict =
+    target === undefined ? "" : ratio >= target ? `  (target >= ${target}: met)` : `  (target >= ${target}: MISSED)`;
+  const of = baseline ? `  ratio ${ratio.toFixed(2)} of ${baseline.name}${verdict}` : "  (baseline)";
+  return (
+    `${r.name.padEnd(44)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50Ms.toFixed(2)} ms` +
+    `  p99 ${r.p99Ms.toFixed(2)} ms  errors ${r.errors}${of}`
+  );
+}
+
+/** Resident set size of a process, MiB (Linux /proc). */
+export function rssMiB(pid: number): number {
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+  return kb / 1024;
+}

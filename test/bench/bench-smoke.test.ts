@@ -1,0 +1,24 @@
+// The bench's smoke run (correctness of the bench, not its numbers): every case starts its
+// processes, drives load with its generator, prints its figures and ratios, and answers calls.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import test from "ava";
+
+const root = new URL("../..", import.meta.url).pathname;
+
+test("bench - npm run bench -- --smoke runs every case and prints its ratios", async (t) => {
+  t.timeout(600_000);
+  const run = await promisify(execFile)(process.execPath, ["--import", "tsx", "bench/run.ts", "--smoke"], {
+    cwd: root,
+    timeout: 540_000,
+    maxBuffer: 16 * 1024 * 1024,
+  }).catch((error: { stdout?: string; stderr?: string; code?: number }) => error);
+  const out = `${run.stdout ?? ""}${run.stderr ?? ""}`;
+  t.false("code" in run && run.code !== 0, out);
+  for (const file of ["heartbeat.ts", "event-bus.ts", "egress-guard.ts", "invoke.ts", "tracing.ts"])
+    t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
+  t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
+  t.regex(out, /Heartbeat over connect-node, gRPC protocol .* ratio \d+\.\d+ of echo: bare connect-node/);
+  t.regex(out, /kernel: Routing\.Invoke .* ratio \d+\.\d+ of floor: bare forwarder Invoke/);
+  t.regex(out, /kernel RSS: idle \d+ MiB, after the bench \d+ MiB/);
+});
