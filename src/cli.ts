@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+import { hostname } from "node:os";
+import { join } from "node:path";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -7,6 +9,8 @@ import { openDatabase } from "./store/database.js";
 import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
+import { encodeVerifierKey, openFileSigner } from "./audit/signer.js";
+import { kernelRoot, resolveReleaseOptions, signRelease, verifyRelease } from "./release/index.js";
 import { startDgeServer } from "./dge/dge-server.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 
@@ -17,6 +21,10 @@ commands:
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
   dge                       run the reference Data Governance Engine (dgeServer section)
   audit verify              check the hash chain of the audit log
+  release sign --key <file> [--key-name <name>] [--out <dir>] [--builder <id>]
+                            sign this kernel's release: manifest, SBOM, SLSA provenance (DSSE)
+  release verify [--dir <dir>] [--trusted-key <key>]...
+                            verify a release against the files here (keys: release.trustedKeys)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -30,6 +38,20 @@ function flag(args: string[], name: string): string | undefined {
   if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
   args.splice(i, 2);
   return value;
+}
+
+/** The flags of `release sign|verify`, taken out of `args`. */
+function releaseFlags(args: string[]) {
+  const trustedKeys: string[] = [];
+  for (let k = flag(args, "--trusted-key"); k !== undefined; k = flag(args, "--trusted-key")) trustedKeys.push(k);
+  return {
+    key: flag(args, "--key"),
+    keyName: flag(args, "--key-name") ?? "nops-kernel-release",
+    out: flag(args, "--out"),
+    builder: flag(args, "--builder"),
+    dir: flag(args, "--dir"),
+    trustedKeys,
+  };
 }
 
 const out = (s: string) => process.stdout.write(s + "\n");
@@ -89,6 +111,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
   try {
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
+    const release = args[0] === "release" ? releaseFlags(args) : undefined;
     const [command, sub, ...rest] = args;
     if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
     switch (command) {
@@ -146,6 +169,40 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
         } finally {
           db.close();
         }
+      }
+      case "release": {
+        const root = kernelRoot();
+        const f = release!;
+        if (sub === "sign") {
+          if (!f.key) throw new ConfigError("release sign needs --key <file> (created 0600 when missing)");
+          const signer = openFileSigner({ path: f.key, name: f.keyName });
+          const outDir = f.out ?? join(root, "release");
+          const { statement } = await signRelease({
+            root,
+            outDir,
+            signer,
+            kernelVersion: KERNEL_VERSION,
+            builderId: f.builder ?? `local:${hostname()}`,
+          });
+          const commit = statement.predicate.buildDefinition.externalParameters.source.digest.gitCommit;
+          out(`release signed into ${outDir} (commit ${commit})`);
+          out(`verifier key: ${encodeVerifierKey(signer.name, signer.publicKey)}`);
+          return 0;
+        }
+        if (sub !== "verify") throw new ConfigError(`release needs sign or verify (got ${sub ?? "nothing"})`);
+        const configured = f.trustedKeys.length
+          ? resolveReleaseOptions({ trustedKeys: f.trustedKeys })
+          : loadKernelOptions(configFile, env).release;
+        if (configured.trustedKeys.length === 0)
+          throw new ConfigError("release verify needs --trusted-key <key> or release.trustedKeys in the config");
+        const result = verifyRelease(configured.root, f.dir ?? configured.dir, configured.trustedKeys);
+        if (result.ok)
+          out(`release verified: ${result.files} files, signed by ${result.signedBy}, commit ${result.sourceCommit}`);
+        else {
+          out(`release verification FAILED (${result.problems.length} problems):`);
+          for (const p of result.problems.slice(0, 50)) out(`  ${p}`);
+        }
+        return result.ok ? 0 : 1;
       }
       case undefined:
       case "help":

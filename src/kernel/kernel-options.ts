@@ -23,6 +23,7 @@ import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
 import { resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
+import { resolveReleaseOptions, type ReleaseOptions } from "../release/release-options.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -107,6 +108,8 @@ export interface KernelOptions {
   admin: AdminOptions;
   /** The verifiable audit log: checkpoint key, origin, cadence (see docs/audit.md). */
   audit: AuditOptions;
+  /** Verify the signed release before serving (see docs/release.md). */
+  release: ReleaseOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -161,6 +164,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   telemetry: {},
   admin: {},
   audit: {},
+  release: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -264,6 +268,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
+    release: resolveReleaseOptions(s.release ?? {}, "release"),
     audit: resolveAuditOptions(s.audit ?? {}, {
       dataDir,
       edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),
