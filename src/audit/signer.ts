@@ -1,12 +1,4 @@
-import {
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  sign,
-  verify,
-  type KeyObject,
-} from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
 import { chmodSync, existsSync, openSync, readFileSync, renameSync, statSync, writeFileSync, closeSync } from "node:fs";
 import { dirname, relative, resolve, isAbsolute } from "node:path";
 import { ConfigError } from "../common/index.js";
@@ -63,8 +55,7 @@ export function encodeVerifierKey(name: string, publicKey: Uint8Array): string {
 /** Parses a verifier key string; throws a ConfigError naming what is wrong. */
 export function parseVerifierKey(text: string): VerifierKey {
   const parts = text.trim().split("+");
-  if (parts.length !== 3)
-    throw new ConfigError(`verifier key must be <name>+<hex id>+<base64 key>, got ${text.trim()}`);
+  if (parts.length !== 3) throw new ConfigError(`verifier key must be <name>+<hex id>+<base64 key>, got ${text.trim()}`);
   const [name, idHex, keyB64] = parts as [string, string, string];
   checkKeyName(name);
   const raw = Buffer.from(keyB64, "base64");
