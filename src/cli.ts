@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { hostname } from "node:os";
 import { join } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -11,6 +12,10 @@ import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
 import { encodeVerifierKey, openFileSigner } from "./audit/signer.js";
 import { kernelRoot, resolveReleaseOptions, signRelease, verifyRelease } from "./release/index.js";
+import { openCheckpoint, type SignedCheckpoint } from "./audit/checkpoint.js";
+import { fileVerifierKeys, parseVerifierKey, rotateFileSigner, type VerifierKey } from "./audit/signer.js";
+import { resolveWitnessOptions, startWitness } from "./witness/index.js";
+import { loadRawConfig } from "./kernel/load-config.js";
 import { startDgeServer } from "./dge/dge-server.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 
@@ -25,6 +30,12 @@ commands:
                             sign this kernel's release: manifest, SBOM, SLSA provenance (DSSE)
   release verify [--dir <dir>] [--trusted-key <key>]...
                             verify a release against the files here (keys: release.trustedKeys)
+  audit verify [--checkpoint <file|url>] [--key <verifier key|file>]
+                            check the audit log (hash chain and Merkle tree) against a checkpoint
+                            held outside the edge, e.g. the hub witness's (docs/audit.md)
+  audit key [--rotate]      print the checkpoint verifier keys to pin at the witness; --rotate
+                            replaces the key, keeping the old one verifiable
+  audit witness             run the hub-side witness (witness section of the config file)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -52,6 +63,12 @@ function releaseFlags(args: string[]) {
     dir: flag(args, "--dir"),
     trustedKeys,
   };
+}
+
+function bool(args: string[], name: string): boolean {
+  const i = args.indexOf(name);
+  if (i !== -1) args.splice(i, 1);
+  return i !== -1;
 }
 
 const out = (s: string) => process.stdout.write(s + "\n");
@@ -105,6 +122,90 @@ async function serve(configFile: string | undefined, env: Record<string, string 
   return 0;
 }
 
+/** Reads a signed checkpoint from a file, or from a URL (a witness's base URL gets /v1/checkpoints/<edge>). */
+async function readCheckpointSource(source: string, edgeId: string): Promise<string> {
+  if (!/^https?:\/\//.test(source)) return readFileSync(source, "utf8");
+  const url = new URL(source);
+  if (url.pathname === "/" || url.pathname === "") url.pathname = `/v1/checkpoints/${edgeId}`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(15_000) });
+  if (!res.ok) throw new ConfigError(`${url.href} answered ${res.status}: ${(await res.text()).trim()}`);
+  return res.text();
+}
+
+/** Verifier keys from --key (a key, or a file of keys one a line), else the key file's current and retired keys. */
+function verifierKeys(key: string | undefined, keyFile: string, origin: string): VerifierKey[] {
+  if (key === undefined) return fileVerifierKeys({ path: keyFile, name: origin }).map((k) => parseVerifierKey(k));
+  const text = existsSync(key) ? readFileSync(key, "utf8") : key;
+  return text
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((l) => parseVerifierKey(l));
+}
+
+/** `nops-kernel audit verify | key | witness`. */
+async function auditCommand(
+  sub: string | undefined,
+  configFile: string | undefined,
+  env: Record<string, string | undefined>,
+  flags: { checkpoint?: string; key?: string; rotate: boolean },
+): Promise<number> {
+  if (sub === "witness") {
+    const raw = loadRawConfig({ file: configFile, env: {}, defaults: {} });
+    if (raw.witness === undefined) throw new ConfigError("audit witness needs a witness section in the config file");
+    const options = resolveWitnessOptions(raw.witness, "witness");
+    const logger = createLogger({ level: "info", redactPaths: [] });
+    const running = await startWitness(options, { logger });
+    logger.info({ url: running.url, edges: Object.keys(options.edges) }, "audit witness listening");
+    await firstSignal(() => process.exit(130));
+    await running.close();
+    return 0;
+  }
+  const options = loadKernelOptions(configFile, env);
+  const signerFile = { path: options.audit.keyFile, name: options.audit.origin, forbiddenDir: options.dataDir };
+  if (sub === "key") {
+    if (flags.rotate) {
+      const { current, retired } = rotateFileSigner(signerFile);
+      out(`rotated: new key ${current}\nretired (still verifies older checkpoints): ${retired}`);
+    } else for (const k of fileVerifierKeys(signerFile)) out(k);
+    return 0;
+  }
+  if (sub !== "verify") throw new ConfigError(`audit needs verify, key or witness (got ${sub ?? "nothing"})`);
+  const db = openKernelDatabase(options);
+  try {
+    const audit = createAuditLog(db, systemClock);
+    let checkpoint: SignedCheckpoint | undefined;
+    let where = "";
+    if (flags.checkpoint !== undefined) {
+      const keys = verifierKeys(flags.key, options.audit.keyFile, options.audit.origin);
+      try {
+        checkpoint = openCheckpoint(
+          await readCheckpointSource(flags.checkpoint, options.edgeId),
+          keys,
+          options.audit.origin,
+        );
+      } catch (e) {
+        err(`the checkpoint from ${flags.checkpoint} cannot be used: ${(e as Error).message}`);
+        return 2;
+      }
+      where = `the checkpoint from ${flags.checkpoint}`;
+    }
+    const result = audit.verify(checkpoint);
+    if (!result.ok) {
+      out(`audit log TAMPERED at row ${result.badSeq}: ${result.reason} (${result.checked} rows verified before it)`);
+      return 1;
+    }
+    out(
+      checkpoint
+        ? `audit log intact: ${result.checked} rows verified, consistent with ${where} (tree size ${checkpoint.size})`
+        : `audit log intact: ${result.checked} rows verified (no checkpoint held outside the edge given: ` +
+            `a truncated or fully re-hashed log is detected only with --checkpoint)`,
+    );
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
 /** The command line: reads argv and the environment (the only place that does). */
 async function main(argv: string[], env: Record<string, string | undefined> = process.env): Promise<number> {
   const args = [...argv];
@@ -112,6 +213,11 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
     const release = args[0] === "release" ? releaseFlags(args) : undefined;
+    const auditFlags = {
+      checkpoint: flag(args, "--checkpoint"),
+      key: flag(args, "--key"),
+      rotate: bool(args, "--rotate"),
+    };
     const [command, sub, ...rest] = args;
     if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
     switch (command) {
@@ -154,22 +260,8 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
         }
         return 0;
       }
-      case "audit": {
-        if (sub !== "verify") throw new ConfigError(`audit needs verify (got ${sub ?? "nothing"})`);
-        const options = loadKernelOptions(configFile, env);
-        const db = openKernelDatabase(options);
-        try {
-          const result = createAuditLog(db, systemClock).verify();
-          out(
-            result.ok
-              ? `audit log intact: ${result.checked} rows verified`
-              : `audit log TAMPERED at row ${result.badSeq}: ${result.reason} (${result.checked} rows verified before it)`,
-          );
-          return result.ok ? 0 : 1;
-        } finally {
-          db.close();
-        }
-      }
+      case "audit":
+        return await auditCommand(sub, configFile, env, auditFlags);
       case "release": {
         const root = kernelRoot();
         const f = release!;

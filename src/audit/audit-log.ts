@@ -266,7 +266,9 @@ export function createAuditLog(db: Db, clock: Clock): AuditLog {
     },
     latestCheckpoint() {
       const row = getCheckpoint.get();
-      return row && { origin: row.note.slice(0, row.note.indexOf("\n")), size: row.size, root: row.root, note: row.note };
+      return (
+        row && { origin: row.note.slice(0, row.note.indexOf("\n")), size: row.size, root: row.root, note: row.note }
+      );
     },
     verify(checkpoint) {
       let expectedPrev = GENESIS;
@@ -310,7 +312,8 @@ export function createAuditLog(db: Db, clock: Clock): AuditLog {
       }
       // The stored tree must be the tree of the rows (it is what proofs are served from).
       const stored = treeSize();
-      if (stored > checked) return fail(checked + 1, `the Merkle tree holds ${stored} leaves but the log ${checked} rows`);
+      if (stored > checked)
+        return fail(checked + 1, `the Merkle tree holds ${stored} leaves but the log ${checked} rows`);
       let storedRoot: Uint8Array | undefined;
       try {
         storedRoot = rootHash(read, stored);

@@ -20,7 +20,11 @@ export interface AuditOptions {
 export const DEFAULT_AUDIT_OPTIONS = { keyFile: "", origin: "", checkpointIntervalMs: 60_000, systemTenant: "system" };
 
 /** Validates the `audit` section and fills defaults; throws ConfigError naming the field. */
-export function resolveAuditOptions(input: unknown, ctx: { dataDir: string; edgeId: string }, path = "audit"): AuditOptions {
+export function resolveAuditOptions(
+  input: unknown,
+  ctx: { dataDir: string; edgeId: string },
+  path = "audit",
+): AuditOptions {
   const d = DEFAULT_AUDIT_OPTIONS;
   const s = readSection(input, path, d);
   const keyFile = readString(s, "keyFile", path, d.keyFile);

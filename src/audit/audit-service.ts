@@ -34,7 +34,9 @@ export function createAuditService(deps: AuditServiceDeps): ServiceImpl<typeof A
   const treeSize = () => audit.head().size;
   return {
     async getCheckpoint(req) {
-      const latest = req.fresh ? await checkpointer.issue() : (audit.latestCheckpoint() ?? (await checkpointer.issue()));
+      const latest = req.fresh
+        ? await checkpointer.issue()
+        : (audit.latestCheckpoint() ?? (await checkpointer.issue()));
       return create(GetCheckpointResponseSchema, {
         checkpoint: latest.note,
         origin: latest.origin,

@@ -49,7 +49,8 @@ export async function signCheckpoint(c: Checkpoint, signers: readonly Signer[]):
 /** Parses the checkpoint body of a note without checking any signature. */
 export function parseCheckpointBody(body: string): Checkpoint {
   const lines = body.split("\n");
-  if (lines.length < 4 || lines.at(-1) !== "") throw new CheckpointError("checkpoint needs origin, size and root lines");
+  if (lines.length < 4 || lines.at(-1) !== "")
+    throw new CheckpointError("checkpoint needs origin, size and root lines");
   const [origin, sizeText, rootText] = lines as [string, string, string];
   if (!origin) throw new CheckpointError("checkpoint origin is empty");
   if (!/^(0|[1-9][0-9]{0,15})$/.test(sizeText) || !Number.isSafeInteger(Number(sizeText)))
@@ -76,7 +77,8 @@ export function openCheckpoint(
   const sigLines = note.slice(split + 2, -1).split("\n");
   const signedBy: string[] = [];
   for (const line of sigLines) {
-    if (!line.startsWith(SIGNATURE_PREFIX)) throw new CheckpointError(`malformed signature line ${JSON.stringify(line)}`);
+    if (!line.startsWith(SIGNATURE_PREFIX))
+      throw new CheckpointError(`malformed signature line ${JSON.stringify(line)}`);
     const [name, blob, ...rest] = line.slice(SIGNATURE_PREFIX.length).split(" ");
     if (!name || !blob || rest.length) throw new CheckpointError(`malformed signature line ${JSON.stringify(line)}`);
     const raw = Buffer.from(blob, "base64");

@@ -20,16 +20,15 @@ export {
   parseCheckpointBody,
   signCheckpoint,
 } from "./checkpoint.js";
-export { type Checkpointer, type CheckpointerOptions, CHECKPOINT_EVENT_TYPE, createCheckpointer } from "./checkpointer.js";
+export {
+  type Checkpointer,
+  type CheckpointerOptions,
+  CHECKPOINT_EVENT_TYPE,
+  createCheckpointer,
+} from "./checkpointer.js";
 export { type AuditOptions, DEFAULT_AUDIT_OPTIONS, resolveAuditOptions } from "./audit-options.js";
 export { createAuditService, MAX_ENTRIES_PER_CALL } from "./audit-service.js";
-export {
-  EMPTY_ROOT,
-  leafHash,
-  nodeHash,
-  verifyConsistency,
-  verifyInclusion,
-} from "./merkle.js";
+export { EMPTY_ROOT, leafHash, nodeHash, verifyConsistency, verifyInclusion } from "./merkle.js";
 export {
   type FileSignerOptions,
   type Signer,

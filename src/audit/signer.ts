@@ -1,4 +1,12 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  verify,
+  type KeyObject,
+} from "node:crypto";
 import { chmodSync, existsSync, openSync, readFileSync, renameSync, statSync, writeFileSync, closeSync } from "node:fs";
 import { dirname, relative, resolve, isAbsolute } from "node:path";
 import { ConfigError } from "../common/index.js";
@@ -52,10 +60,24 @@ export function encodeVerifierKey(name: string, publicKey: Uint8Array): string {
   return `${name}+${id}+${Buffer.concat([Buffer.from([ALG_ED25519]), publicKey]).toString("base64")}`;
 }
 
+// Splits at the first n - 1 "+": the last field (base64) keeps any "+" it holds.
+function splitFields(text: string, n: number): string[] | undefined {
+  const out: string[] = [];
+  let rest = text;
+  for (let i = 0; i < n - 1; i++) {
+    const at = rest.indexOf("+");
+    if (at <= 0) return undefined;
+    out.push(rest.slice(0, at));
+    rest = rest.slice(at + 1);
+  }
+  return rest ? [...out, rest] : undefined;
+}
+
 /** Parses a verifier key string; throws a ConfigError naming what is wrong. */
 export function parseVerifierKey(text: string): VerifierKey {
-  const parts = text.trim().split("+");
-  if (parts.length !== 3) throw new ConfigError(`verifier key must be <name>+<hex id>+<base64 key>, got ${text.trim()}`);
+  // The base64 key may itself hold "+": only the first two separate fields.
+  const parts = splitFields(text.trim(), 3);
+  if (!parts) throw new ConfigError(`verifier key must be <name>+<hex id>+<base64 key>, got ${text.trim()}`);
   const [name, idHex, keyB64] = parts as [string, string, string];
   checkKeyName(name);
   const raw = Buffer.from(keyB64, "base64");
@@ -118,8 +140,8 @@ function encodePrivate(name: string, key: KeyObject): string {
 }
 
 function decodePrivate(path: string, text: string): { name: string; key: KeyObject } {
-  const parts = text.trim().split("+");
-  if (parts.length !== 5 || parts[0] !== "PRIVATE" || parts[1] !== "KEY")
+  const parts = splitFields(text.trim(), 5);
+  if (!parts || parts[0] !== "PRIVATE" || parts[1] !== "KEY")
     throw new ConfigError(`${path}: not a signing key (PRIVATE+KEY+<name>+<id>+<base64 key>)`);
   const [, , name, idHex, b64] = parts as [string, string, string, string, string];
   const raw = Buffer.from(b64, "base64");

@@ -22,7 +22,7 @@ import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../e
 import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
-import { resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
+import { DEFAULT_AUDIT_OPTIONS, resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
 import { resolveReleaseOptions, type ReleaseOptions } from "../release/release-options.js";
 
 /** Where a server listens. */
@@ -163,7 +163,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   dgeServer: {},
   telemetry: {},
   admin: {},
-  audit: {},
+  audit: { ...DEFAULT_AUDIT_OPTIONS },
   release: {},
 };
 

@@ -85,6 +85,8 @@ export async function startTestKernel(
   t.teardown(async () => {
     await kernel.stop();
     rmSync(dir, { recursive: true, force: true });
+    // The audit checkpoint key lives beside the data dir (audit.keyFile's default).
+    rmSync(`${dir}.keys`, { recursive: true, force: true });
   });
   return { kernel, dir, logs, transport, client: (service, name) => createClient(service, transport(name)) };
 }
