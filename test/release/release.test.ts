@@ -46,7 +46,7 @@ test("release - a signed release verifies: manifest, CycloneDX SBOM, in-toto SLS
   t.true(result.ok);
   t.is(result.signedBy, "test-release");
   t.is(result.sourceCommit, "a".repeat(40));
-  t.is(result.files, 8);
+  t.is(result.files, 7);
   const sbom = JSON.parse(readFileSync(join(dir, RELEASE_FILES.sbom), "utf8")) as {
     bomFormat: string;
     components: Array<{ name: string }>;
