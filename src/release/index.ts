@@ -4,6 +4,15 @@
  * check at boot that refuses a kernel whose files or signature do not match (docs/release.md).
  */
 export { checkReleaseAtBoot } from "./boot-check.js";
+export {
+  BUNDLE_FILES,
+  type CreateBundleOptions,
+  applyRotations,
+  createBundle,
+  installBundle,
+  signKeyRotation,
+  verifyBundle,
+} from "./bundle.js";
 export { type DsseEnvelope, IN_TOTO_PAYLOAD_TYPE, openEnvelope, pae, signEnvelope } from "./dsse.js";
 export {
   type InTotoStatement,

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, realpathSync } from "node:fs";
 import { join, relative, sep } from "node:path";
 
 /**
@@ -31,12 +31,19 @@ export function releaseRoots(root: string): string[] {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "ignore"],
   });
+  const rel = (dir: string) => relative(root, dir).split(sep).join("/");
   const dependencies = listed
     .split("\n")
     .filter(Boolean)
-    .map((dir) => relative(root, dir).split(sep).join("/"))
-    .filter((dir) => dir.startsWith("node_modules/"));
-  return [...new Set([...KERNEL_ROOTS.filter((p) => existsSync(join(root, p))), ...dependencies])].sort();
+    .filter((dir) => rel(dir).startsWith("node_modules/"));
+  // A workspace package is a symbolic link into the repository: the link and what it points at.
+  const linked = dependencies
+    .filter((dir) => lstatSync(dir).isSymbolicLink())
+    .map((dir) => rel(realpathSync(dir)))
+    .filter((dir) => !dir.startsWith(".."));
+  return [
+    ...new Set([...KERNEL_ROOTS.filter((p) => existsSync(join(root, p))), ...dependencies.map(rel), ...linked]),
+  ].sort();
 }
 
 function digest(path: string): string {
