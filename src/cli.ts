@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { dirname, join } from "node:path";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -9,8 +10,20 @@ import { openDatabase } from "./store/database.js";
 import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
+import {
+  type DsseEnvelope,
+  createBundle,
+  installBundle,
+  kernelRoot,
+  resolveReleaseOptions,
+  signKeyRotation,
+  signRelease,
+  verifyBundle,
+  verifyRelease,
+} from "./release/index.js";
 import { openCheckpoint, type SignedCheckpoint } from "./audit/checkpoint.js";
 import {
+  encodeVerifierKey,
   fileVerifierKeys,
   openFileSigner,
   parseVerifierKey,
@@ -28,6 +41,17 @@ commands:
   serve                     start the kernel (embedded defaults: SQLite under ./data)
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
   dge                       run the reference Data Governance Engine (dgeServer section)
+  audit verify              check the hash chain of the audit log
+  release sign --key <file> [--key-name <name>] [--out <dir>] [--builder <id>]
+                            sign this kernel's release: manifest, SBOM, SLSA provenance (DSSE)
+  release verify [--dir <dir>] [--trusted-key <key>]...
+                            verify a release against the files here (keys: release.trustedKeys)
+  release rotate-key --key <old file> --new-key <new file> [--key-name <name>] --out <file>
+                            sign, offline with the old key, the statement that trusts the new one
+  bundle create --key <file> --out <dir> [--rotation <file>]...
+                            an offline bundle of this kernel (sign its release first)
+  bundle verify|install --dir <bundle> [--target <dir>] --trusted-key <key>...
+                            check a bundle, or install it without network into --target
   audit verify [--checkpoint <file|url>] [--key <verifier key|file>]
                             check the audit log (hash chain and Merkle tree) against a checkpoint
                             held outside the edge, e.g. the hub witness's (docs/audit.md)
@@ -47,6 +71,29 @@ function flag(args: string[], name: string): string | undefined {
   if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
   args.splice(i, 2);
   return value;
+}
+
+/** Every value of a repeatable flag, taken out of `args`. */
+function flags(args: string[], name: string): string[] {
+  const values: string[] = [];
+  for (let v = flag(args, name); v !== undefined; v = flag(args, name)) values.push(v);
+  return values;
+}
+
+/** The flags of `release` and `bundle`, taken out of `args`. */
+function releaseFlags(args: string[]) {
+  const trustedKeys = flags(args, "--trusted-key");
+  return {
+    rotations: flags(args, "--rotation"),
+    newKey: flag(args, "--new-key"),
+    target: flag(args, "--target"),
+    key: flag(args, "--key"),
+    keyName: flag(args, "--key-name") ?? "nops-kernel-release",
+    out: flag(args, "--out"),
+    builder: flag(args, "--builder"),
+    dir: flag(args, "--dir"),
+    trustedKeys,
+  };
 }
 
 function bool(args: string[], name: string): boolean {
@@ -201,6 +248,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
   try {
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
+    const release = args[0] === "release" || args[0] === "bundle" ? releaseFlags(args) : undefined;
     const auditFlags = {
       checkpoint: flag(args, "--checkpoint"),
       key: flag(args, "--key"),
@@ -250,6 +298,85 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
       }
       case "audit":
         return await auditCommand(sub, configFile, env, auditFlags);
+      case "release": {
+        const root = kernelRoot();
+        const f = release!;
+        if (sub === "sign") {
+          if (!f.key) throw new ConfigError("release sign needs --key <file> (created 0600 when missing)");
+          const signer = openFileSigner({ path: f.key, name: f.keyName });
+          const outDir = f.out ?? join(root, "release");
+          const { statement } = await signRelease({
+            root,
+            outDir,
+            signer,
+            kernelVersion: KERNEL_VERSION,
+            builderId: f.builder ?? `local:${hostname()}`,
+          });
+          const commit = statement.predicate.buildDefinition.externalParameters.source.digest.gitCommit;
+          out(`release signed into ${outDir} (commit ${commit})`);
+          out(`verifier key: ${encodeVerifierKey(signer.name, signer.publicKey)}`);
+          return 0;
+        }
+        if (sub === "rotate-key") {
+          if (!f.key || !f.newKey || !f.out)
+            throw new ConfigError("release rotate-key needs --key <old file>, --new-key <new file> and --out <file>");
+          const previous = openFileSigner({ path: f.key, name: f.keyName, create: false });
+          const next = openFileSigner({ path: f.newKey, name: f.keyName });
+          const rotation = await signKeyRotation(
+            previous,
+            parseVerifierKey(encodeVerifierKey(next.name, next.publicKey)),
+          );
+          writeFileSync(f.out, JSON.stringify(rotation) + "\n");
+          out(`rotation to ${encodeVerifierKey(next.name, next.publicKey)} signed into ${f.out}`);
+          return 0;
+        }
+        if (sub !== "verify")
+          throw new ConfigError(`release needs sign, verify or rotate-key (got ${sub ?? "nothing"})`);
+        const configured = f.trustedKeys.length
+          ? resolveReleaseOptions({ trustedKeys: f.trustedKeys })
+          : loadKernelOptions(configFile, env).release;
+        if (configured.trustedKeys.length === 0)
+          throw new ConfigError("release verify needs --trusted-key <key> or release.trustedKeys in the config");
+        const result = verifyRelease(configured.root, f.dir ?? configured.dir, configured.trustedKeys);
+        if (result.ok)
+          out(`release verified: ${result.files} files, signed by ${result.signedBy}, commit ${result.sourceCommit}`);
+        else {
+          out(`release verification FAILED (${result.problems.length} problems):`);
+          for (const p of result.problems.slice(0, 50)) out(`  ${p}`);
+        }
+        return result.ok ? 0 : 1;
+      }
+      case "bundle": {
+        const f = release!;
+        if (sub === "create") {
+          if (!f.key || !f.out) throw new ConfigError("bundle create needs --key <file> and --out <dir>");
+          await createBundle({
+            root: kernelRoot(),
+            out: f.out,
+            signer: openFileSigner({ path: f.key, name: f.keyName, create: false }),
+            kernelVersion: KERNEL_VERSION,
+            rotations: f.rotations.map((file) => JSON.parse(readFileSync(file, "utf8")) as DsseEnvelope),
+          });
+          out(`bundle written to ${f.out}`);
+          return 0;
+        }
+        if (sub !== "verify" && sub !== "install")
+          throw new ConfigError(`bundle needs create, verify or install (got ${sub ?? "nothing"})`);
+        if (!f.dir) throw new ConfigError(`bundle ${sub} needs --dir <bundle directory>`);
+        if (f.trustedKeys.length === 0) throw new ConfigError(`bundle ${sub} needs --trusted-key <key>`);
+        const trusted = resolveReleaseOptions({ trustedKeys: f.trustedKeys }).trustedKeys;
+        if (sub === "verify") {
+          const { index } = verifyBundle(f.dir, trusted);
+          out(`bundle verified: kernel ${index.kernelVersion}, archive ${index.archive.sha256}`);
+          return 0;
+        }
+        if (!f.target) throw new ConfigError("bundle install needs --target <dir>");
+        const { files } = installBundle(f.dir, f.target, trusted);
+        out(
+          `installed into ${f.target} (${files} files verified); merge ${join(f.target, "release.yaml")} into its config`,
+        );
+        return 0;
+      }
       case undefined:
       case "help":
       case "--help":

@@ -24,6 +24,7 @@ import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
 import { DEFAULT_AUDIT_OPTIONS, resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
+import { resolveReleaseOptions, type ReleaseOptions } from "../release/release-options.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -108,6 +109,8 @@ export interface KernelOptions {
   admin: AdminOptions;
   /** The verifiable audit log: checkpoint key, origin, cadence (see docs/audit.md). */
   audit: AuditOptions;
+  /** Verify the signed release before serving (see docs/release.md). */
+  release: ReleaseOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -172,6 +175,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   telemetry: {},
   admin: {},
   audit: { ...DEFAULT_AUDIT_OPTIONS },
+  release: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -282,6 +286,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
+    release: resolveReleaseOptions(s.release ?? {}, "release"),
     audit: resolveAuditOptions(s.audit ?? {}, {
       dataDir,
       edgeId: readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN }),

@@ -36,6 +36,7 @@ import { createAuditLog } from "../audit/audit-log.js";
 import { createCheckpointer } from "../audit/checkpointer.js";
 import { openFileSigner } from "../audit/signer.js";
 import { createAuditService } from "../audit/audit-service.js";
+import { checkReleaseAtBoot } from "../release/boot-check.js";
 import { AuditService } from "../../gen/nops/kernel/v1/audit_pb.js";
 import { createRegistry } from "../registry/registry.js";
 import { createRegistryService } from "../registry/registry-service.js";
@@ -236,6 +237,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     // Rows written before the Merkle tree existed (schema 8) become its first leaves.
     const backfilled = audit.catchUp();
     if (backfilled) log.info({ rows: backfilled }, "audit rows hashed into the Merkle tree");
+    // A signed release is checked before anything serves; the evidence is audited either way.
+    if (options.release.enforce) {
+      const release = checkReleaseAtBoot(options.release, audit);
+      log.info({ files: release.files, signedBy: release.signedBy, commit: release.sourceCommit }, "release verified");
+    }
     // The checkpoint key lives outside the data directory (docs/audit.md).
     mkdirSync(dirname(options.audit.keyFile), { recursive: true, mode: 0o700 });
     const checkpointSigner = openFileSigner({
