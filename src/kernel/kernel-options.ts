@@ -3,6 +3,7 @@ import { ConfigError } from "../common/errors.js";
 import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
+import { resolveMcpOptions, type McpOptions } from "../mcp/mcp-options.js";
 import { resolveSpiffePrincipalOptions } from "../identity/spiffe-principal-mapper.js";
 import { resolveJwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
 import { resolveRoutingOptions, type RoutingOptions } from "../routing/routing-options.js";
@@ -104,6 +105,8 @@ export interface KernelOptions {
   telemetry: TelemetryOptions;
   /** Criticality matrix, overload shedding, dependency budgets (see docs/observability.md). */
   admin: AdminOptions;
+  /** The MCP endpoint on the HTTP port (see docs/mcp.md). */
+  mcp: McpOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -157,6 +160,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   dgeServer: {},
   telemetry: {},
   admin: {},
+  mcp: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -259,6 +263,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
+    mcp: resolveMcpOptions(s.mcp ?? {}, "mcp"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }

@@ -1,14 +1,14 @@
 import { randomBytes } from "node:crypto";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
-import type { DescService } from "@bufbuild/protobuf";
+import { create, type DescService } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { pino, type DestinationStream } from "pino";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { ApiKeyService } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { InvokeRequestSchema, RoutingService, type InvokeResponse } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
 import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
@@ -44,7 +44,9 @@ import { createStreamShutdown } from "../server/shutdown-interceptor.js";
 import { createGrpcServer } from "../server/grpc-server.js";
 import { createConnectionGuard, resolveMaxConnections } from "../server/connection-guard.js";
 import { createCredentialGate } from "../identity/credential-gate.js";
-import { createHttpServer, type HttpRoute } from "../server/http-server.js";
+import { createHttpServer, type HttpRoute, type RawHttpRoute } from "../server/http-server.js";
+import { createMcpEndpoint, MCP_PATH, PROTECTED_RESOURCE_PATH, type McpEndpoint } from "../mcp/index.js";
+import { createAuthorizer } from "../authz/authorizer.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
 import type { ReadinessReport } from "../common/readiness.js";
@@ -385,6 +387,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
     ];
     const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
+    const routingImpl = createRoutingService({ router }, options.routing.service);
     const services: BoundService[] = [
       bind(AgentRegistryService, createRegistryService({ registry, actorOf, clock }, options.registry)),
       bind(
@@ -397,7 +400,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           options: identity.apiKeyOptions,
         }),
       ),
-      bind(RoutingService, createRoutingService({ router }, options.routing.service)),
+      bind(RoutingService, routingImpl),
       bind(
         EventBusService,
         createEventBusService(
@@ -442,9 +445,23 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       options.authn,
     );
     const grpcServer = createGrpcServer({ services, limits: options.limits, guard: connectionGuard, credentialGate });
+    // The MCP endpoint is built once the port is known (its resource URI names it); until then it has no routes.
+    let mcp: McpEndpoint | undefined;
+    const rawRoutes: Record<string, RawHttpRoute> = {};
+    if (options.mcp.enabled) {
+      const unready: RawHttpRoute = (_req, res) => {
+        res.writeHead(503, { "retry-after": "1" });
+        res.end();
+      };
+      rawRoutes[MCP_PATH] = (req, res) => (mcp ? mcp.handle(req, res) : unready(req, res));
+      const metadata: RawHttpRoute = (req, res) => (mcp ? mcp.metadata(req, res) : unready(req, res));
+      rawRoutes[PROTECTED_RESOURCE_PATH] = metadata;
+      rawRoutes[PROTECTED_RESOURCE_PATH + MCP_PATH] = metadata;
+    }
     const httpServer = createHttpServer({
       services,
       routes,
+      rawRoutes,
       limits: options.limits,
       guard: connectionGuard,
       credentialGate,
@@ -466,6 +483,48 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure(),
     );
     const httpPort = await httpServer.listen(options.http.host, options.http.port);
+    if (options.mcp.enabled) {
+      const host = options.http.host.includes(":") ? `[${options.http.host}]` : options.http.host;
+      const resource = options.mcp.resource || `${tls ? "https" : "http"}://${host}:${httpPort}${MCP_PATH}`;
+      // MCP authorization: bearer tokens for /mcp are minted for this resource, not for the kernel's RPCs.
+      const mcpAuthn = identity.authnForAudience([resource]);
+      // The chain without authentication: the endpoint authenticates every HTTP request first (to answer
+      // 401 with WWW-Authenticate) and hands the principal in; rate limit, authz, router and guard run as for Invoke.
+      const mcpChain = chain.filter((link) => link !== identity.authn);
+      const mcpInvoke = bindService(RoutingService, routingImpl, mcpChain).impl.invoke!;
+      const authorizer = createAuthorizer(options.authz);
+      const invokePath = `/${RoutingService.typeName}/${RoutingService.method.invoke.name}`;
+      mcp = createMcpEndpoint(
+        {
+          agents: registry,
+          authenticate: async (ctx) => {
+            await mcpAuthn(async () => ({ kind: "unary", output: undefined }))({
+              service: RoutingService,
+              method: RoutingService.method.invoke,
+              ctx,
+              input: undefined,
+            });
+            return ctx.values.get(kPrincipal);
+          },
+          invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
+          mayInvoke: (principal, tenant) =>
+            authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
+          audit,
+          clock,
+          logger,
+          version: KERNEL_VERSION,
+        },
+        {
+          ...options.mcp,
+          resource,
+          authorizationServers: options.mcp.authorizationServers.length
+            ? options.mcp.authorizationServers
+            : (options.identity.jwt?.issuer ?? []),
+          maxMessageBytes: options.limits.maxMessageBytes,
+        },
+      );
+      life.defer("mcp sessions", () => mcp?.close());
+    }
     await stage("listen");
     log.info(
       {

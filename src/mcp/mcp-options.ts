@@ -1,0 +1,60 @@
+import { ConfigError, readBool, readInt, readObject, readString, readStringList } from "../common/index.js";
+
+/** The MCP endpoint's settings (config section `mcp`, see docs/mcp.md). */
+export interface McpOptions {
+  /** Serve MCP at /mcp on the HTTP port. @default true */
+  enabled: boolean;
+  /**
+   * The canonical URI of this MCP server (RFC 9728 `resource`, RFC 8707): bearer tokens for /mcp must
+   * name it in `aud`. Empty: `http(s)://<http.host>:<http.port>/mcp` as the kernel listens. @default ""
+   */
+  resource: string;
+  /**
+   * Authorization servers advertised in the protected resource metadata. Empty: the JWT issuers of
+   * `identity.jwt.issuer`. @default []
+   */
+  authorizationServers: string[];
+  /** Most open MCP sessions; an initialize beyond it is refused 503 until one ends. @default 1000 */
+  maxSessions: number;
+  /** A session with no request for this long is closed. @default 1800000 (30 min) */
+  sessionIdleMs: number;
+}
+
+/** Defaults of McpOptions. */
+export const DEFAULT_MCP_OPTIONS: Readonly<McpOptions> = {
+  enabled: true,
+  resource: "",
+  authorizationServers: [],
+  maxSessions: 1000,
+  sessionIdleMs: 30 * 60_000,
+};
+
+function checkUrl(value: string, field: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(`${field} is not an absolute URL (got ${JSON.stringify(value.slice(0, 100))})`);
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") throw new ConfigError(`${field} must be http(s)`);
+  // RFC 8707 §2: a resource indicator carries no fragment.
+  if (url.hash) throw new ConfigError(`${field} must not carry a fragment`);
+  return value;
+}
+
+/** Fills defaults and validates; throws ConfigError naming the bad field. */
+export function resolveMcpOptions(input: unknown = {}, path = "mcp"): McpOptions {
+  const o = readObject(input, path);
+  const d = DEFAULT_MCP_OPTIONS;
+  const resource = readString(o, "resource", path, d.resource);
+  if (resource !== "") checkUrl(resource, `${path}.resource`);
+  const authorizationServers = readStringList(o, "authorizationServers", path, d.authorizationServers);
+  authorizationServers.forEach((s, i) => checkUrl(s, `${path}.authorizationServers[${i}]`));
+  return {
+    enabled: readBool(o, "enabled", path, d.enabled),
+    resource,
+    authorizationServers,
+    maxSessions: readInt(o, "maxSessions", path, d.maxSessions, 1, 1_000_000),
+    sessionIdleMs: readInt(o, "sessionIdleMs", path, d.sessionIdleMs, 1000, 7 * 24 * 3600_000),
+  };
+}
