@@ -513,6 +513,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           clock,
           logger,
           version: KERNEL_VERSION,
+          tracer,
         },
         {
           ...options.mcp,

@@ -18,13 +18,14 @@ import {
   McpError,
   type CallToolResult,
 } from "@modelcontextprotocol/sdk/types.js";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import type { Clock } from "../common/index.js";
 import type { AuditLog } from "../audit/index.js";
 import { kPrincipal, type Principal } from "../identity/index.js";
 import { derChainFromPeerCertificate, kPeer, type PeerInfo } from "../server/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { currentTraceparent, extractTraceContext, type Logger } from "../telemetry/index.js";
 import { catalogFingerprint, catalogOf, listedTool, type CatalogTool } from "./tool-catalog.js";
 import type { McpOptions } from "./mcp-options.js";
 
@@ -80,6 +81,8 @@ export interface McpEndpointDeps {
   logger: Logger;
   /** Kernel version, as serverInfo.version. */
   version: string;
+  /** Opens a span per tools/call (OTel MCP conventions); absent when tracing is off. */
+  tracer?: Tracer;
 }
 
 /** The MCP endpoint on the HTTP port. */
@@ -250,6 +253,28 @@ export function createMcpEndpoint(
     meta: unknown,
     signal: AbortSignal,
   ): Promise<CallToolResult> {
+    const spanRef: { span?: Span } = {};
+    try {
+      const result = await runTool(facts, session, name, args, meta, signal, spanRef);
+      if (result.isError) spanRef.span?.setStatus({ code: SpanStatusCode.ERROR, message: "tool error" });
+      return result;
+    } catch (e) {
+      spanRef.span?.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : "error" });
+      throw e;
+    } finally {
+      spanRef.span?.end();
+    }
+  }
+
+  async function runTool(
+    facts: RequestFacts,
+    session: string | undefined,
+    name: string,
+    args: Record<string, unknown>,
+    meta: unknown,
+    signal: AbortSignal,
+    spanRef: { span?: Span },
+  ): Promise<CallToolResult> {
     const { principal } = facts;
     const tenant = principal.tenant!;
     const started = deps.clock.now();
@@ -283,12 +308,32 @@ export function createMcpEndpoint(
       audit("denied", "policy", { reason: policy.reason });
       throw new McpError(MCP_FORBIDDEN, `denied by policy: ${policy.reason}`, { reason: policy.reason });
     }
-    const trace = metaTrace(meta);
+    // One trace from the MCP request to the agent: the parent is `_meta` (per message) or the HTTP
+    // headers; the router's Invoke runs as a child of this tool call's span.
+    const fromMeta = metaTrace(meta);
     const requestHeader: Record<string, string> = { ...facts.headers };
-    if (trace.traceparent) {
-      requestHeader.traceparent = trace.traceparent;
-      if (trace.tracestate) requestHeader.tracestate = trace.tracestate;
+    if (fromMeta.traceparent) {
+      requestHeader.traceparent = fromMeta.traceparent;
+      if (fromMeta.tracestate) requestHeader.tracestate = fromMeta.tracestate;
       else delete requestHeader.tracestate;
+    }
+    const span = deps.tracer?.startSpan(
+      `tools/call ${name}`,
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          "mcp.method.name": "tools/call",
+          "gen_ai.tool.name": name,
+          "gen_ai.operation.name": "execute_tool",
+          ...(session ? { "mcp.session.id": session } : {}),
+        },
+      },
+      extractTraceContext(requestHeader, ROOT_CONTEXT),
+    );
+    spanRef.span = span;
+    if (span) {
+      const traceparent = currentTraceparent(trace.setSpan(ROOT_CONTEXT, span));
+      if (traceparent) requestHeader.traceparent = traceparent;
     }
     const ctx = createHandlerContext({
       service: RoutingService,
