@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -8,6 +10,7 @@ import { migrateDown, migrateUp, migrationStatus } from "./store/migrator.js";
 import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
 import { startDgeServer } from "./dge/dge-server.js";
+import { createToolPolicies, principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/index.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
@@ -17,6 +20,9 @@ commands:
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
   dge                       run the reference Data Governance Engine (dgeServer section)
   audit verify              check the hash chain of the audit log
+  policy test --cases <f>   run MCP tool policy test cases (YAML or JSON list) against mcp.policies
+  policy test --tool <t> --principal <json> --args <json>
+                            evaluate mcp.policies for one call and print the decision
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -89,6 +95,12 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
   try {
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
+    const policyFlags = {
+      cases: flag(args, "--cases"),
+      tool: flag(args, "--tool"),
+      principal: flag(args, "--principal"),
+      args: flag(args, "--args"),
+    };
     const [command, sub, ...rest] = args;
     if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
     switch (command) {
@@ -146,6 +158,38 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
         } finally {
           db.close();
         }
+      }
+      case "policy": {
+        if (sub !== "test") throw new ConfigError(`policy needs test (got ${sub ?? "nothing"})`);
+        // Loading the options validates every policy (parse, variables) exactly as serve does.
+        const policies = createToolPolicies(loadKernelOptions(configFile, env).mcp.policies);
+        let cases: PolicyCase[];
+        if (policyFlags.cases !== undefined) {
+          cases = readPolicyCases(parseYaml(readFileSync(policyFlags.cases, "utf8")));
+        } else {
+          if (policyFlags.tool === undefined)
+            throw new ConfigError("policy test needs --cases <file> or --tool <name>");
+          const json = (text: string | undefined, name: string): unknown => {
+            try {
+              return text === undefined ? undefined : JSON.parse(text);
+            } catch {
+              throw new ConfigError(`${name} is not JSON`);
+            }
+          };
+          const principal = principalFrom(json(policyFlags.principal, "--principal"), "--principal");
+          const decision = policies.decide(
+            principal,
+            policyFlags.tool,
+            (json(policyFlags.args, "--args") ?? {}) as never,
+          );
+          out(decision.allowed ? "allow" : `deny: policy ${decision.policy}: ${decision.reason} (${decision.detail})`);
+          return decision.allowed ? 0 : 1;
+        }
+        const results = runPolicyCases(policies, cases);
+        for (const r of results) out(r.line);
+        const failed = results.filter((r) => !r.passed).length;
+        out(`${results.length - failed} passed, ${failed} failed (${policies.size} policies)`);
+        return failed === 0 ? 0 : 1;
       }
       case undefined:
       case "help":

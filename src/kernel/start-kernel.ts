@@ -45,7 +45,13 @@ import { createGrpcServer } from "../server/grpc-server.js";
 import { createConnectionGuard, resolveMaxConnections } from "../server/connection-guard.js";
 import { createCredentialGate } from "../identity/credential-gate.js";
 import { createHttpServer, type HttpRoute, type RawHttpRoute } from "../server/http-server.js";
-import { createMcpEndpoint, MCP_PATH, PROTECTED_RESOURCE_PATH, type McpEndpoint } from "../mcp/index.js";
+import {
+  createMcpEndpoint,
+  createToolPolicies,
+  MCP_PATH,
+  PROTECTED_RESOURCE_PATH,
+  type McpEndpoint,
+} from "../mcp/index.js";
 import { createAuthorizer } from "../authz/authorizer.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
@@ -514,6 +520,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           logger,
           version: KERNEL_VERSION,
           tracer,
+          policies: createToolPolicies(options.mcp.policies),
         },
         {
           ...options.mcp,

@@ -8,8 +8,21 @@ export {
   PROTECTED_RESOURCE_PATH,
   type McpEndpoint,
   type McpEndpointDeps,
-  type PolicyDecision,
   type ToolInvocation,
   type ToolInvocationResult,
 } from "./mcp-endpoint.js";
 export { DEFAULT_MCP_OPTIONS, resolveMcpOptions, type McpOptions } from "./mcp-options.js";
+export {
+  createToolPolicies,
+  resolveToolPolicies,
+  type ToolPolicies,
+  type ToolPolicyDecision,
+  type ToolPolicyOptions,
+} from "./tool-policies.js";
+export {
+  principalFrom,
+  readPolicyCases,
+  runPolicyCases,
+  type PolicyCase,
+  type PolicyCaseResult,
+} from "./policy-test.js";

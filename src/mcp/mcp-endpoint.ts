@@ -28,6 +28,7 @@ import { derChainFromPeerCertificate, kPeer, type PeerInfo } from "../server/ind
 import { currentTraceparent, extractTraceContext, type Logger } from "../telemetry/index.js";
 import { catalogFingerprint, catalogOf, listedTool, type CatalogTool } from "./tool-catalog.js";
 import type { McpOptions } from "./mcp-options.js";
+import type { ToolPolicies } from "./tool-policies.js";
 
 /** Protocol versions served: the current MCP specification and the previous one. */
 export const MCP_PROTOCOL_VERSIONS = [LATEST_PROTOCOL_VERSION, "2025-06-18"] as const;
@@ -55,9 +56,6 @@ export interface ToolInvocationResult {
   attempts: number;
 }
 
-/** A call-time argument policy's answer (see tool-policies.ts). */
-export type PolicyDecision = { allowed: true } | { allowed: false; reason: string };
-
 /** Dependencies of the MCP endpoint. */
 export interface McpEndpointDeps {
   /** The registry's view: routable agents of a tenant and a change feed. */
@@ -74,8 +72,8 @@ export interface McpEndpointDeps {
   invoke(request: ToolInvocation, ctx: HandlerContext): Promise<ToolInvocationResult>;
   /** Whether the principal may invoke capabilities of the tenant (authz's answer for RoutingService/Invoke). */
   mayInvoke(principal: Principal, tenant: string): boolean;
-  /** Call-time argument policy; absent: every call passes. */
-  policy?: (principal: Principal, tool: string, args: Record<string, unknown>) => PolicyDecision;
+  /** Call-time argument policies; absent: every call passes. */
+  policies?: ToolPolicies;
   audit: AuditLog;
   clock: Clock;
   logger: Logger;
@@ -303,10 +301,13 @@ export function createMcpEndpoint(
         content: [{ type: "text", text: `arguments do not match the input schema of ${name}: ${problem}` }],
       };
     }
-    const policy = deps.policy?.(principal, name, args);
+    const policy = deps.policies?.decide(principal, name, args);
     if (policy && !policy.allowed) {
-      audit("denied", "policy", { reason: policy.reason });
-      throw new McpError(MCP_FORBIDDEN, `denied by policy: ${policy.reason}`, { reason: policy.reason });
+      audit("denied", "policy", { policy: policy.policy, reason: policy.reason, detail: policy.detail });
+      throw new McpError(MCP_FORBIDDEN, `denied by policy ${policy.policy}: ${policy.reason}`, {
+        policy: policy.policy,
+        reason: policy.reason,
+      });
     }
     // One trace from the MCP request to the agent: the parent is `_meta` (per message) or the HTTP
     // headers; the router's Invoke runs as a child of this tool call's span.

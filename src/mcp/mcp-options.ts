@@ -1,4 +1,5 @@
 import { ConfigError, readBool, readInt, readObject, readString, readStringList } from "../common/index.js";
+import { resolveToolPolicies, type ToolPolicyOptions } from "./tool-policies.js";
 
 /** The MCP endpoint's settings (config section `mcp`, see docs/mcp.md). */
 export interface McpOptions {
@@ -18,6 +19,8 @@ export interface McpOptions {
   maxSessions: number;
   /** A session with no request for this long is closed. @default 1800000 (30 min) */
   sessionIdleMs: number;
+  /** Call-time argument policies in CEL, checked before a tool call is routed (see docs/mcp.md). @default [] */
+  policies: ToolPolicyOptions[];
 }
 
 /** Defaults of McpOptions. */
@@ -27,6 +30,7 @@ export const DEFAULT_MCP_OPTIONS: Readonly<McpOptions> = {
   authorizationServers: [],
   maxSessions: 1000,
   sessionIdleMs: 30 * 60_000,
+  policies: [],
 };
 
 function checkUrl(value: string, field: string): string {
@@ -56,5 +60,6 @@ export function resolveMcpOptions(input: unknown = {}, path = "mcp"): McpOptions
     authorizationServers,
     maxSessions: readInt(o, "maxSessions", path, d.maxSessions, 1, 1_000_000),
     sessionIdleMs: readInt(o, "sessionIdleMs", path, d.sessionIdleMs, 1000, 7 * 24 * 3600_000),
+    policies: resolveToolPolicies(o.policies, `${path}.policies`),
   };
 }

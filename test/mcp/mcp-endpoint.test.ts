@@ -3,11 +3,13 @@ import Database from "better-sqlite3";
 import { SignJWT } from "jose";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { McpError, ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { startTestKernel } from "../helpers/kernel.js";
 import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
+import { startEchoAgent } from "../routing/fixtures/echo-agent.js";
+import { MCP_FORBIDDEN } from "../../src/mcp/index.js";
 
 const SECRET = "mcp-test-secret-of-at-least-32-bytes!!";
 const ISSUER = "https://idp.test";
@@ -207,4 +209,46 @@ test("mcp endpoint - a session belongs to the principal that opened it", async (
     body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
   });
   t.is(res.status, 404);
+});
+
+test("mcp endpoint - a CEL policy denial is an MCP error with the reason, audited, and no agent is called", async (t) => {
+  const agent = await startEchoAgent({ name: "policed" });
+  t.teardown(() => agent.close());
+  const k = await startTestKernel(t, {
+    identity: jwtConfig,
+    mcp: {
+      policies: [
+        {
+          name: "own-customers",
+          tool: "customer.lookup",
+          allow: 'args.customer.startsWith("c-" + principal.tenant)',
+          reason: "a tenant may only query its own customer ids",
+        },
+      ],
+    },
+  });
+  const url = `http://127.0.0.1:${k.kernel.httpPort}/mcp`;
+  await k.client(AgentRegistryService, "connect-json").registerAgent({
+    tenant: "acme",
+    name: "lookup",
+    version: "1",
+    endpoint: `127.0.0.1:${agent.port}`,
+    capabilities: [{ name: "customer.lookup" }],
+  });
+  const client = await connect(url, await token({}, url));
+  t.teardown(() => client.close());
+  const ok = await client.callTool({ name: "customer.lookup", arguments: { customer: "c-acme-1" } });
+  t.falsy(ok.isError);
+  const err = await t.throwsAsync(client.callTool({ name: "customer.lookup", arguments: { customer: "c-globex-1" } }));
+  t.true(err instanceof McpError);
+  t.is((err as McpError).code, MCP_FORBIDDEN);
+  t.regex(err.message, /denied by policy own-customers: a tenant may only query its own customer ids/);
+  t.is(agent.stats.calls, 1, "the denied call never reached the agent");
+  const db = new Database(k.kernel.options.databasePath, { readonly: true });
+  t.teardown(() => db.close());
+  const row = db
+    .prepare("SELECT outcome, details FROM audit_log WHERE action = 'mcp.tools.call' AND outcome = 'denied'")
+    .get() as { outcome: string; details: string };
+  t.like(JSON.parse(row.details) as object, { decision: "policy", policy: "own-customers", tool: "customer.lookup" });
+  t.false(row.details.includes("globex"), "argument values are never audited");
 });
