@@ -48,6 +48,8 @@ import { createHttpServer, type HttpRoute, type RawHttpRoute } from "../server/h
 import {
   createMcpEndpoint,
   createToolPolicies,
+  createUpstreams,
+  isUpstreamFailure,
   MCP_PATH,
   PROTECTED_RESOURCE_PATH,
   type McpEndpoint,
@@ -74,12 +76,14 @@ import {
   createGuardedFetch,
   createNatsEgressHook,
   NO_VERDICT_REASONS,
+  TENANT_HEADER,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
+import { createCircuitBreakers } from "../routing/circuit-breakers.js";
 import { agentCallData } from "../routing/agent-channel-pool.js";
 import { createRoutingService } from "../routing/routing-service.js";
 import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
@@ -499,6 +503,34 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       const mcpChain = chain.filter((link) => link !== identity.authn);
       const mcpInvoke = bindService(RoutingService, routingImpl, mcpChain).impl.invoke!;
       const authorizer = createAuthorizer(options.authz);
+      // External MCP servers: out only through the Egress Guard, failures isolated by the agents' breakers.
+      const upstreamBreakers = createCircuitBreakers(
+        { clock, isFailure: isUpstreamFailure },
+        options.routing.circuitBreaker,
+      );
+      const upstreams =
+        options.mcp.upstreams.length === 0
+          ? undefined
+          : createUpstreams(
+              {
+                fetch: createGuardedFetch(guard, "mcp-upstream"),
+                classify: (r) =>
+                  guard.check({
+                    tenant: r.tenant,
+                    transport: "http",
+                    destination: r.destination,
+                    dataType: "application/json",
+                    payload: r.payload,
+                    signal: r.signal,
+                  }),
+                circuit: (key) => upstreamBreakers.get(key),
+                clock,
+                logger,
+                tenantHeader: TENANT_HEADER,
+              },
+              options.mcp.upstreams,
+            );
+      if (upstreams) life.defer("mcp upstreams", () => upstreams.close());
       const invokePath = `/${RoutingService.typeName}/${RoutingService.method.invoke.name}`;
       mcp = createMcpEndpoint(
         {
@@ -521,6 +553,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           version: KERNEL_VERSION,
           tracer,
           policies: createToolPolicies(options.mcp.policies),
+          upstreams,
         },
         {
           ...options.mcp,

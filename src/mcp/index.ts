@@ -26,3 +26,11 @@ export {
   type PolicyCase,
   type PolicyCaseResult,
 } from "./policy-test.js";
+export {
+  createUpstreams,
+  isUpstreamFailure,
+  resolveUpstreams,
+  UPSTREAM_SEPARATOR,
+  type Upstreams,
+  type UpstreamOptions,
+} from "./upstream-servers.js";

@@ -29,6 +29,8 @@ import { currentTraceparent, extractTraceContext, type Logger } from "../telemet
 import { catalogFingerprint, catalogOf, listedTool, type CatalogTool } from "./tool-catalog.js";
 import type { McpOptions } from "./mcp-options.js";
 import type { ToolPolicies } from "./tool-policies.js";
+import { UpstreamRefusal, type Upstreams } from "./upstream-servers.js";
+import { BrokenCircuitError } from "cockatiel";
 
 /** Protocol versions served: the current MCP specification and the previous one. */
 export const MCP_PROTOCOL_VERSIONS = [LATEST_PROTOCOL_VERSION, "2025-06-18"] as const;
@@ -72,6 +74,8 @@ export interface McpEndpointDeps {
   invoke(request: ToolInvocation, ctx: HandlerContext): Promise<ToolInvocationResult>;
   /** Whether the principal may invoke capabilities of the tenant (authz's answer for RoutingService/Invoke). */
   mayInvoke(principal: Principal, tenant: string): boolean;
+  /** External MCP servers federated into tenants' catalogs; absent: none. */
+  upstreams?: Upstreams;
   /** Call-time argument policies; absent: every call passes. */
   policies?: ToolPolicies;
   audit: AuditLog;
@@ -288,6 +292,9 @@ export function createMcpEndpoint(
         correlationId: facts.headers["x-request-id"],
       });
     const tool = catalogFor(principal, tenant).get(name);
+    if (!tool && deps.upstreams?.owns(tenant, name) && deps.mayInvoke(principal, tenant)) {
+      return callUpstream(deps.upstreams, principal, tenant, name, args, signal, audit);
+    }
     if (!tool) {
       audit("denied", "unknown-tool");
       throw new McpError(ErrorCode.InvalidParams, `unknown tool: ${name.slice(0, 128)}`);
@@ -391,6 +398,53 @@ export function createMcpEndpoint(
     return out;
   }
 
+  async function callUpstream(
+    upstreams: Upstreams,
+    principal: Principal,
+    tenant: string,
+    name: string,
+    args: Record<string, unknown>,
+    signal: AbortSignal,
+    audit: (outcome: string, decision: string, extra?: Record<string, unknown>) => void,
+  ): Promise<CallToolResult> {
+    const policy = deps.policies?.decide(principal, name, args);
+    if (policy && !policy.allowed) {
+      audit("denied", "policy", { policy: policy.policy, reason: policy.reason, detail: policy.detail });
+      throw new McpError(MCP_FORBIDDEN, `denied by policy ${policy.policy}: ${policy.reason}`, {
+        policy: policy.policy,
+        reason: policy.reason,
+      });
+    }
+    try {
+      const result = await upstreams.call(tenant, name, args, signal);
+      audit("ok", "allowed", { upstream: true });
+      return result;
+    } catch (e) {
+      if (e instanceof UpstreamRefusal) {
+        audit("denied", e.decision, { reason: e.reason, upstream: true });
+        throw new McpError(MCP_FORBIDDEN, `blocked by the egress guard (${e.reason})`, { reason: e.reason });
+      }
+      const denied = e instanceof ConnectError && e.code === Code.PermissionDenied;
+      if (denied) {
+        audit("denied", "egress-blocked", { reason: e.rawMessage, upstream: true });
+        throw new McpError(MCP_FORBIDDEN, `blocked by the egress guard (${e.rawMessage})`);
+      }
+      const open = e instanceof BrokenCircuitError;
+      audit("error", open ? "circuit-open" : "failed", { upstream: true });
+      return {
+        isError: true,
+        content: [
+          {
+            type: "text",
+            text: open
+              ? "external MCP server unavailable (circuit open); retry later"
+              : `external MCP server failed: ${e instanceof Error ? e.message.slice(0, 200) : "error"}`,
+          },
+        ],
+      };
+    }
+  }
+
   function newServer(tenant: string): Server {
     const server = new Server(
       { name: "nops-kernel", title: "NOPS Kernel", version: deps.version },
@@ -405,9 +459,16 @@ export function createMcpEndpoint(
       if (!facts) throw new McpError(ErrorCode.InternalError, "request without authentication facts");
       return facts;
     };
-    server.setRequestHandler(ListToolsRequestSchema, (_req, extra) => {
+    server.setRequestHandler(ListToolsRequestSchema, async (_req, extra) => {
       const { principal } = factsOf(extra);
-      return { tools: [...catalogFor(principal, principal.tenant!).values()].map(listedTool) };
+      const tenant = principal.tenant!;
+      const local = catalogFor(principal, tenant);
+      const tools = [...local.values()].map(listedTool);
+      if (deps.upstreams && deps.mayInvoke(principal, tenant)) {
+        // A capability of the tenant's own agents wins over an external tool of the same name.
+        for (const tool of await deps.upstreams.tools(tenant)) if (!local.has(tool.name)) tools.push(tool);
+      }
+      return { tools };
     });
     server.setRequestHandler(CallToolRequestSchema, (req, extra) =>
       callTool(

@@ -1,5 +1,6 @@
 import { ConfigError, readBool, readInt, readObject, readString, readStringList } from "../common/index.js";
 import { resolveToolPolicies, type ToolPolicyOptions } from "./tool-policies.js";
+import { resolveUpstreams, type UpstreamOptions } from "./upstream-servers.js";
 
 /** The MCP endpoint's settings (config section `mcp`, see docs/mcp.md). */
 export interface McpOptions {
@@ -21,6 +22,8 @@ export interface McpOptions {
   sessionIdleMs: number;
   /** Call-time argument policies in CEL, checked before a tool call is routed (see docs/mcp.md). @default [] */
   policies: ToolPolicyOptions[];
+  /** External MCP servers (Streamable HTTP) federated into one tenant's catalog each. @default [] */
+  upstreams: UpstreamOptions[];
 }
 
 /** Defaults of McpOptions. */
@@ -31,6 +34,7 @@ export const DEFAULT_MCP_OPTIONS: Readonly<McpOptions> = {
   maxSessions: 1000,
   sessionIdleMs: 30 * 60_000,
   policies: [],
+  upstreams: [],
 };
 
 function checkUrl(value: string, field: string): string {
@@ -61,5 +65,6 @@ export function resolveMcpOptions(input: unknown = {}, path = "mcp"): McpOptions
     maxSessions: readInt(o, "maxSessions", path, d.maxSessions, 1, 1_000_000),
     sessionIdleMs: readInt(o, "sessionIdleMs", path, d.sessionIdleMs, 1000, 7 * 24 * 3600_000),
     policies: resolveToolPolicies(o.policies, `${path}.policies`),
+    upstreams: resolveUpstreams(o.upstreams, `${path}.upstreams`),
   };
 }
