@@ -76,7 +76,7 @@ export async function connectKernelTools(options: KernelToolsOptions): Promise<K
     },
     async callTool(name, args = {}, callOptions = {}) {
       const meta: Record<string, string> = {};
-      w3c.inject(context.active(), meta, { set: (c, k, v) => void (c[k] = v) });
+      w3c.inject(context.active(), meta, { set: (c: Record<string, string>, k: string, v: string) => void (c[k] = v) });
       return (await client.callTool(
         { name, arguments: args, ...(meta.traceparent ? { _meta: meta } : {}) },
         undefined,
