@@ -2,7 +2,7 @@
 // baseline measured in the same run; see bench/RESULTS.md for recorded results.
 import { spawnSync } from "node:child_process";
 
-const CASES = ["heartbeat.ts", "event-bus.ts", "egress-guard.ts", "invoke.ts", "tracing.ts"];
+const CASES = ["heartbeat.ts", "event-bus.ts", "egress-guard.ts", "invoke.ts", "tracing.ts", "mcp.ts"];
 let failed = 0;
 for (const file of CASES) {
   process.stdout.write(`\n=== bench/${file} ===\n`);
