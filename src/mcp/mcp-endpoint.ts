@@ -564,6 +564,12 @@ export function createMcpEndpoint(
       jsonRpcError(res, 405, ErrorCode.InvalidRequest, "method not allowed", { allow: "GET, POST, DELETE" });
       return;
     }
+    // DNS rebinding: a browser page of another origin must not reach the endpoint (MCP transports).
+    const origin = req.headers.origin;
+    if (typeof origin === "string" && origin !== resourceUrl.origin && !options.allowedOrigins.includes(origin)) {
+      jsonRpcError(res, 403, ErrorCode.InvalidRequest, "origin: not allowed");
+      return;
+    }
     const facts = await authenticate(req, res);
     if (!facts) return;
     const version = req.headers["mcp-protocol-version"];

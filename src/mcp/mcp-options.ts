@@ -16,6 +16,12 @@ export interface McpOptions {
    * `identity.jwt.issuer`. @default []
    */
   authorizationServers: string[];
+  /**
+   * Browser origins allowed to call /mcp besides the resource's own. MCP (transports, "Security
+   * Warning") requires validating Origin against DNS rebinding: a request with another Origin is
+   * refused 403; requests without one (non-browser clients) pass. @default []
+   */
+  allowedOrigins: string[];
   /** Most open MCP sessions; an initialize beyond it is refused 503 until one ends. @default 1000 */
   maxSessions: number;
   /** A session with no request for this long is closed. @default 1800000 (30 min) */
@@ -31,6 +37,7 @@ export const DEFAULT_MCP_OPTIONS: Readonly<McpOptions> = {
   enabled: true,
   resource: "",
   authorizationServers: [],
+  allowedOrigins: [],
   maxSessions: 1000,
   sessionIdleMs: 30 * 60_000,
   policies: [],
@@ -58,10 +65,17 @@ export function resolveMcpOptions(input: unknown = {}, path = "mcp"): McpOptions
   if (resource !== "") checkUrl(resource, `${path}.resource`);
   const authorizationServers = readStringList(o, "authorizationServers", path, d.authorizationServers);
   authorizationServers.forEach((s, i) => checkUrl(s, `${path}.authorizationServers[${i}]`));
+  const allowedOrigins = readStringList(o, "allowedOrigins", path, d.allowedOrigins);
+  allowedOrigins.forEach((s, i) => {
+    const field = `${path}.allowedOrigins[${i}]`;
+    if (new URL(checkUrl(s, field)).origin !== s)
+      throw new ConfigError(`${field} must be an origin (scheme://host[:port])`);
+  });
   return {
     enabled: readBool(o, "enabled", path, d.enabled),
     resource,
     authorizationServers,
+    allowedOrigins,
     maxSessions: readInt(o, "maxSessions", path, d.maxSessions, 1, 1_000_000),
     sessionIdleMs: readInt(o, "sessionIdleMs", path, d.sessionIdleMs, 1000, 7 * 24 * 3600_000),
     policies: resolveToolPolicies(o.policies, `${path}.policies`),

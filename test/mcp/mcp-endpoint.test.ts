@@ -172,7 +172,12 @@ test("mcp endpoint - unauthenticated is 401 with WWW-Authenticate; another audie
   );
   t.is(ConnectError.from(err).code, Code.PermissionDenied);
 
-  const ok = await post({ authorization: `Bearer ${mcpToken}` });
+  // DNS rebinding: another origin is refused even with a valid token.
+  const foreign = await post({ authorization: `Bearer ${mcpToken}`, origin: "http://evil.example" });
+  t.is(foreign.status, 403);
+  await foreign.body?.cancel();
+
+  const ok = await post({ authorization: `Bearer ${mcpToken}`, origin: `http://127.0.0.1:${k.kernel.httpPort}` });
   t.is(ok.status, 200);
   t.truthy(ok.headers.get("mcp-session-id"));
   await ok.body?.cancel();
