@@ -77,14 +77,20 @@ test("mcp gateway - an external MCP server is federated into the tenant's catalo
   t.is((blocked as McpError).code, MCP_FORBIDDEN);
   t.regex(blocked.message, /egress guard/);
   t.is(external.child.output().match(/^CALL /gm)?.length, 1, "only the clean call reached the external server");
+  // A result carrying PII is classified before it is returned, and withheld.
+  const leak = await t.throwsAsync(client.callTool({ name: "crm__lookup", arguments: { query: "acme-leak" } }));
+  t.is((leak as McpError).code, MCP_FORBIDDEN);
+  t.regex(leak.message, /egress guard/);
   const db = new Database(k.kernel.options.databasePath, { readonly: true });
   t.teardown(() => db.close());
   const denied = db
     .prepare("SELECT details FROM audit_log WHERE action = 'mcp.tools.call' AND outcome = 'denied'")
     .all() as { details: string }[];
-  t.is(denied.length, 1);
-  t.like(JSON.parse(denied[0]!.details) as object, { decision: "egress-blocked", tool: "crm__lookup" });
-  t.false(denied[0]!.details.includes("jane"), "argument values are never audited");
+  t.deepEqual(
+    denied.map((d) => (JSON.parse(d.details) as { decision: string; tool: string }).decision),
+    ["egress-blocked", "result-blocked"],
+  );
+  for (const d of denied) t.false(d.details.includes("jane"), "values are never audited");
   const egress = db.prepare("SELECT count(*) AS n FROM audit_log WHERE action LIKE 'egress.%'").get() as { n: number };
   t.true(egress.n >= 1, "the guard audited the block");
 
