@@ -12,6 +12,7 @@ const CASES: Array<[file: string, smokeArgs: string[]]> = [
   ["dge-runtime.ts", ["1"]],
   ["invoke.ts", ["--seconds", "1"]],
   ["tracing.ts", ["--seconds", "1", "--rounds", "1"]],
+  ["mcp.ts", ["--seconds", "1"]],
 ];
 let failed = 0;
 for (const [file, smokeArgs] of CASES) {

@@ -2,6 +2,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
+import { parse as parseYaml } from "yaml";
 import { systemClock } from "./common/clock.js";
 import { ConfigError } from "./common/errors.js";
 import { createLogger } from "./telemetry/logger.js";
@@ -33,6 +34,7 @@ import {
 import { resolveWitnessOptions, startWitness } from "./witness/index.js";
 import { loadRawConfig } from "./kernel/load-config.js";
 import { startDgeServer } from "../packages/reference-dge/src/index.js";
+import { createToolPolicies, principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/index.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
@@ -41,7 +43,6 @@ commands:
   serve                     start the kernel (embedded defaults: SQLite under ./data)
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
   dge                       run the reference Data Governance Engine (dgeServer section)
-  audit verify              check the hash chain of the audit log
   release sign --key <file> [--key-name <name>] [--out <dir>] [--builder <id>]
                             sign this kernel's release: manifest, SBOM, SLSA provenance (DSSE)
   release verify [--dir <dir>] [--trusted-key <key>]...
@@ -58,6 +59,9 @@ commands:
   audit key [--rotate]      print the checkpoint verifier keys to pin at the witness; --rotate
                             replaces the key, keeping the old one verifiable
   audit witness             run the hub-side witness (witness section of the config file)
+  policy test --cases <f>   run MCP tool policy test cases (YAML or JSON list) against mcp.policies
+  policy test --tool <t> --principal <json> --args <json>
+                            evaluate mcp.policies for one call and print the decision
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -254,6 +258,12 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
       key: flag(args, "--key"),
       rotate: bool(args, "--rotate"),
     };
+    const policyFlags = {
+      cases: flag(args, "--cases"),
+      tool: flag(args, "--tool"),
+      principal: flag(args, "--principal"),
+      args: flag(args, "--args"),
+    };
     const [command, sub, ...rest] = args;
     if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
     switch (command) {
@@ -376,6 +386,38 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
           `installed into ${f.target} (${files} files verified); merge ${join(f.target, "release.yaml")} into its config`,
         );
         return 0;
+      }
+      case "policy": {
+        if (sub !== "test") throw new ConfigError(`policy needs test (got ${sub ?? "nothing"})`);
+        // Loading the options validates every policy (parse, variables) exactly as serve does.
+        const policies = createToolPolicies(loadKernelOptions(configFile, env).mcp.policies);
+        let cases: PolicyCase[];
+        if (policyFlags.cases !== undefined) {
+          cases = readPolicyCases(parseYaml(readFileSync(policyFlags.cases, "utf8")));
+        } else {
+          if (policyFlags.tool === undefined)
+            throw new ConfigError("policy test needs --cases <file> or --tool <name>");
+          const json = (text: string | undefined, name: string): unknown => {
+            try {
+              return text === undefined ? undefined : JSON.parse(text);
+            } catch {
+              throw new ConfigError(`${name} is not JSON`);
+            }
+          };
+          const principal = principalFrom(json(policyFlags.principal, "--principal"), "--principal");
+          const decision = policies.decide(
+            principal,
+            policyFlags.tool,
+            (json(policyFlags.args, "--args") ?? {}) as never,
+          );
+          out(decision.allowed ? "allow" : `deny: policy ${decision.policy}: ${decision.reason} (${decision.detail})`);
+          return decision.allowed ? 0 : 1;
+        }
+        const results = runPolicyCases(policies, cases);
+        for (const r of results) out(r.line);
+        const failed = results.filter((r) => !r.passed).length;
+        out(`${results.length - failed} passed, ${failed} failed (${policies.size} policies)`);
+        return failed === 0 ? 0 : 1;
       }
       case undefined:
       case "help":

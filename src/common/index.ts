@@ -48,3 +48,4 @@ export {
   resolveDependencyBreakerOptions,
   createDependencyBreaker,
 } from "./dependency-breaker.js";
+export { compileObjectSchema, type CompiledSchema, MAX_SCHEMA_CHARS } from "./json-schema.js";

@@ -85,6 +85,11 @@ export interface KernelIdentity {
   readonly apiKeys: ApiKeyStore;
   readonly apiKeyOptions: ApiKeyOptions;
   readonly authn: KernelInterceptor;
+  /**
+   * The same authentication for another resource: bearer tokens must name one of `audience` (e.g. the
+   * MCP endpoint's resource URI, RFC 8707); API keys and SVIDs are checked as by `authn`.
+   */
+  authnForAudience(audience: string[]): KernelInterceptor;
   close(): Promise<void>;
 }
 
@@ -186,23 +191,26 @@ export async function createKernelIdentity(
   const tls = x509 && createTlsMaterial({ source: x509, clock: deps.clock, logger: deps.logger });
 
   const apiKeys = createApiKeyStore({ db: deps.db, clock: deps.clock }, apiKeyOptions);
-  const authn = createAuthnInterceptor(
-    {
-      verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
-      spiffePrincipals: createSpiffePrincipalMapper(identity.spiffe),
-      jwt:
-        identity.jwt &&
-        withJwtInvokeGrants(
-          createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),
-          identity.jwtInvoke ?? resolveJwtInvokeOptions({}, identity.jwt.issuer),
-        ),
-      apiKeys,
-      audit: deps.audit,
-      clock: deps.clock,
-      logger: deps.logger.child({ component: "authn" }),
-    },
-    options.authn,
-  );
+  const spiffePrincipals = createSpiffePrincipalMapper(identity.spiffe);
+  const authnWith = (jwt: JwtVerifierOptions | undefined) =>
+    createAuthnInterceptor(
+      {
+        verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
+        spiffePrincipals,
+        jwt:
+          jwt &&
+          withJwtInvokeGrants(
+            createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, jwt),
+            identity.jwtInvoke ?? resolveJwtInvokeOptions({}, jwt.issuer),
+          ),
+        apiKeys,
+        audit: deps.audit,
+        clock: deps.clock,
+        logger: deps.logger.child({ component: "authn" }),
+      },
+      options.authn,
+    );
+  const authn = authnWith(identity.jwt);
   return {
     source,
     tls,
@@ -210,6 +218,7 @@ export async function createKernelIdentity(
     apiKeys,
     apiKeyOptions,
     authn,
+    authnForAudience: (audience) => authnWith(identity.jwt && { ...identity.jwt, audience }),
     close: async () => {
       tls?.close();
       await x509?.close();

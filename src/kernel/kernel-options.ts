@@ -3,6 +3,7 @@ import { ConfigError } from "../common/errors.js";
 import { readBool, readInt, readSection, readString, readStringList, type RawSection } from "../common/fields.js";
 import { resolveAuthnOptions, type AuthnOptions } from "../identity/authn-interceptor.js";
 import { resolveAuthzOptions, type AuthzOptions } from "../authz/authz-options.js";
+import { resolveMcpOptions, type McpOptions } from "../mcp/mcp-options.js";
 import { resolveSpiffePrincipalOptions } from "../identity/spiffe-principal-mapper.js";
 import { resolveJwtVerifierOptions } from "../identity/jwt/jwt-verifier.js";
 import { resolveJwtInvokeOptions } from "../identity/jwt-invoke-grants.js";
@@ -111,6 +112,8 @@ export interface KernelOptions {
   audit: AuditOptions;
   /** Verify the signed release before serving (see docs/release.md). */
   release: ReleaseOptions;
+  /** The MCP endpoint on the HTTP port (see docs/mcp.md). */
+  mcp: McpOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -176,6 +179,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   admin: {},
   audit: { ...DEFAULT_AUDIT_OPTIONS },
   release: {},
+  mcp: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -285,6 +289,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
+    mcp: resolveMcpOptions(s.mcp ?? {}, "mcp"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
     release: resolveReleaseOptions(s.release ?? {}, "release"),
     audit: resolveAuditOptions(s.audit ?? {}, {

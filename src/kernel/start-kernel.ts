@@ -3,15 +3,14 @@ import { mkdirSync } from "node:fs";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import type { DescService } from "@bufbuild/protobuf";
+import { create, type DescService } from "@bufbuild/protobuf";
 import { createContextValues, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
 import { pino, type DestinationStream } from "pino";
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
 import { ApiKeyService } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { InvokeRequestSchema, RoutingService, type InvokeResponse } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { AdminService, GetStatusRequestSchema } from "../../gen/nops/kernel/v1/admin_pb.js";
 import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
@@ -55,7 +54,17 @@ import { carriesCredential, createCredentialGate } from "../identity/credential-
 import { createReadyzRoute } from "../admin/readyz-route.js";
 import { kPeer } from "../server/interceptor.js";
 import type { RouteRequest } from "../server/http-server.js";
-import { createHttpServer, type HttpRoute } from "../server/http-server.js";
+import { createHttpServer, type HttpRoute, type RawHttpRoute } from "../server/http-server.js";
+import {
+  createMcpEndpoint,
+  createToolPolicies,
+  createUpstreams,
+  isUpstreamFailure,
+  MCP_PATH,
+  PROTECTED_RESOURCE_PATH,
+  type McpEndpoint,
+} from "../mcp/index.js";
+import { createAuthorizer } from "../authz/authorizer.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
 import type { ReadinessReport } from "../common/readiness.js";
@@ -77,12 +86,14 @@ import {
   createGuardedFetch,
   createNatsEgressHook,
   NO_VERDICT_REASONS,
+  TENANT_HEADER,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
+import { createCircuitBreakers } from "../routing/circuit-breakers.js";
 import { agentCallData } from "../routing/agent-channel-pool.js";
 import { createRoutingService } from "../routing/routing-service.js";
 import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
@@ -478,6 +489,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
     ];
     const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
+    const routingImpl = createRoutingService({ router }, options.routing.service);
     const services: BoundService[] = [
       bind(
         AgentRegistryService,
@@ -496,7 +508,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           options: identity.apiKeyOptions,
         }),
       ),
-      bind(RoutingService, createRoutingService({ router }, options.routing.service)),
+      bind(RoutingService, routingImpl),
       bind(
         EventBusService,
         createEventBusService(
@@ -542,9 +554,23 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       options.authn,
     );
     const grpcServer = createGrpcServer({ services, limits: options.limits, guard: connectionGuard, credentialGate });
+    // The MCP endpoint is built once the port is known (its resource URI names it); until then it has no routes.
+    let mcp: McpEndpoint | undefined;
+    const rawRoutes: Record<string, RawHttpRoute> = {};
+    if (options.mcp.enabled) {
+      const unready: RawHttpRoute = (_req, res) => {
+        res.writeHead(503, { "retry-after": "1" });
+        res.end();
+      };
+      rawRoutes[MCP_PATH] = (req, res) => (mcp ? mcp.handle(req, res) : unready(req, res));
+      const metadata: RawHttpRoute = (req, res) => (mcp ? mcp.metadata(req, res) : unready(req, res));
+      rawRoutes[PROTECTED_RESOURCE_PATH] = metadata;
+      rawRoutes[PROTECTED_RESOURCE_PATH + MCP_PATH] = metadata;
+    }
     const httpServer = createHttpServer({
       services,
       routes,
+      rawRoutes,
       limits: options.limits,
       guard: connectionGuard,
       credentialGate,
@@ -566,6 +592,79 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure(),
     );
     const httpPort = await httpServer.listen(options.http.host, options.http.port);
+    if (options.mcp.enabled) {
+      const host = options.http.host.includes(":") ? `[${options.http.host}]` : options.http.host;
+      const resource = options.mcp.resource || `${tls ? "https" : "http"}://${host}:${httpPort}${MCP_PATH}`;
+      // MCP authorization: bearer tokens for /mcp are minted for this resource, not for the kernel's RPCs.
+      const mcpAuthn = identity.authnForAudience([resource]);
+      // The chain without authentication: the endpoint authenticates every HTTP request first (to answer
+      // 401 with WWW-Authenticate) and hands the principal in; rate limit, authz, router and guard run as for Invoke.
+      const mcpChain = chain.filter((link) => link !== identity.authn);
+      const mcpInvoke = bindService(RoutingService, routingImpl, mcpChain).impl.invoke!;
+      const authorizer = createAuthorizer(options.authz);
+      // External MCP servers: out only through the Egress Guard, failures isolated by the agents' breakers.
+      const upstreamBreakers = createCircuitBreakers(
+        { clock, isFailure: isUpstreamFailure },
+        options.routing.circuitBreaker,
+      );
+      const upstreams =
+        options.mcp.upstreams.length === 0
+          ? undefined
+          : createUpstreams(
+              {
+                fetch: createGuardedFetch(guard, "mcp-upstream"),
+                classify: (r) =>
+                  guard.check({
+                    tenant: r.tenant,
+                    transport: "http",
+                    destination: r.destination,
+                    dataType: "application/json",
+                    payload: r.payload,
+                    signal: r.signal,
+                  }),
+                circuit: (key) => upstreamBreakers.get(key),
+                clock,
+                logger,
+                tenantHeader: TENANT_HEADER,
+              },
+              options.mcp.upstreams,
+            );
+      if (upstreams) life.defer("mcp upstreams", () => upstreams.close());
+      const invokePath = `/${RoutingService.typeName}/${RoutingService.method.invoke.name}`;
+      mcp = createMcpEndpoint(
+        {
+          agents: registry,
+          authenticate: async (ctx) => {
+            await mcpAuthn(async () => ({ kind: "unary", output: undefined }))({
+              service: RoutingService,
+              method: RoutingService.method.invoke,
+              ctx,
+              input: undefined,
+            });
+            return ctx.values.get(kPrincipal);
+          },
+          invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
+          mayInvoke: (principal, tenant) =>
+            authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
+          audit,
+          clock,
+          logger,
+          version: KERNEL_VERSION,
+          tracer,
+          policies: createToolPolicies(options.mcp.policies),
+          upstreams,
+        },
+        {
+          ...options.mcp,
+          resource,
+          authorizationServers: options.mcp.authorizationServers.length
+            ? options.mcp.authorizationServers
+            : (options.identity.jwt?.issuer ?? []),
+          maxMessageBytes: options.limits.maxMessageBytes,
+        },
+      );
+      life.defer("mcp sessions", () => mcp?.close());
+    }
     await stage("listen");
     log.info(
       {

@@ -7,7 +7,15 @@ export interface AgentRow {
   name: string;
   version: string;
   endpoint: string;
-  capabilities: { name: string; version: string; attributes: Record<string, string> }[];
+  capabilities: {
+    name: string;
+    version: string;
+    attributes: Record<string, string>;
+    /** JSON Schema text of the input; absent or empty: none declared. */
+    inputSchema?: string;
+    /** JSON Schema text of the output; absent or empty: none declared. */
+    outputSchema?: string;
+  }[];
   labels: Record<string, string>;
   registeredAt: number;
   heartbeatAt: number;

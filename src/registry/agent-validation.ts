@@ -1,5 +1,5 @@
 import type { AgentLoad, Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
-import { TENANT_PATTERN, TENANT_PROBLEM, invalidArgument } from "../common/index.js";
+import { TENANT_PATTERN, TENANT_PROBLEM, compileObjectSchema, invalidArgument } from "../common/index.js";
 
 const CAPABILITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
@@ -60,10 +60,11 @@ export function checkEndpoint(field: string, endpoint: string): void {
   if (url.port !== "" && (!Number.isInteger(port) || port < 1 || port > 65535)) invalid(field, "port must be 1..65535");
 }
 
-/** Checks capabilities: unique names, bounded attributes. */
+/** Checks capabilities: unique names, bounded attributes, input and output schemas that compile. */
 export function checkCapabilities(
   field: string,
-  capabilities: readonly Pick<Capability, "name" | "version" | "attributes">[],
+  capabilities: readonly (Pick<Capability, "name" | "version" | "attributes"> &
+    Partial<Pick<Capability, "inputSchema" | "outputSchema">>)[],
 ): void {
   if (capabilities.length > 64) invalid(field, `at most 64 capabilities (got ${capabilities.length})`);
   const names = new Set<string>();
@@ -74,6 +75,8 @@ export function checkCapabilities(
     names.add(c.name);
     checkText(`${f}.version`, c.version, 64, false);
     checkMap(`${f}.attributes`, c.attributes, 32, 1024);
+    if (c.inputSchema) compileObjectSchema(`${f}.input_schema`, c.inputSchema);
+    if (c.outputSchema) compileObjectSchema(`${f}.output_schema`, c.outputSchema);
   });
 }
 

@@ -57,7 +57,13 @@ const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 100;
 
 function capabilityRows(caps: readonly Capability[]): AgentFields["capabilities"] {
-  return caps.map((c) => ({ name: c.name, version: c.version, attributes: { ...c.attributes } }));
+  return caps.map((c) => ({
+    name: c.name,
+    version: c.version,
+    attributes: { ...c.attributes },
+    ...(c.inputSchema ? { inputSchema: c.inputSchema } : {}),
+    ...(c.outputSchema ? { outputSchema: c.outputSchema } : {}),
+  }));
 }
 
 function loadRow(load: AgentLoad | undefined, now: number): LoadRow | undefined {

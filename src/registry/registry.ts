@@ -135,7 +135,14 @@ export function registrationHash(fields: AgentFields): string {
     endpoint: fields.endpoint,
     capabilities: [...fields.capabilities]
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      .map((c) => ({ name: c.name, version: c.version, attributes: sortedRecord(c.attributes) })),
+      .map((c) => ({
+        name: c.name,
+        version: c.version,
+        attributes: sortedRecord(c.attributes),
+        // Absent when empty, so registrations from before schemas existed hash as they did.
+        ...(c.inputSchema ? { inputSchema: c.inputSchema } : {}),
+        ...(c.outputSchema ? { outputSchema: c.outputSchema } : {}),
+      })),
     labels: sortedRecord(fields.labels),
   };
   return createHash("sha256").update(JSON.stringify(canonical)).digest("hex");

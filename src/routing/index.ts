@@ -3,3 +3,4 @@ export { agentCallData } from "./agent-channel-pool.js";
 export { createRouter } from "./router.js";
 export { resolveRoutingOptions, type RoutingOptions } from "./routing-options.js";
 export { resolveRoutingServiceOptions, type RoutingServiceOptions, createRoutingService } from "./routing-service.js";
+export { createCircuitBreakers, type CircuitBreakers } from "./circuit-breakers.js";

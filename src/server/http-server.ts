@@ -44,11 +44,16 @@ export interface RouteRequest {
 /** A plain HTTP route beside the RPCs (/healthz, /readyz, /metrics). */
 export type HttpRoute = (req: RouteRequest, res: RouteResponse) => void;
 
+/** A route that reads the request body and streams its answer itself (the MCP endpoint). */
+export type RawHttpRoute = Handler;
+
 /** Options for the Connect / gRPC-Web / gRPC-over-HTTP server. */
 export interface HttpServerOptions {
   services: readonly BoundService[];
   /** Exact-path routes served when no RPC matches. */
   routes: Record<string, HttpRoute>;
+  /** Exact-path routes given the whole request and response, served when no RPC matches. @default {} */
+  rawRoutes?: Record<string, RawHttpRoute>;
   limits: LimitOptions;
   /** TLS options for HTTPS + HTTP/2 via ALPN; plaintext serves HTTP/1.1 and h2c on one port. */
   tls?: http2.SecureServerOptions;
@@ -168,6 +173,8 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
           },
           res,
         );
+      const raw = options.rawRoutes?.[path];
+      if (raw) return raw(req, res);
       return sendConnectError(res, 404, "unimplemented", `no route for ${req.method ?? ""} ${path.slice(0, 200)}`);
     }
     const gate = options.credentialGate;

@@ -8,7 +8,7 @@ export {
 } from "./core-interceptors.js";
 export { createGrpcServer } from "./grpc-server.js";
 export { createHealthService } from "./health-service.js";
-export { createHttpServer, type HttpRoute, type RouteRequest } from "./http-server.js";
+export { createHttpServer, type HttpRoute, type RawHttpRoute, type RouteRequest } from "./http-server.js";
 export {
   clientIp,
   kCorrelationId,
@@ -18,6 +18,7 @@ export {
   type CallRequest,
   type KernelInterceptor,
   observeStream,
+  type PeerInfo,
 } from "./interceptor.js";
 export { type LimitOptions } from "./limit-options.js";
 export { methodMatches, createMethodMatcher, DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";

@@ -13,6 +13,7 @@ export {
   injectTraceHeaders,
   contextFromTraceparent,
   currentTraceparent,
+  extractTraceContext,
   startConsumerSpan,
   startProducerSpan,
 } from "./trace-context.js";

@@ -48,3 +48,4 @@ export {
 } from "./errors.js";
 export { AgentStatus } from "./gen/nops/kernel/v1/agent_registry_pb.js";
 export { Code } from "@connectrpc/connect";
+export { connectKernelTools, type KernelTools, type KernelToolsOptions, type ToolCallOptions } from "./kernel-tools.js";
