@@ -70,6 +70,7 @@ import { createReflectionService } from "../server/reflection-service.js";
 import type { ReadinessReport } from "../common/readiness.js";
 import { createKernelIdentity } from "../identity/kernel-identity.js";
 import { kPrincipal } from "../identity/principal.js";
+import { mayInvoke as mayInvokeCapability } from "../identity/invoke-grant.js";
 import { createAuthzInterceptor } from "../authz/authz-interceptor.js";
 import { createNonceStore } from "../identity/request-signing/nonce-store.js";
 import { createRequestSigningInterceptor } from "../identity/request-signing/request-signing-interceptor.js";
@@ -646,6 +647,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
           mayInvoke: (principal, tenant) =>
             authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
+          // An agent's invoke grants narrow its tools as they narrow Invoke (docs/identity.md).
+          mayCallTool: (principal, tool) => mayInvokeCapability(principal, tool),
           audit,
           clock,
           logger,

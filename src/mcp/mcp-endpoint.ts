@@ -74,6 +74,8 @@ export interface McpEndpointDeps {
   invoke(request: ToolInvocation, ctx: HandlerContext): Promise<ToolInvocationResult>;
   /** Whether the principal may invoke capabilities of the tenant (authz's answer for RoutingService/Invoke). */
   mayInvoke(principal: Principal, tenant: string): boolean;
+  /** Whether the principal's invoke grants cover this tool (a capability, or a namespaced external tool). */
+  mayCallTool(principal: Principal, tool: string): boolean;
   /** External MCP servers federated into tenants' catalogs; absent: none. */
   upstreams?: Upstreams;
   /** Call-time argument policies; absent: every call passes. */
@@ -238,7 +240,9 @@ export function createMcpEndpoint(
 
   function catalogFor(principal: Principal, tenant: string): Map<string, CatalogTool> {
     if (!deps.mayInvoke(principal, tenant)) return new Map();
-    return catalogOf(deps.agents.listRoutable(tenant, ""));
+    const tools = catalogOf(deps.agents.listRoutable(tenant, ""));
+    for (const name of tools.keys()) if (!deps.mayCallTool(principal, name)) tools.delete(name);
+    return tools;
   }
 
   function challenge(error: string | undefined, description: string): Record<string, string> {
@@ -292,7 +296,12 @@ export function createMcpEndpoint(
         correlationId: facts.headers["x-request-id"],
       });
     const tool = catalogFor(principal, tenant).get(name);
-    if (!tool && deps.upstreams?.owns(tenant, name) && deps.mayInvoke(principal, tenant)) {
+    if (
+      !tool &&
+      deps.upstreams?.owns(tenant, name) &&
+      deps.mayInvoke(principal, tenant) &&
+      deps.mayCallTool(principal, name)
+    ) {
       return callUpstream(deps.upstreams, principal, tenant, name, args, signal, audit);
     }
     if (!tool) {
@@ -466,7 +475,8 @@ export function createMcpEndpoint(
       const tools = [...local.values()].map(listedTool);
       if (deps.upstreams && deps.mayInvoke(principal, tenant)) {
         // A capability of the tenant's own agents wins over an external tool of the same name.
-        for (const tool of await deps.upstreams.tools(tenant)) if (!local.has(tool.name)) tools.push(tool);
+        for (const tool of await deps.upstreams.tools(tenant))
+          if (!local.has(tool.name) && deps.mayCallTool(principal, tool.name)) tools.push(tool);
       }
       return { tools };
     });

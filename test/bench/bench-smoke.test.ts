@@ -15,7 +15,15 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
   }).catch((error: { stdout?: string; stderr?: string; code?: number }) => error);
   const out = `${run.stdout ?? ""}${run.stderr ?? ""}`;
   t.false("code" in run && run.code !== 0, out);
-  for (const file of ["heartbeat.ts", "event-bus.ts", "egress-guard.ts", "dge-runtime.ts", "invoke.ts", "tracing.ts", "mcp.ts"])
+  for (const file of [
+    "heartbeat.ts",
+    "event-bus.ts",
+    "egress-guard.ts",
+    "dge-runtime.ts",
+    "invoke.ts",
+    "tracing.ts",
+    "mcp.ts",
+  ])
     t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
   t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
   t.regex(out, /Heartbeat over connect-node, gRPC protocol .* ratio \d+\.\d+ of echo: bare connect-node/);
