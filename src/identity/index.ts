@@ -12,3 +12,15 @@ export { createRequestSigningInterceptor } from "./request-signing/request-signi
 export { resolveRequestSigningOptions, type RequestSigningOptions } from "./request-signing/request-signing-options.js";
 export { grantAllows, parseRequiredScope, parseScopeGrant, type RequiredScope, type ScopeGrant } from "./scope.js";
 export { resolveSpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
+export {
+  createX509Bundle,
+  parseSpiffeId,
+  pemToDer,
+  verifyPeer,
+  PeerVerificationError,
+  type FederatedBundles,
+  type VerifiedPeer,
+  type X509Bundle,
+  type X509BundleSet,
+  type X509Source,
+} from "./spiffe/index.js";

@@ -17,6 +17,7 @@ import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-c
 import { resolveDgeServerOptions, type DgeServerOptions } from "../dge/dge-server.js";
 import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
 import { resolveAdminOptions, type AdminOptions } from "./admin-options.js";
+import { resolveFederationOptions, type FederationOptions } from "../federation/federation-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
 import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
 import type { LimitOptions } from "../server/limit-options.js";
@@ -104,6 +105,8 @@ export interface KernelOptions {
   telemetry: TelemetryOptions;
   /** Criticality matrix, overload shedding, dependency budgets (see docs/observability.md). */
   admin: AdminOptions;
+  /** Federation with peer kernels: advertised endpoints, pinned peers (see docs/federation.md). */
+  federation: FederationOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -157,6 +160,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   dgeServer: {},
   telemetry: {},
   admin: {},
+  federation: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -259,6 +263,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     events: resolveEvents(s.events, readString(s, "edgeId", "", d.edgeId, { pattern: ID_PATTERN })),
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
+    federation: resolveFederationOptions(s.federation ?? {}, "federation"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
   };
 }

@@ -11,6 +11,7 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
+import { FederationService } from "../../gen/nops/federation/v1/federation_pb.js";
 import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -72,6 +73,7 @@ import { createEventBusService } from "../events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
+import { createFederation } from "../federation/federation.js";
 import { agentCallData } from "../routing/agent-channel-pool.js";
 import { createRoutingService } from "../routing/routing-service.js";
 import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
@@ -184,6 +186,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     }
     const redis = kernelRedis?.client;
     const redisSubscriber = kernelRedis?.subscriber;
+    // Trust material only (descriptors, bundles, handshake proofs): the same public bytes this
+    // kernel serves at /federation/discover and /federation/bundle, no tenant data, so the Egress
+    // Guard is not asked about it (docs/federation.md).
+    const federation = createFederation({ db, audit, clock, logger }, options.federation, { edgeId: options.edgeId });
+    life.defer("federation", () => federation.stop());
     await stage("database");
 
     // The JWKS fetch is an outbound call, so it goes through the Egress Guard built below; the
@@ -198,11 +205,19 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         meter,
         fetch: (input, init) =>
           (jwks.fetch ?? (() => Promise.reject(new Error("egress guard not ready"))))(input, init),
+        // Only the registry's peers' trust domains are trusted beside our own (docs/federation.md).
+        federatedBundles: federation.registry,
       },
       options,
     );
     life.defer("identity", () => identity.close());
     const { tls } = identity;
+    if (tls && identity.x509) {
+      federation.attachIdentity({
+        source: identity.x509,
+        clientTls: (allowedIds) => tls.clientOptions({ allowedIds }),
+      });
+    }
     await stage("identity");
 
     let dgeClientOptions = options.dge.client;
@@ -343,6 +358,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       liveness.start();
       probes["workload-api"] = workloadApiProbe(clock, identity.x509, liveness);
     }
+    probes["federation-peers"] = () => federation.probe();
     const overload = createOverloadGuard(
       { logger, meter, samplers: overrides.overloadSamplers },
       options.admin.overload,
@@ -406,6 +422,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         ),
       ),
       bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
+      bind(FederationService, federation.service(actorOf)),
     ];
     const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
     const probe = (service: string) =>
@@ -426,6 +443,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         const report = readiness();
         json(res, report.ready ? 200 : 503, report);
       },
+      ...federation.routes(),
     };
 
     // One connection budget for both ports (docs/hardening.md).
@@ -445,6 +463,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const httpServer = createHttpServer({
       services,
       routes,
+      rpcAliases: federation.rpcAliases(),
       limits: options.limits,
       guard: connectionGuard,
       credentialGate,
@@ -466,6 +485,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       tls ? tls.grpcServerCredentials() : grpc.ServerCredentials.createInsecure(),
     );
     const httpPort = await httpServer.listen(options.http.host, options.http.port);
+    federation.setEndpoints(
+      `${options.grpc.host}:${grpcPort}`,
+      `${tls ? "https" : "http"}://${options.http.host}:${httpPort}`,
+    );
+    if (tls) federation.start();
     await stage("listen");
     log.info(
       {

@@ -5,6 +5,7 @@ import { migration0003 } from "./0003-api-keys.js";
 import { migration0004 } from "./0004-events.js";
 import { migration0005 } from "./0005-egress.js";
 import { migration0006 } from "./0006-agent-idempotency.js";
+import { migration0007FederationPeers } from "./0007-federation-peers.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
 export const MIGRATIONS: readonly Migration[] = [
@@ -14,4 +15,5 @@ export const MIGRATIONS: readonly Migration[] = [
   migration0004,
   migration0005,
   migration0006,
+  migration0007FederationPeers,
 ];
