@@ -9,6 +9,7 @@ import { MIGRATIONS } from "./store/migrations/index.js";
 import { createAuditLog } from "./audit/audit-log.js";
 import { startDgeServer } from "./dge/dge-server.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
+import { runPeersCommand } from "./kernel/peers-command.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
 
@@ -17,6 +18,7 @@ commands:
   migrate up|down|status    apply, revert (--steps N, default 1) or list schema migrations
   dge                       run the reference Data Governance Engine (dgeServer section)
   audit verify              check the hash chain of the audit log
+  peers list|add|remove     the federation peer registry (flags: docs/federation.md, or peers help)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -89,6 +91,8 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
   try {
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
+    // Federation peers take their own flags (docs/federation.md).
+    if (args[0] === "peers") return runPeersCommand(args[1], args.slice(2), loadKernelOptions(configFile, env), out);
     const [command, sub, ...rest] = args;
     if (rest.length) throw new ConfigError(`unexpected argument ${rest[0]}`);
     switch (command) {

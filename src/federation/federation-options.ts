@@ -32,6 +32,8 @@ export interface FederationOptions {
   maxRefreshIntervalMs: number;
   /** Budget of one bundle fetch. @default 10000 */
   fetchTimeoutMs: number;
+  /** How often the registry looks for changes made by `nops-kernel peers` beside the running kernel. @default 1000 */
+  reloadIntervalMs: number;
   /** Peers pinned by configuration; added at start when missing (never overwritten). @default [] */
   peers: PeerPin[];
 }
@@ -48,6 +50,7 @@ export const DEFAULT_FEDERATION_OPTIONS: Readonly<FederationOptions> = {
   minRefreshIntervalMs: 1000,
   maxRefreshIntervalMs: 3_600_000,
   fetchTimeoutMs: 10_000,
+  reloadIntervalMs: 1000,
   peers: [],
 };
 
@@ -111,6 +114,7 @@ export function resolveFederationOptions(input: unknown, path = "federation"): F
     minRefreshIntervalMs: readInt(s, "minRefreshIntervalMs", path, d.minRefreshIntervalMs, 100, 86_400_000),
     maxRefreshIntervalMs: readInt(s, "maxRefreshIntervalMs", path, d.maxRefreshIntervalMs, 1000, 7 * 86_400_000),
     fetchTimeoutMs: readInt(s, "fetchTimeoutMs", path, d.fetchTimeoutMs, 100, 600_000),
+    reloadIntervalMs: readInt(s, "reloadIntervalMs", path, d.reloadIntervalMs, 100, 600_000),
     peers: ((s.peers as unknown[] | undefined) ?? []).map((p, i) => readPin(p, `${path}.peers[${i}]`)),
   };
   if (options.maxRefreshIntervalMs < options.minRefreshIntervalMs) {

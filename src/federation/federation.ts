@@ -218,6 +218,7 @@ export function createFederation(
   const timers = new Map<string, TimerHandle>();
   const failures = new Map<string, { count: number; detail: string }>();
   let running = false;
+  let reloadTimer: TimerHandle | undefined;
   const schedule = (spiffeId: string, delayMs: number) => {
     clock.clearTimeout(timers.get(spiffeId));
     if (!running) return;
@@ -229,6 +230,7 @@ export function createFederation(
   };
   const hintMs = (p: PeerRecord) => (p.bundle?.refreshHintSeconds ?? options.bundleRefreshHintSeconds) * 1000;
   const refresh = async (spiffeId: string): Promise<void> => {
+    timers.delete(spiffeId);
     const peer = registry.get(spiffeId);
     if (!peer || peer.state === "quarantined" || !running) return;
     try {
@@ -262,7 +264,8 @@ export function createFederation(
       failures.delete(spiffeId);
       return;
     }
-    if (!timers.has(spiffeId)) schedule(spiffeId, peer.bundle ? hintMs(peer) : 0);
+    // A new peer, or one out of quarantine: fetch now when no bundle is known, else on the hint.
+    if (!timers.has(spiffeId) && peer.state !== "quarantined") schedule(spiffeId, peer.bundle ? hintMs(peer) : 0);
   });
 
   const json = (res: Parameters<FederationRoute>[1], status: number, body: string, type = "application/json") => {
@@ -379,10 +382,18 @@ export function createFederation(
     },
     start() {
       running = true;
+      reloadTimer = clock.setInterval(() => {
+        try {
+          registry.reload();
+        } catch (err) {
+          log.error({ err }, "peer registry reload failed");
+        }
+      }, options.reloadIntervalMs);
       for (const p of registry.list()) schedule(p.spiffeId, p.bundle ? hintMs(p) : 0);
     },
     stop() {
       running = false;
+      clock.clearInterval(reloadTimer);
       for (const t of timers.values()) clock.clearTimeout(t);
       timers.clear();
     },

@@ -100,6 +100,11 @@ export interface PeerRegistry extends FederatedBundles {
   updateBundle(spiffeId: string, text: string, actor: string): { changed: boolean; record: PeerRecord };
   /** Calls `listener` after any change of a peer (removal included), with its SPIFFE ID. */
   onPeerChange(listener: (spiffeId: string) => void): () => void;
+  /**
+   * Picks up changes another process committed (`nops-kernel peers add|remove` beside a running
+   * kernel): cheap when nothing changed (SQLite's data_version). Returns whether anything did.
+   */
+  reload(): boolean;
 }
 
 interface Row {
@@ -210,7 +215,11 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       .map((p) => p.bundle!.x509);
   };
   recompute();
+  // data_version moves only when another connection commits (SQLite PRAGMA data_version).
+  let dataVersion = db.pragma("data_version", { simple: true }) as number;
+  let snapshot = new Map(all.all().map((r) => [r.spiffe_id, r.updated_at]));
   const changed = (spiffeId: string) => {
+    snapshot = new Map(all.all().map((r) => [r.spiffe_id, r.updated_at]));
     recompute();
     for (const l of [...bundleListeners]) l();
     for (const l of [...peerListeners]) l(spiffeId);
@@ -229,6 +238,17 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
   ) => audit.append({ actor, action, tenant: "", resource: `peer/${spiffeId}`, outcome, details });
 
   const registry: PeerRegistry = {
+    reload() {
+      const version = db.pragma("data_version", { simple: true }) as number;
+      if (version === dataVersion) return false;
+      dataVersion = version;
+      const rows = new Map(all.all().map((r) => [r.spiffe_id, r.updated_at]));
+      const touched = [...new Set([...rows.keys(), ...snapshot.keys()])].filter(
+        (id) => rows.get(id) !== snapshot.get(id),
+      );
+      for (const id of touched) changed(id);
+      return touched.length > 0;
+    },
     current: () => trusted,
     onChange(listener) {
       bundleListeners.add(listener);

@@ -148,6 +148,7 @@ export async function createKernelIdentity(
   const authn = createAuthnInterceptor(
     {
       verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
+      onTrustChange: x509 && ((listener) => x509.onUpdate(() => listener())),
       spiffePrincipals: createSpiffePrincipalMapper(identity.spiffe),
       jwt:
         identity.jwt && createJwtVerifier({ clock: deps.clock, logger: deps.logger, fetch: deps.fetch }, identity.jwt),

@@ -203,8 +203,13 @@ test.serial(
       await code(admin(b).addPeer({ spiffeId: "spiffe://c.test/k", grpcEndpoint: "x:1", httpEndpoint: "https://x" })),
       Code.InvalidArgument,
     );
+    // A connection A's kernel opened while pinned: authenticated (yet not allowed) on B...
+    const open = a.client(FederationService, { kernel: b, transport: "grpc", as: "kernel" });
+    t.is(await code(open.listPeers({})), Code.PermissionDenied);
     await admin(b).removePeer({ spiffeId: a.spiffeId });
-    // A new connection from A's kernel SVID no longer passes B's TLS.
+    // ...no longer authenticates on that same connection once the peer is removed,
+    t.is(await code(open.listPeers({})), Code.Unauthenticated);
+    // and a new connection from A's kernel SVID no longer passes B's TLS.
     t.not(
       await code(a.client(FederationService, { kernel: b, transport: "grpc", as: "kernel" }).discover({})),
       undefined,

@@ -48,6 +48,8 @@ export async function startFedKernel(
     shutdownGraceMs: 1000,
     identity: { source: "dev" },
     nats: { leaf: "off" },
+    // The machine is shared: event-loop stalls from other work are not what these tests are about.
+    admin: { overload: { enabled: false } },
     ...extra,
   });
   const logs: string[] = [];
