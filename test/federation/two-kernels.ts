@@ -36,6 +36,8 @@ export async function startFedKernel(
   name: string,
   trustDomain: string,
   extra: Record<string, unknown> = {},
+  /** The developer credential when the kernel has no dev issuer (Workload API double). */
+  developer?: { cert: string; key: string },
 ): Promise<FedKernel> {
   const dir = mkdtempSync(join(tmpdir(), `nops-fed-${name}-`));
   const options = resolveKernelOptions({
@@ -73,7 +75,7 @@ export async function startFedKernel(
     client(service, target) {
       const as = target.as ?? "developer";
       const nodeOptions = {
-        ...(as === "developer" ? { cert: file("svid.pem"), key: file("svid.key") } : {}),
+        ...(as === "developer" ? (developer ?? { cert: file("svid.pem"), key: file("svid.key") }) : {}),
         ...(as === "kernel" ? { cert: file("kernel-svid.pem"), key: file("kernel-svid.key") } : {}),
         // The test does not check the server's SPIFFE ID; the kernels under test do.
         rejectUnauthorized: false,
