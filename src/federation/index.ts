@@ -24,3 +24,13 @@ export {
   SpiffeBundleError,
   type SpiffeBundle,
 } from "./spiffe-bundle.js";
+export {
+  createDelegations,
+  DEFAULT_DELEGATION_OPTIONS,
+  DELEGATION_JWS_TYPE,
+  type Delegation,
+  type DelegationClaims,
+  type DelegationOptions,
+  type Delegations,
+} from "./delegation.js";
+export { FederationRefusal } from "./kernel-jws.js";

@@ -176,6 +176,17 @@ test.serial(
     t.not(await code(anon.handshake(finish)), undefined);
     t.is(await code(anon.handshake(finish)), Code.Unauthenticated);
     t.true(b.audit("federation.handshake").some((r) => r.details.includes("unknown, used or expired")));
+    // The roadmap's POST /federation/handshake is the same RPC (Connect JSON): a replay there is refused too.
+    const plain = await b.post("/federation/handshake", {
+      hello: { descriptor: { jws: descriptor!.jws }, bundle, nonce: nonce.toString("base64") },
+    });
+    t.is(plain.status, 401);
+    t.regex(plain.body, /replay/);
+    const fresh = await b.post("/federation/handshake", {
+      hello: { descriptor: { jws: descriptor!.jws }, bundle, nonce: randomBytes(32).toString("base64") },
+    });
+    t.is(fresh.status, 200);
+    t.truthy((JSON.parse(fresh.body) as { handshakeId?: string }).handshakeId);
   },
 );
 

@@ -26,6 +26,8 @@ export interface FedKernel {
   ): Client<S>;
   /** GET over TLS (server not verified: test use only). */
   get(path: string): Promise<{ status: number; body: string }>;
+  /** POST JSON over TLS (server not verified: test use only). */
+  post(path: string, body: unknown): Promise<{ status: number; body: string }>;
   /** Audit rows of this kernel with the given action. */
   audit(action: string): { actor: string; outcome: string; resource: string; details: string }[];
   stop(): Promise<void>;
@@ -95,6 +97,21 @@ export async function startFedKernel(
         });
         req.on("error", reject);
         req.end();
+      });
+    },
+    post(path, body) {
+      return new Promise((resolve, reject) => {
+        const req = request(
+          `${self.httpEndpoint}${path}`,
+          { method: "POST", rejectUnauthorized: false, headers: { "content-type": "application/json" } },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
+          },
+        );
+        req.on("error", reject);
+        req.end(JSON.stringify(body));
       });
     },
     audit(action) {
