@@ -11,6 +11,7 @@ import {
   type SignedDescriptor,
 } from "../../gen/nops/federation/v1/federation_pb.js";
 import {
+  ConfigError,
   alreadyExists,
   failedPrecondition,
   invalidArgument,
@@ -142,9 +143,15 @@ export function createFederation(
   const { clock, audit } = deps;
   const log = deps.logger.child({ component: "federation" });
   const registry = createPeerRegistry(deps);
-  for (const pin of options.peers) {
-    if (!registry.get(pin.spiffeId)) registry.add(pin, "config");
-  }
+  options.peers.forEach((pin, i) => {
+    if (registry.get(pin.spiffeId)) return;
+    try {
+      registry.add(pin, "config");
+    } catch (err) {
+      if (err instanceof PeerRegistryError) throw new ConfigError(`federation.peers[${i}].${err.message}`);
+      throw err;
+    }
+  });
   let identity: FederationIdentity | undefined;
   const endpoints = { grpc: options.advertiseGrpc, http: options.advertiseHttp };
 

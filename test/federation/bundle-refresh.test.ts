@@ -104,3 +104,23 @@ test.serial(
     t.pass();
   },
 );
+
+test.serial(
+  "federation - peers pinned in the config file are added at start; a bad one stops the start naming the field",
+  async (t) => {
+    const { body } = await a.get("/federation/bundle");
+    const pin = { spiffeId: a.spiffeId, grpcEndpoint: a.grpcEndpoint, httpEndpoint: a.httpEndpoint, bundle: body };
+    const d = await startFedKernel("edge-d", "edge-d.test", { federation: { peers: [pin] } });
+    t.teardown(() => d.stop());
+    const peers = (await d.client(FederationService, { kernel: d, transport: "grpc" }).listPeers({})).peers;
+    t.deepEqual(
+      peers.map((p) => [p.spiffeId, p.state]),
+      [[a.spiffeId, PeerState.PENDING]],
+    );
+    t.is(d.audit("federation.peer.add")[0]?.actor, "config");
+    const error = await t.throwsAsync(
+      startFedKernel("edge-e", "edge-e.test", { federation: { peers: [{ ...pin, grpcEndpoint: "no-port" }] } }),
+    );
+    t.regex(error?.message ?? "", /federation\.peers\[0\]\.grpc_endpoint: must be host:port/);
+  },
+);

@@ -63,7 +63,13 @@ export async function startFedKernel(
       cb();
     },
   });
-  const kernel = await startKernel(options, { logDestination });
+  let kernel: Kernel;
+  try {
+    kernel = await startKernel(options, { logDestination });
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const devDir = join(dir, "dev-identity");
   const file = (f: string) => readFileSync(join(devDir, f), "utf8");
   const self: FedKernel = {
