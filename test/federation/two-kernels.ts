@@ -54,6 +54,8 @@ export async function startFedKernel(
     nats: { leaf: "off" },
     // The machine is shared: event-loop stalls from other work are not what these tests are about.
     admin: { overload: { enabled: false } },
+    // Every caller here is 127.0.0.1; the per-address budget is not what these tests are about.
+    rateLimit: { ipLimit: 1_000_000 },
     ...extra,
   });
   const logs: string[] = [];
