@@ -36,6 +36,7 @@ import { loadRawConfig } from "./kernel/load-config.js";
 import { startDgeServer } from "../packages/reference-dge/src/index.js";
 import { createToolPolicies, principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/index.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
+import { runPeersCommand } from "./kernel/peers-command.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
 
@@ -62,6 +63,7 @@ commands:
   policy test --cases <f>   run MCP tool policy test cases (YAML or JSON list) against mcp.policies
   policy test --tool <t> --principal <json> --args <json>
                             evaluate mcp.policies for one call and print the decision
+  peers list|add|remove     the federation peer registry (flags: docs/federation.md, or peers help)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -252,6 +254,8 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
   try {
     const configFile = flag(args, "--config") ?? env.NOPS_CONFIG;
     const steps = flag(args, "--steps");
+    // Federation peers take their own flags (docs/federation.md).
+    if (args[0] === "peers") return runPeersCommand(args[1], args.slice(2), loadKernelOptions(configFile, env), out);
     const release = args[0] === "release" || args[0] === "bundle" ? releaseFlags(args) : undefined;
     const auditFlags = {
       checkpoint: flag(args, "--checkpoint"),

@@ -33,6 +33,11 @@ import { kPrincipal, type Principal } from "./principal.js";
 export interface AuthnDeps {
   /** Verifies an mTLS peer chain (DER, leaf first); throws when it is not a valid X509-SVID chain. */
   verifyPeer?: (chain: Uint8Array[]) => { spiffeId: string };
+  /**
+   * Subscribes to changes of the trust bundles: verified chains are forgotten at once, so a trust
+   * domain dropped (a federation peer removed) stops authenticating on open connections too.
+   */
+  onTrustChange?: (listener: () => void) => () => void;
   spiffePrincipals: SpiffePrincipalMapper;
   jwt?: JwtVerifier;
   apiKeys?: Pick<ApiKeyStore, "verify">;
@@ -131,6 +136,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
   const denials = createDenialAuditor(deps);
   const isPublic = createMethodMatcher(options.publicMethods);
   const peerCache = new Map<string, { principal: Principal; expiresAt: number }>();
+  deps.onTrustChange?.(() => peerCache.clear());
 
   function fromPeer(chain: Uint8Array[]): Principal {
     if (!deps.verifyPeer) throw new Error("mTLS peer verification is not configured");

@@ -20,3 +20,15 @@ export {
   isInvokeGrant,
   mayInvoke,
 } from "./invoke-grant.js";
+export {
+  createX509Bundle,
+  parseSpiffeId,
+  pemToDer,
+  verifyPeer,
+  PeerVerificationError,
+  type FederatedBundles,
+  type VerifiedPeer,
+  type X509Bundle,
+  type X509BundleSet,
+  type X509Source,
+} from "./spiffe/index.js";

@@ -21,6 +21,8 @@ import {
   createDevX509Source,
   createTlsMaterial,
   createWorkloadX509Source,
+  withFederatedBundles,
+  type FederatedBundles,
   type TlsMaterial,
   type X509Source,
 } from "./spiffe/index.js";
@@ -101,6 +103,8 @@ export interface KernelIdentityDeps {
   logger: Logger;
   meter: Meter;
   fetch?: typeof fetch;
+  /** Bundles of federated peers (the federation registry); trusted beside the source's own. */
+  federatedBundles?: FederatedBundles;
 }
 
 /** The directory `path` names, symlinks resolved (as far as it exists). */
@@ -179,13 +183,20 @@ export async function createKernelIdentity(
   } else if (source === "dev") {
     x509 = await createDevX509Source(
       { logger: deps.logger, clock: deps.clock },
-      { dir: identity.devDir, trustDomain: options.trustDomain, spiffeId: kernelId },
+      {
+        dir: identity.devDir,
+        trustDomain: options.trustDomain,
+        spiffeId: kernelId,
+        // The developer SVID lives in the kernel's trust domain, whichever it is (two-kernel federation).
+        developerId: `spiffe://${options.trustDomain}/nops/admin/developer`,
+      },
     );
   } else {
     log.warn(
       "identity.source is none: plaintext servers, anonymous callers allowed; never use this outside development",
     );
   }
+  if (x509 && deps.federatedBundles) x509 = withFederatedBundles(x509, deps.federatedBundles, deps.logger);
   const ctx = await x509?.ready();
   if (ctx) log.info({ spiffeId: ctx.svid.spiffeId, source }, "workload identity ready");
   const tls = x509 && createTlsMaterial({ source: x509, clock: deps.clock, logger: deps.logger });
@@ -196,6 +207,7 @@ export async function createKernelIdentity(
     createAuthnInterceptor(
       {
         verifyPeer: tls ? (chain) => tls.verifyPeer(chain) : undefined,
+        onTrustChange: x509 && ((listener) => x509.onUpdate(() => listener())),
         spiffePrincipals,
         jwt:
           jwt &&

@@ -19,6 +19,7 @@ import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-c
 import { resolveDgeServerOptions, type DgeServerOptions } from "../../packages/reference-dge/src/index.js";
 import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
 import { resolveAdminOptions, type AdminOptions } from "./admin-options.js";
+import { resolveFederationOptions, type FederationOptions } from "../federation/federation-options.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../events/event-bus-options.js";
 import { resolveEventBusServiceOptions, type EventBusServiceOptions } from "../events/event-bus-service.js";
 import type { LimitOptions } from "../server/limit-options.js";
@@ -114,6 +115,8 @@ export interface KernelOptions {
   release: ReleaseOptions;
   /** The MCP endpoint on the HTTP port (see docs/mcp.md). */
   mcp: McpOptions;
+  /** Federation with peer kernels: advertised endpoints, pinned peers (see docs/federation.md). */
+  federation: FederationOptions;
 }
 
 /** The defaults, as a raw tree: also the source of the environment variable names. */
@@ -180,6 +183,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   audit: { ...DEFAULT_AUDIT_OPTIONS },
   release: {},
   mcp: {},
+  federation: {},
 };
 
 const IDENTITY_SOURCES = ["auto", "workload-api", "dev", "none"] as const;
@@ -290,6 +294,7 @@ export function resolveKernelOptions(raw: unknown): KernelOptions {
     telemetry: resolveTelemetryOptions(s.telemetry ?? {}, "telemetry"),
     admin: resolveAdminOptions(s.admin ?? {}, "admin"),
     mcp: resolveMcpOptions(s.mcp ?? {}, "mcp"),
+    federation: resolveFederationOptions(s.federation ?? {}, "federation"),
     dgeServer: s.dgeServer === undefined ? undefined : resolveDgeServerOptions(s.dgeServer, "dgeServer"),
     release: resolveReleaseOptions(s.release ?? {}, "release"),
     audit: resolveAuditOptions(s.audit ?? {}, {

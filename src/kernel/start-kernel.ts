@@ -13,6 +13,7 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { InvokeRequestSchema, RoutingService, type InvokeResponse } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { EventBusService } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 import { AdminService, GetStatusRequestSchema } from "../../gen/nops/kernel/v1/admin_pb.js";
+import { FederationService } from "../../gen/nops/federation/v1/federation_pb.js";
 import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -95,6 +96,7 @@ import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } fr
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
 import { createCircuitBreakers } from "../routing/circuit-breakers.js";
+import { createFederation } from "../federation/federation.js";
 import { agentCallData } from "../routing/agent-channel-pool.js";
 import { createRoutingService } from "../routing/routing-service.js";
 import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
@@ -280,6 +282,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     }
     const redis = kernelRedis?.client;
     const redisSubscriber = kernelRedis?.subscriber;
+    // Trust material only (descriptors, bundles, handshake proofs): the same public bytes this
+    // kernel serves at /federation/discover and /federation/bundle, no tenant data, so the Egress
+    // Guard is not asked about it (docs/federation.md).
+    const federation = createFederation({ db, audit, clock, logger }, options.federation, { edgeId: options.edgeId });
+    life.defer("federation", () => federation.stop());
     await stage("database");
 
     // The JWKS fetch is an outbound call, so it goes through the Egress Guard built below; the
@@ -294,11 +301,19 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         meter,
         fetch: (input, init) =>
           (jwks.fetch ?? (() => Promise.reject(new Error("egress guard not ready"))))(input, init),
+        // Only the registry's peers' trust domains are trusted beside our own (docs/federation.md).
+        federatedBundles: federation.registry,
       },
       options,
     );
     life.defer("identity", () => identity.close());
     const { tls } = identity;
+    if (tls && identity.x509) {
+      federation.attachIdentity({
+        source: identity.x509,
+        clientTls: (allowedIds) => tls.clientOptions({ allowedIds }),
+      });
+    }
     await stage("identity");
 
     let dgeClientOptions = options.dge.client;
@@ -448,6 +463,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       liveness.start();
       probes["workload-api"] = workloadApiProbe(clock, identity.x509, liveness);
     }
+    probes["federation-peers"] = () => federation.probe();
     const overload = createOverloadGuard(
       { logger, meter, samplers: overrides.overloadSamplers },
       options.admin.overload,
@@ -519,6 +535,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       ),
       bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
       bind(AuditService, createAuditService({ audit, checkpointer })),
+      bind(FederationService, federation.service(actorOf)),
     ];
     const servingNames = new Set(["", ...services.map((s) => s.service.typeName)]);
     const probe = (service: string) =>
@@ -539,6 +556,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         readiness,
         mayReadDetails: (req) => mayCallGetStatus(services, options.authn.allowAnonymous, req),
       }),
+      ...federation.routes(),
     };
 
     // One connection budget for both ports (docs/hardening.md).
@@ -572,6 +590,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       services,
       routes,
       rawRoutes,
+      rpcAliases: federation.rpcAliases(),
       limits: options.limits,
       guard: connectionGuard,
       credentialGate,
@@ -668,6 +687,11 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       );
       life.defer("mcp sessions", () => mcp?.close());
     }
+    federation.setEndpoints(
+      `${options.grpc.host}:${grpcPort}`,
+      `${tls ? "https" : "http"}://${options.http.host}:${httpPort}`,
+    );
+    if (tls) federation.start();
     await stage("listen");
     log.info(
       {

@@ -54,6 +54,8 @@ export interface HttpServerOptions {
   routes: Record<string, HttpRoute>;
   /** Exact-path routes given the whole request and response, served when no RPC matches. @default {} */
   rawRoutes?: Record<string, RawHttpRoute>;
+  /** Plain paths that stand for an RPC (e.g. "/federation/handshake"): served by that RPC, chain and all. */
+  rpcAliases?: Record<string, string>;
   limits: LimitOptions;
   /** TLS options for HTTPS + HTTP/2 via ALPN; plaintext serves HTTP/1.1 and h2c on one port. */
   tls?: http2.SecureServerOptions;
@@ -139,6 +141,10 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   });
   for (const bound of options.services) router.service(bound.service, bound.impl as never);
   const rpcs = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
+  for (const [alias, target] of Object.entries(options.rpcAliases ?? {})) {
+    const handler = rpcs.get(target);
+    if (handler && !rpcs.has(alias)) rpcs.set(alias, handler);
+  }
   const fixedHeaders = perimeterHeaders(options.tls !== undefined);
 
   const contextValues = (req: http.IncomingMessage | http2.Http2ServerRequest) =>

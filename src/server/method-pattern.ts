@@ -1,9 +1,14 @@
 import { ConfigError } from "../common/index.js";
 
-/** Methods that need no credential by default: health checks and reflection. */
+/**
+ * Methods that need no credential by default: health checks, reflection, and federation's
+ * Discover and Handshake, which authenticate by the SVID signatures they carry (docs/federation.md).
+ */
 export const DEFAULT_PUBLIC_METHODS: readonly string[] = [
   "/grpc.health.v1.Health/*",
   "/grpc.reflection.v1.ServerReflection/*",
+  "/nops.federation.v1.FederationService/Discover",
+  "/nops.federation.v1.FederationService/Handshake",
 ];
 
 const EXACT = /^\/[A-Za-z_][\w.]*\/[A-Za-z_]\w*$/;

@@ -52,3 +52,4 @@ export {
   type TlsMaterial,
   type TlsMaterialDeps,
 } from "./tls-material.js";
+export { withFederatedBundles, type FederatedBundles } from "./federated-x509-source.js";
