@@ -1,5 +1,6 @@
 // Reference DGE head-of-line blocking (issue 13 item 10): latency of small Classify calls over gRPC with the
-// DGE idle (baseline) and while one 4 MB adversarial request ("1 1 1 ...") is classifying, in one run.
+// DGE idle (baseline) and while one 4 MB adversarial request (phone numbers back to back, each checked against the
+// numbering plan) is classifying, in one run.
 // Classification runs in worker threads, so the small calls keep their latency; on the event loop they would
 // wait for the whole 4 MB classification (minutes). Prints p50/p99 and the ratio to the idle baseline.
 //   node --import tsx bench/dge-runtime.ts [seconds per case]
@@ -28,7 +29,7 @@ const load = (name: string): Promise<LoadResult> =>
 
 const idle = await load("small Classify, DGE idle (baseline)");
 let bigDone = false;
-const big = client.classify({ data: "1 ".repeat(2_000_000) }).then(
+const big = client.classify({ data: "+1 415 555 0100 ".repeat(262_144) }).then(
   () => (bigDone = true),
   () => (bigDone = true),
 );

@@ -18,8 +18,8 @@ export interface ReleaseManifest {
   files: Record<string, string>;
 }
 
-/** The kernel's own parts: built code, the contracts, the manifest and lock file. */
-const KERNEL_ROOTS = ["dist/src", "dist/gen", "proto", "package.json", "package-lock.json"];
+/** The kernel's own parts: built code (with the workspace packages it builds in), the contracts, the manifest and lock file. */
+const KERNEL_ROOTS = ["dist/src", "dist/gen", "dist/packages", "proto", "package.json", "package-lock.json"];
 
 /**
  * The roots of a release: the kernel's own parts and the directory of every production

@@ -70,3 +70,29 @@ test("dge server - options reject bad fields by name", (t) => {
   );
   t.is(resolveDgeServerOptions({ keys: DGE_KEYS }).port, 7600);
 });
+
+test("dge server - ValidateEgress derives the classification itself and refuses a supplied one that disagrees", async (t) => {
+  const server = await startDgeServer(
+    { clock: systemClock, logger: silent },
+    resolveDgeServerOptions({ port: 0, keys: DGE_KEYS }),
+  );
+  t.teardown(() => server.close());
+  const c = createDgeClient(
+    { clock: systemClock },
+    { url: server.url, protocol: "grpc", keys: DGE_KEYS, maxSkewMs: 300_000 },
+  );
+  const data = "card 4111 1111 1111 1111";
+  const request = { data, destination: "crm-sync", tenant: "acme", tier: Tier.TIER_1 };
+  // A caller claiming the card number is public data is refused, naming the field.
+  const err = await t.throwsAsync(
+    c.validateEgress({ ...request, classification: { egressClass: EgressClass.D0, findings: [] } }),
+  );
+  t.is(ConnectError.from(err).code, Code.InvalidArgument);
+  t.regex(ConnectError.from(err).rawMessage, /^classification: disagrees with the data: supplied D0 .* derived D4/);
+  // Without a classification, or with the one Classify gave, the decision is made on the data.
+  const bare = await c.validateEgress(request);
+  t.is(bare.verdict, Verdict.DENY);
+  const { classification } = await c.classify({ data });
+  const honest = await c.validateEgress({ ...request, classification });
+  t.deepEqual([honest.verdict, honest.reasonCode], [bare.verdict, bare.reasonCode]);
+});

@@ -49,7 +49,24 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
     reason: "routing invoker: agents on the edge; its grpc-js clients must carry createGrpcEgressInterceptor",
   },
   { pattern: /^src\/server\/.+\.ts$/, reason: "listening servers and health probes on loopback, no outbound calls" },
-  { pattern: /^src\/dge\/.+\.ts$/, reason: "the reference DGE server: it listens, it does not call out" },
+  {
+    pattern: /^src\/cli\.ts$/,
+    reason: "operator command `audit verify --checkpoint <url>`: a GET of a signed checkpoint, carrying no data",
+  },
+  {
+    pattern: /^src\/federation\/federation\.ts$/,
+    reason:
+      "Discover, Handshake and bundle fetches with pinned peers: public descriptors, bundles and proofs, " +
+      "no tenant data (docs/federation.md)",
+  },
+  {
+    pattern: /^src\/mcp\/upstream-servers\.ts$/,
+    reason: "the MCP SDK's Client: its only transport is built on the guarded fetch handed in (deps.fetch)",
+  },
+  {
+    pattern: /^src\/witness\/.+\.ts$/,
+    reason: "the hub-side witness reads checkpoints from the hub's JetStream; it runs beside the hub, not on an edge",
+  },
   {
     pattern: /^src\/kernel\/start-kernel\.ts$/,
     reason: "wiring: opens the local Redis/NATS connections handed to the components above",

@@ -37,8 +37,9 @@ test("kernel events - registry writes and Publish reach the hub through the leaf
     payload: new TextEncoder().encode('{"order":"A-1001","items":3}'),
     idempotencyKey: "k-1",
   });
-  // An agent record of a tier 3 tenant naming an IP address: the DGE calls that PII.
-  await registry.registerAgent({ tenant: "globex", name: "g", version: "1", endpoint: "10.1.2.3:7000" });
+  // An agent record of a tier 3 tenant naming a public IP address: the DGE calls that PII (private,
+  // loopback and documentation addresses are the edge's own and are not).
+  await registry.registerAgent({ tenant: "globex", name: "g", version: "1", endpoint: "81.2.69.142:7000" });
 
   const hubStream = k.kernel.options.events.hubStreamName;
   let envelopes: Awaited<ReturnType<typeof readStreamEnvelopes>> = [];

@@ -6,6 +6,7 @@ import { FederationService, PeerState } from "../../gen/nops/federation/v1/feder
 import { createTestCa, type TestSvid } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
 import { startFedKernel, eventually, type FedKernel } from "./two-kernels.js";
+import { TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 
 const B_ID = "spiffe://edge-b.test/nops/kernel/edge-b";
 
@@ -29,7 +30,10 @@ test("federation - a peer's rotated CA is accepted from its refreshed bundle: no
   const b: FedKernel = await startFedKernel(
     "edge-b",
     "edge-b.test",
-    { identity: { source: "workload-api", socket: wl.address }, federation: { bundleRefreshHintSeconds: 1 } },
+    {
+      identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
+      federation: { bundleRefreshHintSeconds: 1 },
+    },
     { cert: developer.certPem, key: developer.keyPem },
   );
   t.teardown(() => b.stop());

@@ -257,3 +257,30 @@ test("mcp endpoint - a CEL policy denial is an MCP error with the reason, audite
   t.like(JSON.parse(row.details) as object, { decision: "policy", policy: "own-customers", tool: "customer.lookup" });
   t.false(row.details.includes("globex"), "argument values are never audited");
 });
+
+test("mcp endpoint - an agent's invoke grants narrow its tools: tools/list and tools/call leave the others out", async (t) => {
+  const agent = await spawnEchoAgent({ name: "echo-mcp-grants" });
+  t.teardown(() => agent.kill());
+  const k = await startTestKernel(t, { identity: jwtConfig });
+  const url = `http://127.0.0.1:${k.kernel.httpPort}/mcp`;
+  const registry = k.client(AgentRegistryService, "connect-json");
+  for (const name of ["customer.lookup", "summarize"])
+    await registry.registerAgent({
+      tenant: "acme",
+      name: name.replace(".", "-"),
+      version: "1",
+      endpoint: agent.endpoint,
+      capabilities: [{ name }],
+    });
+  const client = await connect(url, await token({ roles: ["AGENT"], invoke: ["customer.*"] }, url));
+  t.teardown(() => client.close());
+  const listed = await client.listTools();
+  t.deepEqual(
+    listed.tools.map((tool) => tool.name),
+    ["customer.lookup"],
+  );
+  const granted = await client.callTool({ name: "customer.lookup", arguments: { customer: "c-1" } });
+  t.falsy(granted.isError, JSON.stringify(granted));
+  const err = await t.throwsAsync(client.callTool({ name: "summarize", arguments: {} }));
+  t.regex(err?.message ?? "", /unknown tool: summarize/);
+});

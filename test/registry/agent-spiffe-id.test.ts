@@ -7,7 +7,7 @@ import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb
 import { ApiKeyService, Role } from "../../gen/nops/kernel/v1/api_key_pb.js";
 import { createTestCa, type TestCa, type TestSvid } from "../helpers/test-ca.js";
 import { startWorkloadApiDouble } from "../helpers/workload-api-double.js";
-import { startTestKernel } from "../helpers/kernel.js";
+import { startTestKernel, TEST_API_KEY_PEPPER } from "../helpers/kernel.js";
 
 // A trust domain other than the dev default, so the scheme id is visibly the kernel's.
 const TD = "nops.test";
@@ -25,7 +25,7 @@ async function setup(t: ExecutionContext) {
   const k = await startTestKernel(t, {
     edgeId: "edge-test",
     trustDomain: TD,
-    identity: { source: "workload-api", socket: wl.address },
+    identity: { source: "workload-api", socket: wl.address, apiKeyPepper: TEST_API_KEY_PEPPER },
   });
   const transport = (svid?: TestSvid, headers: Record<string, string> = {}): Transport => {
     const addHeaders: Interceptor = (next) => async (req) => {

@@ -27,7 +27,7 @@ test("agent sdk - connectKernelTools lists and calls the tenant's tools and hear
       capabilities: [{ name: capability, attributes: { description: `The ${capability} tool` } }],
     });
   await register("echo");
-  const bearerToken = await new SignJWT({ roles: ["AGENT"], tenant: "acme" })
+  const bearerToken = await new SignJWT({ roles: ["AGENT"], tenant: "acme", invoke: ["*"] })
     .setProtectedHeader({ alg: "HS256" })
     .setIssuer("https://idp.test")
     .setAudience(url)

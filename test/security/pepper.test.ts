@@ -56,9 +56,10 @@ test("pepper - a pepper file in the database's directory or below it is refused 
       file,
     );
   }
-  // Development may say so explicitly.
+  // Development may say so explicitly (the same edge: its audit key carries the edge's name).
   const k = await startTestKernel(t, {
     dataDir,
+    edgeId: "edge-test",
     identity: { source: "none", apiKeyPepperFile: join(dataDir, "api-key-pepper"), allowPepperBesideDatabase: true },
   });
   t.truthy(k.kernel.httpPort);

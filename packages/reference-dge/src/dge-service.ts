@@ -18,6 +18,8 @@ import { KIND_CLASS, piiTypeOf, tierNameOf, type TierName } from "./dge-codes.js
 import { evaluatePolicy, policyFor, type DgePoliciesOptions } from "./dge-policies.js";
 import { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";
 import { CLASSIFIER_VERSION, detectPii, type Detection } from "./pii-classifier.js";
+import { createHash } from "node:crypto";
+import { LRUCache } from "lru-cache";
 
 /** Classifies text into the proto Classification (empty text D0, no findings D1, else the highest kind's class). */
 export function classifyText(text: string): Classification {
@@ -40,6 +42,16 @@ export function classificationOf(text: string, found: readonly Detection[]): Cla
       }),
     ),
   });
+}
+
+/** Same class and the same kinds of findings (spans and confidences may differ between classifier runs). */
+function agrees(a: Classification, b: Classification): boolean {
+  const kinds = (c: Classification) =>
+    c.findings
+      .map((f) => f.type)
+      .sort((x, y) => x - y)
+      .join(",");
+  return a.egressClass === b.egressClass && kinds(a) === kinds(b);
 }
 
 /** What the reference DGE service needs. */
@@ -80,8 +92,17 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       );
     }
   }
+  // What Classify answered recently, by the data's hash: ValidateEgress re-derives a supplied
+  // classification from it instead of running the classifier a second time on the same text.
+  const recent = new LRUCache<string, Classification>({ max: 4096 });
+  const digest = (data: string) => createHash("sha256").update(data).digest("base64");
   async function classify(data: string, ctx: HandlerContext): Promise<Classification> {
-    return classificationOf(data, await deps.detect(data, ctx.signal));
+    const key = digest(data);
+    const known = recent.get(key);
+    if (known) return known;
+    const classification = classificationOf(data, await deps.detect(data, ctx.signal));
+    recent.set(key, classification);
+    return classification;
   }
   return {
     async classify(req, ctx) {
@@ -103,11 +124,17 @@ export function createDgeService(deps: DgeServiceDeps): ServiceImpl<typeof DataG
       checkData(req.data);
       const tier = requireTier(req.tier);
       const policy = policyFor(deps.policies(), req.tenant, tier);
-      // The classification is re-derived from the data when missing, so a client cannot skip it.
-      const classification =
-        req.classification && req.classification.egressClass !== EgressClass.UNSPECIFIED
-          ? req.classification
-          : await classify(req.data, ctx);
+      // A caller's classification is never trusted: it is derived again from the data, and one
+      // that disagrees (class or kinds of findings) is refused rather than decided on.
+      const classification = await classify(req.data, ctx);
+      const supplied = req.classification;
+      if (supplied && supplied.egressClass !== EgressClass.UNSPECIFIED && !agrees(supplied, classification))
+        throw invalidArgument(
+          "classification",
+          `disagrees with the data: supplied ${EgressClass[supplied.egressClass]} with ` +
+            `${supplied.findings.length} finding(s), derived ${EgressClass[classification.egressClass]} with ` +
+            `${classification.findings.length}`,
+        );
       const decision = evaluatePolicy(policy, tier, classification, req.destination);
       return signed(
         ctx,
