@@ -18,7 +18,7 @@ export interface ReleaseManifest {
   files: Record<string, string>;
 }
 
-/** The kernel's own parts: built code (with the workspace packages it builds in), the contracts, the manifest and lock file. */
+/** The kernel's own parts: built code (and the workspace packages it builds in), contracts, manifest, lock file. */
 const KERNEL_ROOTS = ["dist/src", "dist/gen", "dist/packages", "proto", "package.json", "package-lock.json"];
 
 /**
