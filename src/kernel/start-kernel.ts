@@ -479,6 +479,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     await stage("routing");
 
     const streams = createStreamShutdown();
+    const rateLimit = createRateLimitInterceptor(
+      { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
+      options.rateLimit,
+    );
     const chain: KernelInterceptor[] = [
       // First: an overloaded kernel refuses new work before spending anything on it.
       overload.interceptor,
@@ -499,10 +503,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         options.requestSigning,
       ),
       identity.authn,
-      createRateLimitInterceptor(
-        { redis, events, audit, clock, logger: logger.child({ component: "rate-limit" }), meter, actorOf },
-        options.rateLimit,
-      ),
+      rateLimit,
       createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
     ];
     const bind = <S extends DescService>(service: S, impl: ServiceImpl<S>) => bindService(service, impl, chain);
@@ -668,6 +669,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
             authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
           // An agent's invoke grants narrow its tools as they narrow Invoke (docs/identity.md).
           mayCallTool: (principal, tool) => mayInvokeCapability(principal, tool),
+          // External tools spend the same rate limit as Invoke: the chain's own link, run on its own.
+          admit: async (ctx, tenant) => {
+            await rateLimit(async () => ({ kind: "unary", output: undefined }))({
+              service: RoutingService,
+              method: RoutingService.method.invoke,
+              ctx,
+              input: { tenant },
+            });
+          },
           audit,
           clock,
           logger,

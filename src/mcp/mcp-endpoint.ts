@@ -76,6 +76,11 @@ export interface McpEndpointDeps {
   mayInvoke(principal: Principal, tenant: string): boolean;
   /** Whether the principal's invoke grants cover this tool (a capability, or a namespaced external tool). */
   mayCallTool(principal: Principal, tool: string): boolean;
+  /**
+   * Spends the rate limit a call to an external tool costs, as Invoke's does (the chain's rate-limit
+   * link): throws RESOURCE_EXHAUSTED over the tenant's or address's limit.
+   */
+  admit(ctx: HandlerContext, tenant: string): Promise<void>;
   /** External MCP servers federated into tenants' catalogs; absent: none. */
   upstreams?: Upstreams;
   /** Call-time argument policies; absent: every call passes. */
@@ -302,7 +307,7 @@ export function createMcpEndpoint(
       deps.mayInvoke(principal, tenant) &&
       deps.mayCallTool(principal, name)
     ) {
-      return callUpstream(deps.upstreams, principal, tenant, name, args, signal, audit);
+      return callUpstream(deps.upstreams, facts, principal, tenant, name, args, signal, audit);
     }
     if (!tool) {
       audit("denied", "unknown-tool");
@@ -409,6 +414,7 @@ export function createMcpEndpoint(
 
   async function callUpstream(
     upstreams: Upstreams,
+    facts: RequestFacts,
     principal: Principal,
     tenant: string,
     name: string,
@@ -423,6 +429,25 @@ export function createMcpEndpoint(
         policy: policy.policy,
         reason: policy.reason,
       });
+    }
+    const ctx = createHandlerContext({
+      service: RoutingService,
+      method: RoutingService.method.invoke,
+      protocolName: "mcp",
+      requestMethod: "POST",
+      url: facts.url,
+      requestHeader: new Headers(),
+      requestSignal: signal,
+      contextValues: createContextValues().set(kPeer, facts.peer).set(kPrincipal, principal),
+    });
+    try {
+      await deps.admit(ctx, tenant);
+    } catch (e) {
+      const err = ConnectError.from(e);
+      audit("denied", "rate-limited", { code: Code[err.code], upstream: true });
+      if (err.code === Code.ResourceExhausted)
+        throw new McpError(MCP_RATE_LIMITED, err.rawMessage, { retryAfter: err.metadata.get("retry-after") });
+      throw new McpError(MCP_FORBIDDEN, err.rawMessage);
     }
     try {
       const result = await upstreams.call(tenant, name, args, signal);

@@ -5,7 +5,7 @@ import { SignJWT } from "jose";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { McpError } from "@modelcontextprotocol/sdk/types.js";
-import { MCP_FORBIDDEN } from "../../src/mcp/index.js";
+import { MCP_FORBIDDEN, MCP_RATE_LIMITED } from "../../src/mcp/index.js";
 import { startTestKernel } from "../helpers/kernel.js";
 import { spawnChild, waitFor, type Child } from "../helpers/processes.js";
 
@@ -119,4 +119,44 @@ test("mcp gateway - an external MCP server is federated into the tenant's catalo
     250,
   );
   t.is(recovered, "found customer for acme-7");
+});
+
+test("mcp gateway - calls to an external tool spend the tenant's rate limit like Invoke", async (t) => {
+  const external = await startExternal(t);
+  const k = await startTestKernel(t, {
+    identity: {
+      source: "none",
+      jwt: { issuer: "https://idp.test", audience: "nops", algorithms: ["HS256"], hmacSecret: SECRET },
+    },
+    egress: { tenantTiers: { acme: 1 } },
+    // Two calls a minute for acme.
+    rateLimit: { tenantTiers: { acme: 1 }, tierLimits: { 1: 2 }, tenantWindowMs: 60_000 },
+    mcp: {
+      upstreams: [
+        { name: "crm", tenant: "acme", url: `http://127.0.0.1:${external.port}/mcp`, timeoutMs: 5000, listTtlMs: 0 },
+      ],
+    },
+  });
+  const url = `http://127.0.0.1:${k.kernel.httpPort}/mcp`;
+  const bearer = await new SignJWT({ roles: ["OPERATOR"], tenant: "acme" })
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuer("https://idp.test")
+    .setAudience(url)
+    .setSubject("user-acme")
+    .setIssuedAt()
+    .setExpirationTime("10m")
+    .sign(new TextEncoder().encode(SECRET));
+  const client = new Client({ name: "gateway-test", version: "1" });
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL(url), {
+      requestInit: { headers: { authorization: `Bearer ${bearer}` } },
+    }),
+  );
+  t.teardown(() => client.close());
+  for (const query of ["acme-1", "acme-2"])
+    t.is(text(await client.callTool({ name: "crm__lookup", arguments: { query } })), `found customer for ${query}`);
+  const limited = await t.throwsAsync(client.callTool({ name: "crm__lookup", arguments: { query: "acme-3" } }));
+  t.true(limited instanceof McpError, String(limited));
+  t.is((limited as McpError).code, MCP_RATE_LIMITED);
+  t.is(external.child.output().match(/^CALL /gm)?.length, 2, "the refused call never reached the external server");
 });
