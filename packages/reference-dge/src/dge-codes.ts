@@ -1,4 +1,3 @@
-import { Code } from "@connectrpc/connect";
 import { EgressClass, PiiType, Tier } from "../../../gen/nops/dge/v1/dge_pb.js";
 import type { PiiKind } from "./pii-classifier.js";
 
@@ -29,12 +28,6 @@ export function piiTypeOf(kind: PiiKind): PiiType {
   return KIND_TO_TYPE[kind];
 }
 
-/** The classifier kind of a proto PiiType ("unspecified" for unknown values). */
-export function piiKindOf(type: PiiType): PiiKind | "unspecified" {
-  for (const [k, v] of Object.entries(KIND_TO_TYPE)) if (v === type) return k as PiiKind;
-  return "unspecified";
-}
-
 /**
  * The class each kind puts data in: contact and device data D2 (email, phone, public IP, MAC),
  * government and financial identifiers D3 (SSN, ITIN, passport, NINO, IBAN, crypto wallet),
@@ -54,11 +47,6 @@ export const KIND_CLASS: Readonly<Record<PiiKind, EgressClass>> = {
   credit_card: EgressClass.D4,
   api_secret: EgressClass.D4,
 };
-
-/** "D0".."D4" for a proto class ("" when unspecified). */
-export function egressClassName(c: EgressClass): EgressClassName | "" {
-  return c === EgressClass.UNSPECIFIED ? "" : (EGRESS_CLASS_NAMES[c - EgressClass.D0] ?? "");
-}
 
 /** The proto class of "D0".."D4". */
 export function egressClassOf(name: EgressClassName): EgressClass {
@@ -85,19 +73,3 @@ export function tierNameOf(tier: Tier): TierName | undefined {
       return undefined;
   }
 }
-
-/**
- * Status codes that are the DGE's own answer: it is alive and decided. Anything else (refused,
- * reset, cancelled, timed out) is no answer yet: the guard retries it, the breaker counts it.
- */
-export const DGE_ANSWER_CODES: ReadonlySet<Code> = new Set([
-  Code.InvalidArgument,
-  Code.PermissionDenied,
-  Code.Unauthenticated,
-  Code.FailedPrecondition,
-  Code.NotFound,
-  Code.Unimplemented,
-  Code.ResourceExhausted,
-  Code.OutOfRange,
-  Code.AlreadyExists,
-]);
