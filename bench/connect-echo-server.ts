@@ -1,7 +1,6 @@
 // The connect-node baseline: a bare connect-node server (HTTP/2 cleartext, every protocol)
 // answering Heartbeat with a constant, no interceptors, no storage. Prints its port, runs until killed.
 import { createServer } from "node:http2";
-import type { Socket } from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentRegistryService, AgentStatus, HeartbeatResponseSchema } from "../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -12,9 +11,6 @@ const server = createServer(
     routes: (router) => router.service(AgentRegistryService, { heartbeat: () => reply }, {}),
   }),
 );
-// As the kernel's listeners do: the gRPC protocol writes headers, messages and trailers apart, and
-// Nagle's algorithm would hold each answer's tail for a delayed ACK.
-server.on("connection", (socket: Socket) => socket.setNoDelay(true));
 server.listen(0, "127.0.0.1", () => {
   const address = server.address();
   process.stdout.write(`${typeof address === "object" && address ? address.port : ""}\n`);
