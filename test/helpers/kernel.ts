@@ -49,6 +49,10 @@ export async function startTestKernel(
   overrides: KernelOverrides = {},
 ): Promise<TestKernel> {
   const dir = mkdtempSync(join(tmpdir(), "nops-kernel-test-"));
+  // Test kernels share two cores with the rest of the suite: a slow event loop there is contention,
+  // not overload. They do not shed on event-loop delay unless a test configures admin.overload itself.
+  const admin = (raw.admin ?? {}) as Record<string, unknown>;
+  const testAdmin = "overload" in admin ? admin : { ...admin, overload: { eventLoopDelayMs: 0 } };
   const options: KernelOptions = resolveKernelOptions({
     dataDir: dir,
     grpc: { host: "127.0.0.1", port: 0 },
@@ -58,6 +62,7 @@ export async function startTestKernel(
     identity: { source: "none" },
     nats: { leaf: "off" },
     ...raw,
+    admin: testAdmin,
   });
   const logs: string[] = [];
   const logDestination = new Writable({
