@@ -19,7 +19,7 @@ import {
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
-import { CONNECT_HEADERS, GRPC_HEADERS, formatH2, grpcFrame, rssMiB, runH2load, type H2Result } from "./lib/h2load.js";
+import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, rssMiB, runH2load } from "./lib/h2load.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -179,7 +179,7 @@ async function main(): Promise<void> {
         body: request,
         headers: CONNECT_HEADERS,
       });
-    const results: Array<H2Result | LoadResult> = [];
+    const results: LoadResult[] = [];
     const nodeLoad = { concurrency: connections * streams, warmupMs: 2000, durationMs: seconds * 1000 };
     // Interleave baselines and cases and keep each one's better run, so a burst of background
     // load on the shared machine does not decide a ratio.
@@ -201,26 +201,22 @@ async function main(): Promise<void> {
         }),
       );
     }
-    const best = <T extends H2Result | LoadResult>(name: string): T =>
-      results.filter((r) => r.name === name).sort((a, b) => b.rps - a.rps)[0] as T;
+    const best = (name: string): LoadResult => results.filter((r) => r.name === name).sort((a, b) => b.rps - a.rps)[0]!;
     const out = (line: string) => process.stdout.write(line + "\n");
     out(
       `\nheartbeat bench (h2load): ${connections} connections x ${streams} streams, ${seconds}s per case, best of ${rounds}`,
     );
-    const grpcEcho = best<H2Result>("echo: bare grpc-js");
-    const connectGrpcEcho = best<H2Result>("echo: bare connect-node, gRPC protocol");
-    const connectEchoResult = best<H2Result>("echo: bare connect-node, Connect protocol");
-    out(formatH2(grpcEcho));
-    out(formatH2(best("Heartbeat over grpc-js"), grpcEcho, 0.75));
-    out(formatH2(connectGrpcEcho));
-    out(formatH2(best("Heartbeat over connect-node, gRPC protocol"), connectGrpcEcho, 0.8));
-    out(formatH2(best("Heartbeat over connect-node, gRPC protocol"), grpcEcho));
-    out(formatH2(connectEchoResult));
-    out(formatH2(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
-    out(
-      formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)")) +
-        "  (target >= 0.9)",
-    );
+    const grpcEcho = best("echo: bare grpc-js");
+    const connectGrpcEcho = best("echo: bare connect-node, gRPC protocol");
+    const connectEchoResult = best("echo: bare connect-node, Connect protocol");
+    out(formatResult(grpcEcho));
+    out(formatResult(best("Heartbeat over grpc-js"), grpcEcho, 0.75));
+    out(formatResult(connectGrpcEcho));
+    out(formatResult(best("Heartbeat over connect-node, gRPC protocol"), connectGrpcEcho, 0.8));
+    out(formatResult(best("Heartbeat over connect-node, gRPC protocol"), grpcEcho));
+    out(formatResult(connectEchoResult));
+    out(formatResult(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
+    out(formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)"), 0.9));
     out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = results.filter((r) => r.requests === 0).map((r) => r.name);

@@ -20,7 +20,8 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { GRPC_HEADERS, formatH2, grpcFrame, rssMiB, runH2load, type H2Result } from "./lib/h2load.js";
+import { GRPC_HEADERS, grpcFrame, rssMiB, runH2load } from "./lib/h2load.js";
+import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -180,7 +181,7 @@ async function main(): Promise<void> {
       kernel: await at("kernel", false),
     };
     const cpu: Record<string, number> = {};
-    const sat: Record<string, H2Result> = {};
+    const sat: Record<string, LoadResult> = {};
     for (const which of ["direct", "floor", "kernel"] as const) {
       const before = cpuMs(pids[which]);
       sat[which] = await at(which, true);
@@ -192,17 +193,17 @@ async function main(): Promise<void> {
     out(
       `\ninvoke bench (h2load): 64-byte payload; ${rate} rps on one stream for ${seconds} s; saturation ${connections} x ${streams}`,
     );
-    out(formatH2(fixed.direct));
-    out(formatH2(fixed.floor, fixed.direct));
-    out(formatH2(fixed.kernel, fixed.direct));
-    const added = (r: H2Result) =>
+    out(formatResult(fixed.direct));
+    out(formatResult(fixed.floor, fixed.direct));
+    out(formatResult(fixed.kernel, fixed.direct));
+    const added = (r: LoadResult) =>
       `p50 +${f(r.p50Ms - fixed.direct.p50Ms)} ms  p99 +${f(r.p99Ms - fixed.direct.p99Ms)} ms`;
     out(`added over direct at ${rate} rps: kernel ${added(fixed.kernel)} (targets p50 <= 0.35, p99 <= 1.5)`);
     out(`added over direct at ${rate} rps: floor  ${added(fixed.floor)}`);
-    out(formatH2(sat.direct!));
-    out(formatH2(sat.floor!, sat.direct, 0.45));
-    out(formatH2(sat.kernel!, sat.floor, 0.85));
-    out(formatH2(sat.kernel!, sat.direct));
+    out(formatResult(sat.direct!));
+    out(formatResult(sat.floor!, sat.direct, 0.45));
+    out(formatResult(sat.kernel!, sat.floor, 0.85));
+    out(formatResult(sat.kernel!, sat.direct));
     out(
       `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
     );

@@ -29,6 +29,7 @@ import {
   openFileSigner,
   parseVerifierKey,
   rotateFileSigner,
+  verifierKeyOf,
   type VerifierKey,
 } from "./audit/signer.js";
 import { resolveWitnessOptions, startWitness } from "./witness/index.js";
@@ -336,10 +337,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
             throw new ConfigError("release rotate-key needs --key <old file>, --new-key <new file> and --out <file>");
           const previous = openFileSigner({ path: f.key, name: f.keyName, create: false });
           const next = openFileSigner({ path: f.newKey, name: f.keyName });
-          const rotation = await signKeyRotation(
-            previous,
-            parseVerifierKey(encodeVerifierKey(next.name, next.publicKey)),
-          );
+          const rotation = await signKeyRotation(previous, verifierKeyOf(next));
           writeFileSync(f.out, JSON.stringify(rotation) + "\n");
           out(`rotation to ${encodeVerifierKey(next.name, next.publicKey)} signed into ${f.out}`);
           return 0;

@@ -7,16 +7,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-
-/** Result of one h2load run. */
-export interface H2Result {
-  name: string;
-  requests: number;
-  errors: number;
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-}
+import { percentile, type LoadResult } from "./load.js";
 
 /** Where h2load is, installing Debian's nghttp2-client when it is missing and we are root. */
 export function ensureH2load(): string {
@@ -77,13 +68,8 @@ export interface H2Options {
   responseBytes?: number;
 }
 
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
 /** Runs h2load and summarises its per-request log. */
-export async function runH2load(options: H2Options): Promise<H2Result> {
+export async function runH2load(options: H2Options): Promise<LoadResult> {
   const h2load = ensureH2load();
   const dir = mkdtempSync(join(tmpdir(), "nops-h2load-"));
   try {
@@ -138,18 +124,6 @@ export async function runH2load(options: H2Options): Promise<H2Result> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/** Formats a result line with its ratio to a baseline and, when given, the target ratio. */
-export function formatH2(r: H2Result, baseline?: H2Result, target?: number): string {
-  const ratio = baseline ? r.rps / baseline.rps : 1;
-  const verdict =
-    target === undefined ? "" : ratio >= target ? `  (target >= ${target}: met)` : `  (target >= ${target}: MISSED)`;
-  const of = baseline ? `  ratio ${ratio.toFixed(2)} of ${baseline.name}${verdict}` : "  (baseline)";
-  return (
-    `${r.name.padEnd(44)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50Ms.toFixed(2)} ms` +
-    `  p99 ${r.p99Ms.toFixed(2)} ms  errors ${r.errors}${of}`
-  );
 }
 
 /** Resident set size of a process, MiB (Linux /proc). */

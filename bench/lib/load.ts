@@ -18,7 +18,8 @@ export interface LoadOptions {
   call: (worker: number) => Promise<void>;
 }
 
-function percentile(sorted: Float64Array, p: number): number {
+/** The p-th percentile of ascending `sorted` (nearest rank below), NaN when empty. */
+export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
@@ -60,8 +61,14 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   };
 }
 
-/** Formats a result line with its ratio to a baseline. */
-export function formatResult(r: LoadResult, baseline?: LoadResult): string {
-  const ratio = baseline ? `  ratio ${(r.rps / baseline.rps).toFixed(2)}x of ${baseline.name}` : "  (baseline)";
-  return `${r.name.padEnd(34)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50Ms.toFixed(2)} ms  p99 ${r.p99Ms.toFixed(2)} ms  errors ${r.errors}${ratio}`;
+/** Formats a result line with its ratio to a baseline and, when given, whether it meets the target ratio. */
+export function formatResult(r: LoadResult, baseline?: LoadResult, target?: number): string {
+  const ratio = baseline ? r.rps / baseline.rps : 1;
+  const verdict =
+    target === undefined ? "" : ratio >= target ? `  (target >= ${target}: met)` : `  (target >= ${target}: MISSED)`;
+  const of = baseline ? `  ratio ${ratio.toFixed(2)} of ${baseline.name}${verdict}` : "  (baseline)";
+  return (
+    `${r.name.padEnd(44)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.p50Ms.toFixed(2)} ms` +
+    `  p99 ${r.p99Ms.toFixed(2)} ms  errors ${r.errors}${of}`
+  );
 }

@@ -42,5 +42,6 @@ export {
   parseVerifierKey,
   retiredKeysPath,
   rotateFileSigner,
+  verifierKeyOf,
   verifyEd25519,
 } from "./signer.js";

@@ -73,6 +73,12 @@ function splitFields(text: string, n: number): string[] | undefined {
   return rest ? [...out, rest] : undefined;
 }
 
+/** The verifier key of a signer (what a verifier pins for it). */
+export function verifierKeyOf(signer: Pick<Signer, "name" | "publicKey">): VerifierKey {
+  checkKeyName(signer.name);
+  return { name: signer.name, id: keyId(signer.name, signer.publicKey), publicKey: signer.publicKey };
+}
+
 /** Parses a verifier key string; throws a ConfigError naming what is wrong. */
 export function parseVerifierKey(text: string): VerifierKey {
   // The base64 key may itself hold "+": only the first two separate fields.

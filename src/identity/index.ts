@@ -11,7 +11,7 @@ export { createNonceStore } from "./request-signing/nonce-store.js";
 export { createRequestSigningInterceptor } from "./request-signing/request-signing-interceptor.js";
 export { resolveRequestSigningOptions, type RequestSigningOptions } from "./request-signing/request-signing-options.js";
 export { grantAllows, parseRequiredScope, parseScopeGrant, type RequiredScope, type ScopeGrant } from "./scope.js";
-export { resolveSpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
+export { agentSpiffeId, DEFAULT_TRUST_DOMAIN, resolveSpiffePrincipalOptions } from "./spiffe-principal-mapper.js";
 export {
   INVOKE_GRANT_PROBLEM,
   invokeGrantAllows,

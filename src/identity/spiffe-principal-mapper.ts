@@ -53,6 +53,11 @@ export interface SpiffePrincipalOptions {
 /** The embedded dev issuer's trust domain. */
 export const DEFAULT_TRUST_DOMAIN = "nops.local";
 
+/** The SPIFFE ID of agent `name` of `tenant` in the convention the default rules read. */
+export function agentSpiffeId(trustDomain: string, tenant: string, name: string): string {
+  return `spiffe://${trustDomain}/nops/tenant/${tenant}/agent/${name}`;
+}
+
 /**
  * Admins are SUPER_ADMIN (so the dev client SVID spiffe://nops.local/nops/admin/developer is);
  * agents (/nops/tenant/<t>/agent/<name>) are AGENT in their tenant, bound to their name, and may

@@ -651,17 +651,21 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
               options.mcp.upstreams,
             );
       if (upstreams) life.defer("mcp upstreams", () => upstreams.close());
+      // One link of the chain run on its own, as if for an Invoke (it throws to refuse).
+      const runAsInvoke = async (link: KernelInterceptor, ctx: HandlerContext, input: unknown): Promise<void> => {
+        await link(async () => ({ kind: "unary", output: undefined }))({
+          service: RoutingService,
+          method: RoutingService.method.invoke,
+          ctx,
+          input,
+        });
+      };
       const invokePath = `/${RoutingService.typeName}/${RoutingService.method.invoke.name}`;
       mcp = createMcpEndpoint(
         {
           agents: registry,
           authenticate: async (ctx) => {
-            await mcpAuthn(async () => ({ kind: "unary", output: undefined }))({
-              service: RoutingService,
-              method: RoutingService.method.invoke,
-              ctx,
-              input: undefined,
-            });
+            await runAsInvoke(mcpAuthn, ctx, undefined);
             return ctx.values.get(kPrincipal);
           },
           invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
@@ -670,14 +674,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           // An agent's invoke grants narrow its tools as they narrow Invoke (docs/identity.md).
           mayCallTool: (principal, tool) => mayInvokeCapability(principal, tool),
           // External tools spend the same rate limit as Invoke: the chain's own link, run on its own.
-          admit: async (ctx, tenant) => {
-            await rateLimit(async () => ({ kind: "unary", output: undefined }))({
-              service: RoutingService,
-              method: RoutingService.method.invoke,
-              ctx,
-              input: { tenant },
-            });
-          },
+          admit: (ctx, tenant) => runAsInvoke(rateLimit, ctx, { tenant }),
           audit,
           clock,
           logger,

@@ -1,6 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { kPrincipal, type Principal } from "../identity/index.js";
+import { agentSpiffeId, kPrincipal, type Principal } from "../identity/index.js";
 import { permissionDenied } from "../common/index.js";
 import type { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentSchema, type AgentLoad, type Capability } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -50,7 +50,7 @@ export function expectedAgentSpiffeId(
   name: string,
 ): string {
   if (principal?.kind === "spiffe" && principal.agentId === name && principal.tenant === tenant) return principal.id;
-  return `spiffe://${trustDomain}/nops/tenant/${tenant}/agent/${name}`;
+  return agentSpiffeId(trustDomain, tenant, name);
 }
 
 const MAX_PAGE = 1000;

@@ -1,11 +1,10 @@
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encodeVerifierKey, parseVerifierKey, type Signer, type VerifierKey } from "../audit/index.js";
+import { encodeVerifierKey, parseVerifierKey, verifierKeyOf, type Signer, type VerifierKey } from "../audit/index.js";
 import { openEnvelope, signEnvelope, type DsseEnvelope } from "./dsse.js";
-import { releaseRoots } from "./release-manifest.js";
+import { digest, releaseRoots } from "./release-manifest.js";
 import { RELEASE_FILES, verifyRelease } from "./release.js";
 
 /**
@@ -38,8 +37,6 @@ interface KeyRotation {
   next: string;
   issuedAt: string;
 }
-
-const sha256File = (path: string): string => createHash("sha256").update(readFileSync(path)).digest("hex");
 
 /** Signs a key rotation with the old key: kernels that trust the old key come to trust the new one. */
 export async function signKeyRotation(previous: Signer, next: VerifierKey, now = new Date()): Promise<DsseEnvelope> {
@@ -100,7 +97,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<void> 
   for (const file of Object.values(RELEASE_FILES))
     if (!existsSync(join(releaseDir, file)))
       throw new Error(`${join(releaseDir, file)} is missing: run nops-kernel release sign first`);
-  const self = [parseVerifierKey(encodeVerifierKey(signer.name, signer.publicKey))];
+  const self = [verifierKeyOf(signer)];
   const check = verifyRelease(root, releaseDir, self);
   if (!check.ok) throw new Error(`the release does not verify with the bundle's key: ${check.problems.join("; ")}`);
   mkdirSync(join(out, BUNDLE_FILES.rotations), { recursive: true });
@@ -130,7 +127,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<void> 
   const index: BundleIndex = {
     version: 1,
     kernelVersion: options.kernelVersion,
-    archive: { name: BUNDLE_FILES.archive, sha256: sha256File(archive) },
+    archive: { name: BUNDLE_FILES.archive, sha256: digest(archive) },
     trustedKeys: [encodeVerifierKey(signer.name, signer.publicKey)],
   };
   const envelope = await signEnvelope(BUNDLE_PAYLOAD_TYPE, Buffer.from(JSON.stringify(index)), signer);
@@ -182,8 +179,7 @@ export function verifyBundle(
   const index = JSON.parse(payload.toString("utf8")) as BundleIndex;
   const archive = join(dir, index.archive.name);
   if (!existsSync(archive)) throw new Error(`${archive} is missing`);
-  if (sha256File(archive) !== index.archive.sha256)
-    throw new Error(`${index.archive.name}: differs from what was signed`);
+  if (digest(archive) !== index.archive.sha256) throw new Error(`${index.archive.name}: differs from what was signed`);
   return { keys, index };
 }
 

@@ -46,13 +46,13 @@ export function releaseRoots(root: string): string[] {
   ].sort();
 }
 
-function digest(path: string): string {
+/** Lowercase hex SHA-256 of bytes or text. */
+export const sha256Hex = (bytes: Uint8Array | string): string => createHash("sha256").update(bytes).digest("hex");
+
+/** The manifest digest of a file: its content's, or for a symbolic link "symlink:" + its target's. */
+export function digest(path: string): string {
   const st = lstatSync(path);
-  if (st.isSymbolicLink())
-    return createHash("sha256")
-      .update(`symlink:${readlinkSync(path)}`)
-      .digest("hex");
-  return createHash("sha256").update(readFileSync(path)).digest("hex");
+  return sha256Hex(st.isSymbolicLink() ? `symlink:${readlinkSync(path)}` : readFileSync(path));
 }
 
 /** Every file under `roots` (relative paths with "/"), symbolic links as files, sorted. */

@@ -1,10 +1,9 @@
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Signer, VerifierKey } from "../audit/index.js";
 import { IN_TOTO_PAYLOAD_TYPE, openEnvelope, signEnvelope, type DsseEnvelope } from "./dsse.js";
-import { buildManifest, checkManifest, parseManifest, releaseRoots } from "./release-manifest.js";
+import { buildManifest, checkManifest, parseManifest, releaseRoots, sha256Hex } from "./release-manifest.js";
 import { kernelRoot } from "./release-options.js";
 
 /** The files of a release directory. */
@@ -16,8 +15,6 @@ export const RELEASE_FILES = {
 
 /** The SLSA build type of a kernel release made by `nops-kernel release sign`. */
 export const BUILD_TYPE = "https://nops.dev/kernel/release-sign/v1";
-
-const sha256 = (bytes: Uint8Array | string): string => createHash("sha256").update(bytes).digest("hex");
 
 /** What `release sign` needs. */
 export interface SignReleaseOptions {
@@ -87,8 +84,8 @@ export async function signRelease(options: SignReleaseOptions): Promise<{ statem
   const statement: InTotoStatement = {
     _type: "https://in-toto.io/Statement/v1",
     subject: [
-      { name: RELEASE_FILES.manifest, digest: { sha256: sha256(manifestText) } },
-      { name: RELEASE_FILES.sbom, digest: { sha256: sha256(readFileSync(join(outDir, RELEASE_FILES.sbom))) } },
+      { name: RELEASE_FILES.manifest, digest: { sha256: sha256Hex(manifestText) } },
+      { name: RELEASE_FILES.sbom, digest: { sha256: sha256Hex(readFileSync(join(outDir, RELEASE_FILES.sbom))) } },
     ],
     predicateType: "https://slsa.dev/provenance/v1",
     predicate: {
@@ -104,7 +101,7 @@ export async function signRelease(options: SignReleaseOptions): Promise<{ statem
           ),
         },
         resolvedDependencies: [
-          { name: "package-lock.json", digest: { sha256: sha256(readFileSync(join(root, "package-lock.json"))) } },
+          { name: "package-lock.json", digest: { sha256: sha256Hex(readFileSync(join(root, "package-lock.json"))) } },
         ],
       },
       runDetails: {
@@ -189,11 +186,11 @@ export function verifyRelease(root: string, dir: string, trusted: readonly Verif
   ] as const) {
     const subject = statement.subject?.find((s) => s.name === name);
     if (!subject) problems.push(`${name}: not a subject of the signed statement`);
-    else if (subject.digest.sha256 !== sha256(bytes)) problems.push(`${name}: differs from what was signed`);
+    else if (subject.digest.sha256 !== sha256Hex(bytes)) problems.push(`${name}: differs from what was signed`);
   }
   const lock = statement.predicate?.buildDefinition?.resolvedDependencies?.find((d) => d.name === "package-lock.json");
   const lockPath = join(root, "package-lock.json");
-  if (lock && existsSync(lockPath) && lock.digest.sha256 !== sha256(readFileSync(lockPath)))
+  if (lock && existsSync(lockPath) && lock.digest.sha256 !== sha256Hex(readFileSync(lockPath)))
     problems.push("package-lock.json: differs from the lock file the release was built from");
   let files = 0;
   let kernelVersion: string | undefined;

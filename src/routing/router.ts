@@ -15,6 +15,7 @@ import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { type Clock, canceled, deadlineExceeded, unavailable } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { AuditLog } from "../audit/index.js";
+import { agentSpiffeId, DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
 import { createAgentChannelPool, EndpointError, type AgentClient, type PeerRejection } from "./agent-channel-pool.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
 import { createAgentStatsTracker } from "./agent-stats.js";
@@ -208,7 +209,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
   const mismatchCounter = deps.meter.createCounter("nops_routing_identity_mismatch_total", {
     description: "Agent endpoints that did not present the SPIFFE ID their agent registered with",
   });
-  const trustDomain = deps.trustDomain ?? "nops.local";
+  const trustDomain = deps.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   // Agents whose endpoint failed its identity check, by id: the revision that failed and until
   // when. An update or re-registration (new revision), or the end of the hold, lets the agent be
   // tried again with a fresh handshake.
@@ -217,8 +218,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     const b = barred.get(agent.id);
     return b !== undefined && b.revision === agent.revision && b.until > deps.clock.now();
   };
-  const expectedIdOf = (agent: Agent): string =>
-    agent.spiffeId || `spiffe://${trustDomain}/nops/tenant/${agent.tenant}/agent/${agent.name}`;
+  const expectedIdOf = (agent: Agent): string => agent.spiffeId || agentSpiffeId(trustDomain, agent.tenant, agent.name);
 
   function bar(agent: Agent, rejection: PeerRejection, correlationId: string | undefined): ConnectError {
     if (!isBarred(agent)) {
