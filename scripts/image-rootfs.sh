@@ -52,10 +52,8 @@ libs() { ldd "$1" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { prin
   # The name the binaries ask for, as a link to the real file when the two differ.
   [ "$real" = "$lib" ] || { mkdir -p "$rootfs$(dirname "$lib")" && ln -sf "$real" "$rootfs$lib"; }
 done
-# Debian's merged /usr: /lib64 and /lib may be links to usr/; keep the loader path valid either way.
-for dir in lib lib64; do
-  if [ -L "/$dir" ] && [ ! -e "$rootfs/$dir" ]; then ln -s "$(readlink "/$dir")" "$rootfs/$dir"; fi
-done
+# Both exist whatever the architecture's loader path is: the Dockerfile copies both.
+mkdir -p "$rootfs/lib" "$rootfs/lib64"
 
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
 mkdir -p "$rootfs/etc/nops" "$rootfs/var/lib/nops" "$rootfs/tmp" "$rootfs/proc" "$rootfs/dev"

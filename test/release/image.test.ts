@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import test, { type ExecutionContext } from "ava";
 import { encodeVerifierKey, generateSigner, parseVerifierKey } from "../../src/audit/index.js";
-import { signImage, verifyImage, type DsseEnvelope } from "../../src/release/index.js";
+import { sha256Hex, signImage, verifyImage, type DsseEnvelope } from "../../src/release/index.js";
 import { freePort, spawnChild, waitFor } from "../helpers/processes.js";
 
 const root = new URL("../..", import.meta.url).pathname;
@@ -99,15 +99,16 @@ async function theImage(t: ExecutionContext): Promise<Image> {
   });
   t.log(stdout.trim());
   const dockerfile = readFileSync(join(root, "image/Dockerfile"), "utf8");
-  const json = (instruction: string) =>
-    JSON.parse(new RegExp(`^${instruction} (\\[.*\\])$`, "m").exec(dockerfile)![1]!) as string[];
+  // The final stage's instructions (the last of each), continuation lines joined.
+  const finalStage = dockerfile.slice(dockerfile.lastIndexOf("\nFROM ")).replace(/\\\n\s*/g, " ");
+  const instruction = (name: string) => new RegExp(`^${name} (.*)$`, "m").exec(finalStage)![1]!;
   return {
     rootfs: join(work, "rootfs"),
     config: {
-      User: "65532:65532",
-      Entrypoint: json("ENTRYPOINT"),
-      Cmd: json("CMD"),
-      Env: ["PATH=/usr/local/bin", "NODE_ENV=production", "HOME=/var/lib/nops"],
+      User: instruction("USER"),
+      Entrypoint: JSON.parse(instruction("ENTRYPOINT")) as string[],
+      Cmd: JSON.parse(instruction("CMD")) as string[],
+      Env: instruction("ENV").trim().split(/\s+/),
     },
   };
 }
@@ -159,9 +160,12 @@ test("image - the entrypoint serves /healthz on a read-only root as the non-root
   const { rootfs, config } = image;
   if (image.signed) {
     const { digest, signature, verifierKey } = image.signed;
+    // Signed by the release key, and naming the kernel release the image holds.
+    const { statement, signedBy } = verifyImage(signature, digest, [parseVerifierKey(verifierKey)]);
+    t.is(signedBy, "nops-kernel-release");
     t.is(
-      verifyImage(signature, digest, [parseVerifierKey(verifierKey)]).statement.predicate.kernelVersion.length > 0,
-      true,
+      statement.predicate.releaseAttestation.sha256,
+      sha256Hex(readFileSync(join(rootfs, "opt/nops-kernel/release/attestation.dsse.json"))),
     );
   }
   // What the image holds, and what it must not.
