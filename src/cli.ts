@@ -18,8 +18,12 @@ import {
   kernelRoot,
   resolveReleaseOptions,
   signKeyRotation,
+  RELEASE_FILES,
+  sha256Hex,
+  signImage,
   signRelease,
   verifyBundle,
+  verifyImage,
   verifyRelease,
 } from "./release/index.js";
 import { openCheckpoint, type SignedCheckpoint } from "./audit/checkpoint.js";
@@ -51,7 +55,11 @@ commands:
                             verify a release against the files here (keys: release.trustedKeys)
   release rotate-key --key <old file> --new-key <new file> [--key-name <name>] --out <file>
                             sign, offline with the old key, the statement that trusts the new one
-  bundle create --key <file> --out <dir> [--rotation <file>]...
+  release sign-image --key <file> --image <name> --digest sha256:<hex> --out <file> [--dir <dir>]
+                            sign a container image by its config digest (binds the release in --dir)
+  release verify-image --signature <file> --digest sha256:<hex> --trusted-key <key>...
+                            check an image signature against the image's config digest
+  bundle create --key <file> --out <dir> [--dir <release dir>] [--rotation <file>]...
                             an offline bundle of this kernel (sign its release first)
   bundle verify|install --dir <bundle> [--target <dir>] --trusted-key <key>...
                             check a bundle, or install it without network into --target
@@ -99,6 +107,9 @@ function releaseFlags(args: string[]) {
     out: flag(args, "--out"),
     builder: flag(args, "--builder"),
     dir: flag(args, "--dir"),
+    image: flag(args, "--image"),
+    digest: flag(args, "--digest"),
+    signature: flag(args, "--signature"),
     trustedKeys,
   };
 }
@@ -342,8 +353,41 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
           out(`rotation to ${encodeVerifierKey(next.name, next.publicKey)} signed into ${f.out}`);
           return 0;
         }
+        if (sub === "sign-image") {
+          if (!f.key || !f.image || !f.digest || !f.out)
+            throw new ConfigError(
+              "release sign-image needs --key <file>, --image <name>, --digest sha256:<hex> and --out <file>",
+            );
+          const attestation = join(f.dir ?? join(root, "release"), RELEASE_FILES.attestation);
+          if (!existsSync(attestation)) throw new ConfigError(`${attestation} is missing: run release sign first`);
+          const signer = openFileSigner({ path: f.key, name: f.keyName, create: false });
+          const envelope = await signImage({
+            name: f.image,
+            configDigest: f.digest,
+            kernelVersion: KERNEL_VERSION,
+            releaseAttestationSha256: sha256Hex(readFileSync(attestation)),
+            builderId: f.builder ?? `local:${hostname()}`,
+            signer,
+          });
+          writeFileSync(f.out, JSON.stringify(envelope, null, 1) + "\n");
+          out(`image ${f.image} (${f.digest}) signed into ${f.out}`);
+          return 0;
+        }
+        if (sub === "verify-image") {
+          if (!f.signature || !f.digest || f.trustedKeys.length === 0)
+            throw new ConfigError(
+              "release verify-image needs --signature <file>, --digest sha256:<hex> and --trusted-key <key>",
+            );
+          const trusted = resolveReleaseOptions({ trustedKeys: f.trustedKeys }).trustedKeys;
+          const envelope = JSON.parse(readFileSync(f.signature, "utf8")) as DsseEnvelope;
+          const { statement, signedBy } = verifyImage(envelope, f.digest, trusted);
+          out(`image verified: ${statement.subject[0].name} (${f.digest}), signed by ${signedBy}`);
+          return 0;
+        }
         if (sub !== "verify")
-          throw new ConfigError(`release needs sign, verify or rotate-key (got ${sub ?? "nothing"})`);
+          throw new ConfigError(
+            `release needs sign, verify, rotate-key, sign-image or verify-image (got ${sub ?? "nothing"})`,
+          );
         const configured = f.trustedKeys.length
           ? resolveReleaseOptions({ trustedKeys: f.trustedKeys })
           : loadKernelOptions(configFile, env).release;
@@ -364,6 +408,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
           if (!f.key || !f.out) throw new ConfigError("bundle create needs --key <file> and --out <dir>");
           await createBundle({
             root: kernelRoot(),
+            ...(f.dir ? { releaseDir: f.dir } : {}),
             out: f.out,
             signer: openFileSigner({ path: f.key, name: f.keyName, create: false }),
             kernelVersion: KERNEL_VERSION,

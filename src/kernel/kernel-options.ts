@@ -26,7 +26,7 @@ import type { LimitOptions } from "../server/limit-options.js";
 import type { RegistryOptions } from "../registry/registry-options.js";
 import type { IdentityOptions, IdentitySource } from "../identity/kernel-identity.js";
 import { DEFAULT_AUDIT_OPTIONS, resolveAuditOptions, type AuditOptions } from "../audit/audit-options.js";
-import { resolveReleaseOptions, type ReleaseOptions } from "../release/release-options.js";
+import { DEFAULT_RELEASE_OPTIONS, resolveReleaseOptions, type ReleaseOptions } from "../release/release-options.js";
 
 /** Where a server listens. */
 export interface ListenOptions {
@@ -181,7 +181,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   telemetry: {},
   admin: {},
   audit: { ...DEFAULT_AUDIT_OPTIONS },
-  release: {},
+  release: { ...DEFAULT_RELEASE_OPTIONS },
   mcp: {},
   federation: {},
 };

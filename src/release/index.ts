@@ -15,6 +15,14 @@ export {
 } from "./bundle.js";
 export { type DsseEnvelope, IN_TOTO_PAYLOAD_TYPE, openEnvelope, pae, signEnvelope } from "./dsse.js";
 export {
+  type ImageStatement,
+  type SignImageOptions,
+  IMAGE_PREDICATE_TYPE,
+  parseSha256Digest,
+  signImage,
+  verifyImage,
+} from "./image.js";
+export {
   type InTotoStatement,
   type ReleaseVerification,
   type SignReleaseOptions,
@@ -23,5 +31,12 @@ export {
   signRelease,
   verifyRelease,
 } from "./release.js";
-export { type ReleaseManifest, buildManifest, checkManifest, parseManifest, releaseRoots } from "./release-manifest.js";
+export {
+  type ReleaseManifest,
+  buildManifest,
+  checkManifest,
+  parseManifest,
+  releaseRoots,
+  sha256Hex,
+} from "./release-manifest.js";
 export { type ReleaseOptions, DEFAULT_RELEASE_OPTIONS, kernelRoot, resolveReleaseOptions } from "./release-options.js";

@@ -1,4 +1,4 @@
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { Ajv } from "ajv";
 import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -7,6 +7,8 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml, parseAllDocuments } from "yaml";
 import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
+import { loadKernelOptions } from "../../src/kernel/index.js";
+import { encodeVerifierKey, generateSigner } from "../../src/audit/index.js";
 import { createTemplateSet, lexTemplate, TemplateError } from "./go-template.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -295,6 +297,32 @@ test("templates - the pod and container security context text is the restricted 
 // ---------------------------------------------------------------------------------------------
 // templates, rendered
 
+const releaseSigner = generateSigner("nops-kernel-release");
+const RELEASE_KEY = encodeVerifierKey(releaseSigner.name, releaseSigner.publicKey);
+
+/** The kernel container's env entries by name. */
+function kernelEnv(objects: Tree[]): Record<string, Tree> {
+  const [kernel] = containers(find(objects, "StatefulSet")) as [Tree];
+  return Object.fromEntries((kernel.env as Tree[]).map((e): [string, Tree] => [e.name as string, e]));
+}
+
+/**
+ * The options the kernel resolves from the rendered kernel.yaml and the container's environment,
+ * with a release key in the ConfigMap the pod reads NOPS_RELEASE_TRUSTED_KEYS from.
+ */
+function kernelOptionsOf(t: ExecutionContext, values: Tree) {
+  const objects = renderManifests(values);
+  const cm = objects.find((o) => isMap(o.data) && "kernel.yaml" in o.data);
+  const dir = mkdtempSync(join(tmpdir(), "nops-chart-kernel-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, "kernel.yaml"), (cm?.data as Tree)["kernel.yaml"] as string);
+  const env = kernelEnv(objects);
+  return loadKernelOptions(
+    join(dir, "kernel.yaml"),
+    env.NOPS_RELEASE_TRUSTED_KEYS ? { NOPS_RELEASE_TRUSTED_KEYS: RELEASE_KEY } : {},
+  );
+}
+
 for (const [name, values] of valueSets) {
   test(`rendered chart - ${name} renders valid Kubernetes YAML`, (t) => {
     const objects = renderManifests(values);
@@ -348,7 +376,8 @@ for (const [name, values] of valueSets) {
     t.is(env.SPIFFE_ENDPOINT_SOCKET, "unix:///spiffe-workload-api/spire-agent.sock");
     t.is(env.NOPS_TRUST_DOMAIN, values.trustDomain);
     t.is(env.NOPS_NATS_URL, "nats://127.0.0.1:4222");
-    t.deepEqual(kernel.command, ["nops-kernel", "serve", "--config", "/etc/nops/kernel.yaml"]);
+    t.is(kernel.command, undefined, "the image's entrypoint runs the kernel");
+    t.deepEqual(kernel.args, ["serve", "--config", "/etc/nops/kernel.yaml"]);
     t.deepEqual(get(kernel, "livenessProbe.httpGet"), { path: "/healthz", port: "http" });
     t.deepEqual(get(kernel, "readinessProbe.httpGet"), { path: "/readyz", port: "http" });
     t.is(get(kernel, "livenessProbe.grpc"), undefined);
@@ -414,11 +443,11 @@ for (const [name, values] of valueSets) {
   });
 
   test(`rendered chart - ${name}: kernel.yaml is accepted by the kernel's options resolver`, (t) => {
-    const cm = renderManifests(values).find((o) => isMap(o.data) && "kernel.yaml" in o.data);
-    const text = (cm?.data as Tree)["kernel.yaml"] as string;
-    const options = resolveKernelOptions(parseYaml(text));
+    const options = kernelOptionsOf(t, values);
     t.is(options.edgeId, values.edgeId as string);
-    t.is(options.databasePath, "/var/lib/nops/kernel.db");
+    t.is(options.databasePath, "/var/lib/nops/data/kernel.db");
+    // The audit key is writable (on the data volume, the root filesystem is read-only) and outside the data directory.
+    t.is(options.audit.keyFile, "/var/lib/nops/data.keys/audit-checkpoint.key");
     t.deepEqual(options.grpc, { host: "0.0.0.0", port: get(values, "kernel.grpcPort") });
     t.deepEqual(options.http, { host: "0.0.0.0", port: get(values, "kernel.httpPort") });
     t.is(options.limits.maxMessageBytes, get(values, "kernel.limits.maxMessageBytes") as number);
@@ -467,6 +496,40 @@ test("rendered chart - a DGE egress rule without any destination fails the rende
   const values = helmMerge(defaults, { dge: { egress: { cidrs: [], namespaceSelector: null, podSelector: null } } });
   t.is(errorsOf(values), "", "the schema allows it; the template must catch it");
   t.throws(() => renderManifests(values), { instanceOf: TemplateError, message: /dge\.egress needs cidrs/ });
+});
+
+test("rendered chart - release enforcement is on by default, with the keys from a ConfigMap", (t) => {
+  const objects = renderManifests(defaults);
+  t.regex((find(objects, "ConfigMap").data as Tree)["kernel.yaml"] as string, /release:\n\s+enforce: true\n/);
+  t.deepEqual(get(kernelEnv(objects).NOPS_RELEASE_TRUSTED_KEYS, "valueFrom.configMapKeyRef"), {
+    name: "edge-nops-kernel-release-keys",
+    key: "keys",
+  });
+  const options = kernelOptionsOf(t, defaults);
+  t.true(options.release.enforce);
+  t.deepEqual(
+    options.release.trustedKeys.map((k) => k.name),
+    ["nops-kernel-release"],
+  );
+  // Without the keys the kernel refuses the config: enforcement cannot be on with nothing trusted.
+  const cm = objects.find((o) => isMap(o.data) && "kernel.yaml" in o.data);
+  t.throws(() => resolveKernelOptions(parseYaml((cm?.data as Tree)["kernel.yaml"] as string)), {
+    message: /release\.trustedKeys must list at least one key/,
+  });
+});
+
+test("rendered chart - inline release keys go into kernel.yaml; enforce off needs none", (t) => {
+  const inline = helmMerge(defaults, { release: { trustedKeys: [RELEASE_KEY] } });
+  t.is(errorsOf(inline), "");
+  t.false("NOPS_RELEASE_TRUSTED_KEYS" in kernelEnv(renderManifests(inline)));
+  t.is(kernelOptionsOf(t, inline).release.trustedKeys.length, 1);
+  const off = helmMerge(defaults, { release: { enforce: false } });
+  t.false("NOPS_RELEASE_TRUSTED_KEYS" in kernelEnv(renderManifests(off)));
+  t.false(kernelOptionsOf(t, off).release.enforce);
+  t.regex(
+    errorsOf(helmMerge(defaults, { release: { trustedKeys: ["not a key"] } })),
+    /trustedKeys\/0 must match pattern/,
+  );
 });
 
 test("rendered chart - the ServiceMonitor is rendered only when enabled and scrapes /metrics", (t) => {
