@@ -92,6 +92,7 @@ import {
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createEventBusService } from "../events/event-bus-service.js";
+import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
@@ -409,6 +410,20 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       bus.start();
       life.defer("event bus", () => bus.stop());
     }
+    // Publish commits on a thread with its own connection, off the event loop (docs/events.md); an in-memory
+    // database cannot be opened twice, so there the calls commit on this thread.
+    const publishWriter =
+      options.databasePath === ":memory:"
+        ? undefined
+        : createThreadPublishWriter(
+            { clock, logger },
+            {
+              databasePath: options.databasePath,
+              idempotencyTtlMs: options.events.idempotencyTtlMs,
+              idleMs: options.events.service.writerIdleMs,
+            },
+          );
+    if (publishWriter) life.defer("publish writer", () => publishWriter.close());
     await stage("events");
 
     const router = createRouter(
@@ -530,7 +545,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       bind(
         EventBusService,
         createEventBusService(
-          { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer },
+          { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer, writer: publishWriter },
           options.events.service,
         ),
       ),

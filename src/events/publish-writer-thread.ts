@@ -1,0 +1,53 @@
+// The Publish writer thread (publish-writer.ts): its own SQLite connection to the kernel database, on which it
+// commits each batch of Publish calls, so the commit's fsync never runs on the kernel's event loop.
+import { parentPort, workerData } from "node:worker_threads";
+import { createSqliteOutboxStore, createSqliteTransactor, openDatabase } from "../store/index.js";
+import { createIdempotencyStore } from "./idempotency-store.js";
+import { writePublishBatch, type PublishWrite, type PublishWriteResult } from "./publish-batch.js";
+
+/** What the thread is started with. */
+export interface WriterThreadData {
+  databasePath: string;
+  idempotencyTtlMs: number;
+}
+
+/** A batch to commit (with the kernel clock's time, for idempotency expiry), or the order to close. */
+export type WriterRequest = { id: number; now: number; batch: PublishWrite[] } | { close: true };
+
+/**
+ * The batch's results in order with when its transaction ran (ms since the epoch), or why its commit failed
+ * (then nothing of it is stored).
+ */
+export type WriterReply =
+  | { id: number; results: PublishWriteResult[]; startMs: number; endMs: number }
+  | { id: number; error: string };
+
+if (!parentPort) throw new Error("publish-writer-thread runs as a worker thread");
+const port = parentPort;
+const data = workerData as WriterThreadData;
+const db = openDatabase({ path: data.databasePath });
+let now = 0;
+const stores = {
+  outbox: createSqliteOutboxStore(db),
+  idempotency: createIdempotencyStore({ db, clock: { now: () => now } }, { ttlMs: data.idempotencyTtlMs }),
+  transactor: createSqliteTransactor(db),
+};
+
+port.on("message", (m: WriterRequest) => {
+  if ("close" in m) {
+    db.close();
+    port.close();
+    return;
+  }
+  now = m.now;
+  let reply: WriterReply;
+  const epochMs = (): number => performance.timeOrigin + performance.now();
+  try {
+    const startMs = epochMs();
+    const results = writePublishBatch(stores, m.batch);
+    reply = { id: m.id, results, startMs, endMs: epochMs() };
+  } catch (err) {
+    reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };
+  }
+  port.postMessage(reply);
+});
