@@ -1,7 +1,12 @@
 // The Publish writer thread (publish-writer.ts): its own SQLite connection to the kernel database, on which it
 // commits each batch of Publish calls, so the commit's fsync never runs on the kernel's event loop.
 import { parentPort, workerData } from "node:worker_threads";
-import { createSqliteOutboxStore, createSqliteTransactor, openDatabase } from "../store/index.js";
+import {
+  createSqliteOutboxStore,
+  createSqliteTransactor,
+  openDatabase,
+  type PublicationReceipt,
+} from "../store/index.js";
 import { createIdempotencyStore } from "./idempotency-store.js";
 import { writePublishBatch, type PublishWrite, type PublishWriteResult } from "./publish-batch.js";
 
@@ -11,16 +16,31 @@ export interface WriterThreadData {
   idempotencyTtlMs: number;
 }
 
-/** A batch to commit (with the kernel clock's time, for idempotency expiry), or the order to close. */
-export type WriterRequest = { id: number; now: number; batch: PublishWrite[] } | { close: true };
+/**
+ * A batch to commit (with the kernel clock's time, for idempotency expiry) and PubAck receipts to record, or the
+ * order to close.
+ */
+export type WriterRequest =
+  | { id: number; now: number; batch: PublishWrite[]; receipts: ReceiptBatch[] }
+  | { close: true };
+
+/** PubAcks of the leaf stream, recorded at `now` (OutboxStore.recordPublished). */
+export interface ReceiptBatch {
+  receipts: PublicationReceipt[];
+  now: number;
+}
 
 /**
  * The batch's results in order with when its transaction ran (ms since the epoch), or why its commit failed
  * (then nothing of it is stored).
  */
-export type WriterReply =
+export type WriterReply = (
   | { id: number; results: PublishWriteResult[]; startMs: number; endMs: number }
-  | { id: number; error: string };
+  | { id: number; error: string }
+) & {
+  /** Why recording the receipts failed (they are re-derivable: republished rows are dropped as duplicates). */
+  receiptsError?: string;
+};
 
 if (!parentPort) throw new Error("publish-writer-thread runs as a worker thread");
 const port = parentPort;
@@ -40,6 +60,12 @@ port.on("message", (m: WriterRequest) => {
     return;
   }
   now = m.now;
+  let receiptsError: string | undefined;
+  try {
+    for (const r of m.receipts) stores.outbox.recordPublished(r.receipts, r.now);
+  } catch (err) {
+    receiptsError = err instanceof Error ? err.message : String(err);
+  }
   let reply: WriterReply;
   const epochMs = (): number => performance.timeOrigin + performance.now();
   try {
@@ -49,5 +75,5 @@ port.on("message", (m: WriterRequest) => {
   } catch (err) {
     reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };
   }
-  port.postMessage(reply);
+  port.postMessage(receiptsError === undefined ? reply : { ...reply, receiptsError });
 });

@@ -7,7 +7,8 @@ import {
   type PublishWrite,
   type PublishWriteResult,
 } from "./publish-batch.js";
-import type { WriterReply, WriterRequest, WriterThreadData } from "./publish-writer-thread.js";
+import type { PublicationReceipt } from "../store/index.js";
+import type { ReceiptBatch, WriterReply, WriterRequest, WriterThreadData } from "./publish-writer-thread.js";
 
 /**
  * Stores Publish calls with group commit: calls that arrive while a commit is running share the next one.
@@ -102,6 +103,12 @@ const THREAD_YOUNG_GENERATION_MB = 4;
 export interface ThreadPublishWriter extends PublishWriter {
   /** Whether the thread is running now (it starts on a write and exits when idle). */
   running(): boolean;
+  /**
+   * Records the leaf stream's PubAcks on the thread, with the next batch (the relay's `recordPublished`). They
+   * are re-derivable: receipts lost with a failed thread or after close mean republishes the duplicate window
+   * drops.
+   */
+  recordPublished: (receipts: readonly PublicationReceipt[], now: number) => void;
 }
 
 /**
@@ -118,6 +125,7 @@ export function createThreadPublishWriter(
   const { clock, logger } = deps;
   let worker: Worker | undefined;
   let queue: Pending[] = [];
+  let receipts: ReceiptBatch[] = [];
   let inFlight: { id: number; batch: Pending[] } | undefined;
   let nextId = 0;
   let idleTimer: NodeJS.Timeout | undefined;
@@ -143,6 +151,7 @@ export function createThreadPublishWriter(
       if (w !== worker || inFlight?.id !== reply.id) return;
       const { batch } = inFlight;
       inFlight = undefined;
+      if (reply.receiptsError !== undefined) logger.warn({ err: reply.receiptsError }, "recording PubAcks failed");
       if ("error" in reply) {
         logger.error({ err: reply.error }, "publish batch commit failed");
         fail(batch, new Error(reply.error));
@@ -162,6 +171,7 @@ export function createThreadPublishWriter(
       const batch = [...(inFlight?.batch ?? []), ...queue];
       inFlight = undefined;
       queue = [];
+      receipts = [];
       fail(batch, err);
       drained?.();
     };
@@ -174,7 +184,7 @@ export function createThreadPublishWriter(
     clearTimeout(idleTimer);
     idleTimer = setTimeout(() => {
       const w = worker;
-      if (!w || inFlight || queue.length > 0) return;
+      if (!w || inFlight || queue.length > 0 || receipts.length > 0) return;
       worker = undefined;
       w.postMessage({ close: true } satisfies WriterRequest);
     }, options.idleMs);
@@ -183,25 +193,33 @@ export function createThreadPublishWriter(
 
   function send(): void {
     if (inFlight) return;
-    if (queue.length === 0) {
+    if (queue.length === 0 && receipts.length === 0) {
       if (closed) drained?.();
       else stopWhenIdle();
       return;
     }
     clearTimeout(idleTimer);
     const batch = queue;
+    const acks = receipts;
     queue = [];
+    receipts = [];
     inFlight = { id: ++nextId, batch };
     worker ??= start();
     worker.postMessage({
       id: inFlight.id,
       now: clock.now(),
       batch: batch.map((p) => p.write),
+      receipts: acks,
     } satisfies WriterRequest);
   }
 
   return {
     running: () => worker !== undefined,
+    recordPublished(acks, now) {
+      if (closed) return;
+      receipts.push({ receipts: [...acks], now });
+      send();
+    },
     write(write, onCommit) {
       if (closed) return Promise.reject(new Error("the publish writer is closed"));
       return new Promise((resolve, reject) => {
@@ -212,7 +230,8 @@ export function createThreadPublishWriter(
     async close() {
       closed = true;
       clearTimeout(idleTimer);
-      if (inFlight || queue.length > 0) await new Promise<void>((resolve) => (drained = resolve));
+      if (inFlight || queue.length > 0 || receipts.length > 0)
+        await new Promise<void>((resolve) => (drained = resolve));
       const w = worker;
       worker = undefined;
       if (!w) return;

@@ -391,27 +391,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       });
       return { allowed: d.allowed, reason: d.reason, retryLater: !d.allowed && NO_VERDICT_REASONS.has(d.reason) };
     };
-    const bus = createEventBus(
-      {
-        db,
-        outbox: outboxStore,
-        transactor,
-        clock,
-        logger,
-        meter,
-        sink: events,
-        prePublish,
-        tracer,
-        breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
-      },
-      { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
-    );
-    if (natsUrl) {
-      bus.start();
-      life.defer("event bus", () => bus.stop());
-    }
-    // Publish commits on a thread with its own connection, off the event loop (docs/events.md); an in-memory
-    // database cannot be opened twice, so there the calls commit on this thread.
+    // Publish commits on a thread with its own connection, off the event loop, and the relay's PubAcks are
+    // recorded there too (docs/events.md); an in-memory database cannot be opened twice, so there the calls
+    // commit on this thread.
     const publishWriter =
       options.databasePath === ":memory:"
         ? undefined
@@ -424,6 +406,26 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
             },
           );
     if (publishWriter) life.defer("publish writer", () => publishWriter.close());
+    const bus = createEventBus(
+      {
+        db,
+        outbox: outboxStore,
+        transactor,
+        clock,
+        logger,
+        meter,
+        sink: events,
+        prePublish,
+        tracer,
+        recordPublished: publishWriter?.recordPublished,
+        breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
+      },
+      { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
+    );
+    if (natsUrl) {
+      bus.start();
+      life.defer("event bus", () => bus.stop());
+    }
     await stage("events");
 
     const router = createRouter(

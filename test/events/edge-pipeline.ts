@@ -92,10 +92,6 @@ export function startEdgePipeline(
   const outbox = createSqliteOutboxStore(db);
   const transactor = createSqliteTransactor(db);
   const sink = createOutbox(outbox, { source: options.edgeId, clock });
-  const bus = createEventBus(
-    { db, outbox, transactor, clock, logger, meter, sink, prePublish, onPublished, tracer },
-    options,
-  );
   const serviceOptions = resolveEventBusServiceOptions({});
   // As the kernel does for a database file: Publish commits on the writer thread.
   const writer = inlineWriter
@@ -104,6 +100,22 @@ export function startEdgePipeline(
         { clock, logger },
         { databasePath: dbPath, idempotencyTtlMs: options.idempotencyTtlMs, idleMs: serviceOptions.writerIdleMs },
       );
+  const bus = createEventBus(
+    {
+      db,
+      outbox,
+      transactor,
+      clock,
+      logger,
+      meter,
+      sink,
+      prePublish,
+      onPublished,
+      tracer,
+      recordPublished: writer?.recordPublished,
+    },
+    options,
+  );
   const service = createEventBusService(
     { outbox, transactor, clock, logger, bus, prePublish, tracer, writer },
     serviceOptions,
@@ -134,8 +146,8 @@ export function startEdgePipeline(
       return (await service.publish(req, context())) as PublishResponse;
     },
     async close() {
-      await writer?.close();
       await bus.stop();
+      await writer?.close();
       db.close();
     },
   };
