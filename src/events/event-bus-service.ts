@@ -19,6 +19,7 @@ import {
 } from "../store/index.js";
 import {
   type Clock,
+  readBool,
   readInt,
   readObject,
   checkTenant,
@@ -64,6 +65,11 @@ export interface EventBusServiceOptions {
   maxIdempotencyKeyLength: number;
   /** Ack RPC timeout waiting for the server's ack confirmation. @default 5000 */
   ackTimeoutMs: number;
+  /**
+   * Commit Publish calls on the writer thread (a database file only); false commits them on the event loop.
+   * @default true
+   */
+  writerThread: boolean;
   /** How long the Publish writer thread may sit idle before it exits (the next Publish starts it). @default 60000 */
   writerIdleMs: number;
 }
@@ -90,6 +96,7 @@ export function resolveEventBusServiceOptions(
     maxHeaders: readInt(s, "maxHeaders", path, DEFAULT_MAX_HEADERS, 1),
     maxIdempotencyKeyLength: readInt(s, "maxIdempotencyKeyLength", path, DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH, 1),
     ackTimeoutMs: readInt(s, "ackTimeoutMs", path, DEFAULT_ACK_TIMEOUT_MS, 1),
+    writerThread: readBool(s, "writerThread", path, true),
     writerIdleMs: readInt(s, "writerIdleMs", path, DEFAULT_WRITER_IDLE_MS, 100),
   };
 }

@@ -1,6 +1,6 @@
 // The Publish writer thread (publish-writer.ts): its own SQLite connection to the kernel database, on which it
 // commits each batch of Publish calls, so the commit's fsync never runs on the kernel's event loop.
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import {
   createSqliteOutboxStore,
   createSqliteTransactor,
@@ -53,27 +53,48 @@ const stores = {
   transactor: createSqliteTransactor(db),
 };
 
-port.on("message", (m: WriterRequest) => {
-  if ("close" in m) {
+const epochMs = (): number => performance.timeOrigin + performance.now();
+
+// Group commit: the batches that arrived while the last commit ran are committed together, in one transaction.
+port.on("message", (first: WriterRequest) => {
+  const requests = [first];
+  for (let next = receiveMessageOnPort(port); next; next = receiveMessageOnPort(port))
+    requests.push(next.message as WriterRequest);
+  const batches = requests.filter((r): r is Exclude<WriterRequest, { close: true }> => !("close" in r));
+  if (batches.length > 0) commit(batches);
+  if (batches.length < requests.length) {
     db.close();
     port.close();
-    return;
   }
-  now = m.now;
+});
+
+function commit(batches: Exclude<WriterRequest, { close: true }>[]): void {
+  now = batches.at(-1)?.now ?? now;
   let receiptsError: string | undefined;
   try {
-    for (const r of m.receipts) stores.outbox.recordPublished(r.receipts, r.now);
+    for (const b of batches) for (const r of b.receipts) stores.outbox.recordPublished(r.receipts, r.now);
   } catch (err) {
     receiptsError = err instanceof Error ? err.message : String(err);
   }
-  let reply: WriterReply;
-  const epochMs = (): number => performance.timeOrigin + performance.now();
+  const startMs = epochMs();
+  let results: PublishWriteResult[] | undefined;
+  let error: string | undefined;
   try {
-    const startMs = epochMs();
-    const results = writePublishBatch(stores, m.batch);
-    reply = { id: m.id, results, startMs, endMs: epochMs() };
+    results = writePublishBatch(
+      stores,
+      batches.flatMap((b) => b.batch),
+    );
   } catch (err) {
-    reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };
+    error = err instanceof Error ? err.message : String(err);
   }
-  port.postMessage(receiptsError === undefined ? reply : { ...reply, receiptsError });
-});
+  const endMs = epochMs();
+  let offset = 0;
+  for (const b of batches) {
+    const reply: WriterReply =
+      results === undefined
+        ? { id: b.id, error: error ?? "commit failed" }
+        : { id: b.id, results: results.slice(offset, offset + b.batch.length), startMs, endMs };
+    offset += b.batch.length;
+    port.postMessage(receiptsError === undefined ? reply : { ...reply, receiptsError });
+  }
+}

@@ -113,7 +113,8 @@ export interface ThreadPublishWriter extends PublishWriter {
 
 /**
  * The Publish writer on a worker thread with its own SQLite connection: the commit and its fsync happen off the
- * event loop. One batch is in flight at a time; calls arriving meanwhile form the next batch (group commit).
+ * event loop. The calls of one event-loop turn go to the thread together, and the thread commits everything that
+ * arrived while its last commit ran in one transaction (group commit: one fsync).
  * The thread starts on the first write and exits after `idleMs` without one. If it fails, the calls in its
  * batch are rejected (their rows may or may not be stored: a retry with the same idempotency key is answered
  * as a duplicate when they were) and the next write starts a new thread.
@@ -126,7 +127,9 @@ export function createThreadPublishWriter(
   let worker: Worker | undefined;
   let queue: Pending[] = [];
   let receipts: ReceiptBatch[] = [];
-  let inFlight: { id: number; batch: Pending[] } | undefined;
+  // Batches sent to the thread and not yet answered, by id.
+  const inFlight = new Map<number, Pending[]>();
+  let sendScheduled = false;
   let nextId = 0;
   let idleTimer: NodeJS.Timeout | undefined;
   let closed = false;
@@ -148,28 +151,28 @@ export function createThreadPublishWriter(
       stderr: false,
     });
     w.on("message", (reply: WriterReply) => {
-      if (w !== worker || inFlight?.id !== reply.id) return;
-      const { batch } = inFlight;
-      inFlight = undefined;
+      const batch = inFlight.get(reply.id);
+      if (w !== worker || !batch) return;
+      inFlight.delete(reply.id);
       if (reply.receiptsError !== undefined) logger.warn({ err: reply.receiptsError }, "recording PubAcks failed");
       if ("error" in reply) {
         logger.error({ err: reply.error }, "publish batch commit failed");
         fail(batch, new Error(reply.error));
       } else {
-        const commit = { startMs: reply.startMs, endMs: reply.endMs, batchSize: batch.length };
+        const commit = { startMs: reply.startMs, endMs: reply.endMs, batchSize: reply.results.length };
         batch.forEach((p, i) => {
           p.onCommit?.(commit);
           p.resolve(reply.results[i] ?? { kind: "failed", message: "no result" });
         });
       }
-      send();
+      settled();
     });
     const lost = (err: Error): void => {
       if (w !== worker) return;
       worker = undefined;
       logger.error({ err }, "publish writer thread failed");
-      const batch = [...(inFlight?.batch ?? []), ...queue];
-      inFlight = undefined;
+      const batch = [...[...inFlight.values()].flat(), ...queue];
+      inFlight.clear();
       queue = [];
       receipts = [];
       fail(batch, err);
@@ -184,33 +187,45 @@ export function createThreadPublishWriter(
     clearTimeout(idleTimer);
     idleTimer = setTimeout(() => {
       const w = worker;
-      if (!w || inFlight || queue.length > 0 || receipts.length > 0) return;
+      if (!w || inFlight.size > 0 || queue.length > 0 || receipts.length > 0) return;
       worker = undefined;
       w.postMessage({ close: true } satisfies WriterRequest);
     }, options.idleMs);
     idleTimer.unref();
   };
 
+  // Nothing in flight or waiting: the thread may go idle, and a close may finish.
+  function settled(): void {
+    if (inFlight.size > 0 || queue.length > 0 || receipts.length > 0) return;
+    if (closed) drained?.();
+    else stopWhenIdle();
+  }
+
+  // The calls and receipts of one event-loop turn go to the thread as one message; the thread commits every
+  // message that arrived during its last commit together.
   function send(): void {
-    if (inFlight) return;
-    if (queue.length === 0 && receipts.length === 0) {
-      if (closed) drained?.();
-      else stopWhenIdle();
-      return;
-    }
+    sendScheduled = false;
+    if (queue.length === 0 && receipts.length === 0) return settled();
     clearTimeout(idleTimer);
     const batch = queue;
     const acks = receipts;
     queue = [];
     receipts = [];
-    inFlight = { id: ++nextId, batch };
+    const id = ++nextId;
+    inFlight.set(id, batch);
     worker ??= start();
     worker.postMessage({
-      id: inFlight.id,
+      id,
       now: clock.now(),
       batch: batch.map((p) => p.write),
       receipts: acks,
     } satisfies WriterRequest);
+  }
+
+  function schedule(): void {
+    if (sendScheduled) return;
+    sendScheduled = true;
+    setImmediate(send);
   }
 
   return {
@@ -218,19 +233,19 @@ export function createThreadPublishWriter(
     recordPublished(acks, now) {
       if (closed) return;
       receipts.push({ receipts: [...acks], now });
-      send();
+      schedule();
     },
     write(write, onCommit) {
       if (closed) return Promise.reject(new Error("the publish writer is closed"));
       return new Promise((resolve, reject) => {
         queue.push({ write, onCommit, resolve, reject });
-        send();
+        schedule();
       });
     },
     async close() {
       closed = true;
       clearTimeout(idleTimer);
-      if (inFlight || queue.length > 0 || receipts.length > 0)
+      if (inFlight.size > 0 || queue.length > 0 || receipts.length > 0)
         await new Promise<void>((resolve) => (drained = resolve));
       const w = worker;
       worker = undefined;

@@ -392,10 +392,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       return { allowed: d.allowed, reason: d.reason, retryLater: !d.allowed && NO_VERDICT_REASONS.has(d.reason) };
     };
     // Publish commits on a thread with its own connection, off the event loop, and the relay's PubAcks are
-    // recorded there too (docs/events.md); an in-memory database cannot be opened twice, so there the calls
-    // commit on this thread.
+    // recorded there too (docs/events.md); an in-memory database cannot be opened twice, so there (or with
+    // events.service.writerThread off) the calls commit on this thread.
     const publishWriter =
-      options.databasePath === ":memory:"
+      options.databasePath === ":memory:" || !options.events.service.writerThread
         ? undefined
         : createThreadPublishWriter(
             { clock, logger },

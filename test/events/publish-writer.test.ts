@@ -9,6 +9,7 @@ import { Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import { createThreadPublishWriter, type ThreadPublishWriter } from "../../src/events/publish-writer.js";
 import type { PublishWrite } from "../../src/events/publish-batch.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
+import { resolveEventBusServiceOptions } from "../../src/events/event-bus-service.js";
 import { waitFor } from "../helpers/processes.js";
 import { openEventsDb, tempDbPath } from "./edge-pipeline.js";
 
@@ -120,4 +121,14 @@ test("publish writer thread - kill -9: every acknowledged write is in the databa
     acked.filter((id) => !stored.has(id)),
     [],
   );
+});
+
+test("publish writer options - defaults, and errors that name the field", (t) => {
+  const d = resolveEventBusServiceOptions({});
+  t.true(d.writerThread);
+  t.is(d.writerIdleMs, 60_000);
+  t.throws(() => resolveEventBusServiceOptions({ writerThread: "yes" as never }), {
+    message: /events\.service\.writerThread/,
+  });
+  t.throws(() => resolveEventBusServiceOptions({ writerIdleMs: 5 }), { message: /events\.service\.writerIdleMs/ });
 });
