@@ -19,7 +19,7 @@ import {
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
-import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, rssMiB, runH2load } from "./lib/h2load.js";
+import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -80,9 +80,11 @@ const BENCH_CONFIG = JSON.stringify({
 function startKernel(dataDir: string, identity: "none" | "dev"): ChildProcess {
   const config = join(dataDir, "bench.json");
   writeFileSync(config, BENCH_CONFIG);
-  return spawn(process.execPath, [join(root, "dist/src/cli.js"), "serve", "--config", config], {
+  const launch = kernelLaunch(root);
+  return spawn(process.execPath, [...launch.nodeArgs, join(root, "dist/src/cli.js"), "serve", "--config", config], {
     env: {
       ...process.env,
+      ...launch.env,
       NOPS_DATA_DIR: dataDir,
       NOPS_GRPC_PORT: "0",
       NOPS_HTTP_PORT: "0",

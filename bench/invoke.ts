@@ -20,7 +20,7 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { GRPC_HEADERS, grpcFrame, rssMiB, runH2load } from "./lib/h2load.js";
+import { GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -62,11 +62,12 @@ async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number 
   const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-invoke-"));
   const config = join(dataDir, "bench.json");
   writeFileSync(config, JSON.stringify(BENCH_CONFIG));
+  const launch = kernelLaunch(root);
   const child = spawn(
     process.execPath,
-    [...profileFlags(), join(root, "dist/src/cli.js"), "serve", "--config", config],
+    [...launch.nodeArgs, ...profileFlags(), join(root, "dist/src/cli.js"), "serve", "--config", config],
     {
-      env: { ...process.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
+      env: { ...process.env, ...launch.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
       stdio: ["ignore", "pipe", "inherit"],
     },
   );

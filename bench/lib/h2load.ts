@@ -131,3 +131,21 @@ export function rssMiB(pid: number): number {
   const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
   return kb / 1024;
 }
+
+/**
+ * How the kernel runs when started as `nops-kernel`: the node flags and environment of the shebang of
+ * `dist/src/cli.js` (`#!/usr/bin/env -S NAME=value ... node --flag ...`), so a bench that starts it with
+ * `process.execPath` measures the memory settings that ship.
+ */
+export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<string, string> } {
+  const first = readFileSync(join(root, "dist/src/cli.js"), "utf8").split("\n", 1)[0] ?? "";
+  const words = first
+    .replace(/^#!\/usr\/bin\/env(\s+-S)?\s+/, "")
+    .split(/\s+/)
+    .filter(Boolean);
+  const node = words.indexOf("node");
+  if (!first.startsWith("#!") || node < 0)
+    throw new Error(`dist/src/cli.js: no node shebang in ${JSON.stringify(first)}`);
+  const env = Object.fromEntries(words.slice(0, node).map((w) => w.split("=", 2) as [string, string]));
+  return { nodeArgs: words.slice(node + 1), env };
+}

@@ -19,6 +19,7 @@ import {
 } from "../store/index.js";
 import {
   type Clock,
+  readBool,
   readInt,
   readObject,
   checkTenant,
@@ -51,6 +52,8 @@ import type { Tracer } from "@opentelemetry/api";
 import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
 import type { PrePublishHook } from "./outbox-relay.js";
 import { DLQ_HEADERS, deadLetterSubject } from "./dead-letter-mover.js";
+import type { PublishWriteResult } from "./publish-batch.js";
+import { createInlinePublishWriter, type CommitTiming, type PublishWriter } from "./publish-writer.js";
 
 /** Options of the EventBusService handler. */
 export interface EventBusServiceOptions {
@@ -62,6 +65,13 @@ export interface EventBusServiceOptions {
   maxIdempotencyKeyLength: number;
   /** Ack RPC timeout waiting for the server's ack confirmation. @default 5000 */
   ackTimeoutMs: number;
+  /**
+   * Commit Publish calls on the writer thread (a database file only); false commits them on the event loop.
+   * @default true
+   */
+  writerThread: boolean;
+  /** How long the Publish writer thread may sit idle before it exits (the next Publish starts it). @default 60000 */
+  writerIdleMs: number;
 }
 
 /** @see EventBusServiceOptions.maxPayloadBytes */
@@ -72,6 +82,8 @@ export const DEFAULT_MAX_HEADERS = 32;
 export const DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 /** @see EventBusServiceOptions.ackTimeoutMs */
 export const DEFAULT_ACK_TIMEOUT_MS = 5000;
+/** @see EventBusServiceOptions.writerIdleMs */
+export const DEFAULT_WRITER_IDLE_MS = 60_000;
 
 /** Fills defaults and validates; throws ConfigError naming `<path>.<field>`. */
 export function resolveEventBusServiceOptions(
@@ -84,6 +96,8 @@ export function resolveEventBusServiceOptions(
     maxHeaders: readInt(s, "maxHeaders", path, DEFAULT_MAX_HEADERS, 1),
     maxIdempotencyKeyLength: readInt(s, "maxIdempotencyKeyLength", path, DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH, 1),
     ackTimeoutMs: readInt(s, "ackTimeoutMs", path, DEFAULT_ACK_TIMEOUT_MS, 1),
+    writerThread: readBool(s, "writerThread", path, true),
+    writerIdleMs: readInt(s, "writerIdleMs", path, DEFAULT_WRITER_IDLE_MS, 100),
   };
 }
 
@@ -91,8 +105,13 @@ export function resolveEventBusServiceOptions(
 export interface EventBusServiceDeps {
   /** Where published events are written. */
   outbox: OutboxStore;
-  /** Group commit: one transaction per batch, a savepoint per request. */
+  /** Group commit: one transaction per batch, a savepoint per request (the default writer's). */
   transactor: Transactor;
+  /**
+   * Stores Publish calls. @default a writer on this thread's connection (`outbox`, `transactor`, the bus's
+   * idempotency store); the kernel passes the writer thread (createThreadPublishWriter) for a database file.
+   */
+  writer?: PublishWriter;
   clock: Clock;
   logger: Logger;
   bus: EventBus;
@@ -166,14 +185,6 @@ function requestHash(r: PublishRequest): string {
   return h.digest("hex");
 }
 
-interface PendingPublish {
-  req: PublishRequest;
-  /** The caller's trace, captured at the call: the group commit runs in a later turn. */
-  traceparent: string;
-  resolve: (r: PublishResponse) => void;
-  reject: (e: unknown) => void;
-}
-
 /** Creates the EventBusService handler (nops.kernel.v1.EventBusService). */
 export function createEventBusService(
   deps: EventBusServiceDeps,
@@ -182,25 +193,11 @@ export function createEventBusService(
   const { outbox, transactor, clock, bus } = deps;
   const bo = bus.options;
 
-  const writeOne = (r: PublishRequest, callerTraceparent: string): PublishResponse => {
-    let traceparent = callerTraceparent;
-    const hash = requestHash(r);
-    if (r.idempotencyKey !== "") {
-      const prior = bus.idempotency.get(r.tenant, r.idempotencyKey);
-      if (prior) {
-        if (prior.requestHash !== hash) {
-          throw failedPrecondition("idempotency_key was already used with a different request");
-        }
-        return {
-          $typeName: "nops.kernel.v1.PublishResponse",
-          eventId: prior.eventId,
-          outboxId: BigInt(prior.outboxId),
-          subject: prior.subject,
-          duplicate: true,
-        };
-      }
-    }
-    const now = clock.now();
+  const writer = deps.writer ?? createInlinePublishWriter({ outbox, transactor, idempotency: bus.idempotency });
+
+  // Stored by the writer with group commit; acknowledged only once the row is durable.
+  const store = async (r: PublishRequest): Promise<PublishResponse> => {
+    let traceparent = currentTraceparent() ?? "";
     // As tracingEventSink does for other writers: an outbox span in the caller's trace, named in
     // the envelope so the relay's producer span and the consumer continue from it.
     const span =
@@ -212,66 +209,67 @@ export function createEventBusService(
           )
         : undefined;
     if (span) traceparent = currentTraceparent(trace.setSpan(ROOT_CONTEXT, span)) ?? traceparent;
+    let result: PublishWriteResult;
     try {
-      const {
-        id: outboxId,
-        eventId,
-        subject,
-      } = outbox.append({
-        type: r.subject,
-        tenant: r.tenant,
-        source: bo.edgeId,
-        occurredAt: now,
-        payloadType: r.payloadType,
-        payload: r.payload,
-        correlationId: r.correlationId,
-        traceparent,
-        origin: Origin.CALLER,
-        headers: callerHeaders(r.headers),
-      });
-      if (r.idempotencyKey !== "")
-        bus.idempotency.put(r.tenant, r.idempotencyKey, { requestHash: hash, outboxId, eventId, subject });
-      return {
-        $typeName: "nops.kernel.v1.PublishResponse",
-        eventId,
-        outboxId: BigInt(outboxId),
-        subject,
-        duplicate: false,
-      };
+      // A commit on the writer thread is outside this trace's context: its span is recorded here.
+      const onCommit =
+        span &&
+        ((c: CommitTiming): void =>
+          deps
+            .tracer!.startSpan(
+              "sqlite.transaction",
+              {
+                kind: SpanKind.INTERNAL,
+                startTime: c.startMs,
+                attributes: { "db.system.name": "sqlite", "db.operation.batch.size": c.batchSize },
+              },
+              trace.setSpan(ROOT_CONTEXT, span),
+            )
+            .end(c.endMs));
+      result = await writer.write(
+        {
+          idempotencyKey: r.idempotencyKey,
+          requestHash: requestHash(r),
+          entry: {
+            type: r.subject,
+            tenant: r.tenant,
+            source: bo.edgeId,
+            occurredAt: clock.now(),
+            payloadType: r.payloadType,
+            payload: r.payload,
+            correlationId: r.correlationId,
+            traceparent,
+            origin: Origin.CALLER,
+            headers: callerHeaders(r.headers),
+          },
+        },
+        onCommit,
+      );
+    } catch (err) {
+      deps.logger.error({ err }, "publish batch commit failed");
+      throw unavailable("event could not be stored");
     } finally {
       span?.end();
     }
-  };
-
-  // Group commit: Publish calls arriving in the same turn of the event loop share one SQLite
-  // transaction (one fsync); each is acknowledged only after that commit.
-  let pending: PendingPublish[] = [];
-  const flush = (): void => {
-    const batch = pending;
-    pending = [];
-    const results: ({ ok: PublishResponse } | { err: unknown })[] = [];
-    try {
-      transactor.transaction(() => {
-        for (const p of batch) {
-          // A savepoint per request, so one refused request does not roll back the others.
-          try {
-            results.push({ ok: transactor.transaction(() => writeOne(p.req, p.traceparent)) });
-          } catch (err) {
-            results.push({ err });
-          }
-        }
-      });
-    } catch (err) {
-      deps.logger.error({ err }, "publish batch commit failed");
-      for (const p of batch) p.reject(unavailable("event could not be stored"));
-      return;
-    }
-    batch.forEach((p, i) => {
-      const r = results[i];
-      if (r && "ok" in r) p.resolve(r.ok);
-      else p.reject(r?.err instanceof ConnectError ? r.err : internalError());
+    const response = (outboxId: number, eventId: string, subject: string, duplicate: boolean): PublishResponse => ({
+      $typeName: "nops.kernel.v1.PublishResponse",
+      eventId,
+      outboxId: BigInt(outboxId),
+      subject,
+      duplicate,
     });
-    bus.relay.kick();
+    switch (result.kind) {
+      case "appended":
+        bus.relay.kick();
+        return response(result.event.id, result.event.eventId, result.event.subject, false);
+      case "duplicate":
+        return response(result.prior.outboxId, result.prior.eventId, result.prior.subject, true);
+      case "conflict":
+        throw failedPrecondition("idempotency_key was already used with a different request");
+      case "failed":
+        deps.logger.error({ err: result.message }, "publish write failed");
+        throw internalError();
+    }
   };
 
   const validatePublish = (r: PublishRequest): void => {
@@ -359,10 +357,7 @@ export function createEventBusService(
   return {
     async publish(req) {
       validatePublish(req);
-      return new Promise<PublishResponse>((resolve, reject) => {
-        pending.push({ req, traceparent: currentTraceparent() ?? "", resolve, reject });
-        if (pending.length === 1) setImmediate(flush);
-      });
+      return store(req);
     },
 
     async *subscribe(req, ctx: HandlerContext) {

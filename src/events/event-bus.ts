@@ -23,7 +23,13 @@ import {
 } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import type { EventBusOptions } from "./event-bus-options.js";
-import { createOutboxRelay, type OutboxRelay, type PrePublishHook, type PublishedRow } from "./outbox-relay.js";
+import {
+  createOutboxRelay,
+  type OutboxRelay,
+  type OutboxRelayDeps,
+  type PrePublishHook,
+  type PublishedRow,
+} from "./outbox-relay.js";
 import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
@@ -56,6 +62,8 @@ export interface EventBusDeps {
   prePublish?: PrePublishHook;
   /** When tracing is on: producer spans for relayed events. */
   tracer?: Tracer;
+  /** Records the leaf stream's PubAcks (the Publish writer thread's recordPublished). @default the outbox's */
+  recordPublished?: OutboxRelayDeps["recordPublished"];
   /** Observes rows acknowledged by the leaf stream (bench, tests). */
   onPublished?: (row: PublishedRow) => void;
   /**
@@ -146,6 +154,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       prePublish: deps.prePublish,
       onPublished: deps.onPublished,
       tracer: deps.tracer,
+      recordPublished: deps.recordPublished,
     },
     options,
   );

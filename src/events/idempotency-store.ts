@@ -20,7 +20,10 @@ export interface IdempotencyStore {
 }
 
 /** Creates the SQLite idempotency store. */
-export function createIdempotencyStore(deps: { db: Db; clock: Clock }, options: { ttlMs: number }): IdempotencyStore {
+export function createIdempotencyStore(
+  deps: { db: Db; clock: Pick<Clock, "now"> },
+  options: { ttlMs: number },
+): IdempotencyStore {
   const { db, clock } = deps;
   const select = db.prepare(
     "SELECT request_hash AS requestHash, outbox_id AS outboxId, event_id AS eventId, subject FROM event_idempotency WHERE tenant = ? AND key = ? AND expires_at > ?",

@@ -13,3 +13,4 @@ export {
   type LeafSupervisor,
 } from "./leaf-supervisor.js";
 export { type PrePublishHook } from "./outbox-relay.js";
+export { createThreadPublishWriter, type PublishWriter } from "./publish-writer.js";

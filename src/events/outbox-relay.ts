@@ -51,6 +51,11 @@ export interface OutboxRelayDeps {
   onPublished?: (row: PublishedRow) => void;
   /** When tracing is on: one producer span per publish, child of the event's trace. */
   tracer?: Tracer;
+  /**
+   * Records PubAcks. @default `outbox.recordPublished`; the kernel hands them to the Publish writer thread, so
+   * this connection does not wait for the write lock that thread holds through its commits.
+   */
+  recordPublished?: (receipts: readonly PublicationReceipt[], now: number) => void;
 }
 
 /** Relay settings (a subset of EventBusOptions). */
@@ -96,6 +101,7 @@ export function outboxMessageId(edgeId: string, outboxId: number): string {
 /** Creates the outbox relay. */
 export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOptions): OutboxRelay {
   const { outbox, clock, logger } = deps;
+  const recordPublished = deps.recordPublished ?? ((receipts, now) => outbox.recordPublished(receipts, now));
   const latency = deps.meter.createHistogram("nops_events_publish_latency", {
     description: "Time from outbox commit to the leaf stream's PubAck",
     unit: "ms",
@@ -156,7 +162,7 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     pendingAcks = [];
     const now = clock.now();
     // One transaction per batch of PubAcks, committed without a WAL fsync (OutboxStore.recordPublished).
-    outbox.recordPublished(
+    recordPublished(
       batch.map((b) => b.row),
       now,
     );

@@ -92,6 +92,7 @@ import {
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createEventBusService } from "../events/event-bus-service.js";
+import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
@@ -390,6 +391,21 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       });
       return { allowed: d.allowed, reason: d.reason, retryLater: !d.allowed && NO_VERDICT_REASONS.has(d.reason) };
     };
+    // Publish commits on a thread with its own connection, off the event loop, and the relay's PubAcks are
+    // recorded there too (docs/events.md); an in-memory database cannot be opened twice, so there (or with
+    // events.service.writerThread off) the calls commit on this thread.
+    const publishWriter =
+      options.databasePath === ":memory:" || !options.events.service.writerThread
+        ? undefined
+        : createThreadPublishWriter(
+            { clock, logger },
+            {
+              databasePath: options.databasePath,
+              idempotencyTtlMs: options.events.idempotencyTtlMs,
+              idleMs: options.events.service.writerIdleMs,
+            },
+          );
+    if (publishWriter) life.defer("publish writer", () => publishWriter.close());
     const bus = createEventBus(
       {
         db,
@@ -401,6 +417,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         sink: events,
         prePublish,
         tracer,
+        recordPublished: publishWriter?.recordPublished,
         breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
@@ -530,7 +547,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       bind(
         EventBusService,
         createEventBusService(
-          { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer },
+          { outbox: outboxStore, transactor, clock, logger, bus, prePublish, tracer, writer: publishWriter },
           options.events.service,
         ),
       ),

@@ -26,7 +26,27 @@ export function openDatabase(options: DatabaseOptions): Db {
   db.pragma("synchronous = FULL");
   db.pragma("foreign_keys = ON");
   db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
+  beginImmediate(db);
   return db;
+}
+
+/**
+ * Makes `db.transaction(fn)()` begin IMMEDIATE (the variants stay as they are). Two connections write to the
+ * database (the kernel's and the Publish writer thread's, src/events/publish-writer.ts); a deferred transaction
+ * that reads and then writes fails with SQLITE_BUSY at once when the other committed in between, without
+ * waiting out the busy timeout. Taking the write lock when the transaction begins waits for it instead.
+ * Nested calls are savepoints, as before.
+ */
+function beginImmediate(db: Db): void {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- called with db as this
+  const transaction = db.transaction;
+  db.transaction = ((fn: Parameters<Db["transaction"]>[0]) => {
+    const t = transaction.call(db, fn);
+    // better-sqlite3's variants close over the database and ignore `this`.
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    const { deferred, immediate, exclusive } = t;
+    return Object.assign(immediate.bind(null), { default: immediate, deferred, immediate, exclusive });
+  }) as Db["transaction"];
 }
 
 /**

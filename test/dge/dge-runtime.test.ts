@@ -52,6 +52,8 @@ test("dge runtime - small Classify calls answer while a 4 MB adversarial request
   }
   t.deepEqual(smallAnswers, Array<EgressClass>(20).fill(EgressClass.D2));
   t.false(bigSettled, "every small call was answered before the 4 MB one");
+  // The second thread was started for them (one runs always).
+  t.is(server.classifyThreadCount(), 2);
   t.is(server.classifyInFlight(), 1);
   await server.close();
   await big;
@@ -111,6 +113,30 @@ test("dge runtime - the guard treats a budget refusal as no verdict: the call is
   t.true(NO_VERDICT_REASONS.has(decision.reason), decision.reason);
 });
 
+test("dge runtime - one thread runs while idle; another starts while a request waits and exits once idle", async (t) => {
+  const server = await startDge(t, { classifyThreads: 2, classifyIdleThreadMs: 1000, classifyBudgetMs: 600_000 });
+  t.is(server.classifyThreadCount(), 1);
+  // The second thread lives from its start until a second after its request: sampled, not read once.
+  let most = 0;
+  const sampler = setInterval(() => (most = Math.max(most, server.classifyThreadCount())), 5);
+  t.teardown(() => clearInterval(sampler));
+  const dge = client(server);
+  // The adversarial request holds the one thread (for minutes); the small one waits, so a second thread starts.
+  const big = dge.classify({ data: ADVERSARIAL_4MB }).then(
+    () => undefined,
+    () => undefined,
+  );
+  await waitUntil(() => server.classifyInFlight() === 1, "the 4 MB request to be classifying", 120_000);
+  const { classification } = await dge.classify({ data: "reply to anna@example.com" });
+  t.is(classification?.egressClass, EgressClass.D2);
+  // The second thread, idle now, exits; the first is still classifying.
+  await waitUntil(() => server.classifyThreadCount() === 1, "the idle second thread to exit", 120_000);
+  t.is(most, 2);
+  t.is(server.classifyInFlight(), 1);
+  await server.close();
+  await big;
+});
+
 test("dge runtime - a request over the size cap is refused with RESOURCE_EXHAUSTED naming the limit", async (t) => {
   const server = await startDge(t, { maxRequestBytes: 4096 });
   const err = await t.throwsAsync(client(server).classify({ data: "x".repeat(5000) }));
@@ -125,5 +151,8 @@ test("dge runtime - options reject bad pool settings by name", (t) => {
   });
   t.throws(() => resolveDgeServerOptions({ keys: DGE_KEYS, classifyBudgetMs: 1 }), {
     message: /dge\.server\.classifyBudgetMs/,
+  });
+  t.throws(() => resolveDgeServerOptions({ keys: DGE_KEYS, classifyIdleThreadMs: 5 }), {
+    message: /dge\.server\.classifyIdleThreadMs/,
   });
 });

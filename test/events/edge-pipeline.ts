@@ -15,6 +15,7 @@ import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createEventBus, type EventBus, type EventBusDeps } from "../../src/events/event-bus.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../../src/events/event-bus-options.js";
 import { createEventBusService, resolveEventBusServiceOptions } from "../../src/events/event-bus-service.js";
+import { createThreadPublishWriter } from "../../src/events/publish-writer.js";
 import { EventBusService, PublishRequestSchema, type PublishResponse } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 
 /** Opens (or reopens) a kernel database with every migration applied. */
@@ -58,6 +59,8 @@ export function startEdgePipeline(
     edgeDomain: string;
     clock?: Clock;
     meter?: Meter;
+    /** Commit Publish calls on this thread's connection instead of the kernel's writer thread. */
+    inlineWriter?: boolean;
   } & Partial<EventBusOptions> &
     Pick<Partial<EventBusDeps>, "prePublish" | "onPublished" | "tracer">,
 ): EdgePipeline {
@@ -71,6 +74,7 @@ export function startEdgePipeline(
     prePublish,
     onPublished,
     tracer,
+    inlineWriter = false,
     ...rest
   } = init;
   const db = openEventsDb(dbPath);
@@ -88,13 +92,33 @@ export function startEdgePipeline(
   const outbox = createSqliteOutboxStore(db);
   const transactor = createSqliteTransactor(db);
   const sink = createOutbox(outbox, { source: options.edgeId, clock });
+  const serviceOptions = resolveEventBusServiceOptions({});
+  // As the kernel does for a database file: Publish commits on the writer thread.
+  const writer = inlineWriter
+    ? undefined
+    : createThreadPublishWriter(
+        { clock, logger },
+        { databasePath: dbPath, idempotencyTtlMs: options.idempotencyTtlMs, idleMs: serviceOptions.writerIdleMs },
+      );
   const bus = createEventBus(
-    { db, outbox, transactor, clock, logger, meter, sink, prePublish, onPublished, tracer },
+    {
+      db,
+      outbox,
+      transactor,
+      clock,
+      logger,
+      meter,
+      sink,
+      prePublish,
+      onPublished,
+      tracer,
+      recordPublished: writer?.recordPublished,
+    },
     options,
   );
   const service = createEventBusService(
-    { outbox, transactor, clock, logger, bus, prePublish, tracer },
-    resolveEventBusServiceOptions({}),
+    { outbox, transactor, clock, logger, bus, prePublish, tracer, writer },
+    serviceOptions,
   );
   bus.start();
   const context = (signal?: AbortSignal): HandlerContext =>
@@ -123,6 +147,7 @@ export function startEdgePipeline(
     },
     async close() {
       await bus.stop();
+      await writer?.close();
       db.close();
     },
   };

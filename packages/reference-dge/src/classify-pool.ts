@@ -14,13 +14,13 @@ export interface ClassifyPool {
    */
   detect(text: string, signal?: AbortSignal): Promise<Detection[]>;
   /**
-   * Resolves once the workers have loaded the classifier and answered one request each (a worker booting
-   * takes a while, and under load longer than a caller's deadline), so the server listens only when warm.
+   * Resolves once the first worker has loaded the classifier and answered one request (a worker booting takes a
+   * while, and under load longer than a caller's deadline), so the server listens only when warm.
    */
   warm(): Promise<void>;
   /** Requests accepted and not yet answered (waiting or running). */
   inFlight(): number;
-  /** Worker threads running now (the pool keeps `threads` of them, replacing any it terminates). */
+  /** Worker threads running now (at least one, replaced when terminated; up to `threads` while busy). */
   threadCount(): number;
   /** Stops every worker; requests in flight fail with UNAVAILABLE. */
   close(): Promise<void>;
@@ -28,8 +28,10 @@ export interface ClassifyPool {
 
 /** Options of the classification pool. */
 export interface ClassifyPoolOptions {
-  /** Worker threads (each classifies one request at a time). */
+  /** Most worker threads, each classifying one request at a time: one always runs, the others while requests wait. */
   threads: number;
+  /** How long a thread beyond the first may sit idle before it exits, ms (each thread holds its own V8 heap). */
+  idleThreadMs: number;
   /** Longest a request may run in a worker, ms; past it the worker is terminated, the answer RESOURCE_EXHAUSTED. */
   budgetMs: number;
   /** Requests waiting for a thread at most; more are refused with RESOURCE_EXHAUSTED. */
@@ -42,6 +44,13 @@ export const DEFAULT_CLASSIFY_THREADS = availableParallelism();
 export const DEFAULT_CLASSIFY_BUDGET_MS = 3000;
 /** Default queue bound. */
 export const DEFAULT_CLASSIFY_MAX_QUEUE = 1024;
+/** Default idle time of a thread beyond the first: a burst keeps its threads, an idle DGE gives their memory back. */
+export const DEFAULT_CLASSIFY_IDLE_THREAD_MS = 30_000;
+/**
+ * V8 young generation of a classification thread, MiB. V8 sizes it from the machine's memory (tens of MiB per
+ * thread); a classification's garbage is short-lived and small, so a small one costs a few more scavenges only.
+ */
+const WORKER_YOUNG_GENERATION_MB = 8;
 
 // Under tsx (tests, bench) this module is a .ts file and so is its worker; compiled, both are .js. A worker
 // inherits the process's execArgv, so tsx's loader is present in it when it is in the parent.
@@ -58,9 +67,12 @@ const WORKER_FILE = new URL(
 export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPoolOptions): ClassifyPool {
   const pool = new Piscina({
     filename: WORKER_FILE,
-    minThreads: options.threads,
+    // One thread is kept warm (a thread booting under load takes longer than a caller's deadline); the others
+    // start when requests wait and exit after idleThreadMs.
+    minThreads: 1,
     maxThreads: options.threads,
-    idleTimeout: Number.MAX_SAFE_INTEGER,
+    idleTimeout: options.idleThreadMs,
+    resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     maxQueue: options.maxQueue,
     // One request per worker: terminating a worker for its budget takes no other request down with it.
     concurrentTasksPerWorker: 1,
@@ -111,9 +123,8 @@ export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPo
       }
     },
     async warm() {
-      // One task per thread at once: each worker takes one (one task per worker), loading the rules first.
-      const sample = "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111";
-      await Promise.all(Array.from({ length: options.threads }, () => pool.run({ id: 0, text: sample })));
+      // The one thread that is always running loads the rules before the server listens.
+      await pool.run({ id: 0, text: "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111" });
     },
     inFlight: () => inFlight,
     threadCount: () => pool.threads.length,

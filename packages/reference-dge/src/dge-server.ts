@@ -10,6 +10,7 @@ import {
   createClassifyPool,
   DEFAULT_CLASSIFY_BUDGET_MS,
   DEFAULT_CLASSIFY_MAX_QUEUE,
+  DEFAULT_CLASSIFY_IDLE_THREAD_MS,
   DEFAULT_CLASSIFY_THREADS,
 } from "./classify-pool.js";
 
@@ -25,8 +26,13 @@ export interface DgeServerOptions {
   signingKeyId: string;
   /** Largest request message, bytes (connect-node's default is ~4 GiB). @default 4194304 */
   maxRequestBytes: number;
-  /** Worker threads classifying requests off the event loop. @default one per core (os.availableParallelism()) */
+  /**
+   * Most worker threads classifying requests off the event loop: one runs always, the others start while requests
+   * wait for a thread. @default one per core (os.availableParallelism())
+   */
   classifyThreads: number;
+  /** How long a thread beyond the first may stay idle before it exits, ms. @default 30000 */
+  classifyIdleThreadMs: number;
   /**
    * Time budget of one classification, ms, waiting included; past it the worker running it is terminated and
    * replaced and the answer is RESOURCE_EXHAUSTED (the kernel's guard: no verdict, the call is refused). @default 3000
@@ -56,6 +62,7 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     signingKeyId: "",
     maxRequestBytes: 0,
     classifyThreads: 0,
+    classifyIdleThreadMs: 0,
     classifyBudgetMs: 0,
     classifyMaxQueue: 0,
     policies: {},
@@ -81,6 +88,7 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     signingKeyId,
     maxRequestBytes: readInt(s, "maxRequestBytes", path, DEFAULT_DGE_MAX_REQUEST_BYTES, 1024, 64 * 1024 * 1024),
     classifyThreads: readInt(s, "classifyThreads", path, DEFAULT_CLASSIFY_THREADS, 1, 256),
+    classifyIdleThreadMs: readInt(s, "classifyIdleThreadMs", path, DEFAULT_CLASSIFY_IDLE_THREAD_MS, 100, 86_400_000),
     classifyBudgetMs: readInt(s, "classifyBudgetMs", path, DEFAULT_CLASSIFY_BUDGET_MS, 10, 600_000),
     classifyMaxQueue: readInt(s, "classifyMaxQueue", path, DEFAULT_CLASSIFY_MAX_QUEUE, 0, 1_000_000),
     policies: resolveDgePoliciesOptions(s.policies, `${path}.policies`),
@@ -115,7 +123,12 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
   if (secret === undefined) throw new ConfigError(`dge.server.signingKeyId ${options.signingKeyId} is not in keys`);
   const pool = createClassifyPool(
     { logger },
-    { threads: options.classifyThreads, budgetMs: options.classifyBudgetMs, maxQueue: options.classifyMaxQueue },
+    {
+      threads: options.classifyThreads,
+      idleThreadMs: options.classifyIdleThreadMs,
+      budgetMs: options.classifyBudgetMs,
+      maxQueue: options.classifyMaxQueue,
+    },
   );
   try {
     await pool.warm();
