@@ -28,6 +28,7 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
+import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
 import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
@@ -65,6 +66,11 @@ export interface EventBusDeps {
    * @default a breaker with DEFAULT_NATS_BREAKER
    */
   breaker?: DependencyBreaker;
+  /**
+   * Applies hub -> edge commands (NOPS_CMD_IN, docs/events.md "Hub -> edge commands"). When
+   * absent, or the bus is not hub-bound, the edge reads no commands.
+   */
+  commands?: CommandHandler;
 }
 
 /** Default leaf liveness check: a PING answered within 500 ms, every 500 ms; two misses in a row open it. */
@@ -102,6 +108,8 @@ export interface EventBus {
   confirmNow(): Promise<number>;
   /** Deletes expired idempotency keys and old inbox rows now. */
   sweep(): void;
+  /** Where hub -> edge commands stand; undefined when this edge reads none. */
+  commands(): CommandInboxStatus | undefined;
 }
 
 /** One thing the event bus is working around (NATS leaf, stream full, hub link). */
@@ -154,6 +162,14 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     { logger: logger.child({ part: "dlq" }) },
     { ...options, maxAgeMs: options.streamMaxAgeMs },
   );
+  const commandInbox =
+    deps.commands && options.hubBound !== false
+      ? createCommandInbox(
+          { db, clock, logger: logger.child({ part: "commands" }), meter, handler: deps.commands },
+          options,
+        )
+      : undefined;
+  let commandTask: Promise<void> = Promise.resolve();
   const idempotency = createIdempotencyStore({ db, clock }, { ttlMs: options.idempotencyTtlMs });
   const inbox = createInbox({ db, clock }, { retentionMs: options.inboxRetentionMs });
   const redeliveries = meter.createCounter("nops_events_redeliveries", {
@@ -186,6 +202,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     const info = await m.streams.info(options.streamName);
     relay.reconcileStreamTail(info.state.last_seq);
     await mover.ensureStreams(m);
+    await commandInbox?.ensureStream(m);
     const client = jetstream(conn);
     js = client;
     jsm = m;
@@ -197,6 +214,12 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         if (running) logger.warn({ err }, "dead-letter mover stopped");
       });
     });
+    if (commandInbox) {
+      commandTask = commandTask.then(async () => {
+        if (!running || !ready) return;
+        await commandInbox.run(client);
+      });
+    }
   }
 
   async function connectLoop(): Promise<void> {
@@ -241,6 +264,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         if (s.type === "disconnect") {
           ready = false;
           mover.stop();
+          commandInbox?.stop();
         } else if (s.type === "reconnect") {
           setup = settle(onConnected(conn));
         }
@@ -341,6 +365,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       if (live()) {
         if (options.hubBound !== false)
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
+        if (jsm && commandInbox)
+          await commandInbox.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "command stream info failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
           .then((i) => {
@@ -372,11 +398,12 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       mover.stop();
+      commandInbox?.stop();
       await relay.stop();
       ready = false;
       await nc?.drain().catch(() => undefined);
       await nc?.close().catch(() => undefined);
-      await Promise.allSettled([...tasks, moverTask]);
+      await Promise.allSettled([...tasks, moverTask, commandTask]);
       tasks.length = 0;
     },
     degradations: () => [...active.values()],
@@ -389,6 +416,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     jetstreamManager: () => (live() ? jsm : undefined),
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
+    commands: () => commandInbox?.status(),
     sweep() {
       const keys = idempotency.sweep();
       const rows = inbox.sweep();

@@ -91,6 +91,7 @@ import {
   TENANT_HEADER,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
+import { createHubCommandHandler } from "./hub-commands.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
@@ -402,6 +403,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         prePublish,
         tracer,
         breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
+        // Hub -> edge commands are applied through the registry and key store, audited (docs/events.md).
+        commands: createHubCommandHandler({ peers: federation.registry, apiKeys: identity.apiKeys, audit }),
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );

@@ -15,6 +15,7 @@ import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { createEventBus, type EventBus, type EventBusDeps } from "../../src/events/event-bus.js";
 import { resolveEventBusOptions, type EventBusOptions } from "../../src/events/event-bus-options.js";
 import { createEventBusService, resolveEventBusServiceOptions } from "../../src/events/event-bus-service.js";
+import type { CommandHandler } from "../../src/events/kernel-commands.js";
 import { EventBusService, PublishRequestSchema, type PublishResponse } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 
 /** Opens (or reopens) a kernel database with every migration applied. */
@@ -58,6 +59,8 @@ export function startEdgePipeline(
     edgeDomain: string;
     clock?: Clock;
     meter?: Meter;
+    /** Hub -> edge commands: builds the handler over the pipeline's database. */
+    commands?: (db: Db) => CommandHandler;
   } & Partial<EventBusOptions> &
     Pick<Partial<EventBusDeps>, "prePublish" | "onPublished" | "tracer">,
 ): EdgePipeline {
@@ -71,6 +74,7 @@ export function startEdgePipeline(
     prePublish,
     onPublished,
     tracer,
+    commands,
     ...rest
   } = init;
   const db = openEventsDb(dbPath);
@@ -89,7 +93,7 @@ export function startEdgePipeline(
   const transactor = createSqliteTransactor(db);
   const sink = createOutbox(outbox, { source: options.edgeId, clock });
   const bus = createEventBus(
-    { db, outbox, transactor, clock, logger, meter, sink, prePublish, onPublished, tracer },
+    { db, outbox, transactor, clock, logger, meter, sink, prePublish, onPublished, tracer, commands: commands?.(db) },
     options,
   );
   const service = createEventBusService(

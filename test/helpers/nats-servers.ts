@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.js";
+import { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
 
 /** Path of the nats-server binary the integration tests use. */
 export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
@@ -101,6 +102,8 @@ export interface NatsTopology {
   readonly hubDomain: string;
   readonly kernelUser: { user: string; pass: string };
   readonly hubUser: { user: string; pass: string };
+  /** With `proxied: true`: the test-owned TCP proxy the leaf's link to the hub runs through. */
+  readonly link?: TcpProxy;
   /** Stops both servers (SIGKILL if they do not exit) and removes the temp dir. */
   destroy(): Promise<void>;
 }
@@ -111,16 +114,18 @@ export interface NatsTopology {
  * their variables filled from the environment, instead of the rendered configs.
  */
 export async function startNatsTopology(
-  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {},
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean; proxied?: boolean } = {},
 ): Promise<NatsTopology> {
   return startOnFreePorts(3, (ports) => startNatsTopologyOn(options, ports as [number, number, number]));
 }
 
 async function startNatsTopologyOn(
-  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean },
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean; proxied?: boolean },
   [hubPort, hubLeafPort, leafPort]: [number, number, number],
 ): Promise<NatsTopology> {
   const dir = mkdtempSync(join(tmpdir(), "nops-nats-"));
+  const link = options.proxied ? await startTcpProxy(hubLeafPort) : undefined;
+  const hubLeafUrl = `nats-leaf://edge:edge-secret@127.0.0.1:${link?.port ?? hubLeafPort}`;
   const edgeDomain = options.edgeDomain ?? "edge1";
   const hubDomain = "hub";
   const hubUser = { user: "hub-admin", pass: "hub-secret" };
@@ -152,7 +157,7 @@ async function startNatsTopologyOn(
       storeDir: join(dir, "leaf"),
       user: kernelUser.user,
       password: kernelUser.pass,
-      hubUrl: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
+      hubUrl: hubLeafUrl,
     }),
   );
   const shippedDir = fileURLToPath(new URL("../../nats/", import.meta.url));
@@ -177,14 +182,14 @@ async function startNatsTopologyOn(
         NOPS_JS_STORE_DIR: join(dir, "leaf"),
         NOPS_KERNEL_USER: kernelUser.user,
         NOPS_KERNEL_PASSWORD: kernelUser.pass,
-        NOPS_HUB_LEAF_URL: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
+        NOPS_HUB_LEAF_URL: hubLeafUrl,
       })
     : managed("leaf", leafPort, leafConf, [leafPort]);
   try {
     if (options.startHub !== false) await hub.start();
     await leaf.start();
   } catch (err) {
-    await Promise.all([leaf.kill9(), hub.kill9()]);
+    await Promise.all([leaf.kill9(), hub.kill9(), link?.close()]);
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
@@ -196,8 +201,9 @@ async function startNatsTopologyOn(
     hubDomain,
     kernelUser,
     hubUser,
+    link,
     async destroy() {
-      await Promise.all([leaf.kill9(), hub.kill9()]);
+      await Promise.all([leaf.kill9(), hub.kill9(), link?.close()]);
       rmSync(dir, { recursive: true, force: true });
     },
   };
