@@ -28,6 +28,7 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
+import { createEventFederation, type EventFederationStatus } from "./event-federation.js";
 import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
 import {
   DegradedModeActivatedSchema,
@@ -108,6 +109,8 @@ export interface EventBus {
   confirmNow(): Promise<number>;
   /** Deletes expired idempotency keys and old inbox rows now. */
   sweep(): void;
+  /** Where kernel -> kernel events stand; undefined when no federation link is configured. */
+  federation(): EventFederationStatus | undefined;
   /** Where hub -> edge commands stand; undefined when this edge reads none. */
   commands(): CommandInboxStatus | undefined;
 }
@@ -170,6 +173,14 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         )
       : undefined;
   let commandTask: Promise<void> = Promise.resolve();
+  const federation =
+    options.hubBound !== false && options.federation.length > 0
+      ? createEventFederation(
+          { db, clock, logger: logger.child({ part: "federation" }), meter, prePublish: deps.prePublish },
+          options,
+        )
+      : undefined;
+  let federationTask: Promise<void> = Promise.resolve();
   const idempotency = createIdempotencyStore({ db, clock }, { ttlMs: options.idempotencyTtlMs });
   const inbox = createInbox({ db, clock }, { retentionMs: options.inboxRetentionMs });
   const redeliveries = meter.createCounter("nops_events_redeliveries", {
@@ -203,6 +214,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     relay.reconcileStreamTail(info.state.last_seq);
     await mover.ensureStreams(m);
     await commandInbox?.ensureStream(m);
+    await federation?.ensureStreams(m);
     const client = jetstream(conn);
     js = client;
     jsm = m;
@@ -218,6 +230,12 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       commandTask = commandTask.then(async () => {
         if (!running || !ready) return;
         await commandInbox.run(client);
+      });
+    }
+    if (federation) {
+      federationTask = federationTask.then(async () => {
+        if (!running || !ready) return;
+        await federation.run(client);
       });
     }
   }
@@ -265,6 +283,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           ready = false;
           mover.stop();
           commandInbox?.stop();
+          federation?.stop();
         } else if (s.type === "reconnect") {
           setup = settle(onConnected(conn));
         }
@@ -367,6 +386,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         if (jsm && commandInbox)
           await commandInbox.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "command stream info failed"));
+        if (jsm && federation)
+          await federation.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "federation stream info failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
           .then((i) => {
@@ -399,11 +420,12 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       timers.length = 0;
       mover.stop();
       commandInbox?.stop();
+      federation?.stop();
       await relay.stop();
       ready = false;
       await nc?.drain().catch(() => undefined);
       await nc?.close().catch(() => undefined);
-      await Promise.allSettled([...tasks, moverTask, commandTask]);
+      await Promise.allSettled([...tasks, moverTask, commandTask, federationTask]);
       tasks.length = 0;
     },
     degradations: () => [...active.values()],
@@ -417,6 +439,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
     commands: () => commandInbox?.status(),
+    federation: () => federation?.status(),
     sweep() {
       const keys = idempotency.sweep();
       const rows = inbox.sweep();

@@ -93,10 +93,10 @@ export function createCommandInbox(
   const { db, clock, logger } = deps;
   const stream = BUS_STREAMS.edgeCommandsIn;
   const getProgress = db.prepare<[string], { last_seq: number; updated_at: number }>(
-    "SELECT last_seq, updated_at FROM kernel_command_progress WHERE stream = ?",
+    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
   );
   const setProgress = db.prepare<[string, number, number]>(
-    `INSERT INTO kernel_command_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
+    `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
      ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at`,
   );
   const seen = db.prepare<[string], { outcome: string }>("SELECT outcome FROM kernel_commands WHERE command_id = ?");

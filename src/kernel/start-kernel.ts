@@ -383,7 +383,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     }
     // Everything in the edge stream is sourced by the hub, so it crosses the edge unless there is no hub.
     const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
-    const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
+    const natsEgress = createNatsEgressHook(guard, {
+      crossingSubjects: hubBound ? ["nops.events.>", "nops.fed.>"] : [],
+    });
     const prePublish: PrePublishHook = async (subject, payload, headers) => {
       const d = await natsEgress(subject, payload, {
         get: (name) => headers[name] ?? "",

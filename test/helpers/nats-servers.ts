@@ -93,6 +93,20 @@ function managed(
   };
 }
 
+/**
+ * With more than one edge on the hub's single shared account, a leaf's nops.* subjects would
+ * reach the other edges' streams through the hub (each edge's NOPS_EVENTS listens on
+ * nops.events.>). Per-edge accounts and permissions (issue 15 item 1) keep edges apart in
+ * production; these tests keep them apart by denying nops.> on the leafnode link, across which
+ * only JetStream API and sourcing traffic then flows.
+ */
+function isolateEdge(leafConfig: string): string {
+  return leafConfig.replace(
+    'account: "KERNEL" }',
+    'account: "KERNEL", deny_imports: ["nops.>"], deny_exports: ["nops.>"] }',
+  );
+}
+
 /** A hub and one leaf connected to it, each with its own JetStream domain and store. */
 export interface NatsTopology {
   readonly dir: string;
@@ -102,8 +116,16 @@ export interface NatsTopology {
   readonly hubDomain: string;
   readonly kernelUser: { user: string; pass: string };
   readonly hubUser: { user: string; pass: string };
-  /** With `proxied: true`: the test-owned TCP proxy the leaf's link to the hub runs through. */
+  /**
+   * With `proxied: true`: the test-owned TCP proxy the leaf's link to the hub runs through (the
+   * leaf is then also isolated from other edges, see isolateEdge).
+   */
   readonly link?: TcpProxy;
+  /**
+   * Starts another edge's leaf on the same hub (rendered config, same kernel user), its link
+   * through its own TCP proxy; destroy() stops it too.
+   */
+  addLeaf(edgeDomain: string): Promise<{ leaf: NatsServerProcess; link: TcpProxy }>;
   /** Stops both servers (SIGKILL if they do not exit) and removes the temp dir. */
   destroy(): Promise<void>;
 }
@@ -150,15 +172,17 @@ async function startNatsTopologyOn(
   );
   writeFileSync(
     leafConf,
-    renderLeafConfig({
-      serverName: `leaf-${edgeDomain}`,
-      port: leafPort,
-      domain: edgeDomain,
-      storeDir: join(dir, "leaf"),
-      user: kernelUser.user,
-      password: kernelUser.pass,
-      hubUrl: hubLeafUrl,
-    }),
+    (options.proxied ? isolateEdge : (c: string) => c)(
+      renderLeafConfig({
+        serverName: `leaf-${edgeDomain}`,
+        port: leafPort,
+        domain: edgeDomain,
+        storeDir: join(dir, "leaf"),
+        user: kernelUser.user,
+        password: kernelUser.pass,
+        hubUrl: hubLeafUrl,
+      }),
+    ),
   );
   const shippedDir = fileURLToPath(new URL("../../nats/", import.meta.url));
   const hub = options.shipped
@@ -193,17 +217,54 @@ async function startNatsTopologyOn(
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
+  const extra: { leaf: NatsServerProcess; link: TcpProxy }[] = [];
   return {
     dir,
     hub,
     leaf,
+    async addLeaf(domain) {
+      const extraLink = await startTcpProxy(hubLeafPort);
+      return startOnFreePorts(1, async ([port]) => {
+        mkdirSync(join(dir, `leaf-${domain}`), { recursive: true });
+        const conf = join(dir, `leaf-${domain}.conf`);
+        writeFileSync(
+          conf,
+          isolateEdge(
+            renderLeafConfig({
+              serverName: `leaf-${domain}`,
+              port: port!,
+              domain,
+              storeDir: join(dir, `leaf-${domain}`),
+              user: kernelUser.user,
+              password: kernelUser.pass,
+              hubUrl: `nats-leaf://edge:edge-secret@127.0.0.1:${extraLink.port}`,
+            }),
+          ),
+        );
+        const extraLeaf = managed(`leaf-${domain}`, port!, conf, [port!]);
+        try {
+          await extraLeaf.start();
+        } catch (err) {
+          await extraLeaf.kill9();
+          throw err;
+        }
+        const added = { leaf: extraLeaf, link: extraLink };
+        extra.push(added);
+        return added;
+      });
+    },
     edgeDomain,
     hubDomain,
     kernelUser,
     hubUser,
     link,
     async destroy() {
-      await Promise.all([leaf.kill9(), hub.kill9(), link?.close()]);
+      await Promise.all([
+        leaf.kill9(),
+        hub.kill9(),
+        link?.close(),
+        ...extra.flatMap((e) => [e.leaf.kill9(), e.link.close()]),
+      ]);
       rmSync(dir, { recursive: true, force: true });
     },
   };

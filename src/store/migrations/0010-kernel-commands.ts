@@ -9,7 +9,7 @@ export const migration0010: Migration = {
   version: 10,
   name: "kernel-commands",
   up: `
-    CREATE TABLE kernel_command_progress (
+    CREATE TABLE bus_stream_progress (
       stream TEXT PRIMARY KEY,
       last_seq INTEGER NOT NULL,
       updated_at INTEGER NOT NULL
@@ -25,6 +25,6 @@ export const migration0010: Migration = {
   `,
   down: `
     DROP TABLE kernel_commands;
-    DROP TABLE kernel_command_progress;
+    DROP TABLE bus_stream_progress;
   `,
 };
