@@ -111,8 +111,19 @@ export interface EventBus {
   sweep(): void;
   /** Where kernel -> kernel events stand; undefined when no federation link is configured. */
   federation(): EventFederationStatus | undefined;
+  /** Lag, last sync and refusals of each link (GetStatus). */
+  links(): BusLink[];
   /** Where hub -> edge commands stand; undefined when this edge reads none. */
   commands(): CommandInboxStatus | undefined;
+}
+
+/** One direction of the bus between this edge and the hub (GetStatus bus_links, docs/events.md). */
+export interface BusLink {
+  name: "events-out" | "commands" | "federation-out" | "federation-in";
+  lagMessages: number;
+  lagSeconds: number;
+  lastSyncAt?: number;
+  rejected: number;
 }
 
 /** One thing the event bus is working around (NATS leaf, stream full, hub link). */
@@ -147,6 +158,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   // Connected and answering: what every user of the connection (relay, Subscribe, Ack) waits for.
   const live = (): boolean => ready && !breaker.isOpen();
 
+  let lastPublishedAt: number | undefined;
+  // Rows the Egress Guard holds back (kept until released, docs/events.md).
+  const countBlocked = db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM outbox_blocked");
   const relay = createOutboxRelay(
     {
       outbox: deps.outbox,
@@ -155,7 +169,10 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       meter,
       jetstream: () => (live() ? js : undefined),
       prePublish: deps.prePublish,
-      onPublished: deps.onPublished,
+      onPublished: (row) => {
+        lastPublishedAt = clock.now();
+        deps.onPublished?.(row);
+      },
       tracer: deps.tracer,
     },
     options,
@@ -439,6 +456,48 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
     commands: () => commandInbox?.status(),
+    links() {
+      const now = clock.now();
+      const age = (at: number | undefined) => (at === undefined ? 0 : Math.max(0, now - at) / 1000);
+      const oldest = deps.outbox.oldestUnpublishedAt();
+      const out: BusLink[] = [
+        {
+          name: "events-out",
+          lagMessages: relay.depth(),
+          lagSeconds: age(oldest),
+          lastSyncAt: lastPublishedAt,
+          rejected: countBlocked.get()?.n ?? 0,
+        },
+      ];
+      const c = commandInbox?.status();
+      if (c)
+        out.push({
+          name: "commands",
+          lagMessages: c.linkLag + c.pending,
+          lagSeconds: age(c.oldestPendingAt),
+          lastSyncAt: c.lastSettledAt,
+          rejected: c.deadLettered,
+        });
+      const f = federation?.status();
+      if (f)
+        out.push(
+          {
+            name: "federation-out",
+            lagMessages: f.outPending,
+            lagSeconds: age(f.outOldestAt),
+            lastSyncAt: f.outLastAt,
+            rejected: f.blocked,
+          },
+          {
+            name: "federation-in",
+            lagMessages: f.inLinkLag + f.inPending,
+            lagSeconds: age(f.inOldestAt),
+            lastSyncAt: f.inLastAt,
+            rejected: f.rejected,
+          },
+        );
+      return out;
+    },
     federation: () => federation?.status(),
     sweep() {
       const keys = idempotency.sweep();

@@ -16,6 +16,7 @@ import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { BUS_STREAMS, ensureStream, federatedSubject } from "./hub-streams.js";
+import { oldestAfter } from "./kernel-commands.js";
 import type { PrePublishHook } from "./outbox-relay.js";
 
 /** One peer edge events are exchanged with (config `events.federation[]`). */
@@ -86,6 +87,15 @@ export interface EventFederationStatus {
   /** Federated events at the hub not yet sourced by this edge (the hub -> edge link's lag). */
   inLinkLag: number;
   inLinkIdleMs?: number;
+  /** Events in NOPS_EVENTS not yet examined for forwarding / in NOPS_FED_IN not yet delivered. */
+  outPending: number;
+  inPending: number;
+  /** When the oldest such event was stored on the leaf, when there is one. */
+  outOldestAt?: number;
+  inOldestAt?: number;
+  /** When each side last handled an event. */
+  outLastAt?: number;
+  inLastAt?: number;
 }
 
 /** Kernel -> kernel events through the hub (docs/events.md, "Kernel -> kernel events"). */
@@ -115,8 +125,8 @@ export function createEventFederation(
   const links = options.federation;
   const OUT_KEY = `${options.streamName}->${BUS_STREAMS.edgeFedOut}`;
   const IN_KEY = `${BUS_STREAMS.edgeFedIn}->${options.streamName}`;
-  const getProgress = db.prepare<[string], { last_seq: number }>(
-    "SELECT last_seq FROM bus_stream_progress WHERE stream = ?",
+  const getProgress = db.prepare<[string], { last_seq: number; updated_at: number }>(
+    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
   );
   const setProgress = db.prepare<[string, number, number]>(
     `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
@@ -126,6 +136,12 @@ export function createEventFederation(
   const counters = { forwarded: 0, blocked: 0, delivered: 0, rejected: 0 };
   let inLinkLag = 0;
   let inLinkIdleMs: number | undefined;
+  const tails = {
+    outLast: 0,
+    inLast: 0,
+    outOldestAt: undefined as number | undefined,
+    inOldestAt: undefined as number | undefined,
+  };
   const metric = deps.meter.createCounter("nops_events_federation", {
     description: "Kernel -> kernel events, by outcome (forwarded | blocked | delivered | rejected)",
   });
@@ -272,18 +288,35 @@ export function createEventFederation(
     },
     async refresh(jsm) {
       if (links.length === 0) return;
-      const source = (await jsm.streams.info(BUS_STREAMS.edgeFedIn)).sources?.[0];
+      tails.outLast = (await jsm.streams.info(options.streamName)).state.last_seq;
+      tails.outOldestAt = await oldestAfter(jsm, options.streamName, progress(OUT_KEY), tails.outLast);
+      const inInfo = await jsm.streams.info(BUS_STREAMS.edgeFedIn);
+      tails.inLast = inInfo.state.last_seq;
+      tails.inOldestAt = await oldestAfter(jsm, BUS_STREAMS.edgeFedIn, progress(IN_KEY), tails.inLast);
+      const source = inInfo.sources?.[0];
       if (source) {
         inLinkLag = source.lag;
         inLinkIdleMs = source.active >= 0 ? Math.round(source.active / 1_000_000) : undefined;
       }
     },
-    status: () => ({
-      outSeq: progress(OUT_KEY),
-      inSeq: progress(IN_KEY),
-      ...counters,
-      inLinkLag,
-      inLinkIdleMs,
-    }),
+    status() {
+      const out = getProgress.get(OUT_KEY);
+      const inn = getProgress.get(IN_KEY);
+      const outSeq = out?.last_seq ?? 0;
+      const inSeq = inn?.last_seq ?? 0;
+      return {
+        outSeq,
+        inSeq,
+        ...counters,
+        inLinkLag,
+        inLinkIdleMs,
+        outPending: Math.max(0, tails.outLast - outSeq),
+        inPending: Math.max(0, tails.inLast - inSeq),
+        outOldestAt: outSeq < tails.outLast ? tails.outOldestAt : undefined,
+        inOldestAt: inSeq < tails.inLast ? tails.inOldestAt : undefined,
+        outLastAt: out?.updated_at,
+        inLastAt: inn?.updated_at,
+      };
+    },
   };
 }

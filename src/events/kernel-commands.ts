@@ -45,6 +45,8 @@ export interface CommandInboxStatus {
   linkLag: number;
   /** Milliseconds since the hub->edge source last delivered or checked in, when known. */
   linkIdleMs?: number;
+  /** When the oldest sourced, unsettled command was stored on the leaf, when there is one. */
+  oldestPendingAt?: number;
   applied: number;
   deadLettered: number;
   lastSettledAt?: number;
@@ -73,6 +75,18 @@ export interface CommandInbox {
 }
 
 const KINDS = ["revokeApiKey", "setPeerAgreement", "quarantinePeer"] as const;
+
+/** When the first message after `seq` was stored in `stream`, when there is one (lag in seconds). */
+export async function oldestAfter(
+  jsm: JetStreamManager,
+  stream: string,
+  seq: number,
+  lastSeq: number,
+): Promise<number | undefined> {
+  if (seq >= lastSeq) return undefined;
+  const m = await jsm.streams.getMessage(stream, { seq: seq + 1 }).catch(() => null);
+  return m ? m.time.getTime() : undefined;
+}
 
 /** Why a command cannot be applied at all, before its applier runs; undefined when it may be. */
 export function checkCommandEnvelope(command: KernelCommand, edgeId: string): string | undefined {
@@ -115,6 +129,7 @@ export function createCommandInbox(
   let streamLastSeq = 0;
   let linkLag = 0;
   let linkIdleMs: number | undefined;
+  let oldestPendingAt: number | undefined;
   const tally = { applied: 0, deadLettered: 0 };
   for (const r of counts.all()) {
     if (r.outcome === "applied") tally.applied = r.n;
@@ -241,6 +256,7 @@ export function createCommandInbox(
     async refresh(jsm) {
       const info = await jsm.streams.info(stream);
       streamLastSeq = info.state.last_seq;
+      oldestPendingAt = await oldestAfter(jsm, stream, lastSeq(), streamLastSeq);
       const source = info.sources?.[0];
       if (source) {
         linkLag = source.lag;
@@ -256,6 +272,7 @@ export function createCommandInbox(
         pending: Math.max(0, streamLastSeq - appliedSeq),
         linkLag,
         linkIdleMs,
+        oldestPendingAt: appliedSeq < streamLastSeq ? oldestPendingAt : undefined,
         applied: tally.applied,
         deadLettered: tally.deadLettered,
         lastSettledAt: progress?.updated_at,

@@ -539,7 +539,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           options.events.service,
         ),
       ),
-      bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
+      bind(
+        AdminService,
+        createAdminService({
+          matrix,
+          version: KERNEL_VERSION,
+          busLinks: natsUrl ? () => bus.links() : undefined,
+        }),
+      ),
       bind(AuditService, createAuditService({ audit, checkpointer })),
       bind(FederationService, federation.service(actorOf)),
     ];

@@ -217,6 +217,17 @@ test.serial("an invalid hub command is dead-lettered with its reason and changes
     const status = s.edge.bus.commands()!;
     t.is(status.applied, 2);
     t.is(status.deadLettered, 4);
+    // GetStatus's view of the link: nothing behind once the leaf's stream info is refreshed, four refused.
+    await waitFor(
+      () => s.edge.bus.links().find((l) => l.name === "commands")?.lagMessages === 0,
+      "no lag",
+      30_000,
+      100,
+    );
+    const link = s.edge.bus.links().find((l) => l.name === "commands")!;
+    t.is(link.rejected, 4);
+    t.is(link.lagSeconds, 0);
+    t.truthy(link.lastSyncAt);
     const outcomes = Object.fromEntries(
       (
         s.edge.db.prepare("SELECT command_id, outcome, reason FROM kernel_commands").all() as {

@@ -123,9 +123,10 @@ export interface NatsTopology {
   readonly link?: TcpProxy;
   /**
    * Starts another edge's leaf on the same hub (rendered config, same kernel user), its link
-   * through its own TCP proxy; destroy() stops it too.
+   * through the same TCP proxy as the first leaf's (`proxied: true` only): a cut cuts every edge.
+   * destroy() stops it too.
    */
-  addLeaf(edgeDomain: string): Promise<{ leaf: NatsServerProcess; link: TcpProxy }>;
+  addLeaf(edgeDomain: string): Promise<NatsServerProcess>;
   /** Stops both servers (SIGKILL if they do not exit) and removes the temp dir. */
   destroy(): Promise<void>;
 }
@@ -168,7 +169,14 @@ async function startNatsTopologyOn(
       password: hubUser.pass,
       leafUser: "edge",
       leafPassword: "edge-secret",
-    }),
+    }).replace(
+      `listen: "127.0.0.1:${hubLeafPort}"`,
+      // Behind the proxy the hub advertises the proxy's address: a reconnecting leaf that learned
+      // the hub's own address would otherwise go around the proxy (and around a cut).
+      link
+        ? `listen: "127.0.0.1:${hubLeafPort}"\n  advertise: "127.0.0.1:${link.port}"`
+        : `listen: "127.0.0.1:${hubLeafPort}"`,
+    ),
   );
   writeFileSync(
     leafConf,
@@ -217,13 +225,14 @@ async function startNatsTopologyOn(
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  const extra: { leaf: NatsServerProcess; link: TcpProxy }[] = [];
+  const extra: NatsServerProcess[] = [];
   return {
     dir,
     hub,
     leaf,
     async addLeaf(domain) {
-      const extraLink = await startTcpProxy(hubLeafPort);
+      if (!link) throw new Error("addLeaf needs a proxied topology");
+      const extraLink = link;
       return startOnFreePorts(1, async ([port]) => {
         mkdirSync(join(dir, `leaf-${domain}`), { recursive: true });
         const conf = join(dir, `leaf-${domain}.conf`);
@@ -248,9 +257,8 @@ async function startNatsTopologyOn(
           await extraLeaf.kill9();
           throw err;
         }
-        const added = { leaf: extraLeaf, link: extraLink };
-        extra.push(added);
-        return added;
+        extra.push(extraLeaf);
+        return extraLeaf;
       });
     },
     edgeDomain,
@@ -259,12 +267,7 @@ async function startNatsTopologyOn(
     hubUser,
     link,
     async destroy() {
-      await Promise.all([
-        leaf.kill9(),
-        hub.kill9(),
-        link?.close(),
-        ...extra.flatMap((e) => [e.leaf.kill9(), e.link.close()]),
-      ]);
+      await Promise.all([leaf.kill9(), hub.kill9(), link?.close(), ...extra.map((e) => e.kill9())]);
       rmSync(dir, { recursive: true, force: true });
     },
   };
