@@ -3,6 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
 import {
+  BusLinkStatusSchema,
   CapabilityMode,
   CapabilityStatusSchema,
   Criticality,
@@ -17,6 +18,8 @@ import type { StatusMatrix, StatusReport } from "./status-matrix.js";
 /** What the admin service needs. */
 export interface AdminServiceDeps {
   matrix: StatusMatrix;
+  /** The event bus's links (lag, last sync, refusals), when the bus runs. */
+  busLinks?: () => BusLinkInit[];
   /** Kernel version reported in GetStatus. */
   version: string;
 }
@@ -34,8 +37,21 @@ const MODE = {
   blocked: CapabilityMode.BLOCKED,
 } as const;
 
+/** One event bus link as GetStatus reports it (see EventBus.links()). */
+export interface BusLinkInit {
+  name: string;
+  lagMessages: number;
+  lagSeconds: number;
+  lastSyncAt?: number;
+  rejected: number;
+}
+
 /** The GetStatus answer for a status report. */
-export function toGetStatusResponse(report: StatusReport, version: string): GetStatusResponse {
+export function toGetStatusResponse(
+  report: StatusReport,
+  version: string,
+  busLinks: BusLinkInit[] = [],
+): GetStatusResponse {
   return create(GetStatusResponseSchema, {
     readiness: READINESS[report.status],
     dependencies: report.dependencies.map((d) =>
@@ -59,12 +75,21 @@ export function toGetStatusResponse(report: StatusReport, version: string): GetS
     ),
     version,
     checkedAt: timestampFromMs(report.checkedAt),
+    busLinks: busLinks.map((l) =>
+      create(BusLinkStatusSchema, {
+        name: l.name,
+        lagMessages: BigInt(l.lagMessages),
+        lagSeconds: l.lagSeconds,
+        lastSync: l.lastSyncAt === undefined ? undefined : timestampFromMs(l.lastSyncAt),
+        rejected: BigInt(l.rejected),
+      }),
+    ),
   });
 }
 
 /** AdminService: GetStatus probes every dependency now (the same evaluation /readyz runs). */
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
   return {
-    getStatus: () => toGetStatusResponse(deps.matrix.evaluate(), deps.version),
+    getStatus: () => toGetStatusResponse(deps.matrix.evaluate(), deps.version, deps.busLinks?.() ?? []),
   };
 }

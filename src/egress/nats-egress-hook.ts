@@ -62,19 +62,22 @@ export function createNatsEgressHook(guard: EgressGuard, options: NatsEgressHook
     if (!options.crossingSubjects.some((p) => subjectMatches(p, subject))) {
       return { allowed: true, reason: "local_subject", tier: "", classification: "", cached: false };
     }
-    const tenant = /^nops\.events\.([^.]+)\./.exec(subject)?.[1] ?? "";
+    // nops.events.<tenant>.<type> (to the hub) or nops.fed.<target-edge>.<tenant>.<type> (to a peer edge).
+    const match = /^nops\.(events|fed\.[^.]+)\.([^.]+)\./.exec(subject);
+    const tenant = match?.[2] ?? "";
+    const typeStart = match ? match[1]!.split(".").length + 2 : 3;
     const carried: [string, string][] = [[":subject", subject]];
     for (const name of headers?.names?.() ?? []) carried.push([name, headers?.get(name) ?? ""]);
     return guard.check({
       tenant,
       transport: "nats",
       destination: subject,
-      dataType: subject.split(".").slice(3).join(".") || subject,
+      dataType: subject.split(".").slice(typeStart).join(".") || subject,
       // Event ids, correlation ids and the source edge are kernel-minted structure, not data.
       payload: envelope ? { type: envelope.type, payload: envelope.payload } : payload,
       headers: carried,
       // The subject's tail is the caller's event type and may be what held the data.
-      record: { destination: TENANT_PATTERN.test(tenant) ? `nops.events.${tenant}` : "nats", dataType: "event" },
+      record: { destination: TENANT_PATTERN.test(tenant) ? `nops.${match![1]}.${tenant}` : "nats", dataType: "event" },
     });
   };
 }

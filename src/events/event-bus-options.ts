@@ -1,3 +1,4 @@
+import { resolveFederationLinks, type FederationLink } from "./event-federation.js";
 import { ConfigError, TENANT_PATTERN } from "../common/index.js";
 
 /** Options of the edge event bus (relay, hub confirmation, idempotency, consumers, DLQ). */
@@ -69,6 +70,11 @@ export interface EventBusOptions {
   defaultAckWaitMs: number;
   /** Tenant that kernel-internal events (degraded mode) are recorded under. @default "system" */
   systemTenant: string;
+  /**
+   * Kernel -> kernel events (docs/events.md): the peer edges this edge exchanges tenants' events
+   * with through the hub, and which tenants may cross each way. @default [] (none)
+   */
+  federation: FederationLink[];
 }
 
 /** @see EventBusOptions.natsUrl */
@@ -145,6 +151,7 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
     throw new ConfigError(`${path}.ensureHubStream must be a boolean`);
   const opts: EventBusOptions = {
     edgeId,
+    federation: resolveFederationLinks(input.federation, edgeId, `${path}.federation`),
     natsUrl: str("natsUrl", input.natsUrl, DEFAULT_NATS_URL),
     natsUser: optional("natsUser"),
     natsPassword: optional("natsPassword"),

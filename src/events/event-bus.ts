@@ -34,6 +34,8 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
+import { createEventFederation, type EventFederationStatus } from "./event-federation.js";
+import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
 import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
@@ -73,6 +75,11 @@ export interface EventBusDeps {
    * @default a breaker with DEFAULT_NATS_BREAKER
    */
   breaker?: DependencyBreaker;
+  /**
+   * Applies hub -> edge commands (NOPS_CMD_IN, docs/events.md "Hub -> edge commands"). When
+   * absent, or the bus is not hub-bound, the edge reads no commands.
+   */
+  commands?: CommandHandler;
 }
 
 /** Default leaf liveness check: a PING answered within 500 ms, every 500 ms; two misses in a row open it. */
@@ -110,6 +117,21 @@ export interface EventBus {
   confirmNow(): Promise<number>;
   /** Deletes expired idempotency keys and old inbox rows now. */
   sweep(): void;
+  /** Where kernel -> kernel events stand; undefined when no federation link is configured. */
+  federation(): EventFederationStatus | undefined;
+  /** Lag, last sync and refusals of each link (GetStatus). */
+  links(): BusLink[];
+  /** Where hub -> edge commands stand; undefined when this edge reads none. */
+  commands(): CommandInboxStatus | undefined;
+}
+
+/** One direction of the bus between this edge and the hub (GetStatus bus_links, docs/events.md). */
+export interface BusLink {
+  name: "events-out" | "commands" | "federation-out" | "federation-in";
+  lagMessages: number;
+  lagSeconds: number;
+  lastSyncAt?: number;
+  rejected: number;
 }
 
 /** One thing the event bus is working around (NATS leaf, stream full, hub link). */
@@ -144,6 +166,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
   // Connected and answering: what every user of the connection (relay, Subscribe, Ack) waits for.
   const live = (): boolean => ready && !breaker.isOpen();
 
+  let lastPublishedAt: number | undefined;
+  // Rows the Egress Guard holds back (kept until released, docs/events.md).
+  const countBlocked = db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM outbox_blocked");
   const relay = createOutboxRelay(
     {
       outbox: deps.outbox,
@@ -152,7 +177,10 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       meter,
       jetstream: () => (live() ? js : undefined),
       prePublish: deps.prePublish,
-      onPublished: deps.onPublished,
+      onPublished: (row) => {
+        lastPublishedAt = clock.now();
+        deps.onPublished?.(row);
+      },
       tracer: deps.tracer,
       recordPublished: deps.recordPublished,
     },
@@ -163,6 +191,22 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     { logger: logger.child({ part: "dlq" }) },
     { ...options, maxAgeMs: options.streamMaxAgeMs },
   );
+  const commandInbox =
+    deps.commands && options.hubBound !== false
+      ? createCommandInbox(
+          { db, clock, logger: logger.child({ part: "commands" }), meter, handler: deps.commands },
+          options,
+        )
+      : undefined;
+  let commandTask: Promise<void> = Promise.resolve();
+  const federation =
+    options.hubBound !== false && options.federation.length > 0
+      ? createEventFederation(
+          { db, clock, logger: logger.child({ part: "federation" }), meter, prePublish: deps.prePublish },
+          options,
+        )
+      : undefined;
+  let federationTask: Promise<void> = Promise.resolve();
   const idempotency = createIdempotencyStore({ db, clock }, { ttlMs: options.idempotencyTtlMs });
   const inbox = createInbox({ db, clock }, { retentionMs: options.inboxRetentionMs });
   const redeliveries = meter.createCounter("nops_events_redeliveries", {
@@ -195,6 +239,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     const info = await m.streams.info(options.streamName);
     relay.reconcileStreamTail(info.state.last_seq);
     await mover.ensureStreams(m);
+    await commandInbox?.ensureStream(m);
+    await federation?.ensureStreams(m);
     const client = jetstream(conn);
     js = client;
     jsm = m;
@@ -206,6 +252,18 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         if (running) logger.warn({ err }, "dead-letter mover stopped");
       });
     });
+    if (commandInbox) {
+      commandTask = commandTask.then(async () => {
+        if (!running || !ready) return;
+        await commandInbox.run(client);
+      });
+    }
+    if (federation) {
+      federationTask = federationTask.then(async () => {
+        if (!running || !ready) return;
+        await federation.run(client);
+      });
+    }
   }
 
   async function connectLoop(): Promise<void> {
@@ -250,6 +308,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         if (s.type === "disconnect") {
           ready = false;
           mover.stop();
+          commandInbox?.stop();
+          federation?.stop();
         } else if (s.type === "reconnect") {
           setup = settle(onConnected(conn));
         }
@@ -350,6 +410,10 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       if (live()) {
         if (options.hubBound !== false)
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
+        if (jsm && commandInbox)
+          await commandInbox.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "command stream info failed"));
+        if (jsm && federation)
+          await federation.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "federation stream info failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
           .then((i) => {
@@ -381,11 +445,13 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       for (const t of timers) clock.clearInterval(t);
       timers.length = 0;
       mover.stop();
+      commandInbox?.stop();
+      federation?.stop();
       await relay.stop();
       ready = false;
       await nc?.drain().catch(() => undefined);
       await nc?.close().catch(() => undefined);
-      await Promise.allSettled([...tasks, moverTask]);
+      await Promise.allSettled([...tasks, moverTask, commandTask, federationTask]);
       tasks.length = 0;
     },
     degradations: () => [...active.values()],
@@ -398,6 +464,50 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     jetstreamManager: () => (live() ? jsm : undefined),
     recordRedelivery: () => redeliveries.add(1),
     confirmNow,
+    commands: () => commandInbox?.status(),
+    links() {
+      const now = clock.now();
+      const age = (at: number | undefined) => (at === undefined ? 0 : Math.max(0, now - at) / 1000);
+      const oldest = deps.outbox.oldestUnpublishedAt();
+      const out: BusLink[] = [
+        {
+          name: "events-out",
+          lagMessages: relay.depth(),
+          lagSeconds: age(oldest),
+          lastSyncAt: lastPublishedAt,
+          rejected: countBlocked.get()?.n ?? 0,
+        },
+      ];
+      const c = commandInbox?.status();
+      if (c)
+        out.push({
+          name: "commands",
+          lagMessages: c.linkLag + c.pending,
+          lagSeconds: age(c.oldestPendingAt),
+          lastSyncAt: c.lastSettledAt,
+          rejected: c.deadLettered,
+        });
+      const f = federation?.status();
+      if (f)
+        out.push(
+          {
+            name: "federation-out",
+            lagMessages: f.outPending,
+            lagSeconds: age(f.outOldestAt),
+            lastSyncAt: f.outLastAt,
+            rejected: f.blocked,
+          },
+          {
+            name: "federation-in",
+            lagMessages: f.inLinkLag + f.inPending,
+            lagSeconds: age(f.inOldestAt),
+            lastSyncAt: f.inLastAt,
+            rejected: f.rejected,
+          },
+        );
+      return out;
+    },
+    federation: () => federation?.status(),
     sweep() {
       const keys = idempotency.sweep();
       const rows = inbox.sweep();

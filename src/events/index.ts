@@ -14,3 +14,19 @@ export {
 } from "./leaf-supervisor.js";
 export { type PrePublishHook } from "./outbox-relay.js";
 export { createThreadPublishWriter, type PublishWriter } from "./publish-writer.js";
+export {
+  CommandRejectedError,
+  KERNEL_COMMAND_VERSION,
+  type CommandHandler,
+  type CommandInboxStatus,
+} from "./kernel-commands.js";
+export {
+  BUS_STREAMS,
+  commandSubject,
+  ensureHubStreams,
+  federatedSubject,
+  hubEdgeStreamName,
+  publishCommand,
+  type HubEdge,
+  type HubStreamsOptions,
+} from "./hub-streams.js";

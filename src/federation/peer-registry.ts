@@ -87,6 +87,12 @@ export interface PeerRegistry extends FederatedBundles {
   /** The peer pinned for a trust domain (at most one). */
   byTrustDomain(trustDomain: string): PeerRecord | undefined;
   remove(spiffeId: string, actor: string): void;
+  /** Replaces what may cross between this kernel and the peer (validated like `add`; audited). */
+  setAgreement(
+    spiffeId: string,
+    agreement: Partial<{ inbound: Partial<AgreementClause>; outbound: Partial<AgreementClause> }>,
+    actor: string,
+  ): PeerRecord;
   /** Stops trusting the peer's bundle (reason recorded and audited). */
   quarantine(spiffeId: string, reason: string, actor: string): PeerRecord;
   /** Ends a quarantine: the peer is pending again until its next handshake. */
@@ -167,6 +173,9 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
        @agreement, 'pending', @pinned_fingerprint, @bundle, @bundle_sequence, @bundle_refresh_hint_s, @now, @now, @now)`,
   );
   const del = db.prepare<[string]>("DELETE FROM federation_peers WHERE spiffe_id = ?");
+  const setAgreementStmt = db.prepare<[string, number, string]>(
+    "UPDATE federation_peers SET agreement = ?, updated_at = ? WHERE spiffe_id = ?",
+  );
   const setState = db.prepare<[string, string, number, number, string]>(
     "UPDATE federation_peers SET state = ?, quarantine_reason = ?, established_at = ?, updated_at = ? WHERE spiffe_id = ?",
   );
@@ -348,6 +357,20 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       })();
       log.info({ peer: spiffeId, actor }, "federation peer removed");
       changed(spiffeId);
+    },
+    setAgreement(spiffeId, input, actor) {
+      need(spiffeId);
+      const agreement: Agreement = {
+        inbound: readClause(input.inbound, "agreement.inbound"),
+        outbound: readClause(input.outbound, "agreement.outbound"),
+      };
+      db.transaction(() => {
+        setAgreementStmt.run(JSON.stringify(agreement), clock.now(), spiffeId);
+        record("federation.peer.agreement", actor, spiffeId, "ok", { agreement });
+      })();
+      log.info({ peer: spiffeId, actor }, "federation peer agreement replaced");
+      changed(spiffeId);
+      return toRecord(need(spiffeId));
     },
     quarantine(spiffeId, reason, actor) {
       need(spiffeId);

@@ -91,6 +91,7 @@ import {
   TENANT_HEADER,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
+import { createHubCommandHandler } from "./hub-commands.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
@@ -383,7 +384,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     }
     // Everything in the edge stream is sourced by the hub, so it crosses the edge unless there is no hub.
     const hubBound = options.nats.url !== "" || options.nats.hubUrl !== "";
-    const natsEgress = createNatsEgressHook(guard, { crossingSubjects: hubBound ? ["nops.events.>"] : [] });
+    const natsEgress = createNatsEgressHook(guard, {
+      crossingSubjects: hubBound ? ["nops.events.>", "nops.fed.>"] : [],
+    });
     const prePublish: PrePublishHook = async (subject, payload, headers) => {
       const d = await natsEgress(subject, payload, {
         get: (name) => headers[name] ?? "",
@@ -419,6 +422,8 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         tracer,
         recordPublished: publishWriter?.recordPublished,
         breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
+        // Hub -> edge commands are applied through the registry and key store, audited (docs/events.md).
+        commands: createHubCommandHandler({ peers: federation.registry, apiKeys: identity.apiKeys, audit }),
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );
@@ -551,7 +556,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           options.events.service,
         ),
       ),
-      bind(AdminService, createAdminService({ matrix, version: KERNEL_VERSION })),
+      bind(
+        AdminService,
+        createAdminService({
+          matrix,
+          version: KERNEL_VERSION,
+          busLinks: natsUrl ? () => bus.links() : undefined,
+        }),
+      ),
       bind(AuditService, createAuditService({ audit, checkpointer })),
       bind(FederationService, federation.service(actorOf)),
     ];

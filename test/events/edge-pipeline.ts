@@ -16,6 +16,7 @@ import { createEventBus, type EventBus, type EventBusDeps } from "../../src/even
 import { resolveEventBusOptions, type EventBusOptions } from "../../src/events/event-bus-options.js";
 import { createEventBusService, resolveEventBusServiceOptions } from "../../src/events/event-bus-service.js";
 import { createThreadPublishWriter } from "../../src/events/publish-writer.js";
+import type { CommandHandler } from "../../src/events/kernel-commands.js";
 import { EventBusService, PublishRequestSchema, type PublishResponse } from "../../gen/nops/kernel/v1/event_bus_pb.js";
 
 /** Opens (or reopens) a kernel database with every migration applied. */
@@ -61,6 +62,8 @@ export function startEdgePipeline(
     meter?: Meter;
     /** Commit Publish calls on this thread's connection instead of the kernel's writer thread. */
     inlineWriter?: boolean;
+    /** Hub -> edge commands: builds the handler over the pipeline's database. */
+    commands?: (db: Db) => CommandHandler;
   } & Partial<EventBusOptions> &
     Pick<Partial<EventBusDeps>, "prePublish" | "onPublished" | "tracer">,
 ): EdgePipeline {
@@ -75,6 +78,7 @@ export function startEdgePipeline(
     onPublished,
     tracer,
     inlineWriter = false,
+    commands,
     ...rest
   } = init;
   const db = openEventsDb(dbPath);
@@ -113,6 +117,7 @@ export function startEdgePipeline(
       onPublished,
       tracer,
       recordPublished: writer?.recordPublished,
+      commands: commands?.(db),
     },
     options,
   );

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.js";
+import { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
 
 /** Path of the nats-server binary the integration tests use. */
 export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
@@ -92,6 +93,20 @@ function managed(
   };
 }
 
+/**
+ * With more than one edge on the hub's single shared account, a leaf's nops.* subjects would
+ * reach the other edges' streams through the hub (each edge's NOPS_EVENTS listens on
+ * nops.events.>). Per-edge accounts and permissions (issue 15 item 1) keep edges apart in
+ * production; these tests keep them apart by denying nops.> on the leafnode link, across which
+ * only JetStream API and sourcing traffic then flows.
+ */
+function isolateEdge(leafConfig: string): string {
+  return leafConfig.replace(
+    'account: "KERNEL" }',
+    'account: "KERNEL", deny_imports: ["nops.>"], deny_exports: ["nops.>"] }',
+  );
+}
+
 /** A hub and one leaf connected to it, each with its own JetStream domain and store. */
 export interface NatsTopology {
   readonly dir: string;
@@ -101,6 +116,17 @@ export interface NatsTopology {
   readonly hubDomain: string;
   readonly kernelUser: { user: string; pass: string };
   readonly hubUser: { user: string; pass: string };
+  /**
+   * With `proxied: true`: the test-owned TCP proxy the leaf's link to the hub runs through (the
+   * leaf is then also isolated from other edges, see isolateEdge).
+   */
+  readonly link?: TcpProxy;
+  /**
+   * Starts another edge's leaf on the same hub (rendered config, same kernel user), its link
+   * through the same TCP proxy as the first leaf's (`proxied: true` only): a cut cuts every edge.
+   * destroy() stops it too.
+   */
+  addLeaf(edgeDomain: string): Promise<NatsServerProcess>;
   /** Stops both servers (SIGKILL if they do not exit) and removes the temp dir. */
   destroy(): Promise<void>;
 }
@@ -111,16 +137,18 @@ export interface NatsTopology {
  * their variables filled from the environment, instead of the rendered configs.
  */
 export async function startNatsTopology(
-  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean } = {},
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean; proxied?: boolean } = {},
 ): Promise<NatsTopology> {
   return startOnFreePorts(3, (ports) => startNatsTopologyOn(options, ports as [number, number, number]));
 }
 
 async function startNatsTopologyOn(
-  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean },
+  options: { edgeDomain?: string; startHub?: boolean; shipped?: boolean; proxied?: boolean },
   [hubPort, hubLeafPort, leafPort]: [number, number, number],
 ): Promise<NatsTopology> {
   const dir = mkdtempSync(join(tmpdir(), "nops-nats-"));
+  const link = options.proxied ? await startTcpProxy(hubLeafPort) : undefined;
+  const hubLeafUrl = `nats-leaf://edge:edge-secret@127.0.0.1:${link?.port ?? hubLeafPort}`;
   const edgeDomain = options.edgeDomain ?? "edge1";
   const hubDomain = "hub";
   const hubUser = { user: "hub-admin", pass: "hub-secret" };
@@ -141,19 +169,28 @@ async function startNatsTopologyOn(
       password: hubUser.pass,
       leafUser: "edge",
       leafPassword: "edge-secret",
-    }),
+    }).replace(
+      `listen: "127.0.0.1:${hubLeafPort}"`,
+      // Behind the proxy the hub advertises the proxy's address: a reconnecting leaf that learned
+      // the hub's own address would otherwise go around the proxy (and around a cut).
+      link
+        ? `listen: "127.0.0.1:${hubLeafPort}"\n  advertise: "127.0.0.1:${link.port}"`
+        : `listen: "127.0.0.1:${hubLeafPort}"`,
+    ),
   );
   writeFileSync(
     leafConf,
-    renderLeafConfig({
-      serverName: `leaf-${edgeDomain}`,
-      port: leafPort,
-      domain: edgeDomain,
-      storeDir: join(dir, "leaf"),
-      user: kernelUser.user,
-      password: kernelUser.pass,
-      hubUrl: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
-    }),
+    (options.proxied ? isolateEdge : (c: string) => c)(
+      renderLeafConfig({
+        serverName: `leaf-${edgeDomain}`,
+        port: leafPort,
+        domain: edgeDomain,
+        storeDir: join(dir, "leaf"),
+        user: kernelUser.user,
+        password: kernelUser.pass,
+        hubUrl: hubLeafUrl,
+      }),
+    ),
   );
   const shippedDir = fileURLToPath(new URL("../../nats/", import.meta.url));
   const hub = options.shipped
@@ -177,27 +214,60 @@ async function startNatsTopologyOn(
         NOPS_JS_STORE_DIR: join(dir, "leaf"),
         NOPS_KERNEL_USER: kernelUser.user,
         NOPS_KERNEL_PASSWORD: kernelUser.pass,
-        NOPS_HUB_LEAF_URL: `nats-leaf://edge:edge-secret@127.0.0.1:${hubLeafPort}`,
+        NOPS_HUB_LEAF_URL: hubLeafUrl,
       })
     : managed("leaf", leafPort, leafConf, [leafPort]);
   try {
     if (options.startHub !== false) await hub.start();
     await leaf.start();
   } catch (err) {
-    await Promise.all([leaf.kill9(), hub.kill9()]);
+    await Promise.all([leaf.kill9(), hub.kill9(), link?.close()]);
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
+  const extra: NatsServerProcess[] = [];
   return {
     dir,
     hub,
     leaf,
+    async addLeaf(domain) {
+      if (!link) throw new Error("addLeaf needs a proxied topology");
+      const extraLink = link;
+      return startOnFreePorts(1, async ([port]) => {
+        mkdirSync(join(dir, `leaf-${domain}`), { recursive: true });
+        const conf = join(dir, `leaf-${domain}.conf`);
+        writeFileSync(
+          conf,
+          isolateEdge(
+            renderLeafConfig({
+              serverName: `leaf-${domain}`,
+              port: port!,
+              domain,
+              storeDir: join(dir, `leaf-${domain}`),
+              user: kernelUser.user,
+              password: kernelUser.pass,
+              hubUrl: `nats-leaf://edge:edge-secret@127.0.0.1:${extraLink.port}`,
+            }),
+          ),
+        );
+        const extraLeaf = managed(`leaf-${domain}`, port!, conf, [port!]);
+        try {
+          await extraLeaf.start();
+        } catch (err) {
+          await extraLeaf.kill9();
+          throw err;
+        }
+        extra.push(extraLeaf);
+        return extraLeaf;
+      });
+    },
     edgeDomain,
     hubDomain,
     kernelUser,
     hubUser,
+    link,
     async destroy() {
-      await Promise.all([leaf.kill9(), hub.kill9()]);
+      await Promise.all([leaf.kill9(), hub.kill9(), link?.close(), ...extra.map((e) => e.kill9())]);
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/kernel/v1/admin.proto.
  */
 export const file_nops_kernel_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8gEKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpsCglSZWFkaW5lc3MSGQoVUkVBRElORVNTX1VOU1BFQ0lGSUVEEAASEwoPUkVBRElORVNTX1JFQURZEAESFgoSUkVBRElORVNTX0RFR1JBREVEEAISFwoTUkVBRElORVNTX05PVF9SRUFEWRADKoYBCg9EZXBlbmRlbmN5U3RhdGUSIAocREVQRU5ERU5DWV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0RFUEVOREVOQ1lfU1RBVEVfT0sQARIdChlERVBFTkRFTkNZX1NUQVRFX0RFR1JBREVEEAISGQoVREVQRU5ERU5DWV9TVEFURV9ET1dOEAMqfAoLQ3JpdGljYWxpdHkSGwoXQ1JJVElDQUxJVFlfVU5TUEVDSUZJRUQQABIYChRDUklUSUNBTElUWV9DUklUSUNBTBABEhkKFUNSSVRJQ0FMSVRZX0VTU0VOVElBTBACEhsKF0NSSVRJQ0FMSVRZX0JFU1RfRUZGT1JUEAMqiAEKDkNhcGFiaWxpdHlNb2RlEh8KG0NBUEFCSUxJVFlfTU9ERV9VTlNQRUNJRklFRBAAEhoKFkNBUEFCSUxJVFlfTU9ERV9OT1JNQUwQARIcChhDQVBBQklMSVRZX01PREVfREVHUkFERUQQAhIbChdDQVBBQklMSVRZX01PREVfQkxPQ0tFRBADMmAKDEFkbWluU2VydmljZRJQCglHZXRTdGF0dXMSIC5ub3BzLmtlcm5lbC52MS5HZXRTdGF0dXNSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAIKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCglidXNfbGlua3MYBiADKAsyHS5ub3BzLmtlcm5lbC52MS5CdXNMaW5rU3RhdHVzIokBCg1CdXNMaW5rU3RhdHVzEgwKBG5hbWUYASABKAkSFAoMbGFnX21lc3NhZ2VzGAIgASgEEhMKC2xhZ19zZWNvbmRzGAMgASgBEi0KCWxhc3Rfc3luYxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmVqZWN0ZWQYBSABKAQqbAoJUmVhZGluZXNzEhkKFVJFQURJTkVTU19VTlNQRUNJRklFRBAAEhMKD1JFQURJTkVTU19SRUFEWRABEhYKElJFQURJTkVTU19ERUdSQURFRBACEhcKE1JFQURJTkVTU19OT1RfUkVBRFkQAyqGAQoPRGVwZW5kZW5jeVN0YXRlEiAKHERFUEVOREVOQ1lfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNERVBFTkRFTkNZX1NUQVRFX09LEAESHQoZREVQRU5ERU5DWV9TVEFURV9ERUdSQURFRBACEhkKFURFUEVOREVOQ1lfU1RBVEVfRE9XThADKnwKC0NyaXRpY2FsaXR5EhsKF0NSSVRJQ0FMSVRZX1VOU1BFQ0lGSUVEEAASGAoUQ1JJVElDQUxJVFlfQ1JJVElDQUwQARIZChVDUklUSUNBTElUWV9FU1NFTlRJQUwQAhIbChdDUklUSUNBTElUWV9CRVNUX0VGRk9SVBADKogBCg5DYXBhYmlsaXR5TW9kZRIfChtDQVBBQklMSVRZX01PREVfVU5TUEVDSUZJRUQQABIaChZDQVBBQklMSVRZX01PREVfTk9STUFMEAESHAoYQ0FQQUJJTElUWV9NT0RFX0RFR1JBREVEEAISGwoXQ0FQQUJJTElUWV9NT0RFX0JMT0NLRUQQAzJgCgxBZG1pblNlcnZpY2USUAoJR2V0U3RhdHVzEiAubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVxdWVzdBohLm5vcHMua2VybmVsLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * GetStatusRequest has no fields: the status is the whole kernel's.
@@ -156,6 +156,13 @@ export type GetStatusResponse = Message<"nops.kernel.v1.GetStatusResponse"> & {
    * @generated from field: google.protobuf.Timestamp checked_at = 5;
    */
   checkedAt?: Timestamp | undefined;
+
+  /**
+   * The event bus's links between this edge and the hub (docs/events.md, "Link status").
+   *
+   * @generated from field: repeated nops.kernel.v1.BusLinkStatus bus_links = 6;
+   */
+  busLinks: BusLinkStatus[];
 };
 
 /**
@@ -164,6 +171,57 @@ export type GetStatusResponse = Message<"nops.kernel.v1.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 3);
+
+/**
+ * BusLinkStatus is one direction of the event bus between this edge and the hub.
+ *
+ * @generated from message nops.kernel.v1.BusLinkStatus
+ */
+export type BusLinkStatus = Message<"nops.kernel.v1.BusLinkStatus"> & {
+  /**
+   * "events-out" (outbox -> NOPS_EVENTS), "commands" (hub NOPS_CMD -> NOPS_CMD_IN -> applied),
+   * "federation-out" (NOPS_EVENTS -> NOPS_FED_OUT), "federation-in" (hub NOPS_FED -> NOPS_FED_IN -> NOPS_EVENTS).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Messages behind: not yet carried over the link plus not yet handled on this side.
+   *
+   * @generated from field: uint64 lag_messages = 2;
+   */
+  lagMessages: bigint;
+
+  /**
+   * Age of the oldest message this side holds and has not handled yet; 0 when none.
+   *
+   * @generated from field: double lag_seconds = 3;
+   */
+  lagSeconds: number;
+
+  /**
+   * When this side last handled a message over the link; unset when never.
+   *
+   * @generated from field: google.protobuf.Timestamp last_sync = 4;
+   */
+  lastSync?: Timestamp | undefined;
+
+  /**
+   * Messages refused here: commands dead-lettered, events blocked by the Egress Guard or not
+   * allowed by any federation link.
+   *
+   * @generated from field: uint64 rejected = 5;
+   */
+  rejected: bigint;
+};
+
+/**
+ * Describes the message nops.kernel.v1.BusLinkStatus.
+ * Use `create(BusLinkStatusSchema)` to create a new message.
+ */
+export const BusLinkStatusSchema: GenMessage<BusLinkStatus> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_admin, 4);
 
 /**
  * Readiness is the verdict of /readyz.

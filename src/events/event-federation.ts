@@ -1,0 +1,322 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import {
+  DeliverPolicy,
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/nats-core";
+import type { Meter } from "@opentelemetry/api";
+import { ConfigError, TENANT_PATTERN, type Clock } from "../common/index.js";
+import type { Db } from "../store/index.js";
+import type { Logger } from "../telemetry/index.js";
+import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
+import { BUS_STREAMS, ensureStream, federatedSubject } from "./hub-streams.js";
+import { oldestAfter } from "./kernel-commands.js";
+import type { PrePublishHook } from "./outbox-relay.js";
+
+/** One peer edge events are exchanged with (config `events.federation[]`). */
+export interface FederationLink {
+  /** The peer's edge id. */
+  edge: string;
+  /** Tenants whose events this edge sends to the peer. */
+  outboundTenants: string[];
+  /** Tenants whose events this edge accepts from the peer. */
+  inboundTenants: string[];
+}
+
+/** Header on an event that arrived from another edge: its source edge (never forwarded again). */
+export const FEDERATED_FROM_HEADER = "Nops-Fed-Source";
+
+const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Validates `events.federation`; throws ConfigError naming the field. */
+export function resolveFederationLinks(input: unknown, edgeId: string, path = "events.federation"): FederationLink[] {
+  if (input === undefined) return [];
+  if (!Array.isArray(input)) throw new ConfigError(`${path} must be a list of {edge, outboundTenants, inboundTenants}`);
+  const seen = new Set<string>();
+  return input.map((raw: unknown, i) => {
+    const at = `${path}[${i}]`;
+    if (typeof raw !== "object" || raw === null) throw new ConfigError(`${at} must be an object`);
+    const r = raw as Record<string, unknown>;
+    if (typeof r.edge !== "string" || !EDGE_ID.test(r.edge)) throw new ConfigError(`${at}.edge must match ${EDGE_ID}`);
+    if (r.edge === edgeId) throw new ConfigError(`${at}.edge is this edge`);
+    if (seen.has(r.edge)) throw new ConfigError(`${at}.edge ${r.edge} is listed twice`);
+    seen.add(r.edge);
+    const tenants = (field: "outboundTenants" | "inboundTenants"): string[] => {
+      const v = r[field] ?? [];
+      if (!Array.isArray(v)) throw new ConfigError(`${at}.${field} must be a list of tenant ids`);
+      v.forEach((t: unknown, j) => {
+        if (typeof t !== "string" || !TENANT_PATTERN.test(t))
+          throw new ConfigError(`${at}.${field}[${j}] is not a tenant id`);
+      });
+      return [...new Set(v as string[])];
+    };
+    return { edge: r.edge, outboundTenants: tenants("outboundTenants"), inboundTenants: tenants("inboundTenants") };
+  });
+}
+
+/** Settings of event federation (a subset of EventBusOptions). */
+export interface EventFederationOptions {
+  edgeId: string;
+  hubDomain: string;
+  streamName: string;
+  duplicateWindowMs: number;
+  streamMaxAgeMs: number;
+  retryInitialMs: number;
+  retryMaxMs: number;
+  federation: FederationLink[];
+}
+
+/** Where federation stands (GetStatus, metrics). */
+export interface EventFederationStatus {
+  /** Edge events forwarded to NOPS_FED_OUT, by the local NOPS_EVENTS sequence last examined. */
+  outSeq: number;
+  forwarded: number;
+  /** Refused by the Egress Guard at this edge. */
+  blocked: number;
+  /** NOPS_FED_IN sequence last delivered into NOPS_EVENTS. */
+  inSeq: number;
+  delivered: number;
+  /** Arrived from a peer or tenant no link allows: dropped and counted. */
+  rejected: number;
+  /** Federated events at the hub not yet sourced by this edge (the hub -> edge link's lag). */
+  inLinkLag: number;
+  inLinkIdleMs?: number;
+  /** Events in NOPS_EVENTS not yet examined for forwarding / in NOPS_FED_IN not yet delivered. */
+  outPending: number;
+  inPending: number;
+  /** When the oldest such event was stored on the leaf, when there is one. */
+  outOldestAt?: number;
+  inOldestAt?: number;
+  /** When each side last handled an event. */
+  outLastAt?: number;
+  inLastAt?: number;
+}
+
+/** Kernel -> kernel events through the hub (docs/events.md, "Kernel -> kernel events"). */
+export interface EventFederation {
+  readonly enabled: boolean;
+  ensureStreams(jsm: JetStreamManager): Promise<void>;
+  /** Forwards out and delivers in until stop(); each side resumes after its persisted sequence. */
+  run(js: JetStreamClient): Promise<void>;
+  stop(): void;
+  refresh(jsm: JetStreamManager): Promise<void>;
+  status(): EventFederationStatus;
+}
+
+// nops.events.<tenant>.<type...> / nops.fed.<edge>.<tenant>.<type...>
+function splitSubject(subject: string, prefixTokens: number): { tenant: string; type: string } | undefined {
+  const parts = subject.split(".");
+  if (parts.length < prefixTokens + 2) return undefined;
+  return { tenant: parts[prefixTokens]!, type: parts.slice(prefixTokens + 1).join(".") };
+}
+
+/** Creates event federation; `enabled` is false (and run() returns) when no link is configured. */
+export function createEventFederation(
+  deps: { db: Db; clock: Clock; logger: Logger; meter: Meter; prePublish?: PrePublishHook },
+  options: EventFederationOptions,
+): EventFederation {
+  const { db, clock, logger } = deps;
+  const links = options.federation;
+  const OUT_KEY = `${options.streamName}->${BUS_STREAMS.edgeFedOut}`;
+  const IN_KEY = `${BUS_STREAMS.edgeFedIn}->${options.streamName}`;
+  const getProgress = db.prepare<[string], { last_seq: number; updated_at: number }>(
+    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
+  );
+  const setProgress = db.prepare<[string, number, number]>(
+    `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
+     ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at`,
+  );
+  const progress = (key: string): number => getProgress.get(key)?.last_seq ?? 0;
+  const counters = { forwarded: 0, blocked: 0, delivered: 0, rejected: 0 };
+  let inLinkLag = 0;
+  let inLinkIdleMs: number | undefined;
+  const tails = {
+    outLast: 0,
+    inLast: 0,
+    outOldestAt: undefined as number | undefined,
+    inOldestAt: undefined as number | undefined,
+  };
+  const metric = deps.meter.createCounter("nops_events_federation", {
+    description: "Kernel -> kernel events, by outcome (forwarded | blocked | delivered | rejected)",
+  });
+  const count = (outcome: keyof typeof counters, n = 1) => {
+    counters[outcome] += n;
+    metric.add(n, { outcome });
+  };
+  let stopped = false;
+  const running = new Set<ConsumerMessages>();
+
+  async function forwardOut(js: JetStreamClient, m: JsMsg): Promise<void> {
+    // Events that came from another edge are delivered here, never sent on (no loops).
+    if (!m.headers?.has(FEDERATED_FROM_HEADER)) {
+      const parsed = splitSubject(m.subject, 2);
+      for (const link of links) {
+        if (!parsed || !link.outboundTenants.includes(parsed.tenant)) continue;
+        const subject = federatedSubject(link.edge, parsed.tenant, parsed.type);
+        const hdrs: Record<string, string> = {};
+        for (const [k, v] of m.headers ?? []) if (v[0] !== undefined) hdrs[k] = v[0];
+        const verdict = deps.prePublish ? await deps.prePublish(subject, m.data, hdrs) : { allowed: true };
+        if (!verdict.allowed && verdict.retryLater)
+          throw new Error(`egress guard has no verdict (${verdict.reason ?? "no answer"})`);
+        if (!verdict.allowed) {
+          count("blocked");
+          logger.warn(
+            { seq: m.seq, edge: link.edge, reason: verdict.reason },
+            "egress guard blocked a federated event",
+          );
+          continue;
+        }
+        const h = natsHeaders();
+        for (const [k, v] of Object.entries(hdrs)) if (!k.startsWith("Nats-")) h.set(k, v);
+        await js.publish(subject, m.data, { msgID: `${options.edgeId}:fed:${link.edge}:${m.seq}`, headers: h });
+        count("forwarded");
+      }
+    }
+    setProgress.run(OUT_KEY, m.seq, clock.now());
+  }
+
+  async function deliverIn(js: JetStreamClient, m: JsMsg): Promise<void> {
+    const parsed = splitSubject(m.subject, 3);
+    let source = "";
+    let id = "";
+    try {
+      const envelope = fromBinary(EventEnvelopeSchema, m.data);
+      source = envelope.source;
+      id = envelope.id;
+    } catch {
+      // counted as rejected below
+    }
+    const link = links.find((l) => l.edge === source);
+    if (!parsed || id === "" || !link || !link.inboundTenants.includes(parsed.tenant)) {
+      count("rejected");
+      logger.warn({ seq: m.seq, source, tenant: parsed?.tenant }, "federated event not allowed by any link; dropped");
+    } else {
+      const h = natsHeaders();
+      for (const [k, v] of m.headers ?? []) if (!k.startsWith("Nats-") && v[0] !== undefined) h.set(k, v[0]);
+      h.set(FEDERATED_FROM_HEADER, source);
+      // The message id is the source's envelope id: a redelivery after a partition stores nothing twice.
+      await js.publish(`nops.events.${parsed.tenant}.${parsed.type}`, m.data, {
+        msgID: `fed:${source}:${id}`,
+        headers: h,
+      });
+      count("delivered");
+    }
+    setProgress.run(IN_KEY, m.seq, clock.now());
+  }
+
+  async function follow(
+    js: JetStreamClient,
+    stream: string,
+    key: string,
+    handle: (js: JetStreamClient, m: JsMsg) => Promise<void>,
+  ): Promise<void> {
+    let delay = options.retryInitialMs;
+    while (!stopped) {
+      let msgs: ConsumerMessages | undefined;
+      try {
+        const consumer = await js.consumers.get(stream, {
+          deliver_policy: DeliverPolicy.StartSequence,
+          opt_start_seq: progress(key) + 1,
+        });
+        msgs = await consumer.consume();
+        running.add(msgs);
+        if (stopped) msgs.stop();
+        for await (const m of msgs) {
+          if (m.seq <= progress(key)) continue;
+          await handle(js, m);
+          delay = options.retryInitialMs;
+        }
+      } catch (err) {
+        if (stopped) return;
+        logger.warn({ err, stream, retryMs: delay }, "event federation paused; resuming after the last handled event");
+      } finally {
+        if (msgs) {
+          msgs.stop();
+          running.delete(msgs);
+        }
+      }
+      if (stopped) return;
+      await clock.sleep(delay);
+      delay = Math.min(delay * 2, options.retryMaxMs);
+    }
+  }
+
+  return {
+    enabled: links.length > 0,
+    async ensureStreams(jsm) {
+      if (links.length === 0) return;
+      await ensureStream(jsm, {
+        name: BUS_STREAMS.edgeFedOut,
+        subjects: ["nops.fed.>"],
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        discard: DiscardPolicy.New,
+        max_age: options.streamMaxAgeMs * 1_000_000,
+        duplicate_window: options.duplicateWindowMs * 1_000_000,
+      });
+      await ensureStream(jsm, {
+        name: BUS_STREAMS.edgeFedIn,
+        storage: StorageType.File,
+        retention: RetentionPolicy.Limits,
+        max_age: options.streamMaxAgeMs * 1_000_000,
+        sources: [
+          {
+            name: BUS_STREAMS.hubFed,
+            filter_subject: `nops.fed.${options.edgeId}.>`,
+            external: { api: `$JS.${options.hubDomain}.API`, deliver: "" },
+          },
+        ],
+      });
+    },
+    async run(js) {
+      if (links.length === 0) return;
+      stopped = false;
+      await Promise.all([
+        follow(js, options.streamName, OUT_KEY, forwardOut),
+        follow(js, BUS_STREAMS.edgeFedIn, IN_KEY, deliverIn),
+      ]);
+    },
+    stop() {
+      stopped = true;
+      for (const m of running) m.stop();
+    },
+    async refresh(jsm) {
+      if (links.length === 0) return;
+      tails.outLast = (await jsm.streams.info(options.streamName)).state.last_seq;
+      tails.outOldestAt = await oldestAfter(jsm, options.streamName, progress(OUT_KEY), tails.outLast);
+      const inInfo = await jsm.streams.info(BUS_STREAMS.edgeFedIn);
+      tails.inLast = inInfo.state.last_seq;
+      tails.inOldestAt = await oldestAfter(jsm, BUS_STREAMS.edgeFedIn, progress(IN_KEY), tails.inLast);
+      const source = inInfo.sources?.[0];
+      if (source) {
+        inLinkLag = source.lag;
+        inLinkIdleMs = source.active >= 0 ? Math.round(source.active / 1_000_000) : undefined;
+      }
+    },
+    status() {
+      const out = getProgress.get(OUT_KEY);
+      const inn = getProgress.get(IN_KEY);
+      const outSeq = out?.last_seq ?? 0;
+      const inSeq = inn?.last_seq ?? 0;
+      return {
+        outSeq,
+        inSeq,
+        ...counters,
+        inLinkLag,
+        inLinkIdleMs,
+        outPending: Math.max(0, tails.outLast - outSeq),
+        inPending: Math.max(0, tails.inLast - inSeq),
+        outOldestAt: outSeq < tails.outLast ? tails.outOldestAt : undefined,
+        inOldestAt: inSeq < tails.inLast ? tails.inOldestAt : undefined,
+        outLastAt: out?.updated_at,
+        inLastAt: inn?.updated_at,
+      };
+    },
+  };
+}

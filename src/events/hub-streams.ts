@@ -1,0 +1,165 @@
+import {
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  type JetStreamManager,
+  type StreamConfig,
+  type StreamSource,
+} from "@nats-io/jetstream";
+import { toBinary } from "@bufbuild/protobuf";
+import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
+import { ConfigError } from "../common/index.js";
+import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
+
+/**
+ * Stream and subject names of the bus between edges and the hub (docs/events.md, "Streams of the
+ * bus"). Edge domain: NOPS_EVENTS, NOPS_DLQ, NOPS_FED_OUT, NOPS_CMD_IN, NOPS_FED_IN. Hub domain:
+ * NOPS_EDGE_<EDGEID>, NOPS_CMD, NOPS_FED.
+ */
+export const BUS_STREAMS = {
+  edgeEvents: "NOPS_EVENTS",
+  edgeFedOut: "NOPS_FED_OUT",
+  edgeCommandsIn: "NOPS_CMD_IN",
+  edgeFedIn: "NOPS_FED_IN",
+  hubCommands: "NOPS_CMD",
+  hubFed: "NOPS_FED",
+} as const;
+
+/** Name of the hub stream holding one edge's events: NOPS_EDGE_<EDGE_ID upper-cased, "-" -> "_">. */
+export function hubEdgeStreamName(edgeId: string): string {
+  return `NOPS_EDGE_${edgeId.toUpperCase().replace(/-/g, "_")}`;
+}
+
+/** Subject of a command for one edge: nops.cmd.<edgeId>.<kind>. */
+export function commandSubject(edgeId: string, kind: string): string {
+  return `nops.cmd.${edgeId}.${kind}`;
+}
+
+/** Subject of a federated event from this edge to a target edge: nops.fed.<targetEdge>.<tenant>.<type>. */
+export function federatedSubject(targetEdge: string, tenant: string, type: string): string {
+  return `nops.fed.${targetEdge}.${tenant}.${type}`;
+}
+
+/** One edge the hub knows. */
+export interface HubEdge {
+  /** The edge id (events.edgeId). */
+  edgeId: string;
+  /** Its leaf's JetStream domain (events.edgeDomain). @default edgeId */
+  domain?: string;
+}
+
+/** What ensureHubStreams creates. */
+export interface HubStreamsOptions {
+  edges: readonly HubEdge[];
+  /** Replicas of every hub stream (3 on the clustered hub, 1 on a single server). @default 1 */
+  replicas?: number;
+  /** Deduplication window of NOPS_CMD and the edge streams (Nats-Msg-Id). @default 2 h */
+  duplicateWindowMs?: number;
+  /** Max age of NOPS_CMD and NOPS_FED: size it above the longest edge outage you accept. @default 7 days */
+  maxAgeMs?: number;
+}
+
+const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const DEFAULT_WINDOW_MS = 2 * 3600_000;
+const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600_000;
+
+function externalSource(stream: string, domain: string, filter?: string): StreamSource {
+  return {
+    name: stream,
+    ...(filter ? { filter_subject: filter } : {}),
+    external: { api: `$JS.${domain}.API`, deliver: "" },
+  };
+}
+
+async function upsert(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }): Promise<void> {
+  try {
+    await jsm.streams.info(config.name);
+  } catch (err) {
+    if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
+    await jsm.streams.add(config);
+    return;
+  }
+  await jsm.streams.update(config.name, config);
+}
+
+/**
+ * The hub's streams, in one place for the kernel's tests and the operator tooling: NOPS_CMD (the
+ * commands for every edge, subjects nops.cmd.>), one NOPS_EDGE_<EDGEID> per edge (sources that
+ * edge's NOPS_EVENTS) and NOPS_FED (sources every edge's NOPS_FED_OUT). Idempotent: existing
+ * streams are updated to this configuration (a new edge adds a source). Call it with a
+ * JetStreamManager bound to the hub's domain.
+ */
+export async function ensureHubStreams(jsm: JetStreamManager, options: HubStreamsOptions): Promise<void> {
+  const replicas = options.replicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > 5)
+    throw new ConfigError("hub streams: replicas must be an integer in [1, 5]");
+  const seen = new Set<string>();
+  for (const [i, e] of options.edges.entries()) {
+    if (!EDGE_ID.test(e.edgeId)) throw new ConfigError(`hub streams: edges[${i}].edgeId must match ${EDGE_ID}`);
+    if (e.domain !== undefined && !EDGE_ID.test(e.domain))
+      throw new ConfigError(`hub streams: edges[${i}].domain must match ${EDGE_ID}`);
+    if (seen.has(e.edgeId)) throw new ConfigError(`hub streams: edges[${i}].edgeId ${e.edgeId} is listed twice`);
+    seen.add(e.edgeId);
+  }
+  const window = (options.duplicateWindowMs ?? DEFAULT_WINDOW_MS) * 1_000_000;
+  const maxAge = (options.maxAgeMs ?? DEFAULT_MAX_AGE_MS) * 1_000_000;
+  const common = { num_replicas: replicas, storage: StorageType.File, retention: RetentionPolicy.Limits };
+  await upsert(jsm, {
+    name: BUS_STREAMS.hubCommands,
+    subjects: ["nops.cmd.>"],
+    ...common,
+    // A full command stream refuses new commands instead of dropping ones an edge has not read.
+    discard: DiscardPolicy.New,
+    max_age: maxAge,
+    duplicate_window: window,
+  });
+  for (const e of options.edges) {
+    await upsert(jsm, {
+      name: hubEdgeStreamName(e.edgeId),
+      ...common,
+      duplicate_window: window,
+      sources: [externalSource(BUS_STREAMS.edgeEvents, e.domain ?? e.edgeId)],
+    });
+  }
+  if (options.edges.length > 0) {
+    await upsert(jsm, {
+      name: BUS_STREAMS.hubFed,
+      ...common,
+      discard: DiscardPolicy.New,
+      max_age: maxAge,
+      sources: options.edges.map((e) => externalSource(BUS_STREAMS.edgeFedOut, e.domain ?? e.edgeId)),
+    });
+  }
+}
+
+/** The edge's NOPS_CMD_IN: sources the hub's NOPS_CMD, this edge's subjects only. */
+export function edgeCommandStreamConfig(
+  edgeId: string,
+  hubDomain: string,
+  maxAgeMs: number,
+): Partial<StreamConfig> & { name: string } {
+  return {
+    name: BUS_STREAMS.edgeCommandsIn,
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    max_age: maxAgeMs * 1_000_000,
+    sources: [externalSource(BUS_STREAMS.hubCommands, hubDomain, `nops.cmd.${edgeId}.>`)],
+  };
+}
+
+/**
+ * Publishes a command to the hub's NOPS_CMD (a JetStreamClient of the hub's domain): subject
+ * nops.cmd.<target_edge>.<kind>, Nats-Msg-Id = command id, so a retried publish stores it once.
+ */
+export async function publishCommand(js: JetStreamClient, command: KernelCommand): Promise<PubAck> {
+  if (!EDGE_ID.test(command.targetEdge)) throw new ConfigError(`command target_edge must match ${EDGE_ID}`);
+  if (command.id === "") throw new ConfigError("command id is empty");
+  const kind = command.command.case;
+  if (!kind) throw new ConfigError("command has no command set");
+  return js.publish(commandSubject(command.targetEdge, kind), toBinary(KernelCommandSchema, command), {
+    msgID: command.id,
+  });
+}
+
+/** Creates or updates a stream (edge side). */
+export const ensureStream = upsert;

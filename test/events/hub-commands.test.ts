@@ -1,0 +1,261 @@
+import { randomBytes } from "node:crypto";
+import test from "ava";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/nats-core";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { startNatsTopology, waitFor, type NatsTopology } from "../helpers/nats-servers.js";
+import { startEdgePipeline, tempDbPath, type EdgePipeline } from "./edge-pipeline.js";
+import { systemClock } from "../../src/common/clock.js";
+import { createSilentLogger } from "../../src/telemetry/logger.js";
+import { createAuditLog } from "../../src/audit/audit-log.js";
+import { createPeerRegistry } from "../../src/federation/peer-registry.js";
+import { createApiKeyStore, resolveApiKeyOptions } from "../../src/identity/api-keys/api-key-store.js";
+import { createHubCommandHandler } from "../../src/kernel/hub-commands.js";
+import { ensureHubStreams, publishCommand } from "../../src/events/hub-streams.js";
+import { DLQ_HEADERS } from "../../src/events/dead-letter-mover.js";
+import type { Db } from "../../src/store/database.js";
+import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
+
+const EDGE = "edge1";
+const PEER = "spiffe://peer.example/kernel";
+const PEPPER = randomBytes(32).toString("base64");
+
+/** The real handler over the pipeline's database, with one pinned peer to change. */
+function handlerOn(db: Db) {
+  const audit = createAuditLog(db, systemClock);
+  const peers = createPeerRegistry({ db, audit, clock: systemClock, logger: createSilentLogger() });
+  if (!peers.get(PEER))
+    peers.add(
+      {
+        spiffeId: PEER,
+        grpcEndpoint: "peer.example:8443",
+        httpEndpoint: "https://peer.example:8443",
+        bundleSha256: "ab".repeat(32),
+      },
+      "test",
+    );
+  const apiKeys = createApiKeyStore({ db, clock: systemClock }, resolveApiKeyOptions({ pepper: PEPPER }));
+  return createHubCommandHandler({ peers, apiKeys, audit });
+}
+
+function agreementCommand(
+  id: string,
+  tenant: string,
+  extra: { version?: number; targetEdge?: string } = {},
+): KernelCommand {
+  return create(KernelCommandSchema, {
+    version: 1,
+    id,
+    targetEdge: EDGE,
+    issuedBy: "operator@hub",
+    command: {
+      case: "setPeerAgreement",
+      value: { peerSpiffeId: PEER, inbound: { tenants: [tenant], capabilities: ["*"] }, outbound: {} },
+    },
+    ...extra,
+  });
+}
+
+function agreementTenants(db: Db): string[] {
+  const row = db.prepare("SELECT agreement FROM federation_peers WHERE spiffe_id = ?").get(PEER) as {
+    agreement: string;
+  };
+  return (JSON.parse(row.agreement) as { inbound: { tenants: string[] } }).inbound.tenants;
+}
+
+interface Setup {
+  topo: NatsTopology;
+  hubConn: NatsConnection;
+  dbPath: string;
+  edge: EdgePipeline;
+  startEdge(): EdgePipeline;
+}
+
+async function setup(): Promise<Setup> {
+  const topo = await startNatsTopology({ edgeDomain: EDGE, proxied: true });
+  let hubConn: NatsConnection | undefined;
+  let edge: EdgePipeline | undefined;
+  try {
+    hubConn = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass });
+    await ensureHubStreams(await jetstreamManager(hubConn), { edges: [{ edgeId: EDGE }] });
+    const dbPath = tempDbPath();
+    const startEdge = () =>
+      startEdgePipeline({
+        dbPath,
+        natsUrl: topo.leaf.url,
+        ...topo.kernelUser,
+        edgeId: EDGE,
+        edgeDomain: EDGE,
+        retryInitialMs: 100,
+        commands: handlerOn,
+      });
+    const started = startEdge();
+    edge = started;
+    // NOPS_CMD_IN exists on the leaf once the bus set it up.
+    await waitFor(() => started.bus.jetstreamManager() !== undefined, "edge connected to its leaf");
+    await waitFor(
+      async () => (await started.bus.jetstreamManager()!.streams.info("NOPS_CMD_IN")) !== undefined,
+      "NOPS_CMD_IN",
+    );
+    return { topo, hubConn, dbPath, edge: started, startEdge };
+  } catch (err) {
+    await edge?.close().catch(() => undefined);
+    await hubConn?.close();
+    await topo.destroy();
+    throw err;
+  }
+}
+
+async function teardown(s: Setup): Promise<void> {
+  await s.edge.close().catch(() => undefined);
+  await s.hubConn.close();
+  await s.topo.destroy();
+}
+
+const countAudit = (db: Db, action: string): number =>
+  (db.prepare("SELECT COUNT(*) AS n FROM audit_log WHERE action = ?").get(action) as { n: number }).n;
+
+test.serial("1,000 hub commands sent while the edge link is cut arrive in order exactly once after heal", async (t) => {
+  t.timeout(240_000);
+  const s = await setup();
+  try {
+    const hubJs = jetstream(s.hubConn);
+    s.topo.link!.cut();
+    const total = 1000;
+    for (let i = 0; i < total; i++) {
+      await publishCommand(hubJs, agreementCommand(`cmd-${String(i).padStart(4, "0")}`, `t${i}`));
+    }
+    // A retried publish of the same command (same Nats-Msg-Id) is stored once at the hub.
+    await publishCommand(hubJs, agreementCommand("cmd-0000", "t0"));
+    const hubInfo = await (await jetstreamManager(s.hubConn)).streams.info("NOPS_CMD");
+    t.is(hubInfo.state.messages, total);
+    t.is(s.edge.bus.commands()!.applied, 0, "nothing reaches the edge while the link is cut");
+
+    s.topo.link!.heal();
+    await waitFor(() => s.edge.bus.commands()!.applied === total, "all commands applied", 180_000, 100);
+
+    const rows = s.edge.db
+      .prepare("SELECT command_id, stream_seq, outcome FROM kernel_commands ORDER BY stream_seq")
+      .all() as { command_id: string; stream_seq: number; outcome: string }[];
+    t.is(rows.length, total);
+    t.deepEqual(
+      rows.map((r) => r.command_id),
+      Array.from({ length: total }, (_, i) => `cmd-${String(i).padStart(4, "0")}`),
+      "applied in the order the hub stored them",
+    );
+    t.true(rows.every((r) => r.outcome === "applied"));
+    // Each application went through the registry, which audited it, in order.
+    const audited = s.edge.db
+      .prepare("SELECT actor, details FROM audit_log WHERE action = 'federation.peer.agreement' ORDER BY seq")
+      .all() as { actor: string; details: string }[];
+    t.is(audited.length, total);
+    t.is(audited[0]!.actor, "hub:operator@hub");
+    t.deepEqual(
+      audited.map(
+        (a) =>
+          (JSON.parse(a.details) as { agreement: { inbound: { tenants: string[] } } }).agreement.inbound.tenants[0],
+      ),
+      Array.from({ length: total }, (_, i) => `t${i}`),
+    );
+    t.deepEqual(agreementTenants(s.edge.db), [`t${total - 1}`]);
+
+    // A restart resumes after the last applied command: nothing is applied twice.
+    await s.edge.close();
+    s.edge = s.startEdge();
+    // The same command id under a new message id (a hub replay) is skipped, and one new command applies.
+    await hubJs.publish(
+      `nops.cmd.${EDGE}.setPeerAgreement`,
+      toBinary(KernelCommandSchema, agreementCommand("cmd-0005", "replayed")),
+      { msgID: "replay-of-cmd-0005" },
+    );
+    await publishCommand(hubJs, agreementCommand("cmd-after-restart", "after"));
+    await waitFor(() => agreementTenants(s.edge.db)[0] === "after", "the command after the restart", 60_000, 100);
+    t.is(countAudit(s.edge.db, "federation.peer.agreement"), total + 1);
+    const status = s.edge.bus.commands()!;
+    t.is(status.applied, total + 1);
+    t.is(status.appliedSeq, total + 2);
+  } finally {
+    await teardown(s);
+  }
+});
+
+test.serial("an invalid hub command is dead-lettered with its reason and changes nothing", async (t) => {
+  t.timeout(120_000);
+  const s = await setup();
+  try {
+    const hubJs = jetstream(s.hubConn);
+    await publishCommand(hubJs, agreementCommand("good-1", "acme"));
+    await waitFor(() => agreementTenants(s.edge.db)[0] === "acme", "first command applied", 60_000, 100);
+    const auditBefore = countAudit(s.edge.db, "federation.peer.agreement");
+
+    // Refused by the registry's own validation (a tenant id that is not one).
+    await publishCommand(hubJs, agreementCommand("bad-tenant", "Not A Tenant!"));
+    // Refused before any applier runs: an envelope version this kernel does not know.
+    await publishCommand(hubJs, agreementCommand("bad-version", "globex", { version: 2 }));
+    // Addressed to another edge but published on this edge's subject.
+    await hubJs.publish(
+      `nops.cmd.${EDGE}.setPeerAgreement`,
+      toBinary(KernelCommandSchema, agreementCommand("other-edge", "globex", { targetEdge: "edge2" })),
+      { msgID: "other-edge" },
+    );
+    // An API key that does not exist: revocation is refused, nothing half-applied.
+    await publishCommand(
+      hubJs,
+      create(KernelCommandSchema, {
+        version: 1,
+        id: "bad-key",
+        targetEdge: EDGE,
+        issuedBy: "operator@hub",
+        command: { case: "revokeApiKey", value: { tenant: "acme", keyId: "0".repeat(24) } },
+      }),
+    );
+    await publishCommand(hubJs, agreementCommand("good-2", "initech"));
+    await waitFor(() => agreementTenants(s.edge.db)[0] === "initech", "command after the bad ones", 60_000, 100);
+
+    t.is(countAudit(s.edge.db, "federation.peer.agreement"), auditBefore + 1, "only good-2 changed the agreement");
+    const status = s.edge.bus.commands()!;
+    t.is(status.applied, 2);
+    t.is(status.deadLettered, 4);
+    // GetStatus's view of the link: nothing behind once the leaf's stream info is refreshed, four refused.
+    await waitFor(
+      () => s.edge.bus.links().find((l) => l.name === "commands")?.lagMessages === 0,
+      "no lag",
+      30_000,
+      100,
+    );
+    const link = s.edge.bus.links().find((l) => l.name === "commands")!;
+    t.is(link.rejected, 4);
+    t.is(link.lagSeconds, 0);
+    t.truthy(link.lastSyncAt);
+    const outcomes = Object.fromEntries(
+      (
+        s.edge.db.prepare("SELECT command_id, outcome, reason FROM kernel_commands").all() as {
+          command_id: string;
+          outcome: string;
+          reason: string;
+        }[]
+      ).map((r) => [r.command_id, `${r.outcome}: ${r.reason}`]),
+    );
+    t.regex(outcomes["bad-tenant"]!, /^dead-lettered: agreement\.inbound\.tenants\[0\]: is not a tenant id/);
+    t.regex(outcomes["bad-version"]!, /^dead-lettered: version 2 is not supported/);
+    t.regex(outcomes["other-edge"]!, /^dead-lettered: target_edge edge2 is not this edge/);
+    t.regex(outcomes["bad-key"]!, /^dead-lettered: revoke_api_key: tenant acme has no api key/);
+    t.is(countAudit(s.edge.db, "hub.command.setPeerAgreement"), 3, "every refusal is audited");
+
+    // The dead letters sit in the leaf's NOPS_DLQ with their reason.
+    const leafJsm = await jetstreamManager(s.edge.bus.connection()!);
+    const dlq = await leafJsm.streams.info("NOPS_DLQ");
+    t.is(dlq.state.messages, 4);
+    const reasons: string[] = [];
+    for (let seq = dlq.state.first_seq; seq <= dlq.state.last_seq; seq++) {
+      const m = await leafJsm.streams.getMessage("NOPS_DLQ", { seq });
+      t.is(m?.subject, "nops.dlq.system.system--commands");
+      reasons.push(m?.header?.get(DLQ_HEADERS.reason) ?? "");
+    }
+    t.regex(reasons[0]!, /is not a tenant id/);
+    t.regex(reasons[1]!, /version 2/);
+  } finally {
+    await teardown(s);
+  }
+});
