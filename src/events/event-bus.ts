@@ -28,6 +28,7 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
+import { edgeInboxPrefix } from "./nats-config.js";
 import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
@@ -209,6 +210,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           user: options.natsUser,
           pass: options.natsPassword,
           name: `nops-kernel-${options.edgeId}`,
+          // Replies from the hub come back on this edge's own inbox prefix, the only one its
+          // leaf link may receive (docs/events.md, "Per-edge identity").
+          inboxPrefix: edgeInboxPrefix(options.edgeId),
           maxReconnectAttempts: -1,
           reconnectTimeWait: 250,
           pingInterval: 5000,

@@ -37,7 +37,8 @@ export interface NatsServerProcess {
   kill9(): Promise<void>;
 }
 
-function managed(
+/** A nats-server process for `configPath`, ready once every port in readyPorts accepts connections. */
+export function managed(
   name: string,
   port: number,
   configPath: string,
