@@ -13,3 +13,11 @@ export {
   type LeafSupervisor,
 } from "./leaf-supervisor.js";
 export { type PrePublishHook } from "./outbox-relay.js";
+export {
+  addHubEdge,
+  readHubEdgeRegistry,
+  revokeHubEdge,
+  writeHubEdgeRegistry,
+  type HubEdgeRegistry,
+} from "./hub-edges.js";
+export { edgeLinkPermissions, hubEdgeStreamConfig } from "./nats-config.js";
