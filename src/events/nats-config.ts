@@ -77,6 +77,12 @@ export interface HubConfigValues {
   cluster?: HubClusterValues;
   /** Listen host of the client and leafnode ports. @default "127.0.0.1" */
   host?: string;
+  /**
+   * host:port this node tells connected edges to reconnect to (its public leafnode address).
+   * nats-server always tells an edge its own leafnode address, whatever no_advertise says.
+   * @default the listen address
+   */
+  leafAdvertise?: string;
 }
 
 const SAFE = /^[A-Za-z0-9_.:/@$*>-]+$/;
@@ -303,7 +309,10 @@ export function renderHubConfig(v: HubConfigValues): string {
       `}`,
     );
   }
-  lines.push(`leafnodes {`, `  listen: ${quoted("leafnodes.listen", `${host}:${v.leafPort}`)}`);
+  // Edges use the hub URLs they are configured with (every node, leaf.conf) rather than the
+  // nodes' own leafnode addresses gossiped in INFO, which may not be reachable from the edge.
+  lines.push(`leafnodes {`, `  listen: ${quoted("leafnodes.listen", `${host}:${v.leafPort}`)}`, `  no_advertise: true`);
+  if (v.leafAdvertise !== undefined) lines.push(`  advertise: ${quoted("leafAdvertise", v.leafAdvertise)}`);
   if (shared)
     lines.push(
       `  authorization { user: ${quoted("leafUser", v.leafUser ?? "")}, password: ${quoted("leafPassword", v.leafPassword ?? "")}, account: "EDGES" }`,

@@ -65,7 +65,7 @@ test.serial("edge identity - each edge's events reach its own hub stream through
 
 /** A client on the hub (account EDGES, the operators' user). */
 async function onHub(fleet: EdgeFleet): Promise<NatsConnection> {
-  return connect({ servers: fleet.hubUrls.split(","), user: fleet.hubUser.user, pass: fleet.hubUser.pass });
+  return connect({ servers: fleet.hubUrls, user: fleet.hubUser.user, pass: fleet.hubUser.pass });
 }
 
 /**

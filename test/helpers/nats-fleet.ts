@@ -37,7 +37,7 @@ export interface EdgeFleet {
   readonly kernelUser: { user: string; pass: string };
   readonly edges: Readonly<Record<string, FleetEdge>>;
   /** Client URLs of every hub node (for readers that fail over). */
-  readonly hubUrls: string;
+  readonly hubUrls: string[];
   /** Creates each edge's hub stream with the hub tooling's config (replicas = hub nodes). */
   createHubStreams(): Promise<void>;
   /** Rewrites the hub config without this edge and reloads every hub node (SIGHUP). */
@@ -85,6 +85,9 @@ async function startOn(
           user: hubUser.user,
           password: hubUser.pass,
           edges: grants,
+          // Edges reach the hub only through their own proxies (so a test can cut one edge):
+          // each node advertises a closed port instead of its real leafnode address.
+          leafAdvertise: "127.0.0.1:1",
           ...(n > 1
             ? {
                 cluster: {
@@ -144,7 +147,7 @@ async function startOn(
     await destroy();
     throw err;
   }
-  const hubUrls = hubPorts.map((p) => `nats://127.0.0.1:${p}`).join(",");
+  const hubUrls = hubPorts.map((p) => `nats://127.0.0.1:${p}`);
   return {
     dir,
     hubs,
@@ -154,7 +157,7 @@ async function startOn(
     edges,
     hubUrls,
     async createHubStreams() {
-      const nc = await connect({ servers: hubUrls.split(","), user: hubUser.user, pass: hubUser.pass });
+      const nc = await connect({ servers: hubUrls, user: hubUser.user, pass: hubUser.pass });
       try {
         const jsm = await jetstreamManager(nc, { timeout: 10_000 });
         for (const s of secrets)
