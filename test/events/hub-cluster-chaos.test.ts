@@ -61,7 +61,7 @@ test.serial(
     const load = pipes.map(async (p, i) => {
       while (running) {
         try {
-          acked[i]!.add((await p.publish({ tenant: EDGES[i]!.tenants[0]!, subject: "orders.created.v1" })).eventId);
+          acked[i]!.add((await p.publish({ tenant: EDGES[i]!.tenants[0], subject: "orders.created.v1" })).eventId);
         } catch (err) {
           refused.push(String(err));
         }
