@@ -1,5 +1,6 @@
 import { chmodSync, existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { ConfigError } from "../common/index.js";
+import { createUser } from "@nats-io/nkeys";
 import { newEdgeSecret } from "./edge-credentials.js";
 import { edgeLinkPermissions, renderEdgeUsersInclude, type EdgeGrant } from "./nats-config.js";
 
@@ -23,8 +24,8 @@ export function readHubEdgeRegistry(path: string, hubDomain = "hub"): HubEdgeReg
   if (typeof r.hubDomain !== "string" || !Array.isArray(r.edges))
     throw new ConfigError(`${path}: expected { "hubDomain": string, "edges": [...] }`);
   for (const e of r.edges) {
-    if (typeof e?.edgeId !== "string" || typeof e.password !== "string" || !Array.isArray(e.tenants))
-      throw new ConfigError(`${path}: every edge needs edgeId, password (bcrypt hash) and tenants`);
+    if (typeof e?.edgeId !== "string" || !Array.isArray(e.tenants))
+      throw new ConfigError(`${path}: every edge needs edgeId, tenants and a password hash or nkey`);
     edgeLinkPermissions(e, r.hubDomain); // validates ids, domain and tenants
   }
   return { hubDomain: r.hubDomain, edges: r.edges };
@@ -46,13 +47,17 @@ export function writeHubEdgeRegistry(path: string, usersPath: string, registry: 
 }
 
 /**
- * Adds an edge: a new random secret (written to `secretPath`, 0600, for the edge's leaf remote
- * URL) whose bcrypt hash goes into the registry. Refuses an edge id, user or domain already present.
+ * Adds an edge with new credentials written to `secretPath` (0600) for the edge:
+ * - auth "password": a random secret for the leaf remote URL; the registry keeps its bcrypt hash;
+ * - auth "nkey": a user nkey seed for the leaf remote's `nkey:` (nats-server >= 2.10.8); the
+ *   registry keeps only the public key.
+ * Refuses an edge id, user or domain already present.
  */
 export function addHubEdge(
   registry: HubEdgeRegistry,
-  edge: Omit<EdgeGrant, "password">,
+  edge: Omit<EdgeGrant, "password" | "nkey">,
   secretPath: string,
+  auth: "password" | "nkey" = "password",
 ): HubEdgeRegistry {
   const user = edge.user ?? `edge-${edge.edgeId}`;
   const domain = edge.domain ?? edge.edgeId;
@@ -64,8 +69,17 @@ export function addHubEdge(
       throw new ConfigError(`domain ${domain} is already taken by edge ${e.edgeId}`);
   }
   if (existsSync(secretPath)) throw new ConfigError(`${secretPath} exists; refusing to overwrite a secret`);
-  const { secret, hash } = newEdgeSecret();
-  const grant: EdgeGrant = { ...edge, user, domain, password: hash };
+  let secret: string;
+  let grant: EdgeGrant;
+  if (auth === "nkey") {
+    const kp = createUser();
+    secret = new TextDecoder().decode(kp.getSeed());
+    grant = { ...edge, domain, nkey: kp.getPublicKey() };
+  } else {
+    const s = newEdgeSecret();
+    secret = s.secret;
+    grant = { ...edge, user, domain, password: s.hash };
+  }
   edgeLinkPermissions(grant, registry.hubDomain);
   writeFileSync(secretPath, secret + "\n", { mode: 0o600, flag: "wx" });
   return { ...registry, edges: [...registry.edges, grant] };

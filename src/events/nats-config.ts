@@ -15,6 +15,11 @@ export interface LeafConfigValues {
   /** The kernel's user in the KERNEL account. */
   user: string;
   password: string;
+  /**
+   * The edge's user nkey seed ("SU…") for the hub link instead of credentials in the URL
+   * (nats-server >= 2.10.8).
+   */
+  hubNkeySeed?: string;
   /** Leafnode remote URL of the hub, credentials included, e.g. "nats-leaf://edge:pw@hub:7422"; omitted = no hub. */
   hubUrl?: string;
   /**
@@ -32,8 +37,16 @@ export interface EdgeGrant {
   domain?: string;
   /** Leafnode user on the hub. @default "edge-<edgeId>" */
   user?: string;
-  /** Its password: a bcrypt hash ("$2a$…", what the hub tooling writes) or the plain secret. */
-  password: string;
+  /**
+   * Its password: a bcrypt hash ("$2a$…", what the hub tooling writes) or the plain secret.
+   * Exactly one of password and nkey.
+   */
+  password?: string;
+  /**
+   * Its public user nkey ("U…") instead of a password: the edge's leaf remote signs with the seed
+   * (`nkey:` in a leafnode remote needs nats-server >= 2.10.8 on the edge and the hub).
+   */
+  nkey?: string;
   /** Tenants the edge serves; its link may publish only their subjects. ["*"] = every tenant. */
   tenants: readonly string[];
   /** May the edge's kernel create its own hub stream (events.ensureHubStream)? @default false */
@@ -140,7 +153,9 @@ export function renderLeafConfig(v: LeafConfigValues): string {
     lines.push(
       `leafnodes {`,
       `  reconnect: 1`,
-      `  remotes: [ { urls: [ ${hubUrls.map((u) => quoted("hubUrls", u)).join(", ")} ], account: "KERNEL" } ]`,
+      `  remotes: [ { urls: [ ${hubUrls.map((u) => quoted("hubUrls", u)).join(", ")} ], account: "KERNEL"${
+        v.hubNkeySeed !== undefined ? `, nkey: ${quoted("hubNkeySeed", v.hubNkeySeed)}` : ""
+      } } ]`,
       `}`,
     );
   }
@@ -230,6 +245,10 @@ export function edgeLinkPermissions(grant: EdgeGrant, hubDomain: string): EdgeLi
   const domain = grant.domain ?? edgeId;
   if (!NAME.test(domain)) throw new ConfigError(`edge ${edgeId}: domain must match ${NAME}`);
   if (!NAME.test(hubDomain)) throw new ConfigError(`hub domain must match ${NAME}`);
+  if ((grant.password === undefined) === (grant.nkey === undefined))
+    throw new ConfigError(`edge ${edgeId}: set exactly one of password and nkey`);
+  if (grant.nkey !== undefined && !/^U[A-Z2-7]{55}$/.test(grant.nkey))
+    throw new ConfigError(`edge ${edgeId}: nkey must be a public user nkey (U followed by 55 base32 characters)`);
   if (grant.tenants.length === 0) throw new ConfigError(`edge ${edgeId}: tenants must list at least one tenant or "*"`);
   for (const t of grant.tenants)
     if (t !== "*" && !TENANT_PATTERN.test(t))
@@ -274,7 +293,9 @@ function list(field: string, values: readonly string[]): string {
 function edgeUser(grant: EdgeGrant, hubDomain: string): string {
   const p = edgeLinkPermissions(grant, hubDomain);
   return [
-    `      { user: ${quoted("edges.user", grant.user ?? `edge-${grant.edgeId}`)}, password: ${quoted("edges.password", grant.password)},`,
+    grant.nkey !== undefined
+      ? `      { nkey: ${quoted("edges.nkey", grant.nkey)},`
+      : `      { user: ${quoted("edges.user", grant.user ?? `edge-${grant.edgeId}`)}, password: ${quoted("edges.password", grant.password ?? "")},`,
     `        allowed_connection_types: [ "LEAFNODE" ],`,
     `        permissions: { publish: { allow: ${list("publish", p.publish)} }, subscribe: { allow: ${list("subscribe", p.subscribe)} } } }`,
   ].join("\n");

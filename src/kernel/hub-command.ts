@@ -11,7 +11,7 @@ import {
 /** Usage of `nops-kernel hub`. */
 export const HUB_USAGE = `usage: nops-kernel hub add-edge --registry <edges.json> --edge <id> --tenants <a,b|*>
              --secret-out <file> [--domain <jetstream domain>] [--hub-domain <hub>]
-             [--create-hub-stream] [--users-out <edge-users.conf>]
+             [--create-hub-stream] [--users-out <edge-users.conf>] [--auth password|nkey]
        nops-kernel hub revoke-edge --registry <edges.json> --edge <id> [--users-out <file>]
        nops-kernel hub list-edges --registry <edges.json>
 The registry and edge-users.conf (default: next to the registry) are written 0600; nats/hub.conf
@@ -25,6 +25,7 @@ const VALUE_FLAGS = new Set([
   "--domain",
   "--hub-domain",
   "--users-out",
+  "--auth",
 ]);
 
 function parseFlags(args: readonly string[]): { values: Map<string, string>; createHubStream: boolean } {
@@ -69,15 +70,24 @@ export function runHubCommand(sub: string | undefined, args: readonly string[], 
         .filter((t) => t !== "");
       const secretPath = need("--secret-out");
       const domain = values.get("--domain");
+      const auth = values.get("--auth") ?? "password";
+      if (auth !== "password" && auth !== "nkey")
+        throw new ConfigError(`--auth must be password or nkey (got ${auth})`);
       const next = addHubEdge(
         registry,
         { edgeId, tenants, createHubStream, ...(domain ? { domain } : {}) },
         secretPath,
+        auth,
       );
       writeHubEdgeRegistry(registryPath, usersPath, next);
       const user = `edge-${edgeId}`;
-      out(`added ${edgeId} (user ${user}, tenants ${tenants.join(",")}); secret in ${secretPath}`);
-      out(`edge leaf remote: nats-leaf://${user}:<secret>@<hub-node>:7422 (one URL per hub node)`);
+      if (auth === "nkey") {
+        out(`added ${edgeId} (nkey user, tenants ${tenants.join(",")}); nkey seed in ${secretPath}`);
+        out(`edge leaf remote: nkey: <seed>, urls: nats-leaf://<hub-node>:7422 (every node; nats-server >= 2.10.8)`);
+      } else {
+        out(`added ${edgeId} (user ${user}, tenants ${tenants.join(",")}); secret in ${secretPath}`);
+        out(`edge leaf remote: nats-leaf://${user}:<secret>@<hub-node>:7422 (one URL per hub node)`);
+      }
       out(`now reload every hub node: nats-server --signal reload=<pid> (or SIGHUP)`);
       return 0;
     }
@@ -92,7 +102,7 @@ export function runHubCommand(sub: string | undefined, args: readonly string[], 
       for (const e of registry.edges) {
         const p = edgeLinkPermissions(e, registry.hubDomain);
         out(
-          `${e.edgeId}\tuser=${e.user ?? `edge-${e.edgeId}`}\tdomain=${e.domain ?? e.edgeId}\ttenants=${e.tenants.join(",")}\tpublish=${p.publish.length} subscribe=${p.subscribe.length} subjects`,
+          `${e.edgeId}\t${e.nkey !== undefined ? `nkey=${e.nkey}` : `user=${e.user ?? `edge-${e.edgeId}`}`}\tdomain=${e.domain ?? e.edgeId}\ttenants=${e.tenants.join(",")}\tpublish=${p.publish.length} subscribe=${p.subscribe.length} subjects`,
         );
       }
       return 0;

@@ -5,8 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import bcrypt from "bcryptjs";
+import { fromSeed } from "@nats-io/nkeys";
 import { ConfigError } from "../../src/common/index.js";
-import { edgeLinkPermissions, renderHubConfig } from "../../src/events/nats-config.js";
+import { edgeLinkPermissions, renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.js";
 import { readHubEdgeRegistry } from "../../src/events/hub-edges.js";
 import { runHubCommand } from "../../src/kernel/hub-command.js";
 import { NATS_SERVER_BIN } from "../helpers/nats-servers.js";
@@ -69,6 +70,34 @@ test("hub config - shared leaf user or per-edge users, not both, not neither, no
     cluster: { name: "c", port: 6222, routes: ["nats-route://127.0.0.1:6222"] },
   });
   t.regex(conf, /allowed_connection_types: \[ "LEAFNODE" \]/);
+  const leaf = renderLeafConfig({
+    serverName: "leaf",
+    port: 4222,
+    domain: "e",
+    storeDir: "/tmp/x",
+    user: "k",
+    password: "p",
+    hubUrls: ["nats-leaf://hub-0:7422", "nats-leaf://hub-1:7422"],
+    hubNkeySeed: "SUAEXAMPLESEED",
+  });
+  t.regex(
+    leaf,
+    /urls: \[ "nats-leaf:\/\/hub-0:7422", "nats-leaf:\/\/hub-1:7422" \], account: "KERNEL", nkey: "SUAEXAMPLESEED"/,
+  );
+  t.throws(
+    () =>
+      renderLeafConfig({
+        serverName: "l",
+        port: 1,
+        domain: "e",
+        storeDir: "/x",
+        user: "k",
+        password: "p",
+        hubUrl: "nats-leaf://h:1",
+        hubUrls: [],
+      }),
+    { message: /not both/ },
+  );
   t.regex(conf, /cluster \{/);
   t.notRegex(conf, /authorization/);
 });
@@ -102,9 +131,48 @@ test("nops-kernel hub - add-edge writes a 0600 secret and an edge-users.conf nat
   const secret = readFileSync(secretA, "utf8").trim();
   const reg = readHubEdgeRegistry(registry);
   const a = reg.edges.find((e) => e.edgeId === "edge-a")!;
-  t.true(bcrypt.compareSync(secret, a.password), "the registry holds the secret's bcrypt hash");
+  t.true(bcrypt.compareSync(secret, a.password ?? ""), "the registry holds the secret's bcrypt hash");
   t.false(readFileSync(join(dir, "edge-users.conf"), "utf8").includes(secret), "never the secret itself");
   t.deepEqual(a.tenants, ["acme", "globex"]);
+
+  // An nkey edge: the seed goes to the edge, only the public key to the hub.
+  const seedPath = join(dir, "c.nk");
+  t.is(
+    runHubCommand(
+      "add-edge",
+      ["--registry", registry, "--edge", "edge-c", "--tenants", "acme", "--auth", "nkey", "--secret-out", seedPath],
+      out,
+    ),
+    0,
+  );
+  const seed = readFileSync(seedPath, "utf8").trim();
+  t.regex(seed, /^SU[A-Z2-7]+$/);
+  const c = readHubEdgeRegistry(registry).edges.find((e) => e.edgeId === "edge-c")!;
+  t.is(c.nkey, fromSeed(new TextEncoder().encode(seed)).getPublicKey());
+  t.is(c.password, undefined);
+  const users = readFileSync(join(dir, "edge-users.conf"), "utf8");
+  t.true(users.includes(`nkey: "${c.nkey}"`));
+  t.false(users.includes(seed));
+  t.throws(
+    () =>
+      runHubCommand(
+        "add-edge",
+        [
+          "--registry",
+          registry,
+          "--edge",
+          "x",
+          "--tenants",
+          "a",
+          "--auth",
+          "jwt",
+          "--secret-out",
+          join(dir, "x.secret"),
+        ],
+        out,
+      ),
+    { message: /--auth must be password or nkey/ },
+  );
 
   // The shipped hub.conf with the generated include passes nats-server's config check.
   copyFileSync(fileURLToPath(new URL("../../nats/hub.conf", import.meta.url)), join(dir, "hub.conf"));
@@ -135,7 +203,7 @@ test("nops-kernel hub - add-edge writes a 0600 secret and an edge-users.conf nat
     () =>
       runHubCommand(
         "add-edge",
-        ["--registry", registry, "--edge", "edge-c", "--tenants", "acme", "--secret-out", secretA],
+        ["--registry", registry, "--edge", "edge-d", "--tenants", "acme", "--secret-out", secretA],
         out,
       ),
     { message: /refusing to overwrite/ },
@@ -155,6 +223,7 @@ test("nops-kernel hub - add-edge writes a 0600 secret and an edge-users.conf nat
   });
   lines.length = 0;
   t.is(runHubCommand("list-edges", ["--registry", registry], out), 0);
-  t.is(lines.length, 1);
+  t.is(lines.length, 2);
   t.regex(lines[0]!, /^edge-b\tuser=edge-edge-b\tdomain=edge-b\ttenants=\*/);
+  t.regex(lines[1]!, /^edge-c\tnkey=U[A-Z2-7]+\tdomain=edge-c\ttenants=acme/);
 });
