@@ -164,3 +164,38 @@ test.serial(
     t.log(`acknowledged: ${acked.map((s, i) => `${EDGES[i]!.edgeId} ${s.size}`).join(", ")}`);
   },
 );
+
+test.serial(
+  "clustered hub - the kernel creates its hub stream with events.hubStreamReplicas (3) when its user may",
+  async (t) => {
+    const fleet = await startEdgeFleet({
+      hubNodes: 3,
+      edges: [{ edgeId: "edge-r", tenants: ["acme"], createHubStream: true }],
+    });
+    t.teardown(() => fleet.destroy());
+    const p = startEdgePipeline({
+      dbPath: tempDbPath(),
+      natsUrl: fleet.edges["edge-r"]!.leaf.url,
+      user: fleet.kernelUser.user,
+      pass: fleet.kernelUser.pass,
+      edgeId: "edge-r",
+      edgeDomain: "edge-r",
+      hubStreamReplicas: 3,
+    });
+    t.teardown(() => p.close());
+    const id = (await p.publish({ tenant: "acme", subject: "ping.v1" })).eventId;
+    await waitFor(() => p.bus.confirmNow().then((seq) => seq >= 1), "the event confirmed by the hub", 120_000, 500);
+    const nc = await connect({ servers: fleet.hubUrls, user: fleet.hubUser.user, pass: fleet.hubUser.pass });
+    t.teardown(() => nc.close());
+    const info = await (await jetstreamManager(nc)).streams.info(hubEdgeStreamName("edge-r"));
+    t.is(info.config.num_replicas, 3);
+    t.is(info.cluster?.replicas?.length, 2, "a leader and two replicas");
+    t.deepEqual(
+      // (The kernel's own degraded-mode events, if the link came up late, are under the system tenant.)
+      (await readStreamEnvelopes(fleet.hubUrls, fleet.hubUser, hubEdgeStreamName("edge-r")))
+        .filter((e) => e.tenant === "acme")
+        .map((e) => e.id),
+      [id],
+    );
+  },
+);

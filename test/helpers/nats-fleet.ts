@@ -50,14 +50,14 @@ const HUB_DOMAIN = "hub";
 /** Starts `hubNodes` hub nodes (a cluster when > 1) and one leaf per edge, each linked through test-owned proxies. */
 export async function startEdgeFleet(options: {
   hubNodes: 1 | 3;
-  edges: { edgeId: string; tenants: readonly string[] }[];
+  edges: { edgeId: string; tenants: readonly string[]; createHubStream?: boolean }[];
 }): Promise<EdgeFleet> {
   const n = options.hubNodes;
   return startOnFreePorts(n * 3 + options.edges.length, (ports) => startOn(options, ports));
 }
 
 async function startOn(
-  options: { hubNodes: 1 | 3; edges: { edgeId: string; tenants: readonly string[] }[] },
+  options: { hubNodes: 1 | 3; edges: { edgeId: string; tenants: readonly string[]; createHubStream?: boolean }[] },
   ports: number[],
 ): Promise<EdgeFleet> {
   const dir = mkdtempSync(join(tmpdir(), "nops-fleet-"));
@@ -70,7 +70,12 @@ async function startOn(
   const kernelUser = { user: "kernel", pass: "kernel-secret" };
   // A low bcrypt cost keeps the test's reconnect storms cheap; the tooling uses the default.
   const secrets = options.edges.map((e) => ({ ...e, user: `edge-${e.edgeId}`, ...newEdgeSecret(4) }));
-  let grants: EdgeGrant[] = secrets.map((s) => ({ edgeId: s.edgeId, tenants: s.tenants, password: s.hash }));
+  let grants: EdgeGrant[] = secrets.map((s) => ({
+    edgeId: s.edgeId,
+    tenants: s.tenants,
+    password: s.hash,
+    createHubStream: s.createHubStream === true,
+  }));
   const hubConfPath = (i: number): string => join(dir, `hub-${i}.conf`);
   const writeHubConfs = (): void => {
     for (let i = 0; i < n; i++)
