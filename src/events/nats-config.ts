@@ -330,8 +330,8 @@ export function renderHubConfig(v: HubConfigValues): string {
       `}`,
     );
   }
-  // Edges use the hub URLs they are configured with (every node, leaf.conf) rather than the
-  // nodes' own leafnode addresses gossiped in INFO, which may not be reachable from the edge.
+  // no_advertise: edges are not told the other nodes' leafnode addresses (they list every node
+  // themselves); the node's own address still is, which leafAdvertise can set.
   lines.push(`leafnodes {`, `  listen: ${quoted("leafnodes.listen", `${host}:${v.leafPort}`)}`, `  no_advertise: true`);
   if (v.leafAdvertise !== undefined) lines.push(`  advertise: ${quoted("leafAdvertise", v.leafAdvertise)}`);
   if (shared)
