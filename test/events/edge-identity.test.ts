@@ -69,9 +69,10 @@ async function onHub(fleet: EdgeFleet): Promise<NatsConnection> {
 }
 
 /**
- * Publishes `forbidden` then `control` from one connection and returns what `sub` received once
- * the control arrived: messages keep their order over one link, so a forbidden message that got
- * through would have arrived first.
+ * Publishes `forbidden` then `<control>.end` from one connection and returns what `to` received
+ * on `subscribe` once the end marker arrived: messages keep their order over one link, so a
+ * forbidden message that got through would have arrived before it. `control` (an allowed
+ * subject) first proves the subscription's interest crossed the leaf link.
  */
 async function receivedBeforeControl(
   from: NatsConnection,
@@ -81,31 +82,32 @@ async function receivedBeforeControl(
   control: string,
 ): Promise<string[]> {
   const seen: string[] = [];
-  const sub = to.subscribe(subscribe);
-  const done = (async () => {
-    for await (const m of sub) {
+  const sub = to.subscribe(subscribe, {
+    callback: (_err, m) => {
       seen.push(m.subject);
-      if (m.subject === control) return;
-    }
-  })();
-  await to.flush();
-  // The subscription's interest must have crossed the leaf link before anything is published.
-  await waitFor(
-    async () => {
-      from.publish(control);
-      await from.flush();
-      return seen.includes(control);
     },
-    `interest in ${subscribe} across the link`,
-    60_000,
-    200,
-  );
-  seen.length = 0;
-  for (const s of forbidden) from.publish(s);
-  from.publish(control);
-  await from.flush();
-  await done;
-  return seen.filter((s) => s !== control);
+  });
+  try {
+    await to.flush();
+    await waitFor(
+      async () => {
+        from.publish(control);
+        await from.flush();
+        return seen.includes(control);
+      },
+      `interest in ${subscribe} across the link`,
+      60_000,
+      200,
+    );
+    const end = `${control}.end`;
+    for (const s of forbidden) from.publish(s);
+    from.publish(end);
+    await from.flush();
+    await waitFor(() => seen.includes(end), `${end} to arrive`, 60_000, 50);
+    return seen.filter((s) => s !== control && s !== end);
+  } finally {
+    sub.unsubscribe();
+  }
 }
 
 test.serial(
