@@ -42,6 +42,7 @@ import { startDgeServer } from "../packages/reference-dge/src/index.js";
 import { createToolPolicies, principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/index.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 import { runPeersCommand } from "./kernel/peers-command.js";
+import { runHubCommand } from "./kernel/hub-command.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
 
@@ -73,6 +74,8 @@ commands:
   policy test --tool <t> --principal <json> --args <json>
                             evaluate mcp.policies for one call and print the decision
   peers list|add|remove     the federation peer registry (flags: docs/federation.md, or peers help)
+  hub add-edge|revoke-edge|list-edges
+                            the hub's per-edge leafnode users (flags: hub help, docs/events.md)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -268,6 +271,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
     const steps = flag(args, "--steps");
     // Federation peers take their own flags (docs/federation.md).
     if (args[0] === "peers") return runPeersCommand(args[1], args.slice(2), loadKernelOptions(configFile, env), out);
+    if (args[0] === "hub") return runHubCommand(args[1], args.slice(2), out);
     const release = args[0] === "release" || args[0] === "bundle" ? releaseFlags(args) : undefined;
     const auditFlags = {
       checkpoint: flag(args, "--checkpoint"),

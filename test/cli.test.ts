@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import test from "ava";
@@ -115,4 +115,33 @@ test("cli - bad configuration stops with the field named", (t) => {
   t.regex(bad.out, /grpc\.port must be an integer from 0 to 65535/);
   t.regex(cli(["version"], {}).out, /^\d+\.\d+\.\d+/);
   t.is(cli(["frobnicate"], {}).code, 2);
+});
+
+test("cli - hub add-edge, list-edges and revoke-edge; a bad flag exits 2 naming it", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "nops-cli-hub-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const registry = join(dir, "edges.json");
+  const add = cli(
+    [
+      "hub",
+      "add-edge",
+      "--registry",
+      registry,
+      "--edge",
+      "edge-eu-1",
+      "--tenants",
+      "acme",
+      "--secret-out",
+      join(dir, "s"),
+    ],
+    {},
+  );
+  t.is(add.code, 0, add.out);
+  t.regex(add.out, /added edge-eu-1 \(user edge-edge-eu-1, tenants acme\)/);
+  t.regex(cli(["hub", "list-edges", "--registry", registry], {}).out, /^edge-eu-1\tuser=edge-edge-eu-1/m);
+  t.is(cli(["hub", "revoke-edge", "--registry", registry, "--edge", "edge-eu-1"], {}).code, 0);
+  t.is(cli(["hub", "list-edges", "--registry", registry], {}).out, "");
+  const bad = cli(["hub", "add-edge", "--registry", registry, "--edge", "x", "--tenant", "acme"], {});
+  t.is(bad.code, 2);
+  t.regex(bad.out, /hub: unknown argument --tenant/);
 });

@@ -34,6 +34,8 @@ export interface EventBusOptions {
   hubStreamName: string;
   /** Create the hub stream (sourcing $JS.<edgeDomain>.API) when it does not exist. @default true */
   ensureHubStream: boolean;
+  /** Replicas of the hub stream the kernel creates (3 on a clustered hub, see docs/events.md). @default 1 */
+  hubStreamReplicas: number;
   /** JetStream domain of this edge's leaf node. @default edgeId */
   edgeDomain: string;
   /** Publishes awaiting a PubAck at once (backpressure). @default 256 */
@@ -167,6 +169,7 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
       NAME,
     ),
     ensureHubStream: input.ensureHubStream ?? true,
+    hubStreamReplicas: int("hubStreamReplicas", input.hubStreamReplicas, 1, 1),
     edgeDomain: str("edgeDomain", input.edgeDomain, edgeId, NAME),
     maxInFlight: int("maxInFlight", input.maxInFlight, DEFAULT_MAX_IN_FLIGHT, 1),
     batchSize: int("batchSize", input.batchSize, DEFAULT_BATCH_SIZE, 1),

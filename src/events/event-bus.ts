@@ -36,6 +36,7 @@ import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-sto
 import { createInbox, type Inbox } from "./inbox.js";
 import { createEventFederation, type EventFederationStatus } from "./event-federation.js";
 import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
+import { edgeInboxPrefix } from "./nats-config.js";
 import {
   DegradedModeActivatedSchema,
   DegradedModeRecoveredSchema,
@@ -276,6 +277,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           user: options.natsUser,
           pass: options.natsPassword,
           name: `nops-kernel-${options.edgeId}`,
+          // Replies from the hub come back on this edge's own inbox prefix, the only one its
+          // leaf link may receive (docs/events.md, "Per-edge identity").
+          inboxPrefix: edgeInboxPrefix(options.edgeId),
           maxReconnectAttempts: -1,
           reconnectTimeWait: 250,
           pingInterval: 5000,

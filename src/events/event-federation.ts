@@ -17,6 +17,7 @@ import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { BUS_STREAMS, ensureStream, federatedSubject } from "./hub-streams.js";
 import { oldestAfter } from "./kernel-commands.js";
+import { edgeDeliverPrefix } from "./nats-config.js";
 import type { PrePublishHook } from "./outbox-relay.js";
 
 /** One peer edge events are exchanged with (config `events.federation[]`). */
@@ -269,7 +270,7 @@ export function createEventFederation(
           {
             name: BUS_STREAMS.hubFed,
             filter_subject: `nops.fed.${options.edgeId}.>`,
-            external: { api: `$JS.${options.hubDomain}.API`, deliver: "" },
+            external: { api: `$JS.${options.hubDomain}.API`, deliver: edgeDeliverPrefix(options.edgeId) },
           },
         ],
       });

@@ -1,6 +1,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { OutboxStore } from "../store/index.js";
 import type { Clock } from "../common/index.js";
+import { hubEdgeStreamConfig } from "./nats-config.js";
 
 /** Settings of hub confirmation (a subset of EventBusOptions). */
 export interface HubConfirmerOptions {
@@ -8,6 +9,8 @@ export interface HubConfirmerOptions {
   edgeDomain: string;
   hubStreamName: string;
   ensureHubStream: boolean;
+  hubStreamReplicas: number;
+  edgeId: string;
   pruneAfterMs: number;
   duplicateWindowMs: number;
 }
@@ -50,11 +53,16 @@ export function createHubConfirmer(
           await hub.streams.info(options.hubStreamName);
         } catch (err) {
           if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
-          await hub.streams.add({
-            name: options.hubStreamName,
-            duplicate_window: options.duplicateWindowMs * 1_000_000,
-            sources: [{ name: options.streamName, external: { api: `$JS.${options.edgeDomain}.API`, deliver: "" } }],
-          });
+          await hub.streams.add(
+            hubEdgeStreamConfig({
+              edgeId: options.edgeId,
+              edgeDomain: options.edgeDomain,
+              streamName: options.streamName,
+              hubStreamName: options.hubStreamName,
+              replicas: options.hubStreamReplicas,
+              duplicateWindowMs: options.duplicateWindowMs,
+            }),
+          );
         }
         hubStreamReady = true;
       }

@@ -10,6 +10,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import { ConfigError } from "../common/index.js";
 import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
+import { edgeDeliverPrefix, hubDeliverPrefix, hubEdgeStreamConfig } from "./nats-config.js";
 
 /**
  * Stream and subject names of the bus between edges and the hub (docs/events.md, "Streams of the
@@ -24,11 +25,6 @@ export const BUS_STREAMS = {
   hubCommands: "NOPS_CMD",
   hubFed: "NOPS_FED",
 } as const;
-
-/** Name of the hub stream holding one edge's events: NOPS_EDGE_<EDGE_ID upper-cased, "-" -> "_">. */
-export function hubEdgeStreamName(edgeId: string): string {
-  return `NOPS_EDGE_${edgeId.toUpperCase().replace(/-/g, "_")}`;
-}
 
 /** Subject of a command for one edge: nops.cmd.<edgeId>.<kind>. */
 export function commandSubject(edgeId: string, kind: string): string {
@@ -63,11 +59,15 @@ const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const DEFAULT_WINDOW_MS = 2 * 3600_000;
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600_000;
 
-function externalSource(stream: string, domain: string, filter?: string): StreamSource {
+/**
+ * A source in another JetStream domain, delivered on `deliver`: the prefix the per-edge hub link
+ * lets through in that direction (hubDeliverPrefix / edgeDeliverPrefix, docs/events.md).
+ */
+function externalSource(stream: string, domain: string, deliver: string, filter?: string): StreamSource {
   return {
     name: stream,
     ...(filter ? { filter_subject: filter } : {}),
-    external: { api: `$JS.${domain}.API`, deliver: "" },
+    external: { api: `$JS.${domain}.API`, deliver },
   };
 }
 
@@ -115,10 +115,13 @@ export async function ensureHubStreams(jsm: JetStreamManager, options: HubStream
   });
   for (const e of options.edges) {
     await upsert(jsm, {
-      name: hubEdgeStreamName(e.edgeId),
       ...common,
-      duplicate_window: window,
-      sources: [externalSource(BUS_STREAMS.edgeEvents, e.domain ?? e.edgeId)],
+      ...hubEdgeStreamConfig({
+        edgeId: e.edgeId,
+        edgeDomain: e.domain,
+        replicas,
+        duplicateWindowMs: options.duplicateWindowMs ?? DEFAULT_WINDOW_MS,
+      }),
     });
   }
   if (options.edges.length > 0) {
@@ -127,7 +130,9 @@ export async function ensureHubStreams(jsm: JetStreamManager, options: HubStream
       ...common,
       discard: DiscardPolicy.New,
       max_age: maxAge,
-      sources: options.edges.map((e) => externalSource(BUS_STREAMS.edgeFedOut, e.domain ?? e.edgeId)),
+      sources: options.edges.map((e) =>
+        externalSource(BUS_STREAMS.edgeFedOut, e.domain ?? e.edgeId, hubDeliverPrefix(e.edgeId)),
+      ),
     });
   }
 }
@@ -143,7 +148,7 @@ export function edgeCommandStreamConfig(
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     max_age: maxAgeMs * 1_000_000,
-    sources: [externalSource(BUS_STREAMS.hubCommands, hubDomain, `nops.cmd.${edgeId}.>`)],
+    sources: [externalSource(BUS_STREAMS.hubCommands, hubDomain, edgeDeliverPrefix(edgeId), `nops.cmd.${edgeId}.>`)],
   };
 }
 

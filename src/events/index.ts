@@ -25,8 +25,15 @@ export {
   commandSubject,
   ensureHubStreams,
   federatedSubject,
-  hubEdgeStreamName,
   publishCommand,
   type HubEdge,
   type HubStreamsOptions,
 } from "./hub-streams.js";
+export {
+  addHubEdge,
+  readHubEdgeRegistry,
+  revokeHubEdge,
+  writeHubEdgeRegistry,
+  type HubEdgeRegistry,
+} from "./hub-edges.js";
+export { edgeLinkPermissions, hubEdgeStreamConfig, hubEdgeStreamName } from "./nats-config.js";

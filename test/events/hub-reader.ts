@@ -6,7 +6,7 @@ import type { NatsTopology } from "../helpers/nats-servers.js";
 
 /** Every envelope in a stream of the given server, in stream order (read message by message). */
 export async function readStreamEnvelopes(
-  url: string,
+  url: string | string[],
   user: { user: string; pass: string },
   stream: string,
 ): Promise<EventEnvelope[]> {

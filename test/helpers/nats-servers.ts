@@ -1,12 +1,13 @@
 import { freePort, startOnFreePorts, waitFor } from "./processes.js";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { renderHubConfig, renderLeafConfig } from "../../src/events/nats-config.js";
 import { startTcpProxy, type TcpProxy } from "./tcp-proxy.js";
+import { addHubEdge, readHubEdgeRegistry, writeHubEdgeRegistry } from "../../src/events/hub-edges.js";
 
 /** Path of the nats-server binary the integration tests use. */
 export const NATS_SERVER_BIN = "/usr/sbin/nats-server";
@@ -38,7 +39,8 @@ export interface NatsServerProcess {
   kill9(): Promise<void>;
 }
 
-function managed(
+/** A nats-server process for `configPath`, ready once every port in readyPorts accepts connections. */
+export function managed(
   name: string,
   port: number,
   configPath: string,
@@ -97,14 +99,35 @@ function managed(
  * With more than one edge on the hub's single shared account, a leaf's nops.* subjects would
  * reach the other edges' streams through the hub (each edge's NOPS_EVENTS listens on
  * nops.events.>). Per-edge accounts and permissions (issue 15 item 1) keep edges apart in
- * production; these tests keep them apart by denying nops.> on the leafnode link, across which
- * only JetStream API and sourcing traffic then flows.
+ * production; these tests keep them apart by denying the streams' subjects on the leafnode link,
+ * across which only JetStream API and sourcing traffic (nops.deliver.*) then flows.
  */
+const ISOLATED = JSON.stringify(["nops.events.>", "nops.dlq.>", "nops.fed.>", "nops.cmd.>"]);
+
 function isolateEdge(leafConfig: string): string {
   return leafConfig.replace(
     'account: "KERNEL" }',
-    'account: "KERNEL", deny_imports: ["nops.>"], deny_exports: ["nops.>"] }',
+    `account: "KERNEL", deny_imports: ${ISOLATED}, deny_exports: ${ISOLATED} }`,
   );
+}
+
+const SHIPPED_DIR = fileURLToPath(new URL("../../nats/", import.meta.url));
+
+/**
+ * Registers one edge the way `nops-kernel hub add-edge` does (every tenant, may create its hub
+ * stream, as the kernel's ensureHubStream default does) and copies the shipped hub.conf beside it.
+ */
+function shipEdgeUsers(dir: string, edgeId: string, hubDomain: string): { user: string; secret: string } {
+  const registryPath = join(dir, "edges.json");
+  const secretPath = join(dir, "edge.secret");
+  const registry = addHubEdge(
+    readHubEdgeRegistry(registryPath, hubDomain),
+    { edgeId, tenants: ["*"], createHubStream: true },
+    secretPath,
+  );
+  writeHubEdgeRegistry(registryPath, join(dir, "edge-users.conf"), registry);
+  copyFileSync(join(SHIPPED_DIR, "hub.conf"), join(dir, "shipped-hub.conf"));
+  return { user: `edge-${edgeId}`, secret: readFileSync(secretPath, "utf8").trim() };
 }
 
 /** A hub and one leaf connected to it, each with its own JetStream domain and store. */
@@ -192,9 +215,11 @@ async function startNatsTopologyOn(
       }),
     ),
   );
-  const shippedDir = fileURLToPath(new URL("../../nats/", import.meta.url));
+  // The shipped hub.conf runs from a copy next to the edge-users.conf the hub tooling writes
+  // (an include is resolved relative to the including file).
+  const shippedEdge = options.shipped ? shipEdgeUsers(dir, edgeDomain, hubDomain) : undefined;
   const hub = options.shipped
-    ? managed("hub", hubPort, join(shippedDir, "hub.conf"), [hubPort, hubLeafPort], {
+    ? managed("hub", hubPort, join(dir, "shipped-hub.conf"), [hubPort, hubLeafPort], {
         NOPS_HUB_NAME: "hub",
         NOPS_HUB_PORT: String(hubPort),
         NOPS_HUB_LEAF_PORT: String(hubLeafPort),
@@ -202,19 +227,19 @@ async function startNatsTopologyOn(
         NOPS_JS_STORE_DIR: join(dir, "hub"),
         NOPS_HUB_USER: hubUser.user,
         NOPS_HUB_PASSWORD: hubUser.pass,
-        NOPS_EDGE_LEAF_USER: "edge",
-        NOPS_EDGE_LEAF_PASSWORD: "edge-secret",
       })
     : managed("hub", hubPort, hubConf, [hubPort, hubLeafPort]);
   const leaf = options.shipped
-    ? managed("leaf", leafPort, join(shippedDir, "leaf.conf"), [leafPort], {
+    ? managed("leaf", leafPort, join(SHIPPED_DIR, "leaf.conf"), [leafPort], {
         NOPS_EDGE_NAME: `leaf-${edgeDomain}`,
         NOPS_NATS_PORT: String(leafPort),
         NOPS_EDGE_DOMAIN: edgeDomain,
         NOPS_JS_STORE_DIR: join(dir, "leaf"),
         NOPS_KERNEL_USER: kernelUser.user,
         NOPS_KERNEL_PASSWORD: kernelUser.pass,
-        NOPS_HUB_LEAF_URL: hubLeafUrl,
+        NOPS_HUB_LEAF_URLS: JSON.stringify([
+          `nats-leaf://${shippedEdge?.user}:${shippedEdge?.secret}@127.0.0.1:${link?.port ?? hubLeafPort}`,
+        ]),
       })
     : managed("leaf", leafPort, leafConf, [leafPort]);
   try {

@@ -1,55 +1,58 @@
-import { createServer, connect, type Server, type Socket } from "node:net";
+import { createServer, connect, type Socket } from "node:net";
 
-/** A test-owned TCP proxy on loopback: cut() drops every connection and refuses new ones until heal(). */
+/** A test-owned TCP proxy on 127.0.0.1 that can cut (drop and refuse) and heal the link it carries. */
 export interface TcpProxy {
   readonly port: number;
-  /** Destroys open connections; new ones are accepted and closed at once while cut. */
+  /** Destroys every open connection and refuses new ones until heal(). */
   cut(): void;
   heal(): void;
   close(): Promise<void>;
 }
 
-/** Starts a proxy on a free loopback port forwarding to 127.0.0.1:<targetPort>. */
+/** Starts a proxy from a free port to 127.0.0.1:`targetPort`. */
 export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
-  const sockets = new Set<Socket>();
+  const open = new Set<Socket>();
   let isCut = false;
-  const server: Server = createServer((client) => {
+  const server = createServer((client) => {
     if (isCut) {
       client.destroy();
       return;
     }
     const upstream = connect({ host: "127.0.0.1", port: targetPort });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.once("close", () => sockets.delete(s));
-      s.on("error", () => undefined);
-    }
+    open.add(client).add(upstream);
+    const drop = (): void => {
+      client.destroy();
+      upstream.destroy();
+      open.delete(client);
+      open.delete(upstream);
+    };
+    client.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
     client.pipe(upstream);
     upstream.pipe(client);
-    client.once("close", () => upstream.destroy());
-    upstream.once("close", () => client.destroy());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
   });
-  const destroyAll = () => {
-    for (const s of sockets) s.destroy();
-    sockets.clear();
+  const { port } = server.address() as { port: number };
+  const dropAll = (): void => {
+    for (const s of open) s.destroy();
+    open.clear();
   };
   return {
-    port: (server.address() as { port: number }).port,
+    port,
     cut() {
       isCut = true;
-      destroyAll();
+      dropAll();
     },
     heal() {
       isCut = false;
     },
-    close: () =>
-      new Promise<void>((resolve) => {
-        destroyAll();
-        server.close(() => resolve());
-      }),
+    async close() {
+      isCut = true;
+      dropAll();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
   };
 }
