@@ -45,19 +45,31 @@ interface ClientCase {
   close(): void;
 }
 
+// What a grpc-js client interceptor costs by itself (the Egress Guard's is one): passes everything on.
+const passThrough: grpc.Interceptor = (options, nextCall) =>
+  new grpc.InterceptingCall(nextCall(options), {
+    start: (metadata, listener, next) => next(metadata, listener),
+    sendMessage: (message, next) => next(message),
+    halfClose: (next) => next(),
+  });
+
 /** grpc-js: one `grpc.Client` per connection (the pool keeps one channel per endpoint). */
-function grpcJs(endpoint: string): ClientCase {
+function grpcJs(endpoint: string, interceptors: grpc.Interceptor[] = []): ClientCase {
   const clients = Array.from(
     { length: sessions },
     (_, i) =>
       // A distinct channel option per client: grpc-js would otherwise share one subchannel.
-      new grpc.Client(endpoint, grpc.credentials.createInsecure(), { "grpc.enable_retries": 0, "bench.channel": i }),
+      new grpc.Client(endpoint, grpc.credentials.createInsecure(), {
+        "grpc.enable_retries": 0,
+        "bench.channel": i,
+        interceptors,
+      }),
   );
   let next = 0;
   const serialize = (m: HandleRequest) => Buffer.from(toBinary(HandleRequestSchema, m));
   const deserialize = (b: Buffer) => fromBinary(HandleResponseSchema, b);
   return {
-    name: `grpc-js client (${sessions} channels)`,
+    name: `grpc-js client (${sessions} channels)${interceptors.length ? " + pass-through interceptor" : ""}`,
     call: (request) =>
       new Promise((resolve, reject) => {
         clients[next++ % sessions]!.makeUnaryRequest(
@@ -106,7 +118,7 @@ function nodeHttp2(endpoint: string): ClientCase {
         const chunks: Buffer[] = [];
         let grpcStatus: string | undefined;
         stream.on("data", (c: Buffer) => chunks.push(c));
-        stream.on("trailers", (t) => (grpcStatus = String(t["grpc-status"])));
+        stream.on("trailers", (t: http2.IncomingHttpHeaders) => (grpcStatus = String(t["grpc-status"])));
         stream.on("error", reject);
         stream.on("end", () => {
           if (grpcStatus !== "0") return reject(new Error(`grpc-status ${grpcStatus}`));
@@ -139,7 +151,12 @@ async function main(): Promise<void> {
   const request = create(HandleRequestSchema, {
     invocation: { capability: "echo", tenant: "bench", payload, contentType: "text/plain" },
   });
-  const cases = [grpcJs(agent.endpoint), connectNode(agent.endpoint), nodeHttp2(agent.endpoint)];
+  const cases = [
+    grpcJs(agent.endpoint),
+    grpcJs(agent.endpoint, [passThrough]),
+    connectNode(agent.endpoint),
+    nodeHttp2(agent.endpoint),
+  ];
   const results = new Map<string, (LoadResult & { cpuUs: number })[]>();
   try {
     for (const c of cases) {
@@ -159,8 +176,7 @@ async function main(): Promise<void> {
   }
   const out = (line: string) => process.stdout.write(line + "\n");
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-  const span = (xs: number[], digits = 0) =>
-    `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`;
+  const span = (xs: number[], digits = 0) => `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`;
   out(
     `\nagent client bench: AgentService.Handle to one echo agent process, 64-byte payload, ${concurrency} in flight, ` +
       `${seconds} s x ${rounds} interleaved rounds (median, [min–max])`,
@@ -171,7 +187,7 @@ async function main(): Promise<void> {
     const rps = rs.map((r) => r.rps);
     const cpu = rs.map((r) => r.cpuUs);
     out(
-      `${c.name.padEnd(40)} ${median(rps).toFixed(0).padStart(6)} req/s [${span(rps)}]  ` +
+      `${c.name.padEnd(56)} ${median(rps).toFixed(0).padStart(6)} req/s [${span(rps)}]  ` +
         `ratio ${(median(rps) / base).toFixed(2)}  client CPU/call ${median(cpu).toFixed(0)} us [${span(cpu)}]  ` +
         `p50 ${median(rs.map((r) => r.p50Ms)).toFixed(2)} ms  p99 ${median(rs.map((r) => r.p99Ms)).toFixed(2)} ms  ` +
         `errors ${rs.reduce((n, r) => n + r.errors, 0)}`,
