@@ -1,4 +1,5 @@
 import test from "ava";
+import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, createHandlerContext } from "@connectrpc/connect";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { deadlineInterceptor } from "../../src/server/core-interceptors.js";
@@ -8,7 +9,7 @@ const unary = AgentRegistryService.method.getAgent;
 const watch = AgentRegistryService.method.watchAgents;
 const CAP_MS = 40;
 
-function call(method = unary, init: { timeoutMs?: number; requestSignal?: AbortSignal } = {}) {
+function call(method: DescMethod = unary, init: { timeoutMs?: number; requestSignal?: AbortSignal } = {}) {
   const ctx = createHandlerContext({
     service: AgentRegistryService,
     method,
