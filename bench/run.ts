@@ -11,6 +11,8 @@ const CASES: Array<[file: string, smokeArgs: string[]]> = [
   ["egress-guard.ts", ["200"]],
   ["dge-runtime.ts", ["1"]],
   ["invoke.ts", ["--seconds", "1"]],
+  ["agent-client.ts", ["--seconds", "1", "--rounds", "1"]],
+  ["chain.ts", ["--calls", "2000", "--rounds", "1"]],
   ["tracing.ts", ["--seconds", "1", "--rounds", "1"]],
   ["mcp.ts", ["--seconds", "1"]],
 ];

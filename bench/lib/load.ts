@@ -16,6 +16,8 @@ export interface LoadOptions {
   durationMs: number;
   /** One call; `worker` is the index of the in-flight slot (pick a connection with it). */
   call: (worker: number) => Promise<void>;
+  /** Called when the measured window starts (after the warm-up), e.g. to sample CPU time. */
+  onMeasuring?: () => void;
 }
 
 /** The p-th percentile of ascending `sorted` (nearest rank below), NaN when empty. */
@@ -44,6 +46,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const workers = Array.from({ length: options.concurrency }, (_, i) => worker(i));
   await new Promise((r) => setTimeout(r, options.warmupMs));
   measuring = true;
+  options.onMeasuring?.();
   const began = performance.now();
   await new Promise((r) => setTimeout(r, options.durationMs));
   measuring = false;

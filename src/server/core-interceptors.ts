@@ -6,6 +6,8 @@ import {
   kPeer,
   methodPath,
   observeStream,
+  type CallHandler,
+  type CallRequest,
   type CallResult,
   type KernelInterceptor,
 } from "./interceptor.js";
@@ -119,33 +121,66 @@ export function errorMappingInterceptor(): KernelInterceptor {
   };
 }
 
-function cappedContext(ctx: HandlerContext, capMs: number): { ctx: HandlerContext; release: () => void } {
+/**
+ * Runs `next` under a context whose signal aborts at `capMs` or when the caller's does, and settles
+ * at the first of the handler's answer, the cap and the caller leaving (a handler that ignores its
+ * signal is answered for). One promise, one timer and one listener on the caller's signal per call.
+ */
+function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise<CallResult> {
+  const parent = call.ctx.signal;
   const controller = new AbortController();
   const deadlineAt = Date.now() + capMs;
-  const timer = setTimeout(() => controller.abort(deadlineExceeded(`deadline of ${capMs} ms exceeded`)), capMs);
-  const onAbort = () => controller.abort(ctx.signal.reason);
-  if (ctx.signal.aborted) onAbort();
-  else ctx.signal.addEventListener("abort", onAbort, { once: true });
-  const capped: HandlerContext = {
-    service: ctx.service,
-    method: ctx.method,
+  let resolve!: (result: CallResult) => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<CallResult>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  const release = (): void => {
+    clearTimeout(timer);
+    parent.removeEventListener("abort", onAbort);
+  };
+  const stop = (reason: unknown): void => {
+    release();
+    controller.abort(reason);
+    reject(reason);
+  };
+  const onAbort = (): void => stop(parent.reason);
+  const timer = setTimeout(() => stop(deadlineExceeded(`deadline of ${capMs} ms exceeded`)), capMs);
+  // A caller already gone: the handler sees an aborted signal (and answers as it does for one).
+  if (parent.aborted) controller.abort(parent.reason);
+  else parent.addEventListener("abort", onAbort, { once: true });
+  const ctx: HandlerContext = {
+    service: call.ctx.service,
+    method: call.ctx.method,
     signal: controller.signal,
     timeoutMs: () => Math.max(0, deadlineAt - Date.now()),
-    requestMethod: ctx.requestMethod,
-    requestHeader: ctx.requestHeader,
-    responseHeader: ctx.responseHeader,
-    responseTrailer: ctx.responseTrailer,
-    protocolName: ctx.protocolName,
-    values: ctx.values,
-    url: ctx.url,
+    requestMethod: call.ctx.requestMethod,
+    requestHeader: call.ctx.requestHeader,
+    responseHeader: call.ctx.responseHeader,
+    responseTrailer: call.ctx.responseTrailer,
+    protocolName: call.ctx.protocolName,
+    values: call.ctx.values,
+    url: call.ctx.url,
   };
-  return {
-    ctx: capped,
-    release: () => {
-      clearTimeout(timer);
-      ctx.signal.removeEventListener("abort", onAbort);
+  let answer: Promise<CallResult>;
+  try {
+    answer = next({ ...call, ctx });
+  } catch (e) {
+    release();
+    throw e;
+  }
+  answer.then(
+    (result) => {
+      release();
+      resolve(result);
     },
-  };
+    (e: unknown) => {
+      release();
+      reject(e);
+    },
+  );
+  return promise;
 }
 
 /**
@@ -157,16 +192,6 @@ export function deadlineInterceptor(maxDeadlineMs: number): KernelInterceptor {
   return (next) => async (call) => {
     if (call.method.methodKind !== "unary" && call.method.methodKind !== "client_streaming") return next(call);
     const timeout = call.ctx.timeoutMs();
-    if (timeout !== undefined && timeout <= maxDeadlineMs) return next(call);
-    const { ctx, release } = cappedContext(call.ctx, maxDeadlineMs);
-    // Answer at the cap even when a handler ignores its signal.
-    const expired = new Promise<never>((_, reject) =>
-      ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason as Error), { once: true }),
-    );
-    try {
-      return await Promise.race([next({ ...call, ctx }), expired]);
-    } finally {
-      release();
-    }
+    return timeout !== undefined && timeout <= maxDeadlineMs ? next(call) : runCapped(next, call, maxDeadlineMs);
   };
 }

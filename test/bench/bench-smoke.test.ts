@@ -21,6 +21,8 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
     "egress-guard.ts",
     "dge-runtime.ts",
     "invoke.ts",
+    "agent-client.ts",
+    "chain.ts",
     "tracing.ts",
     "mcp.ts",
   ])
@@ -29,4 +31,6 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
   t.regex(out, /Heartbeat over connect-node, gRPC protocol .* ratio \d+\.\d+ of echo: bare connect-node/);
   t.regex(out, /kernel: Routing\.Invoke .* ratio \d+\.\d+ of floor: bare forwarder Invoke/);
   t.regex(out, /kernel RSS: idle \d+ MiB, after the bench \d+ MiB/);
+  t.regex(out, /node:http2 pooled sessions .* client CPU\/call \d+ us/);
+  t.regex(out, /no caller deadline \(capped\) +CPU per call \d+\.\d+ us/);
 });
