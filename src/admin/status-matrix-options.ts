@@ -102,8 +102,8 @@ export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>>
   },
   federation: {
     criticality: "ESSENTIAL",
-    dependsOn: ["hub-link"],
-    fallback: "local-only (store-and-forward)",
+    dependsOn: ["hub-link", "federation-links"],
+    fallback: "local-only: events store-and-forward; calls needing an unreachable peer's agent fail fast UNAVAILABLE",
     events: true,
     gatesReadiness: false,
   },
