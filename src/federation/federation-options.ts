@@ -36,7 +36,7 @@ export interface FederationOptions {
   reloadIntervalMs: number;
   /** Peers pinned by configuration; added at start when missing (never overwritten). @default [] */
   peers: PeerPin[];
-  /** How often each established peer's catalog (its routable agents per agreed tenant) is fetched again. @default 2000 */
+  /** How often each established peer's catalog (its routable agents per agreed tenant) is fetched. @default 2000 */
   catalogRefreshMs: number;
   /** A peer catalog older than this is not routed to (and the link counts as down). @default 6000 */
   catalogStalenessMs: number;

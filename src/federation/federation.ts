@@ -207,10 +207,7 @@ export function createFederation(
     logger: deps.logger,
     self: { identity: signing, descriptor, bundle: ownBundle },
   };
-  const delegations = createDelegations(
-    { registry, audit, clock, identity: signing },
-    DEFAULT_DELEGATION_OPTIONS,
-  );
+  const delegations = createDelegations({ registry, audit, clock, identity: signing }, DEFAULT_DELEGATION_OPTIONS);
   const responder = createHandshakeResponder(handshakeDeps, {
     handshakeTtlMs: options.handshakeTtlMs,
     maxPending: options.maxPendingHandshakes,

@@ -98,15 +98,16 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
     call.ctx.values.set(kPrincipal, peerPrincipal(peer, delegation, hops));
     // The receiving side of a forwarded call is audited too (the origin audits "federation.forward");
     // the peer's periodic catalog reads are not (they carry no tenant data and would flood the log).
-    if (call.service.typeName !== AgentRegistryService.typeName) audit.append({
-      actor: peer.spiffeId,
-      action: "federation.accept",
-      tenant: delegation.tenant,
-      resource: methodPath(call.method),
-      outcome: "ok",
-      details: { originalPrincipal: delegation.originalPrincipal, hops },
-      correlationId: call.ctx.values.get(kCorrelationId) || undefined,
-    });
+    if (call.service.typeName !== AgentRegistryService.typeName)
+      audit.append({
+        actor: peer.spiffeId,
+        action: "federation.accept",
+        tenant: delegation.tenant,
+        resource: methodPath(call.method),
+        outcome: "ok",
+        details: { originalPrincipal: delegation.originalPrincipal, hops },
+        correlationId: call.ctx.values.get(kCorrelationId) || undefined,
+      });
     return next(call);
   };
 }

@@ -1,6 +1,14 @@
 import type { ConnectionOptions } from "node:tls";
-import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createContextKey,
+  createContextValues,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AgentRegistryService, type Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RouteMode, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import type { AuditLog } from "../audit/index.js";
@@ -54,6 +62,8 @@ interface Link {
   peer: string;
   /** Material the clients were built with: rebuilt when the SVID or trust bundles change. */
   tlsKey: string;
+  /** The HTTP/2 connections of both clients, closed when the link is dropped or rebuilt. */
+  sessions: Http2SessionManager[];
   registry: Client<typeof AgentRegistryService>;
   routing: Client<typeof RoutingService>;
   /** Routable agents per agreed tenant and when they were fetched. */
@@ -67,6 +77,14 @@ interface Link {
 }
 
 const ALPHA = 0.2;
+
+// Trust headers of a forwarded call (delegation, hop count) are added after the Egress Guard looked at
+// the call: like the handshake, they are trust material this kernel mints, not the tenant's data.
+const kTrustHeaders = createContextKey<Record<string, string>>({}, { description: "federation trust headers" });
+const attachTrustHeaders: Interceptor = (next) => (req) => {
+  for (const [k, v] of Object.entries(req.contextValues.get(kTrustHeaders))) req.header.set(k, v);
+  return next(req);
+};
 
 /** A peer's answer, or its absence, as this kernel's caller should see it. */
 function forwardError(peer: string, err: unknown): ConnectError {
@@ -94,30 +112,37 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
   let timer: TimerHandle | undefined;
   let running = false;
 
+  const close = (link: Link | undefined) => {
+    for (const s of link?.sessions ?? []) s.abort();
+  };
   const linkOf = (peer: PeerRecord): Link | undefined => {
     const tls = deps.clientTls(peer.spiffeId);
     if (!tls) return undefined;
     const tlsKey = `${String(tls.cert)}|${String(tls.ca)}|${peer.grpcEndpoint}`;
     const old = links.get(peer.spiffeId);
     if (old && old.tlsKey === tlsKey) return old;
+    const baseUrl = `https://${peer.grpcEndpoint}`;
+    // A silent partition is noticed by the HTTP/2 ping, not only by the next call's deadline.
+    const session = () => new Http2SessionManager(baseUrl, { pingIntervalMs: 5000, pingTimeoutMs: 5000 }, tls);
+    const sessions = [session(), session()];
+    close(old);
     const transport = createGrpcTransport({
-      baseUrl: `https://${peer.grpcEndpoint}`,
-      nodeOptions: tls,
-      // A silent partition is noticed by the HTTP/2 ping, not only by the next call's deadline.
-      pingIntervalMs: 5000,
-      pingTimeoutMs: 5000,
-      interceptors: [deps.egress],
+      baseUrl,
+      sessionManager: sessions[0],
+      // The first interceptor is the outermost: the guard runs before the trust headers exist.
+      interceptors: [deps.egress, attachTrustHeaders],
     });
     const link: Link = {
       peer: peer.spiffeId,
       tlsKey,
+      sessions,
       registry: createClient(
         AgentRegistryService,
         // The catalog fetch carries no tenant data (tenant ids of the agreement only): not guarded.
-        createGrpcTransport({ baseUrl: `https://${peer.grpcEndpoint}`, nodeOptions: tls }),
+        createGrpcTransport({ baseUrl, sessionManager: sessions[1] }),
       ),
       routing: createClient(RoutingService, transport),
-      catalog: old?.catalog ?? new Map(),
+      catalog: old?.catalog ?? new Map<string, { agents: Agent[]; at: number }>(),
       lastOk: old?.lastOk ?? 0,
       lastError: old?.lastError ?? "",
       latencyMs: old?.latencyMs ?? 0,
@@ -150,7 +175,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
         link.lastError = "";
       } catch (err) {
         const reason = err instanceof Error ? err.message : String(err);
-        if (link.lastError !== reason) log.warn({ peer: peer.spiffeId, tenant, err: reason }, "peer catalog fetch failed");
+        if (link.lastError !== reason)
+          log.warn({ peer: peer.spiffeId, tenant, err: reason }, "peer catalog fetch failed");
         link.lastError = reason;
       }
     }
@@ -158,7 +184,11 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
 
   const refreshAll = async () => {
     const peers = registry.list().filter((p) => p.state === "established");
-    for (const id of links.keys()) if (!peers.some((p) => p.spiffeId === id)) links.delete(id);
+    for (const [id, link] of links) {
+      if (peers.some((p) => p.spiffeId === id)) continue;
+      close(link);
+      links.delete(id);
+    }
     await Promise.all(peers.map((p) => refresh(p)));
   };
   const tick = () => {
@@ -189,21 +219,26 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
       };
     };
     const callOptions = async (q: InvokeParams) => {
-      const headers: Record<string, string> = {
+      const trust = {
         [DELEGATION_HEADER]: await delegations.issue({
           audience: link.peer,
           tenant: q.tenant,
           principal: q.caller ?? "anonymous",
         }),
         [HOPS_HEADER]: String((q.hops ?? 0) + 1),
-        // Whose data this is, for the Egress Guard on the way out.
-        [TENANT_HEADER]: q.tenant,
       };
+      // Whose data this is, for the Egress Guard on the way out.
+      const headers: Record<string, string> = { [TENANT_HEADER]: q.tenant };
       if (q.traceparent) headers.traceparent = q.traceparent;
       if (q.tracestate) headers.tracestate = q.tracestate;
       if (q.requestId) headers["x-request-id"] = q.requestId;
       if (q.override) headers["x-enis-override"] = q.override;
-      return { headers, signal: q.signal, ...(q.timeoutMs !== undefined ? { timeoutMs: q.timeoutMs } : {}) };
+      return {
+        headers,
+        contextValues: createContextValues().set(kTrustHeaders, trust),
+        signal: q.signal,
+        ...(q.timeoutMs !== undefined ? { timeoutMs: q.timeoutMs } : {}),
+      };
     };
     const record = (q: InvokeParams, outcome: string, detail: Record<string, unknown>) => {
       try {
@@ -309,18 +344,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
       }
       const best = live.reduce((a, b) => (score(b.link) > score(a.link) ? b : a));
       const agent = best.agents[0]!;
-      return forwarded(
-        best.link,
-        {
-          agent: { ...agent, labels: { ...agent.labels, [KERNEL_LABEL]: best.link.peer } },
-          mode: RouteMode.SCORED,
-          reason: `remote: peer kernel ${best.link.peer} (no local agent${wanted ? " wanted" : ""}; link ${Math.round(best.link.latencyMs)} ms)`,
-          score: score(best.link),
-          weight: 1,
-          candidates: live.reduce((n, o) => n + o.agents.length, 0),
-          fallback: !wanted,
-        },
-      );
+      return forwarded(best.link, {
+        agent: { ...agent, labels: { ...agent.labels, [KERNEL_LABEL]: best.link.peer } },
+        mode: RouteMode.SCORED,
+        reason: `remote: peer kernel ${best.link.peer} (no local agent${wanted ? " wanted" : ""}; link ${Math.round(best.link.latencyMs)} ms)`,
+        score: score(best.link),
+        weight: 1,
+        candidates: live.reduce((n, o) => n + o.agents.length, 0),
+        fallback: !wanted,
+      });
     },
     probe() {
       const down = registry
@@ -346,6 +378,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     stop() {
       running = false;
       clock.clearTimeout(timer);
+      for (const link of links.values()) close(link);
+      links.clear();
     },
   };
 }

@@ -67,7 +67,10 @@ export interface RemoteRoute {
  * unreachable peer could serve the call.
  */
 export interface RemoteAgents {
-  pick(p: Pick<InvokeParams, "tenant" | "capability" | "constraints" | "hops">, hasLocal: () => boolean): RemoteRoute | undefined;
+  pick(
+    p: Pick<InvokeParams, "tenant" | "capability" | "constraints" | "hops">,
+    hasLocal: () => boolean,
+  ): RemoteRoute | undefined;
 }
 
 /** The agent's answer to an Invoke. */
@@ -535,7 +538,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
 
     async *invokeStream(p) {
       const remote = remoteFor(p);
-      if (remote) return yield* remote.invokeStream(p);
+      if (remote) {
+        yield* remote.invokeStream(p);
+        return;
+      }
       const md = metadata(p);
       const controller = new AbortController();
       const onAbort = (): void => controller.abort();
