@@ -103,7 +103,7 @@ export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>>
   federation: {
     criticality: "ESSENTIAL",
     dependsOn: ["hub-link", "federation-links"],
-    fallback: "local-only: events store-and-forward; calls needing an unreachable peer's agent fail fast UNAVAILABLE",
+    fallback: "local-only (store-and-forward)",
     events: true,
     gatesReadiness: false,
   },
