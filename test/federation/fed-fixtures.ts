@@ -5,6 +5,9 @@ import { readFileSync } from "node:fs";
 import { createServer, connect, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
+import type { DescService } from "@bufbuild/protobuf";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FederationService, PeerState } from "../../gen/nops/federation/v1/federation_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { agentSpiffeId } from "../../src/identity/index.js";
@@ -49,9 +52,24 @@ export async function handshake(from: FedKernel, to: FedKernel): Promise<void> {
   if (peer?.state !== PeerState.ESTABLISHED) throw new Error(`handshake ${from.spiffeId} -> ${to.spiffeId} failed`);
 }
 
+/** Where a kernel (in this process or a child) listens and keeps its dev identity. */
+export type KernelAt = Pick<FedKernel, "dir" | "trustDomain" | "grpcEndpoint">;
+
+/** A gRPC client of `kernel` presenting its dev developer SVID (SUPER_ADMIN there). */
+export function developerClient<S extends DescService>(kernel: KernelAt, service: S): Client<S> {
+  const file = (f: string) => readFileSync(join(kernel.dir, "dev-identity", f), "utf8");
+  return createClient(
+    service,
+    createGrpcTransport({
+      baseUrl: `https://${kernel.grpcEndpoint}`,
+      nodeOptions: { cert: file("svid.pem"), key: file("svid.key"), rejectUnauthorized: false },
+    }),
+  );
+}
+
 /** An echo agent serving mTLS with an agent SVID of `kernel`'s dev CA, registered there for `tenant`. */
 export async function startKernelAgent(
-  kernel: FedKernel,
+  kernel: KernelAt,
   tenant: string,
   name: string,
   capability: string,
@@ -72,7 +90,7 @@ export async function startKernelAgent(
       false,
     ),
   });
-  await kernel.client(AgentRegistryService, { kernel, transport: "grpc" }).registerAgent({
+  await developerClient(kernel, AgentRegistryService).registerAgent({
     tenant,
     name,
     version: "1",
