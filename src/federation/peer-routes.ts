@@ -166,7 +166,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
           { tenant, routableOnly: true, pageSize: 1000 },
           {
             headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" },
-            timeoutMs: options.catalogRefreshMs,
+            // A read slower than the staleness bound could not keep the catalog fresh anyway.
+            timeoutMs: options.catalogStalenessMs,
           },
         );
         link.catalog.set(tenant, { agents: res.agents, at: clock.now() });
