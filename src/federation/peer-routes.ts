@@ -90,7 +90,8 @@ const attachTrustHeaders: Interceptor = (next) => (req) => {
 function forwardError(peer: string, err: unknown): ConnectError {
   const e = ConnectError.from(err);
   // The peer's own verdicts (denied, not found, deadline) pass through; a transport failure is UNAVAILABLE.
-  if (e.code === Code.Unavailable || e.code === Code.Unknown || e.code === Code.Internal) {
+  // (connect-node reports a connection dropped during the TLS handshake as ABORTED.)
+  if ([Code.Unavailable, Code.Unknown, Code.Internal, Code.Aborted].includes(e.code)) {
     return unavailable(`peer kernel ${peer} did not answer: ${e.rawMessage}`);
   }
   return new ConnectError(`peer kernel ${peer}: ${e.rawMessage}`, e.code);

@@ -23,6 +23,8 @@ export const FAST_FEDERATION = {
   // Generous staleness: the machine is shared, a catalog read may be slow without the peer being gone.
   federation: { catalogRefreshMs: 500, catalogStalenessMs: 10_000 },
   registry: { heartbeatTtlMs: 600_000, zombieAfterMs: 1_200_000, reapAfterMs: 2_400_000 },
+  // The embedded DGE shares the loaded machine: a slow verdict is not what these tests are about.
+  egress: { dgeTimeoutMs: 30_000 },
 };
 
 const admin = (k: FedKernel) => k.client(FederationService, { kernel: k, transport: "grpc" });
