@@ -102,7 +102,7 @@ export const DEFAULT_CAPABILITY_MATRIX: Readonly<Record<string, CapabilitySpec>>
   },
   federation: {
     criticality: "ESSENTIAL",
-    dependsOn: ["hub-link"],
+    dependsOn: ["hub-link", "federation-links"],
     fallback: "local-only (store-and-forward)",
     events: true,
     gatesReadiness: false,

@@ -36,6 +36,12 @@ export interface FederationOptions {
   reloadIntervalMs: number;
   /** Peers pinned by configuration; added at start when missing (never overwritten). @default [] */
   peers: PeerPin[];
+  /** How often each established peer's catalog (its routable agents per agreed tenant) is fetched. @default 2000 */
+  catalogRefreshMs: number;
+  /** A peer catalog older than this is not routed to (and the link counts as down). @default 6000 */
+  catalogStalenessMs: number;
+  /** Kernels a call may cross; a call that arrived over this many hops is never forwarded again. @default 1 */
+  maxHops: number;
 }
 
 /** Defaults of FederationOptions. */
@@ -52,6 +58,9 @@ export const DEFAULT_FEDERATION_OPTIONS: Readonly<FederationOptions> = {
   fetchTimeoutMs: 10_000,
   reloadIntervalMs: 1000,
   peers: [],
+  catalogRefreshMs: 2000,
+  catalogStalenessMs: 6000,
+  maxHops: 1,
 };
 
 function readClause(raw: unknown, path: string): { tenants: string[]; capabilities: string[] } {
@@ -116,9 +125,15 @@ export function resolveFederationOptions(input: unknown, path = "federation"): F
     fetchTimeoutMs: readInt(s, "fetchTimeoutMs", path, d.fetchTimeoutMs, 100, 600_000),
     reloadIntervalMs: readInt(s, "reloadIntervalMs", path, d.reloadIntervalMs, 100, 600_000),
     peers: ((s.peers as unknown[] | undefined) ?? []).map((p, i) => readPin(p, `${path}.peers[${i}]`)),
+    catalogRefreshMs: readInt(s, "catalogRefreshMs", path, d.catalogRefreshMs, 100, 600_000),
+    catalogStalenessMs: readInt(s, "catalogStalenessMs", path, d.catalogStalenessMs, 200, 3_600_000),
+    maxHops: readInt(s, "maxHops", path, d.maxHops, 1, 8),
   };
   if (options.maxRefreshIntervalMs < options.minRefreshIntervalMs) {
     throw new ConfigError(`${path}.maxRefreshIntervalMs must be >= ${path}.minRefreshIntervalMs`);
+  }
+  if (options.catalogStalenessMs <= options.catalogRefreshMs) {
+    throw new ConfigError(`${path}.catalogStalenessMs must be > ${path}.catalogRefreshMs`);
   }
   return options;
 }

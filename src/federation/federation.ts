@@ -34,6 +34,7 @@ import { createPeerRegistry, PeerRegistryError, type PeerRecord, type PeerRegist
 import { bundleFingerprint, encodeSpiffeBundle } from "./spiffe-bundle.js";
 import { BundleFetchError, fetchPeerBundle } from "./bundle-fetcher.js";
 import type { FederationOptions } from "./federation-options.js";
+import { createDelegations, DEFAULT_DELEGATION_OPTIONS, type Delegations } from "./delegation.js";
 
 /** What the federation needs from the kernel's identity once it exists. */
 export interface FederationIdentity {
@@ -52,6 +53,10 @@ export type FederationRoute = (
 export interface Federation {
   /** The peer registry; also the federated bundles TLS trusts (pass to the identity before it starts). */
   readonly registry: PeerRegistry;
+  /** Delegations this kernel issues for forwarded calls and verifies on calls peers forward. */
+  readonly delegations: Delegations;
+  /** This kernel's SPIFFE ID, once it has a workload identity. */
+  spiffeId(): string | undefined;
   /** Gives the federation the kernel's identity (after the identity stage). */
   attachIdentity(identity: FederationIdentity): void;
   /** Records the bound endpoints (after listen) for the descriptor, unless advertised ones are configured. */
@@ -202,6 +207,7 @@ export function createFederation(
     logger: deps.logger,
     self: { identity: signing, descriptor, bundle: ownBundle },
   };
+  const delegations = createDelegations({ registry, audit, clock, identity: signing }, DEFAULT_DELEGATION_OPTIONS);
   const responder = createHandshakeResponder(handshakeDeps, {
     handshakeTtlMs: options.handshakeTtlMs,
     maxPending: options.maxPendingHandshakes,
@@ -282,6 +288,8 @@ export function createFederation(
 
   return {
     registry,
+    delegations,
+    spiffeId: () => identity?.source.current()?.svid.spiffeId.id,
     attachIdentity(id) {
       identity = id;
     },

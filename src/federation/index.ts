@@ -34,3 +34,5 @@ export {
   type Delegations,
 } from "./delegation.js";
 export { FederationRefusal } from "./kernel-jws.js";
+export { createPeerPrincipalInterceptor, DELEGATION_HEADER, type PeerPrincipalDeps } from "./peer-principal.js";
+export { createPeerRoutes, KERNEL_LABEL, type PeerRoutes, type PeerRoutesDeps } from "./peer-routes.js";

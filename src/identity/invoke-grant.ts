@@ -40,11 +40,12 @@ export function invokeGrantCovers(outer: string, inner: string): boolean {
 }
 
 /**
- * True when invoke grants restrict the principal: it holds the AGENT role and no role that
- * administers the tenant (OPERATOR, ADMIN, SUPER_ADMIN). Other principals reach capabilities
- * through their scopes alone.
+ * True when invoke grants restrict the principal: a KERNEL_PEER (grants from its agreement), or
+ * one holding the AGENT role and no role that administers the tenant (OPERATOR, ADMIN,
+ * SUPER_ADMIN). Other principals reach capabilities through their scopes alone.
  */
 export function invokeRestricted(principal: Principal): boolean {
+  if (principal.kind === "kernel-peer") return true;
   return (
     principal.roles.includes("AGENT") &&
     !principal.roles.some((r) => r === "SUPER_ADMIN" || r === "ADMIN" || r === "OPERATOR")

@@ -10,8 +10,11 @@ export type Role = (typeof ROLES)[number];
 /** Who is calling, as established by the authn interceptor and read by authz and handlers. */
 export interface Principal {
   /** Which credential established it. */
-  readonly kind: "spiffe" | "jwt" | "apikey" | "signed";
-  /** Actor string for the audit trail: the SPIFFE id, "jwt:<sub>", "apikey:<keyId>" or "signed:<keyId>". */
+  readonly kind: "spiffe" | "jwt" | "apikey" | "signed" | "kernel-peer";
+  /**
+   * Actor string for the audit trail: the SPIFFE id, "jwt:<sub>", "apikey:<keyId>" or "signed:<keyId>";
+   * for a KERNEL_PEER (a federated kernel, docs/federation.md) the peer kernel's SPIFFE id.
+   */
   readonly id: string;
   /**
    * The one tenant this principal acts for. `undefined` means every tenant, and is honoured only
@@ -35,6 +38,11 @@ export interface Principal {
    * admins are not restricted by it. From the API key, the SPIFFE rule or the JWT (capped by its issuer).
    */
   readonly invoke?: readonly string[];
+  /**
+   * KERNEL_PEER only: the verified delegation the peer presented (RFC 8693 token exchange): the
+   * principal on the origin kernel the call is made for, and how many kernels the call crossed.
+   */
+  readonly delegation?: { readonly originalPrincipal: string; readonly hops: number };
 }
 
 /** Per-request value: the authenticated caller, or undefined (public method, anonymous port). */

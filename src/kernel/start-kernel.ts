@@ -85,6 +85,7 @@ import { startDgeServer, resolveDgeServerOptions } from "../../packages/referenc
 import {
   createEgressGuard,
   createGrpcEgressInterceptor,
+  createConnectEgressInterceptor,
   createGuardedFetch,
   createNatsEgressHook,
   NO_VERDICT_REASONS,
@@ -99,6 +100,7 @@ import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
 import { createCircuitBreakers } from "../routing/circuit-breakers.js";
 import { createFederation } from "../federation/federation.js";
+import { createPeerPrincipalInterceptor, createPeerRoutes } from "../federation/index.js";
 import { agentCallData } from "../routing/agent-channel-pool.js";
 import { createRoutingService } from "../routing/routing-service.js";
 import { createRateLimitInterceptor } from "../ratelimit/rate-limit-interceptor.js";
@@ -433,8 +435,24 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     }
     await stage("events");
 
+    // Cross-kernel routes: peers' catalogs and forwarding, out through the Egress Guard (docs/federation.md).
+    const peerRoutes = createPeerRoutes(
+      {
+        registry: federation.registry,
+        delegations: federation.delegations,
+        audit,
+        clock,
+        logger,
+        selfId: () => federation.spiffeId(),
+        clientTls: (peerId) => tls?.clientOptions({ allowedIds: [peerId] }),
+        egress: createConnectEgressInterceptor(guard, "federation"),
+      },
+      options.federation,
+    );
+    life.defer("federation routes", () => peerRoutes.stop());
     const router = createRouter(
       {
+        remote: peerRoutes,
         agents: registry,
         credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
         // Every agent channel accepts only the SPIFFE ID its agent registered with (docs/routing.md).
@@ -486,6 +504,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       probes["workload-api"] = workloadApiProbe(clock, identity.x509, liveness);
     }
     probes["federation-peers"] = () => federation.probe();
+    probes["federation-links"] = () => peerRoutes.probe();
     const overload = createOverloadGuard(
       { logger, meter, samplers: overrides.overloadSamplers },
       options.admin.overload,
@@ -525,6 +544,14 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         options.requestSigning,
       ),
       identity.authn,
+      // A pinned peer kernel becomes a KERNEL_PEER, scoped by its agreement and delegation.
+      createPeerPrincipalInterceptor({
+        registry: federation.registry,
+        delegations: federation.delegations,
+        audit,
+        trustDomain: options.identity.spiffe.trustDomain,
+        maxHops: options.federation.maxHops,
+      }),
       rateLimit,
       createAuthzInterceptor({ audit, clock, logger: logger.child({ component: "authz" }) }, options.authz),
     ];
@@ -727,7 +754,10 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       `${options.grpc.host}:${grpcPort}`,
       `${tls ? "https" : "http"}://${options.http.host}:${httpPort}`,
     );
-    if (tls) federation.start();
+    if (tls) {
+      federation.start();
+      peerRoutes.start();
+    }
     await stage("listen");
     log.info(
       {

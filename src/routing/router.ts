@@ -44,6 +44,33 @@ export interface InvokeParams {
   requestId?: string;
   /** Break-glass grant the caller presented (x-enis-override), for the Egress Guard. */
   override?: string;
+  /** Audit actor of the caller (its principal id): a forwarded call's delegation names it. */
+  caller?: string;
+  /** Kernels this call already crossed (HOPS_HEADER); 0 for a call that started here. */
+  hops?: number;
+}
+
+/** Request header carrying how many kernels a call crossed (federation: loops are refused by a limit). */
+export const HOPS_HEADER = "x-nops-hops";
+
+/** A call routed to a peer kernel instead of a local agent. */
+export interface RemoteRoute {
+  selection: Selection;
+  invoke(p: InvokeParams): Promise<InvokeResult>;
+  invokeStream(p: InvokeParams): AsyncIterable<StreamChunk>;
+}
+
+/**
+ * Agents of federated peer kernels (src/federation implements it). `pick` answers undefined when the
+ * call stays local; it asks `hasLocal` (a local pick) only when a peer could take the call, since
+ * local agents come first unless the constraints name a peer. It throws UNAVAILABLE when only an
+ * unreachable peer could serve the call.
+ */
+export interface RemoteAgents {
+  pick(
+    p: Pick<InvokeParams, "tenant" | "capability" | "constraints" | "hops">,
+    hasLocal: () => boolean,
+  ): RemoteRoute | undefined;
 }
 
 /** The agent's answer to an Invoke. */
@@ -99,6 +126,8 @@ export interface RouterDeps {
   meter: Meter;
   /** Uniform random in [0, 1) for sampling and jitter. @default Math.random */
   random?: () => number;
+  /** Peer kernels' agents, used when no local agent can take a call (docs/federation.md). */
+  remote?: RemoteAgents;
 }
 
 /** Why one attempt failed, as the retry loop needs it. */
@@ -482,10 +511,17 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     }
   }
 
+  // Federation: the call goes to a peer kernel only when the remote side says so (keep this narrow).
+  const remoteFor = (p: Pick<InvokeParams, "tenant" | "capability" | "constraints" | "hops">) =>
+    deps.remote?.pick(p, () => selector.select(p.tenant, p.capability, p.constraints) !== undefined);
+
   return {
-    route: (tenant, capability, constraints) => route(tenant, capability, constraints),
+    route: (tenant, capability, constraints) =>
+      remoteFor({ tenant, capability, constraints })?.selection ?? route(tenant, capability, constraints),
 
     async invoke(p) {
+      const remote = remoteFor(p);
+      if (remote) return remote.invoke(p);
       const started = performance.now();
       const md = metadata(p);
       let outcome = "error";
@@ -501,6 +537,11 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     },
 
     async *invokeStream(p) {
+      const remote = remoteFor(p);
+      if (remote) {
+        yield* remote.invokeStream(p);
+        return;
+      }
       const md = metadata(p);
       const controller = new AbortController();
       const onAbort = (): void => controller.abort();

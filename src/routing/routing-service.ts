@@ -5,6 +5,7 @@ import { kCorrelationId } from "../server/index.js";
 import { OVERRIDE_HEADER, forwardableTraceContext } from "../egress/index.js";
 import type { SelectionConstraints } from "./agent-selector.js";
 import type { InvokeParams, Router } from "./router.js";
+import { kPrincipal } from "../identity/index.js";
 
 /** Options of the RoutingService handler. */
 export interface RoutingServiceOptions {
@@ -80,6 +81,9 @@ export function createRoutingService(
       ),
       requestId: ctx.values.get(kCorrelationId) || undefined,
       override: ctx.requestHeader.get(OVERRIDE_HEADER) ?? undefined,
+      caller: ctx.values.get(kPrincipal)?.id,
+      // Only a peer kernel's hop count is believed (its delegation was verified); anyone else starts at 0.
+      hops: ctx.values.get(kPrincipal)?.delegation?.hops ?? 0,
     };
   }
 

@@ -328,7 +328,7 @@ test("admin service - GetStatus reports dependencies and capability modes over C
   t.is(federation.criticality, Criticality.ESSENTIAL);
   t.is(federation.mode, CapabilityMode.DEGRADED);
   t.is(federation.fallback, "local-only (store-and-forward)");
-  t.deepEqual(federation.dependsOn, ["hub-link"]);
+  t.deepEqual(federation.dependsOn, ["hub-link", "federation-links"]);
   t.is(res.capabilities.find((c) => c.name === "scorecard")?.criticality, Criticality.BEST_EFFORT);
   t.is(res.capabilities.find((c) => c.name === "registry")?.mode, CapabilityMode.NORMAL);
 });

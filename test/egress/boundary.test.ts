@@ -60,6 +60,12 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
       "no tenant data (docs/federation.md)",
   },
   {
+    pattern: /^src\/federation\/peer-routes\.ts$/,
+    reason:
+      "cross-kernel routes: forwarded Invoke/InvokeStream carry createConnectEgressInterceptor (tenant data is " +
+      "guarded); the catalog read carries only the agreement's tenant ids (docs/federation.md)",
+  },
+  {
     pattern: /^src\/mcp\/upstream-servers\.ts$/,
     reason: "the MCP SDK's Client: its only transport is built on the guarded fetch handed in (deps.fetch)",
   },

@@ -10,7 +10,7 @@ import {
   SubjectAlternativeNameExtension,
   SubjectKeyIdentifierExtension,
   X509CertificateGenerator,
-  type X509Certificate,
+  X509Certificate,
   Extension as X509Extension,
   type Extension,
   type JsonGeneralName,
@@ -219,4 +219,15 @@ export async function createTestCa(trustDomain: string, o: CaOptions = {}): Prom
     webcrypto,
   );
   return buildCa(trustDomain, cert, keys.privateKey, []);
+}
+
+/** A TestCa over an existing CA certificate and PKCS#8 key, both PEM (e.g. a kernel's dev issuer CA). */
+export async function loadTestCa(trustDomain: string, certPem: string, keyPem: string): Promise<TestCa> {
+  const der = (pemText: string, label: string) => {
+    const b64 = new RegExp(`-----BEGIN ${label}-----([^-]+)-----END ${label}-----`).exec(pemText)?.[1];
+    if (!b64) throw new Error(`no ${label} block`);
+    return Buffer.from(b64.replace(/\s+/g, ""), "base64");
+  };
+  const key = await webcrypto.subtle.importKey("pkcs8", der(keyPem, "PRIVATE KEY"), ALG, true, ["sign"]);
+  return buildCa(trustDomain, new X509Certificate(der(certPem, "CERTIFICATE")), key, []);
 }

@@ -1,0 +1,387 @@
+import type { ConnectionOptions } from "node:tls";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  createContextKey,
+  createContextValues,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { AgentRegistryService, type Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { RouteMode, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import type { AuditLog } from "../audit/index.js";
+import { unavailable, type Clock, type DependencyStatus, type TimerHandle } from "../common/index.js";
+import { TENANT_HEADER } from "../egress/index.js";
+import { invokeGrantAllows } from "../identity/index.js";
+import {
+  HOPS_HEADER,
+  type InvokeParams,
+  type InvokeResult,
+  type RemoteAgents,
+  type RemoteRoute,
+  type StreamChunk,
+} from "../routing/index.js";
+import type { Logger } from "../telemetry/index.js";
+import type { Delegations } from "./delegation.js";
+import { DELEGATION_HEADER } from "./peer-principal.js";
+import type { PeerRecord, PeerRegistry } from "./peer-registry.js";
+import type { FederationOptions } from "./federation-options.js";
+
+/**
+ * Route constraint label naming the kernel a call must go to: a peer's SPIFFE ID sends it to that
+ * peer even when local agents offer the capability (local agents come first otherwise).
+ */
+export const KERNEL_LABEL = "nops.io/kernel";
+
+/** Dependencies of the cross-kernel routes. */
+export interface PeerRoutesDeps {
+  registry: PeerRegistry;
+  delegations: Delegations;
+  audit: AuditLog;
+  clock: Clock;
+  logger: Logger;
+  /** This kernel's SPIFFE ID (the subject of the delegations its catalog fetches carry). */
+  selfId: () => string | undefined;
+  /** mTLS client options that accept only a server presenting `peerId`; undefined without identity. */
+  clientTls: (peerId: string) => ConnectionOptions | undefined;
+  /** The Egress Guard on forwarded calls: they carry tenant data out of this kernel. */
+  egress: Interceptor;
+}
+
+/** Cross-kernel routing: the peers' catalogs, link health and forwarding (docs/federation.md). */
+export interface PeerRoutes extends RemoteAgents {
+  /** Dependency probe "federation-links": degraded while an established peer cannot be reached. */
+  probe(): DependencyStatus;
+  start(): void;
+  stop(): void;
+}
+
+interface Link {
+  peer: string;
+  /** Material the clients were built with: rebuilt when the SVID or trust bundles change. */
+  tlsKey: string;
+  /** The HTTP/2 connections of both clients, closed when the link is dropped or rebuilt. */
+  sessions: Http2SessionManager[];
+  registry: Client<typeof AgentRegistryService>;
+  routing: Client<typeof RoutingService>;
+  /** Routable agents per agreed tenant and when they were fetched. */
+  catalog: Map<string, { agents: Agent[]; at: number }>;
+  /** Last successful exchange with the peer (catalog fetch or forwarded call). */
+  lastOk: number;
+  lastError: string;
+  /** EWMA of forwarded call latency, ms (link health; 0 until measured). */
+  latencyMs: number;
+  inFlight: number;
+}
+
+const ALPHA = 0.2;
+
+// Trust headers of a forwarded call (delegation, hop count) are added after the Egress Guard looked at
+// the call: like the handshake, they are trust material this kernel mints, not the tenant's data.
+const kTrustHeaders = createContextKey<Record<string, string>>({}, { description: "federation trust headers" });
+const attachTrustHeaders: Interceptor = (next) => (req) => {
+  for (const [k, v] of Object.entries(req.contextValues.get(kTrustHeaders))) req.header.set(k, v);
+  return next(req);
+};
+
+/** A peer's answer, or its absence, as this kernel's caller should see it. */
+function forwardError(peer: string, err: unknown): ConnectError {
+  const e = ConnectError.from(err);
+  // The peer's own verdicts (denied, not found, deadline) pass through; a transport failure is UNAVAILABLE.
+  // (connect-node reports a connection dropped during the TLS handshake as ABORTED.)
+  if ([Code.Unavailable, Code.Unknown, Code.Internal, Code.Aborted].includes(e.code)) {
+    return unavailable(`peer kernel ${peer} did not answer: ${e.rawMessage}`);
+  }
+  return new ConnectError(`peer kernel ${peer}: ${e.rawMessage}`, e.code);
+}
+
+/**
+ * Creates the cross-kernel routes. Each established peer's catalog (the routable agents it offers
+ * to each tenant of the outbound agreement) is fetched every `catalogRefreshMs` with a delegation;
+ * a catalog older than `catalogStalenessMs` is not routed to and marks the link down. A call goes
+ * to a peer only when no local agent can take it (or the constraints name the peer), the tenant
+ * and capability are in the outbound agreement and the hop limit allows; the peer then picks its
+ * own agent. Forwarded calls carry a fresh delegation, the hop count, the deadline and the trace
+ * context, pass the Egress Guard, and are audited ("federation.forward").
+ */
+export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOptions): PeerRoutes {
+  const { registry, delegations, clock, audit } = deps;
+  const log = deps.logger.child({ component: "federation-routes" });
+  const links = new Map<string, Link>();
+  let timer: TimerHandle | undefined;
+  let running = false;
+
+  const close = (link: Link | undefined) => {
+    for (const s of link?.sessions ?? []) s.abort();
+  };
+  const linkOf = (peer: PeerRecord): Link | undefined => {
+    const tls = deps.clientTls(peer.spiffeId);
+    if (!tls) return undefined;
+    const tlsKey = `${String(tls.cert)}|${String(tls.ca)}|${peer.grpcEndpoint}`;
+    const old = links.get(peer.spiffeId);
+    if (old && old.tlsKey === tlsKey) return old;
+    const baseUrl = `https://${peer.grpcEndpoint}`;
+    // A silent partition is noticed by the HTTP/2 ping, not only by the next call's deadline.
+    const session = () => new Http2SessionManager(baseUrl, { pingIntervalMs: 5000, pingTimeoutMs: 5000 }, tls);
+    const sessions = [session(), session()];
+    close(old);
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager: sessions[0],
+      // The first interceptor is the outermost: the guard runs before the trust headers exist.
+      interceptors: [deps.egress, attachTrustHeaders],
+    });
+    const link: Link = {
+      peer: peer.spiffeId,
+      tlsKey,
+      sessions,
+      registry: createClient(
+        AgentRegistryService,
+        // The catalog fetch carries no tenant data (tenant ids of the agreement only): not guarded.
+        createGrpcTransport({ baseUrl, sessionManager: sessions[1] }),
+      ),
+      routing: createClient(RoutingService, transport),
+      catalog: old?.catalog ?? new Map<string, { agents: Agent[]; at: number }>(),
+      lastOk: old?.lastOk ?? 0,
+      lastError: old?.lastError ?? "",
+      latencyMs: old?.latencyMs ?? 0,
+      inFlight: old?.inFlight ?? 0,
+    };
+    links.set(peer.spiffeId, link);
+    return link;
+  };
+
+  const fresh = (at: number) => clock.now() - at <= options.catalogStalenessMs;
+  const isUp = (link: Link) => link.lastOk > 0 && fresh(link.lastOk);
+
+  async function refresh(peer: PeerRecord): Promise<void> {
+    const link = linkOf(peer);
+    const self = deps.selfId();
+    if (!link || !self) return;
+    for (const tenant of peer.agreement.outbound.tenants) {
+      try {
+        const token = await delegations.issue({ audience: peer.spiffeId, tenant, principal: self });
+        const res = await link.registry.listAgents(
+          { tenant, routableOnly: true, pageSize: 1000 },
+          {
+            headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" },
+            // A read slower than the staleness bound could not keep the catalog fresh anyway.
+            timeoutMs: options.catalogStalenessMs,
+          },
+        );
+        link.catalog.set(tenant, { agents: res.agents, at: clock.now() });
+        if (!isUp(link)) log.info({ peer: peer.spiffeId }, "federation link up");
+        link.lastOk = clock.now();
+        link.lastError = "";
+      } catch (err) {
+        const reason = err instanceof Error ? err.message : String(err);
+        if (link.lastError !== reason)
+          log.warn({ peer: peer.spiffeId, tenant, err: reason }, "peer catalog fetch failed");
+        link.lastError = reason;
+      }
+    }
+  }
+
+  const refreshAll = async () => {
+    const peers = registry.list().filter((p) => p.state === "established");
+    for (const [id, link] of links) {
+      if (peers.some((p) => p.spiffeId === id)) continue;
+      close(link);
+      links.delete(id);
+    }
+    await Promise.all(peers.map((p) => refresh(p)));
+  };
+  const tick = () => {
+    if (!running) return;
+    void refreshAll().finally(() => {
+      if (running) timer = clock.setTimeout(tick, options.catalogRefreshMs);
+    });
+  };
+
+  const offers = (agent: Agent, capability: string, version: string, labels: Record<string, string>) =>
+    agent.capabilities.some((c) => c.name === capability && (!version || c.version === version)) &&
+    Object.entries(labels).every(([k, v]) => k === KERNEL_LABEL || agent.labels[k] === v);
+
+  // Link health: the fewest calls in flight per measured latency wins; an unmeasured link is tried.
+  const score = (l: Link) => 1 / ((l.latencyMs || 1) * (1 + l.inFlight));
+
+  function forwarded(link: Link, selection: RemoteRoute["selection"]): RemoteRoute {
+    const request = (q: InvokeParams) => {
+      const labels = { ...(q.constraints.labels ?? {}) };
+      delete labels[KERNEL_LABEL];
+      return {
+        tenant: q.tenant,
+        capability: q.capability,
+        payload: q.payload,
+        contentType: q.contentType,
+        constraints: { labels, capabilityVersion: q.constraints.capabilityVersion ?? "", excludeAgentIds: [] },
+        idempotent: q.idempotent,
+      };
+    };
+    const callOptions = async (q: InvokeParams) => {
+      const trust = {
+        [DELEGATION_HEADER]: await delegations.issue({
+          audience: link.peer,
+          tenant: q.tenant,
+          principal: q.caller ?? "anonymous",
+        }),
+        [HOPS_HEADER]: String((q.hops ?? 0) + 1),
+      };
+      // Whose data this is, for the Egress Guard on the way out.
+      const headers: Record<string, string> = { [TENANT_HEADER]: q.tenant };
+      if (q.traceparent) headers.traceparent = q.traceparent;
+      if (q.tracestate) headers.tracestate = q.tracestate;
+      if (q.requestId) headers["x-request-id"] = q.requestId;
+      if (q.override) headers["x-enis-override"] = q.override;
+      return {
+        headers,
+        contextValues: createContextValues().set(kTrustHeaders, trust),
+        signal: q.signal,
+        ...(q.timeoutMs !== undefined ? { timeoutMs: q.timeoutMs } : {}),
+      };
+    };
+    const record = (q: InvokeParams, outcome: string, detail: Record<string, unknown>) => {
+      try {
+        audit.append({
+          actor: q.caller ?? "anonymous",
+          action: "federation.forward",
+          tenant: q.tenant,
+          resource: `peer/${link.peer}`,
+          outcome,
+          details: { capability: q.capability, hops: (q.hops ?? 0) + 1, ...detail },
+          correlationId: q.requestId,
+        });
+      } catch (err) {
+        log.error({ err }, "audit append failed");
+      }
+    };
+    const measure = (started: number, ok: boolean) => {
+      link.inFlight--;
+      if (ok) {
+        const ms = performance.now() - started;
+        link.latencyMs = link.latencyMs === 0 ? ms : link.latencyMs + ALPHA * (ms - link.latencyMs);
+        link.lastOk = clock.now();
+      }
+    };
+    return {
+      selection,
+      async invoke(q): Promise<InvokeResult> {
+        const started = performance.now();
+        link.inFlight++;
+        let ok = false;
+        try {
+          const res = await link.routing.invoke(request(q), await callOptions(q));
+          ok = true;
+          record(q, "ok", { agentId: res.agentId });
+          return {
+            payload: res.payload,
+            contentType: res.contentType,
+            agent: { ...selection.agent, id: res.agentId, name: res.agentName },
+            attempts: res.attempts,
+          };
+        } catch (err) {
+          const e = forwardError(link.peer, err);
+          if (e.code === Code.Unavailable) link.lastError = e.rawMessage;
+          record(q, "error", { code: Code[e.code], reason: e.rawMessage.slice(0, 300) });
+          throw e;
+        } finally {
+          measure(started, ok);
+        }
+      },
+      async *invokeStream(q): AsyncIterable<StreamChunk> {
+        const started = performance.now();
+        link.inFlight++;
+        let ok = false;
+        try {
+          for await (const chunk of link.routing.invokeStream(request(q), await callOptions(q))) {
+            yield {
+              payload: chunk.payload,
+              contentType: chunk.contentType,
+              agent: { ...selection.agent, id: chunk.agentId },
+            };
+          }
+          ok = true;
+          record(q, "ok", { stream: true });
+        } catch (err) {
+          const e = forwardError(link.peer, err);
+          record(q, "error", { stream: true, code: Code[e.code], reason: e.rawMessage.slice(0, 300) });
+          throw e;
+        } finally {
+          measure(started, ok);
+        }
+      },
+    };
+  }
+
+  return {
+    pick(p, hasLocal) {
+      if ((p.hops ?? 0) >= options.maxHops) return undefined;
+      const wanted = p.constraints.labels?.[KERNEL_LABEL];
+      const labels = p.constraints.labels ?? {};
+      const version = p.constraints.capabilityVersion ?? "";
+      const offering: { link: Link; peer: PeerRecord; agents: Agent[] }[] = [];
+      for (const link of links.values()) {
+        if (wanted && link.peer !== wanted) continue;
+        const peer = registry.get(link.peer);
+        if (!peer || peer.state !== "established") continue;
+        const out = peer.agreement.outbound;
+        if (!out.tenants.includes(p.tenant) || !out.capabilities.some((g) => invokeGrantAllows(g, p.capability))) {
+          continue;
+        }
+        const agents = (link.catalog.get(p.tenant)?.agents ?? []).filter((a) =>
+          offers(a, p.capability, version, labels),
+        );
+        if (agents.length > 0) offering.push({ link, peer, agents });
+      }
+      if (offering.length === 0) return undefined;
+      if (!wanted && hasLocal()) return undefined;
+      const live = offering.filter((o) => isUp(o.link) && fresh(o.link.catalog.get(p.tenant)?.at ?? 0));
+      if (live.length === 0) {
+        const why = offering.map((o) => `${o.link.peer}: ${o.link.lastError || "catalog stale"}`).join("; ");
+        throw unavailable(
+          `capability "${p.capability}" is offered only by unreachable peer kernels (federation degraded, local-only): ${why}`,
+        );
+      }
+      const best = live.reduce((a, b) => (score(b.link) > score(a.link) ? b : a));
+      const agent = best.agents[0]!;
+      return forwarded(best.link, {
+        agent: { ...agent, labels: { ...agent.labels, [KERNEL_LABEL]: best.link.peer } },
+        mode: RouteMode.SCORED,
+        reason: `remote: peer kernel ${best.link.peer} (no local agent${wanted ? " wanted" : ""}; link ${Math.round(best.link.latencyMs)} ms)`,
+        score: score(best.link),
+        weight: 1,
+        candidates: live.reduce((n, o) => n + o.agents.length, 0),
+        fallback: !wanted,
+      });
+    },
+    probe() {
+      const down = registry
+        .list()
+        .filter((p) => p.state === "established" && p.agreement.outbound.tenants.length > 0)
+        .map((p) => ({ p, link: links.get(p.spiffeId) }))
+        .filter(({ link }) => !link || !isUp(link));
+      return down.length === 0
+        ? { name: "federation-links", state: "ok" }
+        : {
+            name: "federation-links",
+            state: "degraded",
+            detail: down
+              .map(({ p, link }) => `${p.spiffeId} unreachable: ${link?.lastError || "no catalog yet"}`)
+              .join("; ")
+              .slice(0, 1000),
+          };
+    },
+    start() {
+      running = true;
+      tick();
+    },
+    stop() {
+      running = false;
+      clock.clearTimeout(timer);
+      for (const link of links.values()) close(link);
+      links.clear();
+    },
+  };
+}
