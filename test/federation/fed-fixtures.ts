@@ -1,8 +1,7 @@
 // Shared by the cross-kernel tests: two pinned, handshaken kernels, agents with SVIDs of their
-// kernel's dev CA, delegations minted with a kernel's own SVID, and a TCP proxy the test can cut.
+// kernel's dev CA and delegations minted with a kernel's own SVID.
 import { createPrivateKey } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { createServer, connect, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
@@ -127,51 +126,4 @@ export async function mintDelegation(kernel: FedKernel, claims: Partial<Delegati
     DELEGATION_JWS_TYPE,
     new TextEncoder().encode(JSON.stringify(full)),
   );
-}
-
-/** A test-owned TCP proxy in front of `target`: cut drops every connection and refuses new ones until healed. */
-export interface CuttableProxy {
-  endpoint: string;
-  cut(): void;
-  heal(): void;
-  close(): Promise<void>;
-}
-
-/** Starts a TCP proxy on 127.0.0.1 towards `target` ("host:port"). */
-export async function startProxy(target: string): Promise<CuttableProxy> {
-  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
-  const sockets = new Set<Socket>();
-  let open = true;
-  const server: Server = createServer((client) => {
-    if (!open) return client.destroy();
-    const upstream = connect(port, host);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("close", () => sockets.delete(s));
-      s.on("error", () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  if (!address || typeof address === "string") throw new Error("proxy has no port");
-  return {
-    endpoint: `127.0.0.1:${address.port}`,
-    cut() {
-      open = false;
-      for (const s of sockets) s.destroy();
-    },
-    heal() {
-      open = true;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        open = false;
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
 }

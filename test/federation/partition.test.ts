@@ -3,15 +3,9 @@ import { ConnectError, Code } from "@connectrpc/connect";
 import { AdminService, CapabilityMode } from "../../gen/nops/kernel/v1/admin_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import type { EchoAgent } from "../routing/fixtures/echo-agent.js";
+import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy.js";
 import { startFedKernel, eventually, type FedKernel } from "./two-kernels.js";
-import {
-  FAST_FEDERATION,
-  handshake,
-  pinPeer,
-  startKernelAgent,
-  startProxy,
-  type CuttableProxy,
-} from "./fed-fixtures.js";
+import { FAST_FEDERATION, handshake, pinPeer, startKernelAgent } from "./fed-fixtures.js";
 
 // The issue's partition: a test-owned TCP proxy between the kernels cuts B off for 30 s under light load.
 const CUT_MS = 30_000;
@@ -22,15 +16,15 @@ const AGREEMENT = {
 
 let a: FedKernel;
 let b: FedKernel;
-let proxy: CuttableProxy;
+let proxy: TcpProxy;
 const agents: EchoAgent[] = [];
 
 test.before(async () => {
   a = await startFedKernel("edge-a", "edge-a.test", FAST_FEDERATION);
   b = await startFedKernel("edge-b", "edge-b.test", FAST_FEDERATION);
-  proxy = await startProxy(b.grpcEndpoint);
+  proxy = await startTcpProxy(Number(b.grpcEndpoint.slice(b.grpcEndpoint.lastIndexOf(":") + 1)));
   // A reaches B's gRPC port only through the proxy.
-  await pinPeer(a, b, AGREEMENT, proxy.endpoint);
+  await pinPeer(a, b, AGREEMENT, `127.0.0.1:${proxy.port}`);
   await pinPeer(b, a, AGREEMENT);
   await handshake(a, b);
   agents.push(await startKernelAgent(b, "acme", "remote", "remote"));
