@@ -1,4 +1,4 @@
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startEdgeFleet, type EdgeFleet } from "../helpers/nats-fleet.js";
@@ -6,6 +6,20 @@ import { waitFor } from "../helpers/processes.js";
 import { startEdgePipeline, tempDbPath, type EdgePipeline } from "./edge-pipeline.js";
 import { readStreamEnvelopes } from "./hub-reader.js";
 import { hubEdgeStreamName } from "../../src/events/nats-config.js";
+
+/** One hub node and two edges (edge-a serving acme, edge-b globex) with their hub streams. */
+async function twoEdges(t: ExecutionContext): Promise<EdgeFleet> {
+  const fleet = await startEdgeFleet({
+    hubNodes: 1,
+    edges: [
+      { edgeId: "edge-a", tenants: ["acme"] },
+      { edgeId: "edge-b", tenants: ["globex"] },
+    ],
+  });
+  t.teardown(() => fleet.destroy());
+  await fleet.createHubStreams();
+  return fleet;
+}
 
 function pipeline(fleet: EdgeFleet, edgeId: string): EdgePipeline {
   return startEdgePipeline({
@@ -37,15 +51,7 @@ async function onEdge(fleet: EdgeFleet, edgeId: string): Promise<NatsConnection>
 }
 
 test.serial("edge identity - each edge's events reach its own hub stream through its own link", async (t) => {
-  const fleet = await startEdgeFleet({
-    hubNodes: 1,
-    edges: [
-      { edgeId: "edge-a", tenants: ["acme"] },
-      { edgeId: "edge-b", tenants: ["globex"] },
-    ],
-  });
-  t.teardown(() => fleet.destroy());
-  await fleet.createHubStreams();
+  const fleet = await twoEdges(t);
   const a = pipeline(fleet, "edge-a");
   const b = pipeline(fleet, "edge-b");
   t.teardown(() => Promise.all([a.close(), b.close()]));
@@ -113,15 +119,7 @@ async function receivedBeforeControl(
 test.serial(
   "edge identity - edge A's link cannot publish another tenant's or edge's subjects, read another edge's deliveries or use its domain",
   async (t) => {
-    const fleet = await startEdgeFleet({
-      hubNodes: 1,
-      edges: [
-        { edgeId: "edge-a", tenants: ["acme"] },
-        { edgeId: "edge-b", tenants: ["globex"] },
-      ],
-    });
-    t.teardown(() => fleet.destroy());
-    await fleet.createHubStreams();
+    const fleet = await twoEdges(t);
     const hub = await onHub(fleet);
     const a = await connect({
       servers: fleet.edges["edge-a"]!.leaf.url,
@@ -225,15 +223,7 @@ test.serial(
 test.serial(
   "edge identity - a revoked edge cannot reconnect once its link drops; the other edges are unaffected by the reload",
   async (t) => {
-    const fleet = await startEdgeFleet({
-      hubNodes: 1,
-      edges: [
-        { edgeId: "edge-a", tenants: ["acme"] },
-        { edgeId: "edge-b", tenants: ["globex"] },
-      ],
-    });
-    t.teardown(() => fleet.destroy());
-    await fleet.createHubStreams();
+    const fleet = await twoEdges(t);
     const a = pipeline(fleet, "edge-a");
     const b = pipeline(fleet, "edge-b");
     t.teardown(() => Promise.all([a.close(), b.close()]));

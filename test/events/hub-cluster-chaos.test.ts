@@ -132,7 +132,19 @@ test.serial(
         300_000,
         500,
       );
-      const all = await readStreamEnvelopes(fleet.hubUrls, fleet.hubUser, stream);
+      // The count above includes the kernel's own system events: read until every acknowledged
+      // event has arrived (or the wait times out and the assertions below say which are missing).
+      let all: Awaited<ReturnType<typeof readStreamEnvelopes>> = [];
+      await waitFor(
+        async () => {
+          all = await readStreamEnvelopes(fleet.hubUrls, fleet.hubUser, stream);
+          const ids = new Set(all.map((x) => x.id));
+          return [...acked[i]!].every((id) => ids.has(id));
+        },
+        `every acknowledged event of ${e.edgeId} at the hub`,
+        120_000,
+        1000,
+      ).catch(() => undefined);
       t.deepEqual(
         [...countIds(all)].filter(([, n]) => n > 1),
         [],

@@ -164,7 +164,9 @@ async function startOn(
     async createHubStreams() {
       const nc = await connect({ servers: hubUrls, user: hubUser.user, pass: hubUser.pass });
       try {
-        const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+        // No API check here: a cluster that just started may not have elected its JetStream
+        // meta leader yet; the adds below are retried until it has.
+        const jsm = await jetstreamManager(nc, { timeout: 10_000, checkAPI: false });
         for (const s of secrets)
           await waitFor(
             async () => {
