@@ -46,7 +46,9 @@ test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) a
     NOPS_GRPC_PORT: "0",
     NOPS_HTTP_PORT: "0",
   });
-  await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 30_000);
+  // Generous: the first start mints the dev CA and starts the DGE and the leaf nats-server, and
+  // the suite shares two cores with its other process-starting files.
+  await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 120_000);
   const started = kernel
     .output()
     .split("\n")

@@ -113,8 +113,13 @@ test("dge runtime - the guard treats a budget refusal as no verdict: the call is
   t.true(NO_VERDICT_REASONS.has(decision.reason), decision.reason);
 });
 
-test("dge runtime - one thread runs while idle; another starts while a request waits and exits once idle", async (t) => {
-  const server = await startDge(t, { classifyThreads: 2, classifyIdleThreadMs: 1000, classifyBudgetMs: 600_000 });
+test("dge runtime - with one warm thread, one runs while idle; another starts while a request waits and exits once idle", async (t) => {
+  const server = await startDge(t, {
+    classifyThreads: 2,
+    classifyWarmThreads: 1,
+    classifyIdleThreadMs: 1000,
+    classifyBudgetMs: 600_000,
+  });
   t.is(server.classifyThreadCount(), 1);
   // The second thread lives from its start until a second after its request: sampled, not read once.
   let most = 0;

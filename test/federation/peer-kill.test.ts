@@ -94,7 +94,7 @@ test("federation - kill -9 of a peer under load: no answered call lost, no non-i
   await eventually(async () => ((await invoke("warm-up").catch(() => undefined)) ? true : undefined), "A to reach B");
 
   const answered = new Set<string>();
-  const failed: { id: string; at: number; code: Code }[] = [];
+  const failed: { id: string; at: number; code: Code; message: string }[] = [];
   let next = 0;
   let killedAt = 0;
   let afterKill = 0;
@@ -106,7 +106,7 @@ test("federation - kill -9 of a peer under load: no answered call lost, no non-i
         await invoke(id);
         answered.add(id);
       } catch (err) {
-        failed.push({ id, at, code: ConnectError.from(err).code });
+        failed.push({ id, at, code: ConnectError.from(err).code, message: ConnectError.from(err).rawMessage });
       }
       if (killedAt !== 0 && at > killedAt) afterKill++;
     }
@@ -128,7 +128,7 @@ test("federation - kill -9 of a peer under load: no answered call lost, no non-i
   const late = failed.filter((f) => f.at > killedAt);
   t.true(late.length > 0, "calls after the kill fail");
   t.deepEqual(
-    late.filter((f) => f.code !== Code.Unavailable).map((f) => `${f.id}: ${Code[f.code]}`),
+    late.filter((f) => f.code !== Code.Unavailable).map((f) => `${f.id}: ${Code[f.code]} ${f.message}`),
     [],
     "calls needing the dead peer fail with UNAVAILABLE",
   );

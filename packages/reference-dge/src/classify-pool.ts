@@ -14,13 +14,13 @@ export interface ClassifyPool {
    */
   detect(text: string, signal?: AbortSignal): Promise<Detection[]>;
   /**
-   * Resolves once the first worker has loaded the classifier and answered one request (a worker booting takes a
-   * while, and under load longer than a caller's deadline), so the server listens only when warm.
+   * Resolves once the warm workers have loaded the classifier and answered one request each (a worker booting
+   * takes a while, and under load longer than a caller's deadline), so the server listens only when warm.
    */
   warm(): Promise<void>;
   /** Requests accepted and not yet answered (waiting or running). */
   inFlight(): number;
-  /** Worker threads running now (at least one, replaced when terminated; up to `threads` while busy). */
+  /** Worker threads running now (the warm ones, replaced when terminated; up to `threads` while busy). */
   threadCount(): number;
   /** Stops every worker; requests in flight fail with UNAVAILABLE. */
   close(): Promise<void>;
@@ -28,9 +28,11 @@ export interface ClassifyPool {
 
 /** Options of the classification pool. */
 export interface ClassifyPoolOptions {
-  /** Most worker threads, each classifying one request at a time: one always runs, the others while requests wait. */
+  /** Most worker threads, each classifying one request at a time. */
   threads: number;
-  /** How long a thread beyond the first may sit idle before it exits, ms (each thread holds its own V8 heap). */
+  /** Threads that run even while idle (at least 1, at most `threads`); the others start while requests wait. */
+  warmThreads: number;
+  /** How long a thread beyond the warm ones may sit idle before it exits, ms (each thread holds its own V8 heap). */
   idleThreadMs: number;
   /** Longest a request may run in a worker, ms; past it the worker is terminated, the answer RESOURCE_EXHAUSTED. */
   budgetMs: number;
@@ -67,9 +69,9 @@ const WORKER_FILE = new URL(
 export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPoolOptions): ClassifyPool {
   const pool = new Piscina({
     filename: WORKER_FILE,
-    // One thread is kept warm (a thread booting under load takes longer than a caller's deadline); the others
-    // start when requests wait and exit after idleThreadMs.
-    minThreads: 1,
+    // warmThreads are kept running (a thread booting under load takes longer than a caller's deadline); the
+    // others start when requests wait and exit after idleThreadMs.
+    minThreads: Math.min(options.warmThreads, options.threads),
     maxThreads: options.threads,
     idleTimeout: options.idleThreadMs,
     resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
@@ -123,8 +125,10 @@ export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPo
       }
     },
     async warm() {
-      // The one thread that is always running loads the rules before the server listens.
-      await pool.run({ id: 0, text: "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111" });
+      // One task per warm thread at once: each takes one (one task per worker), loading the rules first.
+      const sample = "warm-up: anna@example.com, +1 415 555 2671, 4111 1111 1111 1111";
+      const warm = Math.min(options.warmThreads, options.threads);
+      await Promise.all(Array.from({ length: warm }, () => pool.run({ id: 0, text: sample })));
     },
     inFlight: () => inFlight,
     threadCount: () => pool.threads.length,

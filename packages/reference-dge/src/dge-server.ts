@@ -27,11 +27,16 @@ export interface DgeServerOptions {
   /** Largest request message, bytes (connect-node's default is ~4 GiB). @default 4194304 */
   maxRequestBytes: number;
   /**
-   * Most worker threads classifying requests off the event loop: one runs always, the others start while requests
-   * wait for a thread. @default one per core (os.availableParallelism())
+   * Most worker threads classifying requests off the event loop. @default one per core (os.availableParallelism())
    */
   classifyThreads: number;
-  /** How long a thread beyond the first may stay idle before it exits, ms. @default 30000 */
+  /**
+   * Threads that run even while the DGE is idle; the others start while requests wait for a thread. Each holds
+   * its own V8 heap, so fewer save memory, but a request that arrives during a burst may then wait for a thread
+   * to boot (seconds on a loaded machine). @default classifyThreads (all warm)
+   */
+  classifyWarmThreads: number;
+  /** How long a thread beyond the warm ones may stay idle before it exits, ms. @default 30000 */
   classifyIdleThreadMs: number;
   /**
    * Time budget of one classification, ms, waiting included; past it the worker running it is terminated and
@@ -62,6 +67,7 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     signingKeyId: "",
     maxRequestBytes: 0,
     classifyThreads: 0,
+    classifyWarmThreads: 0,
     classifyIdleThreadMs: 0,
     classifyBudgetMs: 0,
     classifyMaxQueue: 0,
@@ -88,6 +94,7 @@ export function resolveDgeServerOptions(input: unknown, path = "dge.server"): Dg
     signingKeyId,
     maxRequestBytes: readInt(s, "maxRequestBytes", path, DEFAULT_DGE_MAX_REQUEST_BYTES, 1024, 64 * 1024 * 1024),
     classifyThreads: readInt(s, "classifyThreads", path, DEFAULT_CLASSIFY_THREADS, 1, 256),
+    classifyWarmThreads: readInt(s, "classifyWarmThreads", path, DEFAULT_CLASSIFY_THREADS, 1, 256),
     classifyIdleThreadMs: readInt(s, "classifyIdleThreadMs", path, DEFAULT_CLASSIFY_IDLE_THREAD_MS, 100, 86_400_000),
     classifyBudgetMs: readInt(s, "classifyBudgetMs", path, DEFAULT_CLASSIFY_BUDGET_MS, 10, 600_000),
     classifyMaxQueue: readInt(s, "classifyMaxQueue", path, DEFAULT_CLASSIFY_MAX_QUEUE, 0, 1_000_000),
@@ -125,6 +132,7 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
     { logger },
     {
       threads: options.classifyThreads,
+      warmThreads: options.classifyWarmThreads,
       idleThreadMs: options.classifyIdleThreadMs,
       budgetMs: options.classifyBudgetMs,
       maxQueue: options.classifyMaxQueue,
