@@ -11,6 +11,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v grpc_python_plugin >/dev/null 2>&1 || missing+=(protobuf-compiler-grpc)
+# protoc's well-known types (google/protobuf/*.proto), which the contracts import; a recommends of
+# protobuf-compiler, so not there after an install without recommends.
+[ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 for module in grpc:python3-grpcio google.protobuf:python3-protobuf cryptography:python3-cryptography; do
   /usr/bin/python3 -c "import ${module%%:*}" >/dev/null 2>&1 || missing+=("${module#*:}")
 done
