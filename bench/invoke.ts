@@ -6,7 +6,7 @@
 // router with no work of its own would add.
 //   node --import tsx bench/invoke.ts [--rate 200] [--seconds 8] [--connections 4] [--streams 16]
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -20,7 +20,7 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
+import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -88,14 +88,6 @@ function startForwarder(agentEndpoint: string): { process: ChildProcess; port: P
     { stdio: ["ignore", "pipe", "inherit"] },
   );
   return { process: child, port: firstLine(child, /^(\d+)\n/).then(Number) };
-}
-
-/** CPU time (user + system) a process has used so far, ms (Linux /proc; 10 ms ticks). */
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
-    .replace(/^.*\) /, "")
-    .split(" ");
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
 async function main(): Promise<void> {

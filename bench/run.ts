@@ -15,6 +15,7 @@ const CASES: Array<[file: string, smokeArgs: string[]]> = [
   ["chain.ts", ["--calls", "2000", "--rounds", "1"]],
   ["tracing.ts", ["--seconds", "1", "--rounds", "1"]],
   ["mcp.ts", ["--seconds", "1"]],
+  ["federation.ts", ["--seconds", "2", "--rate", "50", "--connections", "1", "--streams", "4"]],
 ];
 let failed = 0;
 for (const [file, smokeArgs] of CASES) {

@@ -66,6 +66,8 @@ export interface H2Options {
    * arrive are counted as errors.
    */
   responseBytes?: number;
+  /** Called when the measured run starts (after the warm-up), e.g. to sample CPU time. */
+  onMeasuring?: () => void;
 }
 
 /** Runs h2load and summarises its per-request log. */
@@ -96,6 +98,7 @@ export async function runH2load(options: H2Options): Promise<LoadResult> {
     // A separate warm-up run: h2load's own --warm-up-time leaves the warm-up's DATA in the
     // traffic total, which the answered-call check below reads.
     if (options.warmupSeconds > 0) await run(options.warmupSeconds);
+    options.onMeasuring?.();
     const summary = await run(options.seconds, logFile);
     // One row per request: start (µs since the epoch), HTTP status, duration (µs). Status 0
     // marks a request still in flight when the run ended: neither an answer nor an error.
@@ -124,6 +127,14 @@ export async function runH2load(options: H2Options): Promise<LoadResult> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** CPU time (user + system) a process has used so far, ms (Linux /proc; 10 ms ticks). */
+export function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
+    .replace(/^.*\) /, "")
+    .split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
 /** Resident set size of a process, MiB (Linux /proc). */

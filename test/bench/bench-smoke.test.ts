@@ -25,6 +25,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
     "chain.ts",
     "tracing.ts",
     "mcp.ts",
+    "federation.ts",
   ])
     t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
   t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
@@ -32,5 +33,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
   t.regex(out, /kernel: Routing\.Invoke .* ratio \d+\.\d+ of floor: bare forwarder Invoke/);
   t.regex(out, /kernel RSS: idle \d+ MiB, after the bench \d+ MiB/);
   t.regex(out, /node:http2 pooled sessions .* client CPU\/call \d+ us/);
+  t.regex(out, /federated: client -> A -> B -> agent .* ratio \d+\.\d+ of local: client -> B -> agent/);
+  t.regex(out, /added by the peer hop at \d+ rps: p50 [+-]\d+\.\d+ ms .* p99 [+-]\d+\.\d+ ms/);
   t.regex(out, /no caller deadline \(capped\) +CPU per call \d+\.\d+ us/);
 });
