@@ -1,5 +1,6 @@
 import { resolveFederationLinks, type FederationLink } from "./event-federation.js";
 import { ConfigError, TENANT_PATTERN } from "../common/index.js";
+import { RESERVED_EVENT_NAMESPACES, resolveTenantEventSchemas, type TenantEventSchemas } from "../store/index.js";
 
 /** Options of the edge event bus (relay, hub confirmation, idempotency, consumers, DLQ). */
 export interface EventBusOptions {
@@ -77,6 +78,12 @@ export interface EventBusOptions {
    * with through the hub, and which tenants may cross each way. @default [] (none)
    */
   federation: FederationLink[];
+  /**
+   * The event types tenants may publish, each with the full name of its payload's schema
+   * (docs/events.md, "Event schemas"): Publish refuses any other type, and the relay refuses any
+   * that reaches the outbox anyway. @default {} (no registry: any type outside the kernel's namespaces)
+   */
+  schemas: TenantEventSchemas;
 }
 
 /** @see EventBusOptions.natsUrl */
@@ -188,6 +195,7 @@ export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "
     defaultMaxDeliveries: int("defaultMaxDeliveries", input.defaultMaxDeliveries, DEFAULT_MAX_DELIVERIES, 1),
     defaultAckWaitMs: int("defaultAckWaitMs", input.defaultAckWaitMs, DEFAULT_ACK_WAIT_MS, 1),
     systemTenant: str("systemTenant", input.systemTenant, DEFAULT_SYSTEM_TENANT, TENANT_PATTERN),
+    schemas: resolveTenantEventSchemas(input.schemas, RESERVED_EVENT_NAMESPACES, `${path}.schemas`),
   };
   if (opts.retryMaxMs < opts.retryInitialMs) throw new ConfigError(`${path}.retryMaxMs must be >= retryInitialMs`);
   return opts;

@@ -13,6 +13,7 @@ import { headers as natsHeaders, type MsgHdrs } from "@nats-io/nats-core";
 import {
   RESERVED_EVENT_NAMESPACES,
   callerHeaders,
+  checkCallerEvent,
   eventSubject,
   type OutboxStore,
   type Transactor,
@@ -279,6 +280,8 @@ export function createEventBusService(
     const namespace = r.subject.split(".")[0] ?? "";
     if (RESERVED_EVENT_NAMESPACES.includes(namespace))
       throw invalidArgument("subject", `namespace "${namespace}" is reserved for the kernel's own events`);
+    const unregistered = checkCallerEvent(bo.schemas, r.subject, r.payloadType);
+    if (unregistered) throw invalidArgument("subject", unregistered);
     if (r.payload.byteLength > options.maxPayloadBytes)
       throw invalidArgument("payload", `must be at most ${options.maxPayloadBytes} bytes`);
     const names = Object.keys(r.headers);

@@ -1,10 +1,16 @@
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import { fromBinary } from "@bufbuild/protobuf";
-import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
+import { EventEnvelopeSchema, type EventEnvelope } from "../../gen/nops/events/v1/envelope_pb.js";
 import { SpanStatusCode, type Meter, type Tracer } from "@opentelemetry/api";
 import { startProducerSpan, type Logger } from "../telemetry/index.js";
-import type { OutboxStore, PublicationReceipt, UnpublishedRow } from "../store/index.js";
+import {
+  checkEnvelope,
+  type OutboxStore,
+  type PublicationReceipt,
+  type TenantEventSchemas,
+  type UnpublishedRow,
+} from "../store/index.js";
 import type { Clock } from "../common/index.js";
 
 /** Verdict of the egress guard on an event about to cross to the hub. */
@@ -18,13 +24,15 @@ export interface PrePublishVerdict {
   retryLater?: boolean;
 }
 
-// The trace context the event was written under (EventEnvelope.traceparent), or "".
-function envelopeTraceparent(envelope: Uint8Array): string {
+// The row's envelope, or why it may not be published (it does not decode, its type has no registered schema).
+function readEnvelope(row: UnpublishedRow, tenantSchemas: TenantEventSchemas): EventEnvelope | string {
+  let envelope: EventEnvelope;
   try {
-    return fromBinary(EventEnvelopeSchema, envelope).traceparent;
-  } catch {
-    return "";
+    envelope = fromBinary(EventEnvelopeSchema, row.envelope);
+  } catch (err) {
+    return `envelope does not decode: ${err instanceof Error ? err.message : String(err)}`;
   }
+  return checkEnvelope(envelope, tenantSchemas) ?? envelope;
 }
 
 /** The Egress Guard's hook, called before every event that crosses to the hub. */
@@ -67,6 +75,8 @@ export interface OutboxRelayOptions {
   retryInitialMs: number;
   retryMaxMs: number;
   publishTimeoutMs: number;
+  /** Tenant event types and their payload types (EventBusOptions.schemas). @default {} */
+  schemas?: TenantEventSchemas;
 }
 
 /** Why the relay is not publishing, if it is not. */
@@ -111,6 +121,9 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
   });
   const blockedCounter = deps.meter.createCounter("nops_events_relay_blocked", {
     description: "Outbox rows the egress guard blocked",
+  });
+  const schemaRefused = deps.meter.createCounter("nops_events_relay_schema_refused", {
+    description: "Outbox rows the relay refused because their type has no registered schema",
   });
   deps.meter
     .createObservableGauge("nops_events_outbox_depth", {
@@ -170,12 +183,12 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     published.add(batch.length);
   };
 
-  const publishRow = (js: JetStreamClient, row: UnpublishedRow): void => {
+  const publishRow = (js: JetStreamClient, row: UnpublishedRow, envelope: EventEnvelope): void => {
     const h = natsHeaders();
     for (const [k, v] of Object.entries(row.headers)) h.set(k, v);
     // W3C trace context rides on the message too, so the hub and consumers continue the trace
     // of the operation that wrote the event without decoding the envelope.
-    const traceparent = envelopeTraceparent(row.envelope) || undefined;
+    const traceparent = envelope.traceparent || undefined;
     const producer = deps.tracer && startProducerSpan(deps.tracer, row.subject, traceparent);
     for (const [k, v] of Object.entries(producer?.headers ?? (traceparent ? { traceparent } : {})))
       if (!h.has(k)) h.set(k, v);
@@ -219,6 +232,17 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
     if (rows.length === 0) return false;
     for (const row of rows) {
       if (!running || failure) break;
+      const envelope = readEnvelope(row, options.schemas ?? {});
+      if (typeof envelope === "string") {
+        const problem = envelope;
+        // Nothing without a registered schema leaves the edge: the row is kept as blocked (listed
+        // through listBlocked, like the guard's) instead of reaching consumers that cannot decode it.
+        outbox.block(row.id, `schema: ${problem}`, clock.now());
+        schemaRefused.add(1);
+        logger.error({ outboxId: row.id, reason: problem }, "relay refused an event without a registered schema");
+        cursor = row.id;
+        continue;
+      }
       if (deps.prePublish) {
         const verdict = await deps.prePublish(row.subject, row.envelope, row.headers);
         if (!verdict.allowed && verdict.retryLater) {
@@ -239,7 +263,7 @@ export function createOutboxRelay(deps: OutboxRelayDeps, options: OutboxRelayOpt
         }
       }
       cursor = row.id;
-      publishRow(js, row);
+      publishRow(js, row, envelope);
       while (running && !failure && inFlight >= options.maxInFlight) await sleep(options.publishTimeoutMs);
     }
     return true;

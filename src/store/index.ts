@@ -27,4 +27,14 @@ export {
   createSqliteTransactor,
   createInMemoryTransactor,
 } from "./transactor.js";
+export {
+  type EventSchema,
+  type TenantEventSchemas,
+  KERNEL_EVENT_SCHEMAS,
+  eventTypeVersion,
+  checkKernelEvent,
+  checkCallerEvent,
+  checkEnvelope,
+  resolveTenantEventSchemas,
+} from "./event-schemas.js";
 export { checkSqliteWritable } from "./sqlite-readiness.js";

@@ -2,6 +2,7 @@ import { toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobu
 import type { Clock } from "../common/index.js";
 import { Origin } from "../../gen/nops/events/v1/envelope_pb.js";
 import type { AppendedEvent, OutboxStore } from "./outbox-store.js";
+import { checkKernelEvent } from "./event-schemas.js";
 
 export { eventSubject, type AppendedEvent } from "./outbox-store.js";
 
@@ -63,11 +64,17 @@ export function callerHeaders(headers: Record<string, string>): Record<string, s
   return out;
 }
 
-/** Creates the event sink that writes typed kernel events to the outbox store. */
+/**
+ * Creates the event sink that writes typed kernel events to the outbox store. An event whose type is
+ * not in KERNEL_EVENT_SCHEMAS, or whose payload is not that type's schema, is refused (thrown), so the
+ * change that reported it rolls back rather than commit an event no consumer can decode.
+ */
 export function createOutbox(store: OutboxStore, options: OutboxOptions): EventSink {
   return {
-    append: (event) =>
-      store.append({
+    append: (event) => {
+      const problem = checkKernelEvent(event.type, event.schema);
+      if (problem) throw new Error(`refusing to write an event: ${problem}`);
+      return store.append({
         type: event.type,
         tenant: event.tenant,
         source: options.source,
@@ -77,6 +84,7 @@ export function createOutbox(store: OutboxStore, options: OutboxOptions): EventS
         traceparent: event.traceparent,
         correlationId: event.correlationId,
         origin: Origin.KERNEL,
-      }),
+      });
+    },
   };
 }

@@ -1,4 +1,6 @@
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Origin } from "../../gen/nops/events/v1/envelope_pb.js";
+import { AgentHeartbeatSchema } from "../../gen/nops/events/v1/agent_events_pb.js";
 import test from "ava";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import { createNoopMeter } from "@opentelemetry/api";
@@ -152,4 +154,51 @@ test("outbox relay - an event the guard has no verdict for waits and is publishe
     "published in order once a verdict can be had",
   );
   t.is(relay.problem(), undefined);
+});
+
+test("outbox relay - refuses (holds as blocked) events whose type has no registered schema, publishes the rest", async (t) => {
+  const clock = createManualClock(0);
+  const outbox = createInMemoryOutboxStore();
+  const nats = fakeJetStream();
+  const heartbeat = create(AgentHeartbeatSchema, { agentId: "a-1", tenant: "acme" });
+  const kernel = (type: string, payloadType: string, payload: Uint8Array): OutboxEntry => ({
+    ...entry(type),
+    origin: Origin.KERNEL,
+    payloadType,
+    payload,
+  });
+  const ok = outbox.append(
+    kernel("agent.heartbeat.v1", AgentHeartbeatSchema.typeName, toBinary(AgentHeartbeatSchema, heartbeat)),
+  );
+  const unknown = outbox.append(kernel("agent.exploded.v1", AgentHeartbeatSchema.typeName, new Uint8Array()));
+  const wrongSchema = outbox.append(kernel("agent.heartbeat.v1", "nops.events.v1.AgentUpdated", new Uint8Array()));
+  // Field 1 as a varint claims to be a string: not an AgentHeartbeat.
+  const garbage = outbox.append(
+    kernel("agent.heartbeat.v1", AgentHeartbeatSchema.typeName, new Uint8Array([0x08, 0x01])),
+  );
+  const tenantOk = outbox.append({ ...entry("orders.created.v1"), payloadType: "acme.orders.v1.OrderCreated" });
+  const tenantUnregistered = outbox.append(entry("orders.deleted.v1"));
+  const relay = createOutboxRelay(
+    { outbox, clock, logger: createSilentLogger(), meter: createNoopMeter(), jetstream: () => nats.js },
+    { ...OPTIONS, schemas: { "orders.created.v1": "acme.orders.v1.OrderCreated" } },
+  );
+  relay.start();
+  t.teardown(() => relay.stop());
+  await settle(() => relay.depth() === 0);
+  t.deepEqual(
+    nats.published.map((p) => p.msgID),
+    [outboxMessageId("edge-1", ok.id), outboxMessageId("edge-1", tenantOk.id)],
+  );
+  const blocked = new Map(relay.listBlocked().map((r) => [r.outboxId, r.reason]));
+  t.deepEqual([...blocked.keys()], [unknown.id, wrongSchema.id, garbage.id, tenantUnregistered.id]);
+  t.regex(blocked.get(unknown.id)!, /^schema: event type "agent\.exploded\.v1" is not a registered kernel event type/);
+  t.regex(blocked.get(wrongSchema.id)!, /carries nops\.events\.v1\.AgentHeartbeat, not nops\.events\.v1\.AgentUpdated/);
+  t.regex(
+    blocked.get(garbage.id)!,
+    /payload of agent\.heartbeat\.v1 does not decode as nops\.events\.v1\.AgentHeartbeat/,
+  );
+  t.regex(
+    blocked.get(tenantUnregistered.id)!,
+    /event type "orders\.deleted\.v1" is not registered \(events\.schemas\)/,
+  );
 });
