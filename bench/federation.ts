@@ -9,7 +9,6 @@
 //   node --import tsx bench/federation.ts [--rate 200] [--seconds 8] [--connections 4] [--streams 16]
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +19,13 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FederationService, PeerState } from "../gen/nops/federation/v1/federation_pb.js";
 import { ApiKeyService, Role } from "../gen/nops/kernel/v1/api_key_pb.js";
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
-import { developerClient, FAST_FEDERATION, startKernelAgent, type KernelAt } from "../test/federation/fed-fixtures.js";
+import {
+  developerClient,
+  FAST_FEDERATION,
+  getInsecure as get,
+  startKernelAgent,
+  type KernelAt,
+} from "../test/federation/fed-fixtures.js";
 import { freePort, waitFor } from "../test/helpers/processes.js";
 import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
@@ -50,19 +55,6 @@ interface BenchKernel extends KernelAt {
   httpPort: number;
   process: ChildProcess;
   root: string;
-}
-
-/** GET over TLS from a kernel's HTTP port (the bench does not check the server's identity). */
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { rejectUnauthorized: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 /** The built kernel as its own process, trust domain `<name>.bench`, dev issuer, limits lifted for the bench. */

@@ -2,6 +2,7 @@
 // kernel's dev CA and delegations minted with a kernel's own SVID.
 import { createPrivateKey } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { request } from "node:https";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
@@ -126,4 +127,17 @@ export async function mintDelegation(kernel: FedKernel, claims: Partial<Delegati
     DELEGATION_JWS_TYPE,
     new TextEncoder().encode(JSON.stringify(full)),
   );
+}
+
+/** GET over TLS without checking the server's identity (a kernel's public bundle and health endpoints). */
+export function getInsecure(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { rejectUnauthorized: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
 }

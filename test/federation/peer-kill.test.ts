@@ -1,6 +1,5 @@
 import test from "ava";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,25 +9,20 @@ import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { freePort, spawnChild, waitFor } from "../helpers/processes.js";
 import type { EchoAgent } from "../routing/fixtures/echo-agent.js";
 import { startFedKernel, eventually } from "./two-kernels.js";
-import { developerClient, FAST_FEDERATION, handshake, startKernelAgent, type KernelAt } from "./fed-fixtures.js";
+import {
+  developerClient,
+  FAST_FEDERATION,
+  getInsecure as get,
+  handshake,
+  startKernelAgent,
+  type KernelAt,
+} from "./fed-fixtures.js";
 
 const CLI = fileURLToPath(new URL("../../src/cli.ts", import.meta.url));
 const AGREEMENT = {
   inbound: { tenants: ["acme"], capabilities: ["*"] },
   outbound: { tenants: ["acme"], capabilities: ["*"] },
 };
-
-function get(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { rejectUnauthorized: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
 
 test("federation - kill -9 of a peer under load: no answered call lost, no non-idempotent call executed twice", async (t) => {
   const a = await startFedKernel("edge-a", "edge-a.test", FAST_FEDERATION);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import concurrent.futures
 import os
 import subprocess
@@ -11,6 +12,7 @@ import threading
 import unittest
 
 import grpc
+from cryptography import x509
 
 from nops_agent import IdentityError, create_agent
 from nops_agent._gen.spiffe.workload import workload_pb2, workload_pb2_grpc
@@ -272,11 +274,17 @@ class DevIssuerTest(unittest.TestCase):
         m = source.current()
         self.assertEqual(m.spiffe_id, AGENT_ID)
         self.assertEqual(spiffe_id_of(pem_blocks(m.cert_chain_pem, "CERTIFICATE")[0]), AGENT_ID)
+        # Verified at the moment the whole chain became valid: with a 1 s lifetime, "now" may already be
+        # past the SVID on a loaded machine, which says nothing about the chain.
+        with open(self.ca.cert, "rb") as ca_pem:
+            chain = [x509.load_pem_x509_certificate(m.cert_chain_pem), x509.load_pem_x509_certificate(ca_pem.read())]
+        valid_from = max(calendar.timegm(c.not_valid_before.timetuple()) for c in chain)
         with tempfile.NamedTemporaryFile(suffix=".pem") as f:
             f.write(m.cert_chain_pem)
             f.flush()
             verified = subprocess.run(
-                ["openssl", "verify", "-CAfile", self.ca.cert, "-purpose", "sslserver", f.name], capture_output=True
+                ["openssl", "verify", "-attime", str(valid_from), "-CAfile", self.ca.cert, "-purpose", "sslserver", f.name],
+                capture_output=True,
             )
         self.assertEqual(verified.returncode, 0, verified.stderr)
         updates = []
