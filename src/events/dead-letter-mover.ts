@@ -7,6 +7,7 @@ import {
 } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import type { Logger } from "../telemetry/index.js";
+import { ensureStream } from "./hub-streams.js";
 
 /** Headers the mover sets on a dead letter (the original message's own headers are kept too). */
 export const DLQ_HEADERS = {
@@ -87,17 +88,8 @@ export function createDeadLetterMover(deps: { logger: Logger }, options: DeadLet
   return {
     async ensureStreams(jsm) {
       const maxAge = options.maxAgeMs * 1_000_000;
-      const upsert = async (name: string, subjects: string[]): Promise<void> => {
-        try {
-          await jsm.streams.info(name);
-          await jsm.streams.update(name, { subjects, max_age: maxAge });
-        } catch (err) {
-          if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
-          await jsm.streams.add({ name, subjects, max_age: maxAge });
-        }
-      };
-      await upsert(options.advisoryStreamName, advisorySubjects);
-      await upsert(options.dlqStreamName, ["nops.dlq.>"]);
+      await ensureStream(jsm, { name: options.advisoryStreamName, subjects: advisorySubjects, max_age: maxAge });
+      await ensureStream(jsm, { name: options.dlqStreamName, subjects: ["nops.dlq.>"], max_age: maxAge });
       await jsm.consumers.add(options.advisoryStreamName, {
         durable_name: MOVER,
         ack_policy: AckPolicy.Explicit,

@@ -36,6 +36,7 @@ import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-sto
 import { createInbox, type Inbox } from "./inbox.js";
 import { createEventFederation, type EventFederationStatus } from "./event-federation.js";
 import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
+import { ensureStream } from "./hub-streams.js";
 import { edgeInboxPrefix } from "./nats-config.js";
 import {
   DegradedModeActivatedSchema,
@@ -230,13 +231,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
 
   async function onConnected(conn: NatsConnection): Promise<void> {
     const m = await jetstreamManager(conn);
-    try {
-      await m.streams.info(options.streamName);
-      await m.streams.update(options.streamName, edgeStreamConfig());
-    } catch (err) {
-      if (!(err instanceof Error && /stream not found/i.test(err.message))) throw err;
-      await m.streams.add({ name: options.streamName, ...edgeStreamConfig() });
-    }
+    await ensureStream(m, { name: options.streamName, ...edgeStreamConfig() });
     const info = await m.streams.info(options.streamName);
     relay.reconcileStreamTail(info.state.last_seq);
     await mover.ensureStreams(m);
