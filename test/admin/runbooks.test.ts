@@ -221,12 +221,22 @@ test("runbook dge-unreachable - egress fails closed with dge_timeout, the rest s
     "egress guard recovered",
     20_000,
   );
-  const ok = await routing.invoke({
-    tenant: "acme",
-    capability: "echo",
-    payload: new TextEncoder().encode('{"op":"after"}'),
-  });
-  t.is(new TextDecoder().decode(ok.payload), '{"op":"after"}');
+  // The new DGE process answers its first classification cold, possibly past the 1.5 s budget on a
+  // loaded machine: calls are allowed again, without a kernel restart, once it has answered.
+  let answered = "";
+  await waitFor(
+    () =>
+      routing.invoke({ tenant: "acme", capability: "echo", payload: new TextEncoder().encode('{"op":"after"}') }).then(
+        (ok) => {
+          answered = new TextDecoder().decode(ok.payload);
+          return true;
+        },
+        () => false,
+      ),
+    "a call through the guard after the DGE returned",
+    30_000,
+  );
+  t.is(answered, '{"op":"after"}');
   t.true(modeEvents(k).some((e) => e.type === "recovered" && e.capability === "egress-guard"));
 });
 

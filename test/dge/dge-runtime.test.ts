@@ -142,6 +142,35 @@ test("dge runtime - with one warm thread, one runs while idle; another starts wh
   await big;
 });
 
+test("dge runtime - a caller who gives up costs no thread: a running request finishes, a waiting one leaves the queue", async (t) => {
+  const server = await startDge(t, { classifyThreads: 1, classifyBudgetMs: 600_000 });
+  const dge = client(server);
+  const startedThreads = server.classifyThreadStarts();
+  const refusal = (p: Promise<unknown>) =>
+    p.then(
+      () => undefined,
+      (err: unknown) => ConnectError.from(err).code,
+    );
+  // A few seconds of rules on the one thread, abandoned by its caller once it runs.
+  const running = new AbortController();
+  const first = refusal(dge.classify({ data: PHONES.repeat(30_000) }, { signal: running.signal }));
+  await waitUntil(() => server.classifyInFlight() === 1, "the long request to be classifying", 120_000);
+  const waiting = new AbortController();
+  const second = refusal(dge.classify({ data: "reply to anna@example.com" }, { signal: waiting.signal }));
+  await waitUntil(() => server.classifyInFlight() === 2, "the second request to wait for the thread", 120_000);
+  running.abort();
+  t.is(await first, Code.Canceled);
+  waiting.abort();
+  t.is(await second, Code.Canceled);
+  // The waiting one left the queue; the running one keeps its thread until it is done.
+  await waitUntil(() => server.classifyInFlight() <= 1, "the abandoned waiting request to leave the queue", 120_000);
+  await waitUntil(() => server.classifyInFlight() === 0, "the abandoned running request to finish", 120_000);
+  const { classification } = await dge.classify({ data: "card 4111 1111 1111 1111" });
+  t.is(classification?.egressClass, EgressClass.D4);
+  // Read after a request answered: a replacement thread counts once it is ready, which it is by then.
+  t.is(server.classifyThreadStarts(), startedThreads, "no thread was terminated and replaced");
+});
+
 test("dge runtime - a request over the size cap is refused with RESOURCE_EXHAUSTED naming the limit", async (t) => {
   const server = await startDge(t, { maxRequestBytes: 4096 });
   const err = await t.throwsAsync(client(server).classify({ data: "x".repeat(5000) }));

@@ -13,6 +13,7 @@ import { waitFor } from "../helpers/processes.js";
 import { startRedisServer } from "../helpers/redis-server.js";
 import { startNatsTopology } from "../helpers/nats-servers.js";
 import { DGE_KEYS, spawnDge } from "../fixtures/dge-helpers.js";
+import { DEFAULT_DGE_BREAKER } from "../../src/clients/dge-client.js";
 import { logged, metric, modeEvents, readyz } from "./symptoms.js";
 import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
 
@@ -260,6 +261,8 @@ test.serial("hung dge - egress fails closed at once (dge_timeout), the rest serv
     log: { level: "info" },
     dge: { url: dge.url, keys: DGE_KEYS },
     egress: { tenantTiers: { acme: 1 } },
+    // The production budget, not the test kernels' longer one: the point is what a hung DGE costs.
+    admin: { dependencies: { dge: DEFAULT_DGE_BREAKER } },
   });
   const registry = k.client(AgentRegistryService, "grpc-js");
   const routing = k.client(RoutingService, "grpc-js");

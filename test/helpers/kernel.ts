@@ -50,9 +50,16 @@ export async function startTestKernel(
 ): Promise<TestKernel> {
   const dir = mkdtempSync(join(tmpdir(), "nops-kernel-test-"));
   // Test kernels share two cores with the rest of the suite: a slow event loop there is contention,
-  // not overload. They do not shed on event-loop delay unless a test configures admin.overload itself.
+  // not overload. They do not shed on event-loop delay unless a test configures admin.overload itself,
+  // and a DGE answer slower than the production budget (1 s) is contention too: they give the DGE the
+  // guard's whole deadline (5 s) unless a test configures admin.dependencies.dge itself.
   const admin = (raw.admin ?? {}) as Record<string, unknown>;
-  const testAdmin = "overload" in admin ? admin : { ...admin, overload: { eventLoopDelayMs: 0 } };
+  const dependencies = (admin.dependencies ?? {}) as Record<string, unknown>;
+  const testAdmin = {
+    ...admin,
+    overload: admin.overload ?? { eventLoopDelayMs: 0 },
+    dependencies: { ...dependencies, dge: dependencies.dge ?? { budgetMs: 5000, probeIntervalMs: 5000 } },
+  };
   const options: KernelOptions = resolveKernelOptions({
     dataDir: dir,
     grpc: { host: "127.0.0.1", port: 0 },

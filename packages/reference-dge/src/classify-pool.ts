@@ -10,7 +10,9 @@ export interface ClassifyPool {
   /**
    * Detections in `text`. Rejects with RESOURCE_EXHAUSTED when the request runs past the budget (its worker is
    * terminated and replaced) or the queue is full, and with CANCELLED when `signal` (the caller's deadline or
-   * cancellation, which also bounds the wait for a thread) aborts first.
+   * cancellation) aborts first. A request the caller gives up on while it waits leaves the queue; one already
+   * running finishes on its thread (bounded by the budget) and its answer is dropped: terminating the thread
+   * would cost a new one's boot, and a burst of deadlines would otherwise replace every thread at once.
    */
   detect(text: string, signal?: AbortSignal): Promise<Detection[]>;
   /**
@@ -18,10 +20,12 @@ export interface ClassifyPool {
    * takes a while, and under load longer than a caller's deadline), so the server listens only when warm.
    */
   warm(): Promise<void>;
-  /** Requests accepted and not yet answered (waiting or running). */
+  /** Requests waiting for a thread or running on one (including those whose caller has gone). */
   inFlight(): number;
   /** Worker threads running now (the warm ones, replaced when terminated; up to `threads` while busy). */
   threadCount(): number;
+  /** Worker threads started since the pool was created: warm ones, ones started for a burst, replacements. */
+  threadStarts(): number;
   /** Stops every worker; requests in flight fail with UNAVAILABLE. */
   close(): Promise<void>;
 }
@@ -64,7 +68,9 @@ const WORKER_FILE = new URL(
 /**
  * Starts the pool. Piscina (the Node.js project's worker pool) is used rather than hand-written worker
  * bookkeeping: aborting a running task terminates its worker and the pool starts a replacement, which is
- * exactly the fail-closed budget this needs, and it bounds the queue.
+ * exactly the fail-closed budget this needs. Admission is the pool's own: a request is handed to piscina only
+ * when a thread is free for it, so the only abort piscina ever sees is the budget's, and a caller who gives up
+ * while waiting just leaves this queue.
  */
 export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPoolOptions): ClassifyPool {
   const pool = new Piscina({
@@ -75,54 +81,106 @@ export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPo
     maxThreads: options.threads,
     idleTimeout: options.idleThreadMs,
     resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
-    maxQueue: options.maxQueue,
     // One request per worker: terminating a worker for its budget takes no other request down with it.
     concurrentTasksPerWorker: 1,
   });
   pool.on("error", (err: unknown) => deps.logger.error({ err }, "classification worker failed"));
-  let inFlight = 0;
+  let threadStarts = 0;
+  pool.on("workerCreate", () => threadStarts++);
   let closing = false;
   let nextId = 0;
-  // The budget of a task starts when its worker says it started (a worker booting or a queue wait is not the
-  // task's running time); the worker posts on its parentPort, which piscina re-emits as "message".
+  // Requests on a thread (at most `threads`), and those waiting for one, oldest first.
+  let running = 0;
+  const waiting = new Map<() => void, (err: Error) => void>();
+  // The budget of a task starts when its worker says it started (a worker booting is not the task's running
+  // time); the worker posts on its parentPort, which piscina re-emits as "message".
   const onStart = new Map<number, () => void>();
   pool.on("message", (m: unknown) => {
     if (typeof m === "object" && m !== null && "classifyStarted" in m)
       onStart.get((m as ClassifyStarted).classifyStarted)?.();
   });
+
+  /** Resolves when a thread is free for this request (counted as running); rejects if the caller leaves first. */
+  function admit(signal: AbortSignal | undefined): Promise<void> {
+    if (signal?.aborted) return Promise.reject(canceled("classification cancelled by the caller"));
+    if (running < options.threads && waiting.size === 0) {
+      running++;
+      return Promise.resolve();
+    }
+    if (waiting.size >= options.maxQueue) {
+      return Promise.reject(
+        resourceExhausted(
+          `classification queue full: ${options.maxQueue} requests waiting (dge.server.classifyMaxQueue)`,
+        ),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const leave = (): void => {
+        waiting.delete(grant);
+        reject(canceled("classification cancelled by the caller while it waited for a thread"));
+      };
+      const grant = (): void => {
+        signal?.removeEventListener("abort", leave);
+        running++;
+        resolve();
+      };
+      waiting.set(grant, (err) => {
+        signal?.removeEventListener("abort", leave);
+        reject(err);
+      });
+      signal?.addEventListener("abort", leave, { once: true });
+    });
+  }
+
+  function release(): void {
+    running--;
+    const next = waiting.keys().next();
+    if (next.done) return;
+    waiting.delete(next.value);
+    next.value();
+  }
+
+  /** Runs one admitted task on a thread under the budget; settles when the thread is done with it. */
+  async function runTask(text: string): Promise<Detection[]> {
+    const id = ++nextId;
+    const budget = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    onStart.set(id, () => {
+      timer = setTimeout(() => budget.abort(), options.budgetMs);
+    });
+    try {
+      return (await pool.run({ id, text } satisfies ClassifyTask, { signal: budget.signal })) as Detection[];
+    } catch (err) {
+      if (budget.signal.aborted) {
+        deps.logger.warn({ chars: text.length, budgetMs: options.budgetMs }, "classification over budget, stopped");
+        throw resourceExhausted(
+          `classification ran past its time budget of ${options.budgetMs} ms (dge.server.classifyBudgetMs); ` +
+            "the request was stopped",
+        );
+      }
+      if (closing) throw unavailable("the reference DGE is shutting down");
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      onStart.delete(id);
+      release();
+    }
+  }
+
   return {
     async detect(text, signal) {
-      const id = ++nextId;
-      const budget = new AbortController();
-      let timer: NodeJS.Timeout | undefined;
-      onStart.set(id, () => {
-        timer = setTimeout(() => budget.abort(), options.budgetMs);
+      if (closing) throw unavailable("the reference DGE is shutting down");
+      await admit(signal);
+      const task = runTask(text);
+      if (!signal) return task;
+      // The caller may leave now; the task keeps its thread until it ends (or its budget does).
+      task.catch(() => undefined);
+      return new Promise<Detection[]>((resolve, reject) => {
+        const leave = (): void => reject(canceled("classification cancelled by the caller"));
+        signal.addEventListener("abort", leave, { once: true });
+        void task.then(resolve, reject).finally(() => signal.removeEventListener("abort", leave));
+        if (signal.aborted) leave();
       });
-      const abort = signal ? AbortSignal.any([budget.signal, signal]) : budget.signal;
-      inFlight++;
-      try {
-        return (await pool.run({ id, text } satisfies ClassifyTask, { signal: abort })) as Detection[];
-      } catch (err) {
-        if (budget.signal.aborted) {
-          deps.logger.warn({ chars: text.length, budgetMs: options.budgetMs }, "classification over budget, stopped");
-          throw resourceExhausted(
-            `classification ran past its time budget of ${options.budgetMs} ms (dge.server.classifyBudgetMs); ` +
-              "the request was stopped",
-          );
-        }
-        if (signal?.aborted) throw canceled("classification cancelled by the caller");
-        if (closing) throw unavailable("the reference DGE is shutting down");
-        if (err instanceof Error && /queue is at limit/i.test(err.message)) {
-          throw resourceExhausted(
-            `classification queue full: ${options.maxQueue} requests waiting (dge.server.classifyMaxQueue)`,
-          );
-        }
-        throw err;
-      } finally {
-        clearTimeout(timer);
-        onStart.delete(id);
-        inFlight--;
-      }
     },
     async warm() {
       // One task per warm thread at once: each takes one (one task per worker), loading the rules first.
@@ -130,10 +188,13 @@ export function createClassifyPool(deps: { logger: Logger }, options: ClassifyPo
       const warm = Math.min(options.warmThreads, options.threads);
       await Promise.all(Array.from({ length: warm }, () => pool.run({ id: 0, text: sample })));
     },
-    inFlight: () => inFlight,
+    inFlight: () => running + waiting.size,
     threadCount: () => pool.threads.length,
+    threadStarts: () => threadStarts,
     close() {
       closing = true;
+      for (const fail of waiting.values()) fail(unavailable("the reference DGE is shutting down"));
+      waiting.clear();
       return pool.destroy();
     },
   };

@@ -114,8 +114,10 @@ export interface DgeServer {
   url: string;
   /** Classification worker threads running now (terminated ones are replaced). */
   classifyThreadCount(): number;
-  /** Classifications accepted and not yet answered. */
+  /** Classifications waiting for a thread or running on one (a request whose caller left runs to its end). */
   classifyInFlight(): number;
+  /** Classification threads started since the server started (warm, burst and replacement threads). */
+  classifyThreadStarts(): number;
   /** Replaces the policies (clients see the change once their cached copy expires or is invalidated). */
   setPolicies(policies: DgePoliciesOptions): void;
   /** Stops accepting calls and closes open sessions. */
@@ -178,6 +180,7 @@ export async function startDgeServer(deps: DgeServerDeps, options: DgeServerOpti
     url,
     classifyThreadCount: () => pool.threadCount(),
     classifyInFlight: () => pool.inFlight(),
+    classifyThreadStarts: () => pool.threadStarts(),
     setPolicies(p) {
       policies = p;
     },
