@@ -16,8 +16,10 @@ import { unavailable, type Clock, type DependencyStatus, type TimerHandle } from
 import { TENANT_HEADER } from "../egress/index.js";
 import { invokeGrantAllows } from "../identity/index.js";
 import {
+  healthScore,
   HOPS_HEADER,
   type InvokeParams,
+  type ScoringOptions,
   type InvokeResult,
   type RemoteAgents,
   type RemoteRoute,
@@ -48,6 +50,8 @@ export interface PeerRoutesDeps {
   clientTls: (peerId: string) => ConnectionOptions | undefined;
   /** The Egress Guard on forwarded calls: they carry tenant data out of this kernel. */
   egress: Interceptor;
+  /** The router's scoring: a peer's agents are scored like local ones, from the load its catalog reports. */
+  scoring: ScoringOptions;
 }
 
 /** Cross-kernel routing: the peers' catalogs, link health and forwarding (docs/federation.md). */
@@ -264,8 +268,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     agent.capabilities.some((c) => c.name === capability && (!version || c.version === version)) &&
     Object.entries(labels).every(([k, v]) => k === KERNEL_LABEL || agent.labels[k] === v);
 
-  // Link health: the fewest calls in flight per measured latency wins; an unmeasured link is tried.
-  const score = (l: Link) => 1 / ((l.latencyMs || 1) * (1 + l.inFlight));
+  // A remote offer is scored like a local agent (routing/health-score.ts, from the load and heartbeat
+  // the peer's catalog reports), times the link's health: its forwarded-call latency added to the
+  // floor and its calls in flight, as a local agent's own latency and in-flight count weigh.
+  const { scoring } = deps;
+  // An agent the peer reports no latency for counts as answering in the floor time (score 0.5).
+  const UNMEASURED = 0.5;
+  const linkHealth = (l: Link) => scoring.latencyFloorMs / ((l.latencyMs + scoring.latencyFloorMs) * (1 + l.inFlight));
+  const agentScore = (a: Agent) => healthScore(a, undefined, clock.now(), scoring) ?? UNMEASURED;
+  const score = (o: { link: Link; agents: Agent[] }) => Math.max(...o.agents.map(agentScore)) * linkHealth(o.link);
 
   function forwarded(link: Link, selection: RemoteRoute["selection"]): RemoteRoute {
     const request = (q: InvokeParams) => {
@@ -406,13 +417,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
           `capability "${p.capability}" is offered only by unreachable peer kernels (federation degraded, local-only): ${why}`,
         );
       }
-      const best = live.reduce((a, b) => (score(b.link) > score(a.link) ? b : a));
-      const agent = best.agents[0]!;
+      const scored = live.map((o) => ({ ...o, score: score(o) }));
+      const best = scored.reduce((a, b) => (b.score > a.score ? b : a));
+      // The peer picks its own agent; this one stands for the offer (the best scored).
+      const agent = best.agents.reduce((a, b) => (agentScore(b) > agentScore(a) ? b : a));
       return forwarded(best.link, {
         agent: { ...agent, labels: { ...agent.labels, [KERNEL_LABEL]: best.link.peer } },
         mode: RouteMode.SCORED,
-        reason: `remote: peer kernel ${best.link.peer} (no local agent${wanted ? " wanted" : ""}; link ${Math.round(best.link.latencyMs)} ms)`,
-        score: score(best.link),
+        reason: `remote: peer kernel ${best.link.peer} (${wanted ? "named by the constraints" : "no routable local agent"}; score ${best.score.toFixed(3)}, link ${Math.round(best.link.latencyMs)} ms)`,
+        score: best.score,
         weight: 1,
         candidates: live.reduce((n, o) => n + o.agents.length, 0),
         fallback: !wanted,
