@@ -1,5 +1,6 @@
 import test from "ava";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { DELEGATION_HEADER, KERNEL_LABEL } from "../../src/federation/index.js";
 import { HOPS_HEADER } from "../../src/routing/index.js";
@@ -28,11 +29,11 @@ test.before(async () => {
     startFedKernel("edge-b", "edge-b.test", withHops(2)),
     startFedKernel("edge-c", "edge-c.test", withHops(2)),
   ]);
-  // A's agreement with C lets acme reach capability "cx" only; everything else is open.
+  // A's agreement with C lets acme reach capabilities "cx" and "both" only; everything else is open.
   await pinPeer(a, b, { inbound: all, outbound: all });
   await pinPeer(b, a, { inbound: all, outbound: all });
-  await pinPeer(a, c, { inbound: all, outbound: { tenants: ["acme"], capabilities: ["cx"] } });
-  await pinPeer(c, a, { inbound: { tenants: ["acme"], capabilities: ["cx"] }, outbound: all });
+  await pinPeer(a, c, { inbound: all, outbound: { tenants: ["acme"], capabilities: ["cx", "both"] } });
+  await pinPeer(c, a, { inbound: { tenants: ["acme"], capabilities: ["cx", "both"] }, outbound: all });
   await pinPeer(b, c, { inbound: all, outbound: all });
   await pinPeer(c, b, { inbound: all, outbound: all });
   await handshake(a, b);
@@ -41,7 +42,8 @@ test.before(async () => {
   cx = await startKernelAgent(c, "acme", "cx", "cx");
   deep = await startKernelAgent(c, "acme", "deep", "deep");
   aOnly = await startKernelAgent(a, "acme", "a-only", "a-only");
-  agents.push(cx, deep, aOnly);
+  agents.push(cx, deep, aOnly, await startKernelAgent(b, "acme", "both-b", "both"));
+  agents.push(await startKernelAgent(c, "acme", "both-c", "both"));
   const routable = (k: FedKernel, capability: string) =>
     eventually(
       () =>
@@ -55,7 +57,7 @@ test.before(async () => {
       `${k.spiffeId} to route ${capability}`,
     );
   // A learns C's catalog; B learns C's and A's.
-  await Promise.all([routable(a, "cx"), routable(b, "deep"), routable(b, "a-only")]);
+  await Promise.all([routable(a, "cx"), routable(a, "both"), routable(b, "deep"), routable(b, "a-only")]);
 });
 
 test.after.always(async () => {
@@ -186,5 +188,42 @@ test.serial(
     const over = await failure(call("deep", "3"));
     t.is(over.code, Code.FailedPrecondition, over.message);
     t.is(deep.stats.calls, deepCalls + 1);
+  },
+);
+
+test.serial(
+  "three kernels - between two peers offering a capability, A picks by the load their catalogs report",
+  async (t) => {
+    const beat = async (k: FedKernel, name: string, latencyP50Ms: number, inFlight: number) => {
+      const registry = k.client(AgentRegistryService, { kernel: k, transport: "grpc" });
+      const agent = (await registry.listAgents({ tenant: "acme" })).agents.find((x) => x.name === name)!;
+      await registry.heartbeat({ tenant: "acme", id: agent.id, load: { latencyP50Ms, inFlight } });
+    };
+    const routing = a.client(RoutingService, { kernel: a, transport: "grpc" });
+    const routedTo = (peer: FedKernel) =>
+      eventually(
+        () =>
+          routing
+            .route({ tenant: "acme", capability: "both" })
+            .then((r) => (r.agent?.labels[KERNEL_LABEL] === peer.spiffeId ? r : undefined)),
+        `A to prefer ${peer.spiffeId}`,
+      );
+    // C's agent reports itself slow and busy, B's fast and idle: A sends the call to B.
+    await Promise.all([beat(c, "both-c", 500, 10), beat(b, "both-b", 1, 0)]);
+    const toB = await routedTo(b);
+    t.regex(toB.reason, /remote: peer kernel spiffe:\/\/edge-b\.test.*score/);
+    const res = await routing.invoke(
+      { tenant: "acme", capability: "both", payload: text("load") },
+      { timeoutMs: 20_000 },
+    );
+    t.is(res.agentName, "both-b");
+    // The loads swap: so does A's choice.
+    await Promise.all([beat(c, "both-c", 1, 0), beat(b, "both-b", 500, 10)]);
+    await routedTo(c);
+    const again = await routing.invoke(
+      { tenant: "acme", capability: "both", payload: text("load") },
+      { timeoutMs: 20_000 },
+    );
+    t.is(again.agentName, "both-c");
   },
 );
