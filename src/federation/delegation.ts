@@ -67,8 +67,17 @@ export function createDelegations(
   options: DelegationOptions,
 ): Delegations {
   const { registry, audit, clock } = deps;
+  // Delegation ids seen, with their expiry (s), in arrival order. Arrival order is nearly expiry order
+  // (every lifetime is at most maxTtlSeconds), so each call drops the expired head in O(expired); a
+  // full pass runs only when the cache is full.
   const seen = new Map<string, number>();
-  const sweep = (nowS: number) => {
+  const sweepHead = (nowS: number) => {
+    for (const [jti, exp] of seen) {
+      if (exp >= nowS) return;
+      seen.delete(jti);
+    }
+  };
+  const sweepAll = (nowS: number) => {
     for (const [jti, exp] of seen) if (exp < nowS) seen.delete(jti);
   };
   const refuse = (actor: string, err: unknown): never => {
@@ -150,10 +159,14 @@ export function createDelegations(
           throw new FederationRefusal("unauthenticated", `delegation lives longer than ${options.maxTtlSeconds} s`);
         }
         if (c.exp < nowS) throw new FederationRefusal("unauthenticated", "delegation expired");
-        sweep(nowS);
+        sweepHead(nowS);
         if (seen.has(c.jti)) throw new FederationRefusal("unauthenticated", "delegation was already used (replay)");
+        if (seen.size >= options.maxRemembered) sweepAll(nowS);
         if (seen.size >= options.maxRemembered) {
-          throw new FederationRefusal("unauthenticated", "too many delegations in flight; retry later");
+          throw new FederationRefusal(
+            "resource-exhausted",
+            `replay cache full (${options.maxRemembered} unexpired delegations); retry later`,
+          );
         }
         seen.set(c.jti, c.exp);
         if (!peer.agreement.inbound.tenants.includes(c.tenant)) {

@@ -42,6 +42,11 @@ export interface FederationOptions {
   catalogStalenessMs: number;
   /** Kernels a call may cross; a call that arrived over this many hops is never forwarded again. @default 1 */
   maxHops: number;
+  /**
+   * Delegations remembered against replay until they expire, at most; beyond it a peer's delegation
+   * is refused RESOURCE_EXHAUSTED (retry later) rather than letting the cache grow. @default 100000
+   */
+  maxRememberedDelegations: number;
 }
 
 /** Defaults of FederationOptions. */
@@ -61,6 +66,7 @@ export const DEFAULT_FEDERATION_OPTIONS: Readonly<FederationOptions> = {
   catalogRefreshMs: 2000,
   catalogStalenessMs: 6000,
   maxHops: 1,
+  maxRememberedDelegations: 100_000,
 };
 
 function readClause(raw: unknown, path: string): { tenants: string[]; capabilities: string[] } {
@@ -128,6 +134,7 @@ export function resolveFederationOptions(input: unknown, path = "federation"): F
     catalogRefreshMs: readInt(s, "catalogRefreshMs", path, d.catalogRefreshMs, 100, 600_000),
     catalogStalenessMs: readInt(s, "catalogStalenessMs", path, d.catalogStalenessMs, 200, 3_600_000),
     maxHops: readInt(s, "maxHops", path, d.maxHops, 1, 8),
+    maxRememberedDelegations: readInt(s, "maxRememberedDelegations", path, d.maxRememberedDelegations, 1, 10_000_000),
   };
   if (options.maxRefreshIntervalMs < options.minRefreshIntervalMs) {
     throw new ConfigError(`${path}.maxRefreshIntervalMs must be >= ${path}.minRefreshIntervalMs`);

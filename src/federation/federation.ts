@@ -17,6 +17,7 @@ import {
   invalidArgument,
   notFound,
   permissionDenied,
+  resourceExhausted,
   unauthenticated,
   unavailable,
   type Clock,
@@ -126,6 +127,8 @@ function toConnectError(err: unknown): unknown {
         return invalidArgument("request", err.reason);
       case "failed-precondition":
         return failedPrecondition(err.reason);
+      case "resource-exhausted":
+        return resourceExhausted(err.reason);
     }
   }
   return err;
@@ -207,7 +210,10 @@ export function createFederation(
     logger: deps.logger,
     self: { identity: signing, descriptor, bundle: ownBundle },
   };
-  const delegations = createDelegations({ registry, audit, clock, identity: signing }, DEFAULT_DELEGATION_OPTIONS);
+  const delegations = createDelegations(
+    { registry, audit, clock, identity: signing },
+    { ...DEFAULT_DELEGATION_OPTIONS, maxRemembered: options.maxRememberedDelegations },
+  );
   const responder = createHandshakeResponder(handshakeDeps, {
     handshakeTtlMs: options.handshakeTtlMs,
     maxPending: options.maxPendingHandshakes,

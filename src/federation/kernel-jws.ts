@@ -7,7 +7,12 @@ import { verifyPeer, PeerVerificationError, type VerifiedPeer, type X509Bundle }
 export class FederationRefusal extends KernelError {
   override name = "FederationRefusal";
   constructor(
-    readonly code: "permission-denied" | "unauthenticated" | "invalid-argument" | "failed-precondition",
+    readonly code:
+      | "permission-denied"
+      | "unauthenticated"
+      | "invalid-argument"
+      | "failed-precondition"
+      | "resource-exhausted",
     readonly reason: string,
     options?: { cause?: unknown },
   ) {

@@ -1,6 +1,6 @@
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { AuditLog } from "../audit/index.js";
-import { failedPrecondition, permissionDenied, unauthenticated } from "../common/index.js";
+import { failedPrecondition, permissionDenied, resourceExhausted, unauthenticated } from "../common/index.js";
 import { kPrincipal, type Principal } from "../identity/index.js";
 import { kCorrelationId, methodPath, type KernelInterceptor } from "../server/index.js";
 import { HOPS_HEADER } from "../routing/index.js";
@@ -44,6 +44,8 @@ function peerPrincipal(peer: PeerRecord, d: Delegation, hops: number): Principal
 function refusalError(err: FederationRefusal): unknown {
   if (err.code === "permission-denied") return permissionDenied(err.reason);
   if (err.code === "failed-precondition") return failedPrecondition(err.reason);
+  // The replay cache is full: the peer may retry once older delegations have expired.
+  if (err.code === "resource-exhausted") return resourceExhausted(err.reason, 1000);
   return unauthenticated(err.reason);
 }
 

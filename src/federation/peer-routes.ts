@@ -16,8 +16,10 @@ import { unavailable, type Clock, type DependencyStatus, type TimerHandle } from
 import { TENANT_HEADER } from "../egress/index.js";
 import { invokeGrantAllows } from "../identity/index.js";
 import {
+  healthScore,
   HOPS_HEADER,
   type InvokeParams,
+  type ScoringOptions,
   type InvokeResult,
   type RemoteAgents,
   type RemoteRoute,
@@ -48,6 +50,8 @@ export interface PeerRoutesDeps {
   clientTls: (peerId: string) => ConnectionOptions | undefined;
   /** The Egress Guard on forwarded calls: they carry tenant data out of this kernel. */
   egress: Interceptor;
+  /** The router's scoring: a peer's agents are scored like local ones, from the load its catalog reports. */
+  scoring: ScoringOptions;
 }
 
 /** Cross-kernel routing: the peers' catalogs, link health and forwarding (docs/federation.md). */
@@ -58,14 +62,25 @@ export interface PeerRoutes extends RemoteAgents {
   stop(): void;
 }
 
-interface Link {
-  peer: string;
+/** The clients of one link, built for one set of TLS material. */
+interface Conn {
   /** Material the clients were built with: rebuilt when the SVID or trust bundles change. */
   tlsKey: string;
-  /** The HTTP/2 connections of both clients, closed when the link is dropped or rebuilt. */
+  /** The HTTP/2 connections of both clients, closed when the link is dropped or drained after a rebuild. */
   sessions: Http2SessionManager[];
   registry: Client<typeof AgentRegistryService>;
   routing: Client<typeof RoutingService>;
+  /** Calls (forwarded or catalog reads) still running on these connections. */
+  active: number;
+  /** Replaced by newer material: closed as soon as `active` drops to 0. */
+  retired: boolean;
+  /** Closes the retired connections when they take too long to drain. */
+  drainTimer?: TimerHandle;
+}
+
+interface Link {
+  peer: string;
+  conn: Conn;
   /** Routable agents per agreed tenant and when they were fetched. */
   catalog: Map<string, { agents: Agent[]; at: number }>;
   /** Last successful exchange with the peer (catalog fetch or forwarded call). */
@@ -75,6 +90,12 @@ interface Link {
   latencyMs: number;
   inFlight: number;
 }
+
+/**
+ * How long connections replaced by a TLS rebuild (SVID rotation, a peer's refreshed bundle) may
+ * drain the calls still running on them before they are closed anyway (a stream without deadline).
+ */
+export const RETIRED_CONN_DRAIN_MS = 60_000;
 
 const ALPHA = 0.2;
 
@@ -113,28 +134,57 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
   let timer: TimerHandle | undefined;
   let running = false;
 
-  const close = (link: Link | undefined) => {
-    for (const s of link?.sessions ?? []) s.abort();
+  // Connections replaced by a rebuild that still carry calls (closed when drained, or on stop).
+  const draining = new Set<Conn>();
+  const abort = (conn: Conn) => {
+    draining.delete(conn);
+    clock.clearTimeout(conn.drainTimer);
+    for (const s of conn.sessions) s.abort();
+  };
+  /**
+   * Closes the connections of a rebuilt link once their last call ended: a rotation must not fail
+   * the calls in flight (their TLS was verified when they connected; new calls use the new material).
+   */
+  const retire = (conn: Conn) => {
+    conn.retired = true;
+    if (conn.active === 0) return abort(conn);
+    draining.add(conn);
+    conn.drainTimer = clock.setTimeout(() => abort(conn), RETIRED_CONN_DRAIN_MS);
+  };
+  /** Takes the link's current connections for one call; `release` closes them after it if they were retired. */
+  const acquire = (link: Link): Conn => {
+    link.conn.active++;
+    return link.conn;
+  };
+  const release = (conn: Conn) => {
+    conn.active--;
+    if (conn.retired && conn.active === 0) abort(conn);
+  };
+  const using = async <T>(link: Link, fn: (conn: Conn) => Promise<T>): Promise<T> => {
+    const conn = acquire(link);
+    try {
+      return await fn(conn);
+    } finally {
+      release(conn);
+    }
   };
   const linkOf = (peer: PeerRecord): Link | undefined => {
     const tls = deps.clientTls(peer.spiffeId);
     if (!tls) return undefined;
     const tlsKey = `${String(tls.cert)}|${String(tls.ca)}|${peer.grpcEndpoint}`;
     const old = links.get(peer.spiffeId);
-    if (old && old.tlsKey === tlsKey) return old;
+    if (old && old.conn.tlsKey === tlsKey) return old;
     const baseUrl = `https://${peer.grpcEndpoint}`;
     // A silent partition is noticed by the HTTP/2 ping, not only by the next call's deadline.
     const session = () => new Http2SessionManager(baseUrl, { pingIntervalMs: 5000, pingTimeoutMs: 5000 }, tls);
     const sessions = [session(), session()];
-    close(old);
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: sessions[0],
       // The first interceptor is the outermost: the guard runs before the trust headers exist.
       interceptors: [deps.egress, attachTrustHeaders],
     });
-    const link: Link = {
-      peer: peer.spiffeId,
+    const conn: Conn = {
       tlsKey,
       sessions,
       registry: createClient(
@@ -143,11 +193,22 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
         createGrpcTransport({ baseUrl, sessionManager: sessions[1] }),
       ),
       routing: createClient(RoutingService, transport),
-      catalog: old?.catalog ?? new Map<string, { agents: Agent[]; at: number }>(),
-      lastOk: old?.lastOk ?? 0,
-      lastError: old?.lastError ?? "",
-      latencyMs: old?.latencyMs ?? 0,
-      inFlight: old?.inFlight ?? 0,
+      active: 0,
+      retired: false,
+    };
+    if (old) {
+      retire(old.conn);
+      old.conn = conn;
+      return old;
+    }
+    const link: Link = {
+      peer: peer.spiffeId,
+      conn,
+      catalog: new Map<string, { agents: Agent[]; at: number }>(),
+      lastOk: 0,
+      lastError: "",
+      latencyMs: 0,
+      inFlight: 0,
     };
     links.set(peer.spiffeId, link);
     return link;
@@ -163,13 +224,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     for (const tenant of peer.agreement.outbound.tenants) {
       try {
         const token = await delegations.issue({ audience: peer.spiffeId, tenant, principal: self });
-        const res = await link.registry.listAgents(
-          { tenant, routableOnly: true, pageSize: 1000 },
-          {
-            headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" },
-            // A read slower than the staleness bound could not keep the catalog fresh anyway.
-            timeoutMs: options.catalogStalenessMs,
-          },
+        const res = await using(link, (conn) =>
+          conn.registry.listAgents(
+            { tenant, routableOnly: true, pageSize: 1000 },
+            {
+              headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" },
+              // A read slower than the staleness bound could not keep the catalog fresh anyway.
+              timeoutMs: options.catalogStalenessMs,
+            },
+          ),
         );
         link.catalog.set(tenant, { agents: res.agents, at: clock.now() });
         if (!isUp(link)) log.info({ peer: peer.spiffeId }, "federation link up");
@@ -188,7 +251,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     const peers = registry.list().filter((p) => p.state === "established");
     for (const [id, link] of links) {
       if (peers.some((p) => p.spiffeId === id)) continue;
-      close(link);
+      // A peer removed or quarantined is cut at once, calls in flight included.
+      abort(link.conn);
       links.delete(id);
     }
     await Promise.all(peers.map((p) => refresh(p)));
@@ -204,8 +268,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     agent.capabilities.some((c) => c.name === capability && (!version || c.version === version)) &&
     Object.entries(labels).every(([k, v]) => k === KERNEL_LABEL || agent.labels[k] === v);
 
-  // Link health: the fewest calls in flight per measured latency wins; an unmeasured link is tried.
-  const score = (l: Link) => 1 / ((l.latencyMs || 1) * (1 + l.inFlight));
+  // A remote offer is scored like a local agent (routing/health-score.ts, from the load and heartbeat
+  // the peer's catalog reports), times the link's health: its forwarded-call latency added to the
+  // floor and its calls in flight, as a local agent's own latency and in-flight count weigh.
+  const { scoring } = deps;
+  // An agent the peer reports no latency for counts as answering in the floor time (score 0.5).
+  const UNMEASURED = 0.5;
+  const linkHealth = (l: Link) => scoring.latencyFloorMs / ((l.latencyMs + scoring.latencyFloorMs) * (1 + l.inFlight));
+  const agentScore = (a: Agent) => healthScore(a, undefined, clock.now(), scoring) ?? UNMEASURED;
+  const score = (o: { link: Link; agents: Agent[] }) => Math.max(...o.agents.map(agentScore)) * linkHealth(o.link);
 
   function forwarded(link: Link, selection: RemoteRoute["selection"]): RemoteRoute {
     const request = (q: InvokeParams) => {
@@ -272,7 +343,7 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
         link.inFlight++;
         let ok = false;
         try {
-          const res = await link.routing.invoke(request(q), await callOptions(q));
+          const res = await using(link, async (conn) => conn.routing.invoke(request(q), await callOptions(q)));
           ok = true;
           record(q, "ok", { agentId: res.agentId });
           return {
@@ -294,8 +365,9 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
         const started = performance.now();
         link.inFlight++;
         let ok = false;
+        const conn = acquire(link);
         try {
-          for await (const chunk of link.routing.invokeStream(request(q), await callOptions(q))) {
+          for await (const chunk of conn.routing.invokeStream(request(q), await callOptions(q))) {
             yield {
               payload: chunk.payload,
               contentType: chunk.contentType,
@@ -309,6 +381,7 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
           record(q, "error", { stream: true, code: Code[e.code], reason: e.rawMessage.slice(0, 300) });
           throw e;
         } finally {
+          release(conn);
           measure(started, ok);
         }
       },
@@ -344,13 +417,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
           `capability "${p.capability}" is offered only by unreachable peer kernels (federation degraded, local-only): ${why}`,
         );
       }
-      const best = live.reduce((a, b) => (score(b.link) > score(a.link) ? b : a));
-      const agent = best.agents[0]!;
+      const scored = live.map((o) => ({ ...o, score: score(o) }));
+      const best = scored.reduce((a, b) => (b.score > a.score ? b : a));
+      // The peer picks its own agent; this one stands for the offer (the best scored).
+      const agent = best.agents.reduce((a, b) => (agentScore(b) > agentScore(a) ? b : a));
       return forwarded(best.link, {
         agent: { ...agent, labels: { ...agent.labels, [KERNEL_LABEL]: best.link.peer } },
         mode: RouteMode.SCORED,
-        reason: `remote: peer kernel ${best.link.peer} (no local agent${wanted ? " wanted" : ""}; link ${Math.round(best.link.latencyMs)} ms)`,
-        score: score(best.link),
+        reason: `remote: peer kernel ${best.link.peer} (${wanted ? "named by the constraints" : "no routable local agent"}; score ${best.score.toFixed(3)}, link ${Math.round(best.link.latencyMs)} ms)`,
+        score: best.score,
         weight: 1,
         candidates: live.reduce((n, o) => n + o.agents.length, 0),
         fallback: !wanted,
@@ -380,7 +455,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     stop() {
       running = false;
       clock.clearTimeout(timer);
-      for (const link of links.values()) close(link);
+      for (const conn of [...draining]) abort(conn);
+      for (const link of links.values()) abort(link.conn);
       links.clear();
     },
   };

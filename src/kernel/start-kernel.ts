@@ -446,6 +446,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         selfId: () => federation.spiffeId(),
         clientTls: (peerId) => tls?.clientOptions({ allowedIds: [peerId] }),
         egress: createConnectEgressInterceptor(guard, "federation"),
+        scoring: options.routing.scoring,
       },
       options.federation,
     );

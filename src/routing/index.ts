@@ -10,6 +10,7 @@ export {
   type StreamChunk,
 } from "./router.js";
 export type { Selection, SelectionConstraints } from "./agent-selector.js";
-export { resolveRoutingOptions, type RoutingOptions } from "./routing-options.js";
+export { resolveRoutingOptions, type RoutingOptions, type ScoringOptions } from "./routing-options.js";
+export { healthScore } from "./health-score.js";
 export { resolveRoutingServiceOptions, type RoutingServiceOptions, createRoutingService } from "./routing-service.js";
 export { createCircuitBreakers, type CircuitBreakers } from "./circuit-breakers.js";

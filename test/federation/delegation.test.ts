@@ -24,6 +24,7 @@ async function side(
   self: SigningIdentity,
   peers: { id: string; ca: TestCa; inbound: string[]; outbound: string[] }[],
   start: number,
+  options: Partial<typeof DEFAULT_DELEGATION_OPTIONS> = {},
 ) {
   const db = openDatabase({ path: ":memory:" });
   migrateUp(db, MIGRATIONS);
@@ -43,7 +44,10 @@ async function side(
     );
     registry.establish(p.id, "test");
   }
-  const delegations = createDelegations({ registry, audit, clock, identity: () => self }, DEFAULT_DELEGATION_OPTIONS);
+  const delegations = createDelegations(
+    { registry, audit, clock, identity: () => self },
+    { ...DEFAULT_DELEGATION_OPTIONS, ...options },
+  );
   const denials = () =>
     db.prepare("SELECT count(*) AS n FROM audit_log WHERE action = 'federation.delegation'").get() as { n: number };
   return { delegations, clock, denials: () => denials().n };
@@ -117,4 +121,40 @@ test("delegation - audience-bound, short-lived, single-use, within the agreement
   t.is(b.denials(), 6);
   // A never issues for a tenant outside its outbound agreement.
   t.is(await refusal(a.delegations.issue({ audience: C, tenant: "globex", principal: "p" })), "permission-denied");
+});
+
+test("delegation - the replay cache is bounded: entries leave with their expiry, a full cache refuses RESOURCE_EXHAUSTED", async (t) => {
+  const [caA, caB] = await Promise.all(["edge-a.test", "edge-b.test"].map((td) => createTestCa(td)));
+  const now = Date.now();
+  const a = await side(await kernelIdentity(caA!, A), [{ id: B, ca: caB!, inbound: [], outbound: ["acme"] }], now);
+  const b = await side(await kernelIdentity(caB!, B), [{ id: A, ca: caA!, inbound: ["acme"], outbound: [] }], now, {
+    maxRemembered: 3,
+  });
+  const issue = () => a.delegations.issue({ audience: B, tenant: "acme", principal: "p" });
+
+  const first = await issue();
+  t.is(await refusal(b.delegations.verify(first, A)), "accepted");
+  t.is(await refusal(b.delegations.verify(await issue(), A)), "accepted");
+  // Half a lifetime later, a third fills the cache.
+  a.clock.advance(15_000);
+  b.clock.advance(15_000);
+  const third = await issue();
+  t.is(await refusal(b.delegations.verify(third, A)), "accepted");
+  // Full: a fresh, valid delegation is refused with a clear, retryable code, and audited.
+  const denied = b.denials();
+  const fourth = await issue();
+  t.is(await refusal(b.delegations.verify(fourth, A)), "resource-exhausted");
+  t.is(b.denials(), denied + 1);
+  // A replay is still a replay while the cache is full.
+  t.is(await refusal(b.delegations.verify(third, A)), "unauthenticated");
+
+  // The first two expire: their slots are free again; the third is still remembered.
+  a.clock.advance((DEFAULT_DELEGATION_OPTIONS.ttlSeconds - 15 + 1) * 1000);
+  b.clock.advance((DEFAULT_DELEGATION_OPTIONS.ttlSeconds - 15 + 1) * 1000);
+  t.is(await refusal(b.delegations.verify(await issue(), A)), "accepted");
+  t.is(await refusal(b.delegations.verify(await issue(), A)), "accepted");
+  t.is(await refusal(b.delegations.verify(await issue(), A)), "resource-exhausted");
+  t.is(await refusal(b.delegations.verify(third, A)), "unauthenticated", "still remembered until it expires");
+  // A forgotten (expired) delegation is refused as expired, never accepted again.
+  t.is(await refusal(b.delegations.verify(first, A)), "unauthenticated");
 });
