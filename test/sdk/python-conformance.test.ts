@@ -192,9 +192,9 @@ test("python sdk - conformance: rotating the API key under load fails no call", 
   let invokes = 0;
   let invokeFailures = 0;
   let stop = false;
-  const loadUntil = Date.now() + 20_000;
+  t.teardown(() => (stop = true));
   const kernelLoad = (async () => {
-    while (!stop && Date.now() < loadUntil) {
+    while (!stop) {
       try {
         await routing.invoke({ tenant: TENANT, capability: "echo", payload: new Uint8Array([1]) }, { timeoutMs: 5000 });
         invokes++;
@@ -204,13 +204,30 @@ test("python sdk - conformance: rotating the API key under load fails no call", 
     }
   })();
   agent.proc.stdin!.write("load-start\n");
+  // Every rotation lands while both loads are running: each waits for a few more calls each way (by count,
+  // not by time, so a loaded machine only makes it slower), and so does the end of the load.
+  let agentCalls = 0;
+  const moreCalls = async (): Promise<void> => {
+    const [agentBefore, invokesBefore] = [agentCalls, invokes];
+    await waitFor(
+      async () => {
+        const n = events(agent).length;
+        agent.proc.stdin!.write("load-progress\n");
+        agentCalls = Number((await event(agent, "load-progress", n)).calls);
+        return agentCalls >= agentBefore + 3 && invokes >= invokesBefore + 3;
+      },
+      "three more calls each way",
+      60_000,
+    );
+  };
   for (let i = 0; i < 3; i++) {
+    await moreCalls();
     const n = events(agent).length;
     agent.proc.stdin!.write("rotate\n");
     const rotated = await event(agent, "rotated", n);
     t.is(rotated.keyId, created.apiKey?.keyId);
-    await new Promise((r) => setTimeout(r, 300));
   }
+  await moreCalls();
   const n = events(agent).length;
   agent.proc.stdin!.write("load-stop\n");
   const load = await event(agent, "load", n);

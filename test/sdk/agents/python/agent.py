@@ -10,6 +10,7 @@ NOPS_TENANT, NOPS_API_KEY_FILE, ...) plus AGENT_NAME. It prints one JSON object 
   {"event": "received", "eventId", "subject", "payload"}  per event of "subscribe <consumer> <filter>"
   {"event": "register-retried", "agentId", "failures"}  after "register-retry <n> <deadline ms>"
   {"event": "load", "calls", "failures"}           after "load-stop" (load-start: RegisterAgent in a loop)
+  {"event": "load-progress", "calls", "failures"}  after "load-progress" (the load keeps running)
   {"event": "slow-started"}                        when a "slow" call entered its handler
   {"event": "stopped"}                             after SIGTERM drained and deregistered it
 Commands arrive on stdin, one per line.
@@ -99,6 +100,8 @@ def commands():
             elif parts[:1] == ["load-start"]:
                 load["thread"] = threading.Thread(target=run_load, daemon=True)
                 load["thread"].start()
+            elif parts[:1] == ["load-progress"]:
+                emit(event="load-progress", calls=load["calls"], failures=load["failures"])
             elif parts[:1] == ["load-stop"]:
                 load["stop"].set()
                 load["thread"].join()
