@@ -45,7 +45,10 @@ import { headersText } from "./outbound-headers.js";
 export interface EgressGuardOptions {
   /** DGE_ENABLED: when false every call is allowed with a warning (no fail-closed). @default true */
   dgeEnabled: boolean;
-  /** No DGE answer within this many ms denies the call with reason dge_timeout. @default 5000 */
+  /**
+   * No DGE answer within this many ms denies the call with reason dge_timeout (refused connections are
+   * retried until then; each attempt is bounded by admin.dependencies.dge.budgetMs as well). @default 5000
+   */
   dgeTimeoutMs: number;
   /** Tier of each tenant. @default {} */
   tenantTiers: Record<string, TierName>;
