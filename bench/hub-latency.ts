@@ -192,7 +192,7 @@ try {
   await waitFor(() => [...ackAt.keys()].every((id) => sub.at.has(id)), "every event on B", 300_000, 50);
   const kernel = summary([...ackAt].map(([id, t]) => sub.at.get(id)! - t));
   const publish = summary(publishMs);
-  const receivedWall = new Map([...sub.at].map(([id, t]) => [id, performance.timeOrigin + t]));
+  const receivedWall = new Map([...ackAt.keys()].map((id) => [id, performance.timeOrigin + sub.at.get(id)!]));
 
   // Where the time goes: when each measured event was stored at each hop (server clocks, the same
   // machine), as an offset from its Publish ack at A.
