@@ -77,7 +77,12 @@ function subscribeOn(edge: EdgePipeline, signal: AbortSignal): { at: Map<string,
         acks.push(
           Promise.resolve(
             edge.service.ack(
-              create(AckRequestSchema, { tenant: "acme", consumer: "bench", ackToken: m.ackToken, action: AckAction.ACK }),
+              create(AckRequestSchema, {
+                tenant: "acme",
+                consumer: "bench",
+                ackToken: m.ackToken,
+                action: AckAction.ACK,
+              }),
               edge.context(),
             ),
           ).catch(() => undefined),

@@ -11,7 +11,7 @@ import {
 } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import type { Meter } from "@opentelemetry/api";
-import { ConfigError, TENANT_PATTERN, type Clock } from "../common/index.js";
+import { ConfigError, TENANT_PATTERN, type Clock, type TimerHandle } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
@@ -37,6 +37,11 @@ const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Messages of one federation direction awaiting their PubAcks at once (like the relay's maxInFlight). */
 export const FOLLOW_WINDOW = 256;
+/**
+ * How long acknowledged progress may wait before it is written: a crash replays at most this much,
+ * which the target streams' duplicate window drops (their message ids are stable).
+ */
+export const PROGRESS_FLUSH_MS = 50;
 
 /** Validates `events.federation`; throws ConfigError naming the field. */
 export function resolveFederationLinks(input: unknown, edgeId: string, path = "events.federation"): FederationLink[] {
@@ -158,7 +163,8 @@ export function createEventFederation(
 
   // Each message is planned in order (the Egress Guard's verdicts), then its publishes are sent at
   // once and acknowledged in the background: up to FOLLOW_WINDOW messages await their PubAcks, and
-  // the progress row is written once per event-loop turn for every message acknowledged in order.
+  // the progress row (one fsync'd write) is written at most every PROGRESS_FLUSH_MS for every
+  // message acknowledged in order, and when the direction stops.
   // A replay after a failure or a crash re-publishes with the same message ids, which the target
   // stream's duplicate window drops.
   type Send = () => Promise<void>;
@@ -217,7 +223,10 @@ export function createEventFederation(
     h.set(FEDERATED_FROM_HEADER, source);
     return Promise.resolve(async () => {
       // The message id is the source's envelope id: a redelivery after a partition stores nothing twice.
-      await js.publish(`nops.events.${parsed.tenant}.${parsed.type}`, m.data, { msgID: `fed:${source}:${id}`, headers: h });
+      await js.publish(`nops.events.${parsed.tenant}.${parsed.type}`, m.data, {
+        msgID: `fed:${source}:${id}`,
+        headers: h,
+      });
       count("delivered");
     });
   }
@@ -233,14 +242,17 @@ export function createEventFederation(
       let msgs: ConsumerMessages | undefined;
       // Sent and not yet acknowledged, in stream order.
       const pending: { seq: number; done: boolean; acked: Promise<void> }[] = [];
-      let failure: unknown;
+      // Set by a publish that failed, from its callback (read through failure(): it changes across awaits).
+      const failed: { error?: Error } = {};
+      const failure = (): Error | undefined => failed.error;
       let wake: (() => void) | undefined;
       // `handled`: every message up to it is acknowledged; `written`: what the progress row says.
       let handled = progress(key);
       let written = handled;
-      let flushQueued = false;
+      let flushTimer: TimerHandle | undefined;
       const flush = (): void => {
-        flushQueued = false;
+        clock.clearTimeout(flushTimer);
+        flushTimer = undefined;
         if (handled > written) {
           setProgress.run(key, handled, clock.now());
           written = handled;
@@ -248,10 +260,7 @@ export function createEventFederation(
       };
       const advance = (): void => {
         while (pending[0]?.done) handled = pending.shift()!.seq;
-        if (!flushQueued && handled > written) {
-          flushQueued = true;
-          setImmediate(flush);
-        }
+        if (flushTimer === undefined && handled > written) flushTimer = clock.setTimeout(flush, PROGRESS_FLUSH_MS);
       };
       try {
         const consumer = await js.consumers.get(stream, {
@@ -263,7 +272,8 @@ export function createEventFederation(
         if (stopped) msgs.stop();
         let queued = handled;
         for await (const m of msgs) {
-          if (failure !== undefined) throw failure;
+          const early = failure();
+          if (early) throw early;
           if (m.seq <= queued) continue;
           const send = await plan(js, m);
           const entry = { seq: m.seq, done: false, acked: Promise.resolve() };
@@ -274,15 +284,15 @@ export function createEventFederation(
               wake?.();
             },
             (err: unknown) => {
-              failure ??= err;
+              failed.error ??= err instanceof Error ? err : new Error(String(err));
               wake?.();
             },
           );
           pending.push(entry);
           queued = m.seq;
-          while (pending.length >= FOLLOW_WINDOW && failure === undefined)
-            await new Promise<void>((resolve) => (wake = resolve));
-          if (failure !== undefined) throw failure;
+          while (pending.length >= FOLLOW_WINDOW && !failure()) await new Promise<void>((resolve) => (wake = resolve));
+          const late = failure();
+          if (late) throw late;
           delay = options.retryInitialMs;
         }
       } catch (err) {

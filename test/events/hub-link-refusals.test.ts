@@ -44,9 +44,16 @@ test("leaf log - parses nats-server's stderr and syslog lines and finds the hub 
     subject: "$JS.hub.API.STREAM.CREATE.X",
     by: "leaf",
   });
-  t.deepEqual(linkRefusalOf(parseLeafLogLine(HUB_REFUSED)!.message), { subject: "nops.fed.edge-b.globex.x", by: "hub" });
+  t.deepEqual(linkRefusalOf(parseLeafLogLine(HUB_REFUSED)!.message), {
+    subject: "nops.fed.edge-b.globex.x",
+    by: "hub",
+  });
   t.is(linkRefusalOf(parseLeafLogLine(SUB_VIOLATION)!.message), undefined, "interest the hub refused is no publish");
-  t.is(linkRefusalOf(parseLeafLogLine(CLIENT_DENIED)!.message), undefined, "a local client's permission is not the link's");
+  t.is(
+    linkRefusalOf(parseLeafLogLine(CLIENT_DENIED)!.message),
+    undefined,
+    "a local client's permission is not the link's",
+  );
 });
 
 test("leaf log - counts refusals with the last subject and time, a metric per edge and where, and GetStatus shows them", async (t) => {
@@ -83,7 +90,11 @@ test("leaf log - counts refusals with the last subject and time, a metric per ed
   t.is(status.hubLink?.rejectedPublishes, 2n);
   t.is(status.hubLink?.lastRejectedSubject, "nops.fed.edge-b.globex.x");
   t.is(Number(status.hubLink?.lastRejected?.seconds), 1_700_000_005);
-  t.is(toGetStatusResponse({ ready: true, status: "ready", dependencies: [], capabilities: [], checkedAt: 0 }, "t").hubLink, undefined);
+  t.is(
+    toGetStatusResponse({ ready: true, status: "ready", dependencies: [], capabilities: [], checkedAt: 0 }, "t")
+      .hubLink,
+    undefined,
+  );
 });
 
 /** Publishes `control` until `hub` sees it: the hub's interest has crossed the edge's link. */
