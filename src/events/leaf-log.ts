@@ -75,8 +75,8 @@ export interface HubLinkRefusals {
 
 /**
  * The kernel's reader of its leaf nats-server's log: counts the publishes the hub link's
- * permissions refused (docs/events.md, "Link status") and passes the leaf's own info, warning and
- * error lines on to the kernel's log.
+ * permissions refused (docs/events.md, "Link status") and passes the leaf's own warnings and errors
+ * on to the kernel's log (its info lines at debug level).
  */
 export interface LeafLog {
   /** Handles one log line (stderr of a supervised leaf, or one syslog datagram). */
@@ -114,7 +114,10 @@ export function createLeafLog(deps: { clock: Clock; logger: Logger; meter: Meter
         );
         return;
       }
-      if (parsed.level !== "debug") deps.logger[parsed.level]({ leaf: parsed.message }, "leaf nats-server");
+      // Warnings and errors as such; its info lines (the start-up banner, connection events) at debug.
+      if (parsed.level === "warn" || parsed.level === "error")
+        deps.logger[parsed.level]({ leaf: parsed.message }, "leaf nats-server");
+      else if (parsed.level === "info") deps.logger.debug({ leaf: parsed.message }, "leaf nats-server");
     },
     status: () => ({ ...state }),
   };
