@@ -16,6 +16,7 @@ const CASES: Array<[file: string, smokeArgs: string[]]> = [
   ["tracing.ts", ["--seconds", "1", "--rounds", "1"]],
   ["mcp.ts", ["--seconds", "1"]],
   ["federation.ts", ["--seconds", "2", "--rate", "50", "--connections", "1", "--streams", "4"]],
+  ["hub-latency.ts", ["--rate", "100", "--seconds", "1"]],
 ];
 let failed = 0;
 for (const [file, smokeArgs] of CASES) {

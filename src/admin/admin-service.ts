@@ -4,6 +4,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
 import {
   BusLinkStatusSchema,
+  HubLinkStatusSchema,
   CapabilityMode,
   CapabilityStatusSchema,
   Criticality,
@@ -20,6 +21,8 @@ export interface AdminServiceDeps {
   matrix: StatusMatrix;
   /** The event bus's links (lag, last sync, refusals), when the bus runs. */
   busLinks?: () => BusLinkInit[];
+  /** What the edge's hub link refused, when the kernel reads its leaf's log. */
+  hubLink?: () => HubLinkInit;
   /** Kernel version reported in GetStatus. */
   version: string;
 }
@@ -44,6 +47,16 @@ export interface BusLinkInit {
   lagSeconds: number;
   lastSyncAt?: number;
   rejected: number;
+  /** Of lagMessages, those still at the hub (hub -> edge links). @default 0 */
+  hubBacklog?: number;
+}
+
+/** The edge's hub link as GetStatus reports it (see createLeafLog). */
+export interface HubLinkInit {
+  edgeId: string;
+  rejectedPublishes: number;
+  lastRejectedAt?: number;
+  lastRejectedSubject?: string;
 }
 
 /** The GetStatus answer for a status report. */
@@ -51,6 +64,7 @@ export function toGetStatusResponse(
   report: StatusReport,
   version: string,
   busLinks: BusLinkInit[] = [],
+  hubLink?: HubLinkInit,
 ): GetStatusResponse {
   return create(GetStatusResponseSchema, {
     readiness: READINESS[report.status],
@@ -82,14 +96,25 @@ export function toGetStatusResponse(
         lagSeconds: l.lagSeconds,
         lastSync: l.lastSyncAt === undefined ? undefined : timestampFromMs(l.lastSyncAt),
         rejected: BigInt(l.rejected),
+        hubBacklog: BigInt(l.hubBacklog ?? 0),
       }),
     ),
+    hubLink:
+      hubLink === undefined
+        ? undefined
+        : create(HubLinkStatusSchema, {
+            edgeId: hubLink.edgeId,
+            rejectedPublishes: BigInt(hubLink.rejectedPublishes),
+            lastRejected: hubLink.lastRejectedAt === undefined ? undefined : timestampFromMs(hubLink.lastRejectedAt),
+            lastRejectedSubject: hubLink.lastRejectedSubject ?? "",
+          }),
   });
 }
 
 /** AdminService: GetStatus probes every dependency now (the same evaluation /readyz runs). */
 export function createAdminService(deps: AdminServiceDeps): ServiceImpl<typeof AdminService> {
   return {
-    getStatus: () => toGetStatusResponse(deps.matrix.evaluate(), deps.version, deps.busLinks?.() ?? []),
+    getStatus: () =>
+      toGetStatusResponse(deps.matrix.evaluate(), deps.version, deps.busLinks?.() ?? [], deps.hubLink?.()),
   };
 }

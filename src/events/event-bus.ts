@@ -134,6 +134,8 @@ export interface BusLink {
   lagSeconds: number;
   lastSyncAt?: number;
   rejected: number;
+  /** Of lagMessages, those still at the hub, not yet carried to this edge (hub -> edge links; 0 otherwise). */
+  hubBacklog: number;
 }
 
 /** One thing the event bus is working around (NATS leaf, stream full, hub link). */
@@ -475,6 +477,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           lagSeconds: age(oldest),
           lastSyncAt: lastPublishedAt,
           rejected: countBlocked.get()?.n ?? 0,
+          hubBacklog: 0,
         },
       ];
       const c = commandInbox?.status();
@@ -485,6 +488,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           lagSeconds: age(c.oldestPendingAt),
           lastSyncAt: c.lastSettledAt,
           rejected: c.deadLettered,
+          hubBacklog: c.linkLag,
         });
       const f = federation?.status();
       if (f)
@@ -495,6 +499,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
             lagSeconds: age(f.outOldestAt),
             lastSyncAt: f.outLastAt,
             rejected: f.blocked,
+            hubBacklog: 0,
           },
           {
             name: "federation-in",
@@ -502,6 +507,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
             lagSeconds: age(f.inOldestAt),
             lastSyncAt: f.inLastAt,
             rejected: f.rejected,
+            hubBacklog: f.inLinkLag,
           },
         );
       return out;

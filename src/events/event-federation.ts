@@ -11,7 +11,7 @@ import {
 } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import type { Meter } from "@opentelemetry/api";
-import { ConfigError, TENANT_PATTERN, type Clock } from "../common/index.js";
+import { ConfigError, TENANT_PATTERN, type Clock, type TimerHandle } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
@@ -34,6 +34,14 @@ export interface FederationLink {
 export const FEDERATED_FROM_HEADER = "Nops-Fed-Source";
 
 const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Messages of one federation direction awaiting their PubAcks at once (like the relay's maxInFlight). */
+export const FOLLOW_WINDOW = 256;
+/**
+ * How long acknowledged progress may wait before it is written: a crash replays at most this much,
+ * which the target streams' duplicate window drops (their message ids are stable).
+ */
+export const PROGRESS_FLUSH_MS = 50;
 
 /** Validates `events.federation`; throws ConfigError naming the field. */
 export function resolveFederationLinks(input: unknown, edgeId: string, path = "events.federation"): FederationLink[] {
@@ -153,36 +161,47 @@ export function createEventFederation(
   let stopped = false;
   const running = new Set<ConsumerMessages>();
 
-  async function forwardOut(js: JetStreamClient, m: JsMsg): Promise<void> {
+  // Each message is planned in order (the Egress Guard's verdicts), then its publishes are sent at
+  // once and acknowledged in the background: up to FOLLOW_WINDOW messages await their PubAcks, and
+  // the progress row (one fsync'd write) is written at most every PROGRESS_FLUSH_MS for every
+  // message acknowledged in order, and when the direction stops.
+  // A replay after a failure or a crash re-publishes with the same message ids, which the target
+  // stream's duplicate window drops.
+  type Send = () => Promise<void>;
+
+  async function planOut(js: JetStreamClient, m: JsMsg): Promise<Send> {
     // Events that came from another edge are delivered here, never sent on (no loops).
-    if (!m.headers?.has(FEDERATED_FROM_HEADER)) {
-      const parsed = splitSubject(m.subject, 2);
-      for (const link of links) {
-        if (!parsed || !link.outboundTenants.includes(parsed.tenant)) continue;
-        const subject = federatedSubject(link.edge, parsed.tenant, parsed.type);
-        const hdrs: Record<string, string> = {};
-        for (const [k, v] of m.headers ?? []) if (v[0] !== undefined) hdrs[k] = v[0];
-        const verdict = deps.prePublish ? await deps.prePublish(subject, m.data, hdrs) : { allowed: true };
-        if (!verdict.allowed && verdict.retryLater)
-          throw new Error(`egress guard has no verdict (${verdict.reason ?? "no answer"})`);
-        if (!verdict.allowed) {
-          count("blocked");
-          logger.warn(
-            { seq: m.seq, edge: link.edge, reason: verdict.reason },
-            "egress guard blocked a federated event",
-          );
-          continue;
-        }
-        const h = natsHeaders();
-        for (const [k, v] of Object.entries(hdrs)) if (!k.startsWith("Nats-")) h.set(k, v);
-        await js.publish(subject, m.data, { msgID: `${options.edgeId}:fed:${link.edge}:${m.seq}`, headers: h });
-        count("forwarded");
+    if (m.headers?.has(FEDERATED_FROM_HEADER)) return () => Promise.resolve();
+    const parsed = splitSubject(m.subject, 2);
+    const out: { subject: string; headers: Record<string, string>; msgID: string }[] = [];
+    for (const link of links) {
+      if (!parsed || !link.outboundTenants.includes(parsed.tenant)) continue;
+      const subject = federatedSubject(link.edge, parsed.tenant, parsed.type);
+      const hdrs: Record<string, string> = {};
+      for (const [k, v] of m.headers ?? []) if (v[0] !== undefined) hdrs[k] = v[0];
+      const verdict = deps.prePublish ? await deps.prePublish(subject, m.data, hdrs) : { allowed: true };
+      if (!verdict.allowed && verdict.retryLater)
+        throw new Error(`egress guard has no verdict (${verdict.reason ?? "no answer"})`);
+      if (!verdict.allowed) {
+        count("blocked");
+        logger.warn({ seq: m.seq, edge: link.edge, reason: verdict.reason }, "egress guard blocked a federated event");
+        continue;
       }
+      out.push({ subject, headers: hdrs, msgID: `${options.edgeId}:fed:${link.edge}:${m.seq}` });
     }
-    setProgress.run(OUT_KEY, m.seq, clock.now());
+    return async () => {
+      await Promise.all(
+        out.map((o) => {
+          const h = natsHeaders();
+          for (const [k, v] of Object.entries(o.headers)) if (!k.startsWith("Nats-")) h.set(k, v);
+          return js.publish(o.subject, m.data, { msgID: o.msgID, headers: h });
+        }),
+      );
+      if (out.length > 0) count("forwarded", out.length);
+    };
   }
 
-  async function deliverIn(js: JetStreamClient, m: JsMsg): Promise<void> {
+  function planIn(js: JetStreamClient, m: JsMsg): Promise<Send> {
     const parsed = splitSubject(m.subject, 3);
     let source = "";
     let id = "";
@@ -197,50 +216,100 @@ export function createEventFederation(
     if (!parsed || id === "" || !link || !link.inboundTenants.includes(parsed.tenant)) {
       count("rejected");
       logger.warn({ seq: m.seq, source, tenant: parsed?.tenant }, "federated event not allowed by any link; dropped");
-    } else {
-      const h = natsHeaders();
-      for (const [k, v] of m.headers ?? []) if (!k.startsWith("Nats-") && v[0] !== undefined) h.set(k, v[0]);
-      h.set(FEDERATED_FROM_HEADER, source);
+      return Promise.resolve(() => Promise.resolve());
+    }
+    const h = natsHeaders();
+    for (const [k, v] of m.headers ?? []) if (!k.startsWith("Nats-") && v[0] !== undefined) h.set(k, v[0]);
+    h.set(FEDERATED_FROM_HEADER, source);
+    return Promise.resolve(async () => {
       // The message id is the source's envelope id: a redelivery after a partition stores nothing twice.
       await js.publish(`nops.events.${parsed.tenant}.${parsed.type}`, m.data, {
         msgID: `fed:${source}:${id}`,
         headers: h,
       });
       count("delivered");
-    }
-    setProgress.run(IN_KEY, m.seq, clock.now());
+    });
   }
 
   async function follow(
     js: JetStreamClient,
     stream: string,
     key: string,
-    handle: (js: JetStreamClient, m: JsMsg) => Promise<void>,
+    plan: (js: JetStreamClient, m: JsMsg) => Promise<Send>,
   ): Promise<void> {
     let delay = options.retryInitialMs;
     while (!stopped) {
       let msgs: ConsumerMessages | undefined;
+      // Sent and not yet acknowledged, in stream order.
+      const pending: { seq: number; done: boolean; acked: Promise<void> }[] = [];
+      // Set by a publish that failed, from its callback (read through failure(): it changes across awaits).
+      const failed: { error?: Error } = {};
+      const failure = (): Error | undefined => failed.error;
+      let wake: (() => void) | undefined;
+      // `handled`: every message up to it is acknowledged; `written`: what the progress row says.
+      let handled = progress(key);
+      let written = handled;
+      let flushTimer: TimerHandle | undefined;
+      const flush = (): void => {
+        clock.clearTimeout(flushTimer);
+        flushTimer = undefined;
+        if (handled > written) {
+          setProgress.run(key, handled, clock.now());
+          written = handled;
+        }
+      };
+      const advance = (): void => {
+        while (pending[0]?.done) handled = pending.shift()!.seq;
+        if (flushTimer === undefined && handled > written) flushTimer = clock.setTimeout(flush, PROGRESS_FLUSH_MS);
+      };
       try {
         const consumer = await js.consumers.get(stream, {
           deliver_policy: DeliverPolicy.StartSequence,
-          opt_start_seq: progress(key) + 1,
+          opt_start_seq: handled + 1,
         });
         msgs = await consumer.consume();
         running.add(msgs);
         if (stopped) msgs.stop();
+        let queued = handled;
         for await (const m of msgs) {
-          if (m.seq <= progress(key)) continue;
-          await handle(js, m);
+          const early = failure();
+          if (early) throw early;
+          if (m.seq <= queued) continue;
+          const send = await plan(js, m);
+          const entry = { seq: m.seq, done: false, acked: Promise.resolve() };
+          entry.acked = send().then(
+            () => {
+              entry.done = true;
+              advance();
+              wake?.();
+            },
+            (err: unknown) => {
+              failed.error ??= err instanceof Error ? err : new Error(String(err));
+              wake?.();
+            },
+          );
+          pending.push(entry);
+          queued = m.seq;
+          while (pending.length >= FOLLOW_WINDOW && !failure()) await new Promise<void>((resolve) => (wake = resolve));
+          const late = failure();
+          if (late) throw late;
           delay = options.retryInitialMs;
         }
       } catch (err) {
-        if (stopped) return;
-        logger.warn({ err, stream, retryMs: delay }, "event federation paused; resuming after the last handled event");
+        if (!stopped)
+          logger.warn(
+            { err, stream, retryMs: delay },
+            "event federation paused; resuming after the last handled event",
+          );
       } finally {
         if (msgs) {
           msgs.stop();
           running.delete(msgs);
         }
+        // What was sent settles first, so the progress row covers every acknowledged message.
+        await Promise.all(pending.map((p) => p.acked));
+        advance();
+        flush();
       }
       if (stopped) return;
       await clock.sleep(delay);
@@ -279,8 +348,8 @@ export function createEventFederation(
       if (links.length === 0) return;
       stopped = false;
       await Promise.all([
-        follow(js, options.streamName, OUT_KEY, forwardOut),
-        follow(js, BUS_STREAMS.edgeFedIn, IN_KEY, deliverIn),
+        follow(js, options.streamName, OUT_KEY, planOut),
+        follow(js, BUS_STREAMS.edgeFedIn, IN_KEY, planIn),
       ]);
     },
     stop() {

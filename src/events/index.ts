@@ -13,6 +13,13 @@ export {
   type LeafSupervisor,
 } from "./leaf-supervisor.js";
 export { type PrePublishHook } from "./outbox-relay.js";
+export {
+  createLeafLog,
+  listenLeafSyslog,
+  type HubLinkRefusals,
+  type LeafLog,
+  type LeafSyslogListener,
+} from "./leaf-log.js";
 export { createThreadPublishWriter, type PublishWriter } from "./publish-writer.js";
 export {
   CommandRejectedError,

@@ -142,7 +142,17 @@ function portOpen(port: number): Promise<boolean> {
 }
 
 /** Creates the supervisor. */
-export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupervisorOptions): LeafSupervisor {
+export function createLeafSupervisor(
+  deps: {
+    logger: Logger;
+    /**
+     * Receives every line the server logs (with debug lines, `-D`): the kernel counts the hub
+     * link's refused publishes from them (createLeafLog). Absent: the log is only kept for crash reports.
+     */
+    onLogLine?: (line: string) => void;
+  },
+  options: LeafSupervisorOptions,
+): LeafSupervisor {
   const { logger } = deps;
   const dir = join(options.dataDir, "nats");
   const configPath = join(dir, "leaf.conf");
@@ -153,12 +163,20 @@ export function createLeafSupervisor(deps: { logger: Logger }, options: LeafSupe
   let restartTimer: NodeJS.Timeout | undefined;
 
   const launch = (): void => {
-    const c = spawn(options.binary, ["-c", configPath], { stdio: ["ignore", "ignore", "pipe"] });
+    const args = deps.onLogLine ? ["-c", configPath, "-D"] : ["-c", configPath];
+    const c = spawn(options.binary, args, { stdio: ["ignore", "ignore", "pipe"] });
     child = c;
     if (c.pid) writeFileSync(pidFile, JSON.stringify(processIdentity(c.pid)) + "\n", { mode: 0o600 });
     let tail = "";
-    c.stderr?.on("data", (d: Buffer) => {
-      tail = (tail + d.toString()).slice(-2000);
+    let partial = "";
+    c.stderr?.setEncoding("utf8");
+    c.stderr?.on("data", (text: string) => {
+      tail = (tail + text).slice(-2000);
+      if (!deps.onLogLine) return;
+      const lines = (partial + text).split("\n");
+      // A line never ends only if something is wrong with the stream: do not buffer it without bound.
+      partial = (lines.pop() ?? "").slice(-65_536);
+      for (const line of lines) if (line !== "") deps.onLogLine(line);
     });
     c.once("error", (err) => logger.error({ err }, "leaf nats-server failed to start"));
     c.once("exit", (code, signal) => {

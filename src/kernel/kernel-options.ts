@@ -100,6 +100,12 @@ export interface KernelOptions {
     leaf: "auto" | "off";
     /** Leafnode remote of the hub for a supervised leaf (credentials in the URL); empty: standalone. @default "" */
     hubUrl: string;
+    /**
+     * UDP port on 127.0.0.1 where the kernel receives the leaf sidecar's log as syslog
+     * (`nats-server -D -r udp://127.0.0.1:<port>`), to count the publishes the hub link refused
+     * (docs/events.md, "Link status"); 0 = off. A supervised leaf's log is read from its stderr. @default 0
+     */
+    leafLogPort: number;
   };
   /** Event bus: streams, relay, hub confirmation, idempotency (see docs/events.md). */
   events: EventBusOptions & { service: EventBusServiceOptions };
@@ -175,7 +181,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   routing: {},
   rateLimit: {},
   requestSigning: {},
-  nats: { url: "", leaf: "auto", hubUrl: "" },
+  nats: { url: "", leaf: "auto", hubUrl: "", leafLogPort: 0 },
   events: {},
   dgeServer: {},
   telemetry: {},
@@ -353,6 +359,7 @@ function resolveNats(raw: unknown): KernelOptions["nats"] {
     url: readString(s, "url", "nats", d.url, { pattern: /^$|^(nats|tls):\/\// }),
     leaf: readString(s, "leaf", "nats", d.leaf, { oneOf: ["auto", "off"] }) as "auto" | "off",
     hubUrl: readString(s, "hubUrl", "nats", d.hubUrl, { pattern: /^$|^(nats-leaf|tls|nats):\/\// }),
+    leafLogPort: readInt(s, "leafLogPort", "nats", d.leafLogPort, 0, 65535),
   };
 }
 

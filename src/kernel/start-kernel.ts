@@ -96,6 +96,7 @@ import { createHubCommandHandler } from "./hub-commands.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
+import { createLeafLog, listenLeafSyslog, type LeafLog } from "../events/leaf-log.js";
 import type { PrePublishHook } from "../events/outbox-relay.js";
 import { createRouter } from "../routing/router.js";
 import { createCircuitBreakers } from "../routing/circuit-breakers.js";
@@ -356,12 +357,24 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
     let natsUrl = options.nats.url;
     let natsAuth: { natsUser?: string; natsPassword?: string } = {};
+    // The leaf's log, read for the publishes its hub link refused (docs/events.md, "Link status"):
+    // a supervised leaf's stderr, or the sidecar's syslog on nats.leafLogPort.
+    const newLeafLog = (): LeafLog =>
+      createLeafLog({ clock, logger: logger.child({ component: "leaf" }), meter }, options.events.edgeId);
+    let leafLog: LeafLog | undefined;
+    if (natsUrl && options.nats.leafLogPort > 0) {
+      leafLog = newLeafLog();
+      const listener = await listenLeafSyslog(leafLog, options.nats.leafLogPort);
+      life.defer("leaf log listener", () => listener.close());
+    }
     if (!natsUrl && options.nats.leaf === "auto") {
       const binary = findNatsServer(overrides.searchPath ?? "/usr/sbin:/usr/bin");
       if (binary) {
         const password = randomBytes(18).toString("base64url");
+        const supervisedLog = newLeafLog();
+        leafLog = supervisedLog;
         const leaf = createLeafSupervisor(
-          { logger },
+          { logger, onLogLine: (line) => supervisedLog.handle(line) },
           resolveLeafSupervisorOptions({
             binary,
             dataDir: options.dataDir,
@@ -590,6 +603,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
           matrix,
           version: KERNEL_VERSION,
           busLinks: natsUrl ? () => bus.links() : undefined,
+          hubLink: leafLog ? () => leafLog.status() : undefined,
         }),
       ),
       bind(AuditService, createAuditService({ audit, checkpointer })),

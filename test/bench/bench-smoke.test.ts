@@ -26,6 +26,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
     "tracing.ts",
     "mcp.ts",
     "federation.ts",
+    "hub-latency.ts",
   ])
     t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
   t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
@@ -35,5 +36,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
   t.regex(out, /node:http2 pooled sessions .* client CPU\/call \d+ us/);
   t.regex(out, /federated: client -> A -> B -> agent .* ratio \d+\.\d+ of local: client -> B -> agent/);
   t.regex(out, /added by the peer hop at \d+ rps: p50 [+-]\d+\.\d+ ms .* p99 [+-]\d+\.\d+ ms/);
+  t.regex(out, /kernel A Publish ack -> kernel B subscriber +p50 +\d+\.\d+ ms +p99 +\d+\.\d+ ms .*\(n=100\)/);
+  t.regex(out, /ratio kernel\/baseline: p50 \d+\.\d+x {2}p99 \d+\.\d+x {2}\(sent 100, Publish errors 0;/);
   t.regex(out, /no caller deadline \(capped\) +CPU per call \d+\.\d+ us/);
 });

@@ -102,12 +102,12 @@ function containers(sts: Tree): Tree[] {
   return get(sts, "spec.template.spec.containers") as Tree[];
 }
 
-function runNatsConfigCheck(conf: string): Promise<{ code: number; output: string }> {
+function runNatsConfigCheck(conf: string, env: Record<string, string> = {}): Promise<{ code: number; output: string }> {
   const dir = mkdtempSync(join(tmpdir(), "nops-chart-"));
   const file = join(dir, "leaf.conf");
   writeFileSync(file, conf);
   return new Promise((done) => {
-    execFile(NATS_SERVER, ["-t", "-c", file], { timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(NATS_SERVER, ["-t", "-c", file], { timeout: 60_000, env }, (err, stdout, stderr) => {
       rmSync(dir, { recursive: true, force: true });
       const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
       done({ code, output: `${stdout}${stderr}` });
@@ -178,6 +178,17 @@ const badOverrides: [string, Tree, RegExp][] = [
     { nats: { hub: { credentials: { secretName: "" } } } },
     /secretName must NOT have fewer than 1 characters/,
   ],
+  [
+    "password auth without the hub secret's Secret",
+    { nats: { hub: { auth: "password", password: { secretName: "" } } } },
+    /secretName must NOT have fewer than 1 characters/,
+  ],
+  [
+    "a hub URL that carries credentials (the chart adds them from the Secret)",
+    { nats: { hub: { urls: ["tls://edge-x:secret@hub:7422"] } } },
+    /urls\/0 must match pattern/,
+  ],
+  ["an unknown hub auth", { nats: { hub: { auth: "nkey" } } }, /auth must be equal to one of the allowed values/],
   [
     "an extraEnv item with neither value nor valueFrom",
     { kernel: { extraEnv: [{ name: "NOPS_X" }] } },
@@ -300,6 +311,31 @@ test("templates - the pod and container security context text is the restricted 
 const releaseSigner = generateSigner("nops-kernel-release");
 const RELEASE_KEY = encodeVerifierKey(releaseSigner.name, releaseSigner.publicKey);
 
+/** What a Secret referenced by the rendered manifests holds in these tests (never in a manifest). */
+const SECRET_VALUE = "hub-link-secret-from-the-secret";
+
+/**
+ * A container's environment as Kubernetes gives it: secretKeyRef values read from a Secret (here
+ * SECRET_VALUE) and `$(NAME)` references expanded from the variables defined before them.
+ */
+function containerEnv(container: Tree): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of (container.env as Tree[] | undefined) ?? []) {
+    const name = e.name as string;
+    if (get(e, "valueFrom.secretKeyRef")) out[name] = SECRET_VALUE;
+    else if (typeof e.value === "string")
+      out[name] = e.value.replace(/\$\((\w+)\)/g, (ref, v: string) => out[v] ?? ref);
+  }
+  return out;
+}
+
+/** The NATS leaf sidecar container of the rendered StatefulSet. */
+function leafContainer(objects: Tree[]): Tree {
+  const c = containers(find(objects, "StatefulSet")).find((x) => x.name === "nats-leaf");
+  if (!c) throw new Error("no nats-leaf container rendered");
+  return c;
+}
+
 /** The kernel container's env entries by name. */
 function kernelEnv(objects: Tree[]): Record<string, Tree> {
   const [kernel] = containers(find(objects, "StatefulSet")) as [Tree];
@@ -317,10 +353,10 @@ function kernelOptionsOf(t: ExecutionContext, values: Tree) {
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, "kernel.yaml"), (cm?.data as Tree)["kernel.yaml"] as string);
   const env = kernelEnv(objects);
-  return loadKernelOptions(
-    join(dir, "kernel.yaml"),
-    env.NOPS_RELEASE_TRUSTED_KEYS ? { NOPS_RELEASE_TRUSTED_KEYS: RELEASE_KEY } : {},
-  );
+  return loadKernelOptions(join(dir, "kernel.yaml"), {
+    ...(env.NOPS_RELEASE_TRUSTED_KEYS ? { NOPS_RELEASE_TRUSTED_KEYS: RELEASE_KEY } : {}),
+    ...(env.NOPS_NATS_LEAF_LOG_PORT ? { NOPS_NATS_LEAF_LOG_PORT: env.NOPS_NATS_LEAF_LOG_PORT.value as string } : {}),
+  });
 }
 
 for (const [name, values] of valueSets) {
@@ -451,12 +487,53 @@ for (const [name, values] of valueSets) {
     t.deepEqual(options.grpc, { host: "0.0.0.0", port: get(values, "kernel.grpcPort") });
     t.deepEqual(options.http, { host: "0.0.0.0", port: get(values, "kernel.httpPort") });
     t.is(options.limits.maxMessageBytes, get(values, "kernel.limits.maxMessageBytes") as number);
+    t.is(
+      options.nats.leafLogPort,
+      get(values, "nats.kernelLogPort") as number,
+      "the kernel listens where the leaf logs",
+    );
+  });
+
+  test(`rendered chart - ${name}: the leaf sidecar links to every hub URL with this edge's hub credentials`, (t) => {
+    const objects = renderManifests(values);
+    const leaf = leafContainer(objects);
+    const env = containerEnv(leaf);
+    const urls = JSON.parse(env.NOPS_HUB_LEAF_URLS ?? "null") as string[];
+    const hubUrls = get(values, "nats.hub.urls") as string[];
+    const mounts = (leaf.volumeMounts as Tree[]).map((m) => m.name);
+    const volumes = (get(find(objects, "StatefulSet"), "spec.template.spec.volumes") as Tree[]).map((v) => v.name);
+    if (get(values, "nats.hub.auth") === "password") {
+      const user = (get(values, "nats.hub.password.user") as string) || `edge-${values.edgeId as string}`;
+      t.deepEqual(
+        urls,
+        hubUrls.map((u) => u.replace("://", `://${user}:${SECRET_VALUE}@`)),
+        "each hub node's URL carries the edge's user and the Secret's value",
+      );
+      const ref = get(
+        (leaf.env as Tree[]).find((e) => e.name === "NOPS_HUB_SECRET"),
+        "valueFrom.secretKeyRef",
+      );
+      t.deepEqual(ref, {
+        name: get(values, "nats.hub.password.secretName"),
+        key: get(values, "nats.hub.password.key"),
+      });
+      t.false(mounts.includes("leaf-creds") || volumes.includes("leaf-creds"), "no credentials file with a password");
+    } else {
+      t.deepEqual(urls, hubUrls);
+      t.true(mounts.includes("leaf-creds") && volumes.includes("leaf-creds"));
+    }
+    const port = get(values, "nats.kernelLogPort") as number;
+    const command = leaf.command as string[];
+    if (port > 0) t.deepEqual(command.slice(-3), ["-D", "-r", `udp://127.0.0.1:${port}`]);
+    else t.false(command.includes("-r"));
   });
 
   test(`rendered chart - ${name}: leaf.conf passes nats-server -t`, async (t) => {
     const cm = renderManifests(values).find((o) => isMap(o.data) && "leaf.conf" in o.data);
     let conf = (cm?.data as Tree)["leaf.conf"] as string;
-    t.regex(conf, /credentials: "\/etc\/nats\/creds\/leaf\.creds"/);
+    if (get(values, "nats.hub.auth") === "creds") t.regex(conf, /credentials: "\/etc\/nats\/creds\/leaf\.creds"/);
+    else t.notRegex(conf, /credentials:/);
+    t.regex(conf, /urls: \$NOPS_HUB_LEAF_URLS/);
     if (conf.includes("/etc/nats/hub-ca/ca.crt")) {
       // nats-server -t loads the CA file: give it a real certificate in place of the Secret mount.
       const dir = mkdtempSync(join(tmpdir(), "nops-chart-ca-"));
@@ -464,7 +541,8 @@ for (const [name, values] of valueSets) {
       await writeSelfSignedCa(join(dir, "ca.crt"), join(dir, "ca.key"));
       conf = conf.replace("/etc/nats/hub-ca/ca.crt", join(dir, "ca.crt"));
     }
-    const { code, output } = await runNatsConfigCheck(conf);
+    // With the sidecar's environment, as the container runs it (the URLs come from there).
+    const { code, output } = await runNatsConfigCheck(conf, containerEnv(leafContainer(renderManifests(values))));
     t.is(code, 0, output);
     t.regex(output, /is valid/);
     t.regex(
@@ -477,7 +555,9 @@ for (const [name, values] of valueSets) {
 test("rendered chart - nats-server -t rejects a broken leaf.conf (the check can fail)", async (t) => {
   const cm = renderManifests(defaults).find((o) => isMap(o.data) && "leaf.conf" in o.data);
   const conf = ((cm?.data as Tree)["leaf.conf"] as string).replace("jetstream {", "jetstream {{");
-  const { code } = await runNatsConfigCheck(conf);
+  const env = containerEnv(leafContainer(renderManifests(defaults)));
+  t.is((await runNatsConfigCheck((cm?.data as Tree)["leaf.conf"] as string, env)).code, 0, "unbroken, it passes");
+  const { code } = await runNatsConfigCheck(conf, env);
   t.not(code, 0);
 });
 

@@ -13,10 +13,11 @@ import { startOnFreePorts } from "../helpers/processes.js";
 
 test("leaf supervisor - writes its config, restarts the server after kill -9 and stops it on shutdown", async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), "nops-leafsup-"));
+  const lines: string[] = [];
   // The supervisor must be told its port; a port taken between pick and bind fails the start, retried on another.
   const sup = await startOnFreePorts(1, async ([port]) => {
     const s = createLeafSupervisor(
-      { logger: createSilentLogger() },
+      { logger: createSilentLogger(), onLogLine: (line) => lines.push(line) },
       resolveLeafSupervisorOptions({ binary: NATS_SERVER_BIN, dataDir, port, edgeDomain: "dev-edge", password: "pw" }),
     );
     try {
@@ -32,6 +33,12 @@ test("leaf supervisor - writes its config, restarts the server after kill -9 and
     rmSync(dataDir, { recursive: true, force: true });
   });
   t.regex(readFileSync(join(dataDir, "nats", "leaf.conf"), "utf8"), /domain: "dev-edge"/);
+  // The kernel reads the server's log line by line, debug lines included (createLeafLog counts refusals in them).
+  await waitFor(() => lines.some((l) => / \[DBG\] /.test(l)), "the leaf's debug log lines");
+  t.true(
+    lines.every((l) => !l.includes("\n") && l !== ""),
+    "one whole line at a time",
+  );
   const first = sup.pid();
   t.truthy(first);
   if (first) process.kill(first, "SIGKILL");

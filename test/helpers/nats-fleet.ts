@@ -22,7 +22,7 @@ export interface FleetEdge {
   /** The edge's hub user and plain secret (the hub config holds its bcrypt hash). */
   readonly user: string;
   readonly secret: string;
-  /** One proxy per hub node between this edge's leaf and that node's leafnode port. */
+  /** One proxy per hub node between this edge's leaf and that node's leafnode port (none when `direct`). */
   readonly proxies: readonly TcpProxy[];
   /** Leafnode port of each hub node (direct, without the proxy). */
   readonly hubLeafPorts: readonly number[];
@@ -47,19 +47,27 @@ export interface EdgeFleet {
 
 const HUB_DOMAIN = "hub";
 
-/** Starts `hubNodes` hub nodes (a cluster when > 1) and one leaf per edge, each linked through test-owned proxies. */
-export async function startEdgeFleet(options: {
+/** How startEdgeFleet lays out the fleet. */
+export interface EdgeFleetOptions {
   hubNodes: 1 | 3;
   edges: { edgeId: string; tenants: readonly string[]; createHubStream?: boolean }[];
-}): Promise<EdgeFleet> {
+  /**
+   * Leaves connect straight to the hub nodes' leafnode ports, without the test-owned proxies (so
+   * no cut; benches measure the links as deployed). @default false
+   */
+  direct?: boolean;
+}
+
+/**
+ * Starts `hubNodes` hub nodes (a cluster when > 1) and one leaf per edge, each linked through
+ * test-owned proxies (or directly with `direct`).
+ */
+export async function startEdgeFleet(options: EdgeFleetOptions): Promise<EdgeFleet> {
   const n = options.hubNodes;
   return startOnFreePorts(n * 3 + options.edges.length, (ports) => startOn(options, ports));
 }
 
-async function startOn(
-  options: { hubNodes: 1 | 3; edges: { edgeId: string; tenants: readonly string[]; createHubStream?: boolean }[] },
-  ports: number[],
-): Promise<EdgeFleet> {
+async function startOn(options: EdgeFleetOptions, ports: number[]): Promise<EdgeFleet> {
   const dir = mkdtempSync(join(tmpdir(), "nops-fleet-"));
   const n = options.hubNodes;
   const hubPorts = ports.slice(0, n);
@@ -92,7 +100,7 @@ async function startOn(
           edges: grants,
           // Edges reach the hub only through their own proxies (so a test can cut one edge):
           // each node advertises a closed port instead of its real leafnode address.
-          leafAdvertise: "127.0.0.1:1",
+          ...(options.direct === true ? {} : { leafAdvertise: "127.0.0.1:1" }),
           ...(n > 1
             ? {
                 cluster: {
@@ -120,8 +128,9 @@ async function startOn(
       hubs.push(managed(`hub-${i}`, hubPorts[i]!, hubConfPath(i), [hubPorts[i]!, leafPorts[i]!]));
     await Promise.all(hubs.map((h) => h.start()));
     for (const [k, s] of secrets.entries()) {
-      const own = await Promise.all(leafPorts.map((p) => startTcpProxy(p)));
+      const own = options.direct === true ? [] : await Promise.all(leafPorts.map((p) => startTcpProxy(p)));
       proxies.push(...own);
+      const linkPorts = options.direct === true ? leafPorts : own.map((p) => p.port);
       const conf = join(dir, `leaf-${s.edgeId}.conf`);
       mkdirSync(join(dir, `leaf-${s.edgeId}`));
       writeFileSync(
@@ -133,7 +142,7 @@ async function startOn(
           storeDir: join(dir, `leaf-${s.edgeId}`),
           user: kernelUser.user,
           password: kernelUser.pass,
-          hubUrls: own.map((p) => `nats-leaf://${s.user}:${s.secret}@127.0.0.1:${p.port}`),
+          hubUrls: linkPorts.map((p) => `nats-leaf://${s.user}:${s.secret}@127.0.0.1:${p}`),
         }),
       );
       const leaf = managed(`leaf-${s.edgeId}`, edgePorts[k]!, conf, [edgePorts[k]!]);

@@ -93,3 +93,18 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+The sidecar's NOPS_HUB_LEAF_URLS: every hub node's leafnode URL as a NATS list. With auth
+"password" each URL gets this edge's user and $(NOPS_HUB_SECRET), which Kubernetes expands from
+the variable defined before it (the Secret's value), so the secret is in no rendered manifest.
+*/}}
+{{- define "nops-kernel.hubLeafUrls" -}}
+{{- $urls := .Values.nats.hub.urls | toJson }}
+{{- if eq .Values.nats.hub.auth "password" }}
+{{- $user := default (printf "edge-%s" .Values.edgeId) .Values.nats.hub.password.user }}
+{{- $urls | replace "://" (printf "://%s:$(NOPS_HUB_SECRET)@" $user) }}
+{{- else }}
+{{- $urls }}
+{{- end }}
+{{- end }}

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nops/kernel/v1/admin.proto.
  */
 export const file_nops_kernel_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAipAIKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCglidXNfbGlua3MYBiADKAsyHS5ub3BzLmtlcm5lbC52MS5CdXNMaW5rU3RhdHVzIokBCg1CdXNMaW5rU3RhdHVzEgwKBG5hbWUYASABKAkSFAoMbGFnX21lc3NhZ2VzGAIgASgEEhMKC2xhZ19zZWNvbmRzGAMgASgBEi0KCWxhc3Rfc3luYxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmVqZWN0ZWQYBSABKAQqbAoJUmVhZGluZXNzEhkKFVJFQURJTkVTU19VTlNQRUNJRklFRBAAEhMKD1JFQURJTkVTU19SRUFEWRABEhYKElJFQURJTkVTU19ERUdSQURFRBACEhcKE1JFQURJTkVTU19OT1RfUkVBRFkQAyqGAQoPRGVwZW5kZW5jeVN0YXRlEiAKHERFUEVOREVOQ1lfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNERVBFTkRFTkNZX1NUQVRFX09LEAESHQoZREVQRU5ERU5DWV9TVEFURV9ERUdSQURFRBACEhkKFURFUEVOREVOQ1lfU1RBVEVfRE9XThADKnwKC0NyaXRpY2FsaXR5EhsKF0NSSVRJQ0FMSVRZX1VOU1BFQ0lGSUVEEAASGAoUQ1JJVElDQUxJVFlfQ1JJVElDQUwQARIZChVDUklUSUNBTElUWV9FU1NFTlRJQUwQAhIbChdDUklUSUNBTElUWV9CRVNUX0VGRk9SVBADKogBCg5DYXBhYmlsaXR5TW9kZRIfChtDQVBBQklMSVRZX01PREVfVU5TUEVDSUZJRUQQABIaChZDQVBBQklMSVRZX01PREVfTk9STUFMEAESHAoYQ0FQQUJJTElUWV9NT0RFX0RFR1JBREVEEAISGwoXQ0FQQUJJTElUWV9NT0RFX0JMT0NLRUQQAzJgCgxBZG1pblNlcnZpY2USUAoJR2V0U3RhdHVzEiAubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVxdWVzdBohLm5vcHMua2VybmVsLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Chpub3BzL2tlcm5lbC92MS9hZG1pbi5wcm90bxIObm9wcy5rZXJuZWwudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKLAQoQRGVwZW5kZW5jeVN0YXR1cxIMCgRuYW1lGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ubm9wcy5rZXJuZWwudjEuRGVwZW5kZW5jeVN0YXRlEg4KBmRldGFpbBgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi4QEKEENhcGFiaWxpdHlTdGF0dXMSDAoEbmFtZRgBIAEoCRIwCgtjcml0aWNhbGl0eRgCIAEoDjIbLm5vcHMua2VybmVsLnYxLkNyaXRpY2FsaXR5EiwKBG1vZGUYAyABKA4yHi5ub3BzLmtlcm5lbC52MS5DYXBhYmlsaXR5TW9kZRIQCghmYWxsYmFjaxgEIAEoCRISCgpkZXBlbmRzX29uGAUgAygJEg4KBnJlYXNvbhgGIAEoCRIpCgVzaW5jZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi1QIKEUdldFN0YXR1c1Jlc3BvbnNlEiwKCXJlYWRpbmVzcxgBIAEoDjIZLm5vcHMua2VybmVsLnYxLlJlYWRpbmVzcxI2CgxkZXBlbmRlbmNpZXMYAiADKAsyIC5ub3BzLmtlcm5lbC52MS5EZXBlbmRlbmN5U3RhdHVzEjYKDGNhcGFiaWxpdGllcxgDIAMoCzIgLm5vcHMua2VybmVsLnYxLkNhcGFiaWxpdHlTdGF0dXMSDwoHdmVyc2lvbhgEIAEoCRIuCgpjaGVja2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCglidXNfbGlua3MYBiADKAsyHS5ub3BzLmtlcm5lbC52MS5CdXNMaW5rU3RhdHVzEi8KCGh1Yl9saW5rGAcgASgLMh0ubm9wcy5rZXJuZWwudjEuSHViTGlua1N0YXR1cyKOAQoNSHViTGlua1N0YXR1cxIPCgdlZGdlX2lkGAEgASgJEhoKEnJlamVjdGVkX3B1Ymxpc2hlcxgCIAEoBBIxCg1sYXN0X3JlamVjdGVkGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIdChVsYXN0X3JlamVjdGVkX3N1YmplY3QYBCABKAkingEKDUJ1c0xpbmtTdGF0dXMSDAoEbmFtZRgBIAEoCRIUCgxsYWdfbWVzc2FnZXMYAiABKAQSEwoLbGFnX3NlY29uZHMYAyABKAESLQoJbGFzdF9zeW5jGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZWplY3RlZBgFIAEoBBITCgtodWJfYmFja2xvZxgGIAEoBCpsCglSZWFkaW5lc3MSGQoVUkVBRElORVNTX1VOU1BFQ0lGSUVEEAASEwoPUkVBRElORVNTX1JFQURZEAESFgoSUkVBRElORVNTX0RFR1JBREVEEAISFwoTUkVBRElORVNTX05PVF9SRUFEWRADKoYBCg9EZXBlbmRlbmN5U3RhdGUSIAocREVQRU5ERU5DWV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0RFUEVOREVOQ1lfU1RBVEVfT0sQARIdChlERVBFTkRFTkNZX1NUQVRFX0RFR1JBREVEEAISGQoVREVQRU5ERU5DWV9TVEFURV9ET1dOEAMqfAoLQ3JpdGljYWxpdHkSGwoXQ1JJVElDQUxJVFlfVU5TUEVDSUZJRUQQABIYChRDUklUSUNBTElUWV9DUklUSUNBTBABEhkKFUNSSVRJQ0FMSVRZX0VTU0VOVElBTBACEhsKF0NSSVRJQ0FMSVRZX0JFU1RfRUZGT1JUEAMqiAEKDkNhcGFiaWxpdHlNb2RlEh8KG0NBUEFCSUxJVFlfTU9ERV9VTlNQRUNJRklFRBAAEhoKFkNBUEFCSUxJVFlfTU9ERV9OT1JNQUwQARIcChhDQVBBQklMSVRZX01PREVfREVHUkFERUQQAhIbChdDQVBBQklMSVRZX01PREVfQkxPQ0tFRBADMmAKDEFkbWluU2VydmljZRJQCglHZXRTdGF0dXMSIC5ub3BzLmtlcm5lbC52MS5HZXRTdGF0dXNSZXF1ZXN0GiEubm9wcy5rZXJuZWwudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * GetStatusRequest has no fields: the status is the whole kernel's.
@@ -163,6 +163,14 @@ export type GetStatusResponse = Message<"nops.kernel.v1.GetStatusResponse"> & {
    * @generated from field: repeated nops.kernel.v1.BusLinkStatus bus_links = 6;
    */
   busLinks: BusLinkStatus[];
+
+  /**
+   * This edge's leafnode link to the hub as its leaf nats-server reports it; unset when the
+   * kernel does not read the leaf's log (docs/events.md, "Link status").
+   *
+   * @generated from field: nops.kernel.v1.HubLinkStatus hub_link = 7;
+   */
+  hubLink?: HubLinkStatus | undefined;
 };
 
 /**
@@ -171,6 +179,50 @@ export type GetStatusResponse = Message<"nops.kernel.v1.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_nops_kernel_v1_admin, 3);
+
+/**
+ * HubLinkStatus is what the hub link's permissions refused on this edge.
+ *
+ * @generated from message nops.kernel.v1.HubLinkStatus
+ */
+export type HubLinkStatus = Message<"nops.kernel.v1.HubLinkStatus"> & {
+  /**
+   * This edge's id (the hub user is edge-<edge_id>).
+   *
+   * @generated from field: string edge_id = 1;
+   */
+  edgeId: string;
+
+  /**
+   * Messages published on this edge's leaf that the link's permissions kept from the hub (held
+   * back by the leaf, which knows the permissions the hub gave this edge's user, or refused by
+   * the hub, which then closes the link).
+   *
+   * @generated from field: uint64 rejected_publishes = 2;
+   */
+  rejectedPublishes: bigint;
+
+  /**
+   * When the last one was refused; unset when never.
+   *
+   * @generated from field: google.protobuf.Timestamp last_rejected = 3;
+   */
+  lastRejected?: Timestamp | undefined;
+
+  /**
+   * The subject of the last refused publish (a subject only, never a payload).
+   *
+   * @generated from field: string last_rejected_subject = 4;
+   */
+  lastRejectedSubject: string;
+};
+
+/**
+ * Describes the message nops.kernel.v1.HubLinkStatus.
+ * Use `create(HubLinkStatusSchema)` to create a new message.
+ */
+export const HubLinkStatusSchema: GenMessage<HubLinkStatus> = /*@__PURE__*/
+  messageDesc(file_nops_kernel_v1_admin, 4);
 
 /**
  * BusLinkStatus is one direction of the event bus between this edge and the hub.
@@ -214,6 +266,14 @@ export type BusLinkStatus = Message<"nops.kernel.v1.BusLinkStatus"> & {
    * @generated from field: uint64 rejected = 5;
    */
   rejected: bigint;
+
+  /**
+   * Of lag_messages, those still at the hub, not yet carried to this edge ("commands",
+   * "federation-in"); 0 for the edge -> hub directions.
+   *
+   * @generated from field: uint64 hub_backlog = 6;
+   */
+  hubBacklog: bigint;
 };
 
 /**
@@ -221,7 +281,7 @@ export type BusLinkStatus = Message<"nops.kernel.v1.BusLinkStatus"> & {
  * Use `create(BusLinkStatusSchema)` to create a new message.
  */
 export const BusLinkStatusSchema: GenMessage<BusLinkStatus> = /*@__PURE__*/
-  messageDesc(file_nops_kernel_v1_admin, 4);
+  messageDesc(file_nops_kernel_v1_admin, 5);
 
 /**
  * Readiness is the verdict of /readyz.
