@@ -195,10 +195,8 @@ async function startOn(options: EdgeFleetOptions, ports: number[]): Promise<Edge
     async revoke(edgeId) {
       grants = grants.filter((g) => g.edgeId !== edgeId);
       writeHubConfs();
-      for (const h of hubs) {
-        const pid = h.pid();
-        if (pid !== undefined) process.kill(pid, "SIGHUP");
-      }
+      // Every running hub node has the new users before this returns.
+      await Promise.all(hubs.filter((h) => h.pid() !== undefined).map((h) => h.reload()));
     },
     destroy,
   };

@@ -37,6 +37,8 @@ export interface NatsServerProcess {
   stop(): Promise<void>;
   /** SIGKILL (kill -9) by pid, wait for exit. */
   kill9(): Promise<void>;
+  /** SIGHUP, then waits until the server logs that it reloaded its configuration. */
+  reload(): Promise<void>;
 }
 
 /** A nats-server process for `configPath`, ready once every port in readyPorts accepts connections. */
@@ -50,6 +52,9 @@ export function managed(
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
   let stderr = "";
+  // "Reloaded server configuration" lines logged by the running process (a line may span chunks).
+  let reloads = 0;
+  let partial = "";
   const waitExit = async (signal: NodeJS.Signals): Promise<void> => {
     const c = child;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
@@ -67,6 +72,8 @@ export function managed(
     async start() {
       await waitExit("SIGTERM");
       stderr = "";
+      reloads = 0;
+      partial = "";
       const c = spawn(NATS_SERVER_BIN, ["-c", configPath], {
         stdio: ["ignore", "ignore", "pipe"],
         env: env ? { ...process.env, ...env } : process.env,
@@ -74,6 +81,9 @@ export function managed(
       child = c;
       c.stderr.on("data", (d: Buffer) => {
         stderr = (stderr + d.toString()).slice(-4000);
+        const lines = (partial + d.toString()).split("\n");
+        partial = lines.pop() ?? "";
+        reloads += lines.filter((l) => l.includes("Reloaded server configuration")).length;
       });
       exited = new Promise((resolve) => c.once("exit", () => resolve()));
       // A server that exits (e.g. its port was taken) fails the start at once instead of being
@@ -92,6 +102,13 @@ export function managed(
     },
     stop: () => waitExit("SIGTERM"),
     kill9: () => waitExit("SIGKILL"),
+    async reload() {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) throw new Error(`${name} is not running`);
+      const before = reloads;
+      c.kill("SIGHUP");
+      await waitFor(() => reloads > before, `${name} to reload its configuration (${stderr.slice(-300)})`, 30_000, 50);
+    },
   };
 }
 
