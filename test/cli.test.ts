@@ -48,7 +48,9 @@ test("cli - the built kernel starts on embedded defaults (dev SPIFFE identity) a
   });
   // Generous: the first start mints the dev CA and starts the DGE and the leaf nats-server, and
   // the suite shares two cores with its other process-starting files.
-  await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 120_000);
+  await waitFor(() => /kernel started/.test(kernel.output()), "kernel start", 120_000).catch((err: unknown) => {
+    throw new Error(`${(err as Error).message}\n--- kernel output ---\n${kernel.output().slice(-4000)}`);
+  });
   const started = kernel
     .output()
     .split("\n")

@@ -220,9 +220,9 @@ test("agent sdk - the handler's span continues the caller's trace; metrics count
   const traceId = "0af7651916cd43dd8448eb211c80319c";
   await kd.routing.invoke(
     { tenant: TENANT, capability: "echo", payload: new Uint8Array([1]) },
-    { timeoutMs: 5000, headers: { traceparent: `00-${traceId}-b7ad6b7169203331-01` } },
+    { timeoutMs: 30_000, headers: { traceparent: `00-${traceId}-b7ad6b7169203331-01` } },
   );
-  const err = await t.throwsAsync(kd.routing.invoke({ tenant: TENANT, capability: "fail" }, { timeoutMs: 5000 }));
+  const err = await t.throwsAsync(kd.routing.invoke({ tenant: TENANT, capability: "fail" }, { timeoutMs: 30_000 }));
   t.regex(String(err?.message), /not today/);
   const spans = exporter.getFinishedSpans().filter((s) => s.name.startsWith("AgentService/Handle"));
   t.true(
@@ -314,7 +314,7 @@ test("agent sdk - identity none runs against a plaintext kernel (NOPS_IDENTITY_S
     capabilities: echo,
   });
   await agent.start();
-  const res = await agent.invoke("echo", "hi", { timeoutMs: 5000 });
+  const res = await agent.invoke("echo", "hi", { timeoutMs: 30_000 });
   t.is(new TextDecoder().decode(res.payload), "hi");
   t.is(res.agentName, "plain");
 });

@@ -76,7 +76,7 @@ for (const launcher of LAUNCHERS) {
       const sentAt = Date.now();
       const echoed = await routing.invoke(
         { tenant: TENANT, capability: "echo", payload: new TextEncoder().encode("hello") },
-        { timeoutMs: 5000, headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` } },
+        { timeoutMs: 30_000, headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` } },
       );
       const seen = JSON.parse(text(echoed.payload)) as Record<string, unknown>;
       t.is(seen.text, "hello");
@@ -85,7 +85,7 @@ for (const launcher of LAUNCHERS) {
       t.true(typeof seen.deadlineMs === "number", "the handler sees a deadline");
       t.true((seen.deadlineMs as number) > sentAt && (seen.deadlineMs as number) <= sentAt + 5000 + 1000);
       t.regex(String(seen.callerId), /^spiffe:\/\/nops\.local\/nops\/kernel\//, "only the kernel calls the agent");
-      const failed = await t.throwsAsync(routing.invoke({ tenant: TENANT, capability: "fail" }, { timeoutMs: 5000 }));
+      const failed = await t.throwsAsync(routing.invoke({ tenant: TENANT, capability: "fail" }, { timeoutMs: 30_000 }));
       t.is(ConnectError.from(failed).code, Code.InvalidArgument, "a typed handler error keeps its status");
 
       // 4. Rotate the API key three times under load: no call fails.
@@ -99,7 +99,7 @@ for (const launcher of LAUNCHERS) {
           try {
             await routing.invoke(
               { tenant: TENANT, capability: "echo", payload: new Uint8Array(1) },
-              { timeoutMs: 5000 },
+              { timeoutMs: 30_000 },
             );
             invokes++;
           } catch {

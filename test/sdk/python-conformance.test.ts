@@ -107,7 +107,7 @@ test("python sdk - conformance: register, heartbeat, invoke, kernel restart, dra
   const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   const res = await routing.invoke(
     { tenant: TENANT, capability: "echo", payload: new TextEncoder().encode("hello"), contentType: "text/plain" },
-    { timeoutMs: 5000, headers: { traceparent } },
+    { timeoutMs: 30_000, headers: { traceparent } },
   );
   const seen = JSON.parse(new TextDecoder().decode(res.payload)) as Record<string, unknown>;
   t.is(seen.payload, "hello");
@@ -196,7 +196,10 @@ test("python sdk - conformance: rotating the API key under load fails no call", 
   const kernelLoad = (async () => {
     while (!stop) {
       try {
-        await routing.invoke({ tenant: TENANT, capability: "echo", payload: new Uint8Array([1]) }, { timeoutMs: 5000 });
+        await routing.invoke(
+          { tenant: TENANT, capability: "echo", payload: new Uint8Array([1]) },
+          { timeoutMs: 30_000 },
+        );
         invokes++;
       } catch {
         invokeFailures++;

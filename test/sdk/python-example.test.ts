@@ -35,7 +35,7 @@ test("python sdk - examples/python runs as its README says and answers through t
       contentType: "application/json",
       payload: Buffer.from(payload, "base64"),
     },
-    { timeoutMs: 5000 },
+    { timeoutMs: 30_000 },
   );
   const body = JSON.parse(new TextDecoder().decode(res.payload)) as { summary: string };
   t.is(res.agentId, agentId);

@@ -122,7 +122,8 @@ export async function kernelProcess(t: ExecutionContext, heartbeatTtlMs = 1500):
         ["--import", "tsx", join(ROOT, "src/cli.ts"), "serve", "--config", file],
         {},
       );
-      await current.line(/"msg":"kernel started"/, "the kernel to start", 60_000);
+      // Generous: under tsx a cold start compiles the kernel's modules, on two cores shared with the suite.
+      await current.line(/"msg":"kernel started"/, "the kernel to start", 120_000);
       return current;
     },
     async kill() {
