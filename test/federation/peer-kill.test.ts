@@ -7,6 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { FederationService } from "../../gen/nops/federation/v1/federation_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { freePort, spawnChild, waitFor } from "../helpers/processes.js";
+import { TEST_DGE_BUDGET } from "../helpers/kernel.js";
 import type { EchoAgent } from "../routing/fixtures/echo-agent.js";
 import { startFedKernel, eventually } from "./two-kernels.js";
 import {
@@ -43,7 +44,7 @@ test("federation - kill -9 of a peer under load: no answered call lost, no non-i
       log: { level: "warn" },
       identity: { source: "dev" },
       nats: { leaf: "off" },
-      admin: { overload: { enabled: false } },
+      admin: { overload: { enabled: false }, dependencies: { dge: TEST_DGE_BUDGET } },
       rateLimit: { ipLimit: 1_000_000 },
       ...FAST_FEDERATION,
     }),

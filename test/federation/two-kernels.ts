@@ -9,6 +9,7 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import Database from "better-sqlite3";
 import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 import { startKernel, type Kernel } from "../../src/kernel/index.js";
+import { TEST_DGE_BUDGET } from "../helpers/kernel.js";
 
 /** A kernel with the dev issuer in its own trust domain, on loopback. */
 export interface FedKernel {
@@ -53,7 +54,7 @@ export async function startFedKernel(
     identity: { source: "dev" },
     nats: { leaf: "off" },
     // The machine is shared: event-loop stalls from other work are not what these tests are about.
-    admin: { overload: { enabled: false } },
+    admin: { overload: { enabled: false }, dependencies: { dge: TEST_DGE_BUDGET } },
     // Every caller here is 127.0.0.1; the per-address budget is not what these tests are about.
     rateLimit: { ipLimit: 1_000_000 },
     ...extra,

@@ -42,6 +42,13 @@ export const TEST_API_KEY_PEPPER = randomBytes(32).toString("base64");
 /** The two servers, each with its native protocol: what "both transports" means in tests. */
 export const BOTH: readonly TransportName[] = ["grpc-js", "connect-json"];
 
+/**
+ * The DGE call budget of test kernels: they share two cores with the rest of the suite, where a DGE
+ * answer slower than the production budget (1 s) is contention, not a hung DGE. The guard's whole
+ * deadline (5 s) instead; tests about a hung DGE set the production budget themselves.
+ */
+export const TEST_DGE_BUDGET = { budgetMs: 5000, probeIntervalMs: 5000 };
+
 /** Starts a kernel for a test and stops it (and removes its data) in teardown. */
 export async function startTestKernel(
   t: ExecutionContext,
@@ -51,14 +58,13 @@ export async function startTestKernel(
   const dir = mkdtempSync(join(tmpdir(), "nops-kernel-test-"));
   // Test kernels share two cores with the rest of the suite: a slow event loop there is contention,
   // not overload. They do not shed on event-loop delay unless a test configures admin.overload itself,
-  // and a DGE answer slower than the production budget (1 s) is contention too: they give the DGE the
-  // guard's whole deadline (5 s) unless a test configures admin.dependencies.dge itself.
+  // and their DGE budget is TEST_DGE_BUDGET unless a test configures admin.dependencies.dge.
   const admin = (raw.admin ?? {}) as Record<string, unknown>;
   const dependencies = (admin.dependencies ?? {}) as Record<string, unknown>;
   const testAdmin = {
     ...admin,
     overload: admin.overload ?? { eventLoopDelayMs: 0 },
-    dependencies: { ...dependencies, dge: dependencies.dge ?? { budgetMs: 5000, probeIntervalMs: 5000 } },
+    dependencies: { ...dependencies, dge: dependencies.dge ?? TEST_DGE_BUDGET },
   };
   const options: KernelOptions = resolveKernelOptions({
     dataDir: dir,

@@ -89,6 +89,13 @@ test("cli serve - an uncaught error leaves no nats-server behind", async (t) => 
 test("cli serve - a leaf left by a kill -9 is stopped by the next start: never two servers on one store", async (t) => {
   const dir = dataDir(t);
   const first = await serve(t, dir);
+  // The leaf logs to a pipe the kernel reads, so an orphan exits at its next log line (SIGPIPE), which
+  // its kernel's dropped connection makes at once. Frozen first, it stands for an orphan that does not
+  // (one whose log goes elsewhere): the next start SIGTERMs it, then SIGKILLs it.
+  process.kill(first.leaf.pid, "SIGSTOP");
+  t.teardown(() => {
+    if (isRunning(first.leaf)) process.kill(first.leaf.pid, "SIGKILL");
+  });
   first.kernel.proc.kill("SIGKILL");
   await first.kernel.exited;
   t.true(isRunning(first.leaf), "kill -9 skips every exit handler, so the leaf outlives the kernel");

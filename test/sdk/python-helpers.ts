@@ -9,6 +9,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
 import { freePort, waitFor } from "../helpers/processes.js";
+import { TEST_DGE_BUDGET } from "../helpers/kernel.js";
 
 /** Repository root. */
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -107,6 +108,7 @@ export async function kernelProcess(t: ExecutionContext, heartbeatTtlMs = 1500):
     registry: { heartbeatTtlMs, zombieAfterMs: heartbeatTtlMs * 4 },
     // Every process here calls from 127.0.0.1: the per-IP limit would throttle the scenario itself.
     rateLimit: { ipLimit: 1_000_000, tierLimits: { 1: 100_000, 2: 100_000, 3: 100_000 } },
+    admin: { dependencies: { dge: TEST_DGE_BUDGET } },
   });
   return {
     dir,
