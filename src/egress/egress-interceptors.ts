@@ -135,6 +135,53 @@ export function createGrpcEgressInterceptor(
   };
 }
 
+/**
+ * The Egress Guard as a pre-send hook of a hand-framed gRPC client (the router's agent client,
+ * src/routing/agent-h2-client.ts): it judges the whole call (its one request message and its
+ * headers) before any byte is sent, drops the break-glass grant and malformed trace headers from
+ * `headers`, and throws PERMISSION_DENIED when the guard blocks. A cached verdict decides at once
+ * (undefined: no extra turn). `destination` names the client; the method path is appended.
+ */
+export function createEgressPreSend(
+  guard: EgressGuard,
+  destination: string,
+  /** What of the message is data to classify (default: all of it); see createGrpcEgressInterceptor. */
+  select: (path: string, message: unknown) => unknown = (_path, message) => message,
+): (
+  path: string,
+  headers: Record<string, string>,
+  message: unknown,
+  signal?: AbortSignal,
+) => Promise<void> | undefined {
+  return (path, headers, message, signal) => {
+    const override = headers[OVERRIDE_HEADER];
+    // The grant is for the guard only; it never leaves the kernel.
+    delete headers[OVERRIDE_HEADER];
+    const keep = forwardableTraceContext(headers.traceparent, headers.tracestate);
+    if (keep.traceparent === undefined) delete headers.traceparent;
+    if (keep.tracestate === undefined) delete headers.tracestate;
+    const request: EgressRequest = {
+      tenant: headers[TENANT_HEADER] ?? "",
+      transport: "grpc",
+      destination: `${destination}${path}`,
+      dataType: path,
+      payload: select(path, message),
+      headers: Object.entries(headers),
+      record: { destination: `${destination}${path}`, dataType: path },
+      override,
+      signal,
+    };
+    const now = guard.checkNow(request);
+    if (now) {
+      if (!now.allowed) throw egressDeniedError(now);
+      return undefined;
+    }
+    return guard.check(request).then((d) => {
+      if (!d.allowed) throw egressDeniedError(d);
+    });
+  };
+}
+
 /** Connect client interceptor: checks every request message; a blocked call throws PERMISSION_DENIED before sending. */
 export function createConnectEgressInterceptor(guard: EgressGuard, destination: string): ConnectInterceptor {
   return (next) => async (req) => {
