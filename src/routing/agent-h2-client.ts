@@ -159,6 +159,8 @@ interface Session {
   /** Streams of ours still open on it. */
   active: number;
   ready: boolean;
+  /** The agent's SETTINGS (its MAX_CONCURRENT_STREAMS) arrived. */
+  settled: boolean;
   /** No new streams (GOAWAY received, closing, failed). */
   retired: boolean;
 }
@@ -201,6 +203,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       } as http2.SecureClientSessionOptions),
       active: 0,
       ready: false,
+      settled: false,
       retired: false,
     };
     s.h2.unref(); // an idle session never holds the process; streams ref it while they run
@@ -220,31 +223,37 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       log.debug({ target: deps.target, err: err.message }, "agent session failed");
       retire(s);
     });
+    s.h2.on("remoteSettings", () => {
+      s.settled = true;
+      for (const w of waiting.splice(0)) w(); // each takes a slot or queues again, in order
+    });
     s.h2.once("goaway", () => retire(s));
     s.h2.once("close", () => retire(s));
     sessions.push(s);
     return s;
   }
 
-  /** The least busy session with room for a stream; a new one while all are busy and there is room. */
-  function pick(): Session {
+  /**
+   * The least busy session with room under the agent's MAX_CONCURRENT_STREAMS; a new one while every
+   * open one has calls in flight and the limit of sessions allows. Undefined: every session is at
+   * the agent's limit, the call waits for a stream to close (the agent would refuse it).
+   */
+  function pick(): Session | undefined {
     let best: Session | undefined;
-    for (const s of sessions) if (!best || s.active < best.active) best = s;
-    const full = (s: Session): boolean => s.active >= s.h2.remoteSettings.maxConcurrentStreams!;
-    if (
-      best &&
-      (best.active === 0 || sessions.length >= options.sessions) &&
-      !(full(best) && sessions.length < options.sessions)
-    )
-      return best;
-    if (best?.ready !== true && retryAt > deps.clock.now())
-      throw new AgentCallError(
-        Code.Unavailable,
-        `No connection established to ${deps.target} (last error: ${lastFailure})`,
-        false,
-      );
-    return connect();
+    for (const s of sessions) if (room(s) && (!best || s.active < best.active)) best = s;
+    if (best && (best.active === 0 || sessions.length >= options.sessions)) return best;
+    if (sessions.length < options.sessions && retryAt <= deps.clock.now()) return connect();
+    if (best || sessions.length > 0) return best;
+    throw new AgentCallError(Code.Unavailable, `No connection established to ${deps.target} (${lastFailure})`, false);
   }
+  // Until the agent's SETTINGS arrive its limit is unknown (RFC 9113 §6.5.2): one stream only.
+  const room = (s: Session): boolean =>
+    s.settled ? s.active < (s.h2.remoteSettings.maxConcurrentStreams ?? Infinity) : s.active === 0;
+  // Calls waiting for a stream slot, in arrival order (a call that ends while waiting leaves the list).
+  const waiting: Array<() => void> = [];
+  const wakeOne = (): void => {
+    waiting.shift()?.();
+  };
 
   /** Control of a started call. */
   interface Started {
@@ -264,158 +273,185 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       sink.end(new AgentCallError(Code.DeadlineExceeded, "deadline exceeded before the call was sent", false));
       return NOTHING;
     }
-    if (closed) {
-      sink.end(new AgentCallError(Code.Unavailable, "agent client closed", false));
-      return NOTHING;
-    }
-    let s: Session;
-    let stream: http2.ClientHttp2Stream;
-    try {
-      s = pick();
-      const headers: http2.OutgoingHttpHeaders = {
-        ...o.headers,
-        ":method": "POST",
-        ":path": path,
-        "content-type": "application/grpc+proto",
-        te: "trailers",
-        "grpc-timeout": grpcTimeout(remaining),
-      };
-      stream = s.h2.request(headers);
-    } catch (err) {
-      // pick() refused, or request() on a session that got GOAWAY meanwhile: nothing was sent.
-      sink.end(
-        err instanceof AgentCallError
-          ? err
-          : new AgentCallError(Code.Unavailable, `agent unavailable: ${(err as Error).message}`, false, { cause: err }),
-      );
-      return NOTHING;
-    }
-    if (s.active++ === 0) s.h2.ref();
-
+    let s: Session | undefined;
+    let stream: http2.ClientHttp2Stream | undefined;
     let done = false;
     let status: { code: Code; message: string } | undefined;
     let httpStatus = 0;
     let streamError: Error | undefined;
-    let pending: Buffer | undefined; // bytes of an incomplete message
+    // An incomplete message's chunks, joined once the whole of it (`need` bytes) has arrived.
+    let parts: Buffer[] = [];
+    let partsLength = 0;
+    let need = 0;
     let failure: AgentCallError | undefined;
 
+    const sent = (): boolean => stream !== undefined && !stream.pending;
     const finish = (err: AgentCallError | undefined): void => {
       if (done) return;
       done = true;
       deps.clock.clearTimeout(timer);
       o.signal.removeEventListener("abort", onAbort);
+      const i = waiting.indexOf(open);
+      if (i >= 0) waiting.splice(i, 1);
       sink.end(err);
     };
     const reset = (err: AgentCallError): void => {
       // RST_STREAM(CANCEL): the agent sees its call cancelled (grpc-js cancels the handler).
-      if (!stream.closed && !stream.destroyed) stream.close(NGHTTP2_CANCEL);
+      if (stream && !stream.closed && !stream.destroyed) stream.close(NGHTTP2_CANCEL);
       finish(err);
     };
-    const onAbort = (): void => reset(new AgentCallError(Code.Canceled, "call cancelled", !stream.pending));
+    const onAbort = (): void => reset(new AgentCallError(Code.Canceled, "call cancelled", sent()));
     const timer = deps.clock.setTimeout(
-      () => reset(new AgentCallError(Code.DeadlineExceeded, "deadline exceeded", !stream.pending)),
+      () => reset(new AgentCallError(Code.DeadlineExceeded, "deadline exceeded", sent())),
       remaining,
     );
     timer.unref();
-    if (o.signal.aborted) {
-      onAbort();
-      return NOTHING;
-    }
     o.signal.addEventListener("abort", onAbort, { once: true });
 
-    const onMessages = (chunk: Buffer): void => {
-      if (httpStatus !== 200) return; // an error page of a proxy, not gRPC messages
-      let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
-      pending = undefined;
-      while (buf.length >= PREFIX) {
-        const len = buf.readUInt32BE(1);
-        if (buf[0] !== 0) {
-          failure = new AgentCallError(
-            Code.Internal,
-            "agent sent a compressed message (no compression was offered)",
-            true,
-          );
-          return reset(failure);
-        }
-        if (len > options.maxMessageBytes) {
-          failure = new AgentCallError(
-            Code.ResourceExhausted,
-            `agent message of ${len} bytes exceeds the limit of ${options.maxMessageBytes}`,
-            true,
-          );
-          return reset(failure);
-        }
-        if (buf.length < PREFIX + len) break;
-        sink.message(buf.subarray(PREFIX, PREFIX + len));
-        buf = buf.subarray(PREFIX + len);
-      }
-      if (buf.length > 0) pending = Buffer.from(buf); // a copy: the chunk's memory is not kept whole
-      if (sink.full?.() && !done) stream.pause();
-    };
-
-    stream.on("response", (h: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader) => {
-      httpStatus = h[":status"] ?? 0;
-      const gs = header(h["grpc-status"]);
-      // Trailers-only: the status rides on the response headers (an error before any message).
-      if (gs !== undefined)
-        status = { code: Number(gs) as Code, message: decodeGrpcMessage(header(h["grpc-message"])) };
-      else if (httpStatus === 200 && !String(h["content-type"] ?? "").startsWith("application/grpc")) {
-        reset(new AgentCallError(Code.Unknown, `agent answered content-type ${String(h["content-type"])}`, true));
-      }
-    });
-    stream.on("data", onMessages);
-    stream.on("trailers", (h: http2.IncomingHttpHeaders) => {
-      const gs = header(h["grpc-status"]);
-      if (gs !== undefined)
-        status = { code: Number(gs) as Code, message: decodeGrpcMessage(header(h["grpc-message"])) };
-    });
-    stream.on("error", (err: Error) => (streamError = err));
-    stream.once("close", () => {
-      if (s.active-- === 1) s.h2.unref();
-      if (s.retired && s.active === 0 && !s.h2.closed) s.h2.close();
+    function open(): void {
       if (done) return;
-      if (failure) return finish(failure);
-      const rst = stream.rstCode ?? NGHTTP2_NO_ERROR;
-      if (status) {
-        if ((status.code as number) === 0 /* OK */) {
-          if (pending) return finish(new AgentCallError(Code.Internal, "agent stream ended inside a message", true));
-          return finish(undefined);
+      if (closed) return finish(new AgentCallError(Code.Unavailable, "agent client closed", false));
+      try {
+        s = pick();
+        if (!s) {
+          waiting.push(open);
+          return;
         }
-        return finish(new AgentCallError(status.code, status.message, true));
-      }
-      if (rst === NGHTTP2_REFUSED_STREAM)
-        // Refused, or above the last stream id of a GOAWAY: the agent did not process it (RFC 9113 §8.7).
-        return finish(new AgentCallError(Code.Unavailable, "agent refused the stream", false));
-      if (stream.pending || (stream.id === undefined && !httpStatus))
+        const left = o.deadline - deps.clock.now();
+        const headers: http2.OutgoingHttpHeaders = {
+          ...o.headers,
+          ":method": "POST",
+          ":path": path,
+          "content-type": "application/grpc+proto",
+          te: "trailers",
+          "grpc-timeout": grpcTimeout(left),
+        };
+        stream = s.h2.request(headers);
+      } catch (err) {
+        // pick() refused, or request() on a session that got GOAWAY meanwhile: nothing was sent.
         return finish(
+          err instanceof AgentCallError
+            ? err
+            : new AgentCallError(Code.Unavailable, `agent unavailable: ${(err as Error).message}`, false, {
+                cause: err,
+              }),
+        );
+      }
+      if (s.active++ === 0) s.h2.ref();
+      attach(s, stream);
+    }
+
+    /** Reads the answer of `stream` on `session` into the sink. */
+    function attach(session: Session, stream: http2.ClientHttp2Stream): void {
+      const onMessages = (chunk: Buffer): void => {
+        if (httpStatus !== 200 || done) return; // an error page of a proxy, not gRPC messages
+        let buf = chunk;
+        if (partsLength > 0) {
+          parts.push(chunk);
+          partsLength += chunk.length;
+          if (partsLength < need) return;
+          buf = Buffer.concat(parts, partsLength);
+          parts = [];
+          partsLength = 0;
+        }
+        while (buf.length >= PREFIX) {
+          const len = buf.readUInt32BE(1);
+          if (buf[0] !== 0) {
+            failure = new AgentCallError(
+              Code.Internal,
+              "agent sent a compressed message (no compression was offered)",
+              true,
+            );
+            return reset(failure);
+          }
+          if (len > options.maxMessageBytes) {
+            failure = new AgentCallError(
+              Code.ResourceExhausted,
+              `agent message of ${len} bytes exceeds the limit of ${options.maxMessageBytes}`,
+              true,
+            );
+            return reset(failure);
+          }
+          if (buf.length < PREFIX + len) break;
+          sink.message(buf.subarray(PREFIX, PREFIX + len));
+          buf = buf.subarray(PREFIX + len);
+        }
+        if (buf.length > 0) {
+          parts = [buf];
+          partsLength = buf.length;
+          need = buf.length >= PREFIX ? PREFIX + buf.readUInt32BE(1) : PREFIX;
+        }
+        if (sink.full?.() && !done) stream.pause();
+      };
+
+      stream.on("response", (h: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader) => {
+        httpStatus = h[":status"] ?? 0;
+        const gs = header(h["grpc-status"]);
+        // Trailers-only: the status rides on the response headers (an error before any message).
+        if (gs !== undefined)
+          status = { code: Number(gs) as Code, message: decodeGrpcMessage(header(h["grpc-message"])) };
+        else if (httpStatus === 200 && !String(h["content-type"] ?? "").startsWith("application/grpc")) {
+          reset(new AgentCallError(Code.Unknown, `agent answered content-type ${String(h["content-type"])}`, true));
+        }
+      });
+      stream.on("data", onMessages);
+      stream.on("trailers", (h: http2.IncomingHttpHeaders) => {
+        const gs = header(h["grpc-status"]);
+        if (gs !== undefined)
+          status = { code: Number(gs) as Code, message: decodeGrpcMessage(header(h["grpc-message"])) };
+      });
+      stream.on("error", (err: Error) => (streamError = err));
+      stream.once("close", () => {
+        if (session.active-- === 1) session.h2.unref();
+        if (session.retired && session.active === 0 && !session.h2.closed) session.h2.close();
+        wakeOne(); // a slot opened
+        if (done) return;
+        if (failure) return finish(failure);
+        const rst = stream.rstCode ?? NGHTTP2_NO_ERROR;
+        if (status) {
+          if ((status.code as number) === 0 /* OK */) {
+            if (partsLength > 0)
+              return finish(new AgentCallError(Code.Internal, "agent stream ended inside a message", true));
+            return finish(undefined);
+          }
+          return finish(new AgentCallError(status.code, status.message, true));
+        }
+        if (rst === NGHTTP2_REFUSED_STREAM)
+          // Refused, or above the last stream id of a GOAWAY: the agent did not process it (RFC 9113 §8.7).
+          return finish(new AgentCallError(Code.Unavailable, "agent refused the stream", false));
+        if (stream.pending || (stream.id === undefined && !httpStatus))
+          return finish(
+            new AgentCallError(
+              Code.Unavailable,
+              `No connection established to ${deps.target}: ${streamError?.message ?? lastFailure}`,
+              false,
+              { cause: streamError },
+            ),
+          );
+        if (httpStatus !== 0 && httpStatus !== 200)
+          return finish(new AgentCallError(codeOfHttpStatus(httpStatus), `agent answered HTTP ${httpStatus}`, true));
+        finish(
           new AgentCallError(
-            Code.Unavailable,
-            `No connection established to ${deps.target}: ${streamError?.message ?? lastFailure}`,
-            false,
+            rst === NGHTTP2_NO_ERROR && !streamError ? Code.Internal : Code.Unavailable,
+            rst === NGHTTP2_NO_ERROR && !streamError
+              ? "agent ended the stream without a grpc-status"
+              : `agent stream failed: ${streamError?.message ?? `RST_STREAM ${rst}`}`,
+            true,
             { cause: streamError },
           ),
         );
-      if (httpStatus !== 0 && httpStatus !== 200)
-        return finish(new AgentCallError(codeOfHttpStatus(httpStatus), `agent answered HTTP ${httpStatus}`, true));
-      finish(
-        new AgentCallError(
-          rst === NGHTTP2_NO_ERROR && !streamError ? Code.Internal : Code.Unavailable,
-          rst === NGHTTP2_NO_ERROR && !streamError
-            ? "agent ended the stream without a grpc-status"
-            : `agent stream failed: ${streamError?.message ?? `RST_STREAM ${rst}`}`,
-          true,
-          { cause: streamError },
-        ),
-      );
-    });
-    // node:http2 honours the stream's flow-control window: a large body is sent as the agent reads it.
-    stream.end(body);
+      });
+      // node:http2 honours the stream's flow-control window: a large body is sent as the agent reads it.
+      stream.end(body);
+    }
+
+    open();
     return {
       cancel: () => {
-        if (!done) reset(new AgentCallError(Code.Canceled, "call cancelled", !stream.pending));
+        if (!done) reset(new AgentCallError(Code.Canceled, "call cancelled", sent()));
       },
       resume: () => {
-        if (!done && stream.isPaused()) stream.resume();
+        if (!done && stream?.isPaused()) stream.resume();
       },
     };
   }
@@ -560,10 +596,12 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
     close() {
       closed = true;
       for (const s of [...sessions]) retire(s);
+      for (const w of waiting.splice(0)) w(); // they end: the client is closed
     },
 
     destroy() {
       closed = true;
+      for (const w of waiting.splice(0)) w();
       for (const s of [...sessions]) {
         retire(s);
         s.h2.destroy();
