@@ -159,6 +159,8 @@ interface Session {
   /** Streams of ours still open on it. */
   active: number;
   ready: boolean;
+  /** Our open streams on it. */
+  streams: Set<http2.ClientHttp2Stream>;
   /** The agent's SETTINGS (its MAX_CONCURRENT_STREAMS) arrived. */
   settled: boolean;
   /** No new streams (GOAWAY received, closing, failed). */
@@ -202,6 +204,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
         noDelay: true,
       } as http2.SecureClientSessionOptions),
       active: 0,
+      streams: new Set(),
       ready: false,
       settled: false,
       retired: false,
@@ -227,7 +230,12 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       s.settled = true;
       for (const w of waiting.splice(0)) w(); // each takes a slot or queues again, in order
     });
-    s.h2.once("goaway", () => retire(s));
+    s.h2.once("goaway", (_code: number, lastStreamId: number) => {
+      // Streams above the GOAWAY's last stream id were not processed (RFC 9113 §6.8): end them as
+      // refused, so the router re-routes them instead of waiting for their deadline.
+      for (const st of s.streams) if (st.pending || (st.id ?? 0) > lastStreamId) st.close(NGHTTP2_REFUSED_STREAM);
+      retire(s);
+    });
     s.h2.once("close", () => retire(s));
     sessions.push(s);
     return s;
@@ -338,6 +346,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
         );
       }
       if (s.active++ === 0) s.h2.ref();
+      s.streams.add(stream);
       attach(s, stream);
     }
 
@@ -402,6 +411,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       });
       stream.on("error", (err: Error) => (streamError = err));
       stream.once("close", () => {
+        session.streams.delete(stream);
         if (session.active-- === 1) session.h2.unref();
         if (session.retired && session.active === 0 && !session.h2.closed) session.h2.close();
         wakeOne(); // a slot opened

@@ -269,14 +269,25 @@ async function rawServer(t: ExecutionContext, answer: (stream: http2.ServerHttp2
     for (const s of sessions) s.destroy();
     return new Promise<void>((r) => server.close(() => r()));
   });
-  return (server.address() as AddressInfo).port;
+  const port = (server.address() as AddressInfo).port;
+  rawServers.set(port, server);
+  return port;
 }
+const rawServers = new Map<number, http2.Http2Server>();
 
 test("agent h2 client - REFUSED_STREAM is undelivered; an HTTP error without grpc-status maps to its gRPC code", async (t) => {
   const refusing = await rawServer(t, (s) => s.close(http2.constants.NGHTTP2_REFUSED_STREAM));
   const refused = await failure(unary(client(t, `127.0.0.1:${refusing}`), "/t.T/Echo", text("x")));
   t.is(refused.code, Code.Unavailable);
   t.false(refused.delivered);
+
+  // A GOAWAY naming last stream id 0 as the session opens: whether it arrives before or after our
+  // request went out, the agent did not process the call (RFC 9113 §6.8).
+  const leaving = await rawServer(t, () => t.fail("no stream is processed after the GOAWAY"));
+  rawServers.get(leaving)!.on("session", (s) => s.goaway(http2.constants.NGHTTP2_NO_ERROR, 0));
+  const gone = await failure(unary(client(t, `127.0.0.1:${leaving}`), "/t.T/Echo", text("x")));
+  t.is(gone.code, Code.Unavailable);
+  t.false(gone.delivered, gone.details);
 
   const proxy = await rawServer(t, (s) => {
     s.respond({ ":status": 503, "content-type": "text/plain" });
