@@ -1,6 +1,8 @@
-// The kernel -> agent hop's client, three ways (issue 18 item 2): the same unary AgentService.Handle
-// call to one echo agent process with grpc-js (what the router's channel pool uses), connect-node's
-// gRPC transport, and bare pooled `node:http2` sessions framing gRPC by hand. Closed loop, the same
+// The kernel -> agent hop's client, four ways (issue 18 item 2): the same unary AgentService.Handle
+// call to one echo agent process with grpc-js (the router's former client), connect-node's gRPC
+// transport, the router's client (src/routing/agent-h2-client.ts: pooled `node:http2` sessions with
+// deadlines, cancellation, status mapping and the pre-send hook), and bare pooled `node:http2`
+// sessions framing gRPC by hand (the lower bound of any client). Closed loop, the same
 // pre-built request message, the same in-flight count. "CPU per call" is this (client) process's
 // user+system time over the measured window divided by the calls answered: the client's own cost,
 // independent of how the agent and the client share the cores. Rounds are interleaved; the spread
@@ -19,6 +21,9 @@ import {
   type HandleRequest,
   type HandleResponse,
 } from "../gen/nops/agent/v1/agent_pb.js";
+import { systemClock } from "../src/common/clock.js";
+import { createAgentH2Client } from "../src/routing/agent-h2-client.js";
+import { createSilentLogger } from "../src/telemetry/logger.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { grpcFrame } from "./lib/h2load.js";
 import { runLoad, type LoadResult } from "./lib/load.js";
@@ -99,6 +104,23 @@ function connectNode(endpoint: string): ClientCase {
   };
 }
 
+/** The router's agent client with a pass-through pre-send hook (the Egress Guard's place). */
+function routerClient(endpoint: string): ClientCase {
+  const client = createAgentH2Client(
+    { target: endpoint, preSend: () => undefined, clock: systemClock, logger: createSilentLogger() },
+    { sessions, maxMessageBytes: 4 << 20, maxReconnectBackoffMs: 1000 },
+  );
+  const encode = (m: HandleRequest) => toBinary(HandleRequestSchema, m);
+  const decode = (b: Uint8Array) => fromBinary(HandleResponseSchema, b);
+  const signal = new AbortController().signal;
+  return {
+    name: `router's agent-h2-client (up to ${sessions} sessions)`,
+    call: (request) =>
+      client.unary(HANDLE_PATH, request, encode, decode, { deadline: Date.now() + TIMEOUT_MS, headers: {}, signal }),
+    close: () => client.close(),
+  };
+}
+
 /** Bare node:http2 sessions, gRPC framed by hand (no interceptors, no status mapping beyond grpc-status). */
 function nodeHttp2(endpoint: string): ClientCase {
   const pool = Array.from({ length: sessions }, () => http2.connect(`http://${endpoint}`));
@@ -155,6 +177,7 @@ async function main(): Promise<void> {
     grpcJs(agent.endpoint),
     grpcJs(agent.endpoint, [passThrough]),
     connectNode(agent.endpoint),
+    routerClient(agent.endpoint),
     nodeHttp2(agent.endpoint),
   ];
   const results = new Map<string, (LoadResult & { cpuUs: number })[]>();

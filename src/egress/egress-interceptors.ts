@@ -1,39 +1,9 @@
-import {
-  InterceptingCall,
-  Metadata,
-  status,
-  type InterceptingListener,
-  type Interceptor as GrpcInterceptor,
-  type InterceptorOptions,
-  type NextCall,
-} from "@grpc/grpc-js";
 import type { Interceptor as ConnectInterceptor } from "@connectrpc/connect";
-import { egressDeniedError, type EgressDecision, type EgressGuard, type EgressRequest } from "./egress-guard.js";
+import { egressDeniedError, type EgressGuard, type EgressRequest } from "./egress-guard.js";
 import { OVERRIDE_HEADER } from "./override-grant.js";
 import { TENANT_HEADER, forwardableTraceContext } from "./outbound-headers.js";
 
 export { TENANT_HEADER };
-
-/** Metadata as name/value pairs (binary values as base64, as they travel). */
-function metadataPairs(md: Metadata): [string, string][] {
-  const out: [string, string][] = [];
-  for (const [name, values] of Object.entries(md.toJSON() as Record<string, (string | Buffer)[]>)) {
-    for (const v of values) out.push([name, typeof v === "string" ? v : v.toString("base64")]);
-  }
-  return out;
-}
-
-/** Drops a malformed traceparent/tracestate from metadata (both when the parent is malformed). */
-function dropMalformedTrace(md: Metadata): void {
-  const tp = md.get("traceparent")[0];
-  const ts = md.get("tracestate")[0];
-  const keep = forwardableTraceContext(
-    tp === undefined ? undefined : String(tp),
-    ts === undefined ? undefined : String(ts),
-  );
-  if (keep.traceparent === undefined) md.remove("traceparent");
-  if (keep.tracestate === undefined) md.remove("tracestate");
-}
 
 /** Drops a malformed traceparent/tracestate from fetch-style headers. */
 export function dropMalformedTraceHeaders(headers: Headers): void {
@@ -43,94 +13,52 @@ export function dropMalformedTraceHeaders(headers: Headers): void {
 }
 
 /**
- * grpc-js client interceptor: the call is not started (no headers, no payload on the wire)
- * until the guard allowed its first message; a blocked call ends with PERMISSION_DENIED.
- * `destination` names the client, e.g. "billing"; the method path is appended.
+ * The Egress Guard as a pre-send hook of a hand-framed gRPC client (the router's agent client,
+ * src/routing/agent-h2-client.ts): it judges the whole call (its one request message and its
+ * headers) before any byte is sent, drops the break-glass grant and malformed trace headers from
+ * `headers`, and throws PERMISSION_DENIED when the guard blocks. A cached verdict decides at once
+ * (undefined: no extra turn). `destination` names the client; the method path is appended.
  */
-export function createGrpcEgressInterceptor(
+export function createEgressPreSend(
   guard: EgressGuard,
   destination: string,
   /**
-   * What of an outbound message is data to classify (default: all of it). A selector leaves out
-   * fields the kernel mints itself (deadlines, request ids, attempt numbers) that would otherwise
-   * make every message unique and defeat the verdict cache.
+   * What of the message is data to classify (default: all of it). A selector leaves out fields the
+   * kernel mints itself (deadlines, request ids, attempt numbers) that would otherwise make every
+   * message unique and defeat the verdict cache.
    */
   select: (path: string, message: unknown) => unknown = (_path, message) => message,
-): GrpcInterceptor {
-  return (options: InterceptorOptions, nextCall: NextCall) => {
-    const path = options.method_definition.path;
-    let startNext: (() => void) | undefined;
-    let savedListener: InterceptingListener | undefined;
-    let tenant = "";
-    let override: string | undefined;
-    let carried: [string, string][] = [];
-    let denied = false;
-    // Messages waiting for a guard decision that needs I/O; later ones queue behind them.
-    let waiting = 0;
-    let chain: Promise<void> = Promise.resolve();
-    const apply = (d: EgressDecision, message: unknown, next: (message: unknown) => void): void => {
-      if (!d.allowed) {
-        denied = true;
-        const e = egressDeniedError(d);
-        savedListener?.onReceiveStatus({
-          code: status.PERMISSION_DENIED,
-          details: e.rawMessage,
-          metadata: new Metadata(),
-        });
-        return;
-      }
-      override = undefined; // a grant covers one message
-      if (startNext) {
-        startNext();
-        startNext = undefined;
-      }
-      next(message);
+): (
+  path: string,
+  headers: Record<string, string>,
+  message: unknown,
+  signal?: AbortSignal,
+) => Promise<void> | undefined {
+  return (path, headers, message, signal) => {
+    const override = headers[OVERRIDE_HEADER];
+    // The grant is for the guard only; it never leaves the kernel.
+    delete headers[OVERRIDE_HEADER];
+    const keep = forwardableTraceContext(headers.traceparent, headers.tracestate);
+    if (keep.traceparent === undefined) delete headers.traceparent;
+    if (keep.tracestate === undefined) delete headers.tracestate;
+    const request: EgressRequest = {
+      tenant: headers[TENANT_HEADER] ?? "",
+      transport: "grpc",
+      destination: `${destination}${path}`,
+      dataType: path,
+      payload: select(path, message),
+      headers: Object.entries(headers),
+      record: { destination: `${destination}${path}`, dataType: path },
+      override,
+      signal,
     };
-    return new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        tenant = String(metadata.get(TENANT_HEADER)[0] ?? "");
-        const o = metadata.get(OVERRIDE_HEADER)[0];
-        override = o === undefined ? undefined : String(o);
-        // The grant is for the guard only; it never leaves the kernel.
-        metadata.remove(OVERRIDE_HEADER);
-        dropMalformedTrace(metadata);
-        carried = metadataPairs(metadata);
-        savedListener = listener;
-        startNext = () => next(metadata, listener);
-      },
-      sendMessage(message, next) {
-        if (denied) return;
-        const request = (): EgressRequest => ({
-          tenant,
-          transport: "grpc",
-          destination: `${destination}${path}`,
-          dataType: path,
-          payload: select(path, message),
-          headers: carried,
-          record: { destination: `${destination}${path}`, dataType: path },
-          override,
-        });
-        // A cached verdict decides at once: the call starts without waiting for a later turn.
-        const now = waiting === 0 ? guard.checkNow(request()) : undefined;
-        if (now) return apply(now, message, next);
-        waiting++;
-        chain = chain
-          .then(async () => {
-            if (!denied) apply(await guard.check(request()), message, next);
-          })
-          .finally(() => {
-            waiting--;
-          });
-      },
-      halfClose(next) {
-        if (waiting === 0) {
-          if (!denied) next();
-          return;
-        }
-        void chain.then(() => {
-          if (!denied) next();
-        });
-      },
+    const now = guard.checkNow(request);
+    if (now) {
+      if (!now.allowed) throw egressDeniedError(now);
+      return undefined;
+    }
+    return guard.check(request).then((d) => {
+      if (!d.allowed) throw egressDeniedError(d);
     });
   };
 }

@@ -84,7 +84,7 @@ import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-clien
 import { startDgeServer, resolveDgeServerOptions } from "../../packages/reference-dge/src/index.js";
 import {
   createEgressGuard,
-  createGrpcEgressInterceptor,
+  createEgressPreSend,
   createConnectEgressInterceptor,
   createGuardedFetch,
   createNatsEgressHook,
@@ -468,13 +468,17 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       {
         remote: peerRoutes,
         agents: registry,
-        credentials: tls ? tls.grpcChannelCredentials() : grpc.credentials.createInsecure(),
-        // Every agent channel accepts only the SPIFFE ID its agent registered with (docs/routing.md).
-        credentialsFor:
-          tls && ((expectedId, onReject) => tls.grpcChannelCredentials({ allowedIds: [expectedId], onReject })),
+        // Every agent session accepts only the SPIFFE ID its agent registered with (docs/routing.md),
+        // with the SVID current when the session opens.
+        ...(tls
+          ? {
+              tls: (expectedId: string | undefined, onReject: (err: Error) => void) =>
+                tls.clientOptions({ ...(expectedId === undefined ? {} : { allowedIds: [expectedId] }), onReject }),
+            }
+          : {}),
         trustDomain: options.identity.spiffe.trustDomain,
         audit,
-        interceptors: [createGrpcEgressInterceptor(guard, "agent", agentCallData)],
+        egress: createEgressPreSend(guard, "agent", agentCallData),
         clock,
         logger,
         meter,

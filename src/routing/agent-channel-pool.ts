@@ -1,4 +1,4 @@
-import * as grpc from "@grpc/grpc-js";
+import type { ConnectionOptions } from "node:tls";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   AgentService,
@@ -14,6 +14,7 @@ import {
 import { type Clock, KernelError } from "../common/index.js";
 import { bytesText, isOpaqueId } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
+import { createAgentH2Client, type AgentH2Client, type H2Stream, type PreSendHook } from "./agent-h2-client.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
 
 /** An endpoint the pool cannot dial (unknown scheme, no port). */
@@ -23,20 +24,19 @@ export class EndpointError extends KernelError {
 
 /** Per-call settings of an outbound agent call. */
 export interface AgentCallOptions {
-  deadline: Date;
-  metadata: grpc.Metadata;
+  /** Absolute deadline, ms on the pool's clock. */
+  deadline: number;
+  /** Request metadata (the Egress Guard sees it and drops what must not leave). */
+  headers: Record<string, string>;
   signal: AbortSignal;
 }
 
-/** A pooled grpc-js client of one agent endpoint. */
+/** A pooled gRPC client of one agent endpoint (pooled node:http2 sessions, src/routing/agent-h2-client.ts). */
 export interface AgentClient {
-  /** True when the channel has a ready connection: a call now measures the agent, not a handshake. */
+  /** True when a session is connected: a call now measures the agent, not a handshake. */
   connected(): boolean;
   handle(request: HandleRequest, options: AgentCallOptions): Promise<HandleResponse>;
-  handleStream(
-    request: HandleStreamRequest,
-    options: AgentCallOptions,
-  ): grpc.ClientReadableStream<HandleStreamResponse>;
+  handleStream(request: HandleStreamRequest, options: AgentCallOptions): H2Stream<HandleStreamResponse>;
 }
 
 /**
@@ -44,7 +44,7 @@ export interface AgentClient {
  * and a request id the caller chose. Left out: the deadline and attempt (kernel-minted numbers),
  * a traceparent (validated hex ids) and a request id that is a UUID or trace id; they change on
  * every call and would defeat the verdict cache without carrying data. The call's metadata is
- * classified by the interceptor as well.
+ * classified by the pre-send hook as well.
  */
 export function agentCallData(_path: string, message: unknown): unknown {
   const inv = (message as Partial<HandleRequest | HandleStreamRequest>).invocation;
@@ -63,8 +63,8 @@ export interface PeerRejection {
 }
 
 /**
- * One channel per agent endpoint and expected SPIFFE ID, reused by every call and closed when the
- * endpoint goes away.
+ * One client (a few HTTP/2 sessions) per agent endpoint and expected SPIFFE ID, reused by every
+ * call and closed when the endpoint goes away.
  */
 export interface AgentChannelPool {
   /**
@@ -72,7 +72,7 @@ export interface AgentChannelPool {
    * `expectedId` on every connection (with mTLS credentials); throws EndpointError.
    */
   get(endpoint: string, expectedId?: string): AgentClient;
-  /** The last identity rejection of that channel, until a call on it succeeds. */
+  /** The last identity rejection of that channel, until a handshake on it succeeds. */
   rejection(endpoint: string, expectedId?: string): PeerRejection | undefined;
   /** Closes that one channel now (its peer failed the identity check: stop reconnecting to it). */
   drop(endpoint: string, expectedId?: string): void;
@@ -86,24 +86,28 @@ export interface AgentChannelPool {
   close(): void;
 }
 
-/** Dependencies of the pool; the lead wires the Egress Guard interceptor and SPIFFE mTLS credentials here. */
+/** Dependencies of the pool; the kernel wires the Egress Guard hook and the SVID-backed TLS options here. */
 export interface AgentChannelPoolDeps {
-  /** Credentials of channels with no expected SPIFFE ID (and of every channel without `credentialsFor`). */
-  credentials: grpc.ChannelCredentials;
   /**
-   * mTLS credentials accepting only a server that presents `expectedId`, checked on every
-   * handshake against the current trust bundles; `onReject` is told before a refused handshake fails.
+   * node:tls options with the CURRENT SVID and bundles, accepting only a server that presents
+   * `expectedId` (any verified id when undefined); called for every new session. `onReject` is told
+   * before a refused handshake fails. Without it sessions are cleartext HTTP/2.
    */
-  credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
-  interceptors?: grpc.Interceptor[];
+  tls?: (expectedId: string | undefined, onReject: (err: Error) => void) => ConnectionOptions;
+  /** The Egress Guard's pre-send hook: it judges every call before any byte of it is sent. */
+  egress: PreSendHook;
   clock: Clock;
   logger: Logger;
 }
 
 const HANDLE_PATH = `/${AgentService.typeName}/${AgentService.method.handle.name}`;
 const HANDLE_STREAM_PATH = `/${AgentService.typeName}/${AgentService.method.handleStream.name}`;
+const encodeHandle = (m: HandleRequest): Uint8Array => toBinary(HandleRequestSchema, m);
+const decodeHandle = (b: Uint8Array): HandleResponse => fromBinary(HandleResponseSchema, b);
+const encodeStream = (m: HandleStreamRequest): Uint8Array => toBinary(HandleStreamRequestSchema, m);
+const decodeStream = (b: Uint8Array): HandleStreamResponse => fromBinary(HandleStreamResponseSchema, b);
 
-/** "grpc://h:p" / "grpcs://h:p" / "h:p" -> "h:p" (grpc-js target); anything else is an EndpointError. */
+/** "grpc://h:p" / "grpcs://h:p" / "h:p" -> "h:p"; anything else is an EndpointError. */
 export function grpcTarget(endpoint: string): string {
   const m = /^(?:(grpcs?):\/\/)?([^/]+?)\/?$/.exec(endpoint);
   if (!m || (endpoint.includes("://") && !m[1]))
@@ -116,7 +120,7 @@ export function grpcTarget(endpoint: string): string {
 /** Creates the pool. */
 export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: ChannelPoolOptions): AgentChannelPool {
   interface Entry {
-    client: grpc.Client;
+    client: AgentH2Client;
     api: AgentClient;
     lastSeen: number;
     target: string;
@@ -124,84 +128,53 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
     rejection?: PeerRejection;
   }
   // By target, then expected id: two agents at one address with different identities never share
-  // a channel, and touch/forget stay proportional to the endpoints they name.
+  // a session, and touch/forget stay proportional to the endpoints they name.
   const byTarget = new Map<string, Map<string, Entry>>();
   const entryOf = (target: string, expectedId: string | undefined): Entry | undefined =>
     byTarget.get(target)?.get(expectedId ?? "");
-  const remove = (target: string, expectedId: string | undefined): void => {
+  const remove = (target: string, expectedId: string | undefined, now = false): void => {
     const channels = byTarget.get(target);
     const entry = channels?.get(expectedId ?? "");
     if (!channels || !entry) return;
-    entry.client.close();
+    if (now) entry.client.destroy();
+    else entry.client.close();
     channels.delete(expectedId ?? "");
     if (channels.size === 0) byTarget.delete(target);
-  };
-  const channelOptions: grpc.ChannelOptions = {
-    "grpc.initial_reconnect_backoff_ms": Math.min(200, options.maxReconnectBackoffMs),
-    "grpc.max_reconnect_backoff_ms": options.maxReconnectBackoffMs,
-    "grpc.enable_retries": 0, // the router retries; grpc-js transparent retries would bypass its budget
   };
 
   function open(target: string, expectedId: string | undefined): Entry {
     const entry = { target, expectedId, lastSeen: 0 } as Entry;
-    const credentials =
-      expectedId !== undefined && deps.credentialsFor
-        ? deps.credentialsFor(expectedId, (err) => {
-            entry.rejection = { expected: expectedId, reason: err.message };
-            deps.logger.warn(
-              { target, expected: expectedId, reason: err.message },
-              "agent endpoint failed its identity check",
-            );
-          })
-        : deps.credentials;
-    const client = new grpc.Client(target, credentials, {
-      ...channelOptions,
-      interceptors: deps.interceptors ?? [],
-    });
-    const api: AgentClient = {
-      connected: () => client.getChannel().getConnectivityState(false) === grpc.connectivityState.READY,
-      handle(request, call) {
-        return new Promise<HandleResponse>((resolve, reject) => {
-          const c = client.makeUnaryRequest(
-            HANDLE_PATH,
-            (m: HandleRequest) => Buffer.from(toBinary(HandleRequestSchema, m)),
-            (b: Buffer) => fromBinary(HandleResponseSchema, b),
-            request,
-            call.metadata,
-            { deadline: call.deadline },
-            (err, value) => {
-              call.signal.removeEventListener("abort", cancel);
-              if (err) reject(err);
-              else {
-                delete entry.rejection;
-                resolve(value!);
-              }
-            },
-          );
-          const cancel = (): void => c.cancel();
-          if (call.signal.aborted) c.cancel();
-          else call.signal.addEventListener("abort", cancel, { once: true });
-        });
-      },
-      handleStream(request, call) {
-        const c = client.makeServerStreamRequest(
-          HANDLE_STREAM_PATH,
-          (m: HandleStreamRequest) => Buffer.from(toBinary(HandleStreamRequestSchema, m)),
-          (b: Buffer) => fromBinary(HandleStreamResponseSchema, b),
-          request,
-          call.metadata,
-          { deadline: call.deadline },
-        );
-        const cancel = (): void => c.cancel();
-        if (call.signal.aborted) c.cancel();
-        else call.signal.addEventListener("abort", cancel, { once: true });
-        c.on("close", () => call.signal.removeEventListener("abort", cancel));
-        c.once("metadata", () => delete entry.rejection);
-        return c;
-      },
+    const tls = deps.tls;
+    const onReject = (err: Error): void => {
+      entry.rejection = { expected: expectedId ?? "", reason: err.message };
+      deps.logger.warn(
+        { target, expected: expectedId, reason: err.message },
+        "agent endpoint failed its identity check",
+      );
     };
+    const client = createAgentH2Client(
+      {
+        target,
+        ...(tls ? { tls: () => tls(expectedId, onReject) } : {}),
+        preSend: deps.egress,
+        // A handshake that passed the identity check ends an earlier rejection.
+        onConnect: () => delete entry.rejection,
+        clock: deps.clock,
+        logger: deps.logger,
+      },
+      {
+        sessions: options.sessionsPerEndpoint,
+        maxMessageBytes: options.maxMessageBytes,
+        maxReconnectBackoffMs: options.maxReconnectBackoffMs,
+      },
+    );
     entry.client = client;
-    entry.api = api;
+    entry.api = {
+      connected: () => client.connected(),
+      handle: (request, call) => client.unary(HANDLE_PATH, request, encodeHandle, decodeHandle, call),
+      handleStream: (request, call) =>
+        client.serverStream(HANDLE_STREAM_PATH, request, encodeStream, decodeStream, call),
+    };
     return entry;
   }
 
@@ -241,7 +214,7 @@ export function createAgentChannelPool(deps: AgentChannelPoolDeps, options: Chan
       }
     },
     drop(endpoint, expectedId) {
-      remove(grpcTarget(endpoint), expectedId);
+      remove(grpcTarget(endpoint), expectedId, true);
     },
     touch(endpoints) {
       const now = deps.clock.now();

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import * as grpc from "@grpc/grpc-js";
+import type { ConnectionOptions } from "node:tls";
 import { OVERRIDE_HEADER, TENANT_HEADER } from "../egress/index.js";
 import type { Meter } from "@opentelemetry/api";
 import { BrokenCircuitError } from "cockatiel";
@@ -16,7 +16,14 @@ import { type Clock, canceled, deadlineExceeded, unavailable } from "../common/i
 import type { Logger } from "../telemetry/index.js";
 import type { AuditLog } from "../audit/index.js";
 import { agentSpiffeId, DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
-import { createAgentChannelPool, EndpointError, type AgentClient, type PeerRejection } from "./agent-channel-pool.js";
+import {
+  createAgentChannelPool,
+  EndpointError,
+  type AgentCallOptions,
+  type AgentClient,
+  type PeerRejection,
+} from "./agent-channel-pool.js";
+import { AgentCallError, type PreSendHook } from "./agent-h2-client.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
 import { createAgentStatsTracker } from "./agent-stats.js";
 import { createCircuitBreakers, type CircuitStateName } from "./circuit-breakers.js";
@@ -104,15 +111,17 @@ export interface Router {
   close(): void;
 }
 
-/** Dependencies of the router. The lead wires the Egress Guard interceptor and SPIFFE mTLS credentials. */
+/** Dependencies of the router. The kernel wires the Egress Guard hook and SPIFFE mTLS options. */
 export interface RouterDeps {
   agents: RoutableAgents;
-  credentials: grpc.ChannelCredentials;
   /**
-   * mTLS credentials that accept only a server presenting `expectedId` (the agent's registered
-   * SPIFFE ID); without them (no TLS) the kernel cannot check who answers.
+   * node:tls options with the current SVID that accept only a server presenting `expectedId` (the
+   * agent's registered SPIFFE ID), built for every new session; without them (no TLS) the kernel
+   * cannot check who answers.
    */
-  credentialsFor?: (expectedId: string, onReject: (err: Error) => void) => grpc.ChannelCredentials;
+  tls?: (expectedId: string | undefined, onReject: (err: Error) => void) => ConnectionOptions;
+  /** The Egress Guard's pre-send hook on every agent call (createEgressPreSend). */
+  egress: PreSendHook;
   /**
    * The kernel's trust domain: agents with no recorded SPIFFE ID must present the scheme's agent id
    * in it. @default "nops.local"
@@ -120,7 +129,6 @@ export interface RouterDeps {
   trustDomain?: string;
   /** Where identity mismatches are recorded ("routing.identity_mismatch"). */
   audit?: AuditLog;
-  interceptors?: grpc.Interceptor[];
   clock: Clock;
   logger: Logger;
   meter: Meter;
@@ -139,24 +147,17 @@ interface AttemptFailure {
   impostor?: boolean;
 }
 
-// grpc-js reports a call that never got a transport (connection refused, nothing to pick) as
-// UNAVAILABLE with these details; such a call did no work anywhere, so re-routing it is safe.
-const UNDELIVERED_DETAILS =
-  /No connection established|ECONNREFUSED|Failed to connect|Name resolution failed|DNS resolution failed/i;
 // Codes that say the agent (not the request) is unwell: they count against its circuit.
-const AGENT_FAILURE_CODES = new Set<number>([
-  grpc.status.UNAVAILABLE,
-  grpc.status.DEADLINE_EXCEEDED,
-  grpc.status.INTERNAL,
-  grpc.status.UNKNOWN,
-  grpc.status.RESOURCE_EXHAUSTED,
-  grpc.status.DATA_LOSS,
+const AGENT_FAILURE_CODES = new Set<Code>([
+  Code.Unavailable,
+  Code.DeadlineExceeded,
+  Code.Internal,
+  Code.Unknown,
+  Code.ResourceExhausted,
+  Code.DataLoss,
 ]);
 // Codes worth another attempt when the request is idempotent (gRPC retry design, A6).
 const RETRYABLE_CODES = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);
-
-const isServiceError = (e: unknown): e is grpc.ServiceError =>
-  e instanceof Error && typeof (e as Partial<grpc.ServiceError>).code === "number" && "metadata" in e;
 
 function classify(e: unknown): AttemptFailure {
   if (e instanceof AttemptFailureError) return e.failure;
@@ -164,10 +165,10 @@ function classify(e: unknown): AttemptFailure {
     return { error: unavailable("agent circuit is open"), delivered: false };
   }
   if (e instanceof EndpointError) return { error: unavailable("agent endpoint is not routable"), delivered: false };
-  if (isServiceError(e)) {
-    const delivered = !(e.code === grpc.status.UNAVAILABLE && UNDELIVERED_DETAILS.test(e.details));
-    // gRPC and Connect share code numbers (connect-protocol: "Error Codes").
-    return { error: new ConnectError(delivered ? e.details : "agent unavailable", e.code as number), delivered };
+  if (e instanceof AgentCallError) {
+    // The client knows whether a byte reached the agent (src/routing/agent-h2-client.ts); a call
+    // that never got a connection did no work anywhere, so re-routing it is safe.
+    return { error: new ConnectError(e.delivered ? e.details : "agent unavailable", e.code), delivered: e.delivered };
   }
   if (e instanceof Error && e.name === "AbortError") return { error: canceled("request cancelled"), delivered: true };
   return { error: ConnectError.from(e, Code.Internal), delivered: true };
@@ -212,7 +213,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
   const breakers = createCircuitBreakers(
     {
       clock: deps.clock,
-      isFailure: (e) => isServiceError(e) && AGENT_FAILURE_CODES.has(e.code),
+      isFailure: (e) => e instanceof AgentCallError && AGENT_FAILURE_CODES.has(e.code),
       onStateChange: (agentId, state) => {
         circuitCounter.add(1, { state });
         log.info({ agentId, state }, "agent circuit changed state");
@@ -227,9 +228,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
   });
   const pool = createAgentChannelPool(
     {
-      credentials: deps.credentials,
-      credentialsFor: deps.credentialsFor,
-      interceptors: deps.interceptors,
+      ...(deps.tls ? { tls: deps.tls } : {}),
+      egress: deps.egress,
       clock: deps.clock,
       logger: log,
     },
@@ -318,14 +318,13 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     });
   }
 
-  function metadata(p: InvokeParams): grpc.Metadata {
-    const md = new grpc.Metadata();
-    // The Egress Guard's interceptor on the agent channels reads whose data this is.
-    md.set(TENANT_HEADER, p.tenant);
-    if (p.override) md.set(OVERRIDE_HEADER, p.override);
-    if (p.traceparent) md.set("traceparent", p.traceparent);
-    if (p.tracestate) md.set("tracestate", p.tracestate);
-    if (p.requestId) md.set("x-request-id", p.requestId);
+  function metadata(p: InvokeParams): Record<string, string> {
+    // The Egress Guard's pre-send hook reads whose data this is (and removes the override).
+    const md: Record<string, string> = { [TENANT_HEADER]: p.tenant };
+    if (p.override) md[OVERRIDE_HEADER] = p.override;
+    if (p.traceparent) md.traceparent = p.traceparent;
+    if (p.tracestate) md.tracestate = p.tracestate;
+    if (p.requestId) md["x-request-id"] = p.requestId;
     return md;
   }
 
@@ -337,11 +336,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     sel: Selection,
     deadlineAt: number,
     signal: AbortSignal,
-    call: (
-      client: AgentClient,
-      hop: { deadline: Date; metadata: grpc.Metadata; signal: AbortSignal; deadlineMs: number },
-    ) => Promise<T>,
-    md: grpc.Metadata,
+    call: (client: AgentClient, hop: AgentCallOptions) => Promise<T>,
+    md: Record<string, string>,
     correlationId?: string,
   ): Promise<T> {
     const agent = sel.agent;
@@ -356,9 +352,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       const warm = client.connected();
       const value = await breakers
         .get(agent.id)
-        .execute(() =>
-          call(client, { deadline: new Date(hopDeadline), deadlineMs: hopDeadline, metadata: md.clone(), signal }),
-        );
+        .execute(() => call(client, { deadline: hopDeadline, headers: { ...md }, signal }));
       end({ ok: true, latencyMs: warm ? performance.now() - started : undefined });
       attemptsCounter.add(1, { outcome: "ok" });
       return value;
@@ -457,7 +451,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     attemptNo: number,
     deadlineAt: number,
     tried: Set<string>,
-    md: grpc.Metadata,
+    md: Record<string, string>,
   ) {
     const one = (s: Selection, n: number, signal: AbortSignal) =>
       attempt(
@@ -465,7 +459,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         deadlineAt,
         signal,
         (client, hop) =>
-          client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }), hop),
+          client.handle(create(HandleRequestSchema, { invocation: invocation(p, hop.deadline, n) }), hop),
         md,
         p.requestId,
       ).then((res) => ({ res, agent: s.agent }));
@@ -554,10 +548,10 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
             controller.signal,
             async (client, hop) => {
               const call = client.handleStream(
-                create(HandleStreamRequestSchema, { invocation: invocation(p, hop.deadlineMs, n) }),
+                create(HandleStreamRequestSchema, { invocation: invocation(p, hop.deadline, n) }),
                 hop,
               );
-              const it = (call as AsyncIterable<{ payload: Uint8Array; contentType: string }>)[Symbol.asyncIterator]();
+              const it = call[Symbol.asyncIterator]();
               // The attempt counts as answered once the first chunk (or the end) arrives; after
               // that the caller has data and a retry would duplicate it.
               const first = await it.next();

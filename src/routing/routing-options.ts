@@ -105,8 +105,12 @@ export interface TimeoutOptions {
 export interface ChannelPoolOptions {
   /** Close a channel when its endpoint was neither listed nor used for this long, ms. @default 60000 */
   idleMs: number;
-  /** grpc-js reconnect backoff cap, so a returning agent is found quickly, ms. @default 1000 */
+  /** Reconnect backoff cap after a failed connection, so a returning agent is found quickly, ms. @default 1000 */
   maxReconnectBackoffMs: number;
+  /** HTTP/2 sessions per endpoint at most; another opens only while every open one has calls in flight. @default 2 */
+  sessionsPerEndpoint: number;
+  /** Largest request or answer message of an agent call, bytes (gRPC's usual receive limit). @default 4194304 */
+  maxMessageBytes: number;
 }
 
 /** Options of the router (config section `routing`). */
@@ -159,7 +163,12 @@ export const DEFAULT_TIMEOUT_OPTIONS: TimeoutOptions = {
   minAttemptMs: 5,
 };
 /** Default channel pool. */
-export const DEFAULT_CHANNEL_POOL_OPTIONS: ChannelPoolOptions = { idleMs: 60_000, maxReconnectBackoffMs: 1_000 };
+export const DEFAULT_CHANNEL_POOL_OPTIONS: ChannelPoolOptions = {
+  idleMs: 60_000,
+  maxReconnectBackoffMs: 1_000,
+  sessionsPerEndpoint: 2,
+  maxMessageBytes: 4 * 1024 * 1024,
+};
 
 /** A partial, plain-object version of the options as read from config. */
 export type RoutingOptionsInput = {
@@ -291,6 +300,22 @@ export function resolveRoutingOptions(input: unknown = {}, path = "routing"): Ro
         chp,
         DEFAULT_CHANNEL_POOL_OPTIONS.maxReconnectBackoffMs,
         100,
+      ),
+      sessionsPerEndpoint: readInt(
+        ch,
+        "sessionsPerEndpoint",
+        chp,
+        DEFAULT_CHANNEL_POOL_OPTIONS.sessionsPerEndpoint,
+        1,
+        64,
+      ),
+      maxMessageBytes: readInt(
+        ch,
+        "maxMessageBytes",
+        chp,
+        DEFAULT_CHANNEL_POOL_OPTIONS.maxMessageBytes,
+        1024,
+        2 ** 31 - 1,
       ),
     },
     idempotentCapabilities: readStringList(s, "idempotentCapabilities", path, [], NON_EMPTY),

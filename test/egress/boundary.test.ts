@@ -31,7 +31,7 @@ const OUTBOUND: { what: string; re: RegExp }[] = [
 
 /**
  * Local infrastructure allowed to connect without the guard: these never leave the edge host
- * (or, for the routing invoker, must take the guard's grpc-js interceptor). Each entry: path pattern, reason.
+ * (or, for the routing invoker, must take the guard's pre-send hook). Each entry: path pattern, reason.
  */
 const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
   {
@@ -46,7 +46,9 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
   { pattern: /^src\/identity\/spiffe\/.+\.ts$/, reason: "SPIFFE Workload API over a local unix socket" },
   {
     pattern: /^src\/routing\/.+\.ts$/,
-    reason: "routing invoker: agents on the edge; its grpc-js clients must carry createGrpcEgressInterceptor",
+    reason:
+      "routing invoker: agents on the edge; its one client (agent-h2-client.ts) takes the Egress Guard's " +
+      "pre-send hook (createEgressPreSend) as a required dependency and runs it before every call",
   },
   { pattern: /^src\/server\/.+\.ts$/, reason: "listening servers and health probes on loopback, no outbound calls" },
   {
@@ -133,7 +135,7 @@ test("boundary - src/clients holds only approved clients, and each builds its tr
     const code = stripComments(readFileSync(join(dir, f), "utf8"));
     t.regex(
       code,
-      /createGuardedFetch|createJsonPost|createGrpcEgressInterceptor|createConnectEgressInterceptor/,
+      /createGuardedFetch|createJsonPost|createEgressPreSend|createConnectEgressInterceptor/,
       `${f} must build its transport through the guard`,
     );
     t.notRegex(

@@ -11,7 +11,8 @@ import test, { type ExecutionContext } from "ava";
 import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
-import { createConnectEgressInterceptor, createGrpcEgressInterceptor } from "../../src/egress/egress-interceptors.js";
+import { createConnectEgressInterceptor, createEgressPreSend } from "../../src/egress/egress-interceptors.js";
+import { createAgentH2Client, type AgentH2Client, type PreSendHook } from "../../src/routing/agent-h2-client.js";
 import { createNatsEgressHook, subjectMatches } from "../../src/egress/nats-egress-hook.js";
 import { DataGovernanceService, ClassifyResponseSchema } from "../../gen/nops/dge/v1/dge_pb.js";
 import { DGE_KEYS, makeMeter, makeStore, silent, spawnDge } from "../fixtures/dge-helpers.js";
@@ -38,7 +39,19 @@ async function makeGuard(t: ExecutionContext) {
   return Object.assign(guard, { store });
 }
 
-test("egress interceptors - grpc-js: a blocked unary call fails PERMISSION_DENIED and never reaches the server; a clean one does", async (t) => {
+const text = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+/** The router's agent client to a loopback port, with `preSend` as its Egress Guard hook. */
+function guardedAgentClient(t: ExecutionContext, port: number, preSend: PreSendHook): AgentH2Client {
+  const client = createAgentH2Client(
+    { target: `127.0.0.1:${port}`, preSend, clock: systemClock, logger: silent },
+    { sessions: 1, maxMessageBytes: 4 << 20, maxReconnectBackoffMs: 1000 },
+  );
+  t.teardown(() => client.destroy());
+  return client;
+}
+
+test("egress interceptors - pre-send hook (the agent client): a blocked unary call fails PERMISSION_DENIED and never reaches the server; a clean one does", async (t) => {
   const guard = await makeGuard(t);
   const received: string[] = [];
   const def = {
@@ -63,24 +76,22 @@ test("egress interceptors - grpc-js: a blocked unary call fails PERMISSION_DENIE
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
   );
   t.teardown(() => server.forceShutdown());
-  const Client = grpc.makeGenericClientConstructor(def, "Echo");
-  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
-    interceptors: [createGrpcEgressInterceptor(guard, "sandbox")],
-  });
-  t.teardown(() => client.close());
+  const client = guardedAgentClient(t, port, createEgressPreSend(guard, "sandbox"));
   const call = (msg: string): Promise<string> =>
-    new Promise((res, rej) => {
-      const md = new grpc.Metadata();
-      md.set("x-nops-tenant", "acme");
-      (
-        client as unknown as {
-          Echo(m: string, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: string) => void): void;
-        }
-      ).Echo(msg, md, (e, r) => (e ? rej(e) : res(r ?? "")));
-    });
-  const err = await t.throwsAsync<grpc.ServiceError>(call("card 4111-1111-1111-1111"));
-  t.is(err.code, grpc.status.PERMISSION_DENIED);
-  t.regex(err.details, /egress blocked/);
+    client.unary(
+      "/test.Echo/Echo",
+      msg,
+      (m) => text(m),
+      (b) => new TextDecoder().decode(b),
+      {
+        deadline: Date.now() + 30_000,
+        headers: { "x-nops-tenant": "acme" },
+        signal: new AbortController().signal,
+      },
+    );
+  const err = ConnectError.from(await t.throwsAsync(call("card 4111-1111-1111-1111")));
+  t.is(err.code, Code.PermissionDenied);
+  t.regex(err.rawMessage, /egress blocked/);
   t.is(await call("status=ok queue=default"), "status=ok queue=default");
   t.deepEqual(received, ["status=ok queue=default"]);
 });
@@ -195,7 +206,7 @@ test("egress interceptors - NATS hook: the subject is classified, and a blocked 
   for (const raw of [Buffer.from(blocked[0]!.payload).toString("latin1"), audit]) t.false(raw.includes("536-22-1234"));
 });
 
-test("egress interceptors - Connect and grpc-js: headers and metadata are classified with the message", async (t) => {
+test("egress interceptors - Connect and the agent client: headers and metadata are classified with the message", async (t) => {
   const guard = await makeGuard(t);
   let calls = 0;
   const srv = createServer(
@@ -230,7 +241,7 @@ test("egress interceptors - Connect and grpc-js: headers and metadata are classi
   await client.classify({ data: "status ok" }, { headers: { "x-nops-tenant": "acme", "x-note": "batch 7" } });
   t.is(calls, 1);
 
-  // grpc-js: the same rule for metadata, before the call starts.
+  // The agent client's pre-send hook: the same rule for metadata, before the call starts.
   const server = new grpc.Server();
   let grpcCalls = 0;
   server.addService(
@@ -256,27 +267,26 @@ test("egress interceptors - Connect and grpc-js: headers and metadata are classi
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   );
   t.teardown(() => server.forceShutdown());
-  const GenericClient = grpc.makeGenericClientConstructor({}, "Dge");
-  const raw = new GenericClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
-    interceptors: [createGrpcEgressInterceptor(guard, "dge-raw")],
-  });
-  t.teardown(() => raw.close());
+  const raw = guardedAgentClient(t, port, createEgressPreSend(guard, "dge-raw"));
   const call = (note: string) =>
-    new Promise<grpc.ServiceError | null>((resolve) => {
-      const md = new grpc.Metadata();
-      md.set("x-nops-tenant", "acme");
-      md.set("x-note", note);
-      raw.makeUnaryRequest(
+    raw
+      .unary(
         "/nops.dge.v1.DataGovernanceService/Classify",
-        (v: Uint8Array) => Buffer.from(v),
-        (b: Buffer) => b,
-        new TextEncoder().encode("status ok"),
-        md,
-        (e) => resolve(e),
+        text("status ok"),
+        (v) => v,
+        (b) => b,
+        {
+          deadline: Date.now() + 30_000,
+          headers: { "x-nops-tenant": "acme", "x-note": note },
+          signal: new AbortController().signal,
+        },
+      )
+      .then(
+        () => undefined,
+        (e: unknown) => ConnectError.from(e).code,
       );
-    });
-  t.is((await call("mail anna@example.com"))?.code, grpc.status.PERMISSION_DENIED);
+  t.is(await call("mail anna@example.com"), Code.PermissionDenied);
   t.is(grpcCalls, 0);
-  t.is(await call("batch 7"), null);
+  t.is(await call("batch 7"), undefined);
   t.is(grpcCalls, 1);
 });

@@ -51,8 +51,8 @@ async function setup(t: { teardown(fn: () => unknown): void }, routing: RoutingO
   const router = createRouter(
     {
       agents,
-      credentials: kernelTls.grpcChannelCredentials(),
-      credentialsFor: (id, onReject) => kernelTls.grpcChannelCredentials({ allowedIds: [id], onReject }),
+      tls: (id, onReject) => kernelTls.clientOptions({ ...(id === undefined ? {} : { allowedIds: [id] }), onReject }),
+      egress: () => undefined,
       trustDomain: TD,
       audit: store.audit,
       clock: systemClock,
