@@ -6,7 +6,7 @@ import { request } from "node:https";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { DescService } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FederationService, PeerState } from "../../gen/nops/federation/v1/federation_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
@@ -140,4 +140,14 @@ export function getInsecure(url: string): Promise<{ status: number; body: string
     req.on("error", reject);
     req.end();
   });
+}
+
+/** The error of a call that must fail (a success fails the test). */
+export async function failure(p: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await p;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("the call succeeded");
 }

@@ -8,7 +8,7 @@ import { DELEGATION_HEADER, KERNEL_LABEL } from "../../src/federation/index.js";
 import { HOPS_HEADER } from "../../src/routing/index.js";
 import type { EchoAgent } from "../routing/fixtures/echo-agent.js";
 import { startFedKernel, eventually, type FedKernel } from "./two-kernels.js";
-import { FAST_FEDERATION, handshake, mintDelegation, pinPeer, startKernelAgent } from "./fed-fixtures.js";
+import { FAST_FEDERATION, failure, handshake, mintDelegation, pinPeer, startKernelAgent } from "./fed-fixtures.js";
 
 let a: FedKernel;
 let b: FedKernel;
@@ -53,15 +53,6 @@ test.after.always(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
   await Promise.all(agents.map((x) => x.close()));
 });
-
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("the call succeeded");
-}
 
 for (const transport of ["grpc", "connect"] as const) {
   test.serial(

@@ -6,7 +6,7 @@ import { DELEGATION_HEADER, KERNEL_LABEL } from "../../src/federation/index.js";
 import { HOPS_HEADER } from "../../src/routing/index.js";
 import type { EchoAgent } from "../routing/fixtures/echo-agent.js";
 import { startFedKernel, eventually, type FedKernel } from "./two-kernels.js";
-import { FAST_FEDERATION, handshake, mintDelegation, pinPeer, startKernelAgent } from "./fed-fixtures.js";
+import { FAST_FEDERATION, failure, handshake, mintDelegation, pinPeer, startKernelAgent } from "./fed-fixtures.js";
 
 // Three trust domains on loopback: A peers B and C, B peers C. A keeps the default hop limit (1);
 // B and C agree to calls that crossed two kernels (maxHops 2), so B may pass a call on to C.
@@ -65,15 +65,6 @@ test.after.always(async () => {
   await Promise.all([a?.stop(), b?.stop(), c?.stop()]);
   await Promise.all(agents.map((x) => x.close()));
 });
-
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await p;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("the call succeeded");
-}
 
 const acceptsOn = (k: FedKernel, from: number) =>
   k
