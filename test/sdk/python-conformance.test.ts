@@ -112,7 +112,7 @@ test("python sdk - conformance: register, heartbeat, invoke, kernel restart, dra
   const seen = JSON.parse(new TextDecoder().decode(res.payload)) as Record<string, unknown>;
   t.is(seen.payload, "hello");
   t.is(res.agentId, firstId);
-  t.true(Number(seen.remainingMs) > 0 && Number(seen.remainingMs) <= 5000, String(seen.remainingMs));
+  t.true(Number(seen.remainingMs) > 0 && Number(seen.remainingMs) <= 30_000, String(seen.remainingMs));
   t.is(String(seen.traceparent).split("-")[1], "4bf92f3577b34da6a3ce929d0e0e4736");
   const chunks: string[] = [];
   for await (const c of routing.invokeStream({
