@@ -1,5 +1,5 @@
 import test from "ava";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { FederationService } from "../../gen/nops/federation/v1/federation_pb.js";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";

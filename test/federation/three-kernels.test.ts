@@ -1,5 +1,5 @@
 import test from "ava";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import { DELEGATION_HEADER, KERNEL_LABEL } from "../../src/federation/index.js";
