@@ -1,5 +1,6 @@
 import { dirname, join } from "node:path";
 import { ConfigError } from "../common/errors.js";
+import { commaList, parseCommandFlags } from "./command-flags.js";
 import {
   addHubEdge,
   edgeLinkPermissions,
@@ -28,31 +29,14 @@ const VALUE_FLAGS = new Set([
   "--auth",
 ]);
 
-function parseFlags(args: readonly string[]): { values: Map<string, string>; createHubStream: boolean } {
-  const values = new Map<string, string>();
-  let createHubStream = false;
-  for (let i = 0; i < args.length; i++) {
-    const name = args[i]!;
-    if (name === "--create-hub-stream") {
-      createHubStream = true;
-      continue;
-    }
-    if (!VALUE_FLAGS.has(name)) throw new ConfigError(`hub: unknown argument ${name}`);
-    const value = args[i + 1];
-    if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
-    values.set(name, value);
-    i++;
-  }
-  return { values, createHubStream };
-}
-
 /** Runs `nops-kernel hub <sub>`: the hub's registry of edges and their leafnode users. */
 export function runHubCommand(sub: string | undefined, args: readonly string[], out: (s: string) => void): number {
   if (sub === undefined || sub === "help") {
     out(HUB_USAGE);
     return sub === undefined ? 2 : 0;
   }
-  const { values, createHubStream } = parseFlags(args);
+  const { values, switches } = parseCommandFlags("hub", args, VALUE_FLAGS, new Set(["--create-hub-stream"]));
+  const createHubStream = switches.has("--create-hub-stream");
   const need = (name: string): string => {
     const v = values.get(name);
     if (v === undefined) throw new ConfigError(`hub ${sub} needs ${name}`);
@@ -64,10 +48,7 @@ export function runHubCommand(sub: string | undefined, args: readonly string[], 
   switch (sub) {
     case "add-edge": {
       const edgeId = need("--edge");
-      const tenants = need("--tenants")
-        .split(",")
-        .map((t) => t.trim())
-        .filter((t) => t !== "");
+      const tenants = commaList(need("--tenants"));
       const secretPath = need("--secret-out");
       const domain = values.get("--domain");
       const auth = values.get("--auth") ?? "password";

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { systemClock } from "../common/clock.js";
 import { ConfigError } from "../common/errors.js";
+import { commaList, parseCommandFlags } from "./command-flags.js";
 import { createAuditLog } from "../audit/audit-log.js";
 import { createLogger } from "../telemetry/logger.js";
 import { createPeerRegistry, PeerRegistryError, type PeerRecord } from "../federation/index.js";
@@ -31,26 +32,6 @@ const FLAGS = new Set([
   "--outbound-capabilities",
 ]);
 
-function parseFlags(args: readonly string[]): Map<string, string> {
-  const flags = new Map<string, string>();
-  for (let i = 0; i < args.length; i += 2) {
-    const name = args[i]!;
-    const value = args[i + 1];
-    if (!FLAGS.has(name)) throw new ConfigError(`peers: unknown argument ${name}`);
-    if (value === undefined || value.startsWith("--")) throw new ConfigError(`${name} needs a value`);
-    flags.set(name, value);
-  }
-  return flags;
-}
-
-const list = (v: string | undefined) =>
-  v
-    ? v
-        .split(",")
-        .map((s) => s.trim())
-        .filter(Boolean)
-    : [];
-
 function describe(p: PeerRecord): string {
   const fp = p.bundle
     ? `bundle ${bundleFingerprint(p.bundle.x509).slice(0, 16)}… seq ${p.bundle.sequence}`
@@ -79,7 +60,7 @@ export function runPeersCommand(
     out(PEERS_USAGE);
     return sub === undefined ? 2 : 0;
   }
-  const flags = parseFlags(args);
+  const flags = parseCommandFlags("peers", args, FLAGS).values;
   const db = openKernelDatabase(options);
   try {
     const registry = createPeerRegistry({
@@ -114,12 +95,12 @@ export function runPeersCommand(
               bundleSha256: flags.get("--bundle-sha256"),
               agreement: {
                 inbound: {
-                  tenants: list(flags.get("--inbound-tenants")),
-                  capabilities: list(flags.get("--inbound-capabilities")),
+                  tenants: commaList(flags.get("--inbound-tenants")),
+                  capabilities: commaList(flags.get("--inbound-capabilities")),
                 },
                 outbound: {
-                  tenants: list(flags.get("--outbound-tenants")),
-                  capabilities: list(flags.get("--outbound-capabilities")),
+                  tenants: commaList(flags.get("--outbound-tenants")),
+                  capabilities: commaList(flags.get("--outbound-capabilities")),
                 },
               },
             },
