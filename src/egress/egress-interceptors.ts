@@ -13,6 +13,17 @@ export function dropMalformedTraceHeaders(headers: Headers): void {
 }
 
 /**
+ * Judges a whole outbound call before any byte of it is sent: it may edit `headers` (drop what must
+ * not leave), throws to refuse, and answers undefined when it decided at once (no extra turn).
+ */
+export type EgressPreSend = (
+  path: string,
+  headers: Record<string, string>,
+  message: unknown,
+  signal?: AbortSignal,
+) => Promise<void> | undefined;
+
+/**
  * The Egress Guard as a pre-send hook of a hand-framed gRPC client (the router's agent client,
  * src/routing/agent-h2-client.ts): it judges the whole call (its one request message and its
  * headers) before any byte is sent, drops the break-glass grant and malformed trace headers from
@@ -28,12 +39,7 @@ export function createEgressPreSend(
    * message unique and defeat the verdict cache.
    */
   select: (path: string, message: unknown) => unknown = (_path, message) => message,
-): (
-  path: string,
-  headers: Record<string, string>,
-  message: unknown,
-  signal?: AbortSignal,
-) => Promise<void> | undefined {
+): EgressPreSend {
   return (path, headers, message, signal) => {
     const override = headers[OVERRIDE_HEADER];
     // The grant is for the guard only; it never leaves the kernel.

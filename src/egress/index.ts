@@ -13,7 +13,12 @@ export {
   type EgressRequest,
   type EgressDecision,
 } from "./egress-guard.js";
-export { createConnectEgressInterceptor, createEgressPreSend, TENANT_HEADER } from "./egress-interceptors.js";
+export {
+  createConnectEgressInterceptor,
+  createEgressPreSend,
+  TENANT_HEADER,
+  type EgressPreSend,
+} from "./egress-interceptors.js";
 export { createGuardedFetch, MAX_GUARDED_BODY_BYTES, type GuardedFetch } from "./guarded-fetch.js";
 export {
   forwardableTraceContext,

@@ -201,7 +201,7 @@ export function createEventFederation(
     };
   }
 
-  function planIn(js: JetStreamClient, m: JsMsg): Promise<Send> {
+  async function planIn(js: JetStreamClient, m: JsMsg): Promise<Send> {
     const parsed = splitSubject(m.subject, 3);
     let source = "";
     let id = "";
@@ -216,19 +216,19 @@ export function createEventFederation(
     if (!parsed || id === "" || !link || !link.inboundTenants.includes(parsed.tenant)) {
       count("rejected");
       logger.warn({ seq: m.seq, source, tenant: parsed?.tenant }, "federated event not allowed by any link; dropped");
-      return Promise.resolve(() => Promise.resolve());
+      return () => Promise.resolve();
     }
     const h = natsHeaders();
     for (const [k, v] of m.headers ?? []) if (!k.startsWith("Nats-") && v[0] !== undefined) h.set(k, v[0]);
     h.set(FEDERATED_FROM_HEADER, source);
-    return Promise.resolve(async () => {
+    return async () => {
       // The message id is the source's envelope id: a redelivery after a partition stores nothing twice.
       await js.publish(`nops.events.${parsed.tenant}.${parsed.type}`, m.data, {
         msgID: `fed:${source}:${id}`,
         headers: h,
       });
       count("delivered");
-    });
+    };
   }
 
   async function follow(

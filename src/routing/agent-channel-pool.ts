@@ -12,9 +12,9 @@ import {
   type HandleStreamResponse,
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import { type Clock, KernelError } from "../common/index.js";
-import { bytesText, isOpaqueId } from "../egress/index.js";
+import { bytesText, isOpaqueId, type EgressPreSend } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
-import { createAgentH2Client, type AgentH2Client, type H2Stream, type PreSendHook } from "./agent-h2-client.js";
+import { createAgentH2Client, type AgentH2Client, type H2Stream } from "./agent-h2-client.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
 
 /** An endpoint the pool cannot dial (unknown scheme, no port). */
@@ -95,7 +95,7 @@ export interface AgentChannelPoolDeps {
    */
   tls?: (expectedId: string | undefined, onReject: (err: Error) => void) => ConnectionOptions;
   /** The Egress Guard's pre-send hook: it judges every call before any byte of it is sent. */
-  egress: PreSendHook;
+  egress: EgressPreSend;
   clock: Clock;
   logger: Logger;
 }

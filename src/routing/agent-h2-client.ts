@@ -2,6 +2,7 @@ import * as http2 from "node:http2";
 import type { ConnectionOptions } from "node:tls";
 import { Code } from "@connectrpc/connect";
 import { type Clock, KernelError } from "../common/index.js";
+import type { EgressPreSend } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
 
 /**
@@ -21,17 +22,6 @@ export class AgentCallError extends KernelError {
     super(details, options);
   }
 }
-
-/**
- * Judges a whole call before any byte of it is sent: it may edit `headers` (drop what must not
- * leave), throws to refuse, and answers undefined when it decided at once (no extra turn).
- */
-export type PreSendHook = (
-  path: string,
-  headers: Record<string, string>,
-  message: unknown,
-  signal: AbortSignal,
-) => Promise<void> | undefined;
 
 /** Per-call settings. */
 export interface H2CallOptions {
@@ -92,7 +82,7 @@ export interface AgentH2ClientDeps {
    */
   tls?: () => ConnectionOptions;
   /** The Egress Guard; every call passes it before a byte is sent. */
-  preSend: PreSendHook;
+  preSend: EgressPreSend;
   /** Told when a session's connection (and TLS handshake) succeeded. */
   onConnect?: () => void;
   clock: Clock;

@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectionOptions } from "node:tls";
-import { OVERRIDE_HEADER, TENANT_HEADER } from "../egress/index.js";
+import { OVERRIDE_HEADER, TENANT_HEADER, type EgressPreSend } from "../egress/index.js";
 import type { Meter } from "@opentelemetry/api";
 import { BrokenCircuitError } from "cockatiel";
 import {
@@ -23,7 +23,7 @@ import {
   type AgentClient,
   type PeerRejection,
 } from "./agent-channel-pool.js";
-import { AgentCallError, type PreSendHook } from "./agent-h2-client.js";
+import { AgentCallError } from "./agent-h2-client.js";
 import { createAgentSelector, type Selection, type SelectionConstraints } from "./agent-selector.js";
 import { createAgentStatsTracker } from "./agent-stats.js";
 import { createCircuitBreakers, type CircuitStateName } from "./circuit-breakers.js";
@@ -121,7 +121,7 @@ export interface RouterDeps {
    */
   tls?: (expectedId: string | undefined, onReject: (err: Error) => void) => ConnectionOptions;
   /** The Egress Guard's pre-send hook on every agent call (createEgressPreSend). */
-  egress: PreSendHook;
+  egress: EgressPreSend;
   /**
    * The kernel's trust domain: agents with no recorded SPIFFE ID must present the scheme's agent id
    * in it. @default "nops.local"

@@ -11,8 +11,12 @@ import test, { type ExecutionContext } from "ava";
 import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
 import { createEgressGuard, resolveEgressGuardOptions } from "../../src/egress/egress-guard.js";
-import { createConnectEgressInterceptor, createEgressPreSend } from "../../src/egress/egress-interceptors.js";
-import { createAgentH2Client, type AgentH2Client, type PreSendHook } from "../../src/routing/agent-h2-client.js";
+import {
+  createConnectEgressInterceptor,
+  createEgressPreSend,
+  type EgressPreSend,
+} from "../../src/egress/egress-interceptors.js";
+import { createAgentH2Client, type AgentH2Client } from "../../src/routing/agent-h2-client.js";
 import { createNatsEgressHook, subjectMatches } from "../../src/egress/nats-egress-hook.js";
 import { DataGovernanceService, ClassifyResponseSchema } from "../../gen/nops/dge/v1/dge_pb.js";
 import { DGE_KEYS, makeMeter, makeStore, silent, spawnDge } from "../fixtures/dge-helpers.js";
@@ -42,7 +46,7 @@ async function makeGuard(t: ExecutionContext) {
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 /** The router's agent client to a loopback port, with `preSend` as its Egress Guard hook. */
-function guardedAgentClient(t: ExecutionContext, port: number, preSend: PreSendHook): AgentH2Client {
+function guardedAgentClient(t: ExecutionContext, port: number, preSend: EgressPreSend): AgentH2Client {
   const client = createAgentH2Client(
     { target: `127.0.0.1:${port}`, preSend, clock: systemClock, logger: silent },
     { sessions: 1, maxMessageBytes: 4 << 20, maxReconnectBackoffMs: 1000 },
