@@ -15,8 +15,14 @@ import { ConfigError, TENANT_PATTERN, type Clock, type TimerHandle } from "../co
 import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
-import { BUS_STREAMS, ensureStream, federatedSubject } from "./hub-streams.js";
-import { oldestAfter } from "./kernel-commands.js";
+import {
+  BUS_STREAMS,
+  createStreamProgress,
+  ensureStream,
+  federatedSubject,
+  oldestAfter,
+  sourceLink,
+} from "./hub-streams.js";
 import { edgeDeliverPrefix } from "./nats-config.js";
 import type { PrePublishHook } from "./outbox-relay.js";
 
@@ -134,14 +140,8 @@ export function createEventFederation(
   const links = options.federation;
   const OUT_KEY = `${options.streamName}->${BUS_STREAMS.edgeFedOut}`;
   const IN_KEY = `${BUS_STREAMS.edgeFedIn}->${options.streamName}`;
-  const getProgress = db.prepare<[string], { last_seq: number; updated_at: number }>(
-    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
-  );
-  const setProgress = db.prepare<[string, number, number]>(
-    `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
-     ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at`,
-  );
-  const progress = (key: string): number => getProgress.get(key)?.last_seq ?? 0;
+  const positions = createStreamProgress(db);
+  const progress = (key: string): number => positions.get(key)?.lastSeq ?? 0;
   const counters = { forwarded: 0, blocked: 0, delivered: 0, rejected: 0 };
   let inLinkLag = 0;
   let inLinkIdleMs: number | undefined;
@@ -254,7 +254,7 @@ export function createEventFederation(
         clock.clearTimeout(flushTimer);
         flushTimer = undefined;
         if (handled > written) {
-          setProgress.run(key, handled, clock.now());
+          positions.set(key, handled, clock.now());
           written = handled;
         }
       };
@@ -363,17 +363,14 @@ export function createEventFederation(
       const inInfo = await jsm.streams.info(BUS_STREAMS.edgeFedIn);
       tails.inLast = inInfo.state.last_seq;
       tails.inOldestAt = await oldestAfter(jsm, BUS_STREAMS.edgeFedIn, progress(IN_KEY), tails.inLast);
-      const source = inInfo.sources?.[0];
-      if (source) {
-        inLinkLag = source.lag;
-        inLinkIdleMs = source.active >= 0 ? Math.round(source.active / 1_000_000) : undefined;
-      }
+      const link = sourceLink(inInfo);
+      if (link) ({ lag: inLinkLag, idleMs: inLinkIdleMs } = link);
     },
     status() {
-      const out = getProgress.get(OUT_KEY);
-      const inn = getProgress.get(IN_KEY);
-      const outSeq = out?.last_seq ?? 0;
-      const inSeq = inn?.last_seq ?? 0;
+      const out = positions.get(OUT_KEY);
+      const inn = positions.get(IN_KEY);
+      const outSeq = out?.lastSeq ?? 0;
+      const inSeq = inn?.lastSeq ?? 0;
       return {
         outSeq,
         inSeq,
@@ -384,8 +381,8 @@ export function createEventFederation(
         inPending: Math.max(0, tails.inLast - inSeq),
         outOldestAt: outSeq < tails.outLast ? tails.outOldestAt : undefined,
         inOldestAt: inSeq < tails.inLast ? tails.inOldestAt : undefined,
-        outLastAt: out?.updated_at,
-        inLastAt: inn?.updated_at,
+        outLastAt: out?.updatedAt,
+        inLastAt: inn?.updatedAt,
       };
     },
   };

@@ -4,11 +4,13 @@ import {
   StorageType,
   type JetStreamManager,
   type StreamConfig,
+  type StreamInfo,
   type StreamSource,
 } from "@nats-io/jetstream";
 import { toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import { ConfigError } from "../common/index.js";
+import type { Db } from "../store/index.js";
 import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
 import { edgeDeliverPrefix, hubDeliverPrefix, hubEdgeStreamConfig } from "./nats-config.js";
 
@@ -168,3 +170,47 @@ export async function publishCommand(js: JetStreamClient, command: KernelCommand
 
 /** Creates or updates a stream (edge side). */
 export const ensureStream = upsert;
+
+/** Where a consumer of a bus stream has got to (table bus_stream_progress): its last settled sequence and when. */
+export interface StreamProgress {
+  get(key: string): { lastSeq: number; updatedAt: number } | undefined;
+  /** Run it inside the transaction that settles the message, when there is one. */
+  set(key: string, lastSeq: number, at: number): void;
+}
+
+/** The bus stream positions kept in the kernel's database. */
+export function createStreamProgress(db: Db): StreamProgress {
+  const get = db.prepare<[string], { last_seq: number; updated_at: number }>(
+    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
+  );
+  const set = db.prepare<[string, number, number]>(
+    `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
+     ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at`,
+  );
+  return {
+    get(key) {
+      const row = get.get(key);
+      return row && { lastSeq: row.last_seq, updatedAt: row.updated_at };
+    },
+    set: (key, lastSeq, at) => void set.run(key, lastSeq, at),
+  };
+}
+
+/** When the first message after `seq` was stored in `stream`, when there is one (lag in seconds). */
+export async function oldestAfter(
+  jsm: JetStreamManager,
+  stream: string,
+  seq: number,
+  lastSeq: number,
+): Promise<number | undefined> {
+  if (seq >= lastSeq) return undefined;
+  const m = await jsm.streams.getMessage(stream, { seq: seq + 1 }).catch(() => null);
+  return m ? m.time.getTime() : undefined;
+}
+
+/** The link of a stream sourcing from the hub (its first source): messages behind and ms since it was active. */
+export function sourceLink(info: StreamInfo): { lag: number; idleMs: number | undefined } | undefined {
+  const source = info.sources?.[0];
+  if (!source) return undefined;
+  return { lag: source.lag, idleMs: source.active >= 0 ? Math.round(source.active / 1_000_000) : undefined };
+}

@@ -7,7 +7,14 @@ import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
 import { DLQ_HEADERS, deadLetterSubject } from "./dead-letter-mover.js";
-import { BUS_STREAMS, edgeCommandStreamConfig, ensureStream } from "./hub-streams.js";
+import {
+  BUS_STREAMS,
+  createStreamProgress,
+  edgeCommandStreamConfig,
+  ensureStream,
+  oldestAfter,
+  sourceLink,
+} from "./hub-streams.js";
 
 /** The envelope version this kernel applies (KernelCommand.version). */
 export const KERNEL_COMMAND_VERSION = 1;
@@ -76,18 +83,6 @@ export interface CommandInbox {
 
 const KINDS = ["revokeApiKey", "setPeerAgreement", "quarantinePeer"] as const;
 
-/** When the first message after `seq` was stored in `stream`, when there is one (lag in seconds). */
-export async function oldestAfter(
-  jsm: JetStreamManager,
-  stream: string,
-  seq: number,
-  lastSeq: number,
-): Promise<number | undefined> {
-  if (seq >= lastSeq) return undefined;
-  const m = await jsm.streams.getMessage(stream, { seq: seq + 1 }).catch(() => null);
-  return m ? m.time.getTime() : undefined;
-}
-
 /** Why a command cannot be applied at all, before its applier runs; undefined when it may be. */
 export function checkCommandEnvelope(command: KernelCommand, edgeId: string): string | undefined {
   if (command.version !== KERNEL_COMMAND_VERSION)
@@ -106,13 +101,7 @@ export function createCommandInbox(
 ): CommandInbox {
   const { db, clock, logger } = deps;
   const stream = BUS_STREAMS.edgeCommandsIn;
-  const getProgress = db.prepare<[string], { last_seq: number; updated_at: number }>(
-    "SELECT last_seq, updated_at FROM bus_stream_progress WHERE stream = ?",
-  );
-  const setProgress = db.prepare<[string, number, number]>(
-    `INSERT INTO bus_stream_progress (stream, last_seq, updated_at) VALUES (?, ?, ?)
-     ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at`,
-  );
+  const progress = createStreamProgress(db);
   const seen = db.prepare<[string], { outcome: string }>("SELECT outcome FROM kernel_commands WHERE command_id = ?");
   const settle = db.prepare<[string, number, string, string, string, number]>(
     `INSERT INTO kernel_commands (command_id, stream_seq, kind, outcome, reason, settled_at) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -135,7 +124,7 @@ export function createCommandInbox(
     if (r.outcome === "applied") tally.applied = r.n;
     else tally.deadLettered = r.n;
   }
-  const lastSeq = (): number => getProgress.get(stream)?.last_seq ?? 0;
+  const lastSeq = (): number => progress.get(stream)?.lastSeq ?? 0;
 
   deps.meter
     .createObservableGauge("nops_events_commands_pending", {
@@ -150,7 +139,7 @@ export function createCommandInbox(
 
   const applyTx = db.transaction((command: KernelCommand, seq: number, kind: string): "applied" | "duplicate" => {
     const now = clock.now();
-    setProgress.run(stream, seq, now);
+    progress.set(stream, seq, now);
     if (seen.get(command.id)) return "duplicate";
     settle.run(command.id, seq, kind, "applied", "", now);
     deps.handler.apply(command);
@@ -159,7 +148,7 @@ export function createCommandInbox(
   const rejectTx = db.transaction(
     (command: KernelCommand | undefined, seq: number, kind: string, reason: string): void => {
       const now = clock.now();
-      setProgress.run(stream, seq, now);
+      progress.set(stream, seq, now);
       const id = command?.id ?? "";
       // A command id settled before keeps its first outcome.
       if (id !== "" && !seen.get(id)) settle.run(id, seq, kind, "dead-lettered", reason.slice(0, 1000), now);
@@ -257,15 +246,12 @@ export function createCommandInbox(
       const info = await jsm.streams.info(stream);
       streamLastSeq = info.state.last_seq;
       oldestPendingAt = await oldestAfter(jsm, stream, lastSeq(), streamLastSeq);
-      const source = info.sources?.[0];
-      if (source) {
-        linkLag = source.lag;
-        linkIdleMs = source.active >= 0 ? Math.round(source.active / 1_000_000) : undefined;
-      }
+      const link = sourceLink(info);
+      if (link) ({ lag: linkLag, idleMs: linkIdleMs } = link);
     },
     status() {
-      const progress = getProgress.get(stream);
-      const appliedSeq = progress?.last_seq ?? 0;
+      const settled = progress.get(stream);
+      const appliedSeq = settled?.lastSeq ?? 0;
       return {
         appliedSeq,
         streamLastSeq,
@@ -275,7 +261,7 @@ export function createCommandInbox(
         oldestPendingAt: appliedSeq < streamLastSeq ? oldestPendingAt : undefined,
         applied: tally.applied,
         deadLettered: tally.deadLettered,
-        lastSettledAt: progress?.updated_at,
+        lastSettledAt: settled?.updatedAt,
       };
     },
   };
