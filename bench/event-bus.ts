@@ -2,7 +2,7 @@
 // leaf JetStream), publish->leaf latency percentiles against a raw JetStream publish baseline in
 // the same run, the same Publish leg while a CPU-bound neighbour process runs, and the hub's
 // catch-up rate after an outage.
-// Run: node --import tsx bench/event-bus.ts [--rate 2000] [--seconds 10] [--backlog 20000] [--inline-writer]
+// Run: node --import tsx bench/event-bus.ts [--rate 2000] [--seconds 10] [--backlog 20000] [--writer-thread]
 import { spawn } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { connect } from "@nats-io/transport-node";
@@ -23,8 +23,8 @@ const RATE = arg("rate", 2000);
 const SECONDS = arg("seconds", 10);
 const BACKLOG = arg("backlog", 20_000);
 const PAYLOAD = new Uint8Array(256).fill(7);
-// --inline-writer: Publish commits on the event loop's own connection (as before the writer thread).
-const INLINE_WRITER = process.argv.includes("--inline-writer");
+// --writer-thread: Publish commits on the writer thread (events.service.writerThread) instead of the event loop.
+const WRITER_THREAD = process.argv.includes("--writer-thread");
 
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
@@ -61,7 +61,7 @@ const p = startEdgePipeline({
   pass: topo.kernelUser.pass,
   edgeId: "benchedge",
   edgeDomain: "benchedge",
-  inlineWriter: INLINE_WRITER,
+  writerThread: WRITER_THREAD,
   onPublished: (r: PublishedRow) => ackAt.set(r.outboxId, performance.now()),
 });
 try {
@@ -121,7 +121,7 @@ try {
 
   console.log(
     `event bus bench: ${RATE} msg/s for ${SECONDS}s, ${PAYLOAD.length}-byte payloads, nats-server 2.9.10 leaf+hub on loopback, ` +
-      `Publish committed ${INLINE_WRITER ? "on the event loop (--inline-writer)" : "on the writer thread"}`,
+      `Publish committed ${WRITER_THREAD ? "on the writer thread (--writer-thread)" : "on the event loop"}`,
   );
   console.log(
     `  Publish -> leaf stream (kernel): p50 ${fmt(kernel.p50)} ms  p95 ${fmt(kernel.p95)} ms  p99 ${fmt(kernel.p99)} ms  max ${fmt(kernel.max)} ms  (n=${kernel.n})`,

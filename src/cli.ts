@@ -39,7 +39,9 @@ import {
 import { resolveWitnessOptions, startWitness } from "./witness/index.js";
 import { loadRawConfig } from "./kernel/load-config.js";
 import { startDgeServer } from "../packages/reference-dge/src/index.js";
-import { createToolPolicies, principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/index.js";
+// The MCP modules one by one, not the barrel: `serve` loads the MCP SDK only when /mcp is first called.
+import { createToolPolicies } from "./mcp/tool-policies.js";
+import { principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/policy-test.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 import { runPeersCommand } from "./kernel/peers-command.js";
 import { runHubCommand } from "./kernel/hub-command.js";

@@ -146,7 +146,8 @@ export function rssMiB(pid: number): number {
 /**
  * How the kernel runs when started as `nops-kernel`: the node flags and environment of the shebang of
  * `dist/src/cli.js` (`#!/usr/bin/env -S NAME=value ... node --flag ...`), so a bench that starts it with
- * `process.execPath` measures the memory settings that ship.
+ * `process.execPath` measures the memory settings that ship. `NOPS_BENCH_NODE_FLAGS` (space-separated) is
+ * appended, so a run can try other V8 settings against the shipped ones (a later flag wins).
  */
 export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<string, string> } {
   const first = readFileSync(join(root, "dist/src/cli.js"), "utf8").split("\n", 1)[0] ?? "";
@@ -158,5 +159,6 @@ export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<st
   if (!first.startsWith("#!") || node < 0)
     throw new Error(`dist/src/cli.js: no node shebang in ${JSON.stringify(first)}`);
   const env = Object.fromEntries(words.slice(0, node).map((w) => w.split("=", 2) as [string, string]));
-  return { nodeArgs: words.slice(node + 1), env };
+  const extra = (process.env.NOPS_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
+  return { nodeArgs: [...words.slice(node + 1), ...extra], env };
 }

@@ -68,7 +68,9 @@ export interface EventBusServiceOptions {
   ackTimeoutMs: number;
   /**
    * Commit Publish calls on the writer thread (a database file only); false commits them on the event loop.
-   * @default true
+   * Off by default: on a two-core host the hand-off to the thread cost more latency than the fsync it moves
+   * (bench/RESULTS.md); it pays where the event loop, not the cores, is the bottleneck.
+   * @default false
    */
   writerThread: boolean;
   /** How long the Publish writer thread may sit idle before it exits (the next Publish starts it). @default 60000 */
@@ -97,7 +99,7 @@ export function resolveEventBusServiceOptions(
     maxHeaders: readInt(s, "maxHeaders", path, DEFAULT_MAX_HEADERS, 1),
     maxIdempotencyKeyLength: readInt(s, "maxIdempotencyKeyLength", path, DEFAULT_MAX_IDEMPOTENCY_KEY_LENGTH, 1),
     ackTimeoutMs: readInt(s, "ackTimeoutMs", path, DEFAULT_ACK_TIMEOUT_MS, 1),
-    writerThread: readBool(s, "writerThread", path, true),
+    writerThread: readBool(s, "writerThread", path, false),
     writerIdleMs: readInt(s, "writerIdleMs", path, DEFAULT_WRITER_IDLE_MS, 100),
   };
 }

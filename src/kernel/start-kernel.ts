@@ -56,15 +56,11 @@ import { createReadyzRoute } from "../admin/readyz-route.js";
 import { kPeer } from "../server/interceptor.js";
 import type { RouteRequest } from "../server/http-server.js";
 import { createHttpServer, type HttpRoute, type RawHttpRoute } from "../server/http-server.js";
-import {
-  createMcpEndpoint,
-  createToolPolicies,
-  createUpstreams,
-  isUpstreamFailure,
-  MCP_PATH,
-  PROTECTED_RESOURCE_PATH,
-  type McpEndpoint,
-} from "../mcp/index.js";
+// The MCP endpoint and the MCP SDK load on the first request to /mcp (docs/architecture.md, "Memory").
+import { MCP_PATH, PROTECTED_RESOURCE_PATH } from "../mcp/mcp-options.js";
+import { createToolPolicies } from "../mcp/tool-policies.js";
+import type { McpEndpoint } from "../mcp/mcp-endpoint.js";
+import type { Upstreams } from "../mcp/upstream-servers.js";
 import { createAuthorizer } from "../authz/authorizer.js";
 import { createHealthService } from "../server/health-service.js";
 import { createReflectionService } from "../server/reflection-service.js";
@@ -649,16 +645,33 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       options.authn,
     );
     const grpcServer = createGrpcServer({ services, limits: options.limits, guard: connectionGuard, credentialGate });
-    // The MCP endpoint is built once the port is known (its resource URI names it); until then it has no routes.
-    let mcp: McpEndpoint | undefined;
+    // The MCP endpoint is built on the first request to it, once the port is known (its resource URI names
+    // it): the MCP SDK loads then, so a kernel that never serves MCP never holds it (docs/architecture.md).
+    let buildMcp: (() => Promise<McpEndpoint>) | undefined;
+    let mcp: Promise<McpEndpoint> | undefined;
     const rawRoutes: Record<string, RawHttpRoute> = {};
     if (options.mcp.enabled) {
-      const unready: RawHttpRoute = (_req, res) => {
-        res.writeHead(503, { "retry-after": "1" });
-        res.end();
-      };
-      rawRoutes[MCP_PATH] = (req, res) => (mcp ? mcp.handle(req, res) : unready(req, res));
-      const metadata: RawHttpRoute = (req, res) => (mcp ? mcp.metadata(req, res) : unready(req, res));
+      const serve =
+        (route: (m: McpEndpoint) => RawHttpRoute): RawHttpRoute =>
+        (req, res) => {
+          if (!buildMcp) {
+            res.writeHead(503, { "retry-after": "1" });
+            res.end();
+            return;
+          }
+          (mcp ??= buildMcp()).then(
+            (m) => route(m)(req, res),
+            (err: unknown) => {
+              // Not cached: the next request tries again.
+              mcp = undefined;
+              log.error({ err }, "MCP endpoint failed to load");
+              if (!res.headersSent) res.writeHead(500);
+              res.end();
+            },
+          );
+        };
+      rawRoutes[MCP_PATH] = serve((m) => (req, res) => m.handle(req, res));
+      const metadata = serve((m) => (req, res) => m.metadata(req, res));
       rawRoutes[PROTECTED_RESOURCE_PATH] = metadata;
       rawRoutes[PROTECTED_RESOURCE_PATH + MCP_PATH] = metadata;
     }
@@ -698,34 +711,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       const mcpChain = chain.filter((link) => link !== identity.authn);
       const mcpInvoke = bindService(RoutingService, routingImpl, mcpChain).impl.invoke!;
       const authorizer = createAuthorizer(options.authz);
-      // External MCP servers: out only through the Egress Guard, failures isolated by the agents' breakers.
-      const upstreamBreakers = createCircuitBreakers(
-        { clock, isFailure: isUpstreamFailure },
-        options.routing.circuitBreaker,
-      );
-      const upstreams =
-        options.mcp.upstreams.length === 0
-          ? undefined
-          : createUpstreams(
-              {
-                fetch: createGuardedFetch(guard, "mcp-upstream"),
-                classify: (r) =>
-                  guard.check({
-                    tenant: r.tenant,
-                    transport: "http",
-                    destination: r.destination,
-                    dataType: "application/json",
-                    payload: r.payload,
-                    signal: r.signal,
-                  }),
-                circuit: (key) => upstreamBreakers.get(key),
-                clock,
-                logger,
-                tenantHeader: TENANT_HEADER,
-              },
-              options.mcp.upstreams,
-            );
-      if (upstreams) life.defer("mcp upstreams", () => upstreams.close());
+      // Compiled now, so a policy that does not compile stops the start, not the first tool call.
+      const policies = createToolPolicies(options.mcp.policies);
+      let upstreams: Upstreams | undefined;
       // One link of the chain run on its own, as if for an Invoke (it throws to refuse).
       const runAsInvoke = async (link: KernelInterceptor, ctx: HandlerContext, input: unknown): Promise<void> => {
         await link(async () => ({ kind: "unary", output: undefined }))({
@@ -736,38 +724,72 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         });
       };
       const invokePath = `/${RoutingService.typeName}/${RoutingService.method.invoke.name}`;
-      mcp = createMcpEndpoint(
-        {
-          agents: registry,
-          authenticate: async (ctx) => {
-            await runAsInvoke(mcpAuthn, ctx, undefined);
-            return ctx.values.get(kPrincipal);
+      buildMcp = async () => {
+        const { createMcpEndpoint } = await import("../mcp/mcp-endpoint.js");
+        if (options.mcp.upstreams.length > 0 && !upstreams) {
+          const { createUpstreams, isUpstreamFailure } = await import("../mcp/upstream-servers.js");
+          // External MCP servers: out only through the Egress Guard, failures isolated by the agents' breakers.
+          const upstreamBreakers = createCircuitBreakers(
+            { clock, isFailure: isUpstreamFailure },
+            options.routing.circuitBreaker,
+          );
+          upstreams = createUpstreams(
+            {
+              fetch: createGuardedFetch(guard, "mcp-upstream"),
+              classify: (r) =>
+                guard.check({
+                  tenant: r.tenant,
+                  transport: "http",
+                  destination: r.destination,
+                  dataType: "application/json",
+                  payload: r.payload,
+                  signal: r.signal,
+                }),
+              circuit: (key) => upstreamBreakers.get(key),
+              clock,
+              logger,
+              tenantHeader: TENANT_HEADER,
+            },
+            options.mcp.upstreams,
+          );
+        }
+        return createMcpEndpoint(
+          {
+            agents: registry,
+            authenticate: async (ctx) => {
+              await runAsInvoke(mcpAuthn, ctx, undefined);
+              return ctx.values.get(kPrincipal);
+            },
+            invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
+            mayInvoke: (principal, tenant) =>
+              authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
+            // An agent's invoke grants narrow its tools as they narrow Invoke (docs/identity.md).
+            mayCallTool: (principal, tool) => mayInvokeCapability(principal, tool),
+            // External tools spend the same rate limit as Invoke: the chain's own link, run on its own.
+            admit: (ctx, tenant) => runAsInvoke(rateLimit, ctx, { tenant }),
+            audit,
+            clock,
+            logger,
+            version: KERNEL_VERSION,
+            tracer,
+            policies,
+            upstreams,
           },
-          invoke: async (req, ctx) => (await mcpInvoke(create(InvokeRequestSchema, req), ctx)) as InvokeResponse,
-          mayInvoke: (principal, tenant) =>
-            authorizer.decide(principal, invokePath, { hasField: true, tenants: [tenant] }).allowed,
-          // An agent's invoke grants narrow its tools as they narrow Invoke (docs/identity.md).
-          mayCallTool: (principal, tool) => mayInvokeCapability(principal, tool),
-          // External tools spend the same rate limit as Invoke: the chain's own link, run on its own.
-          admit: (ctx, tenant) => runAsInvoke(rateLimit, ctx, { tenant }),
-          audit,
-          clock,
-          logger,
-          version: KERNEL_VERSION,
-          tracer,
-          policies: createToolPolicies(options.mcp.policies),
-          upstreams,
-        },
-        {
-          ...options.mcp,
-          resource,
-          authorizationServers: options.mcp.authorizationServers.length
-            ? options.mcp.authorizationServers
-            : (options.identity.jwt?.issuer ?? []),
-          maxMessageBytes: options.limits.maxMessageBytes,
-        },
-      );
-      life.defer("mcp sessions", () => mcp?.close());
+          {
+            ...options.mcp,
+            resource,
+            authorizationServers: options.mcp.authorizationServers.length
+              ? options.mcp.authorizationServers
+              : (options.identity.jwt?.issuer ?? []),
+            maxMessageBytes: options.limits.maxMessageBytes,
+          },
+        );
+      };
+      life.defer("mcp", async () => {
+        buildMcp = undefined;
+        await (await mcp?.catch(() => undefined))?.close();
+        await upstreams?.close();
+      });
     }
     federation.setEndpoints(
       `${options.grpc.host}:${grpcPort}`,

@@ -2,16 +2,20 @@
 export {
   createMcpEndpoint,
   MCP_FORBIDDEN,
-  MCP_PATH,
   MCP_PROTOCOL_VERSIONS,
   MCP_RATE_LIMITED,
-  PROTECTED_RESOURCE_PATH,
   type McpEndpoint,
   type McpEndpointDeps,
   type ToolInvocation,
   type ToolInvocationResult,
 } from "./mcp-endpoint.js";
-export { DEFAULT_MCP_OPTIONS, resolveMcpOptions, type McpOptions } from "./mcp-options.js";
+export {
+  DEFAULT_MCP_OPTIONS,
+  MCP_PATH,
+  PROTECTED_RESOURCE_PATH,
+  resolveMcpOptions,
+  type McpOptions,
+} from "./mcp-options.js";
 export {
   createToolPolicies,
   resolveToolPolicies,
@@ -26,11 +30,5 @@ export {
   type PolicyCase,
   type PolicyCaseResult,
 } from "./policy-test.js";
-export {
-  createUpstreams,
-  isUpstreamFailure,
-  resolveUpstreams,
-  UPSTREAM_SEPARATOR,
-  type Upstreams,
-  type UpstreamOptions,
-} from "./upstream-servers.js";
+export { createUpstreams, isUpstreamFailure, type Upstreams } from "./upstream-servers.js";
+export { resolveUpstreams, UPSTREAM_SEPARATOR, type UpstreamOptions } from "./upstream-options.js";

@@ -27,18 +27,13 @@ import { kPrincipal, type Principal } from "../identity/index.js";
 import { derChainFromPeerCertificate, kPeer, type PeerInfo } from "../server/index.js";
 import { currentTraceparent, extractTraceContext, type Logger } from "../telemetry/index.js";
 import { catalogFingerprint, catalogOf, listedTool, type CatalogTool } from "./tool-catalog.js";
-import type { McpOptions } from "./mcp-options.js";
+import { MCP_PATH, PROTECTED_RESOURCE_PATH, type McpOptions } from "./mcp-options.js";
 import type { ToolPolicies } from "./tool-policies.js";
 import { UpstreamRefusal, type Upstreams } from "./upstream-servers.js";
 import { BrokenCircuitError } from "cockatiel";
 
 /** Protocol versions served: the current MCP specification and the previous one. */
 export const MCP_PROTOCOL_VERSIONS = [LATEST_PROTOCOL_VERSION, "2025-06-18"] as const;
-
-/** The HTTP path of the MCP endpoint. */
-export const MCP_PATH = "/mcp";
-/** RFC 9728 §3: the metadata of resource `<origin>/mcp` is at this path (and, for older clients, without `/mcp`). */
-export const PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource";
 
 /** What a tools/call sends to the router: an Invoke request. */
 export interface ToolInvocation {

@@ -1,6 +1,11 @@
 import { ConfigError, readBool, readInt, readObject, readString, readStringList } from "../common/index.js";
 import { resolveToolPolicies, type ToolPolicyOptions } from "./tool-policies.js";
-import { resolveUpstreams, type UpstreamOptions } from "./upstream-servers.js";
+import { resolveUpstreams, type UpstreamOptions } from "./upstream-options.js";
+
+/** The HTTP path of the MCP endpoint. */
+export const MCP_PATH = "/mcp";
+/** RFC 9728 §3: the metadata of resource `<origin>/mcp` is at this path (and, for older clients, without `/mcp`). */
+export const PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource";
 
 /** The MCP endpoint's settings (config section `mcp`, see docs/mcp.md). */
 export interface McpOptions {

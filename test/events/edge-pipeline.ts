@@ -60,8 +60,8 @@ export function startEdgePipeline(
     edgeDomain: string;
     clock?: Clock;
     meter?: Meter;
-    /** Commit Publish calls on this thread's connection instead of the kernel's writer thread. */
-    inlineWriter?: boolean;
+    /** Commit Publish calls on the writer thread (events.service.writerThread); the kernel's default when unset. */
+    writerThread?: boolean;
     /** Hub -> edge commands: builds the handler over the pipeline's database. */
     commands?: (db: Db) => CommandHandler;
   } & Partial<EventBusOptions> &
@@ -77,7 +77,7 @@ export function startEdgePipeline(
     prePublish,
     onPublished,
     tracer,
-    inlineWriter = false,
+    writerThread,
     commands,
     ...rest
   } = init;
@@ -97,8 +97,8 @@ export function startEdgePipeline(
   const transactor = createSqliteTransactor(db);
   const sink = createOutbox(outbox, { source: options.edgeId, clock });
   const serviceOptions = resolveEventBusServiceOptions({});
-  // As the kernel does for a database file: Publish commits on the writer thread.
-  const writer = inlineWriter
+  // As the kernel does for a database file.
+  const writer = !(writerThread ?? serviceOptions.writerThread)
     ? undefined
     : createThreadPublishWriter(
         { clock, logger },

@@ -125,7 +125,7 @@ test("publish writer thread - kill -9: every acknowledged write is in the databa
 
 test("publish writer options - defaults, and errors that name the field", (t) => {
   const d = resolveEventBusServiceOptions({});
-  t.true(d.writerThread);
+  t.false(d.writerThread);
   t.is(d.writerIdleMs, 60_000);
   t.throws(() => resolveEventBusServiceOptions({ writerThread: "yes" as never }), {
     message: /events\.service\.writerThread/,

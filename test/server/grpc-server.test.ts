@@ -84,7 +84,8 @@ function healthServer(
 }
 
 test("grpc-js adapter - a connection that makes no call within headersTimeoutMs is closed; one that calls stays", async (t) => {
-  const { guard, server } = healthServer({ ...DEFAULT_KERNEL_OPTIONS.limits, headersTimeoutMs: 300 });
+  // 1 s: long enough for a loaded machine to send the calling connection's first call in time.
+  const { guard, server } = healthServer({ ...DEFAULT_KERNEL_OPTIONS.limits, headersTimeoutMs: 1000 });
   const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
   const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   t.teardown(async () => {
@@ -110,7 +111,7 @@ test("grpc-js adapter - a connection that makes no call within headersTimeoutMs 
   t.is(guard.stats().reaped, 1, "only the silent connection was reaped");
   // The calling connection outlived the deadline and still answers on the same channel.
   await waitFor(() => guard.stats().open === 1, "the silent connection released", 2000);
-  await new Promise((r) => setTimeout(r, 400));
+  await new Promise((r) => setTimeout(r, 1200));
   t.like(await check(), { status: Serving.SERVING });
   t.is(guard.stats().reaped, 1);
 });
