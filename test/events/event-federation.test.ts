@@ -285,6 +285,7 @@ test.serial(
       sentAcme.push(await publish("acme"));
       await waitFor(() => acme.ids.length >= 3, "acme events on B", 60_000, 100);
       await waitFor(() => b.bus.federation()?.rejected === 1, "B refused the globex event", 60_000, 100);
+      await waitFor(() => a.bus.federation()!.forwarded >= 4, "A's PubAcks counted", 60_000, 100);
       t.is(a.bus.federation()!.forwarded, 4, "acme x3 and globex, not initech");
 
       // B's agreement now accepts globex: the next globex event is delivered, the refused one never is.
