@@ -34,6 +34,7 @@ export {
   unavailable,
 } from "./rpc-errors.js";
 export { TENANT_PATTERN, TENANT_PROBLEM } from "./tenant.js";
+export { EDGE_ID_PATTERN } from "./edge-id.js";
 export {
   DependencyUnavailableError,
   DependencyTimeoutError,

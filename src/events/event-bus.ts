@@ -34,7 +34,12 @@ import { createHubConfirmer } from "./hub-confirmer.js";
 import { createDeadLetterMover } from "./dead-letter-mover.js";
 import { createIdempotencyStore, type IdempotencyStore } from "./idempotency-store.js";
 import { createInbox, type Inbox } from "./inbox.js";
-import { createEventFederation, type EventFederationStatus } from "./event-federation.js";
+import {
+  createEventFederation,
+  type EventFederationStatus,
+  type FederationLink,
+  type PeerEventLink,
+} from "./event-federation.js";
 import { createCommandInbox, type CommandHandler, type CommandInboxStatus } from "./kernel-commands.js";
 import { ensureStream } from "./hub-streams.js";
 import { edgeInboxPrefix } from "./nats-config.js";
@@ -119,8 +124,15 @@ export interface EventBus {
   confirmNow(): Promise<number>;
   /** Deletes expired idempotency keys and old inbox rows now. */
   sweep(): void;
-  /** Where kernel -> kernel events stand; undefined when no federation link is configured. */
+  /** Where kernel -> kernel events stand; undefined while no federation link is in effect. */
   federation(): EventFederationStatus | undefined;
+  /**
+   * Replaces the established federation peers' event links (static events.federation links win
+   * over them); applied live. Ignored when the bus is not hub-bound.
+   */
+  setPeerLinks(links: readonly PeerEventLink[]): void;
+  /** The federation links in effect now. */
+  federationLinks(): readonly FederationLink[];
   /** Lag, last sync and refusals of each link (GetStatus). */
   links(): BusLink[];
   /** Where hub -> edge commands stand; undefined when this edge reads none. */
@@ -203,8 +215,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         )
       : undefined;
   let commandTask: Promise<void> = Promise.resolve();
+  // Exists on every hub-bound edge: a peer's link may appear at any time (it waits for one to run).
   const federation =
-    options.hubBound !== false && options.federation.length > 0
+    options.hubBound !== false
       ? createEventFederation(
           { db, clock, logger: logger.child({ part: "federation" }), meter, prePublish: deps.prePublish },
           options,
@@ -238,7 +251,6 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     relay.reconcileStreamTail(info.state.last_seq);
     await mover.ensureStreams(m);
     await commandInbox?.ensureStream(m);
-    await federation?.ensureStreams(m);
     const client = jetstream(conn);
     js = client;
     jsm = m;
@@ -259,7 +271,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
     if (federation) {
       federationTask = federationTask.then(async () => {
         if (!running || !ready) return;
-        await federation.run(client);
+        await federation.run(client, m);
       });
     }
   }
@@ -413,7 +425,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         if (jsm && commandInbox)
           await commandInbox.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "command stream info failed"));
-        if (jsm && federation)
+        if (jsm && federation?.enabled)
           await federation.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "federation stream info failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
@@ -490,7 +502,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           rejected: c.deadLettered,
           hubBacklog: c.linkLag,
         });
-      const f = federation?.status();
+      const f = federation?.enabled ? federation.status() : undefined;
       if (f)
         out.push(
           {
@@ -512,7 +524,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         );
       return out;
     },
-    federation: () => federation?.status(),
+    federation: () => (federation?.enabled ? federation.status() : undefined),
+    setPeerLinks: (links) => federation?.setPeerLinks(links),
+    federationLinks: () => federation?.links() ?? [],
     sweep() {
       const keys = idempotency.sweep();
       const rows = inbox.sweep();

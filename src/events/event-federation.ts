@@ -11,7 +11,7 @@ import {
 } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/nats-core";
 import type { Meter } from "@opentelemetry/api";
-import { ConfigError, TENANT_PATTERN, type Clock, type TimerHandle } from "../common/index.js";
+import { ConfigError, EDGE_ID_PATTERN, TENANT_PATTERN, type Clock, type TimerHandle } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
@@ -26,7 +26,7 @@ import {
 import { edgeDeliverPrefix } from "./nats-config.js";
 import type { PrePublishHook } from "./outbox-relay.js";
 
-/** One peer edge events are exchanged with (config `events.federation[]`). */
+/** One peer edge events are exchanged with (config `events.federation[]`, or a peer's agreement). */
 export interface FederationLink {
   /** The peer's edge id. */
   edge: string;
@@ -36,10 +36,14 @@ export interface FederationLink {
   inboundTenants: string[];
 }
 
+/** The link of an established federation peer: edge = its kernel id, tenants = its agreement's. */
+export interface PeerEventLink extends FederationLink {
+  /** The peer's SPIFFE ID (logs). */
+  peer: string;
+}
+
 /** Header on an event that arrived from another edge: its source edge (never forwarded again). */
 export const FEDERATED_FROM_HEADER = "Nops-Fed-Source";
-
-const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Messages of one federation direction awaiting their PubAcks at once (like the relay's maxInFlight). */
 export const FOLLOW_WINDOW = 256;
@@ -58,7 +62,8 @@ export function resolveFederationLinks(input: unknown, edgeId: string, path = "e
     const at = `${path}[${i}]`;
     if (typeof raw !== "object" || raw === null) throw new ConfigError(`${at} must be an object`);
     const r = raw as Record<string, unknown>;
-    if (typeof r.edge !== "string" || !EDGE_ID.test(r.edge)) throw new ConfigError(`${at}.edge must match ${EDGE_ID}`);
+    if (typeof r.edge !== "string" || !EDGE_ID_PATTERN.test(r.edge))
+      throw new ConfigError(`${at}.edge must match ${EDGE_ID_PATTERN}`);
     if (r.edge === edgeId) throw new ConfigError(`${at}.edge is this edge`);
     if (seen.has(r.edge)) throw new ConfigError(`${at}.edge ${r.edge} is listed twice`);
     seen.add(r.edge);
@@ -84,6 +89,7 @@ export interface EventFederationOptions {
   streamMaxAgeMs: number;
   retryInitialMs: number;
   retryMaxMs: number;
+  /** The static links (events.federation); they win over a peer's link to the same edge. */
   federation: FederationLink[];
 }
 
@@ -115,11 +121,19 @@ export interface EventFederationStatus {
 
 /** Kernel -> kernel events through the hub (docs/events.md, "Kernel -> kernel events"). */
 export interface EventFederation {
+  /** Whether any link is in effect now. */
   readonly enabled: boolean;
-  ensureStreams(jsm: JetStreamManager): Promise<void>;
-  /** Forwards out and delivers in until stop(); each side resumes after its persisted sequence. */
-  run(js: JetStreamClient): Promise<void>;
+  /**
+   * Waits for a link, creates the edge's federation streams, then forwards out and delivers in
+   * until stop(), each side resuming after its persisted sequence. Once started it runs on
+   * without links, so what no link allowed while it ran is never sent or delivered later.
+   */
+  run(js: JetStreamClient, jsm: JetStreamManager): Promise<void>;
   stop(): void;
+  /** Replaces the peers' links; takes effect from the next event each direction examines. */
+  setPeerLinks(links: readonly PeerEventLink[]): void;
+  /** The links in effect: the static ones, then the peers' that do not conflict. */
+  links(): readonly FederationLink[];
   refresh(jsm: JetStreamManager): Promise<void>;
   status(): EventFederationStatus;
 }
@@ -131,13 +145,19 @@ function splitSubject(subject: string, prefixTokens: number): { tenant: string; 
   return { tenant: parts[prefixTokens]!, type: parts.slice(prefixTokens + 1).join(".") };
 }
 
-/** Creates event federation; `enabled` is false (and run() returns) when no link is configured. */
+/** Creates event federation with the static links; peers' links come and go through setPeerLinks. */
 export function createEventFederation(
   deps: { db: Db; clock: Clock; logger: Logger; meter: Meter; prePublish?: PrePublishHook },
   options: EventFederationOptions,
 ): EventFederation {
   const { db, clock, logger } = deps;
-  const links = options.federation;
+  const staticEdges = new Set(options.federation.map((l) => l.edge));
+  // Read by each message's plan: a change applies from the next message examined.
+  let links: readonly FederationLink[] = options.federation;
+  // Resolves run()'s wait for a first link (set while it waits).
+  let wakeRun: (() => void) | undefined;
+  // A conflict is logged when it appears, not on every registry change.
+  let conflicts = new Set<string>();
   const OUT_KEY = `${options.streamName}->${BUS_STREAMS.edgeFedOut}`;
   const IN_KEY = `${BUS_STREAMS.edgeFedIn}->${options.streamName}`;
   const positions = createStreamProgress(db);
@@ -317,36 +337,51 @@ export function createEventFederation(
     }
   }
 
+  async function ensureStreams(jsm: JetStreamManager): Promise<void> {
+    await ensureStream(jsm, {
+      name: BUS_STREAMS.edgeFedOut,
+      subjects: ["nops.fed.>"],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.New,
+      max_age: options.streamMaxAgeMs * 1_000_000,
+      duplicate_window: options.duplicateWindowMs * 1_000_000,
+    });
+    await ensureStream(jsm, {
+      name: BUS_STREAMS.edgeFedIn,
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: options.streamMaxAgeMs * 1_000_000,
+      sources: [
+        {
+          name: BUS_STREAMS.hubFed,
+          filter_subject: `nops.fed.${options.edgeId}.>`,
+          external: { api: `$JS.${options.hubDomain}.API`, deliver: edgeDeliverPrefix(options.edgeId) },
+        },
+      ],
+    });
+  }
+
   return {
-    enabled: links.length > 0,
-    async ensureStreams(jsm) {
-      if (links.length === 0) return;
-      await ensureStream(jsm, {
-        name: BUS_STREAMS.edgeFedOut,
-        subjects: ["nops.fed.>"],
-        storage: StorageType.File,
-        retention: RetentionPolicy.Limits,
-        discard: DiscardPolicy.New,
-        max_age: options.streamMaxAgeMs * 1_000_000,
-        duplicate_window: options.duplicateWindowMs * 1_000_000,
-      });
-      await ensureStream(jsm, {
-        name: BUS_STREAMS.edgeFedIn,
-        storage: StorageType.File,
-        retention: RetentionPolicy.Limits,
-        max_age: options.streamMaxAgeMs * 1_000_000,
-        sources: [
-          {
-            name: BUS_STREAMS.hubFed,
-            filter_subject: `nops.fed.${options.edgeId}.>`,
-            external: { api: `$JS.${options.hubDomain}.API`, deliver: edgeDeliverPrefix(options.edgeId) },
-          },
-        ],
-      });
+    get enabled() {
+      return links.length > 0;
     },
-    async run(js) {
-      if (links.length === 0) return;
+    async run(js, jsm) {
       stopped = false;
+      while (!stopped && links.length === 0) await new Promise<void>((resolve) => (wakeRun = resolve));
+      wakeRun = undefined;
+      let delay = options.retryInitialMs;
+      while (!stopped) {
+        try {
+          await ensureStreams(jsm);
+          break;
+        } catch (err) {
+          logger.warn({ err, retryMs: delay }, "event federation streams not created; retrying");
+          await clock.sleep(delay);
+          delay = Math.min(delay * 2, options.retryMaxMs);
+        }
+      }
+      if (stopped) return;
       await Promise.all([
         follow(js, options.streamName, OUT_KEY, planOut),
         follow(js, BUS_STREAMS.edgeFedIn, IN_KEY, planIn),
@@ -354,8 +389,36 @@ export function createEventFederation(
     },
     stop() {
       stopped = true;
+      wakeRun?.();
       for (const m of running) m.stop();
     },
+    setPeerLinks(peerLinks) {
+      const claims = new Map<string, number>();
+      for (const l of peerLinks) claims.set(l.edge, (claims.get(l.edge) ?? 0) + 1);
+      const seen = new Set<string>();
+      const refuse = (l: PeerEventLink, why: string): false => {
+        const key = `${l.peer} ${l.edge} ${why}`;
+        seen.add(key);
+        if (!conflicts.has(key)) logger.warn({ peer: l.peer, edge: l.edge }, `peer gets no event link: ${why}`);
+        return false;
+      };
+      const derived = peerLinks.filter((l) => {
+        if (staticEdges.has(l.edge)) return refuse(l, "events.federation names its edge (the static link wins)");
+        if (l.edge === options.edgeId) return refuse(l, "its kernel id is this edge's id");
+        if (claims.get(l.edge)! > 1) return refuse(l, "another established peer has the same kernel id");
+        return true;
+      });
+      conflicts = seen;
+      const next = [
+        ...options.federation,
+        ...derived.map(({ edge, outboundTenants, inboundTenants }) => ({ edge, outboundTenants, inboundTenants })),
+      ];
+      if (JSON.stringify(next) === JSON.stringify(links)) return;
+      links = next;
+      logger.info({ links }, "event federation links changed");
+      wakeRun?.();
+    },
+    links: () => links,
     async refresh(jsm) {
       if (links.length === 0) return;
       tails.outLast = (await jsm.streams.info(options.streamName)).state.last_seq;

@@ -9,7 +9,7 @@ import {
 } from "@nats-io/jetstream";
 import { toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
-import { ConfigError } from "../common/index.js";
+import { ConfigError, EDGE_ID_PATTERN } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import { KernelCommandSchema, type KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
 import { edgeDeliverPrefix, hubDeliverPrefix, hubEdgeStreamConfig } from "./nats-config.js";
@@ -57,7 +57,6 @@ export interface HubStreamsOptions {
   maxAgeMs?: number;
 }
 
-const EDGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const DEFAULT_WINDOW_MS = 2 * 3600_000;
 const DEFAULT_MAX_AGE_MS = 7 * 24 * 3600_000;
 
@@ -97,9 +96,10 @@ export async function ensureHubStreams(jsm: JetStreamManager, options: HubStream
     throw new ConfigError("hub streams: replicas must be an integer in [1, 5]");
   const seen = new Set<string>();
   for (const [i, e] of options.edges.entries()) {
-    if (!EDGE_ID.test(e.edgeId)) throw new ConfigError(`hub streams: edges[${i}].edgeId must match ${EDGE_ID}`);
-    if (e.domain !== undefined && !EDGE_ID.test(e.domain))
-      throw new ConfigError(`hub streams: edges[${i}].domain must match ${EDGE_ID}`);
+    if (!EDGE_ID_PATTERN.test(e.edgeId))
+      throw new ConfigError(`hub streams: edges[${i}].edgeId must match ${EDGE_ID_PATTERN}`);
+    if (e.domain !== undefined && !EDGE_ID_PATTERN.test(e.domain))
+      throw new ConfigError(`hub streams: edges[${i}].domain must match ${EDGE_ID_PATTERN}`);
     if (seen.has(e.edgeId)) throw new ConfigError(`hub streams: edges[${i}].edgeId ${e.edgeId} is listed twice`);
     seen.add(e.edgeId);
   }
@@ -159,7 +159,8 @@ export function edgeCommandStreamConfig(
  * nops.cmd.<target_edge>.<kind>, Nats-Msg-Id = command id, so a retried publish stores it once.
  */
 export async function publishCommand(js: JetStreamClient, command: KernelCommand): Promise<PubAck> {
-  if (!EDGE_ID.test(command.targetEdge)) throw new ConfigError(`command target_edge must match ${EDGE_ID}`);
+  if (!EDGE_ID_PATTERN.test(command.targetEdge))
+    throw new ConfigError(`command target_edge must match ${EDGE_ID_PATTERN}`);
   if (command.id === "") throw new ConfigError("command id is empty");
   const kind = command.command.case;
   if (!kind) throw new ConfigError("command has no command set");

@@ -6,7 +6,7 @@ import {
   type KernelDescriptor,
   type SignedDescriptor,
 } from "../../gen/nops/federation/v1/federation_pb.js";
-import type { Clock } from "../common/index.js";
+import { EDGE_ID_PATTERN, type Clock } from "../common/index.js";
 import type { X509Bundle } from "../identity/index.js";
 import { FederationRefusal, signWithSvid, verifySvidJws, type SigningIdentity } from "./kernel-jws.js";
 
@@ -76,6 +76,10 @@ export async function verifyDescriptor(
   }
   if (descriptor.spiffeId !== peer.spiffeId || descriptor.trustDomain !== peer.trustDomain) {
     throw new FederationRefusal("permission-denied", "descriptor names another identity than its signer");
+  }
+  // The kernel id becomes the edge of the peer's event link (a NATS subject token).
+  if (!EDGE_ID_PATTERN.test(descriptor.kernelId)) {
+    throw new FederationRefusal("invalid-argument", `descriptor.kernel_id must match ${EDGE_ID_PATTERN.source}`);
   }
   const now = clock.now();
   if (!descriptor.notBefore || !descriptor.notAfter) {

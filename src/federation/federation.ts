@@ -108,6 +108,7 @@ export function peerToProto(p: PeerRecord): Peer {
     ...(p.bundleRefreshedAt ? { bundleRefreshedAt: timestampFromMs(p.bundleRefreshedAt) } : {}),
     ...(p.establishedAt ? { establishedAt: timestampFromMs(p.establishedAt) } : {}),
     createdAt: timestampFromMs(p.createdAt),
+    kernelId: p.kernelId,
   });
 }
 

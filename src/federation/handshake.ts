@@ -137,6 +137,8 @@ interface Pending {
   leafDer: Uint8Array;
   chain: Uint8Array[];
   bundle: string;
+  /** From the initiator's verified descriptor. */
+  kernelId: string;
 }
 
 /** Dependencies of both roles. */
@@ -232,6 +234,7 @@ export function createHandshakeResponder(deps: HandshakeDeps, options: Handshake
           leafDer: verified.leafDer,
           chain: verified.chain,
           bundle: hello.bundle,
+          kernelId: verified.descriptor.kernelId,
         });
         return create(HandshakeResponseSchema, { handshakeId, descriptor: mine, bundle: myBundle, nonce, proof });
       } catch (err) {
@@ -267,7 +270,7 @@ export function createHandshakeResponder(deps: HandshakeDeps, options: Handshake
           registry.quarantine(peer.spiffeId, `presented bundle cannot be verified: ${message(err)}`, "system");
           throw new FederationRefusal("permission-denied", "presented bundle cannot be verified; peer quarantined");
         }
-        registry.establish(peer.spiffeId, peer.spiffeId);
+        registry.establish(peer.spiffeId, peer.spiffeId, open.kernelId);
         log.info({ peer: peer.spiffeId }, "federation handshake completed (responder)");
         return create(HandshakeResponseSchema, { established: true });
       } catch (err) {
@@ -346,7 +349,7 @@ export async function initiateHandshake(
     );
     if (!done.established) throw new FederationRefusal("failed-precondition", "peer did not confirm the handshake");
     registry.updateBundle(pin.spiffeId, answer.bundle, pin.spiffeId);
-    return registry.establish(pin.spiffeId, self.identity().spiffeId);
+    return registry.establish(pin.spiffeId, self.identity().spiffeId, verified.descriptor.kernelId);
   } catch (err) {
     const refusal = err instanceof FederationRefusal ? err : undefined;
     if (refusal) {

@@ -1,4 +1,4 @@
-import { KernelError, TENANT_PATTERN, type Clock } from "../common/index.js";
+import { EDGE_ID_PATTERN, KernelError, TENANT_PATTERN, type Clock } from "../common/index.js";
 import type { Db } from "../store/index.js";
 import type { AuditLog } from "../audit/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -51,6 +51,11 @@ export interface PeerRecord {
   bundleRefreshedAt: number;
   establishedAt: number;
   createdAt: number;
+  /**
+   * The peer's kernel id (its edge id) from the descriptor it signed at its last handshake, "" until
+   * then: the edge of its event link (docs/events.md, "Kernel -> kernel events").
+   */
+  kernelId: string;
 }
 
 /** Input of `add`: the operator's pin. */
@@ -97,8 +102,11 @@ export interface PeerRegistry extends FederatedBundles {
   quarantine(spiffeId: string, reason: string, actor: string): PeerRecord;
   /** Ends a quarantine: the peer is pending again until its next handshake. */
   lift(spiffeId: string, actor: string): PeerRecord;
-  /** Records a completed handshake. */
-  establish(spiffeId: string, actor: string): PeerRecord;
+  /**
+   * Records a completed handshake and the kernel id the peer's verified descriptor carried (kept
+   * as it was when not given).
+   */
+  establish(spiffeId: string, actor: string, kernelId?: string): PeerRecord;
   /**
    * Replaces the peer's trusted bundle with one obtained over an authenticated channel. A bundle
    * with a lower sequence than the one held is refused (rollback); the same sequence is a no-op.
@@ -131,6 +139,7 @@ interface Row {
   established_at: number;
   created_at: number;
   updated_at: number;
+  kernel_id: string;
 }
 
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
@@ -179,6 +188,7 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
   const setState = db.prepare<[string, string, number, number, string]>(
     "UPDATE federation_peers SET state = ?, quarantine_reason = ?, established_at = ?, updated_at = ? WHERE spiffe_id = ?",
   );
+  const setKernelId = db.prepare<[string, string]>("UPDATE federation_peers SET kernel_id = ? WHERE spiffe_id = ?");
   const setBundle = db.prepare<[string, number, number, number, number, string]>(
     `UPDATE federation_peers SET bundle = ?, bundle_sequence = ?, bundle_refresh_hint_s = ?, bundle_refreshed_at = ?,
        pinned_fingerprint = '', updated_at = ? WHERE spiffe_id = ?`,
@@ -209,6 +219,7 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       bundleRefreshedAt: r.bundle_refreshed_at,
       establishedAt: r.established_at,
       createdAt: r.created_at,
+      kernelId: r.kernel_id,
     };
   };
 
@@ -392,13 +403,16 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       changed(spiffeId);
       return toRecord(need(spiffeId));
     },
-    establish(spiffeId, actor) {
+    establish(spiffeId, actor, kernelId) {
       const row = need(spiffeId);
       if (row.state === "quarantined") throw new PeerRegistryError("spiffe_id", `peer ${spiffeId} is quarantined`);
+      if (kernelId !== undefined && !EDGE_ID_PATTERN.test(kernelId))
+        throw new PeerRegistryError("kernel_id", `must match ${EDGE_ID_PATTERN.source}`);
       const now = clock.now();
       db.transaction(() => {
         setState.run("established", "", now, now, spiffeId);
-        record("federation.peer.establish", actor, spiffeId, "ok");
+        if (kernelId !== undefined) setKernelId.run(kernelId, spiffeId);
+        record("federation.peer.establish", actor, spiffeId, "ok", { kernelId: kernelId ?? row.kernel_id });
       })();
       changed(spiffeId);
       return toRecord(need(spiffeId));

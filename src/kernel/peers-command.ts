@@ -39,7 +39,7 @@ function describe(p: PeerRecord): string {
   const why = p.state === "quarantined" ? ` (${p.quarantineReason})` : "";
   const a = p.agreement;
   return (
-    `${p.spiffeId}  ${p.state}${why}\n` +
+    `${p.spiffeId}  ${p.state}${why}${p.kernelId ? `  kernel ${p.kernelId}` : ""}\n` +
     `    grpc ${p.grpcEndpoint}  http ${p.httpEndpoint}  ${fp}\n` +
     `    inbound tenants [${a.inbound.tenants.join(",")}] capabilities [${a.inbound.capabilities.join(",")}]` +
     `  outbound tenants [${a.outbound.tenants.join(",")}] capabilities [${a.outbound.capabilities.join(",")}]`

@@ -88,6 +88,7 @@ import {
   TENANT_HEADER,
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
+import { followPeerEventLinks } from "./peer-event-links.js";
 import { createHubCommandHandler } from "./hub-commands.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
@@ -438,6 +439,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );
+    // Established peers' agreements are event links too, changed live (docs/events.md, "Kernel -> kernel events").
+    const unfollowPeerLinks = followPeerEventLinks(federation.registry, bus);
+    life.defer("peer event links", unfollowPeerLinks);
     if (natsUrl) {
       bus.start();
       life.defer("event bus", () => bus.stop());

@@ -1,11 +1,14 @@
 import test from "ava";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { randomBytes, X509Certificate } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { FederationService, PeerState } from "../../gen/nops/federation/v1/federation_pb.js";
 import { AdminService } from "../../gen/nops/kernel/v1/admin_pb.js";
 import { parseSpiffeBundle } from "../../src/federation/index.js";
+import { signDescriptor } from "../../src/federation/descriptor.js";
+import { pemToDer } from "../../src/identity/index.js";
+import { systemClock } from "../../src/common/clock.js";
 import { startFedKernel, type FedKernel } from "./two-kernels.js";
 
 let a: FedKernel;
@@ -119,13 +122,47 @@ test.serial("federation - the mutual handshake establishes both sides over grpc-
   for (const transport of ["grpc", "connect"] as const) {
     const { peer } = await admin(a).connectPeer({ spiffeId: b.spiffeId, transport });
     t.is(peer?.state, PeerState.ESTABLISHED, transport);
+    // Each side keeps the kernel id the other's verified descriptor carried (its event link's edge).
+    t.is(peer?.kernelId, "edge-b", transport);
     const onB = (await admin(b).listPeers({})).peers.find((p) => p.spiffeId === a.spiffeId);
     t.is(onB?.state, PeerState.ESTABLISHED, transport);
+    t.is(onB?.kernelId, "edge-a", transport);
   }
   t.true(b.audit("federation.peer.establish").length >= 2);
   t.true(a.audit("federation.peer.establish").length >= 2);
   // B -> A works too (each side pinned the other).
   t.is((await admin(b).connectPeer({ spiffeId: a.spiffeId, transport: "grpc" })).peer?.state, PeerState.ESTABLISHED);
+});
+
+test.serial("federation - a descriptor whose kernel_id is not an edge id is refused and audited", async (t) => {
+  const file = (f: string) => readFileSync(join(a.dir, "dev-identity", f), "utf8");
+  const signed = await signDescriptor(
+    {
+      spiffeId: a.spiffeId,
+      certificates: pemToDer("CERTIFICATE", file("kernel-svid.pem")),
+      privateKey: createPrivateKey(file("kernel-svid.key")),
+    },
+    {
+      kernelId: "edge.a.>",
+      grpcEndpoint: a.grpcEndpoint,
+      httpEndpoint: a.httpEndpoint,
+      bundleEndpointUrl: `${a.httpEndpoint}/federation/bundle`,
+      tenants: [],
+    },
+    systemClock,
+    60_000,
+  );
+  const anon = a.client(FederationService, { kernel: b, transport: "connect", as: "none" });
+  const bundle = (await a.get("/federation/bundle")).body;
+  const before = b.audit("federation.handshake").length;
+  t.is(
+    await code(
+      anon.handshake({ step: { case: "hello", value: { descriptor: signed, bundle, nonce: randomBytes(32) } } }),
+    ),
+    Code.InvalidArgument,
+  );
+  const rows = b.audit("federation.handshake").slice(before);
+  t.true(rows.some((r) => r.outcome === "denied" && r.details.includes("descriptor.kernel_id must match")));
 });
 
 test.serial("federation - a forged descriptor signature is refused and audited", async (t) => {

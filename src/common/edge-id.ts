@@ -1,0 +1,2 @@
+/** Edge ids (events.edgeId; a kernel's id in its federation descriptor): tokens of NATS subjects and stream names. */
+export const EDGE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
