@@ -63,6 +63,58 @@ export interface VerifiedStatement {
   chain: Uint8Array[];
 }
 
+/** A signer's chain as verified against one bundle, with the leaf's public key. */
+interface VerifiedSigner {
+  peer: VerifiedPeer;
+  key: KeyObject;
+  leafDer: Uint8Array;
+  chain: Uint8Array[];
+}
+
+// A signer's chain verifies the same until its leaf expires or the peer's bundle changes (a changed
+// bundle is a new object): remember it per bundle, so a peer's per-call delegation costs one
+// signature check instead of a chain validation and two certificate parses.
+const verifiedSigners = new WeakMap<X509Bundle, Map<string, VerifiedSigner>>();
+const MAX_SIGNERS_PER_BUNDLE = 64;
+
+function verifySigner(
+  x5c: unknown[],
+  expected: { spiffeId: string; bundle: X509Bundle },
+  clock: Clock,
+): VerifiedSigner {
+  const key = x5c.join(",");
+  let known = verifiedSigners.get(expected.bundle);
+  const hit = known?.get(key);
+  if (hit && hit.peer.spiffeId === expected.spiffeId && clock.now() < hit.peer.notAfter) return hit;
+  const chain = x5c.map((c) => new Uint8Array(Buffer.from(String(c), "base64")));
+  let peer: VerifiedPeer;
+  try {
+    peer = verifyPeer(chain, new Map([[expected.bundle.trustDomain, expected.bundle]]), clock, {
+      allowedIds: [expected.spiffeId],
+    });
+  } catch (err) {
+    if (err instanceof PeerVerificationError && err.reason === "unexpected-id") {
+      throw new FederationRefusal("permission-denied", `signer is not the pinned peer ${expected.spiffeId}`);
+    }
+    const reason = err instanceof PeerVerificationError ? err.reason : "bad-svid";
+    throw new FederationRefusal(
+      "unauthenticated",
+      `signer's SVID does not verify against the pinned bundle (${reason})`,
+      {
+        cause: err,
+      },
+    );
+  }
+  const leafDer = chain[0]!;
+  const signer = { peer, key: new X509Certificate(leafDer).publicKey, leafDer, chain };
+  if (!known) verifiedSigners.set(expected.bundle, (known = new Map<string, VerifiedSigner>()));
+  // Oldest first: a full map drops the signer verified longest ago (SVIDs rotate; the newest are in use).
+  known.delete(key);
+  if (known.size >= MAX_SIGNERS_PER_BUNDLE) known.delete(known.keys().next().value!);
+  known.set(key, signer);
+  return signer;
+}
+
 /**
  * Verifies a compact JWS signed by a peer kernel's SVID: its x5c chain must verify against the
  * peer's pinned bundle and carry exactly `expectedId` (the pin), its type must be `typ`, and the
@@ -84,28 +136,9 @@ export async function verifySvidJws(
   if (!Array.isArray(header.x5c) || header.x5c.length === 0 || header.x5c.length > 8) {
     throw new FederationRefusal("unauthenticated", "signature carries no x5c certificate chain");
   }
-  const chain = header.x5c.map((c) => new Uint8Array(Buffer.from(String(c), "base64")));
-  let peer: VerifiedPeer;
+  const { peer, key, leafDer, chain } = verifySigner(header.x5c, expected, clock);
   try {
-    peer = verifyPeer(chain, new Map([[expected.bundle.trustDomain, expected.bundle]]), clock, {
-      allowedIds: [expected.spiffeId],
-    });
-  } catch (err) {
-    if (err instanceof PeerVerificationError && err.reason === "unexpected-id") {
-      throw new FederationRefusal("permission-denied", `signer is not the pinned peer ${expected.spiffeId}`);
-    }
-    const reason = err instanceof PeerVerificationError ? err.reason : "bad-svid";
-    throw new FederationRefusal(
-      "unauthenticated",
-      `signer's SVID does not verify against the pinned bundle (${reason})`,
-      {
-        cause: err,
-      },
-    );
-  }
-  const leafDer = chain[0]!;
-  try {
-    const { payload } = await compactVerify(jws, new X509Certificate(leafDer).publicKey, { algorithms: ALGORITHMS });
+    const { payload } = await compactVerify(jws, key, { algorithms: ALGORITHMS });
     return { payload, peer, leafDer, chain };
   } catch (err) {
     throw new FederationRefusal("unauthenticated", "signature does not verify with the signer's SVID key", {
@@ -114,19 +147,32 @@ export async function verifySvidJws(
   }
 }
 
+// Leaf (x5c[0], base64) -> the SPIFFE ID it claims, unverified: the key to the pin to check against.
+const claimedIds = new Map<string, string | undefined>();
+
 /** Reads the SPIFFE ID a JWS claims in its x5c leaf without trusting it (to find the pin to check against). */
 export function claimedSigner(jws: string): string | undefined {
+  let first: unknown;
   try {
     const header = decodeProtectedHeader(jws);
-    const first = Array.isArray(header.x5c) ? header.x5c[0] : undefined;
-    if (typeof first !== "string") return undefined;
-    const san = new X509Certificate(Buffer.from(first, "base64")).subjectAltName ?? "";
-    const uri = san
-      .split(", ")
-      .find((s) => s.startsWith("URI:spiffe://"))
-      ?.slice(4);
-    return uri;
+    first = Array.isArray(header.x5c) ? header.x5c[0] : undefined;
   } catch {
     return undefined;
   }
+  if (typeof first !== "string") return undefined;
+  if (claimedIds.has(first)) return claimedIds.get(first);
+  let uri: string | undefined;
+  try {
+    const san = new X509Certificate(Buffer.from(first, "base64")).subjectAltName ?? "";
+    uri = san
+      .split(", ")
+      .find((s) => s.startsWith("URI:spiffe://"))
+      ?.slice(4);
+  } catch {
+    uri = undefined;
+  }
+  // A peer signs every delegation with the same leaf until it rotates: parse each leaf once.
+  if (claimedIds.size >= MAX_SIGNERS_PER_BUNDLE) claimedIds.delete(claimedIds.keys().next().value!);
+  claimedIds.set(first, uri);
+  return uri;
 }

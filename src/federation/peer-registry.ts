@@ -223,26 +223,36 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
     };
   };
 
-  // Trusted bundles are recomputed on change only: TLS and verifyPeer read them per handshake.
+  // Records (with their parsed bundles) and the trusted bundles are recomputed on change only: the
+  // peer link reads a record on every call a peer makes, TLS and verifyPeer the bundles per handshake.
+  let records = new Map<string, PeerRecord>();
   let trusted: X509Bundle[] = [];
   const bundleListeners = new Set<() => void>();
   const peerListeners = new Set<(id: string) => void>();
   const recompute = () => {
-    trusted = all
-      .all()
-      .map(toRecord)
-      .filter((p) => p.state !== "quarantined" && p.bundle)
-      .map((p) => p.bundle!.x509);
+    records = new Map(all.all().map((r) => [r.spiffe_id, toRecord(r)]));
+    trusted = [...records.values()].filter((p) => p.state !== "quarantined" && p.bundle).map((p) => p.bundle!.x509);
   };
   recompute();
   // data_version moves only when another connection commits (SQLite PRAGMA data_version).
   let dataVersion = db.pragma("data_version", { simple: true }) as number;
   let snapshot = new Map(all.all().map((r) => [r.spiffe_id, r.updated_at]));
-  const changed = (spiffeId: string) => {
+  const changed = (spiffeId: string): void => {
+    // Inside a caller's transaction (a hub command applies its change in its own): once it has
+    // committed or rolled back, so neither the records nor a listener see a change that did not stand.
+    if (db.inTransaction) return queueMicrotask(() => changed(spiffeId));
     snapshot = new Map(all.all().map((r) => [r.spiffe_id, r.updated_at]));
     recompute();
     for (const l of [...bundleListeners]) l();
     for (const l of [...peerListeners]) l(spiffeId);
+  };
+  // A write that changes no trust (a refresh that brought the same bundle): its record only, no listener.
+  const refreshRecord = (spiffeId: string): void => {
+    if (db.inTransaction) return queueMicrotask(() => refreshRecord(spiffeId));
+    const row = one.get(spiffeId);
+    if (!row) return;
+    records.set(spiffeId, toRecord(row));
+    snapshot.set(spiffeId, row.updated_at);
   };
   const need = (spiffeId: string): Row => {
     const row = one.get(spiffeId);
@@ -351,15 +361,9 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       changed(id.id);
       return toRecord(need(id.id));
     },
-    list: () => all.all().map(toRecord),
-    get(spiffeId) {
-      const row = one.get(spiffeId);
-      return row && toRecord(row);
-    },
-    byTrustDomain(trustDomain) {
-      const row = byTd.get(trustDomain);
-      return row && toRecord(row);
-    },
+    list: () => [...records.values()],
+    get: (spiffeId) => records.get(spiffeId),
+    byTrustDomain: (trustDomain) => [...records.values()].find((p) => p.trustDomain === trustDomain),
     remove(spiffeId, actor) {
       need(spiffeId);
       db.transaction(() => {
@@ -444,7 +448,7 @@ export function createPeerRegistry(deps: { db: Db; audit: AuditLog; clock: Clock
       if (!same) {
         log.info({ peer: spiffeId, sequence: bundle.sequence }, "federation peer bundle updated");
         changed(spiffeId);
-      }
+      } else refreshRecord(spiffeId);
       return { changed: !same, record: toRecord(need(spiffeId)) };
     },
   };
