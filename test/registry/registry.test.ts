@@ -13,7 +13,7 @@ import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
 import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
-import { createRegistry, type AgentFields } from "../../src/registry/registry.js";
+import { createRegistry, type AgentChange, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 
@@ -178,13 +178,14 @@ test("registry - a watch with a sync interval sends SYNCED and one coalesced HEA
   const b = registry.register("acme", { ...fields, name: "b" }, actor).id;
   registry.register("globex", fields, actor);
   const abort = new AbortController();
-  const it = registry.watch("acme", "", abort.signal, { syncIntervalMs: 500 })[Symbol.asyncIterator]();
+  const changes = registry.watch("acme", "", abort.signal, { syncIntervalMs: 500 })[Symbol.asyncIterator]();
+  const next = async () => (await changes.next()) as IteratorResult<AgentChange, undefined>;
   // Everything the watch has queued so far (it never blocks on an empty queue here: each read is preceded
   // by a tick that ends with SYNCED).
   const untilSynced = async () => {
     const out: { type: ChangeType; id?: string; inFlight?: number }[] = [];
     for (;;) {
-      const { value } = await it.next();
+      const { value } = await next();
       if (!value) throw new Error("watch ended");
       if (value.type === ChangeType.SYNCED) return out;
       out.push({ type: value.type, id: value.agent?.id, inFlight: value.agent?.load?.inFlight });
@@ -221,7 +222,7 @@ test("registry - a watch with a sync interval sends SYNCED and one coalesced HEA
     { type: ChangeType.HEARTBEAT, id: b, inFlight: undefined },
   ]);
   abort.abort();
-  t.true((await it.next()).done);
+  t.true((await next()).done);
   t.is(clock.pendingTimers(), 0, "the sync timer ends with the watch");
 });
 
@@ -229,11 +230,12 @@ test("registry - a watch without a sync interval streams no heartbeats and no SY
   const { clock, registry } = setup();
   const a = registry.register("acme", fields, actor).id;
   const abort = new AbortController();
-  const it = registry.watch("acme", "", abort.signal)[Symbol.asyncIterator]();
-  t.is((await it.next()).value?.type, ChangeType.EXISTING);
+  const changes = registry.watch("acme", "", abort.signal)[Symbol.asyncIterator]();
+  const next = async () => (await changes.next()) as IteratorResult<AgentChange, undefined>;
+  t.is((await next()).value?.type, ChangeType.EXISTING);
   registry.heartbeat("acme", a, undefined);
   clock.advance(5000);
   registry.deregister("acme", a, "gone", actor);
-  t.is((await it.next()).value?.type, ChangeType.DEREGISTERED, "the heartbeat was not streamed");
+  t.is((await next()).value?.type, ChangeType.DEREGISTERED, "the heartbeat was not streamed");
   abort.abort();
 });
