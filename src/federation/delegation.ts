@@ -48,10 +48,16 @@ export const DEFAULT_DELEGATION_OPTIONS: Readonly<DelegationOptions> = {
   maxRemembered: 100_000,
 };
 
+/** A signed delegation and when it expires (ms since the epoch). */
+export interface IssuedDelegation {
+  token: string;
+  expiresAt: number;
+}
+
 /** Issues delegations to peers and verifies those peers present. */
 export interface Delegations {
   /** Signs a delegation for a call to `audience` on behalf of `principal` in `tenant` (outbound agreement). */
-  issue(input: { audience: string; tenant: string; principal: string }): Promise<string>;
+  issue(input: { audience: string; tenant: string; principal: string }): Promise<IssuedDelegation>;
   /**
    * Verifies a delegation presented by `presenter` (the mTLS-authenticated peer kernel). Wrong
    * audience, a signer other than the presenter, or a tenant outside the inbound agreement is
@@ -117,7 +123,8 @@ export function createDelegations(
         exp: iat + options.ttlSeconds,
         jti: randomBytes(18).toString("base64url"),
       };
-      return signWithSvid(me, DELEGATION_JWS_TYPE, new TextEncoder().encode(JSON.stringify(claims)));
+      const token = await signWithSvid(me, DELEGATION_JWS_TYPE, new TextEncoder().encode(JSON.stringify(claims)));
+      return { token, expiresAt: claims.exp * 1000 };
     },
     async verify(token, presenter) {
       try {

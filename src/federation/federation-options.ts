@@ -8,6 +8,7 @@ import {
   readStringList,
   TENANT_PATTERN,
 } from "../common/index.js";
+import { DEFAULT_DELEGATION_OPTIONS } from "./delegation.js";
 import type { PeerPin } from "./peer-registry.js";
 
 /** Federation with peer kernels (docs/federation.md). */
@@ -36,10 +37,22 @@ export interface FederationOptions {
   reloadIntervalMs: number;
   /** Peers pinned by configuration; added at start when missing (never overwritten). @default [] */
   peers: PeerPin[];
-  /** How often each established peer's catalog (its routable agents per agreed tenant) is fetched. @default 2000 */
+  /**
+   * Sync interval of each peer catalog watch (the peer's routable agents per agreed tenant): how often
+   * the peer sends coalesced load/heartbeat changes and a SYNCED marker; also the retry delay of a
+   * failed watch. @default 2000
+   */
   catalogRefreshMs: number;
-  /** A peer catalog older than this is not routed to (and the link counts as down). @default 6000 */
+  /**
+   * A peer catalog whose last SYNCED is older than this is not routed to (and the link counts as
+   * down); a watch silent this long is reopened. @default 6000
+   */
   catalogStalenessMs: number;
+  /**
+   * Lifetime of the delegations this kernel issues, seconds (at most the peers' 120 s limit); a
+   * catalog watch is reopened with a fresh one at 2/3 of it. @default 30
+   */
+  delegationTtlSeconds: number;
   /** Kernels a call may cross; a call that arrived over this many hops is never forwarded again. @default 1 */
   maxHops: number;
   /**
@@ -65,6 +78,7 @@ export const DEFAULT_FEDERATION_OPTIONS: Readonly<FederationOptions> = {
   peers: [],
   catalogRefreshMs: 2000,
   catalogStalenessMs: 6000,
+  delegationTtlSeconds: 30,
   maxHops: 1,
   maxRememberedDelegations: 100_000,
 };
@@ -131,8 +145,17 @@ export function resolveFederationOptions(input: unknown, path = "federation"): F
     fetchTimeoutMs: readInt(s, "fetchTimeoutMs", path, d.fetchTimeoutMs, 100, 600_000),
     reloadIntervalMs: readInt(s, "reloadIntervalMs", path, d.reloadIntervalMs, 100, 600_000),
     peers: ((s.peers as unknown[] | undefined) ?? []).map((p, i) => readPin(p, `${path}.peers[${i}]`)),
-    catalogRefreshMs: readInt(s, "catalogRefreshMs", path, d.catalogRefreshMs, 100, 600_000),
+    // The range of WatchAgents.sync_interval_ms.
+    catalogRefreshMs: readInt(s, "catalogRefreshMs", path, d.catalogRefreshMs, 100, 60_000),
     catalogStalenessMs: readInt(s, "catalogStalenessMs", path, d.catalogStalenessMs, 200, 3_600_000),
+    delegationTtlSeconds: readInt(
+      s,
+      "delegationTtlSeconds",
+      path,
+      d.delegationTtlSeconds,
+      2,
+      DEFAULT_DELEGATION_OPTIONS.maxTtlSeconds,
+    ),
     maxHops: readInt(s, "maxHops", path, d.maxHops, 1, 8),
     maxRememberedDelegations: readInt(s, "maxRememberedDelegations", path, d.maxRememberedDelegations, 1, 10_000_000),
   };

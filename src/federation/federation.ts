@@ -213,7 +213,11 @@ export function createFederation(
   };
   const delegations = createDelegations(
     { registry, audit, clock, identity: signing },
-    { ...DEFAULT_DELEGATION_OPTIONS, maxRemembered: options.maxRememberedDelegations },
+    {
+      ...DEFAULT_DELEGATION_OPTIONS,
+      ttlSeconds: options.delegationTtlSeconds,
+      maxRemembered: options.maxRememberedDelegations,
+    },
   );
   const responder = createHandshakeResponder(handshakeDeps, {
     handshakeTtlMs: options.handshakeTtlMs,

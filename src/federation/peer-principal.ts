@@ -1,8 +1,21 @@
 import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import type { AuditLog } from "../audit/index.js";
-import { failedPrecondition, permissionDenied, resourceExhausted, unauthenticated } from "../common/index.js";
+import {
+  failedPrecondition,
+  permissionDenied,
+  resourceExhausted,
+  unauthenticated,
+  type Clock,
+} from "../common/index.js";
 import { kPrincipal, type Principal } from "../identity/index.js";
-import { kCorrelationId, methodPath, type KernelInterceptor } from "../server/index.js";
+import {
+  endStreamOnAbort,
+  kCorrelationId,
+  methodPath,
+  observeStream,
+  withSignal,
+  type KernelInterceptor,
+} from "../server/index.js";
 import { HOPS_HEADER } from "../routing/index.js";
 import type { Delegation, Delegations } from "./delegation.js";
 import { FederationRefusal } from "./kernel-jws.js";
@@ -16,6 +29,7 @@ export interface PeerPrincipalDeps {
   registry: PeerRegistry;
   delegations: Delegations;
   audit: AuditLog;
+  clock: Clock;
   /** This kernel's trust domain: its own workloads are never peers. */
   trustDomain: string;
   /** Calls that crossed more kernels than this are refused (loops). */
@@ -54,11 +68,12 @@ function refusalError(err: FederationRefusal): unknown {
  * Without a delegation the peer is bound to no tenant and holds no scope (every tenant or admin
  * method is PERMISSION_DENIED by authz, audited there). With one, the delegation is verified
  * (wrong audience or tenant outside the agreement PERMISSION_DENIED, expired or replayed
- * UNAUTHENTICATED, each audited as "federation.delegation") and the principal acts in its tenant.
+ * UNAUTHENTICATED, each audited as "federation.delegation") and the principal acts in its tenant;
+ * a server stream it opens ends UNAUTHENTICATED when the delegation expires.
  * A quarantined or unknown peer keeps the role-less principal authn gave it.
  */
 export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelInterceptor {
-  const { registry, delegations, audit } = deps;
+  const { registry, delegations, audit, clock } = deps;
   // On the hot path of every mTLS call: the own trust domain is told apart by its prefix alone.
   const ownPrefix = `spiffe://${deps.trustDomain}/`;
   return (next) => async (call) => {
@@ -101,7 +116,7 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
     }
     call.ctx.values.set(kPrincipal, peerPrincipal(peer, delegation, hops));
     // The receiving side of a forwarded call is audited too (the origin audits "federation.forward");
-    // the peer's periodic catalog reads are not (they carry no tenant data and would flood the log).
+    // the peer's catalog watches, reopened with every delegation, are not (no tenant data; a flood).
     if (call.service.typeName !== AgentRegistryService.typeName)
       audit.append({
         actor: peer.spiffeId,
@@ -112,6 +127,29 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
         details: { originalPrincipal: delegation.originalPrincipal, hops },
         correlationId: call.ctx.values.get(kCorrelationId) || undefined,
       });
-    return next(call);
+    if (call.method.methodKind !== "server_streaming") return next(call);
+    // What a delegation allows ends with it: a stream (the peer's catalog watch) stops at its expiry,
+    // and the peer reopens it with a fresh one.
+    const expiry = new AbortController();
+    const timer = clock.setTimeout(
+      () => expiry.abort(unauthenticated("delegation expired; reopen the stream with a fresh delegation")),
+      delegation.expiresAt - clock.now(),
+    );
+    timer.unref();
+    const ctx = withSignal(call.ctx, AbortSignal.any([call.ctx.signal, expiry.signal]));
+    try {
+      const result = await next({ ...call, ctx });
+      if (result.kind === "stream") {
+        return {
+          kind: "stream",
+          output: observeStream(endStreamOnAbort(result.output, expiry.signal), () => clock.clearTimeout(timer)),
+        };
+      }
+      clock.clearTimeout(timer);
+      return result;
+    } catch (err) {
+      clock.clearTimeout(timer);
+      throw err;
+    }
   };
 }

@@ -9,7 +9,13 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { AgentRegistryService, type Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentRegistryService,
+  AgentStatus,
+  WatchAgentsResponse_ChangeType as ChangeType,
+  type Agent,
+  type WatchAgentsResponse,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { RouteMode, RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
 import type { AuditLog } from "../audit/index.js";
 import { unavailable, type Clock, type DependencyStatus, type TimerHandle } from "../common/index.js";
@@ -44,7 +50,7 @@ export interface PeerRoutesDeps {
   audit: AuditLog;
   clock: Clock;
   logger: Logger;
-  /** This kernel's SPIFFE ID (the subject of the delegations its catalog fetches carry). */
+  /** This kernel's SPIFFE ID (the subject of the delegations its catalog watches carry). */
   selfId: () => string | undefined;
   /** mTLS client options that accept only a server presenting `peerId`; undefined without identity. */
   clientTls: (peerId: string) => ConnectionOptions | undefined;
@@ -70,7 +76,7 @@ interface Conn {
   sessions: Http2SessionManager[];
   registry: Client<typeof AgentRegistryService>;
   routing: Client<typeof RoutingService>;
-  /** Calls (forwarded or catalog reads) still running on these connections. */
+  /** Calls (forwarded or catalog watches) still running on these connections. */
   active: number;
   /** Replaced by newer material: closed as soon as `active` drops to 0. */
   retired: boolean;
@@ -78,12 +84,21 @@ interface Conn {
   drainTimer?: TimerHandle;
 }
 
+/** One tenant's routable agents on a peer, as its catalog watch reports them. */
+interface Catalog {
+  agents: Map<string, Agent>;
+  /** When the watch last said SYNCED: everything up to then is in `agents`. */
+  syncedAt: number;
+}
+
 interface Link {
   peer: string;
   conn: Conn;
-  /** Routable agents per agreed tenant and when they were fetched. */
-  catalog: Map<string, { agents: Agent[]; at: number }>;
-  /** Last successful exchange with the peer (catalog fetch or forwarded call). */
+  /** Routable agents per agreed tenant, kept across the watch's reopenings. */
+  catalog: Map<string, Catalog>;
+  /** The catalog watch of each agreed tenant; aborting ends it for good. */
+  watches: Map<string, AbortController>;
+  /** Last successful exchange with the peer (a watch's SYNCED or a forwarded call). */
   lastOk: number;
   lastError: string;
   /** EWMA of forwarded call latency, ms (link health; 0 until measured). */
@@ -118,10 +133,16 @@ function forwardError(peer: string, err: unknown): ConnectError {
   return new ConnectError(`peer kernel ${peer}: ${e.rawMessage}`, e.code);
 }
 
+/** Why a catalog watch is ended on purpose: it is reopened with a fresh delegation. */
+class Renewal extends Error {
+  override name = "Renewal";
+}
+
 /**
  * Creates the cross-kernel routes. Each established peer's catalog (the routable agents it offers
- * to each tenant of the outbound agreement) is fetched every `catalogRefreshMs` with a delegation;
- * a catalog older than `catalogStalenessMs` is not routed to and marks the link down. A call goes
+ * to each tenant of the outbound agreement) is kept current by a WatchAgents stream with a
+ * delegation, reopened with a fresh one before it expires; a catalog whose last SYNCED is older
+ * than `catalogStalenessMs` is not routed to and marks the link down. A call goes
  * to a peer only when no local agent can take it (or the constraints name the peer), the tenant
  * and capability are in the outbound agreement and the hop limit allows; the peer then picks its
  * own agent. Forwarded calls carry a fresh delegation, the hop count, the deadline and the trace
@@ -133,6 +154,7 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
   const links = new Map<string, Link>();
   let timer: TimerHandle | undefined;
   let running = false;
+  let unsubscribe: (() => void) | undefined;
 
   // Connections replaced by a rebuild that still carry calls (closed when drained, or on stop).
   const draining = new Set<Conn>();
@@ -204,7 +226,8 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     const link: Link = {
       peer: peer.spiffeId,
       conn,
-      catalog: new Map<string, { agents: Agent[]; at: number }>(),
+      catalog: new Map<string, Catalog>(),
+      watches: new Map<string, AbortController>(),
       lastOk: 0,
       lastError: "",
       latencyMs: 0,
@@ -217,51 +240,137 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
   const fresh = (at: number) => clock.now() - at <= options.catalogStalenessMs;
   const isUp = (link: Link) => link.lastOk > 0 && fresh(link.lastOk);
 
-  async function refresh(peer: PeerRecord): Promise<void> {
-    const link = linkOf(peer);
-    const self = deps.selfId();
-    if (!link || !self) return;
-    for (const tenant of peer.agreement.outbound.tenants) {
-      try {
-        const token = await delegations.issue({ audience: peer.spiffeId, tenant, principal: self });
-        const res = await using(link, (conn) =>
-          conn.registry.listAgents(
-            { tenant, routableOnly: true, pageSize: 1000 },
-            {
-              headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" },
-              // A read slower than the staleness bound could not keep the catalog fresh anyway.
-              timeoutMs: options.catalogStalenessMs,
-            },
-          ),
-        );
-        link.catalog.set(tenant, { agents: res.agents, at: clock.now() });
-        if (!isUp(link)) log.info({ peer: peer.spiffeId }, "federation link up");
-        link.lastOk = clock.now();
+  const failed = (link: Link, tenant: string, err: unknown) => {
+    const reason = err instanceof Error ? err.message : String(err);
+    if (link.lastError !== reason) log.warn({ peer: link.peer, tenant, err: reason }, "peer catalog watch failed");
+    link.lastError = reason;
+  };
+
+  /**
+   * Runs one WatchAgents stream of `tenant`'s catalog on `link` until it fails, goes silent for
+   * `catalogStalenessMs` (watchdog), or is renewed at 2/3 of its delegation's lifetime (resolves).
+   * The catalog it replaces stays in use until the new stream's first SYNCED, so a renewal leaves
+   * no gap.
+   */
+  async function watchOnce(link: Link, tenant: string, life: AbortSignal, self: string): Promise<void> {
+    const { token, expiresAt } = await delegations.issue({ audience: link.peer, tenant, principal: self });
+    const stream = new AbortController();
+    const renewal = clock.setTimeout(
+      () => stream.abort(new Renewal("delegation renewed")),
+      ((expiresAt - clock.now()) * 2) / 3,
+    );
+    let watchdog: TimerHandle | undefined;
+    const pet = () => {
+      clock.clearTimeout(watchdog);
+      watchdog = clock.setTimeout(
+        () => stream.abort(new Error(`peer sent nothing on the catalog watch for ${options.catalogStalenessMs} ms`)),
+        options.catalogStalenessMs,
+      );
+    };
+    // Built from the stream's current set; becomes the catalog at its first SYNCED.
+    let next: Map<string, Agent> | undefined = new Map<string, Agent>();
+    const apply = (m: WatchAgentsResponse) => {
+      if (m.type === ChangeType.SYNCED) {
+        const now = clock.now();
+        const current = link.catalog.get(tenant);
+        if (next) link.catalog.set(tenant, { agents: next, syncedAt: now });
+        else if (current) current.syncedAt = now;
+        next = undefined;
+        if (!isUp(link)) log.info({ peer: link.peer }, "federation link up");
+        link.lastOk = now;
         link.lastError = "";
-      } catch (err) {
-        const reason = err instanceof Error ? err.message : String(err);
-        if (link.lastError !== reason)
-          log.warn({ peer: peer.spiffeId, tenant, err: reason }, "peer catalog fetch failed");
-        link.lastError = reason;
+        return;
       }
+      const agents = next ?? link.catalog.get(tenant)?.agents;
+      if (!m.agent || !agents) return;
+      if (m.type === ChangeType.DEREGISTERED || m.agent.status === AgentStatus.ZOMBIE) agents.delete(m.agent.id);
+      else agents.set(m.agent.id, m.agent);
+    };
+    const signal = AbortSignal.any([life, stream.signal]);
+    pet();
+    try {
+      await using(link, async (conn) => {
+        const messages = conn.registry.watchAgents(
+          { tenant, syncIntervalMs: options.catalogRefreshMs },
+          { headers: { [DELEGATION_HEADER]: token, [HOPS_HEADER]: "1" }, signal },
+        );
+        for await (const m of messages) {
+          pet();
+          apply(m);
+        }
+      });
+      throw new Error("peer ended the catalog watch");
+    } catch (err) {
+      // The client reports its own abort as CANCELED: the reason says why it was aborted.
+      if (!stream.signal.aborted) throw err;
+      if (stream.signal.reason instanceof Renewal) return;
+      throw stream.signal.reason;
+    } finally {
+      clock.clearTimeout(renewal);
+      clock.clearTimeout(watchdog);
     }
   }
 
-  const refreshAll = async () => {
+  /**
+   * Keeps `tenant`'s catalog of `link` watched until `life` aborts;
+   * a failed watch is retried after `catalogRefreshMs`.
+   */
+  async function watchCatalog(link: Link, tenant: string, life: AbortSignal): Promise<void> {
+    while (!life.aborted) {
+      const self = deps.selfId();
+      try {
+        if (!self) throw new Error("this kernel has no workload identity");
+        await watchOnce(link, tenant, life, self);
+        continue;
+      } catch (err) {
+        if (life.aborted) break;
+        failed(link, tenant, err);
+      }
+      await clock.sleep(options.catalogRefreshMs, life).catch(() => undefined);
+    }
+  }
+
+  /** Starts and ends catalog watches to match the established peers and their outbound agreements. */
+  const reconcile = () => {
     const peers = registry.list().filter((p) => p.state === "established");
     for (const [id, link] of links) {
       if (peers.some((p) => p.spiffeId === id)) continue;
-      // A peer removed or quarantined is cut at once, calls in flight included.
+      // A peer removed or quarantined is cut at once, calls in flight and watches included.
+      for (const w of link.watches.values()) w.abort();
       abort(link.conn);
       links.delete(id);
     }
-    await Promise.all(peers.map((p) => refresh(p)));
+    for (const peer of peers) {
+      const link = linkOf(peer);
+      if (!link) continue;
+      const tenants = peer.agreement.outbound.tenants;
+      for (const [tenant, w] of link.watches) {
+        if (tenants.includes(tenant)) continue;
+        w.abort();
+        link.watches.delete(tenant);
+        link.catalog.delete(tenant);
+      }
+      for (const tenant of tenants) {
+        if (link.watches.has(tenant)) continue;
+        const life = new AbortController();
+        link.watches.set(tenant, life);
+        void watchCatalog(link, tenant, life.signal);
+      }
+    }
   };
-  const tick = () => {
+  const reconcileLogged = () => {
     if (!running) return;
-    void refreshAll().finally(() => {
-      if (running) timer = clock.setTimeout(tick, options.catalogRefreshMs);
-    });
+    try {
+      reconcile();
+    } catch (err) {
+      log.error({ err }, "peer catalog watches could not be updated");
+    }
+  };
+  // Peer changes (established, agreement, removal, quarantine, bundle) act at once; the tick also
+  // catches this kernel's own SVID rotation, which rebuilds the links' TLS.
+  const tick = () => {
+    reconcileLogged();
+    if (running) timer = clock.setTimeout(tick, options.catalogRefreshMs);
   };
 
   const offers = (agent: Agent, capability: string, version: string, labels: Record<string, string>) =>
@@ -293,11 +402,13 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     };
     const callOptions = async (q: InvokeParams) => {
       const trust = {
-        [DELEGATION_HEADER]: await delegations.issue({
-          audience: link.peer,
-          tenant: q.tenant,
-          principal: q.caller ?? "anonymous",
-        }),
+        [DELEGATION_HEADER]: (
+          await delegations.issue({
+            audience: link.peer,
+            tenant: q.tenant,
+            principal: q.caller ?? "anonymous",
+          })
+        ).token,
         [HOPS_HEADER]: String((q.hops ?? 0) + 1),
       };
       // Whose data this is, for the Egress Guard on the way out.
@@ -403,14 +514,15 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
         if (!out.tenants.includes(p.tenant) || !out.capabilities.some((g) => invokeGrantAllows(g, p.capability))) {
           continue;
         }
-        const agents = (link.catalog.get(p.tenant)?.agents ?? []).filter((a) =>
-          offers(a, p.capability, version, labels),
-        );
+        const catalog = link.catalog.get(p.tenant);
+        const agents = catalog
+          ? [...catalog.agents.values()].filter((a) => offers(a, p.capability, version, labels))
+          : [];
         if (agents.length > 0) offering.push({ link, peer, agents });
       }
       if (offering.length === 0) return undefined;
       if (!wanted && hasLocal()) return undefined;
-      const live = offering.filter((o) => isUp(o.link) && fresh(o.link.catalog.get(p.tenant)?.at ?? 0));
+      const live = offering.filter((o) => isUp(o.link) && fresh(o.link.catalog.get(p.tenant)?.syncedAt ?? 0));
       if (live.length === 0) {
         const why = offering.map((o) => `${o.link.peer}: ${o.link.lastError || "catalog stale"}`).join("; ");
         throw unavailable(
@@ -450,13 +562,18 @@ export function createPeerRoutes(deps: PeerRoutesDeps, options: FederationOption
     },
     start() {
       running = true;
+      unsubscribe = registry.onPeerChange(reconcileLogged);
       tick();
     },
     stop() {
       running = false;
+      unsubscribe?.();
       clock.clearTimeout(timer);
       for (const conn of [...draining]) abort(conn);
-      for (const link of links.values()) abort(link.conn);
+      for (const link of links.values()) {
+        for (const w of link.watches.values()) w.abort();
+        abort(link.conn);
+      }
       links.clear();
     },
   };

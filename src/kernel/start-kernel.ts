@@ -567,6 +567,7 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         registry: federation.registry,
         delegations: federation.delegations,
         audit,
+        clock,
         trustDomain: options.identity.spiffe.trustDomain,
         maxHops: options.federation.maxHops,
       }),

@@ -55,6 +55,10 @@ export function expectedAgentSpiffeId(
 
 const MAX_PAGE = 1000;
 const DEFAULT_PAGE = 100;
+// A watch's sync tick: faster would cost the kernel a timer wake-up per watcher for little; slower
+// than a minute bounds no useful staleness.
+const MIN_SYNC_INTERVAL_MS = 100;
+const MAX_SYNC_INTERVAL_MS = 60_000;
 
 function capabilityRows(caps: readonly Capability[]): AgentFields["capabilities"] {
   return caps.map((c) => ({
@@ -250,7 +254,11 @@ export function createRegistryService(
     async *watchAgents(req, ctx) {
       checkTenant("tenant", req.tenant);
       if (req.capability) checkCapabilityName("capability", req.capability);
-      for await (const change of registry.watch(req.tenant, req.capability, ctx.signal)) {
+      const sync = req.syncIntervalMs;
+      if (sync !== 0 && (sync < MIN_SYNC_INTERVAL_MS || sync > MAX_SYNC_INTERVAL_MS)) {
+        invalid("sync_interval_ms", `must be 0 or ${MIN_SYNC_INTERVAL_MS}..${MAX_SYNC_INTERVAL_MS} (got ${sync})`);
+      }
+      for await (const change of registry.watch(req.tenant, req.capability, ctx.signal, { syncIntervalMs: sync })) {
         yield { type: change.type, agent: change.agent };
       }
     },

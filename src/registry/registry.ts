@@ -54,7 +54,17 @@ export interface AgentQuery {
 /** One change, as WatchAgents streams it. */
 export interface AgentChange {
   type: ChangeType;
-  agent: Agent;
+  /** Absent for SYNCED. */
+  agent?: Agent;
+}
+
+/** Options of one watch. */
+export interface WatchOptions {
+  /**
+   * 0: changes only. Otherwise SYNCED after the current set and, every this many ms, HEARTBEAT for
+   * each agent that beat since the previous tick (its latest state) followed by SYNCED.
+   */
+  syncIntervalMs?: number;
 }
 
 /** What an idempotent registration returns. */
@@ -87,8 +97,8 @@ export interface Registry {
   heartbeat(tenant: string, id: string, load: LoadRow | undefined): AgentStatus;
   /** Live agents of a tenant offering `capability` (zombies excluded): what routing picks from. */
   listRoutable(tenant: string, capability: string): Agent[];
-  /** Streams the current agents, then every change, until `signal` aborts. */
-  watch(tenant: string, capability: string, signal: AbortSignal): AsyncIterable<AgentChange>;
+  /** Streams the current agents, then every change (and with a sync interval, heartbeats), until `signal` aborts. */
+  watch(tenant: string, capability: string, signal: AbortSignal, options?: WatchOptions): AsyncIterable<AgentChange>;
   /** Writes pending heartbeats now. */
   flush(): void;
   /** Re-derives statuses (emitting status_changed) and reaps zombies past reapAfterMs. */
@@ -158,7 +168,13 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
   const tx = createSqliteTransactor(db);
   const agents = new Map<string, Entry>();
   const pendingBeats = new Map<string, number>();
-  const watchers = new Set<{ tenant: string; capability: string; push(change: AgentChange): void }>();
+  const watchers = new Set<{
+    tenant: string;
+    capability: string;
+    push(change: AgentChange): void;
+    /** Agents that beat since the last sync tick; only for watches with a sync interval. */
+    beaten?: Set<string>;
+  }>();
   const timers: TimerHandle[] = [];
 
   const statusAt = (heartbeatAt: number, now: number): AgentStatus => {
@@ -468,6 +484,9 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       if (load) e.load = load;
       e.proto = undefined;
       pendingBeats.set(id, (pendingBeats.get(id) ?? 0) + 1);
+      for (const w of watchers) {
+        if (w.beaten && w.tenant === tenant && offers(e, w.capability)) w.beaten.add(id);
+      }
       if (e.status !== AgentStatus.HEALTHY) {
         // Recovery is reported at once; going stale is noticed by the sweep.
         tx.transaction(() => setStatus(e, AgentStatus.HEALTHY, { id: "system", correlationId: "" }));
@@ -484,10 +503,11 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
       return out;
     },
 
-    watch(tenant, capability, signal) {
+    watch(tenant, capability, signal, watchOptions = {}) {
       const queue: AgentChange[] = [];
       let wake: (() => void) | undefined;
       let overflow = false;
+      const syncIntervalMs = watchOptions.syncIntervalMs ?? 0;
       const watcher = {
         tenant,
         capability,
@@ -496,10 +516,27 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           else queue.push(change);
           wake?.();
         },
+        beaten: syncIntervalMs > 0 ? new Set<string>() : undefined,
       };
       for (const e of agents.values()) {
         if (e.row.tenant === tenant && offers(e, capability))
           queue.push({ type: ChangeType.EXISTING, agent: toProto(e) });
+      }
+      let syncTimer: TimerHandle | undefined;
+      if (watcher.beaten) {
+        const beaten = watcher.beaten;
+        queue.push({ type: ChangeType.SYNCED });
+        // Load and heartbeat change on every beat: sent coalesced per tick, not per beat, so a
+        // watcher's traffic is bounded by its agents and interval, not by the beat rate.
+        syncTimer = clock.setInterval(() => {
+          for (const id of beaten) {
+            const e = agents.get(id);
+            if (e && offers(e, capability)) watcher.push({ type: ChangeType.HEARTBEAT, agent: toProto(e) });
+          }
+          beaten.clear();
+          watcher.push({ type: ChangeType.SYNCED });
+        }, syncIntervalMs);
+        syncTimer.unref();
       }
       watchers.add(watcher);
       const onAbort = () => wake?.();
@@ -521,6 +558,7 @@ export function createRegistry(deps: RegistryDeps, options: RegistryOptions): Re
           }
         } finally {
           watchers.delete(watcher);
+          clock.clearInterval(syncTimer);
           signal.removeEventListener("abort", onAbort);
         }
       })();

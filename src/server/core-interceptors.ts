@@ -1,11 +1,12 @@
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   kCorrelationId,
   kLogger,
   kPeer,
   methodPath,
   observeStream,
+  withSignal,
   type CallHandler,
   type CallRequest,
   type CallResult,
@@ -150,19 +151,7 @@ function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise
   // A caller already gone: the handler sees an aborted signal (and answers as it does for one).
   if (parent.aborted) controller.abort(parent.reason);
   else parent.addEventListener("abort", onAbort, { once: true });
-  const ctx: HandlerContext = {
-    service: call.ctx.service,
-    method: call.ctx.method,
-    signal: controller.signal,
-    timeoutMs: () => Math.max(0, deadlineAt - Date.now()),
-    requestMethod: call.ctx.requestMethod,
-    requestHeader: call.ctx.requestHeader,
-    responseHeader: call.ctx.responseHeader,
-    responseTrailer: call.ctx.responseTrailer,
-    protocolName: call.ctx.protocolName,
-    values: call.ctx.values,
-    url: call.ctx.url,
-  };
+  const ctx = withSignal(call.ctx, controller.signal, () => Math.max(0, deadlineAt - Date.now()));
   let answer: Promise<CallResult>;
   try {
     answer = next({ ...call, ctx });

@@ -11,6 +11,7 @@ export { createHealthService } from "./health-service.js";
 export { createHttpServer, type HttpRoute, type RawHttpRoute, type RouteRequest } from "./http-server.js";
 export {
   clientIp,
+  endStreamOnAbort,
   kCorrelationId,
   kLogger,
   kPeer,
@@ -19,6 +20,7 @@ export {
   type KernelInterceptor,
   observeStream,
   type PeerInfo,
+  withSignal,
 } from "./interceptor.js";
 export { type LimitOptions } from "./limit-options.js";
 export { methodMatches, createMethodMatcher, DEFAULT_PUBLIC_METHODS, checkMethodPattern } from "./method-pattern.js";

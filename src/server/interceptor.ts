@@ -78,3 +78,51 @@ export async function* observeStream<T>(source: AsyncIterable<T>, onEnd: (error:
     onEnd(error);
   }
 }
+
+/** `ctx` with another abort signal (and deadline); every other field is the call's own. */
+export function withSignal(
+  ctx: HandlerContext,
+  signal: AbortSignal,
+  timeoutMs: () => number | undefined = ctx.timeoutMs,
+): HandlerContext {
+  return {
+    service: ctx.service,
+    method: ctx.method,
+    signal,
+    timeoutMs,
+    requestMethod: ctx.requestMethod,
+    requestHeader: ctx.requestHeader,
+    responseHeader: ctx.responseHeader,
+    responseTrailer: ctx.responseTrailer,
+    protocolName: ctx.protocolName,
+    values: ctx.values,
+    url: ctx.url,
+  };
+}
+
+/**
+ * Ends a stream with `signal.reason` as soon as `signal` aborts, even while the handler waits for
+ * its next message, then ends the handler's generator (its finally blocks release what it holds).
+ */
+export async function* endStreamOnAbort<T>(source: AsyncIterable<T>, signal: AbortSignal): AsyncIterable<T> {
+  const it = source[Symbol.asyncIterator]();
+  const reason = () => (signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(reason());
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  aborted.catch(() => undefined);
+  try {
+    for (;;) {
+      const r = await Promise.race([it.next(), aborted]);
+      if (signal.aborted) throw reason();
+      if (r.done) return;
+      yield r.value;
+    }
+  } finally {
+    if (onAbort) signal.removeEventListener("abort", onAbort);
+    void Promise.resolve(it.return?.()).catch(() => undefined);
+  }
+}

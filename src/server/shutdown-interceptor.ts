@@ -1,6 +1,6 @@
 import type { ConnectError } from "@connectrpc/connect";
 import { unavailable } from "../common/index.js";
-import type { KernelInterceptor } from "./interceptor.js";
+import { endStreamOnAbort, type KernelInterceptor } from "./interceptor.js";
 
 /** How long a client should wait before it reconnects after a shutdown, in seconds. */
 export const SHUTDOWN_RETRY_AFTER_S = 1;
@@ -35,28 +35,14 @@ export function createStreamShutdown(): StreamShutdown {
   const open = new Set<Promise<void>>();
 
   async function* endOnShutdown(source: AsyncIterable<unknown>): AsyncIterable<unknown> {
-    const it = source[Symbol.asyncIterator]();
-    let onAbort: (() => void) | undefined;
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(shuttingDown());
-      stop.signal.addEventListener("abort", onAbort, { once: true });
-    });
-    aborted.catch(() => undefined);
     let done!: () => void;
     const finished = new Promise<void>((r) => (done = r));
     open.add(finished);
     try {
-      for (;;) {
-        const r = await Promise.race([it.next(), aborted]);
-        if (r.done) return;
-        yield r.value;
-      }
+      yield* endStreamOnAbort(source, stop.signal);
     } finally {
-      if (onAbort) stop.signal.removeEventListener("abort", onAbort);
       open.delete(finished);
       done();
-      // Ends the handler's generator (its finally blocks release subscriptions and watchers).
-      void Promise.resolve(it.return?.()).catch(() => undefined);
     }
   }
 
@@ -67,7 +53,7 @@ export function createStreamShutdown(): StreamShutdown {
       return result.kind === "stream" ? { kind: "stream", output: endOnShutdown(result.output) } : result;
     },
     async endStreams() {
-      stop.abort();
+      stop.abort(shuttingDown());
       // A stream whose consumer stopped pulling stays suspended at its yield and never finishes:
       // wait for the others, not for it.
       let timer: NodeJS.Timeout | undefined;

@@ -77,7 +77,7 @@ test("delegation - audience-bound, short-lived, single-use, within the agreement
   );
   const b = await side(await kernelIdentity(caB!, B), [{ id: A, ca: caA!, inbound: ["acme"], outbound: [] }], now);
 
-  const token = await a.delegations.issue({ audience: B, tenant: "acme", principal: "apikey:k1" });
+  const token = (await a.delegations.issue({ audience: B, tenant: "acme", principal: "apikey:k1" })).token;
   const ok = await b.delegations.verify(token, A);
   t.deepEqual(
     { ...ok, expiresAt: undefined },
@@ -94,27 +94,31 @@ test("delegation - audience-bound, short-lived, single-use, within the agreement
   t.is(await refusal(b.delegations.verify(token, A)), "unauthenticated");
   // Another audience (a delegation for C presented to B).
   t.is(
-    await refusal(b.delegations.verify(await a.delegations.issue({ audience: C, tenant: "acme", principal: "p" }), A)),
+    await refusal(
+      b.delegations.verify((await a.delegations.issue({ audience: C, tenant: "acme", principal: "p" })).token, A),
+    ),
     "permission-denied",
   );
   // A tenant A may send but B does not take in.
   t.is(
     await refusal(
-      b.delegations.verify(await a.delegations.issue({ audience: B, tenant: "globex", principal: "p" }), A),
+      b.delegations.verify((await a.delegations.issue({ audience: B, tenant: "globex", principal: "p" })).token, A),
     ),
     "permission-denied",
   );
   // Presented by a kernel other than its signer.
   t.is(
-    await refusal(b.delegations.verify(await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" }), C)),
+    await refusal(
+      b.delegations.verify((await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" })).token, C),
+    ),
     "permission-denied",
   );
   // Expired.
-  const late = await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" });
+  const late = (await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" })).token;
   b.clock.advance((DEFAULT_DELEGATION_OPTIONS.ttlSeconds + 1) * 1000);
   t.is(await refusal(b.delegations.verify(late, A)), "unauthenticated");
   // Forged: the payload altered under A's signature.
-  const [h, p, s] = (await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" })).split(".");
+  const [h, p, s] = (await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" })).token.split(".");
   const altered = Buffer.from(Buffer.from(p!, "base64url").toString().replace('"p"', '"admin"')).toString("base64url");
   b.clock.advance(-(DEFAULT_DELEGATION_OPTIONS.ttlSeconds + 1) * 1000);
   t.is(await refusal(b.delegations.verify(`${h}.${altered}.${s}`, A)), "unauthenticated");
@@ -130,7 +134,7 @@ test("delegation - the replay cache is bounded: entries leave with their expiry,
   const b = await side(await kernelIdentity(caB!, B), [{ id: A, ca: caA!, inbound: ["acme"], outbound: [] }], now, {
     maxRemembered: 3,
   });
-  const issue = () => a.delegations.issue({ audience: B, tenant: "acme", principal: "p" });
+  const issue = async () => (await a.delegations.issue({ audience: B, tenant: "acme", principal: "p" })).token;
 
   const first = await issue();
   t.is(await refusal(b.delegations.verify(first, A)), "accepted");

@@ -201,6 +201,10 @@ for (const transport of LOGIC) {
     );
     await rejects(t, client.listAgents({ tenant: "acme", pageToken: "garbage!" }), Code.InvalidArgument, "page_token");
     await rejects(t, client.getAgent({ tenant: "acme", id: "nope" }), Code.InvalidArgument, "id");
+    const firstOfWatch = (syncIntervalMs: number) =>
+      client.watchAgents({ tenant: "acme", syncIntervalMs })[Symbol.asyncIterator]().next();
+    await rejects(t, firstOfWatch(99), Code.InvalidArgument, "sync_interval_ms");
+    await rejects(t, firstOfWatch(60_001), Code.InvalidArgument, "sync_interval_ms");
   });
 }
 

@@ -1,6 +1,9 @@
 import test from "ava";
 import { fromBinary } from "@bufbuild/protobuf";
-import { AgentStatus } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import {
+  AgentStatus,
+  WatchAgentsResponse_ChangeType as ChangeType,
+} from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { EventEnvelopeSchema } from "../../gen/nops/events/v1/envelope_pb.js";
 import { AgentStatusChangedSchema } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { createManualClock } from "../../src/common/clock.js";
@@ -10,7 +13,7 @@ import { MIGRATIONS } from "../../src/store/migrations/index.js";
 import { createOutbox } from "../../src/store/outbox.js";
 import { createSqliteOutboxStore } from "../../src/store/outbox-store.js";
 import { createAuditLog } from "../../src/audit/audit-log.js";
-import { createRegistry, type AgentFields } from "../../src/registry/registry.js";
+import { createRegistry, type AgentChange, type AgentFields } from "../../src/registry/registry.js";
 import { createSilentLogger } from "../../src/telemetry/logger.js";
 import { resolveKernelOptions } from "../../src/kernel/kernel-options.js";
 
@@ -167,4 +170,72 @@ test("registry - once started, the clock's timers flush heartbeats and sweep; cl
   t.is(registry.get("acme", id).status, AgentStatus.ZOMBIE);
   registry.close();
   t.is(clock.pendingTimers(), 0);
+});
+
+test("registry - a watch with a sync interval sends SYNCED and one coalesced HEARTBEAT per beaten agent per tick", async (t) => {
+  const { clock, registry } = setup();
+  const a = registry.register("acme", fields, actor).id;
+  const b = registry.register("acme", { ...fields, name: "b" }, actor).id;
+  registry.register("globex", fields, actor);
+  const abort = new AbortController();
+  const changes = registry.watch("acme", "", abort.signal, { syncIntervalMs: 500 })[Symbol.asyncIterator]();
+  const next = async () => (await changes.next()) as IteratorResult<AgentChange, undefined>;
+  // Everything the watch has queued so far (it never blocks on an empty queue here: each read is preceded
+  // by a tick that ends with SYNCED).
+  const untilSynced = async () => {
+    const out: { type: ChangeType; id?: string; inFlight?: number }[] = [];
+    for (;;) {
+      const { value } = await next();
+      if (!value) throw new Error("watch ended");
+      if (value.type === ChangeType.SYNCED) return out;
+      out.push({ type: value.type, id: value.agent?.id, inFlight: value.agent?.load?.inFlight });
+    }
+  };
+  t.deepEqual((await untilSynced()).map((c) => c.type).sort(), [ChangeType.EXISTING, ChangeType.EXISTING]);
+
+  const load = (inFlight: number) => ({
+    inFlight,
+    cpu: 0,
+    latencyP50Ms: 0,
+    latencyP99Ms: 0,
+    errorRate: 0,
+    reportedAt: clock.now(),
+  });
+  registry.heartbeat("acme", a, load(1));
+  registry.heartbeat("acme", a, load(2));
+  registry.heartbeat("acme", a, load(3));
+  clock.advance(500);
+  t.deepEqual(
+    await untilSynced(),
+    [{ type: ChangeType.HEARTBEAT, id: a, inFlight: 3 }],
+    "three beats, latest state once",
+  );
+
+  clock.advance(500);
+  t.deepEqual(await untilSynced(), [], "nothing beat: SYNCED alone");
+
+  registry.heartbeat("acme", b, undefined);
+  registry.deregister("acme", a, "gone", actor);
+  clock.advance(500);
+  t.deepEqual(await untilSynced(), [
+    { type: ChangeType.DEREGISTERED, id: a, inFlight: 3 },
+    { type: ChangeType.HEARTBEAT, id: b, inFlight: undefined },
+  ]);
+  abort.abort();
+  t.true((await next()).done);
+  t.is(clock.pendingTimers(), 0, "the sync timer ends with the watch");
+});
+
+test("registry - a watch without a sync interval streams no heartbeats and no SYNCED", async (t) => {
+  const { clock, registry } = setup();
+  const a = registry.register("acme", fields, actor).id;
+  const abort = new AbortController();
+  const changes = registry.watch("acme", "", abort.signal)[Symbol.asyncIterator]();
+  const next = async () => (await changes.next()) as IteratorResult<AgentChange, undefined>;
+  t.is((await next()).value?.type, ChangeType.EXISTING);
+  registry.heartbeat("acme", a, undefined);
+  clock.advance(5000);
+  registry.deregister("acme", a, "gone", actor);
+  t.is((await next()).value?.type, ChangeType.DEREGISTERED, "the heartbeat was not streamed");
+  abort.abort();
 });

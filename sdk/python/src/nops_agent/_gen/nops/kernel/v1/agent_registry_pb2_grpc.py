@@ -101,7 +101,8 @@ class AgentRegistryServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def WatchAgents(self, request, context):
-        """WatchAgents streams changes to the tenant's agents, starting with the current set.
+        """WatchAgents streams changes to the tenant's agents, starting with the current set. With
+        sync_interval_ms it also streams coalesced heartbeats and SYNCED markers (see WatchAgentsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
