@@ -81,7 +81,7 @@ import { createDependencyBreaker } from "../common/dependency-breaker.js";
 import { createRedisClient } from "../store/redis-client.js";
 import { createOverloadGuard, type OverloadSamplers } from "../server/overload-guard.js";
 import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
-import { startDgeServer, resolveDgeServerOptions } from "../../packages/reference-dge/src/index.js";
+import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "../../packages/reference-dge/src/index.js";
 import {
   createEgressGuard,
   createEgressPreSend,
@@ -93,6 +93,7 @@ import {
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createHubCommandHandler } from "./hub-commands.js";
+import { createHubDgePolicies } from "./hub-dge-policies.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
@@ -322,15 +323,36 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     await stage("identity");
 
     let dgeClientOptions = options.dge.client;
-    if (options.dge.embedded && options.dge.enabled) {
+    let dgeServer: DgeServer | undefined;
+    // The embedded DGE's policies: the config file's with the hub's set_dge_policy commands on top. A change
+    // reaches the DGE and drops the guard's cached copies at once, so a tightened policy applies to the next call.
+    const hubDgePolicies = options.dge.embedded
+      ? createHubDgePolicies(
+          {
+            db,
+            audit,
+            clock,
+            onChange: (policies, tenant) => {
+              dgeServer?.setPolicies(policies);
+              void guard.invalidate(tenant, "hub set_dge_policy");
+            },
+          },
+          options.dge.policies,
+        )
+      : undefined;
+    if (hubDgePolicies && options.dge.enabled) {
       // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
       const key = randomBytes(32).toString("base64url");
-      const dgeServer = await startDgeServer(
+      const server = await startDgeServer(
         { clock, logger },
-        resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+        {
+          ...resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+          policies: hubDgePolicies.effective(),
+        },
       );
-      life.defer("embedded DGE", () => dgeServer.close());
-      dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
+      dgeServer = server;
+      life.defer("embedded DGE", () => server.close());
+      dgeClientOptions = { ...dgeClientOptions, url: server.url, keys: { embedded: key } };
     }
     const dgeBreaker = createDependencyBreaker({ logger, meter, isFailure: isDgeFailure }, "dge", budgets.dge);
     const dge = createDgeClient(
@@ -438,7 +460,12 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         recordPublished: publishWriter?.recordPublished,
         breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
         // Hub -> edge commands are applied through the registry and key store, audited (docs/events.md).
-        commands: createHubCommandHandler({ peers: federation.registry, apiKeys: identity.apiKeys, audit }),
+        commands: createHubCommandHandler({
+          peers: federation.registry,
+          apiKeys: identity.apiKeys,
+          audit,
+          ...(hubDgePolicies ? { dgePolicies: hubDgePolicies } : {}),
+        }),
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );

@@ -9,6 +9,7 @@ import { migration0007 } from "./0007-grants-and-agent-identity.js";
 import { migration0008 } from "./0008-audit-tree.js";
 import { migration0009 } from "./0009-federation-peers.js";
 import { migration0010 } from "./0010-kernel-commands.js";
+import { migration0011 } from "./0011-dge-policy-overrides.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
 export const MIGRATIONS: readonly Migration[] = [
@@ -22,4 +23,5 @@ export const MIGRATIONS: readonly Migration[] = [
   migration0008,
   migration0009,
   migration0010,
+  migration0011,
 ];
