@@ -42,7 +42,7 @@ export interface DgeCache {
   /** In-process copy first, then Redis. */
   getVerdict(tenant: string, key: string): Promise<CachedVerdict | undefined>;
   setVerdict(tenant: string, key: string, verdict: CachedVerdict, ttlMs: number): Promise<void>;
-  /** Drops a tenant's (or every tenant's) policies and verdicts here and, through Redis pub/sub, in every other kernel. */
+  /** Drops a tenant's ("": every tenant's) policies and verdicts here and, via Redis pub/sub, in every other kernel. */
   invalidate(inv: DgeInvalidation): Promise<void>;
   /** Hits / lookups since start (0 before the first lookup). */
   hitRate(): number;

@@ -139,7 +139,11 @@ export function createCommandInbox(
     .addCallback((r) => r.observe(linkLag));
 
   const applyTx = db.transaction(
-    (command: KernelCommand, seq: number, kind: string): { outcome: "applied" | "duplicate"; committed?: () => void } => {
+    (
+      command: KernelCommand,
+      seq: number,
+      kind: string,
+    ): { outcome: "applied" | "duplicate"; committed?: () => void } => {
       const now = clock.now();
       progress.set(stream, seq, now);
       if (seen.get(command.id)) return { outcome: "duplicate" };

@@ -79,7 +79,8 @@ export function dgePolicyCommandOfFlags(sub: string, values: ReadonlyMap<string,
   } else {
     const cls = need("--max-class");
     const classIndex = (EGRESS_CLASS_NAMES as readonly string[]).indexOf(cls);
-    if (classIndex < 0) throw new ConfigError(`--max-class must be one of ${EGRESS_CLASS_NAMES.join(", ")} (got ${cls})`);
+    if (classIndex < 0)
+      throw new ConfigError(`--max-class must be one of ${EGRESS_CLASS_NAMES.join(", ")} (got ${cls})`);
     const pii = commaList(values.get("--allow-pii"));
     const unknown = pii.find((k) => !(PII_KINDS as readonly string[]).includes(k));
     if (unknown !== undefined)
@@ -109,7 +110,11 @@ export function dgePolicyCommandOfFlags(sub: string, values: ReadonlyMap<string,
 }
 
 /** Runs `nops-kernel hub set-dge-policy | clear-dge-policy`: publishes the command to the hub's NOPS_CMD. */
-export async function runHubCommandPublish(sub: string, args: readonly string[], out: (s: string) => void): Promise<number> {
+export async function runHubCommandPublish(
+  sub: string,
+  args: readonly string[],
+  out: (s: string) => void,
+): Promise<number> {
   const { values } = parseCommandFlags("hub", args, COMMAND_VALUE_FLAGS);
   const command = dgePolicyCommandOfFlags(sub, values);
   const hub = values.get("--hub");

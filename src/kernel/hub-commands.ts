@@ -78,7 +78,9 @@ export function createHubCommandHandler(deps: {
         }
         case "setDgePolicy":
           if (!dgePolicies)
-            throw new CommandRejectedError("set_dge_policy: this edge's DGE is external; its policies are managed there");
+            throw new CommandRejectedError(
+              "set_dge_policy: this edge's DGE is external; its policies are managed there",
+            );
           return dgePolicies.apply(c.value, { commandId: command.id, actor });
         default:
           throw new CommandRejectedError("no command is set");

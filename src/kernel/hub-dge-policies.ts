@@ -1,15 +1,17 @@
 import { ConfigError, TENANT_PATTERN, type Clock } from "../common/index.js";
 import type { AuditLog } from "../audit/index.js";
 import { CommandRejectedError } from "../events/index.js";
-import { egressClassName, piiKindOf } from "../egress/index.js";
+import { egressClassName, piiKindOf, type EgressGuard } from "../egress/index.js";
 import type { Db } from "../store/index.js";
+import type { Logger } from "../telemetry/index.js";
 import {
   DEFAULT_DGE_POLICY,
   resolveDgePolicySpec,
   type DgePoliciesOptions,
   type DgePolicySpec,
+  type DgeServer,
 } from "../../packages/reference-dge/src/index.js";
-import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
+import { EgressClass, Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import type { SetDgePolicyCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
 
 type TierKey = "1" | "2" | "3";
@@ -23,8 +25,6 @@ export interface HubDgePolicy {
 
 /** The embedded DGE's policies: the config file's, with the policies the hub set on top. */
 export interface HubDgePolicies {
-  /** The policies the embedded DGE applies now (config + persisted hub policies). */
-  effective(): DgePoliciesOptions;
   /**
    * Validates a set_dge_policy command as config is validated, persists and audits it; runs inside the
    * command's transaction and throws CommandRejectedError (nothing written) when it is refused. Returns
@@ -54,13 +54,20 @@ export function withHubDgePolicies(config: DgePoliciesOptions, hub: readonly Hub
  * The policy a set_dge_policy command sets, validated by the config file's own rules
  * (resolveDgePolicySpec), or why it is refused. The command carries a complete policy.
  */
-export function dgePolicyOfCommand(c: SetDgePolicyCommand): HubDgePolicy | { clear: true; tenant: string; tier: TierKey } {
+export function dgePolicyOfCommand(
+  c: SetDgePolicyCommand,
+): HubDgePolicy | { clear: true; tenant: string; tier: TierKey } {
   const tier = TIER_KEYS[c.tier];
   if (tier === undefined) throw new CommandRejectedError("set_dge_policy.tier: must be TIER_1, TIER_2 or TIER_3");
   if (c.tenant !== "" && !TENANT_PATTERN.test(c.tenant))
     throw new CommandRejectedError("set_dge_policy.tenant: is not a tenant id");
   if (c.clear) {
-    if (c.maxEgressClass !== 0 || c.allowedPiiTypes.length > 0 || c.allowedDestinations.length > 0 || c.ttlSeconds !== 0)
+    if (
+      c.maxEgressClass !== EgressClass.UNSPECIFIED ||
+      c.allowedPiiTypes.length > 0 ||
+      c.allowedDestinations.length > 0 ||
+      c.ttlSeconds !== 0
+    )
       throw new CommandRejectedError("set_dge_policy.clear: the policy fields must be empty when clearing");
     return { clear: true, tenant: c.tenant, tier };
   }
@@ -85,37 +92,46 @@ export function dgePolicyOfCommand(c: SetDgePolicyCommand): HubDgePolicy | { cle
   }
 }
 
+/** The embedded DGE's policies at start: `config` with the hub's persisted policies on top. */
+export function loadHubDgePolicies(db: Db, config: DgePoliciesOptions): DgePoliciesOptions {
+  const rows = db
+    .prepare<
+      [],
+      { tenant: string; tier: TierKey; spec: string }
+    >("SELECT tenant, tier, spec FROM dge_policy_overrides ORDER BY tenant, tier")
+    .all();
+  return withHubDgePolicies(
+    config,
+    rows.map((r) => ({ tenant: r.tenant, tier: r.tier, spec: JSON.parse(r.spec) as DgePolicySpec })),
+  );
+}
+
 /**
- * Creates the hub's DGE policies over SQLite (dge_policy_overrides, migration 0011). `onChange` gets the
- * new effective policies and the tenant changed ("" for a tier default: every tenant) after each commit.
+ * Creates the hub's DGE policies over SQLite (dge_policy_overrides, migration 0011). After each commit the
+ * DGE gets the new policies and the guard drops its cached copies of the tenant (every tenant for a tier
+ * default), so a tightened policy applies to the next call, not after the cache TTL.
  */
 export function createHubDgePolicies(
   deps: {
     db: Db;
     audit: AuditLog;
     clock: Clock;
-    onChange: (policies: DgePoliciesOptions, tenant: string) => void;
+    logger: Logger;
+    /** The embedded DGE; absent while it is disabled (dge.enabled false): the policies still persist. */
+    dge?: Pick<DgeServer, "setPolicies">;
+    guard: Pick<EgressGuard, "invalidate">;
   },
   config: DgePoliciesOptions,
 ): HubDgePolicies {
   const { db, audit, clock } = deps;
-  const rows = db.prepare<[], { tenant: string; tier: TierKey; spec: string }>(
-    "SELECT tenant, tier, spec FROM dge_policy_overrides ORDER BY tenant, tier",
-  );
   const upsert = db.prepare<[string, string, string, string, number]>(
     `INSERT INTO dge_policy_overrides (tenant, tier, spec, command_id, updated_at) VALUES (?, ?, ?, ?, ?)
      ON CONFLICT (tenant, tier) DO UPDATE SET spec = excluded.spec, command_id = excluded.command_id,
        updated_at = excluded.updated_at`,
   );
   const remove = db.prepare<[string, string]>("DELETE FROM dge_policy_overrides WHERE tenant = ? AND tier = ?");
-  const effective = (): DgePoliciesOptions =>
-    withHubDgePolicies(
-      config,
-      rows.all().map((r) => ({ tenant: r.tenant, tier: r.tier, spec: JSON.parse(r.spec) as DgePolicySpec })),
-    );
 
   return {
-    effective,
     apply(command, { commandId, actor }) {
       const p = dgePolicyOfCommand(command);
       const scope = p.tenant === "" ? `tier ${p.tier} default` : `tenant ${p.tenant} at tier ${p.tier}`;
@@ -131,8 +147,13 @@ export function createHubDgePolicies(
         outcome: "ok",
         details: { command: commandId, ...("spec" in p ? { policy: p.spec } : {}) },
       });
-      const next = effective();
-      return () => deps.onChange(next, p.tenant);
+      const next = loadHubDgePolicies(db, config);
+      return () => {
+        deps.dge?.setPolicies(next);
+        deps.guard
+          .invalidate(p.tenant, `hub set_dge_policy ${commandId}`)
+          .catch((err: unknown) => deps.logger.warn({ err, tenant: p.tenant }, "cached DGE policies not dropped"));
+      };
     },
   };
 }

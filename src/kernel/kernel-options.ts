@@ -360,7 +360,9 @@ function resolveDge(raw: unknown): KernelOptions["dge"] {
     "dge",
   );
   if (url && s.policies !== undefined)
-    throw new ConfigError("dge.policies applies to the embedded DGE only; with dge.url set, that DGE owns the policies");
+    throw new ConfigError(
+      "dge.policies applies to the embedded DGE only; with dge.url set, that DGE owns the policies",
+    );
   return { enabled, client, embedded: url === "", policies: resolveDgePoliciesOptions(s.policies, "dge.policies") };
 }
 

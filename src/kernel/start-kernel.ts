@@ -93,7 +93,7 @@ import {
 } from "../egress/index.js";
 import { createEventBus } from "../events/event-bus.js";
 import { createHubCommandHandler } from "./hub-commands.js";
-import { createHubDgePolicies } from "./hub-dge-policies.js";
+import { createHubDgePolicies, loadHubDgePolicies } from "./hub-dge-policies.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
@@ -324,30 +324,15 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
 
     let dgeClientOptions = options.dge.client;
     let dgeServer: DgeServer | undefined;
-    // The embedded DGE's policies: the config file's with the hub's set_dge_policy commands on top. A change
-    // reaches the DGE and drops the guard's cached copies at once, so a tightened policy applies to the next call.
-    const hubDgePolicies = options.dge.embedded
-      ? createHubDgePolicies(
-          {
-            db,
-            audit,
-            clock,
-            onChange: (policies, tenant) => {
-              dgeServer?.setPolicies(policies);
-              void guard.invalidate(tenant, "hub set_dge_policy");
-            },
-          },
-          options.dge.policies,
-        )
-      : undefined;
-    if (hubDgePolicies && options.dge.enabled) {
+    if (options.dge.embedded && options.dge.enabled) {
       // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
       const key = randomBytes(32).toString("base64url");
       const server = await startDgeServer(
         { clock, logger },
         {
           ...resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
-          policies: hubDgePolicies.effective(),
+          // The config file's policies with the ones the hub set on top (docs/egress.md, "Where policies come from").
+          policies: loadHubDgePolicies(db, options.dge.policies),
         },
       );
       dgeServer = server;
@@ -374,6 +359,13 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     );
     life.defer("egress guard", () => guard.close());
     jwks.fetch = createGuardedFetch(guard, JWKS_DESTINATION) as typeof fetch;
+    // Hub set_dge_policy commands change the embedded DGE's policies; an external DGE owns its own.
+    const hubDgePolicies = options.dge.embedded
+      ? createHubDgePolicies(
+          { db, audit, clock, logger, guard, ...(dgeServer ? { dge: dgeServer } : {}) },
+          options.dge.policies,
+        )
+      : undefined;
     await stage("egress");
 
     // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
