@@ -211,6 +211,8 @@ export function runHubCommand(sub: string | undefined, args: readonly string[], 
       return 0;
     }
     default:
-      throw new ConfigError(`hub needs add-edge, revoke-edge or list-edges (got ${sub})`);
+      throw new ConfigError(
+        `hub needs add-edge, revoke-edge, list-edges, set-dge-policy or clear-dge-policy (got ${sub})`,
+      );
   }
 }
