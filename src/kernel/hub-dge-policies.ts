@@ -28,7 +28,7 @@ export interface HubDgePolicies {
   /**
    * Validates a set_dge_policy command as config is validated, persists and audits it; runs inside the
    * command's transaction and throws CommandRejectedError (nothing written) when it is refused. Returns
-   * what to run once that transaction committed: hand the new policies to the DGE.
+   * what to run once that transaction committed: hand the new policies to the DGE, drop the guard's copies.
    */
   apply(command: SetDgePolicyCommand, ctx: { commandId: string; actor: string }): () => void;
 }
@@ -52,7 +52,7 @@ export function withHubDgePolicies(config: DgePoliciesOptions, hub: readonly Hub
 
 /**
  * The policy a set_dge_policy command sets, validated by the config file's own rules
- * (resolveDgePolicySpec), or why it is refused. The command carries a complete policy.
+ * (resolveDgePolicySpec); CommandRejectedError names the bad field. The command carries a complete policy.
  */
 export function dgePolicyOfCommand(
   c: SetDgePolicyCommand,
