@@ -32,6 +32,13 @@ import {
   type DgeServer,
 } from "../../packages/reference-dge/src/index.js";
 import { DGE_KEYS, makeMeter, makeStore } from "../fixtures/dge-helpers.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import Database from "better-sqlite3";
+import { AgentRegistryService } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
+import { RoutingService } from "../../gen/nops/kernel/v1/routing_pb.js";
+import { EgressClass, Tier } from "../../gen/nops/dge/v1/dge_pb.js";
+import { startTestKernel } from "../helpers/kernel.js";
+import { spawnEchoAgent } from "../routing/fixtures/spawn-echo-agent.js";
 
 const EDGE = "edge1";
 const PEER = "spiffe://peer.example/kernel";
@@ -489,5 +496,78 @@ test.serial(
       await dge.guard.close();
       await dge.server.close();
     }
+  },
+);
+
+test.serial(
+  "kernel - a hub DGE policy blocks an Invoke the config file allowed, at once and after a restart",
+  async (t) => {
+    t.timeout(180_000);
+    const topo = await startNatsTopology({ edgeDomain: "edge-k" });
+    t.teardown(() => topo.destroy());
+    const hubConn = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass });
+    t.teardown(() => hubConn.close());
+    await ensureHubStreams(await jetstreamManager(hubConn), { edges: [{ edgeId: "edge-k" }] });
+    const agent = await spawnEchoAgent({ name: "echo-1" });
+    t.teardown(() => agent.kill());
+    const raw = {
+      edgeId: "edge-k",
+      nats: { url: topo.leaf.url },
+      events: { natsUser: topo.kernelUser.user, natsPassword: topo.kernelUser.pass, edgeDomain: topo.edgeDomain },
+      egress: { tenantTiers: { acme: 1 } },
+      // The config file lets tier 1 send email addresses out.
+      dge: { policies: { tiers: { 1: { maxEgressClass: "D2", allowedPiiTypes: ["email"] } } } },
+    };
+    const first = await startTestKernel(t, raw);
+    await first.client(AgentRegistryService, "grpc-js").registerAgent({
+      tenant: "acme",
+      name: "echo",
+      version: "1",
+      endpoint: agent.endpoint,
+      capabilities: [{ name: "echo" }],
+    });
+    const invoke = (k: typeof first) =>
+      k.client(RoutingService, "grpc-js").invoke({
+        tenant: "acme",
+        capability: "echo",
+        payload: new TextEncoder().encode("call back anna.smith@example.com"),
+        contentType: "text/plain",
+      });
+    await invoke(first);
+    await invoke(first); // its verdict is now cached
+
+    await publishCommand(
+      jetstream(hubConn),
+      create(KernelCommandSchema, {
+        version: 1,
+        id: "tighten-acme",
+        targetEdge: "edge-k",
+        issuedBy: "ops@hub",
+        command: {
+          case: "setDgePolicy",
+          value: { tenant: "acme", tier: Tier.TIER_1, maxEgressClass: EgressClass.D1, ttlSeconds: 300 },
+        },
+      }),
+    );
+    const applied = () => {
+      const db = new Database(first.kernel.options.databasePath, { readonly: true });
+      try {
+        return db.prepare("SELECT outcome FROM kernel_commands WHERE command_id = 'tighten-acme'").get() as
+          | { outcome: string }
+          | undefined;
+      } finally {
+        db.close();
+      }
+    };
+    await waitFor(() => applied() !== undefined, "the command settled", 60_000, 50);
+    t.is(applied()?.outcome, "applied");
+    const blocked = ConnectError.from(await t.throwsAsync(invoke(first)));
+    t.is(blocked.code, Code.PermissionDenied);
+    t.regex(blocked.message, /egress blocked: pii_type_not_allowed/);
+
+    await first.kernel.stop();
+    const second = await startTestKernel(t, { ...raw, dataDir: first.dir });
+    const again = ConnectError.from(await t.throwsAsync(invoke(second)));
+    t.regex(again.message, /egress blocked: pii_type_not_allowed/, "the hub's policy is back after the restart");
   },
 );
