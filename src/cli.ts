@@ -44,7 +44,7 @@ import { createToolPolicies } from "./mcp/tool-policies.js";
 import { principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/policy-test.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 import { runPeersCommand } from "./kernel/peers-command.js";
-import { runHubCommand } from "./kernel/hub-command.js";
+import { HUB_COMMAND_SUBS, runHubCommand, runHubCommandPublish } from "./kernel/hub-command.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
 
@@ -78,6 +78,8 @@ commands:
   peers list|add|remove     the federation peer registry (flags: docs/federation.md, or peers help)
   hub add-edge|revoke-edge|list-edges
                             the hub's per-edge leafnode users (flags: hub help, docs/events.md)
+  hub set-dge-policy|clear-dge-policy
+                            send an edge a DGE policy through the hub (flags: hub help)
   version                   print the version
 
 config: --config <file> (YAML or JSON) or NOPS_CONFIG; every option also as NOPS_<PATH>,
@@ -273,7 +275,10 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
     const steps = flag(args, "--steps");
     // Federation peers take their own flags (docs/federation.md).
     if (args[0] === "peers") return runPeersCommand(args[1], args.slice(2), loadKernelOptions(configFile, env), out);
-    if (args[0] === "hub") return runHubCommand(args[1], args.slice(2), out);
+    if (args[0] === "hub")
+      return HUB_COMMAND_SUBS.has(args[1] ?? "")
+        ? await runHubCommandPublish(args[1]!, args.slice(2), out)
+        : runHubCommand(args[1], args.slice(2), out);
     const release = args[0] === "release" || args[0] === "bundle" ? releaseFlags(args) : undefined;
     const auditFlags = {
       checkpoint: flag(args, "--checkpoint"),

@@ -149,3 +149,15 @@ test("cli - hub add-edge, list-edges and revoke-edge; a bad flag exits 2 naming 
   t.is(bad.code, 2);
   t.regex(bad.out, /hub: unknown argument --tenant/);
 });
+
+test("cli - hub set-dge-policy refuses a bad flag by name before connecting to the hub", (t) => {
+  // Port 1 has nothing listening: a refusal that reached the network would say so instead.
+  const flags = ["--hub", "nats://127.0.0.1:1", "--edge", "edge-1", "--issued-by", "ops", "--tier", "1"];
+  const bad = cli(["hub", "set-dge-policy", ...flags, "--max-class", "D5"], {});
+  t.is(bad.code, 2);
+  t.regex(bad.out, /--max-class must be one of D0, D1, D2, D3, D4 \(got D5\)/);
+  const noClass = cli(["hub", "set-dge-policy", ...flags], {});
+  t.is(noClass.code, 2);
+  t.regex(noClass.out, /hub set-dge-policy needs --max-class/);
+  t.regex(cli(["hub", "help"], {}).out, /nops-kernel hub clear-dge-policy --hub <nats url>/);
+});

@@ -23,6 +23,7 @@ export interface CachedPolicy {
 
 /** A cache invalidation, as published on the pub/sub channel. */
 export interface DgeInvalidation {
+  /** Tenant, or "" for every tenant (a tier's default policy changed). */
   tenant: string;
   /** Tier ("1", "2", "3", "air-gapped") or "" for all. */
   tier: string;
@@ -41,7 +42,7 @@ export interface DgeCache {
   /** In-process copy first, then Redis. */
   getVerdict(tenant: string, key: string): Promise<CachedVerdict | undefined>;
   setVerdict(tenant: string, key: string, verdict: CachedVerdict, ttlMs: number): Promise<void>;
-  /** Drops a tenant's policies and verdicts here and, through Redis pub/sub, in every other kernel. */
+  /** Drops a tenant's ("": every tenant's) policies and verdicts here and, via Redis pub/sub, in every other kernel. */
   invalidate(inv: DgeInvalidation): Promise<void>;
   /** Hits / lookups since start (0 before the first lookup). */
   hitRate(): number;
@@ -152,9 +153,23 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
   }
   const policyOf = (e: Entry | undefined): CachedPolicy | undefined => (e?.kind === "policy" ? e.value : undefined);
   const verdictOf = (e: Entry | undefined): CachedVerdict | undefined => (e?.kind === "verdict" ? e.value : undefined);
+  const dropped = (inv: DgeInvalidation, key: string): boolean => {
+    if (inv.tenant !== "")
+      return (
+        key.startsWith(inv.tier ? policyKey(inv.tenant, inv.tier) : `policy:${inv.tenant}:`) ||
+        key.startsWith(verdictKey(inv.tenant, ""))
+      );
+    return key.startsWith("verdict:") || (key.startsWith("policy:") && (!inv.tier || key.endsWith(`:${inv.tier}`)));
+  };
   function applyLocal(inv: DgeInvalidation): void {
-    const prefixes = [inv.tier ? policyKey(inv.tenant, inv.tier) : `policy:${inv.tenant}:`, verdictKey(inv.tenant, "")];
-    for (const k of [...lru.keys()]) if (prefixes.some((p) => k.startsWith(p))) lru.delete(k);
+    for (const k of [...lru.keys()]) if (dropped(inv, k)) lru.delete(k);
+  }
+  // Every tenant's policy keys in Redis (at one tier, or all): the tenants are not known here.
+  async function redisPolicyKeys(tier: string): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const batch of redis!.scanStream({ match: `${options.keyPrefix}policy:*:${tier || "*"}`, count: 500 }))
+      keys.push(...(batch as string[]));
+    return keys;
   }
 
   if (subscriber) {
@@ -199,7 +214,11 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
         // Policies are deleted from Redis; verdicts are keyed by policy version, so a changed
         // policy cannot reuse them, and an unchanged one may.
         const tiers = inv.tier ? [inv.tier] : ["1", "2", "3", "air-gapped"];
-        await redis.del(...tiers.map((t) => options.keyPrefix + policyKey(inv.tenant, t)));
+        const keys =
+          inv.tenant === ""
+            ? await redisPolicyKeys(inv.tier)
+            : tiers.map((t) => options.keyPrefix + policyKey(inv.tenant, t));
+        if (keys.length > 0) await redis.del(...keys);
         await redis.publish(options.channel, JSON.stringify({ ...inv, from: instance }));
       } catch (err) {
         log.warn({ err }, "redis invalidation failed; other kernels keep their copy until it expires");

@@ -178,7 +178,7 @@ export interface EgressGuard {
    * invalid tenant), recorded like check()'s; undefined when only check() can decide.
    */
   checkNow(request: EgressRequest): EgressDecision | undefined;
-  /** Drops cached policies and verdicts of a tenant here and (via Redis) in every kernel. */
+  /** Drops cached policies and verdicts of a tenant ("" for every tenant) here and (via Redis) in every kernel. */
   invalidate(tenant: string, reason: string): Promise<void>;
   /** Writes pending egress.allowed.v1 events now. */
   flush(): void;
@@ -273,6 +273,11 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       ...(deps.redis ? { redis: deps.redis } : {}),
       ...(deps.redisSubscriber ? { subscriber: deps.redisSubscriber } : {}),
       onInvalidated: (inv, origin) => {
+        // An event belongs to a tenant; dropping every tenant's copies is audited by what changed the policy.
+        if (inv.tenant === "") {
+          log.info({ tier: inv.tier, reason: inv.reason, origin }, "dropped every tenant's cached DGE policies");
+          return;
+        }
         tx(() => {
           deps.events.append({
             type: "dge.policy.cache_invalidated.v1",

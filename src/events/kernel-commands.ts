@@ -30,9 +30,10 @@ export interface CommandHandler {
    * Applies one command through the kernel's own validated code path (peer registry, API keys)
    * and audits it. Runs inside the SQLite transaction that records the command as applied:
    * throwing CommandRejectedError rolls it back and dead-letters the command; any other error
-   * rolls it back and is retried (the kernel could not apply it now, e.g. the disk is full).
+   * rolls it back and is retried (the kernel could not apply it now, e.g. the disk is full). May return
+   * what to run once that transaction committed (in-memory state that must not run ahead of the disk).
    */
-  apply(command: KernelCommand): void;
+  apply(command: KernelCommand): void | (() => void);
   /** Audits a dead-lettered command (inside the transaction that records it); undefined when it did not decode. */
   rejected(command: KernelCommand | undefined, seq: number, reason: string): void;
 }
@@ -81,7 +82,7 @@ export interface CommandInbox {
   refresh(jsm: JetStreamManager): Promise<void>;
 }
 
-const KINDS = ["revokeApiKey", "setPeerAgreement", "quarantinePeer"] as const;
+const KINDS = ["revokeApiKey", "setPeerAgreement", "quarantinePeer", "setDgePolicy"] as const;
 
 /** Why a command cannot be applied at all, before its applier runs; undefined when it may be. */
 export function checkCommandEnvelope(command: KernelCommand, edgeId: string): string | undefined {
@@ -137,14 +138,19 @@ export function createCommandInbox(
     })
     .addCallback((r) => r.observe(linkLag));
 
-  const applyTx = db.transaction((command: KernelCommand, seq: number, kind: string): "applied" | "duplicate" => {
-    const now = clock.now();
-    progress.set(stream, seq, now);
-    if (seen.get(command.id)) return "duplicate";
-    settle.run(command.id, seq, kind, "applied", "", now);
-    deps.handler.apply(command);
-    return "applied";
-  });
+  const applyTx = db.transaction(
+    (
+      command: KernelCommand,
+      seq: number,
+      kind: string,
+    ): { outcome: "applied" | "duplicate"; committed?: () => void } => {
+      const now = clock.now();
+      progress.set(stream, seq, now);
+      if (seen.get(command.id)) return { outcome: "duplicate" };
+      settle.run(command.id, seq, kind, "applied", "", now);
+      return { outcome: "applied", committed: deps.handler.apply(command) ?? undefined };
+    },
+  );
   const rejectTx = db.transaction(
     (command: KernelCommand | undefined, seq: number, kind: string, reason: string): void => {
       const now = clock.now();
@@ -186,7 +192,8 @@ export function createCommandInbox(
     const kind = command?.command.case ?? "unknown";
     if (!reason && command) {
       try {
-        const outcome = applyTx(command, m.seq, kind);
+        const { outcome, committed } = applyTx(command, m.seq, kind);
+        committed?.();
         settledCounter.add(1, { outcome });
         if (outcome === "applied") {
           tally.applied++;

@@ -4,6 +4,7 @@ import { CommandRejectedError, type CommandHandler } from "../events/index.js";
 import { PeerRegistryError, type PeerRegistry } from "../federation/index.js";
 import { KEY_ID_PATTERN, type ApiKeyStore } from "../identity/api-keys/api-key-store.js";
 import type { KernelCommand } from "../../gen/nops/events/v1/kernel_command_pb.js";
+import type { HubDgePolicies } from "./hub-dge-policies.js";
 
 /** Audit actor of a hub command: "hub:<issued_by>". */
 export function hubActor(command: KernelCommand): string {
@@ -13,15 +14,18 @@ export function hubActor(command: KernelCommand): string {
 /**
  * Applies hub -> edge commands (docs/events.md, "Hub -> edge commands") through the same code
  * paths as local configuration: the peer registry (which validates and audits each change) and
- * the API key store (audited here, as ApiKeyService audits a local revocation). A command the
- * path refuses becomes CommandRejectedError, so the event bus dead-letters it with its reason.
+ * the API key store (audited here, as ApiKeyService audits a local revocation) and the embedded DGE's
+ * policies. A command the path refuses becomes CommandRejectedError, so the event bus dead-letters it
+ * with its reason.
  */
 export function createHubCommandHandler(deps: {
   peers: PeerRegistry;
   apiKeys: ApiKeyStore;
   audit: AuditLog;
+  /** The embedded DGE's policies; absent when the DGE is external (dge.url set). */
+  dgePolicies?: HubDgePolicies;
 }): CommandHandler {
-  const { peers, apiKeys, audit } = deps;
+  const { peers, apiKeys, audit, dgePolicies } = deps;
   const rejectPeerErrors = <T>(f: () => T): T => {
     try {
       return f();
@@ -72,6 +76,12 @@ export function createHubCommandHandler(deps: {
           rejectPeerErrors(() => peers.quarantine(peerSpiffeId, reason, actor));
           return;
         }
+        case "setDgePolicy":
+          if (!dgePolicies)
+            throw new CommandRejectedError(
+              "set_dge_policy: this edge's DGE is external; its policies are managed there",
+            );
+          return dgePolicies.apply(c.value, { commandId: command.id, actor });
         default:
           throw new CommandRejectedError("no command is set");
       }

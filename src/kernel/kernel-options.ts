@@ -16,7 +16,12 @@ import {
 } from "../identity/request-signing/request-signing-options.js";
 import { resolveEgressGuardOptions, type EgressGuardOptions } from "../egress/egress-guard.js";
 import { resolveDgeClientOptions, type DgeClientOptions } from "../clients/dge-client.js";
-import { resolveDgeServerOptions, type DgeServerOptions } from "../../packages/reference-dge/src/index.js";
+import {
+  resolveDgePoliciesOptions,
+  resolveDgeServerOptions,
+  type DgePoliciesOptions,
+  type DgeServerOptions,
+} from "../../packages/reference-dge/src/index.js";
 import { resolveTelemetryOptions, type TelemetryOptions } from "../telemetry/telemetry-options.js";
 import { resolveAdminOptions, type AdminOptions } from "./admin-options.js";
 import { resolveFederationOptions, type FederationOptions } from "../federation/federation-options.js";
@@ -80,6 +85,11 @@ export interface KernelOptions {
     client: DgeClientOptions;
     /** True when the kernel runs the reference DGE itself (dge.url empty). */
     embedded: boolean;
+    /**
+     * Policies of the embedded DGE (dge.url empty only); the hub's set_dge_policy commands apply on top
+     * (docs/egress.md, "Where policies come from"). @default every tier allows D1 (no PII) to any destination
+     */
+    policies: DgePoliciesOptions;
   };
   /** Egress Guard: tiers per tenant, break-glass approvers, cache (see docs/egress.md). */
   egress: EgressGuardOptions;
@@ -176,7 +186,7 @@ export const DEFAULT_KERNEL_OPTIONS = {
   authn: {},
   authz: {},
   redis: { url: "" },
-  dge: { enabled: true, url: "", protocol: "grpc", keys: {}, maxSkewMs: 300_000 },
+  dge: { enabled: true, url: "", protocol: "grpc", keys: {}, maxSkewMs: 300_000, policies: {} },
   egress: {},
   routing: {},
   rateLimit: {},
@@ -349,7 +359,11 @@ function resolveDge(raw: unknown): KernelOptions["dge"] {
     },
     "dge",
   );
-  return { enabled, client, embedded: url === "" };
+  if (url && s.policies !== undefined)
+    throw new ConfigError(
+      "dge.policies applies to the embedded DGE only; with dge.url set, that DGE owns the policies",
+    );
+  return { enabled, client, embedded: url === "", policies: resolveDgePoliciesOptions(s.policies, "dge.policies") };
 }
 
 function resolveNats(raw: unknown): KernelOptions["nats"] {

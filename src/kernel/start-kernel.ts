@@ -77,7 +77,7 @@ import { createDependencyBreaker } from "../common/dependency-breaker.js";
 import { createRedisClient } from "../store/redis-client.js";
 import { createOverloadGuard, type OverloadSamplers } from "../server/overload-guard.js";
 import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
-import { startDgeServer, resolveDgeServerOptions } from "../../packages/reference-dge/src/index.js";
+import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "../../packages/reference-dge/src/index.js";
 import {
   createEgressGuard,
   createEgressPreSend,
@@ -90,6 +90,7 @@ import {
 import { createEventBus } from "../events/event-bus.js";
 import { followPeerEventLinks } from "./peer-event-links.js";
 import { createHubCommandHandler } from "./hub-commands.js";
+import { createHubDgePolicies, loadHubDgePolicies } from "./hub-dge-policies.js";
 import { createEventBusService } from "../events/event-bus-service.js";
 import { createThreadPublishWriter } from "../events/publish-writer.js";
 import { createLeafSupervisor, findNatsServer, resolveLeafSupervisorOptions } from "../events/leaf-supervisor.js";
@@ -319,15 +320,21 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     await stage("identity");
 
     let dgeClientOptions = options.dge.client;
+    let dgeServer: DgeServer | undefined;
     if (options.dge.embedded && options.dge.enabled) {
       // The embedded default runs the reference DGE on loopback, so egress still gets a real verdict.
       const key = randomBytes(32).toString("base64url");
-      const dgeServer = await startDgeServer(
+      const server = await startDgeServer(
         { clock, logger },
-        resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+        {
+          ...resolveDgeServerOptions({ host: "127.0.0.1", port: 0, keys: { embedded: key } }),
+          // The config file's policies with the ones the hub set on top (docs/egress.md, "Where policies come from").
+          policies: loadHubDgePolicies(db, options.dge.policies),
+        },
       );
-      life.defer("embedded DGE", () => dgeServer.close());
-      dgeClientOptions = { ...dgeClientOptions, url: dgeServer.url, keys: { embedded: key } };
+      dgeServer = server;
+      life.defer("embedded DGE", () => server.close());
+      dgeClientOptions = { ...dgeClientOptions, url: server.url, keys: { embedded: key } };
     }
     const dgeBreaker = createDependencyBreaker({ logger, meter, isFailure: isDgeFailure }, "dge", budgets.dge);
     const dge = createDgeClient(
@@ -349,6 +356,13 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     );
     life.defer("egress guard", () => guard.close());
     jwks.fetch = createGuardedFetch(guard, JWKS_DESTINATION) as typeof fetch;
+    // Hub set_dge_policy commands change the embedded DGE's policies; an external DGE owns its own.
+    const hubDgePolicies = options.dge.embedded
+      ? createHubDgePolicies(
+          { db, audit, clock, logger, guard, ...(dgeServer ? { dge: dgeServer } : {}) },
+          options.dge.policies,
+        )
+      : undefined;
     await stage("egress");
 
     // Events: the outbox relays to a NATS leaf (the sidecar, or one supervised here in development).
@@ -435,7 +449,12 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
         recordPublished: publishWriter?.recordPublished,
         breaker: createDependencyBreaker({ logger, meter }, "nats", budgets.nats),
         // Hub -> edge commands are applied through the registry and key store, audited (docs/events.md).
-        commands: createHubCommandHandler({ peers: federation.registry, apiKeys: identity.apiKeys, audit }),
+        commands: createHubCommandHandler({
+          peers: federation.registry,
+          apiKeys: identity.apiKeys,
+          audit,
+          ...(hubDgePolicies ? { dgePolicies: hubDgePolicies } : {}),
+        }),
       },
       { ...options.events, ...natsAuth, natsUrl: natsUrl || options.events.natsUrl, hubBound },
     );

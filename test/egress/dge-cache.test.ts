@@ -44,6 +44,46 @@ test("dge cache - shared through Redis, invalidated in other kernels via pub/sub
   await b.close();
 });
 
+test("dge cache - invalidating every tenant at a tier drops their policies here, in Redis and in other kernels", async (t) => {
+  const { port } = await spawnRedis(t);
+  const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
+  const [ra, rb, sb] = [conn(), conn(), conn()];
+  t.teardown(() => {
+    ra.disconnect();
+    rb.disconnect();
+    sb.disconnect();
+  });
+  const clock = createManualClock();
+  const seen: DgeInvalidation[] = [];
+  const a = createDgeCache({ clock, logger: silent, redis: ra }, opts);
+  const b = createDgeCache(
+    { clock, logger: silent, redis: rb, subscriber: sb, onInvalidated: (i) => seen.push(i) },
+    opts,
+  );
+  await waitUntil(async () => ((await ra.pubsub("NUMSUB", opts.channel)) as [string, number])[1] === 1, "subscription");
+  const policy = { version: "v1", ttlMs: 300_000 };
+  for (const [tenant, tier] of [
+    ["acme", "1"],
+    ["globex", "1"],
+    ["globex", "2"],
+  ] as const) {
+    await a.setPolicy(tenant, tier, policy);
+    t.deepEqual(await b.getPolicy(tenant, tier), policy, "b holds its own copy");
+  }
+  await a.setVerdict("acme", "k", verdict, 300_000);
+  await a.invalidate({ tenant: "", tier: "1", reason: "tier 1 default changed" });
+  await waitUntil(() => seen.length === 1, "invalidation on b");
+  t.deepEqual(seen[0], { tenant: "", tier: "1", reason: "tier 1 default changed" });
+  for (const c of [a, b]) {
+    t.is(c.peekPolicy("acme", "1"), undefined);
+    t.is(c.peekPolicy("globex", "1"), undefined);
+  }
+  t.is(a.peekVerdict("acme", "k"), undefined);
+  t.is(await ra.exists("nops:dge:policy:acme:1", "nops:dge:policy:globex:1"), 0, "gone from Redis");
+  t.deepEqual(await b.getPolicy("globex", "2"), policy, "another tier is kept");
+  await b.close();
+});
+
 test("dge cache - a Redis outage is logged once, not once per lookup, and its end once", async (t) => {
   const { Writable } = await import("node:stream");
   const { createLogger } = await import("../../src/telemetry/logger.js");

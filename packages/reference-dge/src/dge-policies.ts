@@ -51,7 +51,8 @@ export const DEFAULT_DGE_POLICY: Readonly<DgePolicySpec> = {
 };
 const TIER_KEYS = ["1", "2", "3"] as const;
 
-function resolveSpec(input: unknown, path: string, base: DgePolicySpec): DgePolicySpec {
+/** Validates one policy (fields not given come from `base`); throws ConfigError naming the field. */
+export function resolveDgePolicySpec(input: unknown, path: string, base: DgePolicySpec): DgePolicySpec {
   const s: RawSection = readSection(input, path, DEFAULT_DGE_POLICY);
   const allowed = readStringList(s, "allowedPiiTypes", path, base.allowedPiiTypes);
   for (const k of allowed) {
@@ -75,7 +76,7 @@ export function resolveDgePoliciesOptions(input: unknown, path = "dge.policies")
   const s = readSection(input, path, { tiers: {}, tenants: {} });
   const tiersIn = readSection(s.tiers, `${path}.tiers`, { 1: 0, 2: 0, 3: 0 });
   const tiers = Object.fromEntries(
-    TIER_KEYS.map((k) => [k, resolveSpec(tiersIn[k], `${path}.tiers.${k}`, DEFAULT_DGE_POLICY)]),
+    TIER_KEYS.map((k) => [k, resolveDgePolicySpec(tiersIn[k], `${path}.tiers.${k}`, DEFAULT_DGE_POLICY)]),
   ) as DgePoliciesOptions["tiers"];
   const tenants: DgePoliciesOptions["tenants"] = {};
   const tenantsIn = s.tenants ?? {};
@@ -88,7 +89,7 @@ export function resolveDgePoliciesOptions(input: unknown, path = "dge.policies")
     tenants[tenant] = Object.fromEntries(
       TIER_KEYS.filter((k) => t[k] !== undefined).map((k) => [
         k,
-        resolveSpec(t[k], `${path}.tenants.${tenant}.${k}`, tiers[k]),
+        resolveDgePolicySpec(t[k], `${path}.tenants.${tenant}.${k}`, tiers[k]),
       ]),
     );
   }

@@ -10,7 +10,13 @@ export {
   type DgeServer,
   type DgeServerDeps,
 } from "./dge-server.js";
-export { resolveDgePoliciesOptions, type DgePoliciesOptions, type DgePolicySpec } from "./dge-policies.js";
+export {
+  DEFAULT_DGE_POLICY,
+  resolveDgePoliciesOptions,
+  resolveDgePolicySpec,
+  type DgePoliciesOptions,
+  type DgePolicySpec,
+} from "./dge-policies.js";
 export { classifyText } from "./dge-service.js";
 export { detectPii, PII_KINDS, type PiiKind, type Detection, CLASSIFIER_VERSION } from "./pii-classifier.js";
 export { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";

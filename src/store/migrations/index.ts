@@ -10,6 +10,7 @@ import { migration0008 } from "./0008-audit-tree.js";
 import { migration0009 } from "./0009-federation-peers.js";
 import { migration0010 } from "./0010-kernel-commands.js";
 import { migration0011 } from "./0011-peer-kernel-id.js";
+import { migration0012 } from "./0012-dge-policy-overrides.js";
 
 /** Every migration, in version order. Append new ones; never edit one that has shipped. */
 export const MIGRATIONS: readonly Migration[] = [
@@ -24,4 +25,5 @@ export const MIGRATIONS: readonly Migration[] = [
   migration0009,
   migration0010,
   migration0011,
+  migration0012,
 ];

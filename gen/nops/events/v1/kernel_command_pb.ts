@@ -6,13 +6,15 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { EgressClass, PiiType, Tier } from "../../dge/v1/dge_pb.js";
+import { file_nops_dge_v1_dge } from "../../dge/v1/dge_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nops/events/v1/kernel_command.proto.
  */
 export const file_nops_events_v1_kernel_command: GenFile = /*@__PURE__*/
-  fileDesc("CiNub3BzL2V2ZW50cy92MS9rZXJuZWxfY29tbWFuZC5wcm90bxIObm9wcy5ldmVudHMudjEi1gIKDUtlcm5lbENvbW1hbmQSDwoHdmVyc2lvbhgBIAEoDRIKCgJpZBgCIAEoCRITCgt0YXJnZXRfZWRnZRgDIAEoCRItCglpc3N1ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWlzc3VlZF9ieRgFIAEoCRI9Cg5yZXZva2VfYXBpX2tleRgKIAEoCzIjLm5vcHMuZXZlbnRzLnYxLlJldm9rZUFwaUtleUNvbW1hbmRIABJFChJzZXRfcGVlcl9hZ3JlZW1lbnQYCyABKAsyJy5ub3BzLmV2ZW50cy52MS5TZXRQZWVyQWdyZWVtZW50Q29tbWFuZEgAEkAKD3F1YXJhbnRpbmVfcGVlchgMIAEoCzIlLm5vcHMuZXZlbnRzLnYxLlF1YXJhbnRpbmVQZWVyQ29tbWFuZEgAQgkKB2NvbW1hbmQiNQoTUmV2b2tlQXBpS2V5Q29tbWFuZBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJIp4BChdTZXRQZWVyQWdyZWVtZW50Q29tbWFuZBIWCg5wZWVyX3NwaWZmZV9pZBgBIAEoCRI0CgdpbmJvdW5kGAIgASgLMiMubm9wcy5ldmVudHMudjEuUGVlckFncmVlbWVudENsYXVzZRI1CghvdXRib3VuZBgDIAEoCzIjLm5vcHMuZXZlbnRzLnYxLlBlZXJBZ3JlZW1lbnRDbGF1c2UiPAoTUGVlckFncmVlbWVudENsYXVzZRIPCgd0ZW5hbnRzGAEgAygJEhQKDGNhcGFiaWxpdGllcxgCIAMoCSI/ChVRdWFyYW50aW5lUGVlckNvbW1hbmQSFgoOcGVlcl9zcGlmZmVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiNub3BzL2V2ZW50cy92MS9rZXJuZWxfY29tbWFuZC5wcm90bxIObm9wcy5ldmVudHMudjEilQMKDUtlcm5lbENvbW1hbmQSDwoHdmVyc2lvbhgBIAEoDRIKCgJpZBgCIAEoCRITCgt0YXJnZXRfZWRnZRgDIAEoCRItCglpc3N1ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWlzc3VlZF9ieRgFIAEoCRI9Cg5yZXZva2VfYXBpX2tleRgKIAEoCzIjLm5vcHMuZXZlbnRzLnYxLlJldm9rZUFwaUtleUNvbW1hbmRIABJFChJzZXRfcGVlcl9hZ3JlZW1lbnQYCyABKAsyJy5ub3BzLmV2ZW50cy52MS5TZXRQZWVyQWdyZWVtZW50Q29tbWFuZEgAEkAKD3F1YXJhbnRpbmVfcGVlchgMIAEoCzIlLm5vcHMuZXZlbnRzLnYxLlF1YXJhbnRpbmVQZWVyQ29tbWFuZEgAEj0KDnNldF9kZ2VfcG9saWN5GA0gASgLMiMubm9wcy5ldmVudHMudjEuU2V0RGdlUG9saWN5Q29tbWFuZEgAQgkKB2NvbW1hbmQiNQoTUmV2b2tlQXBpS2V5Q29tbWFuZBIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJIp4BChdTZXRQZWVyQWdyZWVtZW50Q29tbWFuZBIWCg5wZWVyX3NwaWZmZV9pZBgBIAEoCRI0CgdpbmJvdW5kGAIgASgLMiMubm9wcy5ldmVudHMudjEuUGVlckFncmVlbWVudENsYXVzZRI1CghvdXRib3VuZBgDIAEoCzIjLm5vcHMuZXZlbnRzLnYxLlBlZXJBZ3JlZW1lbnRDbGF1c2UiPAoTUGVlckFncmVlbWVudENsYXVzZRIPCgd0ZW5hbnRzGAEgAygJEhQKDGNhcGFiaWxpdGllcxgCIAMoCSI/ChVRdWFyYW50aW5lUGVlckNvbW1hbmQSFgoOcGVlcl9zcGlmZmVfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIu0BChNTZXREZ2VQb2xpY3lDb21tYW5kEg4KBnRlbmFudBgBIAEoCRIfCgR0aWVyGAIgASgOMhEubm9wcy5kZ2UudjEuVGllchINCgVjbGVhchgDIAEoCBIyChBtYXhfZWdyZXNzX2NsYXNzGAQgASgOMhgubm9wcy5kZ2UudjEuRWdyZXNzQ2xhc3MSLwoRYWxsb3dlZF9waWlfdHlwZXMYBSADKA4yFC5ub3BzLmRnZS52MS5QaWlUeXBlEhwKFGFsbG93ZWRfZGVzdGluYXRpb25zGAYgAygJEhMKC3R0bF9zZWNvbmRzGAcgASgNYgZwcm90bzM", [file_google_protobuf_timestamp, file_nops_dge_v1_dge]);
 
 /**
  * KernelCommand is what the hub tells one edge kernel: stream NOPS_CMD (hub domain), subject
@@ -79,6 +81,12 @@ export type KernelCommand = Message<"nops.events.v1.KernelCommand"> & {
      */
     value: QuarantinePeerCommand;
     case: "quarantinePeer";
+  } | {
+    /**
+     * @generated from field: nops.events.v1.SetDgePolicyCommand set_dge_policy = 13;
+     */
+    value: SetDgePolicyCommand;
+    case: "setDgePolicy";
   } | { case: undefined; value?: undefined };
 };
 
@@ -203,4 +211,70 @@ export type QuarantinePeerCommand = Message<"nops.events.v1.QuarantinePeerComman
  */
 export const QuarantinePeerCommandSchema: GenMessage<QuarantinePeerCommand> = /*@__PURE__*/
   messageDesc(file_nops_events_v1_kernel_command, 4);
+
+/**
+ * SetDgePolicyCommand sets (or clears) the egress policy the edge's embedded reference DGE applies
+ * to one tenant at one tier, or the tier's default; an edge whose DGE is external refuses it.
+ * The policy is complete: fields not given are not taken from the tier default.
+ *
+ * @generated from message nops.events.v1.SetDgePolicyCommand
+ */
+export type SetDgePolicyCommand = Message<"nops.events.v1.SetDgePolicyCommand"> & {
+  /**
+   * Tenant whose override this is; empty for the tier's default policy.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * TIER_1, TIER_2 or TIER_3 (air-gapped tenants never get anything out).
+   *
+   * @generated from field: nops.dge.v1.Tier tier = 2;
+   */
+  tier: Tier;
+
+  /**
+   * Drops the hub's policy for this tenant and tier (the config file's applies again); every
+   * policy field must then be empty.
+   *
+   * @generated from field: bool clear = 3;
+   */
+  clear: boolean;
+
+  /**
+   * Highest egress class allowed out.
+   *
+   * @generated from field: nops.dge.v1.EgressClass max_egress_class = 4;
+   */
+  maxEgressClass: EgressClass;
+
+  /**
+   * PII types allowed out despite being found (ignored at tier 3).
+   *
+   * @generated from field: repeated nops.dge.v1.PiiType allowed_pii_types = 5;
+   */
+  allowedPiiTypes: PiiType[];
+
+  /**
+   * Destinations allowed: exact names or "prefix*"; empty means any.
+   *
+   * @generated from field: repeated string allowed_destinations = 6;
+   */
+  allowedDestinations: string[];
+
+  /**
+   * How long the kernel may cache the policy and verdicts under it, seconds (1 to 86400).
+   *
+   * @generated from field: uint32 ttl_seconds = 7;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message nops.events.v1.SetDgePolicyCommand.
+ * Use `create(SetDgePolicyCommandSchema)` to create a new message.
+ */
+export const SetDgePolicyCommandSchema: GenMessage<SetDgePolicyCommand> = /*@__PURE__*/
+  messageDesc(file_nops_events_v1_kernel_command, 5);
 
