@@ -69,7 +69,7 @@ function refusalError(err: FederationRefusal): unknown {
  * method is PERMISSION_DENIED by authz, audited there). With one, the delegation is verified
  * (wrong audience or tenant outside the agreement PERMISSION_DENIED, expired or replayed
  * UNAUTHENTICATED, each audited as "federation.delegation") and the principal acts in its tenant;
- * a server stream it opens ends UNAUTHENTICATED when the delegation expires.
+ * a catalog watch it opens ends UNAUTHENTICATED when the delegation expires.
  * A quarantined or unknown peer keeps the role-less principal authn gave it.
  */
 export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelInterceptor {
@@ -127,9 +127,10 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
         details: { originalPrincipal: delegation.originalPrincipal, hops },
         correlationId: call.ctx.values.get(kCorrelationId) || undefined,
       });
-    if (call.method.methodKind !== "server_streaming") return next(call);
-    // What a delegation allows ends with it: a stream (the peer's catalog watch) stops at its expiry,
-    // and the peer reopens it with a fresh one.
+    if (call.method !== AgentRegistryService.method.watchAgents) return next(call);
+    // A standing subscription (the peer's catalog watch) lasts only as long as the delegation that
+    // allowed it: it stops at its expiry and the peer reopens it with a fresh one. A forwarded call
+    // (InvokeStream included) was allowed when it started and runs to its own deadline.
     const expiry = new AbortController();
     const timer = clock.setTimeout(
       () => expiry.abort(unauthenticated("delegation expired; reopen the stream with a fresh delegation")),
