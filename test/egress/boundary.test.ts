@@ -56,6 +56,12 @@ const LOCAL_ALLOWLIST: { pattern: RegExp; reason: string }[] = [
     reason: "operator command `audit verify --checkpoint <url>`: a GET of a signed checkpoint, carrying no data",
   },
   {
+    pattern: /^src\/kernel\/hub-command\.ts$/,
+    reason:
+      "operator command `nops-kernel hub set-dge-policy|clear-dge-policy`: publishes the operator's own policy " +
+      "command to the hub's NOPS_CMD stream, carrying no tenant data",
+  },
+  {
     pattern: /^src\/federation\/federation\.ts$/,
     reason:
       "Discover, Handshake and bundle fetches with pinned peers: public descriptors, bundles and proofs, " +

@@ -3,7 +3,7 @@ import { join, relative } from "node:path";
 import test from "ava";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const COPIED = ["nops/agent", "nops/events", "nops/kernel", "spiffe"];
+const COPIED = ["nops/agent", "nops/dge", "nops/events", "nops/kernel", "spiffe"];
 
 function files(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>

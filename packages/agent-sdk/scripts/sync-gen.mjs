@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../../../gen/", import.meta.url));
 const out = fileURLToPath(new URL("../src/gen/", import.meta.url));
-const DIRS = ["nops/agent", "nops/events", "nops/kernel", "spiffe"];
+// nops/dge: the events package's hub commands carry DGE policy types.
+const DIRS = ["nops/agent", "nops/dge", "nops/events", "nops/kernel", "spiffe"];
 
 rmSync(out, { recursive: true, force: true });
 for (const dir of DIRS) cpSync(root + dir, out + dir, { recursive: true });

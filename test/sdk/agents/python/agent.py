@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from nops_agent import KernelError, create_agent
+from nops_agent import KernelError, KernelUnavailableError, create_agent
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 out_lock = threading.Lock()
@@ -114,7 +114,17 @@ def commands():
                         agent.register(timeout=deadline_ms / 1000.0)
                     except KernelError:
                         failures += 1
-                emit(event="register-retried", agentId=agent.register(), failures=failures)
+                # register() is one attempt (its contract: the caller retries a transient failure); the
+                # connection the cut-short attempts ran on may be dropped, so retry that here.
+                for attempt in range(5):
+                    try:
+                        agent_id = agent.register()
+                        break
+                    except KernelUnavailableError:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.2)
+                emit(event="register-retried", agentId=agent_id, failures=failures)
         except Exception as err:  # reported, never fatal: the test decides
             emit(event="error", command=line.strip(), error=str(err))
 
