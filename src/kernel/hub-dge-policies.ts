@@ -107,7 +107,7 @@ export function loadHubDgePolicies(db: Db, config: DgePoliciesOptions): DgePolic
 }
 
 /**
- * Creates the hub's DGE policies over SQLite (dge_policy_overrides, migration 0011). After each commit the
+ * Creates the hub's DGE policies over SQLite (dge_policy_overrides, migration 0012). After each commit the
  * DGE gets the new policies and the guard drops its cached copies of the tenant (every tenant for a tier
  * default), so a tightened policy applies to the next call, not after the cache TTL.
  */

@@ -1,11 +1,20 @@
 import { Redis } from "ioredis";
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { createManualClock } from "../../src/common/clock.js";
 import { createDgeCache, type DgeInvalidation } from "../../src/egress/dge-cache.js";
 import { silent, spawnRedis, waitUntil } from "../fixtures/dge-helpers.js";
 
 const opts = { ttlMs: 300_000, maxEntries: 100, keyPrefix: "nops:dge:", channel: "nops:dge:invalidate" };
 const verdict = { allow: true, reason: "allowed", classification: "D1", findings: {}, policyVersion: "v1" };
+
+/** Three connections (two kernels' clients and a subscriber) to a Redis of the test's own, closed at its end. */
+async function redisConnections(t: ExecutionContext): Promise<[Redis, Redis, Redis]> {
+  const { port } = await spawnRedis(t);
+  const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
+  const conns: [Redis, Redis, Redis] = [conn(), conn(), conn()];
+  t.teardown(() => conns.forEach((c) => c.disconnect()));
+  return conns;
+}
 
 test("dge cache - in-process only: entries expire after the 5-minute TTL (fake clock)", async (t) => {
   const clock = createManualClock();
@@ -18,14 +27,7 @@ test("dge cache - in-process only: entries expire after the 5-minute TTL (fake c
 });
 
 test("dge cache - shared through Redis, invalidated in other kernels via pub/sub", async (t) => {
-  const { port } = await spawnRedis(t);
-  const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
-  const [ra, rb, sb] = [conn(), conn(), conn()];
-  t.teardown(() => {
-    ra.disconnect();
-    rb.disconnect();
-    sb.disconnect();
-  });
+  const [ra, rb, sb] = await redisConnections(t);
   const clock = createManualClock();
   const seen: [DgeInvalidation, string][] = [];
   const a = createDgeCache({ clock, logger: silent, redis: ra }, opts);
@@ -45,14 +47,7 @@ test("dge cache - shared through Redis, invalidated in other kernels via pub/sub
 });
 
 test("dge cache - invalidating every tenant at a tier drops their policies here, in Redis and in other kernels", async (t) => {
-  const { port } = await spawnRedis(t);
-  const conn = (): Redis => new Redis({ port, host: "127.0.0.1", maxRetriesPerRequest: 1 });
-  const [ra, rb, sb] = [conn(), conn(), conn()];
-  t.teardown(() => {
-    ra.disconnect();
-    rb.disconnect();
-    sb.disconnect();
-  });
+  const [ra, rb, sb] = await redisConnections(t);
   const clock = createManualClock();
   const seen: DgeInvalidation[] = [];
   const a = createDgeCache({ clock, logger: silent, redis: ra }, opts);

@@ -35,6 +35,17 @@ test("events.federation is validated, naming the field", (t) => {
   t.throws(() => resolveFederationLinks({}, "edgea"), { message: /events\.federation must be a list/ });
 });
 
+/** A hub with leaves for edges A and B and the hub's streams for both; closes them through `closers`. */
+async function twoEdgeHub(closers: (() => Promise<unknown>)[]) {
+  const topo = await startNatsTopology({ edgeDomain: "edgea", proxied: true });
+  closers.push(() => topo.destroy());
+  const leafB = await topo.addLeaf("edgeb");
+  const hubConn = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass });
+  closers.unshift(() => hubConn.close());
+  await ensureHubStreams(await jetstreamManager(hubConn), { edges: [{ edgeId: "edgea" }, { edgeId: "edgeb" }] });
+  return { topo, leafB, common: { ...topo.kernelUser, retryInitialMs: 100 } };
+}
+
 /** Subscribes on B and acks every delivery; returns the event ids delivered, in order. */
 function collect(edge: EdgePipeline, signal: AbortSignal, tenant = "acme"): { ids: string[]; done: Promise<void> } {
   const ids: string[] = [];
@@ -64,15 +75,9 @@ test.serial(
   "a tenant event on kernel A is delivered exactly once to its subscriber on kernel B across cuts",
   async (t) => {
     t.timeout(240_000);
-    const topo = await startNatsTopology({ edgeDomain: "edgea", proxied: true });
-    const closers: (() => Promise<unknown>)[] = [() => topo.destroy()];
+    const closers: (() => Promise<unknown>)[] = [];
     try {
-      const b = await topo.addLeaf("edgeb");
-      const hubConn = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass });
-      closers.unshift(() => hubConn.close());
-      await ensureHubStreams(await jetstreamManager(hubConn), { edges: [{ edgeId: "edgea" }, { edgeId: "edgeb" }] });
-
-      const common = { ...topo.kernelUser, retryInitialMs: 100 };
+      const { topo, leafB: b, common } = await twoEdgeHub(closers);
       const a = startEdgePipeline({
         ...common,
         dbPath: tempDbPath(),
@@ -216,14 +221,9 @@ test.serial(
   "event federation - links from established peers' agreements (no events.federation): delivered, refused outside the agreement, changed live, never twice",
   async (t) => {
     t.timeout(240_000);
-    const topo = await startNatsTopology({ edgeDomain: "edgea", proxied: true });
-    const closers: (() => Promise<unknown>)[] = [() => topo.destroy()];
+    const closers: (() => Promise<unknown>)[] = [];
     try {
-      const leafB = await topo.addLeaf("edgeb");
-      const hubConn = await connect({ servers: topo.hub.url, user: topo.hubUser.user, pass: topo.hubUser.pass });
-      closers.unshift(() => hubConn.close());
-      await ensureHubStreams(await jetstreamManager(hubConn), { edges: [{ edgeId: "edgea" }, { edgeId: "edgeb" }] });
-      const common = { ...topo.kernelUser, retryInitialMs: 100 };
+      const { topo, leafB, common } = await twoEdgeHub(closers);
       const a = startEdgePipeline({
         ...common,
         dbPath: tempDbPath(),
