@@ -683,16 +683,21 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
             res.end();
             return;
           }
-          (mcp ??= buildMcp()).then(
-            (m) => route(m)(req, res),
-            (err: unknown) => {
-              // Not cached: the next request tries again.
-              mcp = undefined;
-              log.error({ err }, "MCP endpoint failed to load");
-              if (!res.headersSent) res.writeHead(500);
-              res.end();
-            },
-          );
+          const fail = (err: unknown, what: string) => {
+            log.error({ err }, what);
+            if (!res.headersSent) res.writeHead(500);
+            res.end();
+          };
+          (mcp ??= buildMcp())
+            .then(
+              (m) => route(m)(req, res),
+              (err: unknown) => {
+                // Not cached: the next request tries again.
+                mcp = undefined;
+                fail(err, "MCP endpoint failed to load");
+              },
+            )
+            .catch((err: unknown) => fail(err, "MCP request failed"));
         };
       rawRoutes[MCP_PATH] = serve((m) => (req, res) => m.handle(req, res));
       const metadata = serve((m) => (req, res) => m.metadata(req, res));
