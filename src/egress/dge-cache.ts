@@ -153,16 +153,16 @@ export function createDgeCache(deps: DgeCacheDeps, options: DgeCacheOptions): Dg
   }
   const policyOf = (e: Entry | undefined): CachedPolicy | undefined => (e?.kind === "policy" ? e.value : undefined);
   const verdictOf = (e: Entry | undefined): CachedVerdict | undefined => (e?.kind === "verdict" ? e.value : undefined);
-  const dropped = (inv: DgeInvalidation, key: string): boolean => {
-    if (inv.tenant !== "")
-      return (
-        key.startsWith(inv.tier ? policyKey(inv.tenant, inv.tier) : `policy:${inv.tenant}:`) ||
-        key.startsWith(verdictKey(inv.tenant, ""))
-      );
-    return key.startsWith("verdict:") || (key.startsWith("policy:") && (!inv.tier || key.endsWith(`:${inv.tier}`)));
-  };
   function applyLocal(inv: DgeInvalidation): void {
-    for (const k of [...lru.keys()]) if (dropped(inv, k)) lru.delete(k);
+    // What an invalidation drops, worked out once: a tenant's policies (at one tier, or all) and
+    // verdicts, or ("" tenant) every tenant's, at the tier when one is named.
+    const { tenant, tier } = inv;
+    const policies = tenant === "" ? "policy:" : tier ? policyKey(tenant, tier) : `policy:${tenant}:`;
+    const tierSuffix = tenant === "" && tier ? `:${tier}` : "";
+    const verdicts = tenant === "" ? "verdict:" : verdictKey(tenant, "");
+    for (const k of [...lru.keys()]) {
+      if (k.startsWith(verdicts) || (k.startsWith(policies) && k.endsWith(tierSuffix))) lru.delete(k);
+    }
   }
   // Every tenant's policy keys in Redis (at one tier, or all): the tenants are not known here.
   async function redisPolicyKeys(tier: string): Promise<string[]> {

@@ -178,6 +178,11 @@ export interface EgressGuard {
    * invalid tenant), recorded like check()'s; undefined when only check() can decide.
    */
   checkNow(request: EgressRequest): EgressDecision | undefined;
+  /**
+   * check() without a promise when none is needed: the decision at once when it needs no I/O, else
+   * the promise of it. For a hot path that must not wait a microtask for a cached verdict.
+   */
+  decide(request: EgressRequest): EgressDecision | Promise<EgressDecision>;
   /** Drops cached policies and verdicts of a tenant ("" for every tenant) here and (via Redis) in every kernel. */
   invalidate(tenant: string, reason: string): Promise<void>;
   /** Writes pending egress.allowed.v1 events now. */
@@ -710,10 +715,8 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     return [classification ? egressClassName(classification.egressClass) : "", false];
   }
 
-  async function decide(req: EgressRequest): Promise<EgressDecision> {
-    const p = prepare(req);
-    const local = decideLocally(req, p);
-    if (local) return local;
+  /** The decision that needs the DGE (or Redis): decideLocally had none. */
+  async function decideRemotely(req: EgressRequest, p: ReturnType<typeof prepare>): Promise<EgressDecision> {
     try {
       if (req.override) {
         const [actual, cached] = await classOf(req, p);
@@ -747,9 +750,15 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     }
   }
 
+  function decide(req: EgressRequest): EgressDecision | Promise<EgressDecision> {
+    const p = prepare(req);
+    return decideLocally(req, p) ?? decideRemotely(req, p);
+  }
+
   return {
-    check: decide,
+    check: async (req) => decide(req),
     checkNow: (req) => decideLocally(req, prepare(req)),
+    decide,
     invalidate: (tenant, reason) => cache.invalidate({ tenant, tier: "", reason }),
     flush: () => {
       flush();

@@ -47,25 +47,27 @@ export function createEgressPreSend(
     const keep = forwardableTraceContext(headers.traceparent, headers.tracestate);
     if (keep.traceparent === undefined) delete headers.traceparent;
     if (keep.tracestate === undefined) delete headers.tracestate;
+    const to = `${destination}${path}`;
     const request: EgressRequest = {
       tenant: headers[TENANT_HEADER] ?? "",
       transport: "grpc",
-      destination: `${destination}${path}`,
+      destination: to,
       dataType: path,
       payload: select(path, message),
       headers: Object.entries(headers),
-      record: { destination: `${destination}${path}`, dataType: path },
+      record: { destination: to, dataType: path },
       override,
       signal,
     };
-    const now = guard.checkNow(request);
-    if (now) {
-      if (!now.allowed) throw egressDeniedError(now);
-      return undefined;
+    // One preparation of the call's text whether or not the DGE has to be asked.
+    const decision = guard.decide(request);
+    if (decision instanceof Promise) {
+      return decision.then((d) => {
+        if (!d.allowed) throw egressDeniedError(d);
+      });
     }
-    return guard.check(request).then((d) => {
-      if (!d.allowed) throw egressDeniedError(d);
-    });
+    if (!decision.allowed) throw egressDeniedError(decision);
+    return undefined;
   };
 }
 

@@ -1,5 +1,5 @@
 import { resolveFederationLinks, type FederationLink } from "./event-federation.js";
-import { ConfigError, TENANT_PATTERN } from "../common/index.js";
+import { ConfigError, EDGE_ID_PATTERN, TENANT_PATTERN } from "../common/index.js";
 import { RESERVED_EVENT_NAMESPACES, resolveTenantEventSchemas, type TenantEventSchemas } from "../store/index.js";
 
 /** Options of the edge event bus (relay, hub confirmation, idempotency, consumers, DLQ). */
@@ -133,7 +133,8 @@ export const DEFAULT_ACK_WAIT_MS = 30_000;
 /** @see EventBusOptions.systemTenant */
 export const DEFAULT_SYSTEM_TENANT = "system";
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+// Edge ids, JetStream domains and stream names follow the one rule for NATS names.
+const NAME = EDGE_ID_PATTERN;
 
 /** Validates a partial plain object and fills defaults; throws ConfigError naming `<path>.<field>`. */
 export function resolveEventBusOptions(input: Partial<EventBusOptions>, path = "events"): EventBusOptions {

@@ -1,4 +1,4 @@
-import { ConfigError, TENANT_PATTERN } from "../common/index.js";
+import { ConfigError, EDGE_ID_PATTERN, TENANT_PATTERN } from "../common/index.js";
 
 /** Values for a leaf node's config (same shape as nats/leaf.conf, whose `$VARS` these fill). */
 export interface LeafConfigValues {
@@ -99,7 +99,8 @@ export interface HubConfigValues {
 }
 
 const SAFE = /^[A-Za-z0-9_.:/@$*>-]+$/;
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+// Edge ids, JetStream domains and stream names follow the one rule for NATS names.
+const NAME = EDGE_ID_PATTERN;
 
 function quoted(field: string, value: string): string {
   // NATS config strings are quoted; reject anything that could break out of the quotes.

@@ -1,5 +1,6 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
+import { LRUCache } from "lru-cache";
 import { KernelError, type Clock } from "../common/index.js";
 import { verifyPeer, PeerVerificationError, type VerifiedPeer, type X509Bundle } from "../identity/index.js";
 
@@ -72,10 +73,9 @@ interface VerifiedSigner {
 }
 
 // A signer's chain verifies the same until its leaf expires or the peer's bundle changes (a changed
-// bundle is a new object): remember it per bundle, so a peer's per-call delegation costs one
-// signature check instead of a chain validation and two certificate parses.
-const verifiedSigners = new WeakMap<X509Bundle, Map<string, VerifiedSigner>>();
-const MAX_SIGNERS_PER_BUNDLE = 64;
+// bundle is a new object): remember it with the bundle it verified against, so a peer's per-call
+// delegation costs one signature check instead of a chain validation and two certificate parses.
+const verifiedSigners = new LRUCache<string, VerifiedSigner & { bundle: X509Bundle }>({ max: 64 });
 
 function verifySigner(
   x5c: unknown[],
@@ -83,9 +83,15 @@ function verifySigner(
   clock: Clock,
 ): VerifiedSigner {
   const key = x5c.join(",");
-  let known = verifiedSigners.get(expected.bundle);
-  const hit = known?.get(key);
-  if (hit && hit.peer.spiffeId === expected.spiffeId && clock.now() < hit.peer.notAfter) return hit;
+  const hit = verifiedSigners.get(key);
+  if (
+    hit &&
+    hit.bundle === expected.bundle &&
+    hit.peer.spiffeId === expected.spiffeId &&
+    clock.now() < hit.peer.notAfter
+  ) {
+    return hit;
+  }
   const chain = x5c.map((c) => new Uint8Array(Buffer.from(String(c), "base64")));
   let peer: VerifiedPeer;
   try {
@@ -107,11 +113,7 @@ function verifySigner(
   }
   const leafDer = chain[0]!;
   const signer = { peer, key: new X509Certificate(leafDer).publicKey, leafDer, chain };
-  if (!known) verifiedSigners.set(expected.bundle, (known = new Map<string, VerifiedSigner>()));
-  // Oldest first: a full map drops the signer verified longest ago (SVIDs rotate; the newest are in use).
-  known.delete(key);
-  if (known.size >= MAX_SIGNERS_PER_BUNDLE) known.delete(known.keys().next().value!);
-  known.set(key, signer);
+  verifiedSigners.set(key, { ...signer, bundle: expected.bundle });
   return signer;
 }
 
@@ -147,8 +149,9 @@ export async function verifySvidJws(
   }
 }
 
-// Leaf (x5c[0], base64) -> the SPIFFE ID it claims, unverified: the key to the pin to check against.
-const claimedIds = new Map<string, string | undefined>();
+// Leaf (x5c[0], base64) -> the SPIFFE ID it claims ("" for none), unverified: the key to the pin to check
+// against. A peer signs every delegation with the same leaf until it rotates: each leaf is parsed once.
+const claimedIds = new LRUCache<string, string>({ max: 64 });
 
 /** Reads the SPIFFE ID a JWS claims in its x5c leaf without trusting it (to find the pin to check against). */
 export function claimedSigner(jws: string): string | undefined {
@@ -160,19 +163,19 @@ export function claimedSigner(jws: string): string | undefined {
     return undefined;
   }
   if (typeof first !== "string") return undefined;
-  if (claimedIds.has(first)) return claimedIds.get(first);
-  let uri: string | undefined;
-  try {
-    const san = new X509Certificate(Buffer.from(first, "base64")).subjectAltName ?? "";
-    uri = san
-      .split(", ")
-      .find((s) => s.startsWith("URI:spiffe://"))
-      ?.slice(4);
-  } catch {
-    uri = undefined;
+  let uri = claimedIds.get(first);
+  if (uri === undefined) {
+    try {
+      const san = new X509Certificate(Buffer.from(first, "base64")).subjectAltName ?? "";
+      uri =
+        san
+          .split(", ")
+          .find((s) => s.startsWith("URI:spiffe://"))
+          ?.slice(4) ?? "";
+    } catch {
+      uri = "";
+    }
+    claimedIds.set(first, uri);
   }
-  // A peer signs every delegation with the same leaf until it rotates: parse each leaf once.
-  if (claimedIds.size >= MAX_SIGNERS_PER_BUNDLE) claimedIds.delete(claimedIds.keys().next().value!);
-  claimedIds.set(first, uri);
-  return uri;
+  return uri || undefined;
 }

@@ -32,6 +32,13 @@ export function parseCommandFlags(
   return { values, switches };
 }
 
+/** The value of a flag `nops-kernel <command>` cannot do without; a ConfigError names it when absent. */
+export function requiredFlag(values: ReadonlyMap<string, string>, command: string, name: string): string {
+  const v = values.get(name);
+  if (v === undefined) throw new ConfigError(`${command} needs ${name}`);
+  return v;
+}
+
 /** A comma-separated flag value as its non-empty, trimmed items ([] when absent). */
 export function commaList(value: string | undefined): string[] {
   return (value ?? "")

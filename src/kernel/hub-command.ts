@@ -7,7 +7,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { ConfigError } from "../common/errors.js";
 import { TENANT_PATTERN } from "../common/index.js";
-import { commaList, parseCommandFlags } from "./command-flags.js";
+import { commaList, parseCommandFlags, requiredFlag } from "./command-flags.js";
 import {
   addHubEdge,
   edgeLinkPermissions,
@@ -60,11 +60,7 @@ const COMMAND_VALUE_FLAGS = new Set([
 
 /** The set_dge_policy command of `hub set-dge-policy` / `hub clear-dge-policy` flags; ConfigError names a bad flag. */
 export function dgePolicyCommandOfFlags(sub: string, values: ReadonlyMap<string, string>): KernelCommand {
-  const need = (name: string): string => {
-    const v = values.get(name);
-    if (v === undefined) throw new ConfigError(`hub ${sub} needs ${name}`);
-    return v;
-  };
+  const need = (name: string): string => requiredFlag(values, `hub ${sub}`, name);
   const tierFlag = need("--tier");
   const tier = { "1": Tier.TIER_1, "2": Tier.TIER_2, "3": Tier.TIER_3 }[tierFlag];
   if (tier === undefined) throw new ConfigError(`--tier must be 1, 2 or 3 (got ${tierFlag})`);
@@ -159,11 +155,7 @@ export function runHubCommand(sub: string | undefined, args: readonly string[], 
   }
   const { values, switches } = parseCommandFlags("hub", args, VALUE_FLAGS, new Set(["--create-hub-stream"]));
   const createHubStream = switches.has("--create-hub-stream");
-  const need = (name: string): string => {
-    const v = values.get(name);
-    if (v === undefined) throw new ConfigError(`hub ${sub} needs ${name}`);
-    return v;
-  };
+  const need = (name: string): string => requiredFlag(values, `hub ${sub}`, name);
   const registryPath = need("--registry");
   const usersPath = values.get("--users-out") ?? join(dirname(registryPath), "edge-users.conf");
   const registry = readHubEdgeRegistry(registryPath, values.get("--hub-domain"));

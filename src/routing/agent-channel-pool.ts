@@ -14,7 +14,7 @@ import {
 import { type Clock, KernelError } from "../common/index.js";
 import { bytesText, isOpaqueId, type EgressPreSend } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
-import { createAgentH2Client, type AgentH2Client, type H2Stream } from "./agent-h2-client.js";
+import { createAgentH2Client, type AgentH2Client, type H2CallOptions, type H2Stream } from "./agent-h2-client.js";
 import type { ChannelPoolOptions } from "./routing-options.js";
 
 /** An endpoint the pool cannot dial (unknown scheme, no port). */
@@ -22,14 +22,8 @@ export class EndpointError extends KernelError {
   override name = "EndpointError";
 }
 
-/** Per-call settings of an outbound agent call. */
-export interface AgentCallOptions {
-  /** Absolute deadline, ms on the pool's clock. */
-  deadline: number;
-  /** Request metadata (the Egress Guard sees it and drops what must not leave). */
-  headers: Record<string, string>;
-  signal: AbortSignal;
-}
+/** Per-call settings of an outbound agent call: the client's own. */
+export type AgentCallOptions = H2CallOptions;
 
 /** A pooled gRPC client of one agent endpoint (pooled node:http2 sessions, src/routing/agent-h2-client.ts). */
 export interface AgentClient {

@@ -1,6 +1,7 @@
 import * as http2 from "node:http2";
 import type { ConnectionOptions } from "node:tls";
 import { Code } from "@connectrpc/connect";
+import { codeFromHttpStatus } from "@connectrpc/connect/protocol-grpc";
 import { type Clock, KernelError } from "../common/index.js";
 import type { EgressPreSend } from "../egress/index.js";
 import type { Logger } from "../telemetry/index.js";
@@ -114,25 +115,7 @@ export function decodeGrpcMessage(value: string | undefined): string {
 }
 
 /** The gRPC code of an HTTP status when the response carries no grpc-status (http-grpc-status-mapping.md). */
-export function codeOfHttpStatus(status: number): Code {
-  switch (status) {
-    case 400:
-      return Code.Internal;
-    case 401:
-      return Code.Unauthenticated;
-    case 403:
-      return Code.PermissionDenied;
-    case 404:
-      return Code.Unimplemented;
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return Code.Unavailable;
-    default:
-      return Code.Unknown;
-  }
-}
+export { codeFromHttpStatus as codeOfHttpStatus };
 
 function frame(message: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(PREFIX + message.length);
@@ -146,8 +129,6 @@ const header = (v: string | string[] | undefined): string | undefined => (Array.
 
 interface Session {
   h2: http2.ClientHttp2Session;
-  /** Streams of ours still open on it. */
-  active: number;
   ready: boolean;
   /** Our open streams on it. */
   streams: Set<http2.ClientHttp2Stream>;
@@ -182,7 +163,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       const i = sessions.indexOf(s);
       if (i >= 0) sessions.splice(i, 1);
     }
-    if (s.active === 0 && !s.h2.closed) s.h2.close();
+    if (s.streams.size === 0 && !s.h2.closed) s.h2.close();
   }
 
   function connect(): Session {
@@ -193,7 +174,6 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
         // HEADERS and DATA may go out as separate writes: Nagle would hold one for the peer's delayed ACK.
         noDelay: true,
       } as http2.SecureClientSessionOptions),
-      active: 0,
       streams: new Set(),
       ready: false,
       settled: false,
@@ -238,15 +218,15 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
    */
   function pick(): Session | undefined {
     let best: Session | undefined;
-    for (const s of sessions) if (room(s) && (!best || s.active < best.active)) best = s;
-    if (best && (best.active === 0 || sessions.length >= options.sessions)) return best;
+    for (const s of sessions) if (room(s) && (!best || s.streams.size < best.streams.size)) best = s;
+    if (best && (best.streams.size === 0 || sessions.length >= options.sessions)) return best;
     if (sessions.length < options.sessions && retryAt <= deps.clock.now()) return connect();
     if (best || sessions.length > 0) return best;
     throw new AgentCallError(Code.Unavailable, `No connection established to ${deps.target} (${lastFailure})`, false);
   }
   // Until the agent's SETTINGS arrive its limit is unknown (RFC 9113 §6.5.2): one stream only.
   const room = (s: Session): boolean =>
-    s.settled ? s.active < (s.h2.remoteSettings.maxConcurrentStreams ?? Infinity) : s.active === 0;
+    s.settled ? s.streams.size < (s.h2.remoteSettings.maxConcurrentStreams ?? Infinity) : s.streams.size === 0;
   // Calls waiting for a stream slot, in arrival order (a call that ends while waiting leaves the list).
   const waiting: Array<() => void> = [];
   const wakeOne = (): void => {
@@ -281,7 +261,6 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
     let parts: Buffer[] = [];
     let partsLength = 0;
     let need = 0;
-    let failure: AgentCallError | undefined;
 
     const sent = (): boolean => stream !== undefined && !stream.pending;
     const finish = (err: AgentCallError | undefined): void => {
@@ -335,7 +314,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
               }),
         );
       }
-      if (s.active++ === 0) s.h2.ref();
+      if (s.streams.size === 0) s.h2.ref();
       s.streams.add(stream);
       attach(s, stream);
     }
@@ -356,20 +335,18 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
         while (buf.length >= PREFIX) {
           const len = buf.readUInt32BE(1);
           if (buf[0] !== 0) {
-            failure = new AgentCallError(
-              Code.Internal,
-              "agent sent a compressed message (no compression was offered)",
-              true,
+            return reset(
+              new AgentCallError(Code.Internal, "agent sent a compressed message (no compression was offered)", true),
             );
-            return reset(failure);
           }
           if (len > options.maxMessageBytes) {
-            failure = new AgentCallError(
-              Code.ResourceExhausted,
-              `agent message of ${len} bytes exceeds the limit of ${options.maxMessageBytes}`,
-              true,
+            return reset(
+              new AgentCallError(
+                Code.ResourceExhausted,
+                `agent message of ${len} bytes exceeds the limit of ${options.maxMessageBytes}`,
+                true,
+              ),
             );
-            return reset(failure);
           }
           if (buf.length < PREFIX + len) break;
           sink.message(buf.subarray(PREFIX, PREFIX + len));
@@ -402,11 +379,10 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
       stream.on("error", (err: Error) => (streamError = err));
       stream.once("close", () => {
         session.streams.delete(stream);
-        if (session.active-- === 1) session.h2.unref();
-        if (session.retired && session.active === 0 && !session.h2.closed) session.h2.close();
+        if (session.streams.size === 0) session.h2.unref();
+        if (session.retired && session.streams.size === 0 && !session.h2.closed) session.h2.close();
         wakeOne(); // a slot opened
         if (done) return;
-        if (failure) return finish(failure);
         const rst = stream.rstCode ?? NGHTTP2_NO_ERROR;
         if (status) {
           if ((status.code as number) === 0 /* OK */) {
@@ -429,7 +405,7 @@ export function createAgentH2Client(deps: AgentH2ClientDeps, options: AgentH2Cli
             ),
           );
         if (httpStatus !== 0 && httpStatus !== 200)
-          return finish(new AgentCallError(codeOfHttpStatus(httpStatus), `agent answered HTTP ${httpStatus}`, true));
+          return finish(new AgentCallError(codeFromHttpStatus(httpStatus), `agent answered HTTP ${httpStatus}`, true));
         finish(
           new AgentCallError(
             rst === NGHTTP2_NO_ERROR && !streamError ? Code.Internal : Code.Unavailable,
