@@ -44,7 +44,7 @@ import { createToolPolicies } from "./mcp/tool-policies.js";
 import { principalFrom, readPolicyCases, runPolicyCases, type PolicyCase } from "./mcp/policy-test.js";
 import { KERNEL_VERSION, loadKernelOptions, openKernelDatabase, startKernel, type Kernel } from "./kernel/index.js";
 import { runPeersCommand } from "./kernel/peers-command.js";
-import { HUB_COMMAND_SUBS, runHubCommand, runHubCommandPublish } from "./kernel/hub-command.js";
+import { runHubCommand } from "./kernel/hub-command.js";
 
 const USAGE = `usage: nops-kernel <command> [--config <file>]
 
@@ -275,10 +275,7 @@ async function main(argv: string[], env: Record<string, string | undefined> = pr
     const steps = flag(args, "--steps");
     // Federation peers take their own flags (docs/federation.md).
     if (args[0] === "peers") return runPeersCommand(args[1], args.slice(2), loadKernelOptions(configFile, env), out);
-    if (args[0] === "hub")
-      return HUB_COMMAND_SUBS.has(args[1] ?? "")
-        ? await runHubCommandPublish(args[1]!, args.slice(2), out)
-        : runHubCommand(args[1], args.slice(2), out);
+    if (args[0] === "hub") return await runHubCommand(args[1], args.slice(2), out);
     const release = args[0] === "release" || args[0] === "bundle" ? releaseFlags(args) : undefined;
     const auditFlags = {
       checkpoint: flag(args, "--checkpoint"),

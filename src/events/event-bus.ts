@@ -418,6 +418,9 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
       .catch(() => undefined);
   }
 
+  // Federation status shows only while a link is in effect.
+  const federationStatus = () => (federation?.enabled ? federation.status() : undefined);
+
   async function confirmLoop(): Promise<void> {
     while (running) {
       if (live()) {
@@ -425,7 +428,8 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           await confirmNow().catch((err: unknown) => logger.debug({ err }, "hub confirmation failed"));
         if (jsm && commandInbox)
           await commandInbox.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "command stream info failed"));
-        if (jsm && federation?.enabled)
+        // refresh() itself does nothing while no link is in effect.
+        if (jsm && federation)
           await federation.refresh(jsm).catch((err: unknown) => logger.debug({ err }, "federation stream info failed"));
         await jsm?.streams
           .info(options.dlqStreamName)
@@ -502,7 +506,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
           rejected: c.deadLettered,
           hubBacklog: c.linkLag,
         });
-      const f = federation?.enabled ? federation.status() : undefined;
+      const f = federationStatus();
       if (f)
         out.push(
           {
@@ -524,7 +528,7 @@ export function createEventBus(deps: EventBusDeps, options: EventBusOptions): Ev
         );
       return out;
     },
-    federation: () => (federation?.enabled ? federation.status() : undefined),
+    federation: federationStatus,
     setPeerLinks: (links) => federation?.setPeerLinks(links),
     federationLinks: () => federation?.links() ?? [],
     sweep() {

@@ -40,7 +40,7 @@ set-dge-policy / clear-dge-policy publish a command to the hub's NOPS_CMD; the e
 link is up (docs/events.md, "Hub -> edge commands"). Without --tenant they set the tier's default.`;
 
 /** The subcommands of `nops-kernel hub` that publish a command to the hub (async: they connect to it). */
-export const HUB_COMMAND_SUBS: ReadonlySet<string> = new Set(["set-dge-policy", "clear-dge-policy"]);
+const HUB_COMMAND_SUBS: ReadonlySet<string> = new Set(["set-dge-policy", "clear-dge-policy"]);
 
 const COMMAND_VALUE_FLAGS = new Set([
   "--hub",
@@ -147,12 +147,20 @@ const VALUE_FLAGS = new Set([
   "--auth",
 ]);
 
-/** Runs `nops-kernel hub <sub>`: the hub's registry of edges and their leafnode users. */
-export function runHubCommand(sub: string | undefined, args: readonly string[], out: (s: string) => void): number {
+/**
+ * Runs `nops-kernel hub <sub>`: the hub's registry of edges and their leafnode users, or a command
+ * published to the hub (a promise then).
+ */
+export function runHubCommand(
+  sub: string | undefined,
+  args: readonly string[],
+  out: (s: string) => void,
+): number | Promise<number> {
   if (sub === undefined || sub === "help") {
     out(HUB_USAGE);
     return sub === undefined ? 2 : 0;
   }
+  if (HUB_COMMAND_SUBS.has(sub)) return runHubCommandPublish(sub, args, out);
   const { values, switches } = parseCommandFlags("hub", args, VALUE_FLAGS, new Set(["--create-hub-stream"]));
   const createHubStream = switches.has("--create-hub-stream");
   const need = (name: string): string => requiredFlag(values, `hub ${sub}`, name);
