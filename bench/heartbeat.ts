@@ -19,7 +19,15 @@ import {
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
-import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
+import {
+  CONNECT_HEADERS,
+  GRPC_HEADERS,
+  grpcFrame,
+  kernelLaunch,
+  kernelRssLine,
+  rssMiB,
+  runH2load,
+} from "./lib/h2load.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -219,7 +227,7 @@ async function main(): Promise<void> {
     out(formatResult(connectEchoResult));
     out(formatResult(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
     out(formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)"), 0.9));
-    out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    out(await kernelRssLine(kernel.pid!, idleRss));
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = results.filter((r) => r.requests === 0).map((r) => r.name);
     if (silent.length > 0) throw new Error(`no call answered in: ${[...new Set(silent)].join(", ")}`);

@@ -20,7 +20,7 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, rssMiB, runH2load } from "./lib/h2load.js";
+import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, kernelRssLine, rssMiB, runH2load } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -200,7 +200,7 @@ async function main(): Promise<void> {
     out(
       `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
     );
-    out(`kernel RSS: idle ${idleRss.toFixed(0)} MiB, after the bench ${rssMiB(kernel.pid!).toFixed(0)} MiB`);
+    out(await kernelRssLine(kernel.pid!, idleRss));
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = [...Object.values(fixed), ...Object.values(sat)].filter((r) => r.requests === 0);
     if (silent.length > 0) throw new Error(`no call answered in: ${silent.map((r) => r.name).join(", ")}`);

@@ -3,6 +3,7 @@ import { readSection } from "../common/index.js";
 import { resolveDgeBreakerOptions } from "../clients/dge-client.js";
 import { resolveNatsBreakerOptions } from "../events/event-bus.js";
 import { resolveWorkloadApiBreakerOptions } from "../identity/spiffe/workload-api-client.js";
+import { resolveMemoryTrimOptions, type MemoryTrimOptions } from "../server/memory-trim.js";
 import { resolveOverloadOptions, type OverloadOptions } from "../server/overload-guard.js";
 import { resolveRedisBreakerOptions } from "../store/redis-client.js";
 import { resolveStatusMatrixOptions, type StatusMatrixOptions } from "../admin/status-matrix-options.js";
@@ -25,17 +26,20 @@ export interface AdminOptions {
   status: StatusMatrixOptions;
   /** Load shedding on event-loop delay, heap and descriptor watermarks. */
   overload: OverloadOptions;
+  /** Returning V8's freed heap to the OS once the kernel goes quiet after a burst. */
+  memoryTrim: MemoryTrimOptions;
   /** Budgets and breakers of Redis, the DGE, NATS and the Workload API. */
   dependencies: DependencyBudgets;
 }
 
 /** Validates the `admin` section and fills defaults; throws ConfigError naming the field. */
 export function resolveAdminOptions(input: unknown = {}, path = "admin"): AdminOptions {
-  const s = readSection(input, path, { status: {}, overload: {}, dependencies: {} });
+  const s = readSection(input, path, { status: {}, overload: {}, memoryTrim: {}, dependencies: {} });
   const deps = readSection(s.dependencies, `${path}.dependencies`, { redis: {}, dge: {}, nats: {}, workloadApi: {} });
   return {
     status: resolveStatusMatrixOptions(s.status ?? {}, `${path}.status`),
     overload: resolveOverloadOptions(s.overload ?? {}, `${path}.overload`),
+    memoryTrim: resolveMemoryTrimOptions(s.memoryTrim ?? {}, `${path}.memoryTrim`),
     dependencies: {
       redis: resolveRedisBreakerOptions(deps.redis, `${path}.dependencies.redis`),
       dge: resolveDgeBreakerOptions(deps.dge, `${path}.dependencies.dge`),

@@ -75,6 +75,7 @@ import { createApiKeyService } from "../identity/api-keys/api-key-service.js";
 import { createDgeClient, dgeProbeCallOptions, isDgeFailure } from "../clients/dge-client.js";
 import { createDependencyBreaker } from "../common/dependency-breaker.js";
 import { createRedisClient } from "../store/redis-client.js";
+import { createMemoryTrim } from "../server/memory-trim.js";
 import { createOverloadGuard, type OverloadSamplers } from "../server/overload-guard.js";
 import { createWorkloadApiLiveness } from "../identity/spiffe/workload-api-client.js";
 import { startDgeServer, resolveDgeServerOptions, type DgeServer } from "../../packages/reference-dge/src/index.js";
@@ -549,6 +550,9 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     life.defer("overload guard", () => overload.stop());
     overload.start();
     probes.overload = () => overload.status();
+    const memoryTrim = createMemoryTrim({ logger, meter }, options.admin.memoryTrim);
+    life.defer("memory trim", () => memoryTrim.stop());
+    memoryTrim.start();
     const matrix = createStatusMatrix({ probes, events, clock, logger, meter }, options.admin.status);
     matrix.start();
     life.defer("status matrix", () => matrix.stop());
