@@ -23,9 +23,9 @@ import {
   CONNECT_HEADERS,
   GRPC_HEADERS,
   grpcFrame,
+  idleKernelRss,
   kernelLaunch,
   kernelRssLine,
-  rssMiB,
   runH2load,
 } from "./lib/h2load.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
@@ -157,7 +157,7 @@ async function main(): Promise<void> {
     const { grpcPort, httpPort } = await ports(kernel);
     const mtls = await ports(mtlsKernel);
     const devIdentity = join(mtlsDir, "dev-identity");
-    const idleRss = rssMiB(kernel.pid!);
+    const idleRss = await idleKernelRss(kernel.pid!);
     const ids = await registerAgents(grpcPort, 100);
     const mtlsIds = await registerAgents(mtls.grpcPort, 100, devIdentity);
 

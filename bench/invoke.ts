@@ -20,7 +20,7 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, kernelRssLine, rssMiB, runH2load } from "./lib/h2load.js";
+import { cpuMs, GRPC_HEADERS, grpcFrame, idleKernelRss, kernelLaunch, kernelRssLine, runH2load } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -109,7 +109,7 @@ async function main(): Promise<void> {
       endpoint: agent.endpoint,
       capabilities: [{ name: "echo", version: "1.0.0" }],
     });
-    const idleRss = rssMiB(kernel.pid!);
+    const idleRss = await idleKernelRss(kernel.pid!);
     const payload = new TextEncoder().encode("x".repeat(64));
     const handleBody = grpcFrame(
       toBinary(

@@ -146,6 +146,12 @@ export function rssMiB(pid: number): number {
 /** How long a quiet kernel takes to trim its heap after load: admin.memoryTrim.quietMs, one sample, margin. */
 const MEMORY_TRIM_WAIT_MS = 10_000 + 1_000 + 2_000;
 
+/** The RSS of a kernel that has started and gone quiet, MiB: waits for the trim of what starting left. */
+export async function idleKernelRss(pid: number): Promise<number> {
+  await new Promise((resolve) => setTimeout(resolve, MEMORY_TRIM_WAIT_MS));
+  return rssMiB(pid);
+}
+
 /**
  * The kernel's RSS line: idle, right after the bench, and once the kernel, quiet, has returned its freed
  * heap to the OS (src/server/memory-trim.ts); waits for the trim.

@@ -99,7 +99,8 @@ export function createMemoryTrim(deps: MemoryTrimDeps, options: MemoryTrimOption
   const trims = deps.meter?.createCounter("nops_memory_trims", {
     description: "Memory-reducing collections run after the kernel went quiet",
   });
-  let baseline = probes.heapBytes();
+  // Starting is a burst too (modules compiled, the registry and caches loaded): the first quiet window trims.
+  let baseline = 0;
   let quietFor = 0;
   let timer: NodeJS.Timeout | undefined;
 

@@ -50,18 +50,29 @@ test("trims once the kernel has been quiet for quietMs after its heap grew, and 
   t.is(probes.collections, 1);
 });
 
+test("the first quiet window after the start trims what starting left", (t) => {
+  const probes = fakeProbes();
+  const trim = createMemoryTrim({ logger: createSilentLogger(), probes }, options);
+  t.false(trim.sample());
+  t.false(trim.sample());
+  t.true(trim.sample());
+  t.is(probes.collections, 1);
+});
+
 test("does not trim a quiet kernel whose heap did not grow by minGrowthMiB", (t) => {
   const probes = fakeProbes();
   const trim = createMemoryTrim({ logger: createSilentLogger(), probes }, options);
-  probes.heap = 71 * MiB;
+  for (let i = 0; i < 3; i++) trim.sample();
+  t.is(probes.collections, 1, "the start's trim");
+  probes.heap = 76 * MiB;
   for (let i = 0; i < 10; i++) t.false(trim.sample());
   // Growth counts from the lowest heap seen: V8 shrinking it on its own lowers the baseline.
   probes.heap = 30 * MiB;
   t.false(trim.sample());
-  t.is(probes.collections, 0);
+  t.is(probes.collections, 1);
   probes.heap = 63 * MiB;
   t.true(trim.sample(), "33 MiB above the low point");
-  t.is(probes.collections, 1);
+  t.is(probes.collections, 2);
 });
 
 test("without --expose-gc the trim never collects and says it is off", (t) => {
