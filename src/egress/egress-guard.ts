@@ -2,7 +2,7 @@ import { hash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import type { Meter } from "@opentelemetry/api";
+import type { Attributes, Meter } from "@opentelemetry/api";
 import type { Redis } from "ioredis";
 import type { AuditLog } from "../audit/index.js";
 import {
@@ -16,7 +16,7 @@ import {
   TENANT_PATTERN,
 } from "../common/index.js";
 import type { Db, EventSink } from "../store/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { createTally, type Logger } from "../telemetry/index.js";
 import { Verdict, type Classification, type DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import {
   DgePolicyCacheInvalidatedSchema,
@@ -217,6 +217,12 @@ export interface EgressGuardDeps {
    * like every decision; any other call with no tenant stays "invalid_tenant". @default []
    */
   kernelDestinations?: readonly string[];
+  /**
+   * Whether egress_guard_requests_total keeps its `tenant` label (the kernel passes
+   * telemetry.metrics.tenantLabels). Off, the guard sums all tenants into one series itself.
+   * @default true
+   */
+  tenantLabels?: boolean;
 }
 
 /** Allowed decisions waiting for the next flush that differ only in size, latency and caller. */
@@ -238,6 +244,10 @@ interface BlockedGroup {
   bytes: number;
 }
 
+// Attributes of the latency histogram, built once rather than per decision.
+const ALLOWED_ATTRIBUTES: Attributes = { result: "allowed" };
+const BLOCKED_ATTRIBUTES: Attributes = { result: "blocked" };
+
 /** Cache key of a verdict: what was decided, under which policy, for which destination. */
 function verdictKey(tier: string, policyVersion: string, destination: string, text: string): string {
   return hash("sha256", `${tier}\n${policyVersion}\n${destination}\n${text}`, "hex");
@@ -252,8 +262,11 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
   const log = deps.logger.child({ component: "egress-guard" });
   const kernelDestinations = new Set(deps.kernelDestinations ?? []);
   const tx = (fn: () => void): void => (deps.db ? deps.db.transaction(fn)() : fn());
-  const requests = deps.meter.createCounter("egress_guard_requests_total", {
+  const requests = createTally(deps.meter, "egress_guard_requests_total", {
+    labels: ["result", "tenant", "tier"],
     description: "Egress Guard decisions by result, tenant and tier",
+    // The MeterProvider's view drops the label too, but would keep one tenant's count, not the sum.
+    omit: deps.tenantLabels === false ? ["tenant"] : [],
   });
   const latency = deps.meter.createHistogram("egress_guard_latency_ms", {
     description: "Time the Egress Guard took to decide",
@@ -497,8 +510,8 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     const tenant = TENANT_PATTERN.test(req.tenant) ? req.tenant : "unknown";
     const findings = Object.entries(extra.findings ?? {});
     const policyVersion = extra.policyVersion ?? "";
-    requests.add(1, { result: d.allowed ? "allowed" : "blocked", tenant, tier: d.tier });
-    latency.record(latencyMs, { result: d.allowed ? "allowed" : "blocked" });
+    requests.add(1, d.allowed ? "allowed" : "blocked", tenant, d.tier);
+    latency.record(latencyMs, d.allowed ? ALLOWED_ATTRIBUTES : BLOCKED_ATTRIBUTES);
     // A blocked call is described by the door's description; an allowed one went out as it is.
     const where = d.allowed ? { destination: req.destination, dataType: req.dataType } : described(req);
     const groupKey = [

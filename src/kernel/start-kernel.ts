@@ -352,7 +352,19 @@ export async function startKernel(options: KernelOptions, overrides: KernelOverr
     const jwksUrl = options.identity.jwt?.jwksUrl ? new URL(options.identity.jwt.jwksUrl) : undefined;
     const kernelDestinations = jwksUrl ? [`${JWKS_DESTINATION}:${jwksUrl.origin}${jwksUrl.pathname}`] : [];
     const guard = createEgressGuard(
-      { clock, logger, meter, dge, events, audit, db, redis, redisSubscriber, kernelDestinations },
+      {
+        clock,
+        logger,
+        meter,
+        dge,
+        events,
+        audit,
+        db,
+        redis,
+        redisSubscriber,
+        kernelDestinations,
+        tenantLabels: options.telemetry.metrics.tenantLabels,
+      },
       options.egress,
     );
     life.defer("egress guard", () => guard.close());

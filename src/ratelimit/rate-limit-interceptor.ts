@@ -9,7 +9,7 @@ import { isAllTenants, kPrincipal } from "../identity/index.js";
 import { type Clock, TENANT_PATTERN, resourceExhausted } from "../common/index.js";
 import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
 import type { EventSink } from "../store/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { createTally, type Logger } from "../telemetry/index.js";
 import type { RateLimitOptions } from "./rate-limit-options.js";
 import { createRateLimiter, type LimitState, type RateLimitDecision } from "./rate-limiter.js";
 
@@ -64,7 +64,8 @@ export function createRateLimitInterceptor(
   const log = deps.logger;
   const limiter = createRateLimiter({ redis: deps.redis, logger: log }, options);
   const actorOf = deps.actorOf ?? (() => "anonymous");
-  const decisions = deps.meter.createCounter("nops_ratelimit_decisions_total", {
+  const decisions = createTally(deps.meter, "nops_ratelimit_decisions_total", {
+    labels: ["scope", "outcome"],
     description: "Rate-limit decisions by scope and outcome",
   });
   // When the current window of a key ends: one billing event per tenant per window, and one audit
@@ -161,7 +162,7 @@ export function createRateLimitInterceptor(
     const headers = rateLimitHeaders(decision, deps.clock.now());
     for (const [k, v] of Object.entries(headers)) ctx.responseHeader.set(k, v);
     if (decision.tenant) alertIfNearQuota(decision.tenant, correlationId);
-    decisions.add(1, { scope: decision.binding.scope, outcome: decision.allowed ? "allowed" : "rejected" });
+    decisions.add(1, decision.binding.scope, decision.allowed ? "allowed" : "rejected");
     if (decision.allowed) return next(call);
     const retryAfter = String(Math.max(1, Math.ceil(decision.binding.msBeforeReset / 1000)));
     ctx.responseHeader.set("retry-after", retryAfter);

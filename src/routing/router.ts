@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectionOptions } from "node:tls";
 import { OVERRIDE_HEADER, TENANT_HEADER, type EgressPreSend } from "../egress/index.js";
-import type { Meter } from "@opentelemetry/api";
+import type { Attributes, Meter } from "@opentelemetry/api";
 import { BrokenCircuitError } from "cockatiel";
 import {
   HandleRequestSchema,
@@ -13,7 +13,7 @@ import {
 } from "../../gen/nops/agent/v1/agent_pb.js";
 import type { Agent } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { type Clock, canceled, deadlineExceeded, unavailable } from "../common/index.js";
-import type { Logger } from "../telemetry/index.js";
+import { createTally, type Logger } from "../telemetry/index.js";
 import type { AuditLog } from "../audit/index.js";
 import { agentSpiffeId, DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
 import {
@@ -156,6 +156,10 @@ const AGENT_FAILURE_CODES = new Set<Code>([
   Code.ResourceExhausted,
   Code.DataLoss,
 ]);
+// Attributes of the Invoke duration histogram, built once rather than per call.
+const INVOKE_OK: Attributes = { outcome: "ok" };
+const INVOKE_ERROR: Attributes = { outcome: "error" };
+
 // Codes worth another attempt when the request is idempotent (gRPC retry design, A6).
 const RETRYABLE_CODES = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);
 
@@ -194,7 +198,8 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
     ewmaAlpha: options.scoring.ewmaAlpha,
     decayMs: options.scoring.decayMs,
   });
-  const attemptsCounter = deps.meter.createCounter("nops_routing_attempts_total", {
+  const attemptsCounter = createTally(deps.meter, "nops_routing_attempts_total", {
+    labels: ["outcome"],
     description: "Outbound agent calls by outcome",
   });
   const retriesCounter = deps.meter.createCounter("nops_routing_retries_total", {
@@ -354,7 +359,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         .get(agent.id)
         .execute(() => call(client, { deadline: hopDeadline, headers: { ...md }, signal }));
       end({ ok: true, latencyMs: warm ? performance.now() - started : undefined });
-      attemptsCounter.add(1, { outcome: "ok" });
+      attemptsCounter.add(1, "ok");
       return value;
     } catch (e) {
       const rejection = pool.rejection(agent.endpoint, expectedId);
@@ -362,7 +367,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
         // The handshake failed before any request byte was sent: the call reached no one. Never
         // retried on this agent; another agent offering the capability may still answer.
         end({ ok: false, latencyMs: performance.now() - started });
-        attemptsCounter.add(1, { outcome: "identity_mismatch" });
+        attemptsCounter.add(1, "identity_mismatch");
         pool.drop(agent.endpoint, expectedId);
         throw new AttemptFailureError({
           error: bar(agent, rejection, correlationId),
@@ -374,7 +379,7 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       // A call we cancelled ourselves (hedge lost, caller left) says nothing about the agent.
       const cancelled = signal.aborted && failure.error.code === Code.Canceled;
       end({ ok: cancelled, latencyMs: performance.now() - started });
-      attemptsCounter.add(1, { outcome: cancelled ? "cancelled" : failure.delivered ? "error" : "undelivered" });
+      attemptsCounter.add(1, cancelled ? "cancelled" : failure.delivered ? "error" : "undelivered");
       throw new AttemptFailureError(failure);
     }
   }
@@ -518,15 +523,15 @@ export function createRouter(deps: RouterDeps, options: RoutingOptions): Router 
       if (remote) return remote.invoke(p);
       const started = performance.now();
       const md = metadata(p);
-      let outcome = "error";
+      let outcome = INVOKE_ERROR;
       try {
         const { value, attempts } = await withRetries(p, (sel, n, deadlineAt, tried) =>
           unaryRound(p, sel, n, deadlineAt, tried, md),
         );
-        outcome = "ok";
+        outcome = INVOKE_OK;
         return { payload: value.res.payload, contentType: value.res.contentType, agent: value.agent, attempts };
       } finally {
-        duration.record(performance.now() - started, { outcome });
+        duration.record(performance.now() - started, outcome);
       }
     },
 

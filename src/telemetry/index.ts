@@ -8,6 +8,7 @@ export { createRedactingDestination, scrubRulesFrom } from "./redacting-destinat
 export { registerGrpcInstrumentation } from "./register-instrumentation.js";
 export { rpcMetricsInterceptor } from "./rpc-metrics-interceptor.js";
 export { resolveTelemetryOptions, type TelemetryOptions } from "./telemetry-options.js";
+export { createTally, type Tally } from "./tally.js";
 export { createTelemetry } from "./telemetry.js";
 export {
   injectTraceHeaders,

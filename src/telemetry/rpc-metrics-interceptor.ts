@@ -1,6 +1,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Attributes, Meter } from "@opentelemetry/api";
+import type { DescMethod } from "@bufbuild/protobuf";
+import type { Meter } from "@opentelemetry/api";
 import { kPeer, methodPath, observeStream, type CallRequest, type KernelInterceptor } from "../server/index.js";
+import { createTally } from "./tally.js";
 
 /** Counter of served calls, labelled {rpc, code, transport}. */
 export const RPC_REQUESTS_METRIC = "rpc_server_requests_total";
@@ -39,6 +41,12 @@ export function grpcCodeName(code: Code | undefined): string {
   return GRPC_CODE_NAMES[code ?? 0] ?? "UNKNOWN";
 }
 
+/** A method's path and its histogram attributes, by transport, indexed by code (0 = OK). */
+interface MethodSeries {
+  readonly rpc: string;
+  readonly byTransport: Map<string, { readonly rpc: string; readonly code: string; readonly transport: string }[]>;
+}
+
 // Durations of edge RPCs: sub-millisecond cache hits up to the deadline cap.
 const DURATION_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000];
 
@@ -47,7 +55,8 @@ const DURATION_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 10
  * so it sees the code the caller gets (an unmapped error counts as INTERNAL either way).
  */
 export function rpcMetricsInterceptor(meter: Meter): KernelInterceptor {
-  const requests = meter.createCounter(RPC_REQUESTS_METRIC, {
+  const requests = createTally(meter, RPC_REQUESTS_METRIC, {
+    labels: ["rpc", "code", "transport"],
     description: "RPCs served, by method, status code and transport",
   });
   const duration = meter.createHistogram(RPC_DURATION_METRIC, {
@@ -55,13 +64,24 @@ export function rpcMetricsInterceptor(meter: Meter): KernelInterceptor {
     unit: "ms",
     advice: { explicitBucketBoundaries: DURATION_BUCKETS_MS },
   });
+  // Per method descriptor: its path and the histogram's attributes per transport and code, built once
+  // (a call records without building a string or an object).
+  const methods = new WeakMap<DescMethod, MethodSeries>();
   const record = (call: CallRequest, started: number, err: unknown): void => {
-    const attributes: Attributes = {
-      rpc: methodPath(call.method),
-      code: grpcCodeName(callCode(err)),
-      transport: call.ctx.values.get(kPeer).transport,
-    };
-    requests.add(1, attributes);
+    let m = methods.get(call.method);
+    if (m === undefined) {
+      m = { rpc: methodPath(call.method), byTransport: new Map() };
+      methods.set(call.method, m);
+    }
+    const transport = call.ctx.values.get(kPeer).transport;
+    let byCode = m.byTransport.get(transport);
+    if (byCode === undefined) {
+      byCode = [];
+      m.byTransport.set(transport, byCode);
+    }
+    const code = callCode(err);
+    const attributes = (byCode[code ?? 0] ??= { rpc: m.rpc, code: grpcCodeName(code), transport });
+    requests.add(1, m.rpc, attributes.code, transport);
     duration.record(performance.now() - started, attributes);
   };
   return (next) => async (call) => {
