@@ -160,7 +160,7 @@ export function createRateLimitInterceptor(
     const correlationId = ctx.values.get(kCorrelationId);
     const decision = await limiter.check(ip, tenant);
     const headers = rateLimitHeaders(decision, deps.clock.now());
-    for (const [k, v] of Object.entries(headers)) ctx.responseHeader.set(k, v);
+    for (const name in headers) ctx.responseHeader.set(name, headers[name]!);
     if (decision.tenant) alertIfNearQuota(decision.tenant, correlationId);
     decisions.add(1, decision.binding.scope, decision.allowed ? "allowed" : "rejected");
     if (decision.allowed) return next(call);

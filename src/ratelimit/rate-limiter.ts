@@ -55,10 +55,10 @@ export interface RateLimiterDeps {
 
 /** Creates the limiter: rate-limiter-flexible on Redis (atomic), each with an in-memory insurance limiter. */
 export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptions): RateLimiter {
-  const limiters = new Map<string, RateLimiterAbstract>();
-  const limiterFor = (scope: string, points: number, windowMs: number): RateLimiterAbstract => {
-    const id = `${scope}:${points}:${windowMs}`;
-    let l = limiters.get(id);
+  // One limiter per scope and limit (each scope has one window): found by two lookups, no key built per call.
+  const limiters = { ip: new Map<number, RateLimiterAbstract>(), tenant: new Map<number, RateLimiterAbstract>() };
+  const limiterFor = (scope: LimitState["scope"], points: number, windowMs: number): RateLimiterAbstract => {
+    let l = limiters[scope].get(points);
     if (!l) {
       const duration = windowMs / 1000;
       const keyPrefix = `${options.keyPrefix}:${scope}:${points}`;
@@ -74,28 +74,31 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
             rejectIfRedisNotReady: true,
           })
         : memory;
-      limiters.set(id, l);
+      limiters[scope].set(points, l);
     }
     return l;
   };
   const tierOf = (tenant: string): TenantTier => options.tenantTiers[tenant] ?? options.defaultTier;
 
   async function count(
-    limiter: RateLimiterAbstract,
+    scope: LimitState["scope"],
     key: string,
     limit: number,
     windowMs: number,
-  ): Promise<Omit<LimitState, "scope" | "key" | "tier">> {
+    tier?: TenantTier,
+  ): Promise<LimitState> {
     let res: RateLimiterRes;
     let allowed = true;
     try {
-      res = await limiter.consume(key);
+      res = await limiterFor(scope, limit, windowMs).consume(key);
     } catch (e) {
       if (!(e instanceof RateLimiterRes)) throw e;
       res = e;
       allowed = false;
     }
-    return {
+    const state: LimitState = {
+      scope,
+      key,
       limit,
       used: res.consumedPoints,
       remaining: Math.max(0, res.remainingPoints),
@@ -103,43 +106,31 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
       windowMs,
       allowed,
     };
+    if (tier !== undefined) state.tier = tier;
+    return state;
   }
 
   return {
     tierOf,
     async check(ip, tenant) {
-      let ipState: LimitState | undefined;
-      if (ip !== undefined) {
-        const ipLimit = options.ipOverrides[ip] ?? options.ipLimit;
-        ipState = {
-          scope: "ip",
-          key: ip,
-          ...(await count(limiterFor("ip", ipLimit, options.ipWindowMs), ip, ipLimit, options.ipWindowMs)),
-        };
-      }
-      let tenantState: LimitState | undefined;
+      const ipState =
+        ip === undefined
+          ? undefined
+          : await count("ip", ip, options.ipOverrides[ip] ?? options.ipLimit, options.ipWindowMs);
+      const tier = tenant === undefined ? undefined : tierOf(tenant);
       // An IP over its limit does not get to spend its tenant's quota.
-      if (tenant !== undefined && (ipState?.allowed ?? true)) {
-        const tier = tierOf(tenant);
-        const limit = options.tierLimits[tier];
-        tenantState = {
-          scope: "tenant",
-          key: tenant,
-          tier,
-          ...(await count(limiterFor("tenant", limit, options.tenantWindowMs), tenant, limit, options.tenantWindowMs)),
-        };
+      const tenantState =
+        tenant === undefined || tier === undefined || ipState?.allowed === false
+          ? undefined
+          : await count("tenant", tenant, options.tierLimits[tier], options.tenantWindowMs, tier);
+      // The limit to report: the one that rejected, else the one with the least headroom.
+      let binding = (ipState ?? tenantState)!;
+      if (ipState && tenantState) {
+        if (!tenantState.allowed) binding = tenantState;
+        else if (ipState.allowed && tenantState.remaining / tenantState.limit < ipState.remaining / ipState.limit)
+          binding = tenantState;
       }
-      const states = [ipState, tenantState].filter((x): x is LimitState => x !== undefined);
-      const rejected = states.find((s) => !s.allowed);
-      const binding =
-        rejected ?? states.reduce((a, b) => (b.remaining / b.limit < a.remaining / a.limit ? b : a), states[0]!);
-      return {
-        allowed: !rejected,
-        binding,
-        ip: ipState,
-        tenant: tenantState,
-        tier: tenant === undefined ? undefined : tierOf(tenant),
-      };
+      return { allowed: binding.allowed, binding, ip: ipState, tenant: tenantState, tier };
     },
   };
 }
