@@ -144,11 +144,12 @@ export function rssMiB(pid: number): number {
 }
 
 /** How long a quiet kernel takes to trim its heap after load: admin.memoryTrim.quietMs, one sample, margin. */
-const MEMORY_TRIM_WAIT_MS = 10_000 + 1_000 + 2_000;
+const MEMORY_TRIM_WAIT_MS = 10_000 + 1_000 + 4_000;
 
 /** The RSS of a kernel that has started and gone quiet, MiB: waits for the trim of what starting left. */
 export async function idleKernelRss(pid: number): Promise<number> {
-  await new Promise((resolve) => setTimeout(resolve, MEMORY_TRIM_WAIT_MS));
+  // A kernel started beside others (agents, echo servers, a second kernel) is busy for a few seconds more.
+  await new Promise((resolve) => setTimeout(resolve, MEMORY_TRIM_WAIT_MS + 5_000));
   return rssMiB(pid);
 }
 

@@ -1,5 +1,4 @@
 import { performance } from "node:perf_hooks";
-import { getHeapStatistics } from "node:v8";
 import type { Meter } from "@opentelemetry/api";
 import type { Logger } from "pino";
 import { readBool, readInt, readNumber, readSection } from "../common/index.js";
@@ -8,19 +7,23 @@ import { readBool, readInt, readNumber, readSection } from "../common/index.js";
  * The `admin.memoryTrim` section. V8 grows its heap under load (old space up to about four times what
  * is live) and keeps the pages it freed; its own memory reducer never runs in Node, which does not tell
  * V8 when the process has gone idle. So after a burst the kernel's RSS stays at its peak. Once the kernel
- * has been quiet for `quietMs` and its heap grew by `minGrowthMiB` since the last trim, the trim asks V8
+ * has been quiet for `quietMs` and its resident set grew by `minGrowthMiB` since the last trim, it asks V8
  * for a memory-reducing full collection (the one V8 runs on memory pressure), which also returns the
  * pooled pages to the OS. It pauses the event loop for that collection (tens to a few hundred ms): a call
  * that arrives during it waits, which is why it runs only when the kernel is quiet.
  */
 export interface MemoryTrimOptions {
-  /** Trim the heap once the kernel goes quiet after its heap grew. @default true */
+  /** Trim the heap once the kernel goes quiet after its memory grew. @default true */
   enabled: boolean;
   /** How long the event loop must stay quiet before a trim, ms. @default 10000 */
   quietMs: number;
   /** Event-loop utilisation (0–1) at or below which a one-second sample counts as quiet. @default 0.05 */
   quietUtilization: number;
-  /** Growth of the V8 heap (committed) since the last trim that makes one worth its pause, MiB. @default 32 */
+  /**
+   * Growth of the resident set since the last trim (or its lowest point since) that makes one worth its
+   * pause, MiB. Resident, not V8's heap statistics: the pages V8 pools after a collection are in neither
+   * its used nor its total heap size. @default 32
+   */
   minGrowthMiB: number;
 }
 
@@ -51,13 +54,13 @@ export function resolveMemoryTrimOptions(input: unknown = {}, path = "admin.memo
 export interface MemoryTrimProbes {
   /** Event-loop utilisation (0–1) since the previous call. */
   utilization(): number;
-  /** Bytes V8 has committed for its heap. */
-  heapBytes(): number;
+  /** The process's resident set, bytes. */
+  rssBytes(): number;
   /** Runs a memory-reducing full collection; undefined when node was started without --expose-gc. */
   collect: (() => void) | undefined;
 }
 
-/** The process's probes: perf_hooks' event-loop utilisation, V8's heap statistics and V8's gc(). */
+/** The process's probes: perf_hooks' event-loop utilisation, the resident set and V8's gc(). */
 export function createProcessTrimProbes(): MemoryTrimProbes {
   let last = performance.eventLoopUtilization();
   // node --expose-gc installs V8's gc(); "last-resort" is the collection V8 runs on memory pressure:
@@ -70,7 +73,7 @@ export function createProcessTrimProbes(): MemoryTrimProbes {
       last = now;
       return u;
     },
-    heapBytes: () => getHeapStatistics().total_heap_size,
+    rssBytes: () => process.memoryUsage.rss(),
     collect: gc && (() => gc({ type: "major", execution: "sync", flavor: "last-resort" })),
   };
 }
@@ -85,7 +88,7 @@ export interface MemoryTrimDeps {
 
 /** Returns V8's freed heap to the OS once the kernel goes quiet after a burst. */
 export interface MemoryTrim {
-  /** Takes one sample (the timer does this every second); trims when the conditions hold. Returns true if it trimmed. */
+  /** Takes one sample (the timer takes one a second) and trims when the conditions hold; true if it trimmed. */
   sample(): boolean;
   start(): void;
   stop(): void;
@@ -106,17 +109,17 @@ export function createMemoryTrim(deps: MemoryTrimDeps, options: MemoryTrimOption
 
   function sample(): boolean {
     quietFor = probes.utilization() <= options.quietUtilization ? quietFor + SAMPLE_INTERVAL_MS : 0;
-    const heap = probes.heapBytes();
-    // The heap also shrinks without us (V8's own collections); measure growth from the lowest point seen.
-    baseline = Math.min(baseline, heap);
-    if (quietFor < options.quietMs || heap - baseline < minGrowth || !probes.collect) return false;
+    const rss = probes.rssBytes();
+    // Memory is also returned without us; measure growth from the lowest point seen.
+    baseline = Math.min(baseline, rss);
+    if (quietFor < options.quietMs || rss - baseline < minGrowth || !probes.collect) return false;
     const started = performance.now();
     probes.collect();
-    const after = probes.heapBytes();
+    const after = probes.rssBytes();
     const mib = (b: number) => Math.round(b / 1048576);
     log.info(
-      { heapBeforeMiB: mib(heap), heapAfterMiB: mib(after), ms: Math.round(performance.now() - started) },
-      "kernel quiet after its heap grew: returned the freed heap to the OS",
+      { rssBeforeMiB: mib(rss), rssAfterMiB: mib(after), ms: Math.round(performance.now() - started) },
+      "kernel quiet after its memory grew: returned the freed heap to the OS",
     );
     trims?.add(1);
     baseline = after;

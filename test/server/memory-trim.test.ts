@@ -9,17 +9,17 @@ import { createSilentLogger } from "../../src/telemetry/logger.js";
 const MiB = 1024 * 1024;
 
 /** Probes whose readings the test sets; counts collections. */
-function fakeProbes(withGc = true): MemoryTrimProbes & { busy: number; heap: number; collections: number } {
+function fakeProbes(withGc = true): MemoryTrimProbes & { busy: number; rss: number; collections: number } {
   const p = {
     busy: 0.01,
-    heap: 40 * MiB,
+    rss: 40 * MiB,
     collections: 0,
     utilization: () => p.busy,
-    heapBytes: () => p.heap,
+    rssBytes: () => p.rss,
     collect: withGc
       ? () => {
           p.collections++;
-          p.heap = 45 * MiB;
+          p.rss = 45 * MiB;
         }
       : undefined,
   };
@@ -28,11 +28,11 @@ function fakeProbes(withGc = true): MemoryTrimProbes & { busy: number; heap: num
 
 const options = resolveMemoryTrimOptions({ quietMs: 3000, minGrowthMiB: 32 });
 
-test("trims once the kernel has been quiet for quietMs after its heap grew, and only then", (t) => {
+test("trims once the kernel has been quiet for quietMs after its memory grew, and only then", (t) => {
   const probes = fakeProbes();
   const trim = createMemoryTrim({ logger: createSilentLogger(), probes }, options);
   probes.busy = 0.9;
-  probes.heap = 160 * MiB;
+  probes.rss = 160 * MiB;
   t.false(trim.sample(), "busy: no trim");
   probes.busy = 0.02;
   t.false(trim.sample(), "quiet for 1 s");
@@ -59,18 +59,18 @@ test("the first quiet window after the start trims what starting left", (t) => {
   t.is(probes.collections, 1);
 });
 
-test("does not trim a quiet kernel whose heap did not grow by minGrowthMiB", (t) => {
+test("does not trim a quiet kernel whose memory did not grow by minGrowthMiB", (t) => {
   const probes = fakeProbes();
   const trim = createMemoryTrim({ logger: createSilentLogger(), probes }, options);
   for (let i = 0; i < 3; i++) trim.sample();
   t.is(probes.collections, 1, "the start's trim");
-  probes.heap = 76 * MiB;
+  probes.rss = 76 * MiB;
   for (let i = 0; i < 10; i++) t.false(trim.sample());
-  // Growth counts from the lowest heap seen: V8 shrinking it on its own lowers the baseline.
-  probes.heap = 30 * MiB;
+  // Growth counts from the lowest resident set seen: memory returned without a trim lowers the baseline.
+  probes.rss = 30 * MiB;
   t.false(trim.sample());
   t.is(probes.collections, 1);
-  probes.heap = 63 * MiB;
+  probes.rss = 63 * MiB;
   t.true(trim.sample(), "33 MiB above the low point");
   t.is(probes.collections, 2);
 });
@@ -83,7 +83,7 @@ test("without --expose-gc the trim never collects and says it is off", (t) => {
   const trim = createMemoryTrim({ logger, probes }, options);
   trim.start();
   trim.stop();
-  probes.heap = 500 * MiB;
+  probes.rss = 500 * MiB;
   for (let i = 0; i < 5; i++) t.false(trim.sample());
   t.true(lines.some((l) => l.includes("--expose-gc")));
 });
