@@ -125,7 +125,9 @@ test("egress guard - payloads carrying email, SSN and credit card are blocked, a
 test("egress guard - operational metadata without PII passes, is recorded and then served from cache", async (t) => {
   const dge = await spawnDge(t);
   const echo = await echoServer(t);
-  const { store, metrics, guard } = await setup(t, dge.url, {}, "connect");
+  // Only the test's own flushes end a window: the guard's timer (eventFlushMs) firing between the five calls
+  // below would split their group in two on a slow machine.
+  const { store, metrics, guard } = await setup(t, dge.url, { eventFlushMs: 60_000 }, "connect");
   const guardedFetch = createGuardedFetch(guard, "observability");
   const body = JSON.stringify({ agent: "planner-3", latency_ms: 42, status: "ok", queue: "default", edge: "edge-7" });
   for (const tenant of ["acme", "beta", "gov", "acme"]) {

@@ -103,7 +103,7 @@ interface FaultPlan {
   recovered: () => Promise<void>;
 }
 
-const ROUNDS = 2;
+const ROUNDS = 3;
 
 /**
  * Baseline, freeze, load, report, resume, recover. Every round asserts everything except the p99
