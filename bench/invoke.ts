@@ -20,7 +20,8 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { cpuMs, GRPC_HEADERS, grpcFrame, idleKernelRss, kernelLaunch, kernelRssLine, runH2load } from "./lib/h2load.js";
+import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load } from "./lib/h2load.js";
+import { watchKernelMemory } from "./lib/kernel-memory.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -95,21 +96,30 @@ async function main(): Promise<void> {
   const seconds = Number(args.seconds);
   const agent = await spawnEchoAgent({ name: "bench-echo" });
   const { process: kernel, grpcPort: kernelPort } = await startKernel();
+  const memory = watchKernelMemory(kernel);
   const forwarder = startForwarder(agent.endpoint);
+  let heartbeats: NodeJS.Timeout | undefined;
   try {
     const forwarderPort = await forwarder.port;
     const registry = createClient(
       AgentRegistryService,
       createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }),
     );
-    await registry.registerAgent({
+    const { agent: registered } = await registry.registerAgent({
       tenant: "bench",
       name: "echo",
       version: "1",
       endpoint: agent.endpoint,
       capabilities: [{ name: "echo", version: "1.0.0" }],
     });
-    const idleRss = await idleKernelRss(kernel.pid!);
+    // The agent heartbeats as a live one does: a minute without (registry.zombieAfterMs) and the kernel stops
+    // routing to it, and the idle wait and the cases take longer than that.
+    heartbeats = setInterval(() => {
+      registry.heartbeat({ tenant: "bench", id: registered!.id }).catch((e: unknown) => {
+        process.stderr.write(`bench agent heartbeat failed: ${String(e)}\n`);
+      });
+    }, 5_000);
+    const idleRss = await memory.idle();
     const payload = new TextEncoder().encode("x".repeat(64));
     const handleBody = grpcFrame(
       toBinary(
@@ -200,11 +210,12 @@ async function main(): Promise<void> {
     out(
       `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
     );
-    out(await kernelRssLine(kernel.pid!, idleRss));
+    out(await memory.afterLoad(idleRss));
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = [...Object.values(fixed), ...Object.values(sat)].filter((r) => r.requests === 0);
     if (silent.length > 0) throw new Error(`no call answered in: ${silent.map((r) => r.name).join(", ")}`);
   } finally {
+    clearInterval(heartbeats);
     forwarder.process.kill("SIGTERM");
     kernel.kill("SIGTERM");
     await agent.kill();

@@ -143,29 +143,6 @@ export function rssMiB(pid: number): number {
   return kb / 1024;
 }
 
-/** How long a quiet kernel takes to trim its heap after load: admin.memoryTrim.quietMs, one sample, margin. */
-const MEMORY_TRIM_WAIT_MS = 10_000 + 1_000 + 4_000;
-
-/** The RSS of a kernel that has started and gone quiet, MiB: waits for the trim of what starting left. */
-export async function idleKernelRss(pid: number): Promise<number> {
-  // A kernel started beside others (agents, echo servers, a second kernel) is busy for a few seconds more.
-  await new Promise((resolve) => setTimeout(resolve, MEMORY_TRIM_WAIT_MS + 5_000));
-  return rssMiB(pid);
-}
-
-/**
- * The kernel's RSS line: idle, right after the bench, and once the kernel, quiet, has returned its freed
- * heap to the OS (src/server/memory-trim.ts); waits for the trim.
- */
-export async function kernelRssLine(pid: number, idleMiB: number): Promise<string> {
-  const after = rssMiB(pid);
-  await new Promise((resolve) => setTimeout(resolve, MEMORY_TRIM_WAIT_MS));
-  return (
-    `kernel RSS: idle ${idleMiB.toFixed(0)} MiB, after the bench ${after.toFixed(0)} MiB, ` +
-    `after its idle trim ${rssMiB(pid).toFixed(0)} MiB`
-  );
-}
-
 /**
  * How the kernel runs when started as `nops-kernel`: the node flags and environment of the shebang of
  * `dist/src/cli.js` (`#!/usr/bin/env -S NAME=value ... node --flag ...`), so a bench that starts it with
