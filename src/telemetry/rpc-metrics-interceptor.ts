@@ -41,12 +41,6 @@ export function grpcCodeName(code: Code | undefined): string {
   return GRPC_CODE_NAMES[code ?? 0] ?? "UNKNOWN";
 }
 
-/** A method's path and its histogram attributes, by transport, indexed by code (0 = OK). */
-interface MethodSeries {
-  readonly rpc: string;
-  readonly byTransport: Map<string, { readonly rpc: string; readonly code: string; readonly transport: string }[]>;
-}
-
 // Durations of edge RPCs: sub-millisecond cache hits up to the deadline cap.
 const DURATION_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000];
 
@@ -64,24 +58,16 @@ export function rpcMetricsInterceptor(meter: Meter): KernelInterceptor {
     unit: "ms",
     advice: { explicitBucketBoundaries: DURATION_BUCKETS_MS },
   });
-  // Per method descriptor: its path and the histogram's attributes per transport and code, built once
-  // (a call records without building a string or an object).
-  const methods = new WeakMap<DescMethod, MethodSeries>();
+  // Method paths, built once per descriptor. The tally's series attributes serve the histogram too, so a
+  // call records without building a string or an object.
+  const paths = new WeakMap<DescMethod, string>();
   const record = (call: CallRequest, started: number, err: unknown): void => {
-    let m = methods.get(call.method);
-    if (m === undefined) {
-      m = { rpc: methodPath(call.method), byTransport: new Map() };
-      methods.set(call.method, m);
+    let rpc = paths.get(call.method);
+    if (rpc === undefined) {
+      rpc = methodPath(call.method);
+      paths.set(call.method, rpc);
     }
-    const transport = call.ctx.values.get(kPeer).transport;
-    let byCode = m.byTransport.get(transport);
-    if (byCode === undefined) {
-      byCode = [];
-      m.byTransport.set(transport, byCode);
-    }
-    const code = callCode(err);
-    const attributes = (byCode[code ?? 0] ??= { rpc: m.rpc, code: grpcCodeName(code), transport });
-    requests.add(1, m.rpc, attributes.code, transport);
+    const attributes = requests.add(1, rpc, grpcCodeName(callCode(err)), call.ctx.values.get(kPeer).transport);
     duration.record(performance.now() - started, attributes);
   };
   return (next) => async (call) => {

@@ -40,8 +40,11 @@ export interface TallyOptions<L extends readonly string[]> {
 
 /** A monotonic counter summed in process and reported as an OpenTelemetry ObservableCounter. */
 export interface Tally<L extends readonly string[]> {
-  /** Adds value (ignored unless a finite number >= 0) to the series of these label values. */
-  add(value: number, ...values: TallyValues<L>): void;
+  /**
+   * Adds value (ignored unless a finite number >= 0) to the series of these label values. Returns the
+   * series' attributes (frozen, the same object on every call), for a histogram recorded beside it.
+   */
+  add(value: number, ...values: TallyValues<L>): Attributes;
 }
 
 interface Series {
@@ -71,13 +74,12 @@ export function createTally<const L extends readonly string[]>(
   options.labels.forEach((label, i) => {
     if (!omit.has(label)) kept.push(i);
   });
+  if (kept.length === 0) throw new RangeError(`tally ${name}: every label is omitted (a plain Counter is that)`);
   const maxSeries = options.maxSeries ?? DEFAULT_TALLY_MAX_SERIES;
   if (!Number.isInteger(maxSeries) || maxSeries < 1) throw new RangeError(`tally ${name}: maxSeries must be >= 1`);
 
   const all: Series[] = [];
   const root: Level = new Map();
-  // The one series of a tally with no kept label, found without a walk.
-  let only: Series | undefined;
   let overflow: Series | undefined;
   const depth = kept.length;
   const last = depth - 1;
@@ -90,13 +92,14 @@ export function createTally<const L extends readonly string[]>(
     return series;
   }
 
+  // The value of the label at position `at` among add()'s arguments.
+  const valueAt = (at: number, a?: string, b?: string, c?: string, d?: string): string =>
+    String(at === 0 ? a : at === 1 ? b : at === 2 ? c : d);
+
   function seriesOf(a?: string, b?: string, c?: string, d?: string): Series {
-    if (depth === 0) return (only ??= newSeries([]));
     let level = root;
     for (let i = 0; i < depth; i++) {
-      const at = kept[i]!;
-      const value = String(at === 0 ? a : at === 1 ? b : at === 2 ? c : d);
-      const next = level.get(value);
+      const next = level.get(valueAt(kept[i]!, a, b, c, d));
       if (next === undefined) return create(level, i, a, b, c, d);
       if (i === last) return next as Series;
       level = next as Level;
@@ -114,8 +117,7 @@ export function createTally<const L extends readonly string[]>(
       }
       return overflow;
     }
-    const args = [a, b, c, d];
-    const values = kept.map((at) => String(args[at]));
+    const values = kept.map((at) => valueAt(at, a, b, c, d));
     const series = newSeries(values);
     let level = from;
     for (let i = fromDepth; i < last; i++) {
@@ -135,10 +137,11 @@ export function createTally<const L extends readonly string[]>(
     for (const s of all) result.observe(s.total, s.attributes);
   });
 
-  const add = (value: number, a?: string, b?: string, c?: string, d?: string): void => {
+  const add = (value: number, a?: string, b?: string, c?: string, d?: string): Attributes => {
+    const series = seriesOf(a, b, c, d);
     // Monotonic, like Counter.add: a negative or non-finite value is dropped.
-    if (!(value >= 0 && value !== Infinity)) return;
-    seriesOf(a, b, c, d).total += value;
+    if (value >= 0 && value !== Infinity) series.total += value;
+    return series.attributes;
   };
   return { add: add as Tally<L>["add"] };
 }

@@ -48,8 +48,8 @@ test("tally - Prometheus exposes it as a counter under its own name, description
   const families = parsePrometheusText(text);
   t.is(sample(families, "test_calls_total", { rpc: "/a", code: "OK", transport: "grpc-js" }), 2);
   // The exporter appends _total to a monotonic sum that lacks it, as it does for a Counter.
-  createTally(telemetry.meter("test"), "test_plain", { labels: [], description: "plain" }).add(7);
-  t.is(sample(parsePrometheusText(await telemetry.metricsText()), "test_plain_total", {}), 7);
+  createTally(telemetry.meter("test"), "test_plain", { labels: ["kind"], description: "plain" }).add(7, "x");
+  t.is(sample(parsePrometheusText(await telemetry.metricsText()), "test_plain_total", { kind: "x" }), 7);
 });
 
 test("tally - past maxSeries new label tuples count in the overflow series, known ones keep counting", async (t) => {
@@ -62,7 +62,11 @@ test("tally - past maxSeries new label tuples count in the overflow series, know
   });
   for (let i = 0; i < 1000; i++) tally.add(1, `tenant-${i}`, "allowed");
   tally.add(10, "tenant-0", "allowed");
-  tally.add(1, "tenant-0", "blocked"); // a new tuple under a known first value overflows too
+  t.deepEqual(
+    tally.add(1, "tenant-0", "blocked"), // a new tuple under a known first value overflows too
+    OVERFLOW,
+    "add() returns the attributes of the series it counted in",
+  );
   t.deepEqual(
     (await metrics.collect()).get("test_hostile_total")?.map((p) => [p.attributes, p.value]),
     [
@@ -128,12 +132,30 @@ test("tally - omitted labels add up, where a view dropping them keeps only the l
   t.is(sample(parsePrometheusText(text), "test_viewed_total", { result: "allowed", tier: "1" }), 3);
 });
 
-test("tally - rejects more than four labels and a bound below one", (t) => {
+test("tally - add() returns its series' attributes, one frozen object per series", (t) => {
+  const metrics = makeMeter();
+  t.teardown(() => metrics.provider.shutdown());
+  const tally = createTally(metrics.provider.getMeter("test"), "test_attrs_total", {
+    labels: ["rpc", "tenant", "code"],
+    description: "attributes",
+    omit: ["tenant"],
+  });
+  const first = tally.add(1, "/a", "acme", "OK");
+  t.deepEqual(first, { rpc: "/a", code: "OK" });
+  t.true(Object.isFrozen(first));
+  t.is(tally.add(1, "/a", "globex", "OK"), first, "an omitted label's value does not make a new series");
+  t.not(tally.add(1, "/a", "acme", "INTERNAL"), first);
+});
+
+test("tally - rejects more than four labels, every label omitted and a bound below one", (t) => {
   const metrics = makeMeter();
   t.teardown(() => metrics.provider.shutdown());
   const meter = metrics.provider.getMeter("test");
   t.throws(() => createTally(meter, "x", { labels: ["a", "b", "c", "d", "e"], description: "x" }), {
     message: /at most 4 labels/,
+  });
+  t.throws(() => createTally(meter, "z", { labels: ["a"], description: "z", omit: ["a"] }), {
+    message: /every label is omitted/,
   });
   t.throws(() => createTally(meter, "y", { labels: ["a"], description: "y", maxSeries: 0 }), {
     message: /maxSeries/,
