@@ -143,7 +143,7 @@ async function main(): Promise<void> {
   const echo = tsx("bench/echo-server.ts");
   const connectEcho = tsx("bench/connect-echo-server.ts");
   const kernel = startKernel(dataDir, "none");
-  const memory = watchKernelMemory(kernel);
+  const memory = watchKernelMemory(kernel, kernelLaunch(root).allocator);
   const mtlsKernel = startKernel(mtlsDir, "dev");
   try {
     const echoPort = Number(await firstLine(echo, /^(\d+)\n/m));

@@ -96,7 +96,7 @@ async function main(): Promise<void> {
   const seconds = Number(args.seconds);
   const agent = await spawnEchoAgent({ name: "bench-echo" });
   const { process: kernel, grpcPort: kernelPort } = await startKernel();
-  const memory = watchKernelMemory(kernel);
+  const memory = watchKernelMemory(kernel, kernelLaunch(root).allocator);
   const forwarder = startForwarder(agent.endpoint);
   let heartbeats: NodeJS.Timeout | undefined;
   try {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The integration tests start their own nats-server and redis-server; the Python SDK's tests run on
 # Debian's grpcio/protobuf and regenerate its stubs with protoc; the bench smoke test drives load
-# with h2load. Install what is missing from Debian's packages (as root), or say which command would.
+# with h2load; the image test and the benches preload jemalloc. Install what is missing from Debian's
+# packages (as root), or say which command would.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin"
 missing=()
@@ -11,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v grpc_python_plugin >/dev/null 2>&1 || missing+=(protobuf-compiler-grpc)
+# The image preloads jemalloc (scripts/image-rootfs.sh) and the benches run the kernel as the image does.
+/usr/sbin/ldconfig -p | grep -q '^\slibjemalloc\.so\.2 ' || missing+=(libjemalloc2)
 # protoc's well-known types (google/protobuf/*.proto), which the contracts import; a recommends of
 # protobuf-compiler, so not there after an install without recommends.
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)

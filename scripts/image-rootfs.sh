@@ -4,6 +4,7 @@
 #
 #   /usr/local/bin/node            the Node.js 24 binary the kernel ships on (scripts/ensure-node.sh)
 #   /lib, /lib64 ...               the shared libraries node and the native modules link (ldd)
+#   /usr/local/lib/libjemalloc.so.2  the allocator the image preloads (LD_PRELOAD in image/Dockerfile)
 #   /opt/nops-kernel               the kernel, installed from a signed offline bundle: built code,
 #                                  production dependencies only, and its signed release
 #   /etc/nops/kernel.yaml          the default config: release.enforce on, the release key pinned
@@ -40,11 +41,23 @@ node dist/src/cli.js bundle install --dir "$bundle" --target "$install_dir" --tr
 rm -f "$install_dir/release.yaml"
 rm -rf "$bundle" "$release"
 
-# The runtime and every shared library it, or a native module of the kernel, loads.
+# jemalloc, preloaded by the image: it returns the memory a burst freed to the OS where glibc's malloc
+# keeps it in its arenas (docs/observability.md, "Memory after a burst").
+jemalloc() { /usr/sbin/ldconfig -p | awk '/^\tlibjemalloc\.so\.2 / { print $NF; exit }'; }
+if [ -z "$(jemalloc)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null
+fi
+jemalloc_lib="$(jemalloc)"
+[ -n "$jemalloc_lib" ] || { echo "image-rootfs: libjemalloc.so.2 not found: apt-get install libjemalloc2" >&2; exit 1; }
+install -D -m 0755 "$(readlink -f "$jemalloc_lib")" "$rootfs/usr/local/lib/libjemalloc.so.2"
+
+# The runtime and every shared library it, jemalloc, or a native module of the kernel, loads.
 install -D -m 0755 "$node_bin/node" "$rootfs/usr/local/bin/node"
 libs() { ldd "$1" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }'; }
 {
   libs "$node_bin/node"
+  libs "$jemalloc_lib"
   find "$install_dir/node_modules" -name '*.node' -type f -print0 | while IFS= read -r -d '' m; do libs "$m"; done
 } | sort -u | while read -r lib; do
   real="$(readlink -f "$lib")"

@@ -147,9 +147,16 @@ export function rssMiB(pid: number): number {
  * How the kernel runs when started as `nops-kernel`: the node flags and environment of the shebang of
  * `dist/src/cli.js` (`#!/usr/bin/env -S NAME=value ... node --flag ...`), so a bench that starts it with
  * `process.execPath` measures the memory settings that ship. `NOPS_BENCH_NODE_FLAGS` (space-separated) is
- * appended, so a run can try other V8 settings against the shipped ones (a later flag wins).
+ * appended, so a run can try other V8 settings against the shipped ones (a later flag wins). The image
+ * preloads jemalloc (image/Dockerfile), and so does the bench when this machine has libjemalloc.so.2;
+ * `NOPS_BENCH_MALLOC=glibc` measures glibc's malloc instead.
  */
-export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<string, string> } {
+export function kernelLaunch(root: string): {
+  nodeArgs: string[];
+  env: Record<string, string>;
+  /** "jemalloc" or "glibc malloc". */
+  allocator: string;
+} {
   const first = readFileSync(join(root, "dist/src/cli.js"), "utf8").split("\n", 1)[0] ?? "";
   const words = first
     .replace(/^#!\/usr\/bin\/env(\s+-S)?\s+/, "")
@@ -160,5 +167,17 @@ export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<st
     throw new Error(`dist/src/cli.js: no node shebang in ${JSON.stringify(first)}`);
   const env = Object.fromEntries(words.slice(0, node).map((w) => w.split("=", 2) as [string, string]));
   const extra = (process.env.NOPS_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
-  return { nodeArgs: [...words.slice(node + 1), ...extra], env };
+  const jemalloc = process.env.NOPS_BENCH_MALLOC === "glibc" ? undefined : hostJemalloc();
+  if (jemalloc) env.LD_PRELOAD = jemalloc;
+  return { nodeArgs: [...words.slice(node + 1), ...extra], env, allocator: jemalloc ? "jemalloc" : "glibc malloc" };
+}
+
+/** Where this machine's libjemalloc.so.2 is (the loader's cache), if it has one. */
+function hostJemalloc(): string | undefined {
+  try {
+    const cache = execFileSync("/usr/sbin/ldconfig", ["-p"], { encoding: "utf8" });
+    return /^\tlibjemalloc\.so\.2 .*=> (\S+)$/m.exec(cache)?.[1];
+  } catch {
+    return undefined;
+  }
 }

@@ -17,9 +17,10 @@ export interface KernelMemory {
 /**
  * Watches a kernel's log (its stdout, at level info) for its memory trims (src/server/memory-trim.ts logs
  * each with rssAfterMiB), so a bench reads the RSS after a trim rather than after a guessed sleep: after
- * heavy load the kernel may stay busy (outbox, audit) past any fixed wait.
+ * heavy load the kernel may stay busy (outbox, audit) past any fixed wait. The line names the kernel's
+ * allocator (kernelLaunch).
  */
-export function watchKernelMemory(kernel: ChildProcess): KernelMemory {
+export function watchKernelMemory(kernel: ChildProcess, allocator: string): KernelMemory {
   const pid = kernel.pid!;
   let trims = 0;
   const waiting = new Set<() => void>();
@@ -53,9 +54,10 @@ export function watchKernelMemory(kernel: ChildProcess): KernelMemory {
       const line = `kernel RSS: idle ${idleMiB.toFixed(0)} MiB, after the bench ${after.toFixed(0)} MiB`;
       // The kernel trims only what grew past minGrowthMiB since its last trim (at idle).
       if (after - idleMiB < DEFAULT_MEMORY_TRIM_OPTIONS.minGrowthMiB)
-        return `${line}, after its idle trim (none due) ${after.toFixed(0)} MiB`;
+        return `${line}, after its idle trim (none due) ${after.toFixed(0)} MiB; ${allocator}`;
       const trimmed = await trimPast(seen);
-      return `${line}, after its idle trim ${trimmed ? "" : `(none within ${TRIM_WAIT_MS / 1000} s) `}${rssMiB(pid).toFixed(0)} MiB`;
+      const wait = trimmed ? "" : `(none within ${TRIM_WAIT_MS / 1000} s) `;
+      return `${line}, after its idle trim ${wait}${rssMiB(pid).toFixed(0)} MiB; ${allocator}`;
     },
   };
 }

@@ -172,6 +172,7 @@ test("image - the entrypoint serves /healthz on a read-only root as the non-root
   t.true(existsSync(join(rootfs, "usr/local/bin/node")));
   t.true(existsSync(join(rootfs, "opt/nops-kernel/release/attestation.dsse.json")));
   t.true(existsSync(join(rootfs, "etc/ssl/certs/ca-certificates.crt")));
+  t.true(existsSync(join(rootfs, "usr/local/lib/libjemalloc.so.2")), "the allocator the image preloads");
   t.regex(readFileSync(join(rootfs, "etc/passwd"), "utf8"), /^nops:x:65532:65532:/m);
   for (const absent of ["bin/sh", "usr/bin/apt-get", "usr/bin/dpkg", "usr/bin/npm", "usr/local/bin/npm"])
     t.false(existsSync(join(rootfs, absent)), `${absent} is not in the image`);
@@ -222,6 +223,8 @@ test("image - the entrypoint serves /healthz on a read-only root as the non-root
   // The kernel runs as the image's user, on a read-only root.
   const pid = kernel.proc.pid!;
   t.regex(readFileSync(`/proc/${pid}/status`, "utf8"), /^Uid:\s+65532\s+65532\s+65532\s+65532$/m);
+  // On jemalloc (LD_PRELOAD): the loader only warns when a preload is missing, so look at what is mapped.
+  t.regex(readFileSync(`/proc/${pid}/maps`, "utf8"), /\/usr\/local\/lib\/libjemalloc\.so\.2$/m);
   const rootMount = readFileSync(`/proc/${pid}/mountinfo`, "utf8")
     .split("\n")
     .find((line) => line.split(" ")[4] === "/");
