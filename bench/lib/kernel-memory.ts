@@ -42,16 +42,19 @@ export function watchKernelMemory(kernel: ChildProcess, allocator: string): Kern
       const timer = setTimeout(() => done(false), TRIM_WAIT_MS);
       waiting.add(wake);
     });
+  // Under a CPU profiler (NOPS_BENCH_PROFILE) the kernel is never quiet enough to trim: say so, not fail.
+  let idleUntrimmed = false;
   return {
     async idle() {
       // Starting counts as growth, so the first quiet window after the start trims.
-      if (!(await trimPast(0))) throw new Error(`kernel ${pid}: no memory trim within ${TRIM_WAIT_MS} ms of starting`);
+      idleUntrimmed = !(await trimPast(0));
       return rssMiB(pid);
     },
     async afterLoad(idleMiB) {
       const seen = trims;
       const after = rssMiB(pid);
-      const line = `kernel RSS: idle ${idleMiB.toFixed(0)} MiB, after the bench ${after.toFixed(0)} MiB`;
+      const idle = `${idleMiB.toFixed(0)} MiB${idleUntrimmed ? " (no trim)" : ""}`;
+      const line = `kernel RSS: idle ${idle}, after the bench ${after.toFixed(0)} MiB`;
       // The kernel trims only what grew past minGrowthMiB since its last trim (at idle).
       if (after - idleMiB < DEFAULT_MEMORY_TRIM_OPTIONS.minGrowthMiB)
         return `${line}, after its idle trim (none due) ${after.toFixed(0)} MiB; ${allocator}`;
