@@ -41,8 +41,9 @@ export interface TallyOptions<L extends readonly string[]> {
 /** A monotonic counter summed in process and reported as an OpenTelemetry ObservableCounter. */
 export interface Tally<L extends readonly string[]> {
   /**
-   * Adds value (ignored unless a finite number >= 0) to the series of these label values. Returns the
-   * series' attributes (frozen, the same object on every call), for a histogram recorded beside it.
+   * Adds value (ignored unless a finite number >= 0; the series is created all the same) to the series of
+   * these label values. Returns the series' attributes (frozen, the same object on every call), for a
+   * histogram recorded beside it.
    */
   add(value: number, ...values: TallyValues<L>): Attributes;
 }
