@@ -143,7 +143,7 @@ async function main(): Promise<void> {
   const echo = tsx("bench/echo-server.ts");
   const connectEcho = tsx("bench/connect-echo-server.ts");
   const kernel = startKernel(dataDir, "none");
-  const memory = watchKernelMemory(kernel, kernelLaunch(root).allocator);
+  const memory = watchKernelMemory(kernel);
   const mtlsKernel = startKernel(mtlsDir, "dev");
   try {
     const echoPort = Number(await firstLine(echo, /^(\d+)\n/m));
@@ -151,7 +151,7 @@ async function main(): Promise<void> {
     const { grpcPort, httpPort } = await ports(kernel);
     const mtls = await ports(mtlsKernel);
     const devIdentity = join(mtlsDir, "dev-identity");
-    const idleRss = await memory.idle();
+    await memory.idle();
     const ids = await registerAgents(grpcPort, 100);
     const mtlsIds = await registerAgents(mtls.grpcPort, 100, devIdentity);
 
@@ -221,7 +221,7 @@ async function main(): Promise<void> {
     out(formatResult(connectEchoResult));
     out(formatResult(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
     out(formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)"), 0.9));
-    out(await memory.afterLoad(idleRss));
+    out(await memory.afterLoad());
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = results.filter((r) => r.requests === 0).map((r) => r.name);
     if (silent.length > 0) throw new Error(`no call answered in: ${[...new Set(silent)].join(", ")}`);

@@ -96,7 +96,7 @@ async function main(): Promise<void> {
   const seconds = Number(args.seconds);
   const agent = await spawnEchoAgent({ name: "bench-echo" });
   const { process: kernel, grpcPort: kernelPort } = await startKernel();
-  const memory = watchKernelMemory(kernel, kernelLaunch(root).allocator);
+  const memory = watchKernelMemory(kernel);
   const forwarder = startForwarder(agent.endpoint);
   let heartbeats: NodeJS.Timeout | undefined;
   try {
@@ -119,7 +119,7 @@ async function main(): Promise<void> {
         process.stderr.write(`bench agent heartbeat failed: ${String(e)}\n`);
       });
     }, 5_000);
-    const idleRss = await memory.idle();
+    await memory.idle();
     const payload = new TextEncoder().encode("x".repeat(64));
     const handleBody = grpcFrame(
       toBinary(
@@ -210,7 +210,7 @@ async function main(): Promise<void> {
     out(
       `cpu per call: agent ${cpu.direct!.toFixed(0)} us  floor ${cpu.floor!.toFixed(0)} us  kernel ${cpu.kernel!.toFixed(0)} us`,
     );
-    out(await memory.afterLoad(idleRss));
+    out(await memory.afterLoad());
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = [...Object.values(fixed), ...Object.values(sat)].filter((r) => r.requests === 0);
     if (silent.length > 0) throw new Error(`no call answered in: ${silent.map((r) => r.name).join(", ")}`);

@@ -151,12 +151,7 @@ export function rssMiB(pid: number): number {
  * preloads jemalloc (image/Dockerfile), and so does the bench when this machine has libjemalloc.so.2;
  * `NOPS_BENCH_MALLOC=glibc` measures glibc's malloc instead.
  */
-export function kernelLaunch(root: string): {
-  nodeArgs: string[];
-  env: Record<string, string>;
-  /** "jemalloc" or "glibc malloc". */
-  allocator: string;
-} {
+export function kernelLaunch(root: string): { nodeArgs: string[]; env: Record<string, string> } {
   const first = readFileSync(join(root, "dist/src/cli.js"), "utf8").split("\n", 1)[0] ?? "";
   const words = first
     .replace(/^#!\/usr\/bin\/env(\s+-S)?\s+/, "")
@@ -169,7 +164,7 @@ export function kernelLaunch(root: string): {
   const extra = (process.env.NOPS_BENCH_NODE_FLAGS ?? "").split(/\s+/).filter(Boolean);
   const jemalloc = process.env.NOPS_BENCH_MALLOC === "glibc" ? undefined : hostJemalloc();
   if (jemalloc) env.LD_PRELOAD = jemalloc;
-  return { nodeArgs: [...words.slice(node + 1), ...extra], env, allocator: jemalloc ? "jemalloc" : "glibc malloc" };
+  return { nodeArgs: [...words.slice(node + 1), ...extra], env };
 }
 
 /** Where this machine's libjemalloc.so.2 is (the loader's cache), if it has one. */
