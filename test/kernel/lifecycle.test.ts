@@ -100,9 +100,15 @@ for (const failAt of STAGES) {
       // Let closed sockets' last callbacks run before comparing.
       await new Promise((r) => setTimeout(r, 100));
       t.deepEqual(await settledResources(), before);
-      // And the data dir is usable again at once.
+      // And the data dir is usable again at once. On ports of its own: the ones above were free when picked,
+      // and a process of another test file may have been given one of them since.
       const kernel = await startKernel(
-        { ...options, nats: { ...options.nats, leaf: "off" } },
+        {
+          ...options,
+          grpc: { ...options.grpc, port: 0 },
+          http: { ...options.http, port: 0 },
+          nats: { ...options.nats, leaf: "off" },
+        },
         { logDestination: quiet },
       );
       await kernel.stop();
