@@ -11,7 +11,7 @@ import {
   type HandlerContext,
 } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
-import { kPeer, methodPath } from "./interceptor.js";
+import { kPeer, methodPath, type PeerInfo } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
 import { derChainFromPeerCertificate } from "./peer-certificates.js";
 import { canceled, internalError, invalidArgument, unauthenticated } from "../common/index.js";
@@ -102,23 +102,28 @@ type AnyCall =
   | grpc.ServerDuplexStream<unknown, unknown>
   | grpc.ServerReadableStream<unknown, unknown>;
 
-// A TLS session's peer certificate cannot change, but grpc-js parses it again for every call's
-// getAuthContext(): remember the chain per HTTP/2 session. The session is reached through
-// grpc-js internals (call.call.stream.session); when they differ, every call parses as before.
-const chainsBySession = new WeakMap<object, Uint8Array[]>();
+// A session's peer (address and TLS chain) cannot change, but grpc-js formats the address and parses
+// the certificate again for every call's getPeer() / getAuthContext(): remember the peer per HTTP/2
+// session, frozen, as every call's kPeer. The session is reached through grpc-js internals
+// (call.call.stream.session); when they differ, every call reads its peer as before.
+const peersBySession = new WeakMap<object, PeerInfo>();
 
 function sessionOf(call: AnyCall): object | undefined {
   const session = (call as unknown as { call?: { stream?: { session?: unknown } } }).call?.stream?.session;
   return typeof session === "object" && session !== null ? session : undefined;
 }
 
-function peerCertificates(call: AnyCall): Uint8Array[] {
+function peerOf(call: AnyCall): PeerInfo {
   const session = sessionOf(call);
-  const known = session && chainsBySession.get(session);
+  const known = session && peersBySession.get(session);
   if (known) return known;
-  const chain = readPeerCertificates(call);
-  if (session) chainsBySession.set(session, chain);
-  return chain;
+  const peer = Object.freeze({
+    address: call.getPeer().replace(/^ipv[46]:/, ""),
+    transport: "grpc-js" as const,
+    certificates: readPeerCertificates(call),
+  });
+  if (session) peersBySession.set(session, peer);
+  return peer;
 }
 
 // grpc-js's auth context holds the leaf only (getPeerCertificate() without the chain), so a client
@@ -152,8 +157,8 @@ function handlerContext(
   controller: AbortController,
   hooks: Hooks,
 ): HandlerContext {
-  const address = call.getPeer().replace(/^ipv[46]:/, "");
-  hooks.onCall(address);
+  const peer = peerOf(call);
+  hooks.onCall(peer.address);
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
@@ -168,11 +173,7 @@ function handlerContext(
     responseTrailer: new Headers(),
     protocolName: "grpc",
     url: methodPath(method),
-    values: createContextValues().set(kPeer, {
-      address,
-      transport: "grpc-js",
-      certificates: peerCertificates(call),
-    }),
+    values: createContextValues().set(kPeer, peer),
   };
 }
 
@@ -386,19 +387,24 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     onCall,
     admits: gate
       ? (call, method, ctx) => {
-          const requestId = requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString());
+          const peer = ctx.values.get(kPeer);
+          // The id is only needed for a refusal (its audit row and answer): most calls never make one.
+          let requestId: string | undefined;
+          const idOf = (): string => (requestId ??= requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString()));
           const admitted = gate({
             method,
             header: (name) => {
               const v = call.metadata.get(name)[0];
               return v === undefined ? undefined : String(v);
             },
-            peerCertificate: peerCertificates(call).length > 0,
-            peer: call.getPeer(),
-            requestId,
+            peerCertificate: peer.certificates.length > 0,
+            peer: peer.address,
+            get requestId() {
+              return idOf();
+            },
           });
           // The chain, which echoes the id for admitted calls, never runs for a refused one.
-          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, requestId);
+          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, idOf());
           return admitted;
         }
       : () => true,
