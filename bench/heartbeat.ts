@@ -2,7 +2,9 @@
 // h2load (bench/lib/h2load.ts) as the load generator: over grpc-js against a bare grpc-js echo, and
 // over connect-node (gRPC and Connect protocols) against a bare connect-node server. Heartbeat over
 // SPIFFE mTLS against the same call in plaintext is measured with the Node load generator (h2load
-// cannot present a client certificate); both legs of that ratio use the same generator.
+// cannot present a client certificate); both legs of that ratio use the same generator. A reference
+// with no target, bench/h2-echo-server.ts, answers over node:http2 without grpc-js: the grpc-js echo
+// is shown as a ratio of it.
 // Usage: node --import tsx bench/heartbeat.ts [--seconds 8] [--connections 4] [--streams 16]
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -141,12 +143,14 @@ async function main(): Promise<void> {
   const tsx = (file: string) =>
     spawn(process.execPath, ["--import", "tsx", join(root, file)], { stdio: ["ignore", "pipe", "inherit"] });
   const echo = tsx("bench/echo-server.ts");
+  const h2Echo = tsx("bench/h2-echo-server.ts");
   const connectEcho = tsx("bench/connect-echo-server.ts");
   const kernel = startKernel(dataDir, "none");
   const memory = watchKernelMemory(kernel);
   const mtlsKernel = startKernel(mtlsDir, "dev");
   try {
     const echoPort = Number(await firstLine(echo, /^(\d+)\n/m));
+    const h2EchoPort = Number(await firstLine(h2Echo, /^(\d+)\n/m));
     const connectEchoPort = Number(await firstLine(connectEcho, /^(\d+)\n/m));
     const { grpcPort, httpPort } = await ports(kernel);
     const mtls = await ports(mtlsKernel);
@@ -189,6 +193,7 @@ async function main(): Promise<void> {
     // load on the shared machine does not decide a ratio.
     for (let round = 0; round < rounds; round++) {
       results.push(await grpcCase("echo: bare grpc-js", echoPort));
+      results.push(await grpcCase("echo: node:http2 alone (reference)", h2EchoPort));
       results.push(await grpcCase("Heartbeat over grpc-js", grpcPort));
       results.push(await grpcCase("echo: bare connect-node, gRPC protocol", connectEchoPort));
       results.push(await grpcCase("Heartbeat over connect-node, gRPC protocol", httpPort));
@@ -213,7 +218,9 @@ async function main(): Promise<void> {
     const grpcEcho = best("echo: bare grpc-js");
     const connectGrpcEcho = best("echo: bare connect-node, gRPC protocol");
     const connectEchoResult = best("echo: bare connect-node, Connect protocol");
-    out(formatResult(grpcEcho));
+    const h2EchoResult = best("echo: node:http2 alone (reference)");
+    out(formatResult(h2EchoResult));
+    out(formatResult(grpcEcho, h2EchoResult));
     out(formatResult(best("Heartbeat over grpc-js"), grpcEcho, 0.75));
     out(formatResult(connectGrpcEcho));
     out(formatResult(best("Heartbeat over connect-node, gRPC protocol"), connectGrpcEcho, 0.8));
@@ -227,6 +234,7 @@ async function main(): Promise<void> {
     if (silent.length > 0) throw new Error(`no call answered in: ${[...new Set(silent)].join(", ")}`);
   } finally {
     echo.kill("SIGKILL");
+    h2Echo.kill("SIGKILL");
     connectEcho.kill("SIGKILL");
     for (const k of [kernel, mtlsKernel]) {
       k.kill("SIGTERM");

@@ -29,6 +29,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
     "hub-latency.ts",
   ])
     t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
+  t.regex(out, /echo: bare grpc-js .* ratio \d+\.\d+ of echo: node:http2 alone \(reference\)/);
   t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
   t.regex(out, /Heartbeat over connect-node, gRPC protocol .* ratio \d+\.\d+ of echo: bare connect-node/);
   t.regex(out, /kernel: Routing\.Invoke .* ratio \d+\.\d+ of floor: bare forwarder Invoke/);
