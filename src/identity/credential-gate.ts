@@ -55,7 +55,7 @@ export function createCredentialGate(deps: CredentialGateDeps, options: Credenti
     // The denial auditor reads the method, peer and correlation id of a chain call.
     const values = createContextValues()
       .set(kPeer, { address: req.peer, transport: "connect-node", certificates: [] })
-      .set(kCorrelationId, req.requestId);
+      .set(kCorrelationId, req.requestId());
     const call = { method: req.method, ctx: { values } as HandlerContext } as CallRequest;
     denials(call, {
       actor: "anonymous",

@@ -9,8 +9,8 @@ export interface GateRequest {
   peerCertificate: boolean;
   /** Remote "ip:port", for the audit row. */
   peer: string;
-  /** The request's correlation id. */
-  requestId: string;
+  /** The request's correlation id (asked for a refusal only: the gRPC port mints one then). */
+  requestId(): string;
 }
 
 /**

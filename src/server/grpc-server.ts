@@ -389,8 +389,8 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       ? (call, method, ctx) => {
           const peer = ctx.values.get(kPeer);
           // The id is only needed for a refusal (its audit row and answer): most calls never make one.
-          let requestId: string | undefined;
-          const idOf = (): string => (requestId ??= requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString()));
+          let id: string | undefined;
+          const requestId = (): string => (id ??= requestIdFor(call.metadata.get(REQUEST_ID_HEADER)[0]?.toString()));
           const admitted = gate({
             method,
             header: (name) => {
@@ -399,12 +399,10 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
             },
             peerCertificate: peer.certificates.length > 0,
             peer: peer.address,
-            get requestId() {
-              return idOf();
-            },
+            requestId,
           });
           // The chain, which echoes the id for admitted calls, never runs for a refused one.
-          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, idOf());
+          if (!admitted) ctx.responseHeader.set(REQUEST_ID_HEADER, requestId());
           return admitted;
         }
       : () => true,

@@ -194,7 +194,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
         },
         peerCertificate: peerCertificates(req.socket).length > 0,
         peer: `${req.socket.remoteAddress ?? ""}:${req.socket.remotePort ?? ""}`,
-        requestId,
+        requestId: () => requestId,
       })
     ) {
       // HTTP 401 is UNAUTHENTICATED for Connect, gRPC and gRPC-Web clients alike; the body stays unread.

@@ -61,9 +61,18 @@ export interface RequestLogger {
 /** Per-request value: the request-scoped logger (carries the correlation id). */
 export const kLogger = createContextKey<RequestLogger | undefined>(undefined, { description: "request logger" });
 
+// One string per method: the chain's links look a call's path up in Maps, and a string built per call
+// would be hashed again for each lookup (V8 keeps a string's hash in the string).
+const paths = new WeakMap<DescMethod, string>();
+
 /** Full RPC path of a method, e.g. "/nops.kernel.v1.AgentRegistryService/Heartbeat". */
 export function methodPath(method: DescMethod): string {
-  return `/${method.parent.typeName}/${method.name}`;
+  let path = paths.get(method);
+  if (path === undefined) {
+    path = `/${method.parent.typeName}/${method.name}`;
+    paths.set(method, path);
+  }
+  return path;
 }
 
 /** Wraps a stream so `onEnd` runs once when it finishes, fails or is abandoned. */

@@ -1,5 +1,4 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { DescMethod } from "@bufbuild/protobuf";
 import type { Meter } from "@opentelemetry/api";
 import { kPeer, methodPath, observeStream, type CallRequest, type KernelInterceptor } from "../server/index.js";
 import { createTally } from "./tally.js";
@@ -58,15 +57,9 @@ export function rpcMetricsInterceptor(meter: Meter): KernelInterceptor {
     unit: "ms",
     advice: { explicitBucketBoundaries: DURATION_BUCKETS_MS },
   });
-  // Method paths, built once per descriptor. The tally's series attributes serve the histogram too, so a
-  // call records without building a string or an object.
-  const paths = new WeakMap<DescMethod, string>();
+  // The tally's series attributes serve the histogram too, so a call records without building a string or an object.
   const record = (call: CallRequest, started: number, err: unknown): void => {
-    let rpc = paths.get(call.method);
-    if (rpc === undefined) {
-      rpc = methodPath(call.method);
-      paths.set(call.method, rpc);
-    }
+    const rpc = methodPath(call.method);
     const attributes = requests.add(1, rpc, grpcCodeName(callCode(err)), call.ctx.values.get(kPeer).transport);
     duration.record(performance.now() - started, attributes);
   };

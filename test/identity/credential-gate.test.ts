@@ -109,7 +109,7 @@ test("credential gate - gRPC port: a call with no credential is UNAUTHENTICATED 
 
 test("credential gate - anonymous access, a client certificate or a signature header admits", (t) => {
   const deps = { audit: auditLog().audit, logger: createSilentLogger() };
-  const req = { method: AdminService.method.getStatus, peer: "127.0.0.1:1", requestId: "r" };
+  const req = { method: AdminService.method.getStatus, peer: "127.0.0.1:1", requestId: () => "r" };
   const anon = createCredentialGate(deps, { publicMethods: [], allowAnonymous: true });
   t.true(anon({ ...req, header: () => undefined, peerCertificate: false }));
   const strict = createCredentialGate(deps, { publicMethods: [], allowAnonymous: false });
