@@ -21,7 +21,15 @@ import {
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
-import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load } from "./lib/h2load.js";
+import {
+  CONNECT_HEADERS,
+  cpuMs,
+  GRPC_HEADERS,
+  grpcFrame,
+  kernelLaunch,
+  runH2load,
+  type H2Options,
+} from "./lib/h2load.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
@@ -170,8 +178,17 @@ async function main(): Promise<void> {
     ).heartbeat({ tenant: "bench", id: ids[0]!, load: { inFlight: 1, cpu: 0.2 } });
     const answerBytes = toBinary(HeartbeatResponseSchema, answer).length;
     const load = { clients: connections, streams, seconds, warmupSeconds: 2 };
-    const grpcCase = (name: string, port: number) =>
-      runH2load({
+    // CPU the serving process spent per call in the measured window (after the warm-up), µs: it does not
+    // depend on how the processes shared the two cores in that run.
+    const cpuPerCall = new Map<LoadResult, number>();
+    const serving = async (server: ChildProcess, options: Omit<H2Options, "onMeasuring">): Promise<LoadResult> => {
+      let before = 0;
+      const result = await runH2load({ ...options, onMeasuring: () => (before = cpuMs(server.pid!)) });
+      cpuPerCall.set(result, ((cpuMs(server.pid!) - before) * 1000) / Math.max(1, result.requests + result.errors));
+      return result;
+    };
+    const grpcCase = (name: string, server: ChildProcess, port: number) =>
+      serving(server, {
         ...load,
         name,
         url: `http://127.0.0.1:${port}${HEARTBEAT}`,
@@ -179,8 +196,8 @@ async function main(): Promise<void> {
         headers: GRPC_HEADERS,
         responseBytes: 5 + answerBytes,
       });
-    const connectCase = (name: string, port: number) =>
-      runH2load({
+    const connectCase = (name: string, server: ChildProcess, port: number) =>
+      serving(server, {
         ...load,
         name,
         url: `http://127.0.0.1:${port}${HEARTBEAT}`,
@@ -192,13 +209,13 @@ async function main(): Promise<void> {
     // Interleave baselines and cases and keep each one's better run, so a burst of background
     // load on the shared machine does not decide a ratio.
     for (let round = 0; round < rounds; round++) {
-      results.push(await grpcCase("echo: bare grpc-js", echoPort));
-      results.push(await grpcCase("echo: node:http2 alone (reference)", h2EchoPort));
-      results.push(await grpcCase("Heartbeat over grpc-js", grpcPort));
-      results.push(await grpcCase("echo: bare connect-node, gRPC protocol", connectEchoPort));
-      results.push(await grpcCase("Heartbeat over connect-node, gRPC protocol", httpPort));
-      results.push(await connectCase("echo: bare connect-node, Connect protocol", connectEchoPort));
-      results.push(await connectCase("Heartbeat over connect-node, Connect proto", httpPort));
+      results.push(await grpcCase("echo: bare grpc-js", echo, echoPort));
+      results.push(await grpcCase("echo: node:http2 alone (reference)", h2Echo, h2EchoPort));
+      results.push(await grpcCase("Heartbeat over grpc-js", kernel, grpcPort));
+      results.push(await grpcCase("echo: bare connect-node, gRPC protocol", connectEcho, connectEchoPort));
+      results.push(await grpcCase("Heartbeat over connect-node, gRPC protocol", kernel, httpPort));
+      results.push(await connectCase("echo: bare connect-node, Connect protocol", connectEcho, connectEchoPort));
+      results.push(await connectCase("Heartbeat over connect-node, Connect proto", kernel, httpPort));
       results.push(
         await runLoad({ ...nodeLoad, name: "plaintext (Node generator)", call: grpcHeartbeatCaller(grpcPort, ids) }),
       );
@@ -228,6 +245,18 @@ async function main(): Promise<void> {
     out(formatResult(connectEchoResult));
     out(formatResult(best("Heartbeat over connect-node, Connect proto"), connectEchoResult, 0.8));
     out(formatResult(best("mTLS + SPIFFE authz (Node generator)"), best("plaintext (Node generator)"), 0.9));
+    const cpu = (name: string) => `${name} ${cpuPerCall.get(best(name))!.toFixed(0)} us`;
+    out(
+      `cpu per call of the serving process in those runs: ${[
+        "echo: node:http2 alone (reference)",
+        "echo: bare grpc-js",
+        "Heartbeat over grpc-js",
+        "echo: bare connect-node, gRPC protocol",
+        "Heartbeat over connect-node, gRPC protocol",
+      ]
+        .map(cpu)
+        .join(", ")}`,
+    );
     out(await memory.afterLoad());
     // A case no call of which was answered measured nothing: the bench itself is broken.
     const silent = results.filter((r) => r.requests === 0).map((r) => r.name);

@@ -31,6 +31,7 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
     t.true(out.includes(`=== bench/${file} ===`), `${file} ran`);
   t.regex(out, /echo: bare grpc-js .* ratio \d+\.\d+ of echo: node:http2 alone \(reference\)/);
   t.regex(out, /Heartbeat over grpc-js .* ratio \d+\.\d+ of echo: bare grpc-js/);
+  t.regex(out, /cpu per call of the serving process in those runs: .*Heartbeat over grpc-js \d+ us/);
   t.regex(out, /Heartbeat over connect-node, gRPC protocol .* ratio \d+\.\d+ of echo: bare connect-node/);
   t.regex(out, /kernel: Routing\.Invoke .* ratio \d+\.\d+ of floor: bare forwarder Invoke/);
   t.regex(out, /kernel RSS: idle \d+ MiB, after the bench \d+ MiB, after its idle trim (\(none [a-z 0-9]+\) )?\d+ MiB/);
