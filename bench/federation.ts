@@ -27,7 +27,7 @@ import {
   type KernelAt,
 } from "../test/federation/fed-fixtures.js";
 import { freePort, waitFor } from "../test/helpers/processes.js";
-import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load } from "./lib/h2load.js";
+import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
 const { values: args } = parseArgs({
@@ -215,13 +215,12 @@ async function main(): Promise<void> {
     const sat: Partial<Record<"local" | "federated", LoadResult>> = {};
     const cpu: Record<string, number> = {};
     for (const which of ["local", "federated"] as const) {
-      let before = { a: 0, b: 0 };
-      const r = await at(which, true, () => (before = { a: cpuMs(a.process.pid!), b: cpuMs(b.process.pid!) }));
-      sat[which] = r;
-      // CPU each kernel spent per call in the measured run, µs: independent of how the processes share the cores.
-      const calls = Math.max(1, r.requests + r.errors);
-      cpu[`${which} A`] = ((cpuMs(a.process.pid!) - before.a) * 1000) / calls;
-      cpu[`${which} B`] = ((cpuMs(b.process.pid!) - before.b) * 1000) / calls;
+      const { result, cpuUs } = await withCpuPerCall([a.process.pid!, b.process.pid!], (onMeasuring) =>
+        at(which, true, onMeasuring),
+      );
+      sat[which] = result;
+      cpu[`${which} A`] = cpuUs[0]!;
+      cpu[`${which} B`] = cpuUs[1]!;
     }
     const f = (n: number): string => `${n >= 0 ? "+" : ""}${n.toFixed(3)}`;
     const x = (n: number, d: number): string => (n / d).toFixed(2);

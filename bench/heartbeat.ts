@@ -23,11 +23,11 @@ import {
 import { firstLine } from "./lib/child-output.js";
 import {
   CONNECT_HEADERS,
-  cpuMs,
   GRPC_HEADERS,
   grpcFrame,
   kernelLaunch,
   runH2load,
+  withCpuPerCall,
   type H2Options,
 } from "./lib/h2load.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
@@ -178,13 +178,13 @@ async function main(): Promise<void> {
     ).heartbeat({ tenant: "bench", id: ids[0]!, load: { inFlight: 1, cpu: 0.2 } });
     const answerBytes = toBinary(HeartbeatResponseSchema, answer).length;
     const load = { clients: connections, streams, seconds, warmupSeconds: 2 };
-    // CPU the serving process spent per call in the measured window (after the warm-up), µs: it does not
-    // depend on how the processes shared the two cores in that run.
+    // The serving process's CPU per call in each run.
     const cpuPerCall = new Map<LoadResult, number>();
-    const serving = async (server: ChildProcess, options: Omit<H2Options, "onMeasuring">): Promise<LoadResult> => {
-      let before = 0;
-      const result = await runH2load({ ...options, onMeasuring: () => (before = cpuMs(server.pid!)) });
-      cpuPerCall.set(result, ((cpuMs(server.pid!) - before) * 1000) / Math.max(1, result.requests + result.errors));
+    const serving = async (server: ChildProcess, options: H2Options): Promise<LoadResult> => {
+      const { result, cpuUs } = await withCpuPerCall([server.pid!], (onMeasuring) =>
+        runH2load({ ...options, onMeasuring }),
+      );
+      cpuPerCall.set(result, cpuUs[0]!);
       return result;
     };
     const grpcCase = (name: string, server: ChildProcess, port: number) =>

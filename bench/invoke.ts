@@ -20,7 +20,7 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { cpuMs, GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load } from "./lib/h2load.js";
+import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
@@ -187,11 +187,9 @@ async function main(): Promise<void> {
     const cpu: Record<string, number> = {};
     const sat: Record<string, LoadResult> = {};
     for (const which of ["direct", "floor", "kernel"] as const) {
-      let before = 0;
-      sat[which] = await at(which, true, () => (before = cpuMs(pids[which])));
-      // CPU the middle process spent per call in the measured window (after the warm-up), µs: independent
-      // of how the processes share the cores.
-      cpu[which] = ((cpuMs(pids[which]) - before) * 1000) / Math.max(1, sat[which].requests + sat[which].errors);
+      const { result, cpuUs } = await withCpuPerCall([pids[which]], (onMeasuring) => at(which, true, onMeasuring));
+      sat[which] = result;
+      cpu[which] = cpuUs[0]!;
     }
     const f = (n: number): string => n.toFixed(3);
     const out = (line: string) => process.stdout.write(line + "\n");

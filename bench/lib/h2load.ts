@@ -130,11 +130,26 @@ export async function runH2load(options: H2Options): Promise<LoadResult> {
 }
 
 /** CPU time (user + system) a process has used so far, ms (Linux /proc; 10 ms ticks). */
-export function cpuMs(pid: number): number {
+function cpuMs(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
     .replace(/^.*\) /, "")
     .split(" ");
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+/**
+ * Runs a load (`run` is handed the hook to call when its measured run starts, after the warm-up) and reads
+ * the CPU time each process of `pids` spent per call, answered or failed, over that measured run, µs: a
+ * figure that does not depend on how the processes shared the cores.
+ */
+export async function withCpuPerCall(
+  pids: readonly number[],
+  run: (onMeasuring: () => void) => Promise<LoadResult>,
+): Promise<{ result: LoadResult; cpuUs: number[] }> {
+  let before: number[] = [];
+  const result = await run(() => (before = pids.map((pid) => cpuMs(pid))));
+  const calls = Math.max(1, result.requests + result.errors);
+  return { result, cpuUs: pids.map((pid, i) => ((cpuMs(pid) - before[i]!) * 1000) / calls) };
 }
 
 /** Resident set size of a process, MiB (Linux /proc). */
