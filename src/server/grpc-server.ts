@@ -3,16 +3,11 @@ import * as net from "node:net";
 import type { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
-import {
-  ConnectError,
-  createContextValues,
-  decodeBinaryHeader,
-  encodeBinaryHeader,
-  type HandlerContext,
-} from "@connectrpc/connect";
+import { ConnectError, createContextValues, type HandlerContext } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath, type PeerInfo } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
+import { MetadataHeaders } from "./metadata-headers.js";
 import { derChainFromPeerCertificate } from "./peer-certificates.js";
 import { canceled, internalError, invalidArgument, unauthenticated } from "../common/index.js";
 import { createConnectionGuard, resolveMaxConnections, type ConnectionGuard } from "./connection-guard.js";
@@ -67,33 +62,14 @@ function serializer(schema: DescMessage): (msg: unknown) => Buffer {
   };
 }
 
-/** Copies gRPC metadata into fetch Headers (binary values base64, as Connect does). */
-export function metadataToHeaders(md: grpc.Metadata): Headers {
-  const headers = new Headers();
-  for (const [key, value] of Object.entries(md.toJSON())) {
-    for (const v of value) headers.append(key, typeof v === "string" ? v : encodeBinaryHeader(v));
-  }
-  return headers;
-}
-
-/** Copies fetch Headers into gRPC metadata (skipping HTTP/2 reserved ones). */
-export function headersToMetadata(headers: Headers, into = new grpc.Metadata()): grpc.Metadata {
-  headers.forEach((value, key) => {
-    // grpc-* are the transport's own, except the retry pushback (gRPC A6) a shed or shutdown call carries.
-    if (key.startsWith(":") || key === "content-type" || key === "te") return;
-    if (key.startsWith("grpc-") && key !== "grpc-retry-pushback-ms") return;
-    if (key.endsWith("-bin")) into.add(key, Buffer.from(decodeBinaryHeader(value)));
-    else into.add(key, value);
-  });
-  return into;
-}
+// A handler's response headers and trailers are the metadata grpc-js sends (see handlerContext).
+const metadataOf = (headers: Headers): grpc.Metadata => (headers as MetadataHeaders).metadata;
 
 function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusObject> {
   // The error-mapping interceptor turns everything into ConnectError; this guards the adapter itself.
   const ce = err instanceof ConnectError ? err : internalError();
-  const metadata = headersToMetadata(ctx.responseTrailer);
-  headersToMetadata(ce.metadata, metadata);
-  return { code: ce.code as number, details: ce.rawMessage, metadata };
+  ce.metadata.forEach((value, key) => ctx.responseTrailer.append(key, value));
+  return { code: ce.code as number, details: ce.rawMessage, metadata: metadataOf(ctx.responseTrailer) };
 }
 
 type AnyCall =
@@ -168,9 +144,9 @@ function handlerContext(
     signal: controller.signal,
     timeoutMs,
     requestMethod: "POST",
-    requestHeader: metadataToHeaders(call.metadata),
-    responseHeader: new Headers(),
-    responseTrailer: new Headers(),
+    requestHeader: new MetadataHeaders(call.metadata),
+    responseHeader: new MetadataHeaders(new grpc.Metadata()),
+    responseTrailer: new MetadataHeaders(new grpc.Metadata()),
     protocolName: "grpc",
     url: methodPath(method),
     values: createContextValues().set(kPeer, peer),
@@ -215,12 +191,12 @@ function answer(
   result.then(
     (output) => {
       settled();
-      call.sendMetadata(headersToMetadata(ctx.responseHeader));
-      callback(null, output, headersToMetadata(ctx.responseTrailer));
+      call.sendMetadata(metadataOf(ctx.responseHeader));
+      callback(null, output, metadataOf(ctx.responseTrailer));
     },
     (err: unknown) => {
       settled();
-      call.sendMetadata(headersToMetadata(ctx.responseHeader));
+      call.sendMetadata(metadataOf(ctx.responseHeader));
       callback(toServiceError(err, ctx));
     },
   );
@@ -235,7 +211,7 @@ async function writeAll(
   let headersSent = false;
   for await (const message of output) {
     if (!headersSent) {
-      call.sendMetadata(headersToMetadata(ctx.responseHeader));
+      call.sendMetadata(metadataOf(ctx.responseHeader));
       headersSent = true;
     }
     // Respect HTTP/2 flow control: a slow reader pauses the producer instead of buffering.
@@ -250,8 +226,8 @@ async function writeAll(
     if (ctx.signal.aborted) return;
   }
   settled();
-  if (!headersSent) call.sendMetadata(headersToMetadata(ctx.responseHeader));
-  call.end(headersToMetadata(ctx.responseTrailer));
+  if (!headersSent) call.sendMetadata(metadataOf(ctx.responseHeader));
+  call.end(metadataOf(ctx.responseTrailer));
 }
 
 function streamingHandler(

@@ -3,7 +3,7 @@ import * as net from "node:net";
 import test from "ava";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import {
   Health,
   HealthCheckRequestSchema,
@@ -72,6 +72,62 @@ test("grpc-js adapter - a handler's signal aborts when the caller cancels, never
     signals.check.slice(0, 3).every((s) => !s.aborted),
     "no answered call aborted its handler",
   );
+});
+
+test("grpc-js adapter - a handler reads the call's metadata and its response headers and trailers reach the caller", async (t) => {
+  const seen: (string | null)[] = [];
+  const bound = bindService(
+    Health,
+    {
+      check(req, ctx: HandlerContext) {
+        seen.push(ctx.requestHeader.get("x-caller"), ctx.requestHeader.get("token-bin"));
+        ctx.responseHeader.set("x-ratelimit-remaining", "7");
+        ctx.responseHeader.set("content-type", "text/plain"); // the transport's own: dropped
+        ctx.responseTrailer.set("x-digest-bin", Buffer.from([1, 2, 3]).toString("base64"));
+        if (req.service === "fail") {
+          throw new ConnectError("no", Code.ResourceExhausted, { "retry-after": "3", "grpc-status": "0" });
+        }
+        return { status: Serving.SERVING };
+      },
+      async *watch() {},
+    },
+    [],
+  );
+  const server = createGrpcServer({ services: [bound], limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  t.teardown(async () => {
+    client.close();
+    await server.shutdown(1000);
+  });
+  const ser = (m: { service: string }) =>
+    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
+  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+  const call = (service: string) => {
+    const md = new grpc.Metadata();
+    md.set("x-caller", "agent-7");
+    md.set("token-bin", Buffer.from([0xff, 0x00]));
+    const answer = { headers: new grpc.Metadata(), trailers: new grpc.Metadata(), code: grpc.status.OK };
+    return new Promise<typeof answer>((resolve) => {
+      const c = client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service }, md, (err) => {
+        if (err) answer.code = err.code;
+      });
+      c.on("metadata", (m: grpc.Metadata) => (answer.headers = m));
+      c.on("status", (s: grpc.StatusObject) => resolve({ ...answer, trailers: s.metadata }));
+    });
+  };
+
+  const ok = await call("");
+  t.deepEqual(seen, ["agent-7", Buffer.from([0xff, 0x00]).toString("base64").replace(/=+$/, "")]);
+  t.deepEqual(ok.headers.get("x-ratelimit-remaining"), ["7"]);
+  t.deepEqual(ok.headers.get("content-type"), ["application/grpc+proto"], "the transport's content type only");
+  t.deepEqual(ok.trailers.get("x-digest-bin"), [Buffer.from([1, 2, 3])]);
+
+  const failed = await call("fail");
+  t.is(failed.code, grpc.status.RESOURCE_EXHAUSTED);
+  t.deepEqual(failed.headers.get("x-ratelimit-remaining"), ["7"]);
+  t.deepEqual(failed.trailers.get("retry-after"), ["3"], "the error's metadata is in the trailers");
+  t.deepEqual(failed.trailers.get("x-digest-bin"), [Buffer.from([1, 2, 3])], "beside what the handler set");
 });
 
 function healthServer(
