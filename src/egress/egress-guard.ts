@@ -245,8 +245,8 @@ interface BlockedGroup {
 }
 
 // Attributes of the latency histogram, built once rather than per decision.
-const ALLOWED_ATTRIBUTES: Attributes = { result: "allowed" };
-const BLOCKED_ATTRIBUTES: Attributes = { result: "blocked" };
+const ALLOWED_ATTRIBUTES: Attributes = Object.freeze({ result: "allowed" });
+const BLOCKED_ATTRIBUTES: Attributes = Object.freeze({ result: "blocked" });
 
 /** Cache key of a verdict: what was decided, under which policy, for which destination. */
 function verdictKey(tier: string, policyVersion: string, destination: string, text: string): string {

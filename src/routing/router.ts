@@ -157,8 +157,8 @@ const AGENT_FAILURE_CODES = new Set<Code>([
   Code.DataLoss,
 ]);
 // Attributes of the Invoke duration histogram, built once rather than per call.
-const INVOKE_OK: Attributes = { outcome: "ok" };
-const INVOKE_ERROR: Attributes = { outcome: "error" };
+const INVOKE_OK: Attributes = Object.freeze({ outcome: "ok" });
+const INVOKE_ERROR: Attributes = Object.freeze({ outcome: "error" });
 
 // Codes worth another attempt when the request is idempotent (gRPC retry design, A6).
 const RETRYABLE_CODES = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);

@@ -13,6 +13,7 @@ import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporte
 import type { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { MeterProvider, createDenyListAttributesProcessor } from "@opentelemetry/sdk-metrics";
+import { createHistogramTallies } from "./histogram-tally.js";
 import {
   BatchSpanProcessor,
   NodeTracerProvider,
@@ -73,12 +74,19 @@ export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps):
     "service.version": deps.serviceVersion ?? "unknown",
   });
 
-  const prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true });
-  const serializer = new PrometheusSerializer("", false, undefined, false, true);
   // Tenant names stay out of /metrics unless the operator keeps them (telemetry.metrics.tenantLabels).
-  const views = options.metrics.tenantLabels
-    ? []
-    : [{ instrumentName: "*", attributesProcessors: [createDenyListAttributesProcessor(["tenant"])] }];
+  const dropAttributes = options.metrics.tenantLabels ? [] : ["tenant"];
+  const views = dropAttributes.length
+    ? [{ instrumentName: "*", attributesProcessors: [createDenyListAttributesProcessor(dropAttributes)] }]
+    : [];
+  // The meters' histograms are summed in process (histogram-tally.ts) and read with the SDK's instruments.
+  const histograms = createHistogramTallies({ resource, dropAttributes });
+  const prometheus = new PrometheusExporter({
+    preventServerStart: true,
+    withoutScopeInfo: true,
+    metricProducers: [histograms],
+  });
+  const serializer = new PrometheusSerializer("", false, undefined, false, true);
   const meterProvider = new MeterProvider({ resource, readers: [prometheus], views });
 
   const t = options.tracing;
@@ -159,7 +167,7 @@ export function createTelemetry(options: TelemetryOptions, deps: TelemetryDeps):
     ...(tracerProvider ? { tracerProvider } : {}),
     meterProvider,
     tracer: (name) => (tracerProvider ?? noopTracers).getTracer(name),
-    meter: (name) => meterProvider.getMeter(name),
+    meter: (name) => histograms.wrap(meterProvider.getMeter(name), name),
     metricsHandler,
     metricsText,
     forceFlush: async () => {
