@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import * as net from "node:net";
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
@@ -11,11 +11,27 @@ import {
   HealthCheckResponse_ServingStatus as Serving,
 } from "../../gen/grpc/health/v1/health_pb.js";
 import { DEFAULT_KERNEL_OPTIONS } from "../../src/kernel/kernel-options.js";
-import { bindService } from "../../src/server/bind-service.js";
+import { bindService, type BoundService } from "../../src/server/bind-service.js";
 import { createGrpcServer } from "../../src/server/grpc-server.js";
 import { createConnectionGuard } from "../../src/server/connection-guard.js";
 import { methodPath } from "../../src/server/interceptor.js";
 import { waitFor } from "../helpers/processes.js";
+
+const ser = (m: { service: string }) =>
+  Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
+const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+
+/** A client of `bound` served by the adapter on a free port; both closed when the test ends. */
+async function serve(t: ExecutionContext, bound: BoundService): Promise<grpc.Client> {
+  const server = createGrpcServer({ services: [bound], limits: DEFAULT_KERNEL_OPTIONS.limits });
+  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  t.teardown(async () => {
+    client.close();
+    await server.shutdown(1000);
+  });
+  return client;
+}
 
 // grpc-js emits "cancelled" after every answered call as well as for a caller that left: the
 // handler's signal must abort only for the latter.
@@ -36,16 +52,7 @@ test("grpc-js adapter - a handler's signal aborts when the caller cancels, never
     },
     [],
   );
-  const server = createGrpcServer({ services: [bound], limits: DEFAULT_KERNEL_OPTIONS.limits });
-  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  t.teardown(async () => {
-    client.close();
-    await server.shutdown(1000);
-  });
-  const ser = (m: { service: string }) =>
-    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
-  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+  const client = await serve(t, bound);
 
   for (let i = 0; i < 3; i++) {
     const res = await new Promise<unknown>((resolve, reject) =>
@@ -93,16 +100,7 @@ test("grpc-js adapter - a handler reads the call's metadata and its response hea
     },
     [],
   );
-  const server = createGrpcServer({ services: [bound], limits: DEFAULT_KERNEL_OPTIONS.limits });
-  const port = await server.listen("127.0.0.1", 0, grpc.ServerCredentials.createInsecure());
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  t.teardown(async () => {
-    client.close();
-    await server.shutdown(1000);
-  });
-  const ser = (m: { service: string }) =>
-    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
-  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
+  const client = await serve(t, bound);
   const call = (service: string) => {
     const md = new grpc.Metadata();
     md.set("x-caller", "agent-7");
@@ -153,9 +151,6 @@ test("grpc-js adapter - a connection that makes no call within headersTimeoutMs 
   silent.on("error", () => undefined);
   silent.resume();
   const closed = new Promise((resolve) => silent.once("close", resolve));
-  const ser = (m: { service: string }) =>
-    Buffer.from(toBinary(HealthCheckRequestSchema, create(HealthCheckRequestSchema, m)));
-  const de = (b: Buffer) => fromBinary(HealthCheckResponseSchema, b);
   const check = () =>
     new Promise<unknown>((resolve, reject) =>
       client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service: "" }, (err, value) =>
