@@ -68,7 +68,13 @@ const metadataOf = (headers: Headers): grpc.Metadata => (headers as MetadataHead
 function toServiceError(err: unknown, ctx: HandlerContext): Partial<grpc.StatusObject> {
   // The error-mapping interceptor turns everything into ConnectError; this guards the adapter itself.
   const ce = err instanceof ConnectError ? err : internalError();
-  ce.metadata.forEach((value, key) => ctx.responseTrailer.append(key, value));
+  ce.metadata.forEach((value, key) => {
+    try {
+      ctx.responseTrailer.append(key, value);
+    } catch {
+      // A value gRPC metadata cannot carry (not printable ASCII) is left out; the status still goes out.
+    }
+  });
   return { code: ce.code as number, details: ce.rawMessage, metadata: metadataOf(ctx.responseTrailer) };
 }
 

@@ -92,7 +92,11 @@ test("grpc-js adapter - a handler reads the call's metadata and its response hea
         ctx.responseHeader.set("content-type", "text/plain"); // the transport's own: dropped
         ctx.responseTrailer.set("x-digest-bin", Buffer.from([1, 2, 3]).toString("base64"));
         if (req.service === "fail") {
-          throw new ConnectError("no", Code.ResourceExhausted, { "retry-after": "3", "grpc-status": "0" });
+          throw new ConnectError("no", Code.ResourceExhausted, {
+            "retry-after": "3",
+            "grpc-status": "0",
+            "x-note": "caf\u00e9", // not printable ASCII: gRPC metadata cannot carry it
+          });
         }
         return { status: Serving.SERVING };
       },
@@ -126,6 +130,7 @@ test("grpc-js adapter - a handler reads the call's metadata and its response hea
   t.deepEqual(failed.headers.get("x-ratelimit-remaining"), ["7"]);
   t.deepEqual(failed.trailers.get("retry-after"), ["3"], "the error's metadata is in the trailers");
   t.deepEqual(failed.trailers.get("x-digest-bin"), [Buffer.from([1, 2, 3])], "beside what the handler set");
+  t.deepEqual(failed.trailers.get("x-note"), [], "a value gRPC cannot carry is left out, the status sent");
 });
 
 function healthServer(
