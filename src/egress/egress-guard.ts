@@ -709,6 +709,41 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
     );
   }
 
+  // Identical questions in flight share one DGE round: a burst of one call on a cold or just-expired
+  // verdict asks the DGE once, not once per waiting call. Keyed by everything a verdict depends on but
+  // the policy version, which the round looks up itself. Every caller has the same budget
+  // (dgeTimeoutMs from its own start), so the round ends before any later caller's deadline; a
+  // follower whose caller leaves stops waiting, and a round whose own caller left is asked again.
+  type Round = { signal: AbortSignal | undefined; result: Promise<{ verdict: CachedVerdict; cached: boolean }> };
+  const rounds = new Map<string, Round>();
+
+  async function sharedVerdict(
+    req: EgressRequest,
+    p: ReturnType<typeof prepare>,
+  ): Promise<{ verdict: CachedVerdict; cached: boolean }> {
+    const key = `${req.tenant}\n${p.tier}\n${req.destination}\n${p.text}`;
+    for (let running = rounds.get(key); running; running = rounds.get(key)) {
+      try {
+        // Answered by another caller's round: for this call, as good as a cached verdict.
+        return { verdict: (await untilAborted(running.result, req.signal)).verdict, cached: true };
+      } catch (err) {
+        if (req.signal?.aborted || !running.signal?.aborted) throw err;
+        // That caller left: join the round a fellow follower may have started since, else start one.
+        if (rounds.get(key) === running) rounds.delete(key);
+      }
+    }
+    const round: Round = {
+      signal: req.signal,
+      result: classifyAndValidate(req, p.tier, p.text, p.started + options.dgeTimeoutMs),
+    };
+    rounds.set(key, round);
+    try {
+      return await round.result;
+    } finally {
+      if (rounds.get(key) === round) rounds.delete(key);
+    }
+  }
+
   /** The class of the data under a grant: the cached verdict's, else the DGE's Classify. */
   async function classOf(req: EgressRequest, p: ReturnType<typeof prepare>): Promise<[string, boolean]> {
     const tierKey = String(p.tier);
@@ -738,7 +773,7 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
         if (!g.ok) return p.done(false, g.reason);
         return applyGrant(p, g, actual, cached);
       }
-      const { verdict, cached } = await classifyAndValidate(req, p.tier, p.text, p.started + options.dgeTimeoutMs);
+      const { verdict, cached } = await sharedVerdict(req, p);
       return p.done(
         verdict.allow,
         verdict.reason,
@@ -785,6 +820,17 @@ export function createEgressGuard(deps: EgressGuardDeps, options: EgressGuardOpt
       await cache.close();
     },
   };
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 function findSignatureError(err: unknown): DgeSignatureError | undefined {

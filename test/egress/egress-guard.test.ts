@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
 import { fromBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import test, { type ExecutionContext } from "ava";
 import { systemClock } from "../../src/common/clock.js";
 import { createDgeClient } from "../../src/clients/dge-client.js";
@@ -13,7 +13,9 @@ import {
 } from "../../src/egress/egress-guard.js";
 import { createGuardedFetch } from "../../src/egress/guarded-fetch.js";
 import { EgressAllowedSchema, EgressBlockedSchema } from "../../gen/nops/events/v1/egress_events_pb.js";
+import { EgressClass, Verdict, type DataGovernanceService } from "../../gen/nops/dge/v1/dge_pb.js";
 import { DGE_KEYS, makeMeter, makeStore, silent, spawnDge } from "../fixtures/dge-helpers.js";
+import { waitFor } from "../helpers/processes.js";
 
 interface Sample {
   text: string;
@@ -335,6 +337,66 @@ test("egress guard - a DGE signing with an unknown key is refused (dge_signature
     payload: "status=ok",
   });
   t.deepEqual([d.allowed, d.reason], [false, "dge_signature_invalid"]);
+});
+
+test("egress guard - identical calls in flight share one DGE round; a follower outlives the first caller leaving", async (t) => {
+  // An in-process DGE whose Classify waits for the test: the calls below are all in flight at once.
+  const asked = { classify: 0, validate: 0 };
+  let answer!: () => void;
+  let held = new Promise<void>((r) => (answer = r));
+  const dge = {
+    getPolicy: () => Promise.resolve({ policy: { version: "p1", ttlSeconds: 60 } }),
+    classify: async (_req: unknown, o?: { signal?: AbortSignal }) => {
+      asked.classify++;
+      await new Promise<void>((resolve, reject) => {
+        void held.then(resolve);
+        o?.signal?.addEventListener("abort", () => reject(o.signal!.reason as Error), { once: true });
+      });
+      return { classification: { egressClass: EgressClass.D1, findings: [] } };
+    },
+    validateEgress: () => {
+      asked.validate++;
+      return Promise.resolve({ verdict: Verdict.ALLOW, reasonCode: "", policyVersion: "p1", ttlSeconds: 60 });
+    },
+  } as unknown as Client<typeof DataGovernanceService>;
+  const store = makeStore();
+  const metrics = makeMeter();
+  const guard = createEgressGuard(
+    {
+      clock: systemClock,
+      logger: silent,
+      meter: metrics.provider.getMeter("test"),
+      dge,
+      events: store.events,
+      audit: store.audit,
+    },
+    resolveEgressGuardOptions({ tenantTiers: { acme: 1 } }),
+  );
+  t.teardown(() => guard.close());
+  const call = (payload: string, signal?: AbortSignal) =>
+    guard.check({ tenant: "acme", transport: "grpc", destination: "agent:a", dataType: "", payload, signal });
+
+  const burst = Array.from({ length: 20 }, () => call("status ok"));
+  const other = call("status degraded");
+  await waitFor(() => asked.classify === 2, "both distinct payloads asked the DGE", 5000);
+  answer();
+  const decisions = await Promise.all([...burst, other]);
+  t.true(decisions.every((d) => d.allowed));
+  t.deepEqual(asked, { classify: 2, validate: 2 }, "one round per distinct call, not one per waiting call");
+  t.is(decisions.filter((d) => !d.cached).length, 2, "each round's own caller asked; the rest were answered by it");
+
+  // The round's own caller leaves: its followers ask again instead of failing with its cancellation.
+  held = new Promise<void>((r) => (answer = r));
+  const leaving = new AbortController();
+  const first = call("queue depth 3", leaving.signal);
+  const followers = [call("queue depth 3"), call("queue depth 3")];
+  await waitFor(() => asked.classify === 3, "the first caller's round started", 5000);
+  leaving.abort(new Error("caller gone"));
+  t.like(await first, { allowed: false, reason: "caller_aborted" });
+  await waitFor(() => asked.classify === 4, "a follower asked for itself", 5000);
+  answer();
+  t.true((await Promise.all(followers)).every((d) => d.allowed));
+  t.is(asked.classify, 4, "the followers shared the second round");
 });
 
 test("egress guard - options reject bad fields by name", (t) => {
