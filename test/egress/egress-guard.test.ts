@@ -39,9 +39,10 @@ async function echoServer(t: ExecutionContext): Promise<{ url: string; received:
   return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, received };
 }
 
+/** A guard over the DGE at `dge` (a URL) or over `dge` itself (a client double). */
 async function setup(
   t: ExecutionContext,
-  dgeUrl: string,
+  dge: string | Client<typeof DataGovernanceService>,
   guardInput: Record<string, unknown> = {},
   protocol: "grpc" | "connect" = "grpc",
 ) {
@@ -56,7 +57,10 @@ async function setup(
       clock: systemClock,
       logger: silent,
       meter: metrics.provider.getMeter("test"),
-      dge: createDgeClient({ clock: systemClock }, { url: dgeUrl, protocol, keys: DGE_KEYS, maxSkewMs: 300_000 }),
+      dge:
+        typeof dge === "string"
+          ? createDgeClient({ clock: systemClock }, { url: dge, protocol, keys: DGE_KEYS, maxSkewMs: 300_000 })
+          : dge,
       events: store.events,
       audit: store.audit,
       db: store.db,
@@ -359,20 +363,7 @@ test("egress guard - identical calls in flight share one DGE round; a follower o
       return Promise.resolve({ verdict: Verdict.ALLOW, reasonCode: "", policyVersion: "p1", ttlSeconds: 60 });
     },
   } as unknown as Client<typeof DataGovernanceService>;
-  const store = makeStore();
-  const metrics = makeMeter();
-  const guard = createEgressGuard(
-    {
-      clock: systemClock,
-      logger: silent,
-      meter: metrics.provider.getMeter("test"),
-      dge,
-      events: store.events,
-      audit: store.audit,
-    },
-    resolveEgressGuardOptions({ tenantTiers: { acme: 1 } }),
-  );
-  t.teardown(() => guard.close());
+  const { guard } = await setup(t, dge);
   const call = (payload: string, signal?: AbortSignal) =>
     guard.check({ tenant: "acme", transport: "grpc", destination: "agent:a", dataType: "", payload, signal });
 
