@@ -84,23 +84,23 @@ export function createHistogramTallies(options: HistogramTallyOptions): Histogra
     if (drop.size > 0 && Object.keys(attributes).some((k) => drop.has(k))) {
       kept = Object.fromEntries(Object.entries(attributes).filter(([k]) => !drop.has(k)));
     }
-    const key = hashAttributes(kept);
+    // A new series past the bound (room is kept for the overflow series) counts in the overflow series.
+    let key = hashAttributes(kept);
+    if (!instrument.series.has(key) && instrument.series.size >= maxSeries - 1) {
+      key = OVERFLOW_KEY;
+      kept = TALLY_OVERFLOW_ATTRIBUTES;
+    }
     let series = instrument.series.get(key);
     if (!series) {
-      // Room is kept for the overflow series.
-      const full = instrument.series.size >= maxSeries - 1;
-      series = full ? instrument.series.get(OVERFLOW_KEY) : undefined;
-      if (!series) {
-        series = {
-          attributes: full ? TALLY_OVERFLOW_ATTRIBUTES : Object.freeze({ ...kept }),
-          counts: new Array<number>(instrument.boundaries.length + 1).fill(0),
-          sum: 0,
-          count: 0,
-          min: Infinity,
-          max: -Infinity,
-        };
-        instrument.series.set(full ? OVERFLOW_KEY : key, series);
-      }
+      series = {
+        attributes: Object.isFrozen(kept) ? kept : Object.freeze({ ...kept }),
+        counts: new Array<number>(instrument.boundaries.length + 1).fill(0),
+        sum: 0,
+        count: 0,
+        min: Infinity,
+        max: -Infinity,
+      };
+      instrument.series.set(key, series);
     }
     return series;
   }
