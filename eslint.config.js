@@ -19,6 +19,8 @@ export default tseslint.config(
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       "@typescript-eslint/consistent-type-imports": "error",
       "@typescript-eslint/require-await": "off",
+      // A caught error handed on as a rejection (a chain link that does not throw) is as unknown as a rethrown one.
+      "@typescript-eslint/prefer-promise-reject-errors": ["error", { allowThrowingUnknown: true }],
       // prettier wraps code at 120; this holds comments to the same width.
       "max-len": [
         "error",

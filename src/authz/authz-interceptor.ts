@@ -2,7 +2,14 @@ import { type AuditLog, createDenialAuditor, type DenialAuditor } from "../audit
 import { type Clock, permissionDenied, unauthenticated } from "../common/index.js";
 import type { Logger } from "../telemetry/index.js";
 import { kPrincipal, mayInvoke, type Principal } from "../identity/index.js";
-import { methodPath, type CallRequest, type KernelInterceptor, createMethodMatcher } from "../server/index.js";
+import {
+  methodPath,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
+  type KernelInterceptor,
+  createMethodMatcher,
+} from "../server/index.js";
 import type { AuthzOptions } from "./authz-options.js";
 import { createAuthorizer, type Authorizer } from "./authorizer.js";
 import { createTenantExtractor, type TenantExtractor, type TenantTargets } from "./tenant-extractor.js";
@@ -45,7 +52,8 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
   };
   const extractTenant = (call: CallRequest, message: unknown, principal: Principal): string =>
     extract(call.method.input, message).tenants[0] ?? principal.tenant ?? "";
-  return (next) => async (call) => {
+  /** `next(call)`, or the call with its stream's messages checked as they arrive; throws to refuse. */
+  function authorized(next: CallHandler, call: CallRequest): Promise<CallResult> {
     const path = methodPath(call.method);
     if (isPublic(path)) return next(call);
     const principal = call.ctx.values.get(kPrincipal);
@@ -70,6 +78,15 @@ export function createAuthzInterceptor(deps: AuthzDeps, options: AuthzOptions): 
     const input = call.input as AsyncIterable<unknown>;
     const invoke = isInvoke(path) ? checkInvoke : undefined;
     return next({ ...call, input: checkEach(authorizer, denials, call, principal, path, input, extract, invoke) });
+  }
+
+  // Every check is synchronous: the link is a plain function, a refusal a rejected promise.
+  return (next) => (call) => {
+    try {
+      return authorized(next, call);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   };
 }
 

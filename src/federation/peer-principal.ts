@@ -14,6 +14,9 @@ import {
   methodPath,
   observeStream,
   withSignal,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
   type KernelInterceptor,
 } from "../server/index.js";
 import { HOPS_HEADER } from "../routing/index.js";
@@ -76,11 +79,7 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
   const { registry, delegations, audit, clock } = deps;
   // On the hot path of every mTLS call: the own trust domain is told apart by its prefix alone.
   const ownPrefix = `spiffe://${deps.trustDomain}/`;
-  return (next) => async (call) => {
-    const principal = call.ctx.values.get(kPrincipal);
-    if (principal?.kind !== "spiffe" || principal.id.startsWith(ownPrefix)) {
-      return next(call);
-    }
+  async function asPeer(next: CallHandler, call: CallRequest, principal: Principal): Promise<CallResult> {
     const peer = registry.get(principal.id);
     if (!peer || peer.state === "quarantined") return next(call);
     const token = call.ctx.requestHeader.get(DELEGATION_HEADER);
@@ -152,5 +151,13 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
       clock.clearTimeout(timer);
       throw err;
     }
+  }
+
+  // Every call but a foreign SPIFFE principal's passes without a promise of its own.
+  return (next) => (call) => {
+    const principal = call.ctx.values.get(kPrincipal);
+    return principal?.kind !== "spiffe" || principal.id.startsWith(ownPrefix)
+      ? next(call)
+      : asPeer(next, call, principal);
   };
 }

@@ -21,7 +21,9 @@ import {
   clientIp,
   kPeer,
   methodPath,
+  type CallHandler,
   type CallRequest,
+  type CallResult,
   type KernelInterceptor,
 } from "../server/index.js";
 import type { SpiffePrincipalMapper } from "./spiffe-principal-mapper.js";
@@ -111,8 +113,11 @@ type Credential =
   | { kind: "signed"; signer: RequestSigner }
   | { kind: "none" };
 
+const NO_CREDENTIAL: Credential = Object.freeze({ kind: "none" });
+const MTLS_CREDENTIAL: Credential = Object.freeze({ kind: "mtls" });
+
 function credentialOf(call: CallRequest): Credential {
-  if (call.ctx.values.get(kPeer).certificates.length > 0) return { kind: "mtls" };
+  if (call.ctx.values.get(kPeer).certificates.length > 0) return MTLS_CREDENTIAL;
   const authorization = call.ctx.requestHeader.get("authorization");
   if (authorization !== null) {
     const m = BEARER.exec(authorization.trim());
@@ -123,7 +128,7 @@ function credentialOf(call: CallRequest): Credential {
   // Verified earlier in the chain by the request-signing interceptor (agents off the mesh).
   const signer = call.ctx.values.get(kRequestSigner);
   if (signer) return { kind: "signed", signer };
-  return { kind: "none" };
+  return NO_CREDENTIAL;
 }
 
 /**
@@ -209,10 +214,7 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     return error;
   };
 
-  return (next) => async (call) => {
-    if (isPublic(methodPath(call.method))) return next(call);
-    const credential = credentialOf(call);
-    if (credential.kind === "none" && options.allowAnonymous) return next(call);
+  async function authenticated(next: CallHandler, call: CallRequest, credential: Credential): Promise<CallResult> {
     const keys = keysOf(call, credential);
     // An address over its budget is refused before any verification: a flood costs nothing.
     const addressWait = await overBudget(failures.address, keys.address, options.failuresPerAddress);
@@ -242,5 +244,12 @@ export function createAuthnInterceptor(deps: AuthnDeps, options: AuthnOptions): 
     }
     call.ctx.values.set(kPrincipal, principal);
     return next(call);
+  }
+
+  // Public methods and anonymous callers where allowed pass without a promise of their own.
+  return (next) => (call) => {
+    if (isPublic(methodPath(call.method))) return next(call);
+    const credential = credentialOf(call);
+    return credential.kind === "none" && options.allowAnonymous ? next(call) : authenticated(next, call, credential);
   };
 }

@@ -12,6 +12,9 @@ export interface BoundService {
   readonly impl: Record<string, AnyMethodImpl>;
 }
 
+const unaryResult = (output: unknown): CallResult => ({ kind: "unary", output });
+const outputOf = (result: CallResult): unknown => result.output;
+
 function isStreamingResponse(method: DescMethod): boolean {
   return method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming";
 }
@@ -31,11 +34,16 @@ export function bindService<S extends DescService>(
     const handler = handlers[method.localName];
     if (!handler) throw new Error(`${service.typeName} has no handler for ${method.name}`);
     const streaming = isStreamingResponse(method);
-    const terminal: CallHandler = async (call): Promise<CallResult> => {
-      const output = handler.call(impl, call.input, call.ctx);
-      return streaming
-        ? { kind: "stream", output: output as AsyncIterable<unknown> }
-        : { kind: "unary", output: await output };
+    // No async frames of their own for a unary call: the chain's links wait only where they must.
+    const terminal: CallHandler = (call) => {
+      try {
+        const output = handler.call(impl, call.input, call.ctx);
+        return streaming
+          ? Promise.resolve({ kind: "stream", output: output as AsyncIterable<unknown> })
+          : Promise.resolve(output).then(unaryResult);
+      } catch (err) {
+        return Promise.reject(err);
+      }
     };
     const chain = interceptors.reduceRight<CallHandler>((next, interceptor) => interceptor(next), terminal);
     bound[method.localName] = streaming
@@ -43,7 +51,7 @@ export function bindService<S extends DescService>(
           const result = await chain({ service, method, ctx, input });
           yield* result.output as AsyncIterable<unknown>;
         }
-      : async (input: unknown, ctx: HandlerContext) => (await chain({ service, method, ctx, input })).output;
+      : (input: unknown, ctx: HandlerContext) => chain({ service, method, ctx, input }).then(outputOf);
   }
   return { service, impl: bound };
 }

@@ -11,6 +11,7 @@ import {
   type CallRequest,
   type CallResult,
   type KernelInterceptor,
+  type RequestLogger,
 } from "./interceptor.js";
 import { isClientError, toConnectError } from "./errors.js";
 import { context, isSpanContextValid, trace, type Context } from "@opentelemetry/api";
@@ -27,16 +28,29 @@ export function currentTraceId(ctx: Context = context.active()): string | undefi
   return sc && isSpanContextValid(sc) ? sc.traceId : undefined;
 }
 
+/** The call's logger: the child carrying the correlation id is made on first use. */
+class RequestScopedLogger implements RequestLogger {
+  #child: Logger | undefined;
+  constructor(
+    private readonly parent: Logger,
+    private readonly correlationId: string,
+  ) {}
+  isLevelEnabled(level: string): boolean {
+    return this.parent.isLevelEnabled(level);
+  }
+  get(): Logger {
+    return (this.#child ??= this.parent.child({ correlationId: this.correlationId }));
+  }
+}
+
 /** Correlation id: the trace id, else `x-request-id`, else generated; echoed back, attached to a child logger. */
 export function correlationInterceptor(logger: Logger): KernelInterceptor {
-  const isLevelEnabled = (level: string): boolean => logger.isLevelEnabled(level);
-  return (next) => async (call) => {
+  return (next) => (call) => {
     const given = call.ctx.requestHeader.get(REQUEST_ID);
     // Inside a trace the trace id is the correlation id, so logs and spans join on one key.
     const id = currentTraceId() ?? (given && VALID_REQUEST_ID.test(given) ? given : randomUUID());
     call.ctx.values.set(kCorrelationId, id);
-    let child: Logger | undefined;
-    call.ctx.values.set(kLogger, { isLevelEnabled, get: () => (child ??= logger.child({ correlationId: id })) });
+    call.ctx.values.set(kLogger, new RequestScopedLogger(logger, id));
     call.ctx.responseHeader.set(REQUEST_ID, id);
     return next(call);
   };
@@ -156,8 +170,9 @@ function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise
   try {
     answer = next({ ...call, ctx });
   } catch (e) {
+    // A handler that throws instead of rejecting fails the call all the same.
     release();
-    throw e;
+    return Promise.reject(e);
   }
   answer.then(
     (result) => {
@@ -178,7 +193,7 @@ function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise
  * (watches) are long-lived by design and are capped only by their own deadline.
  */
 export function deadlineInterceptor(maxDeadlineMs: number): KernelInterceptor {
-  return (next) => async (call) => {
+  return (next) => (call) => {
     if (call.method.methodKind !== "unary" && call.method.methodKind !== "client_streaming") return next(call);
     const timeout = call.ctx.timeoutMs();
     return timeout !== undefined && timeout <= maxDeadlineMs ? next(call) : runCapped(next, call, maxDeadlineMs);

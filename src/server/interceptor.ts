@@ -17,12 +17,16 @@ export type CallResult =
   | { readonly kind: "unary"; readonly output: unknown }
   | { readonly kind: "stream"; readonly output: AsyncIterable<unknown> };
 
-/** The next step in the chain. */
+/** The next step in the chain. It refuses by rejecting, never by throwing. */
 export type CallHandler = (call: CallRequest) => Promise<CallResult>;
 
 /**
  * One link of the kernel's interceptor chain. The same chain runs for grpc-js and connect-node
  * (see bind-service.ts), so an interceptor is written once for both transports.
+ *
+ * A link that lets most calls through after synchronous checks is a plain function returning
+ * `next(call)` (a refusal is `Promise.reject`), with an async function only for the calls that
+ * wait: an async link costs every call a promise, a suspended frame and microtask turns.
  */
 export type KernelInterceptor = (next: CallHandler) => CallHandler;
 

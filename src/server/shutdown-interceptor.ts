@@ -1,6 +1,12 @@
 import type { ConnectError } from "@connectrpc/connect";
 import { unavailable } from "../common/index.js";
-import { endStreamOnAbort, type KernelInterceptor } from "./interceptor.js";
+import {
+  endStreamOnAbort,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
+  type KernelInterceptor,
+} from "./interceptor.js";
 
 /** How long a client should wait before it reconnects after a shutdown, in seconds. */
 export const SHUTDOWN_RETRY_AFTER_S = 1;
@@ -46,12 +52,15 @@ export function createStreamShutdown(): StreamShutdown {
     }
   }
 
+  async function streamCall(next: CallHandler, call: CallRequest): Promise<CallResult> {
+    if (stop.signal.aborted) throw shuttingDown();
+    const result = await next(call);
+    return result.kind === "stream" ? { kind: "stream", output: endOnShutdown(result.output) } : result;
+  }
+
   return {
-    interceptor: (next) => async (call) => {
-      if (stop.signal.aborted && call.method.methodKind !== "unary") throw shuttingDown();
-      const result = await next(call);
-      return result.kind === "stream" ? { kind: "stream", output: endOnShutdown(result.output) } : result;
-    },
+    // A unary call is no stream: it passes untouched (the transports drain it in their grace period).
+    interceptor: (next) => (call) => (call.method.methodKind === "unary" ? next(call) : streamCall(next, call)),
     async endStreams() {
       stop.abort(shuttingDown());
       // A stream whose consumer stopped pulling stays suspended at its yield and never finishes:

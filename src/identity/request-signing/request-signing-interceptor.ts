@@ -2,7 +2,14 @@ import { toBinary } from "@bufbuild/protobuf";
 import { createContextKey, type HandlerContext } from "@connectrpc/connect";
 import type { AuditLog } from "../../audit/index.js";
 import { type Clock, unauthenticated } from "../../common/index.js";
-import { kCorrelationId, methodPath, type KernelInterceptor } from "../../server/index.js";
+import {
+  kCorrelationId,
+  methodPath,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
+  type KernelInterceptor,
+} from "../../server/index.js";
 import type { Logger } from "../../telemetry/index.js";
 import { SIGNATURE_HEADERS } from "./canonical-request.js";
 import type { NonceStore } from "./nonce-store.js";
@@ -55,13 +62,10 @@ export function createRequestSigningInterceptor(
     deps.logger.info({ reason, keyId, path }, "signed request rejected");
     throw unauthenticated(`request signature rejected: ${reason}`);
   };
-  return (next) => async (call) => {
+  async function verified(next: CallHandler, call: CallRequest): Promise<CallResult> {
     const { ctx } = call;
     const path = methodPath(call.method);
-    if (ctx.requestHeader.get(SIGNATURE_HEADERS.signature) === null) {
-      if (options.required) reject(ctx, path, "missing_signature", undefined);
-      return next(call);
-    }
+    if (ctx.requestHeader.get(SIGNATURE_HEADERS.signature) === null) reject(ctx, path, "missing_signature", undefined);
     if (call.method.methodKind === "client_streaming" || call.method.methodKind === "bidi_streaming") {
       return reject(
         ctx,
@@ -84,5 +88,10 @@ export function createRequestSigningInterceptor(
       ...(result.key.tenant ? { tenant: result.key.tenant } : {}),
     });
     return next(call);
-  };
+  }
+  // An unsigned call, where signatures are optional, passes without a promise of its own.
+  return (next) => (call) =>
+    options.required || call.ctx.requestHeader.get(SIGNATURE_HEADERS.signature) !== null
+      ? verified(next, call)
+      : next(call);
 }
