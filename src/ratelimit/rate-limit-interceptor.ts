@@ -7,7 +7,16 @@ import { RateLimitExceededSchema } from "../../gen/nops/events/v1/billing_events
 import type { AuditLog } from "../audit/index.js";
 import { isAllTenants, kPrincipal } from "../identity/index.js";
 import { type Clock, TENANT_PATTERN, resourceExhausted } from "../common/index.js";
-import { clientIp, kCorrelationId, kPeer, methodPath, type KernelInterceptor } from "../server/index.js";
+import {
+  clientIp,
+  kCorrelationId,
+  kPeer,
+  methodPath,
+  type CallHandler,
+  type CallRequest,
+  type CallResult,
+  type KernelInterceptor,
+} from "../server/index.js";
 import type { EventSink } from "../store/index.js";
 import { createTally, type Logger } from "../telemetry/index.js";
 import type { RateLimitOptions } from "./rate-limit-options.js";
@@ -145,20 +154,14 @@ export function createRateLimitInterceptor(
     }
   }
 
-  return (next) => async (call) => {
+  /** Sets the headers of a decision, then passes the call on or refuses it. */
+  function decided(
+    next: CallHandler,
+    call: CallRequest,
+    decision: RateLimitDecision,
+    correlationId: string,
+  ): Promise<CallResult> {
     const { ctx } = call;
-    // Callers acting for a tenant are limited by its tier, never by address: every agent on one
-    // host shares its address. The tenant is the principal's own, never the request's field
-    // (authz has not checked it yet): naming another tenant must not spend its quota or raise
-    // billing events for it. Only a principal of every tenant (SUPER_ADMIN) acts for the tenant it
-    // names. Callers without a principal (anonymous ports, public methods) are limited by address.
-    const principal = ctx.values.get(kPrincipal);
-    const named = tenantOf(call.input);
-    const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? named : undefined);
-    // A call that is nobody's tenant's (anonymous, or an admin call naming none) counts against its address.
-    const ip = tenant === undefined ? clientIp(ctx.values.get(kPeer).address) : undefined;
-    const correlationId = ctx.values.get(kCorrelationId);
-    const decision = await limiter.check(ip, tenant);
     const headers = rateLimitHeaders(decision, deps.clock.now());
     for (const name in headers) ctx.responseHeader.set(name, headers[name]!);
     if (decision.tenant) alertIfNearQuota(decision.tenant, correlationId);
@@ -172,5 +175,21 @@ export function createRateLimitInterceptor(
       decision.binding.msBeforeReset,
       headers,
     );
+  }
+
+  return (next) => (call) => {
+    const { ctx } = call;
+    // Callers acting for a tenant are limited by its tier, never by address: every agent on one
+    // host shares its address. The tenant is the principal's own, never the request's field
+    // (authz has not checked it yet): naming another tenant must not spend its quota or raise
+    // billing events for it. Only a principal of every tenant (SUPER_ADMIN) acts for the tenant it
+    // names. Callers without a principal (anonymous ports, public methods) are limited by address.
+    const principal = ctx.values.get(kPrincipal);
+    const named = tenantOf(call.input);
+    const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? named : undefined);
+    // A call that is nobody's tenant's (anonymous, or an admin call naming none) counts against its address.
+    const ip = tenant === undefined ? clientIp(ctx.values.get(kPeer).address) : undefined;
+    const correlationId = ctx.values.get(kCorrelationId);
+    return limiter.check(ip, tenant).then((decision) => decided(next, call, decision, correlationId));
   };
 }

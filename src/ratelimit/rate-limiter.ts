@@ -80,57 +80,74 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
   };
   const tierOf = (tenant: string): TenantTier => options.tenantTiers[tenant] ?? options.defaultTier;
 
-  async function count(
+  /** Counts one request against one limit (rate-limiter-flexible rejects with the state when over it). */
+  function count(
     scope: LimitState["scope"],
     key: string,
     limit: number,
     windowMs: number,
     tier?: TenantTier,
   ): Promise<LimitState> {
-    let res: RateLimiterRes;
-    let allowed = true;
-    try {
-      res = await limiterFor(scope, limit, windowMs).consume(key);
-    } catch (e) {
-      if (!(e instanceof RateLimiterRes)) throw e;
-      res = e;
-      allowed = false;
-    }
-    const state: LimitState = {
-      scope,
-      key,
-      limit,
-      used: res.consumedPoints,
-      remaining: Math.max(0, res.remainingPoints),
-      msBeforeReset: Math.max(0, res.msBeforeNext),
-      windowMs,
-      allowed,
+    const state = (res: RateLimiterRes, allowed: boolean): LimitState => {
+      const s: LimitState = {
+        scope,
+        key,
+        limit,
+        used: res.consumedPoints,
+        remaining: Math.max(0, res.remainingPoints),
+        msBeforeReset: Math.max(0, res.msBeforeNext),
+        windowMs,
+        allowed,
+      };
+      if (tier !== undefined) s.tier = tier;
+      return s;
     };
-    if (tier !== undefined) state.tier = tier;
-    return state;
+    return limiterFor(scope, limit, windowMs)
+      .consume(key)
+      .then(
+        (res) => state(res, true),
+        (e: unknown) => {
+          if (!(e instanceof RateLimiterRes)) throw e;
+          return state(e, false);
+        },
+      );
+  }
+
+  const countIp = (ip: string) => count("ip", ip, options.ipOverrides[ip] ?? options.ipLimit, options.ipWindowMs);
+  const countTenant = (tenant: string) => {
+    const tier = tierOf(tenant);
+    return count("tenant", tenant, options.tierLimits[tier], options.tenantWindowMs, tier);
+  };
+  // One limit applies to almost every call (the caller's tenant's, else its address's): decided
+  // without an async frame of its own.
+  const byAddress = (ip: LimitState): RateLimitDecision => ({ allowed: ip.allowed, binding: ip, ip });
+  const byTenant = (tenant: LimitState): RateLimitDecision => ({
+    allowed: tenant.allowed,
+    binding: tenant,
+    tenant,
+    tier: tenant.tier,
+  });
+
+  /** The address's limit, then the tenant's: the one to report is the one that rejected, else the tighter. */
+  async function both(ip: string, tenant: string): Promise<RateLimitDecision> {
+    const ipState = await countIp(ip);
+    // An IP over its limit does not get to spend its tenant's quota.
+    if (!ipState.allowed) return { ...byAddress(ipState), tier: tierOf(tenant) };
+    const tenantState = await countTenant(tenant);
+    const binding =
+      !tenantState.allowed || tenantState.remaining / tenantState.limit < ipState.remaining / ipState.limit
+        ? tenantState
+        : ipState;
+    return { allowed: binding.allowed, binding, ip: ipState, tenant: tenantState, tier: tenantState.tier };
   }
 
   return {
     tierOf,
-    async check(ip, tenant) {
-      const ipState =
-        ip === undefined
-          ? undefined
-          : await count("ip", ip, options.ipOverrides[ip] ?? options.ipLimit, options.ipWindowMs);
-      const tier = tenant === undefined ? undefined : tierOf(tenant);
-      // An IP over its limit does not get to spend its tenant's quota.
-      const tenantState =
-        tenant === undefined || tier === undefined || ipState?.allowed === false
-          ? undefined
-          : await count("tenant", tenant, options.tierLimits[tier], options.tenantWindowMs, tier);
-      // The limit to report: the one that rejected, else the one with the least headroom.
-      let binding = (ipState ?? tenantState)!;
-      if (ipState && tenantState) {
-        if (!tenantState.allowed) binding = tenantState;
-        else if (ipState.allowed && tenantState.remaining / tenantState.limit < ipState.remaining / ipState.limit)
-          binding = tenantState;
-      }
-      return { allowed: binding.allowed, binding, ip: ipState, tenant: tenantState, tier };
+    check(ip, tenant) {
+      if (ip !== undefined && tenant !== undefined) return both(ip, tenant);
+      if (ip !== undefined) return countIp(ip).then(byAddress);
+      if (tenant !== undefined) return countTenant(tenant).then(byTenant);
+      return Promise.reject(new Error("a rate-limit check needs a client address or a tenant"));
     },
   };
 }
