@@ -59,6 +59,15 @@ module.exports = {
       to: { path: "^src/", pathNot: "^src/common/index[.]ts$" },
     },
     {
+      name: "classifier-only-in-worker-threads",
+      comment:
+        "The PII classifier (its rules, libphonenumber-js's metadata, the HTML entity tables) is loaded by the " +
+        "classification worker threads only; the main thread reads the kinds and the version from pii-kinds.ts.",
+      severity: "error",
+      from: { path: REFERENCE_DGE, pathNot: "^packages/reference-dge/src/classify-worker[.]ts$" },
+      to: { path: "^packages/reference-dge/src/pii-classifier[.]ts$" },
+    },
+    {
       name: "only-via-index",
       comment:
         "Another folder is imported only through its index.ts (its public surface); " +

@@ -5,13 +5,16 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AgentSchema } from "../../gen/nops/kernel/v1/agent_registry_pb.js";
 import { AgentRegisteredSchema } from "../../gen/nops/events/v1/agent_events_pb.js";
 import { EgressClass, Verdict } from "../../gen/nops/dge/v1/dge_pb.js";
-import { detectPii, type PiiKind } from "../../packages/reference-dge/src/pii-classifier.js";
+import { detectPii } from "../../packages/reference-dge/src/pii-classifier.js";
+import type { PiiKind } from "../../packages/reference-dge/src/pii-kinds.js";
 import { DEFAULT_NORMALISE_LIMITS, normalisedViews } from "../../packages/reference-dge/src/normalise.js";
-import { classifyText } from "../../packages/reference-dge/src/dge-service.js";
+import { classificationOf } from "../../packages/reference-dge/src/dge-service.js";
 import { evaluatePolicy, policyFor, resolveDgePoliciesOptions } from "../../packages/reference-dge/src/dge-policies.js";
 import { bytesText } from "../../src/egress/payload-text.js";
 
 const kinds = (text: string): PiiKind[] => detectPii(text).map((d) => d.kind);
+// What the DGE answers for `text`: a worker thread's detections, classified.
+const classifyText = (text: string) => classificationOf(text, detectPii(text));
 
 // ---- item 4: every encoding is seen through, and the span points at the encoded characters
 

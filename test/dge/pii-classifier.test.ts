@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import test from "ava";
-import { detectPii, PII_KINDS } from "../../packages/reference-dge/src/pii-classifier.js";
+import { detectPii } from "../../packages/reference-dge/src/pii-classifier.js";
+import { PII_KINDS } from "../../packages/reference-dge/src/pii-kinds.js";
 import { cardBrand, ibanValid, luhnValid, ssnValid } from "../../packages/reference-dge/src/checksums.js";
 
 interface Sample {

@@ -2,7 +2,7 @@ import { availableParallelism } from "node:os";
 import { Piscina } from "piscina";
 import type { Logger } from "pino";
 import { canceled, resourceExhausted, unavailable } from "../../../src/common/index.js";
-import type { Detection } from "./pii-classifier.js";
+import type { Detection } from "./pii-kinds.js";
 import type { ClassifyStarted, ClassifyTask } from "./classify-worker.js";
 
 /** Runs the classifier off the event loop, one request per worker thread, each within a time budget. */

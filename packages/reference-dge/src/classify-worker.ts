@@ -1,7 +1,8 @@
 // Runs in a worker thread of the classification pool (classify-pool.ts): the rules are CPU-bound and some
 // inputs make them slow, so they never run on the server's event loop.
 import { parentPort } from "node:worker_threads";
-import { detectPii, type Detection } from "./pii-classifier.js";
+import { detectPii } from "./pii-classifier.js";
+import type { Detection } from "./pii-kinds.js";
 
 /** One classification: the pool's id for it and the text. */
 export interface ClassifyTask {

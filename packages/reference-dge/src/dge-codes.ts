@@ -1,5 +1,5 @@
 import { EgressClass, PiiType, Tier } from "../../../gen/nops/dge/v1/dge_pb.js";
-import type { PiiKind } from "./pii-classifier.js";
+import type { PiiKind } from "./pii-kinds.js";
 
 /** Egress class names as config and events spell them. */
 export const EGRESS_CLASS_NAMES = ["D0", "D1", "D2", "D3", "D4"] as const;

@@ -18,7 +18,7 @@ import {
   type EgressClassName,
   type TierName,
 } from "./dge-codes.js";
-import { PII_KINDS, type PiiKind } from "./pii-classifier.js";
+import { PII_KINDS, type PiiKind } from "./pii-kinds.js";
 
 /** One tenant's egress policy at one tier. */
 export interface DgePolicySpec {

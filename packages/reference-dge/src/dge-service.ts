@@ -17,16 +17,14 @@ import {
 import { KIND_CLASS, piiTypeOf, tierNameOf, type TierName } from "./dge-codes.js";
 import { evaluatePolicy, policyFor, type DgePoliciesOptions } from "./dge-policies.js";
 import { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";
-import { CLASSIFIER_VERSION, detectPii, type Detection } from "./pii-classifier.js";
+import { CLASSIFIER_VERSION, type Detection } from "./pii-kinds.js";
 import { createHash } from "node:crypto";
 import { LRUCache } from "lru-cache";
 
-/** Classifies text into the proto Classification (empty text D0, no findings D1, else the highest kind's class). */
-export function classifyText(text: string): Classification {
-  return classificationOf(text, detectPii(text));
-}
-
-/** The proto Classification of `text` given its detections. */
+/**
+ * The proto Classification of `text` given its detections (a worker thread's answer): empty text D0, no findings
+ * D1, else the class of the highest kind found.
+ */
 export function classificationOf(text: string, found: readonly Detection[]): Classification {
   let egressClass = text.length === 0 ? EgressClass.D0 : EgressClass.D1;
   for (const d of found) if (KIND_CLASS[d.kind] > egressClass) egressClass = KIND_CLASS[d.kind];

@@ -1,7 +1,8 @@
 /**
- * The reference DGE's public entry: the server, its options and the pieces tests and tools use (the classifier,
+ * The reference DGE's public entry: the server, its options and the pieces tests and tools use (the PII kinds,
  * the signer). The kernel starts the embedded DGE through this entry only; it shares nothing else with it but
- * the contract (proto/nops/dge/v1, gen/).
+ * the contract (proto/nops/dge/v1, gen/). The classifier itself (pii-classifier.ts) is not exported: only the
+ * classification worker threads load it, never the kernel's main thread.
  */
 export {
   resolveDgeServerOptions,
@@ -17,6 +18,5 @@ export {
   type DgePoliciesOptions,
   type DgePolicySpec,
 } from "./dge-policies.js";
-export { classifyText } from "./dge-service.js";
-export { detectPii, PII_KINDS, type PiiKind, type Detection, CLASSIFIER_VERSION } from "./pii-classifier.js";
+export { PII_KINDS, type PiiKind, type Detection, CLASSIFIER_VERSION } from "./pii-kinds.js";
 export { DGE_SIGNATURE_HEADER, signDgeResponse } from "./dge-signature.js";

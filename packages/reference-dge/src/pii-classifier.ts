@@ -11,36 +11,7 @@ import {
   type NormaliseLimits,
   type View,
 } from "./normalise.js";
-
-/** The structured types the classifier detects (names used in events, corpus labels and metrics). */
-export const PII_KINDS = [
-  "email",
-  "credit_card",
-  "us_ssn",
-  "iban",
-  "phone",
-  "ip_address",
-  "api_secret",
-  "us_itin",
-  "us_passport",
-  "uk_nino",
-  "mac_address",
-  "crypto_wallet",
-] as const;
-/** One of PII_KINDS. */
-export type PiiKind = (typeof PII_KINDS)[number];
-
-/** One detection: kind, UTF-16 span [start, end), confidence and the rule that fired. */
-export interface Detection {
-  kind: PiiKind;
-  start: number;
-  end: number;
-  confidence: number;
-  rule: string;
-}
-
-/** Version of the rules below; reported with every classification. */
-export const CLASSIFIER_VERSION = "rules-2026.2";
+import type { Detection, PiiKind } from "./pii-kinds.js";
 
 // Checksummed matches are near-certain; pattern-only matches less so.
 const CHECKSUM = 0.99;
