@@ -1,19 +1,13 @@
 import { base58check, bech32, bech32m } from "@scure/base";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { keccak_256 } from "@noble/hashes/sha3.js";
+import type { Detection } from "../pii-kinds.js";
 import { labelled as labelledBefore } from "./guards.js";
 
-/** The identifier kinds found here (see PII_KINDS in ../pii-classifier.ts). */
-export type IdentifierKind = "us_itin" | "us_passport" | "uk_nino" | "mac_address" | "crypto_wallet";
-
-/** One finding of these detectors (the classifier's Detection shape). */
-export interface IdentifierDetection {
-  kind: IdentifierKind;
-  start: number;
-  end: number;
-  confidence: number;
-  rule: string;
-}
+/** A finding of these detectors: one of the identifier kinds of PII_KINDS (../pii-kinds.ts). */
+type IdentifierDetection = Detection & {
+  kind: "us_itin" | "us_passport" | "uk_nino" | "mac_address" | "crypto_wallet";
+};
 
 const CHECKSUM = 0.99;
 const PATTERN_WITH_CONTEXT = 0.9;

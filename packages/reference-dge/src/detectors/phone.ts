@@ -1,14 +1,9 @@
+import type { Detection } from "../pii-kinds.js";
 import { labelled as labelledBefore } from "./guards.js";
 import { parsePhoneNumberFromString, type CountryCode, type PhoneNumber } from "libphonenumber-js/max";
 
-/** One phone finding (the classifier's Detection shape). */
-export interface PhoneDetection {
-  kind: "phone";
-  start: number;
-  end: number;
-  confidence: number;
-  rule: string;
-}
+/** A phone finding. */
+type PhoneDetection = Detection & { kind: "phone" };
 
 /**
  * Regions whose national formats are recognised without a `+`: the US first (the default), then
