@@ -1,6 +1,7 @@
 // The kernel's interceptor chain alone, in one process (issue 18 item 3): the links a unary call
-// passes on its way to a handler that answers at once, as start-kernel.ts orders them (the overload
-// guard left out: it only reads a boolean). Anonymous callers allowed, no signature, tracing off,
+// passes on its way to a handler that answers at once, as start-kernel.ts orders them (left out: the
+// overload guard, which only reads a boolean, and peer principals, which pass a caller without a
+// foreign SPIFFE id straight on). Anonymous callers allowed, no signature, tracing off,
 // metrics on the kernel's own telemetry (its histograms are tallies), the rate limiter in memory
 // with the caller's address lifted as the benches lift it. Reports the CPU time per call over
 // interleaved rounds, with and without a caller deadline (without one, the deadline link caps the
@@ -24,6 +25,8 @@ import { createNonceStore } from "../src/identity/request-signing/nonce-store.js
 import { createRequestSigningInterceptor } from "../src/identity/request-signing/request-signing-interceptor.js";
 import { resolveRequestSigningOptions } from "../src/identity/request-signing/request-signing-options.js";
 import { createSpiffePrincipalMapper, resolveSpiffePrincipalOptions } from "../src/identity/spiffe-principal-mapper.js";
+import { createRateLimitInterceptor } from "../src/ratelimit/rate-limit-interceptor.js";
+import { resolveRateLimitOptions } from "../src/ratelimit/rate-limit-options.js";
 import { bindService } from "../src/server/bind-service.js";
 import {
   correlationInterceptor,
@@ -32,8 +35,6 @@ import {
   loggingInterceptor,
 } from "../src/server/core-interceptors.js";
 import { kPeer } from "../src/server/interceptor.js";
-import { createRateLimitInterceptor } from "../src/ratelimit/rate-limit-interceptor.js";
-import { resolveRateLimitOptions } from "../src/ratelimit/rate-limit-options.js";
 import { createStreamShutdown } from "../src/server/shutdown-interceptor.js";
 import { openDatabase } from "../src/store/database.js";
 import { MIGRATIONS } from "../src/store/migrations/index.js";
