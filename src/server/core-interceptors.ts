@@ -1,12 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import {
   kCorrelationId,
   kLogger,
   kPeer,
   methodPath,
   observeStream,
-  withSignal,
   type CallHandler,
   type CallRequest,
   type CallResult,
@@ -137,54 +136,143 @@ export function errorMappingInterceptor(): KernelInterceptor {
 }
 
 /**
- * Runs `next` under a context whose signal aborts at `capMs` or when the caller's does, and settles
- * at the first of the handler's answer, the cap and the caller leaving (a handler that ignores its
- * signal is answered for). One promise, one timer and one listener on the caller's signal per call.
+ * The context a capped call runs in, and the promise that settles at the first of the handler's
+ * answer, the cap and the caller leaving (a handler that ignores its signal is answered for). Its
+ * abort signal is made when first read, and only then listens to the caller's: most calls are
+ * answered without anyone reading it, and a controller with a listener per call was most of the
+ * cap's cost.
  */
-function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise<CallResult> {
-  const parent = call.ctx.signal;
-  const controller = new AbortController();
-  const deadlineAt = Date.now() + capMs;
-  let resolve!: (result: CallResult) => void;
-  let reject!: (reason: unknown) => void;
-  const promise = new Promise<CallResult>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  const release = (): void => {
-    clearTimeout(timer);
-    parent.removeEventListener("abort", onAbort);
+class CappedCall implements HandlerContext {
+  readonly service: HandlerContext["service"];
+  readonly method: HandlerContext["method"];
+  readonly requestMethod: string;
+  readonly requestHeader: Headers;
+  readonly responseHeader: Headers;
+  readonly responseTrailer: Headers;
+  readonly protocolName: string;
+  readonly values: HandlerContext["values"];
+  readonly url: string;
+  /** When the cap ends the call, on the `performance.now()` clock. */
+  readonly expiresAt: number;
+  readonly timeoutMs: () => number;
+  readonly settled: Promise<CallResult>;
+  #resolve!: (result: CallResult) => void;
+  #reject!: (reason: unknown) => void;
+  #done = false;
+  #stopped: { reason: unknown } | undefined;
+  #controller: AbortController | undefined;
+  #onCallerAbort: (() => void) | undefined;
+
+  constructor(
+    private readonly parent: HandlerContext,
+    private readonly queue: CapQueue,
+  ) {
+    this.service = parent.service;
+    this.method = parent.method;
+    this.requestMethod = parent.requestMethod;
+    this.requestHeader = parent.requestHeader;
+    this.responseHeader = parent.responseHeader;
+    this.responseTrailer = parent.responseTrailer;
+    this.protocolName = parent.protocolName;
+    this.values = parent.values;
+    this.url = parent.url;
+    const expiresAt = (this.expiresAt = performance.now() + queue.capMs);
+    this.timeoutMs = () => Math.max(0, Math.round(expiresAt - performance.now()));
+    this.settled = new Promise<CallResult>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller) return this.#controller.signal;
+    const controller = (this.#controller = new AbortController());
+    const caller = this.parent.signal;
+    if (this.#stopped) controller.abort(this.#stopped.reason);
+    else if (caller.aborted) this.stop(caller.reason);
+    else if (!this.#done) {
+      this.#onCallerAbort = () => this.stop(caller.reason);
+      caller.addEventListener("abort", this.#onCallerAbort, { once: true });
+    }
+    return controller.signal;
+  }
+
+  /** Settles with the handler's answer, unless the cap or the caller settled first. */
+  answer(answer: Promise<CallResult>): void {
+    answer.then(
+      (result) => this.#settle() && this.#resolve(result),
+      (err: unknown) => this.#settle() && this.#reject(err),
+    );
+  }
+
+  /** Ends the call with `reason`: the handler's signal aborts and the caller gets the reason. */
+  stop(reason: unknown): void {
+    if (!this.#settle()) return;
+    this.#stopped = { reason };
+    this.#controller?.abort(reason);
+    this.#reject(reason);
+  }
+
+  #settle(): boolean {
+    if (this.#done) return false;
+    this.#done = true;
+    this.queue.delete(this);
+    if (this.#onCallerAbort) this.parent.signal.removeEventListener("abort", this.#onCallerAbort);
+    return true;
+  }
+}
+
+/**
+ * The calls running under one cap, oldest first. They all run for the same `capMs`, so the order
+ * they started in is the order they expire in: one timer, armed for the oldest, serves them all,
+ * where a timer per call cost every call a Timeout to create and clear.
+ */
+class CapQueue {
+  readonly #running = new Set<CappedCall>();
+  #timer: NodeJS.Timeout | undefined;
+  readonly #expire = (): void => {
+    this.#timer = undefined;
+    const now = performance.now();
+    let oldest: CappedCall | undefined;
+    for (const call of this.#running) {
+      if (call.expiresAt > now) {
+        oldest = call;
+        break;
+      }
+      call.stop(deadlineExceeded(`deadline of ${this.capMs} ms exceeded`));
+    }
+    // A call started by an abort listener above may have armed a timer for the whole cap already.
+    clearTimeout(this.#timer);
+    this.#timer = oldest && setTimeout(this.#expire, oldest.expiresAt - now);
   };
-  const stop = (reason: unknown): void => {
-    release();
-    controller.abort(reason);
-    reject(reason);
-  };
-  const onAbort = (): void => stop(parent.reason);
-  const timer = setTimeout(() => stop(deadlineExceeded(`deadline of ${capMs} ms exceeded`)), capMs);
-  // A caller already gone: the handler sees an aborted signal (and answers as it does for one).
-  if (parent.aborted) controller.abort(parent.reason);
-  else parent.addEventListener("abort", onAbort, { once: true });
-  const ctx = withSignal(call.ctx, controller.signal, () => Math.max(0, deadlineAt - Date.now()));
-  let answer: Promise<CallResult>;
+
+  constructor(readonly capMs: number) {}
+
+  add(call: CappedCall): void {
+    this.#running.add(call);
+    this.#timer ??= setTimeout(this.#expire, this.capMs);
+  }
+
+  /** Takes a settled call out; the timer goes with the last one, so an idle cap holds no timer. */
+  delete(call: CappedCall): void {
+    this.#running.delete(call);
+    if (this.#running.size === 0 && this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+}
+
+function runCapped(next: CallHandler, call: CallRequest, queue: CapQueue): Promise<CallResult> {
+  const ctx = new CappedCall(call.ctx, queue);
+  queue.add(ctx);
   try {
-    answer = next({ ...call, ctx });
+    ctx.answer(next({ service: call.service, method: call.method, ctx, input: call.input }));
   } catch (e) {
     // A handler that throws instead of rejecting fails the call all the same.
-    release();
-    return Promise.reject(e);
+    ctx.answer(Promise.reject(e));
   }
-  answer.then(
-    (result) => {
-      release();
-      resolve(result);
-    },
-    (e: unknown) => {
-      release();
-      reject(e);
-    },
-  );
-  return promise;
+  return ctx.settled;
 }
 
 /**
@@ -193,9 +281,10 @@ function runCapped(next: CallHandler, call: CallRequest, capMs: number): Promise
  * (watches) are long-lived by design and are capped only by their own deadline.
  */
 export function deadlineInterceptor(maxDeadlineMs: number): KernelInterceptor {
+  const queue = new CapQueue(maxDeadlineMs);
   return (next) => (call) => {
     if (call.method.methodKind !== "unary" && call.method.methodKind !== "client_streaming") return next(call);
     const timeout = call.ctx.timeoutMs();
-    return timeout !== undefined && timeout <= maxDeadlineMs ? next(call) : runCapped(next, call, maxDeadlineMs);
+    return timeout !== undefined && timeout <= maxDeadlineMs ? next(call) : runCapped(next, call, queue);
   };
 }

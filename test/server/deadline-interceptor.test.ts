@@ -107,3 +107,44 @@ test("deadline cap - server streams are not capped", async (t) => {
   })(request);
   t.is(seen?.ctx, request.ctx);
 });
+
+// The capped calls share one timer, armed for the oldest: each must still run for its whole cap.
+test("deadline cap - calls started apart each end at their own cap, and an answered one ends none", async (t) => {
+  const cap = deadlineInterceptor(CAP_MS);
+  const never = () => new Promise<CallResult>(() => undefined);
+  const run = async (handler: CallHandler) => {
+    const started = performance.now();
+    try {
+      await cap(handler)(call().request);
+      return { code: undefined, ms: performance.now() - started };
+    } catch (err) {
+      return { code: ConnectError.from(err).code, ms: performance.now() - started };
+    }
+  };
+  const first = run(never);
+  const early = run(() => Promise.resolve(answered));
+  await new Promise((r) => setTimeout(r, CAP_MS / 2));
+  const second = run(never);
+  for (const ended of [await first, await second]) {
+    t.is(ended.code, Code.DeadlineExceeded);
+    // Timers fire late on a busy machine, never early: a call ended at another's cap would be short.
+    t.true(ended.ms >= CAP_MS - 1, `ran ${ended.ms.toFixed(1)} ms of a ${CAP_MS} ms cap`);
+  }
+  t.is((await early).code, undefined);
+});
+
+test("deadline cap - a handler that reads its signal after the caller left finds it aborted, and the call ends with the caller's reason", async (t) => {
+  const caller = new AbortController();
+  const reason = new ConnectError("caller went away", Code.Canceled);
+  let read!: () => AbortSignal;
+  const { request } = call(unary, { requestSignal: caller.signal });
+  const pending = deadlineInterceptor(60_000)((c) => {
+    read = () => c.ctx.signal;
+    return new Promise<CallResult>(() => undefined);
+  })(request);
+  caller.abort(reason);
+  const signal = read();
+  t.true(signal.aborted);
+  t.is(signal.reason, reason);
+  t.is(await t.throwsAsync(pending), reason);
+});
