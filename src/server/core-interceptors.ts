@@ -66,59 +66,53 @@ function codeName(code: Code | undefined): string {
 export function loggingInterceptor(): KernelInterceptor {
   return (next) => async (call) => {
     const started = performance.now();
-    const log = (err: unknown) => {
-      const logger = call.ctx.values.get(kLogger);
-      if (!logger) return;
-      const code = err === undefined ? undefined : err instanceof ConnectError ? err.code : Code.Internal;
-      const level = code === undefined ? "debug" : isClientError(code) ? "info" : "warn";
-      if (!logger.isLevelEnabled(level)) return;
-      logger.get()[level](
-        {
-          rpc: methodPath(call.method),
-          code: codeName(code),
-          durationMs: Math.round((performance.now() - started) * 1000) / 1000,
-          peer: call.ctx.values.get(kPeer).address,
-          transport: call.ctx.values.get(kPeer).transport,
-          // A caller error echoes its input ("got …"), which may be PII: log only the field it names.
-          ...(err instanceof ConnectError && code !== undefined
-            ? { error: isClientError(code) ? err.rawMessage.split(":")[0] : err.rawMessage }
-            : {}),
-        },
-        "rpc",
-      );
-    };
     let result: CallResult;
     try {
       result = await next(call);
     } catch (err) {
-      log(err);
+      logCall(call, started, err);
       throw err;
     }
     if (result.kind === "unary") {
-      log(undefined);
+      logCall(call, started, undefined);
       return result;
     }
-    return { kind: "stream", output: observeStream(result.output, log) };
+    return { kind: "stream", output: observeStream(result.output, (err) => logCall(call, started, err)) };
   };
+}
+
+// The access log line of a call that ended with `err` (undefined: OK).
+function logCall(call: CallRequest, started: number, err: unknown): void {
+  const logger = call.ctx.values.get(kLogger);
+  if (!logger) return;
+  const code = err === undefined ? undefined : err instanceof ConnectError ? err.code : Code.Internal;
+  const level = code === undefined ? "debug" : isClientError(code) ? "info" : "warn";
+  if (!logger.isLevelEnabled(level)) return;
+  const peer = call.ctx.values.get(kPeer);
+  logger.get()[level](
+    {
+      rpc: methodPath(call.method),
+      code: codeName(code),
+      durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+      peer: peer.address,
+      transport: peer.transport,
+      // A caller error echoes its input ("got …"), which may be PII: log only the field it names.
+      ...(err instanceof ConnectError && code !== undefined
+        ? { error: isClientError(code) ? err.rawMessage.split(":")[0] : err.rawMessage }
+        : {}),
+    },
+    "rpc",
+  );
 }
 
 /** Maps every error to a ConnectError (see errors.ts); internal causes are logged, never returned. */
 export function errorMappingInterceptor(): KernelInterceptor {
   return (next) => async (call) => {
-    const map = (err: unknown): ConnectError => {
-      if (err instanceof ConnectError) return err;
-      const id = call.ctx.values.get(kCorrelationId);
-      call.ctx.values
-        .get(kLogger)
-        ?.get()
-        .error({ err, rpc: methodPath(call.method) }, "internal error");
-      return toConnectError(err, id);
-    };
     let result: CallResult;
     try {
       result = await next(call);
     } catch (err) {
-      throw map(err);
+      throw mapError(call, err);
     }
     if (result.kind === "unary") return result;
     const source = result.output;
@@ -128,11 +122,21 @@ export function errorMappingInterceptor(): KernelInterceptor {
         try {
           yield* source;
         } catch (err) {
-          throw map(err);
+          throw mapError(call, err);
         }
       })(),
     };
   };
+}
+
+// `err` as the caller gets it: a ConnectError as it is, anything else logged and scrubbed.
+function mapError(call: CallRequest, err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  call.ctx.values
+    .get(kLogger)
+    ?.get()
+    .error({ err, rpc: methodPath(call.method) }, "internal error");
+  return toConnectError(err, call.ctx.values.get(kCorrelationId));
 }
 
 /**
