@@ -2,8 +2,8 @@ import { once } from "node:events";
 import * as net from "node:net";
 import type { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary, type DescMessage, type DescMethod } from "@bufbuild/protobuf";
-import { ConnectError, createContextValues, type HandlerContext } from "@connectrpc/connect";
+import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath, type PeerInfo } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
@@ -132,57 +132,92 @@ interface Hooks {
   admits(call: AnyCall, method: DescMethod, ctx: HandlerContext): boolean;
 }
 
-function handlerContext(
-  bound: BoundService,
-  method: DescMethod,
-  call: AnyCall,
-  controller: AbortController,
-  hooks: Hooks,
-): HandlerContext {
-  const peer = peerOf(call);
-  hooks.onCall(peer.address);
-  const deadline = call.getDeadline();
-  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-  const timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : () => undefined;
-  return {
-    service: bound.service,
-    method,
-    signal: controller.signal,
-    timeoutMs,
-    requestMethod: "POST",
-    requestHeader: new MetadataHeaders(call.metadata),
-    responseHeader: new MetadataHeaders(new grpc.Metadata()),
-    responseTrailer: new MetadataHeaders(new grpc.Metadata()),
-    protocolName: "grpc",
-    url: methodPath(method),
-    values: createContextValues().set(kPeer, peer),
-  };
-}
+const noDeadline = (): undefined => undefined;
 
 /**
- * The handler's abort signal, aborted when the caller goes away. grpc-js emits "cancelled" for
- * client cancellation and an expired deadline, but also after every answered call: `settled()`
- * stops listening once the answer is on its way, so a finished call costs no error and no abort.
+ * A grpc-js call's handler context. Its abort signal is made when first read, and only then listens
+ * for grpc-js's "cancelled": most unary calls are answered without anyone reading it, and a controller
+ * with a listener cost every call three objects. grpc-js emits "cancelled" for client cancellation and
+ * an expired deadline, but also after every answered call: `settled()` stops listening once the answer
+ * is on its way, so a finished call costs no error and no abort.
  */
-function track(call: AnyCall): { controller: AbortController; settled: () => void } {
-  const controller = new AbortController();
-  const onCancel = (): void => controller.abort(canceled());
-  (call as NodeJS.EventEmitter).once("cancelled", onCancel);
-  return { controller, settled: () => void (call as NodeJS.EventEmitter).removeListener("cancelled", onCancel) };
+class GrpcCallContext implements HandlerContext {
+  readonly requestMethod = "POST";
+  readonly protocolName = "grpc";
+  readonly url: string;
+  readonly timeoutMs: () => number | undefined;
+  readonly requestHeader: MetadataHeaders;
+  readonly responseHeader = new MetadataHeaders(new grpc.Metadata());
+  readonly responseTrailer = new MetadataHeaders(new grpc.Metadata());
+  readonly values: ContextValues;
+  #controller: AbortController | undefined;
+  #onCancel: (() => void) | undefined;
+  #settled = false;
+
+  constructor(
+    readonly service: DescService,
+    readonly method: DescMethod,
+    private readonly call: AnyCall,
+    peer: PeerInfo,
+  ) {
+    this.url = methodPath(method);
+    const deadline = call.getDeadline();
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    this.timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : noDeadline;
+    this.requestHeader = new MetadataHeaders(call.metadata);
+    this.values = new CallValues().set(kPeer, peer);
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller) return this.#controller.signal;
+    const controller = (this.#controller = new AbortController());
+    if (this.call.cancelled) controller.abort(canceled());
+    else if (!this.#settled) {
+      this.#onCancel = () => controller.abort(canceled());
+      (this.call as NodeJS.EventEmitter).once("cancelled", this.#onCancel);
+    }
+    return controller.signal;
+  }
+
+  /** The answer is on its way: a later "cancelled" is grpc-js closing the call, not the caller leaving. */
+  settled(): void {
+    this.#settled = true;
+    if (this.#onCancel) (this.call as NodeJS.EventEmitter).removeListener("cancelled", this.#onCancel);
+  }
+}
+
+/** The chain's context values for a grpc-js call (connect's own object literal makes three closures a call). */
+class CallValues implements ContextValues {
+  get<T>(key: ContextKey<T>): T {
+    return key.id in this ? (this as unknown as Record<symbol, T>)[key.id]! : key.defaultValue;
+  }
+  set<T>(key: ContextKey<T>, value: T): this {
+    (this as unknown as Record<symbol, T>)[key.id] = value;
+    return this;
+  }
+  delete(key: ContextKey<unknown>): this {
+    delete (this as unknown as Record<symbol, unknown>)[key.id];
+    return this;
+  }
+}
+
+function handlerContext(bound: BoundService, method: DescMethod, call: AnyCall, hooks: Hooks): GrpcCallContext {
+  const peer = peerOf(call);
+  hooks.onCall(peer.address);
+  return new GrpcCallContext(bound.service, method, call, peer);
 }
 
 function unaryHandler(bound: BoundService, method: DescMethod, hooks: Hooks): grpc.handleUnaryCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
-    const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, hooks);
-    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
+    const ctx = handlerContext(bound, method, call, hooks);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx);
     const request = decodeRequest(method.input, call.request);
     const result =
       request instanceof UndecodableRequest
         ? Promise.reject(invalidArgument("request", `cannot decode ${method.input.typeName}: ${request.reason}`))
         : Promise.resolve(impl(request, ctx));
-    answer(result, call, callback, ctx, settled);
+    answer(result, call, callback, ctx);
   };
 }
 
@@ -191,17 +226,16 @@ function answer(
   result: Promise<unknown>,
   call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>,
   callback: grpc.sendUnaryData<unknown>,
-  ctx: HandlerContext,
-  settled: () => void,
+  ctx: GrpcCallContext,
 ): void {
   result.then(
     (output) => {
-      settled();
+      ctx.settled();
       call.sendMetadata(metadataOf(ctx.responseHeader));
       callback(null, output, metadataOf(ctx.responseTrailer));
     },
     (err: unknown) => {
-      settled();
+      ctx.settled();
       call.sendMetadata(metadataOf(ctx.responseHeader));
       callback(toServiceError(err, ctx));
     },
@@ -211,8 +245,7 @@ function answer(
 async function writeAll(
   call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>,
   output: AsyncIterable<unknown>,
-  ctx: HandlerContext,
-  settled: () => void,
+  ctx: GrpcCallContext,
 ): Promise<void> {
   let headersSent = false;
   for await (const message of output) {
@@ -231,7 +264,7 @@ async function writeAll(
     }
     if (ctx.signal.aborted) return;
   }
-  settled();
+  ctx.settled();
   if (!headersSent) call.sendMetadata(metadataOf(ctx.responseHeader));
   call.end(metadataOf(ctx.responseTrailer));
 }
@@ -244,8 +277,7 @@ function streamingHandler(
   const impl = bound.impl[method.localName]!;
   const clientStreams = method.methodKind === "bidi_streaming";
   return (call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>) => {
-    const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, hooks);
+    const ctx = handlerContext(bound, method, call, hooks);
     const admitted = hooks.admits(call, method, ctx);
     const input = !admitted
       ? undefined
@@ -257,10 +289,10 @@ function streamingHandler(
       if (input instanceof UndecodableRequest) {
         throw invalidArgument("request", `cannot decode ${method.input.typeName}: ${input.reason}`);
       }
-      await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx, settled);
+      await writeAll(call, impl(input, ctx) as AsyncIterable<unknown>, ctx);
     };
     run().catch((err: unknown) => {
-      settled();
+      ctx.settled();
       if (!call.cancelled) call.emit("error", toServiceError(err, ctx));
     });
   };
@@ -286,10 +318,9 @@ function clientStreamingHandler(
 ): grpc.handleClientStreamingCall<unknown, unknown> {
   const impl = bound.impl[method.localName]!;
   return (call, callback) => {
-    const { controller, settled } = track(call);
-    const ctx = handlerContext(bound, method, call, controller, hooks);
-    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx, settled);
-    answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx, settled);
+    const ctx = handlerContext(bound, method, call, hooks);
+    if (!hooks.admits(call, method, ctx)) return answer(Promise.reject(UNAUTHENTICATED), call, callback, ctx);
+    answer(Promise.resolve(impl(readInput(call, method), ctx)), call, callback, ctx);
   };
 }
 

@@ -81,6 +81,47 @@ test("grpc-js adapter - a handler's signal aborts when the caller cancels, never
   );
 });
 
+// The signal is made when first read: a handler that reads it only after its caller left finds it aborted.
+test("grpc-js adapter - a handler that reads its signal after the caller cancelled finds it aborted", async (t) => {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let started!: () => void;
+  const handlerStarted = new Promise<void>((r) => (started = r));
+  let seen: AbortSignal | undefined;
+  const bound = bindService(
+    Health,
+    {
+      async check(req, ctx: HandlerContext) {
+        if (req.service === "barrier") return { status: Serving.SERVING };
+        started();
+        await released;
+        seen = ctx.signal;
+        return { status: Serving.SERVING };
+      },
+      async *watch() {},
+    },
+    [],
+  );
+  const client = await serve(t, bound);
+  const check = (service: string) =>
+    new Promise<unknown>((resolve, reject) => {
+      const call = client.makeUnaryRequest(methodPath(Health.method.check), ser, de, { service }, (err, value) =>
+        err ? reject(err) : resolve(value),
+      );
+      if (service === "") void handlerStarted.then(() => call.cancel());
+    });
+  const cancelled = check("").catch((err: grpc.ServiceError) => err.code);
+  await handlerStarted;
+  // The RST_STREAM goes out before the next call on the same connection: once that call is answered,
+  // the server has seen the first one cancelled.
+  await check("barrier");
+  release();
+  t.is(await cancelled, grpc.status.CANCELLED);
+  await waitFor(() => seen !== undefined, "the handler read its signal", 5000);
+  t.true(seen!.aborted, "aborted: the caller had gone");
+  t.is(ConnectError.from(seen!.reason).code, Code.Canceled);
+});
+
 test("grpc-js adapter - a handler reads the call's metadata and its response headers and trailers reach the caller", async (t) => {
   const seen: (string | null)[] = [];
   const bound = bindService(
