@@ -154,14 +154,16 @@ export function createRateLimitInterceptor(
     }
   }
 
-  /** Sets the headers of a decision, then passes the call on or refuses it. */
-  function decided(
+  /** Counts the call, sets the headers of the decision, then passes the call on or refuses it. */
+  async function limited(
     next: CallHandler,
     call: CallRequest,
-    decision: RateLimitDecision,
-    correlationId: string,
+    ip: string | undefined,
+    tenant: string | undefined,
   ): Promise<CallResult> {
+    const decision = await limiter.check(ip, tenant);
     const { ctx } = call;
+    const correlationId = ctx.values.get(kCorrelationId);
     const headers = rateLimitHeaders(decision, deps.clock.now());
     for (const name in headers) ctx.responseHeader.set(name, headers[name]!);
     if (decision.tenant) alertIfNearQuota(decision.tenant, correlationId);
@@ -185,11 +187,9 @@ export function createRateLimitInterceptor(
     // billing events for it. Only a principal of every tenant (SUPER_ADMIN) acts for the tenant it
     // names. Callers without a principal (anonymous ports, public methods) are limited by address.
     const principal = ctx.values.get(kPrincipal);
-    const named = tenantOf(call.input);
-    const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? named : undefined);
+    const tenant = principal?.tenant ?? (principal && isAllTenants(principal) ? tenantOf(call.input) : undefined);
     // A call that is nobody's tenant's (anonymous, or an admin call naming none) counts against its address.
     const ip = tenant === undefined ? clientIp(ctx.values.get(kPeer).address) : undefined;
-    const correlationId = ctx.values.get(kCorrelationId);
-    return limiter.check(ip, tenant).then((decision) => decided(next, call, decision, correlationId));
+    return limited(next, call, ip, tenant);
   };
 }

@@ -81,36 +81,34 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
   const tierOf = (tenant: string): TenantTier => options.tenantTiers[tenant] ?? options.defaultTier;
 
   /** Counts one request against one limit (rate-limiter-flexible rejects with the state when over it). */
-  function count(
+  async function count(
     scope: LimitState["scope"],
     key: string,
     limit: number,
     windowMs: number,
     tier?: TenantTier,
   ): Promise<LimitState> {
-    const state = (res: RateLimiterRes, allowed: boolean): LimitState => {
-      const s: LimitState = {
-        scope,
-        key,
-        limit,
-        used: res.consumedPoints,
-        remaining: Math.max(0, res.remainingPoints),
-        msBeforeReset: Math.max(0, res.msBeforeNext),
-        windowMs,
-        allowed,
-      };
-      if (tier !== undefined) s.tier = tier;
-      return s;
+    let res: RateLimiterRes;
+    let allowed = true;
+    try {
+      res = await limiterFor(scope, limit, windowMs).consume(key);
+    } catch (e) {
+      if (!(e instanceof RateLimiterRes)) throw e;
+      res = e;
+      allowed = false;
+    }
+    const state: LimitState = {
+      scope,
+      key,
+      limit,
+      used: res.consumedPoints,
+      remaining: Math.max(0, res.remainingPoints),
+      msBeforeReset: Math.max(0, res.msBeforeNext),
+      windowMs,
+      allowed,
     };
-    return limiterFor(scope, limit, windowMs)
-      .consume(key)
-      .then(
-        (res) => state(res, true),
-        (e: unknown) => {
-          if (!(e instanceof RateLimiterRes)) throw e;
-          return state(e, false);
-        },
-      );
+    if (tier !== undefined) state.tier = tier;
+    return state;
   }
 
   const countIp = (ip: string) => count("ip", ip, options.ipOverrides[ip] ?? options.ipLimit, options.ipWindowMs);
@@ -118,21 +116,11 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
     const tier = tierOf(tenant);
     return count("tenant", tenant, options.tierLimits[tier], options.tenantWindowMs, tier);
   };
-  // One limit applies to almost every call (the caller's tenant's, else its address's): decided
-  // without an async frame of its own.
-  const byAddress = (ip: LimitState): RateLimitDecision => ({ allowed: ip.allowed, binding: ip, ip });
-  const byTenant = (tenant: LimitState): RateLimitDecision => ({
-    allowed: tenant.allowed,
-    binding: tenant,
-    tenant,
-    tier: tenant.tier,
-  });
 
   /** The address's limit, then the tenant's: the one to report is the one that rejected, else the tighter. */
   async function both(ip: string, tenant: string): Promise<RateLimitDecision> {
     const ipState = await countIp(ip);
-    // An IP over its limit does not get to spend its tenant's quota.
-    if (!ipState.allowed) return { ...byAddress(ipState), tier: tierOf(tenant) };
+    if (!ipState.allowed) return { allowed: false, binding: ipState, ip: ipState, tier: tierOf(tenant) };
     const tenantState = await countTenant(tenant);
     const binding =
       !tenantState.allowed || tenantState.remaining / tenantState.limit < ipState.remaining / ipState.limit
@@ -141,12 +129,22 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
     return { allowed: binding.allowed, binding, ip: ipState, tenant: tenantState, tier: tenantState.tier };
   }
 
+  async function byAddress(ip: string): Promise<RateLimitDecision> {
+    const state = await countIp(ip);
+    return { allowed: state.allowed, binding: state, ip: state };
+  }
+
+  async function byTenant(tenant: string): Promise<RateLimitDecision> {
+    const state = await countTenant(tenant);
+    return { allowed: state.allowed, binding: state, tenant: state, tier: state.tier };
+  }
+
   return {
     tierOf,
     check(ip, tenant) {
       if (ip !== undefined && tenant !== undefined) return both(ip, tenant);
-      if (ip !== undefined) return countIp(ip).then(byAddress);
-      if (tenant !== undefined) return countTenant(tenant).then(byTenant);
+      if (ip !== undefined) return byAddress(ip);
+      if (tenant !== undefined) return byTenant(tenant);
       return Promise.reject(new Error("a rate-limit check needs a client address or a tenant"));
     },
   };
