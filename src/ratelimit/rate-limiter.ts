@@ -120,6 +120,7 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
   /** The address's limit, then the tenant's: the one to report is the one that rejected, else the tighter. */
   async function both(ip: string, tenant: string): Promise<RateLimitDecision> {
     const ipState = await countIp(ip);
+    // An IP over its limit does not get to spend its tenant's quota.
     if (!ipState.allowed) return { allowed: false, binding: ipState, ip: ipState, tier: tierOf(tenant) };
     const tenantState = await countTenant(tenant);
     const binding =
@@ -129,6 +130,7 @@ export function createRateLimiter(deps: RateLimiterDeps, options: RateLimitOptio
     return { allowed: binding.allowed, binding, ip: ipState, tenant: tenantState, tier: tenantState.tier };
   }
 
+  // One limit applies to almost every call: the caller's tenant's, else its address's.
   async function byAddress(ip: string): Promise<RateLimitDecision> {
     const state = await countIp(ip);
     return { allowed: state.allowed, binding: state, ip: state };
