@@ -4,8 +4,8 @@
 // foreign SPIFFE id straight on). Anonymous callers allowed, no signature, tracing off,
 // metrics on the kernel's own telemetry (its histograms are tallies), the rate limiter in memory
 // with the caller's address lifted as the benches lift it. Reports the CPU time per call over
-// interleaved rounds, with and without a caller deadline (without one, the deadline link caps the
-// call with a timer of its own). tsx compiles with esbuild's keepNames, which names every closure a
+// interleaved rounds, with and without a caller deadline (without one, the deadline link runs the
+// call under its cap). tsx compiles with esbuild's keepNames, which names every closure a
 // link makes per call; the built kernel does not, so these figures are a little high.
 //   node --import tsx bench/chain.ts [--calls 200000] [--rounds 5] [--inflight 64]
 import { parseArgs } from "node:util";

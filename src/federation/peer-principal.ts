@@ -136,7 +136,8 @@ export function createPeerPrincipalInterceptor(deps: PeerPrincipalDeps): KernelI
       delegation.expiresAt - clock.now(),
     );
     timer.unref();
-    const ctx = withSignal(call.ctx, AbortSignal.any([call.ctx.signal, expiry.signal]));
+    const signal = AbortSignal.any([call.ctx.signal, expiry.signal]);
+    const ctx = withSignal(call.ctx, () => signal);
     try {
       const result = await next({ ...call, ctx });
       if (result.kind === "stream") {

@@ -6,6 +6,7 @@ import {
   kPeer,
   methodPath,
   observeStream,
+  withSignal,
   type CallHandler,
   type CallRequest,
   type CallResult,
@@ -140,25 +141,16 @@ function mapError(call: CallRequest, err: unknown): ConnectError {
 }
 
 /**
- * The context a capped call runs in, and the promise that settles at the first of the handler's
+ * A capped call: the context it runs in, and the promise that settles at the first of the handler's
  * answer, the cap and the caller leaving (a handler that ignores its signal is answered for). Its
  * abort signal is made when first read, and only then listens to the caller's: most calls are
  * answered without anyone reading it, and a controller with a listener per call was most of the
  * cap's cost.
  */
-class CappedCall implements HandlerContext {
-  readonly service: HandlerContext["service"];
-  readonly method: HandlerContext["method"];
-  readonly requestMethod: string;
-  readonly requestHeader: Headers;
-  readonly responseHeader: Headers;
-  readonly responseTrailer: Headers;
-  readonly protocolName: string;
-  readonly values: HandlerContext["values"];
-  readonly url: string;
+class CappedCall {
   /** When the cap ends the call, on the `performance.now()` clock. */
   readonly expiresAt: number;
-  readonly timeoutMs: () => number;
+  readonly ctx: HandlerContext;
   readonly settled: Promise<CallResult>;
   #resolve!: (result: CallResult) => void;
   #reject!: (reason: unknown) => void;
@@ -171,24 +163,19 @@ class CappedCall implements HandlerContext {
     private readonly parent: HandlerContext,
     private readonly queue: CapQueue,
   ) {
-    this.service = parent.service;
-    this.method = parent.method;
-    this.requestMethod = parent.requestMethod;
-    this.requestHeader = parent.requestHeader;
-    this.responseHeader = parent.responseHeader;
-    this.responseTrailer = parent.responseTrailer;
-    this.protocolName = parent.protocolName;
-    this.values = parent.values;
-    this.url = parent.url;
     const expiresAt = (this.expiresAt = performance.now() + queue.capMs);
-    this.timeoutMs = () => Math.max(0, Math.round(expiresAt - performance.now()));
+    this.ctx = withSignal(
+      parent,
+      () => this.signal(),
+      () => Math.max(0, Math.round(expiresAt - performance.now())),
+    );
     this.settled = new Promise<CallResult>((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
     });
   }
 
-  get signal(): AbortSignal {
+  signal(): AbortSignal {
     if (this.#controller) return this.#controller.signal;
     const controller = (this.#controller = new AbortController());
     const caller = this.parent.signal;
@@ -268,15 +255,15 @@ class CapQueue {
 }
 
 function runCapped(next: CallHandler, call: CallRequest, queue: CapQueue): Promise<CallResult> {
-  const ctx = new CappedCall(call.ctx, queue);
-  queue.add(ctx);
+  const capped = new CappedCall(call.ctx, queue);
+  queue.add(capped);
   try {
-    ctx.answer(next({ service: call.service, method: call.method, ctx, input: call.input }));
+    capped.answer(next({ service: call.service, method: call.method, ctx: capped.ctx, input: call.input }));
   } catch (e) {
     // A handler that throws instead of rejecting fails the call all the same.
-    ctx.answer(Promise.reject(e));
+    capped.answer(Promise.reject(e));
   }
-  return ctx.settled;
+  return capped.settled;
 }
 
 /**

@@ -3,7 +3,7 @@ import * as net from "node:net";
 import type { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService } from "@bufbuild/protobuf";
-import { ConnectError, type ContextKey, type ContextValues, type HandlerContext } from "@connectrpc/connect";
+import { ConnectError, createContextValues, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import type { BoundService } from "./bind-service.js";
 import { kPeer, methodPath, type PeerInfo } from "./interceptor.js";
 import type { LimitOptions } from "./limit-options.js";
@@ -165,7 +165,7 @@ class GrpcCallContext implements HandlerContext {
     const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
     this.timeoutMs = Number.isFinite(deadlineMs) ? () => Math.max(0, deadlineMs - Date.now()) : noDeadline;
     this.requestHeader = new MetadataHeaders(call.metadata);
-    this.values = new CallValues().set(kPeer, peer);
+    this.values = createContextValues().set(kPeer, peer);
   }
 
   get signal(): AbortSignal {
@@ -183,21 +183,6 @@ class GrpcCallContext implements HandlerContext {
   settled(): void {
     this.#settled = true;
     if (this.#onCancel) (this.call as NodeJS.EventEmitter).removeListener("cancelled", this.#onCancel);
-  }
-}
-
-/** The chain's context values for a grpc-js call (connect's own object literal makes three closures a call). */
-class CallValues implements ContextValues {
-  get<T>(key: ContextKey<T>): T {
-    return key.id in this ? (this as unknown as Record<symbol, T>)[key.id]! : key.defaultValue;
-  }
-  set<T>(key: ContextKey<T>, value: T): this {
-    (this as unknown as Record<symbol, T>)[key.id] = value;
-    return this;
-  }
-  delete(key: ContextKey<unknown>): this {
-    delete (this as unknown as Record<symbol, unknown>)[key.id];
-    return this;
   }
 }
 

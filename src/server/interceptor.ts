@@ -92,25 +92,50 @@ export async function* observeStream<T>(source: AsyncIterable<T>, onEnd: (error:
   }
 }
 
-/** `ctx` with another abort signal (and deadline); every other field is the call's own. */
+/**
+ * `ctx` with another abort signal (and deadline); every other field is the call's own. The signal is
+ * read through `signal()` on each access, so it can be made when a handler first reads it.
+ */
 export function withSignal(
   ctx: HandlerContext,
-  signal: AbortSignal,
+  signal: () => AbortSignal,
   timeoutMs: () => number | undefined = ctx.timeoutMs,
 ): HandlerContext {
-  return {
-    service: ctx.service,
-    method: ctx.method,
-    signal,
-    timeoutMs,
-    requestMethod: ctx.requestMethod,
-    requestHeader: ctx.requestHeader,
-    responseHeader: ctx.responseHeader,
-    responseTrailer: ctx.responseTrailer,
-    protocolName: ctx.protocolName,
-    values: ctx.values,
-    url: ctx.url,
-  };
+  return new DerivedContext(ctx, signal, timeoutMs);
+}
+
+// A class, not an object literal: a literal with a getter is built on V8's slow path (the deadline cap
+// measured 2.9 µs a call with one, 0.2 µs with this class).
+class DerivedContext implements HandlerContext {
+  readonly service: HandlerContext["service"];
+  readonly method: HandlerContext["method"];
+  readonly requestMethod: string;
+  readonly requestHeader: Headers;
+  readonly responseHeader: Headers;
+  readonly responseTrailer: Headers;
+  readonly protocolName: string;
+  readonly values: HandlerContext["values"];
+  readonly url: string;
+
+  constructor(
+    ctx: HandlerContext,
+    private readonly readSignal: () => AbortSignal,
+    readonly timeoutMs: () => number | undefined,
+  ) {
+    this.service = ctx.service;
+    this.method = ctx.method;
+    this.requestMethod = ctx.requestMethod;
+    this.requestHeader = ctx.requestHeader;
+    this.responseHeader = ctx.responseHeader;
+    this.responseTrailer = ctx.responseTrailer;
+    this.protocolName = ctx.protocolName;
+    this.values = ctx.values;
+    this.url = ctx.url;
+  }
+
+  get signal(): AbortSignal {
+    return this.readSignal();
+  }
 }
 
 /**
