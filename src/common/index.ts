@@ -35,7 +35,6 @@ export {
 } from "./rpc-errors.js";
 export { TENANT_PATTERN, TENANT_PROBLEM } from "./tenant.js";
 export { EDGE_ID_PATTERN } from "./edge-id.js";
-export { useBufferUtf8Encoding } from "./text-encoding.js";
 export {
   DependencyUnavailableError,
   DependencyTimeoutError,

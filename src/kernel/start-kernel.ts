@@ -18,7 +18,6 @@ import { Tier } from "../../gen/nops/dge/v1/dge_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { systemClock, type Clock } from "../common/clock.js";
-import { useBufferUtf8Encoding } from "../common/text-encoding.js";
 import { createLogger, type Logger } from "../telemetry/logger.js";
 import { createTelemetry } from "../telemetry/telemetry.js";
 import { rpcMetricsInterceptor } from "../telemetry/rpc-metrics-interceptor.js";
@@ -221,7 +220,6 @@ export function openKernelDatabase(options: KernelOptions, logger?: Logger): Db 
  */
 export async function startKernel(options: KernelOptions, overrides: KernelOverrides = {}): Promise<Kernel> {
   const clock = overrides.clock ?? systemClock;
-  useBufferUtf8Encoding();
   // Values that look like secrets or PII are scrubbed from every line, whatever logged them.
   const destination = createRedactingDestination(
     overrides.logDestination ?? pino.destination(1),
