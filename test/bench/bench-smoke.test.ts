@@ -42,3 +42,18 @@ test("bench - npm run bench -- --smoke runs every case and prints its ratios", a
   t.regex(out, /ratio kernel\/baseline: p50 \d+\.\d+x {2}p99 \d+\.\d+x {2}\(sent 100, Publish errors 0;/);
   t.regex(out, /no caller deadline \(capped\) +CPU per call \d+\.\d+ us/);
 });
+
+test("bench - bench/ab.ts compares two builds round by round, CPU and allocation per call", async (t) => {
+  t.timeout(180_000);
+  // This build against itself: the tool works; the figures are whatever the machine gives.
+  const run = await promisify(execFile)(
+    process.execPath,
+    ["--import", "tsx", "bench/ab.ts", "--base", ".", "--procs", "1", "--rounds", "2", "--seconds", "1", "--heap"],
+    { cwd: root, timeout: 150_000, maxBuffer: 4 * 1024 * 1024 },
+  ).catch((error: { stdout?: string; stderr?: string; code?: number }) => error);
+  const out = `${run.stdout ?? ""}${run.stderr ?? ""}`;
+  t.false("code" in run && run.code !== 0, out);
+  t.regex(out, /round 2: cpu per call base \d+\.\d us, new \d+\.\d us; new\/base \d+\.\d{3}/);
+  t.regex(out, /new\/base cpu per call: median \d+\.\d{3} of 2 round\(s\)/);
+  t.regex(out, /allocated per call: base \d+\.\d KB, new \d+\.\d KB; new\/base \d+\.\d{3}/);
+});
