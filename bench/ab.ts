@@ -29,6 +29,7 @@ import {
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
+import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -66,17 +67,16 @@ const seconds = count("seconds");
 const CONFIG = {
   identity: { source: "none" },
   nats: { leaf: "off" },
-  rateLimit: {
-    ipOverrides: { "127.0.0.1": 1_000_000_000 },
-    tenantTiers: { bench: 3 },
-    tierLimits: { 3: 1_000_000_000 },
-  },
+  rateLimit: LIFTED_RATE_LIMITS,
   egress: { tenantTiers: { bench: 1 } },
   admin: { memoryTrim: { enabled: false } },
 };
 // Everything the bench writes (kernels' data, their key directories beside it, heap profiles) is under one
 // directory, removed at the end.
 const work = mkdtempSync(join(tmpdir(), "nops-bench-ab-"));
+
+// Every kernel process started, stopped at the end whether or not it got as far as the rounds.
+const started: ChildProcess[] = [];
 
 interface Kernel {
   name: string;
@@ -108,6 +108,7 @@ async function startKernel(checkout: string): Promise<{ process: ChildProcess; p
       stdio: ["ignore", "pipe", "inherit"],
     },
   );
+  started.push(child);
   const listening = new RegExp(`"${args.port}":"[^"]*:(\\d+)"`);
   const port = await new Promise<number>((ok, fail) => {
     child.once("exit", (code) => fail(new Error(`kernel of ${checkout} exited ${code} before listening`)));
@@ -239,11 +240,11 @@ try {
 } finally {
   heartbeats.forEach(clearInterval);
   await Promise.all(
-    kernels
-      .filter((k) => k.process.exitCode === null && k.process.signalCode === null)
-      .map((k) => {
-        const gone = new Promise((r) => k.process.once("exit", r));
-        k.process.kill("SIGTERM");
+    started
+      .filter((child) => child.exitCode === null && child.signalCode === null)
+      .map((child) => {
+        const gone = new Promise((r) => child.once("exit", r));
+        child.kill("SIGTERM");
         return gone;
       }),
   );

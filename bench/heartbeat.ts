@@ -31,6 +31,7 @@ import {
   type H2Options,
 } from "./lib/h2load.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
+import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -78,15 +79,7 @@ function grpcHeartbeatCaller(port: number, ids: string[], tlsDir?: string): (wor
     });
 }
 
-// The load comes from one loopback address and one tenant: lift the per-IP and per-tier limits
-// for them (the limiter still runs on every call, as in production).
-const BENCH_CONFIG = JSON.stringify({
-  rateLimit: {
-    ipOverrides: { "127.0.0.1": 1_000_000_000 },
-    tenantTiers: { bench: 3 },
-    tierLimits: { 3: 1_000_000_000 },
-  },
-});
+const BENCH_CONFIG = JSON.stringify({ rateLimit: LIFTED_RATE_LIMITS });
 
 function startKernel(dataDir: string, identity: "none" | "dev"): ChildProcess {
   const config = join(dataDir, "bench.json");

@@ -21,6 +21,7 @@ import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../ge
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
 import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
+import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
@@ -42,11 +43,7 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const BENCH_CONFIG = {
   identity: { source: "none" },
   nats: { leaf: "off" },
-  rateLimit: {
-    ipOverrides: { "127.0.0.1": 1_000_000_000 },
-    tenantTiers: { bench: 3 },
-    tierLimits: { 3: 1_000_000_000 },
-  },
+  rateLimit: LIFTED_RATE_LIMITS,
   egress: { tenantTiers: { bench: 1 } },
   ...(process.env.NOPS_BENCH_NO_DGE ? { dge: { enabled: false } } : {}),
 };

@@ -15,6 +15,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { formatResult, runLoad } from "./lib/load.js";
+import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
 
 const { values: flags } = parseArgs({
   options: { seconds: { type: "string", default: "8" }, concurrency: { type: "string", default: "16" } },
@@ -27,11 +28,7 @@ const CONFIG = {
   identity: { source: "none", jwt: { issuer: ISSUER, audience: "nops", algorithms: ["HS256"], hmacSecret: SECRET } },
   nats: { leaf: "off" },
   log: { level: "warn" },
-  rateLimit: {
-    ipOverrides: { "127.0.0.1": 1_000_000_000 },
-    tenantTiers: { bench: 3 },
-    tierLimits: { 3: 1_000_000_000 },
-  },
+  rateLimit: LIFTED_RATE_LIMITS,
   egress: { tenantTiers: { bench: 1 } },
 };
 
