@@ -11,11 +11,10 @@
 //   npm run build && node --import tsx bench/ab.ts --base /tmp/base [--case heartbeat|invoke]
 //     [--port grpc|http] [--procs 2] [--rounds 6] [--seconds 3] [--heap]
 // `--base .` measures this build against itself: the spread a change has to stand out from.
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -28,8 +27,8 @@ import {
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
-import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
-import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
+import { GRPC_HEADERS, grpcFrame, runH2load, withCpuPerCall } from "./lib/h2load.js";
+import { LIFTED_RATE_LIMITS, listeningPort, registerEchoAgent, spawnKernel } from "./lib/kernel.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -88,36 +87,12 @@ interface Kernel {
 }
 
 async function startKernel(checkout: string): Promise<{ process: ChildProcess; port: number }> {
-  const dataDir = mkdtempSync(join(work, "data-"));
-  const config = join(dataDir, "bench.json");
-  writeFileSync(config, JSON.stringify(CONFIG));
-  const launch = kernelLaunch(checkout);
-  const sampler = args.heap ? ["--import", join(root, "bench/lib/heap-sampler.mjs")] : [];
-  const child = spawn(
-    process.execPath,
-    [...launch.nodeArgs, ...sampler, join(checkout, "dist/src/cli.js"), "serve", "--config", config],
-    {
-      env: {
-        ...process.env,
-        ...launch.env,
-        NOPS_DATA_DIR: dataDir,
-        NOPS_GRPC_PORT: "0",
-        NOPS_HTTP_PORT: "0",
-        NOPS_BENCH_HEAP_DIR: work,
-      },
-      stdio: ["ignore", "pipe", "inherit"],
-    },
-  );
-  started.push(child);
-  const listening = new RegExp(`"${args.port}":"[^"]*:(\\d+)"`);
-  const port = await new Promise<number>((ok, fail) => {
-    child.once("exit", (code) => fail(new Error(`kernel of ${checkout} exited ${code} before listening`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      const m = listening.exec(line);
-      if (m) ok(Number(m[1]));
-    });
+  const child = spawnKernel(checkout, mkdtempSync(join(work, "data-")), CONFIG, {
+    nodeArgs: args.heap ? ["--import", join(root, "bench/lib/heap-sampler.mjs")] : [],
+    env: { NOPS_BENCH_HEAP_DIR: work },
   });
-  return { process: child, port };
+  started.push(child);
+  return { process: child, port: await listeningPort(child, args.port as "grpc" | "http") };
 }
 
 const agent = await spawnEchoAgent({ name: "bench-echo" });
@@ -135,14 +110,7 @@ try {
       const k = await startKernel(build === "base" ? base : root);
       const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${k.port}` });
       const registry = createClient(AgentRegistryService, transport);
-      const { agent: registered } = await registry.registerAgent({
-        tenant: "bench",
-        name: "echo",
-        version: "1",
-        endpoint: agent.endpoint,
-        capabilities: [{ name: "echo", version: "1.0.0" }],
-      });
-      const id = registered!.id;
+      const id = await registerEchoAgent(registry, agent.endpoint);
       // The agent heartbeats as a live one does, or the kernel stops routing to it after a minute.
       heartbeats.push(setInterval(() => void registry.heartbeat({ tenant: "bench", id }).catch(() => undefined), 5000));
       const [body, responseBytes] =

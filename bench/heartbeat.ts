@@ -7,7 +7,7 @@
 // is shown as a ratio of it.
 // Usage: node --import tsx bench/heartbeat.ts [--seconds 8] [--connections 4] [--streams 16]
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -21,17 +21,9 @@ import {
   HeartbeatResponseSchema,
 } from "../gen/nops/kernel/v1/agent_registry_pb.js";
 import { firstLine } from "./lib/child-output.js";
-import {
-  CONNECT_HEADERS,
-  GRPC_HEADERS,
-  grpcFrame,
-  kernelLaunch,
-  runH2load,
-  withCpuPerCall,
-  type H2Options,
-} from "./lib/h2load.js";
+import { CONNECT_HEADERS, GRPC_HEADERS, grpcFrame, runH2load, withCpuPerCall, type H2Options } from "./lib/h2load.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
-import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
+import { LIFTED_RATE_LIMITS, spawnKernel } from "./lib/kernel.js";
 import { formatResult, runLoad, type LoadResult } from "./lib/load.js";
 
 const { values } = parseArgs({
@@ -79,25 +71,13 @@ function grpcHeartbeatCaller(port: number, ids: string[], tlsDir?: string): (wor
     });
 }
 
-const BENCH_CONFIG = JSON.stringify({ rateLimit: LIFTED_RATE_LIMITS });
-
 function startKernel(dataDir: string, identity: "none" | "dev"): ChildProcess {
-  const config = join(dataDir, "bench.json");
-  writeFileSync(config, BENCH_CONFIG);
-  const launch = kernelLaunch(root);
-  return spawn(process.execPath, [...launch.nodeArgs, join(root, "dist/src/cli.js"), "serve", "--config", config], {
-    env: {
-      ...process.env,
-      ...launch.env,
-      NOPS_DATA_DIR: dataDir,
-      NOPS_GRPC_PORT: "0",
-      NOPS_HTTP_PORT: "0",
-      NOPS_LOG_LEVEL: "info",
-      NOPS_IDENTITY_SOURCE: identity,
-      NOPS_NATS_LEAF: "off",
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  return spawnKernel(
+    root,
+    dataDir,
+    { rateLimit: LIFTED_RATE_LIMITS },
+    { env: { NOPS_LOG_LEVEL: "info", NOPS_IDENTITY_SOURCE: identity, NOPS_NATS_LEAF: "off" } },
+  );
 }
 
 async function ports(kernel: ChildProcess): Promise<{ grpcPort: number; httpPort: number }> {

@@ -6,12 +6,11 @@
 // router with no work of its own would add.
 //   node --import tsx bench/invoke.ts [--rate 200] [--seconds 8] [--connections 4] [--streams 16]
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -20,8 +19,8 @@ import { AgentRegistryService } from "../gen/nops/kernel/v1/agent_registry_pb.js
 import { InvokeRequestSchema, InvokeResponseSchema, RoutingService } from "../gen/nops/kernel/v1/routing_pb.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { firstLine } from "./lib/child-output.js";
-import { GRPC_HEADERS, grpcFrame, kernelLaunch, runH2load, withCpuPerCall } from "./lib/h2load.js";
-import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
+import { GRPC_HEADERS, grpcFrame, runH2load, withCpuPerCall } from "./lib/h2load.js";
+import { LIFTED_RATE_LIMITS, listeningPort, registerEchoAgent, spawnKernel } from "./lib/kernel.js";
 import { watchKernelMemory } from "./lib/kernel-memory.js";
 import { formatResult, type LoadResult } from "./lib/load.js";
 
@@ -58,24 +57,8 @@ async function startKernel(): Promise<{ process: ChildProcess; grpcPort: number 
   if (!process.env.NOPS_BENCH_SKIP_BUILD)
     execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
   const dataDir = mkdtempSync(join(tmpdir(), "nops-bench-invoke-"));
-  const config = join(dataDir, "bench.json");
-  writeFileSync(config, JSON.stringify(BENCH_CONFIG));
-  const launch = kernelLaunch(root);
-  const child = spawn(
-    process.execPath,
-    [...launch.nodeArgs, ...profileFlags(), join(root, "dist/src/cli.js"), "serve", "--config", config],
-    {
-      env: { ...process.env, ...launch.env, NOPS_DATA_DIR: dataDir, NOPS_GRPC_PORT: "0", NOPS_HTTP_PORT: "0" },
-      stdio: ["ignore", "pipe", "inherit"],
-    },
-  );
-  const grpcPort = await new Promise<number>((resolve, reject) => {
-    child.once("exit", (c) => reject(new Error(`kernel exited ${c}`)));
-    createInterface({ input: child.stdout }).on("line", (l) => {
-      const m = /"grpc":"[^"]*:(\d+)"/.exec(l);
-      if (m) resolve(Number(m[1]));
-    });
-  });
+  const child = spawnKernel(root, dataDir, BENCH_CONFIG, { nodeArgs: profileFlags() });
+  const grpcPort = await listeningPort(child, "grpc");
   return { process: child, grpcPort };
 }
 
@@ -102,17 +85,11 @@ async function main(): Promise<void> {
       AgentRegistryService,
       createGrpcTransport({ baseUrl: `http://127.0.0.1:${kernelPort}` }),
     );
-    const { agent: registered } = await registry.registerAgent({
-      tenant: "bench",
-      name: "echo",
-      version: "1",
-      endpoint: agent.endpoint,
-      capabilities: [{ name: "echo", version: "1.0.0" }],
-    });
+    const agentId = await registerEchoAgent(registry, agent.endpoint);
     // The agent heartbeats as a live one does: a minute without (registry.zombieAfterMs) and the kernel stops
     // routing to it, and the idle wait and the cases take longer than that.
     heartbeats = setInterval(() => {
-      registry.heartbeat({ tenant: "bench", id: registered!.id }).catch((e: unknown) => {
+      registry.heartbeat({ tenant: "bench", id: agentId }).catch((e: unknown) => {
         process.stderr.write(`bench agent heartbeat failed: ${String(e)}\n`);
       });
     }, 5_000);

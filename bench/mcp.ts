@@ -15,7 +15,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { spawnEchoAgent } from "../test/routing/fixtures/spawn-echo-agent.js";
 import { formatResult, runLoad } from "./lib/load.js";
-import { LIFTED_RATE_LIMITS } from "./lib/kernel-config.js";
+import { LIFTED_RATE_LIMITS } from "./lib/kernel.js";
 
 const { values: flags } = parseArgs({
   options: { seconds: { type: "string", default: "8" }, concurrency: { type: "string", default: "16" } },
